@@ -1,0 +1,497 @@
+//! Audit events: the persisted, hash-chained record of every fact the broker acts on.
+//!
+//! An event's *body* is a JSON object; its canonical form is compact JSON with keys sorted
+//! (serde_json's map is ordered), integers only. The event's hash is SHA-256 of the canonical body,
+//! and every body carries the hash of the event before it (`prev`), so the log is a chain. A file
+//! line is the body with one more key, `hash`. This format is versioned by the body's `v`.
+//!
+//! Someone who can write the store could rewrite events *and* recompute every hash. Checkpoints
+//! stop that: at intervals the broker signs, with an Ed25519 key only the unsealed broker holds,
+//! the hash of the newest event and an 8-byte prefix of the hash of every event since the last
+//! checkpoint. The checkpoint is itself an event in the chain. [`Verifier`] checks both.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Version of the event body format.
+pub const FORMAT_VERSION: i64 = 1;
+/// The `prev` of the first event.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+/// The kind of a checkpoint event.
+pub const CHECKPOINT_KIND: &str = "audit.checkpoint";
+/// Bytes of each event hash listed in a checkpoint.
+pub const CHECKPOINT_PREFIX_LEN: usize = 8;
+
+/// How the action an event records ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Refused,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// An event before the store gives it a sequence number and a place in the chain. Secret values
+/// never go in here; put an HMAC of them in `details` instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditDraft {
+    pub at: crate::Timestamp,
+    pub kind: String,
+    pub outcome: Outcome,
+    pub actor: Option<String>,
+    pub source: Option<String>,
+    pub request_id: Option<String>,
+    pub subject: Option<String>,
+    pub details: Map<String, Value>,
+}
+
+impl AuditDraft {
+    pub fn new(at: crate::Timestamp, kind: &str, outcome: Outcome) -> AuditDraft {
+        AuditDraft {
+            at,
+            kind: kind.to_owned(),
+            outcome,
+            actor: None,
+            source: None,
+            request_id: None,
+            subject: None,
+            details: Map::new(),
+        }
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> AuditDraft {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The event body once it has a place in the chain.
+    pub fn into_body(self, seq: i64, prev: &[u8; 32]) -> Value {
+        let mut body = Map::new();
+        body.insert("v".into(), FORMAT_VERSION.into());
+        body.insert("seq".into(), seq.into());
+        body.insert("at_ms".into(), self.at.unix_ms().into());
+        body.insert("kind".into(), self.kind.into());
+        body.insert("outcome".into(), self.outcome.as_str().into());
+        body.insert("actor".into(), opt(self.actor));
+        body.insert("source".into(), opt(self.source));
+        body.insert("request_id".into(), opt(self.request_id));
+        body.insert("subject".into(), opt(self.subject));
+        body.insert("details".into(), Value::Object(self.details));
+        body.insert("prev".into(), hex::encode(prev).into());
+        Value::Object(body)
+    }
+}
+
+fn opt(value: Option<String>) -> Value {
+    value.map_or(Value::Null, Value::String)
+}
+
+/// Canonical bytes of a body: compact JSON, keys sorted.
+pub fn canonical(body: &Value) -> Vec<u8> {
+    // serde_json's Map is a BTreeMap (no `preserve_order`), so keys come out sorted.
+    serde_json::to_vec(body).unwrap_or_default()
+}
+
+pub fn hash_body(body: &Value) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical(body));
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// What a checkpoint signs: the events `(from_seq, to_seq]`, the full hash of `to_seq`, and an
+/// 8-byte prefix of the hash of each event in the range (hex, concatenated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub from_seq: i64,
+    pub to_seq: i64,
+    pub to_hash: String,
+    pub prefixes: String,
+    pub key_id: String,
+}
+
+impl Checkpoint {
+    /// Builds the checkpoint over `hashes`, the hashes of events `from_seq + 1 ..= to_seq` in order.
+    pub fn over(from_seq: i64, hashes: &[[u8; 32]], key_id: &str) -> Option<Checkpoint> {
+        let last = hashes.last()?;
+        let n = i64::try_from(hashes.len()).ok()?;
+        let mut prefixes = String::with_capacity(hashes.len() * CHECKPOINT_PREFIX_LEN * 2);
+        for hash in hashes {
+            prefixes.push_str(&hex::encode(hash.get(..CHECKPOINT_PREFIX_LEN)?));
+        }
+        Some(Checkpoint {
+            from_seq,
+            to_seq: from_seq + n,
+            to_hash: hex::encode(last),
+            prefixes,
+            key_id: key_id.to_owned(),
+        })
+    }
+
+    /// The exact bytes that are signed.
+    pub fn message(&self) -> Vec<u8> {
+        let mut map = Map::new();
+        map.insert("from_seq".into(), self.from_seq.into());
+        map.insert("to_seq".into(), self.to_seq.into());
+        map.insert("to_hash".into(), self.to_hash.clone().into());
+        map.insert("prefixes".into(), self.prefixes.clone().into());
+        map.insert("key_id".into(), self.key_id.clone().into());
+        let mut out = b"mayfly-audit-checkpoint-v1\n".to_vec();
+        out.extend(canonical(&Value::Object(map)));
+        out
+    }
+
+    /// The event details of a checkpoint event.
+    pub fn into_details(self, signature: &[u8]) -> Map<String, Value> {
+        let mut map = Map::new();
+        map.insert("from_seq".into(), self.from_seq.into());
+        map.insert("to_seq".into(), self.to_seq.into());
+        map.insert("to_hash".into(), self.to_hash.into());
+        map.insert("prefixes".into(), self.prefixes.into());
+        map.insert("key_id".into(), self.key_id.into());
+        map.insert("signature".into(), hex::encode(signature).into());
+        map
+    }
+
+    fn from_details(details: &Value) -> Option<(Checkpoint, Vec<u8>)> {
+        let checkpoint = Checkpoint {
+            from_seq: details.get("from_seq")?.as_i64()?,
+            to_seq: details.get("to_seq")?.as_i64()?,
+            to_hash: details.get("to_hash")?.as_str()?.to_owned(),
+            prefixes: details.get("prefixes")?.as_str()?.to_owned(),
+            key_id: details.get("key_id")?.as_str()?.to_owned(),
+        };
+        let signature = hex::decode(details.get("signature")?.as_str()?).ok()?;
+        Some((checkpoint, signature))
+    }
+}
+
+/// The id of a checkpoint signing key: the first 8 bytes of SHA-256 of the public key, in hex.
+pub fn key_id(public_key: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key);
+    hex::encode(digest.as_ref().get(..8).unwrap_or_default())
+}
+
+/// The first place where a log is not what the broker wrote.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("line {line}: not a valid audit event: {reason}")]
+    Unreadable { line: u64, reason: String },
+    #[error("event {seq} was edited: its hash does not match its content")]
+    Edited { seq: i64 },
+    #[error("event {found} is out of place: expected event {expected} (an event was removed, inserted or reordered)")]
+    OutOfSequence { expected: i64, found: i64 },
+    #[error("event {seq} does not follow event {previous}: the chain is broken (an event was removed, inserted or reordered)")]
+    Unlinked { seq: i64, previous: i64 },
+    #[error("event {seq} differs from what checkpoint {checkpoint} signed: events were rewritten from event {seq} on")]
+    Rewritten { seq: i64, checkpoint: i64 },
+    #[error("checkpoint {checkpoint} has a bad signature")]
+    BadSignature { checkpoint: i64 },
+    #[error("checkpoint {checkpoint} is malformed")]
+    BadCheckpoint { checkpoint: i64 },
+    #[error("checkpoint {checkpoint} was signed by key `{key_id}`, not by the given public key")]
+    UnknownKey { checkpoint: i64, key_id: String },
+}
+
+/// A summary of a verified log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub n_events: u64,
+    pub n_checkpoints: u64,
+    pub n_signatures_checked: u64,
+    pub last_seq: i64,
+    pub last_hash: String,
+    /// Events after the last checkpoint: covered by the chain only, not yet by a signature.
+    pub n_unsigned_tail: u64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} events, {} checkpoints ({} signatures checked), last event {}, {} events after the last checkpoint",
+            self.n_events,
+            self.n_checkpoints,
+            self.n_signatures_checked,
+            self.last_seq,
+            self.n_unsigned_tail
+        )
+    }
+}
+
+/// Checks a log event by event, in order. Feed it with [`Verifier::push`], then call
+/// [`Verifier::finish`]. With a public key, checkpoint signatures are checked too.
+pub struct Verifier {
+    public_key: Option<Vec<u8>>,
+    hashes: Vec<[u8; 32]>,
+    report: Report,
+    last_checkpoint_to: i64,
+}
+
+impl Verifier {
+    pub fn new(public_key: Option<&[u8]>) -> Verifier {
+        Verifier {
+            public_key: public_key.map(<[u8]>::to_vec),
+            hashes: Vec::new(),
+            report: Report::default(),
+            last_checkpoint_to: 0,
+        }
+    }
+
+    /// Checks the next event: `body` without `hash`, and the hash that came with it.
+    pub fn push(&mut self, line: u64, body: &Value, stored_hash: &str) -> Result<(), ChainError> {
+        let unreadable = |reason: &str| ChainError::Unreadable {
+            line,
+            reason: reason.to_owned(),
+        };
+        let seq = body.get("seq").and_then(Value::as_i64).ok_or_else(|| unreadable("no `seq`"))?;
+        let prev = body.get("prev").and_then(Value::as_str).ok_or_else(|| unreadable("no `prev`"))?;
+        let hash = hash_body(body);
+        if hex::encode(hash) != stored_hash {
+            return Err(ChainError::Edited { seq });
+        }
+        let expected = self.report.last_seq + 1;
+        if seq != expected {
+            return Err(ChainError::OutOfSequence { expected, found: seq });
+        }
+        let previous_hash = self.hashes.last().copied().unwrap_or(GENESIS_HASH);
+        if prev != hex::encode(previous_hash) {
+            return Err(ChainError::Unlinked {
+                seq,
+                previous: self.report.last_seq,
+            });
+        }
+        if body.get("kind").and_then(Value::as_str) == Some(CHECKPOINT_KIND) {
+            self.check_checkpoint(seq, body.get("details").unwrap_or(&Value::Null))?;
+        }
+        self.hashes.push(hash);
+        self.report.n_events += 1;
+        self.report.last_seq = seq;
+        self.report.last_hash = hex::encode(hash);
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Report {
+        let tail = self.report.last_seq - self.last_checkpoint_to;
+        self.report.n_unsigned_tail = u64::try_from(tail).unwrap_or(0);
+        self.report
+    }
+
+    fn check_checkpoint(&mut self, seq: i64, details: &Value) -> Result<(), ChainError> {
+        let malformed = ChainError::BadCheckpoint { checkpoint: seq };
+        let (checkpoint, signature) = Checkpoint::from_details(details).ok_or(malformed.clone())?;
+        if checkpoint.from_seq < 0 || checkpoint.to_seq <= checkpoint.from_seq {
+            return Err(malformed);
+        }
+        // Compare what was signed with the events as they stand now: the first difference names
+        // the first rewritten event, even if every hash after it was recomputed.
+        for covered in (checkpoint.from_seq + 1)..=checkpoint.to_seq {
+            let index = usize::try_from(covered - 1).map_err(|_| malformed.clone())?;
+            let actual = self.hashes.get(index).ok_or(malformed.clone())?;
+            let offset = usize::try_from(covered - checkpoint.from_seq - 1).map_err(|_| malformed.clone())?;
+            let width = CHECKPOINT_PREFIX_LEN * 2;
+            let signed = checkpoint
+                .prefixes
+                .get(offset * width..(offset + 1) * width)
+                .ok_or(malformed.clone())?;
+            let actual_prefix = hex::encode(actual.get(..CHECKPOINT_PREFIX_LEN).unwrap_or_default());
+            if signed != actual_prefix {
+                return Err(ChainError::Rewritten { seq: covered, checkpoint: seq });
+            }
+            if covered == checkpoint.to_seq && hex::encode(actual) != checkpoint.to_hash {
+                return Err(ChainError::Rewritten { seq: covered, checkpoint: seq });
+            }
+        }
+        if let Some(public_key) = &self.public_key {
+            if checkpoint.key_id != key_id(public_key) {
+                return Err(ChainError::UnknownKey {
+                    checkpoint: seq,
+                    key_id: checkpoint.key_id,
+                });
+            }
+            let key = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, public_key);
+            if key.verify(&checkpoint.message(), &signature).is_err() {
+                return Err(ChainError::BadSignature { checkpoint: seq });
+            }
+            self.report.n_signatures_checked += 1;
+        }
+        self.report.n_checkpoints += 1;
+        self.last_checkpoint_to = checkpoint.to_seq;
+        Ok(())
+    }
+}
+
+/// Splits a file line into the body and its hash.
+pub fn split_line(line: &str) -> Result<(Value, String), String> {
+    let mut value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value.as_object_mut().ok_or("not a JSON object")?;
+    let hash = object.remove("hash").ok_or("no `hash`")?;
+    let hash = hash.as_str().ok_or("`hash` is not a string")?.to_owned();
+    Ok((value, hash))
+}
+
+/// A file line for a body and its hash.
+pub fn to_line(body: &Value, hash: &str) -> String {
+    let mut body = body.clone();
+    if let Some(object) = body.as_object_mut() {
+        object.insert("hash".into(), hash.into());
+    }
+    String::from_utf8(canonical(&body)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+    use super::*;
+    use crate::Timestamp;
+
+    struct Log {
+        lines: Vec<(Value, String)>,
+    }
+
+    fn build(n: i64, checkpoint_every: i64, key: &aws_lc_rs::signature::Ed25519KeyPair) -> Log {
+        use aws_lc_rs::signature::KeyPair;
+        let public = key.public_key().as_ref().to_vec();
+        let mut lines: Vec<(Value, String)> = Vec::new();
+        let mut prev = GENESIS_HASH;
+        let mut last_cp = 0;
+        for i in 1..=n {
+            let draft = if i % checkpoint_every == 0 {
+                let hashes: Vec<[u8; 32]> = lines[last_cp as usize..]
+                    .iter()
+                    .map(|(_, h)| hex::decode(h).unwrap().try_into().unwrap())
+                    .collect();
+                let cp = Checkpoint::over(last_cp, &hashes, &key_id(&public)).unwrap();
+                last_cp = cp.to_seq;
+                let sig = key.sign(&cp.message());
+                let mut d = AuditDraft::new(Timestamp::from_unix_ms(i), CHECKPOINT_KIND, Outcome::Ok);
+                d.details = cp.into_details(sig.as_ref());
+                d
+            } else {
+                AuditDraft::new(Timestamp::from_unix_ms(i), "test.event", Outcome::Ok).detail("i", i)
+            };
+            let body = draft.into_body(i, &prev);
+            prev = hash_body(&body);
+            lines.push((body, hex::encode(prev)));
+        }
+        Log { lines }
+    }
+
+    fn verify(lines: &[(Value, String)], public: Option<&[u8]>) -> Result<Report, ChainError> {
+        let mut v = Verifier::new(public);
+        for (i, (body, hash)) in lines.iter().enumerate() {
+            v.push(i as u64 + 1, body, hash)?;
+        }
+        Ok(v.finish())
+    }
+
+    fn keypair() -> aws_lc_rs::signature::Ed25519KeyPair {
+        aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap()
+    }
+
+    fn rehash_from(lines: &mut [(Value, String)], from: usize) {
+        let mut prev: [u8; 32] = if from == 0 {
+            GENESIS_HASH
+        } else {
+            hex::decode(&lines[from - 1].1).unwrap().try_into().unwrap()
+        };
+        for (seq0, (body, hash)) in lines.iter_mut().enumerate().skip(from) {
+            body["seq"] = Value::from(seq0 as i64 + 1);
+            body["prev"] = Value::from(hex::encode(prev));
+            prev = hash_body(body);
+            *hash = hex::encode(prev);
+        }
+    }
+
+    #[test]
+    fn intact_log_verifies_with_signatures() {
+        use aws_lc_rs::signature::KeyPair;
+        let key = keypair();
+        let log = build(50, 10, &key);
+        let report = verify(&log.lines, Some(key.public_key().as_ref())).unwrap();
+        assert_eq!(report.n_events, 50);
+        assert_eq!(report.n_checkpoints, 5);
+        assert_eq!(report.n_signatures_checked, 5);
+        assert_eq!(report.n_unsigned_tail, 1);
+        let line = to_line(&log.lines[3].0, &log.lines[3].1);
+        assert_eq!(split_line(&line).unwrap(), log.lines[3]);
+    }
+
+    #[test]
+    fn edits_removals_insertions_and_swaps_are_named() {
+        let key = keypair();
+        let log = build(30, 10, &key);
+
+        let mut edited = log.lines.clone();
+        edited[6].0["details"]["i"] = Value::from(99);
+        assert_eq!(verify(&edited, None), Err(ChainError::Edited { seq: 7 }));
+
+        let mut removed = log.lines.clone();
+        removed.remove(4);
+        assert_eq!(verify(&removed, None), Err(ChainError::OutOfSequence { expected: 5, found: 6 }));
+
+        let mut swapped = log.lines.clone();
+        swapped.swap(11, 12);
+        assert_eq!(verify(&swapped, None), Err(ChainError::OutOfSequence { expected: 12, found: 13 }));
+
+        let mut inserted = log.lines.clone();
+        inserted.insert(3, inserted[2].clone());
+        assert_eq!(verify(&inserted, None), Err(ChainError::OutOfSequence { expected: 4, found: 3 }));
+    }
+
+    #[test]
+    fn recomputed_hashes_are_caught_by_checkpoints_only() {
+        use aws_lc_rs::signature::KeyPair;
+        let key = keypair();
+        let log = build(30, 10, &key);
+        let mut forged = log.lines.clone();
+        forged[13].0["details"]["i"] = Value::from(1234);
+        rehash_from(&mut forged, 13);
+        // The chain alone is consistent again ...
+        let mut chain_only = Verifier::new(None);
+        let mut first_err = None;
+        for (i, (b, h)) in forged.iter().enumerate() {
+            if let Err(e) = chain_only.push(i as u64, b, h) {
+                first_err = Some(e);
+                break;
+            }
+        }
+        // ... but the signed prefixes still name event 14.
+        assert_eq!(first_err, Some(ChainError::Rewritten { seq: 14, checkpoint: 20 }));
+
+        // Deleting an event and renumbering everything after it is also caught.
+        let mut deleted = log.lines.clone();
+        deleted.remove(4);
+        rehash_from(&mut deleted, 4);
+        assert_eq!(
+            verify(&deleted, Some(key.public_key().as_ref())),
+            Err(ChainError::Rewritten { seq: 5, checkpoint: 9 })
+        );
+
+        // A forged checkpoint signature is refused when the public key is known.
+        let mut bad_sig = log.lines.clone();
+        let sig = bad_sig[9].0["details"]["signature"].as_str().unwrap().to_owned();
+        let flipped = format!("{}{}", if sig.starts_with('0') { "1" } else { "0" }, &sig[1..]);
+        bad_sig[9].0["details"]["signature"] = Value::from(flipped);
+        rehash_from(&mut bad_sig, 9);
+        assert_eq!(
+            verify(&bad_sig, Some(key.public_key().as_ref())),
+            Err(ChainError::BadSignature { checkpoint: 10 })
+        );
+        let other = keypair();
+        assert!(matches!(
+            verify(&log.lines, Some(other.public_key().as_ref())),
+            Err(ChainError::UnknownKey { checkpoint: 10, .. })
+        ));
+    }
+}

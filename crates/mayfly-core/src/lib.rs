@@ -1,0 +1,13 @@
+//! Mayfly's domain: names, principals, timestamps and audit events.
+//!
+//! This crate does no I/O, runs no async code and never reads the clock: time is passed in as a
+//! [`Timestamp`]. Everything here is pure and can be tested with tables of cases.
+
+pub mod audit;
+pub mod name;
+pub mod principal;
+pub mod time;
+
+pub use name::{GroupName, NameError, Username};
+pub use principal::Principal;
+pub use time::Timestamp;
