@@ -1,1 +1,239 @@
-//! placeholder
+//! Wire types of the native HTTP API, shared by the server and the CLI. Serde + OpenAPI schemas,
+//! no logic. Times are unix milliseconds (`*_at_ms`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Every error answer: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `invalid_request`, `unauthorized`, `sealed`.
+    pub code: String,
+    /// What went wrong, for people. Never contains a secret.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub initialized: bool,
+    pub sealed: bool,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SealStatus {
+    pub initialized: bool,
+    pub sealed: bool,
+    /// Shares needed to unseal.
+    pub threshold: u8,
+    pub n_shares: u8,
+    /// Shares given so far in this unseal attempt.
+    pub progress: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    pub shares: u8,
+    pub threshold: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InitResponse {
+    /// Shown once. Give one to each key holder.
+    pub shares: Vec<String>,
+    pub threshold: u8,
+    /// Shown once: creates the first admin with `mayfly operator setup`.
+    pub setup_code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    #[serde(default)]
+    pub share: Option<String>,
+    /// Forget the shares given so far.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    pub setup_code: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// A new user's TOTP enrollment, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TotpEnrollment {
+    pub otpauth_url: String,
+    pub secret_base32: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserCreated {
+    pub username: String,
+    pub groups: Vec<String>,
+    /// Present when the server generated the password; shown once.
+    pub password: Option<String>,
+    pub totp: TotpEnrollment,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub username: String,
+    /// Omit to have the server generate a strong one.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserSummary {
+    pub username: String,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordLoginRequest {
+    pub username: String,
+    pub password: String,
+    pub totp: String,
+}
+
+/// As Vault's JWT login takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtLoginRequest {
+    pub role: String,
+    pub jwt: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// The session token; shown once, send it as `Authorization: Bearer …`.
+    pub token: String,
+    pub session: TokenInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// The session id (an accessor: names the session without being able to use it).
+    pub id: String,
+    pub principal: PrincipalInfo,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PrincipalInfo {
+    /// `user` or `workload`.
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// For a workload: the JWT role it logged in with.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// A trusted JWT issuer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// The exact `iss` claim.
+    pub issuer: String,
+    /// Where to fetch its keys (JWKS). Give this or `public_keys`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub public_keys: Vec<JwtPublicKey>,
+    /// Clock skew allowed on `exp`/`nbf`, at most 60.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtPublicKey {
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `-----BEGIN PUBLIC KEY-----` PEM (RSA, EC P-256/P-384 or Ed25519).
+    pub pem: String,
+}
+
+/// A JWT login role: which tokens of which issuer map to which Workload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRoleConfig {
+    /// Name of a configured issuer.
+    pub issuer: String,
+    /// The token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Claims that must match exactly (string claims; a list means any of them).
+    #[serde(default)]
+    pub bound_claims: std::collections::BTreeMap<String, ClaimMatch>,
+    /// The claim whose value names the workload (e.g. `sub`).
+    #[serde(default = "default_name_claim")]
+    pub workload_name_claim: String,
+    /// Session lifetime for this role, at most one hour.
+    #[serde(default = "default_role_ttl")]
+    pub token_ttl_seconds: u64,
+}
+
+fn default_name_claim() -> String {
+    "sub".into()
+}
+
+fn default_role_ttl() -> u64 {
+    900
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ClaimMatch {
+    One(String),
+    Any(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPublicKey {
+    /// Ed25519 public key that signs audit checkpoints, base64 (standard, padded).
+    pub public_key: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerifyReport {
+    pub ok: bool,
+    /// The first problem found, naming the event.
+    pub error: Option<String>,
+    pub n_events: u64,
+    pub n_checkpoints: u64,
+    pub n_signatures_checked: u64,
+    pub last_seq: i64,
+    pub n_unsigned_tail: u64,
+}
+
+/// A page of audit events as file lines (canonical JSON with `hash`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventsPage {
+    pub lines: Vec<String>,
+    pub next_after: i64,
+}

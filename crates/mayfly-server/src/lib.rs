@@ -1,1 +1,116 @@
-//! placeholder
+//! The Mayfly broker: the HTTP API, authentication, the audit pipeline (group commit, signed
+//! checkpoints, sinks), the seal.
+//!
+//! [`run`] takes a bound listener and a shutdown future, so tests run a real server on port 0.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod metrics;
+pub mod seal;
+pub mod state;
+pub mod tls;
+pub mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::{Config, TlsFiles};
+pub use state::Broker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] mayfly_store::StoreError),
+    #[error("{0}")]
+    Start(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("server I/O")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store and builds the broker; auto-unseals when a dev key file is configured.
+pub async fn start(config: Config) -> Result<Broker, ServerError> {
+    metrics::install();
+    let store = mayfly_store::open(&config.store_url).await?;
+    let broker = Broker::new(Arc::new(store), config).map_err(|e| ServerError::Start(e.to_string()))?;
+    ::metrics::gauge!("mayfly_sealed").set(1.0);
+    Ok(broker)
+}
+
+/// Serves the API on `listener` until `shutdown` completes. Background work (checkpoints, the
+/// audit file sink, session clean-up) runs alongside and stops with it.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let local = listener.local_addr()?;
+    let tls = match &broker.inner.config.tls {
+        Some(files) => Some(tls::acceptor(files)?),
+        None => None,
+    };
+    if tls.is_none() && !local.ip().is_loopback() {
+        return Err(ServerError::Start(format!(
+            "refusing plain HTTP on {local}: configure `tls_cert` and `tls_key`, or listen on 127.0.0.1"
+        )));
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(audit::checkpoint::run(broker.clone(), stopped.clone())));
+    if let Some(path) = broker.inner.config.audit_file.clone() {
+        let sink = audit::sink::FileSink::open(&path).map_err(|e| ServerError::Start(e.to_string()))?;
+        tasks.push(tokio::spawn(audit::sink::run(broker.clone(), sink, stopped.clone())));
+    }
+    tasks.push(tokio::spawn(purge_sessions(broker.clone(), stopped.clone())));
+
+    let router = api::router(broker.clone());
+    let result = match tls {
+        Some(acceptor) => tls::serve(listener, acceptor, router, shutdown).await,
+        None => axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServerError::Io),
+    };
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    result
+}
+
+/// [`start`] then [`serve`].
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let broker = start(config).await?;
+    if let Some(key_file) = broker.inner.config.dev_key_file.clone() {
+        dev::unseal_from_file(&broker, &key_file).await?;
+    }
+    serve(listener, broker, shutdown).await
+}
+
+async fn purge_sessions(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+        // Keep expired sessions a day for investigations, then drop them.
+        let before = broker.now().saturating_add(Duration::ZERO);
+        let before = mayfly_core::Timestamp::from_unix_ms(before.unix_ms() - 86_400_000);
+        if let Err(error) = broker.store().purge_sessions(before).await {
+            tracing::warn!(error = %error, "session clean-up failed");
+        }
+    }
+}

@@ -1,1 +1,101 @@
-//! placeholder
+//! The broker's state: the [`Store`] trait and its two backends, SQLite (embedded default, one
+//! file, WAL) and PostgreSQL (several broker nodes on one state).
+//!
+//! Both backends run the same SQL through sqlx's `Any` driver; the DDL differs, so each has its
+//! own migrations folder, applied at [`open`]. The only dialect switch is in [`sql::Dialect`].
+//!
+//! Every change of state goes through [`Store::commit`] together with the audit event that records
+//! it: one transaction appends the events to the hash chain and applies the changes, so an action
+//! and its event commit together or not at all. A batch holds many requests' writes (group
+//! commit); each write runs under its own savepoint, so one conflicting write does not fail the
+//! others. The store keeps only ciphertext for secrets: encryption happens before it is called.
+
+mod records;
+mod sql;
+
+use mayfly_core::Timestamp;
+use mayfly_core::audit::AuditDraft;
+
+pub use records::{
+    Change, JwtConfigRecord, SealRecord, SessionRecord, StoredEvent, ThrottleRecord, UserRecord,
+};
+pub use sql::{Dialect, SqlStore};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable")]
+    Unavailable(#[source] BoxError),
+    #[error("the store holds data it cannot read: {0}")]
+    Corrupt(String),
+    #[error("store url `{0}` is not supported: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("store migration failed")]
+    Migration(#[source] BoxError),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// One change and the audit event that records it. A write with no change records a fact only
+/// (a refused call, a login failure that changes nothing).
+#[derive(Debug)]
+pub struct Write {
+    pub change: Option<Change>,
+    pub event: AuditDraft,
+}
+
+/// What became of one write in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The change is applied and its event is in the chain at `seq`.
+    Applied { seq: i64 },
+    /// The change conflicted with the state (for example a name already taken, a TOTP step
+    /// already used). Nothing changed; the event is in the chain at `seq`, marked `refused`.
+    Conflict { seq: i64, reason: String },
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn dialect(&self) -> Dialect;
+
+    /// Applies a batch of writes and appends their events in one transaction.
+    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    async fn seal(&self) -> Result<Option<SealRecord>, StoreError>;
+    async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    async fn throttle(&self, username: &str) -> Result<Option<ThrottleRecord>, StoreError>;
+
+    /// The session with this token hash, with the principal as it is *now* (current groups; a
+    /// disabled or deleted user yields `None`).
+    async fn session_by_hash(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, StoreError>;
+
+    async fn jwt_issuer(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
+    async fn jwt_role(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
+
+    /// The newest event's sequence number and hash (`0` and the genesis hash for an empty log).
+    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
+    /// Up to `limit` events with `seq > after`, in order.
+    async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The newest checkpoint event, if any.
+    async fn last_checkpoint(&self) -> Result<Option<StoredEvent>, StoreError>;
+
+    async fn sink_cursor(&self, sink: &str) -> Result<i64, StoreError>;
+    async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError>;
+
+    /// Deletes sessions that expired before `before`; returns how many.
+    async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) and applies its migrations.
+pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+    SqlStore::open(url).await
+}

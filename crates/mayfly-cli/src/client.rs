@@ -1,0 +1,99 @@
+//! The HTTP client the CLI commands share: the broker's address, the session token, and error
+//! answers turned into messages with a hint about what to do next.
+
+use anyhow::{Context, anyhow};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub struct Client {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+}
+
+/// An error answer of the broker.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status.as_u16())?;
+        let hint = match (self.status.as_u16(), self.code.as_str()) {
+            (401, _) => Some("run `mayfly login` first, or set MAYFLY_TOKEN"),
+            (403, _) => Some("ask an admin for access"),
+            (_, "sealed") => Some("unseal the broker with `mayfly operator unseal`"),
+            (_, "not_initialized") => Some("initialize the broker with `mayfly operator init`"),
+            (429, _) => Some("wait, then try again"),
+            _ => None,
+        };
+        if let Some(hint) = hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl Client {
+    pub fn new(addr: &str, token: Option<String>, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read CA certificate `{}`", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).context("the CA certificate is not PEM")?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Client {
+            http: builder.build().context("cannot build the HTTP client")?,
+            addr: addr.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> anyhow::Result<T> {
+        let value = self.call_raw(method, path, body).await?;
+        serde_json::from_value(value).context("the broker's answer has an unexpected shape")
+    }
+
+    pub async fn call_raw<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{}", self.addr, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the broker at {}: {e}\nhint: is it running? start one with `mayfly dev`, or set MAYFLY_ADDR",
+                self.addr
+            )
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.context("cannot read the broker's answer")?;
+        if status.is_success() {
+            if bytes.is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
+            return serde_json::from_slice(&bytes).context("the broker's answer is not JSON");
+        }
+        let body: Option<mayfly_api::ErrorBody> = serde_json::from_slice(&bytes).ok();
+        let (code, message) = match body {
+            Some(body) => (body.error.code, body.error.message),
+            None => ("unknown".into(), format!("the broker answered {status}")),
+        };
+        Err(ApiFailure { status, code, message }.into())
+    }
+}

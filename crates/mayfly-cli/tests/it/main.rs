@@ -1,0 +1,207 @@
+//! The `mayfly` binary end to end: `mayfly dev` starts in one command and prints how to log in;
+//! a real `mayfly server` is initialized, unsealed and set up through the CLI; `audit verify`
+//! checks a sink file offline and names the event that was tampered with.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mayfly_server::clock::{Clock, SystemClock};
+
+fn mayfly() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mayfly"));
+    command.env_remove("MAYFLY_TOKEN").env_remove("MAYFLY_ADDR").env("MAYFLY_LOG", "warn");
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[expect(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn dev_starts_in_one_command_and_its_audit_file_verifies_offline() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = mayfly()
+        .args(["dev", "--addr", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _running = Running(child);
+    let mut printed = String::new();
+    let mut export = None;
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("export MAYFLY_ADDR=") {
+            export = Some(line);
+            break;
+        }
+    }
+    let export = export.unwrap_or_else(|| panic!("no export line in:\n{printed}"));
+    assert!(printed.contains("DEVELOPMENT MODE"), "{printed}");
+    assert!(printed.contains("User alice") && printed.contains("User bob"), "{printed}");
+    let addr = export.split_whitespace().find_map(|w| w.strip_prefix("MAYFLY_ADDR=")).unwrap().to_owned();
+    let token = export.split_whitespace().find_map(|w| w.strip_prefix("MAYFLY_TOKEN=")).unwrap().to_owned();
+    assert_eq!(addr, format!("http://127.0.0.1:{port}"));
+
+    let lookup = run(mayfly().args(["token", "lookup", "--json"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN", &token));
+    assert!(lookup.status.success(), "{lookup:?}");
+    let info: serde_json::Value = serde_json::from_slice(&lookup.stdout).unwrap();
+    assert_eq!(info["principal"]["name"], "admin");
+    assert_eq!(info["principal"]["groups"], serde_json::json!(["admins"]));
+
+    // Without a token: a clear error with a hint.
+    let refused = run(mayfly().args(["user", "list"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN_FILE", data.path().join("none")));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401") && stderr.contains("mayfly login"), "{stderr}");
+
+    let verify = run(mayfly().args(["audit", "verify"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN", &token));
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(stdout(&verify).contains("audit log intact"), "{}", stdout(&verify));
+
+    let key = run(mayfly().args(["audit", "public-key"]).env("MAYFLY_ADDR", &addr));
+    let key = stdout(&key).trim().to_owned();
+    assert_eq!(key.len(), 44, "{key}");
+
+    // The sink file catches up with the store (the verify above signed a checkpoint).
+    let file = data.path().join("audit.jsonl");
+    let export_file = data.path().join("export.jsonl");
+    let exported = run(mayfly()
+        .args(["audit", "export", "--output"])
+        .arg(&export_file)
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", &token));
+    assert!(exported.status.success(), "{exported:?}");
+    let n_exported = std::fs::read_to_string(&export_file).unwrap().lines().count();
+    wait_until("the sink file", || {
+        std::fs::read_to_string(&file).map(|t| t.lines().count() >= n_exported).unwrap_or(false)
+    });
+    let ok = run(mayfly().args(["audit", "verify", "--public-key", &key, "--file"]).arg(&file));
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("audit file intact"), "{}", stdout(&ok));
+
+    // Tamper with a copy: edit, delete, swap.
+    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
+    let tampered = data.path().join("tampered.jsonl");
+    let check = |lines: &[String], expect: &str| {
+        std::fs::write(&tampered, format!("{}\n", lines.join("\n"))).unwrap();
+        let output = run(mayfly().args(["audit", "verify", "--file"]).arg(&tampered));
+        assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+        assert!(stdout(&output).contains(expect), "expected `{expect}` in {}", stdout(&output));
+    };
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replacen("\"kind\":\"user.create\"", "\"kind\":\"user.created\"", 1);
+    assert_ne!(edited[2], lines[2]);
+    check(&edited, "event 3 was edited");
+    let mut deleted = lines.clone();
+    deleted.remove(1);
+    check(&deleted, "expected event 2");
+    let mut swapped = lines.clone();
+    swapped.swap(3, 4);
+    check(&swapped, "expected event 4");
+}
+
+fn password_file(dir: &Path, password: &str) -> std::path::PathBuf {
+    let path = dir.join("password");
+    std::fs::write(&path, password).unwrap();
+    path
+}
+
+#[test]
+fn a_server_is_initialized_unsealed_and_set_up_through_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let store = format!("sqlite://{}?mode=rwc", data.path().join("mayfly.db").display());
+    let child = mayfly()
+        .args(["server", "--store", &store, "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    wait_until("the server", || {
+        run(mayfly().args(["status"]).env("MAYFLY_ADDR", &addr)).status.success()
+    });
+
+    let init = run(mayfly().args(["operator", "init", "--shares", "5", "--threshold", "3", "--json"]).env("MAYFLY_ADDR", &addr));
+    assert!(init.status.success(), "{init:?}");
+    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    let shares: Vec<String> = init["shares"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+
+    // Sealed: work is refused with a hint.
+    let sealed = run(mayfly().args(["user", "list"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN", "mft_x"));
+    assert!(String::from_utf8_lossy(&sealed.stderr).contains("mayfly operator unseal"), "{sealed:?}");
+
+    for (i, share) in shares.iter().take(3).enumerate() {
+        let output = run(mayfly().args(["operator", "unseal", share]).env("MAYFLY_ADDR", &addr));
+        assert!(output.status.success(), "{output:?}");
+        let expect = if i < 2 { format!("{} of 3", i + 1) } else { "unsealed".to_owned() };
+        assert!(stdout(&output).contains(&expect), "{}", stdout(&output));
+    }
+
+    let password = password_file(data.path(), "correct horse battery staple");
+    let setup = run(mayfly()
+        .args(["operator", "setup", "--code", init["setup_code"].as_str().unwrap(), "--username", "root", "--json", "--password-file"])
+        .arg(&password)
+        .env("MAYFLY_ADDR", &addr));
+    assert!(setup.status.success(), "{setup:?}");
+    let user: serde_json::Value = serde_json::from_slice(&setup.stdout).unwrap();
+    let secret = user["totp"]["secret_base32"].as_str().unwrap();
+
+    let token_file = data.path().join("token");
+    let code = mayfly_testkit::totp_code(secret, SystemClock.now().unix_secs());
+    let login = run(mayfly()
+        .args(["login", "root", "--totp", &code, "--password-file"])
+        .arg(&password)
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", &token_file));
+    assert!(login.status.success(), "{login:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let lookup = run(mayfly().args(["token", "lookup"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN_FILE", &token_file));
+    assert!(stdout(&lookup).contains("user:root"), "{lookup:?}");
+    let revoke = run(mayfly().args(["token", "revoke"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN_FILE", &token_file));
+    assert!(revoke.status.success(), "{revoke:?}");
+    assert!(!token_file.exists());
+}

@@ -1,0 +1,39 @@
+//! Core and store types to wire types, by hand, so the domain does not shape the wire.
+
+use mayfly_api::{LoginResponse, PrincipalInfo, TokenInfo};
+use mayfly_core::Principal;
+use mayfly_crypto::{ExposeSecret, SecretString};
+use mayfly_store::SessionRecord;
+
+pub fn principal(principal: &Principal) -> PrincipalInfo {
+    match principal {
+        Principal::User { name, groups, .. } => PrincipalInfo {
+            kind: "user".into(),
+            name: name.clone(),
+            groups: groups.clone(),
+            role: None,
+        },
+        Principal::Workload { role, name } => PrincipalInfo {
+            kind: "workload".into(),
+            name: name.clone(),
+            groups: Vec::new(),
+            role: Some(role.clone()),
+        },
+    }
+}
+
+pub fn token_info(session: &SessionRecord) -> TokenInfo {
+    TokenInfo {
+        id: session.id.clone(),
+        principal: principal(&session.principal),
+        created_at_ms: session.created_at.unix_ms(),
+        expires_at_ms: session.expires_at.unix_ms(),
+    }
+}
+
+pub fn login_response(token: &SecretString, session: &SessionRecord) -> LoginResponse {
+    LoginResponse {
+        token: token.expose_secret().to_owned(),
+        session: token_info(session),
+    }
+}

@@ -1,0 +1,34 @@
+//! The OpenAPI document served at `/v1/openapi.json`, generated from the handlers' annotations.
+
+use utoipa::OpenApi;
+
+use crate::api::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mayfly", description = "Zero standing privileges: just-in-time access broker. Native API."),
+    paths(
+        routes::health,
+        routes::seal_status,
+        routes::init,
+        routes::unseal,
+        routes::setup,
+        routes::password_login,
+        routes::jwt_login,
+        routes::lookup_self,
+        routes::revoke_self,
+        routes::create_user,
+        routes::list_users,
+        routes::put_jwt_issuer,
+        routes::put_jwt_role,
+        routes::audit_public_key,
+        routes::audit_verify,
+        routes::audit_events,
+    ),
+    components(schemas(mayfly_api::ErrorBody, mayfly_api::ErrorDetail))
+)]
+pub struct ApiDoc;
+
+pub fn document() -> String {
+    ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+}

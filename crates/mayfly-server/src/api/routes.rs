@@ -1,0 +1,313 @@
+//! Handlers. Each validates its input, does one domain operation, and answers with wire types.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use mayfly_api::*;
+use mayfly_core::audit::Outcome;
+use mayfly_store::{Change, Write, WriteOutcome};
+
+use crate::api::convert;
+use crate::api::error::{ApiError, AuditedError};
+use crate::api::json::ApiJson;
+use crate::api::middleware::RequestMeta;
+use crate::auth::Caller;
+use crate::state::Broker;
+
+type ApiResult<T> = Result<ApiJson<T>, ApiError>;
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the broker is unsealed and the store answers.
+pub async fn readyz(State(broker): State<Broker>) -> Result<&'static str, ApiError> {
+    broker.require_unsealed().await?;
+    broker.store().audit_head().await.map_err(|e| ApiError::store(&e))?;
+    Ok("ready")
+}
+
+pub async fn metrics() -> Response {
+    let text = crate::metrics::render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::api::openapi::document()).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint: see /v1/openapi.json".into())
+}
+
+#[utoipa::path(get, path = "/v1/sys/health", responses((status = 200, body = Health)))]
+pub async fn health(State(broker): State<Broker>) -> ApiResult<Health> {
+    let status = broker.seal_status().await?;
+    Ok(ApiJson(Health {
+        initialized: status.initialized,
+        sealed: status.sealed,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/sys/seal-status", responses((status = 200, body = SealStatus)))]
+pub async fn seal_status(State(broker): State<Broker>) -> ApiResult<SealStatus> {
+    Ok(ApiJson(broker.seal_status().await?))
+}
+
+#[utoipa::path(post, path = "/v1/sys/init", request_body = InitRequest,
+    responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody)))]
+pub async fn init(State(broker): State<Broker>, ApiJson(request): ApiJson<InitRequest>) -> ApiResult<InitResponse> {
+    Ok(ApiJson(broker.initialize(request.shares, request.threshold).await?))
+}
+
+#[utoipa::path(post, path = "/v1/sys/unseal", request_body = UnsealRequest,
+    responses((status = 200, body = SealStatus), (status = 400, body = ErrorBody)))]
+pub async fn unseal(State(broker): State<Broker>, ApiJson(request): ApiJson<UnsealRequest>) -> ApiResult<SealStatus> {
+    if request.reset {
+        broker.reset_unseal().await;
+        return Ok(ApiJson(broker.seal_status().await?));
+    }
+    let Some(share) = request.share else {
+        return Err(ApiError::BadRequest("field `share`: give a share, or `reset: true`".into()));
+    };
+    if share.len() > 512 {
+        return Err(ApiError::BadRequest("field `share`: too long".into()));
+    }
+    Ok(ApiJson(broker.unseal_with_share(&share).await?))
+}
+
+#[utoipa::path(post, path = "/v1/sys/setup", request_body = SetupRequest,
+    responses((status = 200, body = UserCreated), (status = 403, body = ErrorBody)))]
+pub async fn setup(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    ApiJson(request): ApiJson<SetupRequest>,
+) -> ApiResult<UserCreated> {
+    Ok(ApiJson(crate::users::setup(&broker, &meta, request).await?))
+}
+
+#[utoipa::path(post, path = "/v1/auth/password/login", request_body = PasswordLoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn password_login(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    ApiJson(request): ApiJson<PasswordLoginRequest>,
+) -> Result<ApiJson<LoginResponse>, AuditedError> {
+    Ok(ApiJson(crate::auth::password::login(&broker, &meta, request).await?))
+}
+
+#[utoipa::path(post, path = "/v1/auth/jwt/login", request_body = JwtLoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
+pub async fn jwt_login(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    ApiJson(request): ApiJson<JwtLoginRequest>,
+) -> Result<ApiJson<LoginResponse>, AuditedError> {
+    Ok(ApiJson(crate::auth::jwt::login(&broker, &meta, request).await?))
+}
+
+#[utoipa::path(get, path = "/v1/auth/token/lookup-self", responses((status = 200, body = TokenInfo), (status = 401, body = ErrorBody)))]
+pub async fn lookup_self(caller: Caller) -> ApiResult<TokenInfo> {
+    Ok(ApiJson(convert::token_info(&caller.session)))
+}
+
+#[utoipa::path(post, path = "/v1/auth/token/revoke-self", responses((status = 204), (status = 401, body = ErrorBody)))]
+pub async fn revoke_self(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let mut event = broker.draft("auth.token.revoke", Outcome::Ok);
+    event.actor = Some(caller.principal().to_string());
+    event.subject = Some(format!("session:{}", caller.session.id));
+    meta.fill(&mut event);
+    let change = Change::RevokeSession {
+        id: caller.session.id.clone(),
+        at: broker.now(),
+    };
+    match broker.commit(Write { change: Some(change), event }).await? {
+        WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
+        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/users", request_body = CreateUserRequest,
+    responses((status = 200, body = UserCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_user(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateUserRequest>,
+) -> ApiResult<UserCreated> {
+    caller.require_admin()?;
+    let actor = caller.principal().to_string();
+    Ok(ApiJson(crate::users::create(&broker, &meta, &actor, request).await?))
+}
+
+#[utoipa::path(get, path = "/v1/users", responses((status = 200, body = Vec<UserSummary>), (status = 403, body = ErrorBody)))]
+pub async fn list_users(State(broker): State<Broker>, caller: Caller) -> ApiResult<Vec<UserSummary>> {
+    caller.require_admin()?;
+    let users = broker.store().users().await.map_err(|e| ApiError::store(&e))?;
+    Ok(ApiJson(
+        users
+            .into_iter()
+            .map(|u| UserSummary {
+                username: u.username,
+                groups: u.groups,
+                disabled: u.disabled,
+                created_at_ms: u.created_at.unix_ms(),
+            })
+            .collect(),
+    ))
+}
+
+fn check_config_name(name: &str) -> Result<(), ApiError> {
+    mayfly_core::GroupName::parse(name).map_err(|e| ApiError::BadRequest(format!("name `{}`: {e}", name.chars().take(64).collect::<String>())))?;
+    Ok(())
+}
+
+#[utoipa::path(put, path = "/v1/auth/jwt/issuers/{name}", request_body = JwtIssuerConfig,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn put_jwt_issuer(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(config): ApiJson<JwtIssuerConfig>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    caller.require_admin()?;
+    check_config_name(&name)?;
+    crate::auth::jwt::check_issuer(&config)?;
+    let mut event = broker
+        .draft("auth.jwt.issuer.put", Outcome::Ok)
+        .detail("issuer", config.issuer.clone())
+        .detail("jwks_url", config.jwks_url.clone())
+        .detail("n_public_keys", config.public_keys.len());
+    event.actor = Some(caller.principal().to_string());
+    event.subject = Some(format!("jwt-issuer:{name}"));
+    meta.fill(&mut event);
+    let config = serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    broker
+        .commit(Write {
+            change: Some(Change::PutJwtIssuer { name, config }),
+            event,
+        })
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/v1/auth/jwt/roles/{name}", request_body = JwtRoleConfig,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn put_jwt_role(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(config): ApiJson<JwtRoleConfig>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    caller.require_admin()?;
+    check_config_name(&name)?;
+    crate::auth::jwt::check_role(&config)?;
+    if broker.store().jwt_issuer(&config.issuer).await.map_err(|e| ApiError::store(&e))?.is_none() {
+        return Err(ApiError::BadRequest(format!("field `issuer`: no issuer named `{}`", config.issuer)));
+    }
+    let mut event = broker
+        .draft("auth.jwt.role.put", Outcome::Ok)
+        .detail("config", serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?);
+    event.actor = Some(caller.principal().to_string());
+    event.subject = Some(format!("jwt-role:{name}"));
+    meta.fill(&mut event);
+    let config = serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    broker
+        .commit(Write {
+            change: Some(Change::PutJwtRole { name, config }),
+            event,
+        })
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/sys/audit/public-key", responses((status = 200, body = AuditPublicKey), (status = 503, body = ErrorBody)))]
+pub async fn audit_public_key(State(broker): State<Broker>) -> ApiResult<AuditPublicKey> {
+    let keys = broker.require_unsealed().await?;
+    let public_key = keys.audit_signer.public_key();
+    Ok(ApiJson(AuditPublicKey {
+        public_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, public_key),
+        key_id: mayfly_core::audit::key_id(&public_key),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/sys/audit/verify", responses((status = 200, body = AuditVerifyReport), (status = 403, body = ErrorBody)))]
+pub async fn audit_verify(State(broker): State<Broker>, caller: Caller) -> ApiResult<AuditVerifyReport> {
+    caller.require_admin()?;
+    let keys = broker.require_unsealed().await?;
+    // Sign what is there first, so the report covers as much as possible with signatures.
+    crate::audit::checkpoint::run_once(&broker).await?;
+    let public_key = keys.audit_signer.public_key();
+    let result = crate::audit::verify_store(broker.store(), &public_key)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(ApiJson(match result {
+        Ok(report) => AuditVerifyReport {
+            ok: true,
+            error: None,
+            n_events: report.n_events,
+            n_checkpoints: report.n_checkpoints,
+            n_signatures_checked: report.n_signatures_checked,
+            last_seq: report.last_seq,
+            n_unsigned_tail: report.n_unsigned_tail,
+        },
+        Err(error) => AuditVerifyReport {
+            ok: false,
+            error: Some(error.to_string()),
+            n_events: 0,
+            n_checkpoints: 0,
+            n_signatures_checked: 0,
+            last_seq: 0,
+            n_unsigned_tail: 0,
+        },
+    }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    1000
+}
+
+#[utoipa::path(get, path = "/v1/sys/audit/events", params(("after" = i64, Query), ("limit" = i64, Query)),
+    responses((status = 200, body = AuditEventsPage), (status = 403, body = ErrorBody)))]
+pub async fn audit_events(
+    State(broker): State<Broker>,
+    caller: Caller,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<AuditEventsPage> {
+    caller.require_admin()?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    if !(1..=10_000).contains(&query.limit) || query.after < 0 {
+        return Err(ApiError::BadRequest("query `limit`: must be between 1 and 10000; `after` must be >= 0".into()));
+    }
+    let events = broker
+        .store()
+        .audit_events(query.after, query.limit)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut lines = Vec::with_capacity(events.len());
+    let mut next_after = query.after;
+    for event in events {
+        let body: serde_json::Value =
+            serde_json::from_str(&event.body).map_err(|_| ApiError::Internal(format!("event {} is not JSON", event.seq)))?;
+        lines.push(mayfly_core::audit::to_line(&body, &event.hash));
+        next_after = event.seq;
+    }
+    Ok(ApiJson(AuditEventsPage { lines, next_after }))
+}

@@ -1,0 +1,112 @@
+//! Checkpoints: at least every N events or T seconds the broker signs the chain head with the
+//! Ed25519 key it holds through the barrier, and the signed checkpoint joins the chain.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mayfly_core::audit::{CHECKPOINT_KIND, Checkpoint, Outcome, key_id};
+use mayfly_store::StoreError;
+
+use crate::api::error::ApiError;
+use crate::state::Broker;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CheckpointOutcome {
+    /// A checkpoint was written at this sequence number.
+    Worked(i64),
+    /// Nothing new to sign, or the broker is sealed.
+    Idle,
+}
+
+/// Signs everything after the last checkpoint, if there is anything.
+pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, ApiError> {
+    let Some(keys) = broker.unsealed().await else {
+        return Ok(CheckpointOutcome::Idle);
+    };
+    let store = broker.store();
+    let from_seq = last_covered(broker).await.map_err(|e| ApiError::store(&e))?;
+    let (head_seq, _) = store.audit_head().await.map_err(|e| ApiError::store(&e))?;
+    if head_seq <= from_seq {
+        return Ok(CheckpointOutcome::Idle);
+    }
+    let mut hashes = Vec::new();
+    let mut after = from_seq;
+    while after < head_seq {
+        let page = store
+            .audit_events(after, (head_seq - after).min(2000))
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        if page.is_empty() {
+            break;
+        }
+        for event in page {
+            if event.seq > head_seq {
+                break;
+            }
+            let hash: [u8; 32] = hex::decode(&event.hash)
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| ApiError::Internal(format!("event {} has a malformed hash", event.seq)))?;
+            hashes.push(hash);
+            after = event.seq;
+        }
+    }
+    let public_key = keys.audit_signer.public_key();
+    let Some(checkpoint) = Checkpoint::over(from_seq, &hashes, &key_id(&public_key)) else {
+        return Ok(CheckpointOutcome::Idle);
+    };
+    let signature = keys.audit_signer.sign(&checkpoint.message());
+    let to_seq = checkpoint.to_seq;
+    let mut event = broker.draft(CHECKPOINT_KIND, Outcome::Ok);
+    event.actor = Some("broker".into());
+    event.details = checkpoint.into_details(&signature);
+    let seq = broker.record(event).await?;
+    tracing::debug!(seq, covers = to_seq, "audit checkpoint written");
+    metrics::counter!("mayfly_audit_checkpoints_total").increment(1);
+    Ok(CheckpointOutcome::Worked(seq))
+}
+
+async fn last_covered(broker: &Broker) -> Result<i64, StoreError> {
+    let Some(last) = broker.store().last_checkpoint().await? else {
+        return Ok(0);
+    };
+    let body: serde_json::Value =
+        serde_json::from_str(&last.body).map_err(|_| StoreError::Corrupt("checkpoint body is not JSON".into()))?;
+    // Everything up to and including the checkpoint event itself is covered from here on; the
+    // next checkpoint starts after the previous one's `to_seq` so the chain of checkpoints is
+    // contiguous.
+    Ok(body
+        .get("details")
+        .and_then(|d| d.get("to_seq"))
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0))
+}
+
+/// Loops: a checkpoint every `checkpoint_interval`, or sooner once `checkpoint_every_events`
+/// events were committed by this node.
+pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let interval = broker.inner.config.checkpoint_interval;
+    let every = broker.inner.config.checkpoint_every_events.max(1);
+    let committed = broker.inner.committer.n_committed.clone();
+    let notify = broker.inner.committer.committed.clone();
+    let mut last_count = committed.load(Ordering::Relaxed);
+    let mut deadline = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = notify.notified() => {
+                let count = committed.load(Ordering::Relaxed);
+                if count.saturating_sub(last_count) < every {
+                    continue;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        last_count = committed.load(Ordering::Relaxed);
+        deadline = tokio::time::Instant::now() + interval;
+        if let Err(error) = run_once(&broker).await {
+            tracing::warn!(error = %error, "audit checkpoint failed; retrying soon");
+            deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        }
+    }
+}

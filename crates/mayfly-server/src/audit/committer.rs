@@ -1,0 +1,116 @@
+//! Group commit. Requests hand their write (a change and its audit event) to one committer task
+//! and wait; the task takes everything that queued up while the previous batch was committing and
+//! commits it as one transaction, then answers each request. Under load, batches grow by
+//! themselves; alone, a request waits for its own transaction only.
+//!
+//! If the store cannot take a batch, every request in it gets the error: the caller answers 503
+//! and performs nothing (fail closed).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mayfly_store::{Store, StoreError, Write, WriteOutcome};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+const MAX_BATCH: usize = 512;
+const QUEUE: usize = 8192;
+
+struct Pending {
+    write: Write,
+    reply: oneshot::Sender<Result<WriteOutcome, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the audit log could not take the event: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone)]
+pub struct Committer {
+    sender: mpsc::Sender<Pending>,
+    /// Events committed since start; the checkpointer and the sinks watch it.
+    pub n_committed: Arc<AtomicU64>,
+    pub committed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    /// Starts the committer task. With `group_commit` off each write gets its own transaction.
+    pub fn start(store: Arc<dyn Store>, group_commit: bool) -> Committer {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let committer = Committer {
+            sender,
+            n_committed: Arc::new(AtomicU64::new(0)),
+            committed: Arc::new(Notify::new()),
+        };
+        let max_batch = if group_commit { MAX_BATCH } else { 1 };
+        tokio::spawn(run(store, receiver, max_batch, committer.n_committed.clone(), committer.committed.clone()));
+        committer
+    }
+
+    /// Commits one write and its event; returns once it is durable.
+    pub async fn commit(&self, write: Write) -> Result<WriteOutcome, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Pending { write, reply })
+            .await
+            .map_err(|_| CommitError::Unavailable("the audit committer stopped".into()))?;
+        match answer.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(reason)) => Err(CommitError::Unavailable(reason)),
+            Err(_) => Err(CommitError::Unavailable("the audit committer stopped".into())),
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Pending>,
+    max_batch: usize,
+    n_committed: Arc<AtomicU64>,
+    committed: Arc<Notify>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(max_batch);
+    loop {
+        if receiver.recv_many(&mut batch, max_batch).await == 0 {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let (writes, replies): (Vec<Write>, Vec<_>) = batch.drain(..).map(|p| (p.write, p.reply)).unzip();
+        let n = writes.len();
+        match store.commit(writes).await {
+            Ok(outcomes) => {
+                n_committed.fetch_add(n as u64, Ordering::Relaxed);
+                committed.notify_waiters();
+                metrics::counter!("mayfly_audit_events_total").increment(n as u64);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, n_events = n, "audit batch failed; refusing its requests");
+                metrics::counter!("mayfly_audit_failures_total").increment(n as u64);
+                let reason = describe(&error);
+                for reply in replies {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+            }
+        }
+        metrics::counter!("mayfly_audit_batches_total").increment(1);
+        metrics::histogram!("mayfly_audit_batch_size").record(n as f64);
+        metrics::histogram!("mayfly_audit_commit_seconds").record(started.elapsed().as_secs_f64());
+    }
+}
+
+fn describe(error: &StoreError) -> String {
+    match error {
+        StoreError::Unavailable(_) => "the store is unavailable".into(),
+        other => other.to_string(),
+    }
+}

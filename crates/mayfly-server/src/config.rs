@@ -1,0 +1,105 @@
+//! Server configuration, read in two steps: a file (`version = 1`, unknown keys refused) becomes a
+//! validated [`Config`] that is passed explicitly, never kept in a global.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clock::{Clock, SystemClock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`")]
+    Read { path: String, #[source] source: std::io::Error },
+    #[error("config file `{path}` is invalid: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("{0}")]
+    Rule(String),
+}
+
+/// The file format (JSON): `{"version": 1, "store": "sqlite:///var/lib/mayfly/mayfly.db", ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub version: u32,
+    pub listen: Option<String>,
+    pub store: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub audit_file: Option<PathBuf>,
+    pub user_session_ttl_seconds: Option<u64>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store_url: String,
+    pub tls: Option<TlsFiles>,
+    /// JSON-lines audit sink.
+    pub audit_file: Option<PathBuf>,
+    /// Auto-unseal from this root key file (`mayfly dev` only).
+    pub dev_key_file: Option<PathBuf>,
+    /// Batch many requests' audit events in one transaction. Off = one transaction per event
+    /// (kept for the benchmark that measures the difference).
+    pub group_commit: bool,
+    pub checkpoint_every_events: u64,
+    pub checkpoint_interval: Duration,
+    pub user_session_ttl: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Config {
+    pub fn new(store_url: impl Into<String>) -> Config {
+        Config {
+            store_url: store_url.into(),
+            tls: None,
+            audit_file: None,
+            dev_key_file: None,
+            group_commit: true,
+            checkpoint_every_events: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+            user_session_ttl: Duration::from_secs(3600),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<(Config, Option<String>), ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: display.clone(),
+            reason: e.to_string(),
+        })?;
+        if file.version != 1 {
+            return Err(ConfigError::Invalid {
+                path: display,
+                reason: format!("version {} is not supported: use 1", file.version),
+            });
+        }
+        let mut config = Config::new(file.store);
+        config.audit_file = file.audit_file;
+        config.tls = match (file.tls_cert, file.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::Rule("give both `tls_cert` and `tls_key`, or neither".into())),
+        };
+        if let Some(ttl) = file.user_session_ttl_seconds {
+            if !(60..=86_400).contains(&ttl) {
+                return Err(ConfigError::Rule("`user_session_ttl_seconds` must be between 60 and 86400".into()));
+            }
+            config.user_session_ttl = Duration::from_secs(ttl);
+        }
+        Ok((config, file.listen))
+    }
+}

@@ -1,0 +1,210 @@
+//! Initialization and the seal: the root key is split into Shamir shares at init and exists only
+//! in memory once enough shares are given. A key-check value tells a right root key from a wrong
+//! one, so bad shares are refused and never turned into a wrong key.
+
+use std::sync::Arc;
+
+use mayfly_api::{InitResponse, SealStatus};
+use mayfly_core::audit::Outcome;
+use mayfly_crypto::barrier::{self, Keyring, RootKey};
+use mayfly_crypto::sign::SigningKey;
+use mayfly_crypto::{ExposeSecret, seal};
+use mayfly_store::{Change, SealRecord, Write, WriteOutcome};
+use zeroize::Zeroizing;
+
+use crate::api::error::ApiError;
+use crate::state::{AUDIT_HMAC_KEY_PATH, AUDIT_SIGNING_KEY_PATH, Broker, Unsealed};
+
+fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
+    ApiError::Internal(format!("crypto: {error}"))
+}
+
+impl Broker {
+    pub async fn seal_status(&self) -> Result<SealStatus, ApiError> {
+        let seal = self.store().seal().await.map_err(|e| ApiError::store(&e))?;
+        let sealed = self.unsealed().await.is_none();
+        let progress = self.inner.progress.lock().await.shares.len();
+        Ok(match seal {
+            None => SealStatus {
+                initialized: false,
+                sealed: true,
+                threshold: 0,
+                n_shares: 0,
+                progress: 0,
+            },
+            Some(seal) => SealStatus {
+                initialized: true,
+                sealed,
+                threshold: u8::try_from(seal.threshold).unwrap_or(0),
+                n_shares: u8::try_from(seal.n_shares).unwrap_or(0),
+                progress: u8::try_from(progress).unwrap_or(u8::MAX),
+            },
+        })
+    }
+
+    /// Creates the root key, the keyring and the broker's own keys; returns the shares and the
+    /// one-time setup code. The broker stays sealed.
+    pub async fn initialize(&self, n_shares: u8, threshold: u8) -> Result<InitResponse, ApiError> {
+        if !(1..=16).contains(&n_shares) {
+            return Err(ApiError::BadRequest("field `shares`: must be between 1 and 16".into()));
+        }
+        if threshold > n_shares || threshold == 0 || (threshold == 1 && n_shares > 1) {
+            return Err(ApiError::BadRequest(
+                "field `threshold`: must be at least 2 and at most `shares` (1 only with 1 share)".into(),
+            ));
+        }
+        let root = RootKey::generate().map_err(crypto)?;
+        let seal_id: [u8; 8] = mayfly_crypto::random_bytes().map_err(crypto)?;
+        let shares = seal::split(&root, threshold, n_shares, &seal_id).map_err(crypto)?;
+        let setup_code = self.initialize_with_root(&root, &seal_id, n_shares, threshold).await?;
+        Ok(InitResponse {
+            shares: shares.iter().map(|s| s.expose_secret().to_owned()).collect(),
+            threshold,
+            setup_code: setup_code.expose_secret().to_owned(),
+        })
+    }
+
+    /// Initializes with a given root key (also used by `mayfly dev`, which keeps the key in a file).
+    pub async fn initialize_with_root(
+        &self,
+        root: &RootKey,
+        seal_id: &[u8],
+        n_shares: u8,
+        threshold: u8,
+    ) -> Result<mayfly_crypto::SecretString, ApiError> {
+        let keyring = Keyring::generate().map_err(crypto)?;
+        let signer = SigningKey::generate().map_err(crypto)?;
+        let hmac_key: [u8; 32] = mayfly_crypto::random_bytes().map_err(crypto)?;
+        let hmac_key = Zeroizing::new(hmac_key);
+        let (setup_code, setup_hash) = mayfly_crypto::token::new_setup_code().map_err(crypto)?;
+        let now = self.now();
+        let seal = SealRecord {
+            seal_id: seal_id.to_vec(),
+            n_shares: i64::from(n_shares),
+            threshold: i64::from(threshold),
+            kcv: barrier::key_check_value(root).map_err(crypto)?,
+            wrapped_keyring: keyring.wrap(root).map_err(crypto)?,
+            setup_code_hash: Some(setup_hash.to_vec()),
+            created_at: now,
+        };
+        let secrets = vec![
+            (
+                AUDIT_SIGNING_KEY_PATH.to_owned(),
+                keyring.seal(AUDIT_SIGNING_KEY_PATH, signer.expose_seed()).map_err(crypto)?,
+            ),
+            (
+                AUDIT_HMAC_KEY_PATH.to_owned(),
+                keyring.seal(AUDIT_HMAC_KEY_PATH, hmac_key.as_slice()).map_err(crypto)?,
+            ),
+        ];
+        let event = self
+            .draft("sys.init", Outcome::Ok)
+            .detail("n_shares", n_shares)
+            .detail("threshold", threshold)
+            .detail("audit_key_id", mayfly_core::audit::key_id(&signer.public_key()));
+        let outcome = self
+            .commit(Write {
+                change: Some(Change::Initialize { seal, secrets }),
+                event,
+            })
+            .await?;
+        match outcome {
+            WriteOutcome::Applied { .. } => Ok(setup_code),
+            WriteOutcome::Conflict { .. } => Err(ApiError::Conflict("the broker is already initialized".into())),
+        }
+    }
+
+    /// Takes one share. Unseals once `threshold` shares are in and they rebuild the root key.
+    pub async fn unseal_with_share(&self, text: &str) -> Result<SealStatus, ApiError> {
+        let seal = self
+            .store()
+            .seal()
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or(ApiError::NotInitialized)?;
+        if self.unsealed().await.is_some() {
+            return self.seal_status().await;
+        }
+        let share = match seal::parse_share(text.trim(), &seal.seal_id) {
+            Ok(share) => share,
+            Err(error) => {
+                self.record(self.draft("sys.unseal", Outcome::Refused).detail("reason", error.to_string()))
+                    .await?;
+                return Err(ApiError::BadRequest(format!("field `share`: {error}")));
+            }
+        };
+        let threshold = usize::try_from(seal.threshold).unwrap_or(usize::MAX);
+        let root = {
+            let mut progress = self.inner.progress.lock().await;
+            if progress.shares.iter().any(|s| s.index() == share.index()) {
+                return Err(ApiError::BadRequest(
+                    "field `share`: this share was already given in this unseal attempt".into(),
+                ));
+            }
+            progress.shares.push(share);
+            if progress.shares.len() < threshold {
+                drop(progress);
+                self.record(self.draft("sys.unseal", Outcome::Ok).detail("progress", "share accepted"))
+                    .await?;
+                return self.seal_status().await;
+            }
+            let shares = std::mem::take(&mut progress.shares);
+            seal::combine(&shares).map_err(crypto)?
+        };
+        if !barrier::check_root_key(&root, &seal.kcv) {
+            self.record(
+                self.draft("sys.unseal", Outcome::Refused)
+                    .detail("reason", "the shares do not rebuild the root key"),
+            )
+            .await?;
+            return Err(ApiError::BadRequest(
+                "the shares given do not rebuild the root key (a wrong or corrupted share): unseal progress was reset, start again"
+                    .into(),
+            ));
+        }
+        self.unseal_with_root(&root).await?;
+        self.record(self.draft("sys.unseal", Outcome::Ok).detail("progress", "unsealed"))
+            .await?;
+        self.seal_status().await
+    }
+
+    pub async fn reset_unseal(&self) {
+        self.inner.progress.lock().await.shares.clear();
+    }
+
+    /// Opens the keyring with the root key and loads the broker's own keys.
+    pub async fn unseal_with_root(&self, root: &RootKey) -> Result<(), ApiError> {
+        let seal = self
+            .store()
+            .seal()
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or(ApiError::NotInitialized)?;
+        if !barrier::check_root_key(root, &seal.kcv) {
+            return Err(ApiError::BadRequest("the root key does not match this broker".into()));
+        }
+        let keyring = Keyring::unwrap(root, &seal.wrapped_keyring).map_err(crypto)?;
+        let seed = self.read_secret(&keyring, AUDIT_SIGNING_KEY_PATH).await?;
+        let audit_signer = SigningKey::from_seed(&seed).map_err(crypto)?;
+        let hmac = self.read_secret(&keyring, AUDIT_HMAC_KEY_PATH).await?;
+        let unsealed = Unsealed {
+            keyring,
+            audit_signer,
+            audit_hmac_key: Zeroizing::new(hmac.to_vec()),
+        };
+        *self.inner.unsealed.write().await = Some(Arc::new(unsealed));
+        metrics::gauge!("mayfly_sealed").set(0.0);
+        tracing::info!("broker unsealed");
+        Ok(())
+    }
+
+    async fn read_secret(&self, keyring: &Keyring, path: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+        let blob = self
+            .store()
+            .secret(path)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or_else(|| ApiError::Internal(format!("secret `{path}` is missing from the store")))?;
+        keyring.open(path, &blob).map_err(crypto)
+    }
+}

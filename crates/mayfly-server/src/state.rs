@@ -1,0 +1,133 @@
+//! The broker's shared state: the store, the clock, the seal and the keys it guards, the audit
+//! committer. Cheap to clone; handlers get it as axum state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mayfly_core::Timestamp;
+use mayfly_core::audit::{AuditDraft, Outcome};
+use mayfly_crypto::barrier::Keyring;
+use mayfly_crypto::seal::Share;
+use mayfly_crypto::sign::SigningKey;
+use mayfly_store::{Store, Write, WriteOutcome};
+use tokio::sync::{Mutex, RwLock};
+use zeroize::Zeroizing;
+
+use crate::api::error::ApiError;
+use crate::audit::committer::Committer;
+use crate::config::Config;
+
+/// Paths of the broker's own secrets in the barrier.
+pub const AUDIT_SIGNING_KEY_PATH: &str = "sys/audit/signing-key";
+pub const AUDIT_HMAC_KEY_PATH: &str = "sys/audit/hmac-key";
+
+pub fn totp_secret_path(user_id: &str) -> String {
+    format!("users/{user_id}/totp")
+}
+
+/// What exists only while the broker is unsealed.
+pub struct Unsealed {
+    pub keyring: Keyring,
+    pub audit_signer: SigningKey,
+    pub audit_hmac_key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unsealed(..)")
+    }
+}
+
+impl Unsealed {
+    /// HMAC of a secret value, the only form in which a secret may appear in an audit event.
+    pub fn audit_hmac(&self, secret: &[u8]) -> String {
+        format!("hmac-sha256:{}", hex::encode(mayfly_crypto::hmac_sha256(&self.audit_hmac_key, secret)))
+    }
+}
+
+#[derive(Default)]
+pub struct UnsealProgress {
+    pub shares: Vec<Share>,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    pub inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    pub unsealed: RwLock<Option<Arc<Unsealed>>>,
+    pub progress: Mutex<UnsealProgress>,
+    pub committer: Committer,
+    pub jwks_cache: Mutex<HashMap<String, crate::auth::jwt::CachedKeys>>,
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Result<Broker, ApiError> {
+        let committer = Committer::start(store.clone(), config.group_commit);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                unsealed: RwLock::new(None),
+                progress: Mutex::new(UnsealProgress::default()),
+                committer,
+                jwks_cache: Mutex::new(HashMap::new()),
+                http,
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.inner.config.clock.now()
+    }
+
+    pub async fn unsealed(&self) -> Option<Arc<Unsealed>> {
+        self.inner.unsealed.read().await.clone()
+    }
+
+    /// The unsealed keys, or 503.
+    pub async fn require_unsealed(&self) -> Result<Arc<Unsealed>, ApiError> {
+        match self.unsealed().await {
+            Some(keys) => Ok(keys),
+            None => Err(ApiError::Sealed),
+        }
+    }
+
+    /// Commits a write and its audit event through the group committer. A store failure is a 503.
+    pub async fn commit(&self, write: Write) -> Result<WriteOutcome, ApiError> {
+        self.inner.committer.commit(write).await.map_err(|e| {
+            tracing::error!(error = %e, "audit commit failed");
+            ApiError::Unavailable("the audit log is unavailable; the action was not performed".into())
+        })
+    }
+
+    /// Records a fact with no change of state (a refusal, a read of a secret).
+    pub async fn record(&self, event: AuditDraft) -> Result<i64, ApiError> {
+        match self.commit(Write { change: None, event }).await? {
+            WriteOutcome::Applied { seq } | WriteOutcome::Conflict { seq, .. } => Ok(seq),
+        }
+    }
+
+    pub fn draft(&self, kind: &str, outcome: Outcome) -> AuditDraft {
+        AuditDraft::new(self.now(), kind, outcome)
+    }
+}

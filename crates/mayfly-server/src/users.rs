@@ -1,0 +1,150 @@
+//! Local users and groups: created by an admin (or, for the first admin, with the one-time setup
+//! code). Passwords are stored as argon2id hashes; each user's TOTP secret is stored through the
+//! barrier and shown once, at enrollment.
+
+use mayfly_api::{CreateUserRequest, SetupRequest, TotpEnrollment, UserCreated};
+use mayfly_core::audit::Outcome;
+use mayfly_core::{GroupName, Username};
+use mayfly_crypto::totp::TotpSecret;
+use mayfly_crypto::{ExposeSecret, SecretString};
+use mayfly_store::{Change, UserRecord, Write, WriteOutcome};
+
+use crate::api::error::ApiError;
+use crate::api::middleware::RequestMeta;
+use crate::state::{Broker, totp_secret_path};
+
+pub const MIN_PASSWORD_LEN: usize = 12;
+const MAX_PASSWORD_LEN: usize = 1024;
+pub const TOTP_ISSUER: &str = "Mayfly";
+
+fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
+    ApiError::Internal(format!("crypto: {error}"))
+}
+
+/// A password strong enough to show once: 20 characters from a 62-letter alphabet (≈119 bits).
+pub fn generate_password() -> Result<SecretString, ApiError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(20);
+    while out.len() < 20 {
+        let bytes: [u8; 32] = mayfly_crypto::random_bytes().map_err(crypto)?;
+        for byte in bytes {
+            // Rejection sampling: 248 = 4 * 62, so every letter is equally likely.
+            if byte < 248 && out.len() < 20 {
+                if let Some(c) = ALPHABET.get(usize::from(byte % 62)) {
+                    out.push(char::from(*c));
+                }
+            }
+        }
+    }
+    Ok(SecretString::from(out))
+}
+
+struct NewUser {
+    record: UserRecord,
+    secrets: Vec<(String, Vec<u8>)>,
+    password: Option<SecretString>,
+    totp: TotpEnrollment,
+}
+
+async fn prepare(
+    broker: &Broker,
+    username: &str,
+    password: Option<String>,
+    groups: &[String],
+) -> Result<NewUser, ApiError> {
+    let keys = broker.require_unsealed().await?;
+    let username = Username::parse(username).map_err(|e| ApiError::BadRequest(format!("field `username`: {e}")))?;
+    let mut group_names = Vec::new();
+    for group in groups {
+        let group = GroupName::parse(group).map_err(|e| ApiError::BadRequest(format!("field `groups`: `{group}` {e}")))?;
+        if !group_names.contains(&group.as_str().to_owned()) {
+            group_names.push(group.as_str().to_owned());
+        }
+    }
+    let generated = password.is_none();
+    let password = match password {
+        Some(password) => SecretString::from(password),
+        None => generate_password()?,
+    };
+    let length = password.expose_secret().chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&length) {
+        return Err(ApiError::BadRequest(format!(
+            "field `password`: must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
+        )));
+    }
+    let password_hash = mayfly_crypto::password::hash_password(&password).map_err(crypto)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let totp = TotpSecret::generate().map_err(crypto)?;
+    let path = totp_secret_path(&id);
+    let blob = keys.keyring.seal(&path, totp.expose_bytes()).map_err(crypto)?;
+    let enrollment = TotpEnrollment {
+        otpauth_url: totp.otpauth_url(username.as_str(), TOTP_ISSUER).map_err(crypto)?.expose_secret().to_owned(),
+        secret_base32: totp.base32().expose_secret().to_owned(),
+    };
+    Ok(NewUser {
+        record: UserRecord {
+            id,
+            username: username.as_str().to_owned(),
+            password_hash,
+            groups: group_names,
+            disabled: false,
+            totp_last_step: None,
+            created_at: broker.now(),
+        },
+        secrets: vec![(path, blob)],
+        password: generated.then_some(password),
+        totp: enrollment,
+    })
+}
+
+fn created(user: NewUser) -> UserCreated {
+    UserCreated {
+        username: user.record.username,
+        groups: user.record.groups,
+        password: user.password.map(|p| p.expose_secret().to_owned()),
+        totp: user.totp,
+    }
+}
+
+pub async fn create(
+    broker: &Broker,
+    meta: &RequestMeta,
+    actor: &str,
+    request: CreateUserRequest,
+) -> Result<UserCreated, ApiError> {
+    let user = prepare(broker, &request.username, request.password, &request.groups).await?;
+    let mut event = broker
+        .draft("user.create", Outcome::Ok)
+        .detail("groups", user.record.groups.clone());
+    event.actor = Some(actor.to_owned());
+    event.subject = Some(format!("user:{}", user.record.username));
+    meta.fill(&mut event);
+    let change = Change::CreateUser {
+        user: user.record.clone(),
+        secrets: user.secrets.clone(),
+    };
+    match broker.commit(Write { change: Some(change), event }).await? {
+        WriteOutcome::Applied { .. } => Ok(created(user)),
+        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+    }
+}
+
+/// Creates the first admin with the one-time setup code printed by `operator init`.
+pub async fn setup(broker: &Broker, meta: &RequestMeta, request: SetupRequest) -> Result<UserCreated, ApiError> {
+    let user = prepare(broker, &request.username, Some(request.password), &[GroupName::ADMINS.to_owned()]).await?;
+    let code_hash = mayfly_crypto::token::hash_setup_code(&request.setup_code);
+    let mut event = broker.draft("sys.setup", Outcome::Ok);
+    event.subject = Some(format!("user:{}", user.record.username));
+    meta.fill(&mut event);
+    let change = Change::SetupFirstAdmin {
+        code_hash: code_hash.to_vec(),
+        user: user.record.clone(),
+        secrets: user.secrets.clone(),
+    };
+    match broker.commit(Write { change: Some(change), event }).await? {
+        WriteOutcome::Applied { .. } => Ok(created(user)),
+        WriteOutcome::Conflict { .. } => Err(ApiError::Forbidden(
+            "the setup code is wrong or was already used".into(),
+        )),
+    }
+}

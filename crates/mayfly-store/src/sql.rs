@@ -1,0 +1,612 @@
+//! [`SqlStore`]: the one implementation of [`Store`] over sqlx's `Any` driver, for SQLite and
+//! PostgreSQL. SQL text is shared; [`Dialect`] is the only switch between the two.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use mayfly_core::audit::{AuditDraft, Outcome, hash_body};
+use mayfly_core::{Principal, Timestamp};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
+use tokio::sync::Mutex;
+
+use crate::records::{
+    Change, JwtConfigRecord, SealRecord, SessionRecord, StoredEvent, ThrottleRecord, UserRecord,
+};
+use crate::{Store, StoreError, Write, WriteOutcome};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// Serializes this node's writers. Across nodes (Postgres) the audit head row lock does it.
+    write_lock: Mutex<()>,
+}
+
+fn unavailable(error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+#[derive(Clone, Copy)]
+enum ConfigTable {
+    Issuers,
+    Roles,
+}
+
+enum Applied {
+    Done,
+    Conflict(String),
+}
+
+impl SqlStore {
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(unavailable)?;
+        let max_connections = match dialect {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        let migrator = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(Box::new(e)))?;
+        Ok(SqlStore {
+            pool,
+            dialect,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn apply(&self, connection: &mut AnyConnection, change: &Change) -> Result<Applied, sqlx::Error> {
+        match change {
+            Change::Initialize { seal, secrets } => {
+                let exists = sqlx::query("SELECT 1 FROM seal WHERE id = 1")
+                    .fetch_optional(&mut *connection)
+                    .await?;
+                if exists.is_some() {
+                    return Ok(Applied::Conflict("the broker is already initialized".into()));
+                }
+                sqlx::query(
+                    "INSERT INTO seal (id, seal_id, n_shares, threshold, kcv, wrapped_keyring, setup_code_hash, created_at) \
+                     VALUES (1, $1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(seal.seal_id.clone())
+                .bind(seal.n_shares)
+                .bind(seal.threshold)
+                .bind(seal.kcv.clone())
+                .bind(seal.wrapped_keyring.clone())
+                .bind(seal.setup_code_hash.clone())
+                .bind(seal.created_at.unix_ms())
+                .execute(&mut *connection)
+                .await?;
+                put_secrets(connection, secrets, seal.created_at).await?;
+                Ok(Applied::Done)
+            }
+            Change::PutSecret { path, blob, at } => {
+                put_secrets(connection, &[(path.clone(), blob.clone())], *at).await?;
+                Ok(Applied::Done)
+            }
+            Change::SetupFirstAdmin { code_hash, user, secrets } => {
+                let used = sqlx::query("UPDATE seal SET setup_code_hash = NULL WHERE id = 1 AND setup_code_hash = $1")
+                    .bind(code_hash.clone())
+                    .execute(&mut *connection)
+                    .await?;
+                if used.rows_affected() != 1 {
+                    return Ok(Applied::Conflict("the setup code is wrong or was already used".into()));
+                }
+                self.apply_create_user(connection, user, secrets).await
+            }
+            Change::CreateUser { user, secrets } => self.apply_create_user(connection, user, secrets).await,
+            Change::LoginSucceeded {
+                user_id,
+                username,
+                totp_step,
+                session,
+            } => {
+                let stepped = sqlx::query(
+                    "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1 AND disabled = 0",
+                )
+                .bind(*totp_step)
+                .bind(user_id.clone())
+                .execute(&mut *connection)
+                .await?;
+                if stepped.rows_affected() != 1 {
+                    return Ok(Applied::Conflict("the TOTP code was already used".into()));
+                }
+                sqlx::query("DELETE FROM login_failures WHERE username = $1")
+                    .bind(username.clone())
+                    .execute(&mut *connection)
+                    .await?;
+                insert_session(connection, session).await?;
+                Ok(Applied::Done)
+            }
+            Change::LoginFailed {
+                username,
+                throttled_until,
+            } => {
+                sqlx::query(
+                    "INSERT INTO login_failures (username, n_failures, throttled_until) VALUES ($1, 1, $2) \
+                     ON CONFLICT (username) DO UPDATE SET n_failures = login_failures.n_failures + 1, throttled_until = $2",
+                )
+                .bind(username.clone())
+                .bind(throttled_until.unix_ms())
+                .execute(&mut *connection)
+                .await?;
+                Ok(Applied::Done)
+            }
+            Change::CreateSession { session } => {
+                insert_session(connection, session).await?;
+                Ok(Applied::Done)
+            }
+            Change::RevokeSession { id, at } => {
+                let revoked = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(at.unix_ms())
+                    .bind(id.clone())
+                    .execute(&mut *connection)
+                    .await?;
+                if revoked.rows_affected() != 1 {
+                    return Ok(Applied::Conflict("the session is already revoked".into()));
+                }
+                Ok(Applied::Done)
+            }
+            Change::PutJwtIssuer { name, config } => {
+                upsert_config(connection, ConfigTable::Issuers, name, config).await?;
+                Ok(Applied::Done)
+            }
+            Change::PutJwtRole { name, config } => {
+                upsert_config(connection, ConfigTable::Roles, name, config).await?;
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    async fn apply_create_user(
+        &self,
+        connection: &mut AnyConnection,
+        user: &UserRecord,
+        secrets: &[(String, Vec<u8>)],
+    ) -> Result<Applied, sqlx::Error> {
+        let taken = sqlx::query("SELECT 1 FROM users WHERE username = $1")
+            .bind(user.username.clone())
+            .fetch_optional(&mut *connection)
+            .await?;
+        if taken.is_some() {
+            return Ok(Applied::Conflict(format!("user `{}` already exists", user.username)));
+        }
+        let groups = serde_json::to_string(&user.groups).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO users (id, username, password_hash, groups, disabled, totp_last_step, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(user.id.clone())
+        .bind(user.username.clone())
+        .bind(user.password_hash.clone())
+        .bind(groups)
+        .bind(i64::from(user.disabled))
+        .bind(user.totp_last_step.unwrap_or(-1))
+        .bind(user.created_at.unix_ms())
+        .execute(&mut *connection)
+        .await?;
+        put_secrets(connection, secrets, user.created_at).await?;
+        Ok(Applied::Done)
+    }
+
+    fn lock_head_sql(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+            Dialect::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+        }
+    }
+}
+
+async fn put_secrets(
+    connection: &mut AnyConnection,
+    secrets: &[(String, Vec<u8>)],
+    at: Timestamp,
+) -> Result<(), sqlx::Error> {
+    for (path, blob) in secrets {
+        sqlx::query(
+            "INSERT INTO secrets (path, blob, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (path) DO UPDATE SET blob = $2, updated_at = $3",
+        )
+        .bind(path.clone())
+        .bind(blob.clone())
+        .bind(at.unix_ms())
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_session(connection: &mut AnyConnection, session: &SessionRecord) -> Result<(), sqlx::Error> {
+    let (kind, name, role, user_id) = match &session.principal {
+        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
+        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
+    };
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, principal_kind, principal_name, principal_role, user_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(session.id.clone())
+    .bind(session.token_hash.clone())
+    .bind(kind)
+    .bind(name)
+    .bind(role)
+    .bind(user_id)
+    .bind(session.created_at.unix_ms())
+    .bind(session.expires_at.unix_ms())
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_config(
+    connection: &mut AnyConnection,
+    table: ConfigTable,
+    name: &str,
+    config: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let sql = match table {
+        ConfigTable::Issuers => {
+            "INSERT INTO jwt_issuers (name, config) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET config = $2"
+        }
+        ConfigTable::Roles => {
+            "INSERT INTO jwt_roles (name, config) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET config = $2"
+        }
+    };
+    sqlx::query(sql)
+        .bind(name.to_owned())
+        .bind(config.to_string())
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+fn redact_url(url: &str) -> String {
+    url.split_once("://").map_or_else(|| "…".to_owned(), |(scheme, _)| format!("{scheme}://…"))
+}
+
+fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
+    let groups: String = row.try_get("groups").map_err(unavailable)?;
+    let groups: Vec<String> =
+        serde_json::from_str(&groups).map_err(|_| StoreError::Corrupt("user groups are not a JSON list".into()))?;
+    let last_step: i64 = row.try_get("totp_last_step").map_err(unavailable)?;
+    let disabled: i64 = row.try_get("disabled").map_err(unavailable)?;
+    Ok(UserRecord {
+        id: row.try_get("id").map_err(unavailable)?,
+        username: row.try_get("username").map_err(unavailable)?,
+        password_hash: row.try_get("password_hash").map_err(unavailable)?,
+        groups,
+        disabled: disabled != 0,
+        totp_last_step: (last_step >= 0).then_some(last_step),
+        created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+    })
+}
+
+fn event_from_row(row: &AnyRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        seq: row.try_get("seq").map_err(unavailable)?,
+        kind: row.try_get("kind").map_err(unavailable)?,
+        body: row.try_get("body").map_err(unavailable)?,
+        hash: row.try_get("hash").map_err(unavailable)?,
+    })
+}
+
+fn config_from_row(row: &AnyRow) -> Result<JwtConfigRecord, StoreError> {
+    let config: String = row.try_get("config").map_err(unavailable)?;
+    Ok(JwtConfigRecord {
+        name: row.try_get("name").map_err(unavailable)?,
+        config: serde_json::from_str(&config).map_err(|_| StoreError::Corrupt("JWT config is not JSON".into()))?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let head = sqlx::query(self.lock_head_sql())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut seq: i64 = head.try_get("seq").map_err(unavailable)?;
+        let prev_hex: String = head.try_get("hash").map_err(unavailable)?;
+        let mut prev = decode_hash(&prev_hex)?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let Write { change, event } = write;
+            let mut conflict = None;
+            if let Some(change) = &change {
+                let mut savepoint = tx.begin().await.map_err(unavailable)?;
+                match self.apply(&mut savepoint, change).await {
+                    Ok(Applied::Done) => savepoint.commit().await.map_err(unavailable)?,
+                    Ok(Applied::Conflict(reason)) => {
+                        savepoint.rollback().await.map_err(unavailable)?;
+                        conflict = Some(reason);
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "a change failed inside an audit batch");
+                        savepoint.rollback().await.map_err(unavailable)?;
+                        conflict = Some("the store could not apply the change".into());
+                    }
+                }
+            }
+            seq += 1;
+            let event = match &conflict {
+                Some(reason) => refused(event, reason),
+                None => event,
+            };
+            let at_ms = event.at.unix_ms();
+            let kind = event.kind.clone();
+            let body = event.into_body(seq, &prev);
+            let hash = hash_body(&body);
+            sqlx::query("INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES ($1, $2, $3, $4, $5)")
+                .bind(seq)
+                .bind(at_ms)
+                .bind(kind)
+                .bind(String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default())
+                .bind(hex::encode(hash))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            prev = hash;
+            outcomes.push(match conflict {
+                Some(reason) => WriteOutcome::Conflict { seq, reason },
+                None => WriteOutcome::Applied { seq },
+            });
+        }
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(hex::encode(prev))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
+    }
+
+    async fn seal(&self) -> Result<Option<SealRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seal_id, n_shares, threshold, kcv, wrapped_keyring, setup_code_hash, created_at FROM seal WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(SealRecord {
+            seal_id: row.try_get("seal_id").map_err(unavailable)?,
+            n_shares: row.try_get("n_shares").map_err(unavailable)?,
+            threshold: row.try_get("threshold").map_err(unavailable)?,
+            kcv: row.try_get("kcv").map_err(unavailable)?,
+            wrapped_keyring: row.try_get("wrapped_keyring").map_err(unavailable)?,
+            setup_code_hash: row.try_get("setup_code_hash").map_err(unavailable)?,
+            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+        }))
+    }
+
+    async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT blob FROM secrets WHERE path = $1")
+            .bind(path.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|row| row.try_get("blob").map_err(unavailable)).transpose()
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, groups, disabled, totp_last_step, created_at FROM users WHERE username = $1",
+        )
+        .bind(username.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, username, password_hash, groups, disabled, totp_last_step, created_at FROM users ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn throttle(&self, username: &str) -> Result<Option<ThrottleRecord>, StoreError> {
+        let row = sqlx::query("SELECT username, n_failures, throttled_until FROM login_failures WHERE username = $1")
+            .bind(username.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(ThrottleRecord {
+            username: row.try_get("username").map_err(unavailable)?,
+            n_failures: row.try_get("n_failures").map_err(unavailable)?,
+            throttled_until: Timestamp::from_unix_ms(row.try_get("throttled_until").map_err(unavailable)?),
+        }))
+    }
+
+    async fn session_by_hash(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
+                    s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled \
+             FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+        )
+        .bind(token_hash.to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let kind: String = row.try_get("principal_kind").map_err(unavailable)?;
+        let name: String = row.try_get("principal_name").map_err(unavailable)?;
+        let principal = match kind.as_str() {
+            "user" => {
+                let user_id: Option<String> = row.try_get("user_id").map_err(unavailable)?;
+                let groups: Option<String> = row.try_get("groups").map_err(unavailable)?;
+                let disabled: Option<i64> = row.try_get("disabled").map_err(unavailable)?;
+                let (Some(id), Some(groups), Some(0)) = (user_id, groups, disabled) else {
+                    return Ok(None);
+                };
+                let groups = serde_json::from_str(&groups)
+                    .map_err(|_| StoreError::Corrupt("user groups are not a JSON list".into()))?;
+                Principal::User { id, name, groups }
+            }
+            "workload" => {
+                let role: Option<String> = row.try_get("principal_role").map_err(unavailable)?;
+                Principal::Workload {
+                    role: role.unwrap_or_default(),
+                    name,
+                }
+            }
+            other => return Err(StoreError::Corrupt(format!("unknown principal kind `{other}`"))),
+        };
+        let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(unavailable)?;
+        Ok(Some(SessionRecord {
+            id: row.try_get("id").map_err(unavailable)?,
+            token_hash: row.try_get("token_hash").map_err(unavailable)?,
+            principal,
+            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+            expires_at: Timestamp::from_unix_ms(row.try_get("expires_at").map_err(unavailable)?),
+            revoked_at: revoked_at.map(Timestamp::from_unix_ms),
+        }))
+    }
+
+    async fn jwt_issuer(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, config FROM jwt_issuers WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(config_from_row).transpose()
+    }
+
+    async fn jwt_role(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, config FROM jwt_roles WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(config_from_row).transpose()
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok((
+            row.try_get("seq").map_err(unavailable)?,
+            row.try_get("hash").map_err(unavailable)?,
+        ))
+    }
+
+    async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query("SELECT seq, kind, body, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<StoredEvent>, StoreError> {
+        let row = sqlx::query("SELECT seq, kind, body, hash FROM audit_events WHERE kind = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(mayfly_core::audit::CHECKPOINT_KIND)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn sink_cursor(&self, sink: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT seq FROM audit_cursors WHERE sink = $1")
+            .bind(sink.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        match row {
+            Some(row) => row.try_get("seq").map_err(unavailable),
+            None => Ok(0),
+        }
+    }
+
+    async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        let _writer = self.write_lock.lock().await;
+        sqlx::query(
+            "INSERT INTO audit_cursors (sink, seq) VALUES ($1, $2) ON CONFLICT (sink) DO UPDATE SET seq = $2",
+        )
+        .bind(sink.to_owned())
+        .bind(seq)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(before.unix_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn refused(mut event: AuditDraft, reason: &str) -> AuditDraft {
+    event.outcome = Outcome::Refused;
+    event.details.insert("conflict".into(), reason.into());
+    event
+}
+
+fn decode_hash(hex_hash: &str) -> Result<[u8; 32], StoreError> {
+    let bytes = hex::decode(hex_hash).map_err(|_| StoreError::Corrupt("audit head hash is not hex".into()))?;
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))
+}

@@ -1,0 +1,71 @@
+//! A throwaway PostgreSQL database per test, on the server at `MAYFLY_TEST_POSTGRES`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+use sqlx::{Connection, Row};
+
+pub struct ThrowawayDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+pub fn admin_url() -> String {
+    std::env::var("MAYFLY_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl ThrowawayDb {
+    pub async fn create() -> ThrowawayDb {
+        let admin_url = admin_url();
+        let name = format!("mayfly_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL must run at {admin_url} (see README): {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').unwrap().0;
+        ThrowawayDb {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        }
+    }
+
+    /// Every row of every table of ours, as text, to search for plaintext.
+    pub async fn dump_all_tables(&self) -> Vec<u8> {
+        let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let tables = sqlx::query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for table in tables {
+            let table: String = table.get(0);
+            // Rows as text (bytea as hex) and bytea columns decoded as raw bytes too.
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {table} t")))
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
+            for row in rows {
+                let text: String = row.get(0);
+                out.extend(text.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        let blobs = sqlx::query("SELECT blob FROM secrets").fetch_all(&mut connection).await.unwrap();
+        for blob in blobs {
+            let bytes: Vec<u8> = blob.get(0);
+            out.extend(bytes);
+        }
+        out
+    }
+
+    pub async fn drop_db(self) {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
