@@ -17,11 +17,15 @@ fn main() {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -44,7 +48,10 @@ fn tidy(root: &Path) -> Vec<String> {
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         if !text.starts_with("//!") {
-            problems.push(format!("{} does not start with a `//!` module doc", file.display()));
+            problems.push(format!(
+                "{} does not start with a `//!` module doc",
+                file.display()
+            ));
         }
     }
     let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap_or_default();
@@ -56,10 +63,16 @@ fn tidy(root: &Path) -> Vec<String> {
             }
         }
     }
-    let core = std::fs::read_to_string(root.join("crates/mayfly-core/Cargo.toml")).unwrap_or_default();
+    let core =
+        std::fs::read_to_string(root.join("crates/mayfly-core/Cargo.toml")).unwrap_or_default();
     for banned in ["tokio", "sqlx", "axum", "reqwest", "hyper"] {
-        if core.lines().any(|line| line.trim_start().starts_with(banned)) {
-            problems.push(format!("mayfly-core depends on `{banned}`: the core does no I/O"));
+        if core
+            .lines()
+            .any(|line| line.trim_start().starts_with(banned))
+        {
+            problems.push(format!(
+                "mayfly-core depends on `{banned}`: the core does no I/O"
+            ));
         }
     }
     problems
@@ -70,6 +83,10 @@ mod tests {
     #[test]
     fn tidy() {
         let problems = super::tidy(&super::project_root());
-        assert!(problems.is_empty(), "tidy problems:\n{}", problems.join("\n"));
+        assert!(
+            problems.is_empty(),
+            "tidy problems:\n{}",
+            problems.join("\n")
+        );
     }
 }

@@ -41,13 +41,19 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 impl Client {
-    pub fn new(addr: &str, token: Option<String>, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    pub fn new(
+        addr: &str,
+        token: Option<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Client> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(60));
         if let Some(path) = ca_cert {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read CA certificate `{}`", path.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).context("the CA certificate is not PEM")?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read CA certificate `{}`", path.display()))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).context("the CA certificate is not PEM")?;
             builder = builder.add_root_certificate(cert);
         }
         Ok(Client {
@@ -57,16 +63,22 @@ impl Client {
         })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    pub async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> anyhow::Result<T> {
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
         let value = self.call_raw(method, path, body).await?;
         serde_json::from_value(value).context("the broker's answer has an unexpected shape")
     }
 
-    pub async fn call_raw<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> anyhow::Result<serde_json::Value> {
+    pub async fn call_raw<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{}", self.addr, path);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -82,7 +94,10 @@ impl Client {
             )
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.context("cannot read the broker's answer")?;
+        let bytes = response
+            .bytes()
+            .await
+            .context("cannot read the broker's answer")?;
         if status.is_success() {
             if bytes.is_empty() {
                 return Ok(serde_json::Value::Null);
@@ -94,6 +109,11 @@ impl Client {
             Some(body) => (body.error.code, body.error.message),
             None => ("unknown".into(), format!("the broker answered {status}")),
         };
-        Err(ApiFailure { status, code, message }.into())
+        Err(ApiFailure {
+            status,
+            code,
+            message,
+        }
+        .into())
     }
 }

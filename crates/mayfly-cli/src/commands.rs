@@ -13,7 +13,11 @@ use reqwest::Method;
 use crate::client::Client;
 
 #[derive(Debug, Parser)]
-#[command(name = "mayfly", version, about = "Zero standing privileges: just-in-time access broker")]
+#[command(
+    name = "mayfly",
+    version,
+    about = "Zero standing privileges: just-in-time access broker"
+)]
 pub struct Cli {
     #[command(flatten)]
     global: Global,
@@ -24,8 +28,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct Global {
     /// The broker's address.
-    #[arg(long, env = "MAYFLY_ADDR", global = true, default_value = "http://127.0.0.1:8200")]
-    addr: String,
+    #[arg(
+        long = "broker-addr",
+        env = "MAYFLY_ADDR",
+        global = true,
+        default_value = "http://127.0.0.1:8200"
+    )]
+    broker_addr: String,
     /// Session token (else the file written by `mayfly login`).
     #[arg(long, env = "MAYFLY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -229,21 +238,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Server(args) => server(args).await,
         Command::Dev(args) => dev(args).await,
-        Command::Audit(AuditCommand::Verify { file: Some(file), public_key }) => verify_file(&file, public_key.as_deref(), global.json),
+        Command::Audit(AuditCommand::Verify {
+            file: Some(file),
+            public_key,
+        }) => verify_file(&file, public_key.as_deref(), global.json),
         command => {
             let token = match &global.token {
                 Some(token) => Some(token.clone()),
                 None => read_token_file(),
             };
-            let client = Client::new(&global.addr, token, global.ca_cert.as_deref())?;
+            let client = Client::new(&global.broker_addr, token, global.ca_cert.as_deref())?;
             client_command(&client, command, global.json).await
         }
     }
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn shutdown_signal() {
@@ -277,14 +293,23 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     config.group_commit = !args.no_group_commit;
     let listen: SocketAddr = match (args.listen, file_listen) {
         (Some(listen), _) => listen,
-        (None, Some(text)) => text.parse().with_context(|| format!("`listen` = `{text}` is not an address"))?,
+        (None, Some(text)) => text
+            .parse()
+            .with_context(|| format!("`listen` = `{text}` is not an address"))?,
         (None, None) => "127.0.0.1:8200".parse()?,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    eprintln!("mayfly server listening on {scheme}://{}", listener.local_addr()?);
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!(
+        "mayfly server listening on {scheme}://{}",
+        listener.local_addr()?
+    );
     mayfly_server::run(listener, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -292,24 +317,38 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     if !args.addr.ip().is_loopback() {
-        bail!("`mayfly dev` serves plain HTTP and listens on loopback only: use --addr 127.0.0.1:PORT");
+        bail!(
+            "`mayfly dev` serves plain HTTP and listens on loopback only: use --addr 127.0.0.1:PORT"
+        );
     }
     let (data_dir, _temp) = match args.data {
         Some(dir) => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data directory `{}`", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create data directory `{}`", dir.display()))?;
             (dir, None)
         }
         None => {
-            let temp = tempfile::Builder::new().prefix("mayfly-dev-").tempdir().context("cannot create a temporary data directory")?;
+            let temp = tempfile::Builder::new()
+                .prefix("mayfly-dev-")
+                .tempdir()
+                .context("cannot create a temporary data directory")?;
             (temp.path().to_owned(), Some(temp))
         }
     };
     let data_dir = std::fs::canonicalize(&data_dir)?;
-    let mut config = mayfly_server::Config::new(format!("sqlite://{}?mode=rwc", data_dir.join("mayfly.db").display()));
+    let mut config = mayfly_server::Config::new(format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("mayfly.db").display()
+    ));
     config.audit_file = Some(data_dir.join("audit.jsonl"));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
-        .with_context(|| format!("cannot listen on {}: is another broker running? pick another with --addr", args.addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another broker running? pick another with --addr",
+                args.addr
+            )
+        })?;
     let addr = listener.local_addr()?;
     let broker = mayfly_server::start(config).await?;
     let bootstrap = mayfly_server::dev::bootstrap(&broker, &data_dir).await?;
@@ -320,9 +359,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     out.push_str(" The root key is stored unencrypted next to the data; HTTP is plain.\n");
     out.push_str("==================================================================\n\n");
     out.push_str(&format!("Data directory: {}\n", data_dir.display()));
-    out.push_str(&format!("Audit log:      {}\n\n", data_dir.join("audit.jsonl").display()));
+    out.push_str(&format!(
+        "Audit log:      {}\n\n",
+        data_dir.join("audit.jsonl").display()
+    ));
     if bootstrap.created.is_empty() {
-        out.push_str("Demo users exist already (their passwords were printed when they were created).\n\n");
+        out.push_str(
+            "Demo users exist already (their passwords were printed when they were created).\n\n",
+        );
     }
     for user in &bootstrap.created {
         out.push_str(&format!(
@@ -367,7 +411,9 @@ fn write_token_file(token: &str) -> anyhow::Result<PathBuf> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).with_context(|| format!("cannot write `{}`", path.display()))?;
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
     file.write_all(token.as_bytes())?;
     file.write_all(b"\n")?;
     Ok(path)
@@ -376,7 +422,8 @@ fn write_token_file(token: &str) -> anyhow::Result<PathBuf> {
 /// A secret from a file, or asked for on the terminal, or one line of stdin.
 fn read_secret(file: Option<&Path>, prompt: &str) -> anyhow::Result<String> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
         return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
     }
     if std::io::stdin().is_terminal() {
@@ -400,19 +447,29 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
     match command {
         Command::Server(_) | Command::Dev(_) => unreachable_command(),
         Command::Status => {
-            let status: SealStatus = client.call(Method::GET, "/v1/sys/seal-status", none()).await?;
+            let status: SealStatus = client
+                .call(Method::GET, "/v1/sys/seal-status", none())
+                .await?;
             if json {
                 print_json(&status)?;
             } else {
                 println!(
                     "initialized: {}\nsealed:      {}\nshares:      {} (threshold {}, progress {})",
-                    status.initialized, status.sealed, status.n_shares, status.threshold, status.progress
+                    status.initialized,
+                    status.sealed,
+                    status.n_shares,
+                    status.threshold,
+                    status.progress
                 );
             }
         }
         Command::Operator(Operator::Init { shares, threshold }) => {
             let answer: InitResponse = client
-                .call(Method::POST, "/v1/sys/init", Some(&InitRequest { shares, threshold }))
+                .call(
+                    Method::POST,
+                    "/v1/sys/init",
+                    Some(&InitRequest { shares, threshold }),
+                )
                 .await?;
             if json {
                 print_json(&answer)?;
@@ -421,43 +478,75 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
                     println!("Unseal share {}: {share}", i + 1);
                 }
                 println!("\nSetup code: {}\n", answer.setup_code);
-                println!("These are shown once. Give each share to a different key holder; any {} of them unseal the broker.", answer.threshold);
-                println!("Next: `mayfly operator unseal` ({} times), then `mayfly operator setup --code CODE --username NAME`.", answer.threshold);
+                println!(
+                    "These are shown once. Give each share to a different key holder; any {} of them unseal the broker.",
+                    answer.threshold
+                );
+                println!(
+                    "Next: `mayfly operator unseal` ({} times), then `mayfly operator setup --code CODE --username NAME`.",
+                    answer.threshold
+                );
             }
         }
         Command::Operator(Operator::Unseal { share, reset }) => {
             let request = if reset {
-                UnsealRequest { share: None, reset: true }
+                UnsealRequest {
+                    share: None,
+                    reset: true,
+                }
             } else {
                 let share = match share {
                     Some(share) => share,
                     None => read_secret(None, "Unseal share: ")?,
                 };
-                UnsealRequest { share: Some(share), reset: false }
+                UnsealRequest {
+                    share: Some(share),
+                    reset: false,
+                }
             };
-            let status: SealStatus = client.call(Method::POST, "/v1/sys/unseal", Some(&request)).await?;
+            let status: SealStatus = client
+                .call(Method::POST, "/v1/sys/unseal", Some(&request))
+                .await?;
             if json {
                 print_json(&status)?;
             } else if status.sealed {
-                println!("sealed: {} of {} shares given", status.progress, status.threshold);
+                println!(
+                    "sealed: {} of {} shares given",
+                    status.progress, status.threshold
+                );
             } else {
                 println!("unsealed");
             }
         }
-        Command::Operator(Operator::Setup { code, username, password_file }) => {
+        Command::Operator(Operator::Setup {
+            code,
+            username,
+            password_file,
+        }) => {
             let password = read_secret(password_file.as_deref(), "Password for the first admin: ")?;
-            let request = SetupRequest { setup_code: code, username, password };
-            let user: UserCreated = client.call(Method::POST, "/v1/sys/setup", Some(&request)).await?;
+            let request = SetupRequest {
+                setup_code: code,
+                username,
+                password,
+            };
+            let user: UserCreated = client
+                .call(Method::POST, "/v1/sys/setup", Some(&request))
+                .await?;
             print_user(&user, json)?;
         }
         Command::Login(args) => login(client, args, json).await?,
         Command::Token(TokenCommand::Lookup) => {
-            let info: TokenInfo = client.call(Method::GET, "/v1/auth/token/lookup-self", none()).await?;
+            let info: TokenInfo = client
+                .call(Method::GET, "/v1/auth/token/lookup-self", none())
+                .await?;
             if json {
                 print_json(&info)?;
             } else {
                 println!("session:    {}", info.id);
-                println!("principal:  {}:{}", info.principal.kind, info.principal.name);
+                println!(
+                    "principal:  {}:{}",
+                    info.principal.kind, info.principal.name
+                );
                 if !info.principal.groups.is_empty() {
                     println!("groups:     {}", info.principal.groups.join(", "));
                 }
@@ -465,7 +554,9 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
             }
         }
         Command::Token(TokenCommand::Revoke) => {
-            client.call_raw(Method::POST, "/v1/auth/token/revoke-self", none()).await?;
+            client
+                .call_raw(Method::POST, "/v1/auth/token/revoke-self", none())
+                .await?;
             if let Some(path) = token_file() {
                 let _ = std::fs::remove_file(path);
             }
@@ -475,13 +566,23 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
                 println!("session revoked");
             }
         }
-        Command::User(UserCommand::Add { username, groups, password_file }) => {
+        Command::User(UserCommand::Add {
+            username,
+            groups,
+            password_file,
+        }) => {
             let password = match password_file {
                 Some(path) => Some(read_secret(Some(&path), "")?),
                 None => None,
             };
-            let request = CreateUserRequest { username, password, groups };
-            let user: UserCreated = client.call(Method::POST, "/v1/users", Some(&request)).await?;
+            let request = CreateUserRequest {
+                username,
+                password,
+                groups,
+            };
+            let user: UserCreated = client
+                .call(Method::POST, "/v1/users", Some(&request))
+                .await?;
             print_user(&user, json)?;
         }
         Command::User(UserCommand::List) => {
@@ -495,22 +596,50 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
                 }
             }
         }
-        Command::Jwt(JwtCommand::Issuer { name, issuer, jwks_url, public_key, leeway_seconds }) => {
+        Command::Jwt(JwtCommand::Issuer {
+            name,
+            issuer,
+            jwks_url,
+            public_key,
+            leeway_seconds,
+        }) => {
             let mut public_keys = Vec::new();
             for spec in public_key {
                 let (file, kid) = match spec.rsplit_once(':') {
-                    Some((file, kid)) if !Path::new(&spec).exists() => (file.to_owned(), Some(kid.to_owned())),
+                    Some((file, kid)) if !Path::new(&spec).exists() => {
+                        (file.to_owned(), Some(kid.to_owned()))
+                    }
                     _ => (spec.clone(), None),
                 };
-                let pem = std::fs::read_to_string(&file).with_context(|| format!("cannot read public key `{file}`"))?;
+                let pem = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read public key `{file}`"))?;
                 public_keys.push(JwtPublicKey { kid, pem });
             }
-            let config = JwtIssuerConfig { issuer, jwks_url, public_keys, leeway_seconds };
-            client.call_raw(Method::PUT, &format!("/v1/auth/jwt/issuers/{name}"), Some(&config)).await?;
+            let config = JwtIssuerConfig {
+                issuer,
+                jwks_url,
+                public_keys,
+                leeway_seconds,
+            };
+            client
+                .call_raw(
+                    Method::PUT,
+                    &format!("/v1/auth/jwt/issuers/{name}"),
+                    Some(&config),
+                )
+                .await?;
             done(json, &format!("issuer `{name}` saved"))?;
         }
-        Command::Jwt(JwtCommand::Role { name, issuer, audiences, bound_claims, name_claim, ttl_seconds }) => {
-            let mut claims: std::collections::BTreeMap<String, ClaimMatch> = std::collections::BTreeMap::new();
+        Command::Jwt(JwtCommand::Role {
+            name,
+            issuer,
+            audiences,
+            bound_claims,
+            name_claim,
+            ttl_seconds,
+        }) => {
+            let mut claims: std::collections::BTreeMap<String, ClaimMatch> =
+                std::collections::BTreeMap::new();
             for spec in bound_claims {
                 let (claim, value) = spec
                     .split_once('=')
@@ -533,27 +662,46 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
                 workload_name_claim: name_claim,
                 token_ttl_seconds: ttl_seconds,
             };
-            client.call_raw(Method::PUT, &format!("/v1/auth/jwt/roles/{name}"), Some(&config)).await?;
+            client
+                .call_raw(
+                    Method::PUT,
+                    &format!("/v1/auth/jwt/roles/{name}"),
+                    Some(&config),
+                )
+                .await?;
             done(json, &format!("role `{name}` saved"))?;
         }
         Command::Audit(AuditCommand::Verify { .. }) => {
-            let report: AuditVerifyReport = client.call(Method::POST, "/v1/sys/audit/verify", none()).await?;
+            let report: AuditVerifyReport = client
+                .call(Method::POST, "/v1/sys/audit/verify", none())
+                .await?;
             if json {
                 print_json(&report)?;
             } else if report.ok {
                 println!(
                     "audit log intact: {} events, {} checkpoints ({} signatures checked), last event {}",
-                    report.n_events, report.n_checkpoints, report.n_signatures_checked, report.last_seq
+                    report.n_events,
+                    report.n_checkpoints,
+                    report.n_signatures_checked,
+                    report.last_seq
                 );
             } else {
-                println!("AUDIT LOG TAMPERED: {}", report.error.as_deref().unwrap_or("unknown problem"));
+                println!(
+                    "AUDIT LOG TAMPERED: {}",
+                    report.error.as_deref().unwrap_or("unknown problem")
+                );
             }
-            return Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(2) });
+            return Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
         }
         Command::Audit(AuditCommand::Export { output }) => {
             let mut writer: Box<dyn std::io::Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path).with_context(|| format!("cannot create `{}`", path.display()))?,
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create `{}`", path.display()))?,
                 )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout())),
             };
@@ -561,7 +709,11 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
             let mut n = 0u64;
             loop {
                 let page: AuditEventsPage = client
-                    .call(Method::GET, &format!("/v1/sys/audit/events?after={after}&limit=5000"), none())
+                    .call(
+                        Method::GET,
+                        &format!("/v1/sys/audit/events?after={after}&limit=5000"),
+                        none(),
+                    )
                     .await?;
                 if page.lines.is_empty() {
                     break;
@@ -581,7 +733,9 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
             }
         }
         Command::Audit(AuditCommand::PublicKey) => {
-            let key: AuditPublicKey = client.call(Method::GET, "/v1/sys/audit/public-key", none()).await?;
+            let key: AuditPublicKey = client
+                .call(Method::GET, "/v1/sys/audit/public-key", none())
+                .await?;
             if json {
                 print_json(&key)?;
             } else {
@@ -610,7 +764,11 @@ fn print_user(user: &UserCreated, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(user);
     }
-    println!("user `{}` created (groups: {})", user.username, user.groups.join(", "));
+    println!(
+        "user `{}` created (groups: {})",
+        user.username,
+        user.groups.join(", ")
+    );
     if let Some(password) = &user.password {
         println!("password:    {password}");
     }
@@ -622,16 +780,24 @@ fn print_user(user: &UserCreated, json: bool) -> anyhow::Result<()> {
 
 async fn login(client: &Client, args: LoginArgs, json: bool) -> anyhow::Result<()> {
     let answer: LoginResponse = if let Some(role) = args.jwt_role {
-        let file = args.jwt_file.ok_or_else(|| anyhow!("--jwt-file is required with --jwt-role"))?;
+        let file = args
+            .jwt_file
+            .ok_or_else(|| anyhow!("--jwt-file is required with --jwt-role"))?;
         let jwt = if file.as_os_str() == "-" {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
             text
         } else {
-            std::fs::read_to_string(&file).with_context(|| format!("cannot read `{}`", file.display()))?
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?
         };
-        let request = JwtLoginRequest { role, jwt: jwt.trim().to_owned() };
-        client.call(Method::POST, "/v1/auth/jwt/login", Some(&request)).await?
+        let request = JwtLoginRequest {
+            role,
+            jwt: jwt.trim().to_owned(),
+        };
+        client
+            .call(Method::POST, "/v1/auth/jwt/login", Some(&request))
+            .await?
     } else {
         let username = args
             .username
@@ -646,8 +812,14 @@ async fn login(client: &Client, args: LoginArgs, json: bool) -> anyhow::Result<(
                 line.trim().to_owned()
             }
         };
-        let request = PasswordLoginRequest { username, password, totp };
-        client.call(Method::POST, "/v1/auth/password/login", Some(&request)).await?
+        let request = PasswordLoginRequest {
+            username,
+            password,
+            totp,
+        };
+        client
+            .call(Method::POST, "/v1/auth/password/login", Some(&request))
+            .await?
     };
     if args.print_token {
         if json {
@@ -675,7 +847,8 @@ fn format_ms(ms: i64) -> String {
     let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
         return format!("{ms} ms");
     };
-    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| format!("{ms} ms"))
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{ms} ms"))
 }
 
 fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
@@ -686,8 +859,9 @@ fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Res
             } else {
                 text.to_owned()
             };
-            let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.trim())
-                .context("--public-key is not base64 (see `mayfly audit public-key`)")?;
+            let bytes =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text.trim())
+                    .context("--public-key is not base64 (see `mayfly audit public-key`)")?;
             if bytes.len() != 32 {
                 bail!("--public-key is not an Ed25519 public key (32 bytes)");
             }
@@ -695,7 +869,8 @@ fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Res
         }
         None => None,
     };
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
     let mut verifier = mayfly_core::audit::Verifier::new(public_key.as_deref());
     let mut failure = None;
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -705,7 +880,10 @@ fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Res
             continue;
         }
         let result = mayfly_core::audit::split_line(&line)
-            .map_err(|reason| mayfly_core::audit::ChainError::Unreadable { line: number, reason })
+            .map_err(|reason| mayfly_core::audit::ChainError::Unreadable {
+                line: number,
+                reason,
+            })
             .and_then(|(body, hash)| verifier.push(number, &body, &hash));
         if let Err(error) = result {
             failure = Some(error);
@@ -727,8 +905,14 @@ fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Res
     } else {
         println!("audit file intact: {report}");
         if public_key.is_none() {
-            println!("note: checkpoint signatures were not checked; pass --public-key (from `mayfly audit public-key`)");
+            println!(
+                "note: checkpoint signatures were not checked; pass --public-key (from `mayfly audit public-key`)"
+            );
         }
     }
-    Ok(if failure.is_none() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if failure.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -189,11 +189,17 @@ pub enum ChainError {
     Unreadable { line: u64, reason: String },
     #[error("event {seq} was edited: its hash does not match its content")]
     Edited { seq: i64 },
-    #[error("event {found} is out of place: expected event {expected} (an event was removed, inserted or reordered)")]
+    #[error(
+        "event {found} is out of place: expected event {expected} (an event was removed, inserted or reordered)"
+    )]
     OutOfSequence { expected: i64, found: i64 },
-    #[error("event {seq} does not follow event {previous}: the chain is broken (an event was removed, inserted or reordered)")]
+    #[error(
+        "event {seq} does not follow event {previous}: the chain is broken (an event was removed, inserted or reordered)"
+    )]
     Unlinked { seq: i64, previous: i64 },
-    #[error("event {seq} differs from what checkpoint {checkpoint} signed: events were rewritten from event {seq} on")]
+    #[error(
+        "event {seq} differs from what checkpoint {checkpoint} signed: events were rewritten from event {seq} on"
+    )]
     Rewritten { seq: i64, checkpoint: i64 },
     #[error("checkpoint {checkpoint} has a bad signature")]
     BadSignature { checkpoint: i64 },
@@ -254,15 +260,24 @@ impl Verifier {
             line,
             reason: reason.to_owned(),
         };
-        let seq = body.get("seq").and_then(Value::as_i64).ok_or_else(|| unreadable("no `seq`"))?;
-        let prev = body.get("prev").and_then(Value::as_str).ok_or_else(|| unreadable("no `prev`"))?;
+        let seq = body
+            .get("seq")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| unreadable("no `seq`"))?;
+        let prev = body
+            .get("prev")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unreadable("no `prev`"))?;
         let hash = hash_body(body);
         if hex::encode(hash) != stored_hash {
             return Err(ChainError::Edited { seq });
         }
         let expected = self.report.last_seq + 1;
         if seq != expected {
-            return Err(ChainError::OutOfSequence { expected, found: seq });
+            return Err(ChainError::OutOfSequence {
+                expected,
+                found: seq,
+            });
         }
         let previous_hash = self.hashes.last().copied().unwrap_or(GENESIS_HASH);
         if prev != hex::encode(previous_hash) {
@@ -298,18 +313,26 @@ impl Verifier {
         for covered in (checkpoint.from_seq + 1)..=checkpoint.to_seq {
             let index = usize::try_from(covered - 1).map_err(|_| malformed.clone())?;
             let actual = self.hashes.get(index).ok_or(malformed.clone())?;
-            let offset = usize::try_from(covered - checkpoint.from_seq - 1).map_err(|_| malformed.clone())?;
+            let offset = usize::try_from(covered - checkpoint.from_seq - 1)
+                .map_err(|_| malformed.clone())?;
             let width = CHECKPOINT_PREFIX_LEN * 2;
             let signed = checkpoint
                 .prefixes
                 .get(offset * width..(offset + 1) * width)
                 .ok_or(malformed.clone())?;
-            let actual_prefix = hex::encode(actual.get(..CHECKPOINT_PREFIX_LEN).unwrap_or_default());
+            let actual_prefix =
+                hex::encode(actual.get(..CHECKPOINT_PREFIX_LEN).unwrap_or_default());
             if signed != actual_prefix {
-                return Err(ChainError::Rewritten { seq: covered, checkpoint: seq });
+                return Err(ChainError::Rewritten {
+                    seq: covered,
+                    checkpoint: seq,
+                });
             }
             if covered == checkpoint.to_seq && hex::encode(actual) != checkpoint.to_hash {
-                return Err(ChainError::Rewritten { seq: covered, checkpoint: seq });
+                return Err(ChainError::Rewritten {
+                    seq: covered,
+                    checkpoint: seq,
+                });
             }
         }
         if let Some(public_key) = &self.public_key {
@@ -319,7 +342,10 @@ impl Verifier {
                     key_id: checkpoint.key_id,
                 });
             }
-            let key = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, public_key);
+            let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ED25519,
+                public_key,
+            );
             if key.verify(&checkpoint.message(), &signature).is_err() {
                 return Err(ChainError::BadSignature { checkpoint: seq });
             }
@@ -351,7 +377,6 @@ pub fn to_line(body: &Value, hash: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
     use super::*;
     use crate::Timestamp;
 
@@ -374,11 +399,13 @@ mod tests {
                 let cp = Checkpoint::over(last_cp, &hashes, &key_id(&public)).unwrap();
                 last_cp = cp.to_seq;
                 let sig = key.sign(&cp.message());
-                let mut d = AuditDraft::new(Timestamp::from_unix_ms(i), CHECKPOINT_KIND, Outcome::Ok);
+                let mut d =
+                    AuditDraft::new(Timestamp::from_unix_ms(i), CHECKPOINT_KIND, Outcome::Ok);
                 d.details = cp.into_details(sig.as_ref());
                 d
             } else {
-                AuditDraft::new(Timestamp::from_unix_ms(i), "test.event", Outcome::Ok).detail("i", i)
+                AuditDraft::new(Timestamp::from_unix_ms(i), "test.event", Outcome::Ok)
+                    .detail("i", i)
             };
             let body = draft.into_body(i, &prev);
             prev = hash_body(&body);
@@ -438,15 +465,33 @@ mod tests {
 
         let mut removed = log.lines.clone();
         removed.remove(4);
-        assert_eq!(verify(&removed, None), Err(ChainError::OutOfSequence { expected: 5, found: 6 }));
+        assert_eq!(
+            verify(&removed, None),
+            Err(ChainError::OutOfSequence {
+                expected: 5,
+                found: 6
+            })
+        );
 
         let mut swapped = log.lines.clone();
         swapped.swap(11, 12);
-        assert_eq!(verify(&swapped, None), Err(ChainError::OutOfSequence { expected: 12, found: 13 }));
+        assert_eq!(
+            verify(&swapped, None),
+            Err(ChainError::OutOfSequence {
+                expected: 12,
+                found: 13
+            })
+        );
 
         let mut inserted = log.lines.clone();
         inserted.insert(3, inserted[2].clone());
-        assert_eq!(verify(&inserted, None), Err(ChainError::OutOfSequence { expected: 4, found: 3 }));
+        assert_eq!(
+            verify(&inserted, None),
+            Err(ChainError::OutOfSequence {
+                expected: 4,
+                found: 3
+            })
+        );
     }
 
     #[test]
@@ -467,7 +512,13 @@ mod tests {
             }
         }
         // ... but the signed prefixes still name event 14.
-        assert_eq!(first_err, Some(ChainError::Rewritten { seq: 14, checkpoint: 20 }));
+        assert_eq!(
+            first_err,
+            Some(ChainError::Rewritten {
+                seq: 14,
+                checkpoint: 20
+            })
+        );
 
         // Deleting an event and renumbering everything after it is also caught.
         let mut deleted = log.lines.clone();
@@ -475,13 +526,23 @@ mod tests {
         rehash_from(&mut deleted, 4);
         assert_eq!(
             verify(&deleted, Some(key.public_key().as_ref())),
-            Err(ChainError::Rewritten { seq: 5, checkpoint: 9 })
+            Err(ChainError::Rewritten {
+                seq: 5,
+                checkpoint: 9
+            })
         );
 
         // A forged checkpoint signature is refused when the public key is known.
         let mut bad_sig = log.lines.clone();
-        let sig = bad_sig[9].0["details"]["signature"].as_str().unwrap().to_owned();
-        let flipped = format!("{}{}", if sig.starts_with('0') { "1" } else { "0" }, &sig[1..]);
+        let sig = bad_sig[9].0["details"]["signature"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let flipped = format!(
+            "{}{}",
+            if sig.starts_with('0') { "1" } else { "0" },
+            &sig[1..]
+        );
         bad_sig[9].0["details"]["signature"] = Value::from(flipped);
         rehash_from(&mut bad_sig, 9);
         assert_eq!(

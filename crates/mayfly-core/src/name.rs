@@ -10,7 +10,9 @@ pub enum NameError {
     Empty,
     #[error("must be at most {max} characters")]
     TooLong { max: usize },
-    #[error("may contain only lowercase letters, digits, `_`, `-` and `.`, and must start with a letter")]
+    #[error(
+        "may contain only lowercase letters, digits, `_`, `-` and `.`, and must start with a letter"
+    )]
     BadCharacter,
 }
 
@@ -82,7 +84,11 @@ mod tests {
 
     #[track_caller]
     fn check_case(input: &str, expect: Result<(), NameError>) {
-        assert_eq!(Username::parse(input).map(|_| ()), expect, "input {input:?}");
+        assert_eq!(
+            Username::parse(input).map(|_| ()),
+            expect,
+            "input {input:?}"
+        );
     }
 
     #[test]

@@ -5,7 +5,11 @@ use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    User { id: String, name: String, groups: Vec<String> },
+    User {
+        id: String,
+        name: String,
+        groups: Vec<String>,
+    },
     /// `role` is the JWT login role that matched; `name` is the claim value that identifies the
     /// workload (for example `repo:acme/app:ref:refs/heads/main`).
     Workload { role: String, name: String },

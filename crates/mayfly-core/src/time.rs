@@ -51,7 +51,10 @@ mod tests {
         assert_eq!(t.unix_secs(), 1);
         assert_eq!(t.saturating_add(Duration::from_secs(2)).unix_ms(), 3_500);
         assert_eq!(t.until(Timestamp::from_unix_ms(1_000)), Duration::ZERO);
-        assert_eq!(t.until(Timestamp::from_unix_ms(2_000)), Duration::from_millis(500));
+        assert_eq!(
+            t.until(Timestamp::from_unix_ms(2_000)),
+            Duration::from_millis(500)
+        );
         assert_eq!(Timestamp::from_unix_ms(-5).unix_secs(), 0);
     }
 }

@@ -95,8 +95,12 @@ impl Keyring {
     }
 
     pub fn unwrap(root: &RootKey, wrapped: &[u8]) -> Result<Keyring, CryptoError> {
-        let bytes = open_with(root.expose_bytes(), KEYRING_AAD, wrapped).map_err(|_| CryptoError::WrongKey)?;
-        let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadKey)?;
+        let bytes = open_with(root.expose_bytes(), KEYRING_AAD, wrapped)
+            .map_err(|_| CryptoError::WrongKey)?;
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::BadKey)?;
         Ok(Keyring(Zeroizing::new(array)))
     }
 }
@@ -122,14 +126,29 @@ mod tests {
         let keyring = Keyring::generate().unwrap();
         let blob = keyring.seal("users/1/totp", b"top secret").unwrap();
         assert_eq!(blob.len(), 1 + 12 + 10 + 16);
-        assert_eq!(&keyring.open("users/1/totp", &blob).unwrap()[..], b"top secret");
-        assert_eq!(keyring.open("users/2/totp", &blob).unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            &keyring.open("users/1/totp", &blob).unwrap()[..],
+            b"top secret"
+        );
+        assert_eq!(
+            keyring.open("users/2/totp", &blob).unwrap_err(),
+            CryptoError::Decrypt
+        );
         let mut tampered = blob.clone();
         tampered[20] ^= 1;
-        assert_eq!(keyring.open("users/1/totp", &tampered).unwrap_err(), CryptoError::Decrypt);
-        assert_eq!(keyring.open("users/1/totp", &blob[..5]).unwrap_err(), CryptoError::Decrypt);
+        assert_eq!(
+            keyring.open("users/1/totp", &tampered).unwrap_err(),
+            CryptoError::Decrypt
+        );
+        assert_eq!(
+            keyring.open("users/1/totp", &blob[..5]).unwrap_err(),
+            CryptoError::Decrypt
+        );
         // Nonces are random: the same plaintext seals differently.
-        assert_ne!(keyring.seal("p", b"x").unwrap(), keyring.seal("p", b"x").unwrap());
+        assert_ne!(
+            keyring.seal("p", b"x").unwrap(),
+            keyring.seal("p", b"x").unwrap()
+        );
         assert_eq!(format!("{keyring:?}"), "Keyring(<redacted>)");
     }
 
@@ -142,7 +161,10 @@ mod tests {
         let again = Keyring::unwrap(&root, &wrapped).unwrap();
         let blob = keyring.seal("p", b"v").unwrap();
         assert_eq!(&again.open("p", &blob).unwrap()[..], b"v");
-        assert_eq!(Keyring::unwrap(&other, &wrapped).unwrap_err(), CryptoError::WrongKey);
+        assert_eq!(
+            Keyring::unwrap(&other, &wrapped).unwrap_err(),
+            CryptoError::WrongKey
+        );
         let kcv = key_check_value(&root).unwrap();
         assert!(check_root_key(&root, &kcv));
         assert!(!check_root_key(&other, &kcv));

@@ -58,7 +58,9 @@ pub struct IssuerKeys {
 
 impl std::fmt::Debug for IssuerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerKeys").field("n_keys", &self.keys.len()).finish()
+        f.debug_struct("IssuerKeys")
+            .field("n_keys", &self.keys.len())
+            .finish()
     }
 }
 
@@ -66,11 +68,13 @@ impl IssuerKeys {
     /// Keys from a JWKS document (RSA, EC P-256/P-384, OKP Ed25519). Keys of other kinds
     /// (symmetric `oct`, unknown curves) are skipped; none left is an error.
     pub fn from_jwks(json: &str) -> Result<IssuerKeys, JwtError> {
-        let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(json).map_err(|e| JwtError::InvalidKey(format!("not a JWKS: {e}")))?;
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(json)
+            .map_err(|e| JwtError::InvalidKey(format!("not a JWKS: {e}")))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
-            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
             if key.family() == AlgorithmFamily::Hmac {
                 continue;
             }
@@ -80,7 +84,9 @@ impl IssuerKeys {
             });
         }
         if keys.is_empty() {
-            return Err(JwtError::InvalidKey("the JWKS has no usable public key".into()));
+            return Err(JwtError::InvalidKey(
+                "the JWKS has no usable public key".into(),
+            ));
         }
         Ok(IssuerKeys { keys })
     }
@@ -93,8 +99,13 @@ impl IssuerKeys {
             let key = DecodingKey::from_ed_pem(bytes)
                 .or_else(|_| DecodingKey::from_ec_pem(bytes))
                 .or_else(|_| DecodingKey::from_rsa_pem(bytes))
-                .map_err(|_| JwtError::InvalidKey("not a PEM RSA, EC or Ed25519 public key".into()))?;
-            keys.push(VerifyKey { kid: kid.clone(), key });
+                .map_err(|_| {
+                    JwtError::InvalidKey("not a PEM RSA, EC or Ed25519 public key".into())
+                })?;
+            keys.push(VerifyKey {
+                kid: kid.clone(),
+                key,
+            });
         }
         if keys.is_empty() {
             return Err(JwtError::InvalidKey("no public key given".into()));
@@ -135,36 +146,57 @@ pub struct JwtRules {
 
 fn header_of(token: &str) -> Result<Map<String, Value>, JwtError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(JwtError::Malformed("expected three dot-separated parts".into()));
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let bytes = URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .map_err(|_| JwtError::Malformed("the header is not base64url".into()))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed("the header is not JSON".into()))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| JwtError::Malformed("the header is not JSON".into()))?;
     match value {
         Value::Object(map) => Ok(map),
-        _ => Err(JwtError::Malformed("the header is not a JSON object".into())),
+        _ => Err(JwtError::Malformed(
+            "the header is not a JSON object".into(),
+        )),
     }
 }
 
 fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, JwtError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64().or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)) {
+        Some(value) => match value
+            .as_u64()
+            .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        {
             Some(n) => Ok(Some(n)),
-            None => Err(JwtError::Malformed(format!("claim `{name}` is not a number"))),
+            None => Err(JwtError::Malformed(format!(
+                "claim `{name}` is not a number"
+            ))),
         },
     }
 }
 
 /// Verifies the signature, then the claims at `now_unix`; returns the claims.
-pub fn verify(token: &str, keys: &IssuerKeys, rules: &JwtRules, now_unix: u64) -> Result<Map<String, Value>, JwtError> {
+pub fn verify(
+    token: &str,
+    keys: &IssuerKeys,
+    rules: &JwtRules,
+    now_unix: u64,
+) -> Result<Map<String, Value>, JwtError> {
     let header = header_of(token.trim())?;
     let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
     let Some((_, alg)) = ALLOWED.iter().find(|(name, _)| *name == alg_name) else {
         let shown: String = alg_name.chars().take(16).collect();
-        return Err(JwtError::AlgorithmNotAllowed(if shown.is_empty() { "(none given)".into() } else { shown }));
+        return Err(JwtError::AlgorithmNotAllowed(if shown.is_empty() {
+            "(none given)".into()
+        } else {
+            shown
+        }));
     };
     let kid = header.get("kid").and_then(Value::as_str);
     let key = keys.select(kid)?;
@@ -178,13 +210,12 @@ pub fn verify(token: &str, keys: &IssuerKeys, rules: &JwtRules, now_unix: u64) -
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
     validation.leeway = 0;
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token.trim(), &key.key, &validation).map_err(|e| {
-        match e.kind() {
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token.trim(), &key.key, &validation)
+        .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => JwtError::BadSignature,
             _ => JwtError::Malformed("the token could not be decoded".into()),
-        }
-    })?;
+        })?;
     let claims = data.claims;
     let leeway = rules.leeway_secs.min(MAX_LEEWAY_SECS);
 
@@ -206,13 +237,10 @@ pub fn verify(token: &str, keys: &IssuerKeys, rules: &JwtRules, now_unix: u64) -
     if now_unix >= exp.saturating_add(leeway) {
         return Err(JwtError::Expired);
     }
-    if let Some(nbf) = number(&claims, "nbf")? {
-        if now_unix.saturating_add(leeway) < nbf {
-            return Err(JwtError::NotYetValid);
-        }
-    }
-    if let Some(iat) = number(&claims, "iat")? {
-        if now_unix.saturating_add(leeway) < iat {
+    for claim in ["nbf", "iat"] {
+        if let Some(not_before) = number(&claims, claim)?
+            && now_unix.saturating_add(leeway) < not_before
+        {
             return Err(JwtError::NotYetValid);
         }
     }
@@ -237,14 +265,22 @@ mod tests {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let public = pair.public_key().as_ref().to_vec();
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64(&public), "kid": "k1"}]}).to_string();
-        let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        let jwks =
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64(&public), "kid": "k1"}]})
+                .to_string();
+        let mut der = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
         der.extend_from_slice(&public);
         let pem = format!(
             "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
             base64::engine::general_purpose::STANDARD.encode(&der)
         );
-        (pkcs8.as_ref().to_vec(), IssuerKeys::from_jwks(&jwks).unwrap(), pem)
+        (
+            pkcs8.as_ref().to_vec(),
+            IssuerKeys::from_jwks(&jwks).unwrap(),
+            pem,
+        )
     }
 
     fn rules() -> JwtRules {
@@ -275,19 +311,48 @@ mod tests {
         let (pkcs8, keys, pem) = setup();
         check(&sign(&pkcs8, Some("k1"), &claims()), &keys, Ok(()));
         check(&sign(&pkcs8, None, &claims()), &keys, Ok(()));
-        check(&sign(&pkcs8, Some("k2"), &claims()), &keys, Err(JwtError::UnknownKey));
+        check(
+            &sign(&pkcs8, Some("k2"), &claims()),
+            &keys,
+            Err(JwtError::UnknownKey),
+        );
 
-        let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims().to_string().as_bytes()));
-        check(&none, &keys, Err(JwtError::AlgorithmNotAllowed("none".into())));
-        let hs = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(), &EncodingKey::from_secret(pem.as_bytes())).unwrap();
-        check(&hs, &keys, Err(JwtError::AlgorithmNotAllowed("HS256".into())));
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none"}"#),
+            b64(claims().to_string().as_bytes())
+        );
+        check(
+            &none,
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("none".into())),
+        );
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(pem.as_bytes()),
+        )
+        .unwrap();
+        check(
+            &hs,
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("HS256".into())),
+        );
 
         let mut c = claims();
         c["aud"] = json!("other");
-        check(&sign(&pkcs8, Some("k1"), &c), &keys, Err(JwtError::WrongAudience));
+        check(
+            &sign(&pkcs8, Some("k1"), &c),
+            &keys,
+            Err(JwtError::WrongAudience),
+        );
         let mut c = claims();
         c["iss"] = json!("https://evil.test");
-        check(&sign(&pkcs8, Some("k1"), &c), &keys, Err(JwtError::WrongIssuer));
+        check(
+            &sign(&pkcs8, Some("k1"), &c),
+            &keys,
+            Err(JwtError::WrongIssuer),
+        );
         let mut c = claims();
         c["exp"] = json!(NOW - 31);
         check(&sign(&pkcs8, Some("k1"), &c), &keys, Err(JwtError::Expired));
@@ -295,18 +360,37 @@ mod tests {
         check(&sign(&pkcs8, Some("k1"), &c), &keys, Ok(()));
         let mut c = claims();
         c["nbf"] = json!(NOW + 31);
-        check(&sign(&pkcs8, Some("k1"), &c), &keys, Err(JwtError::NotYetValid));
+        check(
+            &sign(&pkcs8, Some("k1"), &c),
+            &keys,
+            Err(JwtError::NotYetValid),
+        );
         let mut c = claims();
         c.as_object_mut().unwrap().remove("exp");
-        check(&sign(&pkcs8, Some("k1"), &c), &keys, Err(JwtError::MissingClaim("exp")));
+        check(
+            &sign(&pkcs8, Some("k1"), &c),
+            &keys,
+            Err(JwtError::MissingClaim("exp")),
+        );
 
         let token = sign(&pkcs8, Some("k1"), &claims());
         let parts: Vec<&str> = token.split('.').collect();
         let mut c = claims();
         c["sub"] = json!("someone-else");
-        let tampered = format!("{}.{}.{}", parts[0], b64(c.to_string().as_bytes()), parts[2]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(c.to_string().as_bytes()),
+            parts[2]
+        );
         check(&tampered, &keys, Err(JwtError::BadSignature));
-        check("abc", &keys, Err(JwtError::Malformed("expected three dot-separated parts".into())));
+        check(
+            "abc",
+            &keys,
+            Err(JwtError::Malformed(
+                "expected three dot-separated parts".into(),
+            )),
+        );
 
         // The PEM form of the same key verifies too.
         let pem_keys = IssuerKeys::from_pem(&[(Some("k1".into()), pem)]).unwrap();

@@ -30,7 +30,10 @@ pub fn verify_password(password: &SecretString, phc: &str) -> bool {
 pub fn verify_password_dummy(password: &SecretString) -> bool {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let phc = DUMMY.get_or_init(|| {
-        hash_password(&SecretString::from("mayfly dummy password, never valid".to_owned())).unwrap_or_default()
+        hash_password(&SecretString::from(
+            "mayfly dummy password, never valid".to_owned(),
+        ))
+        .unwrap_or_default()
     });
     let _ = verify_password(password, phc);
     false
@@ -47,7 +50,10 @@ mod tests {
         assert!(phc.starts_with("$argon2id$"));
         assert!(!phc.contains("correct horse"));
         assert!(verify_password(&password, &phc));
-        assert!(!verify_password(&SecretString::from("wrong".to_owned()), &phc));
+        assert!(!verify_password(
+            &SecretString::from("wrong".to_owned()),
+            &phc
+        ));
         assert!(!verify_password(&password, "not a hash"));
         assert!(!verify_password_dummy(&password));
         // Salted: the same password hashes differently.

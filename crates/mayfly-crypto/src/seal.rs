@@ -43,9 +43,16 @@ fn checksum(seal_id: &[u8], share: &[u8]) -> [u8; CHECKSUM_LEN] {
 }
 
 /// Splits the root key into `n_shares` text shares, any `threshold` of which rebuild it.
-pub fn split(root: &RootKey, threshold: u8, n_shares: u8, seal_id: &[u8]) -> Result<Vec<SecretString>, CryptoError> {
+pub fn split(
+    root: &RootKey,
+    threshold: u8,
+    n_shares: u8,
+    seal_id: &[u8],
+) -> Result<Vec<SecretString>, CryptoError> {
     if n_shares == 0 || n_shares > 16 {
-        return Err(CryptoError::SealParameters("shares must be between 1 and 16".into()));
+        return Err(CryptoError::SealParameters(
+            "shares must be between 1 and 16".into(),
+        ));
     }
     if threshold == 0 || threshold > n_shares || (threshold == 1 && n_shares > 1) {
         return Err(CryptoError::SealParameters(
@@ -58,25 +65,40 @@ pub fn split(root: &RootKey, threshold: u8, n_shares: u8, seal_id: &[u8]) -> Res
         share.extend_from_slice(root.expose_bytes());
         vec![Zeroizing::new(share)]
     } else {
-        vsss_rs::Gf256::split_bytes(usize::from(threshold), usize::from(n_shares), root.expose_bytes(), rand::rng())
-            .map_err(|_| CryptoError::ShareCombine)?
-            .into_iter()
-            .map(Zeroizing::new)
-            .collect()
+        vsss_rs::Gf256::split_bytes(
+            usize::from(threshold),
+            usize::from(n_shares),
+            root.expose_bytes(),
+            rand::rng(),
+        )
+        .map_err(|_| CryptoError::ShareCombine)?
+        .into_iter()
+        .map(Zeroizing::new)
+        .collect()
     };
     let mut out = Vec::with_capacity(shares.len());
     for share in shares {
         let mut bytes = Zeroizing::new(share.to_vec());
         bytes.extend_from_slice(&checksum(seal_id, &share));
-        out.push(SecretString::from(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes.as_slice()))));
+        out.push(SecretString::from(format!(
+            "{PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(bytes.as_slice())
+        )));
     }
     Ok(out)
 }
 
 /// Parses one text share and checks its checksum against this broker's seal id.
 pub fn parse_share(text: &str, seal_id: &[u8]) -> Result<Share, CryptoError> {
-    let encoded = text.trim().strip_prefix(PREFIX).ok_or(CryptoError::ShareMalformed)?;
-    let bytes = Zeroizing::new(URL_SAFE_NO_PAD.decode(encoded).map_err(|_| CryptoError::ShareCorrupted)?);
+    let encoded = text
+        .trim()
+        .strip_prefix(PREFIX)
+        .ok_or(CryptoError::ShareMalformed)?;
+    let bytes = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| CryptoError::ShareCorrupted)?,
+    );
     if bytes.len() != SHARE_LEN + CHECKSUM_LEN {
         return Err(CryptoError::ShareCorrupted);
     }
@@ -105,7 +127,9 @@ pub fn combine(shares: &[Share]) -> Result<RootKey, CryptoError> {
     }
     let raw: Vec<Vec<u8>> = shares.iter().map(|s| s.0.to_vec()).collect();
     let raw = Zeroizing::new(raw);
-    let secret = Zeroizing::new(vsss_rs::Gf256::combine_bytes(raw.as_slice()).map_err(|_| CryptoError::ShareCombine)?);
+    let secret = Zeroizing::new(
+        vsss_rs::Gf256::combine_bytes(raw.as_slice()).map_err(|_| CryptoError::ShareCombine)?,
+    );
     RootKey::from_bytes(&secret)
 }
 
@@ -117,7 +141,10 @@ mod tests {
     use crate::barrier::{check_root_key, key_check_value};
 
     fn parse_all(texts: &[SecretString], seal_id: &[u8]) -> Vec<Share> {
-        texts.iter().map(|t| parse_share(t.expose_secret(), seal_id).unwrap()).collect()
+        texts
+            .iter()
+            .map(|t| parse_share(t.expose_secret(), seal_id).unwrap())
+            .collect()
     }
 
     #[test]
@@ -130,7 +157,10 @@ mod tests {
         assert!(texts[0].expose_secret().starts_with(PREFIX));
         let shares = parse_all(&texts, seal_id);
         for picks in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
-            let chosen: Vec<Share> = picks.iter().map(|&i| parse_share(texts[i].expose_secret(), seal_id).unwrap()).collect();
+            let chosen: Vec<Share> = picks
+                .iter()
+                .map(|&i| parse_share(texts[i].expose_secret(), seal_id).unwrap())
+                .collect();
             let rebuilt = combine(&chosen).unwrap();
             assert_eq!(rebuilt.expose_bytes(), root.expose_bytes());
             assert!(check_root_key(&rebuilt, &kcv));
@@ -157,11 +187,26 @@ mod tests {
         let i = PREFIX.len() + 10;
         chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
         let typo: String = chars.into_iter().collect();
-        assert_eq!(parse_share(&typo, b"seal-one").unwrap_err(), CryptoError::ShareCorrupted);
-        assert_eq!(parse_share(&text, b"seal-two").unwrap_err(), CryptoError::ShareCorrupted);
-        assert_eq!(parse_share(&text[..text.len() - 2], b"seal-one").unwrap_err(), CryptoError::ShareCorrupted);
-        assert_eq!(parse_share("hello", b"seal-one").unwrap_err(), CryptoError::ShareMalformed);
-        assert_eq!(parse_share("mayfly-share-1-!!!", b"seal-one").unwrap_err(), CryptoError::ShareCorrupted);
+        assert_eq!(
+            parse_share(&typo, b"seal-one").unwrap_err(),
+            CryptoError::ShareCorrupted
+        );
+        assert_eq!(
+            parse_share(&text, b"seal-two").unwrap_err(),
+            CryptoError::ShareCorrupted
+        );
+        assert_eq!(
+            parse_share(&text[..text.len() - 2], b"seal-one").unwrap_err(),
+            CryptoError::ShareCorrupted
+        );
+        assert_eq!(
+            parse_share("hello", b"seal-one").unwrap_err(),
+            CryptoError::ShareMalformed
+        );
+        assert_eq!(
+            parse_share("mayfly-share-1-!!!", b"seal-one").unwrap_err(),
+            CryptoError::ShareCorrupted
+        );
         assert!(format!("{:?}", parse_share(&text, b"seal-one").unwrap()).contains("redacted"));
     }
 

@@ -51,7 +51,9 @@ impl SigningKey {
 }
 
 pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    UnparsedPublicKey::new(&ED25519, public_key).verify(message, signature).is_ok()
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -64,10 +66,22 @@ mod tests {
         let again = SigningKey::from_seed(key.expose_seed()).unwrap();
         assert_eq!(key.public_key(), again.public_key());
         let signature = key.sign(b"checkpoint");
-        assert!(verify_signature(&key.public_key(), b"checkpoint", &signature));
-        assert!(!verify_signature(&key.public_key(), b"checkpoinT", &signature));
+        assert!(verify_signature(
+            &key.public_key(),
+            b"checkpoint",
+            &signature
+        ));
+        assert!(!verify_signature(
+            &key.public_key(),
+            b"checkpoinT",
+            &signature
+        ));
         let other = SigningKey::generate().unwrap();
-        assert!(!verify_signature(&other.public_key(), b"checkpoint", &signature));
+        assert!(!verify_signature(
+            &other.public_key(),
+            b"checkpoint",
+            &signature
+        ));
         assert!(!format!("{key:?}").contains(&hex::encode(key.expose_seed())));
     }
 }

@@ -73,7 +73,7 @@ mod tests {
         assert_eq!(hash_token(text), hash);
         let (other, _) = new_session_token().unwrap();
         assert_ne!(other.expose_secret(), text);
-        assert_eq!(format!("{token:?}").contains(text), false);
+        assert!(!format!("{token:?}").contains(text));
     }
 
     #[test]
@@ -81,7 +81,10 @@ mod tests {
         let (code, hash) = new_setup_code().unwrap();
         let text = code.expose_secret();
         assert_eq!(text.len(), 32 + 7);
-        assert_eq!(hash_setup_code(&text.to_lowercase().replace('-', " ")), hash);
+        assert_eq!(
+            hash_setup_code(&text.to_lowercase().replace('-', " ")),
+            hash
+        );
         assert_ne!(hash_setup_code("AAAA"), hash);
     }
 }

@@ -55,7 +55,8 @@ impl TotpSecret {
     }
 
     fn code_for_step(&self, step: u64) -> String {
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &self.0);
+        let key =
+            aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &self.0);
         let tag = aws_lc_rs::hmac::sign(&key, &step.to_be_bytes());
         let mac = tag.as_ref();
         let offset = usize::from(mac.last().copied().unwrap_or(0) & 0x0f);
@@ -134,7 +135,10 @@ mod tests {
         assert_eq!(secret.code_at(1111111109), "081804");
         assert_eq!(secret.code_at(1234567890), "005924");
         assert_eq!(secret.code_at(2000000000), "279037");
-        assert_eq!(secret.base32().expose_secret(), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!(
+            secret.base32().expose_secret(),
+            "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+        );
     }
 
     #[test]
@@ -144,14 +148,33 @@ mod tests {
         let code = secret.code_at(now);
         let step = now / 30;
         assert_eq!(secret.check(&code, now, None), Some(step));
-        assert_eq!(secret.check(&code, now + 30, None), Some(step), "one step late is fine");
-        assert_eq!(secret.check(&code, now - 30, None), Some(step), "one step early is fine");
-        assert_eq!(secret.check(&code, now + 60, None), None, "two steps late is refused");
-        assert_eq!(secret.check(&code, now, Some(step)), None, "a used step is refused");
+        assert_eq!(
+            secret.check(&code, now + 30, None),
+            Some(step),
+            "one step late is fine"
+        );
+        assert_eq!(
+            secret.check(&code, now - 30, None),
+            Some(step),
+            "one step early is fine"
+        );
+        assert_eq!(
+            secret.check(&code, now + 60, None),
+            None,
+            "two steps late is refused"
+        );
+        assert_eq!(
+            secret.check(&code, now, Some(step)),
+            None,
+            "a used step is refused"
+        );
         assert_eq!(secret.check(&code, now, Some(step - 1)), Some(step));
         assert_eq!(secret.check("000000x", now, None), None);
         let url = secret.otpauth_url("alice", "Mayfly").unwrap();
-        assert!(url.expose_secret().starts_with("otpauth://totp/Mayfly:alice?secret="));
+        assert!(
+            url.expose_secret()
+                .starts_with("otpauth://totp/Mayfly:alice?secret=")
+        );
         assert_eq!(format!("{secret:?}"), "TotpSecret(<redacted>)");
         assert!(TotpSecret::from_bytes(&[1; 10]).is_err());
     }

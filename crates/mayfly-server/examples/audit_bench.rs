@@ -7,6 +7,14 @@
 //! cargo run --release -p mayfly-server --example audit_bench -- [sqlite|postgres] [clients] [seconds]
 //! ```
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests: a failed step should stop the test loudly"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,7 +42,12 @@ async fn main() {
         })
         .await;
         let (rate, p50, p99) = measure(&broker, clients, Duration::from_secs(seconds)).await;
-        let (head, _) = broker.broker.store().audit_head().await.unwrap_or((0, String::new()));
+        let (head, _) = broker
+            .broker
+            .store()
+            .audit_head()
+            .await
+            .unwrap_or((0, String::new()));
         println!(
             "group_commit={group_commit:<5}  {rate:>8.0} audited requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({head} events in the chain)",
             p50.as_secs_f64() * 1000.0,
@@ -47,8 +60,15 @@ async fn main() {
     }
 }
 
-async fn measure(broker: &TestBroker, clients: usize, duration: Duration) -> (f64, Duration, Duration) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap_or_default();
+async fn measure(
+    broker: &TestBroker,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Duration, Duration) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap_or_default();
     let url = format!("{}/v1/auth/token/lookup-self", broker.addr);
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -61,7 +81,8 @@ async fn measure(broker: &TestBroker, clients: usize, duration: Duration) -> (f6
             let mut latencies = Vec::new();
             while started.elapsed() < duration {
                 let t = Instant::now();
-                let Ok(response) = client.get(&url).bearer_auth("mft_not_a_token").send().await else {
+                let Ok(response) = client.get(&url).bearer_auth("mft_not_a_token").send().await
+                else {
                     continue;
                 };
                 if response.status().as_u16() == 401 {
@@ -78,6 +99,15 @@ async fn measure(broker: &TestBroker, clients: usize, duration: Duration) -> (f6
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pick = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
-    (done.load(Ordering::Relaxed) as f64 / elapsed, pick(0.5), pick(0.99))
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    (
+        done.load(Ordering::Relaxed) as f64 / elapsed,
+        pick(0.5),
+        pick(0.99),
+    )
 }

@@ -12,7 +12,11 @@ use crate::clock::{Clock, SystemClock};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file `{path}`")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file `{path}` is invalid: {reason}")]
     Invalid { path: String, reason: String },
     #[error("{0}")]
@@ -92,11 +96,17 @@ impl Config {
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
-            _ => return Err(ConfigError::Rule("give both `tls_cert` and `tls_key`, or neither".into())),
+            _ => {
+                return Err(ConfigError::Rule(
+                    "give both `tls_cert` and `tls_key`, or neither".into(),
+                ));
+            }
         };
         if let Some(ttl) = file.user_session_ttl_seconds {
             if !(60..=86_400).contains(&ttl) {
-                return Err(ConfigError::Rule("`user_session_ttl_seconds` must be between 60 and 86400".into()));
+                return Err(ConfigError::Rule(
+                    "`user_session_ttl_seconds` must be between 60 and 86400".into(),
+                ));
             }
             config.user_session_ttl = Duration::from_secs(ttl);
         }

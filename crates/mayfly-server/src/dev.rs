@@ -39,7 +39,8 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
     if !initialized {
         let root = RootKey::generate().map_err(|e| start_error("root key")(e.to_string()))?;
         write_key_file(&key_file, root.expose_bytes())?;
-        let seal_id: [u8; 8] = mayfly_crypto::random_bytes().map_err(|e| start_error("seal id")(e.to_string()))?;
+        let seal_id: [u8; 8] =
+            mayfly_crypto::random_bytes().map_err(|e| start_error("seal id")(e.to_string()))?;
         broker
             .initialize_with_root(&root, &seal_id, 1, 1)
             .await
@@ -52,7 +53,11 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
         source: None,
     };
     let mut created = Vec::new();
-    for (name, groups) in [("admin", vec!["admins".to_owned()]), ("alice", vec!["dev".to_owned()]), ("bob", vec!["dev".to_owned()])] {
+    for (name, groups) in [
+        ("admin", vec!["admins".to_owned()]),
+        ("alice", vec!["dev".to_owned()]),
+        ("bob", vec!["dev".to_owned()]),
+    ] {
         if broker.store().user_by_name(name).await?.is_some() {
             continue;
         }
@@ -71,8 +76,8 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
         .user_by_name("admin")
         .await?
         .ok_or_else(|| ServerError::Start("the dev admin user is missing".into()))?;
-    let (token, token_hash) =
-        mayfly_crypto::token::new_session_token().map_err(|e| start_error("token")(e.to_string()))?;
+    let (token, token_hash) = mayfly_crypto::token::new_session_token()
+        .map_err(|e| start_error("token")(e.to_string()))?;
     let now = broker.now();
     let session = SessionRecord {
         id: uuid::Uuid::now_v7().to_string(),
@@ -93,7 +98,10 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
     let mut event = broker
         .draft("dev.admin-session", Outcome::Ok)
         .detail("session_id", session.id.clone())
-        .detail("token_hmac", keys.audit_hmac(token.expose_secret().as_bytes()));
+        .detail(
+            "token_hmac",
+            keys.audit_hmac(token.expose_secret().as_bytes()),
+        );
     event.actor = Some("mayfly-dev".into());
     event.subject = Some(session.principal.to_string());
     let outcome = broker
@@ -104,7 +112,9 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
         .await
         .map_err(|e| start_error("admin session")(e.to_string()))?;
     if !matches!(outcome, WriteOutcome::Applied { .. }) {
-        return Err(ServerError::Start("could not create the dev admin session".into()));
+        return Err(ServerError::Start(
+            "could not create the dev admin session".into(),
+        ));
     }
     Ok(DevBootstrap {
         admin_token: token,
@@ -113,9 +123,14 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
 }
 
 pub async fn unseal_from_file(broker: &Broker, key_file: &Path) -> Result<(), ServerError> {
-    let bytes = std::fs::read(key_file)
-        .map_err(|e| ServerError::Start(format!("cannot read dev key file `{}`: {e}", key_file.display())))?;
-    let root = RootKey::from_bytes(&bytes).map_err(|e| start_error("dev key file")(e.to_string()))?;
+    let bytes = std::fs::read(key_file).map_err(|e| {
+        ServerError::Start(format!(
+            "cannot read dev key file `{}`: {e}",
+            key_file.display()
+        ))
+    })?;
+    let root =
+        RootKey::from_bytes(&bytes).map_err(|e| start_error("dev key file")(e.to_string()))?;
     broker
         .unseal_with_root(&root)
         .await
@@ -127,9 +142,12 @@ fn write_key_file(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| ServerError::Start(format!("cannot create dev key file `{}`: {e}", path.display())))?;
+    let mut file = options.open(path).map_err(|e| {
+        ServerError::Start(format!(
+            "cannot create dev key file `{}`: {e}",
+            path.display()
+        ))
+    })?;
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())

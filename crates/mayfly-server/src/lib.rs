@@ -41,7 +41,8 @@ pub enum ServerError {
 pub async fn start(config: Config) -> Result<Broker, ServerError> {
     metrics::install();
     let store = mayfly_store::open(&config.store_url).await?;
-    let broker = Broker::new(Arc::new(store), config).map_err(|e| ServerError::Start(e.to_string()))?;
+    let broker =
+        Broker::new(Arc::new(store), config).map_err(|e| ServerError::Start(e.to_string()))?;
     ::metrics::gauge!("mayfly_sealed").set(1.0);
     Ok(broker)
 }
@@ -65,20 +66,34 @@ pub async fn serve(
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(audit::checkpoint::run(broker.clone(), stopped.clone())));
+    tasks.push(tokio::spawn(audit::checkpoint::run(
+        broker.clone(),
+        stopped.clone(),
+    )));
     if let Some(path) = broker.inner.config.audit_file.clone() {
-        let sink = audit::sink::FileSink::open(&path).map_err(|e| ServerError::Start(e.to_string()))?;
-        tasks.push(tokio::spawn(audit::sink::run(broker.clone(), sink, stopped.clone())));
+        let sink =
+            audit::sink::FileSink::open(&path).map_err(|e| ServerError::Start(e.to_string()))?;
+        tasks.push(tokio::spawn(audit::sink::run(
+            broker.clone(),
+            sink,
+            stopped.clone(),
+        )));
     }
-    tasks.push(tokio::spawn(purge_sessions(broker.clone(), stopped.clone())));
+    tasks.push(tokio::spawn(purge_sessions(
+        broker.clone(),
+        stopped.clone(),
+    )));
 
     let router = api::router(broker.clone());
     let result = match tls {
         Some(acceptor) => tls::serve(listener, acceptor, router, shutdown).await,
-        None => axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Io),
+        None => axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::Io),
     };
     let _ = stop.send(true);
     for task in tasks {

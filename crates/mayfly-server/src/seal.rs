@@ -46,19 +46,27 @@ impl Broker {
     /// one-time setup code. The broker stays sealed.
     pub async fn initialize(&self, n_shares: u8, threshold: u8) -> Result<InitResponse, ApiError> {
         if !(1..=16).contains(&n_shares) {
-            return Err(ApiError::BadRequest("field `shares`: must be between 1 and 16".into()));
+            return Err(ApiError::BadRequest(
+                "field `shares`: must be between 1 and 16".into(),
+            ));
         }
         if threshold > n_shares || threshold == 0 || (threshold == 1 && n_shares > 1) {
             return Err(ApiError::BadRequest(
-                "field `threshold`: must be at least 2 and at most `shares` (1 only with 1 share)".into(),
+                "field `threshold`: must be at least 2 and at most `shares` (1 only with 1 share)"
+                    .into(),
             ));
         }
         let root = RootKey::generate().map_err(crypto)?;
         let seal_id: [u8; 8] = mayfly_crypto::random_bytes().map_err(crypto)?;
         let shares = seal::split(&root, threshold, n_shares, &seal_id).map_err(crypto)?;
-        let setup_code = self.initialize_with_root(&root, &seal_id, n_shares, threshold).await?;
+        let setup_code = self
+            .initialize_with_root(&root, &seal_id, n_shares, threshold)
+            .await?;
         Ok(InitResponse {
-            shares: shares.iter().map(|s| s.expose_secret().to_owned()).collect(),
+            shares: shares
+                .iter()
+                .map(|s| s.expose_secret().to_owned())
+                .collect(),
             threshold,
             setup_code: setup_code.expose_secret().to_owned(),
         })
@@ -90,18 +98,25 @@ impl Broker {
         let secrets = vec![
             (
                 AUDIT_SIGNING_KEY_PATH.to_owned(),
-                keyring.seal(AUDIT_SIGNING_KEY_PATH, signer.expose_seed()).map_err(crypto)?,
+                keyring
+                    .seal(AUDIT_SIGNING_KEY_PATH, signer.expose_seed())
+                    .map_err(crypto)?,
             ),
             (
                 AUDIT_HMAC_KEY_PATH.to_owned(),
-                keyring.seal(AUDIT_HMAC_KEY_PATH, hmac_key.as_slice()).map_err(crypto)?,
+                keyring
+                    .seal(AUDIT_HMAC_KEY_PATH, hmac_key.as_slice())
+                    .map_err(crypto)?,
             ),
         ];
         let event = self
             .draft("sys.init", Outcome::Ok)
             .detail("n_shares", n_shares)
             .detail("threshold", threshold)
-            .detail("audit_key_id", mayfly_core::audit::key_id(&signer.public_key()));
+            .detail(
+                "audit_key_id",
+                mayfly_core::audit::key_id(&signer.public_key()),
+            );
         let outcome = self
             .commit(Write {
                 change: Some(Change::Initialize { seal, secrets }),
@@ -110,7 +125,9 @@ impl Broker {
             .await?;
         match outcome {
             WriteOutcome::Applied { .. } => Ok(setup_code),
-            WriteOutcome::Conflict { .. } => Err(ApiError::Conflict("the broker is already initialized".into())),
+            WriteOutcome::Conflict { .. } => Err(ApiError::Conflict(
+                "the broker is already initialized".into(),
+            )),
         }
     }
 
@@ -128,8 +145,11 @@ impl Broker {
         let share = match seal::parse_share(text.trim(), &seal.seal_id) {
             Ok(share) => share,
             Err(error) => {
-                self.record(self.draft("sys.unseal", Outcome::Refused).detail("reason", error.to_string()))
-                    .await?;
+                self.record(
+                    self.draft("sys.unseal", Outcome::Refused)
+                        .detail("reason", error.to_string()),
+                )
+                .await?;
                 return Err(ApiError::BadRequest(format!("field `share`: {error}")));
             }
         };
@@ -144,8 +164,11 @@ impl Broker {
             progress.shares.push(share);
             if progress.shares.len() < threshold {
                 drop(progress);
-                self.record(self.draft("sys.unseal", Outcome::Ok).detail("progress", "share accepted"))
-                    .await?;
+                self.record(
+                    self.draft("sys.unseal", Outcome::Ok)
+                        .detail("progress", "share accepted"),
+                )
+                .await?;
                 return self.seal_status().await;
             }
             let shares = std::mem::take(&mut progress.shares);
@@ -163,8 +186,11 @@ impl Broker {
             ));
         }
         self.unseal_with_root(&root).await?;
-        self.record(self.draft("sys.unseal", Outcome::Ok).detail("progress", "unsealed"))
-            .await?;
+        self.record(
+            self.draft("sys.unseal", Outcome::Ok)
+                .detail("progress", "unsealed"),
+        )
+        .await?;
         self.seal_status().await
     }
 
@@ -181,7 +207,9 @@ impl Broker {
             .map_err(|e| ApiError::store(&e))?
             .ok_or(ApiError::NotInitialized)?;
         if !barrier::check_root_key(root, &seal.kcv) {
-            return Err(ApiError::BadRequest("the root key does not match this broker".into()));
+            return Err(ApiError::BadRequest(
+                "the root key does not match this broker".into(),
+            ));
         }
         let keyring = Keyring::unwrap(root, &seal.wrapped_keyring).map_err(crypto)?;
         let seed = self.read_secret(&keyring, AUDIT_SIGNING_KEY_PATH).await?;
@@ -198,13 +226,19 @@ impl Broker {
         Ok(())
     }
 
-    async fn read_secret(&self, keyring: &Keyring, path: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    async fn read_secret(
+        &self,
+        keyring: &Keyring,
+        path: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         let blob = self
             .store()
             .secret(path)
             .await
             .map_err(|e| ApiError::store(&e))?
-            .ok_or_else(|| ApiError::Internal(format!("secret `{path}` is missing from the store")))?;
+            .ok_or_else(|| {
+                ApiError::Internal(format!("secret `{path}` is missing from the store"))
+            })?;
         keyring.open(path, &blob).map_err(crypto)
     }
 }

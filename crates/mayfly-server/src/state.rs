@@ -41,7 +41,10 @@ impl std::fmt::Debug for Unsealed {
 impl Unsealed {
     /// HMAC of a secret value, the only form in which a secret may appear in an audit event.
     pub fn audit_hmac(&self, secret: &[u8]) -> String {
-        format!("hmac-sha256:{}", hex::encode(mayfly_crypto::hmac_sha256(&self.audit_hmac_key, secret)))
+        format!(
+            "hmac-sha256:{}",
+            hex::encode(mayfly_crypto::hmac_sha256(&self.audit_hmac_key, secret))
+        )
     }
 }
 
@@ -116,13 +119,21 @@ impl Broker {
     pub async fn commit(&self, write: Write) -> Result<WriteOutcome, ApiError> {
         self.inner.committer.commit(write).await.map_err(|e| {
             tracing::error!(error = %e, "audit commit failed");
-            ApiError::Unavailable("the audit log is unavailable; the action was not performed".into())
+            ApiError::Unavailable(
+                "the audit log is unavailable; the action was not performed".into(),
+            )
         })
     }
 
     /// Records a fact with no change of state (a refusal, a read of a secret).
     pub async fn record(&self, event: AuditDraft) -> Result<i64, ApiError> {
-        match self.commit(Write { change: None, event }).await? {
+        match self
+            .commit(Write {
+                change: None,
+                event,
+            })
+            .await?
+        {
             WriteOutcome::Applied { seq } | WriteOutcome::Conflict { seq, .. } => Ok(seq),
         }
     }

@@ -18,11 +18,21 @@ use crate::config::TlsFiles;
 
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| ServerError::Tls(format!("cannot read certificate `{}`: {e}", files.cert.display())))?
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "cannot read certificate `{}`: {e}",
+                files.cert.display()
+            ))
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::Tls(format!("bad certificate `{}`: {e}", files.cert.display())))?;
+        .map_err(|e| {
+            ServerError::Tls(format!("bad certificate `{}`: {e}", files.cert.display()))
+        })?;
     if certs.is_empty() {
-        return Err(ServerError::Tls(format!("no certificate in `{}`", files.cert.display())));
+        return Err(ServerError::Tls(format!(
+            "no certificate in `{}`",
+            files.cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| ServerError::Tls(format!("cannot read key `{}`: {e}", files.key.display())))?;
@@ -59,7 +69,9 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(error = %error, peer = %peer, "TLS handshake failed");
@@ -67,10 +79,14 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let service = router.map_request(move |mut request: axum::extract::Request| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
-                request
-            });
+            let service =
+                router.map_request(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                    request
+                });
             let service = TowerToHyperService::new(service);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {

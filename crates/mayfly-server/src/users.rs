@@ -29,10 +29,11 @@ pub fn generate_password() -> Result<SecretString, ApiError> {
         let bytes: [u8; 32] = mayfly_crypto::random_bytes().map_err(crypto)?;
         for byte in bytes {
             // Rejection sampling: 248 = 4 * 62, so every letter is equally likely.
-            if byte < 248 && out.len() < 20 {
-                if let Some(c) = ALPHABET.get(usize::from(byte % 62)) {
-                    out.push(char::from(*c));
-                }
+            if byte < 248
+                && out.len() < 20
+                && let Some(c) = ALPHABET.get(usize::from(byte % 62))
+            {
+                out.push(char::from(*c));
             }
         }
     }
@@ -53,10 +54,12 @@ async fn prepare(
     groups: &[String],
 ) -> Result<NewUser, ApiError> {
     let keys = broker.require_unsealed().await?;
-    let username = Username::parse(username).map_err(|e| ApiError::BadRequest(format!("field `username`: {e}")))?;
+    let username = Username::parse(username)
+        .map_err(|e| ApiError::BadRequest(format!("field `username`: {e}")))?;
     let mut group_names = Vec::new();
     for group in groups {
-        let group = GroupName::parse(group).map_err(|e| ApiError::BadRequest(format!("field `groups`: `{group}` {e}")))?;
+        let group = GroupName::parse(group)
+            .map_err(|e| ApiError::BadRequest(format!("field `groups`: `{group}` {e}")))?;
         if !group_names.contains(&group.as_str().to_owned()) {
             group_names.push(group.as_str().to_owned());
         }
@@ -76,9 +79,16 @@ async fn prepare(
     let id = uuid::Uuid::now_v7().to_string();
     let totp = TotpSecret::generate().map_err(crypto)?;
     let path = totp_secret_path(&id);
-    let blob = keys.keyring.seal(&path, totp.expose_bytes()).map_err(crypto)?;
+    let blob = keys
+        .keyring
+        .seal(&path, totp.expose_bytes())
+        .map_err(crypto)?;
     let enrollment = TotpEnrollment {
-        otpauth_url: totp.otpauth_url(username.as_str(), TOTP_ISSUER).map_err(crypto)?.expose_secret().to_owned(),
+        otpauth_url: totp
+            .otpauth_url(username.as_str(), TOTP_ISSUER)
+            .map_err(crypto)?
+            .expose_secret()
+            .to_owned(),
         secret_base32: totp.base32().expose_secret().to_owned(),
     };
     Ok(NewUser {
@@ -123,15 +133,31 @@ pub async fn create(
         user: user.record.clone(),
         secrets: user.secrets.clone(),
     };
-    match broker.commit(Write { change: Some(change), event }).await? {
+    match broker
+        .commit(Write {
+            change: Some(change),
+            event,
+        })
+        .await?
+    {
         WriteOutcome::Applied { .. } => Ok(created(user)),
         WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
     }
 }
 
 /// Creates the first admin with the one-time setup code printed by `operator init`.
-pub async fn setup(broker: &Broker, meta: &RequestMeta, request: SetupRequest) -> Result<UserCreated, ApiError> {
-    let user = prepare(broker, &request.username, Some(request.password), &[GroupName::ADMINS.to_owned()]).await?;
+pub async fn setup(
+    broker: &Broker,
+    meta: &RequestMeta,
+    request: SetupRequest,
+) -> Result<UserCreated, ApiError> {
+    let user = prepare(
+        broker,
+        &request.username,
+        Some(request.password),
+        &[GroupName::ADMINS.to_owned()],
+    )
+    .await?;
     let code_hash = mayfly_crypto::token::hash_setup_code(&request.setup_code);
     let mut event = broker.draft("sys.setup", Outcome::Ok);
     event.subject = Some(format!("user:{}", user.record.username));
@@ -141,7 +167,13 @@ pub async fn setup(broker: &Broker, meta: &RequestMeta, request: SetupRequest) -
         user: user.record.clone(),
         secrets: user.secrets.clone(),
     };
-    match broker.commit(Write { change: Some(change), event }).await? {
+    match broker
+        .commit(Write {
+            change: Some(change),
+            event,
+        })
+        .await?
+    {
         WriteOutcome::Applied { .. } => Ok(created(user)),
         WriteOutcome::Conflict { .. } => Err(ApiError::Forbidden(
             "the setup code is wrong or was already used".into(),

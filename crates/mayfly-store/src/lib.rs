@@ -76,7 +76,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The session with this token hash, with the principal as it is *now* (current groups; a
     /// disabled or deleted user yields `None`).
-    async fn session_by_hash(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, StoreError>;
+    async fn session_by_hash(&self, token_hash: &[u8])
+    -> Result<Option<SessionRecord>, StoreError>;
 
     async fn jwt_issuer(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
     async fn jwt_role(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;

@@ -67,23 +67,51 @@ pub struct StoredEvent {
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Creates the seal and the broker's first secrets. Conflicts if already initialized.
-    Initialize { seal: SealRecord, secrets: Vec<(String, Vec<u8>)> },
+    Initialize {
+        seal: SealRecord,
+        secrets: Vec<(String, Vec<u8>)>,
+    },
     /// Writes (or replaces) one encrypted secret.
-    PutSecret { path: String, blob: Vec<u8>, at: Timestamp },
+    PutSecret {
+        path: String,
+        blob: Vec<u8>,
+        at: Timestamp,
+    },
     /// Uses the one-time setup code and creates the first admin. Conflicts if the code does not
     /// match or was used.
-    SetupFirstAdmin { code_hash: Vec<u8>, user: UserRecord, secrets: Vec<(String, Vec<u8>)> },
+    SetupFirstAdmin {
+        code_hash: Vec<u8>,
+        user: UserRecord,
+        secrets: Vec<(String, Vec<u8>)>,
+    },
     /// Creates a user with its encrypted secrets. Conflicts if the name is taken.
-    CreateUser { user: UserRecord, secrets: Vec<(String, Vec<u8>)> },
+    CreateUser {
+        user: UserRecord,
+        secrets: Vec<(String, Vec<u8>)>,
+    },
     /// A successful login: uses TOTP step `totp_step` (conflicts if a step at or after it was
     /// already used), clears the failure count and creates the session.
-    LoginSucceeded { user_id: String, username: String, totp_step: i64, session: SessionRecord },
+    LoginSucceeded {
+        user_id: String,
+        username: String,
+        totp_step: i64,
+        session: SessionRecord,
+    },
     /// A failed login: counts it and throttles the name until `throttled_until`.
-    LoginFailed { username: String, throttled_until: Timestamp },
+    LoginFailed {
+        username: String,
+        throttled_until: Timestamp,
+    },
     /// Creates a session (workload login).
     CreateSession { session: SessionRecord },
     /// Revokes a session. Conflicts if it is already revoked or unknown.
     RevokeSession { id: String, at: Timestamp },
-    PutJwtIssuer { name: String, config: serde_json::Value },
-    PutJwtRole { name: String, config: serde_json::Value },
+    PutJwtIssuer {
+        name: String,
+        config: serde_json::Value,
+    },
+    PutJwtRole {
+        name: String,
+        config: serde_json::Value,
+    },
 }

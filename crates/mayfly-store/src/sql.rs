@@ -94,14 +94,20 @@ impl SqlStore {
         self.pool.close().await;
     }
 
-    async fn apply(&self, connection: &mut AnyConnection, change: &Change) -> Result<Applied, sqlx::Error> {
+    async fn apply(
+        &self,
+        connection: &mut AnyConnection,
+        change: &Change,
+    ) -> Result<Applied, sqlx::Error> {
         match change {
             Change::Initialize { seal, secrets } => {
                 let exists = sqlx::query("SELECT 1 FROM seal WHERE id = 1")
                     .fetch_optional(&mut *connection)
                     .await?;
                 if exists.is_some() {
-                    return Ok(Applied::Conflict("the broker is already initialized".into()));
+                    return Ok(Applied::Conflict(
+                        "the broker is already initialized".into(),
+                    ));
                 }
                 sqlx::query(
                     "INSERT INTO seal (id, seal_id, n_shares, threshold, kcv, wrapped_keyring, setup_code_hash, created_at) \
@@ -123,17 +129,27 @@ impl SqlStore {
                 put_secrets(connection, &[(path.clone(), blob.clone())], *at).await?;
                 Ok(Applied::Done)
             }
-            Change::SetupFirstAdmin { code_hash, user, secrets } => {
-                let used = sqlx::query("UPDATE seal SET setup_code_hash = NULL WHERE id = 1 AND setup_code_hash = $1")
-                    .bind(code_hash.clone())
-                    .execute(&mut *connection)
-                    .await?;
+            Change::SetupFirstAdmin {
+                code_hash,
+                user,
+                secrets,
+            } => {
+                let used = sqlx::query(
+                    "UPDATE seal SET setup_code_hash = NULL WHERE id = 1 AND setup_code_hash = $1",
+                )
+                .bind(code_hash.clone())
+                .execute(&mut *connection)
+                .await?;
                 if used.rows_affected() != 1 {
-                    return Ok(Applied::Conflict("the setup code is wrong or was already used".into()));
+                    return Ok(Applied::Conflict(
+                        "the setup code is wrong or was already used".into(),
+                    ));
                 }
                 self.apply_create_user(connection, user, secrets).await
             }
-            Change::CreateUser { user, secrets } => self.apply_create_user(connection, user, secrets).await,
+            Change::CreateUser { user, secrets } => {
+                self.apply_create_user(connection, user, secrets).await
+            }
             Change::LoginSucceeded {
                 user_id,
                 username,
@@ -176,11 +192,13 @@ impl SqlStore {
                 Ok(Applied::Done)
             }
             Change::RevokeSession { id, at } => {
-                let revoked = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                    .bind(at.unix_ms())
-                    .bind(id.clone())
-                    .execute(&mut *connection)
-                    .await?;
+                let revoked = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(at.unix_ms())
+                .bind(id.clone())
+                .execute(&mut *connection)
+                .await?;
                 if revoked.rows_affected() != 1 {
                     return Ok(Applied::Conflict("the session is already revoked".into()));
                 }
@@ -208,7 +226,10 @@ impl SqlStore {
             .fetch_optional(&mut *connection)
             .await?;
         if taken.is_some() {
-            return Ok(Applied::Conflict(format!("user `{}` already exists", user.username)));
+            return Ok(Applied::Conflict(format!(
+                "user `{}` already exists",
+                user.username
+            )));
         }
         let groups = serde_json::to_string(&user.groups).unwrap_or_else(|_| "[]".into());
         sqlx::query(
@@ -255,7 +276,10 @@ async fn put_secrets(
     Ok(())
 }
 
-async fn insert_session(connection: &mut AnyConnection, session: &SessionRecord) -> Result<(), sqlx::Error> {
+async fn insert_session(
+    connection: &mut AnyConnection,
+    session: &SessionRecord,
+) -> Result<(), sqlx::Error> {
     let (kind, name, role, user_id) = match &session.principal {
         Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
         Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
@@ -300,13 +324,14 @@ async fn upsert_config(
 }
 
 fn redact_url(url: &str) -> String {
-    url.split_once("://").map_or_else(|| "…".to_owned(), |(scheme, _)| format!("{scheme}://…"))
+    url.split_once("://")
+        .map_or_else(|| "…".to_owned(), |(scheme, _)| format!("{scheme}://…"))
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
     let groups: String = row.try_get("groups").map_err(unavailable)?;
-    let groups: Vec<String> =
-        serde_json::from_str(&groups).map_err(|_| StoreError::Corrupt("user groups are not a JSON list".into()))?;
+    let groups: Vec<String> = serde_json::from_str(&groups)
+        .map_err(|_| StoreError::Corrupt("user groups are not a JSON list".into()))?;
     let last_step: i64 = row.try_get("totp_last_step").map_err(unavailable)?;
     let disabled: i64 = row.try_get("disabled").map_err(unavailable)?;
     Ok(UserRecord {
@@ -333,7 +358,8 @@ fn config_from_row(row: &AnyRow) -> Result<JwtConfigRecord, StoreError> {
     let config: String = row.try_get("config").map_err(unavailable)?;
     Ok(JwtConfigRecord {
         name: row.try_get("name").map_err(unavailable)?,
-        config: serde_json::from_str(&config).map_err(|_| StoreError::Corrupt("JWT config is not JSON".into()))?,
+        config: serde_json::from_str(&config)
+            .map_err(|_| StoreError::Corrupt("JWT config is not JSON".into()))?,
     })
 }
 
@@ -431,7 +457,8 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        row.map(|row| row.try_get("blob").map_err(unavailable)).transpose()
+        row.map(|row| row.try_get("blob").map_err(unavailable))
+            .transpose()
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -456,20 +483,27 @@ impl Store for SqlStore {
     }
 
     async fn throttle(&self, username: &str) -> Result<Option<ThrottleRecord>, StoreError> {
-        let row = sqlx::query("SELECT username, n_failures, throttled_until FROM login_failures WHERE username = $1")
-            .bind(username.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let row = sqlx::query(
+            "SELECT username, n_failures, throttled_until FROM login_failures WHERE username = $1",
+        )
+        .bind(username.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(ThrottleRecord {
             username: row.try_get("username").map_err(unavailable)?,
             n_failures: row.try_get("n_failures").map_err(unavailable)?,
-            throttled_until: Timestamp::from_unix_ms(row.try_get("throttled_until").map_err(unavailable)?),
+            throttled_until: Timestamp::from_unix_ms(
+                row.try_get("throttled_until").map_err(unavailable)?,
+            ),
         }))
     }
 
-    async fn session_by_hash(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session_by_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<SessionRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
                     s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled \
@@ -501,7 +535,11 @@ impl Store for SqlStore {
                     name,
                 }
             }
-            other => return Err(StoreError::Corrupt(format!("unknown principal kind `{other}`"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown principal kind `{other}`"
+                )));
+            }
         };
         let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(unavailable)?;
         Ok(Some(SessionRecord {
@@ -544,12 +582,14 @@ impl Store for SqlStore {
     }
 
     async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query("SELECT seq, kind, body, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows = sqlx::query(
+            "SELECT seq, kind, body, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -605,7 +645,8 @@ fn refused(mut event: AuditDraft, reason: &str) -> AuditDraft {
 }
 
 fn decode_hash(hex_hash: &str) -> Result<[u8; 32], StoreError> {
-    let bytes = hex::decode(hex_hash).map_err(|_| StoreError::Corrupt("audit head hash is not hex".into()))?;
+    let bytes = hex::decode(hex_hash)
+        .map_err(|_| StoreError::Corrupt("audit head hash is not hex".into()))?;
     bytes
         .try_into()
         .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))

@@ -79,10 +79,12 @@ impl TestBroker {
 
     pub async fn start(options: Options) -> TestBroker {
         let dir = tempfile::tempdir().unwrap();
-        let store_url = options
-            .store_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("mayfly.db").display()));
+        let store_url = options.store_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("mayfly.db").display()
+            )
+        });
         let clock = ManualClock::new();
         let mut config = Config::new(store_url.clone());
         config.clock = Arc::new(clock.clone());
@@ -95,8 +97,11 @@ impl TestBroker {
         let mut admin_token = None;
         let mut users = Vec::new();
         if options.bootstrap {
-            let boot = mayfly_server::dev::bootstrap(&broker, dir.path()).await.unwrap();
-            admin_token = Some(mayfly_crypto::ExposeSecret::expose_secret(&boot.admin_token).to_owned());
+            let boot = mayfly_server::dev::bootstrap(&broker, dir.path())
+                .await
+                .unwrap();
+            admin_token =
+                Some(mayfly_crypto::ExposeSecret::expose_secret(&boot.admin_token).to_owned());
             for user in boot.created {
                 users.push(DemoUser {
                     name: user.username,
@@ -149,7 +154,13 @@ impl TestBroker {
     }
 
     /// Any HTTP call; returns status and JSON body (`Null` when empty or not JSON).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.http.request(method, format!("{}{}", self.addr, path));
         if let Some(token) = token {
@@ -161,7 +172,10 @@ impl TestBroker {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let bytes = response.bytes().await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn raw(&self) -> &reqwest::Client {
@@ -214,7 +228,10 @@ fn base32_decode(text: &str) -> Vec<u8> {
     let mut n_bits = 0;
     let mut out = Vec::new();
     for c in text.trim_end_matches('=').bytes() {
-        let value = ALPHABET.iter().position(|a| *a == c.to_ascii_uppercase()).unwrap() as u64;
+        let value = ALPHABET
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .unwrap() as u64;
         bits = (bits << 5) | value;
         n_bits += 5;
         if n_bits >= 8 {

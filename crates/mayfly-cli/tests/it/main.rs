@@ -2,6 +2,14 @@
 //! a real `mayfly server` is initialized, unsealed and set up through the CLI; `audit verify`
 //! checks a sink file offline and names the event that was tampered with.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests: a failed step should stop the test loudly"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -11,12 +19,19 @@ use mayfly_server::clock::{Clock, SystemClock};
 
 fn mayfly() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mayfly"));
-    command.env_remove("MAYFLY_TOKEN").env_remove("MAYFLY_ADDR").env("MAYFLY_LOG", "warn");
+    command
+        .env_remove("MAYFLY_TOKEN")
+        .env_remove("MAYFLY_ADDR")
+        .env("MAYFLY_LOG", "warn");
     command
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Running(Child);
@@ -36,7 +51,10 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[expect(clippy::disallowed_methods, reason = "a synchronous test polling a child process")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a synchronous test polling a child process"
+)]
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
@@ -74,28 +92,57 @@ fn dev_starts_in_one_command_and_its_audit_file_verifies_offline() {
     }
     let export = export.unwrap_or_else(|| panic!("no export line in:\n{printed}"));
     assert!(printed.contains("DEVELOPMENT MODE"), "{printed}");
-    assert!(printed.contains("User alice") && printed.contains("User bob"), "{printed}");
-    let addr = export.split_whitespace().find_map(|w| w.strip_prefix("MAYFLY_ADDR=")).unwrap().to_owned();
-    let token = export.split_whitespace().find_map(|w| w.strip_prefix("MAYFLY_TOKEN=")).unwrap().to_owned();
+    assert!(
+        printed.contains("User alice") && printed.contains("User bob"),
+        "{printed}"
+    );
+    let addr = export
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("MAYFLY_ADDR="))
+        .unwrap()
+        .to_owned();
+    let token = export
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("MAYFLY_TOKEN="))
+        .unwrap()
+        .to_owned();
     assert_eq!(addr, format!("http://127.0.0.1:{port}"));
 
-    let lookup = run(mayfly().args(["token", "lookup", "--json"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN", &token));
+    let lookup = run(mayfly()
+        .args(["token", "lookup", "--json"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", &token));
     assert!(lookup.status.success(), "{lookup:?}");
     let info: serde_json::Value = serde_json::from_slice(&lookup.stdout).unwrap();
     assert_eq!(info["principal"]["name"], "admin");
     assert_eq!(info["principal"]["groups"], serde_json::json!(["admins"]));
 
     // Without a token: a clear error with a hint.
-    let refused = run(mayfly().args(["user", "list"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN_FILE", data.path().join("none")));
+    let refused = run(mayfly()
+        .args(["user", "list"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", data.path().join("none")));
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("401") && stderr.contains("mayfly login"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("mayfly login"),
+        "{stderr}"
+    );
 
-    let verify = run(mayfly().args(["audit", "verify"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN", &token));
+    let verify = run(mayfly()
+        .args(["audit", "verify"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", &token));
     assert!(verify.status.success(), "{verify:?}");
-    assert!(stdout(&verify).contains("audit log intact"), "{}", stdout(&verify));
+    assert!(
+        stdout(&verify).contains("audit log intact"),
+        "{}",
+        stdout(&verify)
+    );
 
-    let key = run(mayfly().args(["audit", "public-key"]).env("MAYFLY_ADDR", &addr));
+    let key = run(mayfly()
+        .args(["audit", "public-key"])
+        .env("MAYFLY_ADDR", &addr));
     let key = stdout(&key).trim().to_owned();
     assert_eq!(key.len(), 44, "{key}");
 
@@ -108,22 +155,37 @@ fn dev_starts_in_one_command_and_its_audit_file_verifies_offline() {
         .env("MAYFLY_ADDR", &addr)
         .env("MAYFLY_TOKEN", &token));
     assert!(exported.status.success(), "{exported:?}");
-    let n_exported = std::fs::read_to_string(&export_file).unwrap().lines().count();
+    let n_exported = std::fs::read_to_string(&export_file)
+        .unwrap()
+        .lines()
+        .count();
     wait_until("the sink file", || {
-        std::fs::read_to_string(&file).map(|t| t.lines().count() >= n_exported).unwrap_or(false)
+        std::fs::read_to_string(&file)
+            .map(|t| t.lines().count() >= n_exported)
+            .unwrap_or(false)
     });
-    let ok = run(mayfly().args(["audit", "verify", "--public-key", &key, "--file"]).arg(&file));
+    let ok = run(mayfly()
+        .args(["audit", "verify", "--public-key", &key, "--file"])
+        .arg(&file));
     assert!(ok.status.success(), "{}", stdout(&ok));
     assert!(stdout(&ok).contains("audit file intact"), "{}", stdout(&ok));
 
     // Tamper with a copy: edit, delete, swap.
-    let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     let tampered = data.path().join("tampered.jsonl");
     let check = |lines: &[String], expect: &str| {
         std::fs::write(&tampered, format!("{}\n", lines.join("\n"))).unwrap();
         let output = run(mayfly().args(["audit", "verify", "--file"]).arg(&tampered));
         assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
-        assert!(stdout(&output).contains(expect), "expected `{expect}` in {}", stdout(&output));
+        assert!(
+            stdout(&output).contains(expect),
+            "expected `{expect}` in {}",
+            stdout(&output)
+        );
     };
     let mut edited = lines.clone();
     edited[2] = edited[2].replacen("\"kind\":\"user.create\"", "\"kind\":\"user.created\"", 1);
@@ -148,37 +210,84 @@ fn a_server_is_initialized_unsealed_and_set_up_through_the_cli() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
-    let store = format!("sqlite://{}?mode=rwc", data.path().join("mayfly.db").display());
+    let store = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("mayfly.db").display()
+    );
     let child = mayfly()
-        .args(["server", "--store", &store, "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "server",
+            "--store",
+            &store,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let _running = Running(child);
     wait_until("the server", || {
-        run(mayfly().args(["status"]).env("MAYFLY_ADDR", &addr)).status.success()
+        run(mayfly().args(["status"]).env("MAYFLY_ADDR", &addr))
+            .status
+            .success()
     });
 
-    let init = run(mayfly().args(["operator", "init", "--shares", "5", "--threshold", "3", "--json"]).env("MAYFLY_ADDR", &addr));
+    let init = run(mayfly()
+        .args([
+            "operator",
+            "init",
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+            "--json",
+        ])
+        .env("MAYFLY_ADDR", &addr));
     assert!(init.status.success(), "{init:?}");
     let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
-    let shares: Vec<String> = init["shares"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+    let shares: Vec<String> = init["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
 
     // Sealed: work is refused with a hint.
-    let sealed = run(mayfly().args(["user", "list"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN", "mft_x"));
-    assert!(String::from_utf8_lossy(&sealed.stderr).contains("mayfly operator unseal"), "{sealed:?}");
+    let sealed = run(mayfly()
+        .args(["user", "list"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", "mft_x"));
+    assert!(
+        String::from_utf8_lossy(&sealed.stderr).contains("mayfly operator unseal"),
+        "{sealed:?}"
+    );
 
     for (i, share) in shares.iter().take(3).enumerate() {
-        let output = run(mayfly().args(["operator", "unseal", share]).env("MAYFLY_ADDR", &addr));
+        let output = run(mayfly()
+            .args(["operator", "unseal", share])
+            .env("MAYFLY_ADDR", &addr));
         assert!(output.status.success(), "{output:?}");
-        let expect = if i < 2 { format!("{} of 3", i + 1) } else { "unsealed".to_owned() };
+        let expect = if i < 2 {
+            format!("{} of 3", i + 1)
+        } else {
+            "unsealed".to_owned()
+        };
         assert!(stdout(&output).contains(&expect), "{}", stdout(&output));
     }
 
     let password = password_file(data.path(), "correct horse battery staple");
     let setup = run(mayfly()
-        .args(["operator", "setup", "--code", init["setup_code"].as_str().unwrap(), "--username", "root", "--json", "--password-file"])
+        .args([
+            "operator",
+            "setup",
+            "--code",
+            init["setup_code"].as_str().unwrap(),
+            "--username",
+            "root",
+            "--json",
+            "--password-file",
+        ])
         .arg(&password)
         .env("MAYFLY_ADDR", &addr));
     assert!(setup.status.success(), "{setup:?}");
@@ -199,9 +308,15 @@ fn a_server_is_initialized_unsealed_and_set_up_through_the_cli() {
         let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    let lookup = run(mayfly().args(["token", "lookup"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN_FILE", &token_file));
+    let lookup = run(mayfly()
+        .args(["token", "lookup"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", &token_file));
     assert!(stdout(&lookup).contains("user:root"), "{lookup:?}");
-    let revoke = run(mayfly().args(["token", "revoke"]).env("MAYFLY_ADDR", &addr).env("MAYFLY_TOKEN_FILE", &token_file));
+    let revoke = run(mayfly()
+        .args(["token", "revoke"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", &token_file));
     assert!(revoke.status.success(), "{revoke:?}");
     assert!(!token_file.exists());
 }

@@ -41,7 +41,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Sealed | ApiError::NotInitialized | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Sealed | ApiError::NotInitialized | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,10 +84,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::TooManyRequests { retry_after_secs } = self {
-            if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let ApiError::TooManyRequests { retry_after_secs } = self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
         response
@@ -116,7 +118,10 @@ impl ApiError {
 
 impl From<ApiError> for AuditedError {
     fn from(error: ApiError) -> Self {
-        AuditedError { error, audited: false }
+        AuditedError {
+            error,
+            audited: false,
+        }
     }
 }
 
@@ -124,7 +129,9 @@ impl IntoResponse for AuditedError {
     fn into_response(self) -> Response {
         let mut response = self.error.into_response();
         if self.audited {
-            response.extensions_mut().insert(crate::api::middleware::Audited);
+            response
+                .extensions_mut()
+                .insert(crate::api::middleware::Audited);
         }
         response
     }

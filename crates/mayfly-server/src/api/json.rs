@@ -26,7 +26,9 @@ where
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     return Err(ApiError::PayloadTooLarge);
                 }
-                return Err(ApiError::BadRequest("the request body could not be read".into()));
+                return Err(ApiError::BadRequest(
+                    "the request body could not be read".into(),
+                ));
             }
         };
         parse(&bytes).map(ApiJson)
@@ -36,14 +38,16 @@ where
 /// Parses JSON, naming the field in the error: "field `password`: invalid type: ...".
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::BadRequest("the request body is empty: send a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body is empty: send a JSON object".into(),
+        ));
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let message = strip_position(&inner.to_string());
-        if path == "." || path.is_empty() {
+        if path == "." || path == "?" || path.is_empty() {
             ApiError::BadRequest(format!("malformed JSON body: {message}"))
         } else {
             ApiError::BadRequest(format!("field `{path}`: {message}"))
@@ -84,13 +88,27 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        check(r#"{"username": "a"}"#, "malformed JSON body: missing field `password`");
-        check(r#"{"username": "a", "password": 5}"#, "field `password`: invalid type: integer `5`, expected a string");
+        check(
+            r#"{"username": "a"}"#,
+            "malformed JSON body: missing field `password`",
+        );
+        check(
+            r#"{"username": "a", "password": 5}"#,
+            "field `password`: invalid type: integer `5`, expected a string",
+        );
         check(
             r#"{"username": "a", "password": "b", "x": 1}"#,
             "field `x`: unknown field `x`, expected `username` or `password`",
         );
-        check(r#"{"username": "#, "malformed JSON body: EOF while parsing a value");
+        check(
+            r#"{"username": "#,
+            "field `username`: EOF while parsing a value",
+        );
+        check(
+            "5",
+            "malformed JSON body: invalid type: integer `5`, expected struct Login",
+        );
+        check("{nope", "malformed JSON body: key must be a string");
         check("", "the request body is empty: send a JSON object");
     }
 }

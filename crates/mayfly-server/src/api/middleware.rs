@@ -56,6 +56,8 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
             .map(|ConnectInfo(addr)| addr.ip().to_string()),
     };
     request.extensions_mut().insert(meta.clone());
+    let caller = CallerName::default();
+    request.extensions_mut().insert(caller.clone());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
     let route = request
@@ -64,8 +66,17 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
 
     if !open_while_sealed(&path) && broker.unsealed().await.is_none() {
-        let initialized = broker.store().seal().await.map(|s| s.is_some()).unwrap_or(true);
-        let error = if initialized { ApiError::Sealed } else { ApiError::NotInitialized };
+        let initialized = broker
+            .store()
+            .seal()
+            .await
+            .map(|s| s.is_some())
+            .unwrap_or(true);
+        let error = if initialized {
+            ApiError::Sealed
+        } else {
+            ApiError::NotInitialized
+        };
         return with_request_id(error.into_response(), &meta);
     }
 
@@ -74,8 +85,12 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
     metrics::counter!("mayfly_http_requests_total", "route" => route, "status" => status.as_u16().to_string())
         .increment(1);
 
-    let refused = status.is_client_error() && (status != axum::http::StatusCode::NOT_FOUND || path.starts_with("/v1/"));
-    if refused && response.extensions().get::<Audited>().is_none() && broker.unsealed().await.is_some() {
+    let refused = status.is_client_error()
+        && (status != axum::http::StatusCode::NOT_FOUND || path.starts_with("/v1/"));
+    if refused
+        && response.extensions().get::<Audited>().is_none()
+        && broker.unsealed().await.is_some()
+    {
         let code = response
             .extensions()
             .get::<crate::api::error::ErrorCode>()
@@ -85,7 +100,7 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
             .detail("path", truncate(&path, 256))
             .detail("status", status.as_u16())
             .detail("code", code);
-        event.actor = response.extensions().get::<CallerName>().map(|c| c.0.clone());
+        event.actor = caller.get();
         meta.fill(&mut event);
         if let Err(error) = broker.record(event).await {
             response = error.into_response();

@@ -33,9 +33,15 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/auth/jwt/roles/{name}", put(routes::put_jwt_role))
         .route("/v1/auth/token/lookup-self", get(routes::lookup_self))
         .route("/v1/auth/token/revoke-self", post(routes::revoke_self))
-        .route("/v1/users", post(routes::create_user).get(routes::list_users))
+        .route(
+            "/v1/users",
+            post(routes::create_user).get(routes::list_users),
+        )
         .fallback(routes::not_found)
-        .layer(axum::middleware::from_fn_with_state(broker.clone(), middleware::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            middleware::layer,
+        ))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .with_state(broker)
 }

@@ -6,7 +6,10 @@ use crate::api::routes;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Mayfly", description = "Zero standing privileges: just-in-time access broker. Native API."),
+    info(
+        title = "Mayfly",
+        description = "Zero standing privileges: just-in-time access broker. Native API."
+    ),
     paths(
         routes::health,
         routes::seal_status,

@@ -24,7 +24,11 @@ pub async fn healthz() -> &'static str {
 /// Ready when the broker is unsealed and the store answers.
 pub async fn readyz(State(broker): State<Broker>) -> Result<&'static str, ApiError> {
     broker.require_unsealed().await?;
-    broker.store().audit_head().await.map_err(|e| ApiError::store(&e))?;
+    broker
+        .store()
+        .audit_head()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     Ok("ready")
 }
 
@@ -34,7 +38,11 @@ pub async fn metrics() -> Response {
 }
 
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::api::openapi::document()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::api::openapi::document(),
+    )
+        .into_response()
 }
 
 pub async fn not_found() -> ApiError {
@@ -58,19 +66,29 @@ pub async fn seal_status(State(broker): State<Broker>) -> ApiResult<SealStatus> 
 
 #[utoipa::path(post, path = "/v1/sys/init", request_body = InitRequest,
     responses((status = 200, body = InitResponse), (status = 409, body = ErrorBody)))]
-pub async fn init(State(broker): State<Broker>, ApiJson(request): ApiJson<InitRequest>) -> ApiResult<InitResponse> {
-    Ok(ApiJson(broker.initialize(request.shares, request.threshold).await?))
+pub async fn init(
+    State(broker): State<Broker>,
+    ApiJson(request): ApiJson<InitRequest>,
+) -> ApiResult<InitResponse> {
+    Ok(ApiJson(
+        broker.initialize(request.shares, request.threshold).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/sys/unseal", request_body = UnsealRequest,
     responses((status = 200, body = SealStatus), (status = 400, body = ErrorBody)))]
-pub async fn unseal(State(broker): State<Broker>, ApiJson(request): ApiJson<UnsealRequest>) -> ApiResult<SealStatus> {
+pub async fn unseal(
+    State(broker): State<Broker>,
+    ApiJson(request): ApiJson<UnsealRequest>,
+) -> ApiResult<SealStatus> {
     if request.reset {
         broker.reset_unseal().await;
         return Ok(ApiJson(broker.seal_status().await?));
     }
     let Some(share) = request.share else {
-        return Err(ApiError::BadRequest("field `share`: give a share, or `reset: true`".into()));
+        return Err(ApiError::BadRequest(
+            "field `share`: give a share, or `reset: true`".into(),
+        ));
     };
     if share.len() > 512 {
         return Err(ApiError::BadRequest("field `share`: too long".into()));
@@ -95,7 +113,9 @@ pub async fn password_login(
     Extension(meta): Extension<RequestMeta>,
     ApiJson(request): ApiJson<PasswordLoginRequest>,
 ) -> Result<ApiJson<LoginResponse>, AuditedError> {
-    Ok(ApiJson(crate::auth::password::login(&broker, &meta, request).await?))
+    Ok(ApiJson(
+        crate::auth::password::login(&broker, &meta, request).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/auth/jwt/login", request_body = JwtLoginRequest,
@@ -105,7 +125,9 @@ pub async fn jwt_login(
     Extension(meta): Extension<RequestMeta>,
     ApiJson(request): ApiJson<JwtLoginRequest>,
 ) -> Result<ApiJson<LoginResponse>, AuditedError> {
-    Ok(ApiJson(crate::auth::jwt::login(&broker, &meta, request).await?))
+    Ok(ApiJson(
+        crate::auth::jwt::login(&broker, &meta, request).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/auth/token/lookup-self", responses((status = 200, body = TokenInfo), (status = 401, body = ErrorBody)))]
@@ -127,7 +149,13 @@ pub async fn revoke_self(
         id: caller.session.id.clone(),
         at: broker.now(),
     };
-    match broker.commit(Write { change: Some(change), event }).await? {
+    match broker
+        .commit(Write {
+            change: Some(change),
+            event,
+        })
+        .await?
+    {
         WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
         WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
     }
@@ -143,13 +171,22 @@ pub async fn create_user(
 ) -> ApiResult<UserCreated> {
     caller.require_admin()?;
     let actor = caller.principal().to_string();
-    Ok(ApiJson(crate::users::create(&broker, &meta, &actor, request).await?))
+    Ok(ApiJson(
+        crate::users::create(&broker, &meta, &actor, request).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/users", responses((status = 200, body = Vec<UserSummary>), (status = 403, body = ErrorBody)))]
-pub async fn list_users(State(broker): State<Broker>, caller: Caller) -> ApiResult<Vec<UserSummary>> {
+pub async fn list_users(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> ApiResult<Vec<UserSummary>> {
     caller.require_admin()?;
-    let users = broker.store().users().await.map_err(|e| ApiError::store(&e))?;
+    let users = broker
+        .store()
+        .users()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     Ok(ApiJson(
         users
             .into_iter()
@@ -164,7 +201,12 @@ pub async fn list_users(State(broker): State<Broker>, caller: Caller) -> ApiResu
 }
 
 fn check_config_name(name: &str) -> Result<(), ApiError> {
-    mayfly_core::GroupName::parse(name).map_err(|e| ApiError::BadRequest(format!("name `{}`: {e}", name.chars().take(64).collect::<String>())))?;
+    mayfly_core::GroupName::parse(name).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "name `{}`: {e}",
+            name.chars().take(64).collect::<String>()
+        ))
+    })?;
     Ok(())
 }
 
@@ -210,12 +252,22 @@ pub async fn put_jwt_role(
     caller.require_admin()?;
     check_config_name(&name)?;
     crate::auth::jwt::check_role(&config)?;
-    if broker.store().jwt_issuer(&config.issuer).await.map_err(|e| ApiError::store(&e))?.is_none() {
-        return Err(ApiError::BadRequest(format!("field `issuer`: no issuer named `{}`", config.issuer)));
+    if broker
+        .store()
+        .jwt_issuer(&config.issuer)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .is_none()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "field `issuer`: no issuer named `{}`",
+            config.issuer
+        )));
     }
-    let mut event = broker
-        .draft("auth.jwt.role.put", Outcome::Ok)
-        .detail("config", serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?);
+    let mut event = broker.draft("auth.jwt.role.put", Outcome::Ok).detail(
+        "config",
+        serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
     event.actor = Some(caller.principal().to_string());
     event.subject = Some(format!("jwt-role:{name}"));
     meta.fill(&mut event);
@@ -240,7 +292,10 @@ pub async fn audit_public_key(State(broker): State<Broker>) -> ApiResult<AuditPu
 }
 
 #[utoipa::path(post, path = "/v1/sys/audit/verify", responses((status = 200, body = AuditVerifyReport), (status = 403, body = ErrorBody)))]
-pub async fn audit_verify(State(broker): State<Broker>, caller: Caller) -> ApiResult<AuditVerifyReport> {
+pub async fn audit_verify(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> ApiResult<AuditVerifyReport> {
     caller.require_admin()?;
     let keys = broker.require_unsealed().await?;
     // Sign what is there first, so the report covers as much as possible with signatures.
@@ -292,9 +347,12 @@ pub async fn audit_events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<AuditEventsPage> {
     caller.require_admin()?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     if !(1..=10_000).contains(&query.limit) || query.after < 0 {
-        return Err(ApiError::BadRequest("query `limit`: must be between 1 and 10000; `after` must be >= 0".into()));
+        return Err(ApiError::BadRequest(
+            "query `limit`: must be between 1 and 10000; `after` must be >= 0".into(),
+        ));
     }
     let events = broker
         .store()
@@ -304,8 +362,8 @@ pub async fn audit_events(
     let mut lines = Vec::with_capacity(events.len());
     let mut next_after = query.after;
     for event in events {
-        let body: serde_json::Value =
-            serde_json::from_str(&event.body).map_err(|_| ApiError::Internal(format!("event {} is not JSON", event.seq)))?;
+        let body: serde_json::Value = serde_json::from_str(&event.body)
+            .map_err(|_| ApiError::Internal(format!("event {} is not JSON", event.seq)))?;
         lines.push(mayfly_core::audit::to_line(&body, &event.hash));
         next_after = event.seq;
     }

@@ -24,7 +24,9 @@ pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, ApiError> {
         return Ok(CheckpointOutcome::Idle);
     };
     let store = broker.store();
-    let from_seq = last_covered(broker).await.map_err(|e| ApiError::store(&e))?;
+    let from_seq = last_covered(broker)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let (head_seq, _) = store.audit_head().await.map_err(|e| ApiError::store(&e))?;
     if head_seq <= from_seq {
         return Ok(CheckpointOutcome::Idle);
@@ -46,7 +48,9 @@ pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, ApiError> {
             let hash: [u8; 32] = hex::decode(&event.hash)
                 .ok()
                 .and_then(|h| h.try_into().ok())
-                .ok_or_else(|| ApiError::Internal(format!("event {} has a malformed hash", event.seq)))?;
+                .ok_or_else(|| {
+                    ApiError::Internal(format!("event {} has a malformed hash", event.seq))
+                })?;
             hashes.push(hash);
             after = event.seq;
         }
@@ -70,8 +74,8 @@ async fn last_covered(broker: &Broker) -> Result<i64, StoreError> {
     let Some(last) = broker.store().last_checkpoint().await? else {
         return Ok(0);
     };
-    let body: serde_json::Value =
-        serde_json::from_str(&last.body).map_err(|_| StoreError::Corrupt("checkpoint body is not JSON".into()))?;
+    let body: serde_json::Value = serde_json::from_str(&last.body)
+        .map_err(|_| StoreError::Corrupt("checkpoint body is not JSON".into()))?;
     // Everything up to and including the checkpoint event itself is covered from here on; the
     // next checkpoint starts after the previous one's `to_seq` so the chain of checkpoints is
     // contiguous.

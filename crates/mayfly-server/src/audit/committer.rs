@@ -50,7 +50,13 @@ impl Committer {
             committed: Arc::new(Notify::new()),
         };
         let max_batch = if group_commit { MAX_BATCH } else { 1 };
-        tokio::spawn(run(store, receiver, max_batch, committer.n_committed.clone(), committer.committed.clone()));
+        tokio::spawn(run(
+            store,
+            receiver,
+            max_batch,
+            committer.n_committed.clone(),
+            committer.committed.clone(),
+        ));
         committer
     }
 
@@ -64,7 +70,9 @@ impl Committer {
         match answer.await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(reason)) => Err(CommitError::Unavailable(reason)),
-            Err(_) => Err(CommitError::Unavailable("the audit committer stopped".into())),
+            Err(_) => Err(CommitError::Unavailable(
+                "the audit committer stopped".into(),
+            )),
         }
     }
 }
@@ -82,7 +90,8 @@ async fn run(
             return;
         }
         let started = std::time::Instant::now();
-        let (writes, replies): (Vec<Write>, Vec<_>) = batch.drain(..).map(|p| (p.write, p.reply)).unzip();
+        let (writes, replies): (Vec<Write>, Vec<_>) =
+            batch.drain(..).map(|p| (p.write, p.reply)).unzip();
         let n = writes.len();
         match store.commit(writes).await {
             Ok(outcomes) => {

@@ -13,7 +13,10 @@ use mayfly_store::Store;
 pub async fn verify_store(
     store: &dyn Store,
     public_key: &[u8],
-) -> Result<Result<mayfly_core::audit::Report, mayfly_core::audit::ChainError>, mayfly_store::StoreError> {
+) -> Result<
+    Result<mayfly_core::audit::Report, mayfly_core::audit::ChainError>,
+    mayfly_store::StoreError,
+> {
     let mut verifier = Verifier::new(Some(public_key));
     let mut after = 0;
     loop {

@@ -14,7 +14,11 @@ use crate::state::Broker;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("audit file `{path}`: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("audit file `{path}` ends with a line that is not an audit event: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("store: {0}")]
@@ -50,10 +54,11 @@ impl FileSink {
         let mut text = String::new();
         let mut last = self.position;
         for event in &events {
-            let body: serde_json::Value = serde_json::from_str(&event.body).map_err(|e| SinkError::Unreadable {
-                path: format!("store event {}", event.seq),
-                reason: e.to_string(),
-            })?;
+            let body: serde_json::Value =
+                serde_json::from_str(&event.body).map_err(|e| SinkError::Unreadable {
+                    path: format!("store event {}", event.seq),
+                    reason: e.to_string(),
+                })?;
             text.push_str(&to_line(&body, &event.hash));
             text.push('\n');
             last = event.seq;
@@ -92,7 +97,11 @@ fn append_durably(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
 /// The `seq` of the last complete line of the file, 0 if it has none. A partial last line (a crash
 /// in the middle of a write) is cut off, so the next append starts on a fresh line.
 fn last_seq_in_file(path: &Path) -> Result<i64, SinkError> {
-    let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(error) => return Err(io_error(path)(error)),
@@ -121,8 +130,12 @@ fn last_seq_in_file(path: &Path) -> Result<i64, SinkError> {
         file.sync_data().map_err(io_error(path))?;
     }
     let complete = tail.get(..last_newline).unwrap_or_default();
-    let line_start = complete.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let last_line = String::from_utf8_lossy(complete.get(line_start..).unwrap_or_default()).into_owned();
+    let line_start = complete
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let last_line =
+        String::from_utf8_lossy(complete.get(line_start..).unwrap_or_default()).into_owned();
     if last_line.trim().is_empty() {
         return Ok(0);
     }
@@ -130,12 +143,19 @@ fn last_seq_in_file(path: &Path) -> Result<i64, SinkError> {
         path: path.display().to_string(),
         reason,
     })?;
-    Ok(body.get("seq").and_then(serde_json::Value::as_i64).unwrap_or(0))
+    Ok(body
+        .get("seq")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0))
 }
 
 /// Loops: copies new events as they are committed, retrying with backoff while the file or the
 /// store fails. Never skips an event.
-pub async fn run(broker: Broker, mut sink: FileSink, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    broker: Broker,
+    mut sink: FileSink,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let notify = broker.inner.committer.committed.clone();
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -29,34 +29,50 @@ pub struct CachedKeys {
 /// Validates an issuer before it is stored.
 pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), ApiError> {
     if config.issuer.is_empty() {
-        return Err(ApiError::BadRequest("field `issuer`: must not be empty".into()));
+        return Err(ApiError::BadRequest(
+            "field `issuer`: must not be empty".into(),
+        ));
     }
     match (&config.jwks_url, config.public_keys.is_empty()) {
         (Some(_), false) => {
-            return Err(ApiError::BadRequest("give `jwks_url` or `public_keys`, not both".into()));
+            return Err(ApiError::BadRequest(
+                "give `jwks_url` or `public_keys`, not both".into(),
+            ));
         }
-        (None, true) => return Err(ApiError::BadRequest("give `jwks_url` or `public_keys`".into())),
+        (None, true) => {
+            return Err(ApiError::BadRequest(
+                "give `jwks_url` or `public_keys`".into(),
+            ));
+        }
         (Some(url), true) => {
-            let ok = url.starts_with("https://") || url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost");
+            let ok = url.starts_with("https://")
+                || url.starts_with("http://127.0.0.1")
+                || url.starts_with("http://localhost");
             if !ok {
                 return Err(ApiError::BadRequest(
-                    "field `jwks_url`: must be https (plain http only on 127.0.0.1 or localhost)".into(),
+                    "field `jwks_url`: must be https (plain http only on 127.0.0.1 or localhost)"
+                        .into(),
                 ));
             }
         }
         (None, false) => {
-            pem_keys(config).map_err(|e| ApiError::BadRequest(format!("field `public_keys`: {e}")))?;
+            pem_keys(config)
+                .map_err(|e| ApiError::BadRequest(format!("field `public_keys`: {e}")))?;
         }
     }
     if config.leeway_seconds > 60 {
-        return Err(ApiError::BadRequest("field `leeway_seconds`: must be at most 60".into()));
+        return Err(ApiError::BadRequest(
+            "field `leeway_seconds`: must be at most 60".into(),
+        ));
     }
     Ok(())
 }
 
 pub fn check_role(config: &JwtRoleConfig) -> Result<(), ApiError> {
     if config.audiences.is_empty() {
-        return Err(ApiError::BadRequest("field `audiences`: give at least one audience".into()));
+        return Err(ApiError::BadRequest(
+            "field `audiences`: give at least one audience".into(),
+        ));
     }
     if config.token_ttl_seconds == 0 || config.token_ttl_seconds > MAX_ROLE_TTL_SECONDS {
         return Err(ApiError::BadRequest(format!(
@@ -64,20 +80,30 @@ pub fn check_role(config: &JwtRoleConfig) -> Result<(), ApiError> {
         )));
     }
     if config.workload_name_claim.is_empty() {
-        return Err(ApiError::BadRequest("field `workload_name_claim`: must not be empty".into()));
+        return Err(ApiError::BadRequest(
+            "field `workload_name_claim`: must not be empty".into(),
+        ));
     }
     Ok(())
 }
 
 fn pem_keys(config: &JwtIssuerConfig) -> Result<IssuerKeys, JwtError> {
-    let pems: Vec<(Option<String>, String)> = config.public_keys.iter().map(|k| (k.kid.clone(), k.pem.clone())).collect();
+    let pems: Vec<(Option<String>, String)> = config
+        .public_keys
+        .iter()
+        .map(|k| (k.kid.clone(), k.pem.clone()))
+        .collect();
     IssuerKeys::from_pem(&pems)
 }
 
-pub async fn login(broker: &Broker, meta: &RequestMeta, request: JwtLoginRequest) -> Result<LoginResponse, AuditedError> {
+pub async fn login(
+    broker: &Broker,
+    meta: &RequestMeta,
+    request: JwtLoginRequest,
+) -> Result<LoginResponse, AuditedError> {
     let keys = broker.require_unsealed().await?;
     if request.jwt.len() > MAX_JWT_BYTES {
-        return Err(ApiError::BadRequest("field `jwt`: longer than 16 KiB".into()));
+        return Err(ApiError::BadRequest("field `jwt`: longer than 16 KiB".into()).into());
     }
     let now = broker.now();
     let role_name = request.role.clone();
@@ -85,7 +111,9 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: JwtLoginRequest
     let (role, name) = match result {
         Ok(found) => found,
         Err(Refusal::Refused(reason)) => {
-            let mut event = broker.draft("auth.jwt.login", Outcome::Refused).detail("reason", reason.clone());
+            let mut event = broker
+                .draft("auth.jwt.login", Outcome::Refused)
+                .detail("reason", reason.clone());
             event.subject = Some(format!("jwt-role:{}", truncate(&role_name)));
             meta.fill(&mut event);
             broker.record(event).await?;
@@ -93,7 +121,8 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: JwtLoginRequest
         }
         Err(Refusal::Error(error)) => return Err(error.into()),
     };
-    let (token, token_hash) = mayfly_crypto::token::new_session_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, token_hash) =
+        mayfly_crypto::token::new_session_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     let session = SessionRecord {
         id: uuid::Uuid::now_v7().to_string(),
         token_hash: token_hash.to_vec(),
@@ -111,12 +140,17 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: JwtLoginRequest
     event = event
         .detail("session_id", session.id.clone())
         .detail("jwt_hmac", keys.audit_hmac(request.jwt.as_bytes()))
-        .detail("token_hmac", keys.audit_hmac(mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes()))
+        .detail(
+            "token_hmac",
+            keys.audit_hmac(mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes()),
+        )
         .detail("expires_at_ms", session.expires_at.unix_ms());
     meta.fill(&mut event);
     match broker
         .commit(Write {
-            change: Some(Change::CreateSession { session: session.clone() }),
+            change: Some(Change::CreateSession {
+                session: session.clone(),
+            }),
             event,
         })
         .await?
@@ -141,15 +175,27 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-async fn check(broker: &Broker, request: &JwtLoginRequest, now: mayfly_core::Timestamp) -> Result<(JwtRoleConfig, String), Refusal> {
+async fn check(
+    broker: &Broker,
+    request: &JwtLoginRequest,
+    now: mayfly_core::Timestamp,
+) -> Result<(JwtRoleConfig, String), Refusal> {
     let store = broker.store();
     let generic = || Refusal::Refused("unknown role or invalid token".into());
-    let role = store.jwt_role(&request.role).await.map_err(|e| ApiError::store(&e))?.ok_or_else(generic)?;
-    let role: JwtRoleConfig =
-        serde_json::from_value(role.config).map_err(|_| ApiError::Internal("stored JWT role is invalid".into()))?;
-    let issuer = store.jwt_issuer(&role.issuer).await.map_err(|e| ApiError::store(&e))?.ok_or_else(generic)?;
-    let issuer: JwtIssuerConfig =
-        serde_json::from_value(issuer.config).map_err(|_| ApiError::Internal("stored JWT issuer is invalid".into()))?;
+    let role = store
+        .jwt_role(&request.role)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(generic)?;
+    let role: JwtRoleConfig = serde_json::from_value(role.config)
+        .map_err(|_| ApiError::Internal("stored JWT role is invalid".into()))?;
+    let issuer = store
+        .jwt_issuer(&role.issuer)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(generic)?;
+    let issuer: JwtIssuerConfig = serde_json::from_value(issuer.config)
+        .map_err(|_| ApiError::Internal("stored JWT issuer is invalid".into()))?;
     let rules = JwtRules {
         issuer: issuer.issuer.clone(),
         audiences: role.audiences.clone(),
@@ -167,26 +213,40 @@ async fn check(broker: &Broker, request: &JwtLoginRequest, now: mayfly_core::Tim
         let actual = claims.get(claim).and_then(serde_json::Value::as_str);
         let matches = match (expected, actual) {
             (mayfly_api::ClaimMatch::One(value), Some(actual)) => value == actual,
-            (mayfly_api::ClaimMatch::Any(values), Some(actual)) => values.iter().any(|v| v == actual),
+            (mayfly_api::ClaimMatch::Any(values), Some(actual)) => {
+                values.iter().any(|v| v == actual)
+            }
             (_, None) => false,
         };
         if !matches {
-            return Err(Refusal::Refused(format!("claim `{claim}` does not match the role's binding")));
+            return Err(Refusal::Refused(format!(
+                "claim `{claim}` does not match the role's binding"
+            )));
         }
     }
     let name = claims
         .get(&role.workload_name_claim)
         .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| Refusal::Refused(format!("claim `{}` is missing", role.workload_name_claim)))?;
+        .ok_or_else(|| {
+            Refusal::Refused(format!("claim `{}` is missing", role.workload_name_claim))
+        })?;
     if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
-        return Err(Refusal::Refused(format!("claim `{}` is not a usable name", role.workload_name_claim)));
+        return Err(Refusal::Refused(format!(
+            "claim `{}` is not a usable name",
+            role.workload_name_claim
+        )));
     }
     Ok((role, name.to_owned()))
 }
 
-async fn issuer_keys(broker: &Broker, issuer: &JwtIssuerConfig, force: bool) -> Result<std::sync::Arc<IssuerKeys>, Refusal> {
+async fn issuer_keys(
+    broker: &Broker,
+    issuer: &JwtIssuerConfig,
+    force: bool,
+) -> Result<std::sync::Arc<IssuerKeys>, Refusal> {
     let Some(url) = &issuer.jwks_url else {
-        let keys = pem_keys(issuer).map_err(|e| ApiError::Internal(format!("stored issuer keys: {e}")))?;
+        let keys =
+            pem_keys(issuer).map_err(|e| ApiError::Internal(format!("stored issuer keys: {e}")))?;
         return Ok(std::sync::Arc::new(keys));
     };
     let mut cache = broker.inner.jwks_cache.lock().await;
@@ -222,11 +282,20 @@ async fn issuer_keys(broker: &Broker, issuer: &JwtIssuerConfig, force: bool) -> 
 }
 
 async fn fetch_jwks(broker: &Broker, url: &str) -> Result<IssuerKeys, String> {
-    let response = broker.inner.http.get(url).send().await.map_err(|e| format!("request failed: {e}"))?;
+    let response = broker
+        .inner
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
-    let bytes = response.bytes().await.map_err(|e| format!("read failed: {e}"))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
     if bytes.len() > 256 * 1024 {
         return Err("the JWKS is larger than 256 KiB".into());
     }

@@ -31,49 +31,106 @@ impl Caller {
         if self.principal().is_admin() {
             return Ok(());
         }
-        Err(ApiError::Forbidden("this needs a member of the `admins` group".into()))
+        Err(ApiError::Forbidden(
+            "this needs a member of the `admins` group".into(),
+        ))
     }
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
     Some(token.trim())
 }
 
 impl FromRequestParts<Broker> for Caller {
     type Rejection = AuditedError;
 
-    async fn from_request_parts(parts: &mut Parts, broker: &Broker) -> Result<Caller, AuditedError> {
-        let meta = parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default();
+    async fn from_request_parts(
+        parts: &mut Parts,
+        broker: &Broker,
+    ) -> Result<Caller, AuditedError> {
+        let meta = parts
+            .extensions
+            .get::<RequestMeta>()
+            .cloned()
+            .unwrap_or_default();
         let Some(token) = bearer(parts) else {
-            return Err(refuse(broker, &meta, "no token: send `Authorization: Bearer <token>`", None).await);
+            return Err(refuse(
+                broker,
+                &meta,
+                "no token: send `Authorization: Bearer <token>`",
+                None,
+            )
+            .await);
         };
         if token.len() > 256 {
             return Err(refuse(broker, &meta, "the token is malformed", None).await);
         }
         let hash = mayfly_crypto::token::hash_token(token);
-        let session = broker.store().session_by_hash(&hash).await.map_err(|e| ApiError::store(&e))?;
+        let session = broker
+            .store()
+            .session_by_hash(&hash)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
         let now = broker.now();
-        let token_hmac = broker.unsealed().await.map(|keys| keys.audit_hmac(token.as_bytes()));
+        let token_hmac = broker
+            .unsealed()
+            .await
+            .map(|keys| keys.audit_hmac(token.as_bytes()));
         let Some(session) = session else {
-            return Err(refuse(broker, &meta, "the token is unknown, expired or revoked", token_hmac).await);
+            return Err(refuse(
+                broker,
+                &meta,
+                "the token is unknown, expired or revoked",
+                token_hmac,
+            )
+            .await);
         };
         if session.revoked_at.is_some() || session.expires_at <= now {
-            return Err(refuse(broker, &meta, "the token is unknown, expired or revoked", token_hmac).await);
+            return Err(refuse(
+                broker,
+                &meta,
+                "the token is unknown, expired or revoked",
+                token_hmac,
+            )
+            .await);
         }
-        parts.extensions.insert(CallerName(session.principal.to_string()));
+        if let Some(CallerName(slot)) = parts.extensions.get::<CallerName>()
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(session.principal.to_string());
+        }
         Ok(Caller { session })
     }
 }
 
-/// The principal behind a request, for the audit middleware.
-#[derive(Clone, Debug)]
-pub struct CallerName(pub String);
+/// Where the session extractor leaves the principal's name for the audit middleware.
+#[derive(Clone, Debug, Default)]
+pub struct CallerName(pub std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl CallerName {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|name| name.clone())
+    }
+}
 
 /// Audits a refused authentication and returns the 401. If even the audit fails, 503.
-async fn refuse(broker: &Broker, meta: &RequestMeta, reason: &str, token_hmac: Option<String>) -> AuditedError {
-    let mut event = broker.draft("auth.refused", Outcome::Refused).detail("reason", reason);
+async fn refuse(
+    broker: &Broker,
+    meta: &RequestMeta,
+    reason: &str,
+    token_hmac: Option<String>,
+) -> AuditedError {
+    let mut event = broker
+        .draft("auth.refused", Outcome::Refused)
+        .detail("reason", reason);
     if let Some(hmac) = token_hmac {
         event = event.detail("token_hmac", hmac);
     }

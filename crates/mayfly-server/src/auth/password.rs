@@ -28,11 +28,17 @@ pub fn throttle_delay(n_failures: i64) -> Duration {
     if n_failures <= FREE_FAILURES {
         return Duration::ZERO;
     }
-    let doublings = u32::try_from(n_failures - FREE_FAILURES - 1).unwrap_or(u32::MAX).min(16);
+    let doublings = u32::try_from(n_failures - FREE_FAILURES - 1)
+        .unwrap_or(u32::MAX)
+        .min(16);
     (FIRST_DELAY * 2u32.saturating_pow(doublings)).min(MAX_DELAY)
 }
 
-pub async fn login(broker: &Broker, meta: &RequestMeta, request: PasswordLoginRequest) -> Result<LoginResponse, AuditedError> {
+pub async fn login(
+    broker: &Broker,
+    meta: &RequestMeta,
+    request: PasswordLoginRequest,
+) -> Result<LoginResponse, AuditedError> {
     let keys = broker.require_unsealed().await?;
     let username = Username::parse(&request.username)
         .map_err(|e| ApiError::BadRequest(format!("field `username`: {e}")))?;
@@ -40,25 +46,34 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: PasswordLoginRe
     let now = broker.now();
     let store = broker.store();
 
-    let throttle = store.throttle(username.as_str()).await.map_err(|e| ApiError::store(&e))?;
+    let throttle = store
+        .throttle(username.as_str())
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let n_failures = throttle.as_ref().map_or(0, |t| t.n_failures);
-    if let Some(throttle) = &throttle {
-        if throttle.throttled_until > now {
-            let retry_after_secs = now.until(throttle.throttled_until).as_secs().max(1);
-            let mut event = broker
-                .draft("auth.password.login", Outcome::Refused)
-                .detail("reason", "throttled after repeated failures");
-            event.subject = Some(format!("user:{username}"));
-            meta.fill(&mut event);
-            broker.record(event).await?;
-            return Err(ApiError::TooManyRequests { retry_after_secs }.audited());
-        }
+    if let Some(throttle) = &throttle
+        && throttle.throttled_until > now
+    {
+        let retry_after_secs = now.until(throttle.throttled_until).as_secs().max(1);
+        let mut event = broker
+            .draft("auth.password.login", Outcome::Refused)
+            .detail("reason", "throttled after repeated failures");
+        event.subject = Some(format!("user:{username}"));
+        meta.fill(&mut event);
+        broker.record(event).await?;
+        return Err(ApiError::TooManyRequests { retry_after_secs }.audited());
     }
 
-    let user = store.user_by_name(username.as_str()).await.map_err(|e| ApiError::store(&e))?;
+    let user = store
+        .user_by_name(username.as_str())
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let user = user.filter(|u| !u.disabled);
     let secret_path = totp_secret_path(user.as_ref().map_or("unknown", |u| u.id.as_str()));
-    let totp_blob = store.secret(&secret_path).await.map_err(|e| ApiError::store(&e))?;
+    let totp_blob = store
+        .secret(&secret_path)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
 
     // The same work whether or not the user exists.
     let password_ok = match &user {
@@ -70,7 +85,10 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: PasswordLoginRe
         None => None,
     };
     let dummy = TotpSecret::from_bytes(&[0u8; 20]).ok();
-    let last_step = user.as_ref().and_then(|u| u.totp_last_step).and_then(|s| u64::try_from(s).ok());
+    let last_step = user
+        .as_ref()
+        .and_then(|u| u.totp_last_step)
+        .and_then(|s| u64::try_from(s).ok());
     let step = match totp_secret.as_ref().or(dummy.as_ref()) {
         Some(secret) => secret.check(request.totp.trim(), now.unix_secs(), last_step),
         None => None,
@@ -81,7 +99,8 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: PasswordLoginRe
         return Err(fail(broker, meta, &username, n_failures, now).await);
     };
 
-    let (token, token_hash) = mayfly_crypto::token::new_session_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, token_hash) =
+        mayfly_crypto::token::new_session_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     let session = SessionRecord {
         id: uuid::Uuid::now_v7().to_string(),
         token_hash: token_hash.to_vec(),
@@ -99,7 +118,10 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: PasswordLoginRe
     event.subject = Some(format!("session:{}", session.id));
     event = event
         .detail("session_id", session.id.clone())
-        .detail("token_hmac", keys.audit_hmac(mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes()))
+        .detail(
+            "token_hmac",
+            keys.audit_hmac(mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes()),
+        )
         .detail("expires_at_ms", session.expires_at.unix_ms());
     meta.fill(&mut event);
     let change = Change::LoginSucceeded {
@@ -108,14 +130,26 @@ pub async fn login(broker: &Broker, meta: &RequestMeta, request: PasswordLoginRe
         totp_step: i64::try_from(step).unwrap_or(i64::MAX),
         session: session.clone(),
     };
-    match broker.commit(Write { change: Some(change), event }).await? {
+    match broker
+        .commit(Write {
+            change: Some(change),
+            event,
+        })
+        .await?
+    {
         WriteOutcome::Applied { .. } => Ok(crate::api::convert::login_response(&token, &session)),
         // The TOTP step was used meanwhile (a replay): a failure like any other.
         WriteOutcome::Conflict { .. } => Err(fail(broker, meta, &username, n_failures, now).await),
     }
 }
 
-async fn fail(broker: &Broker, meta: &RequestMeta, username: &Username, n_failures: i64, now: Timestamp) -> AuditedError {
+async fn fail(
+    broker: &Broker,
+    meta: &RequestMeta,
+    username: &Username,
+    n_failures: i64,
+    now: Timestamp,
+) -> AuditedError {
     let n_failures = n_failures + 1;
     let throttled_until = now.saturating_add(throttle_delay(n_failures));
     let mut event = broker
@@ -128,7 +162,13 @@ async fn fail(broker: &Broker, meta: &RequestMeta, username: &Username, n_failur
         username: username.as_str().to_owned(),
         throttled_until,
     };
-    if let Err(error) = broker.commit(Write { change: Some(change), event }).await {
+    if let Err(error) = broker
+        .commit(Write {
+            change: Some(change),
+            event,
+        })
+        .await
+    {
         return error.into();
     }
     ApiError::Unauthorized(GENERIC_FAILURE.into()).audited()

@@ -24,15 +24,21 @@ fn verify_lines(lines: &[String], public_key: Option<&[u8]>) -> Result<u64, Stri
     let mut verifier = mayfly_core::audit::Verifier::new(public_key);
     for (i, line) in lines.iter().enumerate() {
         let (body, hash) = mayfly_core::audit::split_line(line)?;
-        verifier.push(i as u64 + 1, &body, &hash).map_err(|e| e.to_string())?;
+        verifier
+            .push(i as u64 + 1, &body, &hash)
+            .map_err(|e| e.to_string())?;
     }
     Ok(verifier.finish().n_events)
 }
 
 async fn generate_traffic(broker: &TestBroker) {
     for _ in 0..5 {
-        broker.call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None).await;
+        broker
+            .call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None)
+            .await;
     }
+    // A new TOTP step for each login.
+    broker.clock.advance(Duration::from_secs(31));
     broker.login("alice").await;
 }
 
@@ -42,15 +48,26 @@ async fn sink_file_matches_the_store_and_tampering_is_named() {
     generate_traffic(&broker).await;
     let admin = broker.admin_token.clone().unwrap();
     // Sign the head, then let the file catch up.
-    let (status, report) = broker.call("POST", "/v1/sys/audit/verify", Some(&admin), None).await;
+    let (status, report) = broker
+        .call("POST", "/v1/sys/audit/verify", Some(&admin), None)
+        .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["ok"], true, "{report}");
     assert!(report["n_checkpoints"].as_u64().unwrap() >= 1);
     let (head, _) = broker.broker.store().audit_head().await.unwrap();
     let lines = wait_for_file_lines(&broker, head as usize).await;
-    let (_, key) = broker.call("GET", "/v1/sys/audit/public-key", None, None).await;
-    let public_key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key["public_key"].as_str().unwrap()).unwrap();
-    assert_eq!(verify_lines(&lines, Some(&public_key)).unwrap(), lines.len() as u64);
+    let (_, key) = broker
+        .call("GET", "/v1/sys/audit/public-key", None, None)
+        .await;
+    let public_key = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        key["public_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        verify_lines(&lines, Some(&public_key)).unwrap(),
+        lines.len() as u64
+    );
 
     // Edit one field of line 5.
     let mut edited = lines.clone();
@@ -60,22 +77,37 @@ async fn sink_file_matches_the_store_and_tampering_is_named() {
         edited[4].replacen("\"outcome\":\"refused\"", "\"outcome\":\"ok\"", 1)
     };
     assert_ne!(edited[4], lines[4]);
-    assert_eq!(verify_lines(&edited, None).unwrap_err(), "event 5 was edited: its hash does not match its content");
+    assert_eq!(
+        verify_lines(&edited, None).unwrap_err(),
+        "event 5 was edited: its hash does not match its content"
+    );
 
     // Delete line 4.
     let mut deleted = lines.clone();
     deleted.remove(3);
-    assert!(verify_lines(&deleted, None).unwrap_err().contains("expected event 4"));
+    assert!(
+        verify_lines(&deleted, None)
+            .unwrap_err()
+            .contains("expected event 4")
+    );
 
     // Swap lines 6 and 7.
     let mut swapped = lines.clone();
     swapped.swap(5, 6);
-    assert!(verify_lines(&swapped, None).unwrap_err().contains("expected event 6"));
+    assert!(
+        verify_lines(&swapped, None)
+            .unwrap_err()
+            .contains("expected event 6")
+    );
 
     // Insert a copy of line 2 after it.
     let mut inserted = lines.clone();
     inserted.insert(2, lines[1].clone());
-    assert!(verify_lines(&inserted, None).unwrap_err().contains("expected event 3"));
+    assert!(
+        verify_lines(&inserted, None)
+            .unwrap_err()
+            .contains("expected event 3")
+    );
 }
 
 #[tokio::test]
@@ -83,18 +115,25 @@ async fn rewriting_the_store_and_recomputing_hashes_is_caught_by_checkpoints() {
     let broker = TestBroker::ready().await;
     generate_traffic(&broker).await;
     let admin = broker.admin_token.clone().unwrap();
-    let (_, report) = broker.call("POST", "/v1/sys/audit/verify", Some(&admin), None).await;
+    let (_, report) = broker
+        .call("POST", "/v1/sys/audit/verify", Some(&admin), None)
+        .await;
     assert_eq!(report["ok"], true, "{report}");
 
     // Someone with write access to the database turns a refused login into a success, then
     // recomputes every hash after it so that the chain alone looks intact.
     let url = broker.store_url.clone();
     let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT seq, body FROM audit_events ORDER BY seq")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-    let target = rows.iter().find(|(_, body)| body.contains("auth.refused")).unwrap().0;
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, body FROM audit_events ORDER BY seq")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let target = rows
+        .iter()
+        .find(|(_, body)| body.contains("auth.refused"))
+        .unwrap()
+        .0;
     let mut prev = if target == 1 {
         [0u8; 32]
     } else {
@@ -122,7 +161,11 @@ async fn rewriting_the_store_and_recomputing_hashes_is_caught_by_checkpoints() {
             .unwrap();
         prev = hash;
     }
-    sqlx::query("UPDATE audit_head SET hash = $1").bind(hex_encode(&prev)).execute(&mut db).await.unwrap();
+    sqlx::query("UPDATE audit_head SET hash = $1")
+        .bind(hex_encode(&prev))
+        .execute(&mut db)
+        .await
+        .unwrap();
     drop(db);
 
     // The chain alone is consistent again ...
@@ -131,15 +174,23 @@ async fn rewriting_the_store_and_recomputing_hashes_is_caught_by_checkpoints() {
     for event in &events {
         let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
         assert_eq!(body["prev"], json!(previous));
-        assert_eq!(hex_encode(&mayfly_core::audit::hash_body(&body)), event.hash);
+        assert_eq!(
+            hex_encode(&mayfly_core::audit::hash_body(&body)),
+            event.hash
+        );
         previous = event.hash.clone();
     }
     // ... but the signed checkpoint names the rewritten event.
-    let (status, report) = broker.call("POST", "/v1/sys/audit/verify", Some(&admin), None).await;
+    let (status, report) = broker
+        .call("POST", "/v1/sys/audit/verify", Some(&admin), None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(report["ok"], false, "{report}");
     let error = report["error"].as_str().unwrap();
-    assert!(error.contains(&format!("event {target} differs from what checkpoint")), "{error}");
+    assert!(
+        error.contains(&format!("event {target} differs from what checkpoint")),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -150,38 +201,74 @@ async fn checkpoints_come_every_thousand_events_by_themselves() {
     })
     .await;
     for _ in 0..120 {
-        broker.call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None).await;
+        broker
+            .call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None)
+            .await;
     }
     let mut n_checkpoints = 0;
     for _ in 0..100 {
         let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
-        n_checkpoints = events.iter().filter(|e| e.kind == mayfly_core::audit::CHECKPOINT_KIND).count();
+        n_checkpoints = events
+            .iter()
+            .filter(|e| e.kind == mayfly_core::audit::CHECKPOINT_KIND)
+            .count();
         if n_checkpoints >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(n_checkpoints >= 2, "{n_checkpoints} checkpoints after 120 events with one every 50");
+    assert!(
+        n_checkpoints >= 2,
+        "{n_checkpoints} checkpoints after 120 events with one every 50"
+    );
 }
 
 #[tokio::test]
 async fn a_store_that_cannot_take_the_event_fails_the_call_closed() {
     let broker = TestBroker::ready().await;
     let admin = broker.admin_token.clone().unwrap();
-    let mut db = sqlx::SqliteConnection::connect(&broker.store_url).await.unwrap();
-    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone").execute(&mut db).await.unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&broker.store_url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone")
+        .execute(&mut db)
+        .await
+        .unwrap();
     let (status, body) = broker
-        .call("POST", "/v1/users", Some(&admin), Some(json!({"username": "carol"})))
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&admin),
+            Some(json!({"username": "carol"})),
+        )
         .await;
     assert_eq!(status, 503, "{body}");
     // Nothing happened: no user without its audit event.
-    assert!(broker.broker.store().user_by_name("carol").await.unwrap().is_none());
+    assert!(
+        broker
+            .broker
+            .store()
+            .user_by_name("carol")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A refusal that cannot be audited is also a 503, not a silent 401.
-    let (status, _) = broker.call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None).await;
+    let (status, _) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None)
+        .await;
     assert_eq!(status, 503);
-    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events").execute(&mut db).await.unwrap();
+    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events")
+        .execute(&mut db)
+        .await
+        .unwrap();
     let (status, body) = broker
-        .call("POST", "/v1/users", Some(&admin), Some(json!({"username": "carol"})))
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&admin),
+            Some(json!({"username": "carol"})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
 }
@@ -199,7 +286,11 @@ async fn the_sink_catches_up_after_being_down() {
     while sink.run_once(&broker.broker).await.unwrap() > 0 {}
     let (head, _) = broker.broker.store().audit_head().await.unwrap();
     assert_eq!(sink.position(), head);
-    let lines: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(lines.len() as i64, head);
 
     // The sink was down for the last three events (and left half a line behind), and more
@@ -214,11 +305,23 @@ async fn the_sink_catches_up_after_being_down() {
     assert!(text.ends_with('\n'));
     while sink.run_once(&broker.broker).await.unwrap() > 0 {}
     let (new_head, _) = broker.broker.store().audit_head().await.unwrap();
-    let again: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(str::to_owned).collect();
+    let again: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(again.len() as i64, new_head);
     assert_eq!(&again[..lines.len()], &lines[..]);
     assert_eq!(verify_lines(&again, None).unwrap(), new_head as u64);
-    assert_eq!(broker.broker.store().sink_cursor(&format!("file:{}", path.display())).await.unwrap(), new_head);
+    assert_eq!(
+        broker
+            .broker
+            .store()
+            .sink_cursor(&format!("file:{}", path.display()))
+            .await
+            .unwrap(),
+        new_head
+    );
 }
 
 fn hex_encode(bytes: &[u8]) -> String {
@@ -226,6 +329,9 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> [u8; 32] {
-    let bytes: Vec<u8> = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect();
     bytes.try_into().unwrap()
 }

@@ -2,7 +2,9 @@
 //! with the public key, wrong `aud`, wrong `iss`, expired, not yet valid, unknown `kid`, a tampered
 //! payload and an unbound claim are each refused.
 
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mayfly_testkit::TestBroker;
@@ -40,15 +42,24 @@ fn jwks(signer: &Signer, kid: &str) -> String {
 }
 
 fn ed25519_pem(public: &[u8]) -> String {
-    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
     der.extend_from_slice(public);
     pem(&der)
 }
 
 fn pem(der: &[u8]) -> String {
     let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
 }
 
 /// Serves a JWKS document on a loopback port, as a CI platform would.
@@ -59,7 +70,12 @@ async fn serve_jwks(document: String) -> String {
         "/.well-known/jwks",
         axum::routing::get(move || {
             let document = document.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], document) }
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document,
+                )
+            }
         }),
     );
     tokio::spawn(async move {
@@ -70,7 +86,14 @@ async fn serve_jwks(document: String) -> String {
 
 async fn configure(broker: &TestBroker, issuer_config: Value) {
     let admin = broker.admin_token.clone().unwrap();
-    let (status, body) = broker.call("PUT", "/v1/auth/jwt/issuers/ci", Some(&admin), Some(issuer_config)).await;
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/auth/jwt/issuers/ci",
+            Some(&admin),
+            Some(issuer_config),
+        )
+        .await;
     assert_eq!(status, 204, "{body}");
     let role = json!({
         "issuer": "ci",
@@ -79,7 +102,9 @@ async fn configure(broker: &TestBroker, issuer_config: Value) {
         "workload_name_claim": "sub",
         "token_ttl_seconds": 600,
     });
-    let (status, body) = broker.call("PUT", "/v1/auth/jwt/roles/deploy", Some(&admin), Some(role)).await;
+    let (status, body) = broker
+        .call("PUT", "/v1/auth/jwt/roles/deploy", Some(&admin), Some(role))
+        .await;
     assert_eq!(status, 204, "{body}");
 }
 
@@ -98,7 +123,12 @@ fn claims(broker: &TestBroker) -> Value {
 
 async fn login(broker: &TestBroker, jwt: &str) -> (u16, Value) {
     broker
-        .call("POST", "/v1/auth/jwt/login", None, Some(json!({"role": "deploy", "jwt": jwt})))
+        .call(
+            "POST",
+            "/v1/auth/jwt/login",
+            None,
+            Some(json!({"role": "deploy", "jwt": jwt})),
+        )
         .await
 }
 
@@ -107,23 +137,42 @@ async fn jwks_issuer_valid_token_maps_to_the_bound_workload() {
     let broker = TestBroker::ready().await;
     let signer = ed25519();
     let url = serve_jwks(jwks(&signer, "key-1")).await;
-    configure(&broker, json!({"issuer": ISSUER, "jwks_url": url, "leeway_seconds": 30})).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "jwks_url": url, "leeway_seconds": 30}),
+    )
+    .await;
 
     let token = sign(&signer, Some("key-1"), &claims(&broker));
     let (status, body) = login(&broker, &token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["session"]["principal"]["kind"], "workload");
-    assert_eq!(body["session"]["principal"]["name"], "repo:acme/app:ref:refs/heads/main");
+    assert_eq!(
+        body["session"]["principal"]["name"],
+        "repo:acme/app:ref:refs/heads/main"
+    );
     assert_eq!(body["session"]["principal"]["role"], "deploy");
     let session = body["session"].clone();
-    assert_eq!(session["expires_at_ms"].as_i64().unwrap() - session["created_at_ms"].as_i64().unwrap(), 600_000);
+    assert_eq!(
+        session["expires_at_ms"].as_i64().unwrap() - session["created_at_ms"].as_i64().unwrap(),
+        600_000
+    );
 
     let workload_token = body["token"].as_str().unwrap().to_owned();
-    let (status, info) = broker.call("GET", "/v1/auth/token/lookup-self", Some(&workload_token), None).await;
+    let (status, info) = broker
+        .call(
+            "GET",
+            "/v1/auth/token/lookup-self",
+            Some(&workload_token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(info["principal"]["kind"], "workload");
     // A workload is not an admin.
-    let (status, _) = broker.call("GET", "/v1/users", Some(&workload_token), None).await;
+    let (status, _) = broker
+        .call("GET", "/v1/users", Some(&workload_token), None)
+        .await;
     assert_eq!(status, 403);
 }
 
@@ -132,7 +181,11 @@ async fn every_kind_of_bad_token_is_refused() {
     let broker = TestBroker::ready().await;
     let signer = ed25519();
     let url = serve_jwks(jwks(&signer, "key-1")).await;
-    configure(&broker, json!({"issuer": ISSUER, "jwks_url": url, "leeway_seconds": 30})).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "jwks_url": url, "leeway_seconds": 30}),
+    )
+    .await;
     let good = claims(&broker);
     let now = broker.clock_secs() as i64;
 
@@ -146,9 +199,15 @@ async fn every_kind_of_bad_token_is_refused() {
     // HS256 with the issuer's public key as the HMAC secret (key confusion).
     let mut hs = Header::new(Algorithm::HS256);
     hs.kid = Some("key-1".into());
-    let confused = jsonwebtoken::encode(&hs, &good, &EncodingKey::from_secret(ed25519_pem(&signer.public).as_bytes())).unwrap();
+    let confused = jsonwebtoken::encode(
+        &hs,
+        &good,
+        &EncodingKey::from_secret(ed25519_pem(&signer.public).as_bytes()),
+    )
+    .unwrap();
     cases.push(("HS256 with the public key", confused, "algorithm"));
-    let confused_raw = jsonwebtoken::encode(&hs, &good, &EncodingKey::from_secret(&signer.public)).unwrap();
+    let confused_raw =
+        jsonwebtoken::encode(&hs, &good, &EncodingKey::from_secret(&signer.public)).unwrap();
     cases.push(("HS256 with the raw public key", confused_raw, "algorithm"));
 
     let mut wrong_aud = good.clone();
@@ -165,7 +224,11 @@ async fn every_kind_of_bad_token_is_refused() {
 
     let mut early = good.clone();
     early["nbf"] = json!(now + 120);
-    cases.push(("not yet valid", sign(&signer, Some("key-1"), &early), "not yet valid"));
+    cases.push((
+        "not yet valid",
+        sign(&signer, Some("key-1"), &early),
+        "not yet valid",
+    ));
 
     cases.push(("unknown kid", sign(&signer, Some("key-2"), &good), "key"));
 
@@ -177,11 +240,19 @@ async fn every_kind_of_bad_token_is_refused() {
     cases.push(("tampered payload", parts.join("."), "signature"));
 
     let other = ed25519();
-    cases.push(("signed by another key", sign(&other, Some("key-1"), &good), "signature"));
+    cases.push((
+        "signed by another key",
+        sign(&other, Some("key-1"), &good),
+        "signature",
+    ));
 
     let mut unbound = good.clone();
     unbound["repository"] = json!("acme/other");
-    cases.push(("claim not bound", sign(&signer, Some("key-1"), &unbound), "repository"));
+    cases.push((
+        "claim not bound",
+        sign(&signer, Some("key-1"), &unbound),
+        "repository",
+    ));
 
     cases.push(("garbage", "not.a.jwt".into(), ""));
 
@@ -189,12 +260,20 @@ async fn every_kind_of_bad_token_is_refused() {
         let (status, body) = login(&broker, &token).await;
         assert_eq!(status, 401, "{name}: {body}");
         let message = body["error"]["message"].as_str().unwrap().to_lowercase();
-        assert!(message.contains(needle), "{name}: message `{message}` should mention `{needle}`");
+        assert!(
+            message.contains(needle),
+            "{name}: message `{message}` should mention `{needle}`"
+        );
     }
 
     // Unknown role: refused, no detail about which roles exist.
     let (status, body) = broker
-        .call("POST", "/v1/auth/jwt/login", None, Some(json!({"role": "nope", "jwt": valid})))
+        .call(
+            "POST",
+            "/v1/auth/jwt/login",
+            None,
+            Some(json!({"role": "nope", "jwt": valid})),
+        )
         .await;
     assert_eq!(status, 401, "{body}");
 
@@ -220,32 +299,64 @@ async fn static_pem_keys_work_and_rotated_jwks_keys_are_refetched() {
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let mut spki = hex_decode("3059301306072a8648ce3d020106082a8648ce3d030107034200");
     spki.extend_from_slice(pair.public_key().as_ref());
-    configure(&broker, json!({"issuer": ISSUER, "public_keys": [{"kid": "ec-1", "pem": pem(&spki)}]})).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "public_keys": [{"kid": "ec-1", "pem": pem(&spki)}]}),
+    )
+    .await;
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("ec-1".into());
-    let token = jsonwebtoken::encode(&header, &claims(&broker), &EncodingKey::from_ec_der(pkcs8.as_ref())).unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims(&broker),
+        &EncodingKey::from_ec_der(pkcs8.as_ref()),
+    )
+    .unwrap();
     let (status, body) = login(&broker, &token).await;
     assert_eq!(status, 200, "{body}");
 
     // A bad issuer config is refused with the field named.
     let admin = broker.admin_token.clone().unwrap();
     let (status, body) = broker
-        .call("PUT", "/v1/auth/jwt/issuers/bad", Some(&admin), Some(json!({"issuer": ISSUER, "jwks_url": "http://evil.example/jwks"})))
+        .call(
+            "PUT",
+            "/v1/auth/jwt/issuers/bad",
+            Some(&admin),
+            Some(json!({"issuer": ISSUER, "jwks_url": "http://evil.example/jwks"})),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("jwks_url"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("jwks_url")
+    );
     let (status, body) = broker
-        .call("PUT", "/v1/auth/jwt/issuers/bad", Some(&admin), Some(json!({"issuer": ISSUER, "public_keys": [{"pem": "nope"}]})))
+        .call(
+            "PUT",
+            "/v1/auth/jwt/issuers/bad",
+            Some(&admin),
+            Some(json!({"issuer": ISSUER, "public_keys": [{"pem": "nope"}]})),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     // Only admins configure issuers.
     let alice = broker.login("alice").await;
     let (status, _) = broker
-        .call("PUT", "/v1/auth/jwt/issuers/x", Some(&alice), Some(json!({"issuer": ISSUER, "public_keys": [{"pem": pem(&spki)}]})))
+        .call(
+            "PUT",
+            "/v1/auth/jwt/issuers/x",
+            Some(&alice),
+            Some(json!({"issuer": ISSUER, "public_keys": [{"pem": pem(&spki)}]})),
+        )
         .await;
     assert_eq!(status, 403);
 }
 
 fn hex_decode(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

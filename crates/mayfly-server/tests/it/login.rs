@@ -16,7 +16,9 @@ async fn login_lookup_and_revoke() {
     let broker = TestBroker::ready().await;
     let token = broker.login("alice").await;
     assert!(token.starts_with("mft_"));
-    let (status, info) = broker.call("GET", "/v1/auth/token/lookup-self", Some(&token), None).await;
+    let (status, info) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["principal"]["kind"], "user");
     assert_eq!(info["principal"]["name"], "alice");
@@ -25,19 +27,31 @@ async fn login_lookup_and_revoke() {
 
     // Only the token's hash is stored.
     let hash = mayfly_crypto::token::hash_token(&token);
-    let session = broker.broker.store().session_by_hash(&hash).await.unwrap().unwrap();
+    let session = broker
+        .broker
+        .store()
+        .session_by_hash(&hash)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(session.id, info["id"].as_str().unwrap());
 
-    let (status, _) = broker.call("POST", "/v1/auth/token/revoke-self", Some(&token), None).await;
+    let (status, _) = broker
+        .call("POST", "/v1/auth/token/revoke-self", Some(&token), None)
+        .await;
     assert_eq!(status, 204);
-    let (status, body) = broker.call("GET", "/v1/auth/token/lookup-self", Some(&token), None).await;
+    let (status, body) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
     assert_eq!(status, 401, "{body}");
 
     // Expiry: a new session stops working once its TTL has passed.
     broker.clock.advance(Duration::from_secs(31));
     let token = broker.login("alice").await;
     broker.clock.advance(Duration::from_secs(3601));
-    let (status, _) = broker.call("GET", "/v1/auth/token/lookup-self", Some(&token), None).await;
+    let (status, _) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
     assert_eq!(status, 401);
 }
 
@@ -48,14 +62,29 @@ async fn failures_look_the_same_and_a_totp_code_works_once() {
     let code = broker.totp(&alice);
 
     let (s1, wrong_password) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", "not her password", &code)))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("alice", "not her password", &code)),
+        )
         .await;
     let wrong_code = if code == "000000" { "111111" } else { "000000" };
     let (s2, wrong_totp) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", &alice.password, wrong_code)))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("alice", &alice.password, wrong_code)),
+        )
         .await;
     let (s3, unknown) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("mallory", "whatever password", &code)))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("mallory", "whatever password", &code)),
+        )
         .await;
     assert_eq!((s1, s2, s3), (401, 401, 401));
     assert_eq!(wrong_password, wrong_totp);
@@ -63,11 +92,21 @@ async fn failures_look_the_same_and_a_totp_code_works_once() {
 
     // The right code works once; the same code again is refused (RFC 6238 §5.2).
     let (status, body) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", &alice.password, &code)))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("alice", &alice.password, &code)),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, replay) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", &alice.password, &code)))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("alice", &alice.password, &code)),
+        )
         .await;
     assert_eq!(status, 401);
     assert_eq!(replay, unknown);
@@ -84,13 +123,27 @@ async fn unknown_and_known_users_take_the_same_time() {
         broker.clock.advance(Duration::from_secs(600));
         let started = Instant::now();
         let (status, _) = broker
-            .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", &format!("wrong password {i}"), "123456")))
+            .call(
+                "POST",
+                "/v1/auth/password/login",
+                None,
+                Some(login_body(
+                    "alice",
+                    &format!("wrong password {i}"),
+                    "123456",
+                )),
+            )
             .await;
         known.push(started.elapsed());
         assert_eq!(status, 401);
         let started = Instant::now();
         let (status, _) = broker
-            .call("POST", "/v1/auth/password/login", None, Some(login_body(&format!("nobody{i}"), &alice.password, "123456")))
+            .call(
+                "POST",
+                "/v1/auth/password/login",
+                None,
+                Some(login_body(&format!("nobody{i}"), &alice.password, "123456")),
+            )
             .await;
         unknown.push(started.elapsed());
         assert_eq!(status, 401);
@@ -100,7 +153,10 @@ async fn unknown_and_known_users_take_the_same_time() {
     // Medians within a factor of 3: both pay for one argon2id verification (tens of ms), where a
     // short-cut for unknown users would answer in well under a millisecond.
     let (k, u) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
-    assert!(u > k / 3.0 && k > u / 3.0, "known {known:?} unknown {unknown:?}");
+    assert!(
+        u > k / 3.0 && k > u / 3.0,
+        "known {known:?} unknown {unknown:?}"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +165,12 @@ async fn five_failures_throttle_then_the_account_recovers() {
     let alice = broker.user("alice");
     for _ in 0..5 {
         let (status, _) = broker
-            .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", "wrong wrong wrong", "000000")))
+            .call(
+                "POST",
+                "/v1/auth/password/login",
+                None,
+                Some(login_body("alice", "wrong wrong wrong", "000000")),
+            )
             .await;
         assert_eq!(status, 401);
     }
@@ -128,11 +189,21 @@ async fn five_failures_throttle_then_the_account_recovers() {
     // The same answer for a name that does not exist, after five failures.
     for _ in 0..5 {
         broker
-            .call("POST", "/v1/auth/password/login", None, Some(login_body("ghost", "wrong wrong wrong", "000000")))
+            .call(
+                "POST",
+                "/v1/auth/password/login",
+                None,
+                Some(login_body("ghost", "wrong wrong wrong", "000000")),
+            )
             .await;
     }
     let (status, _) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("ghost", "wrong wrong wrong", "000000")))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("ghost", "wrong wrong wrong", "000000")),
+        )
         .await;
     assert_eq!(status, 429);
 
@@ -140,10 +211,23 @@ async fn five_failures_throttle_then_the_account_recovers() {
     broker.clock.advance(Duration::from_secs(6));
     let code = broker.totp(&alice);
     let (status, body) = broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", &alice.password, &code)))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("alice", &alice.password, &code)),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert!(broker.broker.store().throttle("alice").await.unwrap().is_none());
+    assert!(
+        broker
+            .broker
+            .store()
+            .throttle("alice")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -152,18 +236,32 @@ async fn the_audit_log_records_logins_without_secrets() {
     let alice = broker.user("alice");
     let token = broker.login("alice").await;
     broker
-        .call("POST", "/v1/auth/password/login", None, Some(login_body("alice", "wrong password here", "000000")))
+        .call(
+            "POST",
+            "/v1/auth/password/login",
+            None,
+            Some(login_body("alice", "wrong password here", "000000")),
+        )
         .await;
     let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
-    let logins: Vec<_> = events.iter().filter(|e| e.kind == "auth.password.login").collect();
+    let logins: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "auth.password.login")
+        .collect();
     assert_eq!(logins.len(), 2);
     assert!(logins[0].body.contains("\"outcome\":\"ok\""));
     assert!(logins[0].body.contains("hmac-sha256:"));
     assert!(logins[1].body.contains("\"outcome\":\"refused\""));
     for event in &events {
         assert!(!event.body.contains(&token), "token in the audit log");
-        assert!(!event.body.contains(&alice.password), "password in the audit log");
-        assert!(!event.body.contains(&alice.totp_base32), "TOTP secret in the audit log");
+        assert!(
+            !event.body.contains(&alice.password),
+            "password in the audit log"
+        );
+        assert!(
+            !event.body.contains(&alice.totp_base32),
+            "TOTP secret in the audit log"
+        );
     }
     // ... nor in the store at all.
     let db = std::fs::read(broker.dir.path().join("mayfly.db")).unwrap();
@@ -172,6 +270,9 @@ async fn the_audit_log_records_logins_without_secrets() {
         all.extend(wal);
     }
     for secret in [&token, &alice.password, &alice.totp_base32] {
-        assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret is in the database file");
+        assert!(
+            !all.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret is in the database file"
+        );
     }
 }

@@ -1,5 +1,13 @@
 //! The broker's integration tests: a real server on a loopback port with a real store.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests: a failed step should stop the test loudly"
+)]
+
 mod api;
 mod audit;
 mod jwt;

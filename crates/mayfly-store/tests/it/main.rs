@@ -1,6 +1,14 @@
 //! The store contract: one story, run against SQLite in a temporary file and against PostgreSQL
 //! in a fresh database that is dropped afterwards.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests: a failed step should stop the test loudly"
+)]
+
 mod postgres;
 mod story;
 
@@ -8,7 +16,10 @@ use mayfly_store::SqlStore;
 
 async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("mayfly.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("mayfly.db").display()
+    );
     (mayfly_store::open(&url).await.unwrap(), dir)
 }
 
@@ -58,7 +69,9 @@ async fn group_commit_keeps_one_chain_under_concurrency_postgres() {
 
 #[tokio::test]
 async fn unsupported_url_is_refused_without_echoing_credentials() {
-    let error = mayfly_store::open("mysql://root:hunter2@localhost/x").await.unwrap_err();
+    let error = mayfly_store::open("mysql://root:hunter2@localhost/x")
+        .await
+        .unwrap_err();
     let message = error.to_string();
     assert!(message.contains("not supported"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");

@@ -10,7 +10,8 @@ pub struct ThrowawayDb {
 }
 
 pub fn admin_url() -> String {
-    std::env::var("MAYFLY_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("MAYFLY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 impl ThrowawayDb {
@@ -43,17 +44,22 @@ impl ThrowawayDb {
         for table in tables {
             let table: String = table.get(0);
             // Rows as text (bytea as hex) and bytea columns decoded as raw bytes too.
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {table} t")))
-                .fetch_all(&mut connection)
-                .await
-                .unwrap();
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT t::text FROM {table} t"
+            )))
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
             for row in rows {
                 let text: String = row.get(0);
                 out.extend(text.as_bytes());
                 out.push(b'\n');
             }
         }
-        let blobs = sqlx::query("SELECT blob FROM secrets").fetch_all(&mut connection).await.unwrap();
+        let blobs = sqlx::query("SELECT blob FROM secrets")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
         for blob in blobs {
             let bytes: Vec<u8> = blob.get(0);
             out.extend(bytes);
@@ -63,9 +69,12 @@ impl ThrowawayDb {
 
     pub async fn drop_db(self) {
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     }
 }

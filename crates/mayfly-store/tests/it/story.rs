@@ -85,15 +85,24 @@ pub async fn run(store: &dyn Store) {
         seal: seal.clone(),
         secrets: vec![("sys/audit/signing-key".into(), vec![0xAB; 60])],
     };
-    let outcomes = store.commit(vec![write(init.clone(), "sys.init")]).await.unwrap();
+    let outcomes = store
+        .commit(vec![write(init.clone(), "sys.init")])
+        .await
+        .unwrap();
     assert_eq!(outcomes, vec![WriteOutcome::Applied { seq: 1 }]);
     assert_eq!(store.seal().await.unwrap(), Some(seal.clone()));
-    assert_eq!(store.secret("sys/audit/signing-key").await.unwrap(), Some(vec![0xAB; 60]));
+    assert_eq!(
+        store.secret("sys/audit/signing-key").await.unwrap(),
+        Some(vec![0xAB; 60])
+    );
     assert_eq!(store.secret("nope").await.unwrap(), None);
 
     // A second initialize conflicts, and is still audited, as refused.
     let outcomes = store.commit(vec![write(init, "sys.init")]).await.unwrap();
-    assert!(matches!(&outcomes[..], [WriteOutcome::Conflict { seq: 2, .. }]));
+    assert!(matches!(
+        &outcomes[..],
+        [WriteOutcome::Conflict { seq: 2, .. }]
+    ));
 
     // The setup code works once.
     let setup = |name: &str| Change::SetupFirstAdmin {
@@ -102,7 +111,10 @@ pub async fn run(store: &dyn Store) {
         secrets: vec![(format!("users/id-{name}/totp"), vec![1; 48])],
     };
     let outcomes = store
-        .commit(vec![write(setup("root"), "sys.setup"), write(setup("root2"), "sys.setup")])
+        .commit(vec![
+            write(setup("root"), "sys.setup"),
+            write(setup("root2"), "sys.setup"),
+        ])
         .await
         .unwrap();
     assert_eq!(outcomes[0], WriteOutcome::Applied { seq: 3 });
@@ -113,35 +125,68 @@ pub async fn run(store: &dyn Store) {
     // Users: create, conflict on the same name, read back.
     let outcomes = store
         .commit(vec![
-            write(Change::CreateUser { user: user("alice"), secrets: vec![] }, "user.create"),
-            write(Change::CreateUser { user: user("alice"), secrets: vec![] }, "user.create"),
-            Write { change: None, event: AuditDraft::new(at(1_001), "auth.refused", Outcome::Refused) },
+            write(
+                Change::CreateUser {
+                    user: user("alice"),
+                    secrets: vec![],
+                },
+                "user.create",
+            ),
+            write(
+                Change::CreateUser {
+                    user: user("alice"),
+                    secrets: vec![],
+                },
+                "user.create",
+            ),
+            Write {
+                change: None,
+                event: AuditDraft::new(at(1_001), "auth.refused", Outcome::Refused),
+            },
         ])
         .await
         .unwrap();
     assert_eq!(outcomes[0], WriteOutcome::Applied { seq: 5 });
-    assert!(matches!(&outcomes[1], WriteOutcome::Conflict { seq: 6, reason } if reason.contains("alice")));
+    assert!(
+        matches!(&outcomes[1], WriteOutcome::Conflict { seq: 6, reason } if reason.contains("alice"))
+    );
     assert_eq!(outcomes[2], WriteOutcome::Applied { seq: 7 });
     let alice = store.user_by_name("alice").await.unwrap().unwrap();
     assert_eq!(alice, user("alice"));
-    let names: Vec<String> = store.users().await.unwrap().into_iter().map(|u| u.username).collect();
+    let names: Vec<String> = store
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
     assert_eq!(names, vec!["alice", "root"]);
 
     // Login failures count up and carry the throttle; a success clears them.
     for n in 1..=3 {
         store
             .commit(vec![write(
-                Change::LoginFailed { username: "alice".into(), throttled_until: at(5_000 + n) },
+                Change::LoginFailed {
+                    username: "alice".into(),
+                    throttled_until: at(5_000 + n),
+                },
                 "auth.password.login",
             )])
             .await
             .unwrap();
     }
     let throttle = store.throttle("alice").await.unwrap().unwrap();
-    assert_eq!((throttle.n_failures, throttle.throttled_until), (3, at(5_003)));
+    assert_eq!(
+        (throttle.n_failures, throttle.throttled_until),
+        (3, at(5_003))
+    );
     assert_eq!(store.throttle("mallory").await.unwrap(), None);
 
-    let alice_principal = Principal::User { id: alice.id.clone(), name: "alice".into(), groups: alice.groups.clone() };
+    let alice_principal = Principal::User {
+        id: alice.id.clone(),
+        name: "alice".into(),
+        groups: alice.groups.clone(),
+    };
     let login = |step: i64, hash: u8| Change::LoginSucceeded {
         user_id: alice.id.clone(),
         username: "alice".into(),
@@ -149,15 +194,28 @@ pub async fn run(store: &dyn Store) {
         session: session(&format!("s{hash}"), alice_principal.clone(), hash, 9_000),
     };
     let outcomes = store
-        .commit(vec![write(login(100, 1), "auth.password.login"), write(login(100, 2), "auth.password.login")])
+        .commit(vec![
+            write(login(100, 1), "auth.password.login"),
+            write(login(100, 2), "auth.password.login"),
+        ])
         .await
         .unwrap();
     assert!(matches!(outcomes[0], WriteOutcome::Applied { .. }));
     // The same TOTP step twice: the second is refused and made no session.
-    assert!(matches!(&outcomes[1], WriteOutcome::Conflict { reason, .. } if reason.contains("TOTP")));
+    assert!(
+        matches!(&outcomes[1], WriteOutcome::Conflict { reason, .. } if reason.contains("TOTP"))
+    );
     assert!(store.session_by_hash(&[2; 32]).await.unwrap().is_none());
     assert_eq!(store.throttle("alice").await.unwrap(), None);
-    assert_eq!(store.user_by_name("alice").await.unwrap().unwrap().totp_last_step, Some(100));
+    assert_eq!(
+        store
+            .user_by_name("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .totp_last_step,
+        Some(100)
+    );
 
     let found = store.session_by_hash(&[1; 32]).await.unwrap().unwrap();
     assert_eq!(found.principal, alice_principal);
@@ -165,20 +223,50 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(found.revoked_at, None);
 
     // Workload sessions; revocation once.
-    let workload = Principal::Workload { role: "ci".into(), name: "repo:acme/app".into() };
+    let workload = Principal::Workload {
+        role: "ci".into(),
+        name: "repo:acme/app".into(),
+    };
     store
-        .commit(vec![write(Change::CreateSession { session: session("w1", workload.clone(), 3, 2_000) }, "auth.jwt.login")])
+        .commit(vec![write(
+            Change::CreateSession {
+                session: session("w1", workload.clone(), 3, 2_000),
+            },
+            "auth.jwt.login",
+        )])
         .await
         .unwrap();
-    assert_eq!(store.session_by_hash(&[3; 32]).await.unwrap().unwrap().principal, workload);
-    let revoke = || Change::RevokeSession { id: "w1".into(), at: at(1_500) };
+    assert_eq!(
+        store
+            .session_by_hash(&[3; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .principal,
+        workload
+    );
+    let revoke = || Change::RevokeSession {
+        id: "w1".into(),
+        at: at(1_500),
+    };
     let outcomes = store
-        .commit(vec![write(revoke(), "auth.token.revoke"), write(revoke(), "auth.token.revoke")])
+        .commit(vec![
+            write(revoke(), "auth.token.revoke"),
+            write(revoke(), "auth.token.revoke"),
+        ])
         .await
         .unwrap();
     assert!(matches!(outcomes[0], WriteOutcome::Applied { .. }));
     assert!(matches!(outcomes[1], WriteOutcome::Conflict { .. }));
-    assert_eq!(store.session_by_hash(&[3; 32]).await.unwrap().unwrap().revoked_at, Some(at(1_500)));
+    assert_eq!(
+        store
+            .session_by_hash(&[3; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(at(1_500))
+    );
 
     // Purge drops expired sessions only.
     assert_eq!(store.purge_sessions(at(3_000)).await.unwrap(), 1);
@@ -188,28 +276,66 @@ pub async fn run(store: &dyn Store) {
     // JWT config upserts.
     let config = serde_json::json!({"issuer": "https://ci.example", "audiences": ["mayfly"]});
     store
-        .commit(vec![write(Change::PutJwtIssuer { name: "ci".into(), config: config.clone() }, "auth.jwt.issuer.put")])
+        .commit(vec![write(
+            Change::PutJwtIssuer {
+                name: "ci".into(),
+                config: config.clone(),
+            },
+            "auth.jwt.issuer.put",
+        )])
         .await
         .unwrap();
     let config2 = serde_json::json!({"issuer": "https://ci2.example"});
     store
         .commit(vec![
-            write(Change::PutJwtIssuer { name: "ci".into(), config: config2.clone() }, "auth.jwt.issuer.put"),
-            write(Change::PutJwtRole { name: "deploy".into(), config: config.clone() }, "auth.jwt.role.put"),
+            write(
+                Change::PutJwtIssuer {
+                    name: "ci".into(),
+                    config: config2.clone(),
+                },
+                "auth.jwt.issuer.put",
+            ),
+            write(
+                Change::PutJwtRole {
+                    name: "deploy".into(),
+                    config: config.clone(),
+                },
+                "auth.jwt.role.put",
+            ),
         ])
         .await
         .unwrap();
-    assert_eq!(store.jwt_issuer("ci").await.unwrap().unwrap().config, config2);
-    assert_eq!(store.jwt_role("deploy").await.unwrap().unwrap().config, config);
+    assert_eq!(
+        store.jwt_issuer("ci").await.unwrap().unwrap().config,
+        config2
+    );
+    assert_eq!(
+        store.jwt_role("deploy").await.unwrap().unwrap().config,
+        config
+    );
     assert!(store.jwt_role("ci").await.unwrap().is_none());
 
     // Secrets replace.
     store
-        .commit(vec![write(Change::PutSecret { path: "p".into(), blob: vec![1], at: at(1) }, "secret.put")])
+        .commit(vec![write(
+            Change::PutSecret {
+                path: "p".into(),
+                blob: vec![1],
+                at: at(1),
+            },
+            "secret.put",
+        )])
         .await
         .unwrap();
     store
-        .commit(vec![write(Change::PutSecret { path: "p".into(), blob: vec![2], at: at(2) }, "secret.put")])
+        .commit(vec![write(
+            Change::PutSecret {
+                path: "p".into(),
+                blob: vec![2],
+                at: at(2),
+            },
+            "secret.put",
+        )])
         .await
         .unwrap();
     assert_eq!(store.secret("p").await.unwrap(), Some(vec![2]));
@@ -227,12 +353,23 @@ pub async fn run(store: &dyn Store) {
     let body: serde_json::Value = serde_json::from_str(&second[0].body).unwrap();
     assert_eq!(body["seq"], 2);
     assert_eq!(body["outcome"], "refused");
-    assert_eq!(body["details"]["conflict"], "the broker is already initialized");
+    assert_eq!(
+        body["details"]["conflict"],
+        "the broker is already initialized"
+    );
     assert_eq!(store.last_checkpoint().await.unwrap(), None);
 
     let checkpoint = AuditDraft::new(at(5), mayfly_core::audit::CHECKPOINT_KIND, Outcome::Ok);
-    let outcomes = store.commit(vec![Write { change: None, event: checkpoint }]).await.unwrap();
-    let WriteOutcome::Applied { seq } = outcomes[0] else { panic!("{outcomes:?}") };
+    let outcomes = store
+        .commit(vec![Write {
+            change: None,
+            event: checkpoint,
+        }])
+        .await
+        .unwrap();
+    let WriteOutcome::Applied { seq } = outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
     assert_eq!(store.last_checkpoint().await.unwrap().unwrap().seq, seq);
 }
 
@@ -242,17 +379,37 @@ pub async fn secrets_are_not_in_clear(store: &dyn Store, dump: impl Fn() -> Vec<
     let plaintext = b"correct-horse-battery-staple-4f1c9a";
     let blob = keyring.seal("static/prod-api-key", plaintext).unwrap();
     store
-        .commit(vec![write(Change::PutSecret { path: "static/prod-api-key".into(), blob, at: at(7) }, "secret.put")])
+        .commit(vec![write(
+            Change::PutSecret {
+                path: "static/prod-api-key".into(),
+                blob,
+                at: at(7),
+            },
+            "secret.put",
+        )])
         .await
         .unwrap();
     let stored = store.secret("static/prod-api-key").await.unwrap().unwrap();
-    assert_eq!(&keyring.open("static/prod-api-key", &stored).unwrap()[..], plaintext);
+    assert_eq!(
+        &keyring.open("static/prod-api-key", &stored).unwrap()[..],
+        plaintext
+    );
     let bytes = dump();
-    assert!(bytes.len() > 1000, "the dump looks empty: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 1000,
+        "the dump looks empty: {} bytes",
+        bytes.len()
+    );
     let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(!found(plaintext), "plaintext found in the store");
-    assert!(!found(hex_of(plaintext).as_bytes()), "hex plaintext found in the store");
-    assert!(!found(b"correct-horse"), "part of the plaintext found in the store");
+    assert!(
+        !found(hex_of(plaintext).as_bytes()),
+        "hex plaintext found in the store"
+    );
+    assert!(
+        !found(b"correct-horse"),
+        "part of the plaintext found in the store"
+    );
 }
 
 fn hex_of(bytes: &[u8]) -> String {
@@ -268,7 +425,8 @@ pub async fn concurrent_commits(store: Arc<dyn Store>) {
                 let writes = (0..4)
                     .map(|j| Write {
                         change: None,
-                        event: AuditDraft::new(at(i), "test.event", Outcome::Ok).detail("n", task * 1000 + i * 10 + j),
+                        event: AuditDraft::new(at(i), "test.event", Outcome::Ok)
+                            .detail("n", task * 1000 + i * 10 + j),
                     })
                     .collect();
                 store.commit(writes).await.unwrap();
@@ -283,13 +441,17 @@ pub async fn concurrent_commits(store: Arc<dyn Store>) {
 
 pub async fn two_nodes_one_chain(first: Arc<dyn Store>, second: Arc<dyn Store>) {
     let mut tasks = Vec::new();
-    for (n, store) in [first.clone(), second.clone(), first.clone(), second.clone()].into_iter().enumerate() {
+    for (n, store) in [first.clone(), second.clone(), first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+    {
         tasks.push(tokio::spawn(async move {
             for i in 0..40 {
                 let writes = (0..3)
                     .map(|j| Write {
                         change: None,
-                        event: AuditDraft::new(at(i), "test.event", Outcome::Ok).detail("n", n as i64 * 1000 + i * 10 + j),
+                        event: AuditDraft::new(at(i), "test.event", Outcome::Ok)
+                            .detail("n", n as i64 * 1000 + i * 10 + j),
                     })
                     .collect();
                 store.commit(writes).await.unwrap();
