@@ -6,6 +6,13 @@
 //! ```sh
 //! cargo run --release -p mayfly-server --example audit_bench -- [sqlite|postgres] [clients] [seconds]
 //! ```
+//!
+//! The same load against another server, for comparison (OpenBao with a file audit device,
+//! `X-Vault-Token` lookups):
+//!
+//! ```sh
+//! cargo run --release -p mayfly-server --example audit_bench -- openbao [clients] [seconds] URL TOKEN
+//! ```
 
 #![allow(
     clippy::unwrap_used,
@@ -28,6 +35,26 @@ async fn main() {
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     println!("backend {backend}, {clients} clients, {seconds} s per run");
+    if backend == "openbao" {
+        let url = args
+            .get(4)
+            .cloned()
+            .unwrap_or_else(|| "http://127.0.0.1:8200".into());
+        let token = args.get(5).cloned().unwrap_or_default();
+        let target = Target {
+            url: format!("{url}/v1/auth/token/lookup-self"),
+            header: "x-vault-token",
+            token,
+            expect: 200,
+        };
+        let (rate, p50, p99) = measure(&target, clients, Duration::from_secs(seconds)).await;
+        println!(
+            "openbao  {rate:>8.0} audited requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+        return;
+    }
     for group_commit in [true, false] {
         let db = if backend == "postgres" {
             Some(mayfly_testkit::postgres::ThrowawayDb::create().await)
@@ -41,7 +68,13 @@ async fn main() {
             ..Options::default()
         })
         .await;
-        let (rate, p50, p99) = measure(&broker, clients, Duration::from_secs(seconds)).await;
+        let target = Target {
+            url: format!("{}/v1/auth/token/lookup-self", broker.addr),
+            header: "authorization",
+            token: "Bearer mft_not_a_token".into(),
+            expect: 401,
+        };
+        let (rate, p50, p99) = measure(&target, clients, Duration::from_secs(seconds)).await;
         let (head, _) = broker
             .broker
             .store()
@@ -60,16 +93,19 @@ async fn main() {
     }
 }
 
-async fn measure(
-    broker: &TestBroker,
-    clients: usize,
-    duration: Duration,
-) -> (f64, Duration, Duration) {
+struct Target {
+    url: String,
+    header: &'static str,
+    token: String,
+    expect: u16,
+}
+
+async fn measure(target: &Target, clients: usize, duration: Duration) -> (f64, Duration, Duration) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
         .unwrap_or_default();
-    let url = format!("{}/v1/auth/token/lookup-self", broker.addr);
+    let url = target.url.clone();
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -77,15 +113,15 @@ async fn measure(
         let client = client.clone();
         let url = url.clone();
         let done = done.clone();
+        let (header, token, expect) = (target.header, target.token.clone(), target.expect);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while started.elapsed() < duration {
                 let t = Instant::now();
-                let Ok(response) = client.get(&url).bearer_auth("mft_not_a_token").send().await
-                else {
+                let Ok(response) = client.get(&url).header(header, &token).send().await else {
                     continue;
                 };
-                if response.status().as_u16() == 401 {
+                if response.status().as_u16() == expect {
                     latencies.push(t.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
                 }

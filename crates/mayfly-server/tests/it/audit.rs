@@ -335,3 +335,46 @@ fn hex_decode(text: &str) -> [u8; 32] {
         .collect();
     bytes.try_into().unwrap()
 }
+
+#[tokio::test]
+async fn a_broker_on_postgres_keeps_one_verified_chain_across_two_nodes() {
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let first = TestBroker::start(Options {
+        store_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    // A second node on the same store: it unseals from the same root key file.
+    let second = TestBroker::start(Options {
+        store_url: Some(db.url.clone()),
+        bootstrap: false,
+        ..Options::default()
+    })
+    .await;
+    mayfly_server::dev::unseal_from_file(
+        &second.broker,
+        &first.dir.path().join(mayfly_server::dev::KEY_FILE),
+    )
+    .await
+    .unwrap();
+    // Alice's token, minted by node one, works on node two: sessions live in the shared store.
+    let token = first.login("alice").await;
+    let (status, info) = second
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{info}");
+    for node in [&first, &second, &first, &second] {
+        node.call("GET", "/v1/auth/token/lookup-self", Some("mft_bad"), None)
+            .await;
+    }
+    let admin = first.admin_token.clone().unwrap();
+    let (status, report) = second
+        .call("POST", "/v1/sys/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["n_events"].as_u64().unwrap() >= 10);
+    first.stop().await;
+    second.stop().await;
+    db.drop_db().await;
+}

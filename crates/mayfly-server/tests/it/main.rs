@@ -13,3 +13,4 @@ mod audit;
 mod jwt;
 mod login;
 mod seal;
+mod tls;
