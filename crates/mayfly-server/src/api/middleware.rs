@@ -60,11 +60,6 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
     request.extensions_mut().insert(caller.clone());
     let method = request.method().to_string();
     let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-
     if !open_while_sealed(&path) && broker.unsealed().await.is_none() {
         let initialized = broker
             .store()
@@ -82,8 +77,7 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
 
     let mut response = next.run(request).await;
     let status = response.status();
-    metrics::counter!("mayfly_http_requests_total", "route" => route, "status" => status.as_u16().to_string())
-        .increment(1);
+    metrics::counter!("mayfly_http_requests_total", "status" => status.as_u16().to_string()).increment(1);
 
     let refused = status.is_client_error()
         && (status != axum::http::StatusCode::NOT_FOUND || path.starts_with("/v1/"));

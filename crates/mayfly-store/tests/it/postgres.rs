@@ -7,6 +7,7 @@ pub struct ThrowawayDb {
     pub url: String,
     admin_url: String,
     name: String,
+    dropped: bool,
 }
 
 pub fn admin_url() -> String {
@@ -30,6 +31,7 @@ impl ThrowawayDb {
             url: format!("{base}/{name}"),
             admin_url,
             name,
+            dropped: false,
         }
     }
 
@@ -67,7 +69,8 @@ impl ThrowawayDb {
         out
     }
 
-    pub async fn drop_db(self) {
+    pub async fn drop_db(mut self) {
+        self.dropped = true;
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -76,5 +79,27 @@ impl ThrowawayDb {
         .execute(&mut admin)
         .await
         .unwrap();
+    }
+}
+
+/// A test that failed before `drop_db` still leaves no database behind.
+impl Drop for ThrowawayDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let admin_url = self.admin_url.clone();
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await;
+                }
+            });
+        })
+        .join();
     }
 }
