@@ -77,7 +77,8 @@ pub async fn layer(State(broker): State<Broker>, mut request: Request, next: Nex
 
     let mut response = next.run(request).await;
     let status = response.status();
-    metrics::counter!("mayfly_http_requests_total", "status" => status.as_u16().to_string()).increment(1);
+    metrics::counter!("mayfly_http_requests_total", "status" => status.as_u16().to_string())
+        .increment(1);
 
     let refused = status.is_client_error()
         && (status != axum::http::StatusCode::NOT_FOUND || path.starts_with("/v1/"));
