@@ -8,6 +8,6 @@ pub mod name;
 pub mod principal;
 pub mod time;
 
-pub use name::{GroupName, NameError, Username};
+pub use name::{GroupName, LoginName, NameError, Username};
 pub use principal::Principal;
 pub use time::Timestamp;

@@ -1,0 +1,114 @@
+//! Targets: a target knows how to issue, revoke and verify one kind of credential on one kind of
+//! system. It holds connection settings only; the broker picks the login name and the secret and
+//! records its intent before calling [`Target::issue`], so [`Target::revoke`] can clean up after a
+//! crash. This is the only crate that talks to target systems.
+
+pub mod postgres;
+
+use std::fmt;
+use std::time::Duration;
+
+use mayfly_core::{LoginName, Timestamp};
+use secrecy::SecretString;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// For logs and metrics only; no behaviour switches on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Postgres,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetKind::Postgres => f.write_str("postgres"),
+        }
+    }
+}
+
+/// What can be granted on a target.
+#[derive(Clone, Debug)]
+pub struct RoleSpec {
+    pub name: String,
+    /// SQL run to create the login, with `{{name}}`, `{{password}}` and `{{expiration}}`.
+    pub creation_sql: String,
+    /// SQL run before the default revocation (optional); `{{name}}` only.
+    pub revocation_sql: Option<String>,
+    pub max_ttl: Duration,
+}
+
+/// What the broker asks a target to create.
+pub struct IssuePlan<'a> {
+    pub login: &'a LoginName,
+    pub secret: &'a SecretString,
+    pub role: &'a RoleSpec,
+    pub expires_at: Timestamp,
+}
+
+/// How to reach what was issued (never holds the secret: the broker has it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+/// What was checked on the target after a revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationProof {
+    pub checks: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Retry with backoff, then alarm.
+    #[error("target `{target}` is unreachable")]
+    Unavailable {
+        target: String,
+        #[source]
+        source: BoxError,
+    },
+    /// Permanent: mark failed, alarm.
+    #[error("target `{target}` refused the change: {reason}")]
+    Refused { target: String, reason: String },
+    #[error("role `{role}` cannot be expressed on this target: {reason}")]
+    InvalidRole { role: String, reason: String },
+    /// The credential still works (or its sessions live) after revocation.
+    #[error("revocation of `{login}` on `{target}` is not proven: {reason}")]
+    NotRevoked {
+        target: String,
+        login: String,
+        reason: String,
+    },
+}
+
+impl TargetError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TargetError::Unavailable { .. } | TargetError::NotRevoked { .. }
+        )
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Target: Send + Sync + fmt::Debug {
+    fn kind(&self) -> TargetKind;
+    /// Rejects a role this target cannot express. Called when a role is added, not per request.
+    fn check_role(&self, role: &RoleSpec) -> Result<(), TargetError>;
+    /// Creates the credential, bounded by `plan.expires_at` where the system supports it.
+    /// Idempotent on `plan.login`: a second call converges.
+    async fn issue(&self, plan: &IssuePlan<'_>) -> Result<Connection, TargetError>;
+    /// Drops the credential and ends its live sessions. `Ok` if it is already gone.
+    async fn revoke(&self, login: &LoginName, role: Option<&RoleSpec>) -> Result<(), TargetError>;
+    /// Tries the credential on the target and returns proof that it is refused and that no session
+    /// of it is left.
+    async fn verify_revoked(
+        &self,
+        login: &LoginName,
+        secret: &SecretString,
+    ) -> Result<RevocationProof, TargetError>;
+    /// The logins with the broker's prefix that exist on the target (for the sweep of orphans).
+    async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError>;
+}

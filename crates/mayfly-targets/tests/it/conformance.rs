@@ -1,0 +1,74 @@
+//! One lifecycle every target must pass: after `issue` the login works; a second `issue` converges;
+//! after `revoke` the login is refused and a live session is gone; `verify_revoked` returns a
+//! proof; a second `revoke`, and a `revoke` of something that never existed, succeed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use mayfly_core::{LoginName, Timestamp};
+use mayfly_targets::{IssuePlan, RoleSpec, Target};
+use secrecy::SecretString;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a test uses a credential on the real system.
+pub trait Probe: Send + Sync {
+    type Session: Send;
+    /// Logs in; `Err` with the system's refusal.
+    fn login<'a>(
+        &'a self,
+        login: &'a LoginName,
+        secret: &'a SecretString,
+    ) -> BoxFuture<'a, Result<Self::Session, String>>;
+    /// Whether an open session still works.
+    fn alive<'a>(&'a self, session: &'a mut Self::Session) -> BoxFuture<'a, bool>;
+}
+
+pub fn new_login() -> LoginName {
+    LoginName::for_grant(&uuid::Uuid::now_v7())
+}
+
+pub fn new_secret() -> SecretString {
+    SecretString::from(format!("Pw{}", uuid::Uuid::now_v7().simple()))
+}
+
+pub fn in_minutes(minutes: u64) -> Timestamp {
+    let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap();
+    Timestamp::from_unix_ms((now + Duration::from_secs(minutes * 60)).as_millis() as i64)
+}
+
+pub async fn lifecycle<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P) {
+    target.check_role(role).unwrap();
+    let login = new_login();
+    let secret = new_secret();
+    let plan = IssuePlan {
+        login: &login,
+        secret: &secret,
+        role,
+        expires_at: in_minutes(15),
+    };
+    target.issue(&plan).await.unwrap();
+    let mut session = probe.login(&login, &secret).await.unwrap();
+    assert!(probe.alive(&mut session).await);
+    // A wrong secret is refused: the system checks what we set.
+    assert!(probe.login(&login, &new_secret()).await.is_err());
+    // Issue again (a retry after a crash): converges, still works.
+    target.issue(&plan).await.unwrap();
+    assert!(probe.login(&login, &secret).await.is_ok());
+    assert!(target.managed_logins().await.unwrap().contains(&login));
+
+    target.revoke(&login, Some(role)).await.unwrap();
+    assert!(
+        !probe.alive(&mut session).await,
+        "the live session survived the revocation"
+    );
+    let refused = probe.login(&login, &secret).await;
+    assert!(refused.is_err(), "a login after revocation worked");
+    let proof = target.verify_revoked(&login, &secret).await.unwrap();
+    assert!(proof.checks.len() >= 2, "{proof:?}");
+    assert!(!target.managed_logins().await.unwrap().contains(&login));
+
+    target.revoke(&login, Some(role)).await.unwrap();
+    target.revoke(&new_login(), Some(role)).await.unwrap();
+}

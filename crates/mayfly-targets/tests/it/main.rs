@@ -1,0 +1,13 @@
+//! The target conformance suite, run against each real system, plus per-target cases (hostile
+//! input, the second fence, an unreachable target).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests: a failed step should stop the test loudly"
+)]
+
+mod conformance;
+mod postgres;

@@ -1,0 +1,200 @@
+//! The PostgreSQL target against a real server that checks passwords (a throwaway SCRAM cluster).
+
+use mayfly_core::LoginName;
+use mayfly_targets::postgres::PostgresTarget;
+use mayfly_targets::{IssuePlan, RoleSpec, Target, TargetError};
+use mayfly_testkit::pgcluster::PgCluster;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use crate::conformance::{self, BoxFuture, Probe};
+
+fn role() -> RoleSpec {
+    RoleSpec {
+        name: "readonly".into(),
+        creation_sql:
+            "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};\n\
+                       GRANT SELECT ON ALL TABLES IN SCHEMA public TO {{name}};"
+                .into(),
+        revocation_sql: None,
+        max_ttl: std::time::Duration::from_secs(3600),
+    }
+}
+
+struct PgProbe {
+    port: u16,
+}
+
+impl Probe for PgProbe {
+    type Session = sqlx::PgConnection;
+
+    fn login<'a>(
+        &'a self,
+        login: &'a LoginName,
+        secret: &'a SecretString,
+    ) -> BoxFuture<'a, Result<sqlx::PgConnection, String>> {
+        Box::pin(async move {
+            let options = sqlx::postgres::PgConnectOptions::new()
+                .host("127.0.0.1")
+                .port(self.port)
+                .database("postgres")
+                .username(login.as_str())
+                .password(secret.expose_secret())
+                .log_statements(log_off());
+            sqlx::PgConnection::connect_with(&options)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn alive<'a>(&'a self, session: &'a mut sqlx::PgConnection) -> BoxFuture<'a, bool> {
+        Box::pin(async move { sqlx::query("SELECT 1").execute(&mut *session).await.is_ok() })
+    }
+}
+
+fn log_off() -> tracing::log::LevelFilter {
+    tracing::log::LevelFilter::Off
+}
+
+fn admin_password(cluster: &PgCluster) -> SecretString {
+    SecretString::from(cluster.admin_password.clone())
+}
+
+#[tokio::test]
+async fn postgres_lifecycle() {
+    let cluster = PgCluster::start();
+    let target = PostgresTarget::new(
+        "pg",
+        &cluster.url("postgres"),
+        Some(&admin_password(&cluster)),
+    )
+    .unwrap();
+    conformance::lifecycle(&target, &role(), &PgProbe { port: cluster.port }).await;
+}
+
+#[tokio::test]
+async fn valid_until_is_the_second_fence() {
+    let cluster = PgCluster::start();
+    let target = PostgresTarget::new(
+        "pg",
+        &cluster.url("postgres"),
+        Some(&admin_password(&cluster)),
+    )
+    .unwrap();
+    let login = conformance::new_login();
+    let secret = conformance::new_secret();
+    let role = role();
+    target
+        .issue(&IssuePlan {
+            login: &login,
+            secret: &secret,
+            role: &role,
+            expires_at: conformance::in_minutes(15),
+        })
+        .await
+        .unwrap();
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database("postgres")
+        .username("postgres")
+        .password(&cluster.admin_password);
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let row = sqlx::query("SELECT rolvaliduntil IS NOT NULL AND rolvaliduntil > now() + interval '14 minutes' AND rolvaliduntil < now() + interval '16 minutes' AS ok FROM pg_roles WHERE rolname = $1")
+        .bind(login.as_str())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(row.get::<bool, _>("ok"));
+
+    // A credential whose VALID UNTIL has passed is refused by the server itself, even if the
+    // broker never revoked it.
+    let expired = conformance::new_login();
+    target
+        .issue(&IssuePlan {
+            login: &expired,
+            secret: &secret,
+            role: &role,
+            expires_at: mayfly_core::Timestamp::from_unix_ms(1_000),
+        })
+        .await
+        .unwrap();
+    let probe = PgProbe { port: cluster.port };
+    assert!(probe.login(&expired, &secret).await.is_err());
+    target.revoke(&expired, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_inputs_are_refused_or_harmless() {
+    let cluster = PgCluster::start();
+    let target = PostgresTarget::new(
+        "pg",
+        &cluster.url("postgres"),
+        Some(&admin_password(&cluster)),
+    )
+    .unwrap();
+    // Login names are generated; anything shaped like SQL is refused before it reaches the target.
+    for hostile in [
+        "mf_x\"; DROP ROLE postgres; --",
+        "mf_x' OR '1'='1",
+        "mf_`x`",
+        "mf_x y",
+        "mf_*",
+        "mf_x\nDROP",
+        &format!("mf_{}", "a".repeat(100)),
+    ] {
+        assert!(LoginName::parse(hostile).is_err(), "{hostile:?}");
+    }
+    // A secret full of quotes is quoted, not executed.
+    let login = conformance::new_login();
+    let secret = SecretString::from("x'; DROP ROLE postgres; --\\'\"".to_owned());
+    target
+        .issue(&IssuePlan {
+            login: &login,
+            secret: &secret,
+            role: &role(),
+            expires_at: conformance::in_minutes(5),
+        })
+        .await
+        .unwrap();
+    let probe = PgProbe { port: cluster.port };
+    assert!(probe.login(&login, &secret).await.is_ok());
+    target.revoke(&login, None).await.unwrap();
+    // The admin role survived.
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database("postgres")
+        .username("postgres")
+        .password(&cluster.admin_password);
+    assert!(sqlx::PgConnection::connect_with(&options).await.is_ok());
+    // A role without a password placeholder is refused when it is added.
+    let mut bad = role();
+    bad.creation_sql = "CREATE ROLE {{name}} LOGIN".into();
+    assert!(matches!(
+        target.check_role(&bad),
+        Err(TargetError::InvalidRole { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_target_is_a_retryable_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = PostgresTarget::new(
+        "down",
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        None,
+    )
+    .unwrap();
+    let error = target
+        .revoke(&conformance::new_login(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, TargetError::Unavailable { .. }), "{error}");
+    assert!(error.is_retryable());
+    assert!(!error.to_string().contains("password"));
+}

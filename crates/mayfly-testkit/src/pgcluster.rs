@@ -1,0 +1,170 @@
+//! A throwaway PostgreSQL cluster with password (SCRAM) authentication on a free loopback port,
+//! made from the installed server binaries (`initdb`, `pg_ctl`) and stopped when dropped. The
+//! machine's own PostgreSQL trusts every local login, which would let a wrong password in; target
+//! tests need a server that checks passwords. As root, the binaries run as the `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct PgCluster {
+    pub port: u16,
+    pub admin_password: String,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    run_as: Option<String>,
+}
+
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    let dir = versions
+        .last()
+        .map(|v| v.join("bin"))
+        .unwrap_or_else(|| panic!("PostgreSQL server binaries not found under /usr/lib/postgresql: apt-get install postgresql"));
+    assert!(
+        dir.join("initdb").exists(),
+        "initdb missing in {}: apt-get install postgresql",
+        dir.display()
+    );
+    dir
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl PgCluster {
+    pub fn start() -> PgCluster {
+        let bin = bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("mayfly-pg-")
+            .tempdir()
+            .unwrap();
+        let run_as = is_root().then(|| "postgres".to_owned());
+        if run_as.is_some() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown to postgres failed");
+        }
+        let admin_password = format!("admin-{}", uuid::Uuid::now_v7().simple());
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, &admin_password).unwrap();
+        if run_as.is_some() {
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pwfile)
+                .status()
+                .unwrap();
+        }
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = PgCluster {
+            port,
+            admin_password,
+            dir,
+            bin,
+            run_as,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "--pwfile",
+                pwfile.to_str().unwrap(),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            cluster.dir.path().display()
+        );
+        let log = cluster.dir.path().join("log");
+        cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+        cluster
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let output = match &self.run_as {
+            Some(user) => Command::new("runuser")
+                .arg("-u")
+                .arg(user)
+                .arg("--")
+                .arg(&path)
+                .args(args)
+                .output(),
+            None => Command::new(&path).args(args).output(),
+        }
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The admin URL without the password (the broker keeps that in its barrier).
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let path = self.bin.join("pg_ctl");
+        let args = [
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-m",
+            "immediate",
+            "stop",
+        ];
+        let _ = match &self.run_as {
+            Some(user) => Command::new("runuser")
+                .arg("-u")
+                .arg(user)
+                .arg("--")
+                .arg(&path)
+                .args(args)
+                .output(),
+            None => Command::new(&path).args(args).output(),
+        };
+    }
+}
