@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod name;
+pub mod policy;
 pub mod principal;
 pub mod time;
 

@@ -1,0 +1,541 @@
+//! Policy decisions with Cedar. The schema below is what policies are written against (published
+//! by `mayfly policy schema`); policies are validated against it when they are stored, never at
+//! request time. [`Policies::decide`] is pure: entities and context are built from the arguments.
+//!
+//! Approval needs are annotations on `permit` policies:
+//! - `@approvals("N")`: the request needs N approvals by distinct principals other than the
+//!   requester, each permitted the `approve` action on the role. Without it, 0 (allowed at once).
+//! - `@max_ttl("SECONDS")`: the longest TTL this policy grants.
+//!
+//! When several `permit` policies match, the request takes the path with the fewest approvals and
+//! the smallest `@max_ttl` among the matching policies. Any matching `forbid` denies. Nothing
+//! matching denies (deny by default).
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, ValidationMode,
+    Validator,
+};
+use serde_json::{Value, json};
+
+use crate::Principal;
+
+/// The Cedar schema of Mayfly's policies.
+pub const SCHEMA: &str = r#"
+entity Group;
+entity User in [Group] { name: String };
+entity Workload { name: String, login_role: String };
+entity Agent { name: String, on_behalf_of: String };
+entity Target { name: String, kind: String };
+entity Role in [Target] { name: String, target: String, max_ttl_seconds: Long };
+
+type RequestContext = {
+    reason: String,
+    ticket: String,
+    ttl_seconds: Long,
+    hour: Long,
+    weekday: Long,
+    source_ip?: ipaddr,
+    break_glass: Bool,
+};
+
+action request, approve, break_glass, activate, revoke, read_secret, proxy appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Role, Target],
+    context: RequestContext,
+};
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Request,
+    Approve,
+    BreakGlass,
+    Activate,
+    Revoke,
+    ReadSecret,
+    Proxy,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Request => "request",
+            Action::Approve => "approve",
+            Action::BreakGlass => "break_glass",
+            Action::Activate => "activate",
+            Action::Revoke => "revoke",
+            Action::ReadSecret => "read_secret",
+            Action::Proxy => "proxy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("the policies do not parse: {0}")]
+    Parse(String),
+    #[error("the policies do not validate against the schema: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error(
+        "annotation `@{annotation}` on policy `{policy}` must be a whole number, got `{value}`"
+    )]
+    BadAnnotation {
+        policy: String,
+        annotation: String,
+        value: String,
+    },
+    #[error("cannot evaluate: {0}")]
+    Evaluation(String),
+}
+
+/// Who and what a decision is about.
+#[derive(Clone, Debug)]
+pub struct DecisionInput<'a> {
+    pub principal: &'a Principal,
+    pub action: Action,
+    pub target: &'a str,
+    pub target_kind: &'a str,
+    pub role: &'a str,
+    pub role_max_ttl: Duration,
+    pub context: &'a RequestContext,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestContext {
+    pub reason: String,
+    pub ticket: String,
+    pub ttl: Duration,
+    /// 0..=23, UTC.
+    pub hour: u8,
+    /// 1 (Monday) ..= 7 (Sunday), UTC.
+    pub weekday: u8,
+    pub source_ip: Option<IpAddr>,
+    pub break_glass: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow {
+        approvals: u32,
+        max_ttl: Option<Duration>,
+        policies: Vec<String>,
+    },
+    Deny {
+        reason: String,
+    },
+}
+
+pub fn schema() -> Result<&'static Schema, PolicyError> {
+    static SCHEMA_CELL: OnceLock<Result<Schema, String>> = OnceLock::new();
+    SCHEMA_CELL
+        .get_or_init(|| {
+            Schema::from_cedarschema_str(SCHEMA)
+                .map(|(s, _)| s)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Evaluation(format!("schema: {e}")))
+}
+
+/// A validated policy set.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    set: PolicySet,
+    text: String,
+}
+
+fn annotation_number(
+    set: &PolicySet,
+    id: &PolicyId,
+    key: &str,
+) -> Result<Option<u64>, PolicyError> {
+    match set.annotation(id, key) {
+        None => Ok(None),
+        Some(value) => {
+            value
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| PolicyError::BadAnnotation {
+                    policy: id.to_string(),
+                    annotation: key.to_owned(),
+                    value: value.to_owned(),
+                })
+        }
+    }
+}
+
+impl Policies {
+    /// Parses and validates (strict mode) against [`SCHEMA`]; refuses with Cedar's diagnostics.
+    pub fn parse(text: &str) -> Result<Policies, PolicyError> {
+        let parsed = PolicySet::from_str(text)
+            .map_err(|e| PolicyError::Parse(e.to_string().replace('\n', " ")))?;
+        if parsed.templates().next().is_some() {
+            return Err(PolicyError::Parse(
+                "templates (`?principal`, `?resource`) are not supported".into(),
+            ));
+        }
+        // Name each policy by its `@id` annotation, so decisions and errors speak of it.
+        let mut set = PolicySet::new();
+        for policy in parsed.policies() {
+            let policy = match policy.annotation("id") {
+                Some(id) if !id.is_empty() => policy.new_id(PolicyId::new(id)),
+                _ => policy.clone(),
+            };
+            set.add(policy)
+                .map_err(|e| PolicyError::Parse(e.to_string()))?;
+        }
+        let validator = Validator::new(schema()?.clone());
+        let result = validator.validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors = result.validation_errors().map(|e| e.to_string()).collect();
+            return Err(PolicyError::Invalid(errors));
+        }
+        for policy in set.policies() {
+            for key in ["approvals", "max_ttl"] {
+                annotation_number(&set, policy.id(), key)?;
+            }
+        }
+        Ok(Policies {
+            set,
+            text: text.to_owned(),
+        })
+    }
+
+    /// No policy at all: everything is denied.
+    pub fn empty() -> Policies {
+        Policies {
+            set: PolicySet::new(),
+            text: String::new(),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Decision, PolicyError> {
+        let schema = schema()?;
+        let eval = |e: String| PolicyError::Evaluation(e);
+        let principal_uid = principal_uid(input.principal).map_err(eval)?;
+        let action_uid = EntityUid::from_str(&format!("Action::\"{}\"", input.action.as_str()))
+            .map_err(|e| eval(e.to_string()))?;
+        let target_uid = uid("Target", input.target).map_err(eval)?;
+        let role_uid = uid("Role", &format!("{}/{}", input.target, input.role)).map_err(eval)?;
+
+        let mut entities = vec![
+            json!({"uid": {"type": "Target", "id": input.target}, "attrs": {"name": input.target, "kind": input.target_kind}, "parents": []}),
+            json!({"uid": {"type": "Role", "id": format!("{}/{}", input.target, input.role)},
+                   "attrs": {"name": input.role, "target": input.target, "max_ttl_seconds": input.role_max_ttl.as_secs()},
+                   "parents": [{"type": "Target", "id": input.target}]}),
+        ];
+        entities.extend(principal_entities(input.principal));
+        let entities = Entities::from_json_value(Value::Array(entities), Some(schema))
+            .map_err(|e| eval(e.to_string()))?;
+
+        let context = input.context;
+        let mut ctx = json!({
+            "reason": context.reason,
+            "ticket": context.ticket,
+            "ttl_seconds": context.ttl.as_secs(),
+            "hour": context.hour,
+            "weekday": context.weekday,
+            "break_glass": context.break_glass,
+        });
+        if let (Some(ip), Some(map)) = (context.source_ip, ctx.as_object_mut()) {
+            map.insert(
+                "source_ip".into(),
+                json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}),
+            );
+        }
+        let ctx = Context::from_json_value(ctx, Some((schema, &action_uid)))
+            .map_err(|e| eval(e.to_string()))?;
+        let request = Request::new(principal_uid, action_uid, role_uid, ctx, Some(schema))
+            .map_err(|e| eval(e.to_string()))?;
+        let _ = target_uid;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        let determining: Vec<PolicyId> = response.diagnostics().reason().cloned().collect();
+        if response.decision() == cedar_policy::Decision::Deny {
+            let forbids: Vec<String> = determining.iter().map(ToString::to_string).collect();
+            let reason = if forbids.is_empty() {
+                format!(
+                    "no policy permits `{}` on `{}/{}`",
+                    input.action.as_str(),
+                    input.target,
+                    input.role
+                )
+            } else {
+                format!("forbidden by policy {}", forbids.join(", "))
+            };
+            return Ok(Decision::Deny { reason });
+        }
+        let mut approvals: Option<u64> = None;
+        let mut max_ttl: Option<u64> = None;
+        for id in &determining {
+            let needed = annotation_number(&self.set, id, "approvals")?.unwrap_or(0);
+            approvals = Some(approvals.map_or(needed, |a| a.min(needed)));
+            if let Some(ttl) = annotation_number(&self.set, id, "max_ttl")? {
+                max_ttl = Some(max_ttl.map_or(ttl, |m| m.min(ttl)));
+            }
+        }
+        Ok(Decision::Allow {
+            approvals: u32::try_from(approvals.unwrap_or(0)).unwrap_or(u32::MAX),
+            max_ttl: max_ttl.map(Duration::from_secs),
+            policies: determining.iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let escaped = serde_json::to_string(id).map_err(|e| e.to_string())?;
+    EntityUid::from_str(&format!("{kind}::{escaped}")).map_err(|e| e.to_string())
+}
+
+fn principal_uid(principal: &Principal) -> Result<EntityUid, String> {
+    match principal {
+        Principal::User { name, .. } => uid("User", name),
+        Principal::Workload { role, name } => uid("Workload", &format!("{role}:{name}")),
+    }
+}
+
+fn principal_entities(principal: &Principal) -> Vec<Value> {
+    match principal {
+        Principal::User { name, groups, .. } => {
+            let mut out = vec![json!({
+                "uid": {"type": "User", "id": name},
+                "attrs": {"name": name},
+                "parents": groups.iter().map(|g| json!({"type": "Group", "id": g})).collect::<Vec<_>>(),
+            })];
+            for group in groups {
+                out.push(
+                    json!({"uid": {"type": "Group", "id": group}, "attrs": {}, "parents": []}),
+                );
+            }
+            out
+        }
+        Principal::Workload { role, name } => vec![json!({
+            "uid": {"type": "Workload", "id": format!("{role}:{name}")},
+            "attrs": {"name": name, "login_role": role},
+            "parents": [],
+        })],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICIES: &str = r#"
+@id("dev-self-service")
+@max_ttl("3600")
+permit (principal in Group::"dev", action == Action::"request", resource in Target::"dev-db");
+
+@id("prod-needs-two")
+@approvals("2")
+@max_ttl("900")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"prod-db/readonly")
+when { context.reason != "" && context.ttl_seconds <= 3600 };
+
+@id("ops-approve")
+permit (principal in Group::"ops", action == Action::"approve", resource in Target::"prod-db");
+
+@id("ci-deploy")
+permit (principal is Workload, action == Action::"request", resource == Role::"prod-db/migrator")
+when { principal.login_role == "deploy" };
+
+@id("no-weekend-prod")
+forbid (principal, action == Action::"request", resource in Target::"prod-db")
+when { context.weekday > 5 && !context.break_glass };
+
+@id("oncall-break-glass")
+permit (principal in Group::"oncall", action == Action::"break_glass", resource in Target::"prod-db");
+"#;
+
+    fn user(name: &str, groups: &[&str]) -> Principal {
+        Principal::User {
+            id: name.into(),
+            name: name.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    fn context(weekday: u8) -> RequestContext {
+        RequestContext {
+            reason: "INC-1".into(),
+            ticket: String::new(),
+            ttl: Duration::from_secs(900),
+            hour: 10,
+            weekday,
+            source_ip: Some("10.0.0.1".parse().unwrap()),
+            break_glass: false,
+        }
+    }
+
+    #[track_caller]
+    fn check(
+        principal: &Principal,
+        action: Action,
+        target: &str,
+        role: &str,
+        ctx: &RequestContext,
+        expect: &str,
+    ) {
+        let policies = Policies::parse(POLICIES).unwrap();
+        let decision = policies
+            .decide(&DecisionInput {
+                principal,
+                action,
+                target,
+                target_kind: "postgres",
+                role,
+                role_max_ttl: Duration::from_secs(3600),
+                context: ctx,
+            })
+            .unwrap();
+        let rendered = match decision {
+            Decision::Allow {
+                approvals, max_ttl, ..
+            } => format!(
+                "allow approvals={approvals} max_ttl={:?}",
+                max_ttl.map(|d| d.as_secs())
+            ),
+            Decision::Deny { reason } => format!("deny: {reason}"),
+        };
+        assert_eq!(rendered, expect);
+    }
+
+    #[test]
+    fn decisions() {
+        let alice = user("alice", &["dev"]);
+        let carol = user("carol", &["ops"]);
+        check(
+            &alice,
+            Action::Request,
+            "dev-db",
+            "rw",
+            &context(2),
+            "allow approvals=0 max_ttl=Some(3600)",
+        );
+        check(
+            &alice,
+            Action::Request,
+            "prod-db",
+            "readonly",
+            &context(2),
+            "allow approvals=2 max_ttl=Some(900)",
+        );
+        check(
+            &alice,
+            Action::Request,
+            "prod-db",
+            "readonly",
+            &context(6),
+            "deny: forbidden by policy no-weekend-prod",
+        );
+        let mut no_reason = context(2);
+        no_reason.reason = String::new();
+        check(
+            &alice,
+            Action::Request,
+            "prod-db",
+            "readonly",
+            &no_reason,
+            "deny: no policy permits `request` on `prod-db/readonly`",
+        );
+        check(
+            &carol,
+            Action::Request,
+            "dev-db",
+            "rw",
+            &context(2),
+            "deny: no policy permits `request` on `dev-db/rw`",
+        );
+        check(
+            &carol,
+            Action::Approve,
+            "prod-db",
+            "readonly",
+            &context(2),
+            "allow approvals=0 max_ttl=None",
+        );
+        check(
+            &alice,
+            Action::Approve,
+            "prod-db",
+            "readonly",
+            &context(2),
+            "deny: no policy permits `approve` on `prod-db/readonly`",
+        );
+        let ci = Principal::Workload {
+            role: "deploy".into(),
+            name: "repo:acme/app".into(),
+        };
+        check(
+            &ci,
+            Action::Request,
+            "prod-db",
+            "migrator",
+            &context(2),
+            "allow approvals=0 max_ttl=None",
+        );
+        let other_ci = Principal::Workload {
+            role: "test".into(),
+            name: "repo:acme/app".into(),
+        };
+        check(
+            &other_ci,
+            Action::Request,
+            "prod-db",
+            "migrator",
+            &context(2),
+            "deny: no policy permits `request` on `prod-db/migrator`",
+        );
+        // Hostile names are data, not policy syntax.
+        let mallory = user("x\" || true || \"", &["dev"]);
+        check(
+            &mallory,
+            Action::Request,
+            "prod-db",
+            "readonly\"); permit(",
+            &context(2),
+            "deny: no policy permits `request` on `prod-db/readonly\"); permit(`",
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_diagnostics() {
+        let unknown_attr = r#"permit (principal, action == Action::"request", resource) when { context.color == "red" };"#;
+        let error = Policies::parse(unknown_attr).unwrap_err();
+        assert!(matches!(error, PolicyError::Invalid(_)), "{error}");
+        assert!(error.to_string().contains("color"), "{error}");
+        assert!(matches!(
+            Policies::parse("permit (principal, action, resource"),
+            Err(PolicyError::Parse(_))
+        ));
+        let bad_annotation =
+            r#"@approvals("two") permit (principal, action == Action::"request", resource);"#;
+        assert!(matches!(
+            Policies::parse(bad_annotation),
+            Err(PolicyError::BadAnnotation { .. })
+        ));
+        let empty = Policies::empty();
+        let alice = user("alice", &["dev"]);
+        let decision = empty
+            .decide(&DecisionInput {
+                principal: &alice,
+                action: Action::Request,
+                target: "dev-db",
+                target_kind: "postgres",
+                role: "rw",
+                role_max_ttl: Duration::from_secs(60),
+                context: &context(1),
+            })
+            .unwrap();
+        assert!(matches!(decision, Decision::Deny { .. }));
+    }
+}
