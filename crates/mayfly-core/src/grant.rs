@@ -197,7 +197,7 @@ mod tests {
     /// `Verified` back to `Active`, and every path out of `Active` passes through `Revoking`.
     #[test]
     fn no_way_back_to_active() {
-        fn walk(state: GrantState, depth: usize, left_active: bool, was_dead: bool) {
+        fn walk(state: GrantState, depth: usize, was_dead: bool) {
             if depth == 0 {
                 return;
             }
@@ -219,19 +219,13 @@ mod tests {
                     );
                 }
                 let dead = was_dead || matches!(next, GrantState::Revoked | GrantState::Verified);
-                walk(
-                    next,
-                    depth - 1,
-                    left_active || state == GrantState::Active,
-                    dead,
-                );
+                walk(next, depth - 1, dead);
             }
         }
         for state in STATES {
             walk(
                 state,
                 6,
-                false,
                 matches!(state, GrantState::Revoked | GrantState::Verified),
             );
         }

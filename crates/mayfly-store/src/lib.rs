@@ -10,6 +10,7 @@
 //! commit); each write runs under its own savepoint, so one conflicting write does not fail the
 //! others. The store keeps only ciphertext for secrets: encryption happens before it is called.
 
+mod access;
 mod records;
 mod sql;
 
@@ -17,8 +18,22 @@ use mayfly_core::Timestamp;
 use mayfly_core::audit::AuditDraft;
 
 pub use records::{
-    Change, JwtConfigRecord, SealRecord, SessionRecord, StoredEvent, ThrottleRecord, UserRecord,
+    ApprovalRecord, Change, GrantRecord, GrantUpdate, JwtConfigRecord, RequestRecord, RoleRecord,
+    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
 };
+
+/// Which grants to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantFilter {
+    All,
+    /// The credential may exist on the target.
+    Live,
+    Active,
+    /// Revocations that failed and are being retried.
+    Failing,
+    /// Break-glass grants nobody has reviewed yet.
+    Unreviewed,
+}
 pub use sql::{Dialect, SqlStore};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -94,6 +109,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Deletes sessions that expired before `before`; returns how many.
     async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError>;
+    async fn targets(&self) -> Result<Vec<TargetRecord>, StoreError>;
+    async fn role(&self, target: &str, name: &str) -> Result<Option<RoleRecord>, StoreError>;
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
+    /// The policy text and its version.
+    async fn policies(&self) -> Result<Option<(String, i64)>, StoreError>;
+    async fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    async fn requests(
+        &self,
+        pending_only: bool,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+    async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError>;
+    async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError>;
+    async fn grants(&self, filter: GrantFilter, limit: i64)
+    -> Result<Vec<GrantRecord>, StoreError>;
+    /// Claims up to `limit` grants whose `next_attempt_at` has come and that no live claim holds,
+    /// until `claim_until`; each claim bumps the grant's epoch (its fencing token). Several nodes
+    /// can call this at once: each grant goes to one of them.
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+    /// The earliest `next_attempt_at` of any grant.
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
 }
 
 /// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) and applies its migrations.

@@ -103,9 +103,14 @@ pub enum Change {
         throttled_until: Timestamp,
     },
     /// Creates a session (workload login).
-    CreateSession { session: SessionRecord },
+    CreateSession {
+        session: SessionRecord,
+    },
     /// Revokes a session. Conflicts if it is already revoked or unknown.
-    RevokeSession { id: String, at: Timestamp },
+    RevokeSession {
+        id: String,
+        at: Timestamp,
+    },
     PutJwtIssuer {
         name: String,
         config: serde_json::Value,
@@ -114,4 +119,162 @@ pub enum Change {
         name: String,
         config: serde_json::Value,
     },
+    /// Adds or replaces a target and its encrypted admin secret.
+    PutTarget {
+        target: TargetRecord,
+        secret: (String, Vec<u8>),
+    },
+    /// Adds or replaces a role. Conflicts if its target does not exist.
+    PutRole {
+        role: RoleRecord,
+    },
+    /// Replaces the policy set.
+    PutPolicies {
+        text: String,
+        at: Timestamp,
+    },
+    CreateRequest {
+        request: RequestRecord,
+    },
+    /// Records an approval; the request becomes `allowed` once it has enough. Conflicts if the
+    /// request is not pending or this approver already approved.
+    Approve {
+        approval: ApprovalRecord,
+    },
+    /// Conflicts if the request is not pending.
+    DenyRequest {
+        request_id: String,
+    },
+    /// Pending requests whose window has passed become `expired`.
+    ExpireRequests {
+        before: Timestamp,
+    },
+    /// The intent: the grant row in `issuing` with its login and encrypted secret, and the request
+    /// marked `activated`, before anything is created on the target. Conflicts if the request is
+    /// not `allowed`.
+    RecordIntent {
+        grant: GrantRecord,
+        secret: (String, Vec<u8>),
+    },
+    /// Moves a grant between states. Conflicts if it is not in `from` (or no longer at `epoch`).
+    UpdateGrant {
+        update: GrantUpdate,
+    },
+    /// Marks a break-glass grant as reviewed.
+    ReviewGrant {
+        id: String,
+        reviewer: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub name: String,
+    pub kind: String,
+    /// Connection URL without the admin password (which is in the barrier).
+    pub url: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRecord {
+    pub target: String,
+    pub name: String,
+    pub creation_sql: String,
+    pub revocation_sql: Option<String>,
+    pub max_ttl_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub id: String,
+    pub principal: Principal,
+    pub target: String,
+    pub role: String,
+    pub reason: String,
+    pub ticket: String,
+    pub ttl_ms: i64,
+    /// min(policy max, role max), fixed at decision time.
+    pub max_ttl_ms: i64,
+    pub approvals_needed: i64,
+    pub state: mayfly_core::grant::RequestState,
+    /// Why it was decided as it was (the policies, or the denial).
+    pub decision: String,
+    pub break_glass: bool,
+    pub created_at: Timestamp,
+    /// A pending request expires unanswered at this time.
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    pub request_id: String,
+    pub approver: String,
+    pub comment: String,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub id: String,
+    pub request_id: String,
+    /// The principal, as `user:alice` / `workload:role:name`.
+    pub principal: String,
+    pub target: String,
+    pub role: String,
+    pub login: String,
+    pub state: mayfly_core::grant::GrantState,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// When the expiry engine should look at it next (`None`: never, it is done).
+    pub next_attempt_at: Option<Timestamp>,
+    /// Fencing token: bumped by every claim; a write carries the epoch it was claimed with.
+    pub epoch: i64,
+    pub n_attempts: i64,
+    pub last_error: Option<String>,
+    pub revoke_reason: Option<String>,
+    pub revoked_at: Option<Timestamp>,
+    pub verified_at: Option<Timestamp>,
+    pub break_glass: bool,
+    pub reviewed_by: Option<String>,
+}
+
+/// A conditional move of a grant from one state to another.
+#[derive(Clone, Debug)]
+pub struct GrantUpdate {
+    pub id: String,
+    pub from: mayfly_core::grant::GrantState,
+    pub to: mayfly_core::grant::GrantState,
+    /// Only if the grant still carries this epoch (a claimed piece of work); `None` for a user's
+    /// action, which also bumps the epoch so any in-flight claim loses.
+    pub epoch: Option<i64>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub revoke_reason: Option<String>,
+    pub revoked_at: Option<Timestamp>,
+    pub verified_at: Option<Timestamp>,
+    pub count_attempt: bool,
+}
+
+impl GrantUpdate {
+    pub fn new(
+        id: &str,
+        from: mayfly_core::grant::GrantState,
+        to: mayfly_core::grant::GrantState,
+    ) -> GrantUpdate {
+        GrantUpdate {
+            id: id.to_owned(),
+            from,
+            to,
+            epoch: None,
+            next_attempt_at: None,
+            expires_at: None,
+            last_error: None,
+            revoke_reason: None,
+            revoked_at: None,
+            verified_at: None,
+            count_attempt: false,
+        }
+    }
 }

@@ -10,10 +10,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::Mutex;
 
+use crate::access;
 use crate::records::{
-    Change, JwtConfigRecord, SealRecord, SessionRecord, StoredEvent, ThrottleRecord, UserRecord,
+    ApprovalRecord, Change, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord, SealRecord,
+    SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
 };
-use crate::{Store, StoreError, Write, WriteOutcome};
+use crate::{GrantFilter, Store, StoreError, Write, WriteOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -39,10 +41,7 @@ enum ConfigTable {
     Roles,
 }
 
-enum Applied {
-    Done,
-    Conflict(String),
-}
+use crate::access::Applied;
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
@@ -212,6 +211,33 @@ impl SqlStore {
                 upsert_config(connection, ConfigTable::Roles, name, config).await?;
                 Ok(Applied::Done)
             }
+            Change::PutTarget { target, secret } => {
+                access::put_target(connection, target).await?;
+                put_secrets(connection, std::slice::from_ref(secret), target.created_at).await?;
+                Ok(Applied::Done)
+            }
+            Change::PutRole { role } => access::put_role(connection, role).await,
+            Change::PutPolicies { text, at } => {
+                access::put_policies(connection, text, *at).await?;
+                Ok(Applied::Done)
+            }
+            Change::CreateRequest { request } => {
+                access::create_request(connection, request).await?;
+                Ok(Applied::Done)
+            }
+            Change::Approve { approval } => access::approve(connection, approval).await,
+            Change::DenyRequest { request_id } => access::deny(connection, request_id).await,
+            Change::ExpireRequests { before } => {
+                access::expire_requests(connection, *before).await?;
+                Ok(Applied::Done)
+            }
+            Change::RecordIntent { grant, secret } => {
+                access::record_intent(connection, grant, secret).await
+            }
+            Change::UpdateGrant { update } => access::update_grant(connection, update).await,
+            Change::ReviewGrant { id, reviewer } => {
+                access::review_grant(connection, id, reviewer).await
+            }
         }
     }
 
@@ -257,7 +283,7 @@ impl SqlStore {
     }
 }
 
-async fn put_secrets(
+pub(crate) async fn put_secrets(
     connection: &mut AnyConnection,
     secrets: &[(String, Vec<u8>)],
     at: Timestamp,
@@ -635,6 +661,164 @@ impl Store for SqlStore {
             .await
             .map_err(unavailable)?;
         Ok(done.rows_affected())
+    }
+
+    async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, kind, url, created_at FROM targets WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(access::target_from_row).transpose()
+    }
+
+    async fn targets(&self) -> Result<Vec<TargetRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, kind, url, created_at FROM targets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::target_from_row).collect()
+    }
+
+    async fn role(&self, target: &str, name: &str) -> Result<Option<RoleRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT target, name, creation_sql, revocation_sql, max_ttl_ms FROM roles WHERE target = $1 AND name = $2",
+        )
+        .bind(target.to_owned())
+        .bind(name.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(access::role_from_row).transpose()
+    }
+
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+        let rows = sqlx::query("SELECT target, name, creation_sql, revocation_sql, max_ttl_ms FROM roles ORDER BY target, name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::role_from_row).collect()
+    }
+
+    async fn policies(&self) -> Result<Option<(String, i64)>, StoreError> {
+        let row = sqlx::query("SELECT text, version FROM policies WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some((
+            row.try_get("text").map_err(unavailable)?,
+            row.try_get("version").map_err(unavailable)?,
+        )))
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM requests WHERE id = $1",
+            access::REQUEST_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(access::request_from_row).transpose()
+    }
+
+    async fn requests(
+        &self,
+        pending_only: bool,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        let filter = if pending_only {
+            "WHERE state = 'pending'"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {} FROM requests {filter} ORDER BY created_at DESC LIMIT $1",
+            access::REQUEST_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::request_from_row).collect()
+    }
+
+    async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = sqlx::query("SELECT request_id, approver, comment, at FROM approvals WHERE request_id = $1 ORDER BY at")
+            .bind(request_id.to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::approval_from_row).collect()
+    }
+
+    async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        let sql = format!("SELECT {} FROM grants WHERE id = $1", access::GRANT_COLUMNS);
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(access::grant_from_row).transpose()
+    }
+
+    async fn grants(
+        &self,
+        filter: GrantFilter,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let condition = match filter {
+            GrantFilter::All => "",
+            GrantFilter::Live => "WHERE state IN ('issuing', 'active', 'revoking', 'failed')",
+            GrantFilter::Active => "WHERE state = 'active'",
+            GrantFilter::Failing => {
+                "WHERE state = 'failed' OR (state = 'revoking' AND n_attempts > 0)"
+            }
+            GrantFilter::Unreviewed => "WHERE break_glass = 1 AND reviewed_by IS NULL",
+        };
+        let sql = format!(
+            "SELECT {} FROM grants {condition} ORDER BY created_at DESC LIMIT $1",
+            access::GRANT_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::grant_from_row).collect()
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let sql = access::claim_sql(self.dialect);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(claim_until.unix_ms())
+            .bind(now.unix_ms())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::grant_from_row).collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let row = sqlx::query(
+            "SELECT min(next_attempt_at) AS at FROM grants WHERE next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let at: Option<i64> = row.try_get("at").map_err(unavailable)?;
+        Ok(at.map(Timestamp::from_unix_ms))
     }
 }
 

@@ -9,6 +9,7 @@
     reason = "tests: a failed step should stop the test loudly"
 )]
 
+mod access;
 mod postgres;
 mod story;
 
@@ -27,6 +28,7 @@ async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
 async fn sqlite_story() {
     let (store, dir) = sqlite_store().await;
     story::run(&store).await;
+    access::run(&store).await;
     story::secrets_are_not_in_clear(&store, || {
         let mut bytes = Vec::new();
         for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -43,6 +45,7 @@ async fn postgres_story() {
     let db = postgres::ThrowawayDb::create().await;
     let store = mayfly_store::open(&db.url).await.unwrap();
     story::run(&store).await;
+    access::run(&store).await;
     let dump = db.dump_all_tables().await;
     story::secrets_are_not_in_clear(&store, move || dump.clone()).await;
     store.close().await;
@@ -75,4 +78,15 @@ async fn unsupported_url_is_refused_without_echoing_credentials() {
     let message = error.to_string();
     assert!(message.contains("not supported"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
+async fn two_nodes_never_claim_the_same_grant_postgres() {
+    let db = postgres::ThrowawayDb::create().await;
+    let first = std::sync::Arc::new(mayfly_store::open(&db.url).await.unwrap());
+    let second = std::sync::Arc::new(mayfly_store::open(&db.url).await.unwrap());
+    access::concurrent_claims(first.clone(), second.clone()).await;
+    first.close().await;
+    second.close().await;
+    db.drop_db().await;
 }

@@ -1,0 +1,409 @@
+//! SQL for access: targets, roles, policies, requests, approvals and grants, including the claim of
+//! due grants by the expiry engine (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several nodes share
+//! the work without a leader, each claim bumping the grant's epoch as a fencing token).
+
+use mayfly_core::grant::RequestState;
+use mayfly_core::{Principal, Timestamp};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::StoreError;
+use crate::records::{
+    ApprovalRecord, GrantRecord, GrantUpdate, RequestRecord, RoleRecord, TargetRecord,
+};
+use crate::sql::Dialect;
+
+pub(crate) enum Applied {
+    Done,
+    Conflict(String),
+}
+
+fn unavailable(error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(error))
+}
+
+fn ts(ms: Option<i64>) -> Option<Timestamp> {
+    ms.map(Timestamp::from_unix_ms)
+}
+
+pub(crate) const GRANT_COLUMNS: &str = "id, request_id, principal, target, role, login, state, created_at, expires_at, \
+    next_attempt_at, epoch, n_attempts, last_error, revoke_reason, revoked_at, verified_at, break_glass, reviewed_by";
+
+pub(crate) const REQUEST_COLUMNS: &str = "id, principal_kind, principal_name, principal_role, user_id, target, role, reason, \
+    ticket, ttl_ms, max_ttl_ms, approvals_needed, state, decision, break_glass, created_at, expires_at";
+
+pub(crate) fn grant_from_row(row: &AnyRow) -> Result<GrantRecord, StoreError> {
+    let state: String = row.try_get("state").map_err(unavailable)?;
+    let break_glass: i64 = row.try_get("break_glass").map_err(unavailable)?;
+    Ok(GrantRecord {
+        id: row.try_get("id").map_err(unavailable)?,
+        request_id: row.try_get("request_id").map_err(unavailable)?,
+        principal: row.try_get("principal").map_err(unavailable)?,
+        target: row.try_get("target").map_err(unavailable)?,
+        role: row.try_get("role").map_err(unavailable)?,
+        login: row.try_get("login").map_err(unavailable)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+        expires_at: Timestamp::from_unix_ms(row.try_get("expires_at").map_err(unavailable)?),
+        next_attempt_at: ts(row.try_get("next_attempt_at").map_err(unavailable)?),
+        epoch: row.try_get("epoch").map_err(unavailable)?,
+        n_attempts: row.try_get("n_attempts").map_err(unavailable)?,
+        last_error: row.try_get("last_error").map_err(unavailable)?,
+        revoke_reason: row.try_get("revoke_reason").map_err(unavailable)?,
+        revoked_at: ts(row.try_get("revoked_at").map_err(unavailable)?),
+        verified_at: ts(row.try_get("verified_at").map_err(unavailable)?),
+        break_glass: break_glass != 0,
+        reviewed_by: row.try_get("reviewed_by").map_err(unavailable)?,
+    })
+}
+
+pub(crate) fn request_from_row(row: &AnyRow) -> Result<RequestRecord, StoreError> {
+    let kind: String = row.try_get("principal_kind").map_err(unavailable)?;
+    let name: String = row.try_get("principal_name").map_err(unavailable)?;
+    let principal = match kind.as_str() {
+        "user" => Principal::User {
+            id: row
+                .try_get::<Option<String>, _>("user_id")
+                .map_err(unavailable)?
+                .unwrap_or_default(),
+            name,
+            groups: Vec::new(),
+        },
+        _ => Principal::Workload {
+            role: row
+                .try_get::<Option<String>, _>("principal_role")
+                .map_err(unavailable)?
+                .unwrap_or_default(),
+            name,
+        },
+    };
+    let state: String = row.try_get("state").map_err(unavailable)?;
+    let break_glass: i64 = row.try_get("break_glass").map_err(unavailable)?;
+    Ok(RequestRecord {
+        id: row.try_get("id").map_err(unavailable)?,
+        principal,
+        target: row.try_get("target").map_err(unavailable)?,
+        role: row.try_get("role").map_err(unavailable)?,
+        reason: row.try_get("reason").map_err(unavailable)?,
+        ticket: row.try_get("ticket").map_err(unavailable)?,
+        ttl_ms: row.try_get("ttl_ms").map_err(unavailable)?,
+        max_ttl_ms: row.try_get("max_ttl_ms").map_err(unavailable)?,
+        approvals_needed: row.try_get("approvals_needed").map_err(unavailable)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        decision: row.try_get("decision").map_err(unavailable)?,
+        break_glass: break_glass != 0,
+        created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+        expires_at: Timestamp::from_unix_ms(row.try_get("expires_at").map_err(unavailable)?),
+    })
+}
+
+pub(crate) fn target_from_row(row: &AnyRow) -> Result<TargetRecord, StoreError> {
+    Ok(TargetRecord {
+        name: row.try_get("name").map_err(unavailable)?,
+        kind: row.try_get("kind").map_err(unavailable)?,
+        url: row.try_get("url").map_err(unavailable)?,
+        created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+    })
+}
+
+pub(crate) fn role_from_row(row: &AnyRow) -> Result<RoleRecord, StoreError> {
+    Ok(RoleRecord {
+        target: row.try_get("target").map_err(unavailable)?,
+        name: row.try_get("name").map_err(unavailable)?,
+        creation_sql: row.try_get("creation_sql").map_err(unavailable)?,
+        revocation_sql: row.try_get("revocation_sql").map_err(unavailable)?,
+        max_ttl_ms: row.try_get("max_ttl_ms").map_err(unavailable)?,
+    })
+}
+
+pub(crate) fn approval_from_row(row: &AnyRow) -> Result<ApprovalRecord, StoreError> {
+    Ok(ApprovalRecord {
+        request_id: row.try_get("request_id").map_err(unavailable)?,
+        approver: row.try_get("approver").map_err(unavailable)?,
+        comment: row.try_get("comment").map_err(unavailable)?,
+        at: Timestamp::from_unix_ms(row.try_get("at").map_err(unavailable)?),
+    })
+}
+
+pub(crate) async fn put_target(
+    c: &mut AnyConnection,
+    target: &TargetRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO targets (name, kind, url, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET kind = $2, url = $3",
+    )
+    .bind(target.name.clone())
+    .bind(target.kind.clone())
+    .bind(target.url.clone())
+    .bind(target.created_at.unix_ms())
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn put_role(
+    c: &mut AnyConnection,
+    role: &RoleRecord,
+) -> Result<Applied, sqlx::Error> {
+    let exists = sqlx::query("SELECT 1 FROM targets WHERE name = $1")
+        .bind(role.target.clone())
+        .fetch_optional(&mut *c)
+        .await?;
+    if exists.is_none() {
+        return Ok(Applied::Conflict(format!(
+            "no target named `{}`",
+            role.target
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO roles (target, name, creation_sql, revocation_sql, max_ttl_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (target, name) DO UPDATE SET creation_sql = $3, revocation_sql = $4, max_ttl_ms = $5",
+    )
+    .bind(role.target.clone())
+    .bind(role.name.clone())
+    .bind(role.creation_sql.clone())
+    .bind(role.revocation_sql.clone())
+    .bind(role.max_ttl_ms)
+    .execute(&mut *c)
+    .await?;
+    Ok(Applied::Done)
+}
+
+pub(crate) async fn put_policies(
+    c: &mut AnyConnection,
+    text: &str,
+    at: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO policies (id, text, version, updated_at) VALUES (1, $1, 1, $2) \
+         ON CONFLICT (id) DO UPDATE SET text = $1, version = policies.version + 1, updated_at = $2",
+    )
+    .bind(text.to_owned())
+    .bind(at.unix_ms())
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn create_request(
+    c: &mut AnyConnection,
+    request: &RequestRecord,
+) -> Result<(), sqlx::Error> {
+    let (kind, name, role, user_id) = match &request.principal {
+        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
+        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
+    };
+    sqlx::query(
+        "INSERT INTO requests (id, principal_kind, principal_name, principal_role, user_id, target, role, reason, ticket, \
+         ttl_ms, max_ttl_ms, approvals_needed, state, decision, break_glass, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(request.id.clone())
+    .bind(kind)
+    .bind(name)
+    .bind(role)
+    .bind(user_id)
+    .bind(request.target.clone())
+    .bind(request.role.clone())
+    .bind(request.reason.clone())
+    .bind(request.ticket.clone())
+    .bind(request.ttl_ms)
+    .bind(request.max_ttl_ms)
+    .bind(request.approvals_needed)
+    .bind(request.state.as_str())
+    .bind(request.decision.clone())
+    .bind(i64::from(request.break_glass))
+    .bind(request.created_at.unix_ms())
+    .bind(request.expires_at.unix_ms())
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn approve(
+    c: &mut AnyConnection,
+    approval: &ApprovalRecord,
+) -> Result<Applied, sqlx::Error> {
+    let row = sqlx::query("SELECT state, approvals_needed, expires_at FROM requests WHERE id = $1")
+        .bind(approval.request_id.clone())
+        .fetch_optional(&mut *c)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Applied::Conflict("no such request".into()));
+    };
+    let state: String = row.try_get("state")?;
+    if state != RequestState::Pending.as_str() {
+        return Ok(Applied::Conflict(format!(
+            "the request is {state}, not pending"
+        )));
+    }
+    let expires_at: i64 = row.try_get("expires_at")?;
+    if expires_at <= approval.at.unix_ms() {
+        return Ok(Applied::Conflict("the request has expired".into()));
+    }
+    let needed: i64 = row.try_get("approvals_needed")?;
+    let taken = sqlx::query("SELECT 1 FROM approvals WHERE request_id = $1 AND approver = $2")
+        .bind(approval.request_id.clone())
+        .bind(approval.approver.clone())
+        .fetch_optional(&mut *c)
+        .await?;
+    if taken.is_some() {
+        return Ok(Applied::Conflict(
+            "this approver already approved the request".into(),
+        ));
+    }
+    sqlx::query(
+        "INSERT INTO approvals (request_id, approver, comment, at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(approval.request_id.clone())
+    .bind(approval.approver.clone())
+    .bind(approval.comment.clone())
+    .bind(approval.at.unix_ms())
+    .execute(&mut *c)
+    .await?;
+    let count: i64 = sqlx::query("SELECT count(*) AS n FROM approvals WHERE request_id = $1")
+        .bind(approval.request_id.clone())
+        .fetch_one(&mut *c)
+        .await?
+        .try_get("n")?;
+    if count >= needed {
+        sqlx::query("UPDATE requests SET state = 'allowed' WHERE id = $1 AND state = 'pending'")
+            .bind(approval.request_id.clone())
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(Applied::Done)
+}
+
+pub(crate) async fn deny(c: &mut AnyConnection, request_id: &str) -> Result<Applied, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE requests SET state = 'denied' WHERE id = $1 AND state = 'pending'")
+            .bind(request_id.to_owned())
+            .execute(&mut *c)
+            .await?;
+    if done.rows_affected() != 1 {
+        return Ok(Applied::Conflict("the request is not pending".into()));
+    }
+    Ok(Applied::Done)
+}
+
+pub(crate) async fn expire_requests(
+    c: &mut AnyConnection,
+    before: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE requests SET state = 'expired' WHERE state IN ('pending', 'allowed') AND expires_at <= $1")
+        .bind(before.unix_ms())
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn record_intent(
+    c: &mut AnyConnection,
+    grant: &GrantRecord,
+    secret: &(String, Vec<u8>),
+) -> Result<Applied, sqlx::Error> {
+    let activated =
+        sqlx::query("UPDATE requests SET state = 'activated' WHERE id = $1 AND state = 'allowed'")
+            .bind(grant.request_id.clone())
+            .execute(&mut *c)
+            .await?;
+    if activated.rows_affected() != 1 {
+        return Ok(Applied::Conflict(
+            "the request is not allowed (pending, denied, expired or already activated)".into(),
+        ));
+    }
+    let sql = format!(
+        "INSERT INTO grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(grant.id.clone())
+        .bind(grant.request_id.clone())
+        .bind(grant.principal.clone())
+        .bind(grant.target.clone())
+        .bind(grant.role.clone())
+        .bind(grant.login.clone())
+        .bind(grant.state.as_str())
+        .bind(grant.created_at.unix_ms())
+        .bind(grant.expires_at.unix_ms())
+        .bind(grant.next_attempt_at.map(Timestamp::unix_ms))
+        .bind(grant.epoch)
+        .bind(grant.n_attempts)
+        .bind(grant.last_error.clone())
+        .bind(grant.revoke_reason.clone())
+        .bind(grant.revoked_at.map(Timestamp::unix_ms))
+        .bind(grant.verified_at.map(Timestamp::unix_ms))
+        .bind(i64::from(grant.break_glass))
+        .bind(grant.reviewed_by.clone())
+        .execute(&mut *c)
+        .await?;
+    crate::sql::put_secrets(c, std::slice::from_ref(secret), grant.created_at).await?;
+    Ok(Applied::Done)
+}
+
+pub(crate) async fn update_grant(
+    c: &mut AnyConnection,
+    update: &GrantUpdate,
+) -> Result<Applied, sqlx::Error> {
+    let base = "UPDATE grants SET state = $1, next_attempt_at = $2, expires_at = COALESCE($3, expires_at), \
+        last_error = $4, revoke_reason = COALESCE($5, revoke_reason), revoked_at = COALESCE($6, revoked_at), \
+        verified_at = COALESCE($7, verified_at), n_attempts = n_attempts + $8, claimed_until = 0";
+    let sql = match update.epoch {
+        Some(_) => format!("{base} WHERE id = $9 AND state = $10 AND epoch = $11"),
+        None => format!("{base}, epoch = epoch + 1 WHERE id = $9 AND state = $10"),
+    };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(update.to.as_str())
+        .bind(update.next_attempt_at.map(Timestamp::unix_ms))
+        .bind(update.expires_at.map(Timestamp::unix_ms))
+        .bind(update.last_error.clone())
+        .bind(update.revoke_reason.clone())
+        .bind(update.revoked_at.map(Timestamp::unix_ms))
+        .bind(update.verified_at.map(Timestamp::unix_ms))
+        .bind(i64::from(update.count_attempt))
+        .bind(update.id.clone())
+        .bind(update.from.as_str());
+    if let Some(epoch) = update.epoch {
+        query = query.bind(epoch);
+    }
+    let done = query.execute(&mut *c).await?;
+    if done.rows_affected() != 1 {
+        return Ok(Applied::Conflict(format!(
+            "the grant is no longer `{}` (or another node took it over)",
+            update.from
+        )));
+    }
+    Ok(Applied::Done)
+}
+
+pub(crate) async fn review_grant(
+    c: &mut AnyConnection,
+    id: &str,
+    reviewer: &str,
+) -> Result<Applied, sqlx::Error> {
+    let done = sqlx::query("UPDATE grants SET reviewed_by = $1 WHERE id = $2 AND break_glass = 1 AND reviewed_by IS NULL")
+        .bind(reviewer.to_owned())
+        .bind(id.to_owned())
+        .execute(&mut *c)
+        .await?;
+    if done.rows_affected() != 1 {
+        return Ok(Applied::Conflict(
+            "no unreviewed break-glass grant with that id".into(),
+        ));
+    }
+    Ok(Applied::Done)
+}
+
+pub(crate) fn claim_sql(dialect: Dialect) -> String {
+    let lock = match dialect {
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    format!(
+        "UPDATE grants SET epoch = epoch + 1, claimed_until = $1 WHERE id IN (\
+            SELECT id FROM grants WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $2 AND claimed_until <= $2 \
+            ORDER BY next_attempt_at LIMIT $3{lock}) \
+         RETURNING {GRANT_COLUMNS}"
+    )
+}
