@@ -237,3 +237,126 @@ pub struct AuditEventsPage {
     pub lines: Vec<String>,
     pub next_after: i64,
 }
+
+/// Adds a target. Only `postgres` for now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRequest {
+    pub kind: String,
+    pub name: String,
+    /// `postgres://HOST:PORT/DB`.
+    pub url: String,
+    pub admin_user: String,
+    /// Stored through the barrier; never shown again.
+    pub admin_password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TargetInfo {
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    pub target: String,
+    pub name: String,
+    /// SQL with `{{name}}`, `{{password}}`, `{{expiration}}`.
+    pub creation_sql: String,
+    #[serde(default)]
+    pub revocation_sql: Option<String>,
+    pub max_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoleInfo {
+    pub target: String,
+    pub name: String,
+    pub max_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyText {
+    /// Cedar policies.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyInfo {
+    pub text: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub target: String,
+    pub role: String,
+    pub ttl_seconds: u64,
+    pub reason: String,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Emergency access where a policy permits `break_glass`: issued at once, notified, reviewed.
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestInfo {
+    pub id: String,
+    pub principal: String,
+    pub target: String,
+    pub role: String,
+    pub reason: String,
+    pub ticket: String,
+    pub ttl_seconds: u64,
+    /// `pending`, `allowed`, `denied`, `expired` or `activated`.
+    pub state: String,
+    pub approvals_needed: i64,
+    pub approvers: Vec<String>,
+    /// The policies that decided, or why it was denied.
+    pub decision: String,
+    pub break_glass: bool,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GrantInfo {
+    pub id: String,
+    pub request_id: String,
+    pub principal: String,
+    pub target: String,
+    pub role: String,
+    pub login: String,
+    /// `issuing`, `active`, `revoking`, `revoked`, `verified` or `failed`.
+    pub state: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub seconds_left: i64,
+    pub n_attempts: i64,
+    pub last_error: Option<String>,
+    pub revoke_reason: Option<String>,
+    pub break_glass: bool,
+}
+
+/// The credential of an activated grant, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Credential {
+    pub grant: GrantInfo,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub username: String,
+    pub password: String,
+}

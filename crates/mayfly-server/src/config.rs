@@ -34,6 +34,7 @@ pub struct ConfigFile {
     pub tls_key: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
     pub user_session_ttl_seconds: Option<u64>,
+    pub notify_webhook: Option<String>,
 }
 
 /// Validated configuration.
@@ -51,6 +52,8 @@ pub struct Config {
     pub checkpoint_every_events: u64,
     pub checkpoint_interval: Duration,
     pub user_session_ttl: Duration,
+    /// Break-glass notifications are posted here (JSON).
+    pub notify_webhook: Option<String>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -71,6 +74,7 @@ impl Config {
             checkpoint_every_events: 1000,
             checkpoint_interval: Duration::from_secs(10),
             user_session_ttl: Duration::from_secs(3600),
+            notify_webhook: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -93,6 +97,7 @@ impl Config {
         }
         let mut config = Config::new(file.store);
         config.audit_file = file.audit_file;
+        config.notify_webhook = file.notify_webhook;
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,

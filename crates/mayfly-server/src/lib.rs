@@ -3,6 +3,7 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests run a real server on port 0.
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod metrics;
+pub mod notify;
 pub mod seal;
 pub mod state;
 pub mod tls;
@@ -80,6 +82,10 @@ pub async fn serve(
         )));
     }
     tasks.push(tokio::spawn(purge_sessions(
+        broker.clone(),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(access::expiry::run(
         broker.clone(),
         stopped.clone(),
     )));

@@ -66,6 +66,9 @@ pub struct Inner {
     pub committer: Committer,
     pub jwks_cache: Mutex<HashMap<String, crate::auth::jwt::CachedKeys>>,
     pub http: reqwest::Client,
+    pub targets: crate::access::TargetRegistry,
+    /// Wakes the expiry engine when new work is due now.
+    pub expiry_wakeup: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -91,6 +94,8 @@ impl Broker {
                 committer,
                 jwks_cache: Mutex::new(HashMap::new()),
                 http,
+                targets: crate::access::TargetRegistry::default(),
+                expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }

@@ -1,5 +1,6 @@
 //! The native HTTP API under `/v1/`: routes, the JSON extractor, errors, middleware, OpenAPI.
 
+pub mod access_routes;
 pub mod convert;
 pub mod error;
 pub mod json;
@@ -37,6 +38,30 @@ pub fn router(broker: Broker) -> Router {
             "/v1/users",
             post(routes::create_user).get(routes::list_users),
         )
+        .route(
+            "/v1/targets",
+            post(access_routes::add_target).get(access_routes::list_targets),
+        )
+        .route(
+            "/v1/roles",
+            post(access_routes::add_role).get(access_routes::list_roles),
+        )
+        .route(
+            "/v1/policy",
+            put(access_routes::put_policy).get(access_routes::get_policy),
+        )
+        .route("/v1/policy/schema", get(access_routes::policy_schema))
+        .route(
+            "/v1/requests",
+            post(access_routes::create_request).get(access_routes::list_requests),
+        )
+        .route("/v1/requests/{id}/approve", post(access_routes::approve))
+        .route("/v1/requests/{id}/deny", post(access_routes::deny))
+        .route("/v1/requests/{id}/activate", post(access_routes::activate))
+        .route("/v1/grants", get(access_routes::list_grants))
+        .route("/v1/grants/{id}/revoke", post(access_routes::revoke_grant))
+        .route("/v1/grants/{id}/review", post(access_routes::review_grant))
+        .route("/v1/review", get(access_routes::review_queue))
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             broker.clone(),

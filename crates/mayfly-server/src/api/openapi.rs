@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::api::routes;
+use crate::api::{access_routes, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,22 @@ use crate::api::routes;
         routes::audit_public_key,
         routes::audit_verify,
         routes::audit_events,
+        access_routes::add_target,
+        access_routes::list_targets,
+        access_routes::add_role,
+        access_routes::list_roles,
+        access_routes::put_policy,
+        access_routes::get_policy,
+        access_routes::policy_schema,
+        access_routes::create_request,
+        access_routes::list_requests,
+        access_routes::approve,
+        access_routes::deny,
+        access_routes::activate,
+        access_routes::list_grants,
+        access_routes::revoke_grant,
+        access_routes::review_queue,
+        access_routes::review_grant,
     ),
     components(schemas(mayfly_api::ErrorBody, mayfly_api::ErrorDetail))
 )]

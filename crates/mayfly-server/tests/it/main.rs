@@ -8,6 +8,7 @@
     reason = "tests: a failed step should stop the test loudly"
 )]
 
+mod access;
 mod api;
 mod audit;
 mod jwt;

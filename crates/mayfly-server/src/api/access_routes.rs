@@ -1,0 +1,441 @@
+//! Handlers for targets, roles, policies, requests, approvals and grants.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use mayfly_api::*;
+use mayfly_core::audit::Outcome;
+use mayfly_core::policy::{Policies, SCHEMA};
+use mayfly_store::{Change, GrantFilter, RoleRecord, TargetRecord, Write, WriteOutcome};
+
+use crate::access::{
+    NewRequest, build_target, grant_info, principal_key, role_spec, target_secret_path,
+};
+use crate::api::error::{ApiError, AuditedError};
+use crate::api::json::ApiJson;
+use crate::api::middleware::RequestMeta;
+use crate::auth::Caller;
+use crate::state::Broker;
+
+type ApiResult<T> = Result<ApiJson<T>, ApiError>;
+
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    mayfly_core::GroupName::parse(name)
+        .map_err(|e| ApiError::BadRequest(format!("field `{field}`: {e}")))?;
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/targets", request_body = TargetRequest, responses((status = 200, body = TargetInfo), (status = 400, body = ErrorBody)))]
+pub async fn add_target(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    ApiJson(request): ApiJson<TargetRequest>,
+) -> ApiResult<TargetInfo> {
+    caller.require_admin()?;
+    let keys = broker.require_unsealed().await?;
+    check_name("name", &request.name)?;
+    if !(request.url.starts_with("postgres://") || request.url.starts_with("postgresql://"))
+        || request.url.contains('@')
+    {
+        return Err(ApiError::BadRequest(
+            "field `url`: give postgres://HOST:PORT/DB, without user or password (use `admin_user`, `admin_password`)".into(),
+        ));
+    }
+    if request.admin_user.is_empty()
+        || request.admin_user.len() > 63
+        || request
+            .admin_user
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err(ApiError::BadRequest(
+            "field `admin_user`: 1 to 63 letters, digits or `_`".into(),
+        ));
+    }
+    let url = match request.url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}@{rest}", request.admin_user),
+        None => return Err(ApiError::BadRequest("field `url`: not a URL".into())),
+    };
+    let record = TargetRecord {
+        name: request.name.clone(),
+        kind: request.kind.clone(),
+        url,
+        created_at: broker.now(),
+    };
+    let password = mayfly_crypto::SecretString::from(request.admin_password.clone());
+    build_target(&record, Some(&password))?;
+    let path = target_secret_path(&record.name);
+    let blob = keys
+        .keyring
+        .seal(&path, request.admin_password.as_bytes())
+        .map_err(|e| ApiError::Internal(format!("crypto: {e}")))?;
+    let mut event = broker
+        .draft("target.put", Outcome::Ok)
+        .detail("kind", record.kind.clone())
+        .detail("url", record.url.clone())
+        .detail(
+            "admin_password_hmac",
+            keys.audit_hmac(request.admin_password.as_bytes()),
+        );
+    event.actor = Some(caller.principal().to_string());
+    event.subject = Some(format!("target:{}", record.name));
+    meta.fill(&mut event);
+    broker
+        .commit(Write {
+            change: Some(Change::PutTarget {
+                target: record.clone(),
+                secret: (path, blob),
+            }),
+            event,
+        })
+        .await?;
+    broker.inner.targets.forget(&record.name).await;
+    Ok(ApiJson(TargetInfo {
+        name: record.name,
+        kind: record.kind,
+        url: record.url,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/targets", responses((status = 200, body = Vec<TargetInfo>)))]
+pub async fn list_targets(
+    State(broker): State<Broker>,
+    _caller: Caller,
+) -> ApiResult<Vec<TargetInfo>> {
+    let targets = broker
+        .store()
+        .targets()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(ApiJson(
+        targets
+            .into_iter()
+            .map(|t| TargetInfo {
+                name: t.name,
+                kind: t.kind,
+                url: t.url,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/roles", request_body = RoleRequest, responses((status = 200, body = RoleInfo), (status = 400, body = ErrorBody)))]
+pub async fn add_role(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    ApiJson(request): ApiJson<RoleRequest>,
+) -> ApiResult<RoleInfo> {
+    caller.require_admin()?;
+    check_name("name", &request.name)?;
+    if request.max_ttl_seconds == 0 || request.max_ttl_seconds > 7 * 24 * 3600 {
+        return Err(ApiError::BadRequest(
+            "field `max_ttl_seconds`: between 1 and 604800".into(),
+        ));
+    }
+    if request.creation_sql.len() > 64 * 1024 {
+        return Err(ApiError::BadRequest(
+            "field `creation_sql`: at most 64 KiB".into(),
+        ));
+    }
+    let record = RoleRecord {
+        target: request.target.clone(),
+        name: request.name.clone(),
+        creation_sql: request.creation_sql.clone(),
+        revocation_sql: request.revocation_sql.clone(),
+        max_ttl_ms: i64::try_from(request.max_ttl_seconds * 1000).unwrap_or(i64::MAX),
+    };
+    let target = broker.target(&request.target).await?;
+    target
+        .check_role(&role_spec(&record))
+        .map_err(|e| ApiError::BadRequest(format!("field `creation_sql`: {e}")))?;
+    let mut event = broker
+        .draft("role.put", Outcome::Ok)
+        .detail("max_ttl_seconds", request.max_ttl_seconds)
+        .detail("creation_sql", request.creation_sql.clone());
+    event.actor = Some(caller.principal().to_string());
+    event.subject = Some(format!("role:{}/{}", record.target, record.name));
+    meta.fill(&mut event);
+    match broker
+        .commit(Write {
+            change: Some(Change::PutRole { role: record }),
+            event,
+        })
+        .await?
+    {
+        WriteOutcome::Applied { .. } => Ok(ApiJson(RoleInfo {
+            target: request.target,
+            name: request.name,
+            max_ttl_seconds: request.max_ttl_seconds,
+        })),
+        WriteOutcome::Conflict { reason, .. } => {
+            Err(ApiError::BadRequest(format!("field `target`: {reason}")))
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/roles", responses((status = 200, body = Vec<RoleInfo>)))]
+pub async fn list_roles(State(broker): State<Broker>, _caller: Caller) -> ApiResult<Vec<RoleInfo>> {
+    let roles = broker
+        .store()
+        .roles()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(ApiJson(
+        roles
+            .into_iter()
+            .map(|r| RoleInfo {
+                target: r.target,
+                name: r.name,
+                max_ttl_seconds: u64::try_from(r.max_ttl_ms / 1000).unwrap_or(0),
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(put, path = "/v1/policy", request_body = PolicyText, responses((status = 200, body = PolicyInfo), (status = 400, body = ErrorBody)))]
+pub async fn put_policy(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    ApiJson(request): ApiJson<PolicyText>,
+) -> ApiResult<PolicyInfo> {
+    caller.require_admin()?;
+    Policies::parse(&request.text)
+        .map_err(|e| ApiError::BadRequest(format!("field `text`: {e}")))?;
+    let mut event = broker
+        .draft("policy.put", Outcome::Ok)
+        .detail("text", request.text.clone());
+    event.actor = Some(caller.principal().to_string());
+    meta.fill(&mut event);
+    broker
+        .commit(Write {
+            change: Some(Change::PutPolicies {
+                text: request.text.clone(),
+                at: broker.now(),
+            }),
+            event,
+        })
+        .await?;
+    let (text, version) = broker
+        .store()
+        .policies()
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .unwrap_or_default();
+    Ok(ApiJson(PolicyInfo { text, version }))
+}
+
+#[utoipa::path(get, path = "/v1/policy", responses((status = 200, body = PolicyInfo)))]
+pub async fn get_policy(State(broker): State<Broker>, caller: Caller) -> ApiResult<PolicyInfo> {
+    caller.require_admin()?;
+    let (text, version) = broker
+        .store()
+        .policies()
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .unwrap_or_default();
+    Ok(ApiJson(PolicyInfo { text, version }))
+}
+
+#[utoipa::path(get, path = "/v1/policy/schema", responses((status = 200, body = String)))]
+pub async fn policy_schema() -> &'static str {
+    SCHEMA
+}
+
+#[utoipa::path(post, path = "/v1/requests", request_body = AccessRequest,
+    responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
+pub async fn create_request(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    ApiJson(request): ApiJson<AccessRequest>,
+) -> Result<ApiJson<RequestInfo>, AuditedError> {
+    let new = NewRequest {
+        target: request.target,
+        role: request.role,
+        ttl: Duration::from_secs(request.ttl_seconds),
+        reason: request.reason,
+        ticket: request.ticket.unwrap_or_default(),
+        break_glass: request.break_glass,
+    };
+    let info = broker
+        .create_request(&meta, caller.principal(), new)
+        .await?;
+    if info.state == "denied" {
+        return Err(
+            ApiError::Forbidden(format!("request {} denied: {}", info.id, info.decision)).audited(),
+        );
+    }
+    Ok(ApiJson(info))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pending: bool,
+    #[serde(default)]
+    failing: bool,
+    #[serde(default)]
+    all: bool,
+}
+
+#[utoipa::path(get, path = "/v1/requests", responses((status = 200, body = Vec<RequestInfo>)))]
+pub async fn list_requests(
+    State(broker): State<Broker>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Vec<RequestInfo>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let requests = broker
+        .store()
+        .requests(query.pending, 500)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let me = principal_key(caller.principal());
+    let mut out = Vec::new();
+    for request in requests {
+        // Your own requests, and (for approvers and admins) the ones waiting for approval.
+        let visible = principal_key(&request.principal) == me
+            || caller.principal().is_admin()
+            || request.state.as_str() == "pending";
+        if visible {
+            out.push(broker.request_info(&request.id).await?);
+        }
+    }
+    Ok(ApiJson(out))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/approve", request_body = ApproveRequest, responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
+pub async fn approve(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ApproveRequest>,
+) -> ApiResult<RequestInfo> {
+    Ok(ApiJson(
+        broker
+            .approve(&meta, caller.principal(), &id, &request.comment)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/deny", request_body = ApproveRequest, responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
+pub async fn deny(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ApproveRequest>,
+) -> ApiResult<RequestInfo> {
+    Ok(ApiJson(
+        broker
+            .deny(&meta, caller.principal(), &id, &request.comment)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/requests/{id}/activate", responses((status = 200, body = Credential), (status = 409, body = ErrorBody)))]
+pub async fn activate(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Credential> {
+    Ok(ApiJson(
+        broker.activate(&meta, caller.principal(), &id).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/grants", responses((status = 200, body = Vec<GrantInfo>)))]
+pub async fn list_grants(
+    State(broker): State<Broker>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Vec<GrantInfo>> {
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let filter = if query.failing {
+        GrantFilter::Failing
+    } else if query.all {
+        GrantFilter::All
+    } else {
+        GrantFilter::Live
+    };
+    let grants = broker
+        .store()
+        .grants(filter, 1000)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let me = principal_key(caller.principal());
+    let now = broker.now();
+    Ok(ApiJson(
+        grants
+            .iter()
+            .filter(|g| caller.principal().is_admin() || g.principal == me)
+            .map(|g| grant_info(g, now))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/grants/{id}/revoke", responses((status = 200, body = GrantInfo), (status = 403, body = ErrorBody)))]
+pub async fn revoke_grant(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<GrantInfo> {
+    Ok(ApiJson(
+        broker
+            .request_revoke(&meta, caller.principal(), &id, "revoked early")
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/review", responses((status = 200, body = Vec<GrantInfo>)))]
+pub async fn review_queue(
+    State(broker): State<Broker>,
+    caller: Caller,
+) -> ApiResult<Vec<GrantInfo>> {
+    caller.require_admin()?;
+    let grants = broker
+        .store()
+        .grants(GrantFilter::Unreviewed, 1000)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let now = broker.now();
+    Ok(ApiJson(grants.iter().map(|g| grant_info(g, now)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/grants/{id}/review", responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn review_grant(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    caller.require_admin()?;
+    let mut event = broker
+        .draft("grant.reviewed", Outcome::Ok)
+        .detail("grant_id", id.clone());
+    event.actor = Some(caller.principal().to_string());
+    meta.fill(&mut event);
+    match broker
+        .commit(Write {
+            change: Some(Change::ReviewGrant {
+                id,
+                reviewer: caller.principal().to_string(),
+            }),
+            event,
+        })
+        .await?
+    {
+        WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
+        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+    }
+}

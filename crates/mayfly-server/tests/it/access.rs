@@ -1,0 +1,412 @@
+//! Just-in-time access end to end against a real PostgreSQL that checks passwords: allowed →
+//! login works → revoke → login refused and the open session cut; two approvals; no
+//! self-approval; denial with a reason; expiry revokes by itself; hostile input is harmless.
+
+use std::time::Duration;
+
+use mayfly_testkit::TestBroker;
+use mayfly_testkit::pgcluster::PgCluster;
+use serde_json::{Value, json};
+use sqlx::{ConnectOptions, Connection};
+
+const POLICY: &str = r#"
+@id("dev-readonly")
+@max_ttl("3600")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/readonly")
+when { context.reason != "" };
+
+@id("dev-admin-needs-two")
+@approvals("2")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner");
+
+@id("approvers")
+permit (principal, action == Action::"approve", resource in Target::"pg")
+when { principal in Group::"dev" || principal in Group::"admins" };
+"#;
+
+async fn setup(broker: &TestBroker, cluster: &PgCluster) {
+    let admin = broker.admin_token.clone().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(json!({"kind": "postgres", "name": "pg", "url": cluster.url("postgres"), "admin_user": "postgres", "admin_password": cluster.admin_password})),
+        )
+        .await;
+    // The URL may not carry the user: give it separately.
+    assert_eq!(status, 400, "{body}");
+    let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": "postgres", "admin_password": cluster.admin_password})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (name, ttl) in [("readonly", 3600), ("owner", 600)] {
+        let (status, body) = broker
+            .call(
+                "POST",
+                "/v1/roles",
+                Some(&admin),
+                Some(json!({
+                    "target": "pg", "name": name, "max_ttl_seconds": ttl,
+                    "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"
+                })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": POLICY})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn connect(cluster: &PgCluster, credential: &Value) -> Result<sqlx::PgConnection, String> {
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database(credential["database"].as_str().unwrap())
+        .username(credential["username"].as_str().unwrap())
+        .password(credential["password"].as_str().unwrap())
+        .log_statements(tracing_off());
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn tracing_off() -> tracing::log::LevelFilter {
+    tracing::log::LevelFilter::Off
+}
+
+async fn wait_for_state(broker: &TestBroker, token: &str, grant_id: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let (_, grants) = broker
+            .call("GET", "/v1/grants?all=true", Some(token), None)
+            .await;
+        if let Some(grant) = grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == grant_id)
+        {
+            if grant["state"] == state {
+                return grant.clone();
+            }
+            last = grant.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let round = mayfly_server::access::expiry::run_once(&broker.broker).await;
+    let stored = broker.broker.store().grant(grant_id).await;
+    let due = broker.broker.store().next_due().await;
+    panic!(
+        "grant {grant_id} never reached `{state}`: {last}\nround: {round:?}\nstored: {stored:?}\ndue: {due:?} now {:?}",
+        broker.broker.now()
+    );
+}
+
+async fn ask(broker: &TestBroker, token: &str, role: &str, ttl: u64, reason: &str) -> (u16, Value) {
+    broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(token),
+            Some(json!({"target": "pg", "role": role, "ttl_seconds": ttl, "reason": reason})),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn allowed_then_revoked_early_and_proven_on_the_target() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+
+    let (status, request) = ask(&broker, &alice, "readonly", 900, "INC-123: fix stuck job").await;
+    assert_eq!(status, 200, "{request}");
+    assert_eq!(request["state"], "allowed");
+    let id = request["id"].as_str().unwrap();
+    // Only the requester activates.
+    let bob = broker.login("bob").await;
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    assert_eq!(credential["grant"]["state"], "active");
+    assert!(credential["grant"]["seconds_left"].as_i64().unwrap() > 890);
+    // Activated once only.
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    let mut session = connect(&cluster, &credential).await.unwrap();
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_ok());
+
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let grant = wait_for_state(&broker, &alice, grant_id, "verified").await;
+    assert_eq!(grant["revoke_reason"], "revoked early");
+
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
+        "the open session survived"
+    );
+    assert!(
+        connect(&cluster, &credential).await.is_err(),
+        "a login after revocation worked"
+    );
+
+    // The audit trail tells the whole story, with the proof, and no password.
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    for kind in [
+        "access.request",
+        "grant.intent",
+        "grant.issue",
+        "grant.revoke_requested",
+        "grant.revoked",
+        "grant.verified",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let verified = events.iter().find(|e| e.kind == "grant.verified").unwrap();
+    assert!(
+        verified.body.contains("pg_stat_activity"),
+        "{}",
+        verified.body
+    );
+    let password = credential["password"].as_str().unwrap();
+    assert!(
+        events.iter().all(|e| !e.body.contains(password)),
+        "the password reached the audit log"
+    );
+}
+
+#[tokio::test]
+async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    let bob = broker.login("bob").await;
+    let admin = broker.admin_token.clone().unwrap();
+
+    let (status, request) = ask(&broker, &alice, "owner", 300, "migration").await;
+    assert_eq!(status, 200, "{request}");
+    assert_eq!(
+        (
+            request["state"].as_str(),
+            request["approvals_needed"].as_i64()
+        ),
+        (Some("pending"), Some(2))
+    );
+    let id = request["id"].as_str().unwrap();
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "pending cannot be activated");
+
+    let approve = |token: String| {
+        let path = format!("/v1/requests/{id}/approve");
+        let broker = &broker;
+        async move {
+            broker
+                .call("POST", &path, Some(&token), Some(json!({"comment": "ok"})))
+                .await
+        }
+    };
+    let (status, body) = approve(alice.clone()).await;
+    assert_eq!(status, 403, "self-approval: {body}");
+    let (status, body) = approve(bob.clone()).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("pending")));
+    let (status, _) = approve(bob.clone()).await;
+    assert_eq!(status, 409, "the same approver twice");
+    let (status, body) = approve(admin.clone()).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("allowed")),
+        "{body}"
+    );
+    let mut approvers: Vec<String> = body["approvers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    approvers.sort();
+    assert_eq!(approvers, ["user:admin", "user:bob"]);
+
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    assert!(connect(&cluster, &credential).await.is_ok());
+    // TTL = min(requested 300, role max 600).
+    let ttl = credential["grant"]["expires_at_ms"].as_i64().unwrap()
+        - credential["grant"]["created_at_ms"].as_i64().unwrap();
+    assert_eq!(ttl, 300_000);
+
+    // Denied, with the reason: no policy permits an empty reason... nor an unknown role.
+    let (status, body) = ask(&broker, &alice, "readonly", 60, " ").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&admin),
+            Some(json!({"target": "pg", "role": "readonly", "ttl_seconds": 60, "reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no policy permits"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn expiry_revokes_by_itself() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    let (_, request) = ask(&broker, &alice, "readonly", 120, "short job").await;
+    let id = request["id"].as_str().unwrap();
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    let mut session = connect(&cluster, &credential).await.unwrap();
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    // Nothing happens before the TTL.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, grants) = broker.call("GET", "/v1/grants", Some(&alice), None).await;
+    assert_eq!(grants[0]["state"], "active");
+    broker.clock.advance(Duration::from_secs(121));
+    let grant = wait_for_state(&broker, &alice, grant_id, "verified").await;
+    assert_eq!(grant["revoke_reason"], "expired");
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
+    assert!(connect(&cluster, &credential).await.is_err());
+}
+
+#[tokio::test]
+async fn sql_shaped_input_is_harmless() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(&admin),
+            Some(json!({"target": "pg", "name": "x\"; DROP ROLE postgres; --", "max_ttl_seconds": 60, "creation_sql": "CREATE ROLE {{name}} PASSWORD {{password}}"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`name`")
+    );
+    let alice = broker.login("alice").await;
+    let reason = "'); DROP ROLE postgres; DROP TABLE grants; --";
+    let (status, request) = ask(&broker, &alice, "readonly", 60, reason).await;
+    assert_eq!(status, 200, "{request}");
+    let id = request["id"].as_str().unwrap();
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    let (_, info) = broker.call("GET", "/v1/requests", Some(&alice), None).await;
+    assert_eq!(info[0]["reason"], reason);
+    // The target's admin still exists and the broker's tables are intact.
+    let target = mayfly_targets::postgres::PostgresTarget::new(
+        "pg",
+        &cluster.url("postgres"),
+        Some(&mayfly_crypto::SecretString::from(
+            cluster.admin_password.clone(),
+        )),
+    )
+    .unwrap();
+    assert!(
+        !mayfly_targets::Target::managed_logins(&target)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        broker
+            .broker
+            .store()
+            .grants(mayfly_store::GrantFilter::All, 10)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
+}
