@@ -73,6 +73,28 @@ impl Client {
         serde_json::from_value(value).context("the broker's answer has an unexpected shape")
     }
 
+    /// A GET whose answer is plain text.
+    pub async fn call_text(&self, method: Method, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{}", self.addr, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.addr))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .context("cannot read the broker's answer")?;
+        if !status.is_success() {
+            return Err(anyhow!("the broker answered {status}: {text}"));
+        }
+        Ok(text)
+    }
+
     pub async fn call_raw<B: Serialize>(
         &self,
         method: Method,

@@ -71,6 +71,58 @@ enum Command {
     /// Verify and export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage targets (admins only).
+    #[command(subcommand)]
+    Target(crate::access::TargetCommand),
+    /// Manage roles on targets (admins only).
+    #[command(subcommand)]
+    Role(crate::access::RoleCommand),
+    /// Manage the Cedar policies.
+    #[command(subcommand)]
+    Policy(crate::access::PolicyCommand),
+    /// Ask for access to a role.
+    Request(crate::access::RequestArgs),
+    /// Approve a pending request.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List requests.
+    Requests {
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Create the credential of an allowed request and show it once.
+    Activate { id: String },
+    /// List grants with their time left.
+    Grants {
+        /// Only revocations that failed and are being retried.
+        #[arg(long)]
+        failing: bool,
+        /// Also revoked and verified ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a grant now.
+    Revoke { grant: String },
+    /// Run a command with a credential in its environment (PGHOST, PGPORT, PGUSER, PGPASSWORD,
+    /// PGDATABASE), revoked when it ends.
+    Exec {
+        #[command(flatten)]
+        request: crate::access::RequestArgs,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Break-glass grants waiting for review.
+    #[command(subcommand)]
+    Review(crate::access::ReviewCommand),
 }
 
 #[derive(Debug, Args)]
@@ -420,7 +472,7 @@ fn write_token_file(token: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A secret from a file, or asked for on the terminal, or one line of stdin.
-fn read_secret(file: Option<&Path>, prompt: &str) -> anyhow::Result<String> {
+pub(crate) fn read_secret(file: Option<&Path>, prompt: &str) -> anyhow::Result<String> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
@@ -732,6 +784,33 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
                 eprintln!("\rexported {n} events");
             }
         }
+        Command::Target(command) => crate::access::target(client, command, json).await?,
+        Command::Role(command) => crate::access::role(client, command, json).await?,
+        Command::Policy(command) => crate::access::policy(client, command, json).await?,
+        Command::Request(args) => {
+            let info = crate::access::request(client, args, json).await?;
+            if info.state == "denied" || info.state == "expired" {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Approve { id, comment } => {
+            crate::access::decide(client, &id, comment, true, json).await?
+        }
+        Command::Deny { id, comment } => {
+            crate::access::decide(client, &id, comment, false, json).await?
+        }
+        Command::Requests { pending } => crate::access::requests(client, pending, json).await?,
+        Command::Activate { id } => {
+            crate::access::activate(client, &id, json).await?;
+        }
+        Command::Grants { failing, all } => {
+            crate::access::grants(client, failing, all, json).await?
+        }
+        Command::Revoke { grant } => crate::access::revoke(client, &grant, json).await?,
+        Command::Exec { request, command } => {
+            return crate::access::exec(client, request, command).await;
+        }
+        Command::Review(command) => crate::access::review(client, command, json).await?,
         Command::Audit(AuditCommand::PublicKey) => {
             let key: AuditPublicKey = client
                 .call(Method::GET, "/v1/sys/audit/public-key", none())

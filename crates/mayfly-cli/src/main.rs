@@ -1,6 +1,7 @@
 //! `mayfly`: the broker (`server`, `dev`) and its client commands. Reads `MAYFLY_ADDR` and
 //! `MAYFLY_TOKEN`; every client command takes `--json`.
 
+mod access;
 mod client;
 mod commands;
 

@@ -320,3 +320,155 @@ fn a_server_is_initialized_unsealed_and_set_up_through_the_cli() {
     assert!(revoke.status.success(), "{revoke:?}");
     assert!(!token_file.exists());
 }
+
+/// Starts `mayfly dev`, returns it with its address and admin token.
+fn start_dev(data: &Path) -> (Running, String, String) {
+    let port = free_port();
+    let mut child = mayfly()
+        .args(["dev", "--addr", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let running = Running(child);
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if line.starts_with("export MAYFLY_ADDR=") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("MAYFLY_ADDR="))
+                .unwrap()
+                .to_owned();
+            let token = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("MAYFLY_TOKEN="))
+                .unwrap()
+                .to_owned();
+            return (running, addr, token);
+        }
+    }
+    panic!("mayfly dev printed no export line");
+}
+
+#[test]
+fn exec_runs_a_command_with_a_credential_and_revokes_it_after() {
+    let cluster = mayfly_testkit::pgcluster::PgCluster::start();
+    let data = tempfile::tempdir().unwrap();
+    let (_running, addr, token) = start_dev(data.path());
+    let with = |command: &mut Command| -> Output {
+        run(command
+            .env("MAYFLY_ADDR", &addr)
+            .env("MAYFLY_TOKEN", &token))
+    };
+
+    let password = data.path().join("admin-password");
+    std::fs::write(&password, &cluster.admin_password).unwrap();
+    let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
+    let added = with(
+        mayfly()
+            .args([
+                "target",
+                "add",
+                "postgres",
+                "pg",
+                "--url",
+                &url,
+                "--admin-user",
+                "postgres",
+                "--admin-password-file",
+            ])
+            .arg(&password),
+    );
+    assert!(added.status.success(), "{added:?}");
+    let sql = data.path().join("create.sql");
+    std::fs::write(
+        &sql,
+        "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};",
+    )
+    .unwrap();
+    let role = with(
+        mayfly()
+            .args([
+                "role",
+                "add",
+                "pg/readonly",
+                "--max-ttl",
+                "1h",
+                "--creation-sql",
+            ])
+            .arg(&sql),
+    );
+    assert!(role.status.success(), "{role:?}");
+
+    // A policy that does not validate is refused with Cedar's diagnostics.
+    let bad = data.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit (principal, action == Action::\"request\", resource) when { context.colour == 1 };",
+    )
+    .unwrap();
+    let refused = with(mayfly().args(["policy", "put"]).arg(&bad));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("colour"),
+        "{refused:?}"
+    );
+    let policy = data.path().join("policy.cedar");
+    std::fs::write(&policy, "@id(\"admins\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"pg\");").unwrap();
+    let put = with(mayfly().args(["policy", "put"]).arg(&policy));
+    assert!(put.status.success(), "{put:?}");
+
+    // The command sees the credential; it writes what it got so the test can try it afterwards.
+    let seen = data.path().join("seen");
+    let script = format!(
+        "echo \"$PGUSER $PGPASSWORD $PGHOST $PGPORT $PGDATABASE\" > {}",
+        seen.display()
+    );
+    let exec = with(mayfly().args([
+        "exec",
+        "pg/readonly",
+        "--ttl",
+        "10m",
+        "--reason",
+        "cli test",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert!(exec.status.success(), "{exec:?}");
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let parts: Vec<&str> = seen.split_whitespace().collect();
+    assert!(parts[0].starts_with("mf_"), "{seen}");
+    assert_eq!(
+        parts[2..],
+        ["127.0.0.1", &cluster.port.to_string(), "postgres"]
+    );
+
+    // Revoked after the command, and proven.
+    wait_until("the grant to be verified", || {
+        let grants = with(mayfly().args(["grants", "--all", "--json"]));
+        let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap_or_default();
+        grants
+            .as_array()
+            .map(|g| g.iter().any(|g| g["state"] == "verified"))
+            .unwrap_or(false)
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let login = runtime.block_on(async {
+        use sqlx::Connection;
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(cluster.port)
+            .database("postgres")
+            .username(parts[0])
+            .password(parts[1]);
+        sqlx::PgConnection::connect_with(&options).await.map(|_| ())
+    });
+    assert!(login.is_err(), "the credential still works after exec");
+}

@@ -310,6 +310,25 @@ pub async fn list_requests(
     Ok(ApiJson(out))
 }
 
+#[utoipa::path(get, path = "/v1/requests/{id}", responses((status = 200, body = RequestInfo), (status = 404, body = ErrorBody)))]
+pub async fn get_request(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<RequestInfo> {
+    let info = broker.request_info(&id).await?;
+    if info.principal != principal_key(caller.principal())
+        && !caller.principal().is_admin()
+        && info.state != "pending"
+    {
+        return Err(ApiError::NotFound(format!(
+            "no request `{}`",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(ApiJson(info))
+}
+
 #[utoipa::path(post, path = "/v1/requests/{id}/approve", request_body = ApproveRequest, responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
 pub async fn approve(
     State(broker): State<Broker>,

@@ -55,6 +55,7 @@ pub fn router(broker: Broker) -> Router {
             "/v1/requests",
             post(access_routes::create_request).get(access_routes::list_requests),
         )
+        .route("/v1/requests/{id}", get(access_routes::get_request))
         .route("/v1/requests/{id}/approve", post(access_routes::approve))
         .route("/v1/requests/{id}/deny", post(access_routes::deny))
         .route("/v1/requests/{id}/activate", post(access_routes::activate))

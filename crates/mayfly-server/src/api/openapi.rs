@@ -36,6 +36,7 @@ use crate::api::{access_routes, routes};
         access_routes::policy_schema,
         access_routes::create_request,
         access_routes::list_requests,
+        access_routes::get_request,
         access_routes::approve,
         access_routes::deny,
         access_routes::activate,

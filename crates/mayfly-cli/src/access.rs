@@ -1,0 +1,514 @@
+//! Access commands: targets, roles, policies, requests, approvals, grants, `exec`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use mayfly_api::*;
+use reqwest::Method;
+
+use crate::client::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Add (or replace) a target. The admin password is read from --admin-password-file, or asked for.
+    Add {
+        /// The kind of target: `postgres`.
+        kind: String,
+        name: String,
+        /// `postgres://HOST:PORT/DB`, without user or password.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        admin_user: String,
+        #[arg(long)]
+        admin_password_file: Option<PathBuf>,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Add (or replace) a role: `mayfly role add prod-db/readonly --creation-sql FILE --max-ttl 1h`.
+    Add {
+        /// TARGET/ROLE
+        role: String,
+        #[arg(long)]
+        creation_sql: PathBuf,
+        #[arg(long)]
+        revocation_sql: Option<PathBuf>,
+        #[arg(long, value_parser = parse_duration)]
+        max_ttl: Duration,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the policy set with the Cedar policies in FILE (validated; refused with diagnostics).
+    Put { file: PathBuf },
+    /// Print the current policies.
+    Show,
+    /// Print the Cedar schema policies are written against.
+    Schema,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// TARGET/ROLE
+    pub role: String,
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Duration,
+    #[arg(long)]
+    pub reason: String,
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Emergency access, where a policy permits `break_glass`: at once, notified, reviewed later.
+    #[arg(long)]
+    pub break_glass: bool,
+    /// Wait while the request is pending approval.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// List break-glass grants waiting for review.
+    List,
+    /// Acknowledge a break-glass grant.
+    Ack { grant: String },
+}
+
+/// `15m`, `1h`, `90s`, `1h30m`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration like 15m or 1h"))?;
+        number.clear();
+        total += match c {
+            's' => value,
+            'm' => value * 60,
+            'h' => value * 3600,
+            'd' => value * 86_400,
+            _ => return Err(format!("`{text}` is not a duration like 15m or 1h")),
+        };
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(format!("`{text}` is not a duration like 15m or 1h"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn split_role(text: &str) -> anyhow::Result<(String, String)> {
+    let (target, role) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow!("`{text}`: give TARGET/ROLE, e.g. prod-db/readonly"))?;
+    Ok((target.to_owned(), role.to_owned()))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn none() -> Option<&'static ()> {
+    None
+}
+
+fn read_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))
+}
+
+pub async fn target(client: &Client, command: TargetCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        TargetCommand::Add {
+            kind,
+            name,
+            url,
+            admin_user,
+            admin_password_file,
+        } => {
+            let admin_password =
+                crate::commands::read_secret(admin_password_file.as_deref(), "Admin password: ")?;
+            let request = TargetRequest {
+                kind,
+                name,
+                url,
+                admin_user,
+                admin_password,
+            };
+            let info: TargetInfo = client
+                .call(Method::POST, "/v1/targets", Some(&request))
+                .await?;
+            if json {
+                return print_json(&info);
+            }
+            println!("target `{}` ({}) saved: {}", info.name, info.kind, info.url);
+        }
+        TargetCommand::List => {
+            let targets: Vec<TargetInfo> = client.call(Method::GET, "/v1/targets", none()).await?;
+            if json {
+                return print_json(&targets);
+            }
+            for target in targets {
+                println!("{:<20} {:<10} {}", target.name, target.kind, target.url);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn role(client: &Client, command: RoleCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        RoleCommand::Add {
+            role,
+            creation_sql,
+            revocation_sql,
+            max_ttl,
+        } => {
+            let (target, name) = split_role(&role)?;
+            let request = RoleRequest {
+                target,
+                name,
+                creation_sql: read_file(&creation_sql)?,
+                revocation_sql: revocation_sql.as_deref().map(read_file).transpose()?,
+                max_ttl_seconds: max_ttl.as_secs(),
+            };
+            let info: RoleInfo = client
+                .call(Method::POST, "/v1/roles", Some(&request))
+                .await?;
+            if json {
+                return print_json(&info);
+            }
+            println!(
+                "role `{}/{}` saved (max TTL {} s)",
+                info.target, info.name, info.max_ttl_seconds
+            );
+        }
+        RoleCommand::List => {
+            let roles: Vec<RoleInfo> = client.call(Method::GET, "/v1/roles", none()).await?;
+            if json {
+                return print_json(&roles);
+            }
+            for role in roles {
+                println!(
+                    "{}/{:<20} max TTL {} s",
+                    role.target, role.name, role.max_ttl_seconds
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn policy(client: &Client, command: PolicyCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Put { file } => {
+            let request = PolicyText {
+                text: read_file(&file)?,
+            };
+            let info: PolicyInfo = client
+                .call(Method::PUT, "/v1/policy", Some(&request))
+                .await?;
+            if json {
+                return print_json(&info);
+            }
+            println!("policies saved (version {})", info.version);
+        }
+        PolicyCommand::Show => {
+            let info: PolicyInfo = client.call(Method::GET, "/v1/policy", none()).await?;
+            if json {
+                return print_json(&info);
+            }
+            println!("{}", info.text);
+        }
+        PolicyCommand::Schema => {
+            let text = client.call_text(Method::GET, "/v1/policy/schema").await?;
+            if json {
+                return print_json(&serde_json::json!({ "schema": text }));
+            }
+            println!("{text}");
+        }
+    }
+    Ok(())
+}
+
+fn print_request(request: &RequestInfo) {
+    println!(
+        "request {}  {}/{}  {}",
+        request.id, request.target, request.role, request.state
+    );
+    match request.state.as_str() {
+        "pending" => println!(
+            "waiting for {} approval(s) ({} so far); approvers run `mayfly approve {}`",
+            request.approvals_needed,
+            request.approvers.len(),
+            request.id
+        ),
+        "allowed" => println!(
+            "allowed: run `mayfly activate {}` to get the credential",
+            request.id
+        ),
+        _ => println!("{}", request.decision),
+    }
+}
+
+pub async fn request(
+    client: &Client,
+    args: RequestArgs,
+    json: bool,
+) -> anyhow::Result<RequestInfo> {
+    let (target, role) = split_role(&args.role)?;
+    let body = AccessRequest {
+        target,
+        role,
+        ttl_seconds: args.ttl.as_secs(),
+        reason: args.reason,
+        ticket: args.ticket,
+        break_glass: args.break_glass,
+    };
+    let mut info: RequestInfo = client
+        .call(Method::POST, "/v1/requests", Some(&body))
+        .await?;
+    if args.wait && info.state == "pending" {
+        let interactive = std::io::stderr().is_terminal();
+        let mut waited = 0u64;
+        while info.state == "pending" {
+            if interactive {
+                eprint!(
+                    "\rwaiting for approval ({}/{})… {waited} s",
+                    info.approvers.len(),
+                    info.approvals_needed
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            waited += 2;
+            info = client
+                .call(Method::GET, &format!("/v1/requests/{}", info.id), none())
+                .await?;
+        }
+        if interactive {
+            eprintln!();
+        }
+    }
+    if json {
+        print_json(&info)?;
+    } else {
+        print_request(&info);
+    }
+    Ok(info)
+}
+
+pub async fn decide(
+    client: &Client,
+    id: &str,
+    comment: Option<String>,
+    approve: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/requests/{id}/{}",
+        if approve { "approve" } else { "deny" }
+    );
+    let body = ApproveRequest {
+        comment: comment.unwrap_or_default(),
+    };
+    let info: RequestInfo = client.call(Method::POST, &path, Some(&body)).await?;
+    if json {
+        return print_json(&info);
+    }
+    print_request(&info);
+    Ok(())
+}
+
+pub async fn requests(client: &Client, pending: bool, json: bool) -> anyhow::Result<()> {
+    let path = if pending {
+        "/v1/requests?pending=true"
+    } else {
+        "/v1/requests"
+    };
+    let requests: Vec<RequestInfo> = client.call(Method::GET, path, none()).await?;
+    if json {
+        return print_json(&requests);
+    }
+    for r in requests {
+        println!(
+            "{}  {:<10} {:<24} {}/{}  {}",
+            r.id, r.state, r.principal, r.target, r.role, r.reason
+        );
+    }
+    Ok(())
+}
+
+pub async fn activate(client: &Client, id: &str, json: bool) -> anyhow::Result<Credential> {
+    let credential: Credential = client
+        .call(Method::POST, &format!("/v1/requests/{id}/activate"), none())
+        .await?;
+    if json {
+        print_json(&credential)?;
+    } else {
+        println!(
+            "grant {} active for {} s (shown once):",
+            credential.grant.id, credential.grant.seconds_left
+        );
+        println!(
+            "  host {}  port {}  database {}",
+            credential.host, credential.port, credential.database
+        );
+        println!("  user {}", credential.username);
+        println!("  password {}", credential.password);
+    }
+    Ok(credential)
+}
+
+pub async fn grants(client: &Client, failing: bool, all: bool, json: bool) -> anyhow::Result<()> {
+    let path = if failing {
+        "/v1/grants?failing=true"
+    } else if all {
+        "/v1/grants?all=true"
+    } else {
+        "/v1/grants"
+    };
+    let grants: Vec<GrantInfo> = client.call(Method::GET, path, none()).await?;
+    if json {
+        return print_json(&grants);
+    }
+    for g in grants {
+        let left = if g.state == "active" {
+            format!("{} s left", g.seconds_left)
+        } else {
+            String::new()
+        };
+        let error = g
+            .last_error
+            .as_deref()
+            .map(|e| format!("  last error: {e} ({} attempts)", g.n_attempts))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<9} {:<24} {}/{}  {left}{error}",
+            g.id, g.state, g.principal, g.target, g.role
+        );
+    }
+    Ok(())
+}
+
+pub async fn revoke(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
+    let info: GrantInfo = client
+        .call(Method::POST, &format!("/v1/grants/{id}/revoke"), none())
+        .await?;
+    if json {
+        return print_json(&info);
+    }
+    println!(
+        "grant {} is {}; the broker revokes it now and verifies on the target",
+        info.id, info.state
+    );
+    Ok(())
+}
+
+pub async fn review(client: &Client, command: ReviewCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        ReviewCommand::List => {
+            let grants: Vec<GrantInfo> = client.call(Method::GET, "/v1/review", none()).await?;
+            if json {
+                return print_json(&grants);
+            }
+            for g in grants {
+                println!(
+                    "{}  {:<9} {:<24} {}/{}",
+                    g.id, g.state, g.principal, g.target, g.role
+                );
+            }
+        }
+        ReviewCommand::Ack { grant } => {
+            client
+                .call_raw(Method::POST, &format!("/v1/grants/{grant}/review"), none())
+                .await?;
+            if json {
+                return print_json(&serde_json::json!({"reviewed": grant}));
+            }
+            println!("grant {grant} reviewed");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `command` with a credential in its environment and revokes it when the command ends,
+/// also on Ctrl-C.
+pub async fn exec(
+    client: &Client,
+    args: RequestArgs,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let Some((program, rest)) = command.split_first() else {
+        bail!(
+            "give the command to run after `--`, e.g. `mayfly exec prod-db/readonly --ttl 15m --reason R -- psql`"
+        );
+    };
+    let request = request(client, RequestArgs { wait: true, ..args }, false).await?;
+    // `request` printed to stdout; the command's own output follows.
+    if request.state != "allowed" {
+        bail!("the request was not allowed: {}", request.decision);
+    }
+    // Quiet: the credential goes only into the command's environment, never to the terminal.
+    let credential: Credential = client
+        .call(
+            Method::POST,
+            &format!("/v1/requests/{}/activate", request.id),
+            none(),
+        )
+        .await?;
+    eprintln!(
+        "grant {} active for {} s",
+        credential.grant.id, credential.grant.seconds_left
+    );
+    let mut child = tokio::process::Command::new(program)
+        .args(rest)
+        .env("PGHOST", &credential.host)
+        .env("PGPORT", credential.port.to_string())
+        .env("PGUSER", &credential.username)
+        .env("PGPASSWORD", &credential.password)
+        .env("PGDATABASE", &credential.database)
+        .spawn()
+        .with_context(|| format!("cannot run `{program}`"))?;
+    let status = tokio::select! {
+        status = child.wait() => Some(status?),
+        _ = tokio::signal::ctrl_c() => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    let revoked: Result<GrantInfo, _> = client
+        .call(
+            Method::POST,
+            &format!("/v1/grants/{}/revoke", credential.grant.id),
+            none(),
+        )
+        .await;
+    match revoked {
+        Ok(_) => eprintln!("grant {} revoked", credential.grant.id),
+        Err(error) => eprintln!(
+            "could not revoke grant {} now ({error:#}); it expires at its TTL",
+            credential.grant.id
+        ),
+    }
+    Ok(match status.and_then(|s| s.code()) {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(130),
+    })
+}
