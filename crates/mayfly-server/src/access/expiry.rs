@@ -25,6 +25,8 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 const BATCH: i64 = 256;
 const PER_TARGET: usize = 4;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often the sweep looks for orphaned logins on every target (and once at start).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ExpiryOutcome {
@@ -316,11 +318,120 @@ async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretStri
     ))
 }
 
+/// The sweep: every role on a target that carries the broker's prefix but has no live grant is an
+/// orphan (a store restored from an older backup, a crash the intent did not cover, a manual
+/// copy): it is revoked and the finding audited. Returns how many were found.
+pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
+    if broker.unsealed().await.is_none() {
+        return Ok(0);
+    }
+    let live: std::collections::HashSet<String> = broker
+        .store()
+        .grants(mayfly_store::GrantFilter::Live, i64::MAX)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .into_iter()
+        .map(|g| g.login)
+        .collect();
+    let mut found = 0;
+    for record in broker
+        .store()
+        .targets()
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        let target = broker.target(&record.name).await?;
+        let logins = match target.managed_logins().await {
+            Ok(logins) => logins,
+            Err(error) => {
+                tracing::warn!(target = %record.name, error = %error, "sweep cannot list the target's roles");
+                continue;
+            }
+        };
+        for login in logins {
+            if live.contains(login.as_str()) {
+                continue;
+            }
+            // A grant that is already revoked but whose role came back, or no grant at all.
+            found += 1;
+            let result = target.revoke(&login, None).await;
+            let outcome = if result.is_ok() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            };
+            let mut event = broker
+                .draft("sweep.orphan", outcome)
+                .detail("target", record.name.clone())
+                .detail("login", login.to_string());
+            if let Err(error) = &result {
+                event = event.detail("error", error.to_string());
+            }
+            event.actor = Some("broker".into());
+            broker.record(event).await?;
+            metrics::counter!("mayfly_sweep_orphans_total", "target" => record.name.clone())
+                .increment(1);
+        }
+    }
+    Ok(found)
+}
+
+/// Continuous verification: after a change of policies, every active grant is decided again with
+/// the request it came from; one the policies no longer allow is revoked early, with that reason.
+pub async fn recheck_active(broker: &Broker) -> Result<usize, ApiError> {
+    let grants = broker
+        .store()
+        .grants(mayfly_store::GrantFilter::Active, i64::MAX)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut revoked = 0;
+    let meta = crate::api::middleware::RequestMeta {
+        request_id: "policy-recheck".into(),
+        source: None,
+    };
+    for grant in grants {
+        let Some(request) = broker
+            .store()
+            .request(&grant.request_id)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+        else {
+            continue;
+        };
+        if broker.still_allowed(&request).await? {
+            continue;
+        }
+        match broker
+            .revoke_now(
+                &meta,
+                &grant,
+                "broker",
+                "the policies no longer allow this grant",
+            )
+            .await
+        {
+            Ok(()) => revoked += 1,
+            Err(ApiError::Conflict(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(revoked)
+}
+
 /// Loops: works while there is due work, else sleeps until woken or for at most a second (the
 /// next due time is read from the store each round, so memory does not grow with the leases).
 pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let wakeup = broker.inner.expiry_wakeup.clone();
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
+            match sweep(&broker).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(n_orphans = n, "sweep revoked orphaned logins"),
+                Err(error) => tracing::warn!(error = %error, "sweep failed"),
+            }
+        }
         let worked = match run_once(&broker).await {
             Ok(ExpiryOutcome::Worked(n)) => n > 0,
             Ok(ExpiryOutcome::Idle) => false,

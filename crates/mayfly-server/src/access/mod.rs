@@ -505,6 +505,56 @@ impl Broker {
         }
     }
 
+    /// Whether the current policies would still allow this (activated) request, for its principal
+    /// as it is now (a user's current groups; a removed user is no longer allowed).
+    pub async fn still_allowed(&self, request: &RequestRecord) -> Result<bool, ApiError> {
+        let principal = match &request.principal {
+            Principal::User { name, .. } => match self
+                .store()
+                .user_by_name(name)
+                .await
+                .map_err(|e| ApiError::store(&e))?
+            {
+                Some(user) if !user.disabled => Principal::User {
+                    id: user.id,
+                    name: user.username,
+                    groups: user.groups,
+                },
+                _ => return Ok(false),
+            },
+            workload => workload.clone(),
+        };
+        let store = self.store();
+        let target = store
+            .target(&request.target)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let role = store
+            .role(&request.target, &request.role)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let (Some(target), Some(role)) = (target, role) else {
+            return Ok(false);
+        };
+        let context = context_of(request, self.now(), None);
+        let action = if request.break_glass {
+            Action::BreakGlass
+        } else {
+            Action::Request
+        };
+        Ok(matches!(
+            decide(
+                &self.policies().await?,
+                &principal,
+                action,
+                &target,
+                &role,
+                &context
+            )?,
+            Decision::Allow { .. }
+        ))
+    }
+
     pub async fn request_info(&self, request_id: &str) -> Result<RequestInfo, ApiError> {
         let request = self
             .store()

@@ -225,6 +225,14 @@ pub async fn put_policy(
         .await
         .map_err(|e| ApiError::store(&e))?
         .unwrap_or_default();
+    // Continuous verification: grants the new policies no longer allow are revoked now.
+    let revoked = crate::access::expiry::recheck_active(&broker).await?;
+    if revoked > 0 {
+        tracing::info!(
+            n_grants = revoked,
+            "revoked grants the new policies no longer allow"
+        );
+    }
     Ok(ApiJson(PolicyInfo { text, version }))
 }
 

@@ -410,3 +410,171 @@ async fn sql_shaped_input_is_harmless() {
             == 1
     );
 }
+
+async fn activate_readonly(broker: &TestBroker, token: &str, ttl: u64) -> Value {
+    let (status, request) = ask(broker, token, "readonly", ttl, "test").await;
+    assert_eq!(status, 200, "{request}");
+    let id = request["id"].as_str().unwrap();
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    credential
+}
+
+#[tokio::test]
+async fn a_target_that_is_down_is_retried_reported_and_revoked_once_back() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    let admin = broker.admin_token.clone().unwrap();
+    let credential = activate_readonly(&broker, &alice, 60).await;
+    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
+
+    cluster.stop();
+    broker.clock.advance(Duration::from_secs(61));
+    let failed = wait_for_state(&broker, &alice, &grant_id, "failed").await;
+    assert!(failed["n_attempts"].as_i64().unwrap() >= 1);
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{failed}"
+    );
+    let (_, failing) = broker
+        .call("GET", "/v1/grants?failing=true", Some(&admin), None)
+        .await;
+    assert!(
+        failing
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == grant_id.as_str()),
+        "{failing}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", broker.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mayfly_revocation_failures_total"),
+        "{metrics}"
+    );
+    // Still failing after more retries while the target is down: never dropped.
+    broker.clock.advance(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, failing) = broker
+        .call("GET", "/v1/grants?failing=true", Some(&admin), None)
+        .await;
+    assert!(
+        failing
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == grant_id.as_str())
+    );
+
+    cluster.restart();
+    broker.clock.advance(Duration::from_secs(600));
+    wait_for_state(&broker, &alice, &grant_id, "verified").await;
+    assert!(connect(&cluster, &credential).await.is_err());
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "grant.revoke_failed"));
+}
+
+#[tokio::test]
+async fn a_policy_change_revokes_grants_it_no_longer_allows() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    let admin = broker.admin_token.clone().unwrap();
+    let credential = activate_readonly(&broker, &alice, 900).await;
+    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
+    let mut session = connect(&cluster, &credential).await.unwrap();
+
+    // The same policies again: nothing changes.
+    let (status, _) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": POLICY})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, grants) = broker.call("GET", "/v1/grants", Some(&alice), None).await;
+    assert_eq!(grants[0]["state"], "active");
+
+    // Read-only access is withdrawn: the active grant goes, with that reason.
+    let narrower = POLICY.replace(
+        "resource == Role::\"pg/readonly\"",
+        "resource == Role::\"pg/nothing\"",
+    );
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": narrower})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let grant = wait_for_state(&broker, &alice, &grant_id, "verified").await;
+    assert_eq!(
+        grant["revoke_reason"],
+        "the policies no longer allow this grant"
+    );
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
+}
+
+#[tokio::test]
+async fn the_sweep_drops_logins_without_a_live_grant() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    let kept = activate_readonly(&broker, &alice, 900).await;
+    // An orphan: a login with the broker's prefix that no grant knows (e.g. after restoring an
+    // older backup of the store).
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database("postgres")
+        .username("postgres")
+        .password(&cluster.admin_password);
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let orphan = mayfly_core::LoginName::for_grant(&uuid::Uuid::now_v7());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let found = mayfly_server::access::expiry::sweep(&broker.broker)
+        .await
+        .unwrap();
+    assert_eq!(found, 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'mf\\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![kept["username"].as_str().unwrap().to_owned()]);
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "sweep.orphan" && e.body.contains(orphan.as_str()))
+    );
+}
