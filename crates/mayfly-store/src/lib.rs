@@ -135,6 +135,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         claim_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Makes every grant in `issuing` due now and releases its claim; returns how many. For a
+    /// single-node store at start: an intent still `issuing` is the leftover of a crash.
+    async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError>;
     /// The earliest `next_attempt_at` of any grant.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
 }

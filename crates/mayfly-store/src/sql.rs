@@ -810,6 +810,18 @@ impl Store for SqlStore {
         rows.iter().map(access::grant_from_row).collect()
     }
 
+    async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let done = sqlx::query(
+            "UPDATE grants SET next_attempt_at = $1, claimed_until = 0 WHERE state = 'issuing'",
+        )
+        .bind(now.unix_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         let row = sqlx::query(
             "SELECT min(next_attempt_at) AS at FROM grants WHERE next_attempt_at IS NOT NULL",

@@ -57,7 +57,7 @@ fn stdout(output: &Output) -> String {
 )]
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
+    while started.elapsed() < Duration::from_secs(90) {
         if check() {
             return;
         }
@@ -471,4 +471,188 @@ fn exec_runs_a_command_with_a_credential_and_revokes_it_after() {
         sqlx::PgConnection::connect_with(&options).await.map(|_| ())
     });
     assert!(login.is_err(), "the credential still works after exec");
+}
+
+/// `mayfly dev` on a given port and data directory, as a child to be SIGKILLed.
+fn start_dev_on(data: &Path, port: u16) -> (Child, String) {
+    let mut child = mayfly()
+        .args(["dev", "--addr", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if line.starts_with("export MAYFLY_ADDR=") {
+            let token = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("MAYFLY_TOKEN="))
+                .unwrap()
+                .to_owned();
+            return (child, token);
+        }
+    }
+    panic!("mayfly dev printed no export line");
+}
+
+/// Crash safety: 200 concurrent activations, SIGKILL in the middle, restart. Every role the broker
+/// created on PostgreSQL is tracked or dropped — zero orphans — and all reach `verified`.
+#[test]
+fn kill_9_during_200_activations_leaves_no_orphan() {
+    let cluster = mayfly_testkit::pgcluster::PgCluster::start();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let (mut child, token) = start_dev_on(data.path(), port);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let call = move |method: reqwest::Method,
+                     path: String,
+                     token: String,
+                     body: Option<serde_json::Value>| {
+        let http = http.clone();
+        let addr = addr.clone();
+        async move {
+            let mut request = http
+                .request(method, format!("{addr}{path}"))
+                .bearer_auth(token);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            Ok::<_, String>((status, body))
+        }
+    };
+    runtime.block_on(async {
+        let post = reqwest::Method::POST;
+        let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
+        let (status, body) = call(post.clone(), "/v1/targets".into(), token.clone(), Some(serde_json::json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": "postgres", "admin_password": cluster.admin_password}))).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = call(post.clone(), "/v1/roles".into(), token.clone(), Some(serde_json::json!({"target": "pg", "name": "ro", "max_ttl_seconds": 3600, "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"}))).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let policy = "@id(\"admins\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"pg\");";
+        let (status, body) = call(reqwest::Method::PUT, "/v1/policy".into(), token.clone(), Some(serde_json::json!({"text": policy}))).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+
+    // 200 activations at once; the server dies in the middle of them.
+    let activated = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let call = call.clone();
+            let token = token.clone();
+            let activated = activated.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = serde_json::json!({"target": "pg", "role": "ro", "ttl_seconds": 15, "reason": "crash test"});
+                let Ok((200, request)) = call(reqwest::Method::POST, "/v1/requests".into(), token.clone(), Some(body)).await else {
+                    return;
+                };
+                let id = request["id"].as_str().unwrap_or_default().to_owned();
+                if let Ok((200, _)) = call(reqwest::Method::POST, format!("/v1/requests/{id}/activate"), token, None).await {
+                    activated.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }));
+        }
+        // Kill -9 once some credentials exist and others are in flight.
+        let started = Instant::now();
+        while activated.load(std::sync::atomic::Ordering::SeqCst) < 20 && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    let n_activated = activated.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        n_activated >= 20 && n_activated < 200,
+        "{n_activated} activations before the kill"
+    );
+
+    let admin_connection = || {
+        let cluster = &cluster;
+        async move {
+            use sqlx::Connection;
+            let options = sqlx::postgres::PgConnectOptions::new()
+                .host("127.0.0.1")
+                .port(cluster.port)
+                .database("postgres")
+                .username("postgres")
+                .password(&cluster.admin_password);
+            sqlx::PgConnection::connect_with(&options).await.unwrap()
+        }
+    };
+    let roles_on_target = |runtime: &tokio::runtime::Runtime| -> Vec<String> {
+        runtime.block_on(async {
+            let mut admin = admin_connection().await;
+            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'mf\\_%'")
+                .fetch_all(&mut admin)
+                .await
+                .unwrap()
+        })
+    };
+    let before = roles_on_target(&runtime);
+    assert!(
+        before.len() >= n_activated,
+        "{} roles for {n_activated} activations",
+        before.len()
+    );
+
+    // Restart on the same data. Every role on the target must be tracked by a grant in the store.
+    let (mut child, token) = start_dev_on(data.path(), port);
+    let grants = runtime.block_on(async {
+        let (_, grants) = call(
+            reqwest::Method::GET,
+            "/v1/grants?all=true".into(),
+            token.clone(),
+            None,
+        )
+        .await
+        .unwrap();
+        grants
+    });
+    let known: std::collections::HashSet<String> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["login"].as_str().unwrap().to_owned())
+        .collect();
+    for role in &before {
+        assert!(
+            known.contains(role),
+            "role {role} on the target has no grant: an orphan"
+        );
+    }
+    eprintln!(
+        "crash test: {n_activated} activations answered before the kill, {} roles on the target, {} grants in the store",
+        before.len(),
+        known.len()
+    );
+
+    // After the TTL everything is revoked and proven; nothing is left on the target.
+    wait_until("every grant to be verified", || {
+        let grants = runtime.block_on(call(
+            reqwest::Method::GET,
+            "/v1/grants?all=true".into(),
+            token.clone(),
+            None,
+        ));
+        let Ok((_, grants)) = grants else {
+            return false;
+        };
+        let grants = grants.as_array().cloned().unwrap_or_default();
+        !grants.is_empty() && grants.iter().all(|g| g["state"] == "verified")
+    });
+    assert_eq!(roles_on_target(&runtime), Vec::<String>::new());
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

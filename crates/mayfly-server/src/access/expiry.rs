@@ -422,6 +422,18 @@ pub async fn recheck_active(broker: &Broker) -> Result<usize, ApiError> {
 /// next due time is read from the store each round, so memory does not grow with the leases).
 pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let wakeup = broker.inner.expiry_wakeup.clone();
+    // Crash recovery. On SQLite (one node by design) every intent still `issuing` at start was
+    // left by a crash of this node: revoke it now. On PostgreSQL another node may be issuing it,
+    // so it becomes due when its issue timeout passes.
+    if broker.store().dialect() == mayfly_store::Dialect::Sqlite {
+        match broker.store().make_issuing_due(broker.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(n_grants = n, "revoking intents left issuing by a crash"),
+            Err(error) => {
+                tracing::error!(error = %error, "cannot reconcile issuing grants at start")
+            }
+        }
+    }
     let mut next_sweep = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_sweep {
