@@ -11,8 +11,11 @@
 //! `X-Vault-Token` lookups):
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example audit_bench -- openbao [clients] [seconds] URL TOKEN
+//! cargo run --release -p mayfly-server --example audit_bench -- openbao [clients] [seconds] URL TOKEN [PATH]
 //! ```
+//!
+//! (`PATH` defaults to `/v1/auth/token/lookup-self`; `/v1/database/creds/ROLE` measures OpenBao's
+//! dynamic PostgreSQL credentials.)
 
 #![allow(
     clippy::unwrap_used,
@@ -42,7 +45,11 @@ async fn main() {
             .unwrap_or_else(|| "http://127.0.0.1:8200".into());
         let token = args.get(5).cloned().unwrap_or_default();
         let target = Target {
-            url: format!("{url}/v1/auth/token/lookup-self"),
+            url: format!(
+                "{url}{}",
+                args.get(6)
+                    .map_or("/v1/auth/token/lookup-self", String::as_str)
+            ),
             header: "x-vault-token",
             token,
             expect: 200,

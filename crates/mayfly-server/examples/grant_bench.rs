@@ -1,0 +1,159 @@
+//! Auto-approved PostgreSQL grants per second: each grant is a request (decided by policy, no
+//! approval needed) and its activation (intent recorded, `CREATE ROLE … VALID UNTIL` on the target,
+//! credential returned), every step audited. Clients run concurrently against a real broker
+//! (SQLite store) and a real PostgreSQL. Afterwards every grant is expired and the run waits until
+//! the expiry engine has revoked and verified them all, so the target is left clean.
+//!
+//! ```sh
+//! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [postgres-url-without-user] [admin-user]
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a benchmark"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mayfly_testkit::TestBroker;
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let clients: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(16);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let url = args
+        .get(3)
+        .cloned()
+        .unwrap_or_else(|| "postgres://127.0.0.1:5432/postgres".into());
+    let admin_user = args.get(4).cloned().unwrap_or_else(|| "postgres".into());
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": admin_user,
+                        "admin_password": std::env::var("PGPASSWORD").unwrap_or_else(|_| "unused".into())})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(&admin),
+            Some(json!({"target": "pg", "name": "ro", "max_ttl_seconds": 3600,
+                        "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let policy = "@id(\"bench\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"pg\");";
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": policy})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    println!("{clients} clients, {seconds} s, target {url}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let duration = Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let http = http.clone();
+        let addr = broker.addr.clone();
+        let admin = admin.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                let request: serde_json::Value = http
+                    .post(format!("{addr}/v1/requests"))
+                    .bearer_auth(&admin)
+                    .json(&json!({"target": "pg", "role": "ro", "ttl_seconds": 600, "reason": "bench"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = request["id"].as_str().unwrap();
+                let response = http
+                    .post(format!("{addr}/v1/requests/{id}/activate"))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status().as_u16(), 200);
+                latencies.push(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "mayfly  {:>8.0} grants/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({n} grants)",
+        n as f64 / elapsed,
+        pick(0.5).as_secs_f64() * 1000.0,
+        pick(0.99).as_secs_f64() * 1000.0
+    );
+
+    // Clean up through the product: expire everything and wait for the proofs.
+    broker.clock.advance(Duration::from_secs(3600));
+    let cleanup = Instant::now();
+    loop {
+        let live = broker
+            .broker
+            .store()
+            .grants(mayfly_store::GrantFilter::Live, 1)
+            .await
+            .unwrap();
+        let unverified = broker
+            .broker
+            .store()
+            .grants(mayfly_store::GrantFilter::All, i64::MAX)
+            .await
+            .unwrap();
+        let pending = unverified
+            .iter()
+            .filter(|g| g.state != mayfly_core::grant::GrantState::Verified)
+            .count();
+        if live.is_empty() && pending == 0 {
+            break;
+        }
+        if cleanup.elapsed() > Duration::from_secs(600) {
+            panic!("{pending} grants not verified after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "all {n} grants revoked and verified in {:.1} s",
+        cleanup.elapsed().as_secs_f64()
+    );
+    broker.stop().await;
+}
