@@ -5,6 +5,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -48,6 +49,8 @@ pub enum JwtError {
 
 struct VerifyKey {
     kid: Option<String>,
+    /// The JWK's `alg`, when it pins one: the token's `alg` must then be exactly that.
+    alg: Option<KeyAlgorithm>,
     key: DecodingKey,
 }
 
@@ -66,12 +69,16 @@ impl std::fmt::Debug for IssuerKeys {
 
 impl IssuerKeys {
     /// Keys from a JWKS document (RSA, EC P-256/P-384, OKP Ed25519). Keys of other kinds
-    /// (symmetric `oct`, unknown curves) are skipped; none left is an error.
+    /// (symmetric `oct`, unknown curves) and encryption keys (`"use": "enc"`) are skipped; none
+    /// left is an error.
     pub fn from_jwks(json: &str) -> Result<IssuerKeys, JwtError> {
         let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(json)
             .map_err(|e| JwtError::InvalidKey(format!("not a JWKS: {e}")))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 continue;
             };
@@ -80,6 +87,7 @@ impl IssuerKeys {
             }
             keys.push(VerifyKey {
                 kid: jwk.common.key_id.clone(),
+                alg: jwk.common.key_algorithm,
                 key,
             });
         }
@@ -104,6 +112,7 @@ impl IssuerKeys {
                 })?;
             keys.push(VerifyKey {
                 kid: kid.clone(),
+                alg: None,
                 key,
             });
         }
@@ -200,9 +209,13 @@ pub fn verify(
     };
     let kid = header.get("kid").and_then(Value::as_str);
     let key = keys.select(kid)?;
-    if key.key.family() != alg.family() {
-        // E.g. an RS256 header with an EC key: never let the header pick how a key is used.
-        return Err(JwtError::BadSignature);
+    // E.g. an RS256 header with an EC key, or ES384 with a key pinned to ES256: never let the
+    // header pick how a key is used.
+    let pinned_elsewhere = key
+        .alg
+        .is_some_and(|pinned| pinned != KeyAlgorithm::from(*alg));
+    if key.key.family() != alg.family() || pinned_elsewhere {
+        return Err(JwtError::AlgorithmNotAllowed(alg_name.to_owned()));
     }
     let mut validation = Validation::new(*alg);
     validation.validate_exp = false;

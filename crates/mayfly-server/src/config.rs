@@ -35,6 +35,7 @@ pub struct ConfigFile {
     pub audit_file: Option<PathBuf>,
     pub user_session_ttl_seconds: Option<u64>,
     pub notify_webhook: Option<String>,
+    pub request_pending_window_seconds: Option<u64>,
 }
 
 /// Validated configuration.
@@ -54,6 +55,8 @@ pub struct Config {
     pub user_session_ttl: Duration,
     /// Break-glass notifications are posted here (JSON).
     pub notify_webhook: Option<String>,
+    /// How long a request waits for approvals before it expires unanswered.
+    pub request_pending_window: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -75,6 +78,7 @@ impl Config {
             checkpoint_interval: Duration::from_secs(10),
             user_session_ttl: Duration::from_secs(3600),
             notify_webhook: None,
+            request_pending_window: Duration::from_secs(24 * 3600),
             clock: Arc::new(SystemClock),
         }
     }
@@ -98,6 +102,14 @@ impl Config {
         let mut config = Config::new(file.store);
         config.audit_file = file.audit_file;
         config.notify_webhook = file.notify_webhook;
+        if let Some(window) = file.request_pending_window_seconds {
+            if !(60..=30 * 86_400).contains(&window) {
+                return Err(ConfigError::Rule(
+                    "`request_pending_window_seconds` must be between 60 and 2592000".into(),
+                ));
+            }
+            config.request_pending_window = Duration::from_secs(window);
+        }
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,

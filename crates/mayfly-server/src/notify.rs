@@ -16,6 +16,12 @@ pub async fn break_glass(
     let text = format!("BREAK-GLASS: {principal} took `{role}` (grant {grant_id}): {reason}");
     tracing::warn!("{text}");
     let Some(url) = broker.inner.config.notify_webhook.clone() else {
+        let mut event = broker
+            .draft("notify.break_glass", Outcome::Ok)
+            .detail("grant_id", grant_id.to_owned())
+            .detail("channel", "log");
+        event.actor = Some("broker".into());
+        let _ = broker.record(event).await;
         return;
     };
     let body = serde_json::json!({

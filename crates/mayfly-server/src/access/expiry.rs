@@ -376,6 +376,36 @@ pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
     Ok(found)
 }
 
+/// Pending requests nobody answered within the window (and allowed ones never activated) expire,
+/// audited; nothing is written when there is nothing to expire.
+pub async fn expire_requests(broker: &Broker) -> Result<usize, ApiError> {
+    let now = broker.now();
+    let open = broker
+        .store()
+        .requests(true, 1000)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let expired: Vec<String> = open
+        .iter()
+        .filter(|r| r.expires_at <= now)
+        .map(|r| r.id.clone())
+        .collect();
+    if expired.is_empty() {
+        return Ok(0);
+    }
+    let mut event = broker
+        .draft("access.requests_expired", Outcome::Ok)
+        .detail("request_ids", expired.clone());
+    event.actor = Some("broker".into());
+    broker
+        .commit(Write {
+            change: Some(Change::ExpireRequests { before: now }),
+            event,
+        })
+        .await?;
+    Ok(expired.len())
+}
+
 /// Continuous verification: after a change of policies, every active grant is decided again with
 /// the request it came from; one the policies no longer allow is revoked early, with that reason.
 pub async fn recheck_active(broker: &Broker) -> Result<usize, ApiError> {
@@ -436,6 +466,9 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
     }
     let mut next_sweep = tokio::time::Instant::now();
     loop {
+        if let Err(error) = expire_requests(&broker).await {
+            tracing::warn!(error = %error, "expiring unanswered requests failed");
+        }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
             match sweep(&broker).await {

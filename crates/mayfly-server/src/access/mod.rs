@@ -26,8 +26,6 @@ use crate::api::error::ApiError;
 use crate::api::middleware::RequestMeta;
 use crate::state::Broker;
 
-/// How long an unanswered request waits for approvals.
-pub const PENDING_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How long an allowed request may wait to be activated.
 pub const ACTIVATION_WINDOW: Duration = Duration::from_secs(3600);
 /// An intent still `issuing` after this is taken over by the expiry engine and revoked.
@@ -287,7 +285,7 @@ impl Broker {
             decision: String::new(),
             break_glass: new.break_glass,
             created_at: now,
-            expires_at: now.saturating_add(PENDING_WINDOW),
+            expires_at: now.saturating_add(self.inner.config.request_pending_window),
         };
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
         let context = context_of(&record, now, source);

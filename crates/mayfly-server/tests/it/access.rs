@@ -578,3 +578,116 @@ async fn the_sweep_drops_logins_without_a_live_grant() {
             .any(|e| e.kind == "sweep.orphan" && e.body.contains(orphan.as_str()))
     );
 }
+
+#[tokio::test]
+async fn break_glass_is_immediate_notified_and_waits_for_review() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    let with_glass = format!(
+        "{POLICY}\n@id(\"oncall-break-glass\")\npermit (principal in Group::\"dev\", action == Action::\"break_glass\", resource == Role::\"pg/owner\");"
+    );
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": with_glass})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let alice = broker.login("alice").await;
+    // Bob may not break the glass on a role no break_glass policy names.
+    let (status, request) = broker
+        .call("POST", "/v1/requests", Some(&alice), Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "SEV1", "break_glass": true})))
+        .await;
+    assert_eq!(status, 200, "{request}");
+    assert_eq!(
+        (request["state"].as_str(), request["break_glass"].as_bool()),
+        (Some("allowed"), Some(true))
+    );
+    let id = request["id"].as_str().unwrap();
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    assert!(connect(&cluster, &credential).await.is_ok());
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let (_, queue) = broker.call("GET", "/v1/review", Some(&admin), None).await;
+    assert!(
+        queue
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == grant_id),
+        "{queue}"
+    );
+    let (status, _) = broker.call("GET", "/v1/review", Some(&alice), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/review"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, queue) = broker.call("GET", "/v1/review", Some(&admin), None).await;
+    assert_eq!(queue, json!([]));
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    for kind in [
+        "access.break_glass.request",
+        "notify.break_glass",
+        "grant.reviewed",
+    ] {
+        assert!(events.iter().any(|e| e.kind == kind), "{kind} missing");
+    }
+    // Without a break_glass policy for the role, it is denied.
+    let (status, body) = broker
+        .call("POST", "/v1/requests", Some(&alice), Some(json!({"target": "pg", "role": "readonly", "ttl_seconds": 300, "reason": "SEV1", "break_glass": true})))
+        .await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test]
+async fn unanswered_requests_expire() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    let (_, request) = ask(&broker, &alice, "owner", 300, "needs approval").await;
+    assert_eq!(request["state"], "pending");
+    let id = request["id"].as_str().unwrap();
+    broker.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    // Alice's session is long gone too: log in again.
+    let alice = broker.login("alice").await;
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let (_, info) = broker
+            .call("GET", &format!("/v1/requests/{id}"), Some(&alice), None)
+            .await;
+        state = info["state"].clone();
+        if state == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "expired");
+    let bob = broker.login("bob").await;
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/approve"),
+            Some(&bob),
+            Some(json!({"comment": "late"})),
+        )
+        .await;
+    assert_eq!(status, 409, "an expired request cannot be approved");
+}
