@@ -411,4 +411,151 @@ mod tests {
         assert!(IssuerKeys::from_pem(&[(None, "nope".into())]).is_err());
         assert!(IssuerKeys::from_jwks(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).is_err());
     }
+
+    #[test]
+    fn ec_p256_and_key_rules() {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        use jsonwebtoken::jwk::{Jwk, JwkSet};
+
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some("ec1".into());
+        // jsonwebtoken derives the JWK from a PKCS#8 v1 document (prefix ‖ seed).
+        const ED25519_PKCS8_PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let seed: [u8; 32] = crate::random_bytes().unwrap();
+        let mut ed_pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
+        ed_pkcs8.extend_from_slice(&seed);
+        let ed_encoding = EncodingKey::from_ed_der(&ed_pkcs8);
+        let mut ed_jwk = Jwk::from_encoding_key(&ed_encoding, Algorithm::EdDSA).unwrap();
+        ed_jwk.common.key_id = Some("ed1".into());
+        let jwks = serde_json::to_string(&JwkSet {
+            keys: vec![jwk, ed_jwk],
+        })
+        .unwrap();
+        let keys = IssuerKeys::from_jwks(&jwks).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(!keys.is_empty());
+
+        let es256 = |kid: Option<&str>, claims: &Value| {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+        };
+        let good = es256(Some("ec1"), &claims());
+        let verified = verify(&good, &keys, &rules(), NOW).unwrap();
+        assert_eq!(verified.get("sub"), Some(&json!("w")));
+        // With two keys, a token must name its key.
+        check(&es256(None, &claims()), &keys, Err(JwtError::UnknownKey));
+        // An ES256 token pointing at the Ed25519 key: wrong family, refused before verifying.
+        check(
+            &es256(Some("ed1"), &claims()),
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("ES256".into())),
+        );
+        // An EdDSA token pointing at the EC key.
+        check(
+            &sign(&ed_pkcs8, Some("ec1"), &claims()),
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("EdDSA".into())),
+        );
+        // The Ed25519 key signs fine under its own kid.
+        check(&sign(&ed_pkcs8, Some("ed1"), &claims()), &keys, Ok(()));
+
+        // Time rules at the edges, leeway 30 s.
+        let mut c = claims();
+        c["iat"] = json!(NOW + 31);
+        check(&es256(Some("ec1"), &c), &keys, Err(JwtError::NotYetValid));
+        c["iat"] = json!(NOW + 30);
+        check(&es256(Some("ec1"), &c), &keys, Ok(()));
+        c["nbf"] = json!(NOW + 30);
+        check(&es256(Some("ec1"), &c), &keys, Ok(()));
+        c["exp"] = json!(NOW - 30);
+        check(&es256(Some("ec1"), &c), &keys, Err(JwtError::Expired));
+        // Leeway is capped at 60 s whatever the rules say.
+        let mut c = claims();
+        c["exp"] = json!(NOW - 61);
+        let lax = JwtRules {
+            leeway_secs: 3600,
+            ..rules()
+        };
+        assert_eq!(
+            verify(&es256(Some("ec1"), &c), &keys, &lax, NOW).unwrap_err(),
+            JwtError::Expired
+        );
+        c["exp"] = json!(NOW - 59);
+        assert!(verify(&es256(Some("ec1"), &c), &keys, &lax, NOW).is_ok());
+        // A single string audience is accepted too.
+        let mut c = claims();
+        c["aud"] = json!("mayfly");
+        check(&es256(Some("ec1"), &c), &keys, Ok(()));
+        c.as_object_mut().unwrap().remove("aud");
+        check(&es256(Some("ec1"), &c), &keys, Err(JwtError::WrongAudience));
+
+        // Tampered payload, original signature.
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut c = claims();
+        c["aud"] = json!("mayfly-admin");
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(c.to_string().as_bytes()),
+            parts[2]
+        );
+        check(&tampered, &keys, Err(JwtError::BadSignature));
+
+        // HS256 with the EC public key (as JWK JSON) as the HMAC secret, and alg names in odd case.
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(jwks.as_bytes()),
+        )
+        .unwrap();
+        check(
+            &hs,
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("HS256".into())),
+        );
+        let lower_none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"None","kid":"ec1"}"#),
+            b64(claims().to_string().as_bytes())
+        );
+        check(
+            &lower_none,
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("None".into())),
+        );
+    }
+
+    #[test]
+    fn jwk_pins_and_uses() {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        use jsonwebtoken::jwk::Jwk;
+
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+        let mut value = serde_json::to_value(&jwk).unwrap();
+        // An encryption key is not a verification key.
+        value["use"] = json!("enc");
+        let err = IssuerKeys::from_jwks(&json!({ "keys": [value] }).to_string()).unwrap_err();
+        assert!(matches!(err, JwtError::InvalidKey(_)));
+        // A key pinned to ES384 refuses an ES256 token even though the family matches.
+        value["use"] = json!("sig");
+        value["alg"] = json!("ES384");
+        let keys = IssuerKeys::from_jwks(&json!({ "keys": [value] }).to_string()).unwrap();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &encoding).unwrap();
+        check(
+            &token,
+            &keys,
+            Err(JwtError::AlgorithmNotAllowed("ES256".into())),
+        );
+    }
 }

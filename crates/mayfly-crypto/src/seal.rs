@@ -94,6 +94,15 @@ pub fn parse_share(text: &str, seal_id: &[u8]) -> Result<Share, CryptoError> {
         .trim()
         .strip_prefix(PREFIX)
         .ok_or(CryptoError::ShareMalformed)?;
+    // Garbage (not base64url at all) is malformed; a well-formed share that fails to decode,
+    // has the wrong length or the wrong checksum was mistyped or belongs to another seal.
+    if encoded.is_empty()
+        || !encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(CryptoError::ShareMalformed);
+    }
     let bytes = Zeroizing::new(
         URL_SAFE_NO_PAD
             .decode(encoded)
@@ -205,8 +214,15 @@ mod tests {
         );
         assert_eq!(
             parse_share("mayfly-share-1-!!!", b"seal-one").unwrap_err(),
-            CryptoError::ShareCorrupted
+            CryptoError::ShareMalformed
         );
+        assert_eq!(
+            parse_share("mayfly-share-1-", b"seal-one").unwrap_err(),
+            CryptoError::ShareMalformed
+        );
+        // Surrounding whitespace (copy and paste) is fine.
+        let padded = format!("  {text}\n");
+        assert!(parse_share(&padded, b"seal-one").is_ok());
         assert!(format!("{:?}", parse_share(&text, b"seal-one").unwrap()).contains("redacted"));
     }
 

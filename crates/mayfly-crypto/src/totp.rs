@@ -164,6 +164,11 @@ mod tests {
             "two steps late is refused"
         );
         assert_eq!(
+            secret.check(&code, now - 60, None),
+            None,
+            "two steps early is refused"
+        );
+        assert_eq!(
             secret.check(&code, now, Some(step)),
             None,
             "a used step is refused"
