@@ -360,3 +360,10 @@ pub struct Credential {
     pub username: String,
     pub password: String,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// More time from now, capped at the request's maximum counted from the grant's creation.
+    pub ttl_seconds: u64,
+}

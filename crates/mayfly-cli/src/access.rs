@@ -420,6 +420,20 @@ pub async fn revoke(client: &Client, id: &str, json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+pub async fn renew(client: &Client, id: &str, ttl: Duration, json: bool) -> anyhow::Result<()> {
+    let body = RenewRequest {
+        ttl_seconds: ttl.as_secs(),
+    };
+    let info: GrantInfo = client
+        .call(Method::POST, &format!("/v1/grants/{id}/renew"), Some(&body))
+        .await?;
+    if json {
+        return print_json(&info);
+    }
+    println!("grant {} renewed: {} s left", info.id, info.seconds_left);
+    Ok(())
+}
+
 pub async fn review(client: &Client, command: ReviewCommand, json: bool) -> anyhow::Result<()> {
     match command {
         ReviewCommand::List => {

@@ -112,6 +112,12 @@ enum Command {
     },
     /// Revoke a grant now.
     Revoke { grant: String },
+    /// Renew a grant: more time from now, within the maximum the policy and role allow.
+    Renew {
+        grant: String,
+        #[arg(long, value_parser = crate::access::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Run a command with a credential in its environment (PGHOST, PGPORT, PGUSER, PGPASSWORD,
     /// PGDATABASE), revoked when it ends.
     Exec {
@@ -807,6 +813,7 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
             crate::access::grants(client, failing, all, json).await?
         }
         Command::Revoke { grant } => crate::access::revoke(client, &grant, json).await?,
+        Command::Renew { grant, ttl } => crate::access::renew(client, &grant, ttl, json).await?,
         Command::Exec { request, command } => {
             return crate::access::exec(client, request, command).await;
         }

@@ -100,6 +100,8 @@ pub trait Target: Send + Sync + fmt::Debug {
     /// Creates the credential, bounded by `plan.expires_at` where the system supports it.
     /// Idempotent on `plan.login`: a second call converges.
     async fn issue(&self, plan: &IssuePlan<'_>) -> Result<Connection, TargetError>;
+    /// Moves the target's own expiry of the credential (the second fence) on a renewal.
+    async fn extend(&self, login: &LoginName, expires_at: Timestamp) -> Result<(), TargetError>;
     /// Drops the credential and ends its live sessions. `Ok` if it is already gone.
     async fn revoke(&self, login: &LoginName, role: Option<&RoleSpec>) -> Result<(), TargetError>;
     /// Tries the credential on the target and returns proof that it is refused and that no session

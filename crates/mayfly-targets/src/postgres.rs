@@ -216,6 +216,20 @@ impl Target for PostgresTarget {
         Ok(self.connection())
     }
 
+    async fn extend(&self, login: &LoginName, expires_at: Timestamp) -> Result<(), TargetError> {
+        let sql = render(
+            "ALTER ROLE {{name}} VALID UNTIL {{expiration}}",
+            login,
+            None,
+            Some(expires_at),
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(())
+    }
+
     async fn revoke(&self, login: &LoginName, role: Option<&RoleSpec>) -> Result<(), TargetError> {
         if !self.role_exists(login).await? {
             return Ok(());

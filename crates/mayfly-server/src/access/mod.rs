@@ -750,6 +750,95 @@ impl Broker {
         })
     }
 
+    /// Renews an active grant: the holder asks for `ttl` more from now, within the request's
+    /// maximum (counted from the grant's creation), if the policies still allow it. The target's
+    /// own expiry moves first; if the target cannot be reached the renewal is refused.
+    pub async fn renew(
+        &self,
+        meta: &RequestMeta,
+        caller: &Principal,
+        grant_id: &str,
+        ttl: Duration,
+    ) -> Result<GrantInfo, ApiError> {
+        let grant = self
+            .store()
+            .grant(grant_id)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or_else(|| ApiError::NotFound(format!("no grant `{}`", truncate(grant_id))))?;
+        if grant.principal != principal_key(caller) {
+            return Err(ApiError::Forbidden(
+                "only the holder can renew a grant".into(),
+            ));
+        }
+        if grant.state != GrantState::Active {
+            return Err(ApiError::Conflict(format!(
+                "the grant is {}, not active",
+                grant.state
+            )));
+        }
+        let request = self
+            .store()
+            .request(&grant.request_id)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or_else(|| ApiError::Internal("the grant's request is missing".into()))?;
+        if !self.still_allowed(&request).await? {
+            return Err(ApiError::Forbidden(
+                "the policies no longer allow this grant".into(),
+            ));
+        }
+        let now = self.now();
+        let requested = now
+            .unix_ms()
+            .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let ceiling = grant
+            .created_at
+            .unix_ms()
+            .saturating_add(request.max_ttl_ms);
+        let expires_at = Timestamp::from_unix_ms(requested.min(ceiling));
+        if expires_at <= grant.expires_at {
+            return Err(ApiError::Conflict(
+                "the grant is already at its maximum lifetime".into(),
+            ));
+        }
+        let login = LoginName::parse(&grant.login)
+            .map_err(|e| ApiError::Internal(format!("stored login: {e}")))?;
+        self.target(&grant.target)
+            .await?
+            .extend(&login, expires_at)
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(format!("the target could not extend the credential: {e}"))
+            })?;
+        let mut update = GrantUpdate::new(&grant.id, GrantState::Active, GrantState::Active);
+        update.expires_at = Some(expires_at);
+        update.next_attempt_at = Some(expires_at);
+        let mut event = self
+            .draft("grant.renew", Outcome::Ok)
+            .detail("grant_id", grant.id.clone())
+            .detail("expires_at_ms", expires_at.unix_ms());
+        event.actor = Some(principal_key(caller));
+        meta.fill(&mut event);
+        match self
+            .commit(Write {
+                change: Some(Change::UpdateGrant { update }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => {}
+            WriteOutcome::Conflict { reason, .. } => return Err(ApiError::Conflict(reason)),
+        }
+        let grant = self
+            .store()
+            .grant(grant_id)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or_else(|| ApiError::Internal("the grant vanished".into()))?;
+        Ok(grant_info(&grant, self.now()))
+    }
+
     /// Early revocation by the holder or an admin; the expiry engine does the work at once.
     pub async fn request_revoke(
         &self,

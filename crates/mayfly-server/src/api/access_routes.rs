@@ -424,6 +424,31 @@ pub async fn revoke_grant(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/grants/{id}/renew", request_body = RenewRequest, responses((status = 200, body = GrantInfo), (status = 409, body = ErrorBody)))]
+pub async fn renew_grant(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<RenewRequest>,
+) -> ApiResult<GrantInfo> {
+    if request.ttl_seconds == 0 {
+        return Err(ApiError::BadRequest(
+            "field `ttl_seconds`: must be at least 1".into(),
+        ));
+    }
+    Ok(ApiJson(
+        broker
+            .renew(
+                &meta,
+                caller.principal(),
+                &id,
+                Duration::from_secs(request.ttl_seconds),
+            )
+            .await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/v1/review", responses((status = 200, body = Vec<GrantInfo>)))]
 pub async fn review_queue(
     State(broker): State<Broker>,

@@ -61,6 +61,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/requests/{id}/activate", post(access_routes::activate))
         .route("/v1/grants", get(access_routes::list_grants))
         .route("/v1/grants/{id}/revoke", post(access_routes::revoke_grant))
+        .route("/v1/grants/{id}/renew", post(access_routes::renew_grant))
         .route("/v1/grants/{id}/review", post(access_routes::review_grant))
         .route("/v1/review", get(access_routes::review_queue))
         .fallback(routes::not_found)

@@ -42,6 +42,7 @@ use crate::api::{access_routes, routes};
         access_routes::activate,
         access_routes::list_grants,
         access_routes::revoke_grant,
+        access_routes::renew_grant,
         access_routes::review_queue,
         access_routes::review_grant,
     ),

@@ -691,3 +691,81 @@ async fn unanswered_requests_expire() {
         .await;
     assert_eq!(status, 409, "an expired request cannot be approved");
 }
+
+#[tokio::test]
+async fn renewal_moves_both_fences_within_the_maximum() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let alice = broker.login("alice").await;
+    // owner: role max 600 s; readonly: policy max 3600 s. Use readonly with a short first lease.
+    let credential = activate_readonly(&broker, &alice, 60).await;
+    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
+    let created = credential["grant"]["created_at_ms"].as_i64().unwrap();
+    broker.clock.advance(Duration::from_secs(30));
+    let (status, grant) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/renew"),
+            Some(&alice),
+            Some(json!({"ttl_seconds": 600})),
+        )
+        .await;
+    assert_eq!(status, 200, "{grant}");
+    assert_eq!(
+        grant["expires_at_ms"].as_i64().unwrap(),
+        created + 30_000 + 600_000
+    );
+    // The target's own expiry moved too.
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database("postgres")
+        .username("postgres")
+        .password(&cluster.admin_password);
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let valid_until_ms: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM rolvaliduntil)::float8 * 1000 FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(credential["username"].as_str().unwrap())
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        (valid_until_ms as i64 - (created + 630_000)).abs() < 1000,
+        "{valid_until_ms}"
+    );
+    // Never past the maximum (3600 s from creation), and only by the holder.
+    let (status, grant) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/renew"),
+            Some(&alice),
+            Some(json!({"ttl_seconds": 86_400})),
+        )
+        .await;
+    assert_eq!(status, 200, "{grant}");
+    assert_eq!(
+        grant["expires_at_ms"].as_i64().unwrap(),
+        created + 3_600_000
+    );
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/renew"),
+            Some(&alice),
+            Some(json!({"ttl_seconds": 60})),
+        )
+        .await;
+    assert_eq!(status, 409, "already at its maximum");
+    let bob = broker.login("bob").await;
+    let (status, _) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/renew"),
+            Some(&bob),
+            Some(json!({"ttl_seconds": 60})),
+        )
+        .await;
+    assert_eq!(status, 403);
+}
