@@ -36,7 +36,7 @@ async fn main() {
         (
             "POST",
             "/v1/targets",
-            json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": admin_user, "admin_password": "unused"}),
+            json!({"kind": "postgres", "name": "pg", "url": url.clone(), "admin_user": admin_user.clone(), "admin_password": "unused"}),
         ),
         (
             "POST",
@@ -97,20 +97,7 @@ async fn main() {
         created.elapsed().as_secs_f64()
     );
 
-    let admin_url = format!(
-        "{}",
-        args.get(2)
-            .cloned()
-            .unwrap_or_else(|| "postgres://127.0.0.1:5432/postgres".into())
-    )
-    .replacen(
-        "://",
-        &format!(
-            "://{}@",
-            args.get(3).cloned().unwrap_or_else(|| "postgres".into())
-        ),
-        1,
-    );
+    let admin_url = url.replacen("://", &format!("://{admin_user}@"), 1);
     let mut pg = sqlx::PgConnection::connect(&admin_url).await.unwrap();
     let total = count(&mut pg).await as usize;
     assert!(total >= n, "{total} roles on the target");
