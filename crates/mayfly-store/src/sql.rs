@@ -810,6 +810,28 @@ impl Store for SqlStore {
         rows.iter().map(access::grant_from_row).collect()
     }
 
+    async fn live_logins(
+        &self,
+        logins: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut live = std::collections::HashSet::new();
+        for chunk in logins.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT login FROM grants WHERE state IN ('issuing', 'active', 'revoking', 'failed') AND login IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for login in chunk {
+                query = query.bind(login.clone());
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(unavailable)? {
+                live.insert(row.try_get("login").map_err(unavailable)?);
+            }
+        }
+        Ok(live)
+    }
+
     async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError> {
         let _writer = self.write_lock.lock().await;
         let done = sqlx::query(

@@ -325,14 +325,6 @@ pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
     if broker.unsealed().await.is_none() {
         return Ok(0);
     }
-    let live: std::collections::HashSet<String> = broker
-        .store()
-        .grants(mayfly_store::GrantFilter::Live, i64::MAX)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .into_iter()
-        .map(|g| g.login)
-        .collect();
     let mut found = 0;
     for record in broker
         .store()
@@ -348,6 +340,14 @@ pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
                 continue;
             }
         };
+        // Only the target's own logins are looked up, a chunk at a time: memory does not grow
+        // with the number of leases in the store.
+        let names: Vec<String> = logins.iter().map(ToString::to_string).collect();
+        let live = broker
+            .store()
+            .live_logins(&names)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
         for login in logins {
             if live.contains(login.as_str()) {
                 continue;

@@ -307,6 +307,11 @@ pub async fn run(store: &dyn Store) {
         (g.state, g.revoke_reason.as_deref()),
         (GrantState::Revoking, Some("expired"))
     );
+    let live = store
+        .live_logins(&["mf_g1".to_owned(), "mf_nobody".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(live, HashSet::from(["mf_g1".to_owned()]));
 }
 
 /// Two nodes claiming at once never get the same grant.
