@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection as _, Row};
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
 
 /// How many connections the broker opens to one target at most (the per-target limit).
-pub const MAX_CONNECTIONS: u32 = 4;
+pub const MAX_CONNECTIONS: u32 = 16;
 
 pub struct PostgresTarget {
     name: String,
