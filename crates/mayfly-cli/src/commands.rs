@@ -349,6 +349,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.tls = Some(mayfly_server::TlsFiles { cert, key });
     }
     config.group_commit = !args.no_group_commit;
+    // Several brokers may share a PostgreSQL store: lease times come from its clock.
+    config.clock_from_store = config.store_url.starts_with("postgres");
     let listen: SocketAddr = match (args.listen, file_listen) {
         (Some(listen), _) => listen,
         (None, Some(text)) => text

@@ -59,3 +59,36 @@ impl Clock for ManualClock {
         Timestamp::from_unix_ms(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// The store's clock, for brokers sharing one store: the wall clock plus an offset measured
+/// against the store (`Store::clock_ms`), refreshed by [`StoreClock::sync`]. Lease times then come
+/// from one clock, whichever node reads them.
+#[derive(Debug, Clone, Default)]
+pub struct StoreClock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl StoreClock {
+    /// Measures the offset: the store's time against the midpoint of the round trip.
+    pub async fn sync(
+        &self,
+        store: &dyn mayfly_store::Store,
+    ) -> Result<i64, mayfly_store::StoreError> {
+        let before = SystemClock.now().unix_ms();
+        let store_ms = store.clock_ms().await?;
+        let after = SystemClock.now().unix_ms();
+        let offset = store_ms - (before + after) / 2;
+        self.offset_ms.store(offset, Ordering::SeqCst);
+        Ok(offset)
+    }
+
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst)
+    }
+}
+
+impl Clock for StoreClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_ms(SystemClock.now().unix_ms().saturating_add(self.offset_ms()))
+    }
+}

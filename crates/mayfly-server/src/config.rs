@@ -57,6 +57,8 @@ pub struct Config {
     pub notify_webhook: Option<String>,
     /// How long a request waits for approvals before it expires unanswered.
     pub request_pending_window: Duration,
+    /// Take time from the store's clock (for several brokers on one PostgreSQL store).
+    pub clock_from_store: bool,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -79,6 +81,7 @@ impl Config {
             user_session_ttl: Duration::from_secs(3600),
             notify_webhook: None,
             request_pending_window: Duration::from_secs(24 * 3600),
+            clock_from_store: false,
             clock: Arc::new(SystemClock),
         }
     }

@@ -138,6 +138,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes every grant in `issuing` due now and releases its claim; returns how many. For a
     /// single-node store at start: an intent still `issuing` is the leftover of a crash.
     async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError>;
+    /// The store's own clock, in unix milliseconds: one clock for every node sharing the store.
+    async fn clock_ms(&self) -> Result<i64, StoreError>;
     /// Which of `logins` belong to a live grant (at most 500 at a time).
     async fn live_logins(
         &self,

@@ -810,6 +810,22 @@ impl Store for SqlStore {
         rows.iter().map(access::grant_from_row).collect()
     }
 
+    async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let sql = match self.dialect {
+            Dialect::Postgres => {
+                "SELECT CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) AS ms"
+            }
+            Dialect::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS ms"
+            }
+        };
+        let row = sqlx::query(sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.try_get("ms").map_err(unavailable)
+    }
+
     async fn live_logins(
         &self,
         logins: &[String],

@@ -378,3 +378,18 @@ async fn a_broker_on_postgres_keeps_one_verified_chain_across_two_nodes() {
     second.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn the_store_clock_follows_postgres() {
+    use mayfly_server::clock::Clock;
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let store = mayfly_store::open(&db.url).await.unwrap();
+    let clock = mayfly_server::clock::StoreClock::default();
+    let offset = clock.sync(&store).await.unwrap();
+    // Same machine: the offset is the round trip's noise, and now() is the server's time.
+    assert!(offset.abs() < 1_000, "offset {offset} ms");
+    let server_ms = mayfly_store::Store::clock_ms(&store).await.unwrap();
+    assert!((clock.now().unix_ms() - server_ms).abs() < 1_000);
+    store.close().await;
+    db.drop_db().await;
+}

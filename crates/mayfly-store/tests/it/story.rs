@@ -68,6 +68,14 @@ pub async fn verify_chain(store: &dyn Store) -> i64 {
 }
 
 pub async fn run(store: &dyn Store) {
+    // The store's clock is the real time (one clock for every node sharing the store).
+    let local = std::time::UNIX_EPOCH.elapsed().unwrap().as_millis() as i64;
+    let store_ms = store.clock_ms().await.unwrap();
+    assert!(
+        (store_ms - local).abs() < 2_000,
+        "store clock {store_ms} vs local {local}"
+    );
+
     assert_eq!(store.seal().await.unwrap(), None);
     assert_eq!(store.audit_head().await.unwrap().0, 0);
 
