@@ -49,6 +49,7 @@ pub struct Options {
     pub audit_file: bool,
     pub bootstrap: bool,
     pub checkpoint_every_events: u64,
+    pub notify_webhook: Option<String>,
 }
 
 impl Default for Options {
@@ -59,6 +60,7 @@ impl Default for Options {
             audit_file: true,
             bootstrap: true,
             checkpoint_every_events: 1000,
+            notify_webhook: None,
         }
     }
 }
@@ -91,6 +93,7 @@ impl TestBroker {
         config.clock = Arc::new(clock.clone());
         config.group_commit = options.group_commit;
         config.checkpoint_every_events = options.checkpoint_every_events;
+        config.notify_webhook = options.notify_webhook.clone();
         if options.audit_file {
             config.audit_file = Some(dir.path().join("audit.jsonl"));
         }

@@ -579,10 +579,37 @@ async fn the_sweep_drops_logins_without_a_live_grant() {
     );
 }
 
+/// A webhook receiver on a loopback port; returns its URL and what it received.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, received)
+}
+
 #[tokio::test]
 async fn break_glass_is_immediate_notified_and_waits_for_review() {
     let cluster = PgCluster::start();
-    let broker = TestBroker::ready().await;
+    let (hook, received) = webhook_receiver().await;
+    let broker = TestBroker::start(mayfly_testkit::Options {
+        notify_webhook: Some(hook),
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
     setup(&broker, &cluster).await;
     let admin = broker.admin_token.clone().unwrap();
     let with_glass = format!(
@@ -619,6 +646,18 @@ async fn break_glass_is_immediate_notified_and_waits_for_review() {
     assert_eq!(status, 200, "{credential}");
     assert!(connect(&cluster, &credential).await.is_ok());
     let grant_id = credential["grant"]["id"].as_str().unwrap();
+    // The webhook got a generic JSON notification with a Slack-compatible `text`.
+    let notes = received.lock().unwrap().clone();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0]["event"], "break_glass");
+    assert_eq!(notes[0]["grant_id"], grant_id);
+    assert_eq!(notes[0]["principal"], "user:alice");
+    assert!(notes[0]["text"].as_str().unwrap().contains("BREAK-GLASS"));
+    assert!(
+        !notes[0]
+            .to_string()
+            .contains(credential["password"].as_str().unwrap())
+    );
     let (_, queue) = broker.call("GET", "/v1/review", Some(&admin), None).await;
     assert!(
         queue
