@@ -8,6 +8,7 @@ pub mod barrier;
 mod error;
 pub mod jwt;
 pub mod password;
+pub mod scram;
 pub mod seal;
 pub mod sign;
 pub mod token;

@@ -130,6 +130,24 @@ impl Broker {
         })
     }
 
+    /// Commits many writes in as few transactions as the committer makes; one answer per write.
+    pub async fn commit_many(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, ApiError>> {
+        self.inner
+            .committer
+            .commit_many(writes)
+            .await
+            .into_iter()
+            .map(|result| {
+                result.map_err(|e| {
+                    tracing::error!(error = %e, "audit commit failed");
+                    ApiError::Unavailable(
+                        "the audit log is unavailable; the action was not performed".into(),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Records a fact with no change of state (a refusal, a read of a secret).
     pub async fn record(&self, event: AuditDraft) -> Result<i64, ApiError> {
         match self

@@ -21,16 +21,20 @@ fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
     ApiError::Internal(format!("crypto: {error}"))
 }
 
-/// A password strong enough to show once: 20 characters from a 62-letter alphabet (≈119 bits).
+/// Generated passwords: 24 characters from a 62-letter alphabet (≈142 bits, above the 128 a
+/// generated credential must carry).
+pub const PASSWORD_LEN: usize = 24;
+
+/// A password strong enough to show once, from the operating system's CSPRNG.
 pub fn generate_password() -> Result<SecretString, ApiError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(20);
-    while out.len() < 20 {
+    let mut out = String::with_capacity(PASSWORD_LEN);
+    while out.len() < PASSWORD_LEN {
         let bytes: [u8; 32] = mayfly_crypto::random_bytes().map_err(crypto)?;
         for byte in bytes {
             // Rejection sampling: 248 = 4 * 62, so every letter is equally likely.
             if byte < 248
-                && out.len() < 20
+                && out.len() < PASSWORD_LEN
                 && let Some(c) = ALPHABET.get(usize::from(byte % 62))
             {
                 out.push(char::from(*c));

@@ -104,6 +104,19 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn extend(&self, login: &LoginName, expires_at: Timestamp) -> Result<(), TargetError>;
     /// Drops the credential and ends its live sessions. `Ok` if it is already gone.
     async fn revoke(&self, login: &LoginName, role: Option<&RoleSpec>) -> Result<(), TargetError>;
+    /// Revokes many credentials, one result per item in order (the expiry engine's batch: a
+    /// burst of expiries costs a few round trips, not a few per credential). The default revokes
+    /// them one by one.
+    async fn revoke_many(
+        &self,
+        items: &[(LoginName, Option<RoleSpec>)],
+    ) -> Vec<Result<(), TargetError>> {
+        let mut results = Vec::with_capacity(items.len());
+        for (login, role) in items {
+            results.push(self.revoke(login, role.as_ref()).await);
+        }
+        results
+    }
     /// Tries the credential on the target and returns proof that it is refused and that no session
     /// of it is left.
     async fn verify_revoked(

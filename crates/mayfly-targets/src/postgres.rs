@@ -1,7 +1,8 @@
 //! PostgreSQL (13 and later). A grant is a role with `LOGIN`, a password and `VALID UNTIL` set to
 //! the grant's expiry (the second fence), created by the role's SQL. Revocation first forbids new
 //! logins (`NOLOGIN`), then terminates every backend of the role (`pg_terminate_backend`), then
-//! `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE`. Verification checks `pg_roles` and
+//! `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE`. `{{password}}` renders as the password's
+//! SCRAM-SHA-256 verifier: the clear password never reaches the target. Verification checks `pg_roles` and
 //! `pg_stat_activity` and tries to log in with the issued password.
 //!
 //! Identifiers and literals sent to the server are quoted here, by [`quote_ident`] and
@@ -19,6 +20,9 @@ use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetErro
 
 /// How many connections the broker opens to one target at most (the per-target limit).
 pub const MAX_CONNECTIONS: u32 = 16;
+
+/// SQLSTATE 42710: the role already exists.
+const DUPLICATE_OBJECT: &str = "42710";
 
 pub struct PostgresTarget {
     name: String,
@@ -143,12 +147,97 @@ impl PostgresTarget {
         row.try_get("n").map_err(|e| self.unavailable(e))
     }
 
-    async fn terminate_backends(&self, login: &LoginName) -> Result<(), TargetError> {
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
-            .bind(login.as_str())
-            .execute(&self.pool)
+    /// Revokes every login of `items` in three steps, each one round trip whatever the batch size:
+    /// no new logins (`NOLOGIN`, committed), end every backend of those roles, then the role's own
+    /// revocation SQL, `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE` in one transaction. Backends
+    /// are found by role oid, so one that raced the `NOLOGIN` is ended after the drop too.
+    async fn revoke_batch(
+        &self,
+        items: &[(LoginName, Option<RoleSpec>)],
+    ) -> Result<(), TargetError> {
+        let names: Vec<String> = items.iter().map(|(l, _)| l.as_str().to_owned()).collect();
+        let rows =
+            sqlx::query("SELECT rolname, oid::int8 AS oid FROM pg_roles WHERE rolname = ANY($1)")
+                .bind(&names)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut existing = std::collections::HashSet::new();
+        let mut oids: Vec<i64> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            existing.insert(
+                row.try_get::<String, _>("rolname")
+                    .map_err(|e| self.unavailable(e))?,
+            );
+            oids.push(row.try_get("oid").map_err(|e| self.unavailable(e))?);
+        }
+        let present: Vec<&(LoginName, Option<RoleSpec>)> = items
+            .iter()
+            .filter(|(login, _)| existing.contains(login.as_str()))
+            .collect();
+        let mut nologin = String::from("BEGIN;");
+        for (login, _) in &present {
+            nologin.push_str(&format!(
+                " ALTER ROLE {} NOLOGIN;",
+                quote_ident(login.as_str())
+            ));
+        }
+        nologin.push_str(" COMMIT;");
+        self.execute_script(nologin).await?;
+        self.terminate_oids(&oids).await?;
+        let mut drop = String::from("BEGIN;");
+        for (login, role) in &present {
+            if let Some(sql) = role.as_ref().and_then(|r| r.revocation_sql.as_deref()) {
+                drop.push(' ');
+                drop.push_str(&render(sql, login, None, None));
+                drop.push(';');
+            }
+        }
+        let list = present
+            .iter()
+            .map(|(login, _)| quote_ident(login.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        drop.push_str(&format!(
+            " REASSIGN OWNED BY {list} TO CURRENT_USER; DROP OWNED BY {list}; DROP ROLE IF EXISTS {list}; COMMIT;"
+        ));
+        self.execute_script(drop).await?;
+        self.terminate_oids(&oids).await
+    }
+
+    /// Runs a script that holds its own `BEGIN`/`COMMIT` on one connection; on an error the
+    /// connection is closed rather than returned to the pool mid-transaction.
+    async fn execute_script(&self, script: String) -> Result<(), TargetError> {
+        self.run_script(script)
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn run_script(&self, script: String) -> Result<(), sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .execute(&mut *connection)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let _ = connection.detach().close().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn terminate_oids(&self, oids: &[i64]) -> Result<(), TargetError> {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid::int8 = ANY($1) AND pid <> pg_backend_pid()",
+        )
+        .bind(oids)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?;
         Ok(())
     }
 }
@@ -181,38 +270,47 @@ impl Target for PostgresTarget {
     }
 
     async fn issue(&self, plan: &IssuePlan<'_>) -> Result<Connection, TargetError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.unavailable(e))?;
-        let exists = sqlx::query("SELECT count(*) AS n FROM pg_roles WHERE rolname = $1")
-            .bind(plan.login.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .try_get::<i64, _>("n")
-            .map_err(|e| self.unavailable(e))?;
-        if exists == 0 {
-            let sql = render(
-                &plan.role.creation_sql,
-                plan.login,
-                Some(plan.secret),
-                Some(plan.expires_at),
-            );
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.unavailable(e))?;
-        }
-        // Converge (a second issue after a crash) and set the second fence in every case.
-        let fence = render(
-            "ALTER ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}}",
+        // The target gets the SCRAM verifier, never the password itself.
+        let verifier =
+            mayfly_crypto::scram::verifier(plan.secret).map_err(|e| TargetError::Refused {
+                target: self.name.clone(),
+                reason: format!("cannot derive the password verifier: {e}"),
+            })?;
+        let create = render(
+            &plan.role.creation_sql,
             plan.login,
-            Some(plan.secret),
+            Some(&verifier),
             Some(plan.expires_at),
         );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(fence))
-            .execute(&mut *tx)
+        // The second fence, whatever the creation SQL says: VALID UNTIL. (The password is not set
+        // twice: PostgreSQL checks every verifier it is given against the empty password, one
+        // key derivation each.)
+        let fence = render(
+            "ALTER ROLE {{name}} VALID UNTIL {{expiration}}",
+            plan.login,
+            None,
+            Some(plan.expires_at),
+        );
+        // One round trip in the usual case; a second issue (a retry after a crash) finds the role
+        // there and converges: login, this password, VALID UNTIL.
+        match self
+            .run_script(format!("BEGIN;\n{create};\n{fence};\nCOMMIT;"))
             .await
-            .map_err(|e| self.unavailable(e))?;
-        tx.commit().await.map_err(|e| self.unavailable(e))?;
+        {
+            Ok(()) => {}
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(DUPLICATE_OBJECT) => {
+                let converge = render(
+                    "ALTER ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}}",
+                    plan.login,
+                    Some(&verifier),
+                    Some(plan.expires_at),
+                );
+                self.run_script(converge)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+            }
+            Err(error) => return Err(self.unavailable(error)),
+        }
         Ok(self.connection())
     }
 
@@ -231,34 +329,38 @@ impl Target for PostgresTarget {
     }
 
     async fn revoke(&self, login: &LoginName, role: Option<&RoleSpec>) -> Result<(), TargetError> {
-        if !self.role_exists(login).await? {
-            return Ok(());
+        self.revoke_batch(&[(login.clone(), role.cloned())]).await
+    }
+
+    /// One batch for all: a failure that names no single login (unreachable) fails them all; a
+    /// refusal is isolated by revoking them one by one.
+    async fn revoke_many(
+        &self,
+        items: &[(LoginName, Option<RoleSpec>)],
+    ) -> Vec<Result<(), TargetError>> {
+        match self.revoke_batch(items).await {
+            Ok(()) => items.iter().map(|_| Ok(())).collect(),
+            Err(TargetError::Unavailable { source, .. }) => {
+                let text = source.to_string();
+                items
+                    .iter()
+                    .map(|_| {
+                        Err(TargetError::Unavailable {
+                            target: self.name.clone(),
+                            source: text.clone().into(),
+                        })
+                    })
+                    .collect()
+            }
+            Err(_) if items.len() > 1 => {
+                let mut results = Vec::with_capacity(items.len());
+                for item in items {
+                    results.push(self.revoke_batch(std::slice::from_ref(item)).await);
+                }
+                results
+            }
+            Err(error) => vec![Err(error)],
         }
-        let ident = quote_ident(login.as_str());
-        // No new logins, then end the live sessions, then drop.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER ROLE {ident} NOLOGIN")))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        self.terminate_backends(login).await?;
-        if let Some(sql) = role.and_then(|r| r.revocation_sql.as_deref()) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(render(sql, login, None, None)))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| self.unavailable(e))?;
-        }
-        let drop = format!(
-            "REASSIGN OWNED BY {ident} TO CURRENT_USER; DROP OWNED BY {ident}; DROP ROLE IF EXISTS {ident}"
-        );
-        let mut tx = self.pool.begin().await.map_err(|e| self.unavailable(e))?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        tx.commit().await.map_err(|e| self.unavailable(e))?;
-        // A backend that raced the NOLOGIN has no role to act as now; end it too.
-        self.terminate_backends(login).await?;
-        Ok(())
     }
 
     async fn verify_revoked(

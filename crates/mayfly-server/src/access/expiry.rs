@@ -14,7 +14,9 @@ use mayfly_core::audit::Outcome;
 use mayfly_core::grant::{GrantEvent, GrantState};
 use mayfly_crypto::SecretString;
 use mayfly_store::{Change, GrantRecord, GrantUpdate, Write, WriteOutcome};
+use mayfly_targets::RoleSpec;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::access::{grant_secret_path, role_spec};
 use crate::api::error::ApiError;
@@ -22,8 +24,16 @@ use crate::state::Broker;
 
 /// How long a claim holds before another node may take the grant over.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
-const BATCH: i64 = 256;
-const PER_TARGET: usize = 16;
+/// Grants claimed in one round.
+const BATCH: usize = 4096;
+/// Grants revoked in one batch on one target (a few round trips for all of them).
+const CHUNK: usize = 256;
+/// Batches revoked at once on one target.
+const REVOKE_PER_TARGET: usize = 4;
+/// Proofs run at once on one target (each tries a login).
+const PROVE_PER_TARGET: usize = 8;
+/// Grants claimed and not yet finished, at most (bounds memory, whatever the lease count).
+const MAX_IN_FLIGHT: usize = 16_384;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often the sweep looks for orphaned logins on every target (and once at start).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -46,38 +56,146 @@ pub fn backoff(n_attempts: i64) -> Duration {
     base.mul_f64(factor)
 }
 
-/// One round: claims what is due and works on it.
+/// One round, to the end: claims what is due and finishes it.
 pub async fn run_once(broker: &Broker) -> Result<ExpiryOutcome, ApiError> {
-    if broker.unsealed().await.is_none() {
-        return Ok(ExpiryOutcome::Idle);
+    let mut engine = Engine::new(broker.clone());
+    let n = engine.start_due().await?;
+    engine.finish().await;
+    Ok(if n == 0 {
+        ExpiryOutcome::Idle
+    } else {
+        ExpiryOutcome::Worked(n)
+    })
+}
+
+/// The work in flight and the per-target limits, kept across rounds so that a new round's
+/// revocations start while the last round's state changes are still being written.
+pub struct Engine {
+    broker: Broker,
+    revoke_limits: HashMap<String, Arc<Semaphore>>,
+    prove_limits: HashMap<String, Arc<Semaphore>>,
+    /// Each task answers how many claimed grants it finished.
+    tasks: JoinSet<usize>,
+    in_flight: usize,
+}
+
+impl Engine {
+    pub fn new(broker: Broker) -> Engine {
+        Engine {
+            broker,
+            revoke_limits: HashMap::new(),
+            prove_limits: HashMap::new(),
+            tasks: JoinSet::new(),
+            in_flight: 0,
+        }
     }
-    let now = broker.now();
-    let claimed = broker
-        .store()
-        .claim_due(now, now.saturating_add(CLAIM_TIMEOUT), BATCH)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    if claimed.is_empty() {
-        return Ok(ExpiryOutcome::Idle);
-    }
-    let n = claimed.len();
-    let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for grant in claimed {
-        let limit = limits
-            .entry(grant.target.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(PER_TARGET)))
-            .clone();
-        let broker = broker.clone();
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            if let Err(error) = drive(&broker, grant).await {
-                tracing::warn!(error = %error, "expiry work failed; the claim will time out and it is retried");
+
+    /// Claims due grants (as many as there is room for) and starts their work: revocations in
+    /// batches per target, proofs one by one. Returns how many were claimed.
+    pub async fn start_due(&mut self) -> Result<usize, ApiError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            self.reaped(done);
+        }
+        if self.broker.unsealed().await.is_none() {
+            return Ok(0);
+        }
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight).min(BATCH);
+        if room == 0 {
+            return Ok(0);
+        }
+        let now = self.broker.now();
+        let claimed = self
+            .broker
+            .store()
+            .claim_due(
+                now,
+                now.saturating_add(CLAIM_TIMEOUT),
+                i64::try_from(room).unwrap_or(i64::MAX),
+            )
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let n = claimed.len();
+        self.in_flight += n;
+        let mut to_revoke: HashMap<String, Vec<GrantRecord>> = HashMap::new();
+        for grant in claimed {
+            match grant.state {
+                GrantState::Revoked => {
+                    let limit = limit(&mut self.prove_limits, &grant.target, PROVE_PER_TARGET);
+                    let broker = self.broker.clone();
+                    self.tasks.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        if let Err(error) = prove(&broker, &grant).await {
+                            tracing::warn!(error = %error, "proof failed; the claim will time out and it is retried");
+                        }
+                        1
+                    });
+                }
+                GrantState::Verified => self.in_flight -= 1,
+                GrantState::Issuing
+                | GrantState::Active
+                | GrantState::Revoking
+                | GrantState::Failed => {
+                    to_revoke
+                        .entry(grant.target.clone())
+                        .or_default()
+                        .push(grant);
+                }
             }
-        });
+        }
+        for (target, mut grants) in to_revoke {
+            let limit = limit(&mut self.revoke_limits, &target, REVOKE_PER_TARGET);
+            while !grants.is_empty() {
+                let rest = grants.split_off(grants.len().min(CHUNK));
+                let chunk = std::mem::replace(&mut grants, rest);
+                let broker = self.broker.clone();
+                let limit = limit.clone();
+                let target = target.clone();
+                self.tasks.spawn(async move {
+                    let n = chunk.len();
+                    if let Err(error) = revoke_chunk(&broker, &target, chunk, limit).await {
+                        tracing::warn!(error = %error, "revocation batch failed; the claims will time out and they are retried");
+                    }
+                    n
+                });
+            }
+        }
+        Ok(n)
     }
-    while tasks.join_next().await.is_some() {}
-    Ok(ExpiryOutcome::Worked(n))
+
+    fn reaped(&mut self, done: Result<usize, tokio::task::JoinError>) {
+        match done {
+            Ok(n) => self.in_flight = self.in_flight.saturating_sub(n),
+            Err(error) => {
+                // A panicked task: its claims time out and come back. Recount from the tasks left.
+                tracing::error!(error = %error, "an expiry task failed");
+                if self.tasks.is_empty() {
+                    self.in_flight = 0;
+                }
+            }
+        }
+    }
+
+    /// Waits until one task finishes (forever if none runs).
+    async fn next_done(&mut self) {
+        match self.tasks.join_next().await {
+            Some(done) => self.reaped(done),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for all the work in flight.
+    pub async fn finish(&mut self) {
+        while let Some(done) = self.tasks.join_next().await {
+            self.reaped(done);
+        }
+    }
+}
+
+fn limit(limits: &mut HashMap<String, Arc<Semaphore>>, target: &str, n: usize) -> Arc<Semaphore> {
+    limits
+        .entry(target.to_owned())
+        .or_insert_with(|| Arc::new(Semaphore::new(n)))
+        .clone()
 }
 
 async fn update(
@@ -89,10 +207,31 @@ async fn update(
     fill: impl FnOnce(&mut GrantUpdate),
     details: Vec<(&str, serde_json::Value)>,
 ) -> Result<Option<GrantState>, ApiError> {
-    let to = grant
-        .state
-        .apply(event)
-        .map_err(|e| ApiError::Internal(format!("grant {}: {e}", grant.id)))?;
+    let (write, to) = transition(broker, grant, &[event], kind, outcome, fill, details)?;
+    match broker.commit(write).await? {
+        WriteOutcome::Applied { .. } => Ok(Some(to)),
+        // Another node (or a user) moved it meanwhile: our claim is stale, stop.
+        WriteOutcome::Conflict { .. } => Ok(None),
+    }
+}
+
+/// The write that moves a claimed grant through `events` (fenced by the claim's epoch), with its
+/// audit event.
+fn transition(
+    broker: &Broker,
+    grant: &GrantRecord,
+    events: &[GrantEvent],
+    kind: &str,
+    outcome: Outcome,
+    fill: impl FnOnce(&mut GrantUpdate),
+    details: Vec<(&str, serde_json::Value)>,
+) -> Result<(Write, GrantState), ApiError> {
+    let mut to = grant.state;
+    for event in events {
+        to = to
+            .apply(*event)
+            .map_err(|e| ApiError::Internal(format!("grant {}: {e}", grant.id)))?;
+    }
     let mut change = GrantUpdate::new(&grant.id, grant.state, to);
     change.epoch = Some(grant.epoch);
     fill(&mut change);
@@ -105,200 +244,208 @@ async fn update(
     }
     audit.actor = Some("broker".into());
     audit.subject = Some(grant.principal.clone());
-    match broker
-        .commit(Write {
+    Ok((
+        Write {
             change: Some(Change::UpdateGrant { update: change }),
             event: audit,
-        })
-        .await?
-    {
-        WriteOutcome::Applied { .. } => Ok(Some(to)),
-        // Another node (or a user) moved it meanwhile: our claim is stale, stop.
-        WriteOutcome::Conflict { .. } => Ok(None),
-    }
+        },
+        to,
+    ))
 }
 
-/// Takes one claimed grant as far as it can go now.
-async fn drive(broker: &Broker, mut grant: GrantRecord) -> Result<(), ApiError> {
-    let now = broker.now();
-    // Start revoking what is due.
-    match grant.state {
-        GrantState::Active | GrantState::Issuing => {
-            let reason = if grant.state == GrantState::Issuing {
-                "the intent was not completed (crash or timeout)"
-            } else {
-                "expired"
-            };
-            let Some(state) = update(
-                broker,
-                &grant,
-                GrantEvent::RevokeRequested,
-                "grant.revoking",
-                Outcome::Ok,
-                |u| {
-                    u.next_attempt_at = Some(now);
-                    u.revoke_reason = Some(reason.to_owned());
-                },
-                vec![("reason", reason.into())],
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            grant.state = state;
-        }
-        GrantState::Failed => {
-            let Some(state) = update(
-                broker,
-                &grant,
-                GrantEvent::Retry,
-                "grant.retry",
-                Outcome::Ok,
-                |u| u.next_attempt_at = Some(now),
-                vec![],
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            grant.state = state;
-        }
-        GrantState::Revoking | GrantState::Revoked | GrantState::Verified => {}
+/// Revokes a batch of claimed grants of one target in one go on the target, then records each
+/// outcome (all in shared transactions). The target's connection is given back before the
+/// records are written, so the next batch is already being revoked meanwhile.
+async fn revoke_chunk(
+    broker: &Broker,
+    target_name: &str,
+    grants: Vec<GrantRecord>,
+    limit: Arc<Semaphore>,
+) -> Result<(), ApiError> {
+    let mut roles: HashMap<String, Option<RoleSpec>> = HashMap::new();
+    let mut items = Vec::with_capacity(grants.len());
+    let mut results: Vec<Option<Result<(), String>>> = Vec::with_capacity(grants.len());
+    for grant in &grants {
+        let login = match LoginName::parse(&grant.login) {
+            Ok(login) => login,
+            Err(error) => {
+                results.push(Some(Err(format!("stored login: {error}"))));
+                continue;
+            }
+        };
+        let role = match roles.get(&grant.role) {
+            Some(role) => role.clone(),
+            None => {
+                let role = broker
+                    .store()
+                    .role(&grant.target, &grant.role)
+                    .await
+                    .map_err(|e| ApiError::store(&e))?
+                    .map(|r| role_spec(&r));
+                roles.insert(grant.role.clone(), role.clone());
+                role
+            }
+        };
+        items.push((login, role));
+        results.push(None);
     }
-    let login = LoginName::parse(&grant.login)
-        .map_err(|e| ApiError::Internal(format!("stored login: {e}")))?;
-    if grant.state == GrantState::Revoking {
-        let result = revoke_on_target(broker, &grant, &login).await;
-        match result {
+    let outcomes = {
+        let _permit = limit.acquire_owned().await;
+        match broker.target(target_name).await {
+            Ok(target) => target
+                .revoke_many(&items)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(|e| error_text(&e)))
+                .collect(),
+            Err(error) => vec![Err(error.to_string()); items.len()],
+        }
+    };
+    let mut outcomes = outcomes.into_iter();
+    let now = broker.now();
+    let mut writes = Vec::with_capacity(grants.len());
+    for (grant, result) in grants.iter().zip(results) {
+        let result = match result {
+            Some(result) => result,
+            None => outcomes
+                .next()
+                .unwrap_or_else(|| Err("the target gave no answer for this login".into())),
+        };
+        // From where the grant stands to `revoking`; why, if this round is the first to say.
+        let (mut events, reason) = match grant.state {
+            GrantState::Active => (vec![GrantEvent::RevokeRequested], Some("expired")),
+            GrantState::Issuing => (
+                vec![GrantEvent::RevokeRequested],
+                Some("the intent was not completed (crash or timeout)"),
+            ),
+            GrantState::Failed => (vec![GrantEvent::Retry], None),
+            _ => (vec![], None),
+        };
+        let reason_text = reason
+            .map(str::to_owned)
+            .or_else(|| grant.revoke_reason.clone())
+            .unwrap_or_default();
+        let write = match result {
             Ok(()) => {
-                let Some(state) = update(
+                events.push(GrantEvent::Revoked);
+                transition(
                     broker,
-                    &grant,
-                    GrantEvent::Revoked,
+                    grant,
+                    &events,
                     "grant.revoked",
                     Outcome::Ok,
                     |u| {
+                        // The proof is due now too, but in a later round.
                         u.next_attempt_at = Some(now);
-                        u.revoked_at = Some(broker.now());
+                        u.revoked_at = Some(now);
+                        u.revoke_reason = reason.map(str::to_owned);
                     },
-                    vec![],
-                )
-                .await?
-                else {
-                    return Ok(());
-                };
-                // The credential is gone. The proof is due now too, but in a later round, so a
-                // burst of expiries is revoked first and proven right after.
-                let _ = state;
-                return Ok(());
+                    vec![("reason", reason_text.into())],
+                )?
+                .0
             }
             Err(error) => {
-                let next = broker.now().saturating_add(backoff(grant.n_attempts));
+                events.push(GrantEvent::RevokeFailed);
+                let next = now.saturating_add(backoff(grant.n_attempts));
                 metrics::counter!("mayfly_revocation_failures_total", "target" => grant.target.clone()).increment(1);
-                update(
+                transition(
                     broker,
-                    &grant,
-                    GrantEvent::RevokeFailed,
+                    grant,
+                    &events,
                     "grant.revoke_failed",
                     Outcome::Failed,
                     |u| {
                         u.next_attempt_at = Some(next);
                         u.last_error = Some(error.clone());
+                        u.revoke_reason = reason.map(str::to_owned);
                         u.count_attempt = true;
                     },
                     vec![
+                        ("reason", reason_text.into()),
                         ("error", error.clone().into()),
                         ("retry_at_ms", next.unix_ms().into()),
                     ],
-                )
-                .await?;
-                return Ok(());
+                )?
+                .0
             }
-        }
+        };
+        writes.push(write);
     }
-    if grant.state == GrantState::Revoked {
-        let secret = grant_secret(broker, &grant).await?;
-        let target = broker.target(&grant.target).await?;
-        match target.verify_revoked(&login, &secret).await {
-            Ok(proof) => {
-                update(
-                    broker,
-                    &grant,
-                    GrantEvent::Verified,
-                    "grant.verified",
-                    Outcome::Ok,
-                    |u| {
-                        u.next_attempt_at = None;
-                        u.verified_at = Some(broker.now());
-                    },
-                    vec![("checks", proof.checks.into())],
-                )
-                .await?;
-            }
-            Err(mayfly_targets::TargetError::NotRevoked { reason, .. }) => {
-                update(
-                    broker,
-                    &grant,
-                    GrantEvent::VerifyFailed,
-                    "grant.verify_failed",
-                    Outcome::Failed,
-                    |u| {
-                        u.next_attempt_at = Some(broker.now());
-                        u.last_error = Some(reason.clone());
-                        u.count_attempt = true;
-                    },
-                    vec![("reason", reason.clone().into())],
-                )
-                .await?;
-            }
-            Err(error) => {
-                // Unreachable: stay revoked, check again later.
-                let next = broker.now().saturating_add(backoff(grant.n_attempts));
-                let mut change =
-                    GrantUpdate::new(&grant.id, GrantState::Revoked, GrantState::Revoked);
-                change.epoch = Some(grant.epoch);
-                change.next_attempt_at = Some(next);
-                change.last_error = Some(error.to_string());
-                change.count_attempt = true;
-                let mut audit = broker
-                    .draft("grant.verify_failed", Outcome::Failed)
-                    .detail("grant_id", grant.id.clone())
-                    .detail("error", error.to_string());
-                audit.actor = Some("broker".into());
-                broker
-                    .commit(Write {
-                        change: Some(Change::UpdateGrant { update: change }),
-                        event: audit,
-                    })
-                    .await?;
-            }
-        }
+    for result in broker.commit_many(writes).await {
+        // A conflict means another node or a user moved the grant meanwhile: nothing to do.
+        result?;
     }
     Ok(())
 }
 
-async fn revoke_on_target(
-    broker: &Broker,
-    grant: &GrantRecord,
-    login: &LoginName,
-) -> Result<(), String> {
-    let target = broker
-        .target(&grant.target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let role = broker
-        .store()
-        .role(&grant.target, &grant.role)
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|r| role_spec(&r));
-    target.revoke(login, role.as_ref()).await.map_err(|e| {
-        let mut text = e.to_string();
-        if let Some(source) = std::error::Error::source(&e) {
-            text.push_str(&format!(": {source}"));
+fn error_text(error: &mayfly_targets::TargetError) -> String {
+    let mut text = error.to_string();
+    if let Some(source) = std::error::Error::source(error) {
+        text.push_str(&format!(": {source}"));
+    }
+    text
+}
+
+/// Proves one revoked grant on its target: the login is refused and no session is left.
+async fn prove(broker: &Broker, grant: &GrantRecord) -> Result<(), ApiError> {
+    let login = LoginName::parse(&grant.login)
+        .map_err(|e| ApiError::Internal(format!("stored login: {e}")))?;
+    let secret = grant_secret(broker, grant).await?;
+    let target = broker.target(&grant.target).await?;
+    match target.verify_revoked(&login, &secret).await {
+        Ok(proof) => {
+            update(
+                broker,
+                grant,
+                GrantEvent::Verified,
+                "grant.verified",
+                Outcome::Ok,
+                |u| {
+                    u.next_attempt_at = None;
+                    u.verified_at = Some(broker.now());
+                },
+                vec![("checks", proof.checks.into())],
+            )
+            .await?;
         }
-        text
-    })
+        Err(mayfly_targets::TargetError::NotRevoked { reason, .. }) => {
+            update(
+                broker,
+                grant,
+                GrantEvent::VerifyFailed,
+                "grant.verify_failed",
+                Outcome::Failed,
+                |u| {
+                    u.next_attempt_at = Some(broker.now());
+                    u.last_error = Some(reason.clone());
+                    u.count_attempt = true;
+                },
+                vec![("reason", reason.clone().into())],
+            )
+            .await?;
+        }
+        Err(error) => {
+            // Unreachable: stay revoked, check again later.
+            let next = broker.now().saturating_add(backoff(grant.n_attempts));
+            let mut change = GrantUpdate::new(&grant.id, GrantState::Revoked, GrantState::Revoked);
+            change.epoch = Some(grant.epoch);
+            change.next_attempt_at = Some(next);
+            change.last_error = Some(error.to_string());
+            change.count_attempt = true;
+            let mut audit = broker
+                .draft("grant.verify_failed", Outcome::Failed)
+                .detail("grant_id", grant.id.clone())
+                .detail("error", error.to_string());
+            audit.actor = Some("broker".into());
+            broker
+                .commit(Write {
+                    change: Some(Change::UpdateGrant { update: change }),
+                    event: audit,
+                })
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretString, ApiError> {
@@ -467,6 +614,7 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
             }
         }
     }
+    let mut engine = Engine::new(broker.clone());
     let mut next_sweep = tokio::time::Instant::now();
     loop {
         if let Err(error) = expire_requests(&broker).await {
@@ -480,25 +628,32 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
                 Err(error) => tracing::warn!(error = %error, "sweep failed"),
             }
         }
-        let worked = match run_once(&broker).await {
-            Ok(ExpiryOutcome::Worked(n)) => n > 0,
-            Ok(ExpiryOutcome::Idle) => false,
-            Err(error) => {
-                tracing::warn!(error = %error, "expiry round failed");
-                false
-            }
-        };
-        if worked {
-            continue;
+        match engine.start_due().await {
+            // More may be due: claim again at once (the work runs meanwhile).
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "expiry round failed"),
         }
         let wait = match broker.store().next_due().await {
             Ok(Some(at)) => broker.now().until(at).min(Duration::from_secs(1)),
             _ => Duration::from_secs(1),
         };
+        // Due work that is claimed (by this node: a finished task wakes us) is not worth polling
+        // for every 20 ms.
+        let floor = if engine.tasks.is_empty() {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+            _ = tokio::time::sleep(wait.max(floor)) => {}
             _ = wakeup.notified() => {}
-            _ = shutdown.changed() => return,
+            _ = engine.next_done() => {}
+            _ = shutdown.changed() => {
+                // Unfinished claims time out and are taken again; give the work a moment first.
+                let _ = tokio::time::timeout(Duration::from_secs(5), engine.finish()).await;
+                return;
+            }
         }
     }
 }

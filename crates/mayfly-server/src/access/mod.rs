@@ -789,6 +789,11 @@ impl Broker {
             ));
         }
         let now = self.now();
+        if grant.expires_at <= now {
+            return Err(ApiError::Conflict(
+                "the grant has expired; request access again".into(),
+            ));
+        }
         let requested = now
             .unix_ms()
             .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));

@@ -75,6 +75,33 @@ impl Committer {
             )),
         }
     }
+
+    /// Queues every write before waiting for any, so they share transactions; one answer per
+    /// write, in order.
+    pub async fn commit_many(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, CommitError>> {
+        let mut answers = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (reply, answer) = oneshot::channel();
+            let sent = self.sender.send(Pending { write, reply }).await.is_ok();
+            answers.push(sent.then_some(answer));
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(match answer {
+                Some(answer) => match answer.await {
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    Ok(Err(reason)) => Err(CommitError::Unavailable(reason)),
+                    Err(_) => Err(CommitError::Unavailable(
+                        "the audit committer stopped".into(),
+                    )),
+                },
+                None => Err(CommitError::Unavailable(
+                    "the audit committer stopped".into(),
+                )),
+            });
+        }
+        results
+    }
 }
 
 async fn run(

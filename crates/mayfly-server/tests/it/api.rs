@@ -114,7 +114,7 @@ async fn tokens_and_admin_rights_are_checked_and_refusals_audited() {
         )
         .await;
     assert_eq!(status, 200, "{created}");
-    assert_eq!(created["password"].as_str().unwrap().len(), 20);
+    assert_eq!(created["password"].as_str().unwrap().len(), 24);
     assert!(
         created["totp"]["otpauth_url"]
             .as_str()

@@ -72,3 +72,51 @@ pub async fn lifecycle<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P
     target.revoke(&login, Some(role)).await.unwrap();
     target.revoke(&new_login(), Some(role)).await.unwrap();
 }
+
+/// The expiry engine's batch: several credentials revoked in one call, with a live session among
+/// them and one that never existed; one answer per item, every credential refused after.
+pub async fn batch<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P) {
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        let login = new_login();
+        let secret = new_secret();
+        target
+            .issue(&IssuePlan {
+                login: &login,
+                secret: &secret,
+                role,
+                expires_at: in_minutes(15),
+            })
+            .await
+            .unwrap();
+        issued.push((login, secret));
+    }
+    let mut sessions = Vec::new();
+    for (login, secret) in &issued[..2] {
+        sessions.push(probe.login(login, secret).await.unwrap());
+    }
+    let mut items: Vec<(LoginName, Option<RoleSpec>)> = issued
+        .iter()
+        .map(|(login, _)| (login.clone(), Some(role.clone())))
+        .collect();
+    items.push((new_login(), Some(role.clone())));
+    let results = target.revoke_many(&items).await;
+    assert_eq!(results.len(), items.len());
+    for result in &results {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    for session in &mut sessions {
+        assert!(!probe.alive(session).await, "a live session survived");
+    }
+    let managed = target.managed_logins().await.unwrap();
+    for (login, secret) in &issued {
+        assert!(
+            probe.login(login, secret).await.is_err(),
+            "a login after revocation worked"
+        );
+        assert!(!managed.contains(login));
+        target.verify_revoked(login, secret).await.unwrap();
+    }
+    // Again: all already gone, all fine.
+    assert!(target.revoke_many(&items).await.iter().all(Result::is_ok));
+}

@@ -56,6 +56,17 @@ fn log_off() -> tracing::log::LevelFilter {
     tracing::log::LevelFilter::Off
 }
 
+async fn connect_admin(cluster: &PgCluster, database: &str) -> sqlx::PgConnection {
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database(database)
+        .username("postgres")
+        .password(&cluster.admin_password)
+        .log_statements(log_off());
+    sqlx::PgConnection::connect_with(&options).await.unwrap()
+}
+
 fn admin_password(cluster: &PgCluster) -> SecretString {
     SecretString::from(cluster.admin_password.clone())
 }
@@ -70,6 +81,70 @@ async fn postgres_lifecycle() {
     )
     .unwrap();
     conformance::lifecycle(&target, &role(), &PgProbe { port: cluster.port }).await;
+    conformance::batch(&target, &role(), &PgProbe { port: cluster.port }).await;
+}
+
+/// A login the target cannot drop (it owns a table in another database) fails alone: the rest of
+/// its batch is revoked, and it is left unable to log in.
+#[tokio::test]
+async fn one_refusal_does_not_fail_the_batch() {
+    let cluster = PgCluster::start();
+    let target = PostgresTarget::new(
+        "pg",
+        &cluster.url("postgres"),
+        Some(&admin_password(&cluster)),
+    )
+    .unwrap();
+    let probe = PgProbe { port: cluster.port };
+    let role = role();
+    let mut issued = Vec::new();
+    for _ in 0..3 {
+        let login = conformance::new_login();
+        let secret = conformance::new_secret();
+        target
+            .issue(&IssuePlan {
+                login: &login,
+                secret: &secret,
+                role: &role,
+                expires_at: conformance::in_minutes(15),
+            })
+            .await
+            .unwrap();
+        issued.push((login, secret));
+    }
+    let mut admin = connect_admin(&cluster, "postgres").await;
+    sqlx::raw_sql("CREATE DATABASE elsewhere")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut other = connect_admin(&cluster, "elsewhere").await;
+    let stuck = &issued[1].0;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE t (x int); ALTER TABLE t OWNER TO \"{stuck}\""
+    )))
+    .execute(&mut other)
+    .await
+    .unwrap();
+
+    let items: Vec<_> = issued
+        .iter()
+        .map(|(login, _)| (login.clone(), Some(role.clone())))
+        .collect();
+    let results = target.revoke_many(&items).await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(&results[1], Err(TargetError::Refused { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    for (login, secret) in &issued {
+        assert!(
+            probe.login(login, secret).await.is_err(),
+            "{login} can still log in"
+        );
+    }
+    assert!(target.managed_logins().await.unwrap().contains(stuck));
 }
 
 #[tokio::test]
@@ -197,4 +272,60 @@ async fn an_unreachable_target_is_a_retryable_error() {
     assert!(matches!(error, TargetError::Unavailable { .. }), "{error}");
     assert!(error.is_retryable());
     assert!(!error.to_string().contains("password"));
+}
+
+/// The target is sent the SCRAM verifier, never the password: with every statement logged, the
+/// clear password is nowhere in the server's log, and the login with it works.
+#[tokio::test]
+async fn the_clear_password_never_reaches_the_target() {
+    let cluster = PgCluster::start();
+    let mut admin = connect_admin(&cluster, "postgres").await;
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut admin).await.unwrap();
+    }
+    let target = PostgresTarget::new(
+        "pg",
+        &cluster.url("postgres"),
+        Some(&admin_password(&cluster)),
+    )
+    .unwrap();
+    let login = conformance::new_login();
+    let secret = conformance::new_secret();
+    let plan = IssuePlan {
+        login: &login,
+        secret: &secret,
+        role: &role(),
+        expires_at: conformance::in_minutes(15),
+    };
+    target.issue(&plan).await.unwrap();
+    // Again (the converging path).
+    target.issue(&plan).await.unwrap();
+    let probe = PgProbe { port: cluster.port };
+    assert!(probe.login(&login, &secret).await.is_ok());
+    let stored: String = sqlx::query("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+        .bind(login.as_str())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+        .get("rolpassword");
+    assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+    // The log is written asynchronously by the logging process: wait for the CREATE ROLE.
+    let path = cluster.dir().join("log");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.matches(login.as_str()).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(log.contains("CREATE ROLE"), "statements were not logged");
+    assert!(log.contains("SCRAM-SHA-256$4096:"));
+    assert!(
+        !log.contains(secret.expose_secret()),
+        "the clear password is in the target's log"
+    );
 }
