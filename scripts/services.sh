@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the real servers the tests talk to are running on this machine: PostgreSQL on
-# 127.0.0.1:5432 (trust auth). Starts it if it has stopped; says what to install if it is missing.
+# 127.0.0.1:5432 (trust auth), MariaDB on 127.0.0.1:3306 (root, no password) and Redis on
+# 127.0.0.1:6379. Starts each if it has stopped; says what to install if one is missing.
 set -euo pipefail
 
 pg_ready() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
@@ -20,3 +21,33 @@ if ! pg_ready; then
     pg_ready || { echo "PostgreSQL did not start" >&2; exit 1; }
 fi
 echo "PostgreSQL is up on 127.0.0.1:5432"
+
+# MariaDB on 127.0.0.1:3306 (root without a password).
+maria_ready() { mysqladmin -h 127.0.0.1 -P 3306 -uroot ping >/dev/null 2>&1; }
+if ! command -v mysqladmin >/dev/null 2>&1; then
+    echo "MariaDB is missing: apt-get install mariadb-server" >&2
+    exit 1
+fi
+if ! maria_ready; then
+    echo "MariaDB is not answering on 127.0.0.1:3306; starting it"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 30); do maria_ready && break; sleep 1; done
+    maria_ready || { echo "MariaDB did not start" >&2; exit 1; }
+fi
+echo "MariaDB is up on 127.0.0.1:3306"
+
+# Redis on 127.0.0.1:6379 (default user, no password).
+redis_ready() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "Redis is missing: apt-get install redis-server" >&2
+    exit 1
+fi
+if ! redis_ready; then
+    echo "Redis is not answering on 127.0.0.1:6379; starting it"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 1 30); do redis_ready && break; sleep 1; done
+    redis_ready || { echo "Redis did not start" >&2; exit 1; }
+fi
+echo "Redis is up on 127.0.0.1:6379"

@@ -97,6 +97,33 @@ pub struct CreateUserRequest {
     pub groups: Vec<String>,
 }
 
+/// A change to a user's binding. Whatever is omitted stays as it is. Grants that the user's new
+/// groups (or being disabled) no longer allow are revoked at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    /// The user's groups from now on (replaces the list).
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// `true` disables the user: no login, every session and grant ends now.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// A user after a change, and how many active grants it cost.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserUpdated {
+    pub user: UserSummary,
+    pub grants_revoked: u64,
+}
+
+/// After a workload binding was removed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BindingRemoved {
+    pub name: String,
+    pub grants_revoked: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserSummary {
     pub username: String,
@@ -242,9 +269,10 @@ pub struct AuditEventsPage {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetRequest {
+    /// `postgres`, `mysql` (MariaDB) or `redis`.
     pub kind: String,
     pub name: String,
-    /// `postgres://HOST:PORT/DB`.
+    /// `postgres://HOST:PORT/DB`, `mysql://HOST:PORT` or `redis://HOST:PORT`, without credentials.
     pub url: String,
     pub admin_user: String,
     /// Stored through the barrier; never shown again.
@@ -354,6 +382,9 @@ pub struct GrantInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Credential {
     pub grant: GrantInfo,
+    /// The target's kind: `postgres`, `mysql` or `redis`.
+    #[serde(default)]
+    pub kind: String,
     pub host: String,
     pub port: u16,
     pub database: String,

@@ -16,10 +16,11 @@ use crate::client::Client;
 pub enum TargetCommand {
     /// Add (or replace) a target. The admin password is read from --admin-password-file, or asked for.
     Add {
-        /// The kind of target: `postgres`.
+        /// The kind of target: `postgres`, `mysql` (MariaDB) or `redis`.
         kind: String,
         name: String,
-        /// `postgres://HOST:PORT/DB`, without user or password.
+        /// `postgres://HOST:PORT/DB`, `mysql://HOST:PORT` or `redis://HOST:PORT`, without user or
+        /// password.
         #[arg(long)]
         url: String,
         #[arg(long)]
@@ -36,7 +37,9 @@ pub enum RoleCommand {
     Add {
         /// TARGET/ROLE
         role: String,
-        #[arg(long)]
+        /// What creates the login: SQL on PostgreSQL, the GRANT statements on MariaDB, the ACL
+        /// rules (`~app:* +@read`) on Redis.
+        #[arg(long, alias = "rules")]
         creation_sql: PathBuf,
         #[arg(long)]
         revocation_sql: Option<PathBuf>,
@@ -463,6 +466,48 @@ pub async fn review(client: &Client, command: ReviewCommand, json: bool) -> anyh
 
 /// Runs `command` with a credential in its environment and revokes it when the command ends,
 /// also on Ctrl-C.
+/// Follows a grant whose revocation was requested until the target has dropped it (`true`), for
+/// at most 30 s (`false`: the broker goes on retrying).
+async fn wait_revoked(client: &Client, grant_id: &str) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let grant: GrantInfo = client
+            .call(Method::GET, &format!("/v1/grants/{grant_id}"), none())
+            .await?;
+        if matches!(grant.state.as_str(), "revoked" | "verified") {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP and names it.
+#[cfg(unix)]
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+        _ = hup.recv() => "hung up",
+    }
+}
+
+#[cfg(not(unix))]
+async fn interrupted() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "interrupted"
+}
+
 pub async fn exec(
     client: &Client,
     args: RequestArgs,
@@ -490,18 +535,43 @@ pub async fn exec(
         "grant {} active for {} s",
         credential.grant.id, credential.grant.seconds_left
     );
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(rest)
-        .env("PGHOST", &credential.host)
-        .env("PGPORT", credential.port.to_string())
-        .env("PGUSER", &credential.username)
-        .env("PGPASSWORD", &credential.password)
-        .env("PGDATABASE", &credential.database)
+        .env("MAYFLY_HOST", &credential.host)
+        .env("MAYFLY_PORT", credential.port.to_string())
+        .env("MAYFLY_USER", &credential.username)
+        .env("MAYFLY_PASSWORD", &credential.password)
+        .env("MAYFLY_DATABASE", &credential.database);
+    // What each system's own client reads.
+    match credential.kind.as_str() {
+        "mysql" => {
+            command
+                .env("MYSQL_HOST", &credential.host)
+                .env("MYSQL_TCP_PORT", credential.port.to_string())
+                .env("MYSQL_PWD", &credential.password);
+        }
+        "redis" => {
+            command.env("REDISCLI_AUTH", &credential.password);
+        }
+        _ => {
+            command
+                .env("PGHOST", &credential.host)
+                .env("PGPORT", credential.port.to_string())
+                .env("PGUSER", &credential.username)
+                .env("PGPASSWORD", &credential.password)
+                .env("PGDATABASE", &credential.database);
+        }
+    }
+    let mut child = command
         .spawn()
         .with_context(|| format!("cannot run `{program}`"))?;
+    // Ctrl-C, a closed terminal or a `kill` end the command early; the grant is revoked all the
+    // same.
     let status = tokio::select! {
         status = child.wait() => Some(status?),
-        _ = tokio::signal::ctrl_c() => {
+        signal = interrupted() => {
+            eprintln!("{signal}: stopping `{program}` and revoking the grant");
             let _ = child.kill().await;
             None
         }
@@ -514,10 +584,20 @@ pub async fn exec(
         )
         .await;
     match revoked {
-        Ok(_) => eprintln!("grant {} revoked", credential.grant.id),
+        Ok(_) => match wait_revoked(client, &credential.grant.id).await {
+            Ok(true) => eprintln!("grant {} revoked on the target", credential.grant.id),
+            Ok(false) => eprintln!(
+                "grant {}: revocation requested; the broker keeps retrying it (see `mayfly grants --failing`)",
+                credential.grant.id
+            ),
+            Err(error) => eprintln!(
+                "grant {}: revocation requested; cannot follow it ({error:#}); see `mayfly grants`",
+                credential.grant.id
+            ),
+        },
         Err(error) => eprintln!(
-            "could not revoke grant {} now ({error:#}); it expires at its TTL",
-            credential.grant.id
+            "could not revoke grant {} now ({error:#}); it expires at its TTL, or run `mayfly revoke {}`",
+            credential.grant.id, credential.grant.id
         ),
     }
     Ok(match status.and_then(|s| s.code()) {

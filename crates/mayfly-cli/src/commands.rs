@@ -234,6 +234,17 @@ enum UserCommand {
     },
     /// List users.
     List,
+    /// Replace a user's groups; grants the new groups no longer allow are revoked at once.
+    SetGroups {
+        username: String,
+        /// A group (repeat for more; none leaves the user in no group).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Disable a user: no login, sessions end, active grants are revoked at once.
+    Disable { username: String },
+    /// Enable a disabled user again (grants are not restored; request access again).
+    Enable { username: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +263,8 @@ enum JwtCommand {
         #[arg(long, default_value_t = 30)]
         leeway_seconds: u64,
     },
+    /// Remove a workload binding: its sessions end and its workloads' active grants are revoked.
+    DeleteRole { name: String },
     /// Bind tokens of an issuer to a Workload.
     Role {
         name: String,
@@ -656,6 +669,44 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
                 }
             }
         }
+        Command::User(UserCommand::SetGroups { username, groups }) => {
+            let request = UpdateUserRequest {
+                groups: Some(groups),
+                disabled: None,
+            };
+            update_user(client, &username, &request, json).await?;
+        }
+        Command::User(UserCommand::Disable { username }) => {
+            let request = UpdateUserRequest {
+                groups: None,
+                disabled: Some(true),
+            };
+            update_user(client, &username, &request, json).await?;
+        }
+        Command::User(UserCommand::Enable { username }) => {
+            let request = UpdateUserRequest {
+                groups: None,
+                disabled: Some(false),
+            };
+            update_user(client, &username, &request, json).await?;
+        }
+        Command::Jwt(JwtCommand::DeleteRole { name }) => {
+            let removed: BindingRemoved = client
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/auth/jwt/roles/{name}"),
+                    none(),
+                )
+                .await?;
+            if json {
+                print_json(&removed)?;
+            } else {
+                println!(
+                    "role `{}` removed; {} active grants revoked",
+                    removed.name, removed.grants_revoked
+                );
+            }
+        }
         Command::Jwt(JwtCommand::Issuer {
             name,
             issuer,
@@ -846,6 +897,37 @@ fn done(json: bool, message: &str) -> anyhow::Result<()> {
         println!("{message}");
         Ok(())
     }
+}
+
+async fn update_user(
+    client: &Client,
+    username: &str,
+    request: &UpdateUserRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    let updated: UserUpdated = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{username}"),
+            Some(request),
+        )
+        .await?;
+    if json {
+        print_json(&updated)?;
+    } else {
+        let state = if updated.user.disabled {
+            " (disabled)"
+        } else {
+            ""
+        };
+        println!(
+            "{} {}{state}; {} active grants revoked",
+            updated.user.username,
+            updated.user.groups.join(","),
+            updated.grants_revoked
+        );
+    }
+    Ok(())
 }
 
 fn print_user(user: &UserCreated, json: bool) -> anyhow::Result<()> {

@@ -1,12 +1,14 @@
 //! Pure cryptographic compute for the broker: the barrier ([`barrier`]), the seal ([`seal`]),
 //! passwords ([`password`]), TOTP ([`totp`]), opaque tokens ([`token`]), Ed25519 signing
-//! ([`sign`]) and JWT verification ([`jwt`]). No I/O; no clock: time is an argument.
+//! ([`sign`]), JWT verification ([`jwt`]) and the password verifiers targets store ([`scram`],
+//! [`mysql`]). No I/O; no clock: time is an argument.
 //!
 //! Every secret value lives in a type that zeroizes on drop and never prints.
 
 pub mod barrier;
 mod error;
 pub mod jwt;
+pub mod mysql;
 pub mod password;
 pub mod scram;
 pub mod seal;

@@ -2,8 +2,7 @@
 //! `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
 //!
 //! The broker sends the verifier, not the password, in `CREATE ROLE … PASSWORD`: the clear password
-//! never reaches the target's statement log, and the target does not spend its own CPU on the
-//! key derivation (PostgreSQL stores a verifier it is given as is).
+//! never reaches the target's statement log (PostgreSQL stores a verifier it is given as is).
 
 use std::num::NonZeroU32;
 
@@ -13,13 +12,20 @@ use zeroize::Zeroize;
 
 use crate::{CryptoError, hmac_sha256, sha256};
 
-/// PostgreSQL's default `scram_iterations`.
+/// PostgreSQL's default `scram_iterations` and RFC 7677's minimum: the stretching that slows down
+/// guessing a password a person chose.
 pub const ITERATIONS: u32 = 4096;
 
+/// For passwords the broker generated (at least 128 random bits). Stretching cannot make a
+/// 2^128 search any harder to matter, but it costs CPU on the broker, on the target (PostgreSQL
+/// checks a verifier it is given against the empty password) and at every login. Never use this
+/// for a password a person chose.
+pub const GENERATED_ITERATIONS: u32 = 16;
+
 /// The verifier of `password` with a fresh 16-byte salt.
-pub fn verifier(password: &SecretString) -> Result<SecretString, CryptoError> {
+pub fn verifier(password: &SecretString, iterations: u32) -> Result<SecretString, CryptoError> {
     let salt: [u8; 16] = crate::random_bytes()?;
-    Ok(verifier_with(password, &salt, ITERATIONS))
+    Ok(verifier_with(password, &salt, iterations))
 }
 
 /// The verifier with a given salt and iteration count (tests and other targets).
@@ -65,9 +71,11 @@ mod tests {
     #[test]
     fn salts_differ() {
         let password = SecretString::from("same");
-        let a = verifier(&password).unwrap();
-        let b = verifier(&password).unwrap();
+        let a = verifier(&password, ITERATIONS).unwrap();
+        let b = verifier(&password, ITERATIONS).unwrap();
         assert_ne!(a.expose_secret(), b.expose_secret());
         assert!(a.expose_secret().starts_with("SCRAM-SHA-256$4096:"));
+        let fast = verifier(&password, GENERATED_ITERATIONS).unwrap();
+        assert!(fast.expose_secret().starts_with("SCRAM-SHA-256$16:"));
     }
 }

@@ -42,28 +42,26 @@ pub enum ServerError {
 /// Opens the store and builds the broker; auto-unseals when a dev key file is configured.
 pub async fn start(mut config: Config) -> Result<Broker, ServerError> {
     metrics::install();
-    let store = mayfly_store::open(&config.store_url).await?;
+    let store = Arc::new(mayfly_store::open(&config.store_url).await?);
     if config.clock_from_store {
         let clock = clock::StoreClock::default();
-        let offset = clock.sync(&store).await?;
+        let offset = clock.sync(store.as_ref()).await?;
         tracing::info!(offset_ms = offset, "taking time from the store's clock");
         config.clock = Arc::new(clock.clone());
-        let store_url = config.store_url.clone();
+        // The broker's own store handle: `sync` keeps the quickest of its round trips, so a
+        // moment of waiting behind the broker's work does not skew the offset.
+        let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
-            // A separate small store handle, so the sync never waits behind the broker's work.
-            let Ok(sync_store) = mayfly_store::open(&store_url).await else {
-                return;
-            };
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                if let Err(error) = clock.sync(&sync_store).await {
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(error) = clock.sync(store.as_ref()).await {
                     tracing::warn!(error = %error, "cannot read the store's clock; keeping the last offset");
                 }
             }
         });
     }
-    let broker =
-        Broker::new(Arc::new(store), config).map_err(|e| ServerError::Start(e.to_string()))?;
+    let broker = Broker::new(store, config).map_err(|e| ServerError::Start(e.to_string()))?;
     ::metrics::gauge!("mayfly_sealed").set(1.0);
     Ok(broker)
 }

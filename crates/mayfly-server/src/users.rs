@@ -2,9 +2,12 @@
 //! code). Passwords are stored as argon2id hashes; each user's TOTP secret is stored through the
 //! barrier and shown once, at enrollment.
 
-use mayfly_api::{CreateUserRequest, SetupRequest, TotpEnrollment, UserCreated};
+use mayfly_api::{
+    CreateUserRequest, SetupRequest, TotpEnrollment, UpdateUserRequest, UserCreated, UserSummary,
+    UserUpdated,
+};
 use mayfly_core::audit::Outcome;
-use mayfly_core::{GroupName, Username};
+use mayfly_core::{GroupName, Principal, Username};
 use mayfly_crypto::totp::TotpSecret;
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, UserRecord, Write, WriteOutcome};
@@ -60,14 +63,7 @@ async fn prepare(
     let keys = broker.require_unsealed().await?;
     let username = Username::parse(username)
         .map_err(|e| ApiError::BadRequest(format!("field `username`: {e}")))?;
-    let mut group_names = Vec::new();
-    for group in groups {
-        let group = GroupName::parse(group)
-            .map_err(|e| ApiError::BadRequest(format!("field `groups`: `{group}` {e}")))?;
-        if !group_names.contains(&group.as_str().to_owned()) {
-            group_names.push(group.as_str().to_owned());
-        }
-    }
+    let group_names = parse_groups(groups)?;
     let generated = password.is_none();
     let password = match password {
         Some(password) => SecretString::from(password),
@@ -147,6 +143,103 @@ pub async fn create(
         WriteOutcome::Applied { .. } => Ok(created(user)),
         WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
     }
+}
+
+fn parse_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut names: Vec<String> = Vec::new();
+    for group in groups {
+        let group = GroupName::parse(group).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "field `groups`: `{}` {e}",
+                group.chars().take(64).collect::<String>()
+            ))
+        })?;
+        if !names.iter().any(|n| n == group.as_str()) {
+            names.push(group.as_str().to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Changes a user's groups or disables/enables the user, then revokes at once every active grant
+/// that is no longer allowed (continuous verification). Sessions follow by themselves: a session
+/// reads its user's groups and state at every call.
+pub async fn update(
+    broker: &Broker,
+    meta: &RequestMeta,
+    actor: &Principal,
+    username: &str,
+    request: UpdateUserRequest,
+) -> Result<UserUpdated, ApiError> {
+    let username = Username::parse(username).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "user `{}`: {e}",
+            username.chars().take(64).collect::<String>()
+        ))
+    })?;
+    if request.groups.is_none() && request.disabled.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give `groups` and/or `disabled`".into(),
+        ));
+    }
+    let groups = request.groups.as_deref().map(parse_groups).transpose()?;
+    if let Principal::User { name, .. } = actor
+        && name == username.as_str()
+        && (request.disabled == Some(true)
+            || groups
+                .as_ref()
+                .is_some_and(|g| !g.iter().any(|g| g == GroupName::ADMINS)))
+    {
+        return Err(ApiError::Conflict(
+            "an admin cannot disable itself or leave the admins group; ask another admin".into(),
+        ));
+    }
+    let mut event = broker.draft("user.update", Outcome::Ok);
+    if let Some(groups) = &groups {
+        event = event.detail("groups", groups.clone());
+    }
+    if let Some(disabled) = request.disabled {
+        event = event.detail("disabled", disabled);
+    }
+    event.actor = Some(actor.to_string());
+    event.subject = Some(format!("user:{}", username.as_str()));
+    meta.fill(&mut event);
+    let change = Change::UpdateUser {
+        username: username.as_str().to_owned(),
+        groups,
+        disabled: request.disabled,
+    };
+    match broker
+        .commit(Write {
+            change: Some(change),
+            event,
+        })
+        .await?
+    {
+        WriteOutcome::Applied { .. } => {}
+        WriteOutcome::Conflict { reason, .. } => return Err(ApiError::NotFound(reason)),
+    }
+    let reason = if request.disabled == Some(true) {
+        format!("user `{}` was disabled", username.as_str())
+    } else {
+        format!("the binding of user `{}` changed", username.as_str())
+    };
+    let revoked = crate::access::expiry::recheck_active(broker, &reason).await?;
+    let user = broker
+        .store()
+        .user_by_name(username.as_str())
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", username.as_str())))?;
+    Ok(UserUpdated {
+        user: UserSummary {
+            username: user.username,
+            groups: user.groups,
+            disabled: user.disabled,
+            created_at_ms: user.created_at.unix_ms(),
+        },
+        grants_revoked: revoked as u64,
+    })
 }
 
 /// Creates the first admin with the one-time setup code printed by `operator init`.

@@ -126,6 +126,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError>;
     async fn grants(&self, filter: GrantFilter, limit: i64)
     -> Result<Vec<GrantRecord>, StoreError>;
+    /// One page of the grants matching `filter`, in id order, after `after_id` (`""` for the
+    /// first page): for walking all of them without holding all of them.
+    async fn grants_after(
+        &self,
+        filter: GrantFilter,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
     /// Claims up to `limit` grants whose `next_attempt_at` has come and that no live claim holds,
     /// until `claim_until`; each claim bumps the grant's epoch (its fencing token). Several nodes
     /// can call this at once: each grant goes to one of them.

@@ -119,6 +119,17 @@ pub enum Change {
         name: String,
         config: serde_json::Value,
     },
+    /// Removes a workload binding; sessions of that role stop working. Conflicts if unknown.
+    DeleteJwtRole {
+        name: String,
+    },
+    /// Changes a user's groups and/or disables or enables the user (a disabled user's sessions stop
+    /// working at once). Conflicts if the user is unknown.
+    UpdateUser {
+        username: String,
+        groups: Option<Vec<String>>,
+        disabled: Option<bool>,
+    },
     /// Adds or replaces a target and its encrypted admin secret.
     PutTarget {
         target: TargetRecord,

@@ -211,6 +211,38 @@ impl SqlStore {
                 upsert_config(connection, ConfigTable::Roles, name, config).await?;
                 Ok(Applied::Done)
             }
+            Change::DeleteJwtRole { name } => {
+                let deleted = sqlx::query("DELETE FROM jwt_roles WHERE name = $1")
+                    .bind(name.clone())
+                    .execute(&mut *connection)
+                    .await?;
+                if deleted.rows_affected() == 0 {
+                    return Ok(Applied::Conflict(format!("no JWT role `{name}`")));
+                }
+                Ok(Applied::Done)
+            }
+            Change::UpdateUser {
+                username,
+                groups,
+                disabled,
+            } => {
+                let groups = groups
+                    .as_ref()
+                    .map(|g| serde_json::to_string(g).unwrap_or_else(|_| "[]".into()));
+                let updated = sqlx::query(
+                    "UPDATE users SET groups = COALESCE($1, groups), disabled = COALESCE($2, disabled) \
+                     WHERE username = $3",
+                )
+                .bind(groups)
+                .bind(disabled.map(i64::from))
+                .bind(username.clone())
+                .execute(&mut *connection)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    return Ok(Applied::Conflict(format!("no user `{username}`")));
+                }
+                Ok(Applied::Done)
+            }
             Change::PutTarget { target, secret } => {
                 access::put_target(connection, target).await?;
                 put_secrets(connection, std::slice::from_ref(secret), target.created_at).await?;
@@ -347,6 +379,17 @@ async fn upsert_config(
         .execute(&mut *connection)
         .await?;
     Ok(())
+}
+
+/// The `WHERE` condition of a grant filter (constant SQL).
+fn grant_condition(filter: GrantFilter) -> &'static str {
+    match filter {
+        GrantFilter::All => "1 = 1",
+        GrantFilter::Live => "state IN ('issuing', 'active', 'revoking', 'failed')",
+        GrantFilter::Active => "state = 'active'",
+        GrantFilter::Failing => "state = 'failed' OR (state = 'revoking' AND n_attempts > 0)",
+        GrantFilter::Unreviewed => "break_glass = 1 AND reviewed_by IS NULL",
+    }
 }
 
 fn redact_url(url: &str) -> String {
@@ -532,8 +575,9 @@ impl Store for SqlStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
-                    s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled \
-             FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+                    s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled, r.name AS bound_role \
+             FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
+             LEFT JOIN jwt_roles r ON r.name = s.principal_role WHERE s.token_hash = $1",
         )
         .bind(token_hash.to_vec())
         .fetch_optional(&self.pool)
@@ -555,11 +599,11 @@ impl Store for SqlStore {
                 Principal::User { id, name, groups }
             }
             "workload" => {
-                let role: Option<String> = row.try_get("principal_role").map_err(unavailable)?;
-                Principal::Workload {
-                    role: role.unwrap_or_default(),
-                    name,
-                }
+                // A workload's session lasts only as long as the binding (JWT role) it came
+                // through.
+                let role: Option<String> = row.try_get("bound_role").map_err(unavailable)?;
+                let Some(role) = role else { return Ok(None) };
+                Principal::Workload { role, name }
             }
             other => {
                 return Err(StoreError::Corrupt(format!(
@@ -771,20 +815,32 @@ impl Store for SqlStore {
         filter: GrantFilter,
         limit: i64,
     ) -> Result<Vec<GrantRecord>, StoreError> {
-        let condition = match filter {
-            GrantFilter::All => "",
-            GrantFilter::Live => "WHERE state IN ('issuing', 'active', 'revoking', 'failed')",
-            GrantFilter::Active => "WHERE state = 'active'",
-            GrantFilter::Failing => {
-                "WHERE state = 'failed' OR (state = 'revoking' AND n_attempts > 0)"
-            }
-            GrantFilter::Unreviewed => "WHERE break_glass = 1 AND reviewed_by IS NULL",
-        };
         let sql = format!(
-            "SELECT {} FROM grants {condition} ORDER BY created_at DESC LIMIT $1",
-            access::GRANT_COLUMNS
+            "SELECT {} FROM grants WHERE {} ORDER BY created_at DESC LIMIT $1",
+            access::GRANT_COLUMNS,
+            grant_condition(filter)
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::grant_from_row).collect()
+    }
+
+    async fn grants_after(
+        &self,
+        filter: GrantFilter,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM grants WHERE id > $1 AND ({}) ORDER BY id LIMIT $2",
+            access::GRANT_COLUMNS,
+            grant_condition(filter)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after_id.to_owned())
             .bind(limit)
             .fetch_all(&self.pool)
             .await

@@ -3,7 +3,10 @@
 //! records its intent before calling [`Target::issue`], so [`Target::revoke`] can clean up after a
 //! crash. This is the only crate that talks to target systems.
 
+pub mod mysql;
 pub mod postgres;
+pub mod redis;
+pub mod resp;
 
 use std::fmt;
 use std::time::Duration;
@@ -17,12 +20,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
     Postgres,
+    Mysql,
+    Redis,
 }
 
 impl fmt::Display for TargetKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TargetKind::Postgres => f.write_str("postgres"),
+            TargetKind::Mysql => f.write_str("mysql"),
+            TargetKind::Redis => f.write_str("redis"),
         }
     }
 }
@@ -31,7 +38,9 @@ impl fmt::Display for TargetKind {
 #[derive(Clone, Debug)]
 pub struct RoleSpec {
     pub name: String,
-    /// SQL run to create the login, with `{{name}}`, `{{password}}` and `{{expiration}}`.
+    /// What creates the login, in the target's own terms: on PostgreSQL SQL with `{{name}}`,
+    /// `{{password}}` and `{{expiration}}`; on MariaDB the `GRANT` statements for `{{name}}`; on
+    /// Redis the user's ACL rules.
     pub creation_sql: String,
     /// SQL run before the default revocation (optional); `{{name}}` only.
     pub revocation_sql: Option<String>,

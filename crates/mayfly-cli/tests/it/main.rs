@@ -471,6 +471,76 @@ fn exec_runs_a_command_with_a_credential_and_revokes_it_after() {
         sqlx::PgConnection::connect_with(&options).await.map(|_| ())
     });
     assert!(login.is_err(), "the credential still works after exec");
+
+    // Ctrl-C: the command is stopped and the grant revoked on the target, not left to its TTL.
+    let seen = data.path().join("seen-interrupted");
+    let script = format!(
+        "echo \"$PGUSER $PGPASSWORD\" > {}.tmp && mv {0}.tmp {0}; exec sleep 60",
+        seen.display()
+    );
+    let exec = mayfly()
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", &token)
+        .args([
+            "exec",
+            "pg/readonly",
+            "--ttl",
+            "10m",
+            "--reason",
+            "interrupted",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the command to start", || seen.exists());
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let parts: Vec<&str> = seen.split_whitespace().collect();
+    let try_login = || {
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let options = sqlx::postgres::PgConnectOptions::new()
+                .host("127.0.0.1")
+                .port(cluster.port)
+                .database("postgres")
+                .username(parts[0])
+                .password(parts[1]);
+            sqlx::PgConnection::connect_with(&options).await.map(|_| ())
+        })
+    };
+    assert!(
+        try_login().is_ok(),
+        "the credential works while the command runs"
+    );
+    let interrupt = run(Command::new("kill").args(["-INT", &exec.id().to_string()]));
+    assert!(interrupt.status.success(), "{interrupt:?}");
+    let finished = exec.wait_with_output().unwrap();
+    assert_eq!(finished.status.code(), Some(130), "{finished:?}");
+    assert!(
+        String::from_utf8_lossy(&finished.stderr).contains("revoked"),
+        "{finished:?}"
+    );
+    // Revoked at once (not at the TTL ten minutes away): the login is refused now.
+    assert!(
+        try_login().is_err(),
+        "the credential still works after Ctrl-C"
+    );
+    let grants = with(mayfly().args(["grants", "--all", "--json"]));
+    let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
+    let grant = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["login"] == parts[0])
+        .cloned();
+    assert!(
+        grant.is_some_and(|g| g["state"] == "revoked" || g["state"] == "verified"),
+        "{grants}"
+    );
 }
 
 /// `mayfly dev` on a given port and data directory, as a child to be SIGKILLed.

@@ -556,19 +556,40 @@ pub async fn expire_requests(broker: &Broker) -> Result<usize, ApiError> {
     Ok(expired.len())
 }
 
-/// Continuous verification: after a change of policies, every active grant is decided again with
-/// the request it came from; one the policies no longer allow is revoked early, with that reason.
-pub async fn recheck_active(broker: &Broker) -> Result<usize, ApiError> {
-    let grants = broker
-        .store()
-        .grants(mayfly_store::GrantFilter::Active, i64::MAX)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+/// How many active grants continuous verification reads at a time.
+const RECHECK_PAGE: i64 = 500;
+
+/// Continuous verification: after a change of policies or of a principal's binding (a user's
+/// groups, a disabled user, a removed workload role), every active grant is decided again with the
+/// request it came from; one that is no longer allowed is revoked early, with that reason. The
+/// grants are read a page at a time, so memory does not grow with their number.
+pub async fn recheck_active(broker: &Broker, reason: &str) -> Result<usize, ApiError> {
     let mut revoked = 0;
     let meta = crate::api::middleware::RequestMeta {
         request_id: "policy-recheck".into(),
         source: None,
     };
+    let mut after = String::new();
+    loop {
+        let page = broker
+            .store()
+            .grants_after(mayfly_store::GrantFilter::Active, &after, RECHECK_PAGE)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let Some(last) = page.last() else { break };
+        after = last.id.clone();
+        revoked += recheck_page(broker, &meta, page, reason).await?;
+    }
+    Ok(revoked)
+}
+
+async fn recheck_page(
+    broker: &Broker,
+    meta: &crate::api::middleware::RequestMeta,
+    grants: Vec<GrantRecord>,
+    reason: &str,
+) -> Result<usize, ApiError> {
+    let mut revoked = 0;
     for grant in grants {
         let Some(request) = broker
             .store()
@@ -581,15 +602,7 @@ pub async fn recheck_active(broker: &Broker) -> Result<usize, ApiError> {
         if broker.still_allowed(&request).await? {
             continue;
         }
-        match broker
-            .revoke_now(
-                &meta,
-                &grant,
-                "broker",
-                "the policies no longer allow this grant",
-            )
-            .await
-        {
+        match broker.revoke_now(meta, &grant, "broker", reason).await {
             Ok(()) => revoked += 1,
             Err(ApiError::Conflict(_)) => {}
             Err(error) => return Err(error),

@@ -75,8 +75,21 @@ pub fn build_target(
                 .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
             Ok(Arc::new(target))
         }
+        "mysql" => {
+            let target =
+                mayfly_targets::mysql::MysqlTarget::new(&record.name, &record.url, admin_password)
+                    .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
+            Ok(Arc::new(target))
+        }
+        "redis" => {
+            let target =
+                mayfly_targets::redis::RedisTarget::new(&record.name, &record.url, admin_password)
+                    .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
+            Ok(Arc::new(target))
+        }
         other => Err(ApiError::BadRequest(format!(
-            "field `kind`: `{other}` is not supported (postgres)"
+            "field `kind`: `{}` is not supported (postgres, mysql, redis)",
+            other.chars().take(32).collect::<String>()
         ))),
     }
 }
@@ -520,7 +533,19 @@ impl Broker {
                 },
                 _ => return Ok(false),
             },
-            workload => workload.clone(),
+            Principal::Workload { role, .. } => {
+                // The binding the workload logged in through must still be there.
+                if self
+                    .store()
+                    .jwt_role(role)
+                    .await
+                    .map_err(|e| ApiError::store(&e))?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+                request.principal.clone()
+            }
         };
         let store = self.store();
         let target = store
@@ -742,6 +767,7 @@ impl Broker {
             .ok_or_else(|| ApiError::Internal("the grant vanished".into()))?;
         Ok(Credential {
             grant: grant_info(&grant, self.now()),
+            kind: target.kind().to_string(),
             host: connection.host,
             port: connection.port,
             database: connection.database,

@@ -36,13 +36,33 @@ pub async fn add_target(
     caller.require_admin()?;
     let keys = broker.require_unsealed().await?;
     check_name("name", &request.name)?;
-    if !(request.url.starts_with("postgres://") || request.url.starts_with("postgresql://"))
+    let (schemes, example): (&[&str], &str) = match request.kind.as_str() {
+        "postgres" => (&["postgres://", "postgresql://"], "postgres://HOST:PORT/DB"),
+        "mysql" => (&["mysql://", "mariadb://"], "mysql://HOST:PORT"),
+        "redis" => (&["redis://"], "redis://HOST:PORT"),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "field `kind`: `{}` is not supported (postgres, mysql, redis)",
+                other.chars().take(32).collect::<String>()
+            )));
+        }
+    };
+    if !schemes.iter().any(|s| request.url.starts_with(s))
         || request.url.contains('@')
+        || request.url.len() > 512
+        || request
+            .url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(ApiError::BadRequest(
-            "field `url`: give postgres://HOST:PORT/DB, without user or password (use `admin_user`, `admin_password`)".into(),
-        ));
+        return Err(ApiError::BadRequest(format!(
+            "field `url`: give {example}, without user or password (use `admin_user`, `admin_password`)"
+        )));
     }
+    let request = TargetRequest {
+        url: request.url.replacen("mariadb://", "mysql://", 1),
+        ..request
+    };
     if request.admin_user.is_empty()
         || request.admin_user.len() > 63
         || request
@@ -226,7 +246,9 @@ pub async fn put_policy(
         .map_err(|e| ApiError::store(&e))?
         .unwrap_or_default();
     // Continuous verification: grants the new policies no longer allow are revoked now.
-    let revoked = crate::access::expiry::recheck_active(&broker).await?;
+    let revoked =
+        crate::access::expiry::recheck_active(&broker, "the policies no longer allow this grant")
+            .await?;
     if revoked > 0 {
         tracing::info!(
             n_grants = revoked,
@@ -408,6 +430,30 @@ pub async fn list_grants(
             .map(|g| grant_info(g, now))
             .collect(),
     ))
+}
+
+#[utoipa::path(get, path = "/v1/grants/{id}", responses((status = 200, body = GrantInfo), (status = 404, body = ErrorBody)))]
+pub async fn get_grant(
+    State(broker): State<Broker>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<GrantInfo> {
+    let grant = broker
+        .store()
+        .grant(&id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .filter(|g| {
+            caller.principal().is_admin() || g.principal == principal_key(caller.principal())
+        })
+        // Someone else's grant is as unknown as a missing one.
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no grant `{}` of yours",
+                id.chars().take(64).collect::<String>()
+            ))
+        })?;
+    Ok(ApiJson(grant_info(&grant, broker.now())))
 }
 
 #[utoipa::path(post, path = "/v1/grants/{id}/revoke", responses((status = 200, body = GrantInfo), (status = 403, body = ErrorBody)))]

@@ -10,7 +10,7 @@ pub mod routes;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 
 use crate::state::Broker;
 
@@ -31,13 +31,17 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/auth/password/login", post(routes::password_login))
         .route("/v1/auth/jwt/login", post(routes::jwt_login))
         .route("/v1/auth/jwt/issuers/{name}", put(routes::put_jwt_issuer))
-        .route("/v1/auth/jwt/roles/{name}", put(routes::put_jwt_role))
+        .route(
+            "/v1/auth/jwt/roles/{name}",
+            put(routes::put_jwt_role).delete(routes::delete_jwt_role),
+        )
         .route("/v1/auth/token/lookup-self", get(routes::lookup_self))
         .route("/v1/auth/token/revoke-self", post(routes::revoke_self))
         .route(
             "/v1/users",
             post(routes::create_user).get(routes::list_users),
         )
+        .route("/v1/users/{name}", patch(routes::update_user))
         .route(
             "/v1/targets",
             post(access_routes::add_target).get(access_routes::list_targets),
@@ -60,6 +64,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/requests/{id}/deny", post(access_routes::deny))
         .route("/v1/requests/{id}/activate", post(access_routes::activate))
         .route("/v1/grants", get(access_routes::list_grants))
+        .route("/v1/grants/{id}", get(access_routes::get_grant))
         .route("/v1/grants/{id}/revoke", post(access_routes::revoke_grant))
         .route("/v1/grants/{id}/renew", post(access_routes::renew_grant))
         .route("/v1/grants/{id}/review", post(access_routes::review_grant))

@@ -200,6 +200,21 @@ pub async fn list_users(
     ))
 }
 
+#[utoipa::path(patch, path = "/v1/users/{name}", request_body = UpdateUserRequest,
+    responses((status = 200, body = UserUpdated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_user(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<UpdateUserRequest>,
+) -> ApiResult<UserUpdated> {
+    caller.require_admin()?;
+    Ok(ApiJson(
+        crate::users::update(&broker, &meta, caller.principal(), &name, request).await?,
+    ))
+}
+
 fn check_config_name(name: &str) -> Result<(), ApiError> {
     mayfly_core::GroupName::parse(name).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -279,6 +294,42 @@ pub async fn put_jwt_role(
         })
         .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/auth/jwt/roles/{name}",
+    responses((status = 200, body = BindingRemoved), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_jwt_role(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<BindingRemoved> {
+    caller.require_admin()?;
+    check_config_name(&name)?;
+    let mut event = broker.draft("auth.jwt.role.deleted", Outcome::Ok);
+    event.actor = Some(caller.principal().to_string());
+    event.subject = Some(format!("jwt-role:{name}"));
+    meta.fill(&mut event);
+    match broker
+        .commit(Write {
+            change: Some(Change::DeleteJwtRole { name: name.clone() }),
+            event,
+        })
+        .await?
+    {
+        WriteOutcome::Applied { .. } => {}
+        WriteOutcome::Conflict { reason, .. } => return Err(ApiError::NotFound(reason)),
+    }
+    // Continuous verification: the workloads of that binding lose their grants now.
+    let revoked = crate::access::expiry::recheck_active(
+        &broker,
+        &format!("the workload binding `{name}` was removed"),
+    )
+    .await?;
+    Ok(ApiJson(BindingRemoved {
+        name,
+        grants_revoked: revoked as u64,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/sys/audit/public-key", responses((status = 200, body = AuditPublicKey), (status = 503, body = ErrorBody)))]

@@ -539,6 +539,163 @@ async fn a_policy_change_revokes_grants_it_no_longer_allows() {
 }
 
 #[tokio::test]
+async fn removing_a_binding_revokes_the_grants_it_carried() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    let alice = broker.login("alice").await;
+    let bob = broker.login("bob").await;
+    let alices = activate_readonly(&broker, &alice, 900).await;
+    let bobs = activate_readonly(&broker, &bob, 900).await;
+    let mut alices_session = connect(&cluster, &alices).await.unwrap();
+
+    // Hostile or unknown input is refused with a clear error.
+    for (path, body, expected) in [
+        ("/v1/users/alice", json!({}), 400),
+        ("/v1/users/alice", json!({"groups": ["a b"]}), 400),
+        ("/v1/users/alice", json!({"colour": "red"}), 400),
+        ("/v1/users/nobody", json!({"disabled": true}), 404),
+        ("/v1/users/admin", json!({"disabled": true}), 409),
+    ] {
+        let (status, answer) = broker.call("PATCH", path, Some(&admin), Some(body)).await;
+        assert_eq!(status, expected, "{path}: {answer}");
+    }
+    let (status, _) = broker
+        .call(
+            "PATCH",
+            "/v1/users/bob",
+            Some(&alice),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 403, "only an admin changes bindings");
+
+    // Alice leaves the group the policy names: her grant goes, Bob's stays.
+    let (status, updated) = broker
+        .call(
+            "PATCH",
+            "/v1/users/alice",
+            Some(&admin),
+            Some(json!({"groups": ["ops"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["grants_revoked"], 1);
+    assert_eq!(updated["user"]["groups"], json!(["ops"]));
+    let grant = wait_for_state(
+        &broker,
+        &admin,
+        alices["grant"]["id"].as_str().unwrap(),
+        "verified",
+    )
+    .await;
+    assert_eq!(
+        grant["revoke_reason"],
+        "the binding of user `alice` changed"
+    );
+    assert!(
+        sqlx::query("SELECT 1")
+            .execute(&mut alices_session)
+            .await
+            .is_err()
+    );
+    assert!(connect(&cluster, &alices).await.is_err());
+    let mut bobs_session = connect(&cluster, &bobs).await.unwrap();
+    let (status, _) = ask(&broker, &alice, "readonly", 900, "again").await;
+    assert_eq!(status, 403, "alice is no longer allowed");
+
+    // Bob is disabled: his grant and his session with the broker end.
+    let (status, updated) = broker
+        .call(
+            "PATCH",
+            "/v1/users/bob",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["grants_revoked"], 1);
+    let grant = wait_for_state(
+        &broker,
+        &admin,
+        bobs["grant"]["id"].as_str().unwrap(),
+        "verified",
+    )
+    .await;
+    assert_eq!(grant["revoke_reason"], "user `bob` was disabled");
+    assert!(
+        sqlx::query("SELECT 1")
+            .execute(&mut bobs_session)
+            .await
+            .is_err()
+    );
+    let (status, _) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&bob), None)
+        .await;
+    assert_eq!(status, 401);
+
+    // A workload's grant ends with the JWT role it logged in through.
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": format!("{POLICY}\n@id(\"deploy\") permit (principal is Workload, action == Action::\"request\", resource == Role::\"pg/readonly\");")})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let workload = crate::jwt::workload_session(&broker).await;
+    let deploys = activate_readonly(&broker, &workload, 900).await;
+    let mut deploys_session = connect(&cluster, &deploys).await.unwrap();
+    let (status, removed) = broker
+        .call("DELETE", "/v1/auth/jwt/roles/deploy", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["grants_revoked"], 1);
+    let grant = wait_for_state(
+        &broker,
+        &admin,
+        deploys["grant"]["id"].as_str().unwrap(),
+        "verified",
+    )
+    .await;
+    assert_eq!(
+        grant["revoke_reason"],
+        "the workload binding `deploy` was removed"
+    );
+    assert!(
+        sqlx::query("SELECT 1")
+            .execute(&mut deploys_session)
+            .await
+            .is_err()
+    );
+    let events = broker
+        .broker
+        .store()
+        .audit_events(0, 100_000)
+        .await
+        .unwrap();
+    let updates: Vec<Value> = events
+        .iter()
+        .filter(|e| e.kind == "user.update")
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect();
+    assert!(
+        updates
+            .iter()
+            .any(|u| u["subject"] == "user:bob" && u["details"]["disabled"] == true),
+        "{updates:?}"
+    );
+    assert!(
+        updates
+            .iter()
+            .any(|u| u["subject"] == "user:alice" && u["details"]["groups"] == json!(["ops"])),
+        "{updates:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_sweep_drops_logins_without_a_live_grant() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
@@ -807,4 +964,284 @@ async fn renewal_moves_both_fences_within_the_maximum() {
         )
         .await;
     assert_eq!(status, 403);
+}
+
+/// Two broker nodes on one PostgreSQL store share the expiry work with no leader: every expired
+/// grant is revoked exactly once (claims with `FOR UPDATE SKIP LOCKED` and fencing epochs), all
+/// are verified, and the shared audit chain verifies.
+#[tokio::test]
+async fn two_nodes_share_the_expiry_work() {
+    const GRANTS: usize = 40;
+    let cluster = PgCluster::start();
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let first = TestBroker::start(mayfly_testkit::Options {
+        store_url: Some(db.url.clone()),
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    let second = TestBroker::start(mayfly_testkit::Options {
+        store_url: Some(db.url.clone()),
+        bootstrap: false,
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    mayfly_server::dev::unseal_from_file(
+        &second.broker,
+        &first.dir.path().join(mayfly_server::dev::KEY_FILE),
+    )
+    .await
+    .unwrap();
+    setup(&first, &cluster).await;
+    let admin = first.admin_token.clone().unwrap();
+    let alice = first.login("alice").await;
+    let mut grant_ids = Vec::new();
+    for i in 0..GRANTS {
+        // Half through each node: the store is shared.
+        let node = if i % 2 == 0 { &first } else { &second };
+        let credential = activate_readonly(node, &alice, 120).await;
+        grant_ids.push(credential["grant"]["id"].as_str().unwrap().to_owned());
+    }
+    // Both nodes' clocks pass the TTL: both engines claim from the same due grants.
+    first.clock.advance(Duration::from_secs(121));
+    second.clock.advance(Duration::from_secs(121));
+    for id in &grant_ids {
+        wait_for_state(&first, &admin, id, "verified").await;
+    }
+    let events = first
+        .broker
+        .store()
+        .audit_events(0, 1_000_000)
+        .await
+        .unwrap();
+    let mut revoked_by: std::collections::HashMap<String, usize> = Default::default();
+    let mut verified = 0;
+    for event in &events {
+        let body: Value = serde_json::from_str(&event.body).unwrap();
+        if event.kind == "grant.revoked" {
+            *revoked_by
+                .entry(body["details"]["grant_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        if event.kind == "grant.verified" {
+            verified += 1;
+        }
+    }
+    assert_eq!(revoked_by.len(), GRANTS, "{revoked_by:?}");
+    assert!(
+        revoked_by.values().all(|n| *n == 1),
+        "a grant was revoked twice: {revoked_by:?}"
+    );
+    assert_eq!(verified, GRANTS);
+    let (status, report) = second
+        .call("POST", "/v1/sys/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    first.stop().await;
+    second.stop().await;
+    db.drop_db().await;
+}
+
+/// MariaDB and Redis through the whole flow: target, role, policy, request, activation (the login
+/// works on the real server), early revocation (refused, open session cut, proven); hostile names
+/// and role texts are refused with a 400 naming the field.
+#[tokio::test]
+async fn mariadb_and_redis_grants_end_to_end() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let mut mariadb = sqlx::MySqlConnection::connect_with(
+        &sqlx::mysql::MySqlConnectOptions::new()
+            .host("127.0.0.1")
+            .port(3306)
+            .username("root")
+            .log_statements(tracing_off()),
+    )
+    .await
+    .unwrap();
+    sqlx::raw_sql("CREATE DATABASE IF NOT EXISTS mayfly_e2e")
+        .execute(&mut mariadb)
+        .await
+        .unwrap();
+    for (kind, name, url, user, rules) in [
+        (
+            "mysql",
+            "maria",
+            "mysql://127.0.0.1:3306",
+            "root",
+            "GRANT SELECT ON mayfly_e2e.* TO {{name}};",
+        ),
+        (
+            "redis",
+            "cache",
+            "redis://127.0.0.1:6379",
+            "default",
+            "~e2e:* +@read +ping",
+        ),
+    ] {
+        let (status, body) = broker
+            .call("POST", "/v1/targets", Some(&admin),
+                Some(json!({"kind": kind, "name": name, "url": url, "admin_user": user, "admin_password": ""})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = broker
+            .call("POST", "/v1/roles", Some(&admin),
+                Some(json!({"target": name, "name": "reader", "max_ttl_seconds": 3600, "creation_sql": rules})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Hostile input: names with quotes, backticks, spaces, `*`, new lines or too long; a URL of
+    // the wrong kind or with credentials; role texts the target refuses.
+    let long = "a".repeat(300);
+    for name in [
+        "o'brien",
+        "back`tick",
+        "two words",
+        "star*",
+        "new\nline",
+        long.as_str(),
+    ] {
+        let (status, body) = broker
+            .call("POST", "/v1/targets", Some(&admin),
+                Some(json!({"kind": "mysql", "name": name, "url": "mysql://127.0.0.1:3306", "admin_user": "root", "admin_password": ""})))
+            .await;
+        assert_eq!(status, 400, "{name:?}: {body}");
+        let (status, body) = broker
+            .call("POST", "/v1/roles", Some(&admin),
+                Some(json!({"target": "cache", "name": name, "max_ttl_seconds": 60, "creation_sql": "~x +get"})))
+            .await;
+        assert_eq!(status, 400, "{name:?}: {body}");
+    }
+    for (kind, url) in [
+        ("mysql", "redis://127.0.0.1:6379"),
+        ("mysql", "mysql://root:pw@127.0.0.1:3306"),
+        ("redis", "redis://127.0.0.1:6379\nFLUSHALL"),
+        ("mongodb", "mongodb://127.0.0.1"),
+    ] {
+        let (status, body) = broker
+            .call("POST", "/v1/targets", Some(&admin),
+                Some(json!({"kind": kind, "name": "x", "url": url, "admin_user": "root", "admin_password": ""})))
+            .await;
+        assert_eq!(status, 400, "{kind} {url:?}: {body}");
+    }
+    for (target, rules) in [
+        ("cache", "~* +@all nopass"),
+        ("cache", "+@all\nACL SETUSER evil on nopass"),
+        ("maria", "GRANT ALL ON *.* TO 'root'@'%'"),
+        ("maria", "CREATE USER {{name}} IDENTIFIED BY 'known'"),
+    ] {
+        let (status, body) = broker
+            .call("POST", "/v1/roles", Some(&admin),
+                Some(json!({"target": target, "name": "bad", "max_ttl_seconds": 60, "creation_sql": rules})))
+            .await;
+        assert_eq!(status, 400, "{rules:?}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("creation_sql"),
+            "{body}"
+        );
+    }
+    let (status, body) = broker
+        .call("PUT", "/v1/policy", Some(&admin), Some(json!({"text":
+            "@id(\"readers\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"maria\");\n\
+             @id(\"cache\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"cache\");"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let alice = broker.login("alice").await;
+
+    // MariaDB.
+    let (status, request) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(json!({"target": "maria", "role": "reader", "ttl_seconds": 900, "reason": "e2e"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{request}");
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    assert_eq!(credential["kind"], "mysql");
+    let options = sqlx::mysql::MySqlConnectOptions::new()
+        .host("127.0.0.1")
+        .port(3306)
+        .username(credential["username"].as_str().unwrap())
+        .password(credential["password"].as_str().unwrap())
+        .log_statements(tracing_off());
+    let mut session = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_state(&broker, &alice, grant_id, "verified").await;
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
+        "the session survived"
+    );
+    assert!(sqlx::MySqlConnection::connect_with(&options).await.is_err());
+
+    // Redis.
+    let (status, request) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(json!({"target": "cache", "role": "reader", "ttl_seconds": 900, "reason": "e2e"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{request}");
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    assert_eq!(credential["kind"], "redis");
+    let user = credential["username"].as_str().unwrap().to_owned();
+    let password = credential["password"].as_str().unwrap().to_owned();
+    let mut session = mayfly_targets::resp::Resp::connect("127.0.0.1", 6379)
+        .await
+        .unwrap();
+    let auth = session
+        .call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+        .await
+        .unwrap();
+    assert_eq!(auth, mayfly_targets::resp::Reply::Simple("OK".into()));
+    // Expiry, not an early revoke this time.
+    broker.clock.advance(Duration::from_secs(901));
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    wait_for_state(&broker, &alice, grant_id, "verified").await;
+    assert!(
+        session.call(&[b"PING"]).await.is_err(),
+        "the Redis session survived"
+    );
+    let mut again = mayfly_targets::resp::Resp::connect("127.0.0.1", 6379)
+        .await
+        .unwrap();
+    let auth = again
+        .call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(auth, mayfly_targets::resp::Reply::Error(ref e) if e.starts_with("WRONGPASS")),
+        "{auth:?}"
+    );
 }

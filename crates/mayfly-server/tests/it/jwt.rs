@@ -132,6 +132,47 @@ async fn login(broker: &TestBroker, jwt: &str) -> (u16, Value) {
         .await
 }
 
+/// Binds a PEM-keyed issuer to the JWT role `deploy` and logs a workload in through it; returns the
+/// workload's session token.
+pub(crate) async fn workload_session(broker: &TestBroker) -> String {
+    let signer = ed25519();
+    configure(
+        broker,
+        json!({"issuer": ISSUER, "public_keys": [{"kid": "k1", "pem": ed25519_pem(&signer.public)}]}),
+    )
+    .await;
+    let (status, body) = login(broker, &sign(&signer, Some("k1"), &claims(broker))).await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn removing_the_binding_ends_the_workloads_sessions() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let token = workload_session(&broker).await;
+    let (status, _) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = broker
+        .call("DELETE", "/v1/auth/jwt/roles/deploy", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["grants_revoked"], 0);
+    let (status, _) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
+    assert_eq!(status, 401, "a session outlived its binding");
+    // Twice: nothing left to remove. A workload cannot remove bindings.
+    let (status, _) = broker
+        .call("DELETE", "/v1/auth/jwt/roles/deploy", Some(&admin), None)
+        .await;
+    assert_eq!(status, 404);
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "auth.jwt.role.deleted"));
+}
+
 #[tokio::test]
 async fn jwks_issuer_valid_token_maps_to_the_bound_workload() {
     let broker = TestBroker::ready().await;

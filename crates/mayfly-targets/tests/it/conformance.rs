@@ -120,3 +120,46 @@ pub async fn batch<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P) {
     // Again: all already gone, all fine.
     assert!(target.revoke_many(&items).await.iter().all(Result::is_ok));
 }
+
+/// The target cannot be reached at revoke time: the revocation fails as retryable (the engine
+/// keeps it queued and reports it), and succeeds once the target is back, proven.
+pub async fn unreachable_then_back<P: Probe>(
+    target: &dyn Target,
+    role: &RoleSpec,
+    probe: &P,
+    gate: &mayfly_testkit::gate::Gate,
+) {
+    let login = new_login();
+    let secret = new_secret();
+    target
+        .issue(&IssuePlan {
+            login: &login,
+            secret: &secret,
+            role,
+            expires_at: in_minutes(15),
+        })
+        .await
+        .unwrap();
+    gate.close().await;
+    let error = target.revoke(&login, Some(role)).await.unwrap_err();
+    assert!(
+        matches!(error, mayfly_targets::TargetError::Unavailable { .. }),
+        "{error}"
+    );
+    assert!(error.is_retryable());
+    let results = target
+        .revoke_many(&[(login.clone(), Some(role.clone()))])
+        .await;
+    assert!(
+        results.iter().all(|r| r
+            .as_ref()
+            .is_err_and(mayfly_targets::TargetError::is_retryable)),
+        "{results:?}"
+    );
+    // Still there: nothing was revoked while the target was away.
+    assert!(probe.login(&login, &secret).await.is_ok());
+    gate.open();
+    target.revoke(&login, Some(role)).await.unwrap();
+    assert!(probe.login(&login, &secret).await.is_err());
+    target.verify_revoked(&login, &secret).await.unwrap();
+}

@@ -10,4 +10,6 @@
 )]
 
 mod conformance;
+mod mysql;
 mod postgres;
+mod redis;

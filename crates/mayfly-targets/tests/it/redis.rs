@@ -1,0 +1,156 @@
+//! The Redis target against the machine's Redis (127.0.0.1:6379, default user without a password).
+
+use mayfly_core::LoginName;
+use mayfly_targets::redis::RedisTarget;
+use mayfly_targets::resp::{Reply, Resp};
+use mayfly_targets::{IssuePlan, RoleSpec, Target, TargetError};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::conformance::{self, BoxFuture, Probe};
+
+const URL: &str = "redis://127.0.0.1:6379";
+
+fn role() -> RoleSpec {
+    RoleSpec {
+        name: "reader".into(),
+        creation_sql: "~mayfly-it:* +@read +ping".into(),
+        revocation_sql: None,
+        max_ttl: std::time::Duration::from_secs(3600),
+    }
+}
+
+struct RedisProbe;
+
+impl Probe for RedisProbe {
+    type Session = Resp;
+
+    fn login<'a>(
+        &'a self,
+        login: &'a LoginName,
+        secret: &'a SecretString,
+    ) -> BoxFuture<'a, Result<Resp, String>> {
+        Box::pin(async move {
+            let mut connection = Resp::connect("127.0.0.1", 6379)
+                .await
+                .map_err(|e| e.to_string())?;
+            connection
+                .call(&[
+                    b"AUTH",
+                    login.as_str().as_bytes(),
+                    secret.expose_secret().as_bytes(),
+                ])
+                .await
+                .map_err(|e| e.to_string())?
+                .into_result()
+                .map_err(|e| e.to_string())?;
+            Ok(connection)
+        })
+    }
+
+    fn alive<'a>(&'a self, session: &'a mut Resp) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            matches!(
+                session.call(&[b"GET", b"mayfly-it:x"]).await,
+                Ok(Reply::Bulk(_))
+            )
+        })
+    }
+}
+
+#[tokio::test]
+async fn redis_lifecycle() {
+    let target = RedisTarget::new("cache", URL, None).unwrap();
+    conformance::lifecycle(&target, &role(), &RedisProbe).await;
+    conformance::batch(&target, &role(), &RedisProbe).await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_then_back() {
+    let gate = mayfly_testkit::gate::Gate::start("127.0.0.1:6379".parse().unwrap()).await;
+    let target =
+        RedisTarget::new("cache", &format!("redis://127.0.0.1:{}", gate.port), None).unwrap();
+    conformance::unreachable_then_back(&target, &role(), &RedisProbe, &gate).await;
+}
+
+/// The role's rules are what the user gets, and nothing more: a key outside the pattern and a
+/// write are refused by Redis itself. The password is stored only as its SHA-256.
+#[tokio::test]
+async fn the_user_gets_exactly_the_roles_rules() {
+    let target = RedisTarget::new("cache", URL, None).unwrap();
+    let login = conformance::new_login();
+    let secret = conformance::new_secret();
+    target
+        .issue(&IssuePlan {
+            login: &login,
+            secret: &secret,
+            role: &role(),
+            expires_at: conformance::in_minutes(15),
+        })
+        .await
+        .unwrap();
+    let mut session = RedisProbe.login(&login, &secret).await.unwrap();
+    assert!(matches!(
+        session.call(&[b"GET", b"mayfly-it:a"]).await.unwrap(),
+        Reply::Bulk(_)
+    ));
+    for command in [
+        &[&b"GET"[..], b"other:a"][..],
+        &[b"SET", b"mayfly-it:a", b"1"],
+        &[b"ACL", b"LIST"],
+        &[b"CONFIG", b"GET", b"*"],
+    ] {
+        let reply = session.call(command).await.unwrap();
+        assert!(
+            matches!(reply, Reply::Error(ref e) if e.starts_with("NOPERM")),
+            "{reply:?}"
+        );
+    }
+    let mut admin = Resp::connect("127.0.0.1", 6379).await.unwrap();
+    let rules = admin
+        .call(&[b"ACL", b"GETUSER", login.as_str().as_bytes()])
+        .await
+        .unwrap();
+    let text = format!("{rules:?}");
+    assert!(
+        !text.contains(secret.expose_secret()),
+        "the clear password is on the server"
+    );
+    target.revoke(&login, None).await.unwrap();
+}
+
+/// Rules that would change the user's state, password or add users are refused before anything
+/// reaches Redis, whatever their spacing; each rule is one argument, so none can smuggle another
+/// command.
+#[tokio::test]
+async fn hostile_roles_are_refused() {
+    let target = RedisTarget::new("cache", URL, None).unwrap();
+    for rules in [
+        "~* +@all nopass",
+        "~* +@all >known-password",
+        "+@all\r\nACL SETUSER evil on nopass +@all",
+        "~* on",
+        "~* resetpass",
+        "#0123",
+        "`~*`",
+        "~'a b'",
+        "",
+    ] {
+        let role = RoleSpec {
+            creation_sql: rules.into(),
+            ..role()
+        };
+        assert!(
+            matches!(
+                target.check_role(&role),
+                Err(TargetError::InvalidRole { .. })
+            ),
+            "{rules:?}"
+        );
+    }
+    let with_script = RoleSpec {
+        revocation_sql: Some("FLUSHALL".into()),
+        ..role()
+    };
+    assert!(target.check_role(&with_script).is_err());
+    target.check_role(&role()).unwrap();
+}
