@@ -51,3 +51,12 @@ if ! redis_ready; then
     redis_ready || { echo "Redis did not start" >&2; exit 1; }
 fi
 echo "Redis is up on 127.0.0.1:6379"
+
+# OpenSSH's server, for the SSH certificate tests (each test starts its own sshd on a free
+# loopback port; the system's ssh service is not used).
+if [ ! -x /usr/sbin/sshd ]; then
+    echo "Installing openssh-server (Debian's package) for the SSH tests"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null; }
+fi
+echo "sshd is installed: $(/usr/sbin/sshd -V 2>&1 | head -n1)"

@@ -390,6 +390,18 @@ pub struct Credential {
     pub database: String,
     pub username: String,
     pub password: String,
+    /// For an SSH grant: the user certificate (`…-cert-v01@openssh.com …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// Optional body of an activation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// For an SSH role: the public key to certify, as in `authorized_keys`.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -23,7 +23,8 @@ pub enum TargetCommand {
         /// password.
         #[arg(long)]
         url: String,
-        #[arg(long)]
+        /// The account the broker administers logins with (not for `ssh`: hosts trust the CA).
+        #[arg(long, default_value = "")]
         admin_user: String,
         #[arg(long)]
         admin_password_file: Option<PathBuf>,
@@ -145,8 +146,14 @@ pub async fn target(client: &Client, command: TargetCommand, json: bool) -> anyh
             admin_user,
             admin_password_file,
         } => {
-            let admin_password =
-                crate::commands::read_secret(admin_password_file.as_deref(), "Admin password: ")?;
+            let admin_password = if kind == "ssh" {
+                String::new()
+            } else {
+                if admin_user.is_empty() {
+                    bail!("give --admin-user: the account the broker administers logins with");
+                }
+                crate::commands::read_secret(admin_password_file.as_deref(), "Admin password: ")?
+            };
             let request = TargetRequest {
                 kind,
                 name,
@@ -466,6 +473,192 @@ pub async fn review(client: &Client, command: ReviewCommand, json: bool) -> anyh
 
 /// Runs `command` with a credential in its environment and revokes it when the command ends,
 /// also on Ctrl-C.
+#[derive(Debug, clap::Args)]
+pub struct SshArgs {
+    /// TARGET/ROLE, or `ca`, or `krl`.
+    pub role: String,
+    /// user@host (for `krl`: the file to write).
+    pub destination: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub ticket: Option<String>,
+    #[arg(long)]
+    pub break_glass: bool,
+    /// Your private key (its `.pub` beside it is certified); default: a fresh key, deleted after.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The host's SSH port (default: the target's).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The command to run on the host.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `mayfly ssh ROLE user@host [-- cmd]`: requests access, has the broker certify a key (the
+/// user's, or a fresh one kept in a private temporary directory and deleted after), runs `ssh` with
+/// the certificate, and revokes the grant when ssh ends.
+pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
+    match (args.role.as_str(), &args.destination) {
+        ("ca", None) => {
+            print!("{}", client.call_text(Method::GET, "/v1/ssh/ca").await?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        ("krl", Some(file)) => {
+            write_krl(client, Path::new(file)).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        ("krl", None) => bail!("give the file to write: `mayfly ssh krl /etc/ssh/mayfly.krl`"),
+        _ => {}
+    }
+    let Some(destination) = args.destination else {
+        bail!(
+            "give the host: `mayfly ssh {} user@host --ttl 15m --reason R`",
+            args.role
+        );
+    };
+    let (Some(ttl), Some(reason)) = (args.ttl, args.reason) else {
+        bail!(
+            "give --ttl and --reason: `mayfly ssh {} {destination} --ttl 15m --reason R`",
+            args.role
+        );
+    };
+    let (key, port, command) = (args.key, args.port, args.command);
+    let request_args = RequestArgs {
+        role: args.role,
+        ttl,
+        reason,
+        ticket: args.ticket,
+        break_glass: args.break_glass,
+        wait: true,
+    };
+    let request = request(client, request_args, false).await?;
+    if request.state != "allowed" {
+        bail!("the request was not allowed: {}", request.decision);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("mayfly-ssh-")
+        .tempdir()
+        .context("cannot make a private temporary directory")?;
+    let (identity, public_key) = match key {
+        Some(path) => {
+            let public_path = PathBuf::from(format!("{}.pub", path.display()));
+            let public = std::fs::read_to_string(&public_path).with_context(|| {
+                format!(
+                    "cannot read `{}` (the public half of --key)",
+                    public_path.display()
+                )
+            })?;
+            (path, public)
+        }
+        None => {
+            let (private, public) = mayfly_crypto::ssh::generate_user_key()
+                .map_err(|e| anyhow!("cannot make a key: {e}"))?;
+            let path = dir.path().join("id_ed25519");
+            write_private(&path, private.as_bytes())?;
+            (path, public)
+        }
+    };
+    let body = ActivateRequest {
+        public_key: Some(public_key.trim().to_owned()),
+    };
+    let credential: Credential = client
+        .call(
+            Method::POST,
+            &format!("/v1/requests/{}/activate", request.id),
+            Some(&body),
+        )
+        .await?;
+    let certificate = credential.certificate.clone().ok_or_else(|| {
+        anyhow!("the role is not an SSH role: use `mayfly exec` or `mayfly activate`")
+    })?;
+    let certificate_path = dir.path().join("id-cert.pub");
+    write_private(&certificate_path, certificate.as_bytes())?;
+    eprintln!(
+        "grant {} active for {} s (certificate key id {})",
+        credential.grant.id, credential.grant.seconds_left, credential.username
+    );
+    let mut ssh = tokio::process::Command::new("ssh");
+    ssh.arg("-i")
+        .arg(&identity)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", certificate_path.display()))
+        .arg("-o")
+        .arg("IdentitiesOnly=yes")
+        .arg("-p")
+        .arg(port.unwrap_or(credential.port).to_string())
+        .arg(&destination);
+    if !command.is_empty() {
+        ssh.arg("--").args(&command);
+    }
+    let mut child = ssh
+        .spawn()
+        .context("cannot run `ssh` (install openssh-client)")?;
+    let status = tokio::select! {
+        status = child.wait() => Some(status?),
+        signal = interrupted() => {
+            eprintln!("{signal}: stopping ssh and revoking the grant");
+            let _ = child.kill().await;
+            None
+        }
+    };
+    drop(dir);
+    let revoked: Result<GrantInfo, _> = client
+        .call(
+            Method::POST,
+            &format!("/v1/grants/{}/revoke", credential.grant.id),
+            none(),
+        )
+        .await;
+    match revoked {
+        Ok(_) => eprintln!(
+            "grant {} revoked: its certificate is in the KRL (/v1/ssh/krl)",
+            credential.grant.id
+        ),
+        Err(error) => eprintln!(
+            "could not revoke grant {} now ({error:#}); its certificate expires at its TTL",
+            credential.grant.id
+        ),
+    }
+    Ok(match status.and_then(|s| s.code()) {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(130),
+    })
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}
+
+/// Fetches the KRL and replaces `file` with it atomically (sshd never reads half a KRL).
+async fn write_krl(client: &Client, file: &Path) -> anyhow::Result<()> {
+    let bytes = client.call_bytes(Method::GET, "/v1/ssh/krl").await?;
+    let partial = PathBuf::from(format!("{}.partial", file.display()));
+    std::fs::write(&partial, &bytes)
+        .with_context(|| format!("cannot write `{}`", partial.display()))?;
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("cannot replace `{}`", file.display()))?;
+    eprintln!("KRL written to {} ({} bytes)", file.display(), bytes.len());
+    Ok(())
+}
+
 /// Follows a grant whose revocation was requested until the target has dropped it (`true`), for
 /// at most 30 s (`false`: the broker goes on retrying).
 async fn wait_revoked(client: &Client, grant_id: &str) -> anyhow::Result<bool> {

@@ -95,6 +95,31 @@ impl Client {
         Ok(text)
     }
 
+    /// A GET whose answer is bytes (the KRL).
+    pub async fn call_bytes(&self, method: Method, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{}", self.addr, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.addr))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .context("cannot read the broker's answer")?;
+        if !status.is_success() {
+            return Err(anyhow!(
+                "the broker answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+
     pub async fn call_raw<B: Serialize>(
         &self,
         method: Method,

@@ -129,6 +129,10 @@ enum Command {
     /// Break-glass grants waiting for review.
     #[command(subcommand)]
     Review(crate::access::ReviewCommand),
+    /// SSH with a short-lived certificate: `mayfly ssh TARGET/ROLE user@host --ttl 15m --reason R
+    /// [-- cmd]`. `mayfly ssh ca` prints the CA's public key (for `TrustedUserCAKeys`);
+    /// `mayfly ssh krl FILE` writes the current KRL (for `RevokedKeys`).
+    Ssh(crate::access::SshArgs),
 }
 
 #[derive(Debug, Args)]
@@ -871,6 +875,7 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
             return crate::access::exec(client, request, command).await;
         }
         Command::Review(command) => crate::access::review(client, command, json).await?,
+        Command::Ssh(args) => return crate::access::ssh(client, args).await,
         Command::Audit(AuditCommand::PublicKey) => {
             let key: AuditPublicKey = client
                 .call(Method::GET, "/v1/sys/audit/public-key", none())

@@ -24,4 +24,6 @@ pub enum CryptoError {
     SealParameters(String),
     #[error("password hashing failed")]
     PasswordHash,
+    #[error("SSH: {0}")]
+    Ssh(String),
 }

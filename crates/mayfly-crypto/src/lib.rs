@@ -13,6 +13,7 @@ pub mod password;
 pub mod scram;
 pub mod seal;
 pub mod sign;
+pub mod ssh;
 pub mod token;
 pub mod totp;
 

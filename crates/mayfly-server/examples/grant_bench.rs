@@ -5,8 +5,11 @@
 //! the expiry engine has revoked and verified them all, so the target is left clean.
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [postgres-url-without-user] [admin-user]
+//! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [url-without-user] [admin-user] [kind]
 //! ```
+//!
+//! `kind` is `postgres` (default), `mysql` (MariaDB: `mysql://127.0.0.1:3306 root`) or `redis`
+//! (`redis://127.0.0.1:6379 default`).
 
 #![allow(
     clippy::unwrap_used,
@@ -33,6 +36,12 @@ async fn main() {
         .cloned()
         .unwrap_or_else(|| "postgres://127.0.0.1:5432/postgres".into());
     let admin_user = args.get(4).cloned().unwrap_or_else(|| "postgres".into());
+    let kind = args.get(5).cloned().unwrap_or_else(|| "postgres".into());
+    let creation = match kind.as_str() {
+        "mysql" => "GRANT SELECT ON mysql.help_topic TO {{name}};",
+        "redis" => "~bench:* +@read",
+        _ => "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};",
+    };
     let broker = TestBroker::ready().await;
     let admin = broker.admin_token.clone().unwrap();
     let (status, body) = broker
@@ -40,8 +49,10 @@ async fn main() {
             "POST",
             "/v1/targets",
             Some(&admin),
-            Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": admin_user,
-                        "admin_password": std::env::var("PGPASSWORD").unwrap_or_else(|_| "unused".into())})),
+            Some(
+                json!({"kind": kind, "name": "pg", "url": url, "admin_user": admin_user,
+                        "admin_password": std::env::var("PGPASSWORD").unwrap_or_default()}),
+            ),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -50,8 +61,10 @@ async fn main() {
             "POST",
             "/v1/roles",
             Some(&admin),
-            Some(json!({"target": "pg", "name": "ro", "max_ttl_seconds": 3600,
-                        "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"})),
+            Some(
+                json!({"target": "pg", "name": "ro", "max_ttl_seconds": 3600,
+                        "creation_sql": creation}),
+            ),
         )
         .await;
     assert_eq!(status, 200, "{body}");

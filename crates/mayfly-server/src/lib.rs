@@ -13,6 +13,7 @@ pub mod dev;
 pub mod metrics;
 pub mod notify;
 pub mod seal;
+pub mod ssh;
 pub mod state;
 pub mod tls;
 pub mod users;

@@ -904,6 +904,34 @@ impl Store for SqlStore {
         Ok(live)
     }
 
+    async fn ssh_revoked_logins(&self, now: Timestamp) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.login FROM grants g JOIN targets t ON t.name = g.target \
+             WHERE t.kind = 'ssh' AND g.state IN ('revoking', 'failed', 'revoked', 'verified') \
+             AND g.expires_at > $1 ORDER BY g.login",
+        )
+        .bind(now.unix_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| row.try_get("login").map_err(unavailable))
+            .collect()
+    }
+
+    async fn grant_by_login(&self, login: &str) -> Result<Option<GrantRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM grants WHERE login = $1",
+            access::GRANT_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(login.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(access::grant_from_row).transpose()
+    }
+
     async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError> {
         let _writer = self.write_lock.lock().await;
         let done = sqlx::query(

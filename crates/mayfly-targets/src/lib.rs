@@ -7,6 +7,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod resp;
+pub mod ssh;
 
 use std::fmt;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub enum TargetKind {
     Postgres,
     Mysql,
     Redis,
+    Ssh,
 }
 
 impl fmt::Display for TargetKind {
@@ -30,6 +32,7 @@ impl fmt::Display for TargetKind {
             TargetKind::Postgres => f.write_str("postgres"),
             TargetKind::Mysql => f.write_str("mysql"),
             TargetKind::Redis => f.write_str("redis"),
+            TargetKind::Ssh => f.write_str("ssh"),
         }
     }
 }
@@ -53,6 +56,10 @@ pub struct IssuePlan<'a> {
     pub secret: &'a SecretString,
     pub role: &'a RoleSpec,
     pub expires_at: Timestamp,
+    /// Now, by the broker's clock.
+    pub issued_at: Timestamp,
+    /// The user's public key, for targets that certify a key (SSH) instead of setting a password.
+    pub public_key: Option<&'a str>,
 }
 
 /// How to reach what was issued (never holds the secret: the broker has it).
@@ -61,6 +68,8 @@ pub struct Connection {
     pub host: String,
     pub port: u16,
     pub database: String,
+    /// A certificate issued for the user's key (SSH), when that is the credential.
+    pub certificate: Option<String>,
 }
 
 /// What was checked on the target after a revocation.

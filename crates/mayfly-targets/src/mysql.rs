@@ -108,6 +108,7 @@ impl MysqlTarget {
             host: self.options.get_host().to_owned(),
             port: self.options.get_port(),
             database: self.options.get_database().unwrap_or("").to_owned(),
+            certificate: None,
         }
     }
 

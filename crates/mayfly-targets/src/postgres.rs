@@ -125,6 +125,7 @@ impl PostgresTarget {
             host: self.options.get_host().to_owned(),
             port: self.options.get_port(),
             database: self.options.get_database().unwrap_or("postgres").to_owned(),
+            certificate: None,
         }
     }
 

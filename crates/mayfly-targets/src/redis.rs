@@ -310,6 +310,7 @@ impl Target for RedisTarget {
             host: self.host.clone(),
             port: self.port,
             database: "0".into(),
+            certificate: None,
         })
     }
 

@@ -88,7 +88,7 @@ pub fn build_target(
             Ok(Arc::new(target))
         }
         other => Err(ApiError::BadRequest(format!(
-            "field `kind`: `{}` is not supported (postgres, mysql, redis)",
+            "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh)",
             other.chars().take(32).collect::<String>()
         ))),
     }
@@ -106,6 +106,16 @@ impl Broker {
             .await
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::NotFound(format!("no target named `{name}`")))?;
+        if record.kind == "ssh" {
+            let target = self.build_ssh_target(&record.name, &record.url).await?;
+            self.inner
+                .targets
+                .targets
+                .lock()
+                .await
+                .insert(name.to_owned(), target.clone());
+            return Ok(target);
+        }
         let path = target_secret_path(name);
         let blob = self
             .store()
@@ -602,6 +612,7 @@ impl Broker {
         meta: &RequestMeta,
         caller: &Principal,
         request_id: &str,
+        public_key: Option<&str>,
     ) -> Result<Credential, ApiError> {
         let keys = self.require_unsealed().await?;
         let request = self
@@ -629,6 +640,25 @@ impl Broker {
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::Conflict("the request's role no longer exists".into()))?;
         let target = self.target(&request.target).await?;
+        // A key to certify belongs to SSH roles, and only there; checked before any intent.
+        match (target.kind(), public_key) {
+            (mayfly_targets::TargetKind::Ssh, Some(key)) => {
+                mayfly_crypto::ssh::parse_public_key(key)
+                    .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")))?;
+            }
+            (mayfly_targets::TargetKind::Ssh, None) => {
+                return Err(ApiError::BadRequest(
+                    "field `public_key`: an SSH role certifies your public key; send it (`mayfly ssh` does)"
+                        .into(),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "field `public_key`: only SSH roles certify a key".into(),
+                ));
+            }
+            (_, None) => {}
+        }
         let ttl_ms = request
             .ttl_ms
             .min(request.max_ttl_ms)
@@ -694,6 +724,8 @@ impl Broker {
             secret: &password,
             role: &spec,
             expires_at,
+            issued_at: now,
+            public_key,
         };
         let issued = target.issue(&plan).await;
         let connection = match issued {
@@ -772,7 +804,13 @@ impl Broker {
             port: connection.port,
             database: connection.database,
             username: login.to_string(),
-            password: password.expose_secret().to_owned(),
+            // A certificate is the credential of an SSH grant; it has no password.
+            password: if connection.certificate.is_some() {
+                String::new()
+            } else {
+                password.expose_secret().to_owned()
+            },
+            certificate: connection.certificate,
         })
     }
 

@@ -40,9 +40,10 @@ pub async fn add_target(
         "postgres" => (&["postgres://", "postgresql://"], "postgres://HOST:PORT/DB"),
         "mysql" => (&["mysql://", "mariadb://"], "mysql://HOST:PORT"),
         "redis" => (&["redis://"], "redis://HOST:PORT"),
+        "ssh" => (&["ssh://"], "ssh://HOST:PORT"),
         other => {
             return Err(ApiError::BadRequest(format!(
-                "field `kind`: `{}` is not supported (postgres, mysql, redis)",
+                "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh)",
                 other.chars().take(32).collect::<String>()
             )));
         }
@@ -63,7 +64,9 @@ pub async fn add_target(
         url: request.url.replacen("mariadb://", "mysql://", 1),
         ..request
     };
-    if request.admin_user.is_empty()
+    // An SSH target has no admin account: hosts trust the broker's CA.
+    let ssh = request.kind == "ssh";
+    if (request.admin_user.is_empty() && !ssh)
         || request.admin_user.len() > 63
         || request
             .admin_user
@@ -75,7 +78,10 @@ pub async fn add_target(
         ));
     }
     let url = match request.url.split_once("://") {
-        Some((scheme, rest)) => format!("{scheme}://{}@{rest}", request.admin_user),
+        Some((scheme, rest)) if !request.admin_user.is_empty() => {
+            format!("{scheme}://{}@{rest}", request.admin_user)
+        }
+        Some(_) => request.url.clone(),
         None => return Err(ApiError::BadRequest("field `url`: not a URL".into())),
     };
     let record = TargetRecord {
@@ -85,7 +91,11 @@ pub async fn add_target(
         created_at: broker.now(),
     };
     let password = mayfly_crypto::SecretString::from(request.admin_password.clone());
-    build_target(&record, Some(&password))?;
+    if ssh {
+        broker.build_ssh_target(&record.name, &record.url).await?;
+    } else {
+        build_target(&record, Some(&password))?;
+    }
     let path = target_secret_path(&record.name);
     let blob = keys
         .keyring
@@ -389,15 +399,24 @@ pub async fn deny(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/requests/{id}/activate", responses((status = 200, body = Credential), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/requests/{id}/activate", request_body = ActivateRequest, responses((status = 200, body = Credential), (status = 409, body = ErrorBody)))]
 pub async fn activate(
     State(broker): State<Broker>,
     Extension(meta): Extension<RequestMeta>,
     caller: Caller,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Credential> {
+    // The body is optional (only SSH roles need one).
+    let body: ActivateRequest = if body.is_empty() {
+        ActivateRequest::default()
+    } else {
+        crate::api::json::parse(&body)?
+    };
     Ok(ApiJson(
-        broker.activate(&meta, caller.principal(), &id).await?,
+        broker
+            .activate(&meta, caller.principal(), &id, body.public_key.as_deref())
+            .await?,
     ))
 }
 

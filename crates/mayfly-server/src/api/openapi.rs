@@ -27,6 +27,8 @@ use crate::api::{access_routes, routes};
         routes::put_jwt_role,
         routes::delete_jwt_role,
         routes::audit_public_key,
+        routes::ssh_ca,
+        routes::ssh_krl,
         routes::audit_verify,
         routes::audit_events,
         access_routes::add_target,

@@ -332,6 +332,29 @@ pub async fn delete_jwt_role(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/ssh/ca", responses((status = 200, description = "the CA's public key, one OpenSSH line for TrustedUserCAKeys", content_type = "text/plain"), (status = 503, body = ErrorBody)))]
+pub async fn ssh_ca(State(broker): State<Broker>) -> Result<Response, ApiError> {
+    let ca = broker.ssh_ca().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", ca.public_key_openssh()),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/ssh/krl", responses((status = 200, description = "the OpenSSH KRL for RevokedKeys", content_type = "application/octet-stream"), (status = 503, body = ErrorBody)))]
+pub async fn ssh_krl(State(broker): State<Broker>) -> Result<Response, ApiError> {
+    let krl = broker.ssh_krl().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        krl,
+    )
+        .into_response())
+}
+
 #[utoipa::path(get, path = "/v1/sys/audit/public-key", responses((status = 200, body = AuditPublicKey), (status = 503, body = ErrorBody)))]
 pub async fn audit_public_key(State(broker): State<Broker>) -> ApiResult<AuditPublicKey> {
     let keys = broker.require_unsealed().await?;

@@ -14,4 +14,5 @@ mod audit;
 mod jwt;
 mod login;
 mod seal;
+mod ssh;
 mod tls;

@@ -47,6 +47,8 @@ pub async fn lifecycle<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P
         secret: &secret,
         role,
         expires_at: in_minutes(15),
+        public_key: None,
+        issued_at: in_minutes(0),
     };
     target.issue(&plan).await.unwrap();
     let mut session = probe.login(&login, &secret).await.unwrap();
@@ -86,6 +88,8 @@ pub async fn batch<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P) {
                 secret: &secret,
                 role,
                 expires_at: in_minutes(15),
+                public_key: None,
+                issued_at: in_minutes(0),
             })
             .await
             .unwrap();
@@ -137,6 +141,8 @@ pub async fn unreachable_then_back<P: Probe>(
             secret: &secret,
             role,
             expires_at: in_minutes(15),
+            public_key: None,
+            issued_at: in_minutes(0),
         })
         .await
         .unwrap();

@@ -95,6 +95,8 @@ async fn the_clear_password_never_reaches_mariadb() {
         secret: &secret,
         role: &role(),
         expires_at: conformance::in_minutes(15),
+        public_key: None,
+        issued_at: conformance::in_minutes(0),
     };
     target.issue(&plan).await.unwrap();
     let row = sqlx::query("SELECT authentication_string AS a FROM mysql.user WHERE User = ?")

@@ -107,6 +107,8 @@ async fn one_refusal_does_not_fail_the_batch() {
                 secret: &secret,
                 role: &role,
                 expires_at: conformance::in_minutes(15),
+                public_key: None,
+                issued_at: conformance::in_minutes(0),
             })
             .await
             .unwrap();
@@ -165,6 +167,8 @@ async fn valid_until_is_the_second_fence() {
             secret: &secret,
             role: &role,
             expires_at: conformance::in_minutes(15),
+            public_key: None,
+            issued_at: conformance::in_minutes(0),
         })
         .await
         .unwrap();
@@ -191,6 +195,8 @@ async fn valid_until_is_the_second_fence() {
             secret: &secret,
             role: &role,
             expires_at: mayfly_core::Timestamp::from_unix_ms(1_000),
+            public_key: None,
+            issued_at: conformance::in_minutes(0),
         })
         .await
         .unwrap();
@@ -229,6 +235,8 @@ async fn hostile_inputs_are_refused_or_harmless() {
             secret: &secret,
             role: &role(),
             expires_at: conformance::in_minutes(5),
+            public_key: None,
+            issued_at: conformance::in_minutes(0),
         })
         .await
         .unwrap();
@@ -299,6 +307,8 @@ async fn the_clear_password_never_reaches_the_target() {
         secret: &secret,
         role: &role(),
         expires_at: conformance::in_minutes(15),
+        public_key: None,
+        issued_at: conformance::in_minutes(0),
     };
     target.issue(&plan).await.unwrap();
     // Again (the converging path).

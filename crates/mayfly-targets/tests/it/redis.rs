@@ -85,6 +85,8 @@ async fn the_user_gets_exactly_the_roles_rules() {
             secret: &secret,
             role: &role(),
             expires_at: conformance::in_minutes(15),
+            public_key: None,
+            issued_at: conformance::in_minutes(0),
         })
         .await
         .unwrap();

@@ -1,0 +1,370 @@
+//! SSH certificates against a real OpenSSH server: sshd (Debian's openssh-server, installed by
+//! `scripts/services.sh`) on a free loopback port trusts the broker's CA (`TrustedUserCAKeys`) and
+//! reads the broker's KRL (`RevokedKeys`). A login with the certificate works; after an early
+//! revocation (KRL refreshed) and after expiry it is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mayfly_testkit::TestBroker;
+use serde_json::{Value, json};
+
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Starts sshd trusting `ca_line`, with an (initially empty) KRL.
+async fn start_sshd(ca_line: &str, krl: &[u8]) -> Sshd {
+    let dir = tempfile::tempdir().unwrap();
+    let host_key = dir.path().join("host_ed25519");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(dir.path().join("ca.pub"), ca_line).unwrap();
+    std::fs::write(dir.path().join("revoked.krl"), krl).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let port = free_port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nTrustedUserCAKeys {}\nRevokedKeys {}\n\
+         AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+        host_key.display(),
+        dir.path().join("sshd.pid").display(),
+        dir.path().join("ca.pub").display(),
+        dir.path().join("revoked.krl").display(),
+    );
+    let config_path = dir.path().join("sshd_config");
+    std::fs::write(&config_path, config).unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sshd: run `bash scripts/services.sh` (installs openssh-server)");
+    let sshd = Sshd { child, port, dir };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return sshd;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sshd did not start");
+}
+
+/// `ssh … echo mayfly-ok`; Ok(stdout) or Err(stderr).
+fn ssh_login(sshd: &Sshd, key: &Path, certificate: &Path, user: &str) -> Result<String, String> {
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", certificate.display()))
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+        ])
+        .arg(sshd.port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("echo mayfly-ok")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A fresh key pair in `dir`; returns the private key's path and the public line.
+fn user_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let (private, public) = mayfly_crypto::ssh::generate_user_key().unwrap();
+    let path = dir.join(name);
+    write_private(&path, &private);
+    (path, public)
+}
+
+async fn certify(broker: &TestBroker, token: &str, ttl: u64, public: &str) -> Value {
+    let (status, request) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(token),
+            Some(
+                json!({"target": "web", "role": "login", "ttl_seconds": ttl, "reason": "ssh test"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{request}");
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
+            Some(token),
+            Some(json!({"public_key": public})),
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    credential
+}
+
+async fn krl(broker: &TestBroker) -> Vec<u8> {
+    let response = broker
+        .raw()
+        .await
+        .get(format!("{}/v1/ssh/krl", broker.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let user = whoami();
+    let response = broker
+        .raw()
+        .await
+        .get(format!("{}/v1/ssh/ca", broker.addr))
+        .send()
+        .await
+        .unwrap();
+    let ca_line = response.text().await.unwrap();
+    assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
+    let sshd = start_sshd(&ca_line, &krl(&broker).await).await;
+
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(json!({"kind": "ssh", "name": "web", "url": format!("ssh://127.0.0.1:{}", sshd.port), "admin_user": "", "admin_password": ""})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Hostile principals and options are refused when the role is added.
+    for bad in [
+        json!({"principals": ["root'; id"]}),
+        json!({"principals": ["*"]}),
+        json!({"principals": [user], "force_command": "id\nrm -rf /"}),
+        json!({"principals": [user], "extensions": ["permit-everything"]}),
+    ] {
+        let (status, body) = broker
+            .call(
+                "POST",
+                "/v1/roles",
+                Some(&admin),
+                Some(json!({"target": "web", "name": "bad", "max_ttl_seconds": 600, "creation_sql": bad.to_string()})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let role = json!({"principals": [user], "extensions": ["permit-pty"], "source_address": "127.0.0.1/32"});
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(&admin),
+            Some(json!({"target": "web", "name": "login", "max_ttl_seconds": 3600, "creation_sql": role.to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": "@id(\"ssh\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"web\");"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let alice = broker.login("alice").await;
+    let keys = tempfile::tempdir().unwrap();
+
+    // A bad key is a 400 before anything is recorded.
+    let (_, request) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(json!({"target": "web", "role": "login", "ttl_seconds": 600, "reason": "r"})),
+        )
+        .await;
+    for bad in [
+        json!({}),
+        json!({"public_key": "ssh-ed25519 AAAA\nssh-ed25519 BBBB"}),
+        json!({"public_key": "not a key"}),
+    ] {
+        let (status, body) = broker
+            .call(
+                "POST",
+                &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
+                Some(&alice),
+                Some(bad),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("public_key")
+        );
+    }
+
+    // Certified: the login works, with the grant's login name as key id.
+    let (key, public) = user_key(keys.path(), "id_one");
+    let credential = certify(&broker, &alice, 900, &public).await;
+    let certificate = credential["certificate"].as_str().unwrap();
+    assert!(certificate.starts_with("ssh-ed25519-cert-v01@openssh.com "));
+    assert_eq!(credential["password"], "");
+    let cert_path = keys.path().join("id_one-cert.pub");
+    std::fs::write(&cert_path, certificate).unwrap();
+    let listed = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&cert_path)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains(&format!(
+            "Key ID: \"{}\"",
+            credential["username"].as_str().unwrap()
+        )),
+        "{listed}"
+    );
+    assert!(listed.contains("source-address 127.0.0.1/32"), "{listed}");
+    assert_eq!(
+        ssh_login(&sshd, &key, &cert_path, &user).unwrap().trim(),
+        "mayfly-ok"
+    );
+    // Not for another user than the role's principals.
+    assert!(ssh_login(&sshd, &key, &cert_path, "nobody").is_err());
+
+    // Revoked early: the KRL lists it; once the host has it, the login is refused.
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut verified = Value::Null;
+    for _ in 0..200 {
+        let (_, grant) = broker
+            .call("GET", &format!("/v1/grants/{grant_id}"), Some(&alice), None)
+            .await;
+        if grant["state"] == "verified" {
+            verified = grant;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(verified["state"], "verified", "{verified}");
+    std::fs::write(sshd.dir.path().join("revoked.krl"), krl(&broker).await).unwrap();
+    let checked = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(sshd.dir.path().join("revoked.krl"))
+        .arg(&cert_path)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains("REVOKED"),
+        "{checked:?}"
+    );
+    let refused = ssh_login(&sshd, &key, &cert_path, &user).unwrap_err();
+    assert!(
+        refused.contains("Permission denied"),
+        "a revoked certificate logged in: {refused}"
+    );
+
+    // Expiry: a short certificate works, then the host itself refuses it — with nothing in the
+    // KRL about it.
+    let (key, public) = user_key(keys.path(), "id_two");
+    // sshd reads the real clock: bring the broker's to it first.
+    broker.clock.set(mayfly_server::clock::Clock::now(
+        &mayfly_server::clock::SystemClock,
+    ));
+    let credential = certify(&broker, &alice, 8, &public).await;
+    let cert_path = keys.path().join("id_two-cert.pub");
+    std::fs::write(&cert_path, credential["certificate"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        ssh_login(&sshd, &key, &cert_path, &user).unwrap().trim(),
+        "mayfly-ok"
+    );
+    let expires_ms = credential["grant"]["expires_at_ms"].as_i64().unwrap();
+    let now_ms = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(expires_ms - now_ms + 1500).unwrap_or(0),
+    ))
+    .await;
+    let refused = ssh_login(&sshd, &key, &cert_path, &user).unwrap_err();
+    assert!(
+        refused.contains("Permission denied"),
+        "an expired certificate logged in: {refused}"
+    );
+    let checked = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(sshd.dir.path().join("revoked.krl"))
+        .arg(&cert_path)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&checked.stdout).contains("REVOKED"),
+        "{checked:?}"
+    );
+}
