@@ -8,8 +8,8 @@
 //! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [url-without-user] [admin-user] [kind]
 //! ```
 //!
-//! `kind` is `postgres` (default), `mysql` (MariaDB: `mysql://127.0.0.1:3306 root`) or `redis`
-//! (`redis://127.0.0.1:6379 default`).
+//! `kind` is `postgres` (default), `mysql` (MariaDB: `mysql://127.0.0.1:3306 root`), `redis`
+//! (`redis://127.0.0.1:6379 default`) or `ssh` (`ssh://127.0.0.1:22 ""`: a certificate per grant).
 
 #![allow(
     clippy::unwrap_used,
@@ -40,6 +40,7 @@ async fn main() {
     let creation = match kind.as_str() {
         "mysql" => "GRANT SELECT ON mysql.help_topic TO {{name}};",
         "redis" => "~bench:* +@read",
+        "ssh" => r#"{"principals": ["bench"], "extensions": ["permit-pty"]}"#,
         _ => "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};",
     };
     let broker = TestBroker::ready().await;
@@ -79,6 +80,8 @@ async fn main() {
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // SSH roles certify a key: one user key for every request.
+    let public_key = (kind == "ssh").then(|| mayfly_crypto::ssh::generate_user_key().unwrap().1);
     println!("{clients} clients, {seconds} s, target {url}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
@@ -93,6 +96,7 @@ async fn main() {
         let addr = broker.addr.clone();
         let admin = admin.clone();
         let done = done.clone();
+        let public_key = public_key.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while started.elapsed() < duration {
@@ -108,9 +112,13 @@ async fn main() {
                     .await
                     .unwrap();
                 let id = request["id"].as_str().unwrap();
-                let response = http
+                let mut activation = http
                     .post(format!("{addr}/v1/requests/{id}/activate"))
-                    .bearer_auth(&admin)
+                    .bearer_auth(&admin);
+                if let Some(key) = &public_key {
+                    activation = activation.json(&json!({"public_key": key}));
+                }
+                let response = activation
                     .send()
                     .await
                     .unwrap();

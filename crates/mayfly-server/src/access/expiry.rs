@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mayfly_core::LoginName;
@@ -74,6 +75,9 @@ pub struct Engine {
     broker: Broker,
     revoke_limits: HashMap<String, Arc<Semaphore>>,
     prove_limits: HashMap<String, Arc<Semaphore>>,
+    /// Revocation batches started and not finished, per target: proofs on a target wait for them
+    /// (a burst of expiries is dropped first, proven after).
+    revoking: HashMap<String, Arc<AtomicUsize>>,
     /// Each task answers how many claimed grants it finished.
     tasks: JoinSet<usize>,
     in_flight: usize,
@@ -85,6 +89,7 @@ impl Engine {
             broker,
             revoke_limits: HashMap::new(),
             prove_limits: HashMap::new(),
+            revoking: HashMap::new(),
             tasks: JoinSet::new(),
             in_flight: 0,
         }
@@ -121,8 +126,12 @@ impl Engine {
             match grant.state {
                 GrantState::Revoked => {
                     let limit = limit(&mut self.prove_limits, &grant.target, PROVE_PER_TARGET);
+                    let revoking = self.revoking_on(&grant.target);
                     let broker = self.broker.clone();
                     self.tasks.spawn(async move {
+                        while revoking.load(Ordering::SeqCst) > 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                         let _permit = limit.acquire_owned().await;
                         if let Err(error) = prove(&broker, &grant).await {
                             tracing::warn!(error = %error, "proof failed; the claim will time out and it is retried");
@@ -144,13 +153,16 @@ impl Engine {
         }
         for (target, mut grants) in to_revoke {
             let limit = limit(&mut self.revoke_limits, &target, REVOKE_PER_TARGET);
+            let revoking = self.revoking_on(&target);
             while !grants.is_empty() {
                 let rest = grants.split_off(grants.len().min(CHUNK));
                 let chunk = std::mem::replace(&mut grants, rest);
                 let broker = self.broker.clone();
                 let limit = limit.clone();
                 let target = target.clone();
+                let pending = Pending::start(&revoking);
                 self.tasks.spawn(async move {
+                    let _pending = pending;
                     let n = chunk.len();
                     if let Err(error) = revoke_chunk(&broker, &target, chunk, limit).await {
                         tracing::warn!(error = %error, "revocation batch failed; the claims will time out and they are retried");
@@ -160,6 +172,10 @@ impl Engine {
             }
         }
         Ok(n)
+    }
+
+    fn revoking_on(&mut self, target: &str) -> Arc<AtomicUsize> {
+        self.revoking.entry(target.to_owned()).or_default().clone()
     }
 
     fn reaped(&mut self, done: Result<usize, tokio::task::JoinError>) {
@@ -188,6 +204,22 @@ impl Engine {
         while let Some(done) = self.tasks.join_next().await {
             self.reaped(done);
         }
+    }
+}
+
+/// One revocation batch counted as pending until it is dropped (also if its task panics).
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn start(counter: &Arc<AtomicUsize>) -> Pending {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Pending(counter.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
