@@ -390,9 +390,13 @@ pub struct Credential {
     pub database: String,
     pub username: String,
     pub password: String,
-    /// For an SSH grant: the user certificate (`…-cert-v01@openssh.com …`).
+    /// For an SSH grant the user certificate (`…-cert-v01@openssh.com …`); for an X.509 grant the
+    /// client certificate (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// For an X.509 grant without a CSR: the private key the broker made (PEM), shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
 }
 
 /// Optional body of an activation.
@@ -402,6 +406,10 @@ pub struct ActivateRequest {
     /// For an SSH role: the public key to certify, as in `authorized_keys`.
     #[serde(default)]
     pub public_key: Option<String>,
+    /// For an X.509 role: a PEM certificate request for your own key (else the broker makes a
+    /// P-256 key and returns it once).
+    #[serde(default)]
+    pub csr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -564,6 +564,7 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
     };
     let body = ActivateRequest {
         public_key: Some(public_key.trim().to_owned()),
+        csr: None,
     };
     let credential: Credential = client
         .call(

@@ -26,4 +26,6 @@ pub enum CryptoError {
     PasswordHash,
     #[error("SSH: {0}")]
     Ssh(String),
+    #[error("X.509: {0}")]
+    X509(String),
 }

@@ -16,6 +16,7 @@ pub mod sign;
 pub mod ssh;
 pub mod token;
 pub mod totp;
+pub mod x509;
 
 pub use error::CryptoError;
 pub use secrecy::{ExposeSecret, SecretString};

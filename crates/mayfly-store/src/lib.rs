@@ -153,9 +153,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         logins: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError>;
-    /// The logins (certificate key ids) of SSH grants that were revoked and have not expired yet:
-    /// what the KRL lists.
-    async fn ssh_revoked_logins(&self, now: Timestamp) -> Result<Vec<String>, StoreError>;
+    /// The logins of the grants on targets of `kind` (`ssh`, `x509`) that were revoked and have not
+    /// expired yet: what the KRL or CRL lists.
+    async fn revoked_certificate_logins(
+        &self,
+        kind: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError>;
     /// The grant with this login.
     async fn grant_by_login(&self, login: &str) -> Result<Option<GrantRecord>, StoreError>;
     /// The earliest `next_attempt_at` of any grant.

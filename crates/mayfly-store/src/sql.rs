@@ -904,13 +904,18 @@ impl Store for SqlStore {
         Ok(live)
     }
 
-    async fn ssh_revoked_logins(&self, now: Timestamp) -> Result<Vec<String>, StoreError> {
+    async fn revoked_certificate_logins(
+        &self,
+        kind: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
             "SELECT g.login FROM grants g JOIN targets t ON t.name = g.target \
-             WHERE t.kind = 'ssh' AND g.state IN ('revoking', 'failed', 'revoked', 'verified') \
+             WHERE t.kind = $2 AND g.state IN ('revoking', 'failed', 'revoked', 'verified') \
              AND g.expires_at > $1 ORDER BY g.login",
         )
         .bind(now.unix_ms())
+        .bind(kind.to_owned())
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod redis;
 pub mod resp;
 pub mod ssh;
+pub mod x509;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub enum TargetKind {
     Mysql,
     Redis,
     Ssh,
+    X509,
 }
 
 impl fmt::Display for TargetKind {
@@ -33,6 +35,7 @@ impl fmt::Display for TargetKind {
             TargetKind::Mysql => f.write_str("mysql"),
             TargetKind::Redis => f.write_str("redis"),
             TargetKind::Ssh => f.write_str("ssh"),
+            TargetKind::X509 => f.write_str("x509"),
         }
     }
 }
@@ -58,18 +61,22 @@ pub struct IssuePlan<'a> {
     pub expires_at: Timestamp,
     /// Now, by the broker's clock.
     pub issued_at: Timestamp,
-    /// The user's public key, for targets that certify a key (SSH) instead of setting a password.
+    /// The requester's key, for targets that certify one instead of setting a password: an
+    /// `authorized_keys` line (SSH) or a PEM certificate request (X.509).
     pub public_key: Option<&'a str>,
 }
 
-/// How to reach what was issued (never holds the secret: the broker has it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How to reach what was issued (never holds the password: the broker has it; a private key the
+/// target made for a certificate is here once, to be shown once).
+#[derive(Clone, Debug)]
 pub struct Connection {
     pub host: String,
     pub port: u16,
     pub database: String,
-    /// A certificate issued for the user's key (SSH), when that is the credential.
+    /// A certificate issued for the requester's key (SSH, X.509), when that is the credential.
     pub certificate: Option<String>,
+    /// The private key of a certificate, when the target made the key pair (X.509 without a CSR).
+    pub private_key: Option<SecretString>,
 }
 
 /// What was checked on the target after a revocation.
@@ -108,6 +115,25 @@ impl TargetError {
             TargetError::Unavailable { .. } | TargetError::NotRevoked { .. }
         )
     }
+}
+
+/// For certificate targets (SSH, X.509), whose revocation is a list the broker publishes (a KRL, a
+/// CRL) made from the grants in its store: what that list says about one certificate now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListStatus {
+    /// The published list names it.
+    Listed,
+    /// Past its expiry: every verifier refuses it, so the list no longer needs to name it.
+    Expired,
+    /// Neither: it would still be accepted.
+    Valid,
+}
+
+/// Where a certificate target's revocation list comes from (the broker's store).
+#[async_trait::async_trait]
+pub trait RevocationList: Send + Sync {
+    /// `key_id` is the grant's login name, which the certificate carries.
+    async fn status(&self, key_id: &str) -> Result<ListStatus, TargetError>;
 }
 
 #[async_trait::async_trait]

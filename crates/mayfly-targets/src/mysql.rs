@@ -109,6 +109,7 @@ impl MysqlTarget {
             port: self.options.get_port(),
             database: self.options.get_database().unwrap_or("").to_owned(),
             certificate: None,
+            private_key: None,
         }
     }
 

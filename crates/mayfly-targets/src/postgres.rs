@@ -23,6 +23,15 @@ pub const MAX_CONNECTIONS: u32 = 16;
 
 /// SQLSTATE 42710: the role already exists.
 const DUPLICATE_OBJECT: &str = "42710";
+/// SQLSTATE 42704: the role does not exist.
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// How a step of a revocation ended badly.
+enum Step {
+    /// A role of the batch vanished meanwhile: look again.
+    Raced(sqlx::Error),
+    Failed(TargetError),
+}
 
 pub struct PostgresTarget {
     name: String,
@@ -126,6 +135,7 @@ impl PostgresTarget {
             port: self.options.get_port(),
             database: self.options.get_database().unwrap_or("postgres").to_owned(),
             certificate: None,
+            private_key: None,
         }
     }
 
@@ -152,17 +162,46 @@ impl PostgresTarget {
     /// no new logins (`NOLOGIN`, committed), end every backend of those roles, then the role's own
     /// revocation SQL, `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE` in one transaction. Backends
     /// are found by role oid, so one that raced the `NOLOGIN` is ended after the drop too.
+    /// Idempotent even against a concurrent revocation of the same login (a claim that timed out
+    /// and was taken over): a role that vanishes between the look-up and the drop (SQLSTATE 42704)
+    /// makes the batch look again, and the second look no longer finds it.
     async fn revoke_batch(
         &self,
         items: &[(LoginName, Option<RoleSpec>)],
     ) -> Result<(), TargetError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.revoke_batch_once(items).await {
+                Err(Step::Raced(_)) if attempt < 3 => continue,
+                Err(Step::Raced(error)) => return Err(self.unavailable(error)),
+                Err(Step::Failed(error)) => return Err(error),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs one step's script; a role that no longer exists is told apart.
+    async fn step(&self, script: String) -> Result<(), Step> {
+        self.run_script(script).await.map_err(|error| {
+            let raced = matches!(&error, sqlx::Error::Database(db)
+                if db.code().as_deref() == Some(UNDEFINED_OBJECT));
+            if raced {
+                Step::Raced(error)
+            } else {
+                Step::Failed(self.unavailable(error))
+            }
+        })
+    }
+
+    async fn revoke_batch_once(&self, items: &[(LoginName, Option<RoleSpec>)]) -> Result<(), Step> {
         let names: Vec<String> = items.iter().map(|(l, _)| l.as_str().to_owned()).collect();
         let rows =
             sqlx::query("SELECT rolname, oid::int8 AS oid FROM pg_roles WHERE rolname = ANY($1)")
                 .bind(&names)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(|e| self.unavailable(e))?;
+                .map_err(|e| Step::Failed(self.unavailable(e)))?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -171,9 +210,12 @@ impl PostgresTarget {
         for row in &rows {
             existing.insert(
                 row.try_get::<String, _>("rolname")
-                    .map_err(|e| self.unavailable(e))?,
+                    .map_err(|e| Step::Failed(self.unavailable(e)))?,
             );
-            oids.push(row.try_get("oid").map_err(|e| self.unavailable(e))?);
+            oids.push(
+                row.try_get("oid")
+                    .map_err(|e| Step::Failed(self.unavailable(e)))?,
+            );
         }
         let present: Vec<&(LoginName, Option<RoleSpec>)> = items
             .iter()
@@ -187,8 +229,8 @@ impl PostgresTarget {
             ));
         }
         nologin.push_str(" COMMIT;");
-        self.execute_script(nologin).await?;
-        self.terminate_oids(&oids).await?;
+        self.step(nologin).await?;
+        self.terminate_oids(&oids).await.map_err(Step::Failed)?;
         let mut drop = String::from("BEGIN;");
         for (login, role) in &present {
             if let Some(sql) = role.as_ref().and_then(|r| r.revocation_sql.as_deref()) {
@@ -205,18 +247,12 @@ impl PostgresTarget {
         drop.push_str(&format!(
             " REASSIGN OWNED BY {list} TO CURRENT_USER; DROP OWNED BY {list}; DROP ROLE IF EXISTS {list}; COMMIT;"
         ));
-        self.execute_script(drop).await?;
-        self.terminate_oids(&oids).await
+        self.step(drop).await?;
+        self.terminate_oids(&oids).await.map_err(Step::Failed)
     }
 
     /// Runs a script that holds its own `BEGIN`/`COMMIT` on one connection; on an error the
     /// connection is closed rather than returned to the pool mid-transaction.
-    async fn execute_script(&self, script: String) -> Result<(), TargetError> {
-        self.run_script(script)
-            .await
-            .map_err(|e| self.unavailable(e))
-    }
-
     async fn run_script(&self, script: String) -> Result<(), sqlx::Error> {
         let mut connection = self.pool.acquire().await?;
         match sqlx::raw_sql(sqlx::AssertSqlSafe(script))

@@ -311,6 +311,7 @@ impl Target for RedisTarget {
             port: self.port,
             database: "0".into(),
             certificate: None,
+            private_key: None,
         })
     }
 

@@ -16,24 +16,10 @@ use mayfly_core::{LoginName, Timestamp};
 use mayfly_crypto::ssh::{SKEW_SECONDS, SshCa, UserCertificate};
 use secrecy::SecretString;
 
-use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
-
-/// What the broker's KRL says about a certificate now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KrlStatus {
-    /// The KRL served lists its key id.
-    Listed,
-    /// Past its `valid_before`: every host refuses it, so the KRL no longer needs to list it.
-    Expired,
-    /// Neither: hosts would still accept it.
-    Valid,
-}
-
-/// Where the KRL's contents come from (the broker's store).
-#[async_trait::async_trait]
-pub trait RevocationList: Send + Sync {
-    async fn status(&self, key_id: &str) -> Result<KrlStatus, TargetError>;
-}
+use crate::{
+    Connection, IssuePlan, ListStatus, RevocationList, RevocationProof, RoleSpec, Target,
+    TargetError, TargetKind,
+};
 
 /// What an SSH role gives, written as JSON in the role's creation text:
 /// `{"principals": ["deploy"], "extensions": ["permit-pty"], "force_command": "…",
@@ -255,6 +241,7 @@ impl Target for SshTarget {
             port: self.port,
             database: role.principals.first().cloned().unwrap_or_default(),
             certificate: Some(certificate),
+            private_key: None,
         })
     }
 
@@ -280,19 +267,19 @@ impl Target for SshTarget {
         _secret: &SecretString,
     ) -> Result<RevocationProof, TargetError> {
         match self.revoked.status(login.as_str()).await? {
-            KrlStatus::Listed => Ok(RevocationProof {
+            ListStatus::Listed => Ok(RevocationProof {
                 checks: vec![
                     format!("the KRL at /v1/ssh/krl lists key id {login}"),
                     "hosts with RevokedKeys refuse the certificate from their next refresh; every host refuses it after valid_before".to_owned(),
                 ],
             }),
-            KrlStatus::Expired => Ok(RevocationProof {
+            ListStatus::Expired => Ok(RevocationProof {
                 checks: vec![
                     format!("the certificate with key id {login} is past its valid_before"),
                     "every host refuses an expired certificate by itself".to_owned(),
                 ],
             }),
-            KrlStatus::Valid => Err(TargetError::NotRevoked {
+            ListStatus::Valid => Err(TargetError::NotRevoked {
                 target: self.name.clone(),
                 login: login.to_string(),
                 reason: "the KRL does not list the certificate's key id and it has not expired".into(),

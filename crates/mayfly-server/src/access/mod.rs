@@ -106,8 +106,12 @@ impl Broker {
             .await
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::NotFound(format!("no target named `{name}`")))?;
-        if record.kind == "ssh" {
-            let target = self.build_ssh_target(&record.name, &record.url).await?;
+        if record.kind == "ssh" || record.kind == "x509" {
+            let target = if record.kind == "ssh" {
+                self.build_ssh_target(&record.name, &record.url).await?
+            } else {
+                self.build_x509_target(&record.name, &record.url).await?
+            };
             self.inner
                 .targets
                 .targets
@@ -652,9 +656,14 @@ impl Broker {
                         .into(),
                 ));
             }
+            (mayfly_targets::TargetKind::X509, Some(csr)) => {
+                mayfly_crypto::x509::check_csr(csr)
+                    .map_err(|e| ApiError::BadRequest(format!("field `csr`: {e}")))?;
+            }
+            (mayfly_targets::TargetKind::X509, None) => {}
             (_, Some(_)) => {
                 return Err(ApiError::BadRequest(
-                    "field `public_key`: only SSH roles certify a key".into(),
+                    "fields `public_key`, `csr`: only SSH and X.509 roles certify a key".into(),
                 ));
             }
             (_, None) => {}
@@ -811,6 +820,9 @@ impl Broker {
                 password.expose_secret().to_owned()
             },
             certificate: connection.certificate,
+            private_key: connection
+                .private_key
+                .map(|key| key.expose_secret().to_owned()),
         })
     }
 

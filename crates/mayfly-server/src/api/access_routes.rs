@@ -41,9 +41,10 @@ pub async fn add_target(
         "mysql" => (&["mysql://", "mariadb://"], "mysql://HOST:PORT"),
         "redis" => (&["redis://"], "redis://HOST:PORT"),
         "ssh" => (&["ssh://"], "ssh://HOST:PORT"),
+        "x509" => (&["tls://"], "tls://HOST:PORT"),
         other => {
             return Err(ApiError::BadRequest(format!(
-                "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh)",
+                "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh, x509)",
                 other.chars().take(32).collect::<String>()
             )));
         }
@@ -64,8 +65,8 @@ pub async fn add_target(
         url: request.url.replacen("mariadb://", "mysql://", 1),
         ..request
     };
-    // An SSH target has no admin account: hosts trust the broker's CA.
-    let ssh = request.kind == "ssh";
+    // Certificate targets have no admin account: the hosts or services trust the broker's CA.
+    let ssh = request.kind == "ssh" || request.kind == "x509";
     if (request.admin_user.is_empty() && !ssh)
         || request.admin_user.len() > 63
         || request
@@ -91,8 +92,10 @@ pub async fn add_target(
         created_at: broker.now(),
     };
     let password = mayfly_crypto::SecretString::from(request.admin_password.clone());
-    if ssh {
+    if record.kind == "ssh" {
         broker.build_ssh_target(&record.name, &record.url).await?;
+    } else if record.kind == "x509" {
+        broker.build_x509_target(&record.name, &record.url).await?;
     } else {
         build_target(&record, Some(&password))?;
     }
@@ -415,7 +418,12 @@ pub async fn activate(
     };
     Ok(ApiJson(
         broker
-            .activate(&meta, caller.principal(), &id, body.public_key.as_deref())
+            .activate(
+                &meta,
+                caller.principal(),
+                &id,
+                body.public_key.as_deref().or(body.csr.as_deref()),
+            )
             .await?,
     ))
 }

@@ -28,6 +28,8 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/sys/audit/public-key", get(routes::audit_public_key))
         .route("/v1/ssh/ca", get(routes::ssh_ca))
         .route("/v1/ssh/krl", get(routes::ssh_krl))
+        .route("/v1/x509/ca", get(routes::x509_ca))
+        .route("/v1/x509/crl", get(routes::x509_crl))
         .route("/v1/sys/audit/verify", post(routes::audit_verify))
         .route("/v1/sys/audit/events", get(routes::audit_events))
         .route("/v1/auth/password/login", post(routes::password_login))

@@ -29,6 +29,8 @@ use crate::api::{access_routes, routes};
         routes::audit_public_key,
         routes::ssh_ca,
         routes::ssh_krl,
+        routes::x509_ca,
+        routes::x509_crl,
         routes::audit_verify,
         routes::audit_events,
         access_routes::add_target,

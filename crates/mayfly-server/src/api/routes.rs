@@ -355,6 +355,29 @@ pub async fn ssh_krl(State(broker): State<Broker>) -> Result<Response, ApiError>
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/x509/ca", responses((status = 200, description = "the client CA certificate (PEM)", content_type = "application/x-pem-file"), (status = 503, body = ErrorBody)))]
+pub async fn x509_ca(State(broker): State<Broker>) -> Result<Response, ApiError> {
+    let ca = broker.x509_ca().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        ca.certificate_pem().to_owned(),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/x509/crl", responses((status = 200, description = "the CRL of revoked client certificates (PEM)", content_type = "application/x-pem-file"), (status = 503, body = ErrorBody)))]
+pub async fn x509_crl(State(broker): State<Broker>) -> Result<Response, ApiError> {
+    let crl = broker.x509_crl().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pem-file"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crl,
+    )
+        .into_response())
+}
+
 #[utoipa::path(get, path = "/v1/sys/audit/public-key", responses((status = 200, body = AuditPublicKey), (status = 503, body = ErrorBody)))]
 pub async fn audit_public_key(State(broker): State<Broker>) -> ApiResult<AuditPublicKey> {
     let keys = broker.require_unsealed().await?;

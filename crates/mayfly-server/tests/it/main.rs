@@ -16,3 +16,4 @@ mod login;
 mod seal;
 mod ssh;
 mod tls;
+mod x509;

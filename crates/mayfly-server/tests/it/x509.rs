@@ -1,0 +1,315 @@
+//! Short-lived X.509 client certificates against a real TLS server (rustls) that requires client
+//! authentication by the broker's CA and loads the broker's CRL: a certificate is accepted before
+//! its expiry, refused after it, and refused once revoked and listed in the CRL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mayfly_testkit::TestBroker;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+struct Service {
+    port: u16,
+    certificate: CertificateDer<'static>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TLS service on a free port: answers `pong` to a client whose certificate the CA signed, that
+/// has not expired and is not in the CRL.
+async fn service(ca_pem: &str, crl_pem: Option<&str>) -> Service {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(crl) = crl_pem {
+        verifier = verifier.with_crls(vec![
+            CertificateRevocationListDer::from_pem_slice(crl.as_bytes()).unwrap(),
+        ]);
+    }
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier.build().unwrap())
+        .with_single_cert(
+            vec![certificate.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let mut buf = [0u8; 4];
+                    if tls.read_exact(&mut buf).await.is_ok() && &buf == b"ping" {
+                        let _ = tls.write_all(b"pong").await;
+                        let _ = tls.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    Service {
+        port,
+        certificate: certificate.der().clone(),
+        task,
+    }
+}
+
+/// Connects with a client certificate; `Ok` if the service answered.
+async fn call(service: &Service, certificate_pem: &str, key_pem: &str) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(service.certificate.clone()).unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            chain,
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", service.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    if answer == b"pong" {
+        Ok(())
+    } else {
+        Err(format!("answer {answer:?}"))
+    }
+}
+
+async fn text(broker: &TestBroker, path: &str) -> String {
+    let response = broker
+        .raw()
+        .await
+        .get(format!("{}{path}", broker.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    response.text().await.unwrap()
+}
+
+async fn activate(broker: &TestBroker, token: &str, ttl: u64, body: Value) -> Value {
+    let (status, request) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(token),
+            Some(json!({"target": "api", "role": "client", "ttl_seconds": ttl, "reason": "tls test"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{request}");
+    let (status, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    credential
+}
+
+#[tokio::test]
+async fn client_certificates_are_accepted_until_expiry_or_revocation() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for bad in [
+        json!({"common_name": ""}),
+        json!({"common_name": "a\nb"}),
+        json!({"common_name": "x", "uri_sans": ["not a uri"]}),
+    ] {
+        let (status, body) = broker
+            .call(
+                "POST",
+                "/v1/roles",
+                Some(&admin),
+                Some(json!({"target": "api", "name": "bad", "max_ttl_seconds": 600, "creation_sql": bad.to_string()})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let role = json!({"common_name": "payments", "uri_sans": ["spiffe://acme/payments"]});
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(&admin),
+            Some(json!({"target": "api", "name": "client", "max_ttl_seconds": 3600, "creation_sql": role.to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": "@id(\"tls\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"api\");"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let alice = broker.login("alice").await;
+    let ca = text(&broker, "/v1/x509/ca").await;
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    // The verifiers use the real clock.
+    broker.clock.set(mayfly_server::clock::Clock::now(
+        &mayfly_server::clock::SystemClock,
+    ));
+
+    // A key made by the broker, shown once; the certificate works.
+    let made = activate(&broker, &alice, 900, json!({})).await;
+    let made_cert = made["certificate"].as_str().unwrap().to_owned();
+    let made_key = made["private_key"].as_str().unwrap().to_owned();
+    assert!(made_key.contains("PRIVATE KEY"));
+    let open = service(&ca, None).await;
+    call(&open, &made_cert, &made_key).await.unwrap();
+
+    // A CSR for the requester's own key: the broker never sees that key.
+    let own_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&own_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let from_csr = activate(&broker, &alice, 900, json!({"csr": csr})).await;
+    assert!(from_csr.get("private_key").is_none(), "{from_csr}");
+    let csr_cert = from_csr["certificate"].as_str().unwrap().to_owned();
+    call(&open, &csr_cert, &own_key.serialize_pem())
+        .await
+        .unwrap();
+    // A bad CSR is a 400 naming the field, before anything is recorded.
+    let (_, request) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(json!({"target": "api", "role": "client", "ttl_seconds": 60, "reason": "r"})),
+        )
+        .await;
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
+            Some(&alice),
+            Some(json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("csr"));
+
+    // A certificate of another CA is refused: the service checks what the broker signed.
+    let stranger_key = rcgen::KeyPair::generate().unwrap();
+    let stranger = rcgen::CertificateParams::new(vec!["payments".to_owned()])
+        .unwrap()
+        .self_signed(&stranger_key)
+        .unwrap();
+    assert!(
+        call(&open, &stranger.pem(), &stranger_key.serialize_pem())
+            .await
+            .is_err()
+    );
+
+    // Revoked early: the CRL lists it; a service that loads the CRL refuses it, not the other.
+    let grant_id = made["grant"]["id"].as_str().unwrap();
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        let (_, grant) = broker
+            .call("GET", &format!("/v1/grants/{grant_id}"), Some(&alice), None)
+            .await;
+        state = grant["state"].clone();
+        if state == "verified" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "verified");
+    let crl = text(&broker, "/v1/x509/crl").await;
+    let checked = service(&ca, Some(&crl)).await;
+    assert!(
+        call(&checked, &made_cert, &made_key).await.is_err(),
+        "a revoked certificate was accepted"
+    );
+    call(&checked, &csr_cert, &own_key.serialize_pem())
+        .await
+        .unwrap();
+
+    // Expiry: accepted before, refused after, by the service's own clock.
+    let short = activate(&broker, &alice, 3, json!({})).await;
+    let short_cert = short["certificate"].as_str().unwrap().to_owned();
+    let short_key = short["private_key"].as_str().unwrap().to_owned();
+    call(&checked, &short_cert, &short_key).await.unwrap();
+    let expires_ms = short["grant"]["expires_at_ms"].as_i64().unwrap();
+    let now_ms = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(expires_ms - now_ms + 1500).unwrap_or(0),
+    ))
+    .await;
+    assert!(
+        call(&checked, &short_cert, &short_key).await.is_err(),
+        "an expired certificate was accepted"
+    );
+}

@@ -1,0 +1,240 @@
+//! TLS services that trust the broker's client CA. A grant is a short-lived client certificate
+//! (clientAuth): the role's common name and URI SANs, plus `urn:mayfly:grant:<login>`; a serial
+//! derived from the login; `notBefore` a minute in the past and `notAfter` = the grant's expiry, so
+//! every verifier refuses it after the TTL by itself. The key is the requester's (a PEM CSR) or a
+//! P-256 key made here and shown once.
+//!
+//! Revocation before expiry: the broker publishes a CRL (`/v1/x509/crl`) of the revoked, unexpired
+//! grants' serials; the proof is that the CRL served lists it.
+
+use std::sync::Arc;
+
+use mayfly_core::{LoginName, Timestamp};
+use mayfly_crypto::x509::{ClientCertificate, SKEW_SECONDS, X509Ca, serial_for};
+use secrecy::SecretString;
+
+use crate::{
+    Connection, IssuePlan, ListStatus, RevocationList, RevocationProof, RoleSpec, Target,
+    TargetError, TargetKind,
+};
+
+/// What an X.509 role gives, as JSON: `{"common_name": "payments", "uri_sans":
+/// ["spiffe://acme/payments"]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509Role {
+    pub common_name: String,
+    #[serde(default)]
+    pub uri_sans: Vec<String>,
+}
+
+impl X509Role {
+    pub fn parse(text: &str) -> Result<X509Role, String> {
+        let role: X509Role = serde_json::from_str(text).map_err(|e| {
+            format!("an X.509 role is JSON like {{\"common_name\": \"payments\"}}: {e}")
+        })?;
+        let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+        if role.common_name.trim().is_empty()
+            || role.common_name.len() > 64
+            || !printable(&role.common_name)
+        {
+            return Err("common_name: 1 to 64 printable ASCII characters".into());
+        }
+        if role.uri_sans.len() > 8 {
+            return Err("uri_sans: at most 8".into());
+        }
+        for uri in &role.uri_sans {
+            let scheme_ok = uri.split_once(':').is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && !rest.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            });
+            if !scheme_ok || uri.len() > 256 || !uri.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(format!(
+                    "uri_sans: `{}` is not a URI",
+                    uri.chars().take(64).collect::<String>()
+                ));
+            }
+        }
+        Ok(role)
+    }
+}
+
+pub struct X509Target {
+    name: String,
+    host: String,
+    port: u16,
+    ca: Arc<X509Ca>,
+    revoked: Arc<dyn RevocationList>,
+}
+
+impl std::fmt::Debug for X509Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Target")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl X509Target {
+    /// `url` is `tls://HOST:PORT`: the service the certificate is for (shown to the holder).
+    pub fn new(
+        name: &str,
+        url: &str,
+        ca: Arc<X509Ca>,
+        revoked: Arc<dyn RevocationList>,
+    ) -> Result<X509Target, TargetError> {
+        let bad = |reason: &str| TargetError::Refused {
+            target: name.to_owned(),
+            reason: format!("bad url: {reason}"),
+        };
+        let rest = url
+            .strip_prefix("tls://")
+            .ok_or_else(|| bad("give tls://HOST:PORT"))?;
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("give tls://HOST:PORT"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number"))?;
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        {
+            return Err(bad("the host is not a name or an address"));
+        }
+        Ok(X509Target {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port,
+            ca,
+            revoked,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for X509Target {
+    fn kind(&self) -> TargetKind {
+        TargetKind::X509
+    }
+
+    fn check_role(&self, role: &RoleSpec) -> Result<(), TargetError> {
+        let invalid = |reason: String| TargetError::InvalidRole {
+            role: role.name.clone(),
+            reason,
+        };
+        X509Role::parse(&role.creation_sql).map_err(invalid)?;
+        if role.revocation_sql.is_some() {
+            return Err(invalid(
+                "X.509 roles have no revocation script: revocation is the CRL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn issue(&self, plan: &IssuePlan<'_>) -> Result<Connection, TargetError> {
+        let invalid = |reason: String| TargetError::InvalidRole {
+            role: plan.role.name.clone(),
+            reason,
+        };
+        let role = X509Role::parse(&plan.role.creation_sql).map_err(invalid)?;
+        let mut uri_sans = role.uri_sans.clone();
+        uri_sans.push(format!("urn:mayfly:grant:{}", plan.login));
+        let serial = serial_for(plan.login.as_str());
+        let issued = self
+            .ca
+            .issue(&ClientCertificate {
+                common_name: &role.common_name,
+                uri_sans: &uri_sans,
+                serial: &serial,
+                not_before: plan.issued_at.unix_ms() / 1000 - SKEW_SECONDS,
+                not_after: plan.expires_at.unix_ms() / 1000,
+                csr_pem: plan.public_key,
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Connection {
+            host: self.host.clone(),
+            port: self.port,
+            database: role.common_name,
+            certificate: Some(issued.certificate_pem),
+            private_key: issued
+                .private_key_pem
+                .map(|key| SecretString::from(key.as_str().to_owned())),
+        })
+    }
+
+    async fn extend(&self, _login: &LoginName, _expires_at: Timestamp) -> Result<(), TargetError> {
+        Err(TargetError::Refused {
+            target: self.name.clone(),
+            reason: "a certificate's notAfter cannot move: request access again".into(),
+        })
+    }
+
+    /// The grant's state is the revocation: the CRL is made from it.
+    async fn revoke(
+        &self,
+        _login: &LoginName,
+        _role: Option<&RoleSpec>,
+    ) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn verify_revoked(
+        &self,
+        login: &LoginName,
+        _secret: &SecretString,
+    ) -> Result<RevocationProof, TargetError> {
+        match self.revoked.status(login.as_str()).await? {
+            ListStatus::Listed => Ok(RevocationProof {
+                checks: vec![
+                    format!("the CRL at /v1/x509/crl lists the certificate of {login}"),
+                    "verifiers that load the CRL refuse it; every verifier refuses it after notAfter".to_owned(),
+                ],
+            }),
+            ListStatus::Expired => Ok(RevocationProof {
+                checks: vec![
+                    format!("the certificate of {login} is past its notAfter"),
+                    "every verifier refuses an expired certificate by itself".to_owned(),
+                ],
+            }),
+            ListStatus::Valid => Err(TargetError::NotRevoked {
+                target: self.name.clone(),
+                login: login.to_string(),
+                reason: "the CRL does not list the certificate and it has not expired".into(),
+            }),
+        }
+    }
+
+    async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError> {
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_checked() {
+        X509Role::parse(r#"{"common_name": "payments", "uri_sans": ["spiffe://acme/payments"]}"#)
+            .unwrap();
+        for bad in [
+            "",
+            "{}",
+            r#"{"common_name": ""}"#,
+            r#"{"common_name": "a\nb"}"#,
+            r#"{"common_name": "x", "uri_sans": ["not a uri"]}"#,
+            r#"{"common_name": "x", "uri_sans": [":nothing"]}"#,
+            r#"{"common_name": "x", "colour": "red"}"#,
+        ] {
+            assert!(X509Role::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(X509Role::parse(&format!(r#"{{"common_name": "{}"}}"#, "a".repeat(65))).is_err());
+    }
+}
