@@ -136,6 +136,43 @@ pub trait RevocationList: Send + Sync {
     async fn status(&self, key_id: &str) -> Result<ListStatus, TargetError>;
 }
 
+/// `revoke_many` for a target that revokes a whole batch in one go: one call for all; a failure that
+/// names no single login (unreachable) fails them all; a refusal is isolated by revoking them one
+/// by one, so one bad login never holds back the others.
+pub async fn revoke_in_batch<'a, F, Fut>(
+    target: &str,
+    items: &'a [(LoginName, Option<RoleSpec>)],
+    revoke: F,
+) -> Vec<Result<(), TargetError>>
+where
+    F: Fn(&'a [(LoginName, Option<RoleSpec>)]) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TargetError>>,
+{
+    match revoke(items).await {
+        Ok(()) => items.iter().map(|_| Ok(())).collect(),
+        Err(TargetError::Unavailable { source, .. }) => {
+            let text = source.to_string();
+            items
+                .iter()
+                .map(|_| {
+                    Err(TargetError::Unavailable {
+                        target: target.to_owned(),
+                        source: text.clone().into(),
+                    })
+                })
+                .collect()
+        }
+        Err(_) if items.len() > 1 => {
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(revoke(std::slice::from_ref(item)).await);
+            }
+            results
+        }
+        Err(error) => vec![Err(error)],
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Target: Send + Sync + fmt::Debug {
     fn kind(&self) -> TargetKind;

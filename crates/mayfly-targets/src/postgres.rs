@@ -23,12 +23,9 @@ pub const MAX_CONNECTIONS: u32 = 16;
 
 /// SQLSTATE 42710: the role already exists.
 const DUPLICATE_OBJECT: &str = "42710";
-/// SQLSTATE 42704: the role does not exist.
-const UNDEFINED_OBJECT: &str = "42704";
-
 /// How a step of a revocation ended badly.
 enum Step {
-    /// A role of the batch vanished meanwhile: look again.
+    /// The server refused a step (maybe a role of the batch vanished meanwhile): look again.
     Raced(sqlx::Error),
     Failed(TargetError),
 }
@@ -163,8 +160,8 @@ impl PostgresTarget {
     /// revocation SQL, `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE` in one transaction. Backends
     /// are found by role oid, so one that raced the `NOLOGIN` is ended after the drop too.
     /// Idempotent even against a concurrent revocation of the same login (a claim that timed out
-    /// and was taken over): a role that vanishes between the look-up and the drop (SQLSTATE 42704)
-    /// makes the batch look again, and the second look no longer finds it.
+    /// and was taken over): a refused step makes the batch look again (at most three looks), and
+    /// a role another revocation dropped meanwhile is no longer found.
     async fn revoke_batch(
         &self,
         items: &[(LoginName, Option<RoleSpec>)],
@@ -181,12 +178,13 @@ impl PostgresTarget {
         }
     }
 
-    /// Runs one step's script; a role that no longer exists is told apart.
+    /// Runs one step's script. Any refusal by the server is worth one more look: a concurrent
+    /// revocation of the same role shows up as "role does not exist" (42704) or "tuple
+    /// concurrently deleted" (XX000), and the next look no longer finds that role. A refusal that
+    /// stays (the role owns objects elsewhere) is reported after the last look.
     async fn step(&self, script: String) -> Result<(), Step> {
         self.run_script(script).await.map_err(|error| {
-            let raced = matches!(&error, sqlx::Error::Database(db)
-                if db.code().as_deref() == Some(UNDEFINED_OBJECT));
-            if raced {
+            if matches!(&error, sqlx::Error::Database(_)) {
                 Step::Raced(error)
             } else {
                 Step::Failed(self.unavailable(error))
@@ -371,35 +369,11 @@ impl Target for PostgresTarget {
         self.revoke_batch(&[(login.clone(), role.cloned())]).await
     }
 
-    /// One batch for all: a failure that names no single login (unreachable) fails them all; a
-    /// refusal is isolated by revoking them one by one.
     async fn revoke_many(
         &self,
         items: &[(LoginName, Option<RoleSpec>)],
     ) -> Vec<Result<(), TargetError>> {
-        match self.revoke_batch(items).await {
-            Ok(()) => items.iter().map(|_| Ok(())).collect(),
-            Err(TargetError::Unavailable { source, .. }) => {
-                let text = source.to_string();
-                items
-                    .iter()
-                    .map(|_| {
-                        Err(TargetError::Unavailable {
-                            target: self.name.clone(),
-                            source: text.clone().into(),
-                        })
-                    })
-                    .collect()
-            }
-            Err(_) if items.len() > 1 => {
-                let mut results = Vec::with_capacity(items.len());
-                for item in items {
-                    results.push(self.revoke_batch(std::slice::from_ref(item)).await);
-                }
-                results
-            }
-            Err(error) => vec![Err(error)],
-        }
+        crate::revoke_in_batch(&self.name, items, |batch| self.revoke_batch(batch)).await
     }
 
     async fn verify_revoked(

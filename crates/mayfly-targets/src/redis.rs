@@ -328,29 +328,7 @@ impl Target for RedisTarget {
         &self,
         items: &[(LoginName, Option<RoleSpec>)],
     ) -> Vec<Result<(), TargetError>> {
-        match self.revoke_batch(items).await {
-            Ok(()) => items.iter().map(|_| Ok(())).collect(),
-            Err(TargetError::Unavailable { source, .. }) => {
-                let text = source.to_string();
-                items
-                    .iter()
-                    .map(|_| {
-                        Err(TargetError::Unavailable {
-                            target: self.name.clone(),
-                            source: text.clone().into(),
-                        })
-                    })
-                    .collect()
-            }
-            Err(_) if items.len() > 1 => {
-                let mut results = Vec::with_capacity(items.len());
-                for item in items {
-                    results.push(self.revoke_batch(std::slice::from_ref(item)).await);
-                }
-                results
-            }
-            Err(error) => vec![Err(error)],
-        }
+        crate::revoke_in_batch(&self.name, items, |batch| self.revoke_batch(batch)).await
     }
 
     async fn verify_revoked(

@@ -230,9 +230,9 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(found.expires_at, at(9_000));
     assert_eq!(found.revoked_at, None);
 
-    // Workload sessions; revocation once.
+    // Workload sessions (they live as long as the binding they came through); revocation once.
     let workload = Principal::Workload {
-        role: "ci".into(),
+        role: "builder".into(),
         name: "repo:acme/app".into(),
     };
     store
@@ -241,6 +241,20 @@ pub async fn run(store: &dyn Store) {
                 session: session("w1", workload.clone(), 3, 2_000),
             },
             "auth.jwt.login",
+        )])
+        .await
+        .unwrap();
+    assert!(
+        store.session_by_hash(&[3; 32]).await.unwrap().is_none(),
+        "a workload session without its binding"
+    );
+    store
+        .commit(vec![write(
+            Change::PutJwtRole {
+                name: "builder".into(),
+                config: serde_json::json!({"issuer": "ci"}),
+            },
+            "auth.jwt.role.put",
         )])
         .await
         .unwrap();
