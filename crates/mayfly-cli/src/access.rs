@@ -493,6 +493,9 @@ pub struct SshArgs {
     /// The host's SSH port (default: the target's).
     #[arg(long)]
     pub port: Option<u16>,
+    /// An option for ssh (`-o OPTION`), e.g. `--ssh-option StrictHostKeyChecking=accept-new`.
+    #[arg(long = "ssh-option")]
+    pub ssh_options: Vec<String>,
     /// The command to run on the host.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -526,7 +529,7 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
             args.role
         );
     };
-    let (key, port, command) = (args.key, args.port, args.command);
+    let (key, port, command, ssh_options) = (args.key, args.port, args.command, args.ssh_options);
     let request_args = RequestArgs {
         role: args.role,
         ttl,
@@ -588,8 +591,11 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
         .arg("-o")
         .arg(format!("CertificateFile={}", certificate_path.display()))
         .arg("-o")
-        .arg("IdentitiesOnly=yes")
-        .arg("-p")
+        .arg("IdentitiesOnly=yes");
+    for option in &ssh_options {
+        ssh.arg("-o").arg(option);
+    }
+    ssh.arg("-p")
         .arg(port.unwrap_or(credential.port).to_string())
         .arg(&destination);
     if !command.is_empty() {

@@ -19,6 +19,7 @@ use serde_json::Value;
 pub mod gate;
 pub mod pgcluster;
 pub mod postgres;
+pub mod sshd;
 
 /// A broker running on a free loopback port, stopped when dropped.
 pub struct TestBroker {

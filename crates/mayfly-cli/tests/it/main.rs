@@ -728,3 +728,107 @@ fn kill_9_during_200_activations_leaves_no_orphan() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `mayfly ssh`: requests access, has a fresh key certified, runs the real ssh against a real sshd
+/// that trusts `mayfly ssh ca`, then revokes: the KRL (`mayfly ssh krl FILE`) lists the
+/// certificate and sshd refuses it.
+#[test]
+fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (_running, addr, token) = start_dev(data.path());
+    let with = |command: &mut Command| -> Output {
+        run(command
+            .env("MAYFLY_ADDR", &addr)
+            .env("MAYFLY_TOKEN", &token))
+    };
+    let ca = with(mayfly().args(["ssh", "ca"]));
+    assert!(ca.status.success(), "{ca:?}");
+    let ca_line = stdout(&ca);
+    assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
+    let krl = data.path().join("mayfly.krl");
+    let fetched = with(mayfly().args(["ssh", "krl"]).arg(&krl));
+    assert!(fetched.status.success(), "{fetched:?}");
+    let host = runtime.block_on(mayfly_testkit::sshd::start(
+        &ca_line,
+        &std::fs::read(&krl).unwrap(),
+    ));
+    let user = mayfly_testkit::sshd::whoami();
+
+    let added = with(mayfly().args([
+        "target",
+        "add",
+        "ssh",
+        "web",
+        "--url",
+        &format!("ssh://127.0.0.1:{}", host.port),
+    ]));
+    assert!(added.status.success(), "{added:?}");
+    let role = data.path().join("login.json");
+    std::fs::write(&role, format!("{{\"principals\": [\"{user}\"]}}")).unwrap();
+    let added = with(
+        mayfly()
+            .args([
+                "role",
+                "add",
+                "web/login",
+                "--max-ttl",
+                "1h",
+                "--creation-sql",
+            ])
+            .arg(&role),
+    );
+    assert!(added.status.success(), "{added:?}");
+    let policy = data.path().join("policy.cedar");
+    std::fs::write(&policy, "@id(\"ssh\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"web\");").unwrap();
+    let put = with(mayfly().args(["policy", "put"]).arg(&policy));
+    assert!(put.status.success(), "{put:?}");
+
+    let session = with(mayfly().args([
+        "ssh",
+        "web/login",
+        &format!("{user}@127.0.0.1"),
+        "--ttl",
+        "10m",
+        "--reason",
+        "cli ssh test",
+        "--ssh-option",
+        "StrictHostKeyChecking=no",
+        "--ssh-option",
+        "UserKnownHostsFile=/dev/null",
+        "--ssh-option",
+        "BatchMode=yes",
+        "--",
+        "echo",
+        "hello-from-host",
+    ]));
+    assert!(session.status.success(), "{session:?}");
+    assert!(stdout(&session).contains("hello-from-host"), "{session:?}");
+    let stderr = String::from_utf8_lossy(&session.stderr);
+    assert!(stderr.contains("revoked"), "{stderr}");
+    // The temporary key is gone.
+    assert!(!stderr.contains("Permission denied"), "{stderr}");
+
+    // The grant is revoked and its certificate listed in the KRL the host loads.
+    let grants = with(mayfly().args(["grants", "--all", "--json"]));
+    let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
+    assert!(
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["state"] != "active"),
+        "{grants}"
+    );
+    let fetched = with(mayfly().args(["ssh", "krl"]).arg(&krl));
+    assert!(fetched.status.success(), "{fetched:?}");
+    let login = grants[0]["login"].as_str().unwrap();
+    let listed = std::fs::read(&krl).unwrap();
+    assert!(
+        listed.windows(login.len()).any(|w| w == login.as_bytes()),
+        "the KRL does not name {login}"
+    );
+}

@@ -4,113 +4,13 @@
 //! revocation (KRL refreshed) and after expiry it is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use mayfly_testkit::sshd;
 
 use mayfly_testkit::TestBroker;
 use serde_json::{Value, json};
-
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn whoami() -> String {
-    let out = Command::new("id").arg("-un").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Starts sshd trusting `ca_line`, with an (initially empty) KRL.
-async fn start_sshd(ca_line: &str, krl: &[u8]) -> Sshd {
-    let dir = tempfile::tempdir().unwrap();
-    let host_key = dir.path().join("host_ed25519");
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::write(dir.path().join("ca.pub"), ca_line).unwrap();
-    std::fs::write(dir.path().join("revoked.krl"), krl).unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let port = free_port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nTrustedUserCAKeys {}\nRevokedKeys {}\n\
-         AuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
-        host_key.display(),
-        dir.path().join("sshd.pid").display(),
-        dir.path().join("ca.pub").display(),
-        dir.path().join("revoked.krl").display(),
-    );
-    let config_path = dir.path().join("sshd_config");
-    std::fs::write(&config_path, config).unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sshd: run `bash scripts/services.sh` (installs openssh-server)");
-    let sshd = Sshd { child, port, dir };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return sshd;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("sshd did not start");
-}
-
-/// `ssh … echo mayfly-ok`; Ok(stdout) or Err(stderr).
-fn ssh_login(sshd: &Sshd, key: &Path, certificate: &Path, user: &str) -> Result<String, String> {
-    let out = Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .arg("-o")
-        .arg(format!("CertificateFile={}", certificate.display()))
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=10",
-            "-p",
-        ])
-        .arg(sshd.port.to_string())
-        .arg(format!("{user}@127.0.0.1"))
-        .arg("echo mayfly-ok")
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn write_private(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -166,7 +66,7 @@ async fn krl(broker: &TestBroker) -> Vec<u8> {
 async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry() {
     let broker = TestBroker::ready().await;
     let admin = broker.admin_token.clone().unwrap();
-    let user = whoami();
+    let user = sshd::whoami();
     let response = broker
         .raw()
         .await
@@ -176,14 +76,14 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         .unwrap();
     let ca_line = response.text().await.unwrap();
     assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
-    let sshd = start_sshd(&ca_line, &krl(&broker).await).await;
+    let host = sshd::start(&ca_line, &krl(&broker).await).await;
 
     let (status, body) = broker
         .call(
             "POST",
             "/v1/targets",
             Some(&admin),
-            Some(json!({"kind": "ssh", "name": "web", "url": format!("ssh://127.0.0.1:{}", sshd.port), "admin_user": "", "admin_password": ""})),
+            Some(json!({"kind": "ssh", "name": "web", "url": format!("ssh://127.0.0.1:{}", host.port), "admin_user": "", "admin_password": ""})),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -281,11 +181,11 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
     );
     assert!(listed.contains("source-address 127.0.0.1/32"), "{listed}");
     assert_eq!(
-        ssh_login(&sshd, &key, &cert_path, &user).unwrap().trim(),
+        sshd::login(&host, &key, &cert_path, &user).unwrap().trim(),
         "mayfly-ok"
     );
     // Not for another user than the role's principals.
-    assert!(ssh_login(&sshd, &key, &cert_path, "nobody").is_err());
+    assert!(sshd::login(&host, &key, &cert_path, "nobody").is_err());
 
     // Revoked early: the KRL lists it; once the host has it, the login is refused.
     let grant_id = credential["grant"]["id"].as_str().unwrap();
@@ -310,11 +210,11 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(verified["state"], "verified", "{verified}");
-    std::fs::write(sshd.dir.path().join("revoked.krl"), krl(&broker).await).unwrap();
+    host.write_krl(&krl(&broker).await);
     let checked = Command::new("ssh-keygen")
         .arg("-Q")
         .arg("-f")
-        .arg(sshd.dir.path().join("revoked.krl"))
+        .arg(host.krl_path())
         .arg(&cert_path)
         .output()
         .unwrap();
@@ -322,7 +222,7 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         String::from_utf8_lossy(&checked.stdout).contains("REVOKED"),
         "{checked:?}"
     );
-    let refused = ssh_login(&sshd, &key, &cert_path, &user).unwrap_err();
+    let refused = sshd::login(&host, &key, &cert_path, &user).unwrap_err();
     assert!(
         refused.contains("Permission denied"),
         "a revoked certificate logged in: {refused}"
@@ -339,7 +239,7 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
     let cert_path = keys.path().join("id_two-cert.pub");
     std::fs::write(&cert_path, credential["certificate"].as_str().unwrap()).unwrap();
     assert_eq!(
-        ssh_login(&sshd, &key, &cert_path, &user).unwrap().trim(),
+        sshd::login(&host, &key, &cert_path, &user).unwrap().trim(),
         "mayfly-ok"
     );
     let expires_ms = credential["grant"]["expires_at_ms"].as_i64().unwrap();
@@ -351,7 +251,7 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         u64::try_from(expires_ms - now_ms + 1500).unwrap_or(0),
     ))
     .await;
-    let refused = ssh_login(&sshd, &key, &cert_path, &user).unwrap_err();
+    let refused = sshd::login(&host, &key, &cert_path, &user).unwrap_err();
     assert!(
         refused.contains("Permission denied"),
         "an expired certificate logged in: {refused}"
@@ -359,7 +259,7 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
     let checked = Command::new("ssh-keygen")
         .arg("-Q")
         .arg("-f")
-        .arg(sshd.dir.path().join("revoked.krl"))
+        .arg(host.krl_path())
         .arg(&cert_path)
         .output()
         .unwrap();
