@@ -43,7 +43,7 @@ pub struct InitRequest {
     pub threshold: u8,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct InitResponse {
     /// Shown once. Give one to each key holder.
     pub shares: Vec<String>,
@@ -52,7 +52,7 @@ pub struct InitResponse {
     pub setup_code: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     #[serde(default)]
@@ -62,7 +62,7 @@ pub struct UnsealRequest {
     pub reset: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetupRequest {
     pub setup_code: String,
@@ -71,13 +71,13 @@ pub struct SetupRequest {
 }
 
 /// A new user's TOTP enrollment, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct TotpEnrollment {
     pub otpauth_url: String,
     pub secret_base32: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserCreated {
     pub username: String,
     pub groups: Vec<String>,
@@ -86,7 +86,7 @@ pub struct UserCreated {
     pub totp: TotpEnrollment,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     pub username: String,
@@ -132,7 +132,7 @@ pub struct UserSummary {
     pub created_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordLoginRequest {
     pub username: String,
@@ -141,14 +141,14 @@ pub struct PasswordLoginRequest {
 }
 
 /// As Vault's JWT login takes it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtLoginRequest {
     pub role: String,
     pub jwt: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
     /// The session token; shown once, send it as `Authorization: Bearer …`.
     pub token: String,
@@ -266,7 +266,7 @@ pub struct AuditEventsPage {
 }
 
 /// Adds a target. Only `postgres` for now.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetRequest {
     /// `postgres`, `mysql` (MariaDB) or `redis`.
@@ -379,7 +379,7 @@ pub struct GrantInfo {
 }
 
 /// The credential of an activated grant, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Credential {
     pub grant: GrantInfo,
     /// The target's kind: `postgres`, `mysql` or `redis`.
@@ -417,4 +417,57 @@ pub struct ActivateRequest {
 pub struct RenewRequest {
     /// More time from now, capped at the request's maximum counted from the grant's creation.
     pub ttl_seconds: u64,
+}
+
+/// `Debug` for the types that carry a secret (a password, a share, a token, a key): the type's name
+/// only, so no `{:?}` can ever print one.
+macro_rules! redacted_debug {
+    ($($name:ident),* $(,)?) => {
+        $(
+            impl std::fmt::Debug for $name {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.debug_struct(stringify!($name)).finish_non_exhaustive()
+                }
+            }
+        )*
+    };
+}
+
+redacted_debug!(
+    InitResponse,
+    UnsealRequest,
+    SetupRequest,
+    TotpEnrollment,
+    UserCreated,
+    CreateUserRequest,
+    PasswordLoginRequest,
+    JwtLoginRequest,
+    LoginResponse,
+    TargetRequest,
+    Credential,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let request = TargetRequest {
+            kind: "postgres".into(),
+            name: "db".into(),
+            url: "postgres://h:5432/db".into(),
+            admin_user: "admin".into(),
+            admin_password: "hunter2-secret".into(),
+        };
+        let login = PasswordLoginRequest {
+            username: "alice".into(),
+            password: "hunter2-secret".into(),
+            totp: "123456".into(),
+        };
+        for text in [format!("{request:?}"), format!("{login:?}")] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("123456"), "{text}");
+        }
+    }
 }
