@@ -45,6 +45,16 @@ pub struct TransitionError {
 }
 
 impl GrantState {
+    /// Revocation was asked for or is done: what a certificate target's published list (KRL,
+    /// CRL) names while the certificate has not expired. The store's list query
+    /// (`revoked_certificate_logins`) selects the same states.
+    pub fn revocation_requested(self) -> bool {
+        matches!(
+            self,
+            GrantState::Revoking | GrantState::Failed | GrantState::Revoked | GrantState::Verified
+        )
+    }
+
     pub fn apply(self, event: GrantEvent) -> Result<GrantState, TransitionError> {
         use GrantEvent as E;
         use GrantState as S;

@@ -173,7 +173,7 @@ impl Broker {
     }
 }
 
-/// A KRL's or CRL's contents, read from the store (the same query the list is made from).
+/// What a KRL or CRL says about one certificate, from its grant in the store.
 struct StoreList {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -196,17 +196,11 @@ impl RevocationList for StoreList {
         else {
             return Ok(ListStatus::Valid);
         };
-        if grant.expires_at <= now {
-            return Ok(ListStatus::Expired);
-        }
-        let listed = self
-            .store
-            .revoked_certificate_logins(self.kind, now)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .any(|login| login == key_id);
-        Ok(if listed {
+        // The same rule the list is made by (`Store::revoked_certificate_logins`): revocation
+        // requested or done, not yet expired. No need to read the whole list for one grant.
+        Ok(if grant.expires_at <= now {
+            ListStatus::Expired
+        } else if grant.state.revocation_requested() {
             ListStatus::Listed
         } else {
             ListStatus::Valid

@@ -224,7 +224,14 @@ pub async fn update(
     } else {
         format!("the binding of user `{}` changed", username.as_str())
     };
-    let revoked = crate::access::expiry::recheck_active(broker, &reason).await?;
+    let key = crate::access::principal_key(&Principal::User {
+        id: String::new(),
+        name: username.as_str().to_owned(),
+        groups: Vec::new(),
+    });
+    let revoked =
+        crate::access::expiry::recheck_active(broker, &reason, |principal| principal == key)
+            .await?;
     let user = broker
         .store()
         .user_by_name(username.as_str())

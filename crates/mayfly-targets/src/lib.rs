@@ -136,6 +136,79 @@ pub trait RevocationList: Send + Sync {
     async fn status(&self, key_id: &str) -> Result<ListStatus, TargetError>;
 }
 
+/// How a certificate target's proof names its list and its certificates' expiry.
+pub(crate) struct ListWords {
+    /// "the KRL at /v1/ssh/krl".
+    pub list: &'static str,
+    /// "valid_before".
+    pub expiry: &'static str,
+    /// "hosts with RevokedKeys".
+    pub verifiers: &'static str,
+}
+
+/// The proof of a certificate target: its published list names the certificate, or the
+/// certificate has expired; else it is not revoked.
+pub(crate) async fn list_proof(
+    target: &str,
+    login: &LoginName,
+    revoked: &dyn RevocationList,
+    words: &ListWords,
+) -> Result<RevocationProof, TargetError> {
+    let ListWords {
+        list,
+        expiry,
+        verifiers,
+    } = words;
+    match revoked.status(login.as_str()).await? {
+        ListStatus::Listed => Ok(RevocationProof {
+            checks: vec![
+                format!("{list} names the certificate of {login}"),
+                format!(
+                    "{verifiers} refuse it from their next refresh; every verifier refuses it after {expiry}"
+                ),
+            ],
+        }),
+        ListStatus::Expired => Ok(RevocationProof {
+            checks: vec![
+                format!("the certificate of {login} is past its {expiry}"),
+                "every verifier refuses an expired certificate by itself".to_owned(),
+            ],
+        }),
+        ListStatus::Valid => Err(TargetError::NotRevoked {
+            target: target.to_owned(),
+            login: login.to_string(),
+            reason: format!("{list} does not name the certificate and it has not expired"),
+        }),
+    }
+}
+
+/// The last check of a database target's proof: a login with the issued password, which the
+/// server itself must refuse. Returns the check's text, or why the credential is not revoked.
+pub(crate) async fn refused_login<C: sqlx::Connection>(
+    target: &str,
+    login: &LoginName,
+    attempt: Result<C, sqlx::Error>,
+) -> Result<String, TargetError> {
+    match attempt {
+        Ok(connection) => {
+            let _ = connection.close().await;
+            Err(TargetError::NotRevoked {
+                target: target.to_owned(),
+                login: login.to_string(),
+                reason: "a login with the issued password succeeded".into(),
+            })
+        }
+        Err(sqlx::Error::Database(error)) => Ok(format!(
+            "login with the issued password refused: {}",
+            error.message()
+        )),
+        Err(other) => Err(TargetError::Unavailable {
+            target: target.to_owned(),
+            source: Box::new(other),
+        }),
+    }
+}
+
 /// `revoke_many` for a target that revokes a whole batch in one go: one call for all; a failure that
 /// names no single login (unreachable) fails them all; a refusal is isolated by revoking them one
 /// by one, so one bad login never holds back the others.

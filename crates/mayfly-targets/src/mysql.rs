@@ -314,26 +314,14 @@ impl Target for MysqlTarget {
             .clone()
             .username(login.as_str())
             .password(secret.expose_secret());
-        match sqlx::MySqlConnection::connect_with(&options).await {
-            Ok(connection) => {
-                let _ = connection.close().await;
-                return Err(not_revoked(
-                    "a login with the issued password succeeded".into(),
-                ));
-            }
-            Err(sqlx::Error::Database(error)) => {
-                checks.push(format!(
-                    "login with the issued password refused: {}",
-                    error.message()
-                ));
-            }
-            Err(other) => {
-                return Err(TargetError::Unavailable {
-                    target: self.name.clone(),
-                    source: Box::new(other),
-                });
-            }
-        }
+        checks.push(
+            crate::refused_login(
+                &self.name,
+                login,
+                sqlx::MySqlConnection::connect_with(&options).await,
+            )
+            .await?,
+        );
         Ok(RevocationProof { checks })
     }
 

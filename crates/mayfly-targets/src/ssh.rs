@@ -17,8 +17,8 @@ use mayfly_crypto::ssh::{SKEW_SECONDS, SshCa, UserCertificate};
 use secrecy::SecretString;
 
 use crate::{
-    Connection, IssuePlan, ListStatus, RevocationList, RevocationProof, RoleSpec, Target,
-    TargetError, TargetKind,
+    Connection, IssuePlan, RevocationList, RevocationProof, RoleSpec, Target, TargetError,
+    TargetKind,
 };
 
 /// What an SSH role gives, written as JSON in the role's creation text:
@@ -266,25 +266,17 @@ impl Target for SshTarget {
         login: &LoginName,
         _secret: &SecretString,
     ) -> Result<RevocationProof, TargetError> {
-        match self.revoked.status(login.as_str()).await? {
-            ListStatus::Listed => Ok(RevocationProof {
-                checks: vec![
-                    format!("the KRL at /v1/ssh/krl lists key id {login}"),
-                    "hosts with RevokedKeys refuse the certificate from their next refresh; every host refuses it after valid_before".to_owned(),
-                ],
-            }),
-            ListStatus::Expired => Ok(RevocationProof {
-                checks: vec![
-                    format!("the certificate with key id {login} is past its valid_before"),
-                    "every host refuses an expired certificate by itself".to_owned(),
-                ],
-            }),
-            ListStatus::Valid => Err(TargetError::NotRevoked {
-                target: self.name.clone(),
-                login: login.to_string(),
-                reason: "the KRL does not list the certificate's key id and it has not expired".into(),
-            }),
-        }
+        crate::list_proof(
+            &self.name,
+            login,
+            self.revoked.as_ref(),
+            &crate::ListWords {
+                list: "the KRL at /v1/ssh/krl",
+                expiry: "valid_before",
+                verifiers: "hosts with RevokedKeys",
+            },
+        )
+        .await
     }
 
     /// Certificates leave nothing on the hosts to sweep.

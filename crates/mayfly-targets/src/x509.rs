@@ -14,8 +14,8 @@ use mayfly_crypto::x509::{ClientCertificate, SKEW_SECONDS, X509Ca, serial_for};
 use secrecy::SecretString;
 
 use crate::{
-    Connection, IssuePlan, ListStatus, RevocationList, RevocationProof, RoleSpec, Target,
-    TargetError, TargetKind,
+    Connection, IssuePlan, RevocationList, RevocationProof, RoleSpec, Target, TargetError,
+    TargetKind,
 };
 
 /// What an X.509 role gives, as JSON: `{"common_name": "payments", "uri_sans":
@@ -190,25 +190,17 @@ impl Target for X509Target {
         login: &LoginName,
         _secret: &SecretString,
     ) -> Result<RevocationProof, TargetError> {
-        match self.revoked.status(login.as_str()).await? {
-            ListStatus::Listed => Ok(RevocationProof {
-                checks: vec![
-                    format!("the CRL at /v1/x509/crl lists the certificate of {login}"),
-                    "verifiers that load the CRL refuse it; every verifier refuses it after notAfter".to_owned(),
-                ],
-            }),
-            ListStatus::Expired => Ok(RevocationProof {
-                checks: vec![
-                    format!("the certificate of {login} is past its notAfter"),
-                    "every verifier refuses an expired certificate by itself".to_owned(),
-                ],
-            }),
-            ListStatus::Valid => Err(TargetError::NotRevoked {
-                target: self.name.clone(),
-                login: login.to_string(),
-                reason: "the CRL does not list the certificate and it has not expired".into(),
-            }),
-        }
+        crate::list_proof(
+            &self.name,
+            login,
+            self.revoked.as_ref(),
+            &crate::ListWords {
+                list: "the CRL at /v1/x509/crl",
+                expiry: "notAfter",
+                verifiers: "verifiers that load the CRL",
+            },
+        )
+        .await
     }
 
     async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError> {

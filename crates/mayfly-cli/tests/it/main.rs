@@ -809,7 +809,7 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     assert!(stdout(&session).contains("hello-from-host"), "{session:?}");
     let stderr = String::from_utf8_lossy(&session.stderr);
     assert!(stderr.contains("revoked"), "{stderr}");
-    // The temporary key is gone.
+    // The certificate was accepted (no fallback that was refused).
     assert!(!stderr.contains("Permission denied"), "{stderr}");
 
     // The grant is revoked and its certificate listed in the KRL the host loads.

@@ -595,7 +595,14 @@ const RECHECK_PAGE: i64 = 500;
 /// groups, a disabled user, a removed workload role), every active grant is decided again with the
 /// request it came from; one that is no longer allowed is revoked early, with that reason. The
 /// grants are read a page at a time, so memory does not grow with their number.
-pub async fn recheck_active(broker: &Broker, reason: &str) -> Result<usize, ApiError> {
+///
+/// `affects` picks the grants by their principal key (`user:alice`, `workload:ROLE:NAME`): a change
+/// to one binding re-decides only that principal's grants, without reading their requests.
+pub async fn recheck_active(
+    broker: &Broker,
+    reason: &str,
+    affects: impl Fn(&str) -> bool,
+) -> Result<usize, ApiError> {
     let mut revoked = 0;
     let meta = crate::api::middleware::RequestMeta {
         request_id: "policy-recheck".into(),
@@ -610,6 +617,10 @@ pub async fn recheck_active(broker: &Broker, reason: &str) -> Result<usize, ApiE
             .map_err(|e| ApiError::store(&e))?;
         let Some(last) = page.last() else { break };
         after = last.id.clone();
+        let page: Vec<GrantRecord> = page
+            .into_iter()
+            .filter(|grant| affects(&grant.principal))
+            .collect();
         revoked += recheck_page(broker, &meta, page, reason).await?;
     }
     Ok(revoked)

@@ -66,8 +66,8 @@ pub async fn add_target(
         ..request
     };
     // Certificate targets have no admin account: the hosts or services trust the broker's CA.
-    let ssh = request.kind == "ssh" || request.kind == "x509";
-    if (request.admin_user.is_empty() && !ssh)
+    let certificates = request.kind == "ssh" || request.kind == "x509";
+    if (request.admin_user.is_empty() && !certificates)
         || request.admin_user.len() > 63
         || request
             .admin_user
@@ -259,9 +259,12 @@ pub async fn put_policy(
         .map_err(|e| ApiError::store(&e))?
         .unwrap_or_default();
     // Continuous verification: grants the new policies no longer allow are revoked now.
-    let revoked =
-        crate::access::expiry::recheck_active(&broker, "the policies no longer allow this grant")
-            .await?;
+    let revoked = crate::access::expiry::recheck_active(
+        &broker,
+        "the policies no longer allow this grant",
+        |_| true,
+    )
+    .await?;
     if revoked > 0 {
         tracing::info!(
             n_grants = revoked,

@@ -321,9 +321,11 @@ pub async fn delete_jwt_role(
         WriteOutcome::Conflict { reason, .. } => return Err(ApiError::NotFound(reason)),
     }
     // Continuous verification: the workloads of that binding lose their grants now.
+    let workloads = format!("workload:{name}:");
     let revoked = crate::access::expiry::recheck_active(
         &broker,
         &format!("the workload binding `{name}` was removed"),
+        |principal| principal.starts_with(&workloads),
     )
     .await?;
     Ok(ApiJson(BindingRemoved {

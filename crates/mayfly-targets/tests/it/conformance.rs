@@ -33,6 +33,24 @@ pub fn new_secret() -> SecretString {
     SecretString::from(format!("Pw{}", uuid::Uuid::now_v7().simple()))
 }
 
+/// A fresh login with a fresh secret, issued on `target` for 15 minutes.
+pub async fn issue_fresh(target: &dyn Target, role: &RoleSpec) -> (LoginName, SecretString) {
+    let login = new_login();
+    let secret = new_secret();
+    target
+        .issue(&IssuePlan {
+            login: &login,
+            secret: &secret,
+            role,
+            expires_at: in_minutes(15),
+            public_key: None,
+            issued_at: in_minutes(0),
+        })
+        .await
+        .unwrap();
+    (login, secret)
+}
+
 pub fn in_minutes(minutes: u64) -> Timestamp {
     let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap();
     Timestamp::from_unix_ms((now + Duration::from_secs(minutes * 60)).as_millis() as i64)
@@ -77,19 +95,7 @@ pub async fn lifecycle<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P
     // Two revocations of the same credential at once (a claim that timed out and was taken over
     // by another node) both succeed, and it is gone.
     for _ in 0..3 {
-        let login = new_login();
-        let secret = new_secret();
-        target
-            .issue(&IssuePlan {
-                login: &login,
-                secret: &secret,
-                role,
-                expires_at: in_minutes(15),
-                public_key: None,
-                issued_at: in_minutes(0),
-            })
-            .await
-            .unwrap();
+        let (login, secret) = issue_fresh(target, role).await;
         let (a, b) = tokio::join!(
             target.revoke(&login, Some(role)),
             target.revoke(&login, Some(role))
@@ -104,19 +110,7 @@ pub async fn lifecycle<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P
 pub async fn batch<P: Probe>(target: &dyn Target, role: &RoleSpec, probe: &P) {
     let mut issued = Vec::new();
     for _ in 0..3 {
-        let login = new_login();
-        let secret = new_secret();
-        target
-            .issue(&IssuePlan {
-                login: &login,
-                secret: &secret,
-                role,
-                expires_at: in_minutes(15),
-                public_key: None,
-                issued_at: in_minutes(0),
-            })
-            .await
-            .unwrap();
+        let (login, secret) = issue_fresh(target, role).await;
         issued.push((login, secret));
     }
     let mut sessions = Vec::new();
@@ -157,19 +151,7 @@ pub async fn unreachable_then_back<P: Probe>(
     probe: &P,
     gate: &mayfly_testkit::gate::Gate,
 ) {
-    let login = new_login();
-    let secret = new_secret();
-    target
-        .issue(&IssuePlan {
-            login: &login,
-            secret: &secret,
-            role,
-            expires_at: in_minutes(15),
-            public_key: None,
-            issued_at: in_minutes(0),
-        })
-        .await
-        .unwrap();
+    let (login, secret) = issue_fresh(target, role).await;
     gate.close().await;
     let error = target.revoke(&login, Some(role)).await.unwrap_err();
     assert!(

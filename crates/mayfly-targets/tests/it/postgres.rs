@@ -99,19 +99,7 @@ async fn one_refusal_does_not_fail_the_batch() {
     let role = role();
     let mut issued = Vec::new();
     for _ in 0..3 {
-        let login = conformance::new_login();
-        let secret = conformance::new_secret();
-        target
-            .issue(&IssuePlan {
-                login: &login,
-                secret: &secret,
-                role: &role,
-                expires_at: conformance::in_minutes(15),
-                public_key: None,
-                issued_at: conformance::in_minutes(0),
-            })
-            .await
-            .unwrap();
+        let (login, secret) = conformance::issue_fresh(&target, &role).await;
         issued.push((login, secret));
     }
     let mut admin = connect_admin(&cluster, "postgres").await;

@@ -3,7 +3,7 @@
 use mayfly_core::LoginName;
 use mayfly_targets::redis::RedisTarget;
 use mayfly_targets::resp::{Reply, Resp};
-use mayfly_targets::{IssuePlan, RoleSpec, Target, TargetError};
+use mayfly_targets::{RoleSpec, Target, TargetError};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::conformance::{self, BoxFuture, Probe};
@@ -77,19 +77,7 @@ async fn redis_unreachable_then_back() {
 #[tokio::test]
 async fn the_user_gets_exactly_the_roles_rules() {
     let target = RedisTarget::new("cache", URL, None).unwrap();
-    let login = conformance::new_login();
-    let secret = conformance::new_secret();
-    target
-        .issue(&IssuePlan {
-            login: &login,
-            secret: &secret,
-            role: &role(),
-            expires_at: conformance::in_minutes(15),
-            public_key: None,
-            issued_at: conformance::in_minutes(0),
-        })
-        .await
-        .unwrap();
+    let (login, secret) = conformance::issue_fresh(&target, &role()).await;
     let mut session = RedisProbe.login(&login, &secret).await.unwrap();
     assert!(matches!(
         session.call(&[b"GET", b"mayfly-it:a"]).await.unwrap(),
