@@ -20,6 +20,7 @@ pub mod gate;
 pub mod pgcluster;
 pub mod postgres;
 pub mod sshd;
+pub mod tls;
 
 /// A broker running on a free loopback port, stopped when dropped.
 pub struct TestBroker {

@@ -13,3 +13,5 @@ mod conformance;
 mod mysql;
 mod postgres;
 mod redis;
+mod ssh;
+mod x509;
