@@ -332,6 +332,26 @@ pub struct AccessRequest {
     pub break_glass: bool,
 }
 
+/// One call for a certificate role (SSH, X.509) that needs no approval: decided, issued and
+/// recorded at once (`POST /v1/certificates`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    pub target: String,
+    pub role: String,
+    pub ttl_seconds: u64,
+    pub reason: String,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// For an SSH role: the public key to certify, as in `authorized_keys`.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// For an X.509 role: a PEM certificate request for your own key (else the broker makes a
+    /// P-256 key and returns it once).
+    #[serde(default)]
+    pub csr: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RequestInfo {
     pub id: String,

@@ -530,18 +530,6 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let (key, port, command, ssh_options) = (args.key, args.port, args.command, args.ssh_options);
-    let request_args = RequestArgs {
-        role: args.role,
-        ttl,
-        reason,
-        ticket: args.ticket,
-        break_glass: args.break_glass,
-        wait: true,
-    };
-    let request = request(client, request_args, false).await?;
-    if request.state != "allowed" {
-        bail!("the request was not allowed: {}", request.decision);
-    }
     let dir = tempfile::Builder::new()
         .prefix("mayfly-ssh-")
         .tempdir()
@@ -565,17 +553,64 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
             (path, public)
         }
     };
-    let body = ActivateRequest {
-        public_key: Some(public_key.trim().to_owned()),
-        csr: None,
+    let public_key = public_key.trim().to_owned();
+    let (target, role) = split_role(&args.role)?;
+    // One call where the policy needs no approval; else request, wait for approval, activate.
+    let one_call = if args.break_glass {
+        None
+    } else {
+        let body = CertificateRequest {
+            target,
+            role,
+            ttl_seconds: ttl.as_secs(),
+            reason: reason.clone(),
+            ticket: args.ticket.clone(),
+            public_key: Some(public_key.clone()),
+            csr: None,
+        };
+        match client
+            .call::<_, Credential>(Method::POST, "/v1/certificates", Some(&body))
+            .await
+        {
+            Ok(credential) => Some(credential),
+            Err(error)
+                if error
+                    .downcast_ref::<crate::client::ApiFailure>()
+                    .is_some_and(|f| f.status.as_u16() == 409) =>
+            {
+                None
+            }
+            Err(error) => return Err(error),
+        }
     };
-    let credential: Credential = client
-        .call(
-            Method::POST,
-            &format!("/v1/requests/{}/activate", request.id),
-            Some(&body),
-        )
-        .await?;
+    let credential = match one_call {
+        Some(credential) => credential,
+        None => {
+            let request_args = RequestArgs {
+                role: args.role,
+                ttl,
+                reason,
+                ticket: args.ticket,
+                break_glass: args.break_glass,
+                wait: true,
+            };
+            let request = request(client, request_args, false).await?;
+            if request.state != "allowed" {
+                bail!("the request was not allowed: {}", request.decision);
+            }
+            let body = ActivateRequest {
+                public_key: Some(public_key),
+                csr: None,
+            };
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/requests/{}/activate", request.id),
+                    Some(&body),
+                )
+                .await?
+        }
+    };
     let certificate = credential.certificate.clone().ok_or_else(|| {
         anyhow!("the role is not an SSH role: use `mayfly exec` or `mayfly activate`")
     })?;

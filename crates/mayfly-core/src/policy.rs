@@ -16,11 +16,12 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::collections::{HashMap, HashSet};
+
 use cedar_policy::{
-    Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, ValidationMode,
-    Validator,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
-use serde_json::{Value, json};
 
 use crate::Principal;
 
@@ -222,42 +223,93 @@ impl Policies {
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Decision, PolicyError> {
         let schema = schema()?;
         let eval = |e: String| PolicyError::Evaluation(e);
+        // Entities and context are built directly (no JSON round trip); the schema still checks
+        // every attribute's type, here and in `Request::new`.
+        let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
+        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
         let principal_uid = principal_uid(input.principal).map_err(eval)?;
-        let action_uid = EntityUid::from_str(&format!("Action::\"{}\"", input.action.as_str()))
-            .map_err(|e| eval(e.to_string()))?;
+        let action_uid = uid("Action", input.action.as_str()).map_err(eval)?;
         let target_uid = uid("Target", input.target).map_err(eval)?;
         let role_uid = uid("Role", &format!("{}/{}", input.target, input.role)).map_err(eval)?;
-
         let mut entities = vec![
-            json!({"uid": {"type": "Target", "id": input.target}, "attrs": {"name": input.target, "kind": input.target_kind}, "parents": []}),
-            json!({"uid": {"type": "Role", "id": format!("{}/{}", input.target, input.role)},
-                   "attrs": {"name": input.role, "target": input.target, "max_ttl_seconds": input.role_max_ttl.as_secs()},
-                   "parents": [{"type": "Target", "id": input.target}]}),
+            Entity::new(
+                target_uid.clone(),
+                HashMap::from([
+                    ("name".to_owned(), string(input.target)),
+                    ("kind".to_owned(), string(input.target_kind)),
+                ]),
+                HashSet::new(),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+            Entity::new(
+                role_uid.clone(),
+                HashMap::from([
+                    ("name".to_owned(), string(input.role)),
+                    ("target".to_owned(), string(input.target)),
+                    (
+                        "max_ttl_seconds".to_owned(),
+                        long(input.role_max_ttl.as_secs()),
+                    ),
+                ]),
+                HashSet::from([target_uid]),
+            )
+            .map_err(|e| eval(e.to_string()))?,
         ];
-        entities.extend(principal_entities(input.principal));
-        let entities = Entities::from_json_value(Value::Array(entities), Some(schema))
-            .map_err(|e| eval(e.to_string()))?;
+        match input.principal {
+            Principal::User { name, groups, .. } => {
+                let groups = groups
+                    .iter()
+                    .map(|g| uid("Group", g))
+                    .collect::<Result<HashSet<EntityUid>, String>>()
+                    .map_err(eval)?;
+                for group in &groups {
+                    entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
+                }
+                entities.push(
+                    Entity::new(
+                        principal_uid.clone(),
+                        HashMap::from([("name".to_owned(), string(name))]),
+                        groups,
+                    )
+                    .map_err(|e| eval(e.to_string()))?,
+                );
+            }
+            Principal::Workload { role, name } => entities.push(
+                Entity::new(
+                    principal_uid.clone(),
+                    HashMap::from([
+                        ("name".to_owned(), string(name)),
+                        ("login_role".to_owned(), string(role)),
+                    ]),
+                    HashSet::new(),
+                )
+                .map_err(|e| eval(e.to_string()))?,
+            ),
+        }
+        let entities =
+            Entities::from_entities(entities, Some(schema)).map_err(|e| eval(e.to_string()))?;
 
         let context = input.context;
-        let mut ctx = json!({
-            "reason": context.reason,
-            "ticket": context.ticket,
-            "ttl_seconds": context.ttl.as_secs(),
-            "hour": context.hour,
-            "weekday": context.weekday,
-            "break_glass": context.break_glass,
-        });
-        if let (Some(ip), Some(map)) = (context.source_ip, ctx.as_object_mut()) {
-            map.insert(
-                "source_ip".into(),
-                json!({"__extn": {"fn": "ip", "arg": ip.to_string()}}),
-            );
+        let mut pairs = vec![
+            ("reason".to_owned(), string(&context.reason)),
+            ("ticket".to_owned(), string(&context.ticket)),
+            ("ttl_seconds".to_owned(), long(context.ttl.as_secs())),
+            ("hour".to_owned(), long(u64::from(context.hour))),
+            ("weekday".to_owned(), long(u64::from(context.weekday))),
+            (
+                "break_glass".to_owned(),
+                RestrictedExpression::new_bool(context.break_glass),
+            ),
+        ];
+        if let Some(ip) = context.source_ip {
+            pairs.push((
+                "source_ip".to_owned(),
+                RestrictedExpression::new_ip(ip.to_string()),
+            ));
         }
-        let ctx = Context::from_json_value(ctx, Some((schema, &action_uid)))
-            .map_err(|e| eval(e.to_string()))?;
+        let ctx = Context::from_pairs(pairs).map_err(|e| eval(e.to_string()))?;
         let request = Request::new(principal_uid, action_uid, role_uid, ctx, Some(schema))
             .map_err(|e| eval(e.to_string()))?;
-        let _ = target_uid;
         let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
         let determining: Vec<PolicyId> = response.diagnostics().reason().cloned().collect();
         if response.decision() == cedar_policy::Decision::Deny {
@@ -291,38 +343,30 @@ impl Policies {
     }
 }
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let escaped = serde_json::to_string(id).map_err(|e| e.to_string())?;
-    EntityUid::from_str(&format!("{kind}::{escaped}")).map_err(|e| e.to_string())
+/// `kind::"id"`, for one of the schema's entity types (any id is allowed).
+fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {
+    static NAMES: OnceLock<HashMap<&'static str, EntityTypeName>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        [
+            "Action", "Group", "User", "Workload", "Agent", "Target", "Role",
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
+        .collect()
+    });
+    let name = names
+        .get(kind)
+        .ok_or_else(|| format!("`{kind}` is not an entity type of the schema"))?;
+    Ok(EntityUid::from_type_name_and_id(
+        name.clone(),
+        EntityId::new(id),
+    ))
 }
 
 fn principal_uid(principal: &Principal) -> Result<EntityUid, String> {
     match principal {
         Principal::User { name, .. } => uid("User", name),
         Principal::Workload { role, name } => uid("Workload", &format!("{role}:{name}")),
-    }
-}
-
-fn principal_entities(principal: &Principal) -> Vec<Value> {
-    match principal {
-        Principal::User { name, groups, .. } => {
-            let mut out = vec![json!({
-                "uid": {"type": "User", "id": name},
-                "attrs": {"name": name},
-                "parents": groups.iter().map(|g| json!({"type": "Group", "id": g})).collect::<Vec<_>>(),
-            })];
-            for group in groups {
-                out.push(
-                    json!({"uid": {"type": "Group", "id": group}, "attrs": {}, "parents": []}),
-                );
-            }
-            out
-        }
-        Principal::Workload { role, name } => vec![json!({
-            "uid": {"type": "Workload", "id": format!("{role}:{name}")},
-            "attrs": {"name": name, "login_role": role},
-            "parents": [],
-        })],
     }
 }
 
@@ -362,6 +406,46 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
             name: name.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         }
+    }
+
+    /// Every attribute reaches the policies with its type: the source address, the target's
+    /// kind, the role's maximum, the principal's groups.
+    #[test]
+    fn attributes_reach_the_policies() {
+        let policies = Policies::parse(
+            r#"@id("office") permit (principal in Group::"dev", action == Action::"request", resource)
+            when { context has source_ip && context.source_ip.isInRange(ip("10.0.0.0/8"))
+                   && resource is Role && resource.max_ttl_seconds == 3600
+                   && context.hour == 10 && resource in Target::"db" };
+            @id("not-ssh") forbid (principal, action, resource in Target::"db")
+            when { context.ticket == "ssh-only" && principal.name == "alice" };"#,
+        )
+        .unwrap();
+        let alice = user("alice", &["dev"]);
+        let decide = |ip: Option<&str>, ticket: &str| {
+            let mut ctx = context(2);
+            ctx.source_ip = ip.map(|ip| ip.parse().unwrap());
+            ctx.ticket = ticket.to_owned();
+            match policies
+                .decide(&DecisionInput {
+                    principal: &alice,
+                    action: Action::Request,
+                    target: "db",
+                    target_kind: "postgres",
+                    role: "ro",
+                    role_max_ttl: Duration::from_secs(3600),
+                    context: &ctx,
+                })
+                .unwrap()
+            {
+                Decision::Allow { .. } => "allow",
+                Decision::Deny { .. } => "deny",
+            }
+        };
+        assert_eq!(decide(Some("10.1.2.3"), ""), "allow");
+        assert_eq!(decide(Some("192.168.1.1"), ""), "deny");
+        assert_eq!(decide(None, ""), "deny");
+        assert_eq!(decide(Some("10.1.2.3"), "ssh-only"), "deny");
     }
 
     fn context(weekday: u8) -> RequestContext {

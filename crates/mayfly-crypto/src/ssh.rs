@@ -17,6 +17,29 @@ const MAX_ITEMS: usize = 32;
 
 pub struct SshCa {
     key: PrivateKey,
+    /// The same key in aws-lc, which signs several times faster than ed25519-dalek without its
+    /// precomputed tables (and does not re-derive the public key at every signature). Ed25519 is
+    /// deterministic: both give the same signature.
+    signer: FastSigner,
+}
+
+struct FastSigner {
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+    public: ssh_key::public::KeyData,
+}
+
+impl signature::Signer<ssh_key::Signature> for FastSigner {
+    fn try_sign(&self, message: &[u8]) -> Result<ssh_key::Signature, signature::Error> {
+        let signature = self.key.sign(message);
+        ssh_key::Signature::new(ssh_key::Algorithm::Ed25519, signature.as_ref().to_vec())
+            .map_err(|_| signature::Error::new())
+    }
+}
+
+impl ssh_key::SigningKey for FastSigner {
+    fn public_key(&self) -> ssh_key::public::KeyData {
+        self.public.clone()
+    }
 }
 
 impl std::fmt::Debug for SshCa {
@@ -77,11 +100,23 @@ pub fn parse_public_key(line: &str) -> Result<PublicKey, CryptoError> {
     }
 }
 
+/// The SHA-256 fingerprint of a public key line, as `ssh-keygen -l` prints it (`SHA256:…`).
+pub fn fingerprint(line: &str) -> Result<String, CryptoError> {
+    Ok(parse_public_key(line)?
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string())
+}
+
 impl SshCa {
-    pub fn from_seed(seed: &[u8; 32]) -> SshCa {
-        SshCa {
-            key: PrivateKey::from(Ed25519Keypair::from_seed(seed)),
-        }
+    pub fn from_seed(seed: &[u8; 32]) -> Result<SshCa, CryptoError> {
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(seed));
+        let fast = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|_| bad("the CA seed is not an Ed25519 key"))?;
+        let signer = FastSigner {
+            key: fast,
+            public: key.public_key().key_data().clone(),
+        };
+        Ok(SshCa { key, signer })
     }
 
     /// A new random seed (to be stored through the barrier).
@@ -139,7 +174,7 @@ impl SshCa {
                 .critical_option(name.as_str(), value.as_str())
                 .map_err(ssh)?;
         }
-        let certificate = builder.sign(&self.key).map_err(ssh)?;
+        let certificate = builder.sign(&self.signer).map_err(ssh)?;
         certificate.to_openssh().map_err(ssh)
     }
 
@@ -212,7 +247,7 @@ mod tests {
 
     #[test]
     fn signs_a_user_certificate() {
-        let ca = SshCa::from_seed(&[7u8; 32]);
+        let ca = SshCa::from_seed(&[7u8; 32]).unwrap();
         let (_, user) = generate_user_key().unwrap();
         let principals = vec!["deploy".to_owned()];
         let extensions = vec!["permit-pty".to_owned()];
@@ -235,11 +270,32 @@ mod tests {
         assert_eq!(cert.valid_before(), 1_700_000_900);
         let ca_key = PublicKey::from_openssh(&ca.public_key_openssh()).unwrap();
         assert_eq!(cert.signature_key(), ca_key.key_data());
+        // The signature (made by aws-lc) verifies with ed25519-dalek, for this CA only.
+        let fingerprint = ca_key.fingerprint(ssh_key::HashAlg::Sha256);
+        cert.validate_at(1_700_000_100, [&fingerprint]).unwrap();
+        let other = SshCa::from_seed(&[8u8; 32]).unwrap();
+        let other = PublicKey::from_openssh(&other.public_key_openssh()).unwrap();
+        assert!(
+            cert.validate_at(
+                1_700_000_100,
+                [&other.fingerprint(ssh_key::HashAlg::Sha256)]
+            )
+            .is_err()
+        );
+        // Deterministic Ed25519: aws-lc and ed25519-dalek sign alike.
+        let message = b"mayfly";
+        let fast = signature::Signer::<ssh_key::Signature>::try_sign(&ca.signer, message).unwrap();
+        let dalek = signature::Signer::<ssh_key::Signature>::try_sign(
+            ca.key.key_data().ed25519().unwrap(),
+            message,
+        )
+        .unwrap();
+        assert_eq!(fast, dalek);
     }
 
     #[test]
     fn refuses_bad_requests() {
-        let ca = SshCa::from_seed(&[7u8; 32]);
+        let ca = SshCa::from_seed(&[7u8; 32]).unwrap();
         let (_, user) = generate_user_key().unwrap();
         let none: Vec<String> = Vec::new();
         let base = UserCertificate {
@@ -273,7 +329,7 @@ mod tests {
 
     #[test]
     fn krl_layout() {
-        let ca = SshCa::from_seed(&[7u8; 32]);
+        let ca = SshCa::from_seed(&[7u8; 32]).unwrap();
         let empty = ca.krl(1, 2, &[]).unwrap();
         assert!(empty.starts_with(b"SSHKRL\n\0"));
         let one = ca.krl(2, 3, &["grant-1".to_owned()]).unwrap();

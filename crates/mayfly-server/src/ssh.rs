@@ -34,7 +34,9 @@ impl Broker {
         let seed = self
             .ca_key(CA_SEED_PATH, "ssh.ca.created", || {
                 let seed = SshCa::generate_seed().map_err(crypto)?;
-                let public = SshCa::from_seed(&seed).public_key_openssh();
+                let public = SshCa::from_seed(&seed)
+                    .map_err(crypto)?
+                    .public_key_openssh();
                 Ok((zeroize::Zeroizing::new(seed.to_vec()), public))
             })
             .await?;
@@ -45,7 +47,7 @@ impl Broker {
         let ca = SshCa::from_seed(&seed);
         let mut seed = seed;
         zeroize::Zeroize::zeroize(&mut seed);
-        Ok(Arc::new(ca))
+        Ok(Arc::new(ca.map_err(crypto)?))
     }
 
     /// A CA key kept through the barrier at `path`, made by `make` (which also returns what to

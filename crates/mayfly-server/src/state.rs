@@ -67,8 +67,11 @@ pub struct Inner {
     pub jwks_cache: Mutex<HashMap<String, crate::auth::jwt::CachedKeys>>,
     pub http: reqwest::Client,
     pub targets: crate::access::TargetRegistry,
-    /// Wakes the expiry engine when new work is due now.
+    /// Wakes the expiry engine when new work is due before it would look again.
     pub expiry_wakeup: Arc<tokio::sync::Notify>,
+    /// When the sleeping expiry engine looks at the store next (unix ms, broker clock); 0 while it
+    /// is awake.
+    pub expiry_next_look_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -96,6 +99,7 @@ impl Broker {
                 http,
                 targets: crate::access::TargetRegistry::default(),
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
+                expiry_next_look_ms: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -158,6 +162,20 @@ impl Broker {
             .await?
         {
             WriteOutcome::Applied { seq } | WriteOutcome::Conflict { seq, .. } => Ok(seq),
+        }
+    }
+
+    /// Tells the expiry engine about work due at `at` (after the write that made it is
+    /// committed). Wakes it only if it sleeps past `at`: an engine that is awake reads the store
+    /// again before it sleeps, and one that sleeps until before `at` finds the work then, so a
+    /// burst of grants expiring later costs the engine nothing.
+    pub fn expiry_due_at(&self, at: Timestamp) {
+        let next_look = self
+            .inner
+            .expiry_next_look_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if next_look == 0 || at.unix_ms() < next_look {
+            self.inner.expiry_wakeup.notify_one();
         }
     }
 

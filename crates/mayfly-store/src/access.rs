@@ -314,6 +314,23 @@ pub(crate) async fn record_intent(
             "the request is not allowed (pending, denied, expired or already activated)".into(),
         ));
     }
+    insert_grant(c, grant).await?;
+    crate::sql::put_secrets(c, std::slice::from_ref(secret), grant.created_at).await?;
+    Ok(Applied::Done)
+}
+
+/// A request decided and a certificate grant issued at once (nothing to create on a target: the
+/// certificate was signed before this commit and is handed out only after it).
+pub(crate) async fn issue_certificate(
+    c: &mut AnyConnection,
+    request: &RequestRecord,
+    grant: &GrantRecord,
+) -> Result<(), sqlx::Error> {
+    create_request(c, request).await?;
+    insert_grant(c, grant).await
+}
+
+async fn insert_grant(c: &mut AnyConnection, grant: &GrantRecord) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     );
@@ -338,8 +355,7 @@ pub(crate) async fn record_intent(
         .bind(grant.reviewed_by.clone())
         .execute(&mut *c)
         .await?;
-    crate::sql::put_secrets(c, std::slice::from_ref(secret), grant.created_at).await?;
-    Ok(Applied::Done)
+    Ok(())
 }
 
 pub(crate) async fn update_grant(

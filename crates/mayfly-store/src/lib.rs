@@ -116,6 +116,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError>;
     /// The policy text and its version.
     async fn policies(&self) -> Result<Option<(String, i64)>, StoreError>;
+    /// What a decision on `target/role` reads, in one round trip: the target, the role and the
+    /// policy text (`None` if no policies were ever stored). `None` if there is no such role.
+    async fn decision_inputs(
+        &self,
+        target: &str,
+        role: &str,
+    ) -> Result<Option<(TargetRecord, RoleRecord, Option<String>)>, StoreError>;
     async fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError>;
     async fn requests(
         &self,

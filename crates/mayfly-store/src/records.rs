@@ -167,6 +167,12 @@ pub enum Change {
         grant: GrantRecord,
         secret: (String, Vec<u8>),
     },
+    /// A request allowed without approvals and its certificate grant, already `active`, in one
+    /// go: the one-call signing path (`POST /v1/ssh/sign`). The request is recorded `activated`.
+    IssueCertificate {
+        request: Box<RequestRecord>,
+        grant: Box<GrantRecord>,
+    },
     /// Moves a grant between states. Conflicts if it is not in `from` (or no longer at `epoch`).
     UpdateGrant {
         update: GrantUpdate,
@@ -176,6 +182,16 @@ pub enum Change {
         id: String,
         reviewer: String,
     },
+}
+
+impl Change {
+    /// Whether applying it only inserts rows under ids made for it (so it cannot conflict).
+    pub fn only_inserts(&self) -> bool {
+        matches!(
+            self,
+            Change::IssueCertificate { .. } | Change::CreateRequest { .. }
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

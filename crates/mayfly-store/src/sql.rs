@@ -266,6 +266,10 @@ impl SqlStore {
             Change::RecordIntent { grant, secret } => {
                 access::record_intent(connection, grant, secret).await
             }
+            Change::IssueCertificate { request, grant } => {
+                access::issue_certificate(connection, request, grant).await?;
+                Ok(Applied::Done)
+            }
             Change::UpdateGrant { update } => access::update_grant(connection, update).await,
             Change::ReviewGrant { id, reviewer } => {
                 access::review_grant(connection, id, reviewer).await
@@ -307,10 +311,109 @@ impl SqlStore {
         Ok(Applied::Done)
     }
 
+    /// One transaction: each change (under a savepoint, unless `lean` and it only inserts), its
+    /// event appended to the chain, the head moved. The caller holds the write lock.
+    async fn commit_batch(
+        &self,
+        writes: Vec<Write>,
+        lean: bool,
+    ) -> Result<Vec<WriteOutcome>, BatchError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let head = sqlx::query(self.lock_head_sql())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut seq: i64 = head.try_get("seq").map_err(unavailable)?;
+        let prev_hex: String = head.try_get("hash").map_err(unavailable)?;
+        let mut prev = decode_hash(&prev_hex)?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let Write { change, event } = write;
+            let mut conflict = None;
+            if let Some(change) = change.as_ref().filter(|c| lean && c.only_inserts()) {
+                match self.apply(&mut tx, change).await {
+                    Ok(Applied::Done) => {}
+                    Ok(Applied::Conflict(reason)) => {
+                        return Err(BatchError::InsertFailed(reason));
+                    }
+                    Err(error) => return Err(BatchError::InsertFailed(error.to_string())),
+                }
+            } else if let Some(change) = &change {
+                let mut savepoint = tx.begin().await.map_err(unavailable)?;
+                match self.apply(&mut savepoint, change).await {
+                    Ok(Applied::Done) => savepoint.commit().await.map_err(unavailable)?,
+                    Ok(Applied::Conflict(reason)) => {
+                        savepoint.rollback().await.map_err(unavailable)?;
+                        conflict = Some(reason);
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "a change failed inside an audit batch");
+                        savepoint.rollback().await.map_err(unavailable)?;
+                        conflict = Some("the store could not apply the change".into());
+                    }
+                }
+            }
+            seq += 1;
+            let event = match &conflict {
+                Some(reason) => refused(event, reason),
+                None => event,
+            };
+            let at_ms = event.at.unix_ms();
+            let kind = event.kind.clone();
+            let body = event.into_body(seq, &prev);
+            let hash = hash_body(&body);
+            sqlx::query("INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES ($1, $2, $3, $4, $5)")
+                .bind(seq)
+                .bind(at_ms)
+                .bind(kind)
+                .bind(String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default())
+                .bind(hex::encode(hash))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            prev = hash;
+            outcomes.push(match conflict {
+                Some(reason) => WriteOutcome::Conflict { seq, reason },
+                None => WriteOutcome::Applied { seq },
+            });
+        }
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(hex::encode(prev))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
+    }
+
     fn lock_head_sql(&self) -> &'static str {
         match self.dialect {
             Dialect::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
             Dialect::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+        }
+    }
+}
+
+/// Why a batch was not committed.
+enum BatchError {
+    /// The store failed: the whole batch fails.
+    Store(StoreError),
+    /// A change applied without its own savepoint failed: apply the batch again with savepoints.
+    InsertFailed(String),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(error: StoreError) -> Self {
+        BatchError::Store(error)
+    }
+}
+
+impl BatchError {
+    fn into_store(self) -> StoreError {
+        match self {
+            BatchError::Store(error) => error,
+            BatchError::InsertFailed(reason) => StoreError::Unavailable(reason.into()),
         }
     }
 }
@@ -440,65 +543,31 @@ impl Store for SqlStore {
 
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
         let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let head = sqlx::query(self.lock_head_sql())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let mut seq: i64 = head.try_get("seq").map_err(unavailable)?;
-        let prev_hex: String = head.try_get("hash").map_err(unavailable)?;
-        let mut prev = decode_hash(&prev_hex)?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for write in writes {
-            let Write { change, event } = write;
-            let mut conflict = None;
-            if let Some(change) = &change {
-                let mut savepoint = tx.begin().await.map_err(unavailable)?;
-                match self.apply(&mut savepoint, change).await {
-                    Ok(Applied::Done) => savepoint.commit().await.map_err(unavailable)?,
-                    Ok(Applied::Conflict(reason)) => {
-                        savepoint.rollback().await.map_err(unavailable)?;
-                        conflict = Some(reason);
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "a change failed inside an audit batch");
-                        savepoint.rollback().await.map_err(unavailable)?;
-                        conflict = Some("the store could not apply the change".into());
-                    }
-                }
-            }
-            seq += 1;
-            let event = match &conflict {
-                Some(reason) => refused(event, reason),
-                None => event,
-            };
-            let at_ms = event.at.unix_ms();
-            let kind = event.kind.clone();
-            let body = event.into_body(seq, &prev);
-            let hash = hash_body(&body);
-            sqlx::query("INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES ($1, $2, $3, $4, $5)")
-                .bind(seq)
-                .bind(at_ms)
-                .bind(kind)
-                .bind(String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default())
-                .bind(hex::encode(hash))
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            prev = hash;
-            outcomes.push(match conflict {
-                Some(reason) => WriteOutcome::Conflict { seq, reason },
-                None => WriteOutcome::Applied { seq },
+        // Changes that only insert rows under fresh ids cannot conflict and need no savepoint of
+        // their own (two statements fewer each). Should one fail after all, the whole batch is
+        // rolled back and applied again with a savepoint per change, so no write is lost.
+        let again = writes
+            .iter()
+            .any(|w| w.change.as_ref().is_some_and(Change::only_inserts))
+            .then(|| {
+                writes
+                    .iter()
+                    .map(|w| Write {
+                        change: w.change.clone(),
+                        event: w.event.clone(),
+                    })
+                    .collect::<Vec<_>>()
             });
+        match self.commit_batch(writes, again.is_some()).await {
+            Err(BatchError::InsertFailed(error)) => {
+                tracing::warn!(error = %error, "an insert failed inside an audit batch; applying the batch again, change by change");
+                let writes = again.unwrap_or_default();
+                self.commit_batch(writes, false)
+                    .await
+                    .map_err(BatchError::into_store)
+            }
+            other => other.map_err(BatchError::into_store),
         }
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(seq)
-            .bind(hex::encode(prev))
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(outcomes)
     }
 
     async fn seal(&self) -> Result<Option<SealRecord>, StoreError> {
@@ -754,6 +823,35 @@ impl Store for SqlStore {
             row.try_get("text").map_err(unavailable)?,
             row.try_get("version").map_err(unavailable)?,
         )))
+    }
+
+    async fn decision_inputs(
+        &self,
+        target: &str,
+        role: &str,
+    ) -> Result<Option<(TargetRecord, RoleRecord, Option<String>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.target AS target, r.name AS name, r.creation_sql AS creation_sql, \
+             r.revocation_sql AS revocation_sql, r.max_ttl_ms AS max_ttl_ms, t.kind AS kind, \
+             t.url AS url, t.created_at AS created_at, \
+             (SELECT text FROM policies WHERE id = 1) AS policy_text \
+             FROM roles r JOIN targets t ON t.name = r.target WHERE r.target = $1 AND r.name = $2",
+        )
+        .bind(target.to_owned())
+        .bind(role.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let role = access::role_from_row(&row)?;
+        let target = TargetRecord {
+            name: role.target.clone(),
+            kind: row.try_get("kind").map_err(unavailable)?,
+            url: row.try_get("url").map_err(unavailable)?,
+            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+        };
+        let text: Option<String> = row.try_get("policy_text").map_err(unavailable)?;
+        Ok(Some((target, role, text)))
     }
 
     async fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {

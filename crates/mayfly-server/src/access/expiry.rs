@@ -672,7 +672,9 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
     }
     let mut engine = Engine::new(broker.clone());
     let mut next_sweep = tokio::time::Instant::now();
+    let next_look = &broker.inner.expiry_next_look_ms;
     loop {
+        next_look.store(0, std::sync::atomic::Ordering::SeqCst);
         if let Err(error) = expire_requests(&broker).await {
             tracing::warn!(error = %error, "expiring unanswered requests failed");
         }
@@ -701,8 +703,11 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
         } else {
             Duration::from_millis(250)
         };
+        let sleep = wait.max(floor);
+        let until = broker.now().saturating_add(sleep).unix_ms().max(1);
+        next_look.store(until, std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
-            _ = tokio::time::sleep(wait.max(floor)) => {}
+            _ = tokio::time::sleep(sleep) => {}
             _ = wakeup.notified() => {}
             _ = engine.next_done() => {}
             _ = shutdown.changed() => {

@@ -3,6 +3,7 @@
 //! its requester, which records the intent, creates the credential on the target and shows it once.
 //! Revocation is driven by the expiry engine ([`expiry`]).
 
+pub mod certificate;
 pub mod expiry;
 
 use std::collections::HashMap;
@@ -39,10 +40,12 @@ pub fn grant_secret_path(id: &str) -> String {
     format!("grants/{id}/secret")
 }
 
-/// Live connections to targets, built from the store and the barrier on first use.
+/// Live connections to targets, built from the store and the barrier on first use; and the last
+/// policy set parsed.
 #[derive(Default)]
 pub struct TargetRegistry {
     targets: Mutex<HashMap<String, Arc<dyn Target>>>,
+    policies: std::sync::Mutex<Option<Arc<Policies>>>,
 }
 
 impl TargetRegistry {
@@ -141,17 +144,38 @@ impl Broker {
         Ok(target)
     }
 
-    pub async fn policies(&self) -> Result<Policies, ApiError> {
-        match self
+    /// The policies as stored now (read at every decision, so a change on any node counts at
+    /// once); parsed only when the text differs from the last one parsed.
+    pub async fn policies(&self) -> Result<Arc<Policies>, ApiError> {
+        let text = self
             .store()
             .policies()
             .await
             .map_err(|e| ApiError::store(&e))?
+            .map(|(text, _)| text);
+        self.parsed_policies(text)
+    }
+
+    /// The policies of a text read from the store (`None`: none ever stored, deny all), parsed
+    /// only when it differs from the last one parsed.
+    pub fn parsed_policies(&self, text: Option<String>) -> Result<Arc<Policies>, ApiError> {
+        let Some(text) = text else {
+            return Ok(Arc::new(Policies::empty()));
+        };
+        let cache = &self.inner.targets.policies;
+        if let Some(parsed) = cache.lock().ok().and_then(|c| c.clone())
+            && parsed.text() == text
         {
-            None => Ok(Policies::empty()),
-            Some((text, _)) => Policies::parse(&text)
-                .map_err(|e| ApiError::Internal(format!("stored policies: {e}"))),
+            return Ok(parsed);
         }
+        let parsed = Arc::new(
+            Policies::parse(&text)
+                .map_err(|e| ApiError::Internal(format!("stored policies: {e}")))?,
+        );
+        if let Ok(mut cache) = cache.lock() {
+            *cache = Some(parsed.clone());
+        }
+        Ok(parsed)
     }
 }
 
@@ -243,6 +267,59 @@ fn decide(
         .map_err(|e| ApiError::Internal(format!("policy: {e}")))
 }
 
+/// The request's own fields, checked before anything is read or recorded.
+fn check_new_request(new: &NewRequest) -> Result<(), ApiError> {
+    if new.reason.trim().is_empty()
+        || new.reason.len() > 1024
+        || new.reason.chars().any(char::is_control)
+    {
+        return Err(ApiError::BadRequest(
+            "field `reason`: give a reason of 1 to 1024 printable characters".into(),
+        ));
+    }
+    if new.ticket.len() > 256 || new.ticket.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "field `ticket`: at most 256 printable characters".into(),
+        ));
+    }
+    if new.ttl.as_secs() == 0 {
+        return Err(ApiError::BadRequest(
+            "field `ttl_seconds`: must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A key to certify belongs to SSH roles (required) and X.509 roles (a CSR, optional), and only
+/// there; checked before any intent.
+fn check_key(kind: mayfly_targets::TargetKind, key: Option<&str>) -> Result<(), ApiError> {
+    use mayfly_targets::TargetKind;
+    match (kind, key) {
+        (TargetKind::Ssh, Some(key)) => {
+            mayfly_crypto::ssh::parse_public_key(key)
+                .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")))?;
+        }
+        (TargetKind::Ssh, None) => {
+            return Err(ApiError::BadRequest(
+                "field `public_key`: an SSH role certifies your public key; send it (`mayfly ssh` does)"
+                    .into(),
+            ));
+        }
+        (TargetKind::X509, Some(csr)) => {
+            mayfly_crypto::x509::check_csr(csr)
+                .map_err(|e| ApiError::BadRequest(format!("field `csr`: {e}")))?;
+        }
+        (TargetKind::X509, None) => {}
+        (_, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "fields `public_key`, `csr`: only SSH and X.509 roles certify a key".into(),
+            ));
+        }
+        (_, None) => {}
+    }
+    Ok(())
+}
+
 fn context_of(
     request: &RequestRecord,
     now: Timestamp,
@@ -268,32 +345,10 @@ impl Broker {
         principal: &Principal,
         new: NewRequest,
     ) -> Result<RequestInfo, ApiError> {
-        if new.reason.trim().is_empty()
-            || new.reason.len() > 1024
-            || new.reason.chars().any(char::is_control)
-        {
-            return Err(ApiError::BadRequest(
-                "field `reason`: give a reason of 1 to 1024 printable characters".into(),
-            ));
-        }
-        if new.ticket.len() > 256 || new.ticket.chars().any(char::is_control) {
-            return Err(ApiError::BadRequest(
-                "field `ticket`: at most 256 printable characters".into(),
-            ));
-        }
-        if new.ttl.as_secs() == 0 {
-            return Err(ApiError::BadRequest(
-                "field `ttl_seconds`: must be at least 1".into(),
-            ));
-        }
-        let store = self.store();
-        let target = store
-            .target(&new.target)
-            .await
-            .map_err(|e| ApiError::store(&e))?
-            .ok_or_else(|| ApiError::NotFound(format!("no role `{}/{}`", new.target, new.role)))?;
-        let role = store
-            .role(&new.target, &new.role)
+        check_new_request(&new)?;
+        let (target, role, policy_text) = self
+            .store()
+            .decision_inputs(&new.target, &new.role)
             .await
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::NotFound(format!("no role `{}/{}`", new.target, new.role)))?;
@@ -316,7 +371,7 @@ impl Broker {
         };
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
         let context = context_of(&record, now, source);
-        let policies = self.policies().await?;
+        let policies = self.parsed_policies(policy_text)?;
         let action = if new.break_glass {
             Action::BreakGlass
         } else {
@@ -497,7 +552,7 @@ impl Broker {
             };
             let context = context_of(&request, self.now(), None);
             if let Decision::Deny { .. } = decide(
-                &self.policies().await?,
+                &*self.policies().await?,
                 approver,
                 Action::Approve,
                 &target,
@@ -581,7 +636,7 @@ impl Broker {
         };
         Ok(matches!(
             decide(
-                &self.policies().await?,
+                &*self.policies().await?,
                 &principal,
                 action,
                 &target,
@@ -644,30 +699,7 @@ impl Broker {
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::Conflict("the request's role no longer exists".into()))?;
         let target = self.target(&request.target).await?;
-        // A key to certify belongs to SSH roles, and only there; checked before any intent.
-        match (target.kind(), public_key) {
-            (mayfly_targets::TargetKind::Ssh, Some(key)) => {
-                mayfly_crypto::ssh::parse_public_key(key)
-                    .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")))?;
-            }
-            (mayfly_targets::TargetKind::Ssh, None) => {
-                return Err(ApiError::BadRequest(
-                    "field `public_key`: an SSH role certifies your public key; send it (`mayfly ssh` does)"
-                        .into(),
-                ));
-            }
-            (mayfly_targets::TargetKind::X509, Some(csr)) => {
-                mayfly_crypto::x509::check_csr(csr)
-                    .map_err(|e| ApiError::BadRequest(format!("field `csr`: {e}")))?;
-            }
-            (mayfly_targets::TargetKind::X509, None) => {}
-            (_, Some(_)) => {
-                return Err(ApiError::BadRequest(
-                    "fields `public_key`, `csr`: only SSH and X.509 roles certify a key".into(),
-                ));
-            }
-            (_, None) => {}
-        }
+        check_key(target.kind(), public_key)?;
         let ttl_ms = request
             .ttl_ms
             .min(request.max_ttl_ms)
@@ -788,7 +820,7 @@ impl Broker {
                 "the grant was taken over while issuing: {reason}"
             )));
         }
-        self.inner.expiry_wakeup.notify_one();
+        self.expiry_due_at(expires_at);
         if request.break_glass {
             tracing::warn!(grant = %grant_id, principal = %caller, "BREAK-GLASS grant issued; it waits for review");
             crate::notify::break_glass(

@@ -318,6 +318,36 @@ pub async fn create_request(
     Ok(ApiJson(info))
 }
 
+#[utoipa::path(post, path = "/v1/certificates", request_body = CertificateRequest,
+    responses((status = 200, body = Credential), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn issue_certificate(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CertificateRequest>,
+) -> Result<ApiJson<Credential>, AuditedError> {
+    if request.public_key.is_some() && request.csr.is_some() {
+        return Err(ApiError::BadRequest(
+            "fields `public_key`, `csr`: give one (`public_key` for SSH, `csr` for X.509)".into(),
+        )
+        .into());
+    }
+    let new = NewRequest {
+        target: request.target,
+        role: request.role,
+        ttl: Duration::from_secs(request.ttl_seconds),
+        reason: request.reason,
+        ticket: request.ticket.unwrap_or_default(),
+        break_glass: false,
+    };
+    let key = request.public_key.as_deref().or(request.csr.as_deref());
+    Ok(ApiJson(
+        broker
+            .issue_certificate(&meta, caller.principal(), new, key)
+            .await?,
+    ))
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {

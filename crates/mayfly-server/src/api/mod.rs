@@ -54,6 +54,7 @@ pub fn router(broker: Broker) -> Router {
             "/v1/roles",
             post(access_routes::add_role).get(access_routes::list_roles),
         )
+        .route("/v1/certificates", post(access_routes::issue_certificate))
         .route(
             "/v1/policy",
             put(access_routes::put_policy).get(access_routes::get_policy),

@@ -46,6 +46,7 @@ use crate::api::{access_routes, routes};
         access_routes::approve,
         access_routes::deny,
         access_routes::activate,
+        access_routes::issue_certificate,
         access_routes::list_grants,
         access_routes::get_grant,
         access_routes::revoke_grant,

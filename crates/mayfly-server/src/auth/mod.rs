@@ -80,28 +80,22 @@ impl FromRequestParts<Broker> for Caller {
             .await
             .map_err(|e| ApiError::store(&e))?;
         let now = broker.now();
-        let token_hmac = broker
-            .unsealed()
-            .await
-            .map(|keys| keys.audit_hmac(token.as_bytes()));
-        let Some(session) = session else {
-            return Err(refuse(
-                broker,
-                &meta,
-                "the token is unknown, expired or revoked",
-                token_hmac,
-            )
-            .await);
+        let session = match session {
+            Some(session) if session.revoked_at.is_none() && session.expires_at > now => session,
+            _ => {
+                let token_hmac = broker
+                    .unsealed()
+                    .await
+                    .map(|keys| keys.audit_hmac(token.as_bytes()));
+                return Err(refuse(
+                    broker,
+                    &meta,
+                    "the token is unknown, expired or revoked",
+                    token_hmac,
+                )
+                .await);
+            }
         };
-        if session.revoked_at.is_some() || session.expires_at <= now {
-            return Err(refuse(
-                broker,
-                &meta,
-                "the token is unknown, expired or revoked",
-                token_hmac,
-            )
-            .await);
-        }
         if let Some(CallerName(slot)) = parts.extensions.get::<CallerName>()
             && let Ok(mut slot) = slot.lock()
         {

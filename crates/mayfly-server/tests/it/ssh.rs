@@ -268,3 +268,250 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         "{checked:?}"
     );
 }
+
+/// `POST /v1/certificates`: one call decides, signs and records. The certificate logs in to a real
+/// sshd; the request and the grant are in the store with one audit event; a role that needs
+/// approval, a denial, a database role, a bad key are refused with what to do; revocation puts it
+/// in the KRL and sshd refuses it; an X.509 role takes a CSR the same way.
+#[tokio::test]
+async fn one_call_certificates() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let user = sshd::whoami();
+    let ca_line = broker
+        .raw()
+        .await
+        .get(format!("{}/v1/ssh/ca", broker.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let host = sshd::start(&ca_line, &krl(&broker).await).await;
+    let setup = [
+        (
+            "/v1/targets",
+            json!({"kind": "ssh", "name": "web", "url": format!("ssh://127.0.0.1:{}", host.port), "admin_user": "", "admin_password": ""}),
+        ),
+        (
+            "/v1/targets",
+            json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""}),
+        ),
+        (
+            "/v1/roles",
+            json!({"target": "web", "name": "login", "max_ttl_seconds": 3600,
+                    "creation_sql": json!({"principals": [user]}).to_string()}),
+        ),
+        (
+            "/v1/roles",
+            json!({"target": "web", "name": "root", "max_ttl_seconds": 3600,
+                    "creation_sql": json!({"principals": [user]}).to_string()}),
+        ),
+        (
+            "/v1/roles",
+            json!({"target": "api", "name": "client", "max_ttl_seconds": 3600,
+                    "creation_sql": r#"{"common_name": "payments"}"#}),
+        ),
+    ];
+    for (path, body) in setup {
+        let (status, answer) = broker.call("POST", path, Some(&admin), Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let policy = r#"
+@id("ssh-login") @max_ttl("600")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"web/login");
+@id("ssh-root-needs-one") @approvals("1")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"web/root");
+@id("tls") permit (principal in Group::"dev", action == Action::"request", resource in Target::"api");
+"#;
+    let (status, body) = broker
+        .call(
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": policy})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let alice = broker.login("alice").await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = user_key(keys.path(), "id_fast");
+    let sign = |role: &str, body: Value| {
+        let mut request =
+            json!({"target": "web", "role": role, "ttl_seconds": 3600, "reason": "deploy"});
+        for (k, v) in body.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        request
+    };
+
+    // One call: a certificate, capped at the policy's max TTL, that logs in.
+    let (status, credential) = broker
+        .call(
+            "POST",
+            "/v1/certificates",
+            Some(&alice),
+            Some(sign("login", json!({"public_key": public}))),
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    let grant = &credential["grant"];
+    assert_eq!(grant["state"], "active");
+    let ttl_ms = grant["expires_at_ms"].as_i64().unwrap() - broker.clock_secs() as i64 * 1000;
+    assert!((599_000..=601_000).contains(&ttl_ms), "{ttl_ms}");
+    let cert_path = keys.path().join("id_fast-cert.pub");
+    std::fs::write(&cert_path, credential["certificate"].as_str().unwrap()).unwrap();
+    // sshd checks validity by the real clock; the broker's test clock may be behind, and the
+    // certificate starts a minute before the broker's now.
+    broker.clock.set(mayfly_server::clock::Clock::now(
+        &mayfly_server::clock::SystemClock,
+    ));
+    let (status, credential) = broker
+        .call(
+            "POST",
+            "/v1/certificates",
+            Some(&alice),
+            Some(sign("login", json!({"public_key": public}))),
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    std::fs::write(&cert_path, credential["certificate"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sshd::login(&host, &key, &cert_path, &user).unwrap().trim(),
+        "mayfly-ok"
+    );
+    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
+    let (status, stored) = broker
+        .call("GET", &format!("/v1/grants/{grant_id}"), Some(&alice), None)
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["state"], "active");
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    let issued: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "access.certificate" && e.body.contains(&grant_id))
+        .collect();
+    assert_eq!(issued.len(), 1, "one event per certificate");
+    for field in [
+        "key_fingerprint",
+        "SHA256:",
+        "allowed by ssh-login",
+        "deploy",
+    ] {
+        assert!(
+            issued[0].body.contains(field),
+            "{field}: {}",
+            issued[0].body
+        );
+    }
+
+    // Refusals, each naming what to do.
+    let cases = [
+        (
+            sign("root", json!({"public_key": public})),
+            409,
+            "POST /v1/requests",
+        ),
+        (sign("login", json!({})), 400, "public_key"),
+        (
+            sign(
+                "login",
+                json!({"public_key": "ssh-ed25519 AAAA\nssh-rsa BBBB"}),
+            ),
+            400,
+            "public_key",
+        ),
+        (
+            sign("login", json!({"public_key": public, "csr": "x"})),
+            400,
+            "give one",
+        ),
+        (
+            sign("login", json!({"public_key": public, "ttl_seconds": 0})),
+            400,
+            "ttl_seconds",
+        ),
+        (
+            sign("login", json!({"public_key": public, "reason": ""})),
+            400,
+            "reason",
+        ),
+        (sign("nope", json!({"public_key": public})), 404, "web/nope"),
+    ];
+    for (body, code, hint) in cases {
+        let (status, answer) = broker
+            .call("POST", "/v1/certificates", Some(&alice), Some(body.clone()))
+            .await;
+        assert_eq!(status, code, "{body} → {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(hint), "{message}");
+    }
+    // Admins are not in `dev`: denied by policy, recorded and audited as a refusal.
+    let (status, answer) = broker
+        .call(
+            "POST",
+            "/v1/certificates",
+            Some(&admin),
+            Some(sign("login", json!({"public_key": public}))),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    let refused = events
+        .iter()
+        .filter(|e| e.kind == "access.certificate" && e.body.contains("\"refused\""))
+        .count();
+    assert_eq!(refused, 1, "the denial is audited once");
+
+    // Revoked: the KRL names it, sshd refuses it.
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/grants/{grant_id}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    host.write_krl(&krl(&broker).await);
+    let refused = sshd::login(&host, &key, &cert_path, &user).unwrap_err();
+    assert!(refused.contains("Permission denied"), "{refused}");
+
+    // X.509: a CSR in the same call; no private key comes back.
+    let own_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&own_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let (status, credential) = broker
+        .call(
+            "POST",
+            "/v1/certificates",
+            Some(&alice),
+            Some(json!({"target": "api", "role": "client", "ttl_seconds": 600, "reason": "tls", "csr": csr})),
+        )
+        .await;
+    assert_eq!(status, 200, "{credential}");
+    assert_eq!(credential["kind"], "x509");
+    assert!(credential.get("private_key").is_none(), "{credential}");
+    let ca = broker
+        .raw()
+        .await
+        .get(format!("{}/v1/x509/ca", broker.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let service = mayfly_testkit::tls::service(&ca, None).await;
+    mayfly_testkit::tls::call(
+        &service,
+        credential["certificate"].as_str().unwrap(),
+        &own_key.serialize_pem(),
+    )
+    .await
+    .unwrap();
+}

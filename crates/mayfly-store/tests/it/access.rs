@@ -312,6 +312,79 @@ pub async fn run(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(live, HashSet::from(["mf_g1".to_owned()]));
+
+    // The one-call certificate path: request and active grant in one change, and what a decision
+    // reads in one query.
+    let (t, r, text) = store
+        .decision_inputs("prod-db", "readonly")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.name.as_str(), t.kind.as_str()), ("prod-db", "postgres"));
+    assert_eq!((r.name.as_str(), r.max_ttl_ms), ("readonly", 3_600_000));
+    assert_eq!(
+        text.as_deref(),
+        Some("forbid(principal, action, resource);")
+    );
+    assert!(
+        store
+            .decision_inputs("prod-db", "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .decision_inputs("nope", "readonly")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut cert_request = request("rc1", RequestState::Activated, 0);
+    cert_request.reason = "deploy".into();
+    let mut cert_grant = grant("gc1", "rc1", 600_000);
+    cert_grant.state = GrantState::Active;
+    let issue = |request: RequestRecord, grant: GrantRecord| Write {
+        change: Some(Change::IssueCertificate {
+            request: Box::new(request),
+            grant: Box::new(grant),
+        }),
+        event: AuditDraft::new(at(1), "access.certificate", Outcome::Ok),
+    };
+    // A batch where one insert fails (the same ids again): the batch is applied again change by
+    // change; the others are kept, the failed one is refused, nothing is lost from the chain.
+    let (head, _) = store.audit_head().await.unwrap();
+    let outcomes = store
+        .commit(vec![
+            issue(cert_request.clone(), cert_grant.clone()),
+            issue(cert_request.clone(), cert_grant.clone()),
+            issue(request("rc2", RequestState::Activated, 0), {
+                let mut g = grant("gc2", "rc2", 600_000);
+                g.state = GrantState::Active;
+                g
+            }),
+        ])
+        .await
+        .unwrap();
+    assert!(applied(&outcomes[0]), "{outcomes:?}");
+    assert!(!applied(&outcomes[1]), "{outcomes:?}");
+    assert!(applied(&outcomes[2]), "{outcomes:?}");
+    assert_eq!(store.audit_head().await.unwrap().0, head + 3);
+    assert_eq!(
+        store.request("rc1").await.unwrap().unwrap().state,
+        RequestState::Activated
+    );
+    assert_eq!(
+        store.grant("gc1").await.unwrap().unwrap().state,
+        GrantState::Active
+    );
+    assert!(store.grant("gc2").await.unwrap().is_some());
+    let events = store.audit_events(head, 10).await.unwrap();
+    let outcomes: Vec<bool> = events
+        .iter()
+        .map(|e| e.kind == "access.certificate" && e.body.contains("\"refused\""))
+        .collect();
+    assert_eq!(outcomes, [false, true, false], "{events:?}");
 }
 
 /// Two nodes claiming at once never get the same grant.

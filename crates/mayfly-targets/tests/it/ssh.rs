@@ -64,7 +64,7 @@ impl CertificateProbe for SshProbe {
 
 async fn setup() -> (SshTarget, RoleSpec, SshProbe, Arc<MemoryList>) {
     let seed = SshCa::generate_seed().unwrap();
-    let ca = Arc::new(SshCa::from_seed(&seed));
+    let ca = Arc::new(SshCa::from_seed(&seed).unwrap());
     let sshd = sshd::start(&ca.public_key_openssh(), &ca.krl(1, 0, &[]).unwrap()).await;
     let list = Arc::new(MemoryList::default());
     let target = SshTarget::new(

@@ -1,0 +1,174 @@
+//! SSH user certificates per second at N concurrent clients, each a real certificate for the same
+//! user key. Mayfly: `POST /v1/certificates` (decided by a Cedar policy, no approval needed, the
+//! request and the grant recorded with one audit event, durable before the answer), broker on
+//! SQLite in this process. OpenBao: `POST /v1/ssh/sign/ROLE` against a running server.
+//!
+//! ```sh
+//! cargo run --release -p mayfly-server --example sign_bench -- mayfly [clients] [seconds]
+//! cargo run --release -p mayfly-server --example sign_bench -- openbao [clients] [seconds] URL TOKEN ROLE
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a benchmark"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mayfly_testkit::TestBroker;
+use serde_json::{Value, json};
+
+struct Load {
+    url: String,
+    header: &'static str,
+    token: String,
+    body: Value,
+    /// Where the certificate is in the answer.
+    field: &'static [&'static str],
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let system = args.get(1).cloned().unwrap_or_else(|| "mayfly".into());
+    let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(16);
+    let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let public_key = mayfly_crypto::ssh::generate_user_key().unwrap().1;
+    let mut broker = None;
+    let load = if system == "openbao" {
+        let url = args
+            .get(4)
+            .cloned()
+            .unwrap_or_else(|| "http://127.0.0.1:8200".into());
+        let token = args.get(5).cloned().unwrap_or_else(|| "root".into());
+        let role = args.get(6).cloned().unwrap_or_else(|| "bench".into());
+        Load {
+            url: format!("{url}/v1/ssh/sign/{role}"),
+            header: "x-vault-token",
+            token,
+            body: json!({"public_key": public_key, "valid_principals": "bench", "ttl": "600"}),
+            field: &["data", "signed_key"],
+        }
+    } else {
+        let started = TestBroker::ready().await;
+        let admin = started.admin_token.clone().unwrap();
+        for (path, body) in [
+            (
+                "/v1/targets",
+                json!({"kind": "ssh", "name": "hosts", "url": "ssh://127.0.0.1:22", "admin_user": "", "admin_password": ""}),
+            ),
+            (
+                "/v1/roles",
+                json!({"target": "hosts", "name": "bench", "max_ttl_seconds": 3600,
+                        "creation_sql": r#"{"principals": ["bench"], "extensions": ["permit-pty"]}"#}),
+            ),
+        ] {
+            let (status, answer) = started.call("POST", path, Some(&admin), Some(body)).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+        let policy = "@id(\"bench\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"hosts\");";
+        let (status, answer) = started
+            .call(
+                "PUT",
+                "/v1/policy",
+                Some(&admin),
+                Some(json!({"text": policy})),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        let load = Load {
+            url: format!("{}/v1/certificates", started.addr),
+            header: "authorization",
+            token: format!("Bearer {admin}"),
+            body: json!({"target": "hosts", "role": "bench", "ttl_seconds": 600,
+                          "reason": "bench", "public_key": public_key}),
+            field: &["certificate"],
+        };
+        broker = Some(started);
+        load
+    };
+
+    // One call first: the answer carries a certificate for the key.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let answer: Value = http
+        .post(&load.url)
+        .header(load.header, &load.token)
+        .json(&load.body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let certificate = load
+        .field
+        .iter()
+        .fold(&answer, |value, key| &value[*key])
+        .as_str()
+        .unwrap_or_else(|| panic!("no certificate in {answer}"));
+    assert!(
+        certificate.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{certificate}"
+    );
+
+    println!("{system}: {clients} clients, {seconds} s");
+    let load = Arc::new(load);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let duration = Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, load, done) = (http.clone(), load.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                let response = http
+                    .post(&load.url)
+                    .header(load.header, &load.token)
+                    .json(&load.body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status().as_u16(), 200);
+                response.bytes().await.unwrap();
+                latencies.push(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{system}  {:>8.0} certificates/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({n} certificates)",
+        n as f64 / elapsed,
+        pick(0.5).as_secs_f64() * 1000.0,
+        pick(0.99).as_secs_f64() * 1000.0
+    );
+    if let Some(broker) = broker {
+        let grants = broker
+            .broker
+            .store()
+            .grants(mayfly_store::GrantFilter::Live, i64::MAX)
+            .await
+            .unwrap()
+            .len();
+        println!("{grants} live grants recorded (one per certificate, plus the first call)");
+        broker.stop().await;
+    }
+}

@@ -1,0 +1,215 @@
+//! The one-call path for certificate roles (SSH, X.509) that need no approval:
+//! `POST /v1/certificates` decides the request, signs the certificate and records the request
+//! (`activated`) and the grant (`active`, with its expiry) with one audit event in one commit;
+//! the certificate is handed out only once that commit is durable. Nothing is created on a target
+//! for a certificate, so there is no intent to record first: if the commit fails the certificate
+//! never leaves the broker. The grant is then like any other: listed, renewed not, revoked (the
+//! KRL/CRL) and expired by the expiry engine.
+
+use mayfly_api::Credential;
+use mayfly_core::audit::Outcome;
+use mayfly_core::grant::{GrantState, RequestState};
+use mayfly_core::policy::{Action, Decision};
+use mayfly_core::{LoginName, Principal, Timestamp};
+use mayfly_crypto::{ExposeSecret, SecretString};
+use mayfly_store::{Change, GrantRecord, RequestRecord, Write, WriteOutcome};
+use mayfly_targets::{IssuePlan, TargetKind};
+
+use super::{NewRequest, check_key, check_new_request, context_of, decide, grant_info};
+use super::{principal_key, role_spec};
+use crate::api::error::{ApiError, AuditedError};
+use crate::api::middleware::RequestMeta;
+use crate::state::Broker;
+
+impl Broker {
+    /// Decides, signs and records a certificate grant in one go. A role that needs approvals is
+    /// refused here (409: request it with `POST /v1/requests`); a denial is recorded and audited
+    /// like any denied request (403).
+    pub async fn issue_certificate(
+        &self,
+        meta: &RequestMeta,
+        principal: &Principal,
+        new: NewRequest,
+        key: Option<&str>,
+    ) -> Result<Credential, AuditedError> {
+        check_new_request(&new)?;
+        if new.break_glass {
+            return Err(ApiError::BadRequest(
+                "break-glass access is requested with `POST /v1/requests` (`mayfly request --break-glass`)"
+                    .into(),
+            )
+            .into());
+        }
+        let (target_record, role, policy_text) = self
+            .store()
+            .decision_inputs(&new.target, &new.role)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or_else(|| ApiError::NotFound(format!("no role `{}/{}`", new.target, new.role)))?;
+        let target = self.target(&new.target).await?;
+        let kind = target.kind();
+        if !matches!(kind, TargetKind::Ssh | TargetKind::X509) {
+            return Err(ApiError::BadRequest(format!(
+                "field `target`: `{}` is a {kind} target; only SSH and X.509 roles are issued in one call \
+                 (request others with `POST /v1/requests`)",
+                new.target
+            ))
+            .into());
+        }
+        check_key(kind, key)?;
+        let now = self.now();
+        let mut request = RequestRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            principal: principal.clone(),
+            target: new.target.clone(),
+            role: new.role.clone(),
+            reason: new.reason.clone(),
+            ticket: new.ticket.clone(),
+            ttl_ms: i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX),
+            max_ttl_ms: role.max_ttl_ms,
+            approvals_needed: 0,
+            state: RequestState::Denied,
+            decision: String::new(),
+            break_glass: false,
+            created_at: now,
+            expires_at: now,
+        };
+        let source = meta.source.as_deref().and_then(|s| s.parse().ok());
+        let context = context_of(&request, now, source);
+        let policies = self.parsed_policies(policy_text)?;
+        let decision = decide(
+            &policies,
+            principal,
+            Action::Request,
+            &target_record,
+            &role,
+            &context,
+        )?;
+        let mut event = self
+            .draft("access.certificate", Outcome::Ok)
+            .detail("request_id", request.id.clone())
+            .detail("role", format!("{}/{}", request.target, request.role))
+            .detail("kind", kind.to_string())
+            .detail("reason", request.reason.clone())
+            .detail("ticket", request.ticket.clone())
+            .detail("ttl_seconds", request.ttl_ms / 1000);
+        event.actor = Some(principal_key(principal));
+        meta.fill(&mut event);
+        let (approvals, policy_max, allowed_by) = match decision {
+            Decision::Allow {
+                approvals,
+                max_ttl,
+                policies,
+            } => (approvals, max_ttl, policies.join(", ")),
+            Decision::Deny { reason } => {
+                request.decision = reason;
+                event.outcome = Outcome::Refused;
+                let event = event
+                    .detail("state", request.state.as_str())
+                    .detail("decision", request.decision.clone());
+                let id = request.id.clone();
+                let reason = request.decision.clone();
+                self.commit(Write {
+                    change: Some(Change::CreateRequest { request }),
+                    event,
+                })
+                .await?;
+                return Err(
+                    ApiError::Forbidden(format!("request {id} denied: {reason}")).audited(),
+                );
+            }
+        };
+        if approvals > 0 {
+            return Err(ApiError::Conflict(format!(
+                "`{}/{}` needs {approvals} approval(s): request it with `POST /v1/requests` \
+                 (`mayfly request`), then activate it once approved",
+                new.target, new.role
+            ))
+            .into());
+        }
+        if let Some(max) = policy_max {
+            request.max_ttl_ms = request
+                .max_ttl_ms
+                .min(i64::try_from(max.as_millis()).unwrap_or(i64::MAX));
+        }
+        request.state = RequestState::Activated;
+        request.decision = format!("allowed by {allowed_by}");
+        let ttl_ms = request.ttl_ms.min(request.max_ttl_ms).max(1000);
+        let expires_at = Timestamp::from_unix_ms(now.unix_ms().saturating_add(ttl_ms));
+        let grant_uuid = uuid::Uuid::now_v7();
+        let login = LoginName::for_grant(&grant_uuid);
+        let spec = role_spec(&role);
+        // Certificates have no password; the plan's secret is never used.
+        let unused = SecretString::from(String::new());
+        let connection = target
+            .issue(&IssuePlan {
+                login: &login,
+                secret: &unused,
+                role: &spec,
+                expires_at,
+                issued_at: now,
+                public_key: key,
+            })
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the certificate cannot be issued: {e}")))?;
+        let grant = GrantRecord {
+            id: grant_uuid.to_string(),
+            request_id: request.id.clone(),
+            principal: principal_key(principal),
+            target: request.target.clone(),
+            role: request.role.clone(),
+            login: login.to_string(),
+            state: GrantState::Active,
+            created_at: now,
+            expires_at,
+            next_attempt_at: Some(expires_at),
+            epoch: 0,
+            n_attempts: 0,
+            last_error: None,
+            revoke_reason: None,
+            revoked_at: None,
+            verified_at: None,
+            break_glass: false,
+            reviewed_by: None,
+        };
+        let mut event = event
+            .detail("state", request.state.as_str())
+            .detail("decision", request.decision.clone())
+            .detail("grant_id", grant.id.clone())
+            .detail("login", login.to_string())
+            .detail("expires_at_ms", expires_at.unix_ms());
+        if kind == TargetKind::Ssh
+            && let Some(key) = key
+        {
+            let fingerprint = mayfly_crypto::ssh::fingerprint(key)
+                .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")))?;
+            event = event.detail("key_fingerprint", fingerprint);
+        }
+        if let WriteOutcome::Conflict { reason, .. } = self
+            .commit(Write {
+                change: Some(Change::IssueCertificate {
+                    request: Box::new(request),
+                    grant: Box::new(grant.clone()),
+                }),
+                event,
+            })
+            .await?
+        {
+            return Err(ApiError::Conflict(reason).into());
+        }
+        self.expiry_due_at(expires_at);
+        Ok(Credential {
+            grant: grant_info(&grant, now),
+            kind: kind.to_string(),
+            host: connection.host,
+            port: connection.port,
+            database: connection.database,
+            username: login.to_string(),
+            password: String::new(),
+            certificate: connection.certificate,
+            private_key: connection
+                .private_key
+                .map(|key| key.expose_secret().to_owned()),
+        })
+    }
+}
