@@ -148,6 +148,8 @@ pub fn schema() -> Result<&'static Schema, PolicyError> {
 pub struct Policies {
     set: PolicySet,
     text: String,
+    /// Each policy's `@approvals` and `@max_ttl`, read once at parse time.
+    limits: HashMap<PolicyId, (Option<u64>, Option<u64>)>,
 }
 
 fn annotation_number(
@@ -197,14 +199,16 @@ impl Policies {
             let errors = result.validation_errors().map(|e| e.to_string()).collect();
             return Err(PolicyError::Invalid(errors));
         }
+        let mut limits = HashMap::new();
         for policy in set.policies() {
-            for key in ["approvals", "max_ttl"] {
-                annotation_number(&set, policy.id(), key)?;
-            }
+            let approvals = annotation_number(&set, policy.id(), "approvals")?;
+            let max_ttl = annotation_number(&set, policy.id(), "max_ttl")?;
+            limits.insert(policy.id().clone(), (approvals, max_ttl));
         }
         Ok(Policies {
             set,
             text: text.to_owned(),
+            limits,
         })
     }
 
@@ -213,6 +217,7 @@ impl Policies {
         Policies {
             set: PolicySet::new(),
             text: String::new(),
+            limits: HashMap::new(),
         }
     }
 
@@ -329,9 +334,10 @@ impl Policies {
         let mut approvals: Option<u64> = None;
         let mut max_ttl: Option<u64> = None;
         for id in &determining {
-            let needed = annotation_number(&self.set, id, "approvals")?.unwrap_or(0);
+            let (needed, ttl) = self.limits.get(id).copied().unwrap_or((None, None));
+            let needed = needed.unwrap_or(0);
             approvals = Some(approvals.map_or(needed, |a| a.min(needed)));
-            if let Some(ttl) = annotation_number(&self.set, id, "max_ttl")? {
+            if let Some(ttl) = ttl {
                 max_ttl = Some(max_ttl.map_or(ttl, |m| m.min(ttl)));
             }
         }

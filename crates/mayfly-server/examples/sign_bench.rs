@@ -169,6 +169,29 @@ async fn main() {
             .unwrap()
             .len();
         println!("{grants} live grants recorded (one per certificate, plus the first call)");
+        // How the audit batches went (from the broker's own metrics).
+        let metrics = http
+            .get(format!("{}/metrics", broker.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let batches = value("mayfly_audit_batch_size_count");
+        println!(
+            "audit: {batches:.0} batches, {:.1} events each, {:.2} ms per commit",
+            value("mayfly_audit_batch_size_sum") / batches.max(1.0),
+            value("mayfly_audit_commit_seconds_sum") * 1000.0 / batches.max(1.0)
+        );
         broker.stop().await;
     }
 }

@@ -190,34 +190,71 @@ pub(crate) async fn create_request(
     c: &mut AnyConnection,
     request: &RequestRecord,
 ) -> Result<(), sqlx::Error> {
-    let (kind, name, role, user_id) = match &request.principal {
-        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
-        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
-    };
-    sqlx::query(
-        "INSERT INTO requests (id, principal_kind, principal_name, principal_role, user_id, target, role, reason, ticket, \
-         ttl_ms, max_ttl_ms, approvals_needed, state, decision, break_glass, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(request.id.clone())
-    .bind(kind)
-    .bind(name)
-    .bind(role)
-    .bind(user_id)
-    .bind(request.target.clone())
-    .bind(request.role.clone())
-    .bind(request.reason.clone())
-    .bind(request.ticket.clone())
-    .bind(request.ttl_ms)
-    .bind(request.max_ttl_ms)
-    .bind(request.approvals_needed)
-    .bind(request.state.as_str())
-    .bind(request.decision.clone())
-    .bind(i64::from(request.break_glass))
-    .bind(request.created_at.unix_ms())
-    .bind(request.expires_at.unix_ms())
-    .execute(&mut *c)
-    .await?;
+    insert_requests(c, std::slice::from_ref(request)).await
+}
+
+/// Rows per multi-row `INSERT` (well under SQLite's and PostgreSQL's limits on bound values).
+const ROWS_PER_INSERT: usize = 100;
+
+/// `($1, …, $n), ($n+1, …)`: the placeholders of `rows` rows of `columns` values.
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(row * columns + column + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Inserts requests, many rows per statement.
+pub(crate) async fn insert_requests(
+    c: &mut AnyConnection,
+    requests: &[RequestRecord],
+) -> Result<(), sqlx::Error> {
+    for chunk in requests.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES {}",
+            placeholders(chunk.len(), 17)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for request in chunk {
+            let (kind, name, role, user_id) = match &request.principal {
+                Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
+                Principal::Workload { role, name } => {
+                    ("workload", name.clone(), Some(role.clone()), None)
+                }
+            };
+            query = query
+                .bind(request.id.clone())
+                .bind(kind)
+                .bind(name)
+                .bind(role)
+                .bind(user_id)
+                .bind(request.target.clone())
+                .bind(request.role.clone())
+                .bind(request.reason.clone())
+                .bind(request.ticket.clone())
+                .bind(request.ttl_ms)
+                .bind(request.max_ttl_ms)
+                .bind(request.approvals_needed)
+                .bind(request.state.as_str())
+                .bind(request.decision.clone())
+                .bind(i64::from(request.break_glass))
+                .bind(request.created_at.unix_ms())
+                .bind(request.expires_at.unix_ms());
+        }
+        query.execute(&mut *c).await?;
+    }
     Ok(())
 }
 
@@ -331,30 +368,43 @@ pub(crate) async fn issue_certificate(
 }
 
 async fn insert_grant(c: &mut AnyConnection, grant: &GrantRecord) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(grant.id.clone())
-        .bind(grant.request_id.clone())
-        .bind(grant.principal.clone())
-        .bind(grant.target.clone())
-        .bind(grant.role.clone())
-        .bind(grant.login.clone())
-        .bind(grant.state.as_str())
-        .bind(grant.created_at.unix_ms())
-        .bind(grant.expires_at.unix_ms())
-        .bind(grant.next_attempt_at.map(Timestamp::unix_ms))
-        .bind(grant.epoch)
-        .bind(grant.n_attempts)
-        .bind(grant.last_error.clone())
-        .bind(grant.revoke_reason.clone())
-        .bind(grant.revoked_at.map(Timestamp::unix_ms))
-        .bind(grant.verified_at.map(Timestamp::unix_ms))
-        .bind(i64::from(grant.break_glass))
-        .bind(grant.reviewed_by.clone())
-        .execute(&mut *c)
-        .await?;
+    insert_grants(c, std::slice::from_ref(grant)).await
+}
+
+/// Inserts grants, many rows per statement.
+pub(crate) async fn insert_grants(
+    c: &mut AnyConnection,
+    grants: &[GrantRecord],
+) -> Result<(), sqlx::Error> {
+    for chunk in grants.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO grants ({GRANT_COLUMNS}) VALUES {}",
+            placeholders(chunk.len(), 18)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for grant in chunk {
+            query = query
+                .bind(grant.id.clone())
+                .bind(grant.request_id.clone())
+                .bind(grant.principal.clone())
+                .bind(grant.target.clone())
+                .bind(grant.role.clone())
+                .bind(grant.login.clone())
+                .bind(grant.state.as_str())
+                .bind(grant.created_at.unix_ms())
+                .bind(grant.expires_at.unix_ms())
+                .bind(grant.next_attempt_at.map(Timestamp::unix_ms))
+                .bind(grant.epoch)
+                .bind(grant.n_attempts)
+                .bind(grant.last_error.clone())
+                .bind(grant.revoke_reason.clone())
+                .bind(grant.revoked_at.map(Timestamp::unix_ms))
+                .bind(grant.verified_at.map(Timestamp::unix_ms))
+                .bind(i64::from(grant.break_glass))
+                .bind(grant.reviewed_by.clone());
+        }
+        query.execute(&mut *c).await?;
+    }
     Ok(())
 }
 

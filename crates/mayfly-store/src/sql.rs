@@ -327,20 +327,21 @@ impl SqlStore {
         let prev_hex: String = head.try_get("hash").map_err(unavailable)?;
         let mut prev = decode_hash(&prev_hex)?;
         let mut outcomes = Vec::with_capacity(writes.len());
+        // Insert-only changes are gathered and written many rows per statement, before any other
+        // change (which might read them) and at the end; events are written together at the end.
+        let mut pending = PendingInserts::default();
+        let mut events = Vec::with_capacity(writes.len());
         for write in writes {
             let Write { change, event } = write;
             let mut conflict = None;
-            if let Some(change) = change.as_ref().filter(|c| lean && c.only_inserts()) {
-                match self.apply(&mut tx, change).await {
-                    Ok(Applied::Done) => {}
-                    Ok(Applied::Conflict(reason)) => {
-                        return Err(BatchError::InsertFailed(reason));
-                    }
-                    Err(error) => return Err(BatchError::InsertFailed(error.to_string())),
-                }
-            } else if let Some(change) = &change {
+            let change = match change {
+                Some(change) if lean => pending.add(change),
+                other => other,
+            };
+            if let Some(change) = change {
+                pending.flush(&mut tx).await?;
                 let mut savepoint = tx.begin().await.map_err(unavailable)?;
-                match self.apply(&mut savepoint, change).await {
+                match self.apply(&mut savepoint, &change).await {
                     Ok(Applied::Done) => savepoint.commit().await.map_err(unavailable)?,
                     Ok(Applied::Conflict(reason)) => {
                         savepoint.rollback().await.map_err(unavailable)?;
@@ -362,20 +363,35 @@ impl SqlStore {
             let kind = event.kind.clone();
             let body = event.into_body(seq, &prev);
             let hash = hash_body(&body);
-            sqlx::query("INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES ($1, $2, $3, $4, $5)")
-                .bind(seq)
-                .bind(at_ms)
-                .bind(kind)
-                .bind(String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default())
-                .bind(hex::encode(hash))
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            events.push((
+                seq,
+                at_ms,
+                kind,
+                String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default(),
+                hex::encode(hash),
+            ));
             prev = hash;
             outcomes.push(match conflict {
                 Some(reason) => WriteOutcome::Conflict { seq, reason },
                 None => WriteOutcome::Applied { seq },
             });
+        }
+        pending.flush(&mut tx).await?;
+        for chunk in events.chunks(EVENTS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES {}",
+                access::placeholders(chunk.len(), 5)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (seq, at_ms, kind, body, hash) in chunk {
+                query = query
+                    .bind(*seq)
+                    .bind(*at_ms)
+                    .bind(kind.clone())
+                    .bind(body.clone())
+                    .bind(hash.clone());
+            }
+            query.execute(&mut *tx).await.map_err(unavailable)?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(seq)
@@ -392,6 +408,52 @@ impl SqlStore {
             Dialect::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
             Dialect::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
         }
+    }
+}
+
+/// Audit events per `INSERT` statement.
+const EVENTS_PER_INSERT: usize = 200;
+
+/// Insert-only changes of a batch, waiting to be written many rows per statement.
+#[derive(Default)]
+struct PendingInserts {
+    requests: Vec<RequestRecord>,
+    grants: Vec<GrantRecord>,
+}
+
+impl PendingInserts {
+    /// Takes an insert-only change (`None`); gives any other back.
+    fn add(&mut self, change: Change) -> Option<Change> {
+        match change {
+            Change::IssueCertificate { request, grant } => {
+                self.requests.push(*request);
+                self.grants.push(*grant);
+                None
+            }
+            Change::CreateRequest { request } => {
+                self.requests.push(request);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Writes what is pending; a failure sends the batch back to be applied change by change.
+    async fn flush(&mut self, connection: &mut AnyConnection) -> Result<(), BatchError> {
+        // Requests first: a grant refers to its request.
+        if !self.requests.is_empty() {
+            access::insert_requests(connection, &self.requests)
+                .await
+                .map_err(|e| BatchError::InsertFailed(e.to_string()))?;
+            self.requests.clear();
+        }
+        if !self.grants.is_empty() {
+            access::insert_grants(connection, &self.grants)
+                .await
+                .map_err(|e| BatchError::InsertFailed(e.to_string()))?;
+            self.grants.clear();
+        }
+        Ok(())
     }
 }
 

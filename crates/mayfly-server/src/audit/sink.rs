@@ -29,7 +29,14 @@ pub struct FileSink {
     path: PathBuf,
     name: String,
     position: i64,
+    /// The position last recorded in the store, and when.
+    recorded: (i64, Option<std::time::Instant>),
 }
+
+/// How often, at most, a sink that is busy records its cursor in the store (an idle one records it
+/// as soon as it has caught up). The file itself says where to resume after a restart; the stored
+/// cursor is for operators, so it need not cost a store write per batch.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 impl FileSink {
     pub fn open(path: &Path) -> Result<FileSink, SinkError> {
@@ -38,6 +45,7 @@ impl FileSink {
             path: path.to_owned(),
             name: format!("file:{}", path.display()),
             position,
+            recorded: (-1, None),
         })
     }
 
@@ -49,6 +57,9 @@ impl FileSink {
     pub async fn run_once(&mut self, broker: &Broker) -> Result<usize, SinkError> {
         let events = broker.store().audit_events(self.position, 1000).await?;
         if events.is_empty() {
+            if self.recorded.0 != self.position {
+                self.record(broker).await?;
+            }
             return Ok(0);
         }
         let mut text = String::new();
@@ -71,8 +82,23 @@ impl FileSink {
                 source: std::io::Error::other(e),
             })??;
         self.position = last;
-        broker.store().set_sink_cursor(&self.name, last).await?;
+        if self
+            .recorded
+            .1
+            .is_none_or(|at| at.elapsed() >= CURSOR_EVERY)
+        {
+            self.record(broker).await?;
+        }
         Ok(events.len())
+    }
+
+    async fn record(&mut self, broker: &Broker) -> Result<(), SinkError> {
+        broker
+            .store()
+            .set_sink_cursor(&self.name, self.position)
+            .await?;
+        self.recorded = (self.position, Some(std::time::Instant::now()));
+        Ok(())
     }
 }
 
