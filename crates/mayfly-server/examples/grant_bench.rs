@@ -19,8 +19,6 @@
     reason = "a benchmark"
 )]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mayfly_testkit::TestBroker;
@@ -87,7 +85,6 @@ async fn main() {
         .pool_max_idle_per_host(clients)
         .build()
         .unwrap();
-    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let duration = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -95,7 +92,6 @@ async fn main() {
         let http = http.clone();
         let addr = broker.addr.clone();
         let admin = admin.clone();
-        let done = done.clone();
         let public_key = public_key.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -124,24 +120,15 @@ async fn main() {
                     .unwrap();
                 assert_eq!(response.status().as_u16(), 200);
                 latencies.push(t.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
             }
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
-    let n = done.load(Ordering::Relaxed);
+    let run = mayfly_testkit::bench::gather(tasks, started).await;
+    let n = run.n;
     println!(
         "mayfly  {:>8.0} grants/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({n} grants)",
-        n as f64 / elapsed,
-        pick(0.5).as_secs_f64() * 1000.0,
-        pick(0.99).as_secs_f64() * 1000.0
+        run.per_second, run.p50_ms, run.p99_ms
     );
 
     // Clean up through the product: expire everything and wait for the proofs.

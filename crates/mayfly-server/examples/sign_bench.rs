@@ -17,7 +17,6 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mayfly_testkit::TestBroker;
@@ -121,12 +120,11 @@ async fn main() {
 
     println!("{system}: {clients} clients, {seconds} s");
     let load = Arc::new(load);
-    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let duration = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (http, load, done) = (http.clone(), load.clone(), done.clone());
+        let (http, load) = (http.clone(), load.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while started.elapsed() < duration {
@@ -141,24 +139,14 @@ async fn main() {
                 assert_eq!(response.status().as_u16(), 200);
                 response.bytes().await.unwrap();
                 latencies.push(t.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
             }
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
-    let n = done.load(Ordering::Relaxed);
+    let run = mayfly_testkit::bench::gather(tasks, started).await;
     println!(
-        "{system}  {:>8.0} certificates/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({n} certificates)",
-        n as f64 / elapsed,
-        pick(0.5).as_secs_f64() * 1000.0,
-        pick(0.99).as_secs_f64() * 1000.0
+        "{system}  {:>8.0} certificates/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} certificates)",
+        run.per_second, run.p50_ms, run.p99_ms, run.n
     );
     if let Some(broker) = broker {
         let grants = broker

@@ -12,10 +12,12 @@ use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::policy::{Action, Decision};
 use mayfly_core::{LoginName, Principal, Timestamp};
 use mayfly_crypto::{ExposeSecret, SecretString};
-use mayfly_store::{Change, GrantRecord, RequestRecord, Write, WriteOutcome};
+use mayfly_store::{Change, Write, WriteOutcome};
 use mayfly_targets::{IssuePlan, TargetKind};
 
-use super::{NewRequest, check_key, check_new_request, context_of, decide, grant_info};
+use super::{
+    NewRequest, check_key, check_new_request, context_of, decide, grant_info, new_grant, undecided,
+};
 use super::{principal_key, role_spec};
 use crate::api::error::{ApiError, AuditedError};
 use crate::api::middleware::RequestMeta;
@@ -58,22 +60,8 @@ impl Broker {
         }
         check_key(kind, key)?;
         let now = self.now();
-        let mut request = RequestRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            principal: principal.clone(),
-            target: new.target.clone(),
-            role: new.role.clone(),
-            reason: new.reason.clone(),
-            ticket: new.ticket.clone(),
-            ttl_ms: i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX),
-            max_ttl_ms: role.max_ttl_ms,
-            approvals_needed: 0,
-            state: RequestState::Denied,
-            decision: String::new(),
-            break_glass: false,
-            created_at: now,
-            expires_at: now,
-        };
+        // Decided and activated at once: there is no window to wait in.
+        let mut request = undecided(principal, &new, &role, now, now);
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
         let context = context_of(&request, now, source);
         let policies = self.parsed_policies(policy_text)?;
@@ -152,26 +140,15 @@ impl Broker {
             })
             .await
             .map_err(|e| ApiError::BadRequest(format!("the certificate cannot be issued: {e}")))?;
-        let grant = GrantRecord {
-            id: grant_uuid.to_string(),
-            request_id: request.id.clone(),
-            principal: principal_key(principal),
-            target: request.target.clone(),
-            role: request.role.clone(),
-            login: login.to_string(),
-            state: GrantState::Active,
-            created_at: now,
+        let grant = new_grant(
+            &grant_uuid,
+            &request,
+            principal,
+            GrantState::Active,
+            now,
             expires_at,
-            next_attempt_at: Some(expires_at),
-            epoch: 0,
-            n_attempts: 0,
-            last_error: None,
-            revoke_reason: None,
-            revoked_at: None,
-            verified_at: None,
-            break_glass: false,
-            reviewed_by: None,
-        };
+            expires_at,
+        );
         let mut event = event
             .detail("state", request.state.as_str())
             .detail("decision", request.decision.clone())

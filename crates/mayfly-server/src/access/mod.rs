@@ -267,6 +267,64 @@ fn decide(
         .map_err(|e| ApiError::Internal(format!("policy: {e}")))
 }
 
+/// A request as recorded before its decision: denied until a policy allows it.
+fn undecided(
+    principal: &Principal,
+    new: &NewRequest,
+    role: &RoleRecord,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> RequestRecord {
+    RequestRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        principal: principal.clone(),
+        target: new.target.clone(),
+        role: new.role.clone(),
+        reason: new.reason.clone(),
+        ticket: new.ticket.clone(),
+        ttl_ms: i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX),
+        max_ttl_ms: role.max_ttl_ms,
+        approvals_needed: 0,
+        state: RequestState::Denied,
+        decision: String::new(),
+        break_glass: new.break_glass,
+        created_at: now,
+        expires_at,
+    }
+}
+
+/// A new grant of `request` for `caller`, in `state`, looked at next at `next_attempt_at`.
+fn new_grant(
+    id: &uuid::Uuid,
+    request: &RequestRecord,
+    caller: &Principal,
+    state: GrantState,
+    now: Timestamp,
+    expires_at: Timestamp,
+    next_attempt_at: Timestamp,
+) -> GrantRecord {
+    GrantRecord {
+        id: id.to_string(),
+        request_id: request.id.clone(),
+        principal: principal_key(caller),
+        target: request.target.clone(),
+        role: request.role.clone(),
+        login: LoginName::for_grant(id).to_string(),
+        state,
+        created_at: now,
+        expires_at,
+        next_attempt_at: Some(next_attempt_at),
+        epoch: 0,
+        n_attempts: 0,
+        last_error: None,
+        revoke_reason: None,
+        revoked_at: None,
+        verified_at: None,
+        break_glass: request.break_glass,
+        reviewed_by: None,
+    }
+}
+
 /// The request's own fields, checked before anything is read or recorded.
 fn check_new_request(new: &NewRequest) -> Result<(), ApiError> {
     if new.reason.trim().is_empty()
@@ -353,22 +411,13 @@ impl Broker {
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::NotFound(format!("no role `{}/{}`", new.target, new.role)))?;
         let now = self.now();
-        let mut record = RequestRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            principal: principal.clone(),
-            target: new.target.clone(),
-            role: new.role.clone(),
-            reason: new.reason.clone(),
-            ticket: new.ticket.clone(),
-            ttl_ms: i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX),
-            max_ttl_ms: role.max_ttl_ms,
-            approvals_needed: 0,
-            state: RequestState::Denied,
-            decision: String::new(),
-            break_glass: new.break_glass,
-            created_at: now,
-            expires_at: now.saturating_add(self.inner.config.request_pending_window),
-        };
+        let mut record = undecided(
+            principal,
+            &new,
+            &role,
+            now,
+            now.saturating_add(self.inner.config.request_pending_window),
+        );
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
         let context = context_of(&record, now, source);
         let policies = self.parsed_policies(policy_text)?;
@@ -715,26 +764,15 @@ impl Broker {
             .keyring
             .seal(&secret_path, password.expose_secret().as_bytes())
             .map_err(crypto)?;
-        let grant = GrantRecord {
-            id: grant_id.clone(),
-            request_id: request.id.clone(),
-            principal: principal_key(caller),
-            target: request.target.clone(),
-            role: request.role.clone(),
-            login: login.to_string(),
-            state: GrantState::Issuing,
-            created_at: now,
+        let grant = new_grant(
+            &grant_uuid,
+            &request,
+            caller,
+            GrantState::Issuing,
+            now,
             expires_at,
-            next_attempt_at: Some(now.saturating_add(ISSUE_TIMEOUT)),
-            epoch: 0,
-            n_attempts: 0,
-            last_error: None,
-            revoke_reason: None,
-            revoked_at: None,
-            verified_at: None,
-            break_glass: request.break_glass,
-            reviewed_by: None,
-        };
+            now.saturating_add(ISSUE_TIMEOUT),
+        );
         // 1. The intent, before anything exists on the target.
         let mut event = self
             .draft("grant.intent", Outcome::Ok)

@@ -1,0 +1,32 @@
+//! What the benchmark examples share: the rate and latency percentiles of a timed run.
+
+use std::time::{Duration, Instant};
+
+/// One run's figures.
+pub struct Run {
+    pub n: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Waits for the clients (each returns the latencies of its calls) and sums them up.
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> Run {
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Run {
+        n: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+    }
+}
