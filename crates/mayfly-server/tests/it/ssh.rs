@@ -62,11 +62,8 @@ async fn krl(broker: &TestBroker) -> Vec<u8> {
     response.bytes().await.unwrap().to_vec()
 }
 
-#[tokio::test]
-async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry() {
-    let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
-    let user = sshd::whoami();
+/// A real sshd trusting the broker's CA (`GET /v1/ssh/ca`) and loading its current KRL.
+async fn host_trusting(broker: &TestBroker) -> sshd::Sshd {
     let response = broker
         .raw()
         .await
@@ -76,7 +73,15 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         .unwrap();
     let ca_line = response.text().await.unwrap();
     assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
-    let host = sshd::start(&ca_line, &krl(&broker).await).await;
+    sshd::start(&ca_line, &krl(broker).await).await
+}
+
+#[tokio::test]
+async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let user = sshd::whoami();
+    let host = host_trusting(&broker).await;
 
     let (status, body) = broker
         .call(
@@ -278,17 +283,7 @@ async fn one_call_certificates() {
     let broker = TestBroker::ready().await;
     let admin = broker.admin_token.clone().unwrap();
     let user = sshd::whoami();
-    let ca_line = broker
-        .raw()
-        .await
-        .get(format!("{}/v1/ssh/ca", broker.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let host = sshd::start(&ca_line, &krl(&broker).await).await;
+    let host = host_trusting(&broker).await;
     let setup = [
         (
             "/v1/targets",
