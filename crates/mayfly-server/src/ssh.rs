@@ -74,7 +74,7 @@ impl Broker {
                     .detail("public", public);
                 event.actor = Some("broker".into());
                 self.commit(Write {
-                    change: Some(Change::PutSecret {
+                    change: Some(Change::CreateSecret {
                         path: path.into(),
                         blob,
                         at: self.now(),
@@ -82,7 +82,8 @@ impl Broker {
                     event,
                 })
                 .await?;
-                // Read back what the store holds (another node may have written first).
+                // Read back what the store holds: if another node made one first, this attempt
+                // was refused (and audited as such) and that node's key is the one to use.
                 self.store()
                     .secret(path)
                     .await

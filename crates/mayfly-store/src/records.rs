@@ -77,6 +77,13 @@ pub enum Change {
         blob: Vec<u8>,
         at: Timestamp,
     },
+    /// Stores a secret that must not be replaced once made (a CA key). Conflicts if the path is
+    /// taken: two nodes making the first one at once both end up with the one stored first.
+    CreateSecret {
+        path: String,
+        blob: Vec<u8>,
+        at: Timestamp,
+    },
     /// Uses the one-time setup code and creates the first admin. Conflicts if the code does not
     /// match or was used.
     SetupFirstAdmin {

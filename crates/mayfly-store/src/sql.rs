@@ -128,6 +128,20 @@ impl SqlStore {
                 put_secrets(connection, &[(path.clone(), blob.clone())], *at).await?;
                 Ok(Applied::Done)
             }
+            Change::CreateSecret { path, blob, at } => {
+                let created = sqlx::query(
+                    "INSERT INTO secrets (path, blob, updated_at) VALUES ($1, $2, $3) ON CONFLICT (path) DO NOTHING",
+                )
+                .bind(path.clone())
+                .bind(blob.clone())
+                .bind(at.unix_ms())
+                .execute(&mut *connection)
+                .await?;
+                if created.rows_affected() != 1 {
+                    return Ok(Applied::Conflict(format!("`{path}` exists already")));
+                }
+                Ok(Applied::Done)
+            }
             Change::SetupFirstAdmin {
                 code_hash,
                 user,

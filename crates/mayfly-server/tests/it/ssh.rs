@@ -510,3 +510,57 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
     .await
     .unwrap();
 }
+
+/// Two nodes on one PostgreSQL store asked for the CAs at the same moment, before either exists:
+/// both serve the same CA (the one stored first), and only one creation is recorded as done.
+#[tokio::test]
+async fn two_nodes_make_one_ca() {
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let first = TestBroker::start(mayfly_testkit::Options {
+        store_url: Some(db.url.clone()),
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    let second = TestBroker::start(mayfly_testkit::Options {
+        store_url: Some(db.url.clone()),
+        bootstrap: false,
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    mayfly_server::dev::unseal_from_file(
+        &second.broker,
+        &first.dir.path().join(mayfly_server::dev::KEY_FILE),
+    )
+    .await
+    .unwrap();
+    let get = |broker: &TestBroker, path: &'static str| {
+        let url = format!("{}{path}", broker.addr);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    let (a, b, c, d) = tokio::join!(
+        get(&first, "/v1/ssh/ca"),
+        get(&second, "/v1/ssh/ca"),
+        get(&first, "/v1/x509/ca"),
+        get(&second, "/v1/x509/ca"),
+    );
+    assert_eq!(a, b);
+    assert_eq!(c, d);
+    // And again, now that they exist.
+    assert_eq!(get(&second, "/v1/ssh/ca").await, a);
+    assert_eq!(get(&first, "/v1/x509/ca").await, c);
+    let events = first.broker.store().audit_events(0, 10_000).await.unwrap();
+    for kind in ["ssh.ca.created", "x509.ca.created"] {
+        let done = events
+            .iter()
+            .filter(|e| e.kind == kind && e.body.contains("\"ok\""))
+            .count();
+        assert_eq!(done, 1, "{kind}");
+    }
+    first.stop().await;
+    second.stop().await;
+    db.drop_db().await;
+}

@@ -313,6 +313,22 @@ pub async fn run(store: &dyn Store) {
         .unwrap();
     assert_eq!(live, HashSet::from(["mf_g1".to_owned()]));
 
+    // A CA key is made once: a second creation (another node, at the same time) is refused and
+    // the first stays.
+    for (blob, made) in [(vec![1u8], true), (vec![2u8], false)] {
+        let outcome = apply(
+            store,
+            Change::CreateSecret {
+                path: "ssh/ca-seed".into(),
+                blob,
+                at: at(5),
+            },
+        )
+        .await;
+        assert_eq!(applied(&outcome), made, "{outcome:?}");
+    }
+    assert_eq!(store.secret("ssh/ca-seed").await.unwrap(), Some(vec![1]));
+
     // The one-call certificate path: request and active grant in one change, and what a decision
     // reads in one query.
     let (t, r, text) = store
