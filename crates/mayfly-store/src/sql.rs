@@ -333,8 +333,29 @@ impl SqlStore {
         lean: bool,
     ) -> Result<Vec<WriteOutcome>, BatchError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        match self.write_batch(&mut tx, writes, lean).await {
+            Ok(outcomes) => {
+                tx.commit().await.map_err(unavailable)?;
+                Ok(outcomes)
+            }
+            Err(error) => {
+                // Rolled back now, not when the connection is next used: a retry of the batch on
+                // another connection must not find this one still holding the write lock.
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The body of [`SqlStore::commit_batch`], inside its transaction.
+    async fn write_batch(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        writes: Vec<Write>,
+        lean: bool,
+    ) -> Result<Vec<WriteOutcome>, BatchError> {
         let head = sqlx::query(self.lock_head_sql())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await
             .map_err(unavailable)?;
         let mut seq: i64 = head.try_get("seq").map_err(unavailable)?;
@@ -353,7 +374,7 @@ impl SqlStore {
                 other => other,
             };
             if let Some(change) = change {
-                pending.flush(&mut tx).await?;
+                pending.flush(tx).await?;
                 let mut savepoint = tx.begin().await.map_err(unavailable)?;
                 match self.apply(&mut savepoint, &change).await {
                     Ok(Applied::Done) => savepoint.commit().await.map_err(unavailable)?,
@@ -390,7 +411,7 @@ impl SqlStore {
                 None => WriteOutcome::Applied { seq },
             });
         }
-        pending.flush(&mut tx).await?;
+        pending.flush(tx).await?;
         for chunk in events.chunks(EVENTS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES {}",
@@ -405,15 +426,14 @@ impl SqlStore {
                     .bind(body.clone())
                     .bind(hash.clone());
             }
-            query.execute(&mut *tx).await.map_err(unavailable)?;
+            query.execute(&mut **tx).await.map_err(unavailable)?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(seq)
             .bind(hex::encode(prev))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
         Ok(outcomes)
     }
 

@@ -48,16 +48,17 @@ impl Broker {
             .await
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::NotFound(format!("no role `{}/{}`", new.target, new.role)))?;
-        let target = self.target(&new.target).await?;
-        let kind = target.kind();
-        if !matches!(kind, TargetKind::Ssh | TargetKind::X509) {
+        // Checked on the record, before a connection to a database target would be made for nothing.
+        if !matches!(target_record.kind.as_str(), "ssh" | "x509") {
             return Err(ApiError::BadRequest(format!(
-                "field `target`: `{}` is a {kind} target; only SSH and X.509 roles are issued in one call \
+                "field `target`: `{}` is a {} target; only SSH and X.509 roles are issued in one call \
                  (request others with `POST /v1/requests`)",
-                new.target
+                new.target, target_record.kind
             ))
             .into());
         }
+        let target = self.target(&new.target).await?;
+        let kind = target.kind();
         check_key(kind, key)?;
         let now = self.now();
         // Decided and activated at once: there is no window to wait in.

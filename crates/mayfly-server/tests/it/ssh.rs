@@ -308,6 +308,16 @@ async fn one_call_certificates() {
             json!({"target": "api", "name": "client", "max_ttl_seconds": 3600,
                     "creation_sql": r#"{"common_name": "payments"}"#}),
         ),
+        (
+            "/v1/targets",
+            json!({"kind": "postgres", "name": "db", "url": "postgres://127.0.0.1:5432/postgres",
+                    "admin_user": "postgres", "admin_password": "unused"}),
+        ),
+        (
+            "/v1/roles",
+            json!({"target": "db", "name": "ro", "max_ttl_seconds": 3600,
+                    "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"}),
+        ),
     ];
     for (path, body) in setup {
         let (status, answer) = broker.call("POST", path, Some(&admin), Some(body)).await;
@@ -319,6 +329,7 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
 @id("ssh-root-needs-one") @approvals("1")
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"web/root");
 @id("tls") permit (principal in Group::"dev", action == Action::"request", resource in Target::"api");
+@id("db") permit (principal in Group::"dev", action == Action::"request", resource in Target::"db");
 "#;
     let (status, body) = broker
         .call(
@@ -433,6 +444,11 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
             "reason",
         ),
         (sign("nope", json!({"public_key": public})), 404, "web/nope"),
+        (
+            json!({"target": "db", "role": "ro", "ttl_seconds": 60, "reason": "r"}),
+            400,
+            "only SSH and X.509",
+        ),
     ];
     for (body, code, hint) in cases {
         let (status, answer) = broker
