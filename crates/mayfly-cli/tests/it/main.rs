@@ -783,8 +783,10 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     );
     assert!(added.status.success(), "{added:?}");
     let policy = data.path().join("policy.cedar");
-    std::fs::write(&policy, "@id(\"ssh\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"web\");\n\
-        @id(\"glass\") permit (principal in Group::\"admins\", action == Action::\"break_glass\", resource in Target::\"web\");").unwrap();
+    std::fs::write(&policy, "@id(\"ssh\") permit (principal in Group::\"admins\", action == Action::\"request\", resource == Role::\"web/login\");\n\
+        @id(\"glass\") permit (principal in Group::\"admins\", action == Action::\"break_glass\", resource in Target::\"web\");\n\
+        @id(\"root-needs-one\") @approvals(\"1\") permit (principal in Group::\"admins\", action == Action::\"request\", resource == Role::\"web/root\");\n\
+        @id(\"approvers\") permit (principal in Group::\"approvers\", action == Action::\"approve\", resource in Target::\"web\");").unwrap();
     let put = with(mayfly().args(["policy", "put"]).arg(&policy));
     assert!(put.status.success(), "{put:?}");
 
@@ -836,6 +838,103 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     assert!(glass.status.success(), "{glass:?}");
     assert!(stdout(&glass).contains("hello-again"), "{glass:?}");
 
+    // A role that needs an approval: the one call is answered 409, so `mayfly ssh` requests,
+    // waits, and goes on once another person approves.
+    let added = with(
+        mayfly()
+            .args([
+                "role",
+                "add",
+                "web/root",
+                "--max-ttl",
+                "1h",
+                "--creation-sql",
+            ])
+            .arg(&role),
+    );
+    assert!(added.status.success(), "{added:?}");
+    let password = password_file(data.path(), "carol's long passphrase 42");
+    let carol = with(
+        mayfly()
+            .args([
+                "user",
+                "add",
+                "carol",
+                "--group",
+                "approvers",
+                "--json",
+                "--password-file",
+            ])
+            .arg(&password),
+    );
+    assert!(carol.status.success(), "{carol:?}");
+    let carol: serde_json::Value = serde_json::from_slice(&carol.stdout).unwrap();
+    let code = mayfly_testkit::totp_code(
+        carol["totp"]["secret_base32"].as_str().unwrap(),
+        SystemClock.now().unix_secs(),
+    );
+    let carol_token = data.path().join("carol-token");
+    let login = run(mayfly()
+        .args(["login", "carol", "--totp", &code, "--password-file"])
+        .arg(&password)
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", &carol_token));
+    assert!(login.status.success(), "{login:?}");
+    let as_carol = |command: &mut Command| -> Output {
+        run(command
+            .env("MAYFLY_ADDR", &addr)
+            .env("MAYFLY_TOKEN_FILE", &carol_token))
+    };
+    let mut waiting = mayfly()
+        .args([
+            "ssh",
+            "web/root",
+            &format!("{user}@127.0.0.1"),
+            "--ttl",
+            "10m",
+            "--reason",
+            "cli approval test",
+            "--ssh-option",
+            "StrictHostKeyChecking=no",
+            "--ssh-option",
+            "UserKnownHostsFile=/dev/null",
+            "--ssh-option",
+            "BatchMode=yes",
+            "--",
+            "echo",
+            "hello-approved",
+        ])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pending = String::new();
+    wait_until("the request to show up as pending", || {
+        if waiting.try_wait().unwrap().is_some() {
+            // Ended early: its output below says why.
+            return true;
+        }
+        let listed = as_carol(mayfly().args(["requests", "--pending", "--json"]));
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        match listed.as_array().and_then(|all| all.first()) {
+            Some(request) => {
+                pending = request["id"].as_str().unwrap_or_default().to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    if pending.is_empty() {
+        panic!("`mayfly ssh` ended early: {:?}", waiting.wait_with_output());
+    }
+    let approved = as_carol(mayfly().args(["approve", &pending]));
+    assert!(approved.status.success(), "{approved:?}");
+    let session = waiting.wait_with_output().unwrap();
+    assert!(session.status.success(), "{session:?}");
+    assert!(stdout(&session).contains("hello-approved"), "{session:?}");
+
     // The grants are revoked and their certificates listed in the KRL the host loads.
     let grants = with(mayfly().args(["grants", "--all", "--json"]));
     let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
@@ -850,7 +949,7 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     let fetched = with(mayfly().args(["ssh", "krl"]).arg(&krl));
     assert!(fetched.status.success(), "{fetched:?}");
     let listed = std::fs::read(&krl).unwrap();
-    assert_eq!(grants.as_array().unwrap().len(), 2, "{grants}");
+    assert_eq!(grants.as_array().unwrap().len(), 3, "{grants}");
     for grant in grants.as_array().unwrap() {
         let login = grant["login"].as_str().unwrap();
         assert!(
