@@ -136,6 +136,58 @@ pub trait RevocationList: Send + Sync {
     async fn status(&self, key_id: &str) -> Result<ListStatus, TargetError>;
 }
 
+/// Where a target is: `SCHEME://[USER@]HOST[:PORT][/…]`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Address {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses a target URL of `scheme` (`"redis://"`): the port is required when there is no
+/// `default_port`; the host must be a name or an address (IPv6 in brackets).
+pub(crate) fn parse_address(
+    target: &str,
+    url: &str,
+    scheme: &str,
+    default_port: Option<u16>,
+) -> Result<Address, TargetError> {
+    let bad = |reason: &str| TargetError::Refused {
+        target: target.to_owned(),
+        reason: format!("bad url: {reason}"),
+    };
+    let rest = url
+        .strip_prefix(scheme)
+        .ok_or_else(|| bad(&format!("give {scheme}HOST:PORT")))?;
+    let rest = rest.split('/').next().unwrap_or_default();
+    let (user, address) = match rest.rsplit_once('@') {
+        Some((user, address)) => (Some(user.to_owned()), address),
+        None => (None, rest),
+    };
+    let (host, port) = match (address.rsplit_once(':'), default_port) {
+        (Some((host, port)), _) if !port.ends_with(']') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| bad("the port is not a number"))?,
+        ),
+        (_, Some(port)) => (address, port),
+        (_, None) => return Err(bad(&format!("give {scheme}HOST:PORT"))),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(bad("the host is not a name or an address"));
+    }
+    Ok(Address {
+        user,
+        host: host.to_owned(),
+        port,
+    })
+}
+
 /// How a certificate target's proof names its list and its certificates' expiry.
 pub(crate) struct ListWords {
     /// "the KRL at /v1/ssh/krl".
@@ -280,4 +332,42 @@ pub trait Target: Send + Sync + fmt::Debug {
     ) -> Result<RevocationProof, TargetError>;
     /// The logins with the broker's prefix that exist on the target (for the sweep of orphans).
     async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let parse = |url: &str, default| parse_address("t", url, "x://", default);
+        let address = |user: Option<&str>, host: &str, port| Address {
+            user: user.map(str::to_owned),
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(parse("x://h:1", None).unwrap(), address(None, "h", 1));
+        assert_eq!(parse("x://h", Some(22)).unwrap(), address(None, "h", 22));
+        assert_eq!(
+            parse("x://u@10.0.0.1:6380/0", Some(6379)).unwrap(),
+            address(Some("u"), "10.0.0.1", 6380)
+        );
+        assert_eq!(parse("x://[::1]:7", None).unwrap(), address(None, "::1", 7));
+        assert_eq!(
+            parse("x://[::1]", Some(9)).unwrap(),
+            address(None, "::1", 9)
+        );
+        for bad in [
+            "y://h:1",
+            "x://h",
+            "x://:1",
+            "x://h:port",
+            "x://h:99999",
+            "x://h'; id:1",
+            "x://h h:1",
+            "x://h\n:1",
+        ] {
+            assert!(parse(bad, None).is_err(), "{bad}");
+        }
+    }
 }

@@ -104,37 +104,11 @@ impl RedisTarget {
         url: &str,
         admin_password: Option<&SecretString>,
     ) -> Result<RedisTarget, TargetError> {
-        let bad = |reason: &str| TargetError::Refused {
-            target: name.to_owned(),
-            reason: format!("bad url: {reason}"),
-        };
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| bad("give redis://HOST:PORT"))?;
-        let rest = rest.split('/').next().unwrap_or_default();
-        let (user, address) = match rest.rsplit_once('@') {
-            Some((user, address)) => (Some(user.to_owned()), address),
-            None => (None, rest),
-        };
-        let (host, port) = match address.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
-            ),
-            None => (address, 6379),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty()
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
-        {
-            return Err(bad("the host is not a name or an address"));
-        }
+        let crate::Address { user, host, port } =
+            crate::parse_address(name, url, "redis://", Some(6379))?;
         Ok(RedisTarget {
             name: name.to_owned(),
-            host: host.to_owned(),
+            host,
             port,
             admin_user: user.filter(|u| !u.is_empty()),
             admin_password: admin_password

@@ -151,32 +151,12 @@ impl SshTarget {
         ca: Arc<SshCa>,
         revoked: Arc<dyn RevocationList>,
     ) -> Result<SshTarget, TargetError> {
-        let bad = |reason: &str| TargetError::Refused {
-            target: name.to_owned(),
-            reason: format!("bad url: {reason}"),
-        };
-        let rest = url
-            .strip_prefix("ssh://")
-            .ok_or_else(|| bad("give ssh://HOST:PORT"))?;
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
-            ),
-            None => (rest, 22),
-        };
-        if host.is_empty()
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
-        {
-            return Err(bad("the host is not a name or an address"));
-        }
+        // A user in the URL is ignored: the principal comes from the role.
+        let crate::Address { host, port, .. } =
+            crate::parse_address(name, url, "ssh://", Some(22))?;
         Ok(SshTarget {
             name: name.to_owned(),
-            host: host.to_owned(),
+            host,
             port,
             ca,
             revoked,

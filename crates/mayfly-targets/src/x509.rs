@@ -87,30 +87,10 @@ impl X509Target {
         ca: Arc<X509Ca>,
         revoked: Arc<dyn RevocationList>,
     ) -> Result<X509Target, TargetError> {
-        let bad = |reason: &str| TargetError::Refused {
-            target: name.to_owned(),
-            reason: format!("bad url: {reason}"),
-        };
-        let rest = url
-            .strip_prefix("tls://")
-            .ok_or_else(|| bad("give tls://HOST:PORT"))?;
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| bad("give tls://HOST:PORT"))?;
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| bad("the port is not a number"))?;
-        if host.is_empty()
-            || !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
-        {
-            return Err(bad("the host is not a name or an address"));
-        }
+        let crate::Address { host, port, .. } = crate::parse_address(name, url, "tls://", None)?;
         Ok(X509Target {
             name: name.to_owned(),
-            host: host.to_owned(),
+            host,
             port,
             ca,
             revoked,
