@@ -77,7 +77,7 @@ pub struct Engine {
     prove_limits: HashMap<String, Arc<Semaphore>>,
     /// Revocation batches started and not finished, per target: proofs on a target wait for them
     /// (a burst of expiries is dropped first, proven after).
-    revoking: HashMap<String, Arc<AtomicUsize>>,
+    revoking: HashMap<String, Arc<Revoking>>,
     /// Each task answers how many claimed grants it finished.
     tasks: JoinSet<usize>,
     in_flight: usize,
@@ -129,9 +129,7 @@ impl Engine {
                     let revoking = self.revoking_on(&grant.target);
                     let broker = self.broker.clone();
                     self.tasks.spawn(async move {
-                        while revoking.load(Ordering::SeqCst) > 0 {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+                        revoking.settled().await;
                         let _permit = limit.acquire_owned().await;
                         if let Err(error) = prove(&broker, &grant).await {
                             tracing::warn!(error = %error, "proof failed; the claim will time out and it is retried");
@@ -174,7 +172,7 @@ impl Engine {
         Ok(n)
     }
 
-    fn revoking_on(&mut self, target: &str) -> Arc<AtomicUsize> {
+    fn revoking_on(&mut self, target: &str) -> Arc<Revoking> {
         self.revoking.entry(target.to_owned()).or_default().clone()
     }
 
@@ -207,19 +205,44 @@ impl Engine {
     }
 }
 
+/// The revocation batches of one target still running; proofs on that target wait for none.
+#[derive(Default)]
+struct Revoking {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Revoking {
+    /// Returns once no batch runs (at once if none does).
+    async fn settled(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the count is read, so a batch ending in between still wakes us.
+            idle.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 /// One revocation batch counted as pending until it is dropped (also if its task panics).
-struct Pending(Arc<AtomicUsize>);
+struct Pending(Arc<Revoking>);
 
 impl Pending {
-    fn start(counter: &Arc<AtomicUsize>) -> Pending {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Pending(counter.clone())
+    fn start(revoking: &Arc<Revoking>) -> Pending {
+        revoking.count.fetch_add(1, Ordering::SeqCst);
+        Pending(revoking.clone())
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
