@@ -234,6 +234,34 @@ pub(crate) async fn list_proof(
     }
 }
 
+/// A database target's error: the server's own refusal is permanent (its message says why);
+/// anything else (cannot connect, connection lost, timeout) is the target being unreachable.
+pub(crate) fn sql_error(target: &str, error: sqlx::Error) -> TargetError {
+    match error {
+        sqlx::Error::Database(db) => TargetError::Refused {
+            target: target.to_owned(),
+            reason: db.message().to_owned(),
+        },
+        other => TargetError::Unavailable {
+            target: target.to_owned(),
+            source: Box::new(other),
+        },
+    }
+}
+
+/// A database target's admin connections: made on first use, at most `max`, dropped when idle.
+pub(crate) fn lazy_pool<DB: sqlx::Database>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+    max: u32,
+) -> sqlx::Pool<DB> {
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(max)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(60))
+        .connect_lazy_with(options)
+}
+
 /// The last check of a database target's proof: a login with the issued password, which the
 /// server itself must refuse. Returns the check's text, or why the credential is not revoked.
 pub(crate) async fn refused_login<C: sqlx::Connection>(

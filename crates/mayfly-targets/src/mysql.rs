@@ -14,11 +14,10 @@
 //! [`account`]; nothing else from outside is put into SQL text.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use sqlx::{ConnectOptions, Connection as _, Row};
 
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
@@ -77,12 +76,7 @@ impl MysqlTarget {
             options = options.password(password.expose_secret());
         }
         options = options.log_statements(tracing::log::LevelFilter::Off);
-        let pool = MySqlPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
-            .connect_lazy_with(options.clone());
+        let pool = crate::lazy_pool(options.clone(), MAX_CONNECTIONS);
         Ok(MysqlTarget {
             name: name.to_owned(),
             options,
@@ -91,16 +85,7 @@ impl MysqlTarget {
     }
 
     fn unavailable(&self, error: sqlx::Error) -> TargetError {
-        match error {
-            sqlx::Error::Database(db) => TargetError::Refused {
-                target: self.name.clone(),
-                reason: db.message().to_owned(),
-            },
-            other => TargetError::Unavailable {
-                target: self.name.clone(),
-                source: Box::new(other),
-            },
-        }
+        crate::sql_error(&self.name, error)
     }
 
     fn connection(&self) -> Connection {

@@ -186,6 +186,24 @@ impl TestBroker {
         )
     }
 
+    /// [`TestBroker::call`] that must answer `status`; returns the body (the assertion shows it).
+    #[track_caller]
+    pub fn expect<'a>(
+        &'a self,
+        status: u16,
+        method: &'a str,
+        path: &'a str,
+        token: Option<&'a str>,
+        body: Option<Value>,
+    ) -> impl std::future::Future<Output = Value> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let (got, answer) = self.call(method, path, token, body).await;
+            assert_eq!(got, status, "{method} {path} at {caller}: {answer}");
+            answer
+        }
+    }
+
     pub async fn raw(&self) -> &reqwest::Client {
         &self.http
     }

@@ -13,7 +13,7 @@ use mayfly_core::policy::{Action, Decision};
 use mayfly_core::{LoginName, Principal, Timestamp};
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, Write, WriteOutcome};
-use mayfly_targets::{IssuePlan, TargetKind};
+use mayfly_targets::IssuePlan;
 
 use super::{
     NewRequest, check_key, check_new_request, context_of, decide, grant_info, new_grant, undecided,
@@ -59,7 +59,7 @@ impl Broker {
         }
         let target = self.target(&new.target).await?;
         let kind = target.kind();
-        check_key(kind, key)?;
+        let fingerprint = check_key(kind, key)?;
         let now = self.now();
         // Decided and activated at once: there is no window to wait in.
         let mut request = undecided(principal, &new, &role, now, now);
@@ -156,11 +156,7 @@ impl Broker {
             .detail("grant_id", grant.id.clone())
             .detail("login", login.to_string())
             .detail("expires_at_ms", expires_at.unix_ms());
-        if kind == TargetKind::Ssh
-            && let Some(key) = key
-        {
-            let fingerprint = mayfly_crypto::ssh::fingerprint(key)
-                .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")))?;
+        if let Some(fingerprint) = fingerprint {
             event = event.detail("key_fingerprint", fingerprint);
         }
         if let WriteOutcome::Conflict { reason, .. } = self

@@ -349,13 +349,17 @@ fn check_new_request(new: &NewRequest) -> Result<(), ApiError> {
 }
 
 /// A key to certify belongs to SSH roles (required) and X.509 roles (a CSR, optional), and only
-/// there; checked before any intent.
-fn check_key(kind: mayfly_targets::TargetKind, key: Option<&str>) -> Result<(), ApiError> {
+/// there; checked before any intent. Returns an SSH key's SHA-256 fingerprint.
+fn check_key(
+    kind: mayfly_targets::TargetKind,
+    key: Option<&str>,
+) -> Result<Option<String>, ApiError> {
     use mayfly_targets::TargetKind;
     match (kind, key) {
         (TargetKind::Ssh, Some(key)) => {
-            mayfly_crypto::ssh::parse_public_key(key)
-                .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")))?;
+            return mayfly_crypto::ssh::fingerprint(key)
+                .map(Some)
+                .map_err(|e| ApiError::BadRequest(format!("field `public_key`: {e}")));
         }
         (TargetKind::Ssh, None) => {
             return Err(ApiError::BadRequest(
@@ -375,7 +379,7 @@ fn check_key(kind: mayfly_targets::TargetKind, key: Option<&str>) -> Result<(), 
         }
         (_, None) => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 fn context_of(

@@ -37,18 +37,19 @@ async fn setup(broker: &TestBroker, cluster: &PgCluster) {
     // The URL may not carry the user: give it separately.
     assert_eq!(status, 400, "{body}");
     let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             "/v1/targets",
             Some(&admin),
             Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": "postgres", "admin_password": cluster.admin_password})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     for (name, ttl) in [("readonly", 3600), ("owner", 600)] {
-        let (status, body) = broker
-            .call(
+        broker
+            .expect(
+                200,
                 "POST",
                 "/v1/roles",
                 Some(&admin),
@@ -58,17 +59,16 @@ async fn setup(broker: &TestBroker, cluster: &PgCluster) {
                 })),
             )
             .await;
-        assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": POLICY})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
 }
 
 async fn connect(cluster: &PgCluster, credential: &Value) -> Result<sqlx::PgConnection, String> {
@@ -149,15 +149,15 @@ async fn allowed_then_revoked_early_and_proven_on_the_target() {
         )
         .await;
     assert_eq!(status, 403);
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{id}/activate"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     assert_eq!(credential["grant"]["state"], "active");
     assert!(credential["grant"]["seconds_left"].as_i64().unwrap() > 890);
     // Activated once only.
@@ -175,15 +175,15 @@ async fn allowed_then_revoked_early_and_proven_on_the_target() {
     assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_ok());
 
     let grant_id = credential["grant"]["id"].as_str().unwrap();
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/revoke"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let grant = wait_for_state(&broker, &alice, grant_id, "verified").await;
     assert_eq!(grant["revoke_reason"], "revoked early");
 
@@ -281,15 +281,15 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
     approvers.sort();
     assert_eq!(approvers, ["user:admin", "user:bob"]);
 
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{id}/activate"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     assert!(connect(&cluster, &credential).await.is_ok());
     // TTL = min(requested 300, role max 600).
     let ttl = credential["grant"]["expires_at_ms"].as_i64().unwrap()
@@ -299,15 +299,15 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
     // Denied, with the reason: no policy permits an empty reason... nor an unknown role.
     let (status, body) = ask(&broker, &alice, "readonly", 60, " ").await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = broker
-        .call(
+    let body = broker
+        .expect(
+            403,
             "POST",
             "/v1/requests",
             Some(&admin),
             Some(json!({"target": "pg", "role": "readonly", "ttl_seconds": 60, "reason": "x"})),
         )
         .await;
-    assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -325,15 +325,15 @@ async fn expiry_revokes_by_itself() {
     let alice = broker.login("alice").await;
     let (_, request) = ask(&broker, &alice, "readonly", 120, "short job").await;
     let id = request["id"].as_str().unwrap();
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{id}/activate"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     let mut session = connect(&cluster, &credential).await.unwrap();
     let grant_id = credential["grant"]["id"].as_str().unwrap();
     // Nothing happens before the TTL.
@@ -353,15 +353,15 @@ async fn sql_shaped_input_is_harmless() {
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
     let admin = broker.admin_token.clone().unwrap();
-    let (status, body) = broker
-        .call(
+    let body = broker
+        .expect(
+            400,
             "POST",
             "/v1/roles",
             Some(&admin),
             Some(json!({"target": "pg", "name": "x\"; DROP ROLE postgres; --", "max_ttl_seconds": 60, "creation_sql": "CREATE ROLE {{name}} PASSWORD {{password}}"})),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -373,15 +373,15 @@ async fn sql_shaped_input_is_harmless() {
     let (status, request) = ask(&broker, &alice, "readonly", 60, reason).await;
     assert_eq!(status, 200, "{request}");
     let id = request["id"].as_str().unwrap();
-    let (status, credential) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{id}/activate"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     let (_, info) = broker.call("GET", "/v1/requests", Some(&alice), None).await;
     assert_eq!(info[0]["reason"], reason);
     // The target's admin still exists and the broker's tables are intact.
@@ -415,16 +415,15 @@ async fn activate_readonly(broker: &TestBroker, token: &str, ttl: u64) -> Value 
     let (status, request) = ask(broker, token, "readonly", ttl, "test").await;
     assert_eq!(status, 200, "{request}");
     let id = request["id"].as_str().unwrap();
-    let (status, credential) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{id}/activate"),
             Some(token),
             None,
         )
-        .await;
-    assert_eq!(status, 200, "{credential}");
-    credential
+        .await
 }
 
 #[tokio::test]
@@ -521,15 +520,15 @@ async fn a_policy_change_revokes_grants_it_no_longer_allows() {
         "resource == Role::\"pg/readonly\"",
         "resource == Role::\"pg/nothing\"",
     );
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": narrower})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let grant = wait_for_state(&broker, &alice, &grant_id, "verified").await;
     assert_eq!(
         grant["revoke_reason"],
@@ -572,15 +571,15 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
     assert_eq!(status, 403, "only an admin changes bindings");
 
     // Alice leaves the group the policy names: her grant goes, Bob's stays.
-    let (status, updated) = broker
-        .call(
+    let updated = broker
+        .expect(
+            200,
             "PATCH",
             "/v1/users/alice",
             Some(&admin),
             Some(json!({"groups": ["ops"]})),
         )
         .await;
-    assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["grants_revoked"], 1);
     assert_eq!(updated["user"]["groups"], json!(["ops"]));
     let grant = wait_for_state(
@@ -606,15 +605,15 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
     assert_eq!(status, 403, "alice is no longer allowed");
 
     // Bob is disabled: his grant and his session with the broker end.
-    let (status, updated) = broker
-        .call(
+    let updated = broker
+        .expect(
+            200,
             "PATCH",
             "/v1/users/bob",
             Some(&admin),
             Some(json!({"disabled": true})),
         )
         .await;
-    assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["grants_revoked"], 1);
     let grant = wait_for_state(
         &broker,
@@ -636,15 +635,15 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
     assert_eq!(status, 401);
 
     // A workload's grant ends with the JWT role it logged in through.
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": format!("{POLICY}\n@id(\"deploy\") permit (principal is Workload, action == Action::\"request\", resource == Role::\"pg/readonly\");")})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let workload = crate::jwt::workload_session(&broker).await;
     let deploys = activate_readonly(&broker, &workload, 900).await;
     let mut deploys_session = connect(&cluster, &deploys).await.unwrap();
@@ -772,15 +771,15 @@ async fn break_glass_is_immediate_notified_and_waits_for_review() {
     let with_glass = format!(
         "{POLICY}\n@id(\"oncall-break-glass\")\npermit (principal in Group::\"dev\", action == Action::\"break_glass\", resource == Role::\"pg/owner\");"
     );
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": with_glass})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let alice = broker.login("alice").await;
     // Bob may not break the glass on a role no break_glass policy names.
     let (status, request) = broker
@@ -792,15 +791,15 @@ async fn break_glass_is_immediate_notified_and_waits_for_review() {
         (Some("allowed"), Some(true))
     );
     let id = request["id"].as_str().unwrap();
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{id}/activate"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     assert!(connect(&cluster, &credential).await.is_ok());
     let grant_id = credential["grant"]["id"].as_str().unwrap();
     // The webhook got a generic JSON notification with a Slack-compatible `text`.
@@ -899,15 +898,15 @@ async fn renewal_moves_both_fences_within_the_maximum() {
     let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
     let created = credential["grant"]["created_at_ms"].as_i64().unwrap();
     broker.clock.advance(Duration::from_secs(30));
-    let (status, grant) = broker
-        .call(
+    let grant = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/renew"),
             Some(&alice),
             Some(json!({"ttl_seconds": 600})),
         )
         .await;
-    assert_eq!(status, 200, "{grant}");
     assert_eq!(
         grant["expires_at_ms"].as_i64().unwrap(),
         created + 30_000 + 600_000
@@ -932,15 +931,15 @@ async fn renewal_moves_both_fences_within_the_maximum() {
         "{valid_until_ms}"
     );
     // Never past the maximum (3600 s from creation), and only by the holder.
-    let (status, grant) = broker
-        .call(
+    let grant = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/renew"),
             Some(&alice),
             Some(json!({"ttl_seconds": 86_400})),
         )
         .await;
-    assert_eq!(status, 200, "{grant}");
     assert_eq!(
         grant["expires_at_ms"].as_i64().unwrap(),
         created + 3_600_000
@@ -1151,24 +1150,24 @@ async fn mariadb_and_redis_grants_end_to_end() {
     let alice = broker.login("alice").await;
 
     // MariaDB.
-    let (status, request) = broker
-        .call(
+    let request = broker
+        .expect(
+            200,
             "POST",
             "/v1/requests",
             Some(&alice),
             Some(json!({"target": "maria", "role": "reader", "ttl_seconds": 900, "reason": "e2e"})),
         )
         .await;
-    assert_eq!(status, 200, "{request}");
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     assert_eq!(credential["kind"], "mysql");
     let options = sqlx::mysql::MySqlConnectOptions::new()
         .host("127.0.0.1")
@@ -1179,15 +1178,15 @@ async fn mariadb_and_redis_grants_end_to_end() {
     let mut session = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
     sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
     let grant_id = credential["grant"]["id"].as_str().unwrap();
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/revoke"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     wait_for_state(&broker, &alice, grant_id, "verified").await;
     assert!(
         sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
@@ -1196,24 +1195,24 @@ async fn mariadb_and_redis_grants_end_to_end() {
     assert!(sqlx::MySqlConnection::connect_with(&options).await.is_err());
 
     // Redis.
-    let (status, request) = broker
-        .call(
+    let request = broker
+        .expect(
+            200,
             "POST",
             "/v1/requests",
             Some(&alice),
             Some(json!({"target": "cache", "role": "reader", "ttl_seconds": 900, "reason": "e2e"})),
         )
         .await;
-    assert_eq!(status, 200, "{request}");
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     assert_eq!(credential["kind"], "redis");
     let user = credential["username"].as_str().unwrap().to_owned();
     let password = credential["password"].as_str().unwrap().to_owned();

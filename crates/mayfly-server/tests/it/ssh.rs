@@ -27,8 +27,9 @@ fn user_key(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 async fn certify(broker: &TestBroker, token: &str, ttl: u64, public: &str) -> Value {
-    let (status, request) = broker
-        .call(
+    let request = broker
+        .expect(
+            200,
             "POST",
             "/v1/requests",
             Some(token),
@@ -37,17 +38,15 @@ async fn certify(broker: &TestBroker, token: &str, ttl: u64, public: &str) -> Va
             ),
         )
         .await;
-    assert_eq!(status, 200, "{request}");
-    let (status, credential) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
             Some(token),
             Some(json!({"public_key": public})),
         )
-        .await;
-    assert_eq!(status, 200, "{credential}");
-    credential
+        .await
 }
 
 async fn krl(broker: &TestBroker) -> Vec<u8> {
@@ -83,15 +82,15 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
     let user = sshd::whoami();
     let host = host_trusting(&broker).await;
 
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             "/v1/targets",
             Some(&admin),
             Some(json!({"kind": "ssh", "name": "web", "url": format!("ssh://127.0.0.1:{}", host.port), "admin_user": "", "admin_password": ""})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     // Hostile principals and options are refused when the role is added.
     for bad in [
         json!({"principals": ["root'; id"]}),
@@ -99,35 +98,35 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         json!({"principals": [user], "force_command": "id\nrm -rf /"}),
         json!({"principals": [user], "extensions": ["permit-everything"]}),
     ] {
-        let (status, body) = broker
-            .call(
+        broker
+            .expect(
+                400,
                 "POST",
                 "/v1/roles",
                 Some(&admin),
                 Some(json!({"target": "web", "name": "bad", "max_ttl_seconds": 600, "creation_sql": bad.to_string()})),
             )
             .await;
-        assert_eq!(status, 400, "{body}");
     }
     let role = json!({"principals": [user], "extensions": ["permit-pty"], "source_address": "127.0.0.1/32"});
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             "/v1/roles",
             Some(&admin),
             Some(json!({"target": "web", "name": "login", "max_ttl_seconds": 3600, "creation_sql": role.to_string()})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": "@id(\"ssh\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"web\");"})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let alice = broker.login("alice").await;
     let keys = tempfile::tempdir().unwrap();
 
@@ -145,15 +144,15 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
         json!({"public_key": "ssh-ed25519 AAAA\nssh-ed25519 BBBB"}),
         json!({"public_key": "not a key"}),
     ] {
-        let (status, body) = broker
-            .call(
+        let body = broker
+            .expect(
+                400,
                 "POST",
                 &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
                 Some(&alice),
                 Some(bad),
             )
             .await;
-        assert_eq!(status, 400, "{body}");
         assert!(
             body["error"]["message"]
                 .as_str()
@@ -194,15 +193,15 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
 
     // Revoked early: the KRL lists it; once the host has it, the login is refused.
     let grant_id = credential["grant"]["id"].as_str().unwrap();
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/revoke"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let mut verified = Value::Null;
     for _ in 0..200 {
         let (_, grant) = broker
@@ -331,15 +330,15 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
 @id("tls") permit (principal in Group::"dev", action == Action::"request", resource in Target::"api");
 @id("db") permit (principal in Group::"dev", action == Action::"request", resource in Target::"db");
 "#;
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": policy})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let alice = broker.login("alice").await;
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = user_key(keys.path(), "id_fast");
@@ -353,15 +352,15 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
     };
 
     // One call: a certificate, capped at the policy's max TTL, that logs in.
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             "/v1/certificates",
             Some(&alice),
             Some(sign("login", json!({"public_key": public}))),
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     let grant = &credential["grant"];
     assert_eq!(grant["state"], "active");
     let ttl_ms = grant["expires_at_ms"].as_i64().unwrap() - broker.clock_secs() as i64 * 1000;
@@ -373,15 +372,15 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
     broker.clock.set(mayfly_server::clock::Clock::now(
         &mayfly_server::clock::SystemClock,
     ));
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             "/v1/certificates",
             Some(&alice),
             Some(sign("login", json!({"public_key": public}))),
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     std::fs::write(&cert_path, credential["certificate"].as_str().unwrap()).unwrap();
     assert_eq!(
         sshd::login(&host, &key, &cert_path, &user).unwrap().trim(),
@@ -459,15 +458,15 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
         assert!(message.contains(hint), "{message}");
     }
     // Admins are not in `dev`: denied by policy, recorded and audited as a refusal.
-    let (status, answer) = broker
-        .call(
+    broker
+        .expect(
+            403,
             "POST",
             "/v1/certificates",
             Some(&admin),
             Some(sign("login", json!({"public_key": public}))),
         )
         .await;
-    assert_eq!(status, 403, "{answer}");
     let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
     let refused = events
         .iter()
@@ -476,15 +475,15 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
     assert_eq!(refused, 1, "the denial is audited once");
 
     // Revoked: the KRL names it, sshd refuses it.
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/revoke"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     host.write_krl(&krl(&broker).await);
     let refused = sshd::login(&host, &key, &cert_path, &user).unwrap_err();
     assert!(refused.contains("Permission denied"), "{refused}");
@@ -496,15 +495,15 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
         .unwrap()
         .pem()
         .unwrap();
-    let (status, credential) = broker
-        .call(
+    let credential = broker
+        .expect(
+            200,
             "POST",
             "/v1/certificates",
             Some(&alice),
             Some(json!({"target": "api", "role": "client", "ttl_seconds": 600, "reason": "tls", "csr": csr})),
         )
         .await;
-    assert_eq!(status, 200, "{credential}");
     assert_eq!(credential["kind"], "x509");
     assert!(credential.get("private_key").is_none(), "{credential}");
     let ca = broker

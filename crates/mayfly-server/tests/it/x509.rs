@@ -21,74 +21,73 @@ async fn text(broker: &TestBroker, path: &str) -> String {
 }
 
 async fn activate(broker: &TestBroker, token: &str, ttl: u64, body: Value) -> Value {
-    let (status, request) = broker
-        .call(
+    let request = broker
+        .expect(
+            200,
             "POST",
             "/v1/requests",
             Some(token),
             Some(json!({"target": "api", "role": "client", "ttl_seconds": ttl, "reason": "tls test"})),
         )
         .await;
-    assert_eq!(status, 200, "{request}");
-    let (status, credential) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
             Some(token),
             Some(body),
         )
-        .await;
-    assert_eq!(status, 200, "{credential}");
-    credential
+        .await
 }
 
 #[tokio::test]
 async fn client_certificates_are_accepted_until_expiry_or_revocation() {
     let broker = TestBroker::ready().await;
     let admin = broker.admin_token.clone().unwrap();
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             "/v1/targets",
             Some(&admin),
             Some(json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     for bad in [
         json!({"common_name": ""}),
         json!({"common_name": "a\nb"}),
         json!({"common_name": "x", "uri_sans": ["not a uri"]}),
     ] {
-        let (status, body) = broker
-            .call(
+        broker
+            .expect(
+                400,
                 "POST",
                 "/v1/roles",
                 Some(&admin),
                 Some(json!({"target": "api", "name": "bad", "max_ttl_seconds": 600, "creation_sql": bad.to_string()})),
             )
             .await;
-        assert_eq!(status, 400, "{body}");
     }
     let role = json!({"common_name": "payments", "uri_sans": ["spiffe://acme/payments"]});
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             "/v1/roles",
             Some(&admin),
             Some(json!({"target": "api", "name": "client", "max_ttl_seconds": 3600, "creation_sql": role.to_string()})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "PUT",
             "/v1/policy",
             Some(&admin),
             Some(json!({"text": "@id(\"tls\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"api\");"})),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let alice = broker.login("alice").await;
     let ca = text(&broker, "/v1/x509/ca").await;
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
@@ -127,15 +126,15 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
             Some(json!({"target": "api", "role": "client", "ttl_seconds": 60, "reason": "r"})),
         )
         .await;
-    let (status, body) = broker
-        .call(
+    let body = broker
+        .expect(
+            400,
             "POST",
             &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
             Some(&alice),
             Some(json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"})),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("csr"));
 
     // A certificate of another CA is refused: the service checks what the broker signed.
@@ -152,15 +151,15 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
 
     // Revoked early: the CRL lists it; a service that loads the CRL refuses it, not the other.
     let grant_id = made["grant"]["id"].as_str().unwrap();
-    let (status, body) = broker
-        .call(
+    broker
+        .expect(
+            200,
             "POST",
             &format!("/v1/grants/{grant_id}/revoke"),
             Some(&alice),
             None,
         )
         .await;
-    assert_eq!(status, 200, "{body}");
     let mut state = Value::Null;
     for _ in 0..200 {
         let (_, grant) = broker
