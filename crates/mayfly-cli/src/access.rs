@@ -146,7 +146,8 @@ pub async fn target(client: &Client, command: TargetCommand, json: bool) -> anyh
             admin_user,
             admin_password_file,
         } => {
-            let admin_password = if kind == "ssh" {
+            // Certificate targets have no account on the target to administer.
+            let admin_password = if matches!(kind.as_str(), "ssh" | "x509") {
                 String::new()
             } else {
                 if admin_user.is_empty() {
@@ -471,8 +472,7 @@ pub async fn review(client: &Client, command: ReviewCommand, json: bool) -> anyh
     Ok(())
 }
 
-/// Runs `command` with a credential in its environment and revokes it when the command ends,
-/// also on Ctrl-C.
+/// `mayfly ssh ROLE user@host [-- cmd]`, `mayfly ssh ca`, `mayfly ssh krl FILE`.
 #[derive(Debug, clap::Args)]
 pub struct SshArgs {
     /// TARGET/ROLE, or `ca`, or `krl`.
@@ -743,6 +743,8 @@ async fn interrupted() -> &'static str {
     "interrupted"
 }
 
+/// Runs `command` with a credential in its environment and revokes it when the command ends,
+/// also on Ctrl-C.
 pub async fn exec(
     client: &Client,
     args: RequestArgs,
@@ -778,7 +780,8 @@ pub async fn exec(
         .env("MAYFLY_USER", &credential.username)
         .env("MAYFLY_PASSWORD", &credential.password)
         .env("MAYFLY_DATABASE", &credential.database);
-    // What each system's own client reads.
+    // What each system's own client reads. The mysql client and redis-cli take the user name
+    // from no variable: pass `-u "$MAYFLY_USER"` / `--user "$MAYFLY_USER"` (docs/targets/).
     match credential.kind.as_str() {
         "mysql" => {
             command

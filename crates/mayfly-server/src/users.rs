@@ -229,9 +229,12 @@ pub async fn update(
         name: username.as_str().to_owned(),
         groups: Vec::new(),
     });
-    let revoked =
-        crate::access::expiry::recheck_active(broker, &reason, |principal| principal == key)
-            .await?;
+    let revoked = crate::access::expiry::recheck_active(
+        broker,
+        &reason,
+        mayfly_store::Principals::Exactly(&key),
+    )
+    .await?;
     let user = broker
         .store()
         .user_by_name(username.as_str())

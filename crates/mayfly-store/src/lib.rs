@@ -34,6 +34,15 @@ pub enum GrantFilter {
     /// Break-glass grants nobody has reviewed yet.
     Unreviewed,
 }
+/// Whose grants to walk (principal keys: `user:alice`, `workload:ROLE:NAME`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Principals<'a> {
+    All,
+    Exactly(&'a str),
+    /// Keys starting with this (every workload of one binding: `workload:ROLE:`).
+    StartingWith(&'a str),
+}
+
 pub use sql::{Dialect, SqlStore};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -133,11 +142,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError>;
     async fn grants(&self, filter: GrantFilter, limit: i64)
     -> Result<Vec<GrantRecord>, StoreError>;
-    /// One page of the grants matching `filter`, in id order, after `after_id` (`""` for the
-    /// first page): for walking all of them without holding all of them.
+    /// One page of the grants of `principals` matching `filter`, in id order, after `after_id`
+    /// (`""` for the first page): for walking all of them without holding all of them.
     async fn grants_after(
         &self,
         filter: GrantFilter,
+        principals: Principals<'_>,
         after_id: &str,
         limit: i64,
     ) -> Result<Vec<GrantRecord>, StoreError>;

@@ -15,7 +15,7 @@ use crate::records::{
     ApprovalRecord, Change, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord, SealRecord,
     SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
 };
-use crate::{GrantFilter, Store, StoreError, Write, WriteOutcome};
+use crate::{GrantFilter, Principals, Store, StoreError, Write, WriteOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -1025,20 +1025,29 @@ impl Store for SqlStore {
     async fn grants_after(
         &self,
         filter: GrantFilter,
+        principals: Principals<'_>,
         after_id: &str,
         limit: i64,
     ) -> Result<Vec<GrantRecord>, StoreError> {
+        let (scope, key) = match principals {
+            Principals::All => ("", ""),
+            Principals::Exactly(key) => (" AND principal = $3", key),
+            Principals::StartingWith(prefix) => {
+                (" AND substr(principal, 1, length($3)) = $3", prefix)
+            }
+        };
         let sql = format!(
-            "SELECT {} FROM grants WHERE id > $1 AND ({}) ORDER BY id LIMIT $2",
+            "SELECT {} FROM grants WHERE id > $1 AND ({}){scope} ORDER BY id LIMIT $2",
             access::GRANT_COLUMNS,
             grant_condition(filter)
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after_id.to_owned())
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+            .bind(limit);
+        if !scope.is_empty() {
+            query = query.bind(key.to_owned());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(access::grant_from_row).collect()
     }
 

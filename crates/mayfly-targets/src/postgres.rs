@@ -98,7 +98,8 @@ impl PostgresTarget {
         }
         options = options
             .application_name("mayfly")
-            .log_statements(tracing::log::LevelFilter::Off);
+            // Off entirely, slow statements too: the statements carry password verifiers.
+            .disable_statement_logging();
         let pool = crate::lazy_pool(options.clone(), MAX_CONNECTIONS);
         Ok(PostgresTarget {
             name: name.to_owned(),
@@ -163,17 +164,18 @@ impl PostgresTarget {
         }
     }
 
-    /// Runs one step's script. Any refusal by the server is worth one more look: a concurrent
-    /// revocation of the same role shows up as "role does not exist" (42704) or "tuple
-    /// concurrently deleted" (XX000), and the next look no longer finds that role. A refusal that
-    /// stays (the role owns objects elsewhere) is reported after the last look.
+    /// Runs one step's script. A concurrent revocation of the same role shows up as "role does
+    /// not exist" (42704) or "tuple concurrently deleted" (XX000) — or, between two batches, as a
+    /// deadlock (40P01) — and is worth one more look: the next look no longer finds that role. Any
+    /// other refusal (the role owns objects elsewhere, a bad revocation script) is reported at
+    /// once, not retried.
     async fn step(&self, script: String) -> Result<(), Step> {
-        self.run_script(script).await.map_err(|error| {
-            if matches!(&error, sqlx::Error::Database(_)) {
+        const RACES: [&str; 3] = ["42704", "XX000", "40P01"];
+        self.run_script(script).await.map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| RACES.contains(&c.as_ref())) => {
                 Step::Raced(error)
-            } else {
-                Step::Failed(self.unavailable(error))
             }
+            _ => Step::Failed(self.unavailable(error)),
         })
     }
 
@@ -304,11 +306,11 @@ impl Target for PostgresTarget {
             Some(&verifier),
             Some(plan.expires_at),
         );
-        // The second fence, whatever the creation SQL says: VALID UNTIL. (The password is not set
-        // twice: PostgreSQL checks every verifier it is given against the empty password, one
-        // key derivation each.)
+        // Whatever the creation SQL says: LOGIN, and the second fence, VALID UNTIL (as the
+        // converging path below). The password is not set twice: PostgreSQL checks every verifier
+        // it is given against the empty password, one key derivation each.
         let fence = render(
-            "ALTER ROLE {{name}} VALID UNTIL {{expiration}}",
+            "ALTER ROLE {{name}} WITH LOGIN VALID UNTIL {{expiration}}",
             plan.login,
             None,
             Some(plan.expires_at),

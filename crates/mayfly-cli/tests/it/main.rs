@@ -767,6 +767,16 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
         &format!("ssh://127.0.0.1:{}", host.port),
     ]));
     assert!(added.status.success(), "{added:?}");
+    // Certificate targets need no admin account (docs/targets/x509.md's command).
+    let tls = with(mayfly().args([
+        "target",
+        "add",
+        "x509",
+        "api",
+        "--url",
+        "tls://127.0.0.1:8443",
+    ]));
+    assert!(tls.status.success(), "{tls:?}");
     let role = data.path().join("login.json");
     std::fs::write(&role, format!("{{\"principals\": [\"{user}\"]}}")).unwrap();
     let added = with(

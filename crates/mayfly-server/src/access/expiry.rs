@@ -619,12 +619,12 @@ const RECHECK_PAGE: i64 = 500;
 /// request it came from; one that is no longer allowed is revoked early, with that reason. The
 /// grants are read a page at a time, so memory does not grow with their number.
 ///
-/// `affects` picks the grants by their principal key (`user:alice`, `workload:ROLE:NAME`): a change
-/// to one binding re-decides only that principal's grants, without reading their requests.
+/// `principals` picks the grants by their principal key (`user:alice`, `workload:ROLE:NAME`), in
+/// the store's query: a change to one binding reads and re-decides only that principal's grants.
 pub async fn recheck_active(
     broker: &Broker,
     reason: &str,
-    affects: impl Fn(&str) -> bool,
+    principals: mayfly_store::Principals<'_>,
 ) -> Result<usize, ApiError> {
     let mut revoked = 0;
     let meta = crate::api::middleware::RequestMeta {
@@ -635,15 +635,16 @@ pub async fn recheck_active(
     loop {
         let page = broker
             .store()
-            .grants_after(mayfly_store::GrantFilter::Active, &after, RECHECK_PAGE)
+            .grants_after(
+                mayfly_store::GrantFilter::Active,
+                principals,
+                &after,
+                RECHECK_PAGE,
+            )
             .await
             .map_err(|e| ApiError::store(&e))?;
         let Some(last) = page.last() else { break };
         after = last.id.clone();
-        let page: Vec<GrantRecord> = page
-            .into_iter()
-            .filter(|grant| affects(&grant.principal))
-            .collect();
         revoked += recheck_page(broker, &meta, page, reason).await?;
     }
     Ok(revoked)
@@ -695,11 +696,17 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
     }
     let mut engine = Engine::new(broker.clone());
     let mut next_sweep = tokio::time::Instant::now();
+    // Unanswered requests are looked at once a second, not at every turn of the loop (which turns
+    // once per finished task while a burst is revoked).
+    let mut next_requests = tokio::time::Instant::now();
     let next_look = &broker.inner.expiry_next_look_ms;
     loop {
         next_look.store(0, std::sync::atomic::Ordering::SeqCst);
-        if let Err(error) = expire_requests(&broker).await {
-            tracing::warn!(error = %error, "expiring unanswered requests failed");
+        if tokio::time::Instant::now() >= next_requests {
+            next_requests = tokio::time::Instant::now() + Duration::from_secs(1);
+            if let Err(error) = expire_requests(&broker).await {
+                tracing::warn!(error = %error, "expiring unanswered requests failed");
+            }
         }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;

@@ -262,7 +262,7 @@ pub async fn put_policy(
     let revoked = crate::access::expiry::recheck_active(
         &broker,
         "the policies no longer allow this grant",
-        |_| true,
+        mayfly_store::Principals::All,
     )
     .await?;
     if revoked > 0 {

@@ -325,7 +325,7 @@ pub async fn delete_jwt_role(
     let revoked = crate::access::expiry::recheck_active(
         &broker,
         &format!("the workload binding `{name}` was removed"),
-        |principal| principal.starts_with(&workloads),
+        mayfly_store::Principals::StartingWith(&workloads),
     )
     .await?;
     Ok(ApiJson(BindingRemoved {

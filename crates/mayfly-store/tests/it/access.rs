@@ -8,8 +8,8 @@ use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::{Principal, Timestamp};
 use mayfly_store::{
-    ApprovalRecord, Change, GrantFilter, GrantRecord, GrantUpdate, RequestRecord, RoleRecord,
-    Store, TargetRecord, Write, WriteOutcome,
+    ApprovalRecord, Change, GrantFilter, GrantRecord, GrantUpdate, Principals, RequestRecord,
+    RoleRecord, Store, TargetRecord, Write, WriteOutcome,
 };
 
 fn at(ms: i64) -> Timestamp {
@@ -401,6 +401,41 @@ pub async fn run(store: &dyn Store) {
         .map(|e| e.kind == "access.certificate" && e.body.contains("\"refused\""))
         .collect();
     assert_eq!(outcomes, [false, true, false], "{events:?}");
+
+    // Walking the active grants of one principal, or of one workload binding, in the query.
+    for (id, principal) in [("gc3", "workload:ci:repo-a"), ("gc4", "user:alicex")] {
+        let mut g = grant(id, &format!("r{id}"), 600_000);
+        g.state = GrantState::Active;
+        g.principal = principal.into();
+        let outcome = store
+            .commit(vec![issue(
+                request(&format!("r{id}"), RequestState::Activated, 0),
+                g,
+            )])
+            .await
+            .unwrap();
+        assert!(applied(&outcome[0]), "{outcome:?}");
+    }
+    let walk = |principals| async move {
+        let mut ids = store
+            .grants_after(GrantFilter::Active, principals, "", 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| g.id)
+            .collect::<Vec<_>>();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        walk(Principals::Exactly("user:alice")).await,
+        ["gc1", "gc2"]
+    );
+    assert_eq!(
+        walk(Principals::StartingWith("workload:ci:")).await,
+        ["gc3"]
+    );
+    assert_eq!(walk(Principals::All).await, ["gc1", "gc2", "gc3", "gc4"]);
 }
 
 /// Two nodes claiming at once never get the same grant.

@@ -191,6 +191,34 @@ async fn valid_until_is_the_second_fence() {
     let probe = PgProbe { port: cluster.port };
     assert!(probe.login(&expired, &secret).await.is_err());
     target.revoke(&expired, None).await.unwrap();
+
+    // A role whose SQL says neither LOGIN nor VALID UNTIL still gets both from the broker.
+    let bare = RoleSpec {
+        creation_sql: "CREATE ROLE {{name}} PASSWORD {{password}};".into(),
+        ..role.clone()
+    };
+    target.check_role(&bare).unwrap();
+    let plain = conformance::new_login();
+    target
+        .issue(&IssuePlan {
+            login: &plain,
+            secret: &secret,
+            role: &bare,
+            expires_at: conformance::in_minutes(15),
+            public_key: None,
+            issued_at: conformance::in_minutes(0),
+        })
+        .await
+        .unwrap();
+    probe.login(&plain, &secret).await.unwrap();
+    let row =
+        sqlx::query("SELECT rolvaliduntil IS NOT NULL AS fenced FROM pg_roles WHERE rolname = $1")
+            .bind(plain.as_str())
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(row.get::<bool, _>("fenced"));
+    target.revoke(&plain, Some(&bare)).await.unwrap();
 }
 
 #[tokio::test]
