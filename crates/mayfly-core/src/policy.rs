@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use std::collections::{HashMap, HashSet};
@@ -291,8 +291,12 @@ impl Policies {
                 .map_err(|e| eval(e.to_string()))?,
             ),
         }
-        let entities =
-            Entities::from_entities(entities, Some(schema)).map_err(|e| eval(e.to_string()))?;
+        // Built without the schema: checking them against it on every call (Cedar makes a view of
+        // the schema each time) would only check this function, whose entities have the
+        // schema's shape; the policies were validated against the schema when stored. The
+        // schema's action entities are added as it would add them.
+        entities.extend(action_entities()?.iter().cloned());
+        let entities = Entities::from_entities(entities, None).map_err(|e| eval(e.to_string()))?;
 
         let context = input.context;
         let mut pairs = vec![
@@ -307,10 +311,7 @@ impl Policies {
             ),
         ];
         if let Some(ip) = context.source_ip {
-            pairs.push((
-                "source_ip".to_owned(),
-                RestrictedExpression::new_ip(ip.to_string()),
-            ));
+            pairs.push(("source_ip".to_owned(), ip_expression(ip)));
         }
         let ctx = Context::from_pairs(pairs).map_err(|e| eval(e.to_string()))?;
         let request = Request::new(principal_uid, action_uid, role_uid, ctx, Some(schema))
@@ -348,6 +349,50 @@ impl Policies {
         })
     }
 }
+
+/// The schema's action entities, made once; none while no action is in a group (then `action in
+/// …` is only equality, and each entity would only make Cedar's transitive closure dearer).
+fn action_entities() -> Result<&'static [Entity], PolicyError> {
+    static ACTIONS: OnceLock<Result<Vec<Entity>, String>> = OnceLock::new();
+    ACTIONS
+        .get_or_init(|| {
+            let schema = schema().map_err(|e| e.to_string())?;
+            let actions: Vec<Entity> = schema
+                .action_entities()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect();
+            let grouped = actions
+                .iter()
+                .any(|action| !action.clone().into_inner().2.is_empty());
+            Ok(if grouped { actions } else { Vec::new() })
+        })
+        .as_deref()
+        .map_err(|e| PolicyError::Evaluation(format!("schema actions: {e}")))
+}
+
+/// `ip("…")` for a source address. Cedar parses the extension's name each time it makes one, so
+/// the expressions of the addresses seen lately are kept (at most [`IPS_KEPT`]).
+fn ip_expression(ip: IpAddr) -> RestrictedExpression {
+    static KEPT: OnceLock<Mutex<HashMap<IpAddr, RestrictedExpression>>> = OnceLock::new();
+    let kept = KEPT.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(kept) = kept.lock()
+        && let Some(expression) = kept.get(&ip)
+    {
+        return expression.clone();
+    }
+    let expression = RestrictedExpression::new_ip(ip.to_string());
+    if let Ok(mut kept) = kept.lock() {
+        if kept.len() >= IPS_KEPT {
+            kept.clear();
+        }
+        kept.insert(ip, expression.clone());
+    }
+    expression
+}
+
+const IPS_KEPT: usize = 4096;
 
 /// `kind::"id"`, for one of the schema's entity types (any id is allowed).
 fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {

@@ -1,11 +1,12 @@
 //! SSH user certificates per second at N concurrent clients, each a real certificate for the same
-//! user key. Mayfly: `POST /v1/certificates` (decided by a Cedar policy, no approval needed, the
+//! user key. `floor`: the same load against a bare HTTP route that does nothing (the plumbing's cost). Mayfly: `POST /v1/certificates` (decided by a Cedar policy, no approval needed, the
 //! request and the grant recorded with one audit event, durable before the answer), broker on
 //! SQLite in this process. OpenBao: `POST /v1/ssh/sign/ROLE` against a running server.
 //!
 //! ```sh
 //! cargo run --release -p mayfly-server --example sign_bench -- mayfly [clients] [seconds]
 //! cargo run --release -p mayfly-server --example sign_bench -- openbao [clients] [seconds] URL TOKEN ROLE
+//! cargo run --release -p mayfly-server --example sign_bench -- floor [clients] [seconds]
 //! ```
 
 #![allow(
@@ -39,7 +40,34 @@ async fn main() {
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     let public_key = mayfly_crypto::ssh::generate_user_key().unwrap().1;
     let mut broker = None;
-    let load = if system == "openbao" {
+    let load = if system == "floor" {
+        // The floor: a bare axum route that parses the same JSON body and answers with a
+        // certificate-sized JSON, no authentication, policy, signing or store. What the HTTP
+        // plumbing (this load generator and the server framework) costs on this machine alone.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer =
+            json!({"certificate": format!("ssh-ed25519-cert-v01@openssh.com {}", "A".repeat(560))});
+        let app = axum::Router::new().route(
+            "/v1/certificates",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let answer = answer.clone();
+                async move {
+                    assert!(body["public_key"].is_string());
+                    axum::Json(answer)
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Load {
+            url: format!("http://{addr}/v1/certificates"),
+            header: "authorization",
+            token: "Bearer floor".into(),
+            body: json!({"target": "hosts", "role": "bench", "ttl_seconds": 600,
+                          "reason": "bench", "public_key": public_key}),
+            field: &["certificate"],
+        }
+    } else if system == "openbao" {
         let url = args
             .get(4)
             .cloned()

@@ -198,6 +198,28 @@ const ROWS_PER_INSERT: usize = 100;
 
 /// `($1, …, $n), ($n+1, …)`: the placeholders of `rows` rows of `columns` values.
 pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
+    placeholders_from(1, rows, columns)
+}
+
+/// The values of a multi-row `INSERT` on `c`: `?` on SQLite ([`anonymous_placeholders`]),
+/// `$N` on PostgreSQL.
+pub(crate) fn values_on(c: &AnyConnection, rows: usize, columns: usize) -> String {
+    if c.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+        anonymous_placeholders(rows, columns)
+    } else {
+        placeholders(rows, columns)
+    }
+}
+
+/// `(?, ?, …), …`: SQLite only. sqlx binds these in order, without looking up each one's name
+/// (which SQLite finds by a scan: quadratic for a statement of many values).
+pub(crate) fn anonymous_placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// `placeholders`, numbered from `$first`.
+fn placeholders_from(first: usize, rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -209,7 +231,7 @@ pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
                 out.push_str(", ");
             }
             out.push('$');
-            out.push_str(&(row * columns + column + 1).to_string());
+            out.push_str(&(first + row * columns + column).to_string());
         }
         out.push(')');
     }
@@ -224,38 +246,48 @@ pub(crate) async fn insert_requests(
     for chunk in requests.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES {}",
-            placeholders(chunk.len(), 17)
+            values_on(c, chunk.len(), REQUEST_ARITY)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for request in chunk {
-            let (kind, name, role, user_id) = match &request.principal {
-                Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
-                Principal::Workload { role, name } => {
-                    ("workload", name.clone(), Some(role.clone()), None)
-                }
-            };
-            query = query
-                .bind(request.id.clone())
-                .bind(kind)
-                .bind(name)
-                .bind(role)
-                .bind(user_id)
-                .bind(request.target.clone())
-                .bind(request.role.clone())
-                .bind(request.reason.clone())
-                .bind(request.ticket.clone())
-                .bind(request.ttl_ms)
-                .bind(request.max_ttl_ms)
-                .bind(request.approvals_needed)
-                .bind(request.state.as_str())
-                .bind(request.decision.clone())
-                .bind(i64::from(request.break_glass))
-                .bind(request.created_at.unix_ms())
-                .bind(request.expires_at.unix_ms());
+            query = bind_request(query, request);
         }
         query.execute(&mut *c).await?;
     }
     Ok(())
+}
+
+/// Columns of a request row.
+pub(crate) const REQUEST_ARITY: usize = 17;
+/// Columns of a grant row.
+pub(crate) const GRANT_ARITY: usize = 18;
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds one request row's [`REQUEST_ARITY`] values, in [`REQUEST_COLUMNS`] order.
+pub(crate) fn bind_request<'q>(query: AnyQuery<'q>, request: &RequestRecord) -> AnyQuery<'q> {
+    let (kind, name, role, user_id) = match &request.principal {
+        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
+        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
+    };
+    query
+        .bind(request.id.clone())
+        .bind(kind)
+        .bind(name)
+        .bind(role)
+        .bind(user_id)
+        .bind(request.target.clone())
+        .bind(request.role.clone())
+        .bind(request.reason.clone())
+        .bind(request.ticket.clone())
+        .bind(request.ttl_ms)
+        .bind(request.max_ttl_ms)
+        .bind(request.approvals_needed)
+        .bind(request.state.as_str())
+        .bind(request.decision.clone())
+        .bind(i64::from(request.break_glass))
+        .bind(request.created_at.unix_ms())
+        .bind(request.expires_at.unix_ms())
 }
 
 pub(crate) async fn approve(
@@ -379,33 +411,38 @@ pub(crate) async fn insert_grants(
     for chunk in grants.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO grants ({GRANT_COLUMNS}) VALUES {}",
-            placeholders(chunk.len(), 18)
+            values_on(c, chunk.len(), GRANT_ARITY)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for grant in chunk {
-            query = query
-                .bind(grant.id.clone())
-                .bind(grant.request_id.clone())
-                .bind(grant.principal.clone())
-                .bind(grant.target.clone())
-                .bind(grant.role.clone())
-                .bind(grant.login.clone())
-                .bind(grant.state.as_str())
-                .bind(grant.created_at.unix_ms())
-                .bind(grant.expires_at.unix_ms())
-                .bind(grant.next_attempt_at.map(Timestamp::unix_ms))
-                .bind(grant.epoch)
-                .bind(grant.n_attempts)
-                .bind(grant.last_error.clone())
-                .bind(grant.revoke_reason.clone())
-                .bind(grant.revoked_at.map(Timestamp::unix_ms))
-                .bind(grant.verified_at.map(Timestamp::unix_ms))
-                .bind(i64::from(grant.break_glass))
-                .bind(grant.reviewed_by.clone());
+            query = bind_grant(query, grant);
         }
         query.execute(&mut *c).await?;
     }
     Ok(())
+}
+
+/// Binds one grant row's [`GRANT_ARITY`] values, in [`GRANT_COLUMNS`] order.
+pub(crate) fn bind_grant<'q>(query: AnyQuery<'q>, grant: &GrantRecord) -> AnyQuery<'q> {
+    query
+        .bind(grant.id.clone())
+        .bind(grant.request_id.clone())
+        .bind(grant.principal.clone())
+        .bind(grant.target.clone())
+        .bind(grant.role.clone())
+        .bind(grant.login.clone())
+        .bind(grant.state.as_str())
+        .bind(grant.created_at.unix_ms())
+        .bind(grant.expires_at.unix_ms())
+        .bind(grant.next_attempt_at.map(Timestamp::unix_ms))
+        .bind(grant.epoch)
+        .bind(grant.n_attempts)
+        .bind(grant.last_error.clone())
+        .bind(grant.revoke_reason.clone())
+        .bind(grant.revoked_at.map(Timestamp::unix_ms))
+        .bind(grant.verified_at.map(Timestamp::unix_ms))
+        .bind(i64::from(grant.break_glass))
+        .bind(grant.reviewed_by.clone())
 }
 
 pub(crate) async fn update_grant(

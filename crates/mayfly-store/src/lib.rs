@@ -11,6 +11,7 @@
 //! others. The store keeps only ciphertext for secrets: encryption happens before it is called.
 
 mod access;
+mod cache;
 mod records;
 mod sql;
 
@@ -57,6 +58,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("store migration failed")]
     Migration(#[source] BoxError),
+    #[error(
+        "another broker is using this SQLite store (it holds `{0}`): stop it first, or run several brokers on one PostgreSQL store"
+    )]
+    InUse(String),
 }
 
 impl StoreError {

@@ -11,6 +11,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::Mutex;
 
 use crate::access;
+use crate::cache::{DecisionInputs, ReadCache, StoreLock, keeps_reads};
 use crate::records::{
     ApprovalRecord, Change, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord, SealRecord,
     SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
@@ -29,6 +30,30 @@ pub struct SqlStore {
     dialect: Dialect,
     /// Serializes this node's writers. Across nodes (Postgres) the audit head row lock does it.
     write_lock: Mutex<()>,
+    /// Reads kept in memory: SQLite on a file only, where this store holds `_lock`.
+    cache: Option<ReadCache>,
+    _lock: Option<StoreLock>,
+    /// The audit head this store last wrote (SQLite only), for [`SqlStore::commit_script`].
+    head: std::sync::Mutex<Option<Head>>,
+    /// The connection [`SqlStore::commit_script`] keeps between batches: its page cache stays
+    /// warm (SQLite empties a connection's cache whenever another one wrote).
+    script_connection: std::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
+}
+
+/// The chain's last `seq` and hash.
+type Head = (i64, [u8; 32]);
+
+/// One audit event row: `(seq, at_ms, kind, body, hash)`.
+type EventRow = (i64, i64, String, String, String);
+
+/// Chains `event` at `seq` after `prev`: its row and its hash.
+fn chained(event: AuditDraft, seq: i64, prev: &[u8; 32]) -> (EventRow, [u8; 32]) {
+    let at_ms = event.at.unix_ms();
+    let kind = event.kind.clone();
+    let body = event.into_body(seq, prev);
+    let hash = hash_body(&body);
+    let text = String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default();
+    ((seq, at_ms, kind, text, hex::encode(hash)), hash)
 }
 
 fn unavailable(error: sqlx::Error) -> StoreError {
@@ -54,6 +79,15 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         let options = AnyConnectOptions::from_str(url).map_err(unavailable)?;
+        // One broker per SQLite file: taken before anything is read or migrated.
+        let lock = match dialect {
+            Dialect::Sqlite if !(url.contains(":memory:") || url.contains("mode=memory")) => {
+                let file =
+                    sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(unavailable)?;
+                Some(StoreLock::take(file.get_filename(), Duration::from_secs(10)).await?)
+            }
+            _ => None,
+        };
         let max_connections = match dialect {
             Dialect::Sqlite => 4,
             Dialect::Postgres => 16,
@@ -61,6 +95,9 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection is a file handle in this process: pinging it before every use
+            // (a round trip to its worker thread) finds nothing. A PostgreSQL one can have died.
+            .test_before_acquire(dialect == Dialect::Postgres)
             .after_connect(move |connection, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -86,10 +123,20 @@ impl SqlStore {
             pool,
             dialect,
             write_lock: Mutex::new(()),
+            cache: lock.is_some().then(ReadCache::default),
+            _lock: lock,
+            head: std::sync::Mutex::new(None),
+            script_connection: std::sync::Mutex::new(None),
         })
     }
 
     pub async fn close(&self) {
+        let kept = self
+            .script_connection
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.take());
+        drop(kept);
         self.pool.close().await;
     }
 
@@ -331,7 +378,7 @@ impl SqlStore {
         &self,
         writes: Vec<Write>,
         lean: bool,
-    ) -> Result<Vec<WriteOutcome>, BatchError> {
+    ) -> Result<(Vec<WriteOutcome>, Head), BatchError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         match self.write_batch(&mut tx, writes, lean).await {
             Ok(outcomes) => {
@@ -353,7 +400,7 @@ impl SqlStore {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         writes: Vec<Write>,
         lean: bool,
-    ) -> Result<Vec<WriteOutcome>, BatchError> {
+    ) -> Result<(Vec<WriteOutcome>, Head), BatchError> {
         let head = sqlx::query(self.lock_head_sql())
             .fetch_one(&mut **tx)
             .await
@@ -394,17 +441,8 @@ impl SqlStore {
                 Some(reason) => refused(event, reason),
                 None => event,
             };
-            let at_ms = event.at.unix_ms();
-            let kind = event.kind.clone();
-            let body = event.into_body(seq, &prev);
-            let hash = hash_body(&body);
-            events.push((
-                seq,
-                at_ms,
-                kind,
-                String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default(),
-                hex::encode(hash),
-            ));
+            let (row, hash) = chained(event, seq, &prev);
+            events.push(row);
             prev = hash;
             outcomes.push(match conflict {
                 Some(reason) => WriteOutcome::Conflict { seq, reason },
@@ -415,7 +453,7 @@ impl SqlStore {
         for chunk in events.chunks(EVENTS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES {}",
-                access::placeholders(chunk.len(), 5)
+                access::values_on(&**tx, chunk.len(), 5)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (seq, at_ms, kind, body, hash) in chunk {
@@ -434,7 +472,259 @@ impl SqlStore {
             .execute(&mut **tx)
             .await
             .map_err(unavailable)?;
-        Ok(outcomes)
+        Ok((outcomes, (seq, prev)))
+    }
+
+    /// The head to chain a batch from in one script ([`SqlStore::commit_script`]): SQLite, every
+    /// change insert-only, not too many values for one script, and a head this store wrote.
+    fn script_head(&self, writes: &[Write]) -> Option<Head> {
+        if self.dialect != Dialect::Sqlite
+            || writes.len() > SCRIPT_MAX_WRITES
+            || !writes
+                .iter()
+                .all(|w| w.change.as_ref().is_none_or(Change::only_inserts))
+        {
+            return None;
+        }
+        *self.head.lock().ok()?
+    }
+
+    fn set_head(&self, head: Option<Head>) {
+        if self.dialect == Dialect::Sqlite
+            && let Ok(mut known) = self.head.lock()
+        {
+            *known = head;
+        }
+    }
+
+    /// A batch of insert-only changes and plain events, on SQLite, in one round trip to the
+    /// database: one script opens the transaction, inserts the rows and the events, moves the
+    /// head and commits. The head moves only from the one this store last wrote: if anything
+    /// else moved it (another writer, someone editing the database), the script fails on the
+    /// head's `NOT NULL` and the caller takes the long way, which reads the head.
+    async fn commit_script(
+        &self,
+        writes: Vec<Write>,
+        head: Head,
+    ) -> Result<(Vec<WriteOutcome>, Head), StoreError> {
+        let (first_seq, first_hash) = head;
+        let (mut seq, mut prev) = head;
+        let mut pending = PendingInserts::default();
+        let mut events = Vec::with_capacity(writes.len());
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for Write { change, event } in writes {
+            if let Some(change) = change
+                && pending.add(change).is_some()
+            {
+                return Err(StoreError::Unavailable(
+                    "a change that is not insert-only reached the one-script commit".into(),
+                ));
+            }
+            seq += 1;
+            let (row, hash) = chained(event, seq, &prev);
+            events.push(row);
+            prev = hash;
+            outcomes.push(WriteOutcome::Applied { seq });
+        }
+        let mut sql = String::from("BEGIN IMMEDIATE; ");
+        let mut statement = |table: &str, columns: &str, rows: usize, arity: usize| {
+            if rows > 0 {
+                sql.push_str(&format!(
+                    "INSERT INTO {table} ({columns}) VALUES {}; ",
+                    access::anonymous_placeholders(rows, arity)
+                ));
+            }
+        };
+        statement(
+            "requests",
+            access::REQUEST_COLUMNS,
+            pending.requests.len(),
+            access::REQUEST_ARITY,
+        );
+        statement(
+            "grants",
+            access::GRANT_COLUMNS,
+            pending.grants.len(),
+            access::GRANT_ARITY,
+        );
+        statement(
+            "audit_events",
+            "seq, at_ms, kind, body, hash",
+            events.len(),
+            5,
+        );
+        sql.push_str(
+            "UPDATE audit_head SET seq = CASE WHEN seq = ? AND hash = ? THEN ? ELSE NULL END, \
+             hash = ? WHERE id = 1; COMMIT",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(events.len() <= 16);
+        for request in &pending.requests {
+            query = access::bind_request(query, request);
+        }
+        for grant in &pending.grants {
+            query = access::bind_grant(query, grant);
+        }
+        for (seq, at_ms, kind, body, hash) in events {
+            query = query.bind(seq).bind(at_ms).bind(kind).bind(body).bind(hash);
+        }
+        query = query
+            .bind(first_seq)
+            .bind(hex::encode(first_hash))
+            .bind(seq)
+            .bind(hex::encode(prev));
+        let kept = self
+            .script_connection
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.take());
+        let mut connection = match kept {
+            Some(connection) => connection,
+            None => self.pool.acquire().await.map_err(unavailable)?,
+        };
+        if let Err(error) = query.execute(&mut *connection).await {
+            // The transaction may be open still: close it, or drop the connection.
+            if sqlx::query("ROLLBACK")
+                .execute(&mut *connection)
+                .await
+                .is_err()
+            {
+                connection.close_on_drop();
+            }
+            return Err(unavailable(error));
+        }
+        if let Ok(mut kept) = self.script_connection.lock() {
+            *kept = Some(connection);
+        }
+        Ok((outcomes, (seq, prev)))
+    }
+
+    /// The session and its principal, from the database.
+    async fn read_session(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
+                    s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled, r.name AS bound_role \
+             FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
+             LEFT JOIN jwt_roles r ON r.name = s.principal_role WHERE s.token_hash = $1",
+        )
+        .bind(token_hash.to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let kind: String = row.try_get("principal_kind").map_err(unavailable)?;
+        let name: String = row.try_get("principal_name").map_err(unavailable)?;
+        let principal = match kind.as_str() {
+            "user" => {
+                let user_id: Option<String> = row.try_get("user_id").map_err(unavailable)?;
+                let groups: Option<String> = row.try_get("groups").map_err(unavailable)?;
+                let disabled: Option<i64> = row.try_get("disabled").map_err(unavailable)?;
+                let (Some(id), Some(groups), Some(0)) = (user_id, groups, disabled) else {
+                    return Ok(None);
+                };
+                let groups = serde_json::from_str(&groups)
+                    .map_err(|_| StoreError::Corrupt("user groups are not a JSON list".into()))?;
+                Principal::User { id, name, groups }
+            }
+            "workload" => {
+                // A workload's session lasts only as long as the binding (JWT role) it came
+                // through.
+                let role: Option<String> = row.try_get("bound_role").map_err(unavailable)?;
+                let Some(role) = role else { return Ok(None) };
+                Principal::Workload { role, name }
+            }
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown principal kind `{other}`"
+                )));
+            }
+        };
+        let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(unavailable)?;
+        Ok(Some(SessionRecord {
+            id: row.try_get("id").map_err(unavailable)?,
+            token_hash: row.try_get("token_hash").map_err(unavailable)?,
+            principal,
+            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+            expires_at: Timestamp::from_unix_ms(row.try_get("expires_at").map_err(unavailable)?),
+            revoked_at: revoked_at.map(Timestamp::from_unix_ms),
+        }))
+    }
+
+    /// The target, role and policy text of a decision, from the database.
+    async fn read_decision_inputs(
+        &self,
+        target: &str,
+        role: &str,
+    ) -> Result<Option<DecisionInputs>, StoreError> {
+        let row = sqlx::query(
+            "SELECT r.target AS target, r.name AS name, r.creation_sql AS creation_sql, \
+             r.revocation_sql AS revocation_sql, r.max_ttl_ms AS max_ttl_ms, t.kind AS kind, \
+             t.url AS url, t.created_at AS created_at, \
+             (SELECT text FROM policies WHERE id = 1) AS policy_text \
+             FROM roles r JOIN targets t ON t.name = r.target WHERE r.target = $1 AND r.name = $2",
+        )
+        .bind(target.to_owned())
+        .bind(role.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let role = access::role_from_row(&row)?;
+        let target = TargetRecord {
+            name: role.target.clone(),
+            kind: row.try_get("kind").map_err(unavailable)?,
+            url: row.try_get("url").map_err(unavailable)?,
+            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+        };
+        let text: Option<String> = row.try_get("policy_text").map_err(unavailable)?;
+        Ok(Some((target, role, text)))
+    }
+
+    /// [`Store::commit`] under the write lock.
+    async fn commit_locked(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let writes = match self.script_head(&writes) {
+            Some(head) => {
+                let again = copy_writes(&writes);
+                match self.commit_script(writes, head).await {
+                    Ok((outcomes, head)) => {
+                        self.set_head(Some(head));
+                        return Ok(outcomes);
+                    }
+                    Err(error) => {
+                        tracing::debug!(error = %error, "a one-script commit failed; committing the batch the long way");
+                        self.set_head(None);
+                        again
+                    }
+                }
+            }
+            None => writes,
+        };
+        // Changes that only insert rows under fresh ids cannot conflict and need no savepoint of
+        // their own (two statements fewer each). Should one fail after all, the whole batch is
+        // rolled back and applied again with a savepoint per change, so no write is lost.
+        let again = writes
+            .iter()
+            .any(|w| w.change.as_ref().is_some_and(Change::only_inserts))
+            .then(|| copy_writes(&writes));
+        let committed = match self.commit_batch(writes, again.is_some()).await {
+            Err(BatchError::InsertFailed(error)) => {
+                tracing::warn!(error = %error, "an insert failed inside an audit batch; applying the batch again, change by change");
+                let writes = again.unwrap_or_default();
+                self.commit_batch(writes, false)
+                    .await
+                    .map_err(BatchError::into_store)
+            }
+            other => other.map_err(BatchError::into_store),
+        };
+        match committed {
+            Ok((outcomes, head)) => {
+                self.set_head(Some(head));
+                Ok(outcomes)
+            }
+            Err(error) => {
+                self.set_head(None);
+                Err(error)
+            }
+        }
     }
 
     fn lock_head_sql(&self) -> &'static str {
@@ -447,6 +737,20 @@ impl SqlStore {
 
 /// Audit events per `INSERT` statement.
 const EVENTS_PER_INSERT: usize = 200;
+
+/// The largest batch committed as one script: its values stay under SQLite's 32,766.
+const SCRIPT_MAX_WRITES: usize = 512;
+
+/// A copy of a batch, to apply again if the first way fails.
+fn copy_writes(writes: &[Write]) -> Vec<Write> {
+    writes
+        .iter()
+        .map(|w| Write {
+            change: w.change.clone(),
+            event: w.event.clone(),
+        })
+        .collect()
+}
 
 /// Insert-only changes of a batch, waiting to be written many rows per statement.
 #[derive(Default)]
@@ -639,31 +943,13 @@ impl Store for SqlStore {
 
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
         let _writer = self.write_lock.lock().await;
-        // Changes that only insert rows under fresh ids cannot conflict and need no savepoint of
-        // their own (two statements fewer each). Should one fail after all, the whole batch is
-        // rolled back and applied again with a savepoint per change, so no write is lost.
-        let again = writes
-            .iter()
-            .any(|w| w.change.as_ref().is_some_and(Change::only_inserts))
-            .then(|| {
-                writes
-                    .iter()
-                    .map(|w| Write {
-                        change: w.change.clone(),
-                        event: w.event.clone(),
-                    })
-                    .collect::<Vec<_>>()
-            });
-        match self.commit_batch(writes, again.is_some()).await {
-            Err(BatchError::InsertFailed(error)) => {
-                tracing::warn!(error = %error, "an insert failed inside an audit batch; applying the batch again, change by change");
-                let writes = again.unwrap_or_default();
-                self.commit_batch(writes, false)
-                    .await
-                    .map_err(BatchError::into_store)
-            }
-            other => other.map_err(BatchError::into_store),
-        }
+        let cache = self.cache.as_ref().filter(|_| {
+            writes
+                .iter()
+                .any(|w| w.change.as_ref().is_some_and(|c| !keeps_reads(c)))
+        });
+        let _changing = cache.map(ReadCache::changing);
+        self.commit_locked(writes).await
     }
 
     async fn seal(&self) -> Result<Option<SealRecord>, StoreError> {
@@ -738,53 +1024,18 @@ impl Store for SqlStore {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
-                    s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled, r.name AS bound_role \
-             FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
-             LEFT JOIN jwt_roles r ON r.name = s.principal_role WHERE s.token_hash = $1",
-        )
-        .bind(token_hash.to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let kind: String = row.try_get("principal_kind").map_err(unavailable)?;
-        let name: String = row.try_get("principal_name").map_err(unavailable)?;
-        let principal = match kind.as_str() {
-            "user" => {
-                let user_id: Option<String> = row.try_get("user_id").map_err(unavailable)?;
-                let groups: Option<String> = row.try_get("groups").map_err(unavailable)?;
-                let disabled: Option<i64> = row.try_get("disabled").map_err(unavailable)?;
-                let (Some(id), Some(groups), Some(0)) = (user_id, groups, disabled) else {
-                    return Ok(None);
-                };
-                let groups = serde_json::from_str(&groups)
-                    .map_err(|_| StoreError::Corrupt("user groups are not a JSON list".into()))?;
-                Principal::User { id, name, groups }
-            }
-            "workload" => {
-                // A workload's session lasts only as long as the binding (JWT role) it came
-                // through.
-                let role: Option<String> = row.try_get("bound_role").map_err(unavailable)?;
-                let Some(role) = role else { return Ok(None) };
-                Principal::Workload { role, name }
-            }
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "unknown principal kind `{other}`"
-                )));
-            }
+        let Some(cache) = &self.cache else {
+            return self.read_session(token_hash).await;
         };
-        let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(unavailable)?;
-        Ok(Some(SessionRecord {
-            id: row.try_get("id").map_err(unavailable)?,
-            token_hash: row.try_get("token_hash").map_err(unavailable)?,
-            principal,
-            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
-            expires_at: Timestamp::from_unix_ms(row.try_get("expires_at").map_err(unavailable)?),
-            revoked_at: revoked_at.map(Timestamp::from_unix_ms),
-        }))
+        if let Some(session) = cache.session(token_hash) {
+            return Ok(Some(session));
+        }
+        let read_at = cache.generation();
+        let session = self.read_session(token_hash).await?;
+        if let Some(session) = &session {
+            cache.keep_session(token_hash, read_at, session);
+        }
+        Ok(session)
     }
 
     async fn jwt_issuer(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError> {
@@ -864,6 +1115,7 @@ impl Store for SqlStore {
 
     async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
         let _writer = self.write_lock.lock().await;
+        let _changing = self.cache.as_ref().map(ReadCache::changing);
         let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(before.unix_ms())
             .execute(&self.pool)
@@ -925,29 +1177,19 @@ impl Store for SqlStore {
         &self,
         target: &str,
         role: &str,
-    ) -> Result<Option<(TargetRecord, RoleRecord, Option<String>)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT r.target AS target, r.name AS name, r.creation_sql AS creation_sql, \
-             r.revocation_sql AS revocation_sql, r.max_ttl_ms AS max_ttl_ms, t.kind AS kind, \
-             t.url AS url, t.created_at AS created_at, \
-             (SELECT text FROM policies WHERE id = 1) AS policy_text \
-             FROM roles r JOIN targets t ON t.name = r.target WHERE r.target = $1 AND r.name = $2",
-        )
-        .bind(target.to_owned())
-        .bind(role.to_owned())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let role = access::role_from_row(&row)?;
-        let target = TargetRecord {
-            name: role.target.clone(),
-            kind: row.try_get("kind").map_err(unavailable)?,
-            url: row.try_get("url").map_err(unavailable)?,
-            created_at: Timestamp::from_unix_ms(row.try_get("created_at").map_err(unavailable)?),
+    ) -> Result<Option<DecisionInputs>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return self.read_decision_inputs(target, role).await;
         };
-        let text: Option<String> = row.try_get("policy_text").map_err(unavailable)?;
-        Ok(Some((target, role, text)))
+        if let Some(inputs) = cache.decision_inputs(target, role) {
+            return Ok(Some(inputs));
+        }
+        let read_at = cache.generation();
+        let inputs = self.read_decision_inputs(target, role).await?;
+        if let Some(inputs) = &inputs {
+            cache.keep_decision_inputs(target, role, read_at, inputs);
+        }
+        Ok(inputs)
     }
 
     async fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {

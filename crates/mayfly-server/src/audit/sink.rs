@@ -38,6 +38,9 @@ pub struct FileSink {
 /// cursor is for operators, so it need not cost a store write per batch.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a sink that has just copied events waits before it looks again.
+const GATHER: Duration = Duration::from_millis(50);
+
 impl FileSink {
     pub fn open(path: &Path) -> Result<FileSink, SinkError> {
         let position = last_seq_in_file(path)?;
@@ -194,7 +197,17 @@ pub async fn run(
                     _ = shutdown.changed() => return,
                 }
             }
-            Ok(_) => backoff = Duration::from_millis(100),
+            Ok(n) => {
+                backoff = Duration::from_millis(100);
+                // Busy: let events gather for a moment, so that one read, one parse and one fsync
+                // carry many of them (a copy per commit would cost as much as the commit).
+                if n < 1000 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(GATHER) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
             Err(error) => {
                 tracing::error!(error = %error, "audit file sink failed; retrying");
                 metrics::counter!("mayfly_audit_sink_failures_total").increment(1);

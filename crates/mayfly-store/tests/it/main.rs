@@ -11,6 +11,7 @@
 
 mod access;
 mod postgres;
+mod sqlite;
 mod story;
 
 use mayfly_store::SqlStore;

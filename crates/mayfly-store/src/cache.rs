@@ -1,0 +1,188 @@
+//! What every call reads — its session, and the target, role and policy text a decision needs —
+//! kept in memory on SQLite, where this process is the only writer of the database (the store
+//! holds an exclusive lock on `<database>-mayfly.lock` while open; see [`StoreLock`]).
+//!
+//! Exact, not a TTL cache: every commit that could change what is kept (anything but the
+//! insert-only and request/grant changes listed in [`keeps_reads`]) moves the generation before
+//! it starts and after it ends, and a kept value counts only while the generation is the one it
+//! was read under. A value read while such a commit ran is therefore never used, and a logout, a
+//! disabled user, a changed role or policy counts for the very next call. Negative answers are
+//! not kept (an unknown token costs a read, and cannot fill memory).
+//!
+//! PostgreSQL stores are shared by several nodes, each of which can change them: nothing is kept
+//! there.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::StoreError;
+use crate::records::{Change, RoleRecord, SessionRecord, TargetRecord};
+
+/// At most this many values of one kind are kept; when full, all are dropped.
+const KEPT: usize = 10_000;
+
+pub(crate) type DecisionInputs = (TargetRecord, RoleRecord, Option<String>);
+
+#[derive(Default)]
+pub(crate) struct ReadCache {
+    generation: AtomicU64,
+    sessions: Kept<Vec<u8>, SessionRecord>,
+    decisions: Kept<(String, String), DecisionInputs>,
+}
+
+impl ReadCache {
+    /// The generation to read under (pass it back to `keep_*`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Held while a write that may change what is kept runs: moves the generation now and again
+    /// when dropped (also if the write is abandoned half-way).
+    pub(crate) fn changing(&self) -> Changing<'_> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Changing(self)
+    }
+
+    pub(crate) fn session(&self, token_hash: &[u8]) -> Option<SessionRecord> {
+        self.sessions.get(token_hash, self.generation())
+    }
+
+    pub(crate) fn keep_session(&self, token_hash: &[u8], read_at: u64, session: &SessionRecord) {
+        self.sessions
+            .put(token_hash.to_vec(), read_at, session, self.generation());
+    }
+
+    pub(crate) fn decision_inputs(&self, target: &str, role: &str) -> Option<DecisionInputs> {
+        self.decisions
+            .get(&(target.to_owned(), role.to_owned()), self.generation())
+    }
+
+    pub(crate) fn keep_decision_inputs(
+        &self,
+        target: &str,
+        role: &str,
+        read_at: u64,
+        inputs: &DecisionInputs,
+    ) {
+        self.decisions.put(
+            (target.to_owned(), role.to_owned()),
+            read_at,
+            inputs,
+            self.generation(),
+        );
+    }
+}
+
+pub(crate) struct Changing<'a>(&'a ReadCache);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether committing `change` leaves every kept read true: it touches only requests, approvals
+/// and grants, never sessions, users, workload bindings, targets, roles or policies.
+pub(crate) fn keeps_reads(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::CreateRequest { .. }
+            | Change::Approve { .. }
+            | Change::DenyRequest { .. }
+            | Change::ExpireRequests { .. }
+            | Change::RecordIntent { .. }
+            | Change::IssueCertificate { .. }
+            | Change::UpdateGrant { .. }
+            | Change::ReviewGrant { .. }
+    )
+}
+
+struct Kept<K, V> {
+    values: Mutex<HashMap<K, (u64, V)>>,
+}
+
+impl<K, V> Default for Kept<K, V> {
+    fn default() -> Self {
+        Kept {
+            values: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Kept<K, V> {
+    fn get<Q>(&self, key: &Q, generation: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        let values = self.values.lock().ok()?;
+        match values.get(key) {
+            Some((read_at, value)) if *read_at == generation => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `value`, read under `read_at`, unless the generation has moved since.
+    fn put(&self, key: K, read_at: u64, value: &V, now: u64) {
+        if read_at != now {
+            return;
+        }
+        if let Ok(mut values) = self.values.lock() {
+            if values.len() >= KEPT {
+                values.clear();
+            }
+            values.insert(key, (read_at, value.clone()));
+        }
+    }
+}
+
+/// The exclusive lock a broker holds on its SQLite database: two brokers writing one SQLite file
+/// would each keep reads the other changes. Released when the store is dropped (or the process
+/// dies).
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    /// Takes `<database>-mayfly.lock`, waiting up to `wait` for a broker that is stopping.
+    pub(crate) async fn take(database: &Path, wait: Duration) -> Result<StoreLock, StoreError> {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-mayfly.lock");
+        let path = PathBuf::from(path);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StoreLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::InUse(path.display().to_string()));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::Unavailable(Box::new(e)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! What only the SQLite store does: one broker per file, reads kept in memory that every change
+//! makes stale at once, and batches committed as one script from the head it last wrote.
+
+use mayfly_core::audit::{AuditDraft, Outcome};
+use mayfly_core::grant::{GrantState, RequestState};
+use mayfly_core::{Principal, Timestamp};
+use mayfly_store::{
+    Change, GrantRecord, RequestRecord, RoleRecord, SessionRecord, Store, StoreError,
+    TargetRecord, UserRecord, Write, WriteOutcome,
+};
+use sqlx::Connection;
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
+}
+
+async fn apply(store: &dyn Store, change: Change) {
+    let outcomes = store
+        .commit(vec![Write {
+            change: Some(change),
+            event: AuditDraft::new(at(1), "test", Outcome::Ok),
+        }])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[0], WriteOutcome::Applied { .. }),
+        "{outcomes:?}"
+    );
+}
+
+fn certificate(n: u32) -> Write {
+    let request = RequestRecord {
+        id: format!("r{n}"),
+        principal: Principal::Workload {
+            role: "ci".into(),
+            name: "job".into(),
+        },
+        target: "hosts".into(),
+        role: "login".into(),
+        reason: "deploy".into(),
+        ticket: String::new(),
+        ttl_ms: 600_000,
+        max_ttl_ms: 3_600_000,
+        approvals_needed: 0,
+        state: RequestState::Activated,
+        decision: "allowed".into(),
+        break_glass: false,
+        created_at: at(1),
+        expires_at: at(600_001),
+    };
+    let grant = GrantRecord {
+        id: format!("g{n}"),
+        request_id: format!("r{n}"),
+        principal: "workload:ci:job".into(),
+        target: "hosts".into(),
+        role: "login".into(),
+        login: format!("g{n}"),
+        state: GrantState::Active,
+        created_at: at(1),
+        expires_at: at(600_001),
+        next_attempt_at: Some(at(600_001)),
+        epoch: 0,
+        n_attempts: 0,
+        last_error: None,
+        revoke_reason: None,
+        revoked_at: None,
+        verified_at: None,
+        break_glass: false,
+        reviewed_by: None,
+    };
+    Write {
+        change: Some(Change::IssueCertificate {
+            request: Box::new(request),
+            grant: Box::new(grant),
+        }),
+        event: AuditDraft::new(at(1), "access.certificate", Outcome::Ok),
+    }
+}
+
+#[tokio::test]
+async fn kept_reads_follow_every_change() {
+    let (store, _dir) = super::sqlite_store().await;
+    let alice = UserRecord {
+        id: "id-alice".into(),
+        username: "alice".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        groups: vec!["ops".into()],
+        disabled: false,
+        totp_last_step: None,
+        created_at: at(1),
+    };
+    apply(
+        &store,
+        Change::CreateUser {
+            user: alice,
+            secrets: Vec::new(),
+        },
+    )
+    .await;
+    let principal = Principal::User {
+        id: "id-alice".into(),
+        name: "alice".into(),
+        groups: vec!["ops".into()],
+    };
+    apply(
+        &store,
+        Change::CreateSession {
+            session: SessionRecord {
+                id: "s1".into(),
+                token_hash: vec![7; 32],
+                principal: principal.clone(),
+                created_at: at(1),
+                expires_at: at(1_000_000),
+                revoked_at: None,
+            },
+        },
+    )
+    .await;
+    let session = || async { store.session_by_hash(&[7; 32]).await.unwrap() };
+    // Read twice (the second from memory), then each change counts on the very next read.
+    assert_eq!(session().await.unwrap().principal, principal);
+    assert_eq!(session().await.unwrap().principal, principal);
+    // A certificate batch (requests and grants only) leaves the kept session as it is.
+    store.commit(vec![certificate(0)]).await.unwrap();
+    assert_eq!(session().await.unwrap().revoked_at, None);
+    let update = |groups: Option<Vec<String>>, disabled: Option<bool>| Change::UpdateUser {
+        username: "alice".into(),
+        groups,
+        disabled,
+    };
+    apply(&store, update(Some(vec!["admins".into()]), None)).await;
+    match session().await.unwrap().principal {
+        Principal::User { groups, .. } => assert_eq!(groups, vec!["admins".to_owned()]),
+        other => panic!("{other:?}"),
+    }
+    apply(&store, update(None, Some(true))).await;
+    assert!(session().await.is_none(), "a disabled user's session");
+    apply(&store, update(None, Some(false))).await;
+    assert!(session().await.is_some());
+    apply(
+        &store,
+        Change::RevokeSession {
+            id: "s1".into(),
+            at: at(5),
+        },
+    )
+    .await;
+    assert_eq!(session().await.unwrap().revoked_at, Some(at(5)));
+
+    // A decision's inputs: the role's limits and the policy text.
+    apply(
+        &store,
+        Change::PutTarget {
+            target: TargetRecord {
+                name: "hosts".into(),
+                kind: "ssh".into(),
+                url: "ssh://127.0.0.1:22".into(),
+                created_at: at(1),
+            },
+            secret: ("targets/hosts/admin".into(), vec![1]),
+        },
+    )
+    .await;
+    let role = |max_ttl_ms| RoleRecord {
+        target: "hosts".into(),
+        name: "login".into(),
+        creation_sql: r#"{"principals": ["deploy"]}"#.into(),
+        revocation_sql: None,
+        max_ttl_ms,
+    };
+    apply(
+        &store,
+        Change::PutRole {
+            role: role(3_600_000),
+        },
+    )
+    .await;
+    let inputs = || async {
+        store
+            .decision_inputs("hosts", "login")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(inputs().await.1.max_ttl_ms, 3_600_000);
+    assert_eq!(inputs().await.2, None);
+    apply(&store, Change::PutRole { role: role(60_000) }).await;
+    assert_eq!(inputs().await.1.max_ttl_ms, 60_000);
+    apply(
+        &store,
+        Change::PutPolicies {
+            text: "forbid(principal, action, resource);".into(),
+            at: at(9),
+        },
+    )
+    .await;
+    assert_eq!(
+        inputs().await.2.as_deref(),
+        Some("forbid(principal, action, resource);")
+    );
+    super::story::verify_chain(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_head_moved_behind_the_store_is_read_again() {
+    let (store, dir) = super::sqlite_store().await;
+    // Two batches: the second starts from the head the first one wrote, in one script.
+    store
+        .commit(vec![certificate(1), certificate(2)])
+        .await
+        .unwrap();
+    store.commit(vec![certificate(3)]).await.unwrap();
+    let (head, _) = store.audit_head().await.unwrap();
+
+    // Someone with write access moves the head's hash. The next batch must chain from what the
+    // database says (as a store reading the head would), not from what this store last wrote.
+    let url = format!("sqlite://{}", dir.path().join("mayfly.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let moved = "ab".repeat(32);
+    sqlx::query("UPDATE audit_head SET hash = $1")
+        .bind(&moved)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    drop(db);
+    let outcomes = store
+        .commit(vec![certificate(4), certificate(5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Applied { seq: head + 1 },
+            WriteOutcome::Applied { seq: head + 2 }
+        ]
+    );
+    let events = store.audit_events(head, 10).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(body["prev"], moved.as_str(), "{body}");
+    assert_eq!(store.audit_head().await.unwrap(), (head + 2, events[1].hash.clone()));
+    assert!(store.grant("g5").await.unwrap().is_some());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn one_broker_per_sqlite_file() {
+    let (first, dir) = super::sqlite_store().await;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("mayfly.db").display()
+    );
+    // A second store on the same file waits for the first to go (a broker restarting) ...
+    let second = tokio::spawn(async move { mayfly_store::open(&url).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "opened beside a running store");
+    first.close().await;
+    drop(first);
+    let second = second.await.unwrap().unwrap();
+    second.close().await;
+    drop(second);
+    // ... and a file that stays taken is refused, naming the lock.
+    let holder = std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("mayfly.db-mayfly.lock"))
+        .unwrap();
+    holder.try_lock().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("mayfly.db").display()
+    );
+    let started = std::time::Instant::now();
+    let error = mayfly_store::open(&url).await.unwrap_err();
+    assert!(matches!(error, StoreError::InUse(_)), "{error}");
+    assert!(error.to_string().contains("mayfly.db-mayfly.lock"), "{error}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+}
