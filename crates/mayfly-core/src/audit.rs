@@ -103,7 +103,12 @@ pub fn canonical(body: &Value) -> Vec<u8> {
 }
 
 pub fn hash_body(body: &Value) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical(body));
+    hash_canonical(&canonical(body))
+}
+
+/// [`hash_body`] of a body already in its canonical bytes.
+pub fn hash_canonical(canonical: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use mayfly_core::audit::{AuditDraft, Outcome, hash_body};
+use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::{Principal, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
@@ -50,9 +50,9 @@ type EventRow = (i64, i64, String, String, String);
 fn chained(event: AuditDraft, seq: i64, prev: &[u8; 32]) -> (EventRow, [u8; 32]) {
     let at_ms = event.at.unix_ms();
     let kind = event.kind.clone();
-    let body = event.into_body(seq, prev);
-    let hash = hash_body(&body);
-    let text = String::from_utf8(mayfly_core::audit::canonical(&body)).unwrap_or_default();
+    let text = mayfly_core::audit::canonical(&event.into_body(seq, prev));
+    let hash = mayfly_core::audit::hash_canonical(&text);
+    let text = String::from_utf8(text).unwrap_or_default();
     ((seq, at_ms, kind, text, hex::encode(hash)), hash)
 }
 
@@ -453,7 +453,7 @@ impl SqlStore {
         for chunk in events.chunks(EVENTS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES {}",
-                access::values_on(&**tx, chunk.len(), 5)
+                access::values_on(tx, chunk.len(), 5)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (seq, at_ms, kind, body, hash) in chunk {

@@ -5,8 +5,8 @@ use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::{Principal, Timestamp};
 use mayfly_store::{
-    Change, GrantRecord, RequestRecord, RoleRecord, SessionRecord, Store, StoreError,
-    TargetRecord, UserRecord, Write, WriteOutcome,
+    Change, GrantRecord, RequestRecord, RoleRecord, SessionRecord, Store, StoreError, TargetRecord,
+    UserRecord, Write, WriteOutcome,
 };
 use sqlx::Connection;
 
@@ -238,7 +238,10 @@ async fn a_head_moved_behind_the_store_is_read_again() {
     let events = store.audit_events(head, 10).await.unwrap();
     let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
     assert_eq!(body["prev"], moved.as_str(), "{body}");
-    assert_eq!(store.audit_head().await.unwrap(), (head + 2, events[1].hash.clone()));
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        (head + 2, events[1].hash.clone())
+    );
     assert!(store.grant("g5").await.unwrap().is_some());
     store.close().await;
 }
@@ -272,6 +275,9 @@ async fn one_broker_per_sqlite_file() {
     let started = std::time::Instant::now();
     let error = mayfly_store::open(&url).await.unwrap_err();
     assert!(matches!(error, StoreError::InUse(_)), "{error}");
-    assert!(error.to_string().contains("mayfly.db-mayfly.lock"), "{error}");
+    assert!(
+        error.to_string().contains("mayfly.db-mayfly.lock"),
+        "{error}"
+    );
     assert!(started.elapsed() >= std::time::Duration::from_secs(9));
 }
