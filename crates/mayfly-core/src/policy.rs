@@ -228,8 +228,8 @@ impl Policies {
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Decision, PolicyError> {
         let schema = schema()?;
         let eval = |e: String| PolicyError::Evaluation(e);
-        // Entities and context are built directly (no JSON round trip); the schema still checks
-        // every attribute's type, here and in `Request::new`.
+        // Entities and context are built directly (no JSON round trip); `Request::new` checks the
+        // request and its context against the schema, the entities are made here in its shape.
         let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
         let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
         let principal_uid = principal_uid(input.principal).map_err(eval)?;

@@ -158,8 +158,11 @@ pub(crate) struct StoreLock {
 }
 
 impl StoreLock {
-    /// Takes `<database>-mayfly.lock`, waiting up to `wait` for a broker that is stopping.
+    /// Takes `<database>-mayfly.lock`, waiting up to `wait` for a broker that is stopping. The
+    /// database's path is resolved first (symbolic links, `..`), so two names for one file take
+    /// one lock.
     pub(crate) async fn take(database: &Path, wait: Duration) -> Result<StoreLock, StoreError> {
+        let database = resolved(database);
         let mut path = database.as_os_str().to_owned();
         path.push("-mayfly.lock");
         let path = PathBuf::from(path);
@@ -184,5 +187,21 @@ impl StoreLock {
                 }
             }
         }
+    }
+}
+
+/// `database` with its links resolved: the file's own path if it exists, else its directory's
+/// resolved path and its name (a database about to be created), else as given.
+fn resolved(database: &Path) -> PathBuf {
+    if let Ok(path) = std::fs::canonicalize(database) {
+        return path;
+    }
+    let directory = match database.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(directory), database.file_name()) {
+        (Ok(directory), Some(name)) => directory.join(name),
+        _ => database.to_owned(),
     }
 }

@@ -690,7 +690,7 @@ impl SqlStore {
                         return Ok(outcomes);
                     }
                     Err(error) => {
-                        tracing::warn!(error = %error, "a one-script commit failed (the head moved elsewhere, or an insert failed); committing the batch the long way");
+                        tracing::warn!(error = ?error, "a one-script commit failed (the head moved elsewhere, or an insert failed); committing the batch the long way");
                         self.set_head(None);
                         again
                     }

@@ -249,9 +249,11 @@ async fn a_head_moved_behind_the_store_is_read_again() {
 #[tokio::test]
 async fn one_broker_per_sqlite_file() {
     let (first, dir) = super::sqlite_store().await;
+    // Another name for the same file (a symbolic link) is the same store.
+    std::os::unix::fs::symlink(dir.path().join("mayfly.db"), dir.path().join("alias.db")).unwrap();
     let url = format!(
         "sqlite://{}?mode=rwc",
-        dir.path().join("mayfly.db").display()
+        dir.path().join("alias.db").display()
     );
     // A second store on the same file waits for the first to go (a broker restarting) ...
     let second = tokio::spawn(async move { mayfly_store::open(&url).await });
