@@ -84,6 +84,29 @@ impl TestBroker {
         .await
     }
 
+    /// Two broker nodes on one shared store (`store_url`, PostgreSQL): the first bootstrapped,
+    /// the second unsealed from the first's root key file.
+    pub async fn two_nodes(store_url: &str) -> (TestBroker, TestBroker) {
+        let first = TestBroker::start(Options {
+            store_url: Some(store_url.to_owned()),
+            ..Options::default()
+        })
+        .await;
+        let second = TestBroker::start(Options {
+            store_url: Some(store_url.to_owned()),
+            bootstrap: false,
+            ..Options::default()
+        })
+        .await;
+        mayfly_server::dev::unseal_from_file(
+            &second.broker,
+            &first.dir.path().join(mayfly_server::dev::KEY_FILE),
+        )
+        .await
+        .unwrap();
+        (first, second)
+    }
+
     pub async fn start(options: Options) -> TestBroker {
         let dir = tempfile::tempdir().unwrap();
         let store_url = options.store_url.clone().unwrap_or_else(|| {

@@ -973,23 +973,7 @@ async fn two_nodes_share_the_expiry_work() {
     const GRANTS: usize = 40;
     let cluster = PgCluster::start();
     let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
-    let first = TestBroker::start(mayfly_testkit::Options {
-        store_url: Some(db.url.clone()),
-        ..mayfly_testkit::Options::default()
-    })
-    .await;
-    let second = TestBroker::start(mayfly_testkit::Options {
-        store_url: Some(db.url.clone()),
-        bootstrap: false,
-        ..mayfly_testkit::Options::default()
-    })
-    .await;
-    mayfly_server::dev::unseal_from_file(
-        &second.broker,
-        &first.dir.path().join(mayfly_server::dev::KEY_FILE),
-    )
-    .await
-    .unwrap();
+    let (first, second) = TestBroker::two_nodes(&db.url).await;
     setup(&first, &cluster).await;
     let admin = first.admin_token.clone().unwrap();
     let alice = first.login("alice").await;

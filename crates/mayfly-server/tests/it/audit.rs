@@ -339,24 +339,8 @@ fn hex_decode(text: &str) -> [u8; 32] {
 #[tokio::test]
 async fn a_broker_on_postgres_keeps_one_verified_chain_across_two_nodes() {
     let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
-    let first = TestBroker::start(Options {
-        store_url: Some(db.url.clone()),
-        ..Options::default()
-    })
-    .await;
-    // A second node on the same store: it unseals from the same root key file.
-    let second = TestBroker::start(Options {
-        store_url: Some(db.url.clone()),
-        bootstrap: false,
-        ..Options::default()
-    })
-    .await;
-    mayfly_server::dev::unseal_from_file(
-        &second.broker,
-        &first.dir.path().join(mayfly_server::dev::KEY_FILE),
-    )
-    .await
-    .unwrap();
+    // Two nodes on one store; the second unseals from the same root key file.
+    let (first, second) = TestBroker::two_nodes(&db.url).await;
     // Alice's token, minted by node one, works on node two: sessions live in the shared store.
     let token = first.login("alice").await;
     let (status, info) = second

@@ -531,23 +531,7 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
 #[tokio::test]
 async fn two_nodes_make_one_ca() {
     let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
-    let first = TestBroker::start(mayfly_testkit::Options {
-        store_url: Some(db.url.clone()),
-        ..mayfly_testkit::Options::default()
-    })
-    .await;
-    let second = TestBroker::start(mayfly_testkit::Options {
-        store_url: Some(db.url.clone()),
-        bootstrap: false,
-        ..mayfly_testkit::Options::default()
-    })
-    .await;
-    mayfly_server::dev::unseal_from_file(
-        &second.broker,
-        &first.dir.path().join(mayfly_server::dev::KEY_FILE),
-    )
-    .await
-    .unwrap();
+    let (first, second) = TestBroker::two_nodes(&db.url).await;
     let get = |broker: &TestBroker, path: &'static str| {
         let url = format!("{}{path}", broker.addr);
         async move {

@@ -31,7 +31,7 @@ fn applied(outcome: &WriteOutcome) -> bool {
     matches!(outcome, WriteOutcome::Applied { .. })
 }
 
-fn request(id: &str, state: RequestState, approvals: i64) -> RequestRecord {
+pub fn request(id: &str, state: RequestState, approvals: i64) -> RequestRecord {
     RequestRecord {
         id: id.into(),
         principal: Principal::User {

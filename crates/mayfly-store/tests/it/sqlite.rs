@@ -5,8 +5,8 @@ use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::{Principal, Timestamp};
 use mayfly_store::{
-    Change, GrantRecord, RequestRecord, RoleRecord, SessionRecord, Store, StoreError, TargetRecord,
-    UserRecord, Write, WriteOutcome,
+    Change, RoleRecord, SessionRecord, Store, StoreError, TargetRecord, UserRecord, Write,
+    WriteOutcome,
 };
 use sqlx::Connection;
 
@@ -29,48 +29,15 @@ async fn apply(store: &dyn Store, change: Change) {
 }
 
 fn certificate(n: u32) -> Write {
-    let request = RequestRecord {
-        id: format!("r{n}"),
-        principal: Principal::Workload {
-            role: "ci".into(),
-            name: "job".into(),
-        },
-        target: "hosts".into(),
-        role: "login".into(),
-        reason: "deploy".into(),
-        ticket: String::new(),
-        ttl_ms: 600_000,
-        max_ttl_ms: 3_600_000,
-        approvals_needed: 0,
-        state: RequestState::Activated,
-        decision: "allowed".into(),
-        break_glass: false,
-        created_at: at(1),
-        expires_at: at(600_001),
-    };
-    let grant = GrantRecord {
-        id: format!("g{n}"),
-        request_id: format!("r{n}"),
-        principal: "workload:ci:job".into(),
-        target: "hosts".into(),
-        role: "login".into(),
-        login: format!("g{n}"),
-        state: GrantState::Active,
-        created_at: at(1),
-        expires_at: at(600_001),
-        next_attempt_at: Some(at(600_001)),
-        epoch: 0,
-        n_attempts: 0,
-        last_error: None,
-        revoke_reason: None,
-        revoked_at: None,
-        verified_at: None,
-        break_glass: false,
-        reviewed_by: None,
-    };
+    let mut grant = super::access::grant(&format!("g{n}"), &format!("r{n}"), 600_000);
+    grant.state = GrantState::Active;
     Write {
         change: Some(Change::IssueCertificate {
-            request: Box::new(request),
+            request: Box::new(super::access::request(
+                &format!("r{n}"),
+                RequestState::Activated,
+                0,
+            )),
             grant: Box::new(grant),
         }),
         event: AuditDraft::new(at(1), "access.certificate", Outcome::Ok),
