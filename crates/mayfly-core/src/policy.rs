@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use std::collections::{HashMap, HashSet};
@@ -51,7 +51,7 @@ action request, approve, break_glass, activate, revoke, read_secret, proxy appli
 };
 "#;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     Request,
     Approve,
@@ -106,7 +106,7 @@ pub struct DecisionInput<'a> {
     pub context: &'a RequestContext,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestContext {
     pub reason: String,
     pub ticket: String,
@@ -150,7 +150,38 @@ pub struct Policies {
     text: String,
     /// Each policy's `@approvals` and `@max_ttl`, read once at parse time.
     limits: HashMap<PolicyId, (Option<u64>, Option<u64>)>,
+    /// Decisions already made by this set, by their complete input (see [`Policies::decide`]).
+    decided: Arc<Mutex<HashMap<DecisionKey, Decision>>>,
 }
+
+/// Everything a decision is made from, owned: two inputs with equal keys get the same decision.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    principal: Principal,
+    action: Action,
+    target: String,
+    target_kind: String,
+    role: String,
+    role_max_ttl: Duration,
+    context: RequestContext,
+}
+
+impl DecisionKey {
+    fn of(input: &DecisionInput<'_>) -> DecisionKey {
+        DecisionKey {
+            principal: input.principal.clone(),
+            action: input.action,
+            target: input.target.to_owned(),
+            target_kind: input.target_kind.to_owned(),
+            role: input.role.to_owned(),
+            role_max_ttl: input.role_max_ttl,
+            context: input.context.clone(),
+        }
+    }
+}
+
+/// At most this many decisions are kept per policy set; when full, the set starts afresh.
+const DECISIONS_KEPT: usize = 4096;
 
 fn annotation_number(
     set: &PolicySet,
@@ -209,6 +240,7 @@ impl Policies {
             set,
             text: text.to_owned(),
             limits,
+            decided: Arc::default(),
         })
     }
 
@@ -218,6 +250,7 @@ impl Policies {
             set: PolicySet::new(),
             text: String::new(),
             limits: HashMap::new(),
+            decided: Arc::default(),
         }
     }
 
@@ -225,7 +258,37 @@ impl Policies {
         &self.text
     }
 
+    /// Decides one request: allowed (with its approvals and maximum TTL) or denied, with why.
+    ///
+    /// A decision is a pure function of the policy set and its input, so the decisions this set
+    /// made are kept by their complete input ([`DecisionKey`]: principal with its groups, action,
+    /// target, role and its maximum, and the whole context with its hour, weekday and source
+    /// address) and given again for an equal input. A changed policy text is a new set with
+    /// nothing kept. Errors are not kept.
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Decision, PolicyError> {
+        let key = DecisionKey::of(input);
+        if let Ok(decided) = self.decided.lock()
+            && let Some(decision) = decided.get(&key)
+        {
+            return Ok(decision.clone());
+        }
+        let decision = self.evaluate(input)?;
+        if let Ok(mut decided) = self.decided.lock() {
+            if decided.len() >= DECISIONS_KEPT {
+                decided.clear();
+            }
+            decided.insert(key, decision.clone());
+        }
+        Ok(decision)
+    }
+
+    /// How many decisions this set keeps.
+    pub fn decisions_kept(&self) -> usize {
+        self.decided.lock().map_or(0, |decided| decided.len())
+    }
+
+    /// The decision, from Cedar.
+    fn evaluate(&self, input: &DecisionInput<'_>) -> Result<Decision, PolicyError> {
         let schema = schema()?;
         let eval = |e: String| PolicyError::Evaluation(e);
         // Entities and context are built directly (no JSON round trip); `Request::new` checks the
@@ -497,6 +560,127 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
         assert_eq!(decide(Some("192.168.1.1"), ""), "deny");
         assert_eq!(decide(None, ""), "deny");
         assert_eq!(decide(Some("10.1.2.3"), "ssh-only"), "deny");
+    }
+
+    /// Kept decisions are exact: with the base decision kept, changing any one part of the input
+    /// (each of which the policy reads) gives that input's own decision, not the kept one.
+    #[test]
+    fn kept_decisions_follow_every_input() {
+        let policies = Policies::parse(
+            r#"@id("exact") permit (principal in Group::"dev", action == Action::"request", resource in Target::"db")
+            when { principal.name == "alice" && resource is Role && resource.name == "ro"
+                   && resource.max_ttl_seconds == 3600 && Target::"db".kind == "postgres"
+                   && context.reason == "INC-1" && context.ticket == "T-1"
+                   && context.ttl_seconds == 900 && context.hour == 10 && context.weekday == 2
+                   && context has source_ip && context.source_ip == ip("10.0.0.1")
+                   && !context.break_glass };"#,
+        )
+        .unwrap();
+        let alice = user("alice", &["dev"]);
+        let mut base_context = context(2);
+        base_context.ticket = "T-1".into();
+        let base = DecisionInput {
+            principal: &alice,
+            action: Action::Request,
+            target: "db",
+            target_kind: "postgres",
+            role: "ro",
+            role_max_ttl: Duration::from_secs(3600),
+            context: &base_context,
+        };
+        let allowed = |input: &DecisionInput<'_>| {
+            matches!(policies.decide(input).unwrap(), Decision::Allow { .. })
+        };
+        assert!(allowed(&base));
+        assert!(allowed(&base), "the kept decision");
+        assert_eq!(policies.decisions_kept(), 1);
+
+        let bob = user("bob", &["dev"]);
+        let alice_ops = user("alice", &["ops"]);
+        let contexts: Vec<RequestContext> = vec![
+            RequestContext {
+                reason: "other".into(),
+                ..base_context.clone()
+            },
+            RequestContext {
+                ticket: String::new(),
+                ..base_context.clone()
+            },
+            RequestContext {
+                ttl: Duration::from_secs(901),
+                ..base_context.clone()
+            },
+            RequestContext {
+                hour: 11,
+                ..base_context.clone()
+            },
+            RequestContext {
+                weekday: 3,
+                ..base_context.clone()
+            },
+            RequestContext {
+                source_ip: Some("10.0.0.2".parse().unwrap()),
+                ..base_context.clone()
+            },
+            RequestContext {
+                source_ip: None,
+                ..base_context.clone()
+            },
+            RequestContext {
+                break_glass: true,
+                ..base_context.clone()
+            },
+        ];
+        let mut variants = vec![
+            DecisionInput {
+                principal: &bob,
+                ..base.clone()
+            },
+            DecisionInput {
+                principal: &alice_ops,
+                ..base.clone()
+            },
+            DecisionInput {
+                action: Action::Approve,
+                ..base.clone()
+            },
+            DecisionInput {
+                target: "db2",
+                ..base.clone()
+            },
+            DecisionInput {
+                target_kind: "mysql",
+                ..base.clone()
+            },
+            DecisionInput {
+                role: "rw",
+                ..base.clone()
+            },
+            DecisionInput {
+                role_max_ttl: Duration::from_secs(3601),
+                ..base.clone()
+            },
+        ];
+        variants.extend(contexts.iter().map(|context| DecisionInput {
+            context,
+            ..base.clone()
+        }));
+        for (i, variant) in variants.iter().enumerate() {
+            assert!(
+                !allowed(variant),
+                "variant {i} was given the kept decision: {variant:?}"
+            );
+        }
+        assert_eq!(policies.decisions_kept(), 1 + variants.len());
+        assert!(allowed(&base));
+
+        // Another policy text is another set: nothing it decides comes from this one.
+        let other =
+            Policies::parse(r#"@id("none") forbid (principal, action, resource);"#).unwrap();
+        assert!(matches!(
+            other.decide(&base).unwrap(),
+            Decision::Deny { .. }
+        ));
     }
 
     fn context(weekday: u8) -> RequestContext {
