@@ -96,9 +96,11 @@ fn opt(value: Option<String>) -> Value {
     value.map_or(Value::Null, Value::String)
 }
 
-/// Canonical bytes of a body: compact JSON, keys sorted.
+/// Canonical bytes of a body: compact JSON, keys in the order they were written. The broker
+/// writes a body's keys in one fixed order (see [`AuditDraft::into_body`]), and a body parsed back
+/// from a line keeps the line's order (serde_json's `preserve_order`, enabled by this crate), so
+/// the same bytes come back and are hashed again.
 pub fn canonical(body: &Value) -> Vec<u8> {
-    // serde_json's Map is a BTreeMap (no `preserve_order`), so keys come out sorted.
     serde_json::to_vec(body).unwrap_or_default()
 }
 
@@ -380,6 +382,23 @@ pub fn to_line(body: &Value, hash: &str) -> String {
     String::from_utf8(canonical(&body)).unwrap_or_default()
 }
 
+/// The file line of an event stored as its [`canonical`] text, and its hash: the same bytes as
+/// [`to_line`] of the parsed body, made without building the body's tree — the text is copied as
+/// it is and `"hash"` appended as its last member. `None` if the text is not a compact JSON object
+/// without a `hash` member (then parse it and use [`to_line`]).
+pub fn stored_line(canonical: &str, hash: &str) -> Option<String> {
+    use serde_json::value::RawValue;
+    let fields: std::collections::HashMap<&str, &RawValue> =
+        serde_json::from_str(canonical).ok()?;
+    let open = canonical.strip_suffix('}')?;
+    if fields.contains_key("hash") || !open.starts_with('{') {
+        return None;
+    }
+    let hash = serde_json::to_string(hash).ok()?;
+    let separator = if fields.is_empty() { "" } else { "," };
+    Some(format!("{open}{separator}\"hash\":{hash}}}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +476,34 @@ mod tests {
         assert_eq!(report.n_unsigned_tail, 1);
         let line = to_line(&log.lines[3].0, &log.lines[3].1);
         assert_eq!(split_line(&line).unwrap(), log.lines[3]);
+    }
+
+    /// A stored event's line made from its text is, byte for byte, the line made from its tree.
+    #[test]
+    fn stored_lines_are_the_lines_of_the_parsed_bodies() {
+        use aws_lc_rs::signature::KeyPair;
+        let key = keypair();
+        let log = build(25, 10, &key);
+        let mut bodies: Vec<Value> = log.lines.iter().map(|(body, _)| body.clone()).collect();
+        bodies.push(serde_json::json!({
+            "z": [1, 2.5, -3, null, true], "a": {"b\"q": "é ✓ \n\t\u{1}", "a": {}},
+            "gate": "\\", "hash_of": "x", "ha": 1, "key_id": key_id(key.public_key().as_ref()),
+        }));
+        for body in &bodies {
+            let text = String::from_utf8(canonical(body)).unwrap();
+            let hash = hex::encode(hash_body(body));
+            let line = stored_line(&text, &hash).unwrap();
+            assert_eq!(line, to_line(body, &hash));
+            // The rule docs/audit.md gives for checking a line by hand.
+            let member = format!(",\"hash\":\"{hash}\"}}");
+            let bare = format!("{}}}", line.strip_suffix(&member).unwrap());
+            assert_eq!(hex::encode(hash_canonical(bare.as_bytes())), hash);
+        }
+        assert_eq!(stored_line("[1]", "00"), None);
+        assert_eq!(stored_line("{}", "00").as_deref(), Some(r#"{"hash":"00"}"#));
+        assert_eq!(stored_line(r#"{"hash":"x"}"#, "00"), None);
+        assert_eq!(stored_line("{\"a\":1} ", "00"), None);
+        assert_eq!(stored_line("{\"a\":", "00"), None);
     }
 
     #[test]

@@ -149,6 +149,7 @@ async fn main() {
     println!("{system}: {clients} clients, {seconds} s");
     let load = Arc::new(load);
     let started = Instant::now();
+    let cpu_before = mayfly_testkit::bench::process_cpu();
     let duration = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -172,9 +173,15 @@ async fn main() {
         }));
     }
     let run = mayfly_testkit::bench::gather(tasks, started).await;
+    let cpu = mayfly_testkit::bench::process_cpu().saturating_sub(cpu_before);
     println!(
         "{system}  {:>8.0} certificates/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} certificates)",
         run.per_second, run.p50_ms, run.p99_ms, run.n
+    );
+    // Mayfly and `floor`: the broker and the load generator; OpenBao: the load generator only.
+    println!(
+        "CPU of this process: {:.3} ms per certificate",
+        cpu.as_secs_f64() * 1000.0 / (run.n.max(1) as f64)
     );
     if let Some(broker) = broker {
         let grants = broker

@@ -12,7 +12,7 @@
 //! PostgreSQL stores are shared by several nodes, each of which can change them: nothing is kept
 //! there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::StoreError;
-use crate::records::{Change, RoleRecord, SessionRecord, TargetRecord};
+use crate::records::{Change, RoleRecord, SessionRecord, StoredEvent, TargetRecord};
 
 /// At most this many values of one kind are kept; when full, all are dropped.
 const KEPT: usize = 10_000;
@@ -108,6 +108,54 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::UpdateGrant { .. }
             | Change::ReviewGrant { .. }
     )
+}
+
+/// The audit events this store committed last, in order, so that the sinks copy them out without
+/// reading them back. Exact like the reads above: only this store appends to the chain, each
+/// batch's events are added after its commit and before it is answered, and a batch that does not
+/// follow the last one kept (the chain moved behind the store's back) starts the list afresh.
+#[derive(Debug, Default)]
+pub(crate) struct RecentEvents {
+    events: Mutex<VecDeque<StoredEvent>>,
+}
+
+/// At most this many recent events are kept (a few MiB).
+const RECENT: usize = 4096;
+
+impl RecentEvents {
+    /// The events after `after`, at most `limit` of them, if the list holds all there are:
+    /// `None` when they must be read from the database.
+    pub(crate) fn after(&self, after: i64, limit: i64) -> Option<Vec<StoredEvent>> {
+        let events = self.events.lock().ok()?;
+        let first = events.front()?.seq;
+        let skip = usize::try_from(after.checked_add(1)?.checked_sub(first)?).ok()?;
+        let take = usize::try_from(limit).ok()?;
+        Some(events.iter().skip(skip).take(take).cloned().collect())
+    }
+
+    /// Adds a committed batch's events (in order).
+    pub(crate) fn extend(&self, batch: Vec<StoredEvent>) {
+        let Ok(mut events) = self.events.lock() else {
+            return;
+        };
+        let follows = match (events.back(), batch.first()) {
+            (Some(last), Some(first)) => last.seq.checked_add(1) == Some(first.seq),
+            _ => true,
+        };
+        if !follows {
+            events.clear();
+        }
+        events.extend(batch);
+        let extra = events.len().saturating_sub(RECENT);
+        events.drain(..extra);
+    }
+
+    /// Forgets every event (the chain may have moved behind the store's back).
+    pub(crate) fn forget(&self) {
+        if let Ok(mut events) = self.events.lock() {
+            events.clear();
+        }
+    }
 }
 
 struct Kept<K, V> {

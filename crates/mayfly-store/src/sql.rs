@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::Mutex;
 
 use crate::access;
-use crate::cache::{DecisionInputs, ReadCache, StoreLock, keeps_reads};
+use crate::cache::{DecisionInputs, ReadCache, RecentEvents, StoreLock, keeps_reads};
 use crate::records::{
     ApprovalRecord, Change, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord, SealRecord,
     SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
@@ -38,6 +38,8 @@ pub struct SqlStore {
     /// The connection [`SqlStore::commit_script`] keeps between batches: its page cache stays
     /// warm (SQLite empties a connection's cache whenever another one wrote).
     script_connection: std::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
+    /// The events this store committed last (SQLite on a file only, like `cache`).
+    recent: Option<RecentEvents>,
 }
 
 /// The chain's last `seq` and hash.
@@ -45,6 +47,19 @@ type Head = (i64, [u8; 32]);
 
 /// One audit event row: `(seq, at_ms, kind, body, hash)`.
 type EventRow = (i64, i64, String, String, String);
+
+/// A committed batch: each write's outcome, the new head, and the events as stored (only when
+/// the store keeps its recent events).
+type Committed = (Vec<WriteOutcome>, Head, Vec<StoredEvent>);
+
+fn stored((seq, _, kind, body, hash): EventRow) -> StoredEvent {
+    StoredEvent {
+        seq,
+        kind,
+        body,
+        hash,
+    }
+}
 
 /// Chains `event` at `seq` after `prev`: its row and its hash.
 fn chained(event: AuditDraft, seq: i64, prev: &[u8; 32]) -> (EventRow, [u8; 32]) {
@@ -124,6 +139,7 @@ impl SqlStore {
             dialect,
             write_lock: Mutex::new(()),
             cache: lock.is_some().then(ReadCache::default),
+            recent: lock.is_some().then(RecentEvents::default),
             _lock: lock,
             head: std::sync::Mutex::new(None),
             script_connection: std::sync::Mutex::new(None),
@@ -374,11 +390,7 @@ impl SqlStore {
 
     /// One transaction: each change (under a savepoint, unless `lean` and it only inserts), its
     /// event appended to the chain, the head moved. The caller holds the write lock.
-    async fn commit_batch(
-        &self,
-        writes: Vec<Write>,
-        lean: bool,
-    ) -> Result<(Vec<WriteOutcome>, Head), BatchError> {
+    async fn commit_batch(&self, writes: Vec<Write>, lean: bool) -> Result<Committed, BatchError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         match self.write_batch(&mut tx, writes, lean).await {
             Ok(outcomes) => {
@@ -400,7 +412,7 @@ impl SqlStore {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         writes: Vec<Write>,
         lean: bool,
-    ) -> Result<(Vec<WriteOutcome>, Head), BatchError> {
+    ) -> Result<Committed, BatchError> {
         let head = sqlx::query(self.lock_head_sql())
             .fetch_one(&mut **tx)
             .await
@@ -472,7 +484,11 @@ impl SqlStore {
             .execute(&mut **tx)
             .await
             .map_err(unavailable)?;
-        Ok((outcomes, (seq, prev)))
+        let events = match self.recent {
+            Some(_) => events.into_iter().map(stored).collect(),
+            None => Vec::new(),
+        };
+        Ok((outcomes, (seq, prev), events))
     }
 
     /// The head to chain a batch from in one script ([`SqlStore::commit_script`]): SQLite, every
@@ -490,10 +506,22 @@ impl SqlStore {
     }
 
     fn set_head(&self, head: Option<Head>) {
+        if head.is_none()
+            && let Some(recent) = &self.recent
+        {
+            recent.forget();
+        }
         if self.dialect == Dialect::Sqlite
             && let Ok(mut known) = self.head.lock()
         {
             *known = head;
+        }
+    }
+
+    /// Keeps a committed batch's events for the sinks (see [`RecentEvents`]).
+    fn keep_events(&self, events: Vec<StoredEvent>) {
+        if let Some(recent) = &self.recent {
+            recent.extend(events);
         }
     }
 
@@ -502,11 +530,7 @@ impl SqlStore {
     /// head and commits. The head moves only from the one this store last wrote: if anything
     /// else moved it (another writer, someone editing the database), the script fails on the
     /// head's `NOT NULL` and the caller takes the long way, which reads the head.
-    async fn commit_script(
-        &self,
-        writes: Vec<Write>,
-        head: Head,
-    ) -> Result<(Vec<WriteOutcome>, Head), StoreError> {
+    async fn commit_script(&self, writes: Vec<Write>, head: Head) -> Result<Committed, StoreError> {
         let (first_seq, first_hash) = head;
         let (mut seq, mut prev) = head;
         let mut pending = PendingInserts::default();
@@ -564,6 +588,10 @@ impl SqlStore {
         for grant in &pending.grants {
             query = access::bind_grant(query, grant);
         }
+        let kept_events = match self.recent {
+            Some(_) => events.iter().cloned().map(stored).collect(),
+            None => Vec::new(),
+        };
         for (seq, at_ms, kind, body, hash) in events {
             query = query.bind(seq).bind(at_ms).bind(kind).bind(body).bind(hash);
         }
@@ -595,7 +623,7 @@ impl SqlStore {
         if let Ok(mut kept) = self.script_connection.lock() {
             *kept = Some(connection);
         }
-        Ok((outcomes, (seq, prev)))
+        Ok((outcomes, (seq, prev), kept_events))
     }
 
     /// The session and its principal, from the database.
@@ -685,8 +713,9 @@ impl SqlStore {
             Some(head) => {
                 let again = copy_writes(&writes);
                 match self.commit_script(writes, head).await {
-                    Ok((outcomes, head)) => {
+                    Ok((outcomes, head, events)) => {
                         self.set_head(Some(head));
+                        self.keep_events(events);
                         return Ok(outcomes);
                     }
                     Err(error) => {
@@ -716,8 +745,9 @@ impl SqlStore {
             other => other.map_err(BatchError::into_store),
         };
         match committed {
-            Ok((outcomes, head)) => {
+            Ok((outcomes, head, events)) => {
                 self.set_head(Some(head));
+                self.keep_events(events);
                 Ok(outcomes)
             }
             Err(error) => {
@@ -1068,6 +1098,9 @@ impl Store for SqlStore {
     }
 
     async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        if let Some(events) = self.recent.as_ref().and_then(|r| r.after(after, limit)) {
+            return Ok(events);
+        }
         let rows = sqlx::query(
             "SELECT seq, kind, body, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )

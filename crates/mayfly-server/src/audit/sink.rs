@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mayfly_core::audit::{split_line, to_line};
+use mayfly_core::audit::{split_line, stored_line, to_line};
 
 use crate::state::Broker;
 
@@ -68,12 +68,19 @@ impl FileSink {
         let mut text = String::new();
         let mut last = self.position;
         for event in &events {
-            let body: serde_json::Value =
-                serde_json::from_str(&event.body).map_err(|e| SinkError::Unreadable {
-                    path: format!("store event {}", event.seq),
-                    reason: e.to_string(),
-                })?;
-            text.push_str(&to_line(&body, &event.hash));
+            // Copied as stored; only a body that is not in canonical form is parsed first.
+            let line = match stored_line(&event.body, &event.hash) {
+                Some(line) => line,
+                None => {
+                    let body: serde_json::Value =
+                        serde_json::from_str(&event.body).map_err(|e| SinkError::Unreadable {
+                            path: format!("store event {}", event.seq),
+                            reason: e.to_string(),
+                        })?;
+                    to_line(&body, &event.hash)
+                }
+            };
+            text.push_str(&line);
             text.push('\n');
             last = event.seq;
         }

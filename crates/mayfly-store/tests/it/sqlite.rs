@@ -213,6 +213,90 @@ async fn a_head_moved_behind_the_store_is_read_again() {
     store.close().await;
 }
 
+/// The events the store keeps for its sinks are the stored ones, for any window, through
+/// one-script batches, the long way, plain events, and an event someone else appended.
+#[tokio::test]
+async fn the_events_kept_for_the_sinks_are_the_stored_ones() {
+    let (store, dir) = super::sqlite_store().await;
+    let url = format!("sqlite://{}", dir.path().join("mayfly.db").display());
+    let fact = |kind: &str| Write {
+        change: None,
+        event: AuditDraft::new(at(2), kind, Outcome::Ok),
+    };
+    store
+        .commit(vec![certificate(1), certificate(2)])
+        .await
+        .unwrap();
+    store
+        .commit(vec![fact("one"), certificate(3)])
+        .await
+        .unwrap();
+    // Not insert-only: the long way.
+    apply(
+        &store,
+        Change::PutPolicies {
+            text: "// none".into(),
+            at: at(3),
+        },
+    )
+    .await;
+    store.commit(vec![certificate(4)]).await.unwrap();
+
+    // Someone appends an event behind the store's back; the store's next batch follows it.
+    let (head, hash) = store.audit_head().await.unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let foreign = "cd".repeat(32);
+    sqlx::query(
+        "INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES ($1, 5, 'foreign', $2, $3)",
+    )
+    .bind(head + 1)
+    .bind(format!(r#"{{"seq":{},"prev":"{hash}"}}"#, head + 1))
+    .bind(&foreign)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2")
+        .bind(head + 1)
+        .bind(&foreign)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    store
+        .commit(vec![certificate(5), fact("two")])
+        .await
+        .unwrap();
+    store.commit(vec![certificate(6)]).await.unwrap();
+
+    let (last, _) = store.audit_head().await.unwrap();
+    assert_eq!(last, head + 4);
+    for after in 0..=last + 1 {
+        for limit in [1, 3, 1000] {
+            let stored: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT seq, kind, body, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+            let read: Vec<(i64, String, String, String)> = store
+                .audit_events(after, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.seq, e.kind, e.body, e.hash))
+                .collect();
+            assert_eq!(read, stored, "after {after}, limit {limit}");
+        }
+    }
+    let events = store.audit_events(head, 3).await.unwrap();
+    assert_eq!(events[0].kind, "foreign");
+    let body: serde_json::Value = serde_json::from_str(&events[1].body).unwrap();
+    assert_eq!(body["prev"], foreign.as_str(), "{body}");
+    drop(db);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn one_broker_per_sqlite_file() {
     let (first, dir) = super::sqlite_store().await;
