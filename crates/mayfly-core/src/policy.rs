@@ -540,18 +540,7 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
             let mut ctx = context(2);
             ctx.source_ip = ip.map(|ip| ip.parse().unwrap());
             ctx.ticket = ticket.to_owned();
-            match policies
-                .decide(&DecisionInput {
-                    principal: &alice,
-                    action: Action::Request,
-                    target: "db",
-                    target_kind: "postgres",
-                    role: "ro",
-                    role_max_ttl: Duration::from_secs(3600),
-                    context: &ctx,
-                })
-                .unwrap()
-            {
+            match policies.decide(&request_db_ro(&alice, &ctx)).unwrap() {
                 Decision::Allow { .. } => "allow",
                 Decision::Deny { .. } => "deny",
             }
@@ -560,6 +549,22 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
         assert_eq!(decide(Some("192.168.1.1"), ""), "deny");
         assert_eq!(decide(None, ""), "deny");
         assert_eq!(decide(Some("10.1.2.3"), "ssh-only"), "deny");
+    }
+
+    /// `principal` requests `db/ro` (a PostgreSQL role of at most an hour).
+    fn request_db_ro<'a>(
+        principal: &'a Principal,
+        context: &'a RequestContext,
+    ) -> DecisionInput<'a> {
+        DecisionInput {
+            principal,
+            action: Action::Request,
+            target: "db",
+            target_kind: "postgres",
+            role: "ro",
+            role_max_ttl: Duration::from_secs(3600),
+            context,
+        }
     }
 
     /// Kept decisions are exact: with the base decision kept, changing any one part of the input
@@ -579,15 +584,7 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
         let alice = user("alice", &["dev"]);
         let mut base_context = context(2);
         base_context.ticket = "T-1".into();
-        let base = DecisionInput {
-            principal: &alice,
-            action: Action::Request,
-            target: "db",
-            target_kind: "postgres",
-            role: "ro",
-            role_max_ttl: Duration::from_secs(3600),
-            context: &base_context,
-        };
+        let base = request_db_ro(&alice, &base_context);
         let allowed = |input: &DecisionInput<'_>| {
             matches!(policies.decide(input).unwrap(), Decision::Allow { .. })
         };
