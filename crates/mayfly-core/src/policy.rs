@@ -151,7 +151,41 @@ pub struct Policies {
     /// Each policy's `@approvals` and `@max_ttl`, read once at parse time.
     limits: HashMap<PolicyId, (Option<u64>, Option<u64>)>,
     /// Decisions already made by this set, by their complete input (see [`Policies::decide`]).
-    decided: Arc<Mutex<HashMap<DecisionKey, Decision>>>,
+    decided: Arc<Bounded<DecisionKey, Decision>>,
+}
+
+/// A map of at most `limit` values, shared between threads; when full, it starts afresh.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    values: Mutex<HashMap<K, V>>,
+    limit: usize,
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> Bounded<K, V> {
+    fn new(limit: usize) -> Bounded<K, V> {
+        Bounded {
+            values: Mutex::new(HashMap::new()),
+            limit,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.values.lock().ok()?.get(key).cloned()
+    }
+
+    fn put(&self, key: K, value: V) {
+        if let Ok(mut values) = self.values.lock() {
+            if values.len() >= self.limit {
+                values.clear();
+            }
+            values.insert(key, value);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.values.lock().map_or(0, |values| values.len())
+    }
 }
 
 /// Everything a decision is made from, owned: two inputs with equal keys get the same decision.
@@ -240,7 +274,7 @@ impl Policies {
             set,
             text: text.to_owned(),
             limits,
-            decided: Arc::default(),
+            decided: Arc::new(Bounded::new(DECISIONS_KEPT)),
         })
     }
 
@@ -250,7 +284,7 @@ impl Policies {
             set: PolicySet::new(),
             text: String::new(),
             limits: HashMap::new(),
-            decided: Arc::default(),
+            decided: Arc::new(Bounded::new(DECISIONS_KEPT)),
         }
     }
 
@@ -267,24 +301,12 @@ impl Policies {
     /// nothing kept. Errors are not kept.
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Decision, PolicyError> {
         let key = DecisionKey::of(input);
-        if let Ok(decided) = self.decided.lock()
-            && let Some(decision) = decided.get(&key)
-        {
-            return Ok(decision.clone());
+        if let Some(decision) = self.decided.get(&key) {
+            return Ok(decision);
         }
         let decision = self.evaluate(input)?;
-        if let Ok(mut decided) = self.decided.lock() {
-            if decided.len() >= DECISIONS_KEPT {
-                decided.clear();
-            }
-            decided.insert(key, decision.clone());
-        }
+        self.decided.put(key, decision.clone());
         Ok(decision)
-    }
-
-    /// How many decisions this set keeps.
-    pub fn decisions_kept(&self) -> usize {
-        self.decided.lock().map_or(0, |decided| decided.len())
     }
 
     /// The decision, from Cedar.
@@ -438,20 +460,13 @@ fn action_entities() -> Result<&'static [Entity], PolicyError> {
 /// `ip("…")` for a source address. Cedar parses the extension's name each time it makes one, so
 /// the expressions of the addresses seen lately are kept (at most [`IPS_KEPT`]).
 fn ip_expression(ip: IpAddr) -> RestrictedExpression {
-    static KEPT: OnceLock<Mutex<HashMap<IpAddr, RestrictedExpression>>> = OnceLock::new();
-    let kept = KEPT.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Ok(kept) = kept.lock()
-        && let Some(expression) = kept.get(&ip)
-    {
-        return expression.clone();
+    static KEPT: OnceLock<Bounded<IpAddr, RestrictedExpression>> = OnceLock::new();
+    let kept = KEPT.get_or_init(|| Bounded::new(IPS_KEPT));
+    if let Some(expression) = kept.get(&ip) {
+        return expression;
     }
     let expression = RestrictedExpression::new_ip(ip.to_string());
-    if let Ok(mut kept) = kept.lock() {
-        if kept.len() >= IPS_KEPT {
-            kept.clear();
-        }
-        kept.insert(ip, expression.clone());
-    }
+    kept.put(ip, expression.clone());
     expression
 }
 
@@ -590,7 +605,7 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
         };
         assert!(allowed(&base));
         assert!(allowed(&base), "the kept decision");
-        assert_eq!(policies.decisions_kept(), 1);
+        assert_eq!(policies.decided.len(), 1);
 
         let bob = user("bob", &["dev"]);
         let alice_ops = user("alice", &["ops"]);
@@ -668,7 +683,7 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
                 "variant {i} was given the kept decision: {variant:?}"
             );
         }
-        assert_eq!(policies.decisions_kept(), 1 + variants.len());
+        assert_eq!(policies.decided.len(), 1 + variants.len());
         assert!(allowed(&base));
 
         // Another policy text is another set: nothing it decides comes from this one.

@@ -196,11 +196,6 @@ pub(crate) async fn create_request(
 /// Rows per multi-row `INSERT` (well under SQLite's and PostgreSQL's limits on bound values).
 const ROWS_PER_INSERT: usize = 100;
 
-/// `($1, …, $n), ($n+1, …)`: the placeholders of `rows` rows of `columns` values.
-pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
-    placeholders_from(1, rows, columns)
-}
-
 /// The values of a multi-row `INSERT` on `c`: `?` on SQLite ([`anonymous_placeholders`]),
 /// `$N` on PostgreSQL.
 pub(crate) fn values_on(c: &AnyConnection, rows: usize, columns: usize) -> String {
@@ -218,8 +213,8 @@ pub(crate) fn anonymous_placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// `placeholders`, numbered from `$first`.
-fn placeholders_from(first: usize, rows: usize, columns: usize) -> String {
+/// `($1, …, $n), ($n+1, …)`: the placeholders of `rows` rows of `columns` values.
+fn placeholders(rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -231,7 +226,7 @@ fn placeholders_from(first: usize, rows: usize, columns: usize) -> String {
                 out.push_str(", ");
             }
             out.push('$');
-            out.push_str(&(first + row * columns + column).to_string());
+            out.push_str(&(row * columns + column + 1).to_string());
         }
         out.push(')');
     }
@@ -257,6 +252,17 @@ pub(crate) async fn insert_requests(
     Ok(())
 }
 
+/// A principal as the columns `principal_kind, principal_name, principal_role, user_id` of the
+/// rows that record one (requests, sessions).
+pub(crate) fn principal_columns(
+    principal: &Principal,
+) -> (&'static str, String, Option<String>, Option<String>) {
+    match principal {
+        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
+        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
+    }
+}
+
 /// Columns of a request row.
 pub(crate) const REQUEST_ARITY: usize = 17;
 /// Columns of a grant row.
@@ -266,10 +272,7 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// Binds one request row's [`REQUEST_ARITY`] values, in [`REQUEST_COLUMNS`] order.
 pub(crate) fn bind_request<'q>(query: AnyQuery<'q>, request: &RequestRecord) -> AnyQuery<'q> {
-    let (kind, name, role, user_id) = match &request.principal {
-        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
-        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
-    };
+    let (kind, name, role, user_id) = principal_columns(&request.principal);
     query
         .bind(request.id.clone())
         .bind(kind)

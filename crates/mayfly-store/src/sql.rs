@@ -871,10 +871,7 @@ async fn insert_session(
     connection: &mut AnyConnection,
     session: &SessionRecord,
 ) -> Result<(), sqlx::Error> {
-    let (kind, name, role, user_id) = match &session.principal {
-        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
-        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
-    };
+    let (kind, name, role, user_id) = access::principal_columns(&session.principal);
     sqlx::query(
         "INSERT INTO sessions (id, token_hash, principal_kind, principal_name, principal_role, user_id, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -206,8 +206,8 @@ pub async fn run(
             }
             Ok(n) => {
                 backoff = Duration::from_millis(100);
-                // Busy: let events gather for a moment, so that one read, one parse and one fsync
-                // carry many of them (a copy per commit would cost as much as the commit).
+                // Busy: let events gather for a moment, so that one read and one fsync carry many
+                // of them (a copy per commit would cost as much as the commit).
                 if n < 1000 {
                     tokio::select! {
                         _ = tokio::time::sleep(GATHER) => {}
