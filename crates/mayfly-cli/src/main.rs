@@ -7,6 +7,9 @@ mod commands;
 
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;
+
 fn main() -> ExitCode {
     let cli = <commands::Cli as clap::Parser>::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 
 use mayfly_testkit::{Options, TestBroker};
 
+#[global_allocator]
+static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();

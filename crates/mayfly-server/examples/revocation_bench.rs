@@ -21,6 +21,9 @@ use mayfly_testkit::TestBroker;
 use serde_json::json;
 use sqlx::Connection;
 
+#[global_allocator]
+static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use mayfly_testkit::TestBroker;
 use serde_json::{Value, json};
 
+#[global_allocator]
+static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;
+
 struct Load {
     url: String,
     header: &'static str,
