@@ -1,7 +1,7 @@
 //! Audit events: the persisted, hash-chained record of every fact the broker acts on.
 //!
-//! An event's *body* is a JSON object; its canonical form is compact JSON with keys sorted
-//! (serde_json's map is ordered), integers only. The event's hash is SHA-256 of the canonical body,
+//! An event's *body* is a JSON object; its canonical form is compact JSON with the keys in the
+//! order they were written (see [`canonical`]), integers only. The event's hash is SHA-256 of the canonical body,
 //! and every body carries the hash of the event before it (`prev`), so the log is a chain. A file
 //! line is the body with one more key, `hash`. This format is versioned by the body's `v`.
 //!

@@ -1,12 +1,15 @@
 //! SSH user certificates per second at N concurrent clients, each a real certificate for the same
-//! user key. `floor`: the same load against a bare HTTP route that does nothing (the plumbing's cost). Mayfly: `POST /v1/certificates` (decided by a Cedar policy, no approval needed, the
-//! request and the grant recorded with one audit event, durable before the answer), broker on
-//! SQLite in this process. OpenBao: `POST /v1/ssh/sign/ROLE` against a running server.
+//! user key. `floor`: the same load against a bare HTTP route that does nothing (the plumbing's
+//! cost); `sign`: that route signing a real certificate, recording nothing. Mayfly:
+//! `POST /v1/certificates` (decided by a Cedar policy, no approval needed, the request and the
+//! grant recorded with one audit event, durable before the answer), broker on SQLite in this
+//! process. OpenBao: `POST /v1/ssh/sign/ROLE` against a running server.
 //!
 //! ```sh
 //! cargo run --release -p mayfly-server --example sign_bench -- mayfly [clients] [seconds]
 //! cargo run --release -p mayfly-server --example sign_bench -- openbao [clients] [seconds] URL TOKEN ROLE
 //! cargo run --release -p mayfly-server --example sign_bench -- floor [clients] [seconds]
+//! cargo run --release -p mayfly-server --example sign_bench -- sign [clients] [seconds]
 //! ```
 
 #![allow(
@@ -43,21 +46,48 @@ async fn main() {
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     let public_key = mayfly_crypto::ssh::generate_user_key().unwrap().1;
     let mut broker = None;
-    let load = if system == "floor" {
+    let load = if system == "floor" || system == "sign" {
         // The floor: a bare axum route that parses the same JSON body and answers with a
         // certificate-sized JSON, no authentication, policy, signing or store. What the HTTP
         // plumbing (this load generator and the server framework) costs on this machine alone.
+        // `sign`: the same route also signs a real certificate for the key with an Ed25519 CA,
+        // as Mayfly's does, and records nothing: the ceiling of a broker that keeps no record.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answer =
             json!({"certificate": format!("ssh-ed25519-cert-v01@openssh.com {}", "A".repeat(560))});
+        let seed = mayfly_crypto::ssh::SshCa::generate_seed().unwrap();
+        let ca = Arc::new(mayfly_crypto::ssh::SshCa::from_seed(&seed).unwrap());
+        let sign = system == "sign";
         let app = axum::Router::new().route(
             "/v1/certificates",
             axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
                 let answer = answer.clone();
+                let ca = ca.clone();
                 async move {
-                    assert!(body["public_key"].is_string());
-                    axum::Json(answer)
+                    let key = body["public_key"].as_str().unwrap();
+                    if !sign {
+                        return axum::Json(answer);
+                    }
+                    let now = u64::try_from(
+                        mayfly_server::clock::Clock::now(&mayfly_server::clock::SystemClock)
+                            .unix_ms()
+                            / 1000,
+                    )
+                    .unwrap();
+                    let certificate = ca
+                        .sign_user(&mayfly_crypto::ssh::UserCertificate {
+                            public_key: key,
+                            key_id: "bench",
+                            serial: now,
+                            principals: &["bench".to_owned()],
+                            extensions: &["permit-pty".to_owned()],
+                            critical_options: &[],
+                            valid_after: now - 30,
+                            valid_before: now + 600,
+                        })
+                        .unwrap();
+                    axum::Json(json!({ "certificate": certificate }))
                 }
             }),
         );
