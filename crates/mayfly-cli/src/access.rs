@@ -418,9 +418,7 @@ pub async fn grants(client: &Client, failing: bool, all: bool, json: bool) -> an
 }
 
 pub async fn revoke(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
-    let info: GrantInfo = client
-        .call(Method::POST, &format!("/v1/grants/{id}/revoke"), none())
-        .await?;
+    let info = revoke_now(client, id).await?;
     if json {
         return print_json(&info);
     }
@@ -639,23 +637,9 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
     let mut child = ssh
         .spawn()
         .context("cannot run `ssh` (install openssh-client)")?;
-    let status = tokio::select! {
-        status = child.wait() => Some(status?),
-        signal = interrupted() => {
-            eprintln!("{signal}: stopping ssh and revoking the grant");
-            let _ = child.kill().await;
-            None
-        }
-    };
+    let status = until_done_or_interrupted(&mut child, "ssh").await?;
     drop(dir);
-    let revoked: Result<GrantInfo, _> = client
-        .call(
-            Method::POST,
-            &format!("/v1/grants/{}/revoke", credential.grant.id),
-            none(),
-        )
-        .await;
-    match revoked {
+    match revoke_now(client, &credential.grant.id).await {
         Ok(_) => eprintln!(
             "grant {} revoked: its certificate is in the KRL (/v1/ssh/krl)",
             credential.grant.id
@@ -665,11 +649,43 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
             credential.grant.id
         ),
     }
-    Ok(match status.and_then(|s| s.code()) {
+    Ok(exit_code(status))
+}
+
+/// Waits for `child` to end. Ctrl-C, a closed terminal or a `kill` end it early (`None`): the
+/// caller revokes the grant all the same.
+async fn until_done_or_interrupted(
+    child: &mut tokio::process::Child,
+    what: &str,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    Ok(tokio::select! {
+        status = child.wait() => Some(status?),
+        signal = interrupted() => {
+            eprintln!("{signal}: stopping {what} and revoking the grant");
+            let _ = child.kill().await;
+            None
+        }
+    })
+}
+
+/// Asks the broker to revoke a grant now.
+async fn revoke_now(client: &Client, grant_id: &str) -> anyhow::Result<GrantInfo> {
+    client
+        .call(
+            Method::POST,
+            &format!("/v1/grants/{grant_id}/revoke"),
+            none(),
+        )
+        .await
+}
+
+/// The child's exit code as ours; 130 (as after Ctrl-C) when it was stopped.
+fn exit_code(status: Option<std::process::ExitStatus>) -> ExitCode {
+    match status.and_then(|s| s.code()) {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::from(130),
-    })
+    }
 }
 
 /// Writes a file only its owner can read.
@@ -804,24 +820,8 @@ pub async fn exec(
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot run `{program}`"))?;
-    // Ctrl-C, a closed terminal or a `kill` end the command early; the grant is revoked all the
-    // same.
-    let status = tokio::select! {
-        status = child.wait() => Some(status?),
-        signal = interrupted() => {
-            eprintln!("{signal}: stopping `{program}` and revoking the grant");
-            let _ = child.kill().await;
-            None
-        }
-    };
-    let revoked: Result<GrantInfo, _> = client
-        .call(
-            Method::POST,
-            &format!("/v1/grants/{}/revoke", credential.grant.id),
-            none(),
-        )
-        .await;
-    match revoked {
+    let status = until_done_or_interrupted(&mut child, &format!("`{program}`")).await?;
+    match revoke_now(client, &credential.grant.id).await {
         Ok(_) => match wait_revoked(client, &credential.grant.id).await {
             Ok(true) => eprintln!("grant {} revoked on the target", credential.grant.id),
             Ok(false) => eprintln!(
@@ -838,9 +838,5 @@ pub async fn exec(
             credential.grant.id, credential.grant.id
         ),
     }
-    Ok(match status.and_then(|s| s.code()) {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::from(130),
-    })
+    Ok(exit_code(status))
 }
