@@ -3,8 +3,7 @@
 //! barrier and shown once, at enrollment.
 
 use mayfly_api::{
-    CreateUserRequest, SetupRequest, TotpEnrollment, UpdateUserRequest, UserCreated, UserSummary,
-    UserUpdated,
+    CreateUserRequest, SetupRequest, TotpEnrollment, UpdateUserRequest, UserCreated, UserUpdated,
 };
 use mayfly_core::audit::Outcome;
 use mayfly_core::{GroupName, Principal, Username};
@@ -242,12 +241,7 @@ pub async fn update(
         .map_err(|e| ApiError::store(&e))?
         .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", username.as_str())))?;
     Ok(UserUpdated {
-        user: UserSummary {
-            username: user.username,
-            groups: user.groups,
-            disabled: user.disabled,
-            created_at_ms: user.created_at.unix_ms(),
-        },
+        user: crate::api::convert::user_summary(user),
         grants_revoked: revoked as u64,
     })
 }

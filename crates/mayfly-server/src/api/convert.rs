@@ -1,9 +1,9 @@
 //! Core and store types to wire types, by hand, so the domain does not shape the wire.
 
-use mayfly_api::{LoginResponse, PrincipalInfo, TokenInfo};
+use mayfly_api::{LoginResponse, PrincipalInfo, TokenInfo, UserSummary};
 use mayfly_core::Principal;
 use mayfly_crypto::{ExposeSecret, SecretString};
-use mayfly_store::SessionRecord;
+use mayfly_store::{SessionRecord, UserRecord};
 
 pub fn principal(principal: &Principal) -> PrincipalInfo {
     match principal {
@@ -19,6 +19,16 @@ pub fn principal(principal: &Principal) -> PrincipalInfo {
             groups: Vec::new(),
             role: Some(role.clone()),
         },
+    }
+}
+
+/// A user as the API lists it: no password hash, no TOTP state.
+pub fn user_summary(user: UserRecord) -> UserSummary {
+    UserSummary {
+        username: user.username,
+        groups: user.groups,
+        disabled: user.disabled,
+        created_at_ms: user.created_at.unix_ms(),
     }
 }
 

@@ -190,12 +190,7 @@ pub async fn list_users(
     Ok(ApiJson(
         users
             .into_iter()
-            .map(|u| UserSummary {
-                username: u.username,
-                groups: u.groups,
-                disabled: u.disabled,
-                created_at_ms: u.created_at.unix_ms(),
-            })
+            .map(crate::api::convert::user_summary)
             .collect(),
     ))
 }
