@@ -26,10 +26,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub use config::{Config, TlsFiles};
-/// The memory allocator of every broker binary (`mayfly`, the benchmarks). The C library's
-/// allocator spent 14 % of a certificate's CPU in the committer thread alone, freeing what the
-/// HTTP tasks allocated and consolidating its free lists (BENCHMARKS.md); mimalloc keeps
-/// per-thread heaps. Set in a binary with
+/// The memory allocator of every broker binary (`mayfly`, the benchmarks). Under the SSH
+/// signing benchmark the C library's allocator took 14 % of all CPU samples in the committer
+/// thread alone, freeing what the HTTP tasks allocated and consolidating its free lists
+/// (BENCHMARKS.md); mimalloc keeps per-thread heaps. Not its `secure` mode: +20 % CPU per
+/// certificate (ARCHITECTURE.md). Set in a binary with
 /// `#[global_allocator] static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;`.
 pub use mimalloc::MiMalloc as Allocator;
 pub use state::Broker;
