@@ -1,9 +1,10 @@
 //! Audit events: the persisted, hash-chained record of every fact the broker acts on.
 //!
 //! An event's *body* is a JSON object; its canonical form is compact JSON with the keys in the
-//! order they were written (see [`canonical`]), integers only. The event's hash is SHA-256 of the canonical body,
-//! and every body carries the hash of the event before it (`prev`), so the log is a chain. A file
-//! line is the body with one more key, `hash`. This format is versioned by the body's `v`.
+//! order they were written (see [`canonical`]), integers only. The event's hash is SHA-256 of
+//! the canonical body, and every body carries the hash of the event before it (`prev`), so the
+//! log is a chain. A file line is the body with one more key, `hash`. This format is versioned by
+//! the body's `v`.
 //!
 //! Someone who can write the store could rewrite events *and* recompute every hash. Checkpoints
 //! stop that: at intervals the broker signs, with an Ed25519 key only the unsealed broker holds,
@@ -384,8 +385,9 @@ pub fn to_line(body: &Value, hash: &str) -> String {
 
 /// The file line of an event stored as its [`canonical`] text, and its hash: the same bytes as
 /// [`to_line`] of the parsed body, made without building the body's tree — the text is copied as
-/// it is and `"hash"` appended as its last member. `None` if the text is not a compact JSON object
-/// without a `hash` member (then parse it and use [`to_line`]).
+/// it is (it is what was hashed) and `"hash"` appended as its last member. `None` if the text is
+/// not a JSON object ending in `}` without a `hash` member (then parse it and use [`to_line`]).
+/// Whitespace inside the object is kept as stored, not checked: the broker never writes any.
 pub fn stored_line(canonical: &str, hash: &str) -> Option<String> {
     use serde_json::value::RawValue;
     let fields: std::collections::HashMap<&str, &RawValue> =

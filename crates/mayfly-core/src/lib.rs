@@ -4,6 +4,7 @@
 //! [`Timestamp`]. Everything here is pure and can be tested with tables of cases.
 
 pub mod audit;
+pub mod bounded;
 pub mod grant;
 pub mod name;
 pub mod policy;

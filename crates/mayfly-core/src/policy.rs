@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use std::collections::{HashMap, HashSet};
@@ -24,6 +24,7 @@ use cedar_policy::{
 };
 
 use crate::Principal;
+use crate::bounded::Bounded;
 
 /// The Cedar schema of Mayfly's policies.
 pub const SCHEMA: &str = r#"
@@ -152,40 +153,6 @@ pub struct Policies {
     limits: HashMap<PolicyId, (Option<u64>, Option<u64>)>,
     /// Decisions already made by this set, by their complete input (see [`Policies::decide`]).
     decided: Arc<Bounded<DecisionKey, Decision>>,
-}
-
-/// A map of at most `limit` values, shared between threads; when full, it starts afresh.
-#[derive(Debug)]
-struct Bounded<K, V> {
-    values: Mutex<HashMap<K, V>>,
-    limit: usize,
-}
-
-impl<K: Eq + std::hash::Hash, V: Clone> Bounded<K, V> {
-    fn new(limit: usize) -> Bounded<K, V> {
-        Bounded {
-            values: Mutex::new(HashMap::new()),
-            limit,
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<V> {
-        self.values.lock().ok()?.get(key).cloned()
-    }
-
-    fn put(&self, key: K, value: V) {
-        if let Ok(mut values) = self.values.lock() {
-            if values.len() >= self.limit {
-                values.clear();
-            }
-            values.insert(key, value);
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.values.lock().map_or(0, |values| values.len())
-    }
 }
 
 /// Everything a decision is made from, owned: two inputs with equal keys get the same decision.

@@ -211,7 +211,8 @@ async fn main() {
         "{system}  {:>8.0} certificates/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} certificates)",
         run.per_second, run.p50_ms, run.p99_ms, run.n
     );
-    // Mayfly and `floor`: the broker and the load generator; OpenBao: the load generator only.
+    // Mayfly, `floor` and `sign`: the server and the load generator; OpenBao: the load generator
+    // only.
     println!(
         "CPU of this process: {:.3} ms per certificate",
         cpu.as_secs_f64() * 1000.0 / (run.n.max(1) as f64)

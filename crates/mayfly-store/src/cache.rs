@@ -12,13 +12,15 @@
 //! PostgreSQL stores are shared by several nodes, each of which can change them: nothing is kept
 //! there.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use mayfly_core::bounded::Bounded;
 
 use crate::StoreError;
 use crate::records::{Change, RoleRecord, SessionRecord, StoredEvent, TargetRecord};
@@ -158,15 +160,12 @@ impl RecentEvents {
     }
 }
 
-struct Kept<K, V> {
-    values: Mutex<HashMap<K, (u64, V)>>,
-}
+/// Values read under a generation, given back only under that same generation.
+struct Kept<K, V>(Bounded<K, (u64, V)>);
 
-impl<K, V> Default for Kept<K, V> {
+impl<K: Eq + Hash, V: Clone> Default for Kept<K, V> {
     fn default() -> Self {
-        Kept {
-            values: Mutex::new(HashMap::new()),
-        }
+        Kept(Bounded::new(KEPT))
     }
 }
 
@@ -176,23 +175,16 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
-        let values = self.values.lock().ok()?;
-        match values.get(key) {
-            Some((read_at, value)) if *read_at == generation => Some(value.clone()),
+        match self.0.get(key) {
+            Some((read_at, value)) if read_at == generation => Some(value),
             _ => None,
         }
     }
 
     /// Keeps `value`, read under `read_at`, unless the generation has moved since.
     fn put(&self, key: K, read_at: u64, value: &V, now: u64) {
-        if read_at != now {
-            return;
-        }
-        if let Ok(mut values) = self.values.lock() {
-            if values.len() >= KEPT {
-                values.clear();
-            }
-            values.insert(key, (read_at, value.clone()));
+        if read_at == now {
+            self.0.put(key, (read_at, value.clone()));
         }
     }
 }
