@@ -52,6 +52,19 @@ type EventRow = (i64, i64, String, String, String);
 /// the store keeps its recent events).
 type Committed = (Vec<WriteOutcome>, Head, Vec<StoredEvent>);
 
+/// The last checkpoint. The kind is written out, not bound: only then may the planner use the
+/// partial index `audit_checkpoints` (migration 0003), whose condition names it.
+const LAST_CHECKPOINT: &str = "SELECT seq, kind, body, hash FROM audit_events \
+     WHERE kind = 'audit.checkpoint' ORDER BY seq DESC LIMIT 1";
+const _: () = assert!(matches!(
+    mayfly_core::audit::CHECKPOINT_KIND.as_bytes(),
+    b"audit.checkpoint"
+));
+
+/// The pending requests. The first condition is the partial index `requests_open`'s (migration
+/// 0003) word for word: SQLite uses a partial index only for a query that repeats its condition.
+const PENDING_REQUESTS: &str = "WHERE state IN ('pending', 'allowed') AND state = 'pending'";
+
 fn stored((seq, _, kind, body, hash): EventRow) -> StoredEvent {
     StoredEvent {
         seq,
@@ -1117,8 +1130,7 @@ impl Store for SqlStore {
     }
 
     async fn last_checkpoint(&self) -> Result<Option<StoredEvent>, StoreError> {
-        let row = sqlx::query("SELECT seq, kind, body, hash FROM audit_events WHERE kind = $1 ORDER BY seq DESC LIMIT 1")
-            .bind(mayfly_core::audit::CHECKPOINT_KIND)
+        let row = sqlx::query(LAST_CHECKPOINT)
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -1247,11 +1259,7 @@ impl Store for SqlStore {
         pending_only: bool,
         limit: i64,
     ) -> Result<Vec<RequestRecord>, StoreError> {
-        let filter = if pending_only {
-            "WHERE state = 'pending'"
-        } else {
-            ""
-        };
+        let filter = if pending_only { PENDING_REQUESTS } else { "" };
         let sql = format!(
             "SELECT {} FROM requests {filter} ORDER BY created_at DESC LIMIT $1",
             access::REQUEST_COLUMNS
@@ -1455,4 +1463,37 @@ fn decode_hash(hex_hash: &str) -> Result<[u8; 32], StoreError> {
     bytes
         .try_into()
         .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queries that migration 0003's partial indexes are for do use them (a query that does
+    /// not repeat an index's condition would scan the table, which grows by a row per grant).
+    #[tokio::test]
+    async fn open_requests_and_checkpoints_are_found_by_their_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let pending =
+            format!("SELECT id FROM requests {PENDING_REQUESTS} ORDER BY created_at DESC LIMIT 1");
+        for (sql, index) in [
+            (LAST_CHECKPOINT, "audit_checkpoints"),
+            (pending.as_str(), "requests_open"),
+            (access::EXPIRE_REQUESTS, "requests_open"),
+        ] {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.try_get("detail").unwrap()).collect();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("INDEX {index}"))),
+                "{sql}: {plan:?}"
+            );
+        }
+        store.close().await;
+    }
 }
