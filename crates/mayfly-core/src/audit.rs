@@ -54,6 +54,25 @@ pub struct AuditDraft {
     pub request_id: Option<String>,
     pub subject: Option<String>,
     pub details: Map<String, Value>,
+    /// The body's members from `at_ms` to `details`, rendered by [`AuditDraft::prerender`] while
+    /// the draft waits for its place in the chain, so that the one committer only puts `seq` and
+    /// `prev` around them. Cleared by [`AuditDraft::detail`] and [`AuditDraft::refuse`]; a field
+    /// changed by hand after `prerender` would not be seen (debug builds check it when chaining).
+    rendered: Option<String>,
+}
+
+/// The members of a body that a draft knows before its place in the chain, in the body's order
+/// ([`AuditDraft::into_body`]), serialized without copying the draft.
+#[derive(serde::Serialize)]
+struct Members<'a> {
+    at_ms: i64,
+    kind: &'a str,
+    outcome: &'a str,
+    actor: &'a Option<String>,
+    source: &'a Option<String>,
+    request_id: &'a Option<String>,
+    subject: &'a Option<String>,
+    details: &'a Map<String, Value>,
 }
 
 impl AuditDraft {
@@ -67,12 +86,80 @@ impl AuditDraft {
             request_id: None,
             subject: None,
             details: Map::new(),
+            rendered: None,
         }
     }
 
     pub fn detail(mut self, key: &str, value: impl Into<Value>) -> AuditDraft {
         self.details.insert(key.to_owned(), value.into());
+        self.rendered = None;
         self
+    }
+
+    /// Marks the event refused because of a conflict found when it was committed.
+    pub fn refuse(&mut self, reason: &str) {
+        self.outcome = Outcome::Refused;
+        self.details.insert("conflict".into(), reason.into());
+        self.rendered = None;
+    }
+
+    /// Renders what the body holds besides `seq` and `prev`, ahead of [`AuditDraft::chain`]: the
+    /// serialization then happens where the draft is made, in parallel, not in the one committer.
+    /// Call it once the draft is final.
+    pub fn prerender(&mut self) {
+        self.rendered = Some(self.members());
+    }
+
+    /// `"at_ms":…,"details":{…}`: the members between `seq` and `prev`, compact, in order.
+    fn members(&self) -> String {
+        let members = Members {
+            at_ms: self.at.unix_ms(),
+            kind: &self.kind,
+            outcome: self.outcome.as_str(),
+            actor: &self.actor,
+            source: &self.source,
+            request_id: &self.request_id,
+            subject: &self.subject,
+            details: &self.details,
+        };
+        let object = serde_json::to_string(&members).unwrap_or_default();
+        object
+            .strip_prefix('{')
+            .and_then(|o| o.strip_suffix('}'))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The event at `seq` after `prev`: its canonical body (the bytes of
+    /// `canonical(&self.into_body(seq, prev))`) and their hash.
+    pub fn chain(&self, seq: i64, prev: &[u8; 32]) -> (String, [u8; 32]) {
+        let fresh;
+        let members = match &self.rendered {
+            Some(rendered) => {
+                debug_assert_eq!(
+                    *rendered,
+                    self.members(),
+                    "a draft changed after it was prerendered"
+                );
+                rendered
+            }
+            None => {
+                fresh = self.members();
+                &fresh
+            }
+        };
+        let mut text = String::with_capacity(members.len() + 112);
+        text.push_str("{\"v\":");
+        text.push_str(&FORMAT_VERSION.to_string());
+        text.push_str(",\"seq\":");
+        text.push_str(&seq.to_string());
+        text.push(',');
+        text.push_str(members);
+        text.push_str(",\"prev\":\"");
+        text.push_str(&hex::encode(prev));
+        text.push_str("\"}");
+        let hash = hash_canonical(text.as_bytes());
+        (text, hash)
     }
 
     /// The event body once it has a place in the chain.
@@ -405,6 +492,53 @@ pub fn stored_line(canonical: &str, hash: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::Timestamp;
+
+    /// The chained text is the canonical body, byte for byte, rendered ahead or not, for
+    /// drafts with every kind of field and text that JSON must escape.
+    #[test]
+    fn a_chained_draft_is_its_canonical_body() {
+        let mut full = AuditDraft::new(
+            Timestamp::from_unix_ms(1_796_036_448_537),
+            "access.certificate",
+            Outcome::Refused,
+        )
+        .detail(
+            "quote\"back\\slash",
+            "tab\tnew\nline \u{1} \u{7f} é 😀 </script>",
+        )
+        .detail("n", -5)
+        .detail(
+            "nested",
+            serde_json::json!({"b": [1, 2.5, null, true], "a": {}}),
+        )
+        .detail("empty", "");
+        full.actor = Some("user:admin".into());
+        full.source = Some("127.0.0.1".into());
+        full.request_id = Some("01a22c1d-5223".into());
+        full.subject = None;
+        let bare = AuditDraft::new(Timestamp::from_unix_ms(0), "x", Outcome::Ok);
+        let prev = [0xab; 32];
+        for draft in [full, bare] {
+            let expected = canonical(&draft.clone().into_body(42, &prev));
+            let (text, hash) = draft.chain(42, &prev);
+            assert_eq!(text.as_bytes(), expected.as_slice());
+            assert_eq!(hash, hash_canonical(&expected));
+            let mut ahead = draft.clone();
+            ahead.prerender();
+            assert_eq!(ahead.chain(42, &prev), (text.clone(), hash));
+            // A detail added or a refusal after prerendering is seen.
+            let later = ahead.clone().detail("later", 1);
+            assert_eq!(
+                later.chain(42, &prev).0.as_bytes(),
+                canonical(&later.clone().into_body(42, &prev)).as_slice()
+            );
+            ahead.refuse("taken");
+            assert_eq!(
+                ahead.chain(42, &prev).0.as_bytes(),
+                canonical(&ahead.clone().into_body(42, &prev)).as_slice()
+            );
+        }
+    }
 
     struct Log {
         lines: Vec<(Value, String)>,

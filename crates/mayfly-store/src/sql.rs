@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use mayfly_core::audit::{AuditDraft, Outcome};
+use mayfly_core::audit::AuditDraft;
 use mayfly_core::{Principal, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
@@ -75,13 +75,18 @@ fn stored((seq, _, kind, body, hash): EventRow) -> StoredEvent {
 }
 
 /// Chains `event` at `seq` after `prev`: its row and its hash.
-fn chained(event: AuditDraft, seq: i64, prev: &[u8; 32]) -> (EventRow, [u8; 32]) {
-    let at_ms = event.at.unix_ms();
-    let kind = event.kind.clone();
-    let text = mayfly_core::audit::canonical(&event.into_body(seq, prev));
-    let hash = mayfly_core::audit::hash_canonical(&text);
-    let text = String::from_utf8(text).unwrap_or_default();
-    ((seq, at_ms, kind, text, hex::encode(hash)), hash)
+fn chained(event: &AuditDraft, seq: i64, prev: &[u8; 32]) -> (EventRow, [u8; 32]) {
+    let (text, hash) = event.chain(seq, prev);
+    (
+        (
+            seq,
+            event.at.unix_ms(),
+            event.kind.clone(),
+            text,
+            hex::encode(hash),
+        ),
+        hash,
+    )
 }
 
 fn unavailable(error: sqlx::Error) -> StoreError {
@@ -466,7 +471,7 @@ impl SqlStore {
                 Some(reason) => refused(event, reason),
                 None => event,
             };
-            let (row, hash) = chained(event, seq, &prev);
+            let (row, hash) = chained(&event, seq, &prev);
             events.push(row);
             prev = hash;
             outcomes.push(match conflict {
@@ -543,19 +548,28 @@ impl SqlStore {
     /// head and commits. The head moves only from the one this store last wrote: if anything
     /// else moved it (another writer, someone editing the database), the script fails on the
     /// head's `NOT NULL` and the caller takes the long way, which reads the head.
-    async fn commit_script(&self, writes: Vec<Write>, head: Head) -> Result<Committed, StoreError> {
+    /// The batch is only borrowed: should the script fail, the caller still has it to commit the
+    /// long way, without having copied it first.
+    async fn commit_script(&self, writes: &[Write], head: Head) -> Result<Committed, StoreError> {
         let (first_seq, first_hash) = head;
         let (mut seq, mut prev) = head;
-        let mut pending = PendingInserts::default();
+        let mut requests = Vec::with_capacity(writes.len());
+        let mut grants = Vec::with_capacity(writes.len());
         let mut events = Vec::with_capacity(writes.len());
         let mut outcomes = Vec::with_capacity(writes.len());
         for Write { change, event } in writes {
-            if let Some(change) = change
-                && pending.add(change).is_some()
-            {
-                return Err(StoreError::Unavailable(
-                    "a change that is not insert-only reached the one-script commit".into(),
-                ));
+            match change {
+                None => {}
+                Some(Change::IssueCertificate { request, grant }) => {
+                    requests.push(&**request);
+                    grants.push(&**grant);
+                }
+                Some(Change::CreateRequest { request }) => requests.push(request),
+                Some(_) => {
+                    return Err(StoreError::Unavailable(
+                        "a change that is not insert-only reached the one-script commit".into(),
+                    ));
+                }
             }
             seq += 1;
             let (row, hash) = chained(event, seq, &prev);
@@ -579,13 +593,13 @@ impl SqlStore {
         statement(
             "requests",
             access::REQUEST_COLUMNS,
-            pending.requests.len(),
+            requests.len(),
             access::REQUEST_ARITY,
         );
         statement(
             "grants",
             access::GRANT_COLUMNS,
-            pending.grants.len(),
+            grants.len(),
             access::GRANT_ARITY,
         );
         statement(
@@ -600,10 +614,10 @@ impl SqlStore {
              WHERE id = 1; COMMIT",
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(events.len() <= 16);
-        for request in &pending.requests {
+        for request in requests {
             query = access::bind_request(query, request);
         }
-        for grant in &pending.grants {
+        for grant in grants {
             query = access::bind_grant(query, grant);
         }
         let kept_events = match self.recent {
@@ -730,21 +744,18 @@ impl SqlStore {
     /// [`Store::commit`] under the write lock.
     async fn commit_locked(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
         let writes = match self.script_head(&writes) {
-            Some(head) => {
-                let again = copy_writes(&writes);
-                match self.commit_script(writes, head).await {
-                    Ok((outcomes, head, events)) => {
-                        self.set_head(Some(head));
-                        self.keep_events(events);
-                        return Ok(outcomes);
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = ?error, "a one-script commit failed (the head moved elsewhere, or an insert failed); committing the batch the long way");
-                        self.set_head(None);
-                        again
-                    }
+            Some(head) => match self.commit_script(&writes, head).await {
+                Ok((outcomes, head, events)) => {
+                    self.set_head(Some(head));
+                    self.keep_events(events);
+                    return Ok(outcomes);
                 }
-            }
+                Err(error) => {
+                    tracing::warn!(error = ?error, "a one-script commit failed (the head moved elsewhere, or an insert failed); committing the batch the long way");
+                    self.set_head(None);
+                    writes
+                }
+            },
             None => writes,
         };
         // Changes that only insert rows under fresh ids cannot conflict and need no savepoint of
@@ -1452,8 +1463,7 @@ impl Store for SqlStore {
 }
 
 fn refused(mut event: AuditDraft, reason: &str) -> AuditDraft {
-    event.outcome = Outcome::Refused;
-    event.details.insert("conflict".into(), reason.into());
+    event.refuse(reason);
     event
 }
 

@@ -88,7 +88,10 @@ impl Committer {
     }
 
     /// Commits one write and its event; returns once it is durable.
-    pub async fn commit(&self, write: Write) -> Result<WriteOutcome, CommitError> {
+    pub async fn commit(&self, mut write: Write) -> Result<WriteOutcome, CommitError> {
+        // Rendered here, by the caller's task, in parallel with the others, and not by the one
+        // committer, which has only `seq` and `prev` left to add.
+        write.event.prerender();
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Pending { write, reply })
@@ -107,7 +110,8 @@ impl Committer {
     /// write, in order.
     pub async fn commit_many(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, CommitError>> {
         let mut answers = Vec::with_capacity(writes.len());
-        for write in writes {
+        for mut write in writes {
+            write.event.prerender();
             let (reply, answer) = oneshot::channel();
             let sent = self.sender.send(Pending { write, reply }).await.is_ok();
             answers.push(sent.then_some(answer));
