@@ -138,42 +138,36 @@ fn duration_ms(text: &str) -> Option<f64> {
 /// there is none. The difference over a run, divided by its calls, is the CPU a call costs here —
 /// steadier on a shared VM than a rate, which also counts time spent waiting for a CPU.
 pub fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, in clock ticks (100 a second on Linux).
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // utime and stime: fields 14 and 15 of the line.
+    stat_cpu(14)
 }
 
-/// CPU time of this process's finished children (`wrk`), from the same line (fields 16 and 17).
+/// CPU time of this process's finished children (`wrk`), from the same line (cutime and cstime,
+/// fields 16 and 17).
 pub fn children_cpu() -> Duration {
+    stat_cpu(16)
+}
+
+/// The sum of field `first` and the next of `/proc/self/stat` (numbered from 1, as in proc(5)),
+/// clock ticks of 10 ms.
+fn stat_cpu(first: usize) -> Duration {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return Duration::ZERO;
     };
+    // Fields after the command name (field 2, in parentheses, may hold spaces) start at field 3.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
+    let ticks = |field: usize| {
+        field
+            .checked_sub(3)
+            .and_then(|i| fields.get(i))
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Duration::from_millis((ticks(13) + ticks(14)) * 10)
+    Duration::from_millis((ticks(first) + ticks(first + 1)) * 10)
 }
 
 #[cfg(test)]
