@@ -12,6 +12,7 @@
 //! checkpoint. The checkpoint is itself an event in the chain. [`Verifier`] checks both.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
@@ -62,7 +63,7 @@ pub struct AuditDraft {
 }
 
 /// The members of a body that a draft knows before its place in the chain, in the body's order
-/// ([`AuditDraft::into_body`]), serialized without copying the draft.
+/// (docs/audit.md), serialized without copying the draft.
 #[derive(serde::Serialize)]
 struct Members<'a> {
     at_ms: i64,
@@ -130,8 +131,8 @@ impl AuditDraft {
             .to_owned()
     }
 
-    /// The event at `seq` after `prev`: its canonical body (the bytes of
-    /// `canonical(&self.into_body(seq, prev))`) and their hash.
+    /// The event at `seq` after `prev`: its canonical body and the body's hash. The body's members
+    /// are `v`, `seq`, the draft's own (`at_ms` to `details`), then `prev`.
     pub fn chain(&self, seq: i64, prev: &[u8; 32]) -> (String, [u8; 32]) {
         let fresh;
         let members = match &self.rendered {
@@ -149,11 +150,8 @@ impl AuditDraft {
             }
         };
         let mut text = String::with_capacity(members.len() + 112);
-        text.push_str("{\"v\":");
-        text.push_str(&FORMAT_VERSION.to_string());
-        text.push_str(",\"seq\":");
-        text.push_str(&seq.to_string());
-        text.push(',');
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{{\"v\":{FORMAT_VERSION},\"seq\":{seq},");
         text.push_str(members);
         text.push_str(",\"prev\":\"");
         text.push_str(&hex::encode(prev));
@@ -162,8 +160,10 @@ impl AuditDraft {
         (text, hash)
     }
 
-    /// The event body once it has a place in the chain.
-    pub fn into_body(self, seq: i64, prev: &[u8; 32]) -> Value {
+    /// The body as a JSON tree, built member by member: the tests' reference for
+    /// [`AuditDraft::chain`], which is what the broker uses.
+    #[cfg(test)]
+    fn into_body(self, seq: i64, prev: &[u8; 32]) -> Value {
         let mut body = Map::new();
         body.insert("v".into(), FORMAT_VERSION.into());
         body.insert("seq".into(), seq.into());
@@ -180,12 +180,13 @@ impl AuditDraft {
     }
 }
 
+#[cfg(test)]
 fn opt(value: Option<String>) -> Value {
     value.map_or(Value::Null, Value::String)
 }
 
 /// Canonical bytes of a body: compact JSON, keys in the order they were written. The broker
-/// writes a body's keys in one fixed order (see [`AuditDraft::into_body`]), and a body parsed back
+/// writes a body's keys in one fixed order (see [`AuditDraft::chain`]), and a body parsed back
 /// from a line keeps the line's order (serde_json's `preserve_order`, enabled by this crate), so
 /// the same bytes come back and are hashed again.
 pub fn canonical(body: &Value) -> Vec<u8> {

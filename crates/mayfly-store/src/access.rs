@@ -190,7 +190,7 @@ pub(crate) async fn create_request(
     c: &mut AnyConnection,
     request: &RequestRecord,
 ) -> Result<(), sqlx::Error> {
-    insert_requests(c, std::slice::from_ref(request)).await
+    insert_requests(c, &[request]).await
 }
 
 /// Rows per multi-row `INSERT` (well under SQLite's and PostgreSQL's limits on bound values).
@@ -236,7 +236,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
 /// Inserts requests, many rows per statement.
 pub(crate) async fn insert_requests(
     c: &mut AnyConnection,
-    requests: &[RequestRecord],
+    requests: &[&RequestRecord],
 ) -> Result<(), sqlx::Error> {
     for chunk in requests.chunks(ROWS_PER_INSERT) {
         let sql = format!(
@@ -408,13 +408,13 @@ pub(crate) async fn issue_certificate(
 }
 
 async fn insert_grant(c: &mut AnyConnection, grant: &GrantRecord) -> Result<(), sqlx::Error> {
-    insert_grants(c, std::slice::from_ref(grant)).await
+    insert_grants(c, &[grant]).await
 }
 
 /// Inserts grants, many rows per statement.
 pub(crate) async fn insert_grants(
     c: &mut AnyConnection,
-    grants: &[GrantRecord],
+    grants: &[&GrantRecord],
 ) -> Result<(), sqlx::Error> {
     for chunk in grants.chunks(ROWS_PER_INSERT) {
         let sql = format!(

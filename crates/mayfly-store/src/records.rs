@@ -194,10 +194,17 @@ pub enum Change {
 impl Change {
     /// Whether applying it only inserts rows under ids made for it (so it cannot conflict).
     pub fn only_inserts(&self) -> bool {
-        matches!(
-            self,
-            Change::IssueCertificate { .. } | Change::CreateRequest { .. }
-        )
+        self.inserted_rows().is_some()
+    }
+
+    /// The rows an insert-only change adds: its request, and its grant if it has one. `None` for
+    /// any other change.
+    pub fn inserted_rows(&self) -> Option<(&RequestRecord, Option<&GrantRecord>)> {
+        match self {
+            Change::IssueCertificate { request, grant } => Some((request, Some(grant))),
+            Change::CreateRequest { request } => Some((request, None)),
+            _ => None,
+        }
     }
 }
 

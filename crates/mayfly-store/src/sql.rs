@@ -407,8 +407,9 @@ impl SqlStore {
     }
 
     /// One transaction: each change (under a savepoint, unless `lean` and it only inserts), its
-    /// event appended to the chain, the head moved. The caller holds the write lock.
-    async fn commit_batch(&self, writes: Vec<Write>, lean: bool) -> Result<Committed, BatchError> {
+    /// event appended to the chain, the head moved. The caller holds the write lock. The batch is
+    /// only borrowed, so that the caller can apply it again another way.
+    async fn commit_batch(&self, writes: &[Write], lean: bool) -> Result<Committed, BatchError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         match self.write_batch(&mut tx, writes, lean).await {
             Ok(outcomes) => {
@@ -428,7 +429,7 @@ impl SqlStore {
     async fn write_batch(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        writes: Vec<Write>,
+        writes: &[Write],
         lean: bool,
     ) -> Result<Committed, BatchError> {
         let head = sqlx::query(self.lock_head_sql())
@@ -443,17 +444,16 @@ impl SqlStore {
         // change (which might read them) and at the end; events are written together at the end.
         let mut pending = PendingInserts::default();
         let mut events = Vec::with_capacity(writes.len());
-        for write in writes {
-            let Write { change, event } = write;
+        for Write { change, event } in writes {
             let mut conflict = None;
             let change = match change {
                 Some(change) if lean => pending.add(change),
-                other => other,
+                other => other.as_ref(),
             };
             if let Some(change) = change {
                 pending.flush(tx).await?;
                 let mut savepoint = tx.begin().await.map_err(unavailable)?;
-                match self.apply(&mut savepoint, &change).await {
+                match self.apply(&mut savepoint, change).await {
                     Ok(Applied::Done) => savepoint.commit().await.map_err(unavailable)?,
                     Ok(Applied::Conflict(reason)) => {
                         savepoint.rollback().await.map_err(unavailable)?;
@@ -467,11 +467,14 @@ impl SqlStore {
                 }
             }
             seq += 1;
-            let event = match &conflict {
-                Some(reason) => refused(event, reason),
-                None => event,
+            let (row, hash) = match &conflict {
+                Some(reason) => {
+                    let mut refused = event.clone();
+                    refused.refuse(reason);
+                    chained(&refused, seq, &prev)
+                }
+                None => chained(event, seq, &prev),
             };
-            let (row, hash) = chained(&event, seq, &prev);
             events.push(row);
             prev = hash;
             outcomes.push(match conflict {
@@ -558,18 +561,14 @@ impl SqlStore {
         let mut events = Vec::with_capacity(writes.len());
         let mut outcomes = Vec::with_capacity(writes.len());
         for Write { change, event } in writes {
-            match change {
-                None => {}
-                Some(Change::IssueCertificate { request, grant }) => {
-                    requests.push(&**request);
-                    grants.push(&**grant);
-                }
-                Some(Change::CreateRequest { request }) => requests.push(request),
-                Some(_) => {
+            if let Some(change) = change {
+                let Some((request, grant)) = change.inserted_rows() else {
                     return Err(StoreError::Unavailable(
                         "a change that is not insert-only reached the one-script commit".into(),
                     ));
-                }
+                };
+                requests.push(request);
+                grants.extend(grant);
             }
             seq += 1;
             let (row, hash) = chained(event, seq, &prev);
@@ -761,15 +760,13 @@ impl SqlStore {
         // Changes that only insert rows under fresh ids cannot conflict and need no savepoint of
         // their own (two statements fewer each). Should one fail after all, the whole batch is
         // rolled back and applied again with a savepoint per change, so no write is lost.
-        let again = writes
+        let lean = writes
             .iter()
-            .any(|w| w.change.as_ref().is_some_and(Change::only_inserts))
-            .then(|| copy_writes(&writes));
-        let committed = match self.commit_batch(writes, again.is_some()).await {
+            .any(|w| w.change.as_ref().is_some_and(Change::only_inserts));
+        let committed = match self.commit_batch(&writes, lean).await {
             Err(BatchError::InsertFailed(error)) => {
                 tracing::warn!(error = %error, "an insert failed inside an audit batch; applying the batch again, change by change");
-                let writes = again.unwrap_or_default();
-                self.commit_batch(writes, false)
+                self.commit_batch(&writes, false)
                     .await
                     .map_err(BatchError::into_store)
             }
@@ -802,39 +799,22 @@ const EVENTS_PER_INSERT: usize = 200;
 /// The largest batch committed as one script: its values stay under SQLite's 32,766.
 const SCRIPT_MAX_WRITES: usize = 512;
 
-/// A copy of a batch, to apply again if the first way fails.
-fn copy_writes(writes: &[Write]) -> Vec<Write> {
-    writes
-        .iter()
-        .map(|w| Write {
-            change: w.change.clone(),
-            event: w.event.clone(),
-        })
-        .collect()
-}
-
 /// Insert-only changes of a batch, waiting to be written many rows per statement.
 #[derive(Default)]
-struct PendingInserts {
-    requests: Vec<RequestRecord>,
-    grants: Vec<GrantRecord>,
+struct PendingInserts<'a> {
+    requests: Vec<&'a RequestRecord>,
+    grants: Vec<&'a GrantRecord>,
 }
 
-impl PendingInserts {
+impl<'a> PendingInserts<'a> {
     /// Takes an insert-only change (`None`); gives any other back.
-    fn add(&mut self, change: Change) -> Option<Change> {
-        match change {
-            Change::IssueCertificate { request, grant } => {
-                self.requests.push(*request);
-                self.grants.push(*grant);
-                None
-            }
-            Change::CreateRequest { request } => {
-                self.requests.push(request);
-                None
-            }
-            other => Some(other),
-        }
+    fn add(&mut self, change: &'a Change) -> Option<&'a Change> {
+        let Some((request, grant)) = change.inserted_rows() else {
+            return Some(change);
+        };
+        self.requests.push(request);
+        self.grants.extend(grant);
+        None
     }
 
     /// Writes what is pending; a failure sends the batch back to be applied change by change.
@@ -1460,11 +1440,6 @@ impl Store for SqlStore {
         let at: Option<i64> = row.try_get("at").map_err(unavailable)?;
         Ok(at.map(Timestamp::from_unix_ms))
     }
-}
-
-fn refused(mut event: AuditDraft, reason: &str) -> AuditDraft {
-    event.refuse(reason);
-    event
 }
 
 fn decode_hash(hex_hash: &str) -> Result<[u8; 32], StoreError> {
