@@ -65,6 +65,15 @@ const _: () = assert!(matches!(
 /// 0003) word for word: SQLite uses a partial index only for a query that repeats its condition.
 const PENDING_REQUESTS: &str = "WHERE state IN ('pending', 'allowed') AND state = 'pending'";
 
+/// The newest requests, or the newest pending ones; `$1` is how many.
+fn requests_sql(pending_only: bool) -> String {
+    let filter = if pending_only { PENDING_REQUESTS } else { "" };
+    format!(
+        "SELECT {} FROM requests {filter} ORDER BY created_at DESC LIMIT $1",
+        access::REQUEST_COLUMNS
+    )
+}
+
 fn stored((seq, _, kind, body, hash): EventRow) -> StoredEvent {
     StoredEvent {
         seq,
@@ -1250,12 +1259,7 @@ impl Store for SqlStore {
         pending_only: bool,
         limit: i64,
     ) -> Result<Vec<RequestRecord>, StoreError> {
-        let filter = if pending_only { PENDING_REQUESTS } else { "" };
-        let sql = format!(
-            "SELECT {} FROM requests {filter} ORDER BY created_at DESC LIMIT $1",
-            access::REQUEST_COLUMNS
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(requests_sql(pending_only)))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -1461,8 +1465,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = SqlStore::open(&url).await.unwrap();
-        let pending =
-            format!("SELECT id FROM requests {PENDING_REQUESTS} ORDER BY created_at DESC LIMIT 1");
+        let pending = requests_sql(true);
         for (sql, index) in [
             (LAST_CHECKPOINT, "audit_checkpoints"),
             (pending.as_str(), "requests_open"),

@@ -77,10 +77,13 @@ pub fn wrk(load: &WrkLoad<'_>, clients: usize, seconds: u64) -> Result<Run, Stri
         .map_err(|e| format!("could not run wrk ({e}): install it with `apt-get install wrk`"))?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        return Err(format!(
-            "wrk failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        // A Lua error quotes the script, and the script holds the header's value.
+        let report = format!("{text}{}", String::from_utf8_lossy(&output.stderr));
+        let report = match load.header.1 {
+            "" => report,
+            value => report.replace(value, "[the header's value]"),
+        };
+        return Err(format!("wrk failed: {report}"));
     }
     parse_wrk(&text)
 }
