@@ -13,6 +13,7 @@
 mod access;
 mod cache;
 mod records;
+mod script;
 mod sql;
 
 use mayfly_core::Timestamp;

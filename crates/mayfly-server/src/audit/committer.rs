@@ -58,10 +58,11 @@ impl Committer {
             committer.n_committed.clone(),
             committer.committed.clone(),
         );
-        // On SQLite the committer gets a thread of its own: each batch is a wait for SQLite's
-        // worker thread, and answering it from behind the HTTP tasks in the shared runtime's
-        // queues made every commit longer (2.5 → 1.8 ms at 16 clients, BENCHMARKS.md). A
-        // PostgreSQL pool's sockets stay with the shared runtime that drives them.
+        // On SQLite the committer gets a thread of its own, and the store runs each batch's
+        // script on it (blocking it for the commit, `fsync` included): no hand-off to another
+        // thread and back, and no wait behind the HTTP tasks in the shared runtime's queues
+        // (BENCHMARKS.md). A PostgreSQL pool's sockets stay with the shared runtime that drives
+        // them.
         if dialect != mayfly_store::Dialect::Sqlite {
             tokio::spawn(task);
             return committer;
