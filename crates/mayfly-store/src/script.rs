@@ -40,9 +40,8 @@ impl std::fmt::Debug for ScriptConnection {
     }
 }
 
-/// Every statement `OR ROLLBACK`: a failing one ends the whole transaction, as the caller wants
-/// anyway. With SQLite's default (`ABORT`: undo only that statement) each statement would keep a
-/// copy of every page it changes for an undo never used (BENCHMARKS.md).
+/// Every statement `OR ROLLBACK`: a failing one ends the whole transaction at once, which is what
+/// the caller wants (it then commits the batch the long way), and nothing is left open.
 const INSERT_EVENT: &str = "INSERT OR ROLLBACK INTO audit_events (seq, at_ms, kind, body, hash) VALUES (?1, ?2, ?3, ?4, ?5)";
 const MOVE_HEAD: &str = "UPDATE OR ROLLBACK audit_head \
      SET seq = CASE WHEN seq = ?1 AND hash = ?2 THEN ?3 ELSE NULL END, hash = ?4 WHERE id = 1";
@@ -150,11 +149,15 @@ fn write(
     for (seq, at_ms, kind, body, hash) in rows.events {
         insert.execute(params![seq, at_ms, kind, body, hash])?;
     }
-    connection.prepare_cached(MOVE_HEAD)?.execute(params![
+    let moved = connection.prepare_cached(MOVE_HEAD)?.execute(params![
         head.from.0,
         head.from.1,
         head.to.0,
         head.to.1
     ])?;
+    if moved != 1 {
+        // No head row: the chain cannot be appended to; the caller rolls back.
+        return Err(rusqlite::Error::StatementChangedRows(moved));
+    }
     Ok(())
 }

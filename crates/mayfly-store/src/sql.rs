@@ -33,7 +33,6 @@ pub struct SqlStore {
     write_lock: Mutex<()>,
     /// Reads kept in memory: SQLite on a file only, where this store holds `_lock`.
     cache: Option<ReadCache>,
-    _lock: Option<StoreLock>,
     /// The audit head this store last wrote (SQLite only), for [`SqlStore::commit_script`].
     head: std::sync::Mutex<Option<Head>>,
     /// The database file and the connection [`SqlStore::commit_script`] keeps on it between
@@ -41,16 +40,33 @@ pub struct SqlStore {
     script: Option<Script>,
     /// The events this store committed last (SQLite on a file only, like `cache`).
     recent: Option<RecentEvents>,
+    /// Last, so that it is released after every connection above is closed.
+    _lock: Option<StoreLock>,
 }
 
 /// The chain's last `seq` and hash.
 type Head = (i64, [u8; 32]);
 
-/// The one-script commit's connection, opened at first use and dropped after any error.
+/// The one-script commit's connection, opened at first use and dropped after any error, and
+/// not opened again once the store is closed.
 #[derive(Debug)]
 struct Script {
     path: std::path::PathBuf,
     connection: std::sync::Mutex<Option<ScriptConnection>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Script {
+    /// The kept connection's slot. After a panic while it was held, whatever it held is dropped
+    /// (it may be inside a transaction) and the next batch opens a fresh one.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ScriptConnection>> {
+        self.connection.lock().unwrap_or_else(|poisoned| {
+            let mut slot = poisoned.into_inner();
+            *slot = None;
+            self.connection.clear_poison();
+            slot
+        })
+    }
 }
 
 /// One audit event row: `(seq, at_ms, kind, body, hash)`.
@@ -149,6 +165,7 @@ impl SqlStore {
                 let script = Script {
                     path: file.get_filename().to_owned(),
                     connection: std::sync::Mutex::new(None),
+                    closed: std::sync::atomic::AtomicBool::new(false),
                 };
                 (Some(lock), Some(script))
             }
@@ -199,12 +216,11 @@ impl SqlStore {
 
     pub async fn close(&self) {
         if let Some(script) = &self.script {
-            let kept = script
-                .connection
-                .lock()
-                .ok()
-                .and_then(|mut kept| kept.take());
-            drop(kept);
+            script
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Waits for a batch being committed, then closes the connection.
+            drop(in_place(|| script.slot().take()));
         }
         self.pool.close().await;
     }
@@ -628,9 +644,10 @@ impl SqlStore {
         // On this thread (the committer's own on SQLite): a few hundred microseconds of SQLite
         // and one `fsync`. On a runtime shared with other tasks, its worker is handed over first.
         in_place(|| {
-            let mut kept = script.connection.lock().map_err(|_| {
-                StoreError::Unavailable("the script connection was poisoned".into())
-            })?;
+            let mut kept = script.slot();
+            if script.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the store is closed".into()));
+            }
             let mut connection = match kept.take() {
                 Some(connection) => connection,
                 None => ScriptConnection::open(&script.path)
@@ -1464,9 +1481,11 @@ mod tests {
         store.close().await;
     }
 
-    fn certificate(n: u32) -> Write {
+    /// A certificate's request and grant, every column a value of its own (a column bound in
+    /// another's place shows).
+    fn records(n: u32) -> (RequestRecord, GrantRecord) {
         use mayfly_core::grant::{GrantState, RequestState};
-        let at = Timestamp::from_unix_ms(1_000);
+        let ms = Timestamp::from_unix_ms;
         let request = RequestRecord {
             id: format!("r{n}"),
             principal: Principal::Workload {
@@ -1476,48 +1495,58 @@ mod tests {
             target: "hosts".into(),
             role: "login".into(),
             reason: "a reason; DROP TABLE grants; --".into(),
-            ticket: String::new(),
+            ticket: "T-1".into(),
             ttl_ms: 60_000,
-            max_ttl_ms: 60_000,
-            approvals_needed: 0,
+            max_ttl_ms: 120_000,
+            approvals_needed: 2,
             state: RequestState::Activated,
             decision: "allowed by p".into(),
-            break_glass: false,
-            created_at: at,
-            expires_at: at,
+            break_glass: true,
+            created_at: ms(1_000),
+            expires_at: ms(2_000),
         };
         let grant = GrantRecord {
             id: format!("g{n}"),
             request_id: format!("r{n}"),
             principal: "workload:ci:job".into(),
-            target: "hosts".into(),
-            role: "login".into(),
+            target: "hosts-2".into(),
+            role: "login-2".into(),
             login: format!("mf_g{n}"),
             state: GrantState::Active,
-            created_at: at,
-            expires_at: Timestamp::from_unix_ms(61_000),
-            next_attempt_at: Some(Timestamp::from_unix_ms(61_000)),
-            epoch: 0,
-            n_attempts: 0,
-            last_error: None,
-            revoke_reason: None,
-            revoked_at: None,
-            verified_at: None,
-            break_glass: false,
-            reviewed_by: None,
+            created_at: ms(3_000),
+            expires_at: ms(61_000),
+            next_attempt_at: Some(ms(62_000)),
+            epoch: 3,
+            n_attempts: 4,
+            last_error: Some("last error".into()),
+            revoke_reason: Some("revoke reason".into()),
+            revoked_at: Some(ms(70_000)),
+            verified_at: Some(ms(71_000)),
+            break_glass: true,
+            reviewed_by: Some("reviewer".into()),
         };
+        (request, grant)
+    }
+
+    fn certificate(n: u32) -> Write {
+        let (request, grant) = records(n);
         Write {
             change: Some(Change::IssueCertificate {
                 request: Box::new(request),
                 grant: Box::new(grant),
             }),
-            event: AuditDraft::new(at, "access.certificate", mayfly_core::audit::Outcome::Ok),
+            event: AuditDraft::new(
+                Timestamp::from_unix_ms(1_000),
+                "access.certificate",
+                mayfly_core::audit::Outcome::Ok,
+            ),
         }
     }
 
     /// The one-script commit itself (the store would hide its failure behind the long way):
-    /// every row of a batch lands, a batch from a head that is not the stored one leaves nothing,
-    /// and the next batch goes through on a fresh connection.
+    /// every row of a batch lands as it was, a batch from a head that is not the stored one
+    /// leaves nothing, the next batch goes through on a fresh connection, and a closed store
+    /// opens none.
     #[tokio::test]
     async fn a_batch_goes_in_one_script_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
@@ -1547,23 +1576,24 @@ mod tests {
         let (seq, hash) = store.audit_head().await.unwrap();
         assert_eq!((seq, hash.clone()), (new_head.0, hex::encode(new_head.1)));
         assert_eq!(kept.last().map(|e| e.hash.clone()), Some(hash));
-        let grant = store.grant("g2").await.unwrap().unwrap();
-        assert_eq!(
-            (grant.login.as_str(), grant.request_id.as_str()),
-            ("mf_g2", "r2")
-        );
-        let requests = store.requests(false, 10).await.unwrap();
-        assert!(
-            requests
-                .iter()
-                .any(|r| r.id == "r1" && r.reason == "a reason; DROP TABLE grants; --"),
-            "{requests:?}"
-        );
+        for n in [1, 2] {
+            let (request, grant) = records(n);
+            assert_eq!(store.request(&request.id).await.unwrap(), Some(request));
+            assert_eq!(store.grant(&grant.id).await.unwrap(), Some(grant));
+        }
 
-        // From a head that is not the stored one: refused, and nothing of the batch is kept.
-        let stale = store.commit_script(&[certificate(3)], head).await;
-        assert!(stale.is_err(), "committed from a stale head");
+        // From a head whose hash is not the stored one: refused by the head's `NOT NULL`, and
+        // nothing of the batch is kept.
+        let stale = store
+            .commit_script(&[certificate(3)], (new_head.0, [0xab; 32]))
+            .await
+            .unwrap_err();
+        let reason = std::error::Error::source(&stale)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(reason.contains("audit_head.seq"), "{reason}");
         assert!(store.grant("g3").await.unwrap().is_none());
+        assert!(store.request("r3").await.unwrap().is_none());
         assert_eq!(store.audit_head().await.unwrap().0, new_head.0);
 
         // The next batch opens a new connection and goes through.
@@ -1573,6 +1603,9 @@ mod tests {
             .unwrap();
         assert_eq!(after.0, new_head.0 + 1);
         assert!(store.grant("g3").await.unwrap().is_some());
+
         store.close().await;
+        let closed = store.commit_script(&[certificate(4)], after).await;
+        assert!(closed.is_err(), "committed after close");
     }
 }
