@@ -256,11 +256,81 @@ pub(crate) async fn insert_requests(
 /// rows that record one (requests, sessions).
 pub(crate) fn principal_columns(
     principal: &Principal,
-) -> (&'static str, String, Option<String>, Option<String>) {
+) -> (&'static str, &str, Option<&str>, Option<&str>) {
     match principal {
-        Principal::User { id, name, .. } => ("user", name.clone(), None, Some(id.clone())),
-        Principal::Workload { role, name } => ("workload", name.clone(), Some(role.clone()), None),
+        Principal::User { id, name, .. } => ("user", name, None, Some(id)),
+        Principal::Workload { role, name } => ("workload", name, Some(role), None),
     }
+}
+
+/// One value of a row we insert, borrowed from its record: what both drivers bind (sqlx on the
+/// long way, rusqlite in the one-script commit), so that each row's column order is written once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Column<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
+    OptInt(Option<i64>),
+}
+
+/// One request row's values, in [`REQUEST_COLUMNS`] order.
+pub(crate) fn request_values(request: &RequestRecord) -> [Column<'_>; REQUEST_ARITY] {
+    use Column::{Int, OptText, Text};
+    let (kind, name, role, user_id) = principal_columns(&request.principal);
+    [
+        Text(&request.id),
+        Text(kind),
+        Text(name),
+        OptText(role),
+        OptText(user_id),
+        Text(&request.target),
+        Text(&request.role),
+        Text(&request.reason),
+        Text(&request.ticket),
+        Int(request.ttl_ms),
+        Int(request.max_ttl_ms),
+        Int(request.approvals_needed),
+        Text(request.state.as_str()),
+        Text(&request.decision),
+        Int(i64::from(request.break_glass)),
+        Int(request.created_at.unix_ms()),
+        Int(request.expires_at.unix_ms()),
+    ]
+}
+
+/// One grant row's values, in [`GRANT_COLUMNS`] order.
+pub(crate) fn grant_values(grant: &GrantRecord) -> [Column<'_>; GRANT_ARITY] {
+    use Column::{Int, OptInt, OptText, Text};
+    [
+        Text(&grant.id),
+        Text(&grant.request_id),
+        Text(&grant.principal),
+        Text(&grant.target),
+        Text(&grant.role),
+        Text(&grant.login),
+        Text(grant.state.as_str()),
+        Int(grant.created_at.unix_ms()),
+        Int(grant.expires_at.unix_ms()),
+        OptInt(grant.next_attempt_at.map(Timestamp::unix_ms)),
+        Int(grant.epoch),
+        Int(grant.n_attempts),
+        OptText(grant.last_error.as_deref()),
+        OptText(grant.revoke_reason.as_deref()),
+        OptInt(grant.revoked_at.map(Timestamp::unix_ms)),
+        OptInt(grant.verified_at.map(Timestamp::unix_ms)),
+        Int(i64::from(grant.break_glass)),
+        OptText(grant.reviewed_by.as_deref()),
+    ]
+}
+
+/// Binds `values` to `query`, in order.
+fn bind_values<'q>(query: AnyQuery<'q>, values: &[Column<'_>]) -> AnyQuery<'q> {
+    values.iter().fold(query, |query, value| match *value {
+        Column::Text(text) => query.bind(text.to_owned()),
+        Column::OptText(text) => query.bind(text.map(str::to_owned)),
+        Column::Int(n) => query.bind(n),
+        Column::OptInt(n) => query.bind(n),
+    })
 }
 
 /// Columns of a request row.
@@ -272,25 +342,7 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// Binds one request row's [`REQUEST_ARITY`] values, in [`REQUEST_COLUMNS`] order.
 pub(crate) fn bind_request<'q>(query: AnyQuery<'q>, request: &RequestRecord) -> AnyQuery<'q> {
-    let (kind, name, role, user_id) = principal_columns(&request.principal);
-    query
-        .bind(request.id.clone())
-        .bind(kind)
-        .bind(name)
-        .bind(role)
-        .bind(user_id)
-        .bind(request.target.clone())
-        .bind(request.role.clone())
-        .bind(request.reason.clone())
-        .bind(request.ticket.clone())
-        .bind(request.ttl_ms)
-        .bind(request.max_ttl_ms)
-        .bind(request.approvals_needed)
-        .bind(request.state.as_str())
-        .bind(request.decision.clone())
-        .bind(i64::from(request.break_glass))
-        .bind(request.created_at.unix_ms())
-        .bind(request.expires_at.unix_ms())
+    bind_values(query, &request_values(request))
 }
 
 pub(crate) async fn approve(
@@ -432,25 +484,7 @@ pub(crate) async fn insert_grants(
 
 /// Binds one grant row's [`GRANT_ARITY`] values, in [`GRANT_COLUMNS`] order.
 pub(crate) fn bind_grant<'q>(query: AnyQuery<'q>, grant: &GrantRecord) -> AnyQuery<'q> {
-    query
-        .bind(grant.id.clone())
-        .bind(grant.request_id.clone())
-        .bind(grant.principal.clone())
-        .bind(grant.target.clone())
-        .bind(grant.role.clone())
-        .bind(grant.login.clone())
-        .bind(grant.state.as_str())
-        .bind(grant.created_at.unix_ms())
-        .bind(grant.expires_at.unix_ms())
-        .bind(grant.next_attempt_at.map(Timestamp::unix_ms))
-        .bind(grant.epoch)
-        .bind(grant.n_attempts)
-        .bind(grant.last_error.clone())
-        .bind(grant.revoke_reason.clone())
-        .bind(grant.revoked_at.map(Timestamp::unix_ms))
-        .bind(grant.verified_at.map(Timestamp::unix_ms))
-        .bind(i64::from(grant.break_glass))
-        .bind(grant.reviewed_by.clone())
+    bind_values(query, &grant_values(grant))
 }
 
 pub(crate) async fn update_grant(

@@ -11,9 +11,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, ToSql, params, params_from_iter};
 
-use crate::access::{GRANT_COLUMNS, REQUEST_COLUMNS, principal_columns};
+use crate::access::{
+    Column, GRANT_ARITY, GRANT_COLUMNS, REQUEST_ARITY, REQUEST_COLUMNS, anonymous_placeholders,
+    grant_values, request_values,
+};
 use crate::records::{GrantRecord, RequestRecord};
 use crate::sql::EventRow;
 
@@ -32,7 +36,12 @@ pub(crate) struct ScriptRows<'a> {
     pub events: &'a [EventRow],
 }
 
-pub(crate) struct ScriptConnection(Connection);
+pub(crate) struct ScriptConnection {
+    connection: Connection,
+    /// The two row inserts' text, made once: the statement cache is looked up by it.
+    insert_request: String,
+    insert_grant: String,
+}
 
 impl std::fmt::Debug for ScriptConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,14 +55,14 @@ const INSERT_EVENT: &str = "INSERT OR ROLLBACK INTO audit_events (seq, at_ms, ki
 const MOVE_HEAD: &str = "UPDATE OR ROLLBACK audit_head \
      SET seq = CASE WHEN seq = ?1 AND hash = ?2 THEN ?3 ELSE NULL END, hash = ?4 WHERE id = 1";
 
-fn insert_sql(table: &str, columns: &str) -> String {
-    let values: Vec<String> = (1..=columns.split(',').count())
-        .map(|i| format!("?{i}"))
-        .collect();
-    format!(
-        "INSERT OR ROLLBACK INTO {table} ({columns}) VALUES ({})",
-        values.join(", ")
-    )
+impl ToSql for Column<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Column::Text(text) | Column::OptText(Some(text)) => ValueRef::Text(text.as_bytes()),
+            Column::Int(n) | Column::OptInt(Some(n)) => ValueRef::Integer(n),
+            Column::OptText(None) | Column::OptInt(None) => ValueRef::Null,
+        }))
+    }
 }
 
 impl ScriptConnection {
@@ -67,7 +76,17 @@ impl ScriptConnection {
         connection.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )?;
-        Ok(ScriptConnection(connection))
+        Ok(ScriptConnection {
+            connection,
+            insert_request: format!(
+                "INSERT OR ROLLBACK INTO requests ({REQUEST_COLUMNS}) VALUES {}",
+                anonymous_placeholders(1, REQUEST_ARITY)
+            ),
+            insert_grant: format!(
+                "INSERT OR ROLLBACK INTO grants ({GRANT_COLUMNS}) VALUES {}",
+                anonymous_placeholders(1, GRANT_ARITY)
+            ),
+        })
     }
 
     /// Inserts the rows and moves the head in one transaction, durable on return. On an error
@@ -77,9 +96,10 @@ impl ScriptConnection {
         rows: &ScriptRows<'_>,
         head: &HeadMove<'_>,
     ) -> rusqlite::Result<()> {
-        let connection = &self.0;
+        let connection = &self.connection;
         connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let written = write(connection, rows, head)
+        let written = self
+            .write(rows, head)
             .and_then(|()| connection.prepare_cached("COMMIT")?.execute([]).map(drop));
         if written.is_err() && !connection.is_autocommit() {
             // The error of the rollback is not the one the caller needs; the connection is
@@ -88,76 +108,35 @@ impl ScriptConnection {
         }
         written
     }
-}
 
-fn write(
-    connection: &Connection,
-    rows: &ScriptRows<'_>,
-    head: &HeadMove<'_>,
-) -> rusqlite::Result<()> {
-    if !rows.requests.is_empty() {
-        let mut insert = connection.prepare_cached(&insert_sql("requests", REQUEST_COLUMNS))?;
-        for request in rows.requests {
-            let (kind, name, role, user_id) = principal_columns(&request.principal);
-            insert.execute(params![
-                request.id,
-                kind,
-                name,
-                role,
-                user_id,
-                request.target,
-                request.role,
-                request.reason,
-                request.ticket,
-                request.ttl_ms,
-                request.max_ttl_ms,
-                request.approvals_needed,
-                request.state.as_str(),
-                request.decision,
-                i64::from(request.break_glass),
-                request.created_at.unix_ms(),
-                request.expires_at.unix_ms(),
-            ])?;
+    fn write(&self, rows: &ScriptRows<'_>, head: &HeadMove<'_>) -> rusqlite::Result<()> {
+        let connection = &self.connection;
+        if !rows.requests.is_empty() {
+            let mut insert = connection.prepare_cached(&self.insert_request)?;
+            for request in rows.requests {
+                insert.execute(params_from_iter(request_values(request)))?;
+            }
         }
-    }
-    if !rows.grants.is_empty() {
-        let mut insert = connection.prepare_cached(&insert_sql("grants", GRANT_COLUMNS))?;
-        for grant in rows.grants {
-            insert.execute(params![
-                grant.id,
-                grant.request_id,
-                grant.principal,
-                grant.target,
-                grant.role,
-                grant.login,
-                grant.state.as_str(),
-                grant.created_at.unix_ms(),
-                grant.expires_at.unix_ms(),
-                grant.next_attempt_at.map(mayfly_core::Timestamp::unix_ms),
-                grant.epoch,
-                grant.n_attempts,
-                grant.last_error,
-                grant.revoke_reason,
-                grant.revoked_at.map(mayfly_core::Timestamp::unix_ms),
-                grant.verified_at.map(mayfly_core::Timestamp::unix_ms),
-                i64::from(grant.break_glass),
-                grant.reviewed_by,
-            ])?;
+        if !rows.grants.is_empty() {
+            let mut insert = connection.prepare_cached(&self.insert_grant)?;
+            for grant in rows.grants {
+                insert.execute(params_from_iter(grant_values(grant)))?;
+            }
         }
+        let mut insert = connection.prepare_cached(INSERT_EVENT)?;
+        for (seq, at_ms, kind, body, hash) in rows.events {
+            insert.execute(params![seq, at_ms, kind, body, hash])?;
+        }
+        let moved = connection.prepare_cached(MOVE_HEAD)?.execute(params![
+            head.from.0,
+            head.from.1,
+            head.to.0,
+            head.to.1
+        ])?;
+        if moved != 1 {
+            // No head row: the chain cannot be appended to; the caller rolls back.
+            return Err(rusqlite::Error::StatementChangedRows(moved));
+        }
+        Ok(())
     }
-    let mut insert = connection.prepare_cached(INSERT_EVENT)?;
-    for (seq, at_ms, kind, body, hash) in rows.events {
-        insert.execute(params![seq, at_ms, kind, body, hash])?;
-    }
-    let moved = connection.prepare_cached(MOVE_HEAD)?.execute(params![
-        head.from.0,
-        head.from.1,
-        head.to.0,
-        head.to.1
-    ])?;
-    if moved != 1 {
-        // No head row: the chain cannot be appended to; the caller rolls back.
-        return Err(rusqlite::Error::StatementChangedRows(moved));
-    }
-    Ok(())
 }

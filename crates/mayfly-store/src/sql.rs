@@ -604,6 +604,11 @@ impl SqlStore {
     /// The batch is only borrowed: should the script fail, the caller still has it to commit the
     /// long way, without having copied it first.
     async fn commit_script(&self, writes: &[Write], head: Head) -> Result<Committed, StoreError> {
+        let Some(script) = &self.script else {
+            return Err(StoreError::Unavailable(
+                "the one-script commit needs a SQLite file".into(),
+            ));
+        };
         let (first_seq, first_hash) = head;
         let (mut seq, mut prev) = head;
         let mut requests = Vec::with_capacity(writes.len());
@@ -626,11 +631,6 @@ impl SqlStore {
             prev = hash;
             outcomes.push(WriteOutcome::Applied { seq });
         }
-        let Some(script) = &self.script else {
-            return Err(StoreError::Unavailable(
-                "the one-script commit needs a SQLite file".into(),
-            ));
-        };
         let (from_hash, to_hash) = (hex::encode(first_hash), hex::encode(prev));
         let rows = ScriptRows {
             requests: &requests,
@@ -895,9 +895,9 @@ async fn insert_session(
     .bind(session.id.clone())
     .bind(session.token_hash.clone())
     .bind(kind)
-    .bind(name)
-    .bind(role)
-    .bind(user_id)
+    .bind(name.to_owned())
+    .bind(role.map(str::to_owned))
+    .bind(user_id.map(str::to_owned))
     .bind(session.created_at.unix_ms())
     .bind(session.expires_at.unix_ms())
     .execute(&mut *connection)
