@@ -258,6 +258,15 @@ pub struct AuditVerifyReport {
     pub n_unsigned_tail: u64,
 }
 
+/// The chain's head: the last event written and its hash. `mayfly audit head` prints it as
+/// `SEQ:HASH`, which `mayfly audit verify --file … --expect-head SEQ:HASH` checks a copy against.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditHead {
+    pub seq: i64,
+    /// SHA-256 of the event's canonical body, hex.
+    pub hash: String,
+}
+
 /// A page of audit events as file lines (canonical JSON with `hash`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEventsPage {

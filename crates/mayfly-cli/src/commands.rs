@@ -298,7 +298,13 @@ enum AuditCommand {
         /// The checkpoint public key (base64, or a file holding it); see `mayfly audit public-key`.
         #[arg(long, requires = "file")]
         public_key: Option<String>,
+        /// The head the file must reach, `SEQ:HASH` as printed by `mayfly audit head`: finds a
+        /// tail cut off the file, which the chain alone cannot show.
+        #[arg(long, requires = "file", value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
     },
+    /// Print the chain's head as `SEQ:HASH`, for `mayfly audit verify --file … --expect-head`.
+    Head,
     /// Write the whole audit log as JSON lines.
     Export {
         #[arg(long)]
@@ -316,7 +322,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Verify {
             file: Some(file),
             public_key,
-        }) => verify_file(&file, public_key.as_deref(), global.json),
+            expect_head,
+        }) => verify_file(
+            &file,
+            public_key.as_deref(),
+            expect_head.as_deref(),
+            global.json,
+        ),
         command => {
             let token = match &global.token {
                 Some(token) => Some(token.clone()),
@@ -876,6 +888,16 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
         }
         Command::Review(command) => crate::access::review(client, command, json).await?,
         Command::Ssh(args) => return crate::access::ssh(client, args).await,
+        Command::Audit(AuditCommand::Head) => {
+            let head: AuditHead = client
+                .call(Method::GET, "/v1/sys/audit/head", none())
+                .await?;
+            if json {
+                print_json(&head)?;
+            } else {
+                println!("{}:{}", head.seq, head.hash);
+            }
+        }
         Command::Audit(AuditCommand::PublicKey) => {
             let key: AuditPublicKey = client
                 .call(Method::GET, "/v1/sys/audit/public-key", none())
@@ -1026,7 +1048,28 @@ fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|_| format!("{ms} ms"))
 }
 
-fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn verify_file(
+    path: &Path,
+    public_key: Option<&str>,
+    expect_head: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let expect_head = match expect_head {
+        Some(text) => {
+            let parsed = text.split_once(':').and_then(|(seq, hash)| {
+                let seq: i64 = seq.parse().ok().filter(|seq| *seq >= 1)?;
+                let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                hex.then(|| (seq, hash.to_owned()))
+            });
+            let Some(head) = parsed else {
+                bail!(
+                    "--expect-head `{text}` is not SEQ:HASH (a positive number, a colon and 64 hex digits); print it with `mayfly audit head`"
+                );
+            };
+            Some(head)
+        }
+        None => None,
+    };
     let public_key = match public_key {
         Some(text) => {
             let text = if Path::new(text).exists() {
@@ -1065,7 +1108,20 @@ fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Res
             break;
         }
     }
+    if failure.is_none()
+        && let Some((seq, hash)) = &expect_head
+    {
+        failure = verifier.expect_head(*seq, hash).err();
+    }
     let report = verifier.finish();
+    let checkpoint = report.last_checkpoint.map(|seen| {
+        format!(
+            "last signed checkpoint: event {} at {}, covering events up to {}",
+            seen.seq,
+            format_ms(seen.at_ms),
+            seen.covers_to
+        )
+    });
     if json {
         print_json(&serde_json::json!({
             "ok": failure.is_none(),
@@ -1074,14 +1130,36 @@ fn verify_file(path: &Path, public_key: Option<&str>, json: bool) -> anyhow::Res
             "n_checkpoints": report.n_checkpoints,
             "n_signatures_checked": report.n_signatures_checked,
             "last_seq": report.last_seq,
+            "n_unsigned_tail": report.n_unsigned_tail,
+            "last_checkpoint": report.last_checkpoint.map(|seen| serde_json::json!({
+                "seq": seen.seq, "at_ms": seen.at_ms, "covers_to": seen.covers_to,
+            })),
+            "head_checked": expect_head.is_some(),
         }))?;
     } else if let Some(error) = &failure {
         println!("AUDIT LOG TAMPERED: {error}");
+        println!(
+            "{}",
+            checkpoint
+                .as_deref()
+                .unwrap_or("no signed checkpoint in the file")
+        );
     } else {
         println!("audit file intact: {report}");
+        println!(
+            "{}",
+            checkpoint
+                .as_deref()
+                .unwrap_or("no signed checkpoint in the file")
+        );
         if public_key.is_none() {
             println!(
                 "note: checkpoint signatures were not checked; pass --public-key (from `mayfly audit public-key`)"
+            );
+        }
+        if expect_head.is_none() {
+            println!(
+                "note: a tail cut off the file cannot be seen without the head; pass --expect-head (from `mayfly audit head`)"
             );
         }
     }

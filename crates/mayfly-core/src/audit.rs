@@ -306,6 +306,18 @@ pub enum ChainError {
     BadCheckpoint { checkpoint: i64 },
     #[error("checkpoint {checkpoint} was signed by key `{key_id}`, not by the given public key")]
     UnknownKey { checkpoint: i64, key_id: String },
+    #[error(
+        "the log ends at event {last} but the expected head is event {expected}: events {first_missing} to {expected} were cut off"
+    )]
+    Truncated {
+        last: i64,
+        first_missing: i64,
+        expected: i64,
+    },
+    #[error(
+        "event {seq} is not the expected head: its hash differs (the log was rewritten or belongs to another broker)"
+    )]
+    HeadDiffers { seq: i64 },
 }
 
 /// A summary of a verified log.
@@ -318,6 +330,17 @@ pub struct Report {
     pub last_hash: String,
     /// Events after the last checkpoint: covered by the chain only, not yet by a signature.
     pub n_unsigned_tail: u64,
+    /// The last checkpoint seen (its own event's `seq` and `at_ms`, and the last event it covers):
+    /// what an operator compares with the broker's head to see that no tail was cut off.
+    pub last_checkpoint: Option<CheckpointSeen>,
+}
+
+/// A checkpoint as the verifier saw it in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointSeen {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub covers_to: i64,
 }
 
 impl fmt::Display for Report {
@@ -387,12 +410,38 @@ impl Verifier {
         }
         if body.get("kind").and_then(Value::as_str) == Some(CHECKPOINT_KIND) {
             self.check_checkpoint(seq, body.get("details").unwrap_or(&Value::Null))?;
+            self.report.last_checkpoint = Some(CheckpointSeen {
+                seq,
+                at_ms: body.get("at_ms").and_then(Value::as_i64).unwrap_or(0),
+                covers_to: self.last_checkpoint_to,
+            });
         }
         self.hashes.push(hash);
         self.report.n_events += 1;
         self.report.last_seq = seq;
         self.report.last_hash = hex::encode(hash);
         Ok(())
+    }
+
+    /// Checks that the log verified so far reaches the head `expected_seq` (as printed by `mayfly
+    /// audit head`) and that its event there has `expected_hash`: a tail cut off a file, which the
+    /// chain alone cannot show, is found this way. Events after the head (the log grew since) are
+    /// fine.
+    pub fn expect_head(&self, expected_seq: i64, expected_hash: &str) -> Result<(), ChainError> {
+        if self.report.last_seq < expected_seq {
+            return Err(ChainError::Truncated {
+                last: self.report.last_seq,
+                first_missing: self.report.last_seq + 1,
+                expected: expected_seq,
+            });
+        }
+        let hash = usize::try_from(expected_seq - 1)
+            .ok()
+            .and_then(|index| self.hashes.get(index));
+        match hash {
+            Some(hash) if hex::encode(hash).eq_ignore_ascii_case(expected_hash) => Ok(()),
+            _ => Err(ChainError::HeadDiffers { seq: expected_seq }),
+        }
     }
 
     pub fn finish(mut self) -> Report {
@@ -616,6 +665,50 @@ mod tests {
         assert_eq!(report.n_unsigned_tail, 1);
         let line = to_line(&log.lines[3].0, &log.lines[3].1);
         assert_eq!(split_line(&line).unwrap(), log.lines[3]);
+    }
+
+    /// A tail cut off the end of a log verifies as a chain (nothing in it is wrong), so the
+    /// verifier names the last checkpoint it saw, and a head taken from the broker finds the cut.
+    #[test]
+    fn a_cut_tail_is_found_against_the_expected_head() {
+        let key = keypair();
+        let log = build(50, 10, &key);
+        let head = (50, log.lines[49].1.clone());
+        let verify_to = |n: usize| {
+            let mut verifier = Verifier::new(None);
+            for (i, (body, hash)) in log.lines[..n].iter().enumerate() {
+                verifier.push(i as u64 + 1, body, hash).unwrap();
+            }
+            verifier
+        };
+        let whole = verify_to(50);
+        assert_eq!(whole.expect_head(head.0, &head.1), Ok(()));
+        assert_eq!(whole.expect_head(30, &log.lines[29].1), Ok(()));
+        assert_eq!(
+            whole.expect_head(30, &log.lines[28].1),
+            Err(ChainError::HeadDiffers { seq: 30 })
+        );
+        let report = whole.finish();
+        let seen = report.last_checkpoint.unwrap();
+        assert_eq!((seen.seq, seen.at_ms, seen.covers_to), (50, 50, 49));
+
+        let cut = verify_to(43);
+        let error = cut.expect_head(head.0, &head.1).unwrap_err();
+        assert_eq!(
+            error,
+            ChainError::Truncated {
+                last: 43,
+                first_missing: 44,
+                expected: 50
+            }
+        );
+        assert!(
+            error.to_string().contains("events 44 to 50 were cut off"),
+            "{error}"
+        );
+        let report = cut.finish();
+        assert_eq!(report.last_checkpoint.unwrap().seq, 40);
+        assert_eq!(report.n_unsigned_tail, 4);
     }
 
     /// A stored event's line made from its text is, byte for byte, the line made from its tree.

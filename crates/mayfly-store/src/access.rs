@@ -412,6 +412,24 @@ pub(crate) async fn deny(c: &mut AnyConnection, request_id: &str) -> Result<Appl
     Ok(Applied::Done)
 }
 
+pub(crate) async fn withdraw(
+    c: &mut AnyConnection,
+    request_id: &str,
+) -> Result<Applied, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE requests SET state = 'denied' WHERE id = $1 AND state IN ('pending', 'allowed')",
+    )
+    .bind(request_id.to_owned())
+    .execute(&mut *c)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(Applied::Conflict(
+            "the request is neither pending nor allowed".into(),
+        ));
+    }
+    Ok(Applied::Done)
+}
+
 /// Requests that were never activated and are past their time. The first condition is the partial
 /// index `requests_open`'s (migration 0003) word for word.
 pub(crate) const EXPIRE_REQUESTS: &str = "UPDATE requests SET state = 'expired' \

@@ -104,6 +104,7 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
         Change::CreateRequest { .. }
             | Change::Approve { .. }
             | Change::DenyRequest { .. }
+            | Change::WithdrawRequest { .. }
             | Change::ExpireRequests { .. }
             | Change::RecordIntent { .. }
             | Change::IssueCertificate { .. }
@@ -206,7 +207,7 @@ impl StoreLock {
         let mut path = database.as_os_str().to_owned();
         path.push("-mayfly.lock");
         let path = PathBuf::from(path);
-        let file = File::options()
+        let file = private_file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -228,6 +229,37 @@ impl StoreLock {
             }
         }
     }
+}
+
+/// Options that create a file readable and writable by its owner only (0600, whatever the
+/// umask): the database holds ciphertext and hashes, but nobody else has any business reading it.
+pub(crate) fn private_file_options() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = File::options();
+    options.mode(0o600);
+    options
+}
+
+/// Makes the SQLite database at `database` and the files SQLite keeps beside it (`-wal`, `-shm`,
+/// `-journal`) readable by their owner only, however they were created (SQLite follows the
+/// umask). Called once the pool has opened the database, before anything is written to it;
+/// SQLite gives the side files it creates later the database's own mode, 0600.
+pub(crate) fn make_private(database: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let unavailable = |e: std::io::Error| StoreError::Unavailable(Box::new(e));
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut path = database.as_os_str().to_owned();
+        path.push(suffix);
+        let path = PathBuf::from(path);
+        let Ok(metadata) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 /// `database` with its links resolved: the file's own path if it exists, else its directory's

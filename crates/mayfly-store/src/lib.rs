@@ -144,6 +144,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         pending_only: bool,
         limit: i64,
     ) -> Result<Vec<RequestRecord>, StoreError>;
+    /// One page of the requests still pending or allowed (expired ones too, until the expiry
+    /// engine marks them), in id order, after `after_id` (`""` for the first page).
+    async fn open_requests_after(
+        &self,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
     async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError>;
     async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError>;
     async fn grants(&self, filter: GrantFilter, limit: i64)

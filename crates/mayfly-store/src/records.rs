@@ -126,12 +126,14 @@ pub enum Change {
         name: String,
         config: serde_json::Value,
     },
-    /// Removes a workload binding; sessions of that role stop working. Conflicts if unknown.
+    /// Removes a workload binding and deletes the sessions of that role, so that a binding made
+    /// again under the same name starts with none. Conflicts if unknown.
     DeleteJwtRole {
         name: String,
     },
-    /// Changes a user's groups and/or disables or enables the user (a disabled user's sessions stop
-    /// working at once). Conflicts if the user is unknown.
+    /// Changes a user's groups and/or disables or enables the user. Disabling deletes the user's
+    /// sessions in the same commit, so enabling the user again revives none. Conflicts if the
+    /// user is unknown.
     UpdateUser {
         username: String,
         groups: Option<Vec<String>>,
@@ -161,6 +163,12 @@ pub enum Change {
     },
     /// Conflicts if the request is not pending.
     DenyRequest {
+        request_id: String,
+    },
+    /// A pending or allowed request that policy no longer allows (decided again at activation,
+    /// or after a change of policies or of its principal) becomes `denied`. Conflicts if it is
+    /// neither pending nor allowed any more.
+    WithdrawRequest {
         request_id: String,
     },
     /// Pending requests whose window has passed become `expired`.

@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::Mutex;
 
 use crate::access;
-use crate::cache::{DecisionInputs, ReadCache, RecentEvents, StoreLock, keeps_reads};
+use crate::cache::{DecisionInputs, ReadCache, RecentEvents, StoreLock, keeps_reads, make_private};
 use crate::records::{
     ApprovalRecord, Change, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord, SealRecord,
     SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
@@ -194,6 +194,9 @@ impl SqlStore {
             .connect_with(options)
             .await
             .map_err(unavailable)?;
+        if let Some(script) = &script {
+            make_private(&script.path)?;
+        }
         let migrator = match dialect {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
@@ -365,6 +368,14 @@ impl SqlStore {
                 if deleted.rows_affected() == 0 {
                     return Ok(Applied::Conflict(format!("no JWT role `{name}`")));
                 }
+                // Its workloads' sessions end with it: a role made again under the same name
+                // must not bring them back.
+                sqlx::query(
+                    "DELETE FROM sessions WHERE principal_kind = 'workload' AND principal_role = $1",
+                )
+                .bind(name.clone())
+                .execute(&mut *connection)
+                .await?;
                 Ok(Applied::Done)
             }
             Change::UpdateUser {
@@ -387,6 +398,16 @@ impl SqlStore {
                 if updated.rows_affected() == 0 {
                     return Ok(Applied::Conflict(format!("no user `{username}`")));
                 }
+                // A disabled user's sessions end now: enabling the user again later must not
+                // bring them back.
+                if *disabled == Some(true) {
+                    sqlx::query(
+                        "DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE username = $1)",
+                    )
+                    .bind(username.clone())
+                    .execute(&mut *connection)
+                    .await?;
+                }
                 Ok(Applied::Done)
             }
             Change::PutTarget { target, secret } => {
@@ -405,6 +426,9 @@ impl SqlStore {
             }
             Change::Approve { approval } => access::approve(connection, approval).await,
             Change::DenyRequest { request_id } => access::deny(connection, request_id).await,
+            Change::WithdrawRequest { request_id } => {
+                access::withdraw(connection, request_id).await
+            }
             Change::ExpireRequests { before } => {
                 access::expire_requests(connection, *before).await?;
                 Ok(Applied::Done)
@@ -1256,6 +1280,25 @@ impl Store for SqlStore {
         limit: i64,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(requests_sql(pending_only)))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(access::request_from_row).collect()
+    }
+
+    async fn open_requests_after(
+        &self,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        // The state condition is the partial index `requests_open`'s (migration 0003).
+        let sql = format!(
+            "SELECT {} FROM requests WHERE state IN ('pending', 'allowed') AND id > $1 ORDER BY id LIMIT $2",
+            access::REQUEST_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after_id.to_owned())
             .bind(limit)
             .fetch_all(&self.pool)
             .await

@@ -10,6 +10,8 @@
     reason = "tests: a failed step should stop the test loudly"
 )]
 
+mod audit_head;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

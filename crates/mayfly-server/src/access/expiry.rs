@@ -647,6 +647,37 @@ pub async fn recheck_active(
         after = last.id.clone();
         revoked += recheck_page(broker, &meta, page, reason).await?;
     }
+    // Open requests too: one allowed (or waiting for approvals) under the old rules must not
+    // become a grant under the new ones.
+    let mut after = String::new();
+    let mut withdrawn = 0;
+    loop {
+        let page = broker
+            .store()
+            .open_requests_after(&after, RECHECK_PAGE)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let Some(last) = page.last() else { break };
+        after = last.id.clone();
+        for request in page {
+            let key = crate::access::principal_key(&request.principal);
+            let concerned = match principals {
+                mayfly_store::Principals::All => true,
+                mayfly_store::Principals::Exactly(exactly) => key == exactly,
+                mayfly_store::Principals::StartingWith(prefix) => key.starts_with(prefix),
+            };
+            if concerned
+                && request.expires_at > broker.now()
+                && !broker.still_allowed(&request, None).await?
+                && broker.withdraw(&meta, &request, reason).await?
+            {
+                withdrawn += 1;
+            }
+        }
+    }
+    if withdrawn > 0 {
+        tracing::info!(n_requests = withdrawn, reason, "open requests withdrawn");
+    }
     Ok(revoked)
 }
 
@@ -666,7 +697,7 @@ async fn recheck_page(
         else {
             continue;
         };
-        if broker.still_allowed(&request).await? {
+        if broker.still_allowed(&request, None).await? {
             continue;
         }
         match broker.revoke_now(meta, &grant, "broker", reason).await {

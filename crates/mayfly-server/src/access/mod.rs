@@ -325,6 +325,17 @@ fn new_grant(
     }
 }
 
+/// An approver's comment, checked before anything is read or recorded: it lands in the audit
+/// log and in notifications, so it is bounded like a request's reason.
+fn check_comment(comment: &str) -> Result<(), ApiError> {
+    if comment.len() > 1024 || comment.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "field `comment`: at most 1024 printable characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The request's own fields, checked before anything is read or recorded.
 fn check_new_request(new: &NewRequest) -> Result<(), ApiError> {
     if new.reason.trim().is_empty()
@@ -504,6 +515,7 @@ impl Broker {
         request_id: &str,
         comment: &str,
     ) -> Result<RequestInfo, ApiError> {
+        check_comment(comment)?;
         let store = self.store();
         let request = store
             .request(request_id)
@@ -580,6 +592,7 @@ impl Broker {
         request_id: &str,
         comment: &str,
     ) -> Result<RequestInfo, ApiError> {
+        check_comment(comment)?;
         let request = self
             .store()
             .request(request_id)
@@ -638,9 +651,14 @@ impl Broker {
         }
     }
 
-    /// Whether the current policies would still allow this (activated) request, for its principal
-    /// as it is now (a user's current groups; a removed user is no longer allowed).
-    pub async fn still_allowed(&self, request: &RequestRecord) -> Result<bool, ApiError> {
+    /// Whether the current policies would still allow this request, for its principal as it is
+    /// now (a user's current groups; a removed user is no longer allowed), from `source` where
+    /// the caller is known (activation), without one for continuous verification.
+    pub async fn still_allowed(
+        &self,
+        request: &RequestRecord,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<bool, ApiError> {
         let principal = match &request.principal {
             Principal::User { name, .. } => match self
                 .store()
@@ -681,7 +699,7 @@ impl Broker {
         let (Some(target), Some(role)) = (target, role) else {
             return Ok(false);
         };
-        let context = context_of(request, self.now(), None);
+        let context = context_of(request, self.now(), source);
         let action = if request.break_glass {
             Action::BreakGlass
         } else {
@@ -698,6 +716,32 @@ impl Broker {
             )?,
             Decision::Allow { .. }
         ))
+    }
+
+    /// Ends a pending or allowed request that the policies no longer allow: it becomes `denied`,
+    /// by the broker, with `reason`. A request that moved on meanwhile is left as it is.
+    pub async fn withdraw(
+        &self,
+        meta: &RequestMeta,
+        request: &RequestRecord,
+        reason: &str,
+    ) -> Result<bool, ApiError> {
+        let mut event = self
+            .draft("access.request.withdrawn", Outcome::Ok)
+            .detail("request_id", request.id.clone())
+            .detail("reason", reason.to_owned());
+        event.actor = Some("broker".into());
+        event.subject = Some(principal_key(&request.principal));
+        meta.fill(&mut event);
+        let outcome = self
+            .commit(Write {
+                change: Some(Change::WithdrawRequest {
+                    request_id: request.id.clone(),
+                }),
+                event,
+            })
+            .await?;
+        Ok(matches!(outcome, WriteOutcome::Applied { .. }))
     }
 
     pub async fn request_info(&self, request_id: &str) -> Result<RequestInfo, ApiError> {
@@ -744,6 +788,20 @@ impl Broker {
                 "the request is {}, not allowed",
                 request.state.as_str()
             )));
+        }
+        // Decided again now: the policies, the principal's groups or the hour may have changed
+        // since the request was allowed (or approved).
+        let source = meta.source.as_deref().and_then(|s| s.parse().ok());
+        if !self.still_allowed(&request, source).await? {
+            self.withdraw(
+                meta,
+                &request,
+                "the policies no longer allow it at activation",
+            )
+            .await?;
+            return Err(ApiError::Forbidden(
+                "the policies no longer allow this request: ask again".into(),
+            ));
         }
         let role = self
             .store()
@@ -933,7 +991,8 @@ impl Broker {
             .await
             .map_err(|e| ApiError::store(&e))?
             .ok_or_else(|| ApiError::Internal("the grant's request is missing".into()))?;
-        if !self.still_allowed(&request).await? {
+        let source = meta.source.as_deref().and_then(|s| s.parse().ok());
+        if !self.still_allowed(&request, source).await? {
             return Err(ApiError::Forbidden(
                 "the policies no longer allow this grant".into(),
             ));

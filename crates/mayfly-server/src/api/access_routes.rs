@@ -578,6 +578,23 @@ pub async fn review_grant(
     Path(id): Path<String>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     caller.require_admin()?;
+    let grant = broker
+        .store()
+        .grant(&id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no grant `{}`",
+                id.chars().take(64).collect::<String>()
+            ))
+        })?;
+    // A review is a second pair of eyes: whoever broke the glass cannot close their own item.
+    if grant.principal == crate::access::principal_key(caller.principal()) {
+        return Err(ApiError::Forbidden(
+            "you cannot review your own break-glass grant: another admin must".into(),
+        ));
+    }
     let mut event = broker
         .draft("grant.reviewed", Outcome::Ok)
         .detail("grant_id", id.clone());

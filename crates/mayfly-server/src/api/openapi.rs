@@ -33,6 +33,7 @@ use crate::api::{access_routes, routes};
         routes::x509_crl,
         routes::audit_verify,
         routes::audit_events,
+        routes::audit_head,
         access_routes::add_target,
         access_routes::list_targets,
         access_routes::add_role,

@@ -420,6 +420,19 @@ pub async fn audit_verify(
     }))
 }
 
+/// The chain's head, for comparing a copy of the log (a sink file, an export) with the store: a
+/// copy that ends before it was cut (`mayfly audit verify --file … --expect-head`).
+#[utoipa::path(get, path = "/v1/sys/audit/head", responses((status = 200, body = AuditHead), (status = 403, body = ErrorBody)))]
+pub async fn audit_head(State(broker): State<Broker>, caller: Caller) -> ApiResult<AuditHead> {
+    caller.require_admin()?;
+    let (seq, hash) = broker
+        .store()
+        .audit_head()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(ApiJson(AuditHead { seq, hash }))
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {

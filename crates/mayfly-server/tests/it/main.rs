@@ -11,6 +11,7 @@
 mod access;
 mod api;
 mod audit;
+mod hardening;
 mod jwt;
 mod login;
 mod seal;

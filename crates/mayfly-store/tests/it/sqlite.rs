@@ -334,3 +334,42 @@ async fn one_broker_per_sqlite_file() {
     );
     assert!(started.elapsed() >= std::time::Duration::from_secs(9));
 }
+
+/// The database, its WAL, shared-memory and lock files are readable by their owner only, whatever
+/// the umask (files are created 0644 under the usual 022), and a database left wider by an older
+/// version is narrowed when it is opened.
+#[tokio::test]
+async fn the_sqlite_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let (store, dir) = super::sqlite_store().await;
+    store.commit(vec![certificate(1)]).await.unwrap();
+    let names = [
+        "mayfly.db",
+        "mayfly.db-wal",
+        "mayfly.db-shm",
+        "mayfly.db-mayfly.lock",
+    ];
+    for name in names {
+        let path = dir.path().join(name);
+        assert_eq!(mode(&path), 0o600, "{name} is {:o}", mode(&path));
+    }
+    store.close().await;
+    drop(store);
+    let database = dir.path().join("mayfly.db");
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", database.display());
+    let store = mayfly_store::open(&url).await.unwrap();
+    store.commit(vec![certificate(2)]).await.unwrap();
+    for name in names {
+        let path = dir.path().join(name);
+        assert_eq!(
+            mode(&path),
+            0o600,
+            "{name} is {:o} after reopening",
+            mode(&path)
+        );
+    }
+    store.close().await;
+}

@@ -1,0 +1,482 @@
+//! Holes found by trying the broker as an attacker would (issue 17), each shown closed against a
+//! real broker and a real PostgreSQL: nobody closes the review of their own break-glass grant,
+//! and an approver's comment is bounded like a request's reason.
+
+use mayfly_testkit::TestBroker;
+use mayfly_testkit::pgcluster::PgCluster;
+use serde_json::json;
+
+const POLICY: &str = r#"
+@id("admins-break-glass")
+permit (principal in Group::"admins", action == Action::"break_glass", resource == Role::"pg/owner");
+
+@id("dev-owner-needs-one")
+@approvals("1")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner");
+
+@id("approvers")
+permit (principal, action == Action::"approve", resource in Target::"pg")
+when { principal in Group::"admins" };
+"#;
+
+async fn setup(broker: &TestBroker, cluster: &PgCluster) {
+    let admin = broker.admin_token.clone().unwrap();
+    let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
+    broker
+        .expect(
+            200,
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": "postgres", "admin_password": cluster.admin_password})),
+        )
+        .await;
+    broker
+        .expect(
+            200,
+            "POST",
+            "/v1/roles",
+            Some(&admin),
+            Some(json!({
+                "target": "pg", "name": "owner", "max_ttl_seconds": 600,
+                "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"
+            })),
+        )
+        .await;
+    broker
+        .expect(
+            200,
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": POLICY})),
+        )
+        .await;
+}
+
+/// An admin who broke the glass cannot close the review item of their own grant; another admin
+/// can. Before the fix the admin's own review answered 204 and emptied the queue.
+#[tokio::test]
+async fn nobody_reviews_their_own_break_glass_grant() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    let request = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/requests",
+            Some(&admin),
+            Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "SEV1", "break_glass": true})),
+        )
+        .await;
+    let id = request["id"].as_str().unwrap();
+    let credential = broker
+        .expect(
+            200,
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let review = format!("/v1/grants/{grant_id}/review");
+    let (status, body) = broker.call("POST", &review, Some(&admin), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("your own break-glass grant"),
+        "{body}"
+    );
+    let (_, queue) = broker.call("GET", "/v1/review", Some(&admin), None).await;
+    assert!(
+        queue
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == grant_id),
+        "the item left the queue: {queue}"
+    );
+    // An unknown grant is named as such, not reviewed.
+    let (status, _) = broker
+        .call("POST", "/v1/grants/nope/review", Some(&admin), None)
+        .await;
+    assert_eq!(status, 404);
+    // Another admin closes it.
+    broker
+        .expect(
+            200,
+            "PATCH",
+            "/v1/users/bob",
+            Some(&admin),
+            Some(json!({"groups": ["admins"]})),
+        )
+        .await;
+    let bob = broker.login("bob").await;
+    let (status, body) = broker.call("POST", &review, Some(&bob), None).await;
+    assert_eq!(status, 204, "{body}");
+    let (_, queue) = broker.call("GET", "/v1/review", Some(&admin), None).await;
+    assert_eq!(queue, json!([]));
+}
+
+/// An approval or denial comment is bounded (it is copied into the audit log and notifications):
+/// a hundred kilobytes, or a line break that would forge a line in a text sink, is refused with 400
+/// naming the field, and nothing is decided.
+#[tokio::test]
+async fn approval_comments_are_bounded() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    let alice = broker.login("alice").await;
+    let request = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(
+                json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "migration"}),
+            ),
+        )
+        .await;
+    assert_eq!(request["state"], "pending", "{request}");
+    let id = request["id"].as_str().unwrap();
+    for verb in ["approve", "deny"] {
+        for comment in ["x".repeat(100_000), "ok\nforged line".to_owned()] {
+            let (status, body) = broker
+                .call(
+                    "POST",
+                    &format!("/v1/requests/{id}/{verb}"),
+                    Some(&admin),
+                    Some(json!({"comment": comment})),
+                )
+                .await;
+            assert_eq!(status, 400, "{verb}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("field `comment`"),
+                "{body}"
+            );
+        }
+    }
+    let (_, still) = broker
+        .call("GET", &format!("/v1/requests/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(still["state"], "pending", "{still}");
+    let approved = broker
+        .expect(
+            200,
+            "POST",
+            &format!("/v1/requests/{id}/approve"),
+            Some(&admin),
+            Some(json!({"comment": "looks right"})),
+        )
+        .await;
+    assert_eq!(approved["state"], "allowed", "{approved}");
+}
+
+/// Sets the policy text (admins only).
+async fn set_policy(broker: &TestBroker, text: &str) {
+    let admin = broker.admin_token.clone().unwrap();
+    broker
+        .expect(
+            200,
+            "PUT",
+            "/v1/policy",
+            Some(&admin),
+            Some(json!({"text": text})),
+        )
+        .await;
+}
+
+async fn request_state(broker: &TestBroker, token: &str, id: &str) -> String {
+    let (_, request) = broker
+        .call("GET", &format!("/v1/requests/{id}"), Some(token), None)
+        .await;
+    request["state"].as_str().unwrap().to_owned()
+}
+
+/// A request allowed under one hour's rule is decided again when it is activated: an hour later
+/// the rule no longer allows it, so no credential is made and the request ends `denied`. Before
+/// the fix it activated for up to an hour after the policy stopped allowing it.
+#[tokio::test]
+async fn activation_decides_again() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    // Half a minute into an hour, so that the next hour comes within the activation window.
+    let secs = broker.clock_secs();
+    broker
+        .clock
+        .advance(std::time::Duration::from_secs(3600 - secs % 3600 + 30));
+    let hour = broker.clock_secs() / 3600 % 24;
+    set_policy(
+        &broker,
+        &format!(
+            r#"@id("dev-owner-this-hour")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner")
+when {{ context.hour == {hour} }};"#
+        ),
+    )
+    .await;
+    let alice = broker.login("alice").await;
+    let request = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "deploy"})),
+        )
+        .await;
+    assert_eq!(request["state"], "allowed", "{request}");
+    let id = request["id"].as_str().unwrap();
+    // 59 minutes and a half later: the next hour, the request's window still open.
+    broker
+        .clock
+        .advance(std::time::Duration::from_secs(3600 - 30));
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer allow"),
+        "{body}"
+    );
+    assert_eq!(request_state(&broker, &alice, id).await, "denied");
+    let (_, grants) = broker
+        .call("GET", "/v1/grants?all=true", Some(&alice), None)
+        .await;
+    assert_eq!(grants, json!([]), "a grant was made");
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "access.request.withdrawn" && e.body.contains(id)),
+        "the withdrawal is not audited"
+    );
+}
+
+/// Open requests, not only active grants, are decided again when the policies or a user's groups
+/// change: an allowed request whose rule is gone, and a pending one whose requester left the
+/// group, both end `denied` and cannot be activated or approved.
+#[tokio::test]
+async fn open_requests_are_decided_again_when_rules_or_groups_change() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    let allowed_and_pending = r#"
+@id("dev-owner-now")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner")
+when { context.reason == "now" };
+
+@id("dev-owner-with-approval")
+@approvals("1")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner")
+when { context.reason == "later" };
+
+@id("approvers")
+permit (principal, action == Action::"approve", resource in Target::"pg")
+when { principal in Group::"admins" };
+"#;
+    set_policy(&broker, allowed_and_pending).await;
+    let alice = broker.login("alice").await;
+    let ask = |reason: &'static str| {
+        let broker = &broker;
+        let alice = &alice;
+        async move {
+            broker
+                .expect(
+                    200,
+                    "POST",
+                    "/v1/requests",
+                    Some(alice),
+                    Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": reason})),
+                )
+                .await
+        }
+    };
+    let allowed = ask("now").await;
+    assert_eq!(allowed["state"], "allowed", "{allowed}");
+    let allowed = allowed["id"].as_str().unwrap().to_owned();
+    let pending = ask("later").await;
+    assert_eq!(pending["state"], "pending", "{pending}");
+    let pending = pending["id"].as_str().unwrap().to_owned();
+
+    // The rule that allowed the first one goes.
+    set_policy(
+        &broker,
+        &allowed_and_pending.replace("\"now\"", "\"never\""),
+    )
+    .await;
+    assert_eq!(request_state(&broker, &alice, &allowed).await, "denied");
+    assert_eq!(request_state(&broker, &alice, &pending).await, "pending");
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{allowed}/activate"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Alice leaves the group: her pending request goes too, and cannot be approved after.
+    broker
+        .expect(
+            200,
+            "PATCH",
+            "/v1/users/alice",
+            Some(&admin),
+            Some(json!({"groups": []})),
+        )
+        .await;
+    assert_eq!(request_state(&broker, &alice, &pending).await, "denied");
+    let (status, body) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{pending}/approve"),
+            Some(&admin),
+            Some(json!({"comment": "ok"})),
+        )
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(request_state(&broker, &alice, &pending).await, "denied");
+}
+
+/// Disabling a user ends the user's sessions in the same commit: enabling the user again does
+/// not bring them back. Before the fix the old token worked again after re-enabling.
+#[tokio::test]
+async fn a_disabled_users_sessions_stay_dead_after_enabling() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let alice = broker.login("alice").await;
+    broker
+        .expect(200, "GET", "/v1/auth/token/lookup-self", Some(&alice), None)
+        .await;
+    for disabled in [true, false] {
+        broker
+            .expect(
+                200,
+                "PATCH",
+                "/v1/users/alice",
+                Some(&admin),
+                Some(json!({"disabled": disabled})),
+            )
+            .await;
+        let (status, body) = broker
+            .call("GET", "/v1/auth/token/lookup-self", Some(&alice), None)
+            .await;
+        assert_eq!(status, 401, "disabled={disabled}: {body}");
+    }
+    // She logs in afresh.
+    broker.clock.advance(std::time::Duration::from_secs(30));
+    let again = broker.login("alice").await;
+    broker
+        .expect(200, "GET", "/v1/auth/token/lookup-self", Some(&again), None)
+        .await;
+}
+
+/// Deleting a workload binding ends its workloads' sessions: a binding made again under the same
+/// name starts with none. Before the fix the old workload token worked again once the role
+/// was re-created.
+#[tokio::test]
+async fn a_deleted_workload_bindings_sessions_stay_dead_after_recreating_it() {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine;
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+    let public = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend_from_slice(&public);
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+    broker
+        .expect(
+            204,
+            "PUT",
+            "/v1/auth/jwt/issuers/ci",
+            Some(&admin),
+            Some(json!({"issuer": "https://ci.example.test", "public_keys": [{"kid": "k1", "pem": pem}]})),
+        )
+        .await;
+    let role = json!({
+        "issuer": "ci", "audiences": ["mayfly"], "bound_claims": {"repository": "acme/app"},
+        "workload_name_claim": "sub", "token_ttl_seconds": 600,
+    });
+    let put_role = || {
+        broker.expect(
+            204,
+            "PUT",
+            "/v1/auth/jwt/roles/deploy",
+            Some(&admin),
+            Some(role.clone()),
+        )
+    };
+    put_role().await;
+    let now = broker.clock_secs() as i64;
+    let claims = json!({
+        "iss": "https://ci.example.test", "aud": "mayfly", "sub": "repo:acme/app",
+        "repository": "acme/app", "iat": now, "nbf": now - 5, "exp": now + 300,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let jwt = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+    )
+    .unwrap();
+    let session = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/auth/jwt/login",
+            None,
+            Some(json!({"role": "deploy", "jwt": jwt})),
+        )
+        .await;
+    let token = session["token"].as_str().unwrap().to_owned();
+    broker
+        .expect(200, "GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
+    broker
+        .expect(
+            200,
+            "DELETE",
+            "/v1/auth/jwt/roles/deploy",
+            Some(&admin),
+            None,
+        )
+        .await;
+    put_role().await;
+    let (status, body) = broker
+        .call("GET", "/v1/auth/token/lookup-self", Some(&token), None)
+        .await;
+    assert_eq!(status, 401, "the old workload session came back: {body}");
+}
