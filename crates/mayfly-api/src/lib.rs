@@ -292,7 +292,9 @@ pub struct TargetRequest {
 pub struct TargetInfo {
     pub name: String,
     pub kind: String,
-    pub url: String,
+    /// Where the broker reaches it: shown to admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

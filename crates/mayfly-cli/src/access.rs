@@ -168,7 +168,12 @@ pub async fn target(client: &Client, command: TargetCommand, json: bool) -> anyh
             if json {
                 return print_json(&info);
             }
-            println!("target `{}` ({}) saved: {}", info.name, info.kind, info.url);
+            println!(
+                "target `{}` ({}) saved: {}",
+                info.name,
+                info.kind,
+                info.url.as_deref().unwrap_or("")
+            );
         }
         TargetCommand::List => {
             let targets: Vec<TargetInfo> = client.call(Method::GET, "/v1/targets", none()).await?;
@@ -176,7 +181,12 @@ pub async fn target(client: &Client, command: TargetCommand, json: bool) -> anyh
                 return print_json(&targets);
             }
             for target in targets {
-                println!("{:<20} {:<10} {}", target.name, target.kind, target.url);
+                println!(
+                    "{:<20} {:<10} {}",
+                    target.name,
+                    target.kind,
+                    target.url.as_deref().unwrap_or("")
+                );
             }
         }
     }

@@ -718,6 +718,67 @@ impl Broker {
         ))
     }
 
+    /// Whether `principal` may approve `request`: never its own, and only where the policies
+    /// permit `approve` on its role (the decision [`Broker::approve`] makes, without a source).
+    /// What a listing shows of other principals' requests.
+    pub async fn may_approve(
+        &self,
+        principal: &Principal,
+        request: &RequestRecord,
+    ) -> Result<bool, ApiError> {
+        if principal_key(&request.principal) == principal_key(principal) {
+            return Ok(false);
+        }
+        let Some((target, role, _)) = self
+            .store()
+            .decision_inputs(&request.target, &request.role)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+        else {
+            return Ok(false);
+        };
+        let context = context_of(request, self.now(), None);
+        let decision = decide(
+            &*self.policies().await?,
+            principal,
+            Action::Approve,
+            &target,
+            &role,
+            &context,
+        )?;
+        Ok(matches!(decision, Decision::Allow { .. }))
+    }
+
+    /// Whether `principal` may ask for `role` on `target` at all (what a listing of targets and
+    /// roles shows): decided now as a request of a minute with a reason, or as break-glass. A
+    /// rule that needs a particular reason or ticket is not guessed, so such a role can be
+    /// requested though it is not listed.
+    pub fn may_request(
+        &self,
+        policies: &Policies,
+        principal: &Principal,
+        target: &TargetRecord,
+        role: &RoleRecord,
+    ) -> Result<bool, ApiError> {
+        let (hour, weekday) = hour_and_weekday(self.now());
+        for (action, break_glass) in [(Action::Request, false), (Action::BreakGlass, true)] {
+            let context = RequestContext {
+                reason: "listing".into(),
+                ticket: String::new(),
+                ttl: Duration::from_secs(60),
+                hour,
+                weekday,
+                source_ip: None,
+                break_glass,
+            };
+            let decision = decide(policies, principal, action, target, role, &context)?;
+            if matches!(decision, Decision::Allow { .. }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Ends a pending or allowed request that the policies no longer allow: it becomes `denied`,
     /// by the broker, with `reason`. A request that moved on meanwhile is left as it is.
     pub async fn withdraw(

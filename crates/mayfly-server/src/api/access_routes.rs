@@ -128,30 +128,69 @@ pub async fn add_target(
     Ok(ApiJson(TargetInfo {
         name: record.name,
         kind: record.kind,
-        url: record.url,
+        url: Some(record.url),
     }))
 }
 
 #[utoipa::path(get, path = "/v1/targets", responses((status = 200, body = Vec<TargetInfo>)))]
 pub async fn list_targets(
     State(broker): State<Broker>,
-    _caller: Caller,
+    caller: Caller,
 ) -> ApiResult<Vec<TargetInfo>> {
     let targets = broker
         .store()
         .targets()
         .await
         .map_err(|e| ApiError::store(&e))?;
+    if caller.principal().is_admin() {
+        return Ok(ApiJson(
+            targets
+                .into_iter()
+                .map(|t| TargetInfo {
+                    name: t.name,
+                    kind: t.kind,
+                    url: Some(t.url),
+                })
+                .collect(),
+        ));
+    }
+    // Others see the targets they may ask for, and nothing of how the broker reaches them.
+    let requestable = requestable_roles(&broker, caller.principal(), &targets).await?;
     Ok(ApiJson(
         targets
             .into_iter()
+            .filter(|t| requestable.iter().any(|r| r.target == t.name))
             .map(|t| TargetInfo {
                 name: t.name,
                 kind: t.kind,
-                url: t.url,
+                url: None,
             })
             .collect(),
     ))
+}
+
+/// The roles `principal` may ask for (see [`Broker::may_request`]).
+async fn requestable_roles(
+    broker: &Broker,
+    principal: &mayfly_core::Principal,
+    targets: &[mayfly_store::TargetRecord],
+) -> Result<Vec<mayfly_store::RoleRecord>, ApiError> {
+    let roles = broker
+        .store()
+        .roles()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let policies = broker.policies().await?;
+    let mut out = Vec::new();
+    for role in roles {
+        let Some(target) = targets.iter().find(|t| t.name == role.target) else {
+            continue;
+        };
+        if broker.may_request(&policies, principal, target, &role)? {
+            out.push(role);
+        }
+    }
+    Ok(out)
 }
 
 #[utoipa::path(post, path = "/v1/roles", request_body = RoleRequest, responses((status = 200, body = RoleInfo), (status = 400, body = ErrorBody)))]
@@ -210,12 +249,21 @@ pub async fn add_role(
 }
 
 #[utoipa::path(get, path = "/v1/roles", responses((status = 200, body = Vec<RoleInfo>)))]
-pub async fn list_roles(State(broker): State<Broker>, _caller: Caller) -> ApiResult<Vec<RoleInfo>> {
-    let roles = broker
-        .store()
-        .roles()
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+pub async fn list_roles(State(broker): State<Broker>, caller: Caller) -> ApiResult<Vec<RoleInfo>> {
+    let roles = if caller.principal().is_admin() {
+        broker
+            .store()
+            .roles()
+            .await
+            .map_err(|e| ApiError::store(&e))?
+    } else {
+        let targets = broker
+            .store()
+            .targets()
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        requestable_roles(&broker, caller.principal(), &targets).await?
+    };
     Ok(ApiJson(
         roles
             .into_iter()
@@ -375,10 +423,12 @@ pub async fn list_requests(
     let me = principal_key(caller.principal());
     let mut out = Vec::new();
     for request in requests {
-        // Your own requests, and (for approvers and admins) the ones waiting for approval.
+        // Your own requests, and the pending ones you may approve (admins see all): another
+        // principal's reason and ticket are nobody else's business.
         let visible = principal_key(&request.principal) == me
             || caller.principal().is_admin()
-            || request.state.as_str() == "pending";
+            || (request.state == mayfly_core::grant::RequestState::Pending
+                && broker.may_approve(caller.principal(), &request).await?);
         if visible {
             out.push(broker.request_info(&request.id).await?);
         }
@@ -393,10 +443,19 @@ pub async fn get_request(
     Path(id): Path<String>,
 ) -> ApiResult<RequestInfo> {
     let info = broker.request_info(&id).await?;
-    if info.principal != principal_key(caller.principal())
-        && !caller.principal().is_admin()
-        && info.state != "pending"
-    {
+    let visible = info.principal == principal_key(caller.principal())
+        || caller.principal().is_admin()
+        || (info.state == "pending"
+            && match broker
+                .store()
+                .request(&id)
+                .await
+                .map_err(|e| ApiError::store(&e))?
+            {
+                Some(request) => broker.may_approve(caller.principal(), &request).await?,
+                None => false,
+            });
+    if !visible {
         return Err(ApiError::NotFound(format!(
             "no request `{}`",
             id.chars().take(64).collect::<String>()

@@ -480,3 +480,78 @@ async fn a_deleted_workload_bindings_sessions_stay_dead_after_recreating_it() {
         .await;
     assert_eq!(status, 401, "the old workload session came back: {body}");
 }
+
+/// A principal sees its own requests and the pending ones it may approve, and the targets and
+/// roles it may ask for, without how the broker reaches them. Before the fix any logged-in
+/// principal listed every pending request (reason, ticket) and every target with its URL.
+#[tokio::test]
+async fn listings_show_each_principal_only_its_own_business() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::ready().await;
+    setup(&broker, &cluster).await;
+    let admin = broker.admin_token.clone().unwrap();
+    broker
+        .expect(
+            200,
+            "PATCH",
+            "/v1/users/bob",
+            Some(&admin),
+            Some(json!({"groups": ["ops"]})),
+        )
+        .await;
+    let alice = broker.login("alice").await;
+    let bob = broker.login("bob").await;
+    let request = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "migrate billing", "ticket": "OPS-7"})),
+        )
+        .await;
+    assert_eq!(request["state"], "pending", "{request}");
+    let id = request["id"].as_str().unwrap();
+
+    // Bob may neither request nor approve anything.
+    let (_, requests) = broker.call("GET", "/v1/requests", Some(&bob), None).await;
+    assert_eq!(requests, json!([]), "bob sees others' requests");
+    let (status, body) = broker
+        .call("GET", &format!("/v1/requests/{id}"), Some(&bob), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (_, targets) = broker.call("GET", "/v1/targets", Some(&bob), None).await;
+    assert_eq!(targets, json!([]));
+    let (_, roles) = broker.call("GET", "/v1/roles", Some(&bob), None).await;
+    assert_eq!(roles, json!([]));
+
+    // Alice sees the target she may ask for, not where it is.
+    let (_, targets) = broker.call("GET", "/v1/targets", Some(&alice), None).await;
+    assert_eq!(targets, json!([{"name": "pg", "kind": "postgres"}]));
+    let (_, roles) = broker.call("GET", "/v1/roles", Some(&alice), None).await;
+    assert_eq!(roles.as_array().unwrap().len(), 1, "{roles}");
+    // Admins see where.
+    let (_, targets) = broker.call("GET", "/v1/targets", Some(&admin), None).await;
+    assert!(
+        targets[0]["url"]
+            .as_str()
+            .unwrap()
+            .contains(&cluster.port.to_string()),
+        "{targets}"
+    );
+
+    // Once bob may approve `pg`, the pending request is his business.
+    set_policy(
+        &broker,
+        &format!(
+            "{POLICY}\n@id(\"ops-approve\")\npermit (principal in Group::\"ops\", action == Action::\"approve\", resource in Target::\"pg\");"
+        ),
+    )
+    .await;
+    let (_, requests) = broker.call("GET", "/v1/requests", Some(&bob), None).await;
+    assert_eq!(requests.as_array().unwrap().len(), 1, "{requests}");
+    assert_eq!(requests[0]["ticket"], "OPS-7");
+    broker
+        .expect(200, "GET", &format!("/v1/requests/{id}"), Some(&bob), None)
+        .await;
+}
