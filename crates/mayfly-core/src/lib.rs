@@ -11,6 +11,6 @@ pub mod policy;
 pub mod principal;
 pub mod time;
 
-pub use name::{GroupName, LoginName, NameError, Username};
+pub use name::{GroupName, LoginName, NameError, Namespace, Username};
 pub use principal::Principal;
 pub use time::Timestamp;

@@ -30,6 +30,8 @@ pub struct Unsealed {
     pub keyring: Keyring,
     pub audit_signer: SigningKey,
     pub audit_hmac_key: Zeroizing<Vec<u8>>,
+    /// This broker's part of every login name it makes (fixed at init, from the seal id).
+    pub namespace: mayfly_core::Namespace,
 }
 
 impl std::fmt::Debug for Unsealed {

@@ -126,7 +126,8 @@ impl Broker {
         let ttl_ms = request.ttl_ms.min(request.max_ttl_ms).max(1000);
         let expires_at = Timestamp::from_unix_ms(now.unix_ms().saturating_add(ttl_ms));
         let grant_uuid = uuid::Uuid::now_v7();
-        let login = LoginName::for_grant(&grant_uuid);
+        let namespace = self.require_unsealed().await?.namespace.clone();
+        let login = LoginName::for_grant(&namespace, &grant_uuid);
         let spec = role_spec(&role);
         // Certificates have no password; the plan's secret is never used.
         let unused = SecretString::from(String::new());
@@ -143,6 +144,7 @@ impl Broker {
             .map_err(|e| ApiError::BadRequest(format!("the certificate cannot be issued: {e}")))?;
         let grant = new_grant(
             &grant_uuid,
+            &login,
             &request,
             principal,
             GrantState::Active,

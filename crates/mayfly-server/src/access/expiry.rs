@@ -523,13 +523,13 @@ async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretStri
     ))
 }
 
-/// The sweep: every role on a target that carries the broker's prefix but has no live grant is an
+/// The sweep: every role on a target that carries the broker's prefix and namespace (`mf_<namespace>_`) but has no live grant is an
 /// orphan (a store restored from an older backup, a crash the intent did not cover, a manual
 /// copy): it is revoked and the finding audited. Returns how many were found.
 pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
-    if broker.unsealed().await.is_none() {
+    let Some(keys) = broker.unsealed().await else {
         return Ok(0);
-    }
+    };
     let mut found = 0;
     for record in broker
         .store()
@@ -539,7 +539,11 @@ pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
     {
         let target = broker.target(&record.name).await?;
         let logins = match target.managed_logins().await {
-            Ok(logins) => logins,
+            // Only this broker's namespace: another broker sharing the server owns the rest.
+            Ok(logins) => logins
+                .into_iter()
+                .filter(|login| keys.namespace.owns(login))
+                .collect::<Vec<_>>(),
             Err(error) => {
                 tracing::warn!(target = %record.name, error = %error, "sweep cannot list the target's roles");
                 continue;

@@ -296,6 +296,7 @@ fn undecided(
 /// A new grant of `request` for `caller`, in `state`, looked at next at `next_attempt_at`.
 fn new_grant(
     id: &uuid::Uuid,
+    login: &LoginName,
     request: &RequestRecord,
     caller: &Principal,
     state: GrantState,
@@ -309,7 +310,7 @@ fn new_grant(
         principal: principal_key(caller),
         target: request.target.clone(),
         role: request.role.clone(),
-        login: LoginName::for_grant(id).to_string(),
+        login: login.to_string(),
         state,
         created_at: now,
         expires_at,
@@ -880,7 +881,7 @@ impl Broker {
         let expires_at = Timestamp::from_unix_ms(now.unix_ms().saturating_add(ttl_ms));
         let grant_uuid = uuid::Uuid::now_v7();
         let grant_id = grant_uuid.to_string();
-        let login = LoginName::for_grant(&grant_uuid);
+        let login = LoginName::for_grant(&keys.namespace, &grant_uuid);
         let password = crate::users::generate_password()?;
         let secret_path = grant_secret_path(&grant_id);
         let blob = keys
@@ -889,6 +890,7 @@ impl Broker {
             .map_err(crypto)?;
         let grant = new_grant(
             &grant_uuid,
+            &login,
             &request,
             caller,
             GrantState::Issuing,

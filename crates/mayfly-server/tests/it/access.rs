@@ -710,7 +710,8 @@ async fn the_sweep_drops_logins_without_a_live_grant() {
         .username("postgres")
         .password(&cluster.admin_password);
     let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    let orphan = mayfly_core::LoginName::for_grant(&uuid::Uuid::now_v7());
+    let namespace = broker.broker.unsealed().await.unwrap().namespace.clone();
+    let orphan = mayfly_core::LoginName::for_grant(&namespace, &uuid::Uuid::now_v7());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
     )))

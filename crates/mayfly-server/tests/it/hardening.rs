@@ -5,6 +5,7 @@
 use mayfly_testkit::TestBroker;
 use mayfly_testkit::pgcluster::PgCluster;
 use serde_json::json;
+use sqlx::Connection;
 
 const POLICY: &str = r#"
 @id("admins-break-glass")
@@ -554,4 +555,96 @@ async fn listings_show_each_principal_only_its_own_business() {
     broker
         .expect(200, "GET", &format!("/v1/requests/{id}"), Some(&bob), None)
         .await;
+}
+
+/// Two brokers (say dev and prod) administer one PostgreSQL server, each with its own store and a
+/// live grant: each broker's sweep leaves the other's grant alone, and an orphan in its own
+/// namespace is still found. Before the fix each sweep revoked every `mf_` login its own store did
+/// not know, the other broker's live grants included.
+#[tokio::test]
+async fn brokers_sharing_a_server_never_sweep_each_others_grants() {
+    let cluster = PgCluster::start();
+    let dev = TestBroker::ready().await;
+    let prod = TestBroker::ready().await;
+    let mut credentials = Vec::new();
+    for broker in [&dev, &prod] {
+        setup(broker, &cluster).await;
+        let admin = broker.admin_token.clone().unwrap();
+        let request = broker
+            .expect(
+                200,
+                "POST",
+                "/v1/requests",
+                Some(&admin),
+                Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "SEV2", "break_glass": true})),
+            )
+            .await;
+        let id = request["id"].as_str().unwrap();
+        credentials.push(
+            broker
+                .expect(
+                    200,
+                    "POST",
+                    &format!("/v1/requests/{id}/activate"),
+                    Some(&admin),
+                    None,
+                )
+                .await,
+        );
+    }
+    let (dev_namespace, prod_namespace) = (
+        dev.broker.unsealed().await.unwrap().namespace.clone(),
+        prod.broker.unsealed().await.unwrap().namespace.clone(),
+    );
+    assert_ne!(dev_namespace, prod_namespace);
+    // An orphan of dev's (a login of its namespace that no grant of its knows).
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .database("postgres")
+        .username("postgres")
+        .password(&cluster.admin_password);
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let orphan = mayfly_core::LoginName::for_grant(&dev_namespace, &uuid::Uuid::now_v7());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let found_by_prod = mayfly_server::access::expiry::sweep(&prod.broker)
+        .await
+        .unwrap();
+    let found_by_dev = mayfly_server::access::expiry::sweep(&dev.broker)
+        .await
+        .unwrap();
+    assert_eq!((found_by_dev, found_by_prod), (1, 0));
+    for credential in &credentials {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(cluster.port)
+            .database("postgres")
+            .username(credential["username"].as_str().unwrap())
+            .password(credential["password"].as_str().unwrap());
+        let login = sqlx::PgConnection::connect_with(&options).await;
+        assert!(
+            login.is_ok(),
+            "a live grant of the other broker was swept: {credential}"
+        );
+    }
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'mf\\_%'")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert!(!left.contains(&orphan.to_string()), "{left:?}");
+    assert!(
+        credentials[0]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("mf_{dev_namespace}_")),
+        "{}",
+        credentials[0]
+    );
 }

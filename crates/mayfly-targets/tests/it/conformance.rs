@@ -26,7 +26,7 @@ pub trait Probe: Send + Sync {
 }
 
 pub fn new_login() -> LoginName {
-    LoginName::for_grant(&uuid::Uuid::now_v7())
+    LoginName::for_grant(&test_namespace(), &uuid::Uuid::now_v7())
 }
 
 pub fn new_secret() -> SecretString {
@@ -444,4 +444,9 @@ pub async fn certificate_unreachable_then_back<P: CertificateProbe>(
     probe.publish(&list.listed()).await;
     assert!(probe.present(&certificate, &key).await.is_err());
     target.verify_revoked(&login, &new_secret()).await.unwrap();
+}
+
+/// The namespace of the logins these tests make (a broker's comes from its seal id).
+pub fn test_namespace() -> mayfly_core::Namespace {
+    mayfly_core::Namespace::from_seal_id(b"conformance")
 }
