@@ -252,6 +252,28 @@ pub async fn setup(
     meta: &RequestMeta,
     request: SetupRequest,
 ) -> Result<UserCreated, ApiError> {
+    // The code first: an unauthenticated caller with a wrong code costs a hash and a read, not
+    // an argon2 hash of the password it sent (which is what a flood of setups would buy).
+    let code_hash = mayfly_crypto::token::hash_setup_code(&request.setup_code);
+    let seal = broker
+        .store()
+        .seal()
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or(ApiError::NotInitialized)?;
+    let code_matches = seal
+        .setup_code_hash
+        .as_deref()
+        .is_some_and(|stored| mayfly_crypto::constant_time_eq(stored, &code_hash));
+    if !code_matches {
+        let mut event = broker.draft("sys.setup", Outcome::Refused);
+        meta.fill(&mut event);
+        event.refuse("the setup code is wrong or was already used");
+        broker.record(event).await?;
+        return Err(ApiError::Forbidden(
+            "the setup code is wrong or was already used".into(),
+        ));
+    }
     let user = prepare(
         broker,
         &request.username,
@@ -259,7 +281,6 @@ pub async fn setup(
         &[GroupName::ADMINS.to_owned()],
     )
     .await?;
-    let code_hash = mayfly_crypto::token::hash_setup_code(&request.setup_code);
     let mut event = broker.draft("sys.setup", Outcome::Ok);
     event.subject = Some(format!("user:{}", user.record.username));
     meta.fill(&mut event);

@@ -648,3 +648,59 @@ async fn brokers_sharing_a_server_never_sweep_each_others_grants() {
         credentials[0]
     );
 }
+
+/// `/v1/sys/setup` is open to anyone until the first admin exists: a wrong code is refused before
+/// anything costly is done with the rest of the body (no argon2 of the password it carries), and
+/// the refusal is audited. Before the fix the password was checked and hashed first: a short one
+/// answered 400 about the password, whatever the code.
+#[tokio::test]
+async fn a_wrong_setup_code_is_refused_before_the_password_is_looked_at() {
+    let broker = TestBroker::uninitialized().await;
+    let init = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/sys/init",
+            None,
+            Some(json!({"shares": 1, "threshold": 1})),
+        )
+        .await;
+    broker
+        .expect(
+            200,
+            "POST",
+            "/v1/sys/unseal",
+            None,
+            Some(json!({"share": init["shares"][0]})),
+        )
+        .await;
+    for password in ["short", "a long enough password"] {
+        let (status, body) = broker
+            .call(
+                "POST",
+                "/v1/sys/setup",
+                None,
+                Some(
+                    json!({"setup_code": "not-the-code", "username": "root", "password": password}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 403, "{body}");
+    }
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    let refused = events
+        .iter()
+        .filter(|e| e.kind == "sys.setup" && e.body.contains("\"outcome\":\"refused\""))
+        .count();
+    assert_eq!(refused, 2);
+    // The right code still works.
+    broker
+        .expect(
+            200,
+            "POST",
+            "/v1/sys/setup",
+            None,
+            Some(json!({"setup_code": init["setup_code"], "username": "root", "password": "a long enough password"})),
+        )
+        .await;
+}
