@@ -732,8 +732,10 @@ fn kill_9_during_200_activations_leaves_no_orphan() {
 }
 
 /// `mayfly ssh`: requests access, has a fresh key certified, runs the real ssh against a real sshd
-/// that trusts `mayfly ssh ca`, then revokes: the KRL (`mayfly ssh krl FILE`) lists the
-/// certificate and sshd refuses it.
+/// that trusts `mayfly ssh ca`, then revokes. Each session's remote command keeps a copy of its
+/// fresh key and certificate (the host is this machine); after the revocations the same key and
+/// certificate still log in while sshd has the old KRL, and are refused once it loads the KRL
+/// `mayfly ssh krl FILE` fetches from the broker (`/v1/ssh/krl`).
 #[test]
 fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -802,7 +804,8 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     let put = with(mayfly().args(["policy", "put"]).arg(&policy));
     assert!(put.status.success(), "{put:?}");
 
-    let session = with(mayfly().args([
+    let login_kept = Kept::new(data.path(), "login");
+    let session = with(mayfly().env("TMPDIR", login_kept.tmp()).args([
         "ssh",
         "web/login",
         &format!("{user}@127.0.0.1"),
@@ -819,6 +822,8 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
         "--",
         "echo",
         "hello-from-host",
+        "&&",
+        &login_kept.copy_command(),
     ]));
     assert!(session.status.success(), "{session:?}");
     assert!(stdout(&session).contains("hello-from-host"), "{session:?}");
@@ -826,9 +831,11 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     assert!(stderr.contains("revoked"), "{stderr}");
     // The certificate was accepted (no fallback that was refused).
     assert!(!stderr.contains("Permission denied"), "{stderr}");
+    login_kept.check_fresh_key_deleted();
 
     // Break-glass takes the long way (request, then activation with the key): it works too.
-    let glass = with(mayfly().args([
+    let glass_kept = Kept::new(data.path(), "glass");
+    let glass = with(mayfly().env("TMPDIR", glass_kept.tmp()).args([
         "ssh",
         "web/login",
         &format!("{user}@127.0.0.1"),
@@ -846,9 +853,12 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
         "--",
         "echo",
         "hello-again",
+        "&&",
+        &glass_kept.copy_command(),
     ]));
     assert!(glass.status.success(), "{glass:?}");
     assert!(stdout(&glass).contains("hello-again"), "{glass:?}");
+    glass_kept.check_fresh_key_deleted();
 
     // A role that needs an approval: the one call is answered 409, so `mayfly ssh` requests,
     // waits, and goes on once another person approves.
@@ -897,7 +907,9 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
             .env("MAYFLY_ADDR", &addr)
             .env("MAYFLY_TOKEN_FILE", &carol_token))
     };
+    let approved_kept = Kept::new(data.path(), "approved");
     let mut waiting = mayfly()
+        .env("TMPDIR", approved_kept.tmp())
         .args([
             "ssh",
             "web/root",
@@ -915,6 +927,8 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
             "--",
             "echo",
             "hello-approved",
+            "&&",
+            &approved_kept.copy_command(),
         ])
         .env("MAYFLY_ADDR", &addr)
         .env("MAYFLY_TOKEN", &token)
@@ -946,10 +960,12 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     let session = waiting.wait_with_output().unwrap();
     assert!(session.status.success(), "{session:?}");
     assert!(stdout(&session).contains("hello-approved"), "{session:?}");
+    approved_kept.check_fresh_key_deleted();
 
-    // The grants are revoked and their certificates listed in the KRL the host loads.
+    // The grants are revoked, and sshd refuses their certificates once it loads the broker's KRL.
     let grants = with(mayfly().args(["grants", "--all", "--json"]));
     let grants: serde_json::Value = serde_json::from_slice(&grants.stdout).unwrap();
+    assert_eq!(grants.as_array().unwrap().len(), 3, "{grants}");
     assert!(
         grants
             .as_array()
@@ -958,15 +974,135 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
             .all(|g| g["state"] != "active"),
         "{grants}"
     );
+    let logins: Vec<&str> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["login"].as_str().unwrap())
+        .collect();
+    let kept = [&login_kept, &glass_kept, &approved_kept];
+    for session in kept {
+        // The kept certificate is one of the three grants' (its key id is the grant's login).
+        let key_id = session.certificate_key_id();
+        assert!(
+            logins.contains(&key_id.as_str()),
+            "{key_id} not in {logins:?}"
+        );
+        // Revoked at the broker but not yet on the host: with the old KRL it still logs in, so
+        // what refuses it below is the KRL.
+        let accepted =
+            mayfly_testkit::sshd::login(&host, &session.key(), &session.certificate(), &user);
+        assert!(
+            accepted
+                .as_deref()
+                .is_ok_and(|out| out.contains("mayfly-ok")),
+            "{}: the kept key and certificate did not log in before the new KRL: {accepted:?}",
+            session.name
+        );
+    }
     let fetched = with(mayfly().args(["ssh", "krl"]).arg(&krl));
     assert!(fetched.status.success(), "{fetched:?}");
-    let listed = std::fs::read(&krl).unwrap();
-    assert_eq!(grants.as_array().unwrap().len(), 3, "{grants}");
-    for grant in grants.as_array().unwrap() {
-        let login = grant["login"].as_str().unwrap();
+    host.write_krl(&std::fs::read(&krl).unwrap());
+    for session in kept {
+        let refused =
+            mayfly_testkit::sshd::login(&host, &session.key(), &session.certificate(), &user);
+        match refused {
+            Err(stderr) => assert!(
+                stderr.contains("Permission denied"),
+                "{}: {stderr}",
+                session.name
+            ),
+            Ok(out) => panic!(
+                "{}: sshd accepted the revoked certificate after loading the broker's KRL: {out}",
+                session.name
+            ),
+        }
+    }
+    // With that KRL loaded, a new grant's certificate still logs in: sshd refuses the revoked
+    // certificates, not every one (as it would a KRL it cannot read).
+    let again = with(mayfly().args([
+        "ssh",
+        "web/login",
+        &format!("{user}@127.0.0.1"),
+        "--ttl",
+        "10m",
+        "--reason",
+        "cli ssh test after the KRL",
+        "--ssh-option",
+        "StrictHostKeyChecking=no",
+        "--ssh-option",
+        "UserKnownHostsFile=/dev/null",
+        "--ssh-option",
+        "BatchMode=yes",
+        "--",
+        "echo",
+        "hello-after-the-krl",
+    ]));
+    assert!(again.status.success(), "{again:?}");
+    assert!(stdout(&again).contains("hello-after-the-krl"), "{again:?}");
+}
+
+/// One `mayfly ssh` session's private `TMPDIR` (where it makes its fresh key and writes the
+/// certificate) and the place its remote command copies them to.
+struct Kept {
+    name: &'static str,
+    dir: std::path::PathBuf,
+}
+
+impl Kept {
+    fn new(data: &Path, name: &'static str) -> Kept {
+        let dir = data.join(format!("kept-{name}"));
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        Kept { name, dir }
+    }
+
+    fn tmp(&self) -> std::path::PathBuf {
+        self.dir.join("tmp")
+    }
+
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.join("id")
+    }
+
+    fn certificate(&self) -> std::path::PathBuf {
+        self.dir.join("id-cert.pub")
+    }
+
+    /// Run on the host, which is this machine and this user, while ssh is logged in with them.
+    fn copy_command(&self) -> String {
+        let from = self.tmp().join("mayfly-ssh-*");
+        format!(
+            "cp {from}/id_ed25519 {key} && cp {from}/id-cert.pub {certificate}",
+            from = from.display(),
+            key = self.key().display(),
+            certificate = self.certificate().display()
+        )
+    }
+
+    /// `mayfly ssh` deleted its fresh key, and it was this one.
+    #[track_caller]
+    fn check_fresh_key_deleted(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.tmp()).unwrap().collect();
+        assert!(left.is_empty(), "{}: left behind {left:?}", self.name);
         assert!(
-            listed.windows(login.len()).any(|w| w == login.as_bytes()),
-            "the KRL does not name {login}"
+            self.key().exists() && self.certificate().exists(),
+            "{}: nothing kept",
+            self.name
         );
+    }
+
+    /// The certificate's key id (`ssh-keygen -L`).
+    fn certificate_key_id(&self) -> String {
+        let listed = run(Command::new("ssh-keygen")
+            .arg("-L")
+            .arg("-f")
+            .arg(self.certificate()));
+        assert!(listed.status.success(), "{listed:?}");
+        stdout(&listed)
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Key ID: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
     }
 }

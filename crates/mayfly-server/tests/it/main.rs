@@ -15,6 +15,8 @@ mod hardening;
 mod jwt;
 mod login;
 mod seal;
+mod secrets_at_rest;
 mod ssh;
+mod targets_admin;
 mod tls;
 mod x509;

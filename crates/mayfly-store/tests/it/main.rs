@@ -10,6 +10,13 @@
 )]
 
 mod access;
+#[allow(
+    dead_code,
+    reason = "`ThrowawayDb::dump_all_tables` served the story's `secrets_are_not_in_clear`, which \
+              sealed the secret itself and so proved nothing about the broker (mayfly-server's \
+              tests/it/secrets_at_rest.rs searches the raw database behind a real broker now): \
+              delete it and this attribute"
+)]
 mod postgres;
 mod sqlite;
 mod story;
@@ -27,17 +34,9 @@ async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
 
 #[tokio::test]
 async fn sqlite_story() {
-    let (store, dir) = sqlite_store().await;
+    let (store, _dir) = sqlite_store().await;
     story::run(&store).await;
     access::run(&store).await;
-    story::secrets_are_not_in_clear(&store, || {
-        let mut bytes = Vec::new();
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
-        }
-        bytes
-    })
-    .await;
     store.close().await;
 }
 
@@ -47,8 +46,6 @@ async fn postgres_story() {
     let store = mayfly_store::open(&db.url).await.unwrap();
     story::run(&store).await;
     access::run(&store).await;
-    let dump = db.dump_all_tables().await;
-    story::secrets_are_not_in_clear(&store, move || dump.clone()).await;
     store.close().await;
     db.drop_db().await;
 }

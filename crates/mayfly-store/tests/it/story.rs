@@ -395,49 +395,6 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(store.last_checkpoint().await.unwrap().unwrap().seq, seq);
 }
 
-/// Ciphertext only: the plaintext of a secret must not appear anywhere in the store's storage.
-pub async fn secrets_are_not_in_clear(store: &dyn Store, dump: impl Fn() -> Vec<u8>) {
-    let keyring = mayfly_crypto::barrier::Keyring::generate().unwrap();
-    let plaintext = b"correct-horse-battery-staple-4f1c9a";
-    let blob = keyring.seal("static/prod-api-key", plaintext).unwrap();
-    store
-        .commit(vec![write(
-            Change::PutSecret {
-                path: "static/prod-api-key".into(),
-                blob,
-                at: at(7),
-            },
-            "secret.put",
-        )])
-        .await
-        .unwrap();
-    let stored = store.secret("static/prod-api-key").await.unwrap().unwrap();
-    assert_eq!(
-        &keyring.open("static/prod-api-key", &stored).unwrap()[..],
-        plaintext
-    );
-    let bytes = dump();
-    assert!(
-        bytes.len() > 1000,
-        "the dump looks empty: {} bytes",
-        bytes.len()
-    );
-    let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-    assert!(!found(plaintext), "plaintext found in the store");
-    assert!(
-        !found(hex_of(plaintext).as_bytes()),
-        "hex plaintext found in the store"
-    );
-    assert!(
-        !found(b"correct-horse"),
-        "part of the plaintext found in the store"
-    );
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub async fn concurrent_commits(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for task in 0..8 {
