@@ -17,6 +17,5 @@ mod login;
 mod seal;
 mod secrets_at_rest;
 mod ssh;
-mod targets_admin;
 mod tls;
 mod x509;
