@@ -1,11 +1,32 @@
 //! Passwords: argon2id with the crate's default (OWASP) parameters, stored as PHC strings.
 //! Verification is constant-time inside argon2; an unknown user pays for the same work against
-//! a fixed dummy hash, so timing does not reveal whether a user exists.
+//! a fixed dummy hash, so timing does not reveal whether a user exists. Each thread counts the
+//! verifications it runs ([`verifications_on_this_thread`]), so a test can prove that equal work
+//! by counting it rather than by timing it.
+
+use std::cell::Cell;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::CryptoError;
+
+/// How many argon2 verifications a thread has run, by what they were checked against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verifications {
+    /// Against a stored hash ([`verify_password`]).
+    pub n_stored: u64,
+    /// Against the dummy hash ([`verify_password_dummy`]).
+    pub n_dummy: u64,
+}
+
+/// The verifications run so far on the calling thread. Per thread, not per process: a test that
+/// drives a broker on its own current-thread runtime sees only its own logins, whatever other
+/// tests do at the same time on other threads. A thread-local increment is nothing next to the
+/// 19 MiB argon2 pass it counts, so it is always on.
+pub fn verifications_on_this_thread() -> Verifications {
+    N_VERIFICATIONS.with(Cell::get)
+}
 
 pub fn hash_password(password: &SecretString) -> Result<String, CryptoError> {
     let hash: PasswordHash = Argon2::default()
@@ -16,12 +37,7 @@ pub fn hash_password(password: &SecretString) -> Result<String, CryptoError> {
 
 /// `true` only if `password` matches the PHC string; a malformed stored hash is `false`.
 pub fn verify_password(password: &SecretString, phc: &str) -> bool {
-    let Ok(hash) = PasswordHash::new(phc) else {
-        return false;
-    };
-    Argon2::default()
-        .verify_password(password.expose_secret().as_bytes(), &hash)
-        .is_ok()
+    argon2_verify(password, phc, Against::Stored)
 }
 
 /// A fixed argon2id hash with the default parameters (of a password nobody uses). A constant,
@@ -30,13 +46,55 @@ const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$m2BPo6D0Yt79itPWkmEEEQ$P
 
 /// The same work as [`verify_password`] against a fixed hash; always `false`.
 pub fn verify_password_dummy(password: &SecretString) -> bool {
-    let _ = std::hint::black_box(verify_password(password, DUMMY_PHC));
+    let _ = std::hint::black_box(argon2_verify(password, DUMMY_PHC, Against::Dummy));
     false
+}
+
+thread_local! {
+    static N_VERIFICATIONS: Cell<Verifications> = const {
+        Cell::new(Verifications { n_stored: 0, n_dummy: 0 })
+    };
+}
+
+enum Against {
+    Stored,
+    Dummy,
+}
+
+fn argon2_verify(password: &SecretString, phc: &str, against: Against) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    // Counted only once argon2 really runs: a malformed stored hash costs nothing and is no
+    // verification.
+    N_VERIFICATIONS.with(|count| {
+        let mut now = count.get();
+        match against {
+            Against::Stored => now.n_stored = now.n_stored.saturating_add(1),
+            Against::Dummy => now.n_dummy = now.n_dummy.saturating_add(1),
+        }
+        count.set(now);
+    });
+    Argon2::default()
+        .verify_password(password.expose_secret().as_bytes(), &hash)
+        .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verifications_are_counted_by_what_they_check_against() {
+        let password = SecretString::from("some password".to_owned());
+        let before = verifications_on_this_thread();
+        assert!(!verify_password_dummy(&password));
+        assert!(!verify_password(&password, DUMMY_PHC));
+        assert!(!verify_password(&password, "not a hash"));
+        let after = verifications_on_this_thread();
+        assert_eq!(after.n_dummy - before.n_dummy, 1);
+        assert_eq!(after.n_stored - before.n_stored, 1);
+    }
 
     #[test]
     fn hash_and_verify() {

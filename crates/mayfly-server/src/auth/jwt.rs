@@ -4,11 +4,11 @@
 //! unknown `kid`), the algorithm against an allow-list, then `iss`, `aud`, `exp`, `nbf`; the role's
 //! bound claims must match, and one claim names the Workload.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mayfly_api::{JwtIssuerConfig, JwtLoginRequest, JwtRoleConfig, LoginResponse};
-use mayfly_core::Principal;
 use mayfly_core::audit::Outcome;
+use mayfly_core::{Principal, Timestamp};
 use mayfly_crypto::jwt::{IssuerKeys, JwtError, JwtRules};
 use mayfly_store::{Change, SessionRecord, Write, WriteOutcome};
 
@@ -23,7 +23,9 @@ const MAX_JWT_BYTES: usize = 16 * 1024;
 
 pub struct CachedKeys {
     keys: std::sync::Arc<IssuerKeys>,
-    fetched: Instant,
+    /// On the broker's clock, not `Instant`: the refetch limit is then a rule of the broker's
+    /// time that a test can step past with its `ManualClock`, not a wait in real time.
+    fetched_at: Timestamp,
 }
 
 /// Validates an issuer before it is stored.
@@ -251,7 +253,7 @@ async fn issuer_keys(
     };
     let mut cache = broker.inner.jwks_cache.lock().await;
     if let Some(cached) = cache.get(url) {
-        let age = cached.fetched.elapsed();
+        let age = cached.fetched_at.until(broker.now());
         if age < JWKS_MAX_AGE && (!force || age < JWKS_MIN_REFETCH) {
             return Ok(cached.keys.clone());
         }
@@ -264,7 +266,7 @@ async fn issuer_keys(
                 url.clone(),
                 CachedKeys {
                     keys: keys.clone(),
-                    fetched: Instant::now(),
+                    fetched_at: broker.now(),
                 },
             );
             Ok(keys)

@@ -1,6 +1,11 @@
 //! Workload login with JWTs: a valid token maps to the bound Workload; `alg: none`, HS256 signed
 //! with the public key, wrong `aud`, wrong `iss`, expired, not yet valid, unknown `kid`, a tampered
-//! payload and an unbound claim are each refused.
+//! payload and an unbound claim are each refused; a rotated JWKS is fetched again, at most every
+//! 30 s of the broker's clock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
@@ -64,24 +69,54 @@ fn pem(der: &[u8]) -> String {
 
 /// Serves a JWKS document on a loopback port, as a CI platform would.
 async fn serve_jwks(document: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().route(
-        "/.well-known/jwks",
-        axum::routing::get(move || {
-            let document = document.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    document,
-                )
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    format!("http://{addr}/.well-known/jwks")
+    JwksServer::start(document).await.url
+}
+
+/// A JWKS endpoint on a loopback port whose document the test can replace (the issuer rotating
+/// its keys), counting the broker's fetches.
+struct JwksServer {
+    url: String,
+    document: Arc<Mutex<String>>,
+    n_fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(document: String) -> JwksServer {
+        let document = Arc::new(Mutex::new(document));
+        let n_fetches = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (served, counted) = (document.clone(), n_fetches.clone());
+        let app = axum::Router::new().route(
+            "/.well-known/jwks",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let document = served.lock().unwrap().clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        JwksServer {
+            url: format!("http://{addr}/.well-known/jwks"),
+            document,
+            n_fetches,
+        }
+    }
+
+    fn serve(&self, document: String) {
+        *self.document.lock().unwrap() = document;
+    }
+
+    fn n_fetches(&self) -> usize {
+        self.n_fetches.load(Ordering::SeqCst)
+    }
 }
 
 async fn configure(broker: &TestBroker, issuer_config: Value) {
@@ -295,7 +330,11 @@ async fn every_kind_of_bad_token_is_refused() {
         "repository",
     ));
 
-    cases.push(("garbage", "not.a.jwt".into(), ""));
+    cases.push((
+        "garbage",
+        "not.a.jwt".into(),
+        "the token is malformed: the header is not base64url",
+    ));
 
     for (name, token, needle) in cases {
         let (status, body) = login(&broker, &token).await;
@@ -332,14 +371,65 @@ async fn every_kind_of_bad_token_is_refused() {
 }
 
 #[tokio::test]
-async fn static_pem_keys_work_and_rotated_jwks_keys_are_refetched() {
+async fn rotated_jwks_keys_are_refetched_at_most_every_30_seconds() {
     let broker = TestBroker::ready().await;
-    // Static P-256 key.
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
-    let mut spki = hex_decode("3059301306072a8648ce3d020106082a8648ce3d030107034200");
-    spki.extend_from_slice(pair.public_key().as_ref());
+    let first = ed25519();
+    let second = ed25519();
+    let jwks_server = JwksServer::start(jwks(&first, "kid-a")).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "jwks_url": jwks_server.url}),
+    )
+    .await;
+    let (status, body) = login(&broker, &sign(&first, Some("kid-a"), &claims(&broker))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(jwks_server.n_fetches(), 1);
+
+    // The issuer rotates: kid-b replaces kid-a. Within 30 s of the last fetch no unknown kid
+    // fetches again, however many arrive: the rotated key is refused for now, and a flood of
+    // made-up kids costs the issuer nothing.
+    jwks_server.serve(jwks(&second, "kid-b"));
+    for n in 0..20 {
+        let kid = format!("made-up-{n}");
+        let (status, body) = login(&broker, &sign(&second, Some(&kid), &claims(&broker))).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(
+        jwks_server.n_fetches(),
+        1,
+        "unknown kids fetched again within 30 s"
+    );
+    let (status, body) = login(&broker, &sign(&second, Some("kid-b"), &claims(&broker))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("`kid`"),
+        "{body}"
+    );
+    broker.clock.advance(Duration::from_secs(29));
+    let (status, body) = login(&broker, &sign(&second, Some("kid-b"), &claims(&broker))).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        jwks_server.n_fetches(),
+        1,
+        "unknown kids fetched again within 30 s"
+    );
+
+    // 30 s after the last fetch by the broker's clock, the unknown kid fetches the JWKS again
+    // (once) and the rotated key works.
+    broker.clock.advance(Duration::from_secs(2));
+    let (status, body) = login(&broker, &sign(&second, Some("kid-b"), &claims(&broker))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(jwks_server.n_fetches(), 2);
+    // The retired key is gone with the old document, and asking for it starts no new fetch.
+    let (status, body) = login(&broker, &sign(&first, Some("kid-a"), &claims(&broker))).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(jwks_server.n_fetches(), 2);
+}
+
+#[tokio::test]
+async fn static_pem_keys_verify_tokens() {
+    let broker = TestBroker::ready().await;
+    let (pkcs8, spki) = p256();
     configure(
         &broker,
         json!({"issuer": ISSUER, "public_keys": [{"kid": "ec-1", "pem": pem(&spki)}]}),
@@ -347,42 +437,45 @@ async fn static_pem_keys_work_and_rotated_jwks_keys_are_refetched() {
     .await;
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("ec-1".into());
-    let token = jsonwebtoken::encode(
-        &header,
-        &claims(&broker),
-        &EncodingKey::from_ec_der(pkcs8.as_ref()),
-    )
-    .unwrap();
+    let token =
+        jsonwebtoken::encode(&header, &claims(&broker), &EncodingKey::from_ec_der(&pkcs8)).unwrap();
     let (status, body) = login(&broker, &token).await;
     assert_eq!(status, 200, "{body}");
+    // Another P-256 key under the same kid is refused.
+    let (other, _) = p256();
+    let forged =
+        jsonwebtoken::encode(&header, &claims(&broker), &EncodingKey::from_ec_der(&other)).unwrap();
+    let (status, body) = login(&broker, &forged).await;
+    assert_eq!(status, 401, "{body}");
+}
 
-    // A bad issuer config is refused with the field named.
+#[tokio::test]
+async fn bad_issuer_configs_are_refused_and_only_admins_set_them() {
+    let broker = TestBroker::ready().await;
     let admin = broker.admin_token.clone().unwrap();
-    let (status, body) = broker
-        .call(
-            "PUT",
-            "/v1/auth/jwt/issuers/bad",
-            Some(&admin),
-            Some(json!({"issuer": ISSUER, "jwks_url": "http://evil.example/jwks"})),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("jwks_url")
-    );
-    let (status, body) = broker
-        .call(
-            "PUT",
-            "/v1/auth/jwt/issuers/bad",
-            Some(&admin),
-            Some(json!({"issuer": ISSUER, "public_keys": [{"pem": "nope"}]})),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    // Only admins configure issuers.
+    let (_, spki) = p256();
+    for (config, field) in [
+        (
+            json!({"issuer": ISSUER, "jwks_url": "http://evil.example/jwks"}),
+            "jwks_url",
+        ),
+        (
+            json!({"issuer": ISSUER, "public_keys": [{"pem": "nope"}]}),
+            "public_keys",
+        ),
+    ] {
+        let (status, body) = broker
+            .call(
+                "PUT",
+                "/v1/auth/jwt/issuers/bad",
+                Some(&admin),
+                Some(config),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "`{message}` should name `{field}`");
+    }
     let alice = broker.login("alice").await;
     let (status, _) = broker
         .call(
@@ -393,6 +486,16 @@ async fn static_pem_keys_work_and_rotated_jwks_keys_are_refetched() {
         )
         .await;
     assert_eq!(status, 403);
+}
+
+/// A P-256 key pair: its PKCS#8 document and its public key as a SubjectPublicKeyInfo.
+fn p256() -> (Vec<u8>, Vec<u8>) {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let mut spki = hex_decode("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+    spki.extend_from_slice(pair.public_key().as_ref());
+    (pkcs8.as_ref().to_vec(), spki)
 }
 
 fn hex_decode(text: &str) -> Vec<u8> {
