@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use mayfly_core::Timestamp;
 use mayfly_core::audit::Outcome;
 use mayfly_crypto::ssh::SshCa;
 use mayfly_crypto::x509::X509Ca;
@@ -114,18 +115,7 @@ impl Broker {
     /// The CRL as served at `/v1/x509/crl`: every revoked X.509 grant that has not expired.
     pub async fn x509_crl(&self) -> Result<String, ApiError> {
         let ca = self.x509_ca().await?;
-        let now = self.now();
-        let serials: Vec<Vec<u8>> = self
-            .store()
-            .revoked_certificate_logins("x509", now)
-            .await
-            .map_err(|e| ApiError::store(&e))?
-            .iter()
-            .map(|login| mayfly_crypto::x509::serial_for(login))
-            .collect();
-        let number = u64::try_from(now.unix_ms()).unwrap_or(0);
-        ca.crl(number, now.unix_ms() / 1000, CRL_VALID_SECONDS, &serials)
-            .map_err(crypto)
+        crl(self.store(), &ca, self.now()).await
     }
 
     /// An `x509` target: the CA and the store's view of revoked certificates.
@@ -135,11 +125,10 @@ impl Broker {
         url: &str,
     ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
         let ca = self.x509_ca().await?;
-        let revoked = Arc::new(StoreList {
-            store: self.inner.store.clone(),
-            clock: self.inner.config.clock.clone(),
-            kind: "x509",
-        });
+        let revoked = Arc::new(StoreList::x509(
+            self.inner.store.clone(),
+            self.inner.config.clock.clone(),
+        ));
         let target = X509Target::new(name, url, ca, revoked)
             .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
         Ok(Arc::new(target))
@@ -148,14 +137,7 @@ impl Broker {
     /// The KRL as served at `/v1/ssh/krl`: every revoked SSH grant that has not expired.
     pub async fn ssh_krl(&self) -> Result<Vec<u8>, ApiError> {
         let ca = self.ssh_ca().await?;
-        let now = self.now();
-        let logins = self
-            .store()
-            .revoked_certificate_logins("ssh", now)
-            .await
-            .map_err(|e| ApiError::store(&e))?;
-        let version = u64::try_from(now.unix_ms()).unwrap_or(0);
-        ca.krl(version, version / 1000, &logins).map_err(crypto)
+        krl(self.store(), &ca, self.now()).await
     }
 
     /// An `ssh` target: the CA and the store's view of revoked certificates.
@@ -165,22 +147,68 @@ impl Broker {
         url: &str,
     ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
         let ca = self.ssh_ca().await?;
-        let revoked = Arc::new(StoreList {
-            store: self.inner.store.clone(),
-            clock: self.inner.config.clock.clone(),
-            kind: "ssh",
-        });
+        let revoked = Arc::new(StoreList::ssh(
+            self.inner.store.clone(),
+            self.inner.config.clock.clone(),
+        ));
         let target = SshTarget::new(name, url, ca, revoked)
             .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
         Ok(Arc::new(target))
     }
 }
 
-/// What a KRL or CRL says about one certificate, from its grant in the store.
-struct StoreList {
+/// The KRL hosts load as `RevokedKeys` (served at `/v1/ssh/krl`): every SSH grant in `store` whose
+/// revocation was requested and that has not expired at `now`, by key id (the grant's login).
+pub async fn krl(store: &dyn Store, ca: &SshCa, now: Timestamp) -> Result<Vec<u8>, ApiError> {
+    let logins = store
+        .revoked_certificate_logins("ssh", now)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let version = u64::try_from(now.unix_ms()).unwrap_or(0);
+    ca.krl(version, version / 1000, &logins).map_err(crypto)
+}
+
+/// The CRL TLS services load (served at `/v1/x509/crl`): every X.509 grant in `store` whose
+/// revocation was requested and that has not expired at `now`, by serial (made from the login).
+pub async fn crl(store: &dyn Store, ca: &X509Ca, now: Timestamp) -> Result<String, ApiError> {
+    let serials: Vec<Vec<u8>> = store
+        .revoked_certificate_logins("x509", now)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .iter()
+        .map(|login| mayfly_crypto::x509::serial_for(login))
+        .collect();
+    let number = u64::try_from(now.unix_ms()).unwrap_or(0);
+    ca.crl(number, now.unix_ms() / 1000, CRL_VALID_SECONDS, &serials)
+        .map_err(crypto)
+}
+
+/// What a KRL or CRL says about one certificate, from its grant in the store: what an `ssh` or
+/// `x509` target asks for its proof.
+pub struct StoreList {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     kind: &'static str,
+}
+
+impl StoreList {
+    /// The view of the KRL ([`krl`]).
+    pub fn ssh(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> StoreList {
+        StoreList {
+            store,
+            clock,
+            kind: "ssh",
+        }
+    }
+
+    /// The view of the CRL ([`crl`]).
+    pub fn x509(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> StoreList {
+        StoreList {
+            store,
+            clock,
+            kind: "x509",
+        }
+    }
 }
 
 #[async_trait::async_trait]

@@ -1,17 +1,19 @@
 //! The SSH target through the certificate contract, against a real sshd (Debian's openssh-server,
 //! installed by `scripts/services.sh`) trusting a CA of the test's (`TrustedUserCAKeys`) and
-//! reading the KRL the broker's encoder makes (`RevokedKeys`).
+//! reading the KRL the server makes from the store (`RevokedKeys`); the target asks the server's
+//! `StoreList` over that store.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use mayfly_crypto::ssh::SshCa;
-use mayfly_targets::RoleSpec;
+use mayfly_store::Store;
 use mayfly_targets::ssh::SshTarget;
+use mayfly_targets::{RoleSpec, TargetKind};
 use mayfly_testkit::sshd::{self, Sshd};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::conformance::{self, BoxFuture, CertificateProbe, MemoryList};
+use crate::conformance::{self, BoxFuture, CertificateBroker, CertificateProbe};
 
 struct SshProbe {
     ca: Arc<SshCa>,
@@ -32,14 +34,14 @@ impl CertificateProbe for SshProbe {
         (public, SecretString::from(private.as_str().to_owned()))
     }
 
-    fn publish<'a>(&'a self, revoked: &'a [String]) -> BoxFuture<'a, ()> {
+    /// The KRL as `/v1/ssh/krl` serves it, written where sshd reads it at each login.
+    fn publish<'a>(&'a self, store: &'a dyn Store) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let now = conformance::in_minutes(0).unix_ms();
-            let krl = self
-                .ca
-                .krl(now.unsigned_abs(), now.unsigned_abs() / 1000, revoked)
-                .unwrap();
+            let krl = mayfly_server::ssh::krl(store, &self.ca, conformance::now())
+                .await
+                .map_err(|e| e.to_string())?;
             self.sshd.write_krl(&krl);
+            Ok(())
         })
     }
 
@@ -62,18 +64,10 @@ impl CertificateProbe for SshProbe {
     }
 }
 
-async fn setup() -> (SshTarget, RoleSpec, SshProbe, Arc<MemoryList>) {
+async fn setup() -> (SshTarget, RoleSpec, SshProbe, CertificateBroker) {
     let seed = SshCa::generate_seed().unwrap();
     let ca = Arc::new(SshCa::from_seed(&seed).unwrap());
     let sshd = sshd::start(&ca.public_key_openssh(), &ca.krl(1, 0, &[]).unwrap()).await;
-    let list = Arc::new(MemoryList::default());
-    let target = SshTarget::new(
-        "hosts",
-        &format!("ssh://127.0.0.1:{}", sshd.port),
-        ca.clone(),
-        list.clone(),
-    )
-    .unwrap();
     let user = sshd::whoami();
     let role = RoleSpec {
         name: "login".into(),
@@ -81,30 +75,34 @@ async fn setup() -> (SshTarget, RoleSpec, SshProbe, Arc<MemoryList>) {
         revocation_sql: None,
         max_ttl: std::time::Duration::from_secs(3600),
     };
+    let url = format!("ssh://127.0.0.1:{}", sshd.port);
+    let broker = CertificateBroker::start(TargetKind::Ssh, "hosts", &url, &role).await;
+    let target = SshTarget::new("hosts", &url, ca.clone(), broker.list()).unwrap();
     let probe = SshProbe {
         ca,
         sshd,
         user,
         files: tempfile::tempdir().unwrap(),
     };
-    (target, role, probe, list)
+    (target, role, probe, broker)
 }
 
 #[tokio::test]
 async fn ssh_conformance() {
-    let (target, role, probe, list) = setup().await;
-    conformance::certificate_lifecycle(&target, &role, &probe, &list).await;
-    conformance::certificate_batch(&target, &role, &probe, &list).await;
-    conformance::certificate_unreachable_then_back(&target, &role, &probe, &list).await;
+    let (target, role, probe, broker) = setup().await;
+    conformance::certificate_lifecycle(&target, &role, &probe, &broker).await;
+    conformance::certificate_batch(&target, &role, &probe, &broker).await;
+    conformance::certificate_unreachable_then_back(&target, &role, &probe, &broker).await;
+    broker.finish().await;
 }
 
 /// A principal the role does not give is refused by sshd, and an SSH grant without a key is
 /// refused by the target before anything is signed.
 #[tokio::test]
 async fn ssh_certificates_carry_only_the_roles_principals() {
-    let (target, role, probe, list) = setup().await;
+    let (target, role, probe, broker) = setup().await;
     let (_, certificate, key) =
-        conformance::certify(&target, &role, &probe, &list, conformance::in_minutes(5)).await;
+        conformance::certify(&target, &role, &probe, &broker, conformance::in_minutes(5)).await;
     let other = SshProbe {
         user: "nobody".into(),
         ..probe
@@ -124,4 +122,5 @@ async fn ssh_certificates_carry_only_the_roles_principals() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("public_key"), "{error}");
+    broker.finish().await;
 }

@@ -1,15 +1,17 @@
 //! The X.509 target through the certificate contract, against a real TLS service (rustls) that
-//! requires a client certificate of a CA of the test's and loads the CRL the broker's code makes.
+//! requires a client certificate of a CA of the test's and loads the CRL the server makes from the
+//! store; the target asks the server's `StoreList` over that store.
 
 use std::sync::{Arc, Mutex};
 
 use mayfly_crypto::x509::X509Ca;
-use mayfly_targets::RoleSpec;
+use mayfly_store::Store;
 use mayfly_targets::x509::X509Target;
+use mayfly_targets::{RoleSpec, TargetKind};
 use mayfly_testkit::tls::{self, ClientAuthService};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::conformance::{self, BoxFuture, CertificateProbe, MemoryList};
+use crate::conformance::{self, BoxFuture, CertificateBroker, CertificateProbe};
 
 struct TlsProbe {
     ca: Arc<X509Ca>,
@@ -29,19 +31,15 @@ impl CertificateProbe for TlsProbe {
         (csr, SecretString::from(key.serialize_pem()))
     }
 
-    fn publish<'a>(&'a self, revoked: &'a [String]) -> BoxFuture<'a, ()> {
+    /// The CRL as `/v1/x509/crl` serves it, loaded by a new service.
+    fn publish<'a>(&'a self, store: &'a dyn Store) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let now = conformance::in_minutes(0).unix_ms();
-            let serials: Vec<Vec<u8>> = revoked
-                .iter()
-                .map(|login| mayfly_crypto::x509::serial_for(login))
-                .collect();
-            let crl = self
-                .ca
-                .crl(now.unsigned_abs(), now / 1000, 3600, &serials)
-                .unwrap();
+            let crl = mayfly_server::ssh::crl(store, &self.ca, conformance::now())
+                .await
+                .map_err(|e| e.to_string())?;
             let service = tls::service(self.ca.certificate_pem(), Some(&crl)).await;
             *self.service.lock().unwrap() = Arc::new(service);
+            Ok(())
         })
     }
 
@@ -57,10 +55,8 @@ impl CertificateProbe for TlsProbe {
     }
 }
 
-async fn setup() -> (X509Target, RoleSpec, TlsProbe, Arc<MemoryList>) {
+async fn setup() -> (X509Target, RoleSpec, TlsProbe, CertificateBroker) {
     let ca = Arc::new(X509Ca::from_pkcs8(&X509Ca::generate_key().unwrap()).unwrap());
-    let list = Arc::new(MemoryList::default());
-    let target = X509Target::new("api", "tls://127.0.0.1:8443", ca.clone(), list.clone()).unwrap();
     let role = RoleSpec {
         name: "client".into(),
         creation_sql: r#"{"common_name": "payments", "uri_sans": ["spiffe://acme/payments"]}"#
@@ -68,27 +64,31 @@ async fn setup() -> (X509Target, RoleSpec, TlsProbe, Arc<MemoryList>) {
         revocation_sql: None,
         max_ttl: std::time::Duration::from_secs(3600),
     };
+    let url = "tls://127.0.0.1:8443";
+    let broker = CertificateBroker::start(TargetKind::X509, "api", url, &role).await;
+    let target = X509Target::new("api", url, ca.clone(), broker.list()).unwrap();
     let service = tls::service(ca.certificate_pem(), None).await;
     let probe = TlsProbe {
         ca,
         service: Mutex::new(Arc::new(service)),
     };
-    (target, role, probe, list)
+    (target, role, probe, broker)
 }
 
 #[tokio::test]
 async fn x509_conformance() {
-    let (target, role, probe, list) = setup().await;
-    conformance::certificate_lifecycle(&target, &role, &probe, &list).await;
-    conformance::certificate_batch(&target, &role, &probe, &list).await;
-    conformance::certificate_unreachable_then_back(&target, &role, &probe, &list).await;
+    let (target, role, probe, broker) = setup().await;
+    conformance::certificate_lifecycle(&target, &role, &probe, &broker).await;
+    conformance::certificate_batch(&target, &role, &probe, &broker).await;
+    conformance::certificate_unreachable_then_back(&target, &role, &probe, &broker).await;
+    broker.finish().await;
 }
 
 /// Without a CSR the target makes the key pair (P-256) and hands its private key back once; a
 /// certificate of another CA is refused by the service.
 #[tokio::test]
 async fn x509_broker_made_keys_and_foreign_cas() {
-    let (target, role, probe, _list) = setup().await;
+    let (target, role, probe, broker) = setup().await;
     let connection = mayfly_targets::Target::issue(
         &target,
         &mayfly_targets::IssuePlan {
@@ -105,14 +105,16 @@ async fn x509_broker_made_keys_and_foreign_cas() {
     let key = connection.private_key.unwrap();
     let certificate = connection.certificate.unwrap();
     probe.present(&certificate, &key).await.unwrap();
-    let (other, _, other_probe, other_list) = setup().await;
+    let (other, _, other_probe, other_broker) = setup().await;
     let (_, foreign, foreign_key) = conformance::certify(
         &other,
         &role,
         &other_probe,
-        &other_list,
+        &other_broker,
         conformance::in_minutes(5),
     )
     .await;
     assert!(probe.present(&foreign, &foreign_key).await.is_err());
+    other_broker.finish().await;
+    broker.finish().await;
 }
