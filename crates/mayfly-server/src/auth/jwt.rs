@@ -3,7 +3,14 @@
 //! issuer's configured public keys or its JWKS (fetched, cached, refetched at most every 30 s on an
 //! unknown `kid`), the algorithm against an allow-list, then `iss`, `aud`, `exp`, `nbf`; the role's
 //! bound claims must match, and one claim names the Workload.
+//!
+//! Each JWKS URL has its own entry in the broker's cache, with its own fetch lock: one fetch per
+//! URL is in flight, logins that need it wait for that one, and a slow issuer holds up no other
+//! issuer's logins. A failed fetch is the answer for 5 s, so an issuer that is down is not asked
+//! again at every login.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_api::{JwtIssuerConfig, JwtLoginRequest, JwtRoleConfig, LoginResponse};
@@ -11,21 +18,82 @@ use mayfly_core::audit::Outcome;
 use mayfly_core::{Principal, Timestamp};
 use mayfly_crypto::jwt::{IssuerKeys, JwtError, JwtRules};
 use mayfly_store::{Change, SessionRecord, Write, WriteOutcome};
+use tokio::sync::Mutex;
 
 use crate::api::error::{ApiError, AuditedError};
 use crate::api::middleware::RequestMeta;
 use crate::state::Broker;
 
+/// Keys older than this are fetched again at the next login that needs them.
 const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// An unknown `kid` fetches the JWKS again at most this often (from the last attempt), so made-up
+/// kids cannot make the broker hammer an issuer.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
+/// How long a failed fetch stands as the answer before the issuer is asked again.
+const JWKS_FAILURE_TTL: Duration = Duration::from_secs(5);
 pub const MAX_ROLE_TTL_SECONDS: u64 = 3600;
 const MAX_JWT_BYTES: usize = 16 * 1024;
+/// All an unauthenticated caller learns when an issuer's keys cannot be had: the URL and the
+/// reason (which may name internal hosts) go to the broker's log only.
+const KEYS_UNAVAILABLE: &str = "the issuer's keys cannot be fetched now; try again later";
 
-pub struct CachedKeys {
-    keys: std::sync::Arc<IssuerKeys>,
-    /// On the broker's clock, not `Instant`: the refetch limit is then a rule of the broker's
-    /// time that a test can step past with its `ManualClock`, not a wait in real time.
-    fetched_at: Timestamp,
+/// What the broker knows of one JWKS URL: its entry in `Inner::jwks_cache`. The map's lock is
+/// held only to find the entry; a fetch holds the entry's own lock.
+#[derive(Default)]
+pub struct CachedKeys(Arc<JwksEntry>);
+
+#[derive(Default)]
+struct JwksEntry {
+    /// Held for a moment at a time, never across a fetch.
+    state: Mutex<JwksState>,
+    /// Held for the whole fetch: one fetch of this URL in flight.
+    fetching: Mutex<()>,
+}
+
+/// Times are on the broker's clock, not `Instant`: the limits are rules of the broker's time that
+/// a test steps past with its `ManualClock`, not waits in real time.
+#[derive(Default)]
+struct JwksState {
+    keys: Option<Arc<IssuerKeys>>,
+    fetched_at: Option<Timestamp>,
+    /// The last fetch, whether or not it worked.
+    attempted_at: Option<Timestamp>,
+    /// The last fetch failed.
+    failed: bool,
+}
+
+enum Cached {
+    Keys(Arc<IssuerKeys>),
+    Unavailable,
+    /// Fetch, and meanwhile these (stale) keys, if any, may serve other logins.
+    Fetch(Option<Arc<IssuerKeys>>),
+}
+
+impl JwksState {
+    /// What the cache answers at `now`; `force` is a login whose `kid` the keys do not know.
+    fn cached(&self, now: Timestamp, force: bool) -> Cached {
+        let within =
+            |at: Option<Timestamp>, limit: Duration| at.is_some_and(|at| at.until(now) < limit);
+        if self.failed && within(self.attempted_at, JWKS_FAILURE_TTL) {
+            // Whatever we had before the failure, or nothing.
+            return match &self.keys {
+                Some(keys) => Cached::Keys(keys.clone()),
+                None => Cached::Unavailable,
+            };
+        }
+        let Some(keys) = &self.keys else {
+            return Cached::Fetch(None);
+        };
+        let fresh = if force {
+            within(self.attempted_at, JWKS_MIN_REFETCH)
+        } else {
+            within(self.fetched_at, JWKS_MAX_AGE)
+        };
+        if fresh {
+            return Cached::Keys(keys.clone());
+        }
+        Cached::Fetch(Some(keys.clone()))
+    }
 }
 
 /// Validates an issuer before it is stored.
@@ -47,14 +115,8 @@ pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), ApiError> {
             ));
         }
         (Some(url), true) => {
-            let ok = url.starts_with("https://")
-                || url.starts_with("http://127.0.0.1")
-                || url.starts_with("http://localhost");
-            if !ok {
-                return Err(ApiError::BadRequest(
-                    "field `jwks_url`: must be https (plain http only on 127.0.0.1 or localhost)"
-                        .into(),
-                ));
+            if let Some(problem) = jwks_url_problem(url) {
+                return Err(ApiError::BadRequest(format!("field `jwks_url`: {problem}")));
             }
         }
         (None, false) => {
@@ -241,44 +303,89 @@ async fn check(
     Ok((role, name.to_owned()))
 }
 
+/// Why a JWKS URL is not one the broker fetches, if it is not: `https://` to any host, or plain
+/// `http://` to a loopback address or `localhost`, without a user name or password. The host is
+/// the parsed one, so neither `http://127.0.0.1.nip.io` nor `http://127.0.0.1@evil.example`
+/// passes for loopback.
+fn jwks_url_problem(text: &str) -> Option<&'static str> {
+    let Ok(url) = reqwest::Url::parse(text) else {
+        return Some("not a URL");
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("must not carry a user name or password");
+    }
+    // The parser has already turned every spelling of an IP address into its plain form
+    // (`http://2130706433/` is `127.0.0.1`) and bracketed IPv6.
+    let loopback = match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host_str().is_some() => None,
+        "http" if loopback => None,
+        _ => Some("must be https (plain http only on a loopback address or localhost)"),
+    }
+}
+
 async fn issuer_keys(
     broker: &Broker,
     issuer: &JwtIssuerConfig,
     force: bool,
-) -> Result<std::sync::Arc<IssuerKeys>, Refusal> {
+) -> Result<Arc<IssuerKeys>, Refusal> {
     let Some(url) = &issuer.jwks_url else {
         let keys =
             pem_keys(issuer).map_err(|e| ApiError::Internal(format!("stored issuer keys: {e}")))?;
-        return Ok(std::sync::Arc::new(keys));
+        return Ok(Arc::new(keys));
     };
-    let mut cache = broker.inner.jwks_cache.lock().await;
-    if let Some(cached) = cache.get(url) {
-        let age = cached.fetched_at.until(broker.now());
-        if age < JWKS_MAX_AGE && (!force || age < JWKS_MIN_REFETCH) {
-            return Ok(cached.keys.clone());
-        }
+    let unavailable = || Refusal::Error(ApiError::Unavailable(KEYS_UNAVAILABLE.into()));
+    // Issuers stored before the URL was parsed for its host are checked again here.
+    if let Some(problem) = jwks_url_problem(url) {
+        tracing::warn!(url = %url, problem, "stored JWKS URL refused");
+        return Err(unavailable());
+    }
+    let entry = {
+        let mut cache = broker.inner.jwks_cache.lock().await;
+        cache.entry(url.clone()).or_default().0.clone()
+    };
+    let stale = match entry.state.lock().await.cached(broker.now(), force) {
+        Cached::Keys(keys) => return Ok(keys),
+        Cached::Unavailable => return Err(unavailable()),
+        Cached::Fetch(stale) => stale,
+    };
+    let _fetching = match (entry.fetching.try_lock(), stale) {
+        (Ok(fetching), _) => fetching,
+        // Another login is refreshing keys we have: they serve this one meanwhile (only a new
+        // `kid` needs the new document).
+        (Err(_), Some(stale)) if !force => return Ok(stale),
+        (Err(_), _) => entry.fetching.lock().await,
+    };
+    // Whoever held the fetch lock before us has just fetched: their outcome is ours too.
+    match entry.state.lock().await.cached(broker.now(), force) {
+        Cached::Keys(keys) => return Ok(keys),
+        Cached::Unavailable => return Err(unavailable()),
+        Cached::Fetch(_) => {}
     }
     let fetched = fetch_jwks(broker, url).await;
+    let now = broker.now();
+    let mut state = entry.state.lock().await;
+    state.attempted_at = Some(now);
     match fetched {
         Ok(keys) => {
-            let keys = std::sync::Arc::new(keys);
-            cache.insert(
-                url.clone(),
-                CachedKeys {
-                    keys: keys.clone(),
-                    fetched_at: broker.now(),
-                },
-            );
+            let keys = Arc::new(keys);
+            state.keys = Some(keys.clone());
+            state.fetched_at = Some(now);
+            state.failed = false;
             Ok(keys)
         }
         Err(reason) => {
             tracing::warn!(url = %url, reason = %reason, "cannot fetch JWKS");
-            match cache.get(url) {
-                Some(cached) => Ok(cached.keys.clone()),
-                None => Err(Refusal::Error(ApiError::Unavailable(format!(
-                    "cannot fetch the issuer's keys: {reason}"
-                )))),
-            }
+            state.failed = true;
+            state.keys.clone().ok_or_else(unavailable)
         }
     }
 }

@@ -1,19 +1,26 @@
 //! Workload login with JWTs: a valid token maps to the bound Workload; `alg: none`, HS256 signed
 //! with the public key, wrong `aud`, wrong `iss`, expired, not yet valid, unknown `kid`, a tampered
 //! payload and an unbound claim are each refused; a rotated JWKS is fetched again, at most every
-//! 30 s of the broker's clock.
+//! 30 s of the broker's clock; a JWKS URL is plain http only to a loopback host; a slow JWKS
+//! holds up no other issuer, and one that fails is asked again only after 5 s and is not named in
+//! the 503.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
 };
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mayfly_core::audit::Outcome;
+use mayfly_store::{Change, Write, WriteOutcome};
 use mayfly_testkit::TestBroker;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 const ISSUER: &str = "https://ci.example.test";
 
@@ -73,30 +80,50 @@ async fn serve_jwks(document: String) -> String {
 }
 
 /// A JWKS endpoint on a loopback port whose document the test can replace (the issuer rotating
-/// its keys), counting the broker's fetches.
+/// its keys) or take away (answers 500), and whose answers it can hold back (a slow issuer),
+/// counting the broker's fetches.
 struct JwksServer {
     url: String,
-    document: Arc<Mutex<String>>,
-    n_fetches: Arc<AtomicUsize>,
+    document: Arc<Mutex<Option<String>>>,
+    /// Fetches that arrived, answered or not.
+    n_fetches: watch::Sender<usize>,
+    released: watch::Sender<bool>,
 }
 
 impl JwksServer {
     async fn start(document: String) -> JwksServer {
+        JwksServer::start_with(Some(document), true).await
+    }
+
+    /// A server that holds every answer until [`JwksServer::release`].
+    async fn start_held(document: String) -> JwksServer {
+        JwksServer::start_with(Some(document), false).await
+    }
+
+    async fn start_with(document: Option<String>, released: bool) -> JwksServer {
         let document = Arc::new(Mutex::new(document));
-        let n_fetches = Arc::new(AtomicUsize::new(0));
+        let n_fetches = watch::Sender::new(0);
+        let (release, held) = watch::channel(released);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (served, counted) = (document.clone(), n_fetches.clone());
         let app = axum::Router::new().route(
             "/.well-known/jwks",
             axum::routing::get(move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let document = served.lock().unwrap().clone();
+                counted.send_modify(|n| *n += 1);
+                let (served, mut held) = (served.clone(), held.clone());
                 async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        document,
-                    )
+                    let _ = held.wait_for(|released| *released).await;
+                    let document = served.lock().unwrap().clone();
+                    match document {
+                        Some(document) => (
+                            StatusCode::OK,
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            document,
+                        )
+                            .into_response(),
+                        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
                 }
             }),
         );
@@ -107,38 +134,64 @@ impl JwksServer {
             url: format!("http://{addr}/.well-known/jwks"),
             document,
             n_fetches,
+            released: release,
         }
     }
 
-    fn serve(&self, document: String) {
+    fn serve(&self, document: Option<String>) {
         *self.document.lock().unwrap() = document;
     }
 
     fn n_fetches(&self) -> usize {
-        self.n_fetches.load(Ordering::SeqCst)
+        *self.n_fetches.borrow()
+    }
+
+    /// Returns once `n` fetches have arrived in all.
+    async fn fetched(&self, n: usize) {
+        let mut count = self.n_fetches.subscribe();
+        let _ = count.wait_for(|count| *count >= n).await;
+    }
+
+    /// Holds the answers to fetches from now on.
+    fn hold(&self) {
+        self.released.send_replace(false);
+    }
+
+    fn release(&self) {
+        self.released.send_replace(true);
     }
 }
 
 async fn configure(broker: &TestBroker, issuer_config: Value) {
+    configure_as(broker, "ci", "deploy", issuer_config).await;
+}
+
+/// Trusts an issuer under `issuer` and binds the JWT role `role` to it.
+async fn configure_as(broker: &TestBroker, issuer: &str, role: &str, issuer_config: Value) {
     let admin = broker.admin_token.clone().unwrap();
     let (status, body) = broker
         .call(
             "PUT",
-            "/v1/auth/jwt/issuers/ci",
+            &format!("/v1/auth/jwt/issuers/{issuer}"),
             Some(&admin),
             Some(issuer_config),
         )
         .await;
     assert_eq!(status, 204, "{body}");
-    let role = json!({
-        "issuer": "ci",
+    let binding = json!({
+        "issuer": issuer,
         "audiences": ["mayfly"],
         "bound_claims": {"repository": "acme/app"},
         "workload_name_claim": "sub",
         "token_ttl_seconds": 600,
     });
     let (status, body) = broker
-        .call("PUT", "/v1/auth/jwt/roles/deploy", Some(&admin), Some(role))
+        .call(
+            "PUT",
+            &format!("/v1/auth/jwt/roles/{role}"),
+            Some(&admin),
+            Some(binding),
+        )
         .await;
     assert_eq!(status, 204, "{body}");
 }
@@ -157,12 +210,16 @@ fn claims(broker: &TestBroker) -> Value {
 }
 
 async fn login(broker: &TestBroker, jwt: &str) -> (u16, Value) {
+    login_as(broker, "deploy", jwt).await
+}
+
+async fn login_as(broker: &TestBroker, role: &str, jwt: &str) -> (u16, Value) {
     broker
         .call(
             "POST",
             "/v1/auth/jwt/login",
             None,
-            Some(json!({"role": "deploy", "jwt": jwt})),
+            Some(json!({"role": role, "jwt": jwt})),
         )
         .await
 }
@@ -388,7 +445,7 @@ async fn rotated_jwks_keys_are_refetched_at_most_every_30_seconds() {
     // The issuer rotates: kid-b replaces kid-a. Within 30 s of the last fetch no unknown kid
     // fetches again, however many arrive: the rotated key is refused for now, and a flood of
     // made-up kids costs the issuer nothing.
-    jwks_server.serve(jwks(&second, "kid-b"));
+    jwks_server.serve(Some(jwks(&second, "kid-b")));
     for n in 0..20 {
         let kid = format!("made-up-{n}");
         let (status, body) = login(&broker, &sign(&second, Some(&kid), &claims(&broker))).await;
@@ -486,6 +543,226 @@ async fn bad_issuer_configs_are_refused_and_only_admins_set_them() {
         )
         .await;
     assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn plain_http_jwks_urls_must_name_a_loopback_host() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    let put = |url: &str| {
+        broker.call(
+            "PUT",
+            "/v1/auth/jwt/issuers/ci",
+            Some(&admin),
+            Some(json!({"issuer": ISSUER, "jwks_url": url})),
+        )
+    };
+    for url in [
+        "http://127.0.0.1.nip.io/jwks",
+        "http://127.0.0.1@evil.example/jwks",
+        "http://127.0.0.1:8080@evil.example/jwks",
+        "http://localhost@evil.example/jwks",
+        "http://localhost.evil.example/jwks",
+        "http://evil.example/jwks",
+        "https://user:secret@issuer.example/jwks",
+        "ftp://127.0.0.1/jwks",
+        "file:///etc/passwd",
+        "127.0.0.1/jwks",
+    ] {
+        let (status, body) = put(url).await;
+        assert_eq!(status, 400, "{url} was accepted: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("`jwks_url`"), "{url}: {message}");
+    }
+    for url in [
+        "https://issuer.example/jwks",
+        "http://127.0.0.1:9/jwks",
+        "http://127.8.9.10/jwks",
+        "http://localhost:9/jwks",
+        "http://[::1]:9/jwks",
+    ] {
+        let (status, body) = put(url).await;
+        assert_eq!(status, 204, "{url} was refused: {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_issuer_stored_with_a_refused_jwks_url_is_not_fetched() {
+    let broker = TestBroker::ready().await;
+    let signer = ed25519();
+    let jwks_server = JwksServer::start(jwks(&signer, "key-1")).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "jwks_url": jwks_server.url}),
+    )
+    .await;
+    // As if stored before the host was parsed: the same server behind a user name, which the API
+    // now refuses.
+    let refused = jwks_server.url.replacen("http://", "http://127.0.0.1@", 1);
+    let outcome = broker
+        .broker
+        .commit(Write {
+            change: Some(Change::PutJwtIssuer {
+                name: "ci".into(),
+                config: json!({"issuer": ISSUER, "jwks_url": refused}),
+            }),
+            event: broker.broker.draft("auth.jwt.issuer.put", Outcome::Ok),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, WriteOutcome::Applied { .. }));
+    let (status, body) = login(&broker, &sign(&signer, Some("key-1"), &claims(&broker))).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(jwks_server.n_fetches(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_jwks_holds_up_no_other_issuers_logins() {
+    let broker = TestBroker::ready().await;
+    let slow_signer = ed25519();
+    let other_signer = ed25519();
+    let slow = JwksServer::start_held(jwks(&slow_signer, "slow-1")).await;
+    let other = JwksServer::start(jwks(&other_signer, "other-1")).await;
+    configure_as(
+        &broker,
+        "slow",
+        "slow-role",
+        json!({"issuer": ISSUER, "jwks_url": slow.url}),
+    )
+    .await;
+    configure_as(
+        &broker,
+        "other",
+        "other-role",
+        json!({"issuer": ISSUER, "jwks_url": other.url}),
+    )
+    .await;
+    let slow_token = sign(&slow_signer, Some("slow-1"), &claims(&broker));
+    let other_token = sign(&other_signer, Some("other-1"), &claims(&broker));
+
+    // Two logins through the slow issuer: its JWKS server holds the fetch until released.
+    let slow_logins = async {
+        tokio::join!(
+            login_as(&broker, "slow-role", &slow_token),
+            login_as(&broker, "slow-role", &slow_token),
+        )
+    };
+    tokio::pin!(slow_logins);
+    tokio::select! {
+        biased;
+        answers = &mut slow_logins => panic!("answered before the JWKS was fetched: {answers:?}"),
+        () = slow.fetched(1) => {}
+    }
+    // While that fetch is held, another issuer's login completes. Were it queued behind the slow
+    // fetch, the slow logins would end first (when the fetch ends, answered or timed out).
+    let (status, body) = tokio::select! {
+        biased;
+        answers = &mut slow_logins => {
+            panic!("the slow issuer's logins ended before the other issuer's login: {answers:?}")
+        }
+        answer = login_as(&broker, "other-role", &other_token) => answer,
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(other.n_fetches(), 1);
+
+    slow.release();
+    let ((first, first_body), (second, second_body)) = slow_logins.await;
+    assert_eq!((first, second), (200, 200), "{first_body} {second_body}");
+    // Both slow logins were served by one fetch in flight.
+    assert_eq!(slow.n_fetches(), 1);
+}
+
+#[tokio::test]
+async fn stale_jwks_keys_serve_logins_while_one_login_refreshes_them() {
+    let broker = TestBroker::ready().await;
+    let signer = ed25519();
+    let jwks_server = JwksServer::start(jwks(&signer, "key-1")).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "jwks_url": jwks_server.url}),
+    )
+    .await;
+    let (status, body) = login(&broker, &sign(&signer, Some("key-1"), &claims(&broker))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Five minutes on, the keys are stale: the next login fetches them again, held here.
+    jwks_server.hold();
+    broker.clock.advance(Duration::from_secs(301));
+    let token = sign(&signer, Some("key-1"), &claims(&broker));
+    let refreshing = login(&broker, &token);
+    tokio::pin!(refreshing);
+    tokio::select! {
+        biased;
+        answer = &mut refreshing => panic!("answered before the JWKS was fetched: {answer:?}"),
+        () = jwks_server.fetched(2) => {}
+    }
+    // Meanwhile a login with a known kid is served by the stale keys, not queued behind it.
+    let (status, body) = tokio::select! {
+        biased;
+        answer = &mut refreshing => panic!("the refreshing login ended first: {answer:?}"),
+        answer = login(&broker, &token) => answer,
+    };
+    assert_eq!(status, 200, "{body}");
+    jwks_server.release();
+    let (status, body) = refreshing.await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(jwks_server.n_fetches(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_answers_503_without_naming_it() {
+    let broker = TestBroker::ready().await;
+    let signer = ed25519();
+    // A loopback port with nothing listening on it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{addr}/.well-known/jwks");
+    configure(&broker, json!({"issuer": ISSUER, "jwks_url": url})).await;
+    let (status, body) = login(&broker, &sign(&signer, Some("key-1"), &claims(&broker))).await;
+    assert_eq!(status, 503, "{body}");
+    let text = body.to_string();
+    for leak in [
+        url.as_str(),
+        &addr.to_string(),
+        "127.0.0.1",
+        "jwks",
+        "connect",
+    ] {
+        assert!(!text.contains(leak), "the 503 names `{leak}`: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_jwks_fetch_is_the_answer_for_5_seconds() {
+    let broker = TestBroker::ready().await;
+    let signer = ed25519();
+    let jwks_server = JwksServer::start_with(None, true).await;
+    configure(
+        &broker,
+        json!({"issuer": ISSUER, "jwks_url": jwks_server.url}),
+    )
+    .await;
+    for _ in 0..5 {
+        let (status, body) = login(&broker, &sign(&signer, Some("key-1"), &claims(&broker))).await;
+        assert_eq!(status, 503, "{body}");
+    }
+    assert_eq!(
+        jwks_server.n_fetches(),
+        1,
+        "the failing JWKS was asked again within 5 s"
+    );
+
+    // The issuer is back; 5 s after the failure the broker asks again, once.
+    jwks_server.serve(Some(jwks(&signer, "key-1")));
+    broker.clock.advance(Duration::from_secs(4));
+    let (status, body) = login(&broker, &sign(&signer, Some("key-1"), &claims(&broker))).await;
+    assert_eq!(status, 503, "{body}");
+    broker.clock.advance(Duration::from_secs(1));
+    let (status, body) = login(&broker, &sign(&signer, Some("key-1"), &claims(&broker))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(jwks_server.n_fetches(), 2);
 }
 
 /// A P-256 key pair: its PKCS#8 document and its public key as a SubjectPublicKeyInfo.
