@@ -294,6 +294,10 @@ fn undecided(
 }
 
 /// A new grant of `request` for `caller`, in `state`, looked at next at `next_attempt_at`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one field of the new grant; a struct to carry them would only repeat GrantRecord"
+)]
 fn new_grant(
     id: &uuid::Uuid,
     login: &LoginName,

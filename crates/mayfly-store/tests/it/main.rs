@@ -10,13 +10,6 @@
 )]
 
 mod access;
-#[allow(
-    dead_code,
-    reason = "`ThrowawayDb::dump_all_tables` served the story's `secrets_are_not_in_clear`, which \
-              sealed the secret itself and so proved nothing about the broker (mayfly-server's \
-              tests/it/secrets_at_rest.rs searches the raw database behind a real broker now): \
-              delete it and this attribute"
-)]
 mod postgres;
 mod sqlite;
 mod story;

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL database per test, on the server at `MAYFLY_TEST_POSTGRES`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 
 pub struct ThrowawayDb {
     pub url: String,
@@ -33,40 +33,6 @@ impl ThrowawayDb {
             name,
             dropped: false,
         }
-    }
-
-    /// Every row of every table of ours, as text, to search for plaintext.
-    pub async fn dump_all_tables(&self) -> Vec<u8> {
-        let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
-        let tables = sqlx::query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-            .fetch_all(&mut connection)
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        for table in tables {
-            let table: String = table.get(0);
-            // Rows as text (bytea as hex) and bytea columns decoded as raw bytes too.
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT t::text FROM {table} t"
-            )))
-            .fetch_all(&mut connection)
-            .await
-            .unwrap();
-            for row in rows {
-                let text: String = row.get(0);
-                out.extend(text.as_bytes());
-                out.push(b'\n');
-            }
-        }
-        let blobs = sqlx::query("SELECT blob FROM secrets")
-            .fetch_all(&mut connection)
-            .await
-            .unwrap();
-        for blob in blobs {
-            let bytes: Vec<u8> = blob.get(0);
-            out.extend(bytes);
-        }
-        out
     }
 
     pub async fn drop_db(mut self) {
