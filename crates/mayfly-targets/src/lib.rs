@@ -360,6 +360,12 @@ pub trait Target: Send + Sync + fmt::Debug {
     ) -> Result<RevocationProof, TargetError>;
     /// The logins with the broker's prefix that exist on the target (for the sweep of orphans).
     async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError>;
+    /// Checks, when the target is added, that the account the broker administers it with may do
+    /// everything `issue` and `revoke` need; `Refused` names what it lacks. The default (targets
+    /// without an admin account: certificates) accepts.
+    async fn check_admin(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -326,6 +326,68 @@ impl Target for MysqlTarget {
         }
         Ok(logins)
     }
+
+    /// Reads the admin's global privileges from `SHOW GRANTS` (its own and its current role's):
+    /// `CREATE USER` (create, lock and drop accounts), `PROCESS` (see every connection),
+    /// `CONNECTION ADMIN` or `SUPER` (kill them), `GRANT OPTION` somewhere (a role's `GRANT`
+    /// needs it on what it grants), and tries the read of `mysql.user` that finds accounts.
+    async fn check_admin(&self) -> Result<(), TargetError> {
+        let account: String = sqlx::query_scalar("SELECT CURRENT_USER()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let rows = sqlx::query("SHOW GRANTS")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut global = std::collections::HashSet::new();
+        let mut grant_option = false;
+        for row in rows {
+            let line: String = row.try_get(0).map_err(|e| self.unavailable(e))?;
+            grant_option |= line.contains(" WITH GRANT OPTION");
+            // `GRANT PROCESS, CREATE USER ON *.* TO `admin`@`%` …`: the global privileges.
+            let global_privileges = line
+                .strip_prefix("GRANT ")
+                .and_then(|rest| rest.split_once(" ON *.* TO "));
+            if let Some((privileges, _)) = global_privileges {
+                global.extend(privileges.split(", ").map(str::to_owned));
+            }
+        }
+        let has = |privilege: &str| global.contains("ALL PRIVILEGES") || global.contains(privilege);
+        let mut missing = Vec::new();
+        if !has("CREATE USER") {
+            missing.push("CREATE USER (to create, lock and drop the grants' accounts)");
+        }
+        if !has("PROCESS") {
+            missing.push("PROCESS (to see every connection)");
+        }
+        if !has("CONNECTION ADMIN") && !has("SUPER") {
+            missing.push("CONNECTION ADMIN or SUPER (to kill other accounts' connections)");
+        }
+        match sqlx::query("SELECT 1 FROM mysql.user LIMIT 0")
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(_)) => {
+                missing.push("SELECT on mysql.user (to find the grants' accounts)");
+            }
+            Err(error) => return Err(self.unavailable(error)),
+        }
+        if !grant_option {
+            missing.push("GRANT OPTION (on what the roles grant)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(TargetError::Refused {
+            target: self.name.clone(),
+            reason: format!(
+                "the admin account `{account}` lacks {} (docs/targets/mysql.md, minimal admin)",
+                missing.join(", ")
+            ),
+        })
+    }
 }
 
 #[cfg(test)]

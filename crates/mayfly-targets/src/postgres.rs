@@ -1,7 +1,8 @@
 //! PostgreSQL (13 and later). A grant is a role with `LOGIN`, a password and `VALID UNTIL` set to
 //! the grant's expiry (the second fence), created by the role's SQL. Revocation first forbids new
-//! logins (`NOLOGIN`), then terminates every backend of the role (`pg_terminate_backend`), then
-//! `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE`. `{{password}}` renders as the password's
+//! logins (`NOLOGIN`) and makes the admin a member of the role (so that an admin with `CREATEROLE`
+//! only, no superuser, may end its sessions and take what it owns), then terminates every backend
+//! of the role (`pg_terminate_backend`), then `REASSIGN OWNED` / `DROP OWNED` / `DROP ROLE`. `{{password}}` renders as the password's
 //! SCRAM-SHA-256 verifier: the clear password never reaches the target. Verification checks
 //! `pg_roles` and `pg_stat_activity` and tries to log in with the issued password.
 //!
@@ -206,6 +207,17 @@ impl PostgresTarget {
             .iter()
             .filter(|(login, _)| existing.contains(login.as_str()))
             .collect();
+        let list = present
+            .iter()
+            .map(|(login, _)| quote_ident(login.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The admin becomes a member of the roles it revokes, in the same committed step as the
+        // NOLOGIN: a non-superuser may end only the backends of roles it has the privileges of
+        // (or with pg_signal_backend), and `REASSIGN OWNED` / `DROP OWNED` need them too. A
+        // CREATEROLE admin may grant itself a role it created (PostgreSQL 15 gives it no
+        // membership by itself, 16 only ADMIN OPTION). Already a member: a notice, nothing more;
+        // a role made before this step existed gets its membership on its first revocation.
         let mut nologin = String::from("BEGIN;");
         for (login, _) in &present {
             nologin.push_str(&format!(
@@ -213,7 +225,7 @@ impl PostgresTarget {
                 quote_ident(login.as_str())
             ));
         }
-        nologin.push_str(" COMMIT;");
+        nologin.push_str(&format!(" GRANT {list} TO CURRENT_USER; COMMIT;"));
         self.step(nologin).await?;
         self.terminate_oids(&oids).await.map_err(Step::Failed)?;
         let mut drop = String::from("BEGIN;");
@@ -224,11 +236,6 @@ impl PostgresTarget {
                 drop.push(';');
             }
         }
-        let list = present
-            .iter()
-            .map(|(login, _)| quote_ident(login.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
         drop.push_str(&format!(
             " REASSIGN OWNED BY {list} TO CURRENT_USER; DROP OWNED BY {list}; DROP ROLE IF EXISTS {list}; COMMIT;"
         ));
@@ -399,6 +406,52 @@ impl Target for PostgresTarget {
             .await?,
         );
         Ok(RevocationProof { checks })
+    }
+
+    /// The admin logs in, and is a superuser or has CREATEROLE (to create, alter and drop the
+    /// grants' roles) and INHERIT (the privileges of a role it revokes, whose member it makes
+    /// itself: without them it may neither end the role's sessions nor reassign what it owns).
+    /// pg_signal_backend is not needed: membership is enough to end a role's backends.
+    async fn check_admin(&self) -> Result<(), TargetError> {
+        let (name, superuser, createrole, inherit): (String, bool, bool, bool) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        if superuser {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if !createrole {
+            missing.push(("CREATEROLE", "to create, alter and drop the grants' roles"));
+        }
+        if !inherit {
+            missing.push((
+                "INHERIT",
+                "to use the privileges of a role it revokes: end its sessions, reassign what it owns",
+            ));
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let what = missing
+            .iter()
+            .map(|(attribute, why)| format!("{attribute} ({why})"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let attributes = missing
+            .iter()
+            .map(|(attribute, _)| *attribute)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Err(TargetError::Refused {
+            target: self.name.clone(),
+            reason: format!(
+                "the admin role `{name}` lacks {what}: run `ALTER ROLE {} {attributes}`, or use a superuser",
+                quote_ident(&name),
+            ),
+        })
     }
 
     async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError> {

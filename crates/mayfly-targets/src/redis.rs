@@ -361,6 +361,56 @@ impl Target for RedisTarget {
             .filter_map(|u| LoginName::parse(u).ok())
             .collect())
     }
+
+    /// Sends every command `issue`, `revoke` and the proof need, each in a form that changes
+    /// nothing (a user name with a space, which Redis refuses before creating anything and which
+    /// no user can have), in one pipelined round trip: Redis checks the ACL before it looks at
+    /// the arguments, so `NOPERM` means the admin user may not run it, any other answer that it
+    /// may.
+    async fn check_admin(&self) -> Result<(), TargetError> {
+        const NOBODY: &[u8] = b"mayfly check";
+        let checks: [(&str, &str, &[&[u8]]); 6] = [
+            ("ACL SETUSER", "acl|setuser", &[b"ACL", b"SETUSER", NOBODY]),
+            ("ACL DELUSER", "acl|deluser", &[b"ACL", b"DELUSER", NOBODY]),
+            ("ACL USERS", "acl|users", &[b"ACL", b"USERS"]),
+            ("ACL GETUSER", "acl|getuser", &[b"ACL", b"GETUSER", NOBODY]),
+            (
+                "CLIENT KILL",
+                "client|kill",
+                &[b"CLIENT", b"KILL", b"USER", NOBODY],
+            ),
+            (
+                "CLIENT LIST",
+                "client|list",
+                &[b"CLIENT", b"LIST", b"ID", b"0"],
+            ),
+        ];
+        let commands: Vec<&[&[u8]]> = checks.iter().map(|(_, _, command)| *command).collect();
+        let replies = self.run(&commands).await?;
+        if replies.len() != checks.len() {
+            return Err(self.error(RespError::Protocol("a reply is missing".into())));
+        }
+        let mut missing = Vec::new();
+        let mut rules = Vec::new();
+        for ((command, rule, _), reply) in checks.iter().zip(&replies) {
+            if matches!(reply, Reply::Error(message) if message.starts_with("NOPERM")) {
+                missing.push(*command);
+                rules.push(format!("+{rule}"));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let user = self.admin_user.as_deref().unwrap_or("default");
+        Err(TargetError::Refused {
+            target: self.name.clone(),
+            reason: format!(
+                "the admin user `{user}` may not run {}: allow with `ACL SETUSER {user} {}`",
+                missing.join(", "),
+                rules.join(" ")
+            ),
+        })
+    }
 }
 
 #[cfg(test)]

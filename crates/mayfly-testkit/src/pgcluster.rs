@@ -170,7 +170,45 @@ impl PgCluster {
 
     /// The admin URL without the password (the broker keeps that in its barrier).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        self.url_as("postgres", database)
+    }
+
+    /// The URL of another role, without its password.
+    pub fn url_as(&self, user: &str, database: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A connection to `database` as the superuser `postgres`.
+    pub async fn connect(&self, database: &str) -> sqlx::PgConnection {
+        use sqlx::ConnectOptions;
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .database(database)
+            .username("postgres")
+            .password(&self.admin_password)
+            .disable_statement_logging();
+        options.connect().await.unwrap()
+    }
+
+    /// Creates the login role `name` with `attributes` (`CREATEROLE`, `NOINHERIT`…) and a fresh
+    /// password, which it returns: an admin that is not a superuser. `name` is a plain
+    /// identifier (the tests make it).
+    pub async fn create_login(&self, name: &str, attributes: &str) -> String {
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{name:?}"
+        );
+        let password = format!("pw-{}", uuid::Uuid::now_v7().simple());
+        let mut superuser = self.connect("postgres").await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {name} WITH LOGIN PASSWORD '{password}' {attributes}"
+        )))
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+        password
     }
 
     pub fn dir(&self) -> &Path {

@@ -97,7 +97,11 @@ pub async fn add_target(
     } else if record.kind == "x509" {
         broker.build_x509_target(&record.name, &record.url).await?;
     } else {
-        build_target(&record, Some(&password))?;
+        // The admin account may do what issuing and revoking need, or nothing is saved.
+        build_target(&record, Some(&password))?
+            .check_admin()
+            .await
+            .map_err(|e| target_refusal("admin_user", e))?;
     }
     let path = target_secret_path(&record.name);
     let blob = keys
@@ -671,5 +675,20 @@ pub async fn review_grant(
     {
         WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
         WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+    }
+}
+
+/// A target's answer to a check made before anything is saved: its refusal is the caller's to fix
+/// (400, naming `field`); an unreachable target is 503, and nothing was saved either.
+fn target_refusal(field: &str, error: mayfly_targets::TargetError) -> ApiError {
+    use mayfly_targets::TargetError;
+    match error {
+        TargetError::Refused { reason, .. } => {
+            ApiError::BadRequest(format!("field `{field}`: {reason}"))
+        }
+        TargetError::Unavailable { target, source } => ApiError::Unavailable(format!(
+            "target `{target}` is unreachable ({source}): nothing was saved"
+        )),
+        other => ApiError::BadRequest(format!("field `{field}`: {other}")),
     }
 }

@@ -17,5 +17,6 @@ mod login;
 mod seal;
 mod secrets_at_rest;
 mod ssh;
+mod targets_admin;
 mod tls;
 mod x509;

@@ -10,6 +10,7 @@
 )]
 
 mod conformance;
+mod least_privilege;
 mod mysql;
 mod postgres;
 mod redis;

@@ -21,8 +21,9 @@ fn role() -> RoleSpec {
     }
 }
 
-struct PgProbe {
-    port: u16,
+/// Logs in to the cluster on `port` as the grant's role (also used by `least_privilege`).
+pub(crate) struct PgProbe {
+    pub port: u16,
 }
 
 impl Probe for PgProbe {
