@@ -73,11 +73,16 @@ async fn redis_unreachable_then_back() {
 }
 
 /// The role's rules are what the user gets, and nothing more: a key outside the pattern and a
-/// write are refused by Redis itself. The password is stored only as its SHA-256.
+/// write are refused by Redis itself. The password is stored only as its SHA-256, and only that
+/// SHA-256 went over the wire: the target talks to Redis through a recording gate, whose log holds
+/// every byte the target sent.
 #[tokio::test]
 async fn the_user_gets_exactly_the_roles_rules() {
-    let target = RedisTarget::new("cache", URL, None).unwrap();
+    let gate = mayfly_testkit::gate::Gate::start_recording("127.0.0.1:6379".parse().unwrap()).await;
+    let target =
+        RedisTarget::new("cache", &format!("redis://127.0.0.1:{}", gate.port), None).unwrap();
     let (login, secret) = conformance::issue_fresh(&target, &role()).await;
+    // The probe logs in straight to Redis, not through the gate: its AUTH carries the secret.
     let mut session = RedisProbe.login(&login, &secret).await.unwrap();
     assert!(matches!(
         session.call(&[b"GET", b"mayfly-it:a"]).await.unwrap(),
@@ -95,17 +100,64 @@ async fn the_user_gets_exactly_the_roles_rules() {
             "{reply:?}"
         );
     }
+
+    let hash = sha256_hex(secret.expose_secret());
     let mut admin = Resp::connect("127.0.0.1", 6379).await.unwrap();
-    let rules = admin
+    let user = admin
         .call(&[b"ACL", b"GETUSER", login.as_str().as_bytes()])
         .await
         .unwrap();
-    let text = format!("{rules:?}");
+    let user = getuser_fields(&user);
+    assert_eq!(
+        user["passwords"].strings(),
+        std::slice::from_ref(&hash),
+        "Redis must hold exactly the password's SHA-256"
+    );
+    assert!(user["flags"].strings().contains(&"on".to_owned()));
+    assert_eq!(
+        user["commands"].text().as_deref(),
+        Some("-@all +@read +ping")
+    );
+
+    let sent = gate.sent();
+    let sent_hash = format!("#{hash}");
     assert!(
-        !text.contains(secret.expose_secret()),
-        "the clear password is on the server"
+        sent.iter()
+            .any(|bytes| contains(bytes, sent_hash.as_bytes())),
+        "the target's ACL SETUSER with #<sha256> did not go through the gate"
+    );
+    assert!(
+        !sent
+            .iter()
+            .any(|bytes| contains(bytes, secret.expose_secret().as_bytes())),
+        "the clear password went over the wire to Redis"
     );
     target.revoke(&login, None).await.unwrap();
+}
+
+/// The password's SHA-256 in lowercase hex, as `ACL GETUSER` shows it.
+fn sha256_hex(secret: &str) -> String {
+    mayfly_crypto::sha256(secret.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// `ACL GETUSER`'s reply, a flat list of name and value, by name.
+fn getuser_fields(reply: &Reply) -> std::collections::HashMap<String, Reply> {
+    let Reply::Array(Some(items)) = reply else {
+        panic!("ACL GETUSER found no user: {reply:?}");
+    };
+    items
+        .chunks(2)
+        .map(|pair| (pair[0].text().unwrap(), pair[1].clone()))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 /// Rules that would change the user's state, password or add users are refused before anything
