@@ -180,6 +180,10 @@ async fn the_clear_password_never_reaches_mariadb() {
     target.revoke(&login, None).await.unwrap();
 }
 
+/// A role's SQL is exactly `GRANT <privileges> ON <object> TO {{name}}` statements (issue 17,
+/// point 10): everything else is refused when the role is added, whatever its spelling — a
+/// statement hidden behind a comment, another grantee, an option that hands on privileges, a
+/// placeholder other than `{{name}}`.
 #[tokio::test]
 async fn hostile_roles_are_refused() {
     let target = MysqlTarget::new("maria", URL, None).unwrap();
@@ -189,6 +193,61 @@ async fn hostile_roles_are_refused() {
         "GRANT SELECT ON a.* TO {{name}} IDENTIFIED BY 'known'",
         "GRANT SELECT ON a.* TO {{name}}; SET PASSWORD FOR {{name}} = {{password}}",
         "GRANT SELECT ON a.* TO {{name}} -- {{expiration}}",
+        // Statements the old substring check let through.
+        "CREATE/**/USER {{name}}",
+        "GRANT SELECT ON a.* TO {{name}}; CREATE/**/USER 'evil'@'%'",
+        "GRANT SELECT ON a.* TO {{name}}; CREATE\tUSER 'evil'@'%'",
+        "GRANT SELECT ON a.* TO {{name}}; CREATE\nUSER 'evil'@'%'",
+        "GRANT SELECT ON a.* TO {{name}}; DROP USER 'root'@'localhost'",
+        "GRANT SELECT ON a.* TO {{name}}; GRANT ALL ON *.* TO 'root'@'%'",
+        "GRANT SELECT ON a.* TO {{name}}; SET PASSWORD FOR 'root'@'%' = PASSWORD('x')",
+        "GRANT SELECT ON a.* TO {{name}}; INSTALL SONAME 'auth_ed25519'",
+        // Another grantee, or the grantee not as the broker names it.
+        "GRANT SELECT ON a.* TO {{name}}, other",
+        "GRANT SELECT ON a.* TO {{name}}, 'other'@'%'",
+        "GRANT SELECT ON a.* TO other, {{name}}",
+        "GRANT SELECT ON a.* TO {{name}}, {{name}}",
+        "GRANT SELECT ON a.* TO CURRENT_USER",
+        "GRANT SELECT ON a.* TO `{{name}}`",
+        "GRANT SELECT ON a.* TO PUBLIC",
+        // Comments, of every kind MariaDB reads (executable ones included).
+        "GRANT SELECT ON a.* TO {{name}} /* x */",
+        "/*!GRANT ALL ON *.* TO 'root'@'%' */ GRANT SELECT ON a.* TO {{name}}",
+        "/*M!100000 CREATE USER evil */ GRANT SELECT ON a.* TO {{name}}",
+        "GRANT SELECT ON a.* TO {{name}} # x",
+        "GRANT SELECT ON a.* TO {{name}} -- x",
+        "GRANT SELECT ON a.* TO {{name}}--x",
+        // Options that hand privileges on, set credentials or change the account.
+        "GRANT SELECT ON a.* TO {{name}} WITH GRANT OPTION",
+        "GRANT GRANT OPTION ON a.* TO {{name}}",
+        "GRANT SELECT, GRANT OPTION ON a.* TO {{name}}",
+        "GRANT reader TO {{name}} WITH ADMIN OPTION",
+        "GRANT reader TO {{name}}",
+        "GRANT PROXY ON root TO {{name}}",
+        "GRANT SELECT ON a.* TO {{name}} IDENTIFIED VIA unix_socket",
+        "GRANT SELECT ON a.* TO {{name}} REQUIRE NONE",
+        "GRANT SELECT ON a.* TO {{name}} WITH MAX_USER_CONNECTIONS 0",
+        // Other placeholders, strings, odd characters.
+        "GRANT SELECT ON a.* TO {{name}} {{password}}",
+        "GRANT SELECT ON `{{expiration}}`.* TO {{name}}",
+        "GRANT SELECT ON a.* TO {{ name }}",
+        "GRANT SELECT ON a.* TO {{NAME}}",
+        "GRANT SELECT ON 'a'.* TO {{name}}",
+        "GRANT SELECT ON \"a\".* TO {{name}}",
+        "GRANT SELECT ON a.* TO {{name}}\\; CREATE USER evil",
+        "GRANT SELECT ON a.* TO {{name}}\u{a0}",
+        "GRANT SELECT ON a.* TO {{name}}\u{0}",
+        "GRANT SELECT ON a.* TO {{name}}; GRANT SELECT ON `unterminated.* TO {{name}}",
+        // Not a whole GRANT.
+        "",
+        " ; ",
+        "GRANT SELECT ON a.* TO",
+        "GRANT SELECT TO {{name}}",
+        "GRANT ON a.* TO {{name}}",
+        "GRANT SELECT ON TO {{name}}",
+        "GRANT SELECT ON a.*.* TO {{name}}",
+        "GRANT FROBNICATE ON a.* TO {{name}}",
+        "REVOKE SELECT ON a.* FROM {{name}}",
     ] {
         let role = RoleSpec {
             creation_sql: sql.into(),
@@ -199,8 +258,215 @@ async fn hostile_roles_are_refused() {
                 target.check_role(&role),
                 Err(TargetError::InvalidRole { .. })
             ),
-            "{sql}"
+            "accepted: {sql:?}"
         );
     }
-    target.check_role(&role()).unwrap();
+    // The revocation SQL is held to the same shape: `REVOKE … ON … FROM {{name}}` only.
+    for sql in [
+        "REVOKE SELECT ON a.* FROM {{name}}; CREATE/**/USER 'evil'@'%'",
+        "REVOKE SELECT ON a.* FROM {{name}}, other",
+        "GRANT SELECT ON a.* TO {{name}}",
+        "DROP USER 'root'@'localhost'",
+    ] {
+        let role = RoleSpec {
+            revocation_sql: Some(sql.into()),
+            ..role()
+        };
+        assert!(
+            matches!(
+                target.check_role(&role),
+                Err(TargetError::InvalidRole { .. })
+            ),
+            "accepted as revocation SQL: {sql:?}"
+        );
+    }
+    for sql in [
+        "GRANT SELECT ON mayfly_it.* TO {{name}};",
+        "grant select, insert, update (a, b) on `app`.`orders` to {{name}}",
+        "GRANT SELECT ON *.* TO {{name}}",
+        "GRANT SELECT ON * TO {{name}}",
+        "GRANT ALL PRIVILEGES ON app.* TO {{name}}",
+        "GRANT EXECUTE ON PROCEDURE app.refresh TO {{name}};\r\nGRANT SELECT ON TABLE app.t TO {{name}};",
+        "GRANT CREATE TEMPORARY TABLES, LOCK TABLES, SHOW VIEW ON app.* TO {{name}}",
+        "GRANT SELECT ON `we;ird``name`.* TO {{name}};;",
+        "\tGRANT\nSELECT\nON app.*\nTO\n{{name}}\n",
+    ] {
+        let role = RoleSpec {
+            creation_sql: sql.into(),
+            revocation_sql: Some("REVOKE SELECT ON app.* FROM {{name}};".into()),
+            ..role()
+        };
+        if let Err(error) = target.check_role(&role) {
+            panic!("refused {sql:?}: {error}");
+        }
+    }
+}
+
+/// Roles that slip a statement past a substring check (issue 17, point 10), issued on the real
+/// server. With the old check `CREATE/**/USER` passed, and issuing made a passwordless account
+/// outside the broker's names that no revocation or sweep would ever drop; `TO {{name}}, other`
+/// gave another account privileges that outlive the grant. Now such a role is refused when it is
+/// added, and again at issue and revocation (a role stored before the fix may still be in the
+/// store), and none of it reaches MariaDB.
+#[tokio::test]
+async fn smuggled_statements_never_reach_mariadb() {
+    let mut admin = admin().await;
+    let target = MysqlTarget::new("maria", URL, None).unwrap();
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let smuggled = format!("mayfly_smuggled_{tag}");
+    let victim = format!("mayfly_victim_{tag}");
+    let smuggled_at_revoke = format!("mayfly_smuggled_r_{tag}");
+    // An account that exists already, without privileges (and locked: nobody logs in as it).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE USER '{victim}'@'%' ACCOUNT LOCK"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let create = RoleSpec {
+        creation_sql: format!(
+            "GRANT SELECT ON mayfly_it.* TO {{{{name}}}}; CREATE/**/USER '{smuggled}'@'%'"
+        ),
+        ..role()
+    };
+    let other = RoleSpec {
+        creation_sql: format!("GRANT SELECT ON mayfly_it.* TO {{{{name}}}}, '{victim}'@'%'"),
+        ..role()
+    };
+    let mut outcomes = Vec::new();
+    for role in [&create, &other] {
+        let login = conformance::new_login();
+        let secret = conformance::new_secret();
+        let checked = target.check_role(role);
+        let issued = target
+            .issue(&mayfly_targets::IssuePlan {
+                login: &login,
+                secret: &secret,
+                role,
+                expires_at: conformance::in_minutes(15),
+                public_key: None,
+                issued_at: conformance::in_minutes(0),
+            })
+            .await;
+        target.revoke(&login, None).await.unwrap();
+        outcomes.push((role.creation_sql.clone(), checked, issued));
+    }
+    // A revocation SQL smuggling the same, from a role stored before the check: the grant is
+    // revoked all the same, and the script is not run.
+    let at_revoke = RoleSpec {
+        revocation_sql: Some(format!(
+            "REVOKE SELECT ON mayfly_it.* FROM {{{{name}}}}; CREATE/**/USER '{smuggled_at_revoke}'@'%'"
+        )),
+        ..role()
+    };
+    let (login, secret) = conformance::issue_fresh(&target, &role()).await;
+    let revoked = target.revoke(&login, Some(&at_revoke)).await;
+    let proof = target.verify_revoked(&login, &secret).await;
+
+    // What reached the server, looked at after revocation: the smuggled account, and whether it
+    // lets anyone in without a password; the other account's grants.
+    let smuggled_exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE User = ?")
+        .bind(&smuggled)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let smuggled_at_revoke_exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM mysql.user WHERE User = ?")
+            .bind(&smuggled_at_revoke)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    let passwordless = sqlx::MySqlConnection::connect_with(
+        &sqlx::mysql::MySqlConnectOptions::new()
+            .host("127.0.0.1")
+            .port(3306)
+            .username(&smuggled)
+            .log_statements(tracing::log::LevelFilter::Off),
+    )
+    .await
+    .is_ok();
+    let victim_grants: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SHOW GRANTS FOR '{victim}'@'%'"
+    )))
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP USER IF EXISTS '{smuggled}'@'%', '{smuggled_at_revoke}'@'%', '{victim}'@'%'"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    revoked.unwrap();
+    proof.unwrap();
+    assert_eq!(
+        smuggled_at_revoke_exists, 0,
+        "the revocation SQL's smuggled CREATE USER ran: `{smuggled_at_revoke}`@`%` exists"
+    );
+    assert_eq!(
+        smuggled_exists, 0,
+        "the smuggled CREATE USER ran: `{smuggled}`@`%` survived revocation \
+         (passwordless login works: {passwordless})"
+    );
+    assert!(
+        !victim_grants
+            .iter()
+            .any(|grant| grant.contains("mayfly_it")),
+        "another account was granted privileges: {victim_grants:?}"
+    );
+    for (sql, checked, issued) in outcomes {
+        assert!(
+            matches!(checked, Err(TargetError::InvalidRole { .. })),
+            "check_role accepted {sql:?}"
+        );
+        assert!(
+            matches!(issued, Err(TargetError::InvalidRole { .. })),
+            "issue ran {sql:?}: {issued:?}"
+        );
+    }
+}
+
+/// The shapes the check accepts are SQL MariaDB runs: several statements, a column list, quoted
+/// names, an object kind, a `;` inside a quoted name, and the revocation SQL.
+#[tokio::test]
+async fn accepted_roles_run_on_mariadb() {
+    let mut admin = admin().await;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS mayfly_it.`shapes;1` (a INT, b INT);\n\
+         CREATE TABLE IF NOT EXISTS mayfly_it.shapes (a INT, b INT)",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let target = MysqlTarget::new("maria", URL, None).unwrap();
+    let role = RoleSpec {
+        creation_sql: "grant select, insert (a) on `mayfly_it`.`shapes;1` to {{name}};\r\n\
+                       GRANT SELECT ON TABLE mayfly_it.shapes TO {{name}};\n\
+                       GRANT SHOW VIEW ON mayfly_it.* TO {{name}};"
+            .into(),
+        revocation_sql: Some("REVOKE SELECT ON TABLE mayfly_it.shapes FROM {{name}}".into()),
+        ..role()
+    };
+    target.check_role(&role).unwrap();
+    let (login, secret) = conformance::issue_fresh(&target, &role).await;
+    let mut session = MysqlProbe.login(&login, &secret).await.unwrap();
+    sqlx::query("SELECT a, b FROM mayfly_it.shapes")
+        .execute(&mut session)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO mayfly_it.`shapes;1` (a) VALUES (1)")
+        .execute(&mut session)
+        .await
+        .unwrap();
+    // Only the column it was given.
+    assert!(
+        sqlx::query("INSERT INTO mayfly_it.`shapes;1` (b) VALUES (1)")
+            .execute(&mut session)
+            .await
+            .is_err()
+    );
+    target.revoke(&login, Some(&role)).await.unwrap();
+    target.verify_revoked(&login, &secret).await.unwrap();
 }
