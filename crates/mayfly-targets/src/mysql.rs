@@ -430,9 +430,12 @@ impl MysqlTarget {
         Ok(())
     }
 
+    /// The sessions of `login` in the process list. A row whose command is still `Connect` is a
+    /// login being turned away (MariaDB lists it under the name it tried while it refuses it): it
+    /// never becomes a session once the account is gone, so it is not counted.
     async fn connections_of(&self, login: &LoginName) -> Result<i64, TargetError> {
         let row =
-            sqlx::query("SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE USER = ?")
+            sqlx::query("SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND <> 'Connect'")
                 .bind(login.as_str())
                 .fetch_one(&self.pool)
                 .await
