@@ -366,6 +366,18 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn check_admin(&self) -> Result<(), TargetError> {
         Ok(())
     }
+    /// Tries what issuing `role` would run, on the target, for a throwaway login and leaves
+    /// nothing behind (a transaction rolled back), so a mistake in the role or a privilege the
+    /// admin lacks shows when the role is added, not at its first grant. Called after
+    /// [`Target::check_role`]; `expires_at` stands for a grant's expiry. The default (targets whose
+    /// roles `check_role` checks entirely) accepts.
+    async fn dry_run_role(
+        &self,
+        _role: &RoleSpec,
+        _expires_at: Timestamp,
+    ) -> Result<(), TargetError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,16 @@ use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetErro
 /// How many connections the broker opens to one target at most (the per-target limit).
 pub const MAX_CONNECTIONS: u32 = 16;
 
+/// Placeholders written inside quotes, as Vault's and OpenBao's templates have them.
+const QUOTED_PLACEHOLDERS: [&str; 6] = [
+    "\"{{name}}\"",
+    "'{{name}}'",
+    "'{{password}}'",
+    "\"{{password}}\"",
+    "'{{expiration}}'",
+    "\"{{expiration}}\"",
+];
+
 /// SQLSTATE 42710: the role already exists.
 const DUPLICATE_OBJECT: &str = "42710";
 /// How a step of a revocation ended badly.
@@ -282,6 +292,19 @@ impl Target for PostgresTarget {
             role: role.name.clone(),
             reason: reason.to_owned(),
         };
+        // Vault's and OpenBao's templates quote the placeholders themselves; here they become
+        // quoted already, so `"{{name}}"` would be `""mf_…""` (a zero-length identifier).
+        for sql in std::iter::once(role.creation_sql.as_str()).chain(role.revocation_sql.as_deref())
+        {
+            if QUOTED_PLACEHOLDERS
+                .iter()
+                .any(|quoted| sql.contains(quoted))
+            {
+                return Err(invalid(
+                    "write {{name}} and {{password}} without quotes: Mayfly quotes them (and {{expiration}}), as in `CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}}`",
+                ));
+            }
+        }
         if !role.creation_sql.contains("{{name}}") {
             return Err(invalid("the creation SQL must use `{{name}}`"));
         }
@@ -452,6 +475,79 @@ impl Target for PostgresTarget {
                 quote_ident(&name),
             ),
         })
+    }
+
+    /// Runs the creation SQL and the fence, as `issue` does, for a throwaway role
+    /// (`mf_dry_run_…`, a random password) in a transaction that is rolled back, on a connection
+    /// of its own, each statement bounded to 10 s. SQL that ends that transaction itself (`COMMIT`) would leave the role
+    /// behind: it is revoked at once and the role refused.
+    async fn dry_run_role(
+        &self,
+        role: &RoleSpec,
+        expires_at: Timestamp,
+    ) -> Result<(), TargetError> {
+        let invalid = |reason: String| TargetError::InvalidRole {
+            role: role.name.clone(),
+            reason,
+        };
+        let random = |what: &str| {
+            mayfly_crypto::random_bytes::<16>()
+                .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                .map_err(|e| TargetError::Refused {
+                    target: self.name.clone(),
+                    reason: format!("cannot make the dry run's {what}: {e}"),
+                })
+        };
+        let login = LoginName::parse(&format!("mf_dry_run_{}", random("name")?)).map_err(|e| {
+            TargetError::Refused {
+                target: self.name.clone(),
+                reason: format!("cannot make the dry run's name: {e}"),
+            }
+        })?;
+        let secret = SecretString::from(random("password")?);
+        let verifier =
+            mayfly_crypto::scram::verifier(&secret, mayfly_crypto::scram::GENERATED_ITERATIONS)
+                .map_err(|e| TargetError::Refused {
+                    target: self.name.clone(),
+                    reason: format!("cannot derive the password verifier: {e}"),
+                })?;
+        let create = render(
+            &role.creation_sql,
+            &login,
+            Some(&verifier),
+            Some(expires_at),
+        );
+        let fence = render(
+            "ALTER ROLE {{name}} WITH LOGIN VALID UNTIL {{expiration}}",
+            &login,
+            None,
+            Some(expires_at),
+        );
+        // A connection of its own, closed after: nothing the SQL sets for its session (`SET
+        // ROLE`…) reaches the pool.
+        let mut connection = sqlx::PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "BEGIN;\nSET LOCAL statement_timeout = '10s';\n{create};\n{fence};\nROLLBACK;"
+        )))
+        .execute(&mut connection)
+        .await;
+        let _ = connection.close().await;
+        if self.role_exists(&login).await? {
+            self.revoke(&login, None).await?;
+            return Err(invalid(
+                "the creation SQL ends its transaction (COMMIT, ROLLBACK…): leave that out, the broker runs it in one transaction with the role's expiry".into(),
+            ));
+        }
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) => Err(invalid(format!(
+                "the creation SQL failed in a dry run on the target (rolled back): {}",
+                db.message()
+            ))),
+            Err(other) => Err(self.unavailable(other)),
+        }
     }
 
     async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError> {

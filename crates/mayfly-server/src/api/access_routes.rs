@@ -224,9 +224,18 @@ pub async fn add_role(
         max_ttl_ms: i64::try_from(request.max_ttl_seconds * 1000).unwrap_or(i64::MAX),
     };
     let target = broker.target(&request.target).await?;
+    let spec = role_spec(&record);
     target
-        .check_role(&role_spec(&record))
+        .check_role(&spec)
         .map_err(|e| ApiError::BadRequest(format!("field `creation_sql`: {e}")))?;
+    // On the real target, rolled back: what would fail at the first grant fails now.
+    let expires_at = broker
+        .now()
+        .saturating_add(Duration::from_secs(request.max_ttl_seconds));
+    target
+        .dry_run_role(&spec, expires_at)
+        .await
+        .map_err(|e| target_refusal("creation_sql", e))?;
     let mut event = broker
         .draft("role.put", Outcome::Ok)
         .detail("max_ttl_seconds", request.max_ttl_seconds)

@@ -356,3 +356,59 @@ async fn the_clear_password_never_reaches_the_target() {
         "the clear password is in the target's log"
     );
 }
+
+/// Placeholders quoted the way Vault and OpenBao templates quote them are refused when the role
+/// is added, with what to write instead (here `{{name}}` is already a quoted identifier, so
+/// `"{{name}}"` would reach the server as `""mf_…""`).
+#[tokio::test]
+async fn quoted_placeholders_are_refused_with_advice() {
+    // Its pool is made lazily: nothing connects.
+    let target =
+        PostgresTarget::new("pg", "postgres://postgres@127.0.0.1:1/postgres", None).unwrap();
+    #[track_caller]
+    fn check(
+        target: &PostgresTarget,
+        creation_sql: &str,
+        revocation_sql: Option<&str>,
+        advice: bool,
+    ) {
+        let role = RoleSpec {
+            creation_sql: creation_sql.into(),
+            revocation_sql: revocation_sql.map(str::to_owned),
+            ..role()
+        };
+        match target.check_role(&role) {
+            Err(TargetError::InvalidRole { reason, .. }) if advice => assert!(
+                reason.starts_with(
+                    "write {{name}} and {{password}} without quotes: Mayfly quotes them"
+                ),
+                "{reason}"
+            ),
+            Ok(()) if !advice => {}
+            other => panic!("{creation_sql:?} {revocation_sql:?}: {other:?}"),
+        }
+    }
+    let right = "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};";
+    check(&target, right, None, false);
+    check(
+        &target,
+        right,
+        Some("REVOKE ALL ON app FROM {{name}}"),
+        false,
+    );
+    for vault in [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD {{password}};",
+        "CREATE ROLE {{name}} WITH LOGIN PASSWORD '{{password}}';",
+        "CREATE ROLE {{name}} PASSWORD {{password}} VALID UNTIL '{{expiration}}';",
+        "CREATE ROLE {{name}} PASSWORD {{password}}; GRANT SELECT ON app TO '{{name}}';",
+    ] {
+        check(&target, vault, None, true);
+    }
+    check(
+        &target,
+        right,
+        Some("REVOKE ALL ON app FROM \"{{name}}\""),
+        true,
+    );
+}
