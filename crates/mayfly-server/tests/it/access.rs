@@ -468,19 +468,39 @@ async fn a_target_that_is_down_is_retried_reported_and_revoked_once_back() {
         metrics.contains("mayfly_revocation_failures_total"),
         "{metrics}"
     );
-    // Still failing after more retries while the target is down: never dropped.
-    broker.clock.advance(Duration::from_secs(10));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, failing) = broker
-        .call("GET", "/v1/grants?failing=true", Some(&admin), None)
-        .await;
-    assert!(
-        failing
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|g| g["id"] == grant_id.as_str())
-    );
+    // Still failing after more retries while the target is down: each retry is counted, and the
+    // grant is never dropped from the failing list. The clock is moved past the backoff (at most
+    // 1 s · 2^n + 20 % after n attempts), then the engine, which looks at least every second, is
+    // given a bounded time to retry (an attempt on the stopped server takes the target pool's 5 s
+    // acquire timeout).
+    let mut n_attempts = failed["n_attempts"].as_i64().unwrap();
+    for _ in 0..2 {
+        broker.clock.advance(Duration::from_secs(60));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut listed = Value::Null;
+        while tokio::time::Instant::now() < deadline {
+            let (_, failing) = broker
+                .call("GET", "/v1/grants?failing=true", Some(&admin), None)
+                .await;
+            listed = failing
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["id"] == grant_id.as_str())
+                .cloned()
+                .unwrap_or_else(|| panic!("no longer listed as failing: {failing}"));
+            if listed["n_attempts"].as_i64().unwrap() > n_attempts {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            listed["n_attempts"].as_i64().unwrap() > n_attempts,
+            "no retry counted after {n_attempts} attempts: {listed}"
+        );
+        assert_eq!(listed["state"], "failed", "{listed}");
+        n_attempts = listed["n_attempts"].as_i64().unwrap();
+    }
 
     cluster.restart();
     broker.clock.advance(Duration::from_secs(600));

@@ -89,7 +89,7 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
         )
         .await;
     let alice = broker.login("alice").await;
-    let ca = text(&broker, "/v1/x509/ca").await;
+    let ca = text(&broker, "/v1/x509/ca?target=api").await;
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
     // The verifiers use the real clock.
     broker.clock.set(mayfly_server::clock::Clock::now(
@@ -172,7 +172,7 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(state, "verified");
-    let crl = text(&broker, "/v1/x509/crl").await;
+    let crl = text(&broker, "/v1/x509/crl?target=api").await;
     let checked = service(&ca, Some(&crl)).await;
     assert!(
         call(&checked, &made_cert, &made_key).await.is_err(),
@@ -182,22 +182,72 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
         .await
         .unwrap();
 
-    // Expiry: accepted before, refused after, by the service's own clock.
-    let short = activate(&broker, &alice, 3, json!({})).await;
-    let short_cert = short["certificate"].as_str().unwrap().to_owned();
-    let short_key = short["private_key"].as_str().unwrap().to_owned();
-    call(&checked, &short_cert, &short_key).await.unwrap();
-    let expires_ms = short["grant"]["expires_at_ms"].as_i64().unwrap();
-    let now_ms = std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .unwrap()
-        .as_millis() as i64;
-    tokio::time::sleep(Duration::from_millis(
-        u64::try_from(expires_ms - now_ms + 1500).unwrap_or(0),
-    ))
-    .await;
-    assert!(
-        call(&checked, &short_cert, &short_key).await.is_err(),
-        "an expired certificate was accepted"
-    );
+    // Expiry: accepted before, refused after, by the service's own clock. The CRL `checked` loaded
+    // was made before this certificate existed, and the broker's clock stands still from here on
+    // (so its engine never revokes the grant): a refusal can only come from the expiry.
+    let (short_cert, short_key, expired_at_ms) = short_certificate(&broker, &alice, &checked).await;
+    // The same service, asked again and again until it refuses: every answer before the expiry
+    // must be an acceptance and every answer after it a refusal, so the poll ends by itself at
+    // most a poll's length after the expiry.
+    loop {
+        let asked_at_ms = real_now_ms();
+        match call(&checked, &short_cert, &short_key).await {
+            Ok(()) => assert!(
+                asked_at_ms < expired_at_ms,
+                "a certificate expired {} ms before it was presented was accepted",
+                asked_at_ms - expired_at_ms
+            ),
+            Err(refusal) => {
+                let answered_at_ms = real_now_ms();
+                assert!(
+                    answered_at_ms >= expired_at_ms,
+                    "refused {} ms before its expiry: {refusal}",
+                    expired_at_ms - answered_at_ms
+                );
+                assert!(refusal.contains("CertificateExpired"), "{refusal}");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real clock, in milliseconds since the epoch: the one the TLS service checks expiry by.
+fn real_now_ms() -> i64 {
+    mayfly_server::clock::Clock::now(&mayfly_server::clock::SystemClock).unix_ms()
+}
+
+/// A certificate of a few seconds, issued now on the real clock and accepted by `service` at once.
+/// Returns it, its key and the first millisecond at which the service must refuse it: its
+/// `notAfter` is the expiry truncated to the second, and a verifier reading whole seconds accepts
+/// it through that second. Should the machine be so busy that the expiry passes before the first
+/// check (a refusal then proves nothing either way), it is issued again for twice as long; a
+/// refusal before the expiry fails the test.
+async fn short_certificate(
+    broker: &TestBroker,
+    token: &str,
+    service: &mayfly_testkit::tls::ClientAuthService,
+) -> (String, String, i64) {
+    for ttl in [4, 8, 16, 32] {
+        broker.clock.set(mayfly_server::clock::Clock::now(
+            &mayfly_server::clock::SystemClock,
+        ));
+        let issued = activate(broker, token, ttl, json!({})).await;
+        let certificate = issued["certificate"].as_str().unwrap().to_owned();
+        let key = issued["private_key"].as_str().unwrap().to_owned();
+        let expires_at_ms = issued["grant"]["expires_at_ms"].as_i64().unwrap();
+        let expired_at_ms = (expires_at_ms / 1000 + 1) * 1000;
+        match call(service, &certificate, &key).await {
+            Ok(()) => return (certificate, key, expired_at_ms),
+            Err(refusal) => {
+                let answered_at_ms = real_now_ms();
+                assert!(
+                    answered_at_ms >= expired_at_ms,
+                    "a certificate of {ttl} s was refused {} ms before its expiry: {refusal}",
+                    expired_at_ms - answered_at_ms
+                );
+            }
+        }
+    }
+    panic!("the machine was too slow to present a certificate of 32 s before it expired");
 }
