@@ -114,8 +114,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The newest event's sequence number and hash (`0` and the genesis hash for an empty log).
     async fn audit_head(&self) -> Result<(i64, String), StoreError>;
-    /// Up to `limit` events with `seq > after`, in order.
+    /// Up to `limit` events with `seq > after`, in order. On SQLite the events this store wrote
+    /// last may come from memory (for the sinks, which copy them out as they are written).
     async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The same, always read from the database, never from memory: what verification and export
+    /// must see, since a row changed in the database behind the broker's back differs from what
+    /// the broker remembers writing.
+    async fn stored_audit_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The newest checkpoint event, if any.
     async fn last_checkpoint(&self) -> Result<Option<StoredEvent>, StoreError>;
 

@@ -1138,6 +1138,14 @@ impl Store for SqlStore {
         if let Some(events) = self.recent.as_ref().and_then(|r| r.after(after, limit)) {
             return Ok(events);
         }
+        self.stored_audit_events(after, limit).await
+    }
+
+    async fn stored_audit_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, kind, body, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )

@@ -463,7 +463,7 @@ pub async fn audit_events(
     }
     let events = broker
         .store()
-        .audit_events(query.after, query.limit)
+        .stored_audit_events(query.after, query.limit)
         .await
         .map_err(|e| ApiError::store(&e))?;
     let mut lines = Vec::with_capacity(events.len());

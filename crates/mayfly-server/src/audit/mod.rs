@@ -20,7 +20,9 @@ pub async fn verify_store(
     let mut verifier = Verifier::new(Some(public_key));
     let mut after = 0;
     loop {
-        let events = store.audit_events(after, 1000).await?;
+        // From the database itself: what the broker keeps in memory is what it wrote, not what
+        // is there now.
+        let events = store.stored_audit_events(after, 1000).await?;
         if events.is_empty() {
             break;
         }

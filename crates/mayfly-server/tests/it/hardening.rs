@@ -704,3 +704,61 @@ async fn a_wrong_setup_code_is_refused_before_the_password_is_looked_at() {
         )
         .await;
 }
+
+/// An event edited in the SQLite file behind a running broker's back (its hash and the head left
+/// alone) is found by `audit verify` and shows in the export as it is in the file. Before the fix
+/// both read the events the broker keeps in memory after writing them, so the verification
+/// answered `ok` over a database that said otherwise.
+#[tokio::test]
+async fn verification_reads_the_database_not_the_brokers_memory() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin_token.clone().unwrap();
+    for name in ["carol", "dave"] {
+        broker
+            .expect(
+                200,
+                "POST",
+                "/v1/users",
+                Some(&admin),
+                Some(json!({"username": name})),
+            )
+            .await;
+    }
+    let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
+    let created = events.iter().rfind(|e| e.kind == "user.create").unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&broker.store_url)
+        .await
+        .unwrap();
+    let edited = created.body.replace("user:dave", "user:mallory");
+    assert_ne!(edited, created.body);
+    sqlx::query("UPDATE audit_events SET body = $1 WHERE seq = $2")
+        .bind(&edited)
+        .bind(created.seq)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let report = broker
+        .expect(200, "POST", "/v1/sys/audit/verify", Some(&admin), None)
+        .await;
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("event {} was edited", created.seq)),
+        "{report}"
+    );
+    let page = broker
+        .expect(
+            200,
+            "GET",
+            &format!("/v1/sys/audit/events?after={}&limit=1", created.seq - 1),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert!(
+        page["lines"][0].as_str().unwrap().contains("mallory"),
+        "{page}"
+    );
+}
