@@ -188,6 +188,106 @@ pub(crate) fn parse_address(
     })
 }
 
+/// The URL query parameter that carries a target's CA certificate: its PEM text in base64url
+/// (`?ca=…`), so the CA (public) is stored with the target's URL.
+pub const CA_PARAM: &str = "ca";
+
+/// Whether `host` is this machine (`localhost`, `127.0.0.0/8`, `::1`) or a Unix socket path:
+/// the only hosts a target may be reached on without verified TLS.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks a CA certificate in PEM (one or more `CERTIFICATE` blocks, each a parsable X.509
+/// certificate) and returns the certificates.
+pub fn parse_ca_pem(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the CA certificate is not PEM: {e}"))?;
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| format!("the CA certificate does not parse: {e}"))?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err("the CA certificate has no `BEGIN CERTIFICATE` block".into());
+    }
+    Ok(certs)
+}
+
+/// `url` with `ca_pem` (checked) added as its [`CA_PARAM`] query parameter.
+pub fn url_with_ca(url: &str, ca_pem: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    parse_ca_pem(ca_pem)?;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ca_pem.trim());
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{separator}{CA_PARAM}={encoded}"))
+}
+
+/// Splits a target URL's [`CA_PARAM`] off: the URL without it, and the CA's PEM (checked).
+pub(crate) fn take_ca(target: &str, url: &str) -> Result<(String, Option<String>), TargetError> {
+    use base64::Engine as _;
+    let bad = |reason: String| TargetError::Refused {
+        target: target.to_owned(),
+        reason: format!("bad url: {reason}"),
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut ca = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((key, value)) if key == CA_PARAM => {
+                if ca.is_some() {
+                    return Err(bad(format!("`{CA_PARAM}` is given twice")));
+                }
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(value.trim_end_matches('='))
+                    .map_err(|_| bad(format!("`{CA_PARAM}` is not base64url")))?;
+                let pem = String::from_utf8(bytes)
+                    .map_err(|_| bad(format!("`{CA_PARAM}` is not PEM text")))?;
+                parse_ca_pem(&pem).map_err(bad)?;
+                ca = Some(pem);
+            }
+            _ if pair.is_empty() => {}
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, ca))
+}
+
+/// Refuses a connection to a host other than this machine that would not be verified TLS.
+pub(crate) fn require_verified(
+    target: &str,
+    host: &str,
+    verified: bool,
+    how: &str,
+) -> Result<(), TargetError> {
+    if verified || is_loopback(host) {
+        return Ok(());
+    }
+    Err(TargetError::Refused {
+        target: target.to_owned(),
+        reason: format!(
+            "`{}` is not this machine, so the connection must be verified TLS: {how}",
+            host.chars().take(64).collect::<String>()
+        ),
+    })
+}
+
 /// How a certificate target's proof names its list and its certificates' expiry.
 pub(crate) struct ListWords {
     /// "the KRL at /v1/ssh/krl".
@@ -383,6 +483,48 @@ pub trait Target: Send + Sync + fmt::Debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_in_url() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let url = url_with_ca("postgres://h:1/db?sslmode=verify-full", &ca).unwrap();
+        let (bare, pem) = take_ca("t", &url).unwrap();
+        assert_eq!(bare, "postgres://h:1/db?sslmode=verify-full");
+        assert_eq!(pem.as_deref(), Some(ca.trim()));
+        let (bare, pem) = take_ca("t", &url_with_ca("redis://h:1", &ca).unwrap()).unwrap();
+        assert_eq!((bare.as_str(), pem.is_some()), ("redis://h:1", true));
+        assert_eq!(
+            take_ca("t", "x://h:1").unwrap(),
+            ("x://h:1".to_owned(), None)
+        );
+        for bad in [
+            "",
+            "junk",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(url_with_ca("x://h:1", bad).is_err(), "{bad:?}");
+        }
+        assert!(take_ca("t", "x://h:1?ca=%%").is_err());
+        assert!(take_ca("t", &format!("{url}&ca=x")).is_err());
+        for (host, loopback) in [
+            ("127.0.0.1", true),
+            ("127.8.0.1", true),
+            ("::1", true),
+            ("[::1]", true),
+            ("LOCALHOST", true),
+            ("/var/run/postgresql", true),
+            ("10.0.0.1", false),
+            ("localhost.example.com", false),
+            ("db", false),
+        ] {
+            assert_eq!(is_loopback(host), loopback, "{host}");
+        }
+    }
 
     #[test]
     fn addresses() {

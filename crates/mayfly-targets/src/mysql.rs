@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlSslMode};
 use sqlx::{ConnectOptions, Connection as _, Row};
 
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
@@ -320,16 +320,32 @@ fn check_statement(statement: &[Token<'_>], shape: Shape) -> Result<(), String> 
 }
 
 impl MysqlTarget {
-    /// `url` is `mysql://USER@HOST:PORT[/DB]`; the admin password comes from the barrier.
+    /// `url` is `mysql://USER@HOST:PORT[/DB][?ca=…]`; the admin password comes from the barrier.
+    /// With `ca` (the target's CA certificate, see [`crate::url_with_ca`]) the connection is TLS
+    /// verified against it and the host name (`VERIFY_IDENTITY`); a host other than this machine
+    /// requires it (or an explicit `ssl-mode=VERIFY_IDENTITY`).
     pub fn new(
         name: &str,
         url: &str,
         admin_password: Option<&SecretString>,
     ) -> Result<MysqlTarget, TargetError> {
-        let mut options = MySqlConnectOptions::from_str(url).map_err(|e| TargetError::Refused {
-            target: name.to_owned(),
-            reason: format!("bad url: {e}"),
-        })?;
+        let (url, ca) = crate::take_ca(name, url)?;
+        let mut options =
+            MySqlConnectOptions::from_str(&url).map_err(|e| TargetError::Refused {
+                target: name.to_owned(),
+                reason: format!("bad url: {e}"),
+            })?;
+        if let Some(ca) = ca {
+            options = options
+                .ssl_mode(MySqlSslMode::VerifyIdentity)
+                .ssl_ca_from_pem(ca.into_bytes());
+        }
+        crate::require_verified(
+            name,
+            options.get_host(),
+            matches!(options.get_ssl_mode(), MySqlSslMode::VerifyIdentity),
+            "give the target's CA certificate (`ca_cert_pem`), or `ssl-mode=VERIFY_IDENTITY` for a server whose certificate a public CA signed",
+        )?;
         if let Some(password) = admin_password
             && !password.expose_secret().is_empty()
         {

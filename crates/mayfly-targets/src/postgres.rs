@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 use sqlx::{ConnectOptions, Connection as _, Row};
 
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
@@ -94,16 +94,32 @@ fn render(
 }
 
 impl PostgresTarget {
-    /// `url` is `postgres://USER@HOST:PORT/DB`; the admin password comes from the barrier.
+    /// `url` is `postgres://USER@HOST:PORT/DB[?ca=…]`; the admin password comes from the barrier.
+    /// With `ca` (the target's CA certificate, see [`crate::url_with_ca`]) the connection is TLS
+    /// verified against it (`verify-full`); a host other than this machine requires it (or an
+    /// explicit `sslmode=verify-full`), so plain or unverified TLS is never the default there.
     pub fn new(
         name: &str,
         url: &str,
         admin_password: Option<&SecretString>,
     ) -> Result<PostgresTarget, TargetError> {
-        let mut options = PgConnectOptions::from_str(url).map_err(|e| TargetError::Refused {
+        let (url, ca) = crate::take_ca(name, url)?;
+        let mut options = PgConnectOptions::from_str(&url).map_err(|e| TargetError::Refused {
             target: name.to_owned(),
             reason: format!("bad url: {e}"),
         })?;
+        if let Some(ca) = ca {
+            // The given CA only (with the public roots sqlx adds), and the host name checked.
+            options = options
+                .ssl_mode(PgSslMode::VerifyFull)
+                .ssl_root_cert_from_pem(ca.into_bytes());
+        }
+        crate::require_verified(
+            name,
+            options.get_host(),
+            matches!(options.get_ssl_mode(), PgSslMode::VerifyFull),
+            "give the target's CA certificate (`ca_cert_pem`), or `sslmode=verify-full` for a server whose certificate a public CA signed",
+        )?;
         if let Some(password) = admin_password {
             options = options.password(password.expose_secret());
         }

@@ -13,6 +13,7 @@
 //! shows no client of that user, and `AUTH` with the issued password is refused.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
@@ -30,6 +31,8 @@ pub struct RedisTarget {
     name: String,
     host: String,
     port: u16,
+    /// `rediss://`: TLS verified against the target's CA; `None` only on this machine.
+    tls: Option<Arc<rustls::ClientConfig>>,
     admin_user: Option<String>,
     admin_password: Option<SecretString>,
     idle: Mutex<Vec<Resp>>,
@@ -82,6 +85,28 @@ pub fn parse_rules(text: &str) -> Result<Vec<String>, String> {
     Ok(rules)
 }
 
+/// A TLS client that trusts only the target's CA (no public roots) and checks the host name.
+fn tls_config(name: &str, ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TargetError> {
+    let refused = |reason: String| TargetError::Refused {
+        target: name.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::parse_ca_pem(ca_pem).map_err(refused)? {
+        roots
+            .add(cert)
+            .map_err(|e| refused(format!("the CA certificate does not parse: {e}")))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| refused(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// A command's arguments as a growable list.
 fn args<'a>(parts: &[&'a [u8]]) -> Vec<&'a [u8]> {
     parts.to_vec()
@@ -97,19 +122,47 @@ fn sha256_hex(secret: &SecretString) -> SecretString {
 }
 
 impl RedisTarget {
-    /// `url` is `redis://[USER@]HOST:PORT`; the admin password comes from the barrier (empty: no
+    /// `url` is `rediss://[USER@]HOST:PORT?ca=…` (TLS verified against the target's CA, see
+    /// [`crate::url_with_ca`], and the host name, before `AUTH`) or, for a server on this machine
+    /// only, `redis://[USER@]HOST:PORT`; the admin password comes from the barrier (empty: no
     /// `AUTH`, for a server without one).
     pub fn new(
         name: &str,
         url: &str,
         admin_password: Option<&SecretString>,
     ) -> Result<RedisTarget, TargetError> {
+        let (url, ca) = crate::take_ca(name, url)?;
+        let tls = url.starts_with("rediss://");
+        let scheme = if tls { "rediss://" } else { "redis://" };
         let crate::Address { user, host, port } =
-            crate::parse_address(name, url, "redis://", Some(6379))?;
+            crate::parse_address(name, &url, scheme, Some(6379))?;
+        crate::require_verified(
+            name,
+            &host,
+            tls,
+            "use `rediss://HOST:PORT` with the target's CA certificate (`ca_cert_pem`)",
+        )?;
+        let tls = match (tls, ca) {
+            (true, Some(ca)) => Some(tls_config(name, &ca)?),
+            (true, None) => {
+                return Err(TargetError::Refused {
+                    target: name.to_owned(),
+                    reason: "`rediss://` needs the target's CA certificate (`ca_cert_pem`)".into(),
+                });
+            }
+            (false, Some(_)) => {
+                return Err(TargetError::Refused {
+                    target: name.to_owned(),
+                    reason: "a CA certificate is for TLS: use `rediss://`".into(),
+                });
+            }
+            (false, None) => None,
+        };
         Ok(RedisTarget {
             name: name.to_owned(),
             host,
             port,
+            tls,
             admin_user: user.filter(|u| !u.is_empty()),
             admin_password: admin_password
                 .filter(|p| !p.expose_secret().is_empty())
@@ -131,8 +184,16 @@ impl RedisTarget {
         }
     }
 
+    /// A connection, TLS when the URL said `rediss://`.
+    async fn connect(&self) -> Result<Resp, RespError> {
+        match &self.tls {
+            Some(tls) => Resp::connect_tls(&self.host, self.port, tls.clone()).await,
+            None => Resp::connect(&self.host, self.port).await,
+        }
+    }
+
     async fn open(&self) -> Result<Resp, RespError> {
-        let mut connection = Resp::connect(&self.host, self.port).await?;
+        let mut connection = self.connect().await?;
         if let Some(password) = &self.admin_password {
             let user = self.admin_user.as_deref().unwrap_or("default");
             connection
@@ -328,9 +389,7 @@ impl Target for RedisTarget {
             return Err(not_revoked(format!("{clients} clients of that user left")));
         }
         checks.push("CLIENT LIST: no client of that user".to_owned());
-        let mut probe = Resp::connect(&self.host, self.port)
-            .await
-            .map_err(|e| self.error(e))?;
+        let mut probe = self.connect().await.map_err(|e| self.error(e))?;
         let answer = probe
             .call(&[
                 b"AUTH",

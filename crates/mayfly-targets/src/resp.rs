@@ -1,11 +1,12 @@
 //! A minimal RESP2 client: enough of the Redis protocol for the commands the Redis target sends
-//! (`AUTH`, `ACL …`, `CLIENT …`, `PING`). Every argument travels as its own bulk string, so no
+//! (`AUTH`, `ACL …`, `CLIENT …`, `PING`), over TCP or TLS (tokio-rustls). Every argument travels as its own bulk string, so no
 //! value can change the shape of a command. Replies are bounded (size and depth) before anything is
 //! allocated for them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
 /// The largest bulk reply accepted (`CLIENT LIST` on a busy server is the biggest we read).
@@ -78,19 +79,50 @@ impl Reply {
     }
 }
 
+/// A byte stream a connection runs over: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
 /// One connection.
 pub struct Resp {
-    stream: BufStream<TcpStream>,
+    stream: BufStream<Box<dyn Stream>>,
 }
 
 impl Resp {
-    pub async fn connect(host: &str, port: u16) -> Result<Resp, RespError> {
+    async fn tcp(host: &str, port: u16) -> Result<TcpStream, RespError> {
         let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect((host, port)))
             .await
             .map_err(|_| RespError::Timeout)??;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// A plain connection (only for a server on this machine: see the Redis target).
+    pub async fn connect(host: &str, port: u16) -> Result<Resp, RespError> {
+        let stream = Resp::tcp(host, port).await?;
         Ok(Resp {
-            stream: BufStream::new(stream),
+            stream: BufStream::new(Box::new(stream)),
+        })
+    }
+
+    /// A TLS connection whose server certificate `tls` verifies for the name `host` (SNI too),
+    /// made before anything is sent.
+    pub async fn connect_tls(
+        host: &str,
+        port: u16,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Resp, RespError> {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| RespError::Protocol(format!("`{host}` is not a TLS server name")))?;
+        let stream = Resp::tcp(host, port).await?;
+        let stream = tokio::time::timeout(
+            TIMEOUT,
+            tokio_rustls::TlsConnector::from(tls).connect(name, stream),
+        )
+        .await
+        .map_err(|_| RespError::Timeout)??;
+        Ok(Resp {
+            stream: BufStream::new(Box::new(stream)),
         })
     }
 

@@ -21,6 +21,7 @@ pub mod gate;
 pub mod pgcluster;
 pub mod postgres;
 pub mod sshd;
+pub mod target_tls;
 pub mod tls;
 
 /// A broker running on a free loopback port, stopped when dropped.

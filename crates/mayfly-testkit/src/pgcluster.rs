@@ -41,6 +41,16 @@ fn is_root() -> bool {
 
 impl PgCluster {
     pub fn start() -> PgCluster {
+        PgCluster::start_with(None)
+    }
+
+    /// A cluster with `ssl = on` serving `cert_pem` (with `key_pem`), that accepts TCP logins
+    /// over TLS only (`hostssl` in pg_hba.conf): a plain connection is refused.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        PgCluster::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PgCluster {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("mayfly-pg-")
@@ -93,6 +103,9 @@ impl PgCluster {
                 "--no-sync",
             ],
         );
+        if let Some((cert_pem, key_pem)) = tls {
+            cluster.turn_on_tls(&data, cert_pem, key_pem);
+        }
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
             cluster.dir.path().display()
@@ -112,6 +125,40 @@ impl PgCluster {
             ],
         );
         cluster
+    }
+
+    fn turn_on_tls(&self, data: &Path, cert_pem: &str, key_pem: &str) {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let cert = data.join("server.crt");
+        let key = data.join("server.key");
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap();
+        if self.run_as.is_some() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cert)
+                .arg(&key)
+                .arg(data.join("pg_hba.conf"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown to postgres failed");
+        }
     }
 
     fn run(&self, program: &str, args: &[&str]) {

@@ -15,4 +15,5 @@ mod mysql;
 mod postgres;
 mod redis;
 mod ssh;
+mod tls;
 mod x509;
