@@ -281,7 +281,9 @@ pub struct TargetRequest {
     /// `postgres`, `mysql` (MariaDB) or `redis`.
     pub kind: String,
     pub name: String,
-    /// `postgres://HOST:PORT/DB`, `mysql://HOST:PORT` or `redis://HOST:PORT`, without credentials.
+    /// `postgres://HOST:PORT/DB`, `mysql://HOST:PORT` or `rediss://HOST:PORT`, without credentials.
+    /// A host other than this machine needs verified TLS: `?ca=` and the target's CA certificate
+    /// (PEM, in base64url); `redis://` and no CA are for a server on this machine only.
     pub url: String,
     pub admin_user: String,
     /// Stored through the barrier; never shown again.

@@ -39,7 +39,7 @@ pub async fn add_target(
     let (schemes, example): (&[&str], &str) = match request.kind.as_str() {
         "postgres" => (&["postgres://", "postgresql://"], "postgres://HOST:PORT/DB"),
         "mysql" => (&["mysql://", "mariadb://"], "mysql://HOST:PORT"),
-        "redis" => (&["redis://"], "redis://HOST:PORT"),
+        "redis" => (&["rediss://", "redis://"], "rediss://HOST:PORT"),
         "ssh" => (&["ssh://"], "ssh://HOST:PORT"),
         "x509" => (&["tls://"], "tls://HOST:PORT"),
         other => {
@@ -49,16 +49,23 @@ pub async fn add_target(
             )));
         }
     };
+    // The target's CA certificate (public) may ride in the query as `ca=` (PEM in base64url,
+    // checked when the target is built below): it gets room of its own.
+    let limit = if request.url.contains(&format!("{}=", mayfly_targets::CA_PARAM)) {
+        16 * 1024
+    } else {
+        512
+    };
     if !schemes.iter().any(|s| request.url.starts_with(s))
         || request.url.contains('@')
-        || request.url.len() > 512
+        || request.url.len() > limit
         || request
             .url
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(ApiError::BadRequest(format!(
-            "field `url`: give {example}, without user or password (use `admin_user`, `admin_password`)"
+            "field `url`: give {example}, without user or password (use `admin_user`, `admin_password`); a host other than this machine needs verified TLS: add `?ca=` and the target's CA certificate (PEM) in base64url"
         )));
     }
     let request = TargetRequest {
