@@ -51,7 +51,10 @@ pub async fn add_target(
     };
     // The target's CA certificate (public) may ride in the query as `ca=` (PEM in base64url,
     // checked when the target is built below): it gets room of its own.
-    let limit = if request.url.contains(&format!("{}=", mayfly_targets::CA_PARAM)) {
+    let limit = if request
+        .url
+        .contains(&format!("{}=", mayfly_targets::CA_PARAM))
+    {
         16 * 1024
     } else {
         512
