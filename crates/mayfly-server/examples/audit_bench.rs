@@ -16,6 +16,10 @@
 //!
 //! (`PATH` defaults to `/v1/auth/token/lookup-self`; `/v1/database/creds/ROLE` measures OpenBao's
 //! dynamic PostgreSQL credentials.)
+//!
+//! Every answer is counted: Mayfly's calls expect 401 (the refusal, audited), OpenBao's 200. Any
+//! other status, and any socket error, is printed and makes the run exit with status 1 after its
+//! figures: the rate counts only answers with the expected status.
 
 #![allow(
     clippy::unwrap_used,
@@ -25,8 +29,7 @@
     reason = "tests: a failed step should stop the test loudly"
 )]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mayfly_testkit::{Options, TestBroker};
@@ -57,14 +60,20 @@ async fn main() {
             token,
             expect: 200,
         };
-        let (rate, p50, p99) = measure(&target, clients, Duration::from_secs(seconds)).await;
+        let run = measure(&target, clients, Duration::from_secs(seconds)).await;
         println!(
-            "openbao  {rate:>8.0} audited requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
-            p50.as_secs_f64() * 1000.0,
-            p99.as_secs_f64() * 1000.0
+            "openbao  {:>8.0} audited requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+            run.rate,
+            run.p50.as_secs_f64() * 1000.0,
+            run.p99.as_secs_f64() * 1000.0
         );
+        println!("  {}", run.tally.describe(target.expect));
+        if run.tally.failed() > 0 {
+            fail(&[format!("openbao: {}", run.tally.describe(target.expect))]);
+        }
         return;
     }
+    let mut failures = Vec::new();
     for group_commit in [true, false] {
         let db = if backend == "postgres" {
             Some(mayfly_testkit::postgres::ThrowawayDb::create().await)
@@ -84,7 +93,7 @@ async fn main() {
             token: "Bearer mft_not_a_token".into(),
             expect: 401,
         };
-        let (rate, p50, p99) = measure(&target, clients, Duration::from_secs(seconds)).await;
+        let run = measure(&target, clients, Duration::from_secs(seconds)).await;
         let (head, _) = broker
             .broker
             .store()
@@ -92,15 +101,98 @@ async fn main() {
             .await
             .unwrap_or((0, String::new()));
         println!(
-            "group_commit={group_commit:<5}  {rate:>8.0} audited requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({head} events in the chain)",
-            p50.as_secs_f64() * 1000.0,
-            p99.as_secs_f64() * 1000.0
+            "group_commit={group_commit:<5}  {:>8.0} audited requests/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({head} events in the chain)",
+            run.rate,
+            run.p50.as_secs_f64() * 1000.0,
+            run.p99.as_secs_f64() * 1000.0
         );
+        println!("  {}", run.tally.describe(target.expect));
+        if run.tally.failed() > 0 {
+            failures.push(format!(
+                "group_commit={group_commit}: {}",
+                run.tally.describe(target.expect)
+            ));
+        }
         broker.stop().await;
         if let Some(db) = db {
             db.drop_db().await;
         }
     }
+    if !failures.is_empty() {
+        fail(&failures);
+    }
+}
+
+/// Ends the run loudly: some calls did not get the answer the benchmark measures.
+fn fail(failures: &[String]) -> ! {
+    eprintln!(
+        "FAILED: calls without the expected answer, the figures above are not of the work asked for:"
+    );
+    for failure in failures {
+        eprintln!("  {failure}");
+    }
+    std::process::exit(1);
+}
+
+/// What the calls of a run got back.
+#[derive(Default)]
+struct Tally {
+    /// Answers with the status the benchmark expects (the measured ones).
+    expected: u64,
+    /// Other answers, by status.
+    unexpected: BTreeMap<u16, u64>,
+    /// Calls that got no answer (connection refused or reset, timeout…).
+    socket_errors: u64,
+    /// The first socket error, as an example.
+    first_socket_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.expected += other.expected;
+        for (status, n) in other.unexpected {
+            *self.unexpected.entry(status).or_default() += n;
+        }
+        self.socket_errors += other.socket_errors;
+        if self.first_socket_error.is_none() {
+            self.first_socket_error = other.first_socket_error;
+        }
+    }
+
+    fn failed(&self) -> u64 {
+        self.unexpected.values().sum::<u64>() + self.socket_errors
+    }
+
+    fn describe(&self, expect: u16) -> String {
+        let statuses: Vec<String> = self
+            .unexpected
+            .iter()
+            .map(|(status, n)| format!("{n} × {status}"))
+            .collect();
+        let mut text = format!(
+            "calls: {} with the expected status {expect}, {} with an unexpected status{}, {} socket errors",
+            self.expected,
+            self.unexpected.values().sum::<u64>(),
+            if statuses.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", statuses.join(", "))
+            },
+            self.socket_errors
+        );
+        if let Some(error) = &self.first_socket_error {
+            text.push_str(&format!(" (first: {error})"));
+        }
+        text
+    }
+}
+
+/// One run's figures, from the calls with the expected status.
+struct Measured {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    tally: Tally,
 }
 
 struct Target {
@@ -110,38 +202,50 @@ struct Target {
     expect: u16,
 }
 
-async fn measure(target: &Target, clients: usize, duration: Duration) -> (f64, Duration, Duration) {
+async fn measure(target: &Target, clients: usize, duration: Duration) -> Measured {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
         .unwrap_or_default();
     let url = target.url.clone();
-    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let client = client.clone();
         let url = url.clone();
-        let done = done.clone();
         let (header, token, expect) = (target.header, target.token.clone(), target.expect);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut tally = Tally::default();
             while started.elapsed() < duration {
                 let t = Instant::now();
-                let Ok(response) = client.get(&url).header(header, &token).send().await else {
-                    continue;
+                let response = match client.get(&url).header(header, &token).send().await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        tally.socket_errors += 1;
+                        if tally.first_socket_error.is_none() {
+                            tally.first_socket_error = Some(error.to_string());
+                        }
+                        continue;
+                    }
                 };
-                if response.status().as_u16() == expect {
+                let status = response.status().as_u16();
+                if status == expect {
                     latencies.push(t.elapsed());
-                    done.fetch_add(1, Ordering::Relaxed);
+                    tally.expected += 1;
+                } else {
+                    *tally.unexpected.entry(status).or_default() += 1;
                 }
             }
-            latencies
+            (latencies, tally)
         }));
     }
     let mut latencies = Vec::new();
+    let mut tally = Tally::default();
     for task in tasks {
-        latencies.extend(task.await.unwrap_or_default());
+        let (theirs, their_tally) = task.await.unwrap();
+        latencies.extend(theirs);
+        tally.add(their_tally);
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
@@ -151,9 +255,10 @@ async fn measure(target: &Target, clients: usize, duration: Duration) -> (f64, D
             .copied()
             .unwrap_or_default()
     };
-    (
-        done.load(Ordering::Relaxed) as f64 / elapsed,
-        pick(0.5),
-        pick(0.99),
-    )
+    Measured {
+        rate: tally.expected as f64 / elapsed,
+        p50: pick(0.5),
+        p99: pick(0.99),
+        tally,
+    }
 }

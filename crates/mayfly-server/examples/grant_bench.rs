@@ -5,8 +5,13 @@
 //! the expiry engine has revoked and verified them all, so the target is left clean.
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [url-without-user] [admin-user] [kind]
+//! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [url-without-user] [admin-user] [kind] [--same-reason]
 //! ```
+//!
+//! Each request carries a reason and a ticket of its own, as real requests do, so the broker's
+//! Cedar decision is made afresh for each. `--same-reason` (anywhere): every request the same
+//! (reason `bench`, no ticket), as before issue 24: the decisions after the first come from the
+//! broker's decision cache.
 //!
 //! `kind` is `postgres` (default), `mysql` (MariaDB: `mysql://127.0.0.1:3306 root`), `redis`
 //! (`redis://127.0.0.1:6379 default`) or `ssh` (`ssh://127.0.0.1:22 ""`: a certificate per grant).
@@ -22,6 +27,7 @@
 use std::time::{Duration, Instant};
 
 use mayfly_testkit::TestBroker;
+use mayfly_testkit::bench::Calls;
 use serde_json::json;
 
 #[global_allocator]
@@ -29,7 +35,8 @@ static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let calls = Calls::from_args(&mut args);
     let clients: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(16);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let url = args
@@ -84,6 +91,7 @@ async fn main() {
     // SSH roles certify a key: one user key for every request.
     let public_key = (kind == "ssh").then(|| mayfly_crypto::ssh::generate_user_key().unwrap().1);
     println!("{clients} clients, {seconds} s, target {url}");
+    println!("{}", calls.describe());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -91,19 +99,25 @@ async fn main() {
     let started = Instant::now();
     let duration = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
         let http = http.clone();
         let addr = broker.addr.clone();
         let admin = admin.clone();
         let public_key = public_key.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut n = 0u64;
             while started.elapsed() < duration {
+                n += 1;
                 let t = Instant::now();
+                let mut body = json!({"target": "pg", "role": "ro", "ttl_seconds": 600});
+                for (field, value) in calls.fields(&format!("{client}-{n}")) {
+                    body[field] = value.into();
+                }
                 let request: serde_json::Value = http
                     .post(format!("{addr}/v1/requests"))
                     .bearer_auth(&admin)
-                    .json(&json!({"target": "pg", "role": "ro", "ttl_seconds": 600, "reason": "bench"}))
+                    .json(&body)
                     .send()
                     .await
                     .unwrap()
@@ -117,10 +131,7 @@ async fn main() {
                 if let Some(key) = &public_key {
                     activation = activation.json(&json!({"public_key": key}));
                 }
-                let response = activation
-                    .send()
-                    .await
-                    .unwrap();
+                let response = activation.send().await.unwrap();
                 assert_eq!(response.status().as_u16(), 200);
                 latencies.push(t.elapsed());
             }

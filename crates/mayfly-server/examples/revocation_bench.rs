@@ -1,7 +1,9 @@
 //! Revocation lag: N grants (default 10,000) are activated through the real flow with the same
 //! TTL, then the broker's clock jumps past all their expiries at once, so they all expire within
 //! the same second. The lag of each is the wall-clock time from that jump until its role is gone
-//! from `pg_roles` on the target (polled every 10 ms). Also reports when all are verified.
+//! from `pg_roles` on the target (polled every 10 ms). Also reports when all are verified. Only
+//! this broker's roles are counted (`mf_<namespace>_…`): other runs may leave theirs on the
+//! machine's server.
 //!
 //! ```sh
 //! cargo run --release -p mayfly-server --example revocation_bench -- [grants] [postgres-url-without-user] [admin-user]
@@ -102,8 +104,10 @@ async fn main() {
 
     let admin_url = url.replacen("://", &format!("://{admin_user}@"), 1);
     let mut pg = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    let total = count(&mut pg).await as usize;
-    assert!(total >= n, "{total} roles on the target");
+    let namespace = broker.broker.unsealed().await.unwrap().namespace.clone();
+    let pattern = format!("mf\\_{namespace}\\_%");
+    let total = count(&mut pg, &pattern).await as usize;
+    assert_eq!(total, n, "{total} roles of this broker on the target");
 
     // Every lease ends now.
     broker.clock.advance(Duration::from_secs(7201));
@@ -112,7 +116,7 @@ async fn main() {
     let mut gone_at: Vec<Duration> = Vec::with_capacity(total);
     let mut last_left = total;
     while gone_at.len() < total {
-        let left = count(&mut pg).await as usize;
+        let left = count(&mut pg, &pattern).await as usize;
         let now = jump.elapsed();
         for _ in left..last_left {
             gone_at.push(now);
@@ -152,8 +156,10 @@ async fn main() {
     broker.stop().await;
 }
 
-async fn count(pg: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'mf\\_%'")
+/// This broker's roles on the target (`pattern`: a `LIKE` pattern of its namespace).
+async fn count(pg: &mut sqlx::PgConnection, pattern: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1")
+        .bind(pattern)
         .fetch_one(pg)
         .await
         .unwrap()

@@ -1,5 +1,7 @@
 //! SSH user certificates per second at N concurrent clients, each a real certificate for the same
-//! user key. `floor`: the same load against a bare HTTP route that does nothing (the plumbing's
+//! user key, each call with a reason and a ticket of its own (so the broker decides each afresh,
+//! as it would real requests; `--same-reason`: every call the same, decided from the broker's
+//! decision cache after the first). `floor`: the same load against a bare HTTP route that does nothing (the plumbing's
 //! cost); `sign`: that route signing a real certificate, recording nothing. Mayfly:
 //! `POST /v1/certificates` (decided by a Cedar policy, no approval needed, the request and the
 //! grant recorded with one audit event, durable before the answer), broker on SQLite in this
@@ -13,7 +15,11 @@
 //! ```
 //!
 //! `--wrk` anywhere: the load comes from `wrk` (Debian's package) in a process of its own instead
-//! of this process's clients, which cost about 0.1 ms of CPU per call on the same two cores.
+//! of this process's clients, which cost about 0.1 ms of CPU per call on the same two cores; its
+//! Lua script builds each request's body with an id of its own (thread and counter).
+//! `--same-reason` anywhere: every call has the same body (reason `bench`, no ticket), as before
+//! issue 24, so the cached decision's figure can be stated on its own. OpenBao's `ssh/sign` takes
+//! no reason or ticket: its calls are the same in both modes.
 
 #![allow(
     clippy::unwrap_used,
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mayfly_testkit::TestBroker;
+use mayfly_testkit::bench::{CALL_ID, Calls};
 use serde_json::{Value, json};
 
 #[global_allocator]
@@ -36,7 +43,8 @@ struct Load {
     url: String,
     header: &'static str,
     token: String,
-    body: Value,
+    /// The JSON body; every [`CALL_ID`] in it is replaced by the call's own id.
+    body: String,
     /// Where the certificate is in the answer.
     field: &'static [&'static str],
 }
@@ -46,10 +54,21 @@ async fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let use_wrk = args.iter().any(|a| a == "--wrk");
     args.retain(|a| a != "--wrk");
+    let calls = Calls::from_args(&mut args);
     let system = args.get(1).cloned().unwrap_or_else(|| "mayfly".into());
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(16);
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     let public_key = mayfly_crypto::ssh::generate_user_key().unwrap().1;
+    // Mayfly's body (and the floor's, which parses the same): the request's reason and ticket
+    // are the call's own unless `--same-reason`.
+    let certificate_body = || {
+        let mut body = json!({"target": "hosts", "role": "bench", "ttl_seconds": 600,
+                              "public_key": public_key});
+        for (field, value) in calls.fields(CALL_ID) {
+            body[field] = Value::String(value);
+        }
+        body.to_string()
+    };
     let mut broker = None;
     let load = if system == "floor" || system == "sign" {
         // The floor: a bare axum route that parses the same JSON body and answers with a
@@ -101,8 +120,7 @@ async fn main() {
             url: format!("http://{addr}/v1/certificates"),
             header: "authorization",
             token: "Bearer floor".into(),
-            body: json!({"target": "hosts", "role": "bench", "ttl_seconds": 600,
-                          "reason": "bench", "public_key": public_key}),
+            body: certificate_body(),
             field: &["certificate"],
         }
     } else if system == "openbao" {
@@ -116,7 +134,8 @@ async fn main() {
             url: format!("{url}/v1/ssh/sign/{role}"),
             header: "x-vault-token",
             token,
-            body: json!({"public_key": public_key, "valid_principals": "bench", "ttl": "600"}),
+            body: json!({"public_key": public_key, "valid_principals": "bench", "ttl": "600"})
+                .to_string(),
             field: &["data", "signed_key"],
         }
     } else {
@@ -150,8 +169,7 @@ async fn main() {
             url: format!("{}/v1/certificates", started.addr),
             header: "authorization",
             token: format!("Bearer {admin}"),
-            body: json!({"target": "hosts", "role": "bench", "ttl_seconds": 600,
-                          "reason": "bench", "public_key": public_key}),
+            body: certificate_body(),
             field: &["certificate"],
         };
         broker = Some(started);
@@ -166,7 +184,8 @@ async fn main() {
     let answer: Value = http
         .post(&load.url)
         .header(load.header, &load.token)
-        .json(&load.body)
+        .header("content-type", "application/json")
+        .body(load.body.replace(CALL_ID, "check"))
         .send()
         .await
         .unwrap()
@@ -188,19 +207,23 @@ async fn main() {
         "{system}: {clients} clients, {seconds} s, load from {}",
         if use_wrk { "wrk" } else { "this process" }
     );
+    if system == "openbao" {
+        println!("calls: all identical (OpenBao's ssh/sign takes no reason or ticket)");
+    } else {
+        println!("{}", calls.describe());
+    }
     let load = Arc::new(load);
     let cpu_before = mayfly_testkit::bench::process_cpu();
     let run = if use_wrk {
         let load = load.clone();
         tokio::task::spawn_blocking(move || {
             let children_before = mayfly_testkit::bench::children_cpu();
-            let body = load.body.to_string();
             let run = mayfly_testkit::bench::wrk(
                 &mayfly_testkit::bench::WrkLoad {
                     method: "POST",
                     url: &load.url,
                     header: (load.header, &load.token),
-                    body: &body,
+                    body: &load.body,
                 },
                 clients,
                 seconds,
@@ -281,16 +304,20 @@ async fn own_clients(
     let started = Instant::now();
     let duration = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
         let (http, load) = (http.clone(), load.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut n = 0u64;
             while started.elapsed() < duration {
+                n += 1;
                 let t = Instant::now();
+                let body = load.body.replace(CALL_ID, &format!("{client}-{n}"));
                 let response = http
                     .post(&load.url)
                     .header(load.header, &load.token)
-                    .json(&load.body)
+                    .header("content-type", "application/json")
+                    .body(body)
                     .send()
                     .await
                     .unwrap();

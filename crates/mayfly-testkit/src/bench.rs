@@ -3,6 +3,62 @@
 
 use std::time::{Duration, Instant};
 
+/// How the calls of a benchmark differ from one another.
+///
+/// The broker keeps each Cedar decision by its complete input (principal, target, role, and the
+/// context with the request's reason and ticket), so identical calls are decided once and then
+/// answered from that cache. Real requests carry reasons and tickets of their own; so do the
+/// benchmarks' calls unless asked otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calls {
+    /// Every call with a reason and a ticket of its own (the default): each is decided afresh.
+    Distinct,
+    /// Every call the same (`--same-reason`: reason `bench`, no ticket): every decision after
+    /// the first comes from the broker's decision cache.
+    Same,
+}
+
+impl Calls {
+    /// The flag that asks for [`Calls::Same`].
+    pub const SAME_FLAG: &'static str = "--same-reason";
+
+    /// Reads the flag, and removes it from `args` so the positional arguments stay in place.
+    pub fn from_args(args: &mut Vec<String>) -> Calls {
+        let same = args.iter().any(|a| a == Calls::SAME_FLAG);
+        args.retain(|a| a != Calls::SAME_FLAG);
+        if same { Calls::Same } else { Calls::Distinct }
+    }
+
+    /// What the run's output says about its calls.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Calls::Distinct => {
+                "calls: each with its own reason and ticket (every Cedar decision made afresh)"
+            }
+            Calls::Same => {
+                "calls: all identical, --same-reason (Cedar decisions after the first come from the broker's cache)"
+            }
+        }
+    }
+
+    /// The `reason` and `ticket` fields of a request body for the call named `id` (unique within
+    /// the run, e.g. `CLIENT-N`, or [`CALL_ID`] in a template for `wrk`); for [`Calls::Same`]
+    /// the reason `bench` and no ticket, whatever `id`.
+    pub fn fields(self, id: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Calls::Distinct => vec![
+                ("reason", format!("bench call {id}")),
+                ("ticket", format!("BENCH-{id}")),
+            ],
+            Calls::Same => vec![("reason", "bench".to_owned())],
+        }
+    }
+}
+
+/// In a [`WrkLoad`]'s body, a text that `wrk` replaces in every request with an id of the
+/// request's own (its thread's number and a counter: `1-1`, `1-2`, …).
+pub const CALL_ID: &str = "@call-id@";
+
 /// One run's figures.
 #[derive(Debug)]
 pub struct Run {
@@ -39,7 +95,8 @@ pub struct WrkLoad<'a> {
     pub url: &'a str,
     /// Header name and value; the value may be a secret (a bench's own token).
     pub header: (&'a str, &'a str),
-    /// A JSON body.
+    /// A JSON body. Every [`CALL_ID`] in it is replaced in each request by an id of that
+    /// request's own, so no two requests carry the same body.
     pub body: &'a str,
 }
 
@@ -47,23 +104,12 @@ pub struct WrkLoad<'a> {
 /// in a process of its own, and reads its rate and latency percentiles. Any answer other than a
 /// 2xx, and any socket error, is an error: the figures would not be of the work asked for.
 pub fn wrk(load: &WrkLoad<'_>, clients: usize, seconds: u64) -> Result<Run, String> {
-    if load.body.contains("]]")
-        || [load.method, load.header.0, load.header.1]
-            .iter()
-            .any(|t| t.contains(['"', '\\', '\n']))
-    {
-        return Err("the request cannot be written into wrk's Lua script".into());
-    }
     // The script is a temporary file of this user's only (0600): the header may be a token.
     let mut script = tempfile::Builder::new()
         .suffix(".lua")
         .tempfile()
         .map_err(|e| format!("no temporary file for wrk's script: {e}"))?;
-    let text = format!(
-        "wrk.method = \"{}\"\nwrk.body = [[{}]]\nwrk.headers[\"{}\"] = \"{}\"\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n",
-        load.method, load.body, load.header.0, load.header.1
-    );
+    let text = wrk_script(load)?;
     std::io::Write::write_all(&mut script, text.as_bytes())
         .map_err(|e| format!("could not write wrk's script: {e}"))?;
     let output = std::process::Command::new("wrk")
@@ -86,6 +132,46 @@ pub fn wrk(load: &WrkLoad<'_>, clients: usize, seconds: u64) -> Result<Run, Stri
         return Err(format!("wrk failed: {report}"));
     }
     parse_wrk(&text)
+}
+
+/// `wrk`'s Lua script for `load`. A body without [`CALL_ID`] is sent as it is; otherwise each
+/// request's body is built by `request()`, the marker replaced by the thread's number (given by
+/// `setup`) and a counter of that thread's requests.
+fn wrk_script(load: &WrkLoad<'_>) -> Result<String, String> {
+    // The body's pieces go into long strings `[==[…]==]`, the rest into quoted strings.
+    if load.body.contains("]==")
+        || load.body.contains(['\n', '\r'])
+        || [load.method, load.header.0, load.header.1]
+            .iter()
+            .any(|t| t.contains(['"', '\\', '\n', '\r']))
+    {
+        return Err("the request cannot be written into wrk's Lua script".into());
+    }
+    let mut text = format!(
+        "wrk.method = \"{}\"\nwrk.headers[\"{}\"] = \"{}\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n",
+        load.method, load.header.0, load.header.1
+    );
+    if !load.body.contains(CALL_ID) {
+        text.push_str(&format!("wrk.body = [==[{}]==]\n", load.body));
+        return Ok(text);
+    }
+    let pieces: Vec<String> = load
+        .body
+        .split(CALL_ID)
+        .map(|piece| format!("[==[{piece}]==]"))
+        .collect();
+    text.push_str(&format!(
+        "local pieces = {{ {} }}\n\
+         local threads = 0\n\
+         function setup(thread)\n  threads = threads + 1\n  thread:set(\"id\", threads)\nend\n\
+         local counter = 0\n\
+         function request()\n  counter = counter + 1\n\
+         \x20 local body = table.concat(pieces, (id or 0) .. \"-\" .. counter)\n\
+         \x20 return wrk.format(nil, nil, nil, body)\nend\n",
+        pieces.join(", ")
+    ));
+    Ok(text)
 }
 
 /// The figures of `wrk --latency`'s report.
@@ -190,5 +276,39 @@ mod tests {
             "  Non-2xx or 3xx responses: 3\nRequests/sec",
         );
         assert!(parse_wrk(&refused).unwrap_err().contains("not 2xx"));
+    }
+
+    #[test]
+    fn wrk_script_gives_each_request_its_own_body() {
+        let mut load = WrkLoad {
+            method: "POST",
+            url: "http://127.0.0.1:1/v1/certificates",
+            header: ("authorization", "Bearer t"),
+            body: r#"{"reason":"bench"}"#,
+        };
+        let fixed = wrk_script(&load).unwrap();
+        assert!(fixed.contains(r#"wrk.body = [==[{"reason":"bench"}]==]"#));
+        assert!(!fixed.contains("function request"));
+        let body = format!(r#"{{"reason":"bench call {CALL_ID}","ticket":"BENCH-{CALL_ID}"}}"#);
+        load.body = &body;
+        let varied = wrk_script(&load).unwrap();
+        assert!(varied.contains(
+            r#"local pieces = { [==[{"reason":"bench call ]==], [==[","ticket":"BENCH-]==], [==["}]==] }"#
+        ));
+        assert!(varied.contains("function request()"));
+        assert!(varied.contains(r#"thread:set("id", threads)"#));
+        assert!(!varied.contains("wrk.body"));
+        load.body = "]==]";
+        assert!(wrk_script(&load).is_err());
+    }
+
+    #[test]
+    fn distinct_calls_have_their_own_reason_and_ticket() {
+        let mut args: Vec<String> = ["bench", "--same-reason", "16"].map(String::from).to_vec();
+        assert_eq!(Calls::from_args(&mut args), Calls::Same);
+        assert_eq!(args, ["bench", "16"]);
+        assert_eq!(Calls::from_args(&mut args), Calls::Distinct);
+        assert_ne!(Calls::Distinct.fields("1-1"), Calls::Distinct.fields("1-2"));
+        assert_eq!(Calls::Same.fields("1-1"), Calls::Same.fields("1-2"));
     }
 }
