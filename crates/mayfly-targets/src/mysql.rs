@@ -344,7 +344,7 @@ impl MysqlTarget {
             name,
             options.get_host(),
             matches!(options.get_ssl_mode(), MySqlSslMode::VerifyIdentity),
-            "give the target's CA certificate (`ca_cert_pem`), or `ssl-mode=VERIFY_IDENTITY` for a server whose certificate a public CA signed",
+            "give the target's CA certificate in the URL's `ca=` (PEM in base64url, see docs/targets/mysql.md), or `ssl-mode=VERIFY_IDENTITY` for a server whose certificate a public CA signed",
         )?;
         if let Some(password) = admin_password
             && !password.expose_secret().is_empty()

@@ -118,7 +118,7 @@ impl PostgresTarget {
             name,
             options.get_host(),
             matches!(options.get_ssl_mode(), PgSslMode::VerifyFull),
-            "give the target's CA certificate (`ca_cert_pem`), or `sslmode=verify-full` for a server whose certificate a public CA signed",
+            "give the target's CA certificate in the URL's `ca=` (PEM in base64url, see docs/targets/postgres.md), or `sslmode=verify-full` for a server whose certificate a public CA signed",
         )?;
         if let Some(password) = admin_password {
             options = options.password(password.expose_secret());

@@ -140,14 +140,14 @@ impl RedisTarget {
             name,
             &host,
             tls,
-            "use `rediss://HOST:PORT` with the target's CA certificate (`ca_cert_pem`)",
+            "use `rediss://HOST:PORT` with the target's CA certificate in the URL's `ca=` (see docs/targets/redis.md)",
         )?;
         let tls = match (tls, ca) {
             (true, Some(ca)) => Some(tls_config(name, &ca)?),
             (true, None) => {
                 return Err(TargetError::Refused {
                     target: name.to_owned(),
-                    reason: "`rediss://` needs the target's CA certificate (`ca_cert_pem`)".into(),
+                    reason: "`rediss://` needs the target's CA certificate in the URL's `ca=` (see docs/targets/redis.md)".into(),
                 });
             }
             (false, Some(_)) => {
