@@ -340,6 +340,14 @@ impl MysqlTarget {
                 .ssl_mode(MySqlSslMode::VerifyIdentity)
                 .ssl_ca_from_pem(ca.into_bytes());
         }
+        // On this machine, with no CA and no mode asked for: plain, as before sqlx had TLS (an
+        // unverified handshake with a loopback server protects nothing and costs every login).
+        if matches!(options.get_ssl_mode(), MySqlSslMode::Preferred)
+            && crate::is_loopback(options.get_host())
+            && !url.contains("ssl-mode=")
+        {
+            options = options.ssl_mode(MySqlSslMode::Disabled);
+        }
         crate::require_verified(
             name,
             options.get_host(),

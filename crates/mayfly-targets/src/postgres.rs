@@ -114,6 +114,14 @@ impl PostgresTarget {
                 .ssl_mode(PgSslMode::VerifyFull)
                 .ssl_root_cert_from_pem(ca.into_bytes());
         }
+        // On this machine, with no CA and no mode asked for: plain, as before sqlx had TLS (an
+        // unverified handshake with a loopback server protects nothing and costs every login).
+        if matches!(options.get_ssl_mode(), PgSslMode::Prefer)
+            && crate::is_loopback(options.get_host())
+            && !url.contains("sslmode=")
+        {
+            options = options.ssl_mode(PgSslMode::Disable);
+        }
         crate::require_verified(
             name,
             options.get_host(),
