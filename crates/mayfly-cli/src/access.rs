@@ -480,12 +480,16 @@ pub async fn review(client: &Client, command: ReviewCommand, json: bool) -> anyh
     Ok(())
 }
 
-/// `mayfly ssh ROLE user@host [-- cmd]`, `mayfly ssh ca`, `mayfly ssh krl FILE`.
+/// `mayfly ssh ROLE user@host [-- cmd]`, `mayfly ssh ca TARGET`, `mayfly ssh krl TARGET FILE`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SshArgs {
-    /// TARGET/ROLE, or `ca`, or `krl`.
-    pub role: String,
-    /// user@host (for `krl`: the file to write).
+    #[command(subcommand)]
+    pub list: Option<SshCommand>,
+    /// TARGET/ROLE.
+    #[arg(required = true)]
+    pub role: Option<String>,
+    /// user@host.
     pub destination: Option<String>,
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
@@ -509,33 +513,85 @@ pub struct SshArgs {
     pub command: Vec<String>,
 }
 
+/// What a host of an SSH target needs from the broker. Each target has its own CA: a host trusts
+/// the CA of its own target only, and loads that target's KRL.
+#[derive(Debug, Subcommand)]
+pub enum SshCommand {
+    /// Print the target's CA public key (for `TrustedUserCAKeys`).
+    Ca { target: String },
+    /// Write the target's current KRL to FILE, atomically (for `RevokedKeys`).
+    Krl { target: String, file: PathBuf },
+}
+
+/// What a service of an X.509 target needs from the broker. Each target has its own CA: a
+/// service trusts the CA of its own target only, and loads that target's CRL.
+#[derive(Debug, Subcommand)]
+pub enum X509Command {
+    /// Print the target's client CA certificate (PEM), to trust for client certificates.
+    Ca { target: String },
+    /// Write the target's current CRL (PEM) to FILE, atomically.
+    Crl { target: String, file: PathBuf },
+}
+
+/// `mayfly x509 ca TARGET`, `mayfly x509 crl TARGET FILE`.
+pub async fn x509(client: &Client, command: X509Command) -> anyhow::Result<()> {
+    match command {
+        X509Command::Ca { target } => {
+            print!(
+                "{}",
+                client
+                    .call_text(Method::GET, &ca_path("x509", &target)?)
+                    .await?
+            );
+        }
+        X509Command::Crl { target, file } => {
+            let path = format!("/v1/x509/crl?target={}", checked_target(&target)?);
+            write_list(client, &path, &file, "CRL").await?;
+        }
+    }
+    Ok(())
+}
+
+/// `/v1/{kind}/ca?target=TARGET`.
+fn ca_path(kind: &str, target: &str) -> anyhow::Result<String> {
+    Ok(format!("/v1/{kind}/ca?target={}", checked_target(target)?))
+}
+
+/// A target's name as the broker takes it (so it goes in a URL as it is).
+fn checked_target(target: &str) -> anyhow::Result<&str> {
+    mayfly_core::GroupName::parse(target).map_err(|e| anyhow!("the target name {e}"))?;
+    Ok(target)
+}
+
 /// `mayfly ssh ROLE user@host [-- cmd]`: requests access, has the broker certify a key (the
 /// user's, or a fresh one kept in a private temporary directory and deleted after), runs `ssh` with
 /// the certificate, and revokes the grant when ssh ends.
 pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
-    match (args.role.as_str(), &args.destination) {
-        ("ca", None) => {
-            print!("{}", client.call_text(Method::GET, "/v1/ssh/ca").await?);
+    match args.list {
+        Some(SshCommand::Ca { target }) => {
+            print!(
+                "{}",
+                client
+                    .call_text(Method::GET, &ca_path("ssh", &target)?)
+                    .await?
+            );
             return Ok(ExitCode::SUCCESS);
         }
-        ("krl", Some(file)) => {
-            write_krl(client, Path::new(file)).await?;
+        Some(SshCommand::Krl { target, file }) => {
+            let path = format!("/v1/ssh/krl?target={}", checked_target(&target)?);
+            write_list(client, &path, &file, "KRL").await?;
             return Ok(ExitCode::SUCCESS);
         }
-        ("krl", None) => bail!("give the file to write: `mayfly ssh krl /etc/ssh/mayfly.krl`"),
-        _ => {}
+        None => {}
     }
+    let Some(role) = args.role else {
+        bail!("give the role: `mayfly ssh TARGET/ROLE user@host --ttl 15m --reason R`");
+    };
     let Some(destination) = args.destination else {
-        bail!(
-            "give the host: `mayfly ssh {} user@host --ttl 15m --reason R`",
-            args.role
-        );
+        bail!("give the host: `mayfly ssh {role} user@host --ttl 15m --reason R`");
     };
     let (Some(ttl), Some(reason)) = (args.ttl, args.reason) else {
-        bail!(
-            "give --ttl and --reason: `mayfly ssh {} {destination} --ttl 15m --reason R`",
-            args.role
-        );
+        bail!("give --ttl and --reason: `mayfly ssh {role} {destination} --ttl 15m --reason R`");
     };
     let (key, port, command, ssh_options) = (args.key, args.port, args.command, args.ssh_options);
     let dir = tempfile::Builder::new()
@@ -562,14 +618,14 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let public_key = public_key.trim().to_owned();
-    let (target, role) = split_role(&args.role)?;
+    let (target, role_name) = split_role(&role)?;
     // One call where the policy needs no approval; else request, wait for approval, activate.
     let one_call = if args.break_glass {
         None
     } else {
         let body = CertificateRequest {
-            target,
-            role,
+            target: target.clone(),
+            role: role_name,
             ttl_seconds: ttl.as_secs(),
             reason: reason.clone(),
             ticket: args.ticket.clone(),
@@ -595,7 +651,7 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
         Some(credential) => credential,
         None => {
             let request_args = RequestArgs {
-                role: args.role,
+                role,
                 ttl,
                 reason,
                 ticket: args.ticket,
@@ -651,7 +707,7 @@ pub async fn ssh(client: &Client, args: SshArgs) -> anyhow::Result<ExitCode> {
     drop(dir);
     match revoke_now(client, &credential.grant.id).await {
         Ok(_) => eprintln!(
-            "grant {} revoked: its certificate is in the KRL (/v1/ssh/krl)",
+            "grant {} revoked: its certificate is in the KRL of `{target}` (/v1/ssh/krl?target={target})",
             credential.grant.id
         ),
         Err(error) => eprintln!(
@@ -715,15 +771,20 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fetches the KRL and replaces `file` with it atomically (sshd never reads half a KRL).
-async fn write_krl(client: &Client, file: &Path) -> anyhow::Result<()> {
-    let bytes = client.call_bytes(Method::GET, "/v1/ssh/krl").await?;
+/// Fetches a revocation list (`what`: the KRL, the CRL) from `path` and replaces `file` with it
+/// atomically (sshd or the service never reads half a list).
+async fn write_list(client: &Client, path: &str, file: &Path, what: &str) -> anyhow::Result<()> {
+    let bytes = client.call_bytes(Method::GET, path).await?;
     let partial = PathBuf::from(format!("{}.partial", file.display()));
     std::fs::write(&partial, &bytes)
         .with_context(|| format!("cannot write `{}`", partial.display()))?;
     std::fs::rename(&partial, file)
         .with_context(|| format!("cannot replace `{}`", file.display()))?;
-    eprintln!("KRL written to {} ({} bytes)", file.display(), bytes.len());
+    eprintln!(
+        "{what} written to {} ({} bytes)",
+        file.display(),
+        bytes.len()
+    );
     Ok(())
 }
 

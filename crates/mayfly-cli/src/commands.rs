@@ -130,9 +130,12 @@ enum Command {
     #[command(subcommand)]
     Review(crate::access::ReviewCommand),
     /// SSH with a short-lived certificate: `mayfly ssh TARGET/ROLE user@host --ttl 15m --reason R
-    /// [-- cmd]`. `mayfly ssh ca` prints the CA's public key (for `TrustedUserCAKeys`);
-    /// `mayfly ssh krl FILE` writes the current KRL (for `RevokedKeys`).
+    /// [-- cmd]`. `mayfly ssh ca TARGET` prints the target's CA public key (for
+    /// `TrustedUserCAKeys`); `mayfly ssh krl TARGET FILE` writes its current KRL (for `RevokedKeys`).
     Ssh(crate::access::SshArgs),
+    /// An X.509 target's client CA and CRL: `mayfly x509 ca TARGET`, `mayfly x509 crl TARGET FILE`.
+    #[command(subcommand)]
+    X509(crate::access::X509Command),
 }
 
 #[derive(Debug, Args)]
@@ -888,6 +891,7 @@ async fn client_command(client: &Client, command: Command, json: bool) -> anyhow
         }
         Command::Review(command) => crate::access::review(client, command, json).await?,
         Command::Ssh(args) => return crate::access::ssh(client, args).await,
+        Command::X509(command) => crate::access::x509(client, command).await?,
         Command::Audit(AuditCommand::Head) => {
             let head: AuditHead = client
                 .call(Method::GET, "/v1/sys/audit/head", none())

@@ -1,7 +1,10 @@
-//! The broker's certificate authorities: the SSH user CA (a 32-byte Ed25519 seed) and the X.509
-//! client CA (an Ed25519 PKCS#8 key), each kept through the barrier and made at first use; the
-//! `ssh` and `x509` target kinds; and the lists of revoked certificates made from the grants in the
-//! store: the KRL hosts use as `RevokedKeys`, the CRL TLS services load.
+//! The certificate authorities of the certificate targets: each `ssh` target has its own SSH user
+//! CA (a 32-byte Ed25519 seed) and each `x509` target its own X.509 client CA (an Ed25519 PKCS#8
+//! key), kept through the barrier and made when the target is first built (when it is added, or
+//! at its first use after an upgrade); the `ssh` and `x509` target kinds; and each target's list
+//! of its revoked certificates made from the grants in the store: the KRL its hosts use as
+//! `RevokedKeys`, the CRL its TLS services load. One CA per target is what keeps a certificate
+//! for one target from opening another: a host or service trusts only its own target's CA.
 
 use std::sync::Arc;
 
@@ -12,28 +15,44 @@ use mayfly_crypto::x509::X509Ca;
 use mayfly_store::{Change, Store, Write};
 use mayfly_targets::ssh::SshTarget;
 use mayfly_targets::x509::X509Target;
-use mayfly_targets::{ListStatus, RevocationList, TargetError};
+use mayfly_targets::{ListStatus, RevocationList, TargetError, TargetKind};
 
 use crate::api::error::ApiError;
 use crate::clock::Clock;
 use crate::state::Broker;
 
-/// Where the SSH CA's seed is kept (through the barrier).
+/// Under which the SSH CAs' seeds are kept (through the barrier): a target's is at
+/// [`ssh_ca_path`], `ssh/ca-seed/<target>`. (Before each target had its own CA, the one CA's seed
+/// was at this path itself; nothing reads it any more.)
 pub const CA_SEED_PATH: &str = "ssh/ca-seed";
-/// Where the X.509 CA's key is kept (through the barrier).
+/// Under which the X.509 CAs' keys are kept (through the barrier): a target's is at
+/// [`x509_ca_path`], `x509/ca-key/<target>`. (The one CA of before was at this path itself.)
 pub const X509_CA_KEY_PATH: &str = "x509/ca-key";
 /// How long a CRL is valid (`nextUpdate`): verifiers should fetch it more often than this.
 pub const CRL_VALID_SECONDS: i64 = 3600;
+
+/// Where the SSH CA seed of the target `target` is kept.
+pub fn ssh_ca_path(target: &str) -> String {
+    format!("{CA_SEED_PATH}/{target}")
+}
+
+/// Where the X.509 CA key of the target `target` is kept.
+pub fn x509_ca_path(target: &str) -> String {
+    format!("{X509_CA_KEY_PATH}/{target}")
+}
 
 fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
     ApiError::Internal(format!("crypto: {error}"))
 }
 
 impl Broker {
-    /// The SSH user CA; its key is made and stored (audited) the first time it is needed.
-    pub async fn ssh_ca(&self) -> Result<Arc<SshCa>, ApiError> {
+    /// The SSH user CA of the target `target`; its key is made and stored (audited) the first
+    /// time it is needed. The caller knows `target` is an SSH target or one being added: this
+    /// makes a CA for any name. Read from the store at every call: what signs certificates is the
+    /// built target ([`Broker::build_ssh_target`]), which keeps its CA.
+    pub async fn ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, ApiError> {
         let seed = self
-            .ca_key(CA_SEED_PATH, "ssh.ca.created", || {
+            .ca_key(&ssh_ca_path(target), target, "ssh.ca.created", || {
                 let seed = SshCa::generate_seed().map_err(crypto)?;
                 let public = SshCa::from_seed(&seed)
                     .map_err(crypto)?
@@ -51,11 +70,115 @@ impl Broker {
         Ok(Arc::new(ca.map_err(crypto)?))
     }
 
+    /// The X.509 client CA of the target `target`; its key is made and stored (audited) the first
+    /// time it is needed. As for [`Broker::ssh_ca`], the caller knows the target.
+    pub async fn x509_ca(&self, target: &str) -> Result<Arc<X509Ca>, ApiError> {
+        let key = self
+            .ca_key(&x509_ca_path(target), target, "x509.ca.created", || {
+                let key = X509Ca::generate_key().map_err(crypto)?;
+                let certificate = X509Ca::from_pkcs8(&key)
+                    .map_err(crypto)?
+                    .certificate_pem()
+                    .to_owned();
+                Ok((key, certificate))
+            })
+            .await?;
+        Ok(Arc::new(X509Ca::from_pkcs8(&key).map_err(crypto)?))
+    }
+
+    /// The CA the hosts of the SSH target `target` trust (`GET /v1/ssh/ca?target=`); 404 unless
+    /// there is an SSH target of that name.
+    pub async fn published_ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, ApiError> {
+        self.certificate_target(target, TargetKind::Ssh).await?;
+        self.ssh_ca(target).await
+    }
+
+    /// The KRL of the SSH target `target` (`GET /v1/ssh/krl?target=`): its revoked certificates
+    /// that have not expired, under its CA; 404 unless there is an SSH target of that name.
+    pub async fn ssh_krl(&self, target: &str) -> Result<Vec<u8>, ApiError> {
+        self.certificate_target(target, TargetKind::Ssh).await?;
+        let ca = self.ssh_ca(target).await?;
+        krl(self.store(), target, &ca, self.now()).await
+    }
+
+    /// The CA certificate the services of the X.509 target `target` trust for client
+    /// certificates (`GET /v1/x509/ca?target=`); 404 unless there is an X.509 target of that name.
+    pub async fn published_x509_ca(&self, target: &str) -> Result<Arc<X509Ca>, ApiError> {
+        self.certificate_target(target, TargetKind::X509).await?;
+        self.x509_ca(target).await
+    }
+
+    /// The CRL of the X.509 target `target` (`GET /v1/x509/crl?target=`): its revoked
+    /// certificates that have not expired, signed by its CA; 404 unless there is an X.509 target
+    /// of that name.
+    pub async fn x509_crl(&self, target: &str) -> Result<String, ApiError> {
+        self.certificate_target(target, TargetKind::X509).await?;
+        let ca = self.x509_ca(target).await?;
+        crl(self.store(), target, &ca, self.now()).await
+    }
+
+    /// An `ssh` target: its own CA (made now if it has none) and the store's view of its revoked
+    /// certificates. The target keeps the CA, so signing reads no key.
+    pub async fn build_ssh_target(
+        &self,
+        name: &str,
+        url: &str,
+    ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
+        let ca = self.ssh_ca(name).await?;
+        let revoked = Arc::new(StoreList::new(
+            name,
+            self.inner.store.clone(),
+            self.inner.config.clock.clone(),
+        ));
+        let target = SshTarget::new(name, url, ca, revoked)
+            .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
+        Ok(Arc::new(target))
+    }
+
+    /// An `x509` target: its own CA (made now if it has none) and the store's view of its revoked
+    /// certificates. The target keeps the CA, so signing reads no key.
+    pub async fn build_x509_target(
+        &self,
+        name: &str,
+        url: &str,
+    ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
+        let ca = self.x509_ca(name).await?;
+        let revoked = Arc::new(StoreList::new(
+            name,
+            self.inner.store.clone(),
+            self.inner.config.clock.clone(),
+        ));
+        let target = X509Target::new(name, url, ca, revoked)
+            .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
+        Ok(Arc::new(target))
+    }
+
+    /// 404 unless a target named `name` of `kind` exists. The answer is the same for an unknown
+    /// name and for a target of another kind: the public endpoints say nothing of other targets.
+    async fn certificate_target(&self, name: &str, kind: TargetKind) -> Result<(), ApiError> {
+        self.require_unsealed().await?;
+        let record = self
+            .store()
+            .target(name)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        if record.is_some_and(|record| record.kind == kind.to_string()) {
+            return Ok(());
+        }
+        let label = if kind == TargetKind::Ssh {
+            "SSH"
+        } else {
+            "X.509"
+        };
+        Err(ApiError::NotFound(format!("no {label} target `{name}`")))
+    }
+
     /// A CA key kept through the barrier at `path`, made by `make` (which also returns what to
     /// audit about it: the public key or certificate) and stored, audited, the first time.
     async fn ca_key(
         &self,
         path: &str,
+        target: &str,
         created_kind: &str,
         make: impl FnOnce() -> Result<(zeroize::Zeroizing<Vec<u8>>, String), ApiError>,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
@@ -72,8 +195,10 @@ impl Broker {
                 let blob = keys.keyring.seal(path, &key).map_err(crypto)?;
                 let mut event = self
                     .draft(created_kind, Outcome::Ok)
+                    .detail("target", target.to_owned())
                     .detail("public", public);
                 event.actor = Some("broker".into());
+                event.subject = Some(format!("target:{target}"));
                 self.commit(Write {
                     change: Some(Change::CreateSecret {
                         path: path.into(),
@@ -96,83 +221,36 @@ impl Broker {
         };
         keys.keyring.open(path, &blob).map_err(crypto)
     }
-
-    /// The X.509 client CA; its key is made and stored (audited) the first time it is needed.
-    pub async fn x509_ca(&self) -> Result<Arc<X509Ca>, ApiError> {
-        let key = self
-            .ca_key(X509_CA_KEY_PATH, "x509.ca.created", || {
-                let key = X509Ca::generate_key().map_err(crypto)?;
-                let certificate = X509Ca::from_pkcs8(&key)
-                    .map_err(crypto)?
-                    .certificate_pem()
-                    .to_owned();
-                Ok((key, certificate))
-            })
-            .await?;
-        Ok(Arc::new(X509Ca::from_pkcs8(&key).map_err(crypto)?))
-    }
-
-    /// The CRL as served at `/v1/x509/crl`: every revoked X.509 grant that has not expired.
-    pub async fn x509_crl(&self) -> Result<String, ApiError> {
-        let ca = self.x509_ca().await?;
-        crl(self.store(), &ca, self.now()).await
-    }
-
-    /// An `x509` target: the CA and the store's view of revoked certificates.
-    pub async fn build_x509_target(
-        &self,
-        name: &str,
-        url: &str,
-    ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
-        let ca = self.x509_ca().await?;
-        let revoked = Arc::new(StoreList::x509(
-            self.inner.store.clone(),
-            self.inner.config.clock.clone(),
-        ));
-        let target = X509Target::new(name, url, ca, revoked)
-            .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
-        Ok(Arc::new(target))
-    }
-
-    /// The KRL as served at `/v1/ssh/krl`: every revoked SSH grant that has not expired.
-    pub async fn ssh_krl(&self) -> Result<Vec<u8>, ApiError> {
-        let ca = self.ssh_ca().await?;
-        krl(self.store(), &ca, self.now()).await
-    }
-
-    /// An `ssh` target: the CA and the store's view of revoked certificates.
-    pub async fn build_ssh_target(
-        &self,
-        name: &str,
-        url: &str,
-    ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
-        let ca = self.ssh_ca().await?;
-        let revoked = Arc::new(StoreList::ssh(
-            self.inner.store.clone(),
-            self.inner.config.clock.clone(),
-        ));
-        let target = SshTarget::new(name, url, ca, revoked)
-            .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
-        Ok(Arc::new(target))
-    }
 }
 
-/// The KRL hosts load as `RevokedKeys` (served at `/v1/ssh/krl`): every SSH grant in `store` whose
-/// revocation was requested and that has not expired at `now`, by key id (the grant's login).
-pub async fn krl(store: &dyn Store, ca: &SshCa, now: Timestamp) -> Result<Vec<u8>, ApiError> {
+/// The KRL the hosts of the SSH target `target` load as `RevokedKeys` (served at
+/// `/v1/ssh/krl?target=`): every grant on that target in `store` whose revocation was requested
+/// and that has not expired at `now`, by key id (the grant's login), under that target's CA `ca`.
+pub async fn krl(
+    store: &dyn Store,
+    target: &str,
+    ca: &SshCa,
+    now: Timestamp,
+) -> Result<Vec<u8>, ApiError> {
     let logins = store
-        .revoked_certificate_logins("ssh", now)
+        .revoked_certificate_logins(target, now)
         .await
         .map_err(|e| ApiError::store(&e))?;
     let version = u64::try_from(now.unix_ms()).unwrap_or(0);
     ca.krl(version, version / 1000, &logins).map_err(crypto)
 }
 
-/// The CRL TLS services load (served at `/v1/x509/crl`): every X.509 grant in `store` whose
-/// revocation was requested and that has not expired at `now`, by serial (made from the login).
-pub async fn crl(store: &dyn Store, ca: &X509Ca, now: Timestamp) -> Result<String, ApiError> {
+/// The CRL the services of the X.509 target `target` load (served at `/v1/x509/crl?target=`):
+/// every grant on that target in `store` whose revocation was requested and that has not expired
+/// at `now`, by serial (made from the login), signed by that target's CA `ca`.
+pub async fn crl(
+    store: &dyn Store,
+    target: &str,
+    ca: &X509Ca,
+    now: Timestamp,
+) -> Result<String, ApiError> {
     let serials: Vec<Vec<u8>> = store
-        .revoked_certificate_logins("x509", now)
+        .revoked_certificate_logins(target, now)
         .await
         .map_err(|e| ApiError::store(&e))?
         .iter()
@@ -183,30 +261,21 @@ pub async fn crl(store: &dyn Store, ca: &X509Ca, now: Timestamp) -> Result<Strin
         .map_err(crypto)
 }
 
-/// What a KRL or CRL says about one certificate, from its grant in the store: what an `ssh` or
-/// `x509` target asks for its proof.
+/// What one target's KRL or CRL says about one certificate, from its grant in the store: what an
+/// `ssh` or `x509` target asks for its proof.
 pub struct StoreList {
+    target: String,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    kind: &'static str,
 }
 
 impl StoreList {
-    /// The view of the KRL ([`krl`]).
-    pub fn ssh(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> StoreList {
+    /// The view of the KRL ([`krl`]) or CRL ([`crl`]) of the target `target`.
+    pub fn new(target: &str, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> StoreList {
         StoreList {
+            target: target.to_owned(),
             store,
             clock,
-            kind: "ssh",
-        }
-    }
-
-    /// The view of the CRL ([`crl`]).
-    pub fn x509(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> StoreList {
-        StoreList {
-            store,
-            clock,
-            kind: "x509",
         }
     }
 }
@@ -215,7 +284,7 @@ impl StoreList {
 impl RevocationList for StoreList {
     async fn status(&self, key_id: &str) -> Result<ListStatus, TargetError> {
         let unavailable = |e: mayfly_store::StoreError| TargetError::Unavailable {
-            target: self.kind.into(),
+            target: self.target.clone(),
             source: Box::new(e),
         };
         let now = self.clock.now();
@@ -227,9 +296,12 @@ impl RevocationList for StoreList {
         else {
             return Ok(ListStatus::Valid);
         };
-        // The same rule the list is made by (`Store::revoked_certificate_logins`): revocation
-        // requested or done, not yet expired. No need to read the whole list for one grant.
-        Ok(if grant.expires_at <= now {
+        // The same rule the list is made by (`Store::revoked_certificate_logins`): a grant on
+        // this target, revocation requested or done, not yet expired. No need to read the whole
+        // list for one grant. Another target's certificate is in another list, not this one.
+        Ok(if grant.target != self.target {
+            ListStatus::Valid
+        } else if grant.expires_at <= now {
             ListStatus::Expired
         } else if grant.state.revocation_requested() {
             ListStatus::Listed

@@ -192,11 +192,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         logins: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError>;
-    /// The logins of the grants on targets of `kind` (`ssh`, `x509`) that were revoked and have not
-    /// expired yet: what the KRL or CRL lists.
+    /// The logins of the grants on the certificate target `target` (`ssh`, `x509`) that were
+    /// revoked and have not expired yet: what that target's KRL or CRL lists, and nothing of any
+    /// other target's (each target has its own CA).
     async fn revoked_certificate_logins(
         &self,
-        kind: &str,
+        target: &str,
         now: Timestamp,
     ) -> Result<Vec<String>, StoreError>;
     /// The grant with this login.

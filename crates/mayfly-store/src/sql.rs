@@ -1438,16 +1438,16 @@ impl Store for SqlStore {
 
     async fn revoked_certificate_logins(
         &self,
-        kind: &str,
+        target: &str,
         now: Timestamp,
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT g.login FROM grants g JOIN targets t ON t.name = g.target \
-             WHERE t.kind = $2 AND g.state IN ('revoking', 'failed', 'revoked', 'verified') \
-             AND g.expires_at > $1 ORDER BY g.login",
+            "SELECT login FROM grants \
+             WHERE target = $2 AND state IN ('revoking', 'failed', 'revoked', 'verified') \
+             AND expires_at > $1 ORDER BY login",
         )
         .bind(now.unix_ms())
-        .bind(kind.to_owned())
+        .bind(target.to_owned())
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

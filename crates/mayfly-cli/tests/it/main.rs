@@ -732,10 +732,10 @@ fn kill_9_during_200_activations_leaves_no_orphan() {
 }
 
 /// `mayfly ssh`: requests access, has a fresh key certified, runs the real ssh against a real sshd
-/// that trusts `mayfly ssh ca`, then revokes. Each session's remote command keeps a copy of its
+/// that trusts `mayfly ssh ca web`, then revokes. Each session's remote command keeps a copy of its
 /// fresh key and certificate (the host is this machine); after the revocations the same key and
 /// certificate still log in while sshd has the old KRL, and are refused once it loads the KRL
-/// `mayfly ssh krl FILE` fetches from the broker (`/v1/ssh/krl`).
+/// `mayfly ssh krl web FILE` fetches from the broker (`/v1/ssh/krl?target=web`).
 #[test]
 fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -749,12 +749,16 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
             .env("MAYFLY_ADDR", &addr)
             .env("MAYFLY_TOKEN", &token))
     };
-    let ca = with(mayfly().args(["ssh", "ca"]));
+    // Each target has its own CA, made when the target is added: the target first (put again
+    // below with the host's port, which keeps its CA), then the host trusts that target's CA.
+    let added = with(mayfly().args(["target", "add", "ssh", "web", "--url", "ssh://127.0.0.1:22"]));
+    assert!(added.status.success(), "{added:?}");
+    let ca = with(mayfly().args(["ssh", "ca", "web"]));
     assert!(ca.status.success(), "{ca:?}");
     let ca_line = stdout(&ca);
     assert!(ca_line.starts_with("ssh-ed25519 "), "{ca_line}");
     let krl = data.path().join("mayfly.krl");
-    let fetched = with(mayfly().args(["ssh", "krl"]).arg(&krl));
+    let fetched = with(mayfly().args(["ssh", "krl", "web"]).arg(&krl));
     assert!(fetched.status.success(), "{fetched:?}");
     let host = runtime.block_on(mayfly_testkit::sshd::start(
         &ca_line,
@@ -781,6 +785,25 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
         "tls://127.0.0.1:8443",
     ]));
     assert!(tls.status.success(), "{tls:?}");
+    // Its client CA and CRL, each the target's own.
+    let tls_ca = with(mayfly().args(["x509", "ca", "api"]));
+    assert!(tls_ca.status.success(), "{tls_ca:?}");
+    assert!(
+        stdout(&tls_ca).starts_with("-----BEGIN CERTIFICATE-----"),
+        "{tls_ca:?}"
+    );
+    let crl = data.path().join("mayfly.crl.pem");
+    let fetched = with(mayfly().args(["x509", "crl", "api"]).arg(&crl));
+    assert!(fetched.status.success(), "{fetched:?}");
+    let crl = std::fs::read_to_string(&crl).unwrap();
+    assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+    // Not another kind's: `web` has no client CA.
+    let other = with(mayfly().args(["x509", "ca", "web"]));
+    assert!(!other.status.success(), "{other:?}");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("no X.509 target `web`"),
+        "{other:?}"
+    );
     let role = data.path().join("login.json");
     std::fs::write(&role, format!("{{\"principals\": [\"{user}\"]}}")).unwrap();
     let added = with(
@@ -1000,7 +1023,7 @@ fn ssh_logs_in_with_a_fresh_key_and_the_certificate_is_revoked_after() {
             session.name
         );
     }
-    let fetched = with(mayfly().args(["ssh", "krl"]).arg(&krl));
+    let fetched = with(mayfly().args(["ssh", "krl", "web"]).arg(&krl));
     assert!(fetched.status.success(), "{fetched:?}");
     host.write_krl(&std::fs::read(&krl).unwrap());
     for session in kept {

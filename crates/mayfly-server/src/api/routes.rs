@@ -329,9 +329,40 @@ pub async fn delete_jwt_role(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/ssh/ca", responses((status = 200, description = "the CA's public key, one OpenSSH line for TrustedUserCAKeys", content_type = "text/plain"), (status = 503, body = ErrorBody)))]
-pub async fn ssh_ca(State(broker): State<Broker>) -> Result<Response, ApiError> {
-    let ca = broker.ssh_ca().await?;
+/// `?target=NAME` of the public CA and revocation-list endpoints: which target's.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateTargetQuery {
+    target: Option<String>,
+}
+
+/// The target named by `?target=`, checked: 400 when it is missing or not a possible name (the
+/// rule, not the input, is in the message), so nothing else reaches the store.
+fn certificate_target(
+    query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
+    example: &str,
+) -> Result<String, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let Some(target) = query.target else {
+        return Err(ApiError::BadRequest(format!(
+            "query `target`: required, each target has its own CA (`{example}?target=NAME`)"
+        )));
+    };
+    mayfly_core::GroupName::parse(&target)
+        .map_err(|e| ApiError::BadRequest(format!("query `target`: {e}")))?;
+    Ok(target)
+}
+
+#[utoipa::path(get, path = "/v1/ssh/ca", params(("target" = String, Query, description = "the SSH target whose CA")),
+    responses((status = 200, description = "the target's CA public key, one OpenSSH line for TrustedUserCAKeys", content_type = "text/plain"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn ssh_ca(
+    State(broker): State<Broker>,
+    query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let target = certificate_target(query, "/v1/ssh/ca")?;
+    let ca = broker.published_ssh_ca(&target).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         format!("{}\n", ca.public_key_openssh()),
@@ -339,9 +370,15 @@ pub async fn ssh_ca(State(broker): State<Broker>) -> Result<Response, ApiError> 
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/ssh/krl", responses((status = 200, description = "the OpenSSH KRL for RevokedKeys", content_type = "application/octet-stream"), (status = 503, body = ErrorBody)))]
-pub async fn ssh_krl(State(broker): State<Broker>) -> Result<Response, ApiError> {
-    let krl = broker.ssh_krl().await?;
+#[utoipa::path(get, path = "/v1/ssh/krl", params(("target" = String, Query, description = "the SSH target whose KRL")),
+    responses((status = 200, description = "the target's OpenSSH KRL for RevokedKeys", content_type = "application/octet-stream"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn ssh_krl(
+    State(broker): State<Broker>,
+    query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let target = certificate_target(query, "/v1/ssh/krl")?;
+    let krl = broker.ssh_krl(&target).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
@@ -352,9 +389,15 @@ pub async fn ssh_krl(State(broker): State<Broker>) -> Result<Response, ApiError>
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/x509/ca", responses((status = 200, description = "the client CA certificate (PEM)", content_type = "application/x-pem-file"), (status = 503, body = ErrorBody)))]
-pub async fn x509_ca(State(broker): State<Broker>) -> Result<Response, ApiError> {
-    let ca = broker.x509_ca().await?;
+#[utoipa::path(get, path = "/v1/x509/ca", params(("target" = String, Query, description = "the X.509 target whose CA")),
+    responses((status = 200, description = "the target's client CA certificate (PEM)", content_type = "application/x-pem-file"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn x509_ca(
+    State(broker): State<Broker>,
+    query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let target = certificate_target(query, "/v1/x509/ca")?;
+    let ca = broker.published_x509_ca(&target).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         ca.certificate_pem().to_owned(),
@@ -362,9 +405,15 @@ pub async fn x509_ca(State(broker): State<Broker>) -> Result<Response, ApiError>
         .into_response())
 }
 
-#[utoipa::path(get, path = "/v1/x509/crl", responses((status = 200, description = "the CRL of revoked client certificates (PEM)", content_type = "application/x-pem-file"), (status = 503, body = ErrorBody)))]
-pub async fn x509_crl(State(broker): State<Broker>) -> Result<Response, ApiError> {
-    let crl = broker.x509_crl().await?;
+#[utoipa::path(get, path = "/v1/x509/crl", params(("target" = String, Query, description = "the X.509 target whose CRL")),
+    responses((status = 200, description = "the CRL of the target's revoked client certificates (PEM)", content_type = "application/x-pem-file"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn x509_crl(
+    State(broker): State<Broker>,
+    query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let target = certificate_target(query, "/v1/x509/crl")?;
+    let crl = broker.x509_crl(&target).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-pem-file"),

@@ -11,6 +11,7 @@
 mod access;
 mod api;
 mod audit;
+mod ca_per_target;
 mod hardening;
 mod jwt;
 mod login;

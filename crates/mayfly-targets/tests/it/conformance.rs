@@ -314,8 +314,7 @@ impl CertificateBroker {
         let store: Arc<dyn Store> = self.store.clone();
         let clock = Arc::new(SystemClock);
         Arc::new(match self.kind {
-            TargetKind::Ssh => StoreList::ssh(store, clock),
-            TargetKind::X509 => StoreList::x509(store, clock),
+            TargetKind::Ssh | TargetKind::X509 => StoreList::new(&self.target, store, clock),
             other => panic!("`{other}` targets have no revocation list"),
         })
     }
@@ -484,7 +483,7 @@ impl CertificateBroker {
     /// What the published list names now (the server's rule, in the store).
     pub async fn listed(&self) -> Vec<String> {
         self.store
-            .revoked_certificate_logins(&self.kind.to_string(), now())
+            .revoked_certificate_logins(&self.target, now())
             .await
             .unwrap()
     }

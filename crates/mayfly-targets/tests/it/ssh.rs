@@ -15,6 +15,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::conformance::{self, BoxFuture, CertificateBroker, CertificateProbe};
 
+/// The target's name: its list holds only its own certificates.
+const TARGET: &str = "hosts";
+
 struct SshProbe {
     ca: Arc<SshCa>,
     sshd: Sshd,
@@ -37,7 +40,7 @@ impl CertificateProbe for SshProbe {
     /// The KRL as `/v1/ssh/krl` serves it, written where sshd reads it at each login.
     fn publish<'a>(&'a self, store: &'a dyn Store) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let krl = mayfly_server::ssh::krl(store, &self.ca, conformance::now())
+            let krl = mayfly_server::ssh::krl(store, TARGET, &self.ca, conformance::now())
                 .await
                 .map_err(|e| e.to_string())?;
             self.sshd.write_krl(&krl);
@@ -76,8 +79,8 @@ async fn setup() -> (SshTarget, RoleSpec, SshProbe, CertificateBroker) {
         max_ttl: std::time::Duration::from_secs(3600),
     };
     let url = format!("ssh://127.0.0.1:{}", sshd.port);
-    let broker = CertificateBroker::start(TargetKind::Ssh, "hosts", &url, &role).await;
-    let target = SshTarget::new("hosts", &url, ca.clone(), broker.list()).unwrap();
+    let broker = CertificateBroker::start(TargetKind::Ssh, TARGET, &url, &role).await;
+    let target = SshTarget::new(TARGET, &url, ca.clone(), broker.list()).unwrap();
     let probe = SshProbe {
         ca,
         sshd,

@@ -13,6 +13,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::conformance::{self, BoxFuture, CertificateBroker, CertificateProbe};
 
+/// The target's name: its list holds only its own certificates.
+const TARGET: &str = "api";
+
 struct TlsProbe {
     ca: Arc<X509Ca>,
     /// The service as it runs with the last published CRL (a new one loads a new CRL).
@@ -34,7 +37,7 @@ impl CertificateProbe for TlsProbe {
     /// The CRL as `/v1/x509/crl` serves it, loaded by a new service.
     fn publish<'a>(&'a self, store: &'a dyn Store) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let crl = mayfly_server::ssh::crl(store, &self.ca, conformance::now())
+            let crl = mayfly_server::ssh::crl(store, TARGET, &self.ca, conformance::now())
                 .await
                 .map_err(|e| e.to_string())?;
             let service = tls::service(self.ca.certificate_pem(), Some(&crl)).await;
@@ -65,8 +68,8 @@ async fn setup() -> (X509Target, RoleSpec, TlsProbe, CertificateBroker) {
         max_ttl: std::time::Duration::from_secs(3600),
     };
     let url = "tls://127.0.0.1:8443";
-    let broker = CertificateBroker::start(TargetKind::X509, "api", url, &role).await;
-    let target = X509Target::new("api", url, ca.clone(), broker.list()).unwrap();
+    let broker = CertificateBroker::start(TargetKind::X509, TARGET, url, &role).await;
+    let target = X509Target::new(TARGET, url, ca.clone(), broker.list()).unwrap();
     let service = tls::service(ca.certificate_pem(), None).await;
     let probe = TlsProbe {
         ca,
