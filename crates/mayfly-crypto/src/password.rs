@@ -1,8 +1,9 @@
 //! Passwords: argon2id with the crate's default (OWASP) parameters, stored as PHC strings.
 //! Verification is constant-time inside argon2; an unknown user pays for the same work against
 //! a fixed dummy hash, so timing does not reveal whether a user exists. Each thread counts the
-//! verifications it runs ([`verifications_on_this_thread`]), so a test can prove that equal work
-//! by counting it rather than by timing it.
+//! verifications it runs ([`verifications_on_this_thread`]) and those another thread ran on its
+//! behalf ([`credit_to_this_thread`], [`verifications_for_this_thread`]), so a test can prove that
+//! equal work is done, and where, by counting it rather than by timing it.
 
 use std::cell::Cell;
 
@@ -20,12 +21,41 @@ pub struct Verifications {
     pub n_dummy: u64,
 }
 
-/// The verifications run so far on the calling thread. Per thread, not per process: a test that
-/// drives a broker on its own current-thread runtime sees only its own logins, whatever other
-/// tests do at the same time on other threads. A thread-local increment is nothing next to the
-/// 19 MiB argon2 pass it counts, so it is always on.
+impl Verifications {
+    /// The verifications counted since `before` (an earlier reading of the same count).
+    pub fn since(self, before: Verifications) -> Verifications {
+        Verifications {
+            n_stored: self.n_stored.saturating_sub(before.n_stored),
+            n_dummy: self.n_dummy.saturating_sub(before.n_dummy),
+        }
+    }
+
+    fn plus(self, other: Verifications) -> Verifications {
+        Verifications {
+            n_stored: self.n_stored.saturating_add(other.n_stored),
+            n_dummy: self.n_dummy.saturating_add(other.n_dummy),
+        }
+    }
+}
+
+/// The verifications run so far on the calling thread itself. Per thread, not per process: a
+/// test that drives a broker on its own current-thread runtime sees only its own logins,
+/// whatever other tests do at the same time on other threads. A thread-local increment is
+/// nothing next to the 19 MiB argon2 pass it counts, so it is always on.
 pub fn verifications_on_this_thread() -> Verifications {
-    N_VERIFICATIONS.with(Cell::get)
+    N_RUN.with(Cell::get)
+}
+
+/// The verifications run on the calling thread plus those credited to it: run on another thread
+/// (a blocking pool) for work this thread waited on.
+pub fn verifications_for_this_thread() -> Verifications {
+    N_RUN.with(Cell::get).plus(N_CREDITED.with(Cell::get))
+}
+
+/// Credits `done` (verifications another thread ran for the caller, measured there with
+/// [`verifications_on_this_thread`] and [`Verifications::since`]) to the calling thread.
+pub fn credit_to_this_thread(done: Verifications) {
+    N_CREDITED.with(|count| count.set(count.get().plus(done)));
 }
 
 pub fn hash_password(password: &SecretString) -> Result<String, CryptoError> {
@@ -51,7 +81,10 @@ pub fn verify_password_dummy(password: &SecretString) -> bool {
 }
 
 thread_local! {
-    static N_VERIFICATIONS: Cell<Verifications> = const {
+    static N_RUN: Cell<Verifications> = const {
+        Cell::new(Verifications { n_stored: 0, n_dummy: 0 })
+    };
+    static N_CREDITED: Cell<Verifications> = const {
         Cell::new(Verifications { n_stored: 0, n_dummy: 0 })
     };
 }
@@ -67,14 +100,17 @@ fn argon2_verify(password: &SecretString, phc: &str, against: Against) -> bool {
     };
     // Counted only once argon2 really runs: a malformed stored hash costs nothing and is no
     // verification.
-    N_VERIFICATIONS.with(|count| {
-        let mut now = count.get();
-        match against {
-            Against::Stored => now.n_stored = now.n_stored.saturating_add(1),
-            Against::Dummy => now.n_dummy = now.n_dummy.saturating_add(1),
-        }
-        count.set(now);
-    });
+    let one = match against {
+        Against::Stored => Verifications {
+            n_stored: 1,
+            n_dummy: 0,
+        },
+        Against::Dummy => Verifications {
+            n_stored: 0,
+            n_dummy: 1,
+        },
+    };
+    N_RUN.with(|count| count.set(count.get().plus(one)));
     Argon2::default()
         .verify_password(password.expose_secret().as_bytes(), &hash)
         .is_ok()
@@ -92,8 +128,40 @@ mod tests {
         assert!(!verify_password(&password, DUMMY_PHC));
         assert!(!verify_password(&password, "not a hash"));
         let after = verifications_on_this_thread();
-        assert_eq!(after.n_dummy - before.n_dummy, 1);
-        assert_eq!(after.n_stored - before.n_stored, 1);
+        assert_eq!(
+            after.since(before),
+            Verifications {
+                n_stored: 1,
+                n_dummy: 1
+            }
+        );
+    }
+
+    #[test]
+    fn work_run_elsewhere_is_credited_to_the_thread_that_waited_for_it() {
+        let password = SecretString::from("some password".to_owned());
+        let (run_before, for_before) = (
+            verifications_on_this_thread(),
+            verifications_for_this_thread(),
+        );
+        let done = std::thread::spawn(move || {
+            let before = verifications_on_this_thread();
+            verify_password_dummy(&password);
+            verifications_on_this_thread().since(before)
+        })
+        .join()
+        .unwrap();
+        credit_to_this_thread(done);
+        let one_dummy = Verifications {
+            n_stored: 0,
+            n_dummy: 1,
+        };
+        assert_eq!(done, one_dummy);
+        assert_eq!(
+            verifications_on_this_thread().since(run_before),
+            Verifications::default()
+        );
+        assert_eq!(verifications_for_this_thread().since(for_before), one_dummy);
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct ConfigFile {
     pub user_session_ttl_seconds: Option<u64>,
     pub notify_webhook: Option<String>,
     pub request_pending_window_seconds: Option<u64>,
+    pub argon2_threads: Option<usize>,
+    pub argon2_waiting: Option<usize>,
+    pub login_source_burst: Option<u32>,
+    pub login_source_refill_seconds: Option<u64>,
+    pub refusal_window_seconds: Option<u64>,
 }
 
 /// Validated configuration.
@@ -59,6 +64,18 @@ pub struct Config {
     pub request_pending_window: Duration,
     /// Take time from the store's clock (for several brokers on one PostgreSQL store).
     pub clock_from_store: bool,
+    /// Password checks (argon2) running at once, each on a blocking thread: one per core by
+    /// default, so the async workers keep a share of the machine.
+    pub argon2_threads: usize,
+    /// Password checks waiting for a thread; one more is refused at once (503, `Retry-After`).
+    pub argon2_waiting: usize,
+    /// Failed logins a source address may make at once (its bucket's size)...
+    pub login_source_burst: u32,
+    /// ... and how often it gets one more.
+    pub login_source_refill: Duration,
+    /// Unauthenticated refusals after the first of a kind from a source are counted, and the
+    /// count written as one `auth.refused.aggregate` event, this often (and at shutdown).
+    pub refusal_window: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -70,6 +87,7 @@ pub struct TlsFiles {
 
 impl Config {
     pub fn new(store_url: impl Into<String>) -> Config {
+        let n_cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Config {
             store_url: store_url.into(),
             tls: None,
@@ -82,6 +100,11 @@ impl Config {
             notify_webhook: None,
             request_pending_window: Duration::from_secs(24 * 3600),
             clock_from_store: false,
+            argon2_threads: n_cores,
+            argon2_waiting: 4 * n_cores,
+            login_source_burst: 20,
+            login_source_refill: Duration::from_secs(3),
+            refusal_window: Duration::from_secs(2),
             clock: Arc::new(SystemClock),
         }
     }
@@ -129,6 +152,47 @@ impl Config {
                 ));
             }
             config.user_session_ttl = Duration::from_secs(ttl);
+        }
+        if let Some(n) = file.argon2_threads {
+            if !(1..=1024).contains(&n) {
+                return Err(ConfigError::Rule(
+                    "`argon2_threads` must be between 1 and 1024".into(),
+                ));
+            }
+            config.argon2_threads = n;
+            config.argon2_waiting = 4 * n;
+        }
+        if let Some(n) = file.argon2_waiting {
+            if n > 65_536 {
+                return Err(ConfigError::Rule(
+                    "`argon2_waiting` must be at most 65536".into(),
+                ));
+            }
+            config.argon2_waiting = n;
+        }
+        if let Some(burst) = file.login_source_burst {
+            if !(1..=100_000).contains(&burst) {
+                return Err(ConfigError::Rule(
+                    "`login_source_burst` must be between 1 and 100000".into(),
+                ));
+            }
+            config.login_source_burst = burst;
+        }
+        if let Some(refill) = file.login_source_refill_seconds {
+            if !(1..=3600).contains(&refill) {
+                return Err(ConfigError::Rule(
+                    "`login_source_refill_seconds` must be between 1 and 3600".into(),
+                ));
+            }
+            config.login_source_refill = Duration::from_secs(refill);
+        }
+        if let Some(window) = file.refusal_window_seconds {
+            if !(1..=60).contains(&window) {
+                return Err(ConfigError::Rule(
+                    "`refusal_window_seconds` must be between 1 and 60".into(),
+                ));
+            }
+            config.refusal_window = Duration::from_secs(window);
         }
         Ok((config, file.listen))
     }

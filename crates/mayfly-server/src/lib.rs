@@ -114,6 +114,10 @@ pub async fn serve(
         broker.clone(),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(api::middleware::flush_refusals_every(
+        broker.clone(),
+        stopped.clone(),
+    )));
 
     let router = api::router(broker.clone());
     let result = match tls {

@@ -74,6 +74,12 @@ pub struct Inner {
     /// When the sleeping expiry engine looks at the store next (unix ms, broker clock); 0 while it
     /// is awake.
     pub expiry_next_look_ms: std::sync::atomic::AtomicI64,
+    /// Where password hashes are computed and checked, off the async workers.
+    pub argon2: crate::auth::password::Argon2Pool,
+    /// Failed logins per source address.
+    pub login_sources: crate::auth::password::SourceLimiter,
+    /// Unauthenticated refusals counted since the last aggregate events.
+    pub refusals: crate::api::middleware::Refusals,
 }
 
 impl std::fmt::Debug for Broker {
@@ -93,7 +99,6 @@ impl Broker {
         Ok(Broker {
             inner: Arc::new(Inner {
                 store,
-                config,
                 unsealed: RwLock::new(None),
                 progress: Mutex::new(UnsealProgress::default()),
                 committer,
@@ -102,6 +107,16 @@ impl Broker {
                 targets: crate::access::TargetRegistry::default(),
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
                 expiry_next_look_ms: std::sync::atomic::AtomicI64::new(0),
+                argon2: crate::auth::password::Argon2Pool::new(
+                    config.argon2_threads,
+                    config.argon2_waiting,
+                ),
+                login_sources: crate::auth::password::SourceLimiter::new(
+                    config.login_source_burst,
+                    config.login_source_refill,
+                ),
+                refusals: crate::api::middleware::Refusals::default(),
+                config,
             }),
         })
     }

@@ -1,5 +1,7 @@
 //! Plain records the store reads and writes. They carry ciphertext and hashes, never secrets.
 
+use std::time::Duration;
+
 use mayfly_core::{Principal, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub struct UserRecord {
     pub created_at: Timestamp,
 }
 
+/// A name's failed logins in a row. `throttled_until` is the end of its throttle, or the time of
+/// its last attempt while it has none (whichever is later).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThrottleRecord {
     pub username: String,
@@ -104,10 +108,27 @@ pub enum Change {
         totp_step: i64,
         session: SessionRecord,
     },
-    /// A failed login: counts it and throttles the name until `throttled_until`.
+    /// A failed login: counts it and throttles the name until `throttled_until`. (The broker
+    /// counts with [`Change::ReserveLoginAttempt`], before the check, instead.)
     LoginFailed {
         username: String,
         throttled_until: Timestamp,
+    },
+    /// Counts a login attempt on `username` before its credentials are checked: the attempt is a
+    /// failure until a [`Change::LoginSucceeded`] clears the count. Conflicts, counting nothing,
+    /// if the name is throttled at `at`. One statement increments the count and returns it, so
+    /// attempts count one by one however many run at once, in one batch or on several nodes.
+    /// The count after the first `n_free` throttles the name for `first_delay`, doubling with
+    /// each further failure up to `max_delay`. A name left alone for `forget_after` after its
+    /// last attempt or throttle starts again from nothing: its row is stale, and each
+    /// reservation deletes a few stale rows, so names tried once do not stay forever.
+    ReserveLoginAttempt {
+        username: String,
+        at: Timestamp,
+        n_free: i64,
+        first_delay: Duration,
+        max_delay: Duration,
+        forget_after: Duration,
     },
     /// Creates a session (workload login).
     CreateSession {
@@ -214,6 +235,25 @@ impl Change {
             _ => None,
         }
     }
+}
+
+/// The throttle after `n_failures` failures in a row: none for the first `n_free`, then
+/// `first_delay`, doubling, at most `max_delay`.
+pub(crate) fn throttle_delay(
+    n_failures: i64,
+    n_free: i64,
+    first_delay: Duration,
+    max_delay: Duration,
+) -> Duration {
+    if n_failures <= n_free {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(n_failures.saturating_sub(n_free).saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    first_delay
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(max_delay)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -325,5 +365,22 @@ impl GrantUpdate {
             verified_at: None,
             count_attempt: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_grows_then_caps() {
+        let delay = |n| throttle_delay(n, 4, Duration::from_secs(5), Duration::from_secs(15 * 60));
+        assert_eq!(delay(1), Duration::ZERO);
+        assert_eq!(delay(4), Duration::ZERO);
+        assert_eq!(delay(5), Duration::from_secs(5));
+        assert_eq!(delay(6), Duration::from_secs(10));
+        assert_eq!(delay(9), Duration::from_secs(80));
+        assert_eq!(delay(40), Duration::from_secs(900));
+        assert_eq!(delay(i64::MAX), Duration::from_secs(900));
     }
 }

@@ -335,6 +335,55 @@ impl SqlStore {
                 .await?;
                 Ok(Applied::Done)
             }
+            Change::ReserveLoginAttempt {
+                username,
+                at,
+                n_free,
+                first_delay,
+                max_delay,
+                forget_after,
+            } => {
+                let now = at.unix_ms();
+                let forget_before = now.saturating_sub(duration_ms(*forget_after));
+                // One statement counts the attempt and returns the count, or counts nothing if
+                // the name is throttled: attempts at once count one by one (within a batch, one
+                // statement after the other; across nodes, on PostgreSQL's row lock, the `WHERE`
+                // seen again on the row as the other left it).
+                let counted = sqlx::query(
+                    "INSERT INTO login_failures (username, n_failures, throttled_until) VALUES ($1, 1, $2) \
+                     ON CONFLICT (username) DO UPDATE SET \
+                     n_failures = CASE WHEN login_failures.throttled_until < $3 THEN 1 ELSE login_failures.n_failures + 1 END, \
+                     throttled_until = $2 \
+                     WHERE login_failures.throttled_until <= $2 RETURNING n_failures",
+                )
+                .bind(username.clone())
+                .bind(now)
+                .bind(forget_before)
+                .fetch_optional(&mut *connection)
+                .await?;
+                let Some(counted) = counted else {
+                    return Ok(Applied::Conflict(
+                        "the name is throttled after repeated failed logins".into(),
+                    ));
+                };
+                let n_failures: i64 = counted.try_get("n_failures")?;
+                let delay =
+                    crate::records::throttle_delay(n_failures, *n_free, *first_delay, *max_delay);
+                if !delay.is_zero() {
+                    sqlx::query(
+                        "UPDATE login_failures SET throttled_until = $1 WHERE username = $2",
+                    )
+                    .bind(now.saturating_add(duration_ms(delay)))
+                    .bind(username.clone())
+                    .execute(&mut *connection)
+                    .await?;
+                }
+                sqlx::query(self.forget_login_failures_sql())
+                    .bind(forget_before)
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(Applied::Done)
+            }
             Change::CreateSession { session } => {
                 insert_session(connection, session).await?;
                 Ok(Applied::Done)
@@ -817,6 +866,23 @@ impl SqlStore {
         }
     }
 
+    /// Deletes a few rows of names whose count is forgotten (`throttled_until < $1`): a bounded
+    /// amount of work per reservation, which keeps the table to the names tried lately. On
+    /// PostgreSQL it skips rows another node's batch holds, so two batches never wait on each
+    /// other's rows (a deadlock) for the sake of a clean-up.
+    fn forget_login_failures_sql(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => {
+                "DELETE FROM login_failures WHERE username IN (SELECT username FROM login_failures \
+                 WHERE throttled_until < $1 LIMIT 16 FOR UPDATE SKIP LOCKED)"
+            }
+            Dialect::Sqlite => {
+                "DELETE FROM login_failures WHERE username IN (SELECT username FROM login_failures \
+                 WHERE throttled_until < $1 LIMIT 16)"
+            }
+        }
+    }
+
     fn lock_head_sql(&self) -> &'static str {
         match self.dialect {
             Dialect::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
@@ -960,6 +1026,11 @@ fn grant_condition(filter: GrantFilter) -> &'static str {
         GrantFilter::Failing => "state = 'failed' OR (state = 'revoking' AND n_attempts > 0)",
         GrantFilter::Unreviewed => "break_glass = 1 AND reviewed_by IS NULL",
     }
+}
+
+/// A duration in milliseconds, for a column of unix milliseconds.
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn redact_url(url: &str) -> String {

@@ -21,12 +21,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many failed attempts: try again in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("too many failed logins from this address: try again in {retry_after_secs} s")]
+    TooManyFromSource { retry_after_secs: u64 },
     #[error("the broker is sealed: unseal it with `mayfly operator unseal`")]
     Sealed,
     #[error("the broker is not initialized: run `mayfly operator init`")]
     NotInitialized,
     #[error("{0}")]
     Unavailable(String),
+    #[error("the broker is busy checking passwords: try again in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -40,10 +44,13 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Sealed | ApiError::NotInitialized | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            ApiError::TooManyRequests { .. } | ApiError::TooManyFromSource { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
             }
+            ApiError::Sealed
+            | ApiError::NotInitialized
+            | ApiError::Unavailable(_)
+            | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,10 +63,13 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
-            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::TooManyRequests { .. } | ApiError::TooManyFromSource { .. } => {
+                "too_many_requests"
+            }
             ApiError::Sealed => "sealed",
             ApiError::NotInitialized => "not_initialized",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Busy { .. } => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -84,7 +94,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::TooManyRequests { retry_after_secs } = self
+        if let ApiError::TooManyRequests { retry_after_secs }
+        | ApiError::TooManyFromSource { retry_after_secs }
+        | ApiError::Busy { retry_after_secs } = self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);

@@ -115,7 +115,8 @@ impl CallerName {
     }
 }
 
-/// Audits a refused authentication and returns the 401. If even the audit fails, 503.
+/// Audits a refused authentication (aggregated with others from the same source: see
+/// [`crate::api::middleware::audit_refusal`]) and returns the 401. If even the audit fails, 503.
 async fn refuse(
     broker: &Broker,
     meta: &RequestMeta,
@@ -129,7 +130,7 @@ async fn refuse(
         event = event.detail("token_hmac", hmac);
     }
     meta.fill(&mut event);
-    if let Err(error) = broker.record(event).await {
+    if let Err(error) = crate::api::middleware::audit_refusal(broker, event).await {
         return error.into();
     }
     ApiError::Unauthorized(reason.to_owned()).audited()

@@ -1,12 +1,15 @@
 //! Password + TOTP login: wrong password and wrong TOTP fail alike, unknown and disabled users
 //! cost the same one argon2 verification (against a dummy hash) as known ones, a TOTP code works
-//! once, five failures throttle without a permanent lock; sessions can be looked up and revoked.
+//! once, five failures throttle without a permanent lock, also when twenty arrive at once (on
+//! SQLite and on PostgreSQL); sessions can be looked up and revoked.
 
 use std::time::Duration;
 
-use mayfly_crypto::password::{Verifications, verifications_on_this_thread};
-use mayfly_testkit::TestBroker;
+use mayfly_crypto::password::{Verifications, verifications_for_this_thread};
+use mayfly_testkit::{Options, TestBroker};
 use serde_json::json;
+
+use crate::floods::{client_from, login_with};
 
 fn login_body(username: &str, password: &str, totp: &str) -> serde_json::Value {
     json!({"username": username, "password": password, "totp": totp})
@@ -115,15 +118,16 @@ async fn failures_look_the_same_and_a_totp_code_works_once() {
 
 /// Runs one password login and returns its answer and the argon2 verifications it cost. The
 /// broker's handlers run on this test's own thread (`#[tokio::test]` is a current-thread
-/// runtime), which is what the per-thread count sees; a broker that moved the work elsewhere
-/// would count nothing here and fail the test loudly rather than pass it.
+/// runtime) and wait there for the argon2 pool, which credits the verifications it ran to the
+/// waiting thread: that is what the per-thread count sees. A broker that did the work somewhere
+/// nothing is credited would count nothing here and fail the test loudly rather than pass it.
 async fn login_cost(
     broker: &TestBroker,
     username: &str,
     password: &str,
     totp: &str,
 ) -> (u16, serde_json::Value, Verifications) {
-    let before = verifications_on_this_thread();
+    let before = verifications_for_this_thread();
     let (status, body) = broker
         .call(
             "POST",
@@ -132,11 +136,7 @@ async fn login_cost(
             Some(login_body(username, password, totp)),
         )
         .await;
-    let after = verifications_on_this_thread();
-    let cost = Verifications {
-        n_stored: after.n_stored - before.n_stored,
-        n_dummy: after.n_dummy - before.n_dummy,
-    };
+    let cost = verifications_for_this_thread().since(before);
     (status, body, cost)
 }
 
@@ -329,4 +329,61 @@ async fn the_audit_log_records_logins_without_secrets() {
             "a secret is in the database file"
         );
     }
+}
+
+/// Twenty wrong passwords for one name at once, each from its own address (so that only the
+/// name's throttle is at stake): the store counts the attempts one by one before any password is
+/// checked, so five reach argon2 and fifteen are throttled.
+async fn concurrent_failures_are_counted_one_by_one(broker: &TestBroker) {
+    let before = verifications_for_this_thread();
+    // Tasks of this test's runtime: they, and the broker's handlers, run on this thread.
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let (addr, client) = (broker.addr.clone(), client_from(n + 10));
+        calls.spawn(async move {
+            login_with(&addr, &client, "alice", "wrong wrong wrong", "000000").await
+        });
+    }
+    let answers = calls.join_all().await;
+    let cost = verifications_for_this_thread().since(before);
+    assert!(
+        cost.n_stored <= 5,
+        "{} password checks for 20 concurrent logins of one name",
+        cost.n_stored
+    );
+    let n_refused = answers.iter().filter(|a| a.status == 401).count();
+    let throttled: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!((n_refused, throttled.len()), (5, 15), "{answers:?}");
+    for answer in throttled {
+        assert_eq!(answer.retry_after.as_deref(), Some("5"), "{answer:?}");
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("too many failed attempts"), "{message}");
+    }
+    let throttle = broker
+        .broker
+        .store()
+        .throttle("alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(throttle.n_failures, 5);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_failures_reach_argon2_five_times_on_sqlite() {
+    let broker = TestBroker::ready().await;
+    concurrent_failures_are_counted_one_by_one(&broker).await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_failures_reach_argon2_five_times_on_postgres() {
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let broker = TestBroker::start(Options {
+        store_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    concurrent_failures_are_counted_one_by_one(&broker).await;
+    broker.stop().await;
+    db.drop_db().await;
 }
