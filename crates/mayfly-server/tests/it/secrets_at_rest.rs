@@ -212,8 +212,12 @@ async fn put_secrets_through_the_broker(broker: &TestBroker, cluster: &PgCluster
             )
             .await;
     }
-    broker.expect(200, "GET", "/v1/ssh/ca?target=web", None, None).await;
-    broker.expect(200, "GET", "/v1/x509/ca?target=api", None, None).await;
+    broker
+        .expect(200, "GET", "/v1/ssh/ca?target=web", None, None)
+        .await;
+    broker
+        .expect(200, "GET", "/v1/x509/ca?target=api", None, None)
+        .await;
 
     // What only the broker holds: the root key (in `mayfly dev`'s key file) and the audit keys.
     let root = std::fs::read(broker.dir.path().join(mayfly_server::dev::KEY_FILE)).unwrap();
