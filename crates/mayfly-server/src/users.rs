@@ -74,7 +74,12 @@ async fn prepare(
             "field `password`: must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
         )));
     }
-    let password_hash = mayfly_crypto::password::hash_password(&password).map_err(crypto)?;
+    // On the bounded argon2 pool, like every login's check: never on an async worker.
+    let password_hash = broker
+        .inner
+        .argon2
+        .hash(SecretString::from(password.expose_secret().to_owned()))
+        .await?;
     let id = uuid::Uuid::now_v7().to_string();
     let totp = TotpSecret::generate().map_err(crypto)?;
     let path = totp_secret_path(&id);

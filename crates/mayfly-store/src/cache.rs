@@ -96,8 +96,9 @@ impl std::fmt::Debug for ReadCache {
     }
 }
 
-/// Whether committing `change` leaves every kept read true: it touches only requests, approvals
-/// and grants, never sessions, users, workload bindings, targets, roles or policies.
+/// Whether committing `change` leaves every kept read true: it touches only requests, approvals,
+/// grants and login failure counts (which are never kept), never sessions, users, workload
+/// bindings, targets, roles or policies.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
     matches!(
         change,
@@ -105,6 +106,7 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::Approve { .. }
             | Change::DenyRequest { .. }
             | Change::WithdrawRequest { .. }
+            | Change::ReserveLoginAttempt { .. }
             | Change::ExpireRequests { .. }
             | Change::RecordIntent { .. }
             | Change::IssueCertificate { .. }

@@ -692,16 +692,13 @@ impl Broker {
                 request.principal.clone()
             }
         };
-        let store = self.store();
-        let target = store
-            .target(&request.target)
+        // Target and role in one read (the activation path runs this for every grant).
+        let Some((target, role, _)) = self
+            .store()
+            .decision_inputs(&request.target, &request.role)
             .await
-            .map_err(|e| ApiError::store(&e))?;
-        let role = store
-            .role(&request.target, &request.role)
-            .await
-            .map_err(|e| ApiError::store(&e))?;
-        let (Some(target), Some(role)) = (target, role) else {
+            .map_err(|e| ApiError::store(&e))?
+        else {
             return Ok(false);
         };
         let context = context_of(request, self.now(), source);

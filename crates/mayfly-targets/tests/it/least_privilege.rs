@@ -478,44 +478,6 @@ fn redis_role() -> RoleSpec {
     }
 }
 
-struct RedisProbe;
-
-impl Probe for RedisProbe {
-    type Session = Resp;
-
-    fn login<'a>(
-        &'a self,
-        login: &'a LoginName,
-        secret: &'a SecretString,
-    ) -> BoxFuture<'a, Result<Resp, String>> {
-        Box::pin(async move {
-            let mut connection = Resp::connect(REDIS.0, REDIS.1)
-                .await
-                .map_err(|e| e.to_string())?;
-            connection
-                .call(&[
-                    b"AUTH",
-                    login.as_str().as_bytes(),
-                    secret.expose_secret().as_bytes(),
-                ])
-                .await
-                .map_err(|e| e.to_string())?
-                .into_result()
-                .map_err(|e| e.to_string())?;
-            Ok(connection)
-        })
-    }
-
-    fn alive<'a>(&'a self, session: &'a mut Resp) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            matches!(
-                session.call(&[b"GET", b"mayfly-it:x"]).await,
-                Ok(Reply::Bulk(_))
-            )
-        })
-    }
-}
-
 #[tokio::test]
 async fn redis_conformance_with_the_minimal_admin() {
     let admin = unique("mayfly_lp_");
@@ -525,11 +487,17 @@ async fn redis_conformance_with_the_minimal_admin() {
         async move {
             let target = redis_target(&admin, &password, REDIS.1);
             target.check_admin().await.unwrap();
-            conformance::lifecycle(&target, &redis_role(), &RedisProbe).await;
-            conformance::batch(&target, &redis_role(), &RedisProbe).await;
+            conformance::lifecycle(&target, &redis_role(), &crate::redis::RedisProbe).await;
+            conformance::batch(&target, &redis_role(), &crate::redis::RedisProbe).await;
             let gate = Gate::start(format!("{}:{}", REDIS.0, REDIS.1).parse().unwrap()).await;
             let gated = redis_target(&admin, &password, gate.port);
-            conformance::unreachable_then_back(&gated, &redis_role(), &RedisProbe, &gate).await;
+            conformance::unreachable_then_back(
+                &gated,
+                &redis_role(),
+                &crate::redis::RedisProbe,
+                &gate,
+            )
+            .await;
         }
     };
     cleaned_up(body, redis_drop(&[admin])).await;

@@ -19,7 +19,8 @@ fn role() -> RoleSpec {
     }
 }
 
-struct RedisProbe;
+/// Logs in to the machine's Redis as the credential would be used.
+pub(crate) struct RedisProbe;
 
 impl Probe for RedisProbe {
     type Session = Resp;
@@ -30,31 +31,45 @@ impl Probe for RedisProbe {
         secret: &'a SecretString,
     ) -> BoxFuture<'a, Result<Resp, String>> {
         Box::pin(async move {
-            let mut connection = Resp::connect("127.0.0.1", 6379)
+            let connection = Resp::connect("127.0.0.1", 6379)
                 .await
                 .map_err(|e| e.to_string())?;
-            connection
-                .call(&[
-                    b"AUTH",
-                    login.as_str().as_bytes(),
-                    secret.expose_secret().as_bytes(),
-                ])
-                .await
-                .map_err(|e| e.to_string())?
-                .into_result()
-                .map_err(|e| e.to_string())?;
-            Ok(connection)
+            authenticate(connection, login, secret).await
         })
     }
 
     fn alive<'a>(&'a self, session: &'a mut Resp) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            matches!(
-                session.call(&[b"GET", b"mayfly-it:x"]).await,
-                Ok(Reply::Bulk(_))
-            )
-        })
+        alive(session)
     }
+}
+
+/// `AUTH` as `login` on an open connection (plain or TLS); `Err` with Redis's refusal.
+pub(crate) async fn authenticate(
+    mut connection: Resp,
+    login: &LoginName,
+    secret: &SecretString,
+) -> Result<Resp, String> {
+    connection
+        .call(&[
+            b"AUTH",
+            login.as_str().as_bytes(),
+            secret.expose_secret().as_bytes(),
+        ])
+        .await
+        .map_err(|e| e.to_string())?
+        .into_result()
+        .map_err(|e| e.to_string())?;
+    Ok(connection)
+}
+
+/// Whether a session still reads a key the roles allow.
+pub(crate) fn alive(session: &mut Resp) -> BoxFuture<'_, bool> {
+    Box::pin(async move {
+        matches!(
+            session.call(&[b"GET", b"mayfly-it:x"]).await,
+            Ok(Reply::Bulk(_))
+        )
+    })
 }
 
 #[tokio::test]

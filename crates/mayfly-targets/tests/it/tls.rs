@@ -13,11 +13,11 @@ use mayfly_core::LoginName;
 use mayfly_targets::mysql::MysqlTarget;
 use mayfly_targets::postgres::PostgresTarget;
 use mayfly_targets::redis::RedisTarget;
-use mayfly_targets::resp::{Reply, Resp};
+use mayfly_targets::resp::Resp;
 use mayfly_targets::{IssuePlan, RoleSpec, Target, TargetError};
 use mayfly_testkit::pgcluster::PgCluster;
 use mayfly_testkit::target_tls::{RedisTls, ServerCerts, server_certs};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use crate::conformance::{self, BoxFuture, Probe};
 use crate::postgres::PgProbe;
@@ -202,30 +202,15 @@ impl Probe for RedisTlsProbe {
         secret: &'a SecretString,
     ) -> BoxFuture<'a, Result<Resp, String>> {
         Box::pin(async move {
-            let mut connection = Resp::connect_tls("127.0.0.1", self.port, self.tls.clone())
+            let connection = Resp::connect_tls("127.0.0.1", self.port, self.tls.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            connection
-                .call(&[
-                    b"AUTH",
-                    login.as_str().as_bytes(),
-                    secret.expose_secret().as_bytes(),
-                ])
-                .await
-                .map_err(|e| e.to_string())?
-                .into_result()
-                .map_err(|e| e.to_string())?;
-            Ok(connection)
+            crate::redis::authenticate(connection, login, secret).await
         })
     }
 
     fn alive<'a>(&'a self, session: &'a mut Resp) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            matches!(
-                session.call(&[b"GET", b"mayfly-it:x"]).await,
-                Ok(Reply::Bulk(_))
-            )
-        })
+        crate::redis::alive(session)
     }
 }
 
