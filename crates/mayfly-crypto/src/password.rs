@@ -116,6 +116,29 @@ fn argon2_verify(password: &SecretString, phc: &str, against: Against) -> bool {
         .is_ok()
 }
 
+/// Generated passwords: 24 characters from a 62-letter alphabet (≈142 bits, above the 128 a
+/// generated credential must carry).
+pub const PASSWORD_LEN: usize = 24;
+
+/// A password strong enough to show once, from the operating system's CSPRNG.
+pub fn generate_password() -> Result<SecretString, CryptoError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(PASSWORD_LEN);
+    while out.len() < PASSWORD_LEN {
+        let bytes: [u8; 32] = crate::random_bytes()?;
+        for byte in bytes {
+            // Rejection sampling: 248 = 4 * 62, so every letter is equally likely.
+            if byte < 248
+                && out.len() < PASSWORD_LEN
+                && let Some(c) = ALPHABET.get(usize::from(byte % 62))
+            {
+                out.push(char::from(*c));
+            }
+        }
+    }
+    Ok(SecretString::from(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +213,14 @@ mod tests {
         )));
         // Salted: the same password hashes differently.
         assert_ne!(phc, hash_password(&password).unwrap());
+    }
+
+    #[test]
+    fn generated_passwords_are_long_distinct_and_alphanumeric() {
+        let a = generate_password().unwrap();
+        let b = generate_password().unwrap();
+        assert_eq!(a.expose_secret().len(), PASSWORD_LEN);
+        assert!(a.expose_secret().chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a.expose_secret(), b.expose_secret());
     }
 }

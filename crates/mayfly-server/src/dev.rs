@@ -14,7 +14,7 @@ use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, SessionRecord, Write, WriteOutcome};
 
 use crate::ServerError;
-use crate::api::middleware::RequestMeta;
+use crate::origin::Origin;
 use crate::state::Broker;
 
 pub const KEY_FILE: &str = "dev-root.key";
@@ -48,10 +48,7 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
     }
     unseal_from_file(broker, &key_file).await?;
 
-    let meta = RequestMeta {
-        request_id: "mayfly-dev".into(),
-        source: None,
-    };
+    let meta = Origin::internal("mayfly-dev");
     let mut created = Vec::new();
     for (name, groups) in [
         ("admin", vec!["admins".to_owned()]),

@@ -10,13 +10,16 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod error;
 pub mod metrics;
 pub mod notify;
+pub mod origin;
 pub mod seal;
 pub mod ssh;
 pub mod state;
 pub mod tls;
 pub mod users;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -114,7 +117,7 @@ pub async fn serve(
         broker.clone(),
         stopped.clone(),
     )));
-    tasks.push(tokio::spawn(api::middleware::flush_refusals_every(
+    tasks.push(tokio::spawn(audit::refused::flush_refusals_every(
         broker.clone(),
         stopped.clone(),
     )));

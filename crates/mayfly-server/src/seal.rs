@@ -12,16 +12,12 @@ use mayfly_crypto::{ExposeSecret, seal};
 use mayfly_store::{Change, SealRecord, Write, WriteOutcome};
 use zeroize::Zeroizing;
 
-use crate::api::error::ApiError;
+use crate::error::BrokerError;
 use crate::state::{AUDIT_HMAC_KEY_PATH, AUDIT_SIGNING_KEY_PATH, Broker, Unsealed};
 
-fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
-    ApiError::Internal(format!("crypto: {error}"))
-}
-
 impl Broker {
-    pub async fn seal_status(&self) -> Result<SealStatus, ApiError> {
-        let seal = self.store().seal().await.map_err(|e| ApiError::store(&e))?;
+    pub async fn seal_status(&self) -> Result<SealStatus, BrokerError> {
+        let seal = self.store().seal().await?;
         let sealed = self.unsealed().await.is_none();
         let progress = self.inner.progress.lock().await.shares.len();
         Ok(match seal {
@@ -44,21 +40,25 @@ impl Broker {
 
     /// Creates the root key, the keyring and the broker's own keys; returns the shares and the
     /// one-time setup code. The broker stays sealed.
-    pub async fn initialize(&self, n_shares: u8, threshold: u8) -> Result<InitResponse, ApiError> {
+    pub async fn initialize(
+        &self,
+        n_shares: u8,
+        threshold: u8,
+    ) -> Result<InitResponse, BrokerError> {
         if !(1..=16).contains(&n_shares) {
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "field `shares`: must be between 1 and 16".into(),
             ));
         }
         if threshold > n_shares || threshold == 0 || (threshold == 1 && n_shares > 1) {
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "field `threshold`: must be at least 2 and at most `shares` (1 only with 1 share)"
                     .into(),
             ));
         }
-        let root = RootKey::generate().map_err(crypto)?;
-        let seal_id: [u8; 8] = mayfly_crypto::random_bytes().map_err(crypto)?;
-        let shares = seal::split(&root, threshold, n_shares, &seal_id).map_err(crypto)?;
+        let root = RootKey::generate()?;
+        let seal_id: [u8; 8] = mayfly_crypto::random_bytes()?;
+        let shares = seal::split(&root, threshold, n_shares, &seal_id)?;
         let setup_code = self
             .initialize_with_root(&root, &seal_id, n_shares, threshold)
             .await?;
@@ -79,34 +79,30 @@ impl Broker {
         seal_id: &[u8],
         n_shares: u8,
         threshold: u8,
-    ) -> Result<mayfly_crypto::SecretString, ApiError> {
-        let keyring = Keyring::generate().map_err(crypto)?;
-        let signer = SigningKey::generate().map_err(crypto)?;
-        let hmac_key: [u8; 32] = mayfly_crypto::random_bytes().map_err(crypto)?;
+    ) -> Result<mayfly_crypto::SecretString, BrokerError> {
+        let keyring = Keyring::generate()?;
+        let signer = SigningKey::generate()?;
+        let hmac_key: [u8; 32] = mayfly_crypto::random_bytes()?;
         let hmac_key = Zeroizing::new(hmac_key);
-        let (setup_code, setup_hash) = mayfly_crypto::token::new_setup_code().map_err(crypto)?;
+        let (setup_code, setup_hash) = mayfly_crypto::token::new_setup_code()?;
         let now = self.now();
         let seal = SealRecord {
             seal_id: seal_id.to_vec(),
             n_shares: i64::from(n_shares),
             threshold: i64::from(threshold),
-            kcv: barrier::key_check_value(root).map_err(crypto)?,
-            wrapped_keyring: keyring.wrap(root).map_err(crypto)?,
+            kcv: barrier::key_check_value(root)?,
+            wrapped_keyring: keyring.wrap(root)?,
             setup_code_hash: Some(setup_hash.to_vec()),
             created_at: now,
         };
         let secrets = vec![
             (
                 AUDIT_SIGNING_KEY_PATH.to_owned(),
-                keyring
-                    .seal(AUDIT_SIGNING_KEY_PATH, signer.expose_seed())
-                    .map_err(crypto)?,
+                keyring.seal(AUDIT_SIGNING_KEY_PATH, signer.expose_seed())?,
             ),
             (
                 AUDIT_HMAC_KEY_PATH.to_owned(),
-                keyring
-                    .seal(AUDIT_HMAC_KEY_PATH, hmac_key.as_slice())
-                    .map_err(crypto)?,
+                keyring.seal(AUDIT_HMAC_KEY_PATH, hmac_key.as_slice())?,
             ),
         ];
         let event = self
@@ -125,20 +121,19 @@ impl Broker {
             .await?;
         match outcome {
             WriteOutcome::Applied { .. } => Ok(setup_code),
-            WriteOutcome::Conflict { .. } => Err(ApiError::Conflict(
+            WriteOutcome::Conflict { .. } => Err(BrokerError::Conflict(
                 "the broker is already initialized".into(),
             )),
         }
     }
 
     /// Takes one share. Unseals once `threshold` shares are in and they rebuild the root key.
-    pub async fn unseal_with_share(&self, text: &str) -> Result<SealStatus, ApiError> {
+    pub async fn unseal_with_share(&self, text: &str) -> Result<SealStatus, BrokerError> {
         let seal = self
             .store()
             .seal()
-            .await
-            .map_err(|e| ApiError::store(&e))?
-            .ok_or(ApiError::NotInitialized)?;
+            .await?
+            .ok_or(BrokerError::NotInitialized)?;
         if self.unsealed().await.is_some() {
             return self.seal_status().await;
         }
@@ -150,14 +145,14 @@ impl Broker {
                         .detail("reason", error.to_string()),
                 )
                 .await?;
-                return Err(ApiError::BadRequest(format!("field `share`: {error}")));
+                return Err(BrokerError::BadRequest(format!("field `share`: {error}")));
             }
         };
         let threshold = usize::try_from(seal.threshold).unwrap_or(usize::MAX);
         let root = {
             let mut progress = self.inner.progress.lock().await;
             if progress.shares.iter().any(|s| s.index() == share.index()) {
-                return Err(ApiError::BadRequest(
+                return Err(BrokerError::BadRequest(
                     "field `share`: this share was already given in this unseal attempt".into(),
                 ));
             }
@@ -172,7 +167,7 @@ impl Broker {
                 return self.seal_status().await;
             }
             let shares = std::mem::take(&mut progress.shares);
-            seal::combine(&shares).map_err(crypto)?
+            seal::combine(&shares)?
         };
         if !barrier::check_root_key(&root, &seal.kcv) {
             self.record(
@@ -180,7 +175,7 @@ impl Broker {
                     .detail("reason", "the shares do not rebuild the root key"),
             )
             .await?;
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "the shares given do not rebuild the root key (a wrong or corrupted share): unseal progress was reset, start again"
                     .into(),
             ));
@@ -199,21 +194,20 @@ impl Broker {
     }
 
     /// Opens the keyring with the root key and loads the broker's own keys.
-    pub async fn unseal_with_root(&self, root: &RootKey) -> Result<(), ApiError> {
+    pub async fn unseal_with_root(&self, root: &RootKey) -> Result<(), BrokerError> {
         let seal = self
             .store()
             .seal()
-            .await
-            .map_err(|e| ApiError::store(&e))?
-            .ok_or(ApiError::NotInitialized)?;
+            .await?
+            .ok_or(BrokerError::NotInitialized)?;
         if !barrier::check_root_key(root, &seal.kcv) {
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "the root key does not match this broker".into(),
             ));
         }
-        let keyring = Keyring::unwrap(root, &seal.wrapped_keyring).map_err(crypto)?;
+        let keyring = Keyring::unwrap(root, &seal.wrapped_keyring)?;
         let seed = self.read_secret(&keyring, AUDIT_SIGNING_KEY_PATH).await?;
-        let audit_signer = SigningKey::from_seed(&seed).map_err(crypto)?;
+        let audit_signer = SigningKey::from_seed(&seed)?;
         let hmac = self.read_secret(&keyring, AUDIT_HMAC_KEY_PATH).await?;
         let unsealed = Unsealed {
             keyring,
@@ -231,15 +225,10 @@ impl Broker {
         &self,
         keyring: &Keyring,
         path: &str,
-    ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-        let blob = self
-            .store()
-            .secret(path)
-            .await
-            .map_err(|e| ApiError::store(&e))?
-            .ok_or_else(|| {
-                ApiError::Internal(format!("secret `{path}` is missing from the store"))
-            })?;
-        keyring.open(path, &blob).map_err(crypto)
+    ) -> Result<Zeroizing<Vec<u8>>, BrokerError> {
+        let blob = self.store().secret(path).await?.ok_or_else(|| {
+            BrokerError::Internal(format!("secret `{path}` is missing from the store"))
+        })?;
+        keyring.open(path, &blob).map_err(BrokerError::from)
     }
 }

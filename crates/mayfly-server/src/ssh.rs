@@ -17,8 +17,8 @@ use mayfly_targets::ssh::SshTarget;
 use mayfly_targets::x509::X509Target;
 use mayfly_targets::{ListStatus, RevocationList, TargetError, TargetKind};
 
-use crate::api::error::ApiError;
 use crate::clock::Clock;
+use crate::error::BrokerError;
 use crate::state::Broker;
 
 /// Under which the SSH CAs' seeds are kept (through the barrier): a target's is at
@@ -41,61 +41,51 @@ pub fn x509_ca_path(target: &str) -> String {
     format!("{X509_CA_KEY_PATH}/{target}")
 }
 
-fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
-    ApiError::Internal(format!("crypto: {error}"))
-}
-
 impl Broker {
     /// The SSH user CA of the target `target`; its key is made and stored (audited) the first
     /// time it is needed. The caller knows `target` is an SSH target or one being added: this
     /// makes a CA for any name. Read from the store at every call: what signs certificates is the
     /// built target ([`Broker::build_ssh_target`]), which keeps its CA.
-    pub async fn ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, ApiError> {
+    pub async fn ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, BrokerError> {
         let seed = self
             .ca_key(&ssh_ca_path(target), target, "ssh.ca.created", || {
-                let seed = SshCa::generate_seed().map_err(crypto)?;
-                let public = SshCa::from_seed(&seed)
-                    .map_err(crypto)?
-                    .public_key_openssh();
+                let seed = SshCa::generate_seed()?;
+                let public = SshCa::from_seed(&seed)?.public_key_openssh();
                 Ok((zeroize::Zeroizing::new(seed.to_vec()), public))
             })
             .await?;
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| ApiError::Internal("the stored SSH CA key has the wrong length".into()))?;
+        let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| {
+            BrokerError::Internal("the stored SSH CA key has the wrong length".into())
+        })?;
         let ca = SshCa::from_seed(&seed);
         let mut seed = seed;
         zeroize::Zeroize::zeroize(&mut seed);
-        Ok(Arc::new(ca.map_err(crypto)?))
+        Ok(Arc::new(ca?))
     }
 
     /// The X.509 client CA of the target `target`; its key is made and stored (audited) the first
     /// time it is needed. As for [`Broker::ssh_ca`], the caller knows the target.
-    pub async fn x509_ca(&self, target: &str) -> Result<Arc<X509Ca>, ApiError> {
+    pub async fn x509_ca(&self, target: &str) -> Result<Arc<X509Ca>, BrokerError> {
         let key = self
             .ca_key(&x509_ca_path(target), target, "x509.ca.created", || {
-                let key = X509Ca::generate_key().map_err(crypto)?;
-                let certificate = X509Ca::from_pkcs8(&key)
-                    .map_err(crypto)?
-                    .certificate_pem()
-                    .to_owned();
+                let key = X509Ca::generate_key()?;
+                let certificate = X509Ca::from_pkcs8(&key)?.certificate_pem().to_owned();
                 Ok((key, certificate))
             })
             .await?;
-        Ok(Arc::new(X509Ca::from_pkcs8(&key).map_err(crypto)?))
+        Ok(Arc::new(X509Ca::from_pkcs8(&key)?))
     }
 
     /// The CA the hosts of the SSH target `target` trust (`GET /v1/ssh/ca?target=`); 404 unless
     /// there is an SSH target of that name.
-    pub async fn published_ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, ApiError> {
+    pub async fn published_ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, BrokerError> {
         self.certificate_target(target, TargetKind::Ssh).await?;
         self.ssh_ca(target).await
     }
 
     /// The KRL of the SSH target `target` (`GET /v1/ssh/krl?target=`): its revoked certificates
     /// that have not expired, under its CA; 404 unless there is an SSH target of that name.
-    pub async fn ssh_krl(&self, target: &str) -> Result<Vec<u8>, ApiError> {
+    pub async fn ssh_krl(&self, target: &str) -> Result<Vec<u8>, BrokerError> {
         self.certificate_target(target, TargetKind::Ssh).await?;
         let ca = self.ssh_ca(target).await?;
         krl(self.store(), target, &ca, self.now()).await
@@ -103,7 +93,7 @@ impl Broker {
 
     /// The CA certificate the services of the X.509 target `target` trust for client
     /// certificates (`GET /v1/x509/ca?target=`); 404 unless there is an X.509 target of that name.
-    pub async fn published_x509_ca(&self, target: &str) -> Result<Arc<X509Ca>, ApiError> {
+    pub async fn published_x509_ca(&self, target: &str) -> Result<Arc<X509Ca>, BrokerError> {
         self.certificate_target(target, TargetKind::X509).await?;
         self.x509_ca(target).await
     }
@@ -111,7 +101,7 @@ impl Broker {
     /// The CRL of the X.509 target `target` (`GET /v1/x509/crl?target=`): its revoked
     /// certificates that have not expired, signed by its CA; 404 unless there is an X.509 target
     /// of that name.
-    pub async fn x509_crl(&self, target: &str) -> Result<String, ApiError> {
+    pub async fn x509_crl(&self, target: &str) -> Result<String, BrokerError> {
         self.certificate_target(target, TargetKind::X509).await?;
         let ca = self.x509_ca(target).await?;
         crl(self.store(), target, &ca, self.now()).await
@@ -123,7 +113,7 @@ impl Broker {
         &self,
         name: &str,
         url: &str,
-    ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
+    ) -> Result<Arc<dyn mayfly_targets::Target>, BrokerError> {
         let ca = self.ssh_ca(name).await?;
         let revoked = Arc::new(StoreList::new(
             name,
@@ -131,7 +121,7 @@ impl Broker {
             self.inner.config.clock.clone(),
         ));
         let target = SshTarget::new(name, url, ca, revoked)
-            .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
+            .map_err(|e| BrokerError::BadRequest(format!("field `url`: {e}")))?;
         Ok(Arc::new(target))
     }
 
@@ -141,7 +131,7 @@ impl Broker {
         &self,
         name: &str,
         url: &str,
-    ) -> Result<Arc<dyn mayfly_targets::Target>, ApiError> {
+    ) -> Result<Arc<dyn mayfly_targets::Target>, BrokerError> {
         let ca = self.x509_ca(name).await?;
         let revoked = Arc::new(StoreList::new(
             name,
@@ -149,19 +139,15 @@ impl Broker {
             self.inner.config.clock.clone(),
         ));
         let target = X509Target::new(name, url, ca, revoked)
-            .map_err(|e| ApiError::BadRequest(format!("field `url`: {e}")))?;
+            .map_err(|e| BrokerError::BadRequest(format!("field `url`: {e}")))?;
         Ok(Arc::new(target))
     }
 
     /// 404 unless a target named `name` of `kind` exists. The answer is the same for an unknown
     /// name and for a target of another kind: the public endpoints say nothing of other targets.
-    async fn certificate_target(&self, name: &str, kind: TargetKind) -> Result<(), ApiError> {
+    async fn certificate_target(&self, name: &str, kind: TargetKind) -> Result<(), BrokerError> {
         self.require_unsealed().await?;
-        let record = self
-            .store()
-            .target(name)
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+        let record = self.store().target(name).await?;
         if record.is_some_and(|record| record.kind == kind.to_string()) {
             return Ok(());
         }
@@ -170,7 +156,7 @@ impl Broker {
         } else {
             "X.509"
         };
-        Err(ApiError::NotFound(format!("no {label} target `{name}`")))
+        Err(BrokerError::NotFound(format!("no {label} target `{name}`")))
     }
 
     /// A CA key kept through the barrier at `path`, made by `make` (which also returns what to
@@ -180,19 +166,15 @@ impl Broker {
         path: &str,
         target: &str,
         created_kind: &str,
-        make: impl FnOnce() -> Result<(zeroize::Zeroizing<Vec<u8>>, String), ApiError>,
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
+        make: impl FnOnce() -> Result<(zeroize::Zeroizing<Vec<u8>>, String), BrokerError>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, BrokerError> {
         let keys = self.require_unsealed().await?;
-        let stored = self
-            .store()
-            .secret(path)
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+        let stored = self.store().secret(path).await?;
         let blob = match stored {
             Some(blob) => blob,
             None => {
                 let (key, public) = make()?;
-                let blob = keys.keyring.seal(path, &key).map_err(crypto)?;
+                let blob = keys.keyring.seal(path, &key)?;
                 let mut event = self
                     .draft(created_kind, Outcome::Ok)
                     .detail("target", target.to_owned())
@@ -210,16 +192,12 @@ impl Broker {
                 .await?;
                 // Read back what the store holds: if another node made one first, this attempt
                 // was refused (and audited as such) and that node's key is the one to use.
-                self.store()
-                    .secret(path)
-                    .await
-                    .map_err(|e| ApiError::store(&e))?
-                    .ok_or_else(|| {
-                        ApiError::Internal(format!("the CA key `{path}` was not stored"))
-                    })?
+                self.store().secret(path).await?.ok_or_else(|| {
+                    BrokerError::Internal(format!("the CA key `{path}` was not stored"))
+                })?
             }
         };
-        keys.keyring.open(path, &blob).map_err(crypto)
+        keys.keyring.open(path, &blob).map_err(BrokerError::from)
     }
 }
 
@@ -231,13 +209,11 @@ pub async fn krl(
     target: &str,
     ca: &SshCa,
     now: Timestamp,
-) -> Result<Vec<u8>, ApiError> {
-    let logins = store
-        .revoked_certificate_logins(target, now)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+) -> Result<Vec<u8>, BrokerError> {
+    let logins = store.revoked_certificate_logins(target, now).await?;
     let version = u64::try_from(now.unix_ms()).unwrap_or(0);
-    ca.krl(version, version / 1000, &logins).map_err(crypto)
+    ca.krl(version, version / 1000, &logins)
+        .map_err(BrokerError::from)
 }
 
 /// The CRL the services of the X.509 target `target` load (served at `/v1/x509/crl?target=`):
@@ -248,17 +224,16 @@ pub async fn crl(
     target: &str,
     ca: &X509Ca,
     now: Timestamp,
-) -> Result<String, ApiError> {
+) -> Result<String, BrokerError> {
     let serials: Vec<Vec<u8>> = store
         .revoked_certificate_logins(target, now)
-        .await
-        .map_err(|e| ApiError::store(&e))?
+        .await?
         .iter()
         .map(|login| mayfly_crypto::x509::serial_for(login))
         .collect();
     let number = u64::try_from(now.unix_ms()).unwrap_or(0);
     ca.crl(number, now.unix_ms() / 1000, CRL_VALID_SECONDS, &serials)
-        .map_err(crypto)
+        .map_err(BrokerError::from)
 }
 
 /// What one target's KRL or CRL says about one certificate, from its grant in the store: what an

@@ -1,7 +1,6 @@
 //! The broker's shared state: the store, the clock, the seal and the keys it guards, the audit
 //! committer. Cheap to clone; handlers get it as axum state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mayfly_core::Timestamp;
@@ -13,9 +12,9 @@ use mayfly_store::{Store, Write, WriteOutcome};
 use tokio::sync::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
-use crate::api::error::ApiError;
 use crate::audit::committer::Committer;
 use crate::config::Config;
+use crate::error::BrokerError;
 
 /// Paths of the broker's own secrets in the barrier.
 pub const AUDIT_SIGNING_KEY_PATH: &str = "sys/audit/signing-key";
@@ -66,7 +65,7 @@ pub struct Inner {
     pub unsealed: RwLock<Option<Arc<Unsealed>>>,
     pub progress: Mutex<UnsealProgress>,
     pub committer: Committer,
-    pub jwks_cache: Mutex<HashMap<String, crate::auth::jwt::CachedKeys>>,
+    pub jwks_cache: crate::auth::jwks::JwksCache,
     pub http: reqwest::Client,
     pub targets: crate::access::TargetRegistry,
     /// Wakes the expiry engine when new work is due before it would look again.
@@ -75,11 +74,11 @@ pub struct Inner {
     /// is awake.
     pub expiry_next_look_ms: std::sync::atomic::AtomicI64,
     /// Where password hashes are computed and checked, off the async workers.
-    pub argon2: crate::auth::password::Argon2Pool,
+    pub argon2: crate::auth::argon2::Argon2Pool,
     /// Failed logins per source address.
-    pub login_sources: crate::auth::password::SourceLimiter,
+    pub login_sources: crate::auth::limiter::SourceLimiter,
     /// Unauthenticated refusals counted since the last aggregate events.
-    pub refusals: crate::api::middleware::Refusals,
+    pub refusals: crate::audit::refusals::Refusals,
 }
 
 impl std::fmt::Debug for Broker {
@@ -89,33 +88,33 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    pub fn new(store: Arc<dyn Store>, config: Config) -> Result<Broker, ApiError> {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Result<Broker, BrokerError> {
         let committer = Committer::start(store.clone(), config.group_commit);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("http client: {e}")))?;
         Ok(Broker {
             inner: Arc::new(Inner {
                 store,
                 unsealed: RwLock::new(None),
                 progress: Mutex::new(UnsealProgress::default()),
                 committer,
-                jwks_cache: Mutex::new(HashMap::new()),
+                jwks_cache: crate::auth::jwks::JwksCache::default(),
                 http,
                 targets: crate::access::TargetRegistry::default(),
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
                 expiry_next_look_ms: std::sync::atomic::AtomicI64::new(0),
-                argon2: crate::auth::password::Argon2Pool::new(
+                argon2: crate::auth::argon2::Argon2Pool::new(
                     config.argon2_threads,
                     config.argon2_waiting,
                 ),
-                login_sources: crate::auth::password::SourceLimiter::new(
+                login_sources: crate::auth::limiter::SourceLimiter::new(
                     config.login_source_burst,
                     config.login_source_refill,
                 ),
-                refusals: crate::api::middleware::Refusals::default(),
+                refusals: crate::audit::refusals::Refusals::default(),
                 config,
             }),
         })
@@ -134,25 +133,25 @@ impl Broker {
     }
 
     /// The unsealed keys, or 503.
-    pub async fn require_unsealed(&self) -> Result<Arc<Unsealed>, ApiError> {
+    pub async fn require_unsealed(&self) -> Result<Arc<Unsealed>, BrokerError> {
         match self.unsealed().await {
             Some(keys) => Ok(keys),
-            None => Err(ApiError::Sealed),
+            None => Err(BrokerError::Sealed),
         }
     }
 
     /// Commits a write and its audit event through the group committer. A store failure is a 503.
-    pub async fn commit(&self, write: Write) -> Result<WriteOutcome, ApiError> {
+    pub async fn commit(&self, write: Write) -> Result<WriteOutcome, BrokerError> {
         self.inner.committer.commit(write).await.map_err(|e| {
             tracing::error!(error = %e, "audit commit failed");
-            ApiError::Unavailable(
+            BrokerError::Unavailable(
                 "the audit log is unavailable; the action was not performed".into(),
             )
         })
     }
 
     /// Commits many writes in as few transactions as the committer makes; one answer per write.
-    pub async fn commit_many(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, ApiError>> {
+    pub async fn commit_many(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, BrokerError>> {
         self.inner
             .committer
             .commit_many(writes)
@@ -161,7 +160,7 @@ impl Broker {
             .map(|result| {
                 result.map_err(|e| {
                     tracing::error!(error = %e, "audit commit failed");
-                    ApiError::Unavailable(
+                    BrokerError::Unavailable(
                         "the audit log is unavailable; the action was not performed".into(),
                     )
                 })
@@ -170,7 +169,7 @@ impl Broker {
     }
 
     /// Records a fact with no change of state (a refusal, a read of a secret).
-    pub async fn record(&self, event: AuditDraft) -> Result<i64, ApiError> {
+    pub async fn record(&self, event: AuditDraft) -> Result<i64, BrokerError> {
         match self
             .commit(Write {
                 change: None,

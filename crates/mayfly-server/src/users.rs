@@ -11,40 +11,13 @@ use mayfly_crypto::totp::TotpSecret;
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, UserRecord, Write, WriteOutcome};
 
-use crate::api::error::ApiError;
-use crate::api::middleware::RequestMeta;
+use crate::error::BrokerError;
+use crate::origin::Origin;
 use crate::state::{Broker, totp_secret_path};
 
 pub const MIN_PASSWORD_LEN: usize = 12;
 const MAX_PASSWORD_LEN: usize = 1024;
 pub const TOTP_ISSUER: &str = "Mayfly";
-
-fn crypto(error: mayfly_crypto::CryptoError) -> ApiError {
-    ApiError::Internal(format!("crypto: {error}"))
-}
-
-/// Generated passwords: 24 characters from a 62-letter alphabet (≈142 bits, above the 128 a
-/// generated credential must carry).
-pub const PASSWORD_LEN: usize = 24;
-
-/// A password strong enough to show once, from the operating system's CSPRNG.
-pub fn generate_password() -> Result<SecretString, ApiError> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(PASSWORD_LEN);
-    while out.len() < PASSWORD_LEN {
-        let bytes: [u8; 32] = mayfly_crypto::random_bytes().map_err(crypto)?;
-        for byte in bytes {
-            // Rejection sampling: 248 = 4 * 62, so every letter is equally likely.
-            if byte < 248
-                && out.len() < PASSWORD_LEN
-                && let Some(c) = ALPHABET.get(usize::from(byte % 62))
-            {
-                out.push(char::from(*c));
-            }
-        }
-    }
-    Ok(SecretString::from(out))
-}
 
 struct NewUser {
     record: UserRecord,
@@ -58,19 +31,19 @@ async fn prepare(
     username: &str,
     password: Option<String>,
     groups: &[String],
-) -> Result<NewUser, ApiError> {
+) -> Result<NewUser, BrokerError> {
     let keys = broker.require_unsealed().await?;
     let username = Username::parse(username)
-        .map_err(|e| ApiError::BadRequest(format!("field `username`: {e}")))?;
+        .map_err(|e| BrokerError::BadRequest(format!("field `username`: {e}")))?;
     let group_names = parse_groups(groups)?;
     let generated = password.is_none();
     let password = match password {
         Some(password) => SecretString::from(password),
-        None => generate_password()?,
+        None => mayfly_crypto::password::generate_password()?,
     };
     let length = password.expose_secret().chars().count();
     if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&length) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(BrokerError::BadRequest(format!(
             "field `password`: must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"
         )));
     }
@@ -81,16 +54,12 @@ async fn prepare(
         .hash(SecretString::from(password.expose_secret().to_owned()))
         .await?;
     let id = uuid::Uuid::now_v7().to_string();
-    let totp = TotpSecret::generate().map_err(crypto)?;
+    let totp = TotpSecret::generate()?;
     let path = totp_secret_path(&id);
-    let blob = keys
-        .keyring
-        .seal(&path, totp.expose_bytes())
-        .map_err(crypto)?;
+    let blob = keys.keyring.seal(&path, totp.expose_bytes())?;
     let enrollment = TotpEnrollment {
         otpauth_url: totp
-            .otpauth_url(username.as_str(), TOTP_ISSUER)
-            .map_err(crypto)?
+            .otpauth_url(username.as_str(), TOTP_ISSUER)?
             .expose_secret()
             .to_owned(),
         secret_base32: totp.base32().expose_secret().to_owned(),
@@ -122,10 +91,10 @@ fn created(user: NewUser) -> UserCreated {
 
 pub async fn create(
     broker: &Broker,
-    meta: &RequestMeta,
+    meta: &Origin,
     actor: &str,
     request: CreateUserRequest,
-) -> Result<UserCreated, ApiError> {
+) -> Result<UserCreated, BrokerError> {
     let user = prepare(broker, &request.username, request.password, &request.groups).await?;
     let mut event = broker
         .draft("user.create", Outcome::Ok)
@@ -145,15 +114,15 @@ pub async fn create(
         .await?
     {
         WriteOutcome::Applied { .. } => Ok(created(user)),
-        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+        WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
     }
 }
 
-fn parse_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
+fn parse_groups(groups: &[String]) -> Result<Vec<String>, BrokerError> {
     let mut names: Vec<String> = Vec::new();
     for group in groups {
         let group = GroupName::parse(group).map_err(|e| {
-            ApiError::BadRequest(format!(
+            BrokerError::BadRequest(format!(
                 "field `groups`: `{}` {e}",
                 group.chars().take(64).collect::<String>()
             ))
@@ -170,19 +139,19 @@ fn parse_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
 /// reads its user's groups and state at every call.
 pub async fn update(
     broker: &Broker,
-    meta: &RequestMeta,
+    meta: &Origin,
     actor: &Principal,
     username: &str,
     request: UpdateUserRequest,
-) -> Result<UserUpdated, ApiError> {
+) -> Result<UserUpdated, BrokerError> {
     let username = Username::parse(username).map_err(|e| {
-        ApiError::BadRequest(format!(
+        BrokerError::BadRequest(format!(
             "user `{}`: {e}",
             username.chars().take(64).collect::<String>()
         ))
     })?;
     if request.groups.is_none() && request.disabled.is_none() {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "nothing to change: give `groups` and/or `disabled`".into(),
         ));
     }
@@ -194,7 +163,7 @@ pub async fn update(
                 .as_ref()
                 .is_some_and(|g| !g.iter().any(|g| g == GroupName::ADMINS)))
     {
-        return Err(ApiError::Conflict(
+        return Err(BrokerError::Conflict(
             "an admin cannot disable itself or leave the admins group; ask another admin".into(),
         ));
     }
@@ -221,7 +190,7 @@ pub async fn update(
         .await?
     {
         WriteOutcome::Applied { .. } => {}
-        WriteOutcome::Conflict { reason, .. } => return Err(ApiError::NotFound(reason)),
+        WriteOutcome::Conflict { reason, .. } => return Err(BrokerError::NotFound(reason)),
     }
     let reason = if request.disabled == Some(true) {
         format!("user `{}` was disabled", username.as_str())
@@ -242,11 +211,10 @@ pub async fn update(
     let user = broker
         .store()
         .user_by_name(username.as_str())
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| ApiError::NotFound(format!("no user `{}`", username.as_str())))?;
+        .await?
+        .ok_or_else(|| BrokerError::NotFound(format!("no user `{}`", username.as_str())))?;
     Ok(UserUpdated {
-        user: crate::api::convert::user_summary(user),
+        user: crate::views::user_summary(user),
         grants_revoked: revoked as u64,
     })
 }
@@ -254,18 +222,17 @@ pub async fn update(
 /// Creates the first admin with the one-time setup code printed by `operator init`.
 pub async fn setup(
     broker: &Broker,
-    meta: &RequestMeta,
+    meta: &Origin,
     request: SetupRequest,
-) -> Result<UserCreated, ApiError> {
+) -> Result<UserCreated, BrokerError> {
     // The code first: an unauthenticated caller with a wrong code costs a hash and a read, not
     // an argon2 hash of the password it sent (which is what a flood of setups would buy).
     let code_hash = mayfly_crypto::token::hash_setup_code(&request.setup_code);
     let seal = broker
         .store()
         .seal()
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or(ApiError::NotInitialized)?;
+        .await?
+        .ok_or(BrokerError::NotInitialized)?;
     let code_matches = seal
         .setup_code_hash
         .as_deref()
@@ -275,7 +242,7 @@ pub async fn setup(
         meta.fill(&mut event);
         event.refuse("the setup code is wrong or was already used");
         broker.record(event).await?;
-        return Err(ApiError::Forbidden(
+        return Err(BrokerError::Forbidden(
             "the setup code is wrong or was already used".into(),
         ));
     }
@@ -302,7 +269,7 @@ pub async fn setup(
         .await?
     {
         WriteOutcome::Applied { .. } => Ok(created(user)),
-        WriteOutcome::Conflict { .. } => Err(ApiError::Forbidden(
+        WriteOutcome::Conflict { .. } => Err(BrokerError::Forbidden(
             "the setup code is wrong or was already used".into(),
         )),
     }

@@ -15,12 +15,13 @@ use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, Write, WriteOutcome};
 use mayfly_targets::IssuePlan;
 
-use super::{
-    NewRequest, check_key, check_new_request, context_of, decide, grant_info, new_grant, undecided,
+use super::grant_info;
+use super::requests::{
+    NewRequest, check_key, check_new_request, context_of, decide, new_grant, undecided,
 };
 use super::{principal_key, role_spec};
-use crate::api::error::{ApiError, AuditedError};
-use crate::api::middleware::RequestMeta;
+use crate::error::{AuditedError, BrokerError};
+use crate::origin::Origin;
 use crate::state::Broker;
 
 impl Broker {
@@ -29,14 +30,14 @@ impl Broker {
     /// like any denied request (403).
     pub async fn issue_certificate(
         &self,
-        meta: &RequestMeta,
+        meta: &Origin,
         principal: &Principal,
         new: NewRequest,
         key: Option<&str>,
     ) -> Result<Credential, AuditedError> {
         check_new_request(&new)?;
         if new.break_glass {
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "break-glass access is requested with `POST /v1/requests` (`mayfly request --break-glass`)"
                     .into(),
             )
@@ -45,12 +46,13 @@ impl Broker {
         let (target_record, role, policy_text) = self
             .store()
             .decision_inputs(&new.target, &new.role)
-            .await
-            .map_err(|e| ApiError::store(&e))?
-            .ok_or_else(|| ApiError::NotFound(format!("no role `{}/{}`", new.target, new.role)))?;
+            .await?
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role))
+            })?;
         // Checked on the record, before a connection to a database target would be made for nothing.
         if !matches!(target_record.kind.as_str(), "ssh" | "x509") {
-            return Err(ApiError::BadRequest(format!(
+            return Err(BrokerError::BadRequest(format!(
                 "field `target`: `{}` is a {} target; only SSH and X.509 roles are issued in one call \
                  (request others with `POST /v1/requests`)",
                 new.target, target_record.kind
@@ -104,12 +106,12 @@ impl Broker {
                 })
                 .await?;
                 return Err(
-                    ApiError::Forbidden(format!("request {id} denied: {reason}")).audited(),
+                    BrokerError::Forbidden(format!("request {id} denied: {reason}")).audited(),
                 );
             }
         };
         if approvals > 0 {
-            return Err(ApiError::Conflict(format!(
+            return Err(BrokerError::Conflict(format!(
                 "`{}/{}` needs {approvals} approval(s): request it with `POST /v1/requests` \
                  (`mayfly request`), then activate it once approved",
                 new.target, new.role
@@ -141,7 +143,9 @@ impl Broker {
                 public_key: key,
             })
             .await
-            .map_err(|e| ApiError::BadRequest(format!("the certificate cannot be issued: {e}")))?;
+            .map_err(|e| {
+                BrokerError::BadRequest(format!("the certificate cannot be issued: {e}"))
+            })?;
         let grant = new_grant(
             &grant_uuid,
             &login,
@@ -171,7 +175,7 @@ impl Broker {
             })
             .await?
         {
-            return Err(ApiError::Conflict(reason).into());
+            return Err(BrokerError::Conflict(reason).into());
         }
         self.expiry_due_at(expires_at);
         Ok(Credential {

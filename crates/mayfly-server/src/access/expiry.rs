@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::access::{grant_secret_path, role_spec};
-use crate::api::error::ApiError;
+use crate::error::BrokerError;
 use crate::state::Broker;
 
 /// How long a claim holds before another node may take the grant over.
@@ -58,7 +58,7 @@ pub fn backoff(n_attempts: i64) -> Duration {
 }
 
 /// One round, to the end: claims what is due and finishes it.
-pub async fn run_once(broker: &Broker) -> Result<ExpiryOutcome, ApiError> {
+pub async fn run_once(broker: &Broker) -> Result<ExpiryOutcome, BrokerError> {
     let mut engine = Engine::new(broker.clone());
     let n = engine.start_due().await?;
     engine.finish().await;
@@ -97,7 +97,7 @@ impl Engine {
 
     /// Claims due grants (as many as there is room for) and starts their work: revocations in
     /// batches per target, proofs one by one. Returns how many were claimed.
-    pub async fn start_due(&mut self) -> Result<usize, ApiError> {
+    pub async fn start_due(&mut self) -> Result<usize, BrokerError> {
         while let Some(done) = self.tasks.try_join_next() {
             self.reaped(done);
         }
@@ -117,8 +117,7 @@ impl Engine {
                 now.saturating_add(CLAIM_TIMEOUT),
                 i64::try_from(room).unwrap_or(i64::MAX),
             )
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+            .await?;
         let n = claimed.len();
         self.in_flight += n;
         let mut to_revoke: HashMap<String, Vec<GrantRecord>> = HashMap::new();
@@ -261,7 +260,7 @@ async fn update(
     outcome: Outcome,
     fill: impl FnOnce(&mut GrantUpdate),
     details: Vec<(&str, serde_json::Value)>,
-) -> Result<Option<GrantState>, ApiError> {
+) -> Result<Option<GrantState>, BrokerError> {
     let (write, to) = transition(broker, grant, &[event], kind, outcome, fill, details)?;
     match broker.commit(write).await? {
         WriteOutcome::Applied { .. } => Ok(Some(to)),
@@ -280,12 +279,12 @@ fn transition(
     outcome: Outcome,
     fill: impl FnOnce(&mut GrantUpdate),
     details: Vec<(&str, serde_json::Value)>,
-) -> Result<(Write, GrantState), ApiError> {
+) -> Result<(Write, GrantState), BrokerError> {
     let mut to = grant.state;
     for event in events {
         to = to
             .apply(*event)
-            .map_err(|e| ApiError::Internal(format!("grant {}: {e}", grant.id)))?;
+            .map_err(|e| BrokerError::Internal(format!("grant {}: {e}", grant.id)))?;
     }
     let mut change = GrantUpdate::new(&grant.id, grant.state, to);
     change.epoch = Some(grant.epoch);
@@ -316,7 +315,7 @@ async fn revoke_chunk(
     target_name: &str,
     grants: Vec<GrantRecord>,
     limit: Arc<Semaphore>,
-) -> Result<(), ApiError> {
+) -> Result<(), BrokerError> {
     let mut roles: HashMap<String, Option<RoleSpec>> = HashMap::new();
     let mut items = Vec::with_capacity(grants.len());
     let mut results: Vec<Option<Result<(), String>>> = Vec::with_capacity(grants.len());
@@ -334,8 +333,7 @@ async fn revoke_chunk(
                 let role = broker
                     .store()
                     .role(&grant.target, &grant.role)
-                    .await
-                    .map_err(|e| ApiError::store(&e))?
+                    .await?
                     .map(|r| role_spec(&r));
                 roles.insert(grant.role.clone(), role.clone());
                 role
@@ -442,9 +440,9 @@ fn error_text(error: &mayfly_targets::TargetError) -> String {
 }
 
 /// Proves one revoked grant on its target: the login is refused and no session is left.
-async fn prove(broker: &Broker, grant: &GrantRecord) -> Result<(), ApiError> {
+async fn prove(broker: &Broker, grant: &GrantRecord) -> Result<(), BrokerError> {
     let login = LoginName::parse(&grant.login)
-        .map_err(|e| ApiError::Internal(format!("stored login: {e}")))?;
+        .map_err(|e| BrokerError::Internal(format!("stored login: {e}")))?;
     let secret = grant_secret(broker, grant).await?;
     let target = broker.target(&grant.target).await?;
     match target.verify_revoked(&login, &secret).await {
@@ -503,21 +501,16 @@ async fn prove(broker: &Broker, grant: &GrantRecord) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretString, ApiError> {
+async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretString, BrokerError> {
     let keys = broker.require_unsealed().await?;
     let path = grant_secret_path(&grant.id);
-    let blob = broker
-        .store()
-        .secret(&path)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| {
-            ApiError::Internal(format!("the secret of grant {} is missing", grant.id))
-        })?;
+    let blob = broker.store().secret(&path).await?.ok_or_else(|| {
+        BrokerError::Internal(format!("the secret of grant {} is missing", grant.id))
+    })?;
     let bytes = keys
         .keyring
         .open(&path, &blob)
-        .map_err(|e| ApiError::Internal(format!("crypto: {e}")))?;
+        .map_err(|e| BrokerError::Internal(format!("crypto: {e}")))?;
     Ok(SecretString::from(
         String::from_utf8_lossy(&bytes).into_owned(),
     ))
@@ -526,17 +519,12 @@ async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretStri
 /// The sweep: every role on a target that carries the broker's prefix and namespace (`mf_<namespace>_`) but has no live grant is an
 /// orphan (a store restored from an older backup, a crash the intent did not cover, a manual
 /// copy): it is revoked and the finding audited. Returns how many were found.
-pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
+pub async fn sweep(broker: &Broker) -> Result<usize, BrokerError> {
     let Some(keys) = broker.unsealed().await else {
         return Ok(0);
     };
     let mut found = 0;
-    for record in broker
-        .store()
-        .targets()
-        .await
-        .map_err(|e| ApiError::store(&e))?
-    {
+    for record in broker.store().targets().await? {
         let target = broker.target(&record.name).await?;
         let logins = match target.managed_logins().await {
             // Only this broker's namespace: another broker sharing the server owns the rest.
@@ -552,11 +540,7 @@ pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
         // Only the target's own logins are looked up, a chunk at a time: memory does not grow
         // with the number of leases in the store.
         let names: Vec<String> = logins.iter().map(ToString::to_string).collect();
-        let live = broker
-            .store()
-            .live_logins(&names)
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+        let live = broker.store().live_logins(&names).await?;
         for login in logins {
             if live.contains(login.as_str()) {
                 continue;
@@ -587,13 +571,9 @@ pub async fn sweep(broker: &Broker) -> Result<usize, ApiError> {
 
 /// Pending requests nobody answered within the window (and allowed ones never activated) expire,
 /// audited; nothing is written when there is nothing to expire.
-pub async fn expire_requests(broker: &Broker) -> Result<usize, ApiError> {
+pub async fn expire_requests(broker: &Broker) -> Result<usize, BrokerError> {
     let now = broker.now();
-    let open = broker
-        .store()
-        .requests(true, 1000)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let open = broker.store().requests(true, 1000).await?;
     let expired: Vec<String> = open
         .iter()
         .filter(|r| r.expires_at <= now)
@@ -629,12 +609,9 @@ pub async fn recheck_active(
     broker: &Broker,
     reason: &str,
     principals: mayfly_store::Principals<'_>,
-) -> Result<usize, ApiError> {
+) -> Result<usize, BrokerError> {
     let mut revoked = 0;
-    let meta = crate::api::middleware::RequestMeta {
-        request_id: "policy-recheck".into(),
-        source: None,
-    };
+    let meta = crate::origin::Origin::internal("policy-recheck");
     let mut after = String::new();
     loop {
         let page = broker
@@ -645,8 +622,7 @@ pub async fn recheck_active(
                 &after,
                 RECHECK_PAGE,
             )
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.id.clone();
         revoked += recheck_page(broker, &meta, page, reason).await?;
@@ -659,8 +635,7 @@ pub async fn recheck_active(
         let page = broker
             .store()
             .open_requests_after(&after, RECHECK_PAGE)
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.id.clone();
         for request in page {
@@ -687,18 +662,13 @@ pub async fn recheck_active(
 
 async fn recheck_page(
     broker: &Broker,
-    meta: &crate::api::middleware::RequestMeta,
+    meta: &crate::origin::Origin,
     grants: Vec<GrantRecord>,
     reason: &str,
-) -> Result<usize, ApiError> {
+) -> Result<usize, BrokerError> {
     let mut revoked = 0;
     for grant in grants {
-        let Some(request) = broker
-            .store()
-            .request(&grant.request_id)
-            .await
-            .map_err(|e| ApiError::store(&e))?
-        else {
+        let Some(request) = broker.store().request(&grant.request_id).await? else {
             continue;
         };
         if broker.still_allowed(&request, None).await? {
@@ -706,7 +676,7 @@ async fn recheck_page(
         }
         match broker.revoke_now(meta, &grant, "broker", reason).await {
             Ok(()) => revoked += 1,
-            Err(ApiError::Conflict(_)) => {}
+            Err(BrokerError::Conflict(_)) => {}
             Err(error) => return Err(error),
         }
     }

@@ -12,24 +12,24 @@ use mayfly_store::{Change, GrantFilter, RoleRecord, TargetRecord, Write, WriteOu
 use crate::access::{
     NewRequest, build_target, grant_info, principal_key, role_spec, target_secret_path,
 };
-use crate::api::error::{ApiError, AuditedError};
 use crate::api::json::ApiJson;
-use crate::api::middleware::RequestMeta;
 use crate::auth::Caller;
+use crate::error::{AuditedError, BrokerError};
+use crate::origin::Origin;
 use crate::state::Broker;
 
-type ApiResult<T> = Result<ApiJson<T>, ApiError>;
+type ApiResult<T> = Result<ApiJson<T>, BrokerError>;
 
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+fn check_name(field: &str, name: &str) -> Result<(), BrokerError> {
     mayfly_core::GroupName::parse(name)
-        .map_err(|e| ApiError::BadRequest(format!("field `{field}`: {e}")))?;
+        .map_err(|e| BrokerError::BadRequest(format!("field `{field}`: {e}")))?;
     Ok(())
 }
 
 #[utoipa::path(post, path = "/v1/targets", request_body = TargetRequest, responses((status = 200, body = TargetInfo), (status = 400, body = ErrorBody)))]
 pub async fn add_target(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     ApiJson(request): ApiJson<TargetRequest>,
 ) -> ApiResult<TargetInfo> {
@@ -43,7 +43,7 @@ pub async fn add_target(
         "ssh" => (&["ssh://"], "ssh://HOST:PORT"),
         "x509" => (&["tls://"], "tls://HOST:PORT"),
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(BrokerError::BadRequest(format!(
                 "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh, x509)",
                 other.chars().take(32).collect::<String>()
             )));
@@ -67,7 +67,7 @@ pub async fn add_target(
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(ApiError::BadRequest(format!(
+        return Err(BrokerError::BadRequest(format!(
             "field `url`: give {example}, without user or password (use `admin_user`, `admin_password`); a host other than this machine needs verified TLS: add `?ca=` and the target's CA certificate (PEM) in base64url"
         )));
     }
@@ -84,7 +84,7 @@ pub async fn add_target(
             .chars()
             .any(|c| !(c.is_ascii_alphanumeric() || c == '_'))
     {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `admin_user`: 1 to 63 letters, digits or `_`".into(),
         ));
     }
@@ -93,7 +93,7 @@ pub async fn add_target(
             format!("{scheme}://{}@{rest}", request.admin_user)
         }
         Some(_) => request.url.clone(),
-        None => return Err(ApiError::BadRequest("field `url`: not a URL".into())),
+        None => return Err(BrokerError::BadRequest("field `url`: not a URL".into())),
     };
     let record = TargetRecord {
         name: request.name.clone(),
@@ -117,7 +117,7 @@ pub async fn add_target(
     let blob = keys
         .keyring
         .seal(&path, request.admin_password.as_bytes())
-        .map_err(|e| ApiError::Internal(format!("crypto: {e}")))?;
+        .map_err(|e| BrokerError::Internal(format!("crypto: {e}")))?;
     let mut event = broker
         .draft("target.put", Outcome::Ok)
         .detail("kind", record.kind.clone())
@@ -151,11 +151,7 @@ pub async fn list_targets(
     State(broker): State<Broker>,
     caller: Caller,
 ) -> ApiResult<Vec<TargetInfo>> {
-    let targets = broker
-        .store()
-        .targets()
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let targets = broker.store().targets().await?;
     if caller.principal().is_admin() {
         return Ok(ApiJson(
             targets
@@ -188,12 +184,8 @@ async fn requestable_roles(
     broker: &Broker,
     principal: &mayfly_core::Principal,
     targets: &[mayfly_store::TargetRecord],
-) -> Result<Vec<mayfly_store::RoleRecord>, ApiError> {
-    let roles = broker
-        .store()
-        .roles()
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+) -> Result<Vec<mayfly_store::RoleRecord>, BrokerError> {
+    let roles = broker.store().roles().await?;
     let policies = broker.policies().await?;
     let mut out = Vec::new();
     for role in roles {
@@ -210,19 +202,19 @@ async fn requestable_roles(
 #[utoipa::path(post, path = "/v1/roles", request_body = RoleRequest, responses((status = 200, body = RoleInfo), (status = 400, body = ErrorBody)))]
 pub async fn add_role(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     ApiJson(request): ApiJson<RoleRequest>,
 ) -> ApiResult<RoleInfo> {
     caller.require_admin()?;
     check_name("name", &request.name)?;
     if request.max_ttl_seconds == 0 || request.max_ttl_seconds > 7 * 24 * 3600 {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `max_ttl_seconds`: between 1 and 604800".into(),
         ));
     }
     if request.creation_sql.len() > 64 * 1024 {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `creation_sql`: at most 64 KiB".into(),
         ));
     }
@@ -237,7 +229,7 @@ pub async fn add_role(
     let spec = role_spec(&record);
     target
         .check_role(&spec)
-        .map_err(|e| ApiError::BadRequest(format!("field `creation_sql`: {e}")))?;
+        .map_err(|e| BrokerError::BadRequest(format!("field `creation_sql`: {e}")))?;
     // On the real target, rolled back: what would fail at the first grant fails now.
     let expires_at = broker
         .now()
@@ -266,7 +258,7 @@ pub async fn add_role(
             max_ttl_seconds: request.max_ttl_seconds,
         })),
         WriteOutcome::Conflict { reason, .. } => {
-            Err(ApiError::BadRequest(format!("field `target`: {reason}")))
+            Err(BrokerError::BadRequest(format!("field `target`: {reason}")))
         }
     }
 }
@@ -274,17 +266,9 @@ pub async fn add_role(
 #[utoipa::path(get, path = "/v1/roles", responses((status = 200, body = Vec<RoleInfo>)))]
 pub async fn list_roles(State(broker): State<Broker>, caller: Caller) -> ApiResult<Vec<RoleInfo>> {
     let roles = if caller.principal().is_admin() {
-        broker
-            .store()
-            .roles()
-            .await
-            .map_err(|e| ApiError::store(&e))?
+        broker.store().roles().await?
     } else {
-        let targets = broker
-            .store()
-            .targets()
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+        let targets = broker.store().targets().await?;
         requestable_roles(&broker, caller.principal(), &targets).await?
     };
     Ok(ApiJson(
@@ -302,13 +286,13 @@ pub async fn list_roles(State(broker): State<Broker>, caller: Caller) -> ApiResu
 #[utoipa::path(put, path = "/v1/policy", request_body = PolicyText, responses((status = 200, body = PolicyInfo), (status = 400, body = ErrorBody)))]
 pub async fn put_policy(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     ApiJson(request): ApiJson<PolicyText>,
 ) -> ApiResult<PolicyInfo> {
     caller.require_admin()?;
     Policies::parse(&request.text)
-        .map_err(|e| ApiError::BadRequest(format!("field `text`: {e}")))?;
+        .map_err(|e| BrokerError::BadRequest(format!("field `text`: {e}")))?;
     let mut event = broker
         .draft("policy.put", Outcome::Ok)
         .detail("text", request.text.clone());
@@ -323,12 +307,7 @@ pub async fn put_policy(
             event,
         })
         .await?;
-    let (text, version) = broker
-        .store()
-        .policies()
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .unwrap_or_default();
+    let (text, version) = broker.store().policies().await?.unwrap_or_default();
     // Continuous verification: grants the new policies no longer allow are revoked now.
     let revoked = crate::access::expiry::recheck_active(
         &broker,
@@ -348,12 +327,7 @@ pub async fn put_policy(
 #[utoipa::path(get, path = "/v1/policy", responses((status = 200, body = PolicyInfo)))]
 pub async fn get_policy(State(broker): State<Broker>, caller: Caller) -> ApiResult<PolicyInfo> {
     caller.require_admin()?;
-    let (text, version) = broker
-        .store()
-        .policies()
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .unwrap_or_default();
+    let (text, version) = broker.store().policies().await?.unwrap_or_default();
     Ok(ApiJson(PolicyInfo { text, version }))
 }
 
@@ -366,7 +340,7 @@ pub async fn policy_schema() -> &'static str {
     responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
 pub async fn create_request(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     ApiJson(request): ApiJson<AccessRequest>,
 ) -> Result<ApiJson<RequestInfo>, AuditedError> {
@@ -382,9 +356,11 @@ pub async fn create_request(
         .create_request(&meta, caller.principal(), new)
         .await?;
     if info.state == "denied" {
-        return Err(
-            ApiError::Forbidden(format!("request {} denied: {}", info.id, info.decision)).audited(),
-        );
+        return Err(BrokerError::Forbidden(format!(
+            "request {} denied: {}",
+            info.id, info.decision
+        ))
+        .audited());
     }
     Ok(ApiJson(info))
 }
@@ -393,12 +369,12 @@ pub async fn create_request(
     responses((status = 200, body = Credential), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn issue_certificate(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     ApiJson(request): ApiJson<CertificateRequest>,
 ) -> Result<ApiJson<Credential>, AuditedError> {
     if request.public_key.is_some() && request.csr.is_some() {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "fields `public_key`, `csr`: give one (`public_key` for SSH, `csr` for X.509)".into(),
         )
         .into());
@@ -437,12 +413,8 @@ pub async fn list_requests(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Vec<RequestInfo>> {
     let Query(query) =
-        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
-    let requests = broker
-        .store()
-        .requests(query.pending, 500)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+        query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
+    let requests = broker.store().requests(query.pending, 500).await?;
     let me = principal_key(caller.principal());
     let mut out = Vec::new();
     for request in requests {
@@ -469,17 +441,12 @@ pub async fn get_request(
     let visible = info.principal == principal_key(caller.principal())
         || caller.principal().is_admin()
         || (info.state == "pending"
-            && match broker
-                .store()
-                .request(&id)
-                .await
-                .map_err(|e| ApiError::store(&e))?
-            {
+            && match broker.store().request(&id).await? {
                 Some(request) => broker.may_approve(caller.principal(), &request).await?,
                 None => false,
             });
     if !visible {
-        return Err(ApiError::NotFound(format!(
+        return Err(BrokerError::NotFound(format!(
             "no request `{}`",
             id.chars().take(64).collect::<String>()
         )));
@@ -490,7 +457,7 @@ pub async fn get_request(
 #[utoipa::path(post, path = "/v1/requests/{id}/approve", request_body = ApproveRequest, responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
 pub async fn approve(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ApproveRequest>,
@@ -505,7 +472,7 @@ pub async fn approve(
 #[utoipa::path(post, path = "/v1/requests/{id}/deny", request_body = ApproveRequest, responses((status = 200, body = RequestInfo), (status = 403, body = ErrorBody)))]
 pub async fn deny(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<ApproveRequest>,
@@ -520,7 +487,7 @@ pub async fn deny(
 #[utoipa::path(post, path = "/v1/requests/{id}/activate", request_body = ActivateRequest, responses((status = 200, body = Credential), (status = 409, body = ErrorBody)))]
 pub async fn activate(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
@@ -550,7 +517,7 @@ pub async fn list_grants(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Vec<GrantInfo>> {
     let Query(query) =
-        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+        query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
     let filter = if query.failing {
         GrantFilter::Failing
     } else if query.all {
@@ -558,11 +525,7 @@ pub async fn list_grants(
     } else {
         GrantFilter::Live
     };
-    let grants = broker
-        .store()
-        .grants(filter, 1000)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let grants = broker.store().grants(filter, 1000).await?;
     let me = principal_key(caller.principal());
     let now = broker.now();
     Ok(ApiJson(
@@ -583,14 +546,13 @@ pub async fn get_grant(
     let grant = broker
         .store()
         .grant(&id)
-        .await
-        .map_err(|e| ApiError::store(&e))?
+        .await?
         .filter(|g| {
             caller.principal().is_admin() || g.principal == principal_key(caller.principal())
         })
         // Someone else's grant is as unknown as a missing one.
         .ok_or_else(|| {
-            ApiError::NotFound(format!(
+            BrokerError::NotFound(format!(
                 "no grant `{}` of yours",
                 id.chars().take(64).collect::<String>()
             ))
@@ -601,7 +563,7 @@ pub async fn get_grant(
 #[utoipa::path(post, path = "/v1/grants/{id}/revoke", responses((status = 200, body = GrantInfo), (status = 403, body = ErrorBody)))]
 pub async fn revoke_grant(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<GrantInfo> {
@@ -615,13 +577,13 @@ pub async fn revoke_grant(
 #[utoipa::path(post, path = "/v1/grants/{id}/renew", request_body = RenewRequest, responses((status = 200, body = GrantInfo), (status = 409, body = ErrorBody)))]
 pub async fn renew_grant(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<RenewRequest>,
 ) -> ApiResult<GrantInfo> {
     if request.ttl_seconds == 0 {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `ttl_seconds`: must be at least 1".into(),
         ));
     }
@@ -643,11 +605,7 @@ pub async fn review_queue(
     caller: Caller,
 ) -> ApiResult<Vec<GrantInfo>> {
     caller.require_admin()?;
-    let grants = broker
-        .store()
-        .grants(GrantFilter::Unreviewed, 1000)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let grants = broker.store().grants(GrantFilter::Unreviewed, 1000).await?;
     let now = broker.now();
     Ok(ApiJson(grants.iter().map(|g| grant_info(g, now)).collect()))
 }
@@ -655,25 +613,20 @@ pub async fn review_queue(
 #[utoipa::path(post, path = "/v1/grants/{id}/review", responses((status = 204), (status = 409, body = ErrorBody)))]
 pub async fn review_grant(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, BrokerError> {
     caller.require_admin()?;
-    let grant = broker
-        .store()
-        .grant(&id)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no grant `{}`",
-                id.chars().take(64).collect::<String>()
-            ))
-        })?;
+    let grant = broker.store().grant(&id).await?.ok_or_else(|| {
+        BrokerError::NotFound(format!(
+            "no grant `{}`",
+            id.chars().take(64).collect::<String>()
+        ))
+    })?;
     // A review is a second pair of eyes: whoever broke the glass cannot close their own item.
     if grant.principal == crate::access::principal_key(caller.principal()) {
-        return Err(ApiError::Forbidden(
+        return Err(BrokerError::Forbidden(
             "you cannot review your own break-glass grant: another admin must".into(),
         ));
     }
@@ -693,21 +646,21 @@ pub async fn review_grant(
         .await?
     {
         WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
-        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+        WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
     }
 }
 
 /// A target's answer to a check made before anything is saved: its refusal is the caller's to fix
 /// (400, naming `field`); an unreachable target is 503, and nothing was saved either.
-fn target_refusal(field: &str, error: mayfly_targets::TargetError) -> ApiError {
+fn target_refusal(field: &str, error: mayfly_targets::TargetError) -> BrokerError {
     use mayfly_targets::TargetError;
     match error {
         TargetError::Refused { reason, .. } => {
-            ApiError::BadRequest(format!("field `{field}`: {reason}"))
+            BrokerError::BadRequest(format!("field `{field}`: {reason}"))
         }
-        TargetError::Unavailable { target, source } => ApiError::Unavailable(format!(
+        TargetError::Unavailable { target, source } => BrokerError::Unavailable(format!(
             "target `{target}` is unreachable ({source}): nothing was saved"
         )),
-        other => ApiError::BadRequest(format!("field `{field}`: {other}")),
+        other => BrokerError::BadRequest(format!("field `{field}`: {other}")),
     }
 }

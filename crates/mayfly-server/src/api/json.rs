@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::api::error::ApiError;
+use crate::error::BrokerError;
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -17,16 +17,16 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = BrokerError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = match Bytes::from_request(request, state).await {
             Ok(bytes) => bytes,
             Err(rejection) => {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    return Err(ApiError::PayloadTooLarge);
+                    return Err(BrokerError::PayloadTooLarge);
                 }
-                return Err(ApiError::BadRequest(
+                return Err(BrokerError::BadRequest(
                     "the request body could not be read".into(),
                 ));
             }
@@ -36,9 +36,9 @@ where
 }
 
 /// Parses JSON, naming the field in the error: "field `password`: invalid type: ...".
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BrokerError> {
     if bytes.is_empty() {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "the request body is empty: send a JSON object".into(),
         ));
     }
@@ -48,9 +48,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = error.into_inner();
         let message = strip_position(&inner.to_string());
         if path == "." || path == "?" || path.is_empty() {
-            ApiError::BadRequest(format!("malformed JSON body: {message}"))
+            BrokerError::BadRequest(format!("malformed JSON body: {message}"))
         } else {
-            ApiError::BadRequest(format!("field `{path}`: {message}"))
+            BrokerError::BadRequest(format!("field `{path}`: {message}"))
         }
     })
 }

@@ -1,8 +1,8 @@
 //! The native HTTP API under `/v1/`: routes, the JSON extractor, errors, middleware, OpenAPI.
 
 pub mod access_routes;
-pub mod convert;
 pub mod error;
+pub mod extract;
 pub mod json;
 pub mod middleware;
 pub mod openapi;

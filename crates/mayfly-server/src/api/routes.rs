@@ -8,27 +8,23 @@ use mayfly_api::*;
 use mayfly_core::audit::Outcome;
 use mayfly_store::{Change, Write, WriteOutcome};
 
-use crate::api::convert;
-use crate::api::error::{ApiError, AuditedError};
 use crate::api::json::ApiJson;
-use crate::api::middleware::RequestMeta;
 use crate::auth::Caller;
+use crate::error::{AuditedError, BrokerError};
+use crate::origin::Origin;
 use crate::state::Broker;
+use crate::views;
 
-type ApiResult<T> = Result<ApiJson<T>, ApiError>;
+type ApiResult<T> = Result<ApiJson<T>, BrokerError>;
 
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Ready when the broker is unsealed and the store answers.
-pub async fn readyz(State(broker): State<Broker>) -> Result<&'static str, ApiError> {
+pub async fn readyz(State(broker): State<Broker>) -> Result<&'static str, BrokerError> {
     broker.require_unsealed().await?;
-    broker
-        .store()
-        .audit_head()
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    broker.store().audit_head().await?;
     Ok("ready")
 }
 
@@ -45,8 +41,8 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such endpoint: see /v1/openapi.json".into())
+pub async fn not_found() -> BrokerError {
+    BrokerError::NotFound("no such endpoint: see /v1/openapi.json".into())
 }
 
 #[utoipa::path(get, path = "/v1/sys/health", responses((status = 200, body = Health)))]
@@ -86,12 +82,12 @@ pub async fn unseal(
         return Ok(ApiJson(broker.seal_status().await?));
     }
     let Some(share) = request.share else {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `share`: give a share, or `reset: true`".into(),
         ));
     };
     if share.len() > 512 {
-        return Err(ApiError::BadRequest("field `share`: too long".into()));
+        return Err(BrokerError::BadRequest("field `share`: too long".into()));
     }
     Ok(ApiJson(broker.unseal_with_share(&share).await?))
 }
@@ -100,7 +96,7 @@ pub async fn unseal(
     responses((status = 200, body = UserCreated), (status = 403, body = ErrorBody)))]
 pub async fn setup(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     ApiJson(request): ApiJson<SetupRequest>,
 ) -> ApiResult<UserCreated> {
     Ok(ApiJson(crate::users::setup(&broker, &meta, request).await?))
@@ -110,7 +106,7 @@ pub async fn setup(
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn password_login(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     ApiJson(request): ApiJson<PasswordLoginRequest>,
 ) -> Result<ApiJson<LoginResponse>, AuditedError> {
     Ok(ApiJson(
@@ -122,7 +118,7 @@ pub async fn password_login(
     responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody)))]
 pub async fn jwt_login(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     ApiJson(request): ApiJson<JwtLoginRequest>,
 ) -> Result<ApiJson<LoginResponse>, AuditedError> {
     Ok(ApiJson(
@@ -132,15 +128,15 @@ pub async fn jwt_login(
 
 #[utoipa::path(get, path = "/v1/auth/token/lookup-self", responses((status = 200, body = TokenInfo), (status = 401, body = ErrorBody)))]
 pub async fn lookup_self(caller: Caller) -> ApiResult<TokenInfo> {
-    Ok(ApiJson(convert::token_info(&caller.session)))
+    Ok(ApiJson(views::token_info(&caller.session)))
 }
 
 #[utoipa::path(post, path = "/v1/auth/token/revoke-self", responses((status = 204), (status = 401, body = ErrorBody)))]
 pub async fn revoke_self(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, BrokerError> {
     let mut event = broker.draft("auth.token.revoke", Outcome::Ok);
     event.actor = Some(caller.principal().to_string());
     event.subject = Some(format!("session:{}", caller.session.id));
@@ -157,7 +153,7 @@ pub async fn revoke_self(
         .await?
     {
         WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
-        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason)),
+        WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
     }
 }
 
@@ -165,7 +161,7 @@ pub async fn revoke_self(
     responses((status = 200, body = UserCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_user(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     ApiJson(request): ApiJson<CreateUserRequest>,
 ) -> ApiResult<UserCreated> {
@@ -182,16 +178,9 @@ pub async fn list_users(
     caller: Caller,
 ) -> ApiResult<Vec<UserSummary>> {
     caller.require_admin()?;
-    let users = broker
-        .store()
-        .users()
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let users = broker.store().users().await?;
     Ok(ApiJson(
-        users
-            .into_iter()
-            .map(crate::api::convert::user_summary)
-            .collect(),
+        users.into_iter().map(crate::views::user_summary).collect(),
     ))
 }
 
@@ -199,7 +188,7 @@ pub async fn list_users(
     responses((status = 200, body = UserUpdated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn update_user(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<UpdateUserRequest>,
@@ -210,9 +199,9 @@ pub async fn update_user(
     ))
 }
 
-fn check_config_name(name: &str) -> Result<(), ApiError> {
+fn check_config_name(name: &str) -> Result<(), BrokerError> {
     mayfly_core::GroupName::parse(name).map_err(|e| {
-        ApiError::BadRequest(format!(
+        BrokerError::BadRequest(format!(
             "name `{}`: {e}",
             name.chars().take(64).collect::<String>()
         ))
@@ -224,11 +213,11 @@ fn check_config_name(name: &str) -> Result<(), ApiError> {
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_jwt_issuer(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(name): Path<String>,
     ApiJson(config): ApiJson<JwtIssuerConfig>,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, BrokerError> {
     caller.require_admin()?;
     check_config_name(&name)?;
     crate::auth::jwt::check_issuer(&config)?;
@@ -240,7 +229,7 @@ pub async fn put_jwt_issuer(
     event.actor = Some(caller.principal().to_string());
     event.subject = Some(format!("jwt-issuer:{name}"));
     meta.fill(&mut event);
-    let config = serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let config = serde_json::to_value(&config).map_err(|e| BrokerError::Internal(e.to_string()))?;
     broker
         .commit(Write {
             change: Some(Change::PutJwtIssuer { name, config }),
@@ -254,34 +243,28 @@ pub async fn put_jwt_issuer(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_jwt_role(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(name): Path<String>,
     ApiJson(config): ApiJson<JwtRoleConfig>,
-) -> Result<axum::http::StatusCode, ApiError> {
+) -> Result<axum::http::StatusCode, BrokerError> {
     caller.require_admin()?;
     check_config_name(&name)?;
     crate::auth::jwt::check_role(&config)?;
-    if broker
-        .store()
-        .jwt_issuer(&config.issuer)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .is_none()
-    {
-        return Err(ApiError::BadRequest(format!(
+    if broker.store().jwt_issuer(&config.issuer).await?.is_none() {
+        return Err(BrokerError::BadRequest(format!(
             "field `issuer`: no issuer named `{}`",
             config.issuer
         )));
     }
     let mut event = broker.draft("auth.jwt.role.put", Outcome::Ok).detail(
         "config",
-        serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?,
+        serde_json::to_value(&config).map_err(|e| BrokerError::Internal(e.to_string()))?,
     );
     event.actor = Some(caller.principal().to_string());
     event.subject = Some(format!("jwt-role:{name}"));
     meta.fill(&mut event);
-    let config = serde_json::to_value(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let config = serde_json::to_value(&config).map_err(|e| BrokerError::Internal(e.to_string()))?;
     broker
         .commit(Write {
             change: Some(Change::PutJwtRole { name, config }),
@@ -295,7 +278,7 @@ pub async fn put_jwt_role(
     responses((status = 200, body = BindingRemoved), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_jwt_role(
     State(broker): State<Broker>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(meta): Extension<Origin>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<BindingRemoved> {
@@ -313,7 +296,7 @@ pub async fn delete_jwt_role(
         .await?
     {
         WriteOutcome::Applied { .. } => {}
-        WriteOutcome::Conflict { reason, .. } => return Err(ApiError::NotFound(reason)),
+        WriteOutcome::Conflict { reason, .. } => return Err(BrokerError::NotFound(reason)),
     }
     // Continuous verification: the workloads of that binding lose their grants now.
     let workloads = format!("workload:{name}:");
@@ -341,16 +324,16 @@ pub struct CertificateTargetQuery {
 fn certificate_target(
     query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
     example: &str,
-) -> Result<String, ApiError> {
+) -> Result<String, BrokerError> {
     let Query(query) =
-        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+        query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
     let Some(target) = query.target else {
-        return Err(ApiError::BadRequest(format!(
+        return Err(BrokerError::BadRequest(format!(
             "query `target`: required, each target has its own CA (`{example}?target=NAME`)"
         )));
     };
     mayfly_core::GroupName::parse(&target)
-        .map_err(|e| ApiError::BadRequest(format!("query `target`: {e}")))?;
+        .map_err(|e| BrokerError::BadRequest(format!("query `target`: {e}")))?;
     Ok(target)
 }
 
@@ -360,7 +343,7 @@ fn certificate_target(
 pub async fn ssh_ca(
     State(broker): State<Broker>,
     query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, BrokerError> {
     let target = certificate_target(query, "/v1/ssh/ca")?;
     let ca = broker.published_ssh_ca(&target).await?;
     Ok((
@@ -376,7 +359,7 @@ pub async fn ssh_ca(
 pub async fn ssh_krl(
     State(broker): State<Broker>,
     query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, BrokerError> {
     let target = certificate_target(query, "/v1/ssh/krl")?;
     let krl = broker.ssh_krl(&target).await?;
     Ok((
@@ -395,7 +378,7 @@ pub async fn ssh_krl(
 pub async fn x509_ca(
     State(broker): State<Broker>,
     query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, BrokerError> {
     let target = certificate_target(query, "/v1/x509/ca")?;
     let ca = broker.published_x509_ca(&target).await?;
     Ok((
@@ -411,7 +394,7 @@ pub async fn x509_ca(
 pub async fn x509_crl(
     State(broker): State<Broker>,
     query: Result<Query<CertificateTargetQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, BrokerError> {
     let target = certificate_target(query, "/v1/x509/crl")?;
     let crl = broker.x509_crl(&target).await?;
     Ok((
@@ -444,9 +427,7 @@ pub async fn audit_verify(
     // Sign what is there first, so the report covers as much as possible with signatures.
     crate::audit::checkpoint::run_once(&broker).await?;
     let public_key = keys.audit_signer.public_key();
-    let result = crate::audit::verify_store(broker.store(), &public_key)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let result = crate::audit::verify_store(broker.store(), &public_key).await?;
     Ok(ApiJson(match result {
         Ok(report) => AuditVerifyReport {
             ok: true,
@@ -474,11 +455,7 @@ pub async fn audit_verify(
 #[utoipa::path(get, path = "/v1/sys/audit/head", responses((status = 200, body = AuditHead), (status = 403, body = ErrorBody)))]
 pub async fn audit_head(State(broker): State<Broker>, caller: Caller) -> ApiResult<AuditHead> {
     caller.require_admin()?;
-    let (seq, hash) = broker
-        .store()
-        .audit_head()
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+    let (seq, hash) = broker.store().audit_head().await?;
     Ok(ApiJson(AuditHead { seq, hash }))
 }
 
@@ -504,22 +481,21 @@ pub async fn audit_events(
 ) -> ApiResult<AuditEventsPage> {
     caller.require_admin()?;
     let Query(query) =
-        query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+        query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
     if !(1..=10_000).contains(&query.limit) || query.after < 0 {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "query `limit`: must be between 1 and 10000; `after` must be >= 0".into(),
         ));
     }
     let events = broker
         .store()
         .stored_audit_events(query.after, query.limit)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
+        .await?;
     let mut lines = Vec::with_capacity(events.len());
     let mut next_after = query.after;
     for event in events {
         let body: serde_json::Value = serde_json::from_str(&event.body)
-            .map_err(|_| ApiError::Internal(format!("event {} is not JSON", event.seq)))?;
+            .map_err(|_| BrokerError::Internal(format!("event {} is not JSON", event.seq)))?;
         lines.push(mayfly_core::audit::to_line(&body, &event.hash));
         next_after = event.seq;
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mayfly_core::audit::{CHECKPOINT_KIND, Checkpoint, Outcome, key_id};
 use mayfly_store::StoreError;
 
-use crate::api::error::ApiError;
+use crate::error::BrokerError;
 use crate::state::Broker;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -19,15 +19,13 @@ pub enum CheckpointOutcome {
 }
 
 /// Signs everything after the last checkpoint, if there is anything.
-pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, ApiError> {
+pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, BrokerError> {
     let Some(keys) = broker.unsealed().await else {
         return Ok(CheckpointOutcome::Idle);
     };
     let store = broker.store();
-    let from_seq = last_covered(broker)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    let (head_seq, _) = store.audit_head().await.map_err(|e| ApiError::store(&e))?;
+    let from_seq = last_covered(broker).await?;
+    let (head_seq, _) = store.audit_head().await?;
     if head_seq <= from_seq {
         return Ok(CheckpointOutcome::Idle);
     }
@@ -36,8 +34,7 @@ pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, ApiError> {
     while after < head_seq {
         let page = store
             .audit_events(after, (head_seq - after).min(2000))
-            .await
-            .map_err(|e| ApiError::store(&e))?;
+            .await?;
         if page.is_empty() {
             break;
         }
@@ -49,7 +46,7 @@ pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, ApiError> {
                 .ok()
                 .and_then(|h| h.try_into().ok())
                 .ok_or_else(|| {
-                    ApiError::Internal(format!("event {} has a malformed hash", event.seq))
+                    BrokerError::Internal(format!("event {} has a malformed hash", event.seq))
                 })?;
             hashes.push(hash);
             after = event.seq;

@@ -4,6 +4,8 @@
 
 pub mod checkpoint;
 pub mod committer;
+pub mod refusals;
+pub mod refused;
 pub mod sink;
 
 use mayfly_core::audit::Verifier;

@@ -14,137 +14,73 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_api::{JwtIssuerConfig, JwtLoginRequest, JwtRoleConfig, LoginResponse};
+use mayfly_core::Principal;
 use mayfly_core::audit::Outcome;
-use mayfly_core::{Principal, Timestamp};
 use mayfly_crypto::jwt::{IssuerKeys, JwtError, JwtRules};
 use mayfly_store::{Change, SessionRecord, Write, WriteOutcome};
-use tokio::sync::Mutex;
 
-use crate::api::error::{ApiError, AuditedError};
-use crate::api::middleware::RequestMeta;
+use crate::auth::jwks::KeysUnavailable;
+use crate::error::{AuditedError, BrokerError};
+use crate::origin::Origin;
 use crate::state::Broker;
 
-/// Keys older than this are fetched again at the next login that needs them.
-const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
-/// An unknown `kid` fetches the JWKS again at most this often (from the last attempt), so made-up
-/// kids cannot make the broker hammer an issuer.
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
-/// How long a failed fetch stands as the answer before the issuer is asked again.
-const JWKS_FAILURE_TTL: Duration = Duration::from_secs(5);
 pub const MAX_ROLE_TTL_SECONDS: u64 = 3600;
 const MAX_JWT_BYTES: usize = 16 * 1024;
 /// All an unauthenticated caller learns when an issuer's keys cannot be had: the URL and the
 /// reason (which may name internal hosts) go to the broker's log only.
 const KEYS_UNAVAILABLE: &str = "the issuer's keys cannot be fetched now; try again later";
 
-/// What the broker knows of one JWKS URL: its entry in `Inner::jwks_cache`. The map's lock is
-/// held only to find the entry; a fetch holds the entry's own lock.
-#[derive(Default)]
-pub struct CachedKeys(Arc<JwksEntry>);
-
-#[derive(Default)]
-struct JwksEntry {
-    /// Held for a moment at a time, never across a fetch.
-    state: Mutex<JwksState>,
-    /// Held for the whole fetch: one fetch of this URL in flight.
-    fetching: Mutex<()>,
-}
-
-/// Times are on the broker's clock, not `Instant`: the limits are rules of the broker's time that
-/// a test steps past with its `ManualClock`, not waits in real time.
-#[derive(Default)]
-struct JwksState {
-    keys: Option<Arc<IssuerKeys>>,
-    fetched_at: Option<Timestamp>,
-    /// The last fetch, whether or not it worked.
-    attempted_at: Option<Timestamp>,
-    /// The last fetch failed.
-    failed: bool,
-}
-
-enum Cached {
-    Keys(Arc<IssuerKeys>),
-    Unavailable,
-    /// Fetch, and meanwhile these (stale) keys, if any, may serve other logins.
-    Fetch(Option<Arc<IssuerKeys>>),
-}
-
-impl JwksState {
-    /// What the cache answers at `now`; `force` is a login whose `kid` the keys do not know.
-    fn cached(&self, now: Timestamp, force: bool) -> Cached {
-        let within =
-            |at: Option<Timestamp>, limit: Duration| at.is_some_and(|at| at.until(now) < limit);
-        if self.failed && within(self.attempted_at, JWKS_FAILURE_TTL) {
-            // Whatever we had before the failure, or nothing.
-            return match &self.keys {
-                Some(keys) => Cached::Keys(keys.clone()),
-                None => Cached::Unavailable,
-            };
-        }
-        let Some(keys) = &self.keys else {
-            return Cached::Fetch(None);
-        };
-        let fresh = if force {
-            within(self.attempted_at, JWKS_MIN_REFETCH)
-        } else {
-            within(self.fetched_at, JWKS_MAX_AGE)
-        };
-        if fresh {
-            return Cached::Keys(keys.clone());
-        }
-        Cached::Fetch(Some(keys.clone()))
-    }
-}
-
 /// Validates an issuer before it is stored.
-pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), ApiError> {
+pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), BrokerError> {
     if config.issuer.is_empty() {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `issuer`: must not be empty".into(),
         ));
     }
     match (&config.jwks_url, config.public_keys.is_empty()) {
         (Some(_), false) => {
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "give `jwks_url` or `public_keys`, not both".into(),
             ));
         }
         (None, true) => {
-            return Err(ApiError::BadRequest(
+            return Err(BrokerError::BadRequest(
                 "give `jwks_url` or `public_keys`".into(),
             ));
         }
         (Some(url), true) => {
             if let Some(problem) = jwks_url_problem(url) {
-                return Err(ApiError::BadRequest(format!("field `jwks_url`: {problem}")));
+                return Err(BrokerError::BadRequest(format!(
+                    "field `jwks_url`: {problem}"
+                )));
             }
         }
         (None, false) => {
             pem_keys(config)
-                .map_err(|e| ApiError::BadRequest(format!("field `public_keys`: {e}")))?;
+                .map_err(|e| BrokerError::BadRequest(format!("field `public_keys`: {e}")))?;
         }
     }
     if config.leeway_seconds > 60 {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `leeway_seconds`: must be at most 60".into(),
         ));
     }
     Ok(())
 }
 
-pub fn check_role(config: &JwtRoleConfig) -> Result<(), ApiError> {
+pub fn check_role(config: &JwtRoleConfig) -> Result<(), BrokerError> {
     if config.audiences.is_empty() {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `audiences`: give at least one audience".into(),
         ));
     }
     if config.token_ttl_seconds == 0 || config.token_ttl_seconds > MAX_ROLE_TTL_SECONDS {
-        return Err(ApiError::BadRequest(format!(
+        return Err(BrokerError::BadRequest(format!(
             "field `token_ttl_seconds`: must be between 1 and {MAX_ROLE_TTL_SECONDS}"
         )));
     }
     if config.workload_name_claim.is_empty() {
-        return Err(ApiError::BadRequest(
+        return Err(BrokerError::BadRequest(
             "field `workload_name_claim`: must not be empty".into(),
         ));
     }
@@ -162,12 +98,12 @@ fn pem_keys(config: &JwtIssuerConfig) -> Result<IssuerKeys, JwtError> {
 
 pub async fn login(
     broker: &Broker,
-    meta: &RequestMeta,
+    meta: &Origin,
     request: JwtLoginRequest,
 ) -> Result<LoginResponse, AuditedError> {
     let keys = broker.require_unsealed().await?;
     if request.jwt.len() > MAX_JWT_BYTES {
-        return Err(ApiError::BadRequest("field `jwt`: longer than 16 KiB".into()).into());
+        return Err(BrokerError::BadRequest("field `jwt`: longer than 16 KiB".into()).into());
     }
     let now = broker.now();
     let role_name = request.role.clone();
@@ -181,12 +117,14 @@ pub async fn login(
             event.subject = Some(format!("jwt-role:{}", truncate(&role_name)));
             meta.fill(&mut event);
             broker.record(event).await?;
-            return Err(ApiError::Unauthorized(format!("jwt login refused: {reason}")).audited());
+            return Err(
+                BrokerError::Unauthorized(format!("jwt login refused: {reason}")).audited(),
+            );
         }
         Err(Refusal::Error(error)) => return Err(error.into()),
     };
-    let (token, token_hash) =
-        mayfly_crypto::token::new_session_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, token_hash) = mayfly_crypto::token::new_session_token()
+        .map_err(|e| BrokerError::Internal(e.to_string()))?;
     let session = SessionRecord {
         id: uuid::Uuid::now_v7().to_string(),
         token_hash: token_hash.to_vec(),
@@ -219,19 +157,25 @@ pub async fn login(
         })
         .await?
     {
-        WriteOutcome::Applied { .. } => Ok(crate::api::convert::login_response(&token, &session)),
-        WriteOutcome::Conflict { reason, .. } => Err(ApiError::Conflict(reason).into()),
+        WriteOutcome::Applied { .. } => Ok(crate::views::login_response(&token, &session)),
+        WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason).into()),
     }
 }
 
 enum Refusal {
     Refused(String),
-    Error(ApiError),
+    Error(BrokerError),
 }
 
-impl From<ApiError> for Refusal {
-    fn from(error: ApiError) -> Self {
+impl From<BrokerError> for Refusal {
+    fn from(error: BrokerError) -> Self {
         Refusal::Error(error)
+    }
+}
+
+impl From<mayfly_store::StoreError> for Refusal {
+    fn from(error: mayfly_store::StoreError) -> Self {
+        Refusal::Error(error.into())
     }
 }
 
@@ -246,20 +190,12 @@ async fn check(
 ) -> Result<(JwtRoleConfig, String), Refusal> {
     let store = broker.store();
     let generic = || Refusal::Refused("unknown role or invalid token".into());
-    let role = store
-        .jwt_role(&request.role)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(generic)?;
+    let role = store.jwt_role(&request.role).await?.ok_or_else(generic)?;
     let role: JwtRoleConfig = serde_json::from_value(role.config)
-        .map_err(|_| ApiError::Internal("stored JWT role is invalid".into()))?;
-    let issuer = store
-        .jwt_issuer(&role.issuer)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(generic)?;
+        .map_err(|_| BrokerError::Internal("stored JWT role is invalid".into()))?;
+    let issuer = store.jwt_issuer(&role.issuer).await?.ok_or_else(generic)?;
     let issuer: JwtIssuerConfig = serde_json::from_value(issuer.config)
-        .map_err(|_| ApiError::Internal("stored JWT issuer is invalid".into()))?;
+        .map_err(|_| BrokerError::Internal("stored JWT issuer is invalid".into()))?;
     let rules = JwtRules {
         issuer: issuer.issuer.clone(),
         audiences: role.audiences.clone(),
@@ -338,76 +274,25 @@ async fn issuer_keys(
     force: bool,
 ) -> Result<Arc<IssuerKeys>, Refusal> {
     let Some(url) = &issuer.jwks_url else {
-        let keys =
-            pem_keys(issuer).map_err(|e| ApiError::Internal(format!("stored issuer keys: {e}")))?;
+        let keys = pem_keys(issuer)
+            .map_err(|e| BrokerError::Internal(format!("stored issuer keys: {e}")))?;
         return Ok(Arc::new(keys));
     };
-    let unavailable = || Refusal::Error(ApiError::Unavailable(KEYS_UNAVAILABLE.into()));
+    let unavailable = || Refusal::Error(BrokerError::Unavailable(KEYS_UNAVAILABLE.into()));
     // Issuers stored before the URL was parsed for its host are checked again here.
     if let Some(problem) = jwks_url_problem(url) {
         tracing::warn!(url = %url, problem, "stored JWKS URL refused");
         return Err(unavailable());
     }
-    let entry = {
-        let mut cache = broker.inner.jwks_cache.lock().await;
-        cache.entry(url.clone()).or_default().0.clone()
-    };
-    let stale = match entry.state.lock().await.cached(broker.now(), force) {
-        Cached::Keys(keys) => return Ok(keys),
-        Cached::Unavailable => return Err(unavailable()),
-        Cached::Fetch(stale) => stale,
-    };
-    let _fetching = match (entry.fetching.try_lock(), stale) {
-        (Ok(fetching), _) => fetching,
-        // Another login is refreshing keys we have: they serve this one meanwhile (only a new
-        // `kid` needs the new document).
-        (Err(_), Some(stale)) if !force => return Ok(stale),
-        (Err(_), _) => entry.fetching.lock().await,
-    };
-    // Whoever held the fetch lock before us has just fetched: their outcome is ours too.
-    match entry.state.lock().await.cached(broker.now(), force) {
-        Cached::Keys(keys) => return Ok(keys),
-        Cached::Unavailable => return Err(unavailable()),
-        Cached::Fetch(_) => {}
-    }
-    let fetched = fetch_jwks(broker, url).await;
-    let now = broker.now();
-    let mut state = entry.state.lock().await;
-    state.attempted_at = Some(now);
-    match fetched {
-        Ok(keys) => {
-            let keys = Arc::new(keys);
-            state.keys = Some(keys.clone());
-            state.fetched_at = Some(now);
-            state.failed = false;
-            Ok(keys)
-        }
-        Err(reason) => {
-            tracing::warn!(url = %url, reason = %reason, "cannot fetch JWKS");
-            state.failed = true;
-            state.keys.clone().ok_or_else(unavailable)
-        }
-    }
-}
-
-async fn fetch_jwks(broker: &Broker, url: &str) -> Result<IssuerKeys, String> {
-    let response = broker
+    broker
         .inner
-        .http
-        .get(url)
-        .send()
+        .jwks_cache
+        .keys(
+            &broker.inner.http,
+            broker.inner.config.clock.as_ref(),
+            url,
+            force,
+        )
         .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
-    }
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    if bytes.len() > 256 * 1024 {
-        return Err("the JWKS is larger than 256 KiB".into());
-    }
-    let text = std::str::from_utf8(&bytes).map_err(|_| "the JWKS is not UTF-8".to_owned())?;
-    IssuerKeys::from_jwks(text).map_err(|e| e.to_string())
+        .map_err(|KeysUnavailable| unavailable())
 }

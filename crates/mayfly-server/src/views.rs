@@ -1,4 +1,5 @@
-//! Core and store types to wire types, by hand, so the domain does not shape the wire.
+//! Core and store types to wire types (`mayfly_api`), by hand, so the domain does not shape the
+//! wire. The broker operations answer in these types; no HTTP here.
 
 use mayfly_api::{LoginResponse, PrincipalInfo, TokenInfo, UserSummary};
 use mayfly_core::Principal;

@@ -1,0 +1,573 @@
+//! Requests: created and decided by policy at once (allowed, pending approvals or denied),
+//! approved or denied by others, withdrawn; who may approve and request what.
+
+use std::time::Duration;
+
+use mayfly_api::RequestInfo;
+use mayfly_core::audit::Outcome;
+use mayfly_core::grant::{GrantState, RequestState};
+use mayfly_core::policy::{Action, Decision, DecisionInput, Policies, RequestContext};
+use mayfly_core::{LoginName, Principal, Timestamp};
+use mayfly_store::{
+    Change, GrantRecord, RequestRecord, RoleRecord, TargetRecord, Write, WriteOutcome,
+};
+
+use crate::error::BrokerError;
+use crate::origin::Origin;
+use crate::state::Broker;
+
+use super::{ACTIVATION_WINDOW, hour_and_weekday, principal_key, request_info, truncate};
+
+pub struct NewRequest {
+    pub target: String,
+    pub role: String,
+    pub ttl: Duration,
+    pub reason: String,
+    pub ticket: String,
+    pub break_glass: bool,
+}
+
+pub(super) fn decide(
+    policies: &Policies,
+    principal: &Principal,
+    action: Action,
+    target: &TargetRecord,
+    role: &RoleRecord,
+    context: &RequestContext,
+) -> Result<Decision, BrokerError> {
+    policies
+        .decide(&DecisionInput {
+            principal,
+            action,
+            target: &target.name,
+            target_kind: &target.kind,
+            role: &role.name,
+            role_max_ttl: Duration::from_millis(u64::try_from(role.max_ttl_ms).unwrap_or(0)),
+            context,
+        })
+        .map_err(|e| BrokerError::Internal(format!("policy: {e}")))
+}
+
+/// A request as recorded before its decision: denied until a policy allows it.
+pub(super) fn undecided(
+    principal: &Principal,
+    new: &NewRequest,
+    role: &RoleRecord,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> RequestRecord {
+    RequestRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        principal: principal.clone(),
+        target: new.target.clone(),
+        role: new.role.clone(),
+        reason: new.reason.clone(),
+        ticket: new.ticket.clone(),
+        ttl_ms: i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX),
+        max_ttl_ms: role.max_ttl_ms,
+        approvals_needed: 0,
+        state: RequestState::Denied,
+        decision: String::new(),
+        break_glass: new.break_glass,
+        created_at: now,
+        expires_at,
+    }
+}
+
+/// A new grant of `request` for `caller`, in `state`, looked at next at `next_attempt_at`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one field of the new grant; a struct to carry them would only repeat GrantRecord"
+)]
+pub(super) fn new_grant(
+    id: &uuid::Uuid,
+    login: &LoginName,
+    request: &RequestRecord,
+    caller: &Principal,
+    state: GrantState,
+    now: Timestamp,
+    expires_at: Timestamp,
+    next_attempt_at: Timestamp,
+) -> GrantRecord {
+    GrantRecord {
+        id: id.to_string(),
+        request_id: request.id.clone(),
+        principal: principal_key(caller),
+        target: request.target.clone(),
+        role: request.role.clone(),
+        login: login.to_string(),
+        state,
+        created_at: now,
+        expires_at,
+        next_attempt_at: Some(next_attempt_at),
+        epoch: 0,
+        n_attempts: 0,
+        last_error: None,
+        revoke_reason: None,
+        revoked_at: None,
+        verified_at: None,
+        break_glass: request.break_glass,
+        reviewed_by: None,
+    }
+}
+
+/// An approver's comment, checked before anything is read or recorded: it lands in the audit
+/// log and in notifications, so it is bounded like a request's reason.
+pub(super) fn check_comment(comment: &str) -> Result<(), BrokerError> {
+    if comment.len() > 1024 || comment.chars().any(char::is_control) {
+        return Err(BrokerError::BadRequest(
+            "field `comment`: at most 1024 printable characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The request's own fields, checked before anything is read or recorded.
+pub(super) fn check_new_request(new: &NewRequest) -> Result<(), BrokerError> {
+    if new.reason.trim().is_empty()
+        || new.reason.len() > 1024
+        || new.reason.chars().any(char::is_control)
+    {
+        return Err(BrokerError::BadRequest(
+            "field `reason`: give a reason of 1 to 1024 printable characters".into(),
+        ));
+    }
+    if new.ticket.len() > 256 || new.ticket.chars().any(char::is_control) {
+        return Err(BrokerError::BadRequest(
+            "field `ticket`: at most 256 printable characters".into(),
+        ));
+    }
+    if new.ttl.as_secs() == 0 {
+        return Err(BrokerError::BadRequest(
+            "field `ttl_seconds`: must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A key to certify belongs to SSH roles (required) and X.509 roles (a CSR, optional), and only
+/// there; checked before any intent. Returns an SSH key's SHA-256 fingerprint.
+pub(super) fn check_key(
+    kind: mayfly_targets::TargetKind,
+    key: Option<&str>,
+) -> Result<Option<String>, BrokerError> {
+    use mayfly_targets::TargetKind;
+    match (kind, key) {
+        (TargetKind::Ssh, Some(key)) => {
+            return mayfly_crypto::ssh::fingerprint(key)
+                .map(Some)
+                .map_err(|e| BrokerError::BadRequest(format!("field `public_key`: {e}")));
+        }
+        (TargetKind::Ssh, None) => {
+            return Err(BrokerError::BadRequest(
+                "field `public_key`: an SSH role certifies your public key; send it (`mayfly ssh` does)"
+                    .into(),
+            ));
+        }
+        (TargetKind::X509, Some(csr)) => {
+            mayfly_crypto::x509::check_csr(csr)
+                .map_err(|e| BrokerError::BadRequest(format!("field `csr`: {e}")))?;
+        }
+        (TargetKind::X509, None) => {}
+        (_, Some(_)) => {
+            return Err(BrokerError::BadRequest(
+                "fields `public_key`, `csr`: only SSH and X.509 roles certify a key".into(),
+            ));
+        }
+        (_, None) => {}
+    }
+    Ok(None)
+}
+
+pub(super) fn context_of(
+    request: &RequestRecord,
+    now: Timestamp,
+    source: Option<std::net::IpAddr>,
+) -> RequestContext {
+    let (hour, weekday) = hour_and_weekday(now);
+    RequestContext {
+        reason: request.reason.clone(),
+        ticket: request.ticket.clone(),
+        ttl: Duration::from_millis(u64::try_from(request.ttl_ms).unwrap_or(0)),
+        hour,
+        weekday,
+        source_ip: source,
+        break_glass: request.break_glass,
+    }
+}
+
+impl Broker {
+    /// Decides a request now: allowed (perhaps after approvals) or denied, and records it.
+    pub async fn create_request(
+        &self,
+        meta: &Origin,
+        principal: &Principal,
+        new: NewRequest,
+    ) -> Result<RequestInfo, BrokerError> {
+        check_new_request(&new)?;
+        let (target, role, policy_text) = self
+            .store()
+            .decision_inputs(&new.target, &new.role)
+            .await?
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role))
+            })?;
+        let now = self.now();
+        let mut record = undecided(
+            principal,
+            &new,
+            &role,
+            now,
+            now.saturating_add(self.inner.config.request_pending_window),
+        );
+        let source = meta.source.as_deref().and_then(|s| s.parse().ok());
+        let context = context_of(&record, now, source);
+        let policies = self.parsed_policies(policy_text)?;
+        let action = if new.break_glass {
+            Action::BreakGlass
+        } else {
+            Action::Request
+        };
+        match decide(&policies, principal, action, &target, &role, &context)? {
+            Decision::Allow {
+                approvals,
+                max_ttl,
+                policies,
+            } => {
+                if let Some(max) = max_ttl {
+                    record.max_ttl_ms = record
+                        .max_ttl_ms
+                        .min(i64::try_from(max.as_millis()).unwrap_or(i64::MAX));
+                }
+                record.decision = format!("allowed by {}", policies.join(", "));
+                // Break-glass skips approvals: it is issued at once and reviewed afterwards.
+                record.approvals_needed = if new.break_glass {
+                    0
+                } else {
+                    i64::from(approvals)
+                };
+                record.state = if record.approvals_needed == 0 {
+                    record.expires_at = now.saturating_add(ACTIVATION_WINDOW);
+                    RequestState::Allowed
+                } else {
+                    RequestState::Pending
+                };
+            }
+            Decision::Deny { reason } => {
+                record.decision = reason;
+            }
+        }
+        let outcome = if record.state == RequestState::Denied {
+            Outcome::Refused
+        } else {
+            Outcome::Ok
+        };
+        let mut event = self
+            .draft(
+                if new.break_glass {
+                    "access.break_glass.request"
+                } else {
+                    "access.request"
+                },
+                outcome,
+            )
+            .detail("request_id", record.id.clone())
+            .detail("role", format!("{}/{}", record.target, record.role))
+            .detail("reason", record.reason.clone())
+            .detail("ticket", record.ticket.clone())
+            .detail("ttl_seconds", record.ttl_ms / 1000)
+            .detail("state", record.state.as_str())
+            .detail("decision", record.decision.clone())
+            .detail("approvals_needed", record.approvals_needed);
+        event.actor = Some(principal_key(principal));
+        meta.fill(&mut event);
+        self.commit(Write {
+            change: Some(Change::CreateRequest {
+                request: record.clone(),
+            }),
+            event,
+        })
+        .await?;
+        if new.break_glass && record.state == RequestState::Allowed {
+            tracing::warn!(request = %record.id, principal = %principal, role = %format!("{}/{}", record.target, record.role), "BREAK-GLASS access requested");
+        }
+        Ok(request_info(&record, Vec::new()))
+    }
+
+    /// An approval by `approver`: never the requester, and only where policy permits `approve`.
+    pub async fn approve(
+        &self,
+        meta: &Origin,
+        approver: &Principal,
+        request_id: &str,
+        comment: &str,
+    ) -> Result<RequestInfo, BrokerError> {
+        check_comment(comment)?;
+        let store = self.store();
+        let request = store.request(request_id).await?.ok_or_else(|| {
+            BrokerError::NotFound(format!("no request `{}`", truncate(request_id)))
+        })?;
+        let refuse = |reason: String| BrokerError::Forbidden(reason);
+        if principal_key(&request.principal) == principal_key(approver) {
+            return Err(refuse(
+                "the requester cannot approve their own request".into(),
+            ));
+        }
+        let target = store.target(&request.target).await?;
+        let role = store.role(&request.target, &request.role).await?;
+        let (Some(target), Some(role)) = (target, role) else {
+            return Err(BrokerError::Conflict(
+                "the request's role no longer exists".into(),
+            ));
+        };
+        let context = context_of(
+            &request,
+            self.now(),
+            meta.source.as_deref().and_then(|s| s.parse().ok()),
+        );
+        let policies = self.policies().await?;
+        if let Decision::Deny { reason } = decide(
+            &policies,
+            approver,
+            Action::Approve,
+            &target,
+            &role,
+            &context,
+        )? {
+            return Err(refuse(format!(
+                "not an approver for `{}/{}`: {reason}",
+                request.target, request.role
+            )));
+        }
+        let mut event = self
+            .draft("access.approve", Outcome::Ok)
+            .detail("request_id", request.id.clone())
+            .detail("comment", comment.to_owned());
+        event.actor = Some(principal_key(approver));
+        event.subject = Some(principal_key(&request.principal));
+        meta.fill(&mut event);
+        let approval = mayfly_store::ApprovalRecord {
+            request_id: request.id.clone(),
+            approver: principal_key(approver),
+            comment: comment.to_owned(),
+            at: self.now(),
+        };
+        match self
+            .commit(Write {
+                change: Some(Change::Approve { approval }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => self.request_info(request_id).await,
+            WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
+        }
+    }
+
+    pub async fn deny(
+        &self,
+        meta: &Origin,
+        approver: &Principal,
+        request_id: &str,
+        comment: &str,
+    ) -> Result<RequestInfo, BrokerError> {
+        check_comment(comment)?;
+        let request = self.store().request(request_id).await?.ok_or_else(|| {
+            BrokerError::NotFound(format!("no request `{}`", truncate(request_id)))
+        })?;
+        let own = principal_key(&request.principal) == principal_key(approver);
+        if !own {
+            let target = self.store().target(&request.target).await?;
+            let role = self.store().role(&request.target, &request.role).await?;
+            let (Some(target), Some(role)) = (target, role) else {
+                return Err(BrokerError::Conflict(
+                    "the request's role no longer exists".into(),
+                ));
+            };
+            let context = context_of(&request, self.now(), None);
+            if let Decision::Deny { .. } = decide(
+                &*self.policies().await?,
+                approver,
+                Action::Approve,
+                &target,
+                &role,
+                &context,
+            )? {
+                return Err(BrokerError::Forbidden(format!(
+                    "not an approver for `{}/{}`",
+                    request.target, request.role
+                )));
+            }
+        }
+        let mut event = self
+            .draft("access.deny", Outcome::Ok)
+            .detail("request_id", request.id.clone())
+            .detail("comment", comment.to_owned());
+        event.actor = Some(principal_key(approver));
+        meta.fill(&mut event);
+        match self
+            .commit(Write {
+                change: Some(Change::DenyRequest {
+                    request_id: request.id.clone(),
+                }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => self.request_info(request_id).await,
+            WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
+        }
+    }
+
+    /// Whether the current policies would still allow this request, for its principal as it is
+    /// now (a user's current groups; a removed user is no longer allowed), from `source` where
+    /// the caller is known (activation), without one for continuous verification.
+    pub async fn still_allowed(
+        &self,
+        request: &RequestRecord,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<bool, BrokerError> {
+        let principal = match &request.principal {
+            Principal::User { name, .. } => match self.store().user_by_name(name).await? {
+                Some(user) if !user.disabled => Principal::User {
+                    id: user.id,
+                    name: user.username,
+                    groups: user.groups,
+                },
+                _ => return Ok(false),
+            },
+            Principal::Workload { role, .. } => {
+                // The binding the workload logged in through must still be there.
+                if self.store().jwt_role(role).await?.is_none() {
+                    return Ok(false);
+                }
+                request.principal.clone()
+            }
+        };
+        // Target and role in one read (the activation path runs this for every grant).
+        let Some((target, role, _)) = self
+            .store()
+            .decision_inputs(&request.target, &request.role)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let context = context_of(request, self.now(), source);
+        let action = if request.break_glass {
+            Action::BreakGlass
+        } else {
+            Action::Request
+        };
+        Ok(matches!(
+            decide(
+                &*self.policies().await?,
+                &principal,
+                action,
+                &target,
+                &role,
+                &context
+            )?,
+            Decision::Allow { .. }
+        ))
+    }
+
+    /// Whether `principal` may approve `request`: never its own, and only where the policies
+    /// permit `approve` on its role (the decision [`Broker::approve`] makes, without a source).
+    /// What a listing shows of other principals' requests.
+    pub async fn may_approve(
+        &self,
+        principal: &Principal,
+        request: &RequestRecord,
+    ) -> Result<bool, BrokerError> {
+        if principal_key(&request.principal) == principal_key(principal) {
+            return Ok(false);
+        }
+        let Some((target, role, _)) = self
+            .store()
+            .decision_inputs(&request.target, &request.role)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let context = context_of(request, self.now(), None);
+        let decision = decide(
+            &*self.policies().await?,
+            principal,
+            Action::Approve,
+            &target,
+            &role,
+            &context,
+        )?;
+        Ok(matches!(decision, Decision::Allow { .. }))
+    }
+
+    /// Whether `principal` may ask for `role` on `target` at all (what a listing of targets and
+    /// roles shows): decided now as a request of a minute with a reason, or as break-glass. A
+    /// rule that needs a particular reason or ticket is not guessed, so such a role can be
+    /// requested though it is not listed.
+    pub fn may_request(
+        &self,
+        policies: &Policies,
+        principal: &Principal,
+        target: &TargetRecord,
+        role: &RoleRecord,
+    ) -> Result<bool, BrokerError> {
+        let (hour, weekday) = hour_and_weekday(self.now());
+        for (action, break_glass) in [(Action::Request, false), (Action::BreakGlass, true)] {
+            let context = RequestContext {
+                reason: "listing".into(),
+                ticket: String::new(),
+                ttl: Duration::from_secs(60),
+                hour,
+                weekday,
+                source_ip: None,
+                break_glass,
+            };
+            let decision = decide(policies, principal, action, target, role, &context)?;
+            if matches!(decision, Decision::Allow { .. }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Ends a pending or allowed request that the policies no longer allow: it becomes `denied`,
+    /// by the broker, with `reason`. A request that moved on meanwhile is left as it is.
+    pub async fn withdraw(
+        &self,
+        meta: &Origin,
+        request: &RequestRecord,
+        reason: &str,
+    ) -> Result<bool, BrokerError> {
+        let mut event = self
+            .draft("access.request.withdrawn", Outcome::Ok)
+            .detail("request_id", request.id.clone())
+            .detail("reason", reason.to_owned());
+        event.actor = Some("broker".into());
+        event.subject = Some(principal_key(&request.principal));
+        meta.fill(&mut event);
+        let outcome = self
+            .commit(Write {
+                change: Some(Change::WithdrawRequest {
+                    request_id: request.id.clone(),
+                }),
+                event,
+            })
+            .await?;
+        Ok(matches!(outcome, WriteOutcome::Applied { .. }))
+    }
+
+    pub async fn request_info(&self, request_id: &str) -> Result<RequestInfo, BrokerError> {
+        let request = self.store().request(request_id).await?.ok_or_else(|| {
+            BrokerError::NotFound(format!("no request `{}`", truncate(request_id)))
+        })?;
+        let approvers = self
+            .store()
+            .approvals(request_id)
+            .await?
+            .into_iter()
+            .map(|a| a.approver)
+            .collect();
+        Ok(request_info(&request, approvers))
+    }
+}

@@ -1,0 +1,122 @@
+//! [`BrokerError`]: what a broker operation answers when it does not do what was asked. Every
+//! operation (access, users, seal, auth, certificates) returns it; the API maps each variant to
+//! one HTTP status in `api/error.rs`, the only place a status code is chosen.
+//!
+//! A refusal the operation has already written to the audit log travels as [`AuditedError`], so
+//! the audit middleware does not record it twice.
+
+/// Why a broker operation did not happen. The text is the caller's to read: it never carries a
+/// secret, and an unexpected failure ([`BrokerError::Internal`]) is logged, never shown.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The input is not acceptable; the message names the field and the problem.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request body is larger than 1 MiB")]
+    PayloadTooLarge,
+    /// The caller is not authenticated (no, unknown, expired or revoked credentials).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not do this (policy, group, self-approval…).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The state moved on: already decided, already exists, revoked meanwhile…
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many failed attempts: try again in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("too many failed logins from this address: try again in {retry_after_secs} s")]
+    TooManyFromSource { retry_after_secs: u64 },
+    #[error("the broker is sealed: unseal it with `mayfly operator unseal`")]
+    Sealed,
+    #[error("the broker is not initialized: run `mayfly operator init`")]
+    NotInitialized,
+    /// A dependency (the store, a target) cannot be reached; nothing was done.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the broker is busy checking passwords: try again in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl BrokerError {
+    /// The store or the audit log could not take the change: fail closed.
+    pub fn store(error: &mayfly_store::StoreError) -> BrokerError {
+        tracing::error!(error = %error, "store error");
+        BrokerError::Unavailable("the store is unavailable; the action was not performed".into())
+    }
+
+    /// A target's answer to a check made before anything is saved: its refusal is the caller's
+    /// to fix (naming `field`); an unreachable target is unavailable, and nothing was saved.
+    pub fn target_refusal(field: &str, error: mayfly_targets::TargetError) -> BrokerError {
+        use mayfly_targets::TargetError;
+        match error {
+            TargetError::Refused { reason, .. } => {
+                BrokerError::BadRequest(format!("field `{field}`: {reason}"))
+            }
+            TargetError::Unavailable { target, source } => BrokerError::Unavailable(format!(
+                "target `{target}` is unreachable ({source}): nothing was saved"
+            )),
+            other => BrokerError::BadRequest(format!("field `{field}`: {other}")),
+        }
+    }
+
+    /// This refusal has been written to the audit log.
+    pub fn audited(self) -> AuditedError {
+        AuditedError {
+            error: self,
+            audited: true,
+        }
+    }
+}
+
+impl From<mayfly_store::StoreError> for BrokerError {
+    fn from(error: mayfly_store::StoreError) -> Self {
+        BrokerError::store(&error)
+    }
+}
+
+impl From<mayfly_crypto::CryptoError> for BrokerError {
+    fn from(error: mayfly_crypto::CryptoError) -> Self {
+        BrokerError::Internal(format!("crypto: {error}"))
+    }
+}
+
+/// A target that failed while the broker acted on it (not a check of the caller's input:
+/// that is [`BrokerError::target_refusal`]).
+impl From<mayfly_targets::TargetError> for BrokerError {
+    fn from(error: mayfly_targets::TargetError) -> Self {
+        use mayfly_targets::TargetError;
+        match error {
+            TargetError::Unavailable { target, .. } => {
+                BrokerError::Unavailable(format!("target `{target}` is unreachable; try again"))
+            }
+            other => BrokerError::Conflict(other.to_string()),
+        }
+    }
+}
+
+/// An error answer, and whether its refusal was already audited by the code that made it.
+#[derive(Debug)]
+pub struct AuditedError {
+    pub error: BrokerError,
+    pub audited: bool,
+}
+
+impl From<BrokerError> for AuditedError {
+    fn from(error: BrokerError) -> Self {
+        AuditedError {
+            error,
+            audited: false,
+        }
+    }
+}
+
+impl From<mayfly_store::StoreError> for AuditedError {
+    fn from(error: mayfly_store::StoreError) -> Self {
+        BrokerError::from(error).into()
+    }
+}
