@@ -3,7 +3,8 @@
 //! barrier and shown once, at enrollment.
 
 use mayfly_api::{
-    CreateUserRequest, SetupRequest, TotpEnrollment, UpdateUserRequest, UserCreated, UserUpdated,
+    CreateUserRequest, SetupRequest, TotpEnrollment, UpdateUserRequest, UserCreated, UserSummary,
+    UserUpdated,
 };
 use mayfly_core::audit::Outcome;
 use mayfly_core::{GroupName, Principal, Username};
@@ -11,6 +12,7 @@ use mayfly_crypto::totp::TotpSecret;
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, UserRecord, Write, WriteOutcome};
 
+use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::{Broker, totp_secret_path};
@@ -272,5 +274,14 @@ pub async fn setup(
         WriteOutcome::Conflict { .. } => Err(BrokerError::Forbidden(
             "the setup code is wrong or was already used".into(),
         )),
+    }
+}
+
+impl Broker {
+    /// Every user, without password hash or TOTP state, for admins.
+    pub async fn list_users(&self, caller: &Caller) -> Result<Vec<UserSummary>, BrokerError> {
+        caller.require_admin()?;
+        let users = self.store().users().await?;
+        Ok(users.into_iter().map(crate::views::user_summary).collect())
     }
 }

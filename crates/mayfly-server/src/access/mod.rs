@@ -3,6 +3,7 @@
 //! its requester, which records the intent, creates the credential on the target and shows it once.
 //! Revocation is driven by the expiry engine ([`expiry`]).
 
+pub mod admin;
 pub mod certificate;
 pub mod expiry;
 pub mod grants;

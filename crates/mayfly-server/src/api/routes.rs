@@ -5,10 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use mayfly_api::*;
-use mayfly_core::audit::Outcome;
-use mayfly_store::{Change, Write, WriteOutcome};
 
 use crate::api::json::ApiJson;
+use crate::audit::read::EventsQuery;
 use crate::auth::Caller;
 use crate::error::{AuditedError, BrokerError};
 use crate::origin::Origin;
@@ -137,24 +136,8 @@ pub async fn revoke_self(
     Extension(meta): Extension<Origin>,
     caller: Caller,
 ) -> Result<axum::http::StatusCode, BrokerError> {
-    let mut event = broker.draft("auth.token.revoke", Outcome::Ok);
-    event.actor = Some(caller.principal().to_string());
-    event.subject = Some(format!("session:{}", caller.session.id));
-    meta.fill(&mut event);
-    let change = Change::RevokeSession {
-        id: caller.session.id.clone(),
-        at: broker.now(),
-    };
-    match broker
-        .commit(Write {
-            change: Some(change),
-            event,
-        })
-        .await?
-    {
-        WriteOutcome::Applied { .. } => Ok(axum::http::StatusCode::NO_CONTENT),
-        WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
-    }
+    broker.revoke_self(&meta, &caller).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/users", request_body = CreateUserRequest,
@@ -177,11 +160,7 @@ pub async fn list_users(
     State(broker): State<Broker>,
     caller: Caller,
 ) -> ApiResult<Vec<UserSummary>> {
-    caller.require_admin()?;
-    let users = broker.store().users().await?;
-    Ok(ApiJson(
-        users.into_iter().map(crate::views::user_summary).collect(),
-    ))
+    broker.list_users(&caller).await.map(ApiJson)
 }
 
 #[utoipa::path(patch, path = "/v1/users/{name}", request_body = UpdateUserRequest,
@@ -199,16 +178,6 @@ pub async fn update_user(
     ))
 }
 
-fn check_config_name(name: &str) -> Result<(), BrokerError> {
-    mayfly_core::GroupName::parse(name).map_err(|e| {
-        BrokerError::BadRequest(format!(
-            "name `{}`: {e}",
-            name.chars().take(64).collect::<String>()
-        ))
-    })?;
-    Ok(())
-}
-
 #[utoipa::path(put, path = "/v1/auth/jwt/issuers/{name}", request_body = JwtIssuerConfig,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_jwt_issuer(
@@ -218,24 +187,7 @@ pub async fn put_jwt_issuer(
     Path(name): Path<String>,
     ApiJson(config): ApiJson<JwtIssuerConfig>,
 ) -> Result<axum::http::StatusCode, BrokerError> {
-    caller.require_admin()?;
-    check_config_name(&name)?;
-    crate::auth::jwt::check_issuer(&config)?;
-    let mut event = broker
-        .draft("auth.jwt.issuer.put", Outcome::Ok)
-        .detail("issuer", config.issuer.clone())
-        .detail("jwks_url", config.jwks_url.clone())
-        .detail("n_public_keys", config.public_keys.len());
-    event.actor = Some(caller.principal().to_string());
-    event.subject = Some(format!("jwt-issuer:{name}"));
-    meta.fill(&mut event);
-    let config = serde_json::to_value(&config).map_err(|e| BrokerError::Internal(e.to_string()))?;
-    broker
-        .commit(Write {
-            change: Some(Change::PutJwtIssuer { name, config }),
-            event,
-        })
-        .await?;
+    broker.put_jwt_issuer(&meta, &caller, name, config).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -248,29 +200,7 @@ pub async fn put_jwt_role(
     Path(name): Path<String>,
     ApiJson(config): ApiJson<JwtRoleConfig>,
 ) -> Result<axum::http::StatusCode, BrokerError> {
-    caller.require_admin()?;
-    check_config_name(&name)?;
-    crate::auth::jwt::check_role(&config)?;
-    if broker.store().jwt_issuer(&config.issuer).await?.is_none() {
-        return Err(BrokerError::BadRequest(format!(
-            "field `issuer`: no issuer named `{}`",
-            config.issuer
-        )));
-    }
-    let mut event = broker.draft("auth.jwt.role.put", Outcome::Ok).detail(
-        "config",
-        serde_json::to_value(&config).map_err(|e| BrokerError::Internal(e.to_string()))?,
-    );
-    event.actor = Some(caller.principal().to_string());
-    event.subject = Some(format!("jwt-role:{name}"));
-    meta.fill(&mut event);
-    let config = serde_json::to_value(&config).map_err(|e| BrokerError::Internal(e.to_string()))?;
-    broker
-        .commit(Write {
-            change: Some(Change::PutJwtRole { name, config }),
-            event,
-        })
-        .await?;
+    broker.put_jwt_role(&meta, &caller, name, config).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -282,34 +212,10 @@ pub async fn delete_jwt_role(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<BindingRemoved> {
-    caller.require_admin()?;
-    check_config_name(&name)?;
-    let mut event = broker.draft("auth.jwt.role.deleted", Outcome::Ok);
-    event.actor = Some(caller.principal().to_string());
-    event.subject = Some(format!("jwt-role:{name}"));
-    meta.fill(&mut event);
-    match broker
-        .commit(Write {
-            change: Some(Change::DeleteJwtRole { name: name.clone() }),
-            event,
-        })
-        .await?
-    {
-        WriteOutcome::Applied { .. } => {}
-        WriteOutcome::Conflict { reason, .. } => return Err(BrokerError::NotFound(reason)),
-    }
-    // Continuous verification: the workloads of that binding lose their grants now.
-    let workloads = format!("workload:{name}:");
-    let revoked = crate::access::expiry::recheck_active(
-        &broker,
-        &format!("the workload binding `{name}` was removed"),
-        mayfly_store::Principals::StartingWith(&workloads),
-    )
-    .await?;
-    Ok(ApiJson(BindingRemoved {
-        name,
-        grants_revoked: revoked as u64,
-    }))
+    broker
+        .delete_jwt_role(&meta, &caller, name)
+        .await
+        .map(ApiJson)
 }
 
 /// `?target=NAME` of the public CA and revocation-list endpoints: which target's.
@@ -422,54 +328,14 @@ pub async fn audit_verify(
     State(broker): State<Broker>,
     caller: Caller,
 ) -> ApiResult<AuditVerifyReport> {
-    caller.require_admin()?;
-    let keys = broker.require_unsealed().await?;
-    // Sign what is there first, so the report covers as much as possible with signatures.
-    crate::audit::checkpoint::run_once(&broker).await?;
-    let public_key = keys.audit_signer.public_key();
-    let result = crate::audit::verify_store(broker.store(), &public_key).await?;
-    Ok(ApiJson(match result {
-        Ok(report) => AuditVerifyReport {
-            ok: true,
-            error: None,
-            n_events: report.n_events,
-            n_checkpoints: report.n_checkpoints,
-            n_signatures_checked: report.n_signatures_checked,
-            last_seq: report.last_seq,
-            n_unsigned_tail: report.n_unsigned_tail,
-        },
-        Err(error) => AuditVerifyReport {
-            ok: false,
-            error: Some(error.to_string()),
-            n_events: 0,
-            n_checkpoints: 0,
-            n_signatures_checked: 0,
-            last_seq: 0,
-            n_unsigned_tail: 0,
-        },
-    }))
+    broker.audit_verify(&caller).await.map(ApiJson)
 }
 
 /// The chain's head, for comparing a copy of the log (a sink file, an export) with the store: a
 /// copy that ends before it was cut (`mayfly audit verify --file … --expect-head`).
 #[utoipa::path(get, path = "/v1/sys/audit/head", responses((status = 200, body = AuditHead), (status = 403, body = ErrorBody)))]
 pub async fn audit_head(State(broker): State<Broker>, caller: Caller) -> ApiResult<AuditHead> {
-    caller.require_admin()?;
-    let (seq, hash) = broker.store().audit_head().await?;
-    Ok(ApiJson(AuditHead { seq, hash }))
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    #[serde(default)]
-    after: i64,
-    #[serde(default = "default_limit")]
-    limit: i64,
-}
-
-fn default_limit() -> i64 {
-    1000
+    broker.audit_head(&caller).await.map(ApiJson)
 }
 
 #[utoipa::path(get, path = "/v1/sys/audit/events", params(("after" = i64, Query), ("limit" = i64, Query)),
@@ -479,25 +345,7 @@ pub async fn audit_events(
     caller: Caller,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<AuditEventsPage> {
-    caller.require_admin()?;
     let Query(query) =
         query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
-    if !(1..=10_000).contains(&query.limit) || query.after < 0 {
-        return Err(BrokerError::BadRequest(
-            "query `limit`: must be between 1 and 10000; `after` must be >= 0".into(),
-        ));
-    }
-    let events = broker
-        .store()
-        .stored_audit_events(query.after, query.limit)
-        .await?;
-    let mut lines = Vec::with_capacity(events.len());
-    let mut next_after = query.after;
-    for event in events {
-        let body: serde_json::Value = serde_json::from_str(&event.body)
-            .map_err(|_| BrokerError::Internal(format!("event {} is not JSON", event.seq)))?;
-        lines.push(mayfly_core::audit::to_line(&body, &event.hash));
-        next_after = event.seq;
-    }
-    Ok(ApiJson(AuditEventsPage { lines, next_after }))
+    broker.audit_events(&caller, query).await.map(ApiJson)
 }

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod committer;
+pub mod read;
 pub mod refusals;
 pub mod refused;
 pub mod sink;

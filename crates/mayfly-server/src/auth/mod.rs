@@ -5,6 +5,7 @@
 pub mod argon2;
 pub mod jwks;
 pub mod jwt;
+pub mod jwt_admin;
 pub mod limiter;
 pub mod password;
 

@@ -1,0 +1,468 @@
+//! Administration of what can be asked for: targets (checked against the real target before they
+//! are saved), roles (their creation SQL dry-run on the target), the policy set (a change
+//! rechecks every active grant); and the listings of targets and roles each caller may see.
+
+use std::time::Duration;
+
+use mayfly_api::*;
+use mayfly_core::audit::Outcome;
+use mayfly_core::policy::Policies;
+use mayfly_store::{Change, GrantFilter, RoleRecord, TargetRecord, Write, WriteOutcome};
+
+use crate::access::{build_target, grant_info, principal_key, role_spec, target_secret_path};
+use crate::auth::Caller;
+use crate::error::BrokerError;
+use crate::origin::Origin;
+use crate::state::Broker;
+
+fn check_name(field: &str, name: &str) -> Result<(), BrokerError> {
+    mayfly_core::GroupName::parse(name)
+        .map_err(|e| BrokerError::BadRequest(format!("field `{field}`: {e}")))?;
+    Ok(())
+}
+
+/// The roles `principal` may ask for (see [`Broker::may_request`]).
+async fn requestable_roles(
+    broker: &Broker,
+    principal: &mayfly_core::Principal,
+    targets: &[mayfly_store::TargetRecord],
+) -> Result<Vec<mayfly_store::RoleRecord>, BrokerError> {
+    let roles = broker.store().roles().await?;
+    let policies = broker.policies().await?;
+    let mut out = Vec::new();
+    for role in roles {
+        let Some(target) = targets.iter().find(|t| t.name == role.target) else {
+            continue;
+        };
+        if broker.may_request(&policies, principal, target, &role)? {
+            out.push(role);
+        }
+    }
+    Ok(out)
+}
+
+impl Broker {
+    /// Adds or replaces a target once its admin account is checked on the target itself.
+    pub async fn add_target(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        request: TargetRequest,
+    ) -> Result<TargetInfo, BrokerError> {
+        caller.require_admin()?;
+        let keys = self.require_unsealed().await?;
+        check_name("name", &request.name)?;
+        let (schemes, example): (&[&str], &str) = match request.kind.as_str() {
+            "postgres" => (&["postgres://", "postgresql://"], "postgres://HOST:PORT/DB"),
+            "mysql" => (&["mysql://", "mariadb://"], "mysql://HOST:PORT"),
+            "redis" => (&["rediss://", "redis://"], "rediss://HOST:PORT"),
+            "ssh" => (&["ssh://"], "ssh://HOST:PORT"),
+            "x509" => (&["tls://"], "tls://HOST:PORT"),
+            other => {
+                return Err(BrokerError::BadRequest(format!(
+                    "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh, x509)",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+        };
+        // The target's CA certificate (public) may ride in the query as `ca=` (PEM in base64url,
+        // checked when the target is built below): it gets room of its own.
+        let limit = if request
+            .url
+            .contains(&format!("{}=", mayfly_targets::CA_PARAM))
+        {
+            16 * 1024
+        } else {
+            512
+        };
+        if !schemes.iter().any(|s| request.url.starts_with(s))
+            || request.url.contains('@')
+            || request.url.len() > limit
+            || request
+                .url
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(BrokerError::BadRequest(format!(
+                "field `url`: give {example}, without user or password (use `admin_user`, `admin_password`); a host other than this machine needs verified TLS: add `?ca=` and the target's CA certificate (PEM) in base64url"
+            )));
+        }
+        let request = TargetRequest {
+            url: request.url.replacen("mariadb://", "mysql://", 1),
+            ..request
+        };
+        // Certificate targets have no admin account: the hosts or services trust the broker's CA.
+        let certificates = request.kind == "ssh" || request.kind == "x509";
+        if (request.admin_user.is_empty() && !certificates)
+            || request.admin_user.len() > 63
+            || request
+                .admin_user
+                .chars()
+                .any(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(BrokerError::BadRequest(
+                "field `admin_user`: 1 to 63 letters, digits or `_`".into(),
+            ));
+        }
+        let url = match request.url.split_once("://") {
+            Some((scheme, rest)) if !request.admin_user.is_empty() => {
+                format!("{scheme}://{}@{rest}", request.admin_user)
+            }
+            Some(_) => request.url.clone(),
+            None => return Err(BrokerError::BadRequest("field `url`: not a URL".into())),
+        };
+        let record = TargetRecord {
+            name: request.name.clone(),
+            kind: request.kind.clone(),
+            url,
+            created_at: self.now(),
+        };
+        let password = mayfly_crypto::SecretString::from(request.admin_password.clone());
+        if record.kind == "ssh" {
+            self.build_ssh_target(&record.name, &record.url).await?;
+        } else if record.kind == "x509" {
+            self.build_x509_target(&record.name, &record.url).await?;
+        } else {
+            // The admin account may do what issuing and revoking need, or nothing is saved.
+            build_target(&record, Some(&password))?
+                .check_admin()
+                .await
+                .map_err(|e| BrokerError::target_refusal("admin_user", e))?;
+        }
+        let path = target_secret_path(&record.name);
+        let blob = keys
+            .keyring
+            .seal(&path, request.admin_password.as_bytes())
+            .map_err(|e| BrokerError::Internal(format!("crypto: {e}")))?;
+        let mut event = self
+            .draft("target.put", Outcome::Ok)
+            .detail("kind", record.kind.clone())
+            .detail("url", record.url.clone())
+            .detail(
+                "admin_password_hmac",
+                keys.audit_hmac(request.admin_password.as_bytes()),
+            );
+        event.actor = Some(caller.principal().to_string());
+        event.subject = Some(format!("target:{}", record.name));
+        meta.fill(&mut event);
+        self.commit(Write {
+            change: Some(Change::PutTarget {
+                target: record.clone(),
+                secret: (path, blob),
+            }),
+            event,
+        })
+        .await?;
+        self.inner.targets.forget(&record.name).await;
+        Ok(TargetInfo {
+            name: record.name,
+            kind: record.kind,
+            url: Some(record.url),
+        })
+    }
+
+    /// The targets the caller may see: all (with URLs) for admins, else those it may request from.
+    pub async fn list_targets(&self, caller: &Caller) -> Result<Vec<TargetInfo>, BrokerError> {
+        let targets = self.store().targets().await?;
+        if caller.principal().is_admin() {
+            return Ok(targets
+                .into_iter()
+                .map(|t| TargetInfo {
+                    name: t.name,
+                    kind: t.kind,
+                    url: Some(t.url),
+                })
+                .collect());
+        }
+        // Others see the targets they may ask for, and nothing of how the broker reaches them.
+        let requestable = requestable_roles(self, caller.principal(), &targets).await?;
+        Ok(targets
+            .into_iter()
+            .filter(|t| requestable.iter().any(|r| r.target == t.name))
+            .map(|t| TargetInfo {
+                name: t.name,
+                kind: t.kind,
+                url: None,
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a role once its creation SQL has run, rolled back, on the target.
+    pub async fn add_role(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        request: RoleRequest,
+    ) -> Result<RoleInfo, BrokerError> {
+        caller.require_admin()?;
+        check_name("name", &request.name)?;
+        if request.max_ttl_seconds == 0 || request.max_ttl_seconds > 7 * 24 * 3600 {
+            return Err(BrokerError::BadRequest(
+                "field `max_ttl_seconds`: between 1 and 604800".into(),
+            ));
+        }
+        if request.creation_sql.len() > 64 * 1024 {
+            return Err(BrokerError::BadRequest(
+                "field `creation_sql`: at most 64 KiB".into(),
+            ));
+        }
+        let record = RoleRecord {
+            target: request.target.clone(),
+            name: request.name.clone(),
+            creation_sql: request.creation_sql.clone(),
+            revocation_sql: request.revocation_sql.clone(),
+            max_ttl_ms: i64::try_from(request.max_ttl_seconds * 1000).unwrap_or(i64::MAX),
+        };
+        let target = self.target(&request.target).await?;
+        let spec = role_spec(&record);
+        target
+            .check_role(&spec)
+            .map_err(|e| BrokerError::BadRequest(format!("field `creation_sql`: {e}")))?;
+        // On the real target, rolled back: what would fail at the first grant fails now.
+        let expires_at = self
+            .now()
+            .saturating_add(Duration::from_secs(request.max_ttl_seconds));
+        target
+            .dry_run_role(&spec, expires_at)
+            .await
+            .map_err(|e| BrokerError::target_refusal("creation_sql", e))?;
+        let mut event = self
+            .draft("role.put", Outcome::Ok)
+            .detail("max_ttl_seconds", request.max_ttl_seconds)
+            .detail("creation_sql", request.creation_sql.clone());
+        event.actor = Some(caller.principal().to_string());
+        event.subject = Some(format!("role:{}/{}", record.target, record.name));
+        meta.fill(&mut event);
+        match self
+            .commit(Write {
+                change: Some(Change::PutRole { role: record }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => Ok(RoleInfo {
+                target: request.target,
+                name: request.name,
+                max_ttl_seconds: request.max_ttl_seconds,
+            }),
+            WriteOutcome::Conflict { reason, .. } => {
+                Err(BrokerError::BadRequest(format!("field `target`: {reason}")))
+            }
+        }
+    }
+
+    /// The roles the caller may see: all for admins, else those it may request.
+    pub async fn list_roles(&self, caller: &Caller) -> Result<Vec<RoleInfo>, BrokerError> {
+        let roles = if caller.principal().is_admin() {
+            self.store().roles().await?
+        } else {
+            let targets = self.store().targets().await?;
+            requestable_roles(self, caller.principal(), &targets).await?
+        };
+        Ok(roles
+            .into_iter()
+            .map(|r| RoleInfo {
+                target: r.target,
+                name: r.name,
+                max_ttl_seconds: u64::try_from(r.max_ttl_ms / 1000).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Replaces the policy set and revokes the active grants it no longer allows.
+    pub async fn put_policy(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        request: PolicyText,
+    ) -> Result<PolicyInfo, BrokerError> {
+        caller.require_admin()?;
+        Policies::parse(&request.text)
+            .map_err(|e| BrokerError::BadRequest(format!("field `text`: {e}")))?;
+        let mut event = self
+            .draft("policy.put", Outcome::Ok)
+            .detail("text", request.text.clone());
+        event.actor = Some(caller.principal().to_string());
+        meta.fill(&mut event);
+        self.commit(Write {
+            change: Some(Change::PutPolicies {
+                text: request.text.clone(),
+                at: self.now(),
+            }),
+            event,
+        })
+        .await?;
+        let (text, version) = self.store().policies().await?.unwrap_or_default();
+        // Continuous verification: grants the new policies no longer allow are revoked now.
+        let revoked = crate::access::expiry::recheck_active(
+            self,
+            "the policies no longer allow this grant",
+            mayfly_store::Principals::All,
+        )
+        .await?;
+        if revoked > 0 {
+            tracing::info!(
+                n_grants = revoked,
+                "revoked grants the new policies no longer allow"
+            );
+        }
+        Ok(PolicyInfo { text, version })
+    }
+
+    /// The policy set as stored, for admins.
+    pub async fn get_policy(&self, caller: &Caller) -> Result<PolicyInfo, BrokerError> {
+        caller.require_admin()?;
+        let (text, version) = self.store().policies().await?.unwrap_or_default();
+        Ok(PolicyInfo { text, version })
+    }
+
+    /// Break-glass grants nobody has reviewed yet, for admins.
+    pub async fn review_queue(&self, caller: &Caller) -> Result<Vec<GrantInfo>, BrokerError> {
+        caller.require_admin()?;
+        let grants = self.store().grants(GrantFilter::Unreviewed, 1000).await?;
+        let now = self.now();
+        Ok(grants.iter().map(|g| grant_info(g, now)).collect())
+    }
+
+    /// Closes a break-glass grant's review; never by the one who broke the glass.
+    pub async fn review_grant(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        id: String,
+    ) -> Result<(), BrokerError> {
+        caller.require_admin()?;
+        let grant = self.store().grant(&id).await?.ok_or_else(|| {
+            BrokerError::NotFound(format!(
+                "no grant `{}`",
+                id.chars().take(64).collect::<String>()
+            ))
+        })?;
+        // A review is a second pair of eyes: whoever broke the glass cannot close their own item.
+        if grant.principal == crate::access::principal_key(caller.principal()) {
+            return Err(BrokerError::Forbidden(
+                "you cannot review your own break-glass grant: another admin must".into(),
+            ));
+        }
+        let mut event = self
+            .draft("grant.reviewed", Outcome::Ok)
+            .detail("grant_id", id.clone());
+        event.actor = Some(caller.principal().to_string());
+        meta.fill(&mut event);
+        match self
+            .commit(Write {
+                change: Some(Change::ReviewGrant {
+                    id,
+                    reviewer: caller.principal().to_string(),
+                }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => Ok(()),
+            WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
+        }
+    }
+
+    /// A request, if the caller may see it (its own, an admin, or a pending one it may approve).
+    pub async fn get_request(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<RequestInfo, BrokerError> {
+        let info = self.request_info(&id).await?;
+        let visible = info.principal == principal_key(caller.principal())
+            || caller.principal().is_admin()
+            || (info.state == "pending"
+                && match self.store().request(&id).await? {
+                    Some(request) => self.may_approve(caller.principal(), &request).await?,
+                    None => false,
+                });
+        if !visible {
+            return Err(BrokerError::NotFound(format!(
+                "no request `{}`",
+                id.chars().take(64).collect::<String>()
+            )));
+        }
+        Ok(info)
+    }
+
+    /// A grant, if the caller may see it.
+    pub async fn get_grant(&self, caller: &Caller, id: String) -> Result<GrantInfo, BrokerError> {
+        let grant = self
+            .store()
+            .grant(&id)
+            .await?
+            .filter(|g| {
+                caller.principal().is_admin() || g.principal == principal_key(caller.principal())
+            })
+            // Someone else's grant is as unknown as a missing one.
+            .ok_or_else(|| {
+                BrokerError::NotFound(format!(
+                    "no grant `{}` of yours",
+                    id.chars().take(64).collect::<String>()
+                ))
+            })?;
+        Ok(grant_info(&grant, self.now()))
+    }
+}
+
+impl Broker {
+    /// The requests the caller may see: its own, the pending ones it may approve; all for admins.
+    pub async fn list_requests(
+        &self,
+        caller: &Caller,
+        query: ListQuery,
+    ) -> Result<Vec<RequestInfo>, BrokerError> {
+        let requests = self.store().requests(query.pending, 500).await?;
+        let me = principal_key(caller.principal());
+        let mut out = Vec::new();
+        for request in requests {
+            // Your own requests, and the pending ones you may approve (admins see all): another
+            // principal's reason and ticket are nobody else's business.
+            let visible = principal_key(&request.principal) == me
+                || caller.principal().is_admin()
+                || (request.state == mayfly_core::grant::RequestState::Pending
+                    && self.may_approve(caller.principal(), &request).await?);
+            if visible {
+                out.push(self.request_info(&request.id).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The grants the caller may see.
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        query: ListQuery,
+    ) -> Result<Vec<GrantInfo>, BrokerError> {
+        let filter = if query.failing {
+            GrantFilter::Failing
+        } else if query.all {
+            GrantFilter::All
+        } else {
+            GrantFilter::Live
+        };
+        let grants = self.store().grants(filter, 1000).await?;
+        let me = principal_key(caller.principal());
+        let now = self.now();
+        Ok(grants
+            .iter()
+            .filter(|g| caller.principal().is_admin() || g.principal == me)
+            .map(|g| grant_info(g, now))
+            .collect())
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+/// Which requests or grants a listing shows (query parameters).
+pub struct ListQuery {
+    #[serde(default)]
+    pub pending: bool,
+    #[serde(default)]
+    pub failing: bool,
+    #[serde(default)]
+    pub all: bool,
+}
