@@ -1,6 +1,7 @@
 //! Project chores. `cargo test` runs the tidy checks below: every `.rs` file starts with a `//!`
-//! module doc, ARCHITECTURE.md names every crate, and `mayfly-core` stays free of async and I/O
-//! crates.
+//! module doc, ARCHITECTURE.md names every crate, `mayfly-core` stays free of async and I/O
+//! crates, nothing in the server below `api/` reaches up into it (`crate::api::`, axum), and no
+//! code outside the store switches on the store's backend (`Dialect`, a URL's scheme).
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +55,7 @@ fn tidy(root: &Path) -> Vec<String> {
             ));
         }
     }
+    problems.extend(layering(root));
     let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir(root.join("crates")) {
         for entry in entries.flatten() {
@@ -76,6 +78,51 @@ fn tidy(root: &Path) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The server's domain (everything outside `src/api/`) knows nothing of HTTP: no `crate::api::`
+/// path and no axum; and only the store knows which database it runs on.
+fn layering(root: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let server = root.join("crates/mayfly-server/src");
+    let mut files = Vec::new();
+    rust_files(&server, &mut files);
+    for file in &files {
+        if file.starts_with(server.join("api")) || file == &server.join("lib.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for needle in ["crate::api::", "use axum", "axum::"] {
+            if code_lines(&text).any(|line| line.contains(needle)) {
+                problems.push(format!(
+                    "{} uses `{needle}`: only `src/api/` speaks HTTP; return a BrokerError or a domain type",
+                    file.display()
+                ));
+            }
+        }
+    }
+    let mut outside_store = Vec::new();
+    for dir in ["crates/mayfly-server/src", "crates/mayfly-cli/src"] {
+        rust_files(&root.join(dir), &mut outside_store);
+    }
+    for file in &outside_store {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for needle in ["Dialect", "starts_with(\"postgres", "starts_with(\"sqlite"] {
+            if code_lines(&text).any(|line| line.contains(needle)) {
+                problems.push(format!(
+                    "{} switches on the store's backend (`{needle}`): ask the store (`Store::capabilities`)",
+                    file.display()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The lines of a Rust file that are not comments.
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ pub mod origin;
 pub mod seal;
 pub mod ssh;
 pub mod state;
-pub mod tls;
 pub mod users;
 pub mod views;
 
@@ -86,7 +85,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
     let tls = match &broker.inner.config.tls {
-        Some(files) => Some(tls::acceptor(files)?),
+        Some(files) => Some(api::tls::acceptor(files)?),
         None => None,
     };
     if tls.is_none() && !local.ip().is_loopback() {
@@ -124,7 +123,7 @@ pub async fn serve(
 
     let router = api::router(broker.clone());
     let result = match tls {
-        Some(acceptor) => tls::serve(listener, acceptor, router, shutdown).await,
+        Some(acceptor) => api::tls::serve(listener, acceptor, router, shutdown).await,
         None => axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

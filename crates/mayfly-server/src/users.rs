@@ -204,7 +204,7 @@ pub async fn update(
         name: username.as_str().to_owned(),
         groups: Vec::new(),
     });
-    let revoked = crate::access::expiry::recheck_active(
+    let revoked = crate::access::recheck::recheck_active(
         broker,
         &reason,
         mayfly_store::Principals::Exactly(&key),

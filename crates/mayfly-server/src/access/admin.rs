@@ -294,7 +294,7 @@ impl Broker {
         .await?;
         let (text, version) = self.store().policies().await?.unwrap_or_default();
         // Continuous verification: grants the new policies no longer allow are revoked now.
-        let revoked = crate::access::expiry::recheck_active(
+        let revoked = crate::access::recheck::recheck_active(
             self,
             "the policies no longer allow this grant",
             mayfly_store::Principals::All,

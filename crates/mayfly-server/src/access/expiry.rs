@@ -23,6 +23,9 @@ use crate::access::{grant_secret_path, role_spec};
 use crate::error::BrokerError;
 use crate::state::Broker;
 
+// The engine runs the sweep at start and every `SWEEP_INTERVAL`.
+pub use super::sweep::sweep;
+
 /// How long a claim holds before another node may take the grant over.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grants claimed in one round.
@@ -516,59 +519,6 @@ async fn grant_secret(broker: &Broker, grant: &GrantRecord) -> Result<SecretStri
     ))
 }
 
-/// The sweep: every role on a target that carries the broker's prefix and namespace (`mf_<namespace>_`) but has no live grant is an
-/// orphan (a store restored from an older backup, a crash the intent did not cover, a manual
-/// copy): it is revoked and the finding audited. Returns how many were found.
-pub async fn sweep(broker: &Broker) -> Result<usize, BrokerError> {
-    let Some(keys) = broker.unsealed().await else {
-        return Ok(0);
-    };
-    let mut found = 0;
-    for record in broker.store().targets().await? {
-        let target = broker.target(&record.name).await?;
-        let logins = match target.managed_logins().await {
-            // Only this broker's namespace: another broker sharing the server owns the rest.
-            Ok(logins) => logins
-                .into_iter()
-                .filter(|login| keys.namespace.owns(login))
-                .collect::<Vec<_>>(),
-            Err(error) => {
-                tracing::warn!(target = %record.name, error = %error, "sweep cannot list the target's roles");
-                continue;
-            }
-        };
-        // Only the target's own logins are looked up, a chunk at a time: memory does not grow
-        // with the number of leases in the store.
-        let names: Vec<String> = logins.iter().map(ToString::to_string).collect();
-        let live = broker.store().live_logins(&names).await?;
-        for login in logins {
-            if live.contains(login.as_str()) {
-                continue;
-            }
-            // A grant that is already revoked but whose role came back, or no grant at all.
-            found += 1;
-            let result = target.revoke(&login, None).await;
-            let outcome = if result.is_ok() {
-                Outcome::Ok
-            } else {
-                Outcome::Failed
-            };
-            let mut event = broker
-                .draft("sweep.orphan", outcome)
-                .detail("target", record.name.clone())
-                .detail("login", login.to_string());
-            if let Err(error) = &result {
-                event = event.detail("error", error.to_string());
-            }
-            event.actor = Some("broker".into());
-            broker.record(event).await?;
-            metrics::counter!("mayfly_sweep_orphans_total", "target" => record.name.clone())
-                .increment(1);
-        }
-    }
-    Ok(found)
-}
-
 /// Pending requests nobody answered within the window (and allowed ones never activated) expire,
 /// audited; nothing is written when there is nothing to expire.
 pub async fn expire_requests(broker: &Broker) -> Result<usize, BrokerError> {
@@ -593,94 +543,6 @@ pub async fn expire_requests(broker: &Broker) -> Result<usize, BrokerError> {
         })
         .await?;
     Ok(expired.len())
-}
-
-/// How many active grants continuous verification reads at a time.
-const RECHECK_PAGE: i64 = 500;
-
-/// Continuous verification: after a change of policies or of a principal's binding (a user's
-/// groups, a disabled user, a removed workload role), every active grant is decided again with the
-/// request it came from; one that is no longer allowed is revoked early, with that reason. The
-/// grants are read a page at a time, so memory does not grow with their number.
-///
-/// `principals` picks the grants by their principal key (`user:alice`, `workload:ROLE:NAME`), in
-/// the store's query: a change to one binding reads and re-decides only that principal's grants.
-pub async fn recheck_active(
-    broker: &Broker,
-    reason: &str,
-    principals: mayfly_store::Principals<'_>,
-) -> Result<usize, BrokerError> {
-    let mut revoked = 0;
-    let meta = crate::origin::Origin::internal("policy-recheck");
-    let mut after = String::new();
-    loop {
-        let page = broker
-            .store()
-            .grants_after(
-                mayfly_store::GrantFilter::Active,
-                principals,
-                &after,
-                RECHECK_PAGE,
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.id.clone();
-        revoked += recheck_page(broker, &meta, page, reason).await?;
-    }
-    // Open requests too: one allowed (or waiting for approvals) under the old rules must not
-    // become a grant under the new ones.
-    let mut after = String::new();
-    let mut withdrawn = 0;
-    loop {
-        let page = broker
-            .store()
-            .open_requests_after(&after, RECHECK_PAGE)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.id.clone();
-        for request in page {
-            let key = crate::access::principal_key(&request.principal);
-            let concerned = match principals {
-                mayfly_store::Principals::All => true,
-                mayfly_store::Principals::Exactly(exactly) => key == exactly,
-                mayfly_store::Principals::StartingWith(prefix) => key.starts_with(prefix),
-            };
-            if concerned
-                && request.expires_at > broker.now()
-                && !broker.still_allowed(&request, None).await?
-                && broker.withdraw(&meta, &request, reason).await?
-            {
-                withdrawn += 1;
-            }
-        }
-    }
-    if withdrawn > 0 {
-        tracing::info!(n_requests = withdrawn, reason, "open requests withdrawn");
-    }
-    Ok(revoked)
-}
-
-async fn recheck_page(
-    broker: &Broker,
-    meta: &crate::origin::Origin,
-    grants: Vec<GrantRecord>,
-    reason: &str,
-) -> Result<usize, BrokerError> {
-    let mut revoked = 0;
-    for grant in grants {
-        let Some(request) = broker.store().request(&grant.request_id).await? else {
-            continue;
-        };
-        if broker.still_allowed(&request, None).await? {
-            continue;
-        }
-        match broker.revoke_now(meta, &grant, "broker", reason).await {
-            Ok(()) => revoked += 1,
-            Err(BrokerError::Conflict(_)) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(revoked)
 }
 
 /// Loops: works while there is due work, else sleeps until woken or for at most a second (the

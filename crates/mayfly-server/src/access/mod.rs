@@ -7,8 +7,10 @@ pub mod admin;
 pub mod certificate;
 pub mod expiry;
 pub mod grants;
+pub mod recheck;
 pub mod registry;
 pub mod requests;
+pub mod sweep;
 pub mod targets;
 
 use std::time::Duration;

@@ -7,6 +7,7 @@ pub mod json;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod tls;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

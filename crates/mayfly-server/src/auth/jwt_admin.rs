@@ -109,7 +109,7 @@ impl Broker {
         }
         // Continuous verification: the workloads of that binding lose their grants now.
         let workloads = format!("workload:{name}:");
-        let revoked = crate::access::expiry::recheck_active(
+        let revoked = crate::access::recheck::recheck_active(
             self,
             &format!("the workload binding `{name}` was removed"),
             mayfly_store::Principals::StartingWith(&workloads),

@@ -12,6 +12,7 @@ mod access;
 mod api;
 mod audit;
 mod ca_per_target;
+mod domain;
 mod floods;
 mod hardening;
 mod jwt;
