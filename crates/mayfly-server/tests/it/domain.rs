@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection};
 const POLICY: &str = r#"
 @id("dev-readonly")
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/readonly")
-when { context.reason != "" };
+when { context.reason like "INC-*" };
 
 @id("dev-owner-needs-one")
 @approvals("1")
@@ -124,7 +124,11 @@ async fn requests_are_decided_and_approved_by_the_broker_itself() {
     assert_eq!(allowed.state, "allowed", "{allowed:?}");
 
     let denied = b
-        .create_request(&origin(), alice.principal(), ask("readonly", ""))
+        .create_request(
+            &origin(),
+            alice.principal(),
+            ask("readonly", "just curious"),
+        )
         .await
         .unwrap();
     assert_eq!(denied.state, "denied", "{denied:?}");
@@ -215,7 +219,7 @@ async fn a_grant_is_made_and_removed_on_the_real_target_without_http() {
 }
 
 #[tokio::test]
-async fn users_and_the_seal_answer_typed_errors() {
+async fn users_answer_typed_errors() {
     let broker = TestBroker::ready().await;
     let alice = caller(&broker, &broker.login("alice").await).await;
     let admin = admin(&broker).await;
@@ -246,15 +250,26 @@ async fn users_and_the_seal_answer_typed_errors() {
         other => panic!("a short password must be refused, got {other:?}"),
     }
 
-    match b.initialize(3, 2).await {
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_seal_refuses_bad_shares_and_a_second_init() {
+    let broker = TestBroker::uninitialized().await;
+    let b = &broker.broker;
+    let init = b.initialize(1, 1).await.unwrap();
+    match b.unseal_with_share("mayfly-share-1-not-a-share").await {
+        Err(BrokerError::BadRequest(_)) => {}
+        other => panic!("a malformed share must be refused, got {other:?}"),
+    }
+    assert!(b.unsealed().await.is_none(), "still sealed");
+    let status = b.unseal_with_share(&init.shares[0]).await.unwrap();
+    assert!(!status.sealed, "{status:?}");
+    match b.initialize(1, 1).await {
         Err(BrokerError::Conflict(message)) => {
             assert!(message.contains("already initialized"), "{message}")
         }
         other => panic!("an initialized broker cannot be initialized again, got {other:?}"),
-    }
-    match b.unseal_with_share("mayfly-share-1-not-a-share").await {
-        Err(BrokerError::BadRequest(_) | BrokerError::Conflict(_)) => {}
-        other => panic!("a malformed share must be refused, got {other:?}"),
     }
     broker.stop().await;
 }
