@@ -191,12 +191,15 @@ pub fn report_usage(error: &clap::Error, json: bool) -> ExitCode {
     );
     if json && !shows_help {
         let text = error.render().to_string();
+        // What went wrong: the lines before clap's `Usage:`, on one line.
         let message = text
             .lines()
-            .find(|line| !line.trim().is_empty())
-            .unwrap_or("usage error")
-            .trim_start_matches("error: ")
-            .to_owned();
+            .take_while(|line| !line.starts_with("Usage:"))
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.trim_start_matches("error: ").to_owned();
         let body = ErrorBody {
             error: detail("usage", &message),
         };

@@ -240,7 +240,9 @@ impl Config {
                     .and_then(|key| origins.get(key).cloned())
                     .or(file_origin)
                     .unwrap_or_else(|| "the configuration".into());
+                // The first line: the parser adds the key's name on another.
                 let inner = e.into_inner().to_string();
+                let inner = inner.lines().next().unwrap_or_default().to_owned();
                 let reason = match key {
                     Some(key) if !inner.contains("unknown field") => format!("`{key}`: {inner}"),
                     _ => inner.replace("unknown field", "unknown key"),
