@@ -1,7 +1,7 @@
 //! The HTTP client the CLI commands share: the broker's address, the session token, and error
 //! answers turned into messages with a hint about what to do next.
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -73,51 +73,15 @@ impl Client {
         serde_json::from_value(value).context("the broker's answer has an unexpected shape")
     }
 
-    /// A GET whose answer is plain text.
+    /// A call whose answer is plain text.
     pub async fn call_text(&self, method: Method, path: &str) -> anyhow::Result<String> {
-        let url = format!("{}{}", self.addr, path);
-        let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.addr))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .context("cannot read the broker's answer")?;
-        if !status.is_success() {
-            return Err(anyhow!("the broker answered {status}: {text}"));
-        }
-        Ok(text)
+        let bytes = self.send(method, path, None::<&()>).await?;
+        String::from_utf8(bytes).context("the broker's answer is not text")
     }
 
-    /// A GET whose answer is bytes (the KRL).
+    /// A call whose answer is bytes (the KRL).
     pub async fn call_bytes(&self, method: Method, path: &str) -> anyhow::Result<Vec<u8>> {
-        let url = format!("{}{}", self.addr, path);
-        let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the broker at {}: {e}", self.addr))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .context("cannot read the broker's answer")?;
-        if !status.is_success() {
-            return Err(anyhow!(
-                "the broker answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ));
-        }
-        Ok(bytes.to_vec())
+        self.send(method, path, None::<&()>).await
     }
 
     pub async fn call_raw<B: Serialize>(
@@ -126,6 +90,20 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<serde_json::Value> {
+        let bytes = self.send(method, path, body).await?;
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&bytes).context("the broker's answer is not JSON")
+    }
+
+    /// Sends a call; a success's body, or the broker's error answer as an [`ApiFailure`].
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<Vec<u8>> {
         let url = format!("{}{}", self.addr, path);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -134,11 +112,9 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the broker at {}: {e}\nhint: is it running? start one with `mayfly dev`, or set MAYFLY_ADDR",
-                self.addr
-            )
+        let response = request.send().await.map_err(|e| Unreachable {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
         })?;
         let status = response.status();
         let bytes = response
@@ -146,10 +122,7 @@ impl Client {
             .await
             .context("cannot read the broker's answer")?;
         if status.is_success() {
-            if bytes.is_empty() {
-                return Ok(serde_json::Value::Null);
-            }
-            return serde_json::from_slice(&bytes).context("the broker's answer is not JSON");
+            return Ok(bytes.to_vec());
         }
         let body: Option<mayfly_api::ErrorBody> = serde_json::from_slice(&bytes).ok();
         let (code, message) = match body {
@@ -164,3 +137,22 @@ impl Client {
         .into())
     }
 }
+
+/// The broker did not answer.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub addr: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot reach the broker at {}: {}\nhint: is it running? start one with `mayfly dev`, or set MAYFLY_ADDR",
+            self.addr, self.reason
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}

@@ -1,7 +1,10 @@
-//! Server configuration, read in two steps: a file (`version = 1`, unknown keys refused) becomes a
-//! validated [`Config`] that is passed explicitly, never kept in a global.
+//! Server configuration, read in two steps: a TOML file (`version = 1`, unknown keys refused),
+//! `MAYFLY_<KEY>` environment variables and flags become a validated [`Config`] that is passed
+//! explicitly, never kept in a global.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,19 +20,25 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file `{path}` is invalid: {reason}")]
-    Invalid { path: String, reason: String },
+    #[error("config file `{path}` is not valid TOML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("environment variable `{var}`: {reason}")]
+    Env { var: String, reason: String },
+    #[error("{origin}: {reason}")]
+    Invalid { origin: String, reason: String },
     #[error("{0}")]
     Rule(String),
 }
 
-/// The file format (JSON): `{"version": 1, "store": "sqlite:///var/lib/mayfly/mayfly.db", ...}`.
+/// The file format (TOML): `version = 1`, `store = "sqlite:///var/lib/mayfly/mayfly.db"`, ...
+/// Every key can also be set by `MAYFLY_<KEY>` (the key in upper case), which wins over the file;
+/// see [`KEYS`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub version: u32,
     pub listen: Option<String>,
-    pub store: String,
+    pub store: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
@@ -41,6 +50,59 @@ pub struct ConfigFile {
     pub login_source_burst: Option<u32>,
     pub login_source_refill_seconds: Option<u64>,
     pub refusal_window_seconds: Option<u64>,
+}
+
+/// What a key holds, for reading it from an environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Text,
+    Number,
+}
+
+/// Every key of [`ConfigFile`], each settable by `MAYFLY_<KEY>` (a unit test checks the list
+/// against the struct).
+pub const KEYS: &[(&str, KeyType)] = &[
+    ("version", KeyType::Number),
+    ("listen", KeyType::Text),
+    ("store", KeyType::Text),
+    ("tls_cert", KeyType::Text),
+    ("tls_key", KeyType::Text),
+    ("audit_file", KeyType::Text),
+    ("user_session_ttl_seconds", KeyType::Number),
+    ("notify_webhook", KeyType::Text),
+    ("request_pending_window_seconds", KeyType::Number),
+    ("argon2_threads", KeyType::Number),
+    ("argon2_waiting", KeyType::Number),
+    ("login_source_burst", KeyType::Number),
+    ("login_source_refill_seconds", KeyType::Number),
+    ("refusal_window_seconds", KeyType::Number),
+];
+
+/// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
+pub fn env_var(key: &str) -> String {
+    format!("MAYFLY_{}", key.to_ascii_uppercase())
+}
+
+/// Where the settings come from; a later source wins: the file, then `MAYFLY_<KEY>`, then the
+/// command line's flags.
+pub struct ConfigSources<'a> {
+    pub file: Option<&'a Path>,
+    /// Reads an environment variable (`std::env::var` outside tests).
+    pub env: &'a dyn Fn(&str) -> Result<String, std::env::VarError>,
+    /// Settings from command-line flags: `(key, value, flag)`, the value as it would be written
+    /// in an environment variable.
+    pub flags: Vec<(&'static str, String, &'static str)>,
+}
+
+impl ConfigSources<'_> {
+    /// The file (if any) and the process environment, no flags.
+    pub fn from_env(file: Option<&Path>) -> ConfigSources<'_> {
+        ConfigSources {
+            file,
+            env: &|name| std::env::var(name),
+            flags: Vec::new(),
+        }
+    }
 }
 
 /// Validated configuration.
@@ -109,29 +171,127 @@ impl Config {
         }
     }
 
-    pub fn from_file(path: &std::path::Path) -> Result<(Config, Option<String>), ConfigError> {
-        let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: display.clone(),
-            source,
-        })?;
-        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: display.clone(),
-            reason: e.to_string(),
-        })?;
-        if file.version != 1 {
-            return Err(ConfigError::Invalid {
-                path: display,
-                reason: format!("version {} is not supported: use 1", file.version),
-            });
+    /// Reads the settings from `sources` and checks them. Also returns the address to listen on,
+    /// when one is set.
+    pub fn load(sources: &ConfigSources<'_>) -> Result<(Config, Option<SocketAddr>), ConfigError> {
+        let mut table = toml::Table::new();
+        let mut origins: BTreeMap<String, String> = BTreeMap::new();
+        match sources.file {
+            Some(path) => {
+                let display = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: display.clone(),
+                    source,
+                })?;
+                table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: display.clone(),
+                        reason: one_line(&e.to_string()),
+                    })?;
+                for key in table.keys() {
+                    origins.insert(key.clone(), format!("config file `{display}`"));
+                }
+            }
+            None => {
+                table.insert("version".into(), toml::Value::Integer(1));
+            }
         }
-        let mut config = Config::new(file.store);
+        for (key, kind) in KEYS {
+            let var = env_var(key);
+            let text = match (sources.env)(&var) {
+                Ok(text) if text.is_empty() => continue,
+                Ok(text) => text,
+                Err(std::env::VarError::NotPresent) => continue,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(ConfigError::Env {
+                        var,
+                        reason: "the value is not UTF-8".into(),
+                    });
+                }
+            };
+            let value = typed(*kind, &text).map_err(|reason| ConfigError::Env {
+                var: var.clone(),
+                reason,
+            })?;
+            table.insert((*key).to_owned(), value);
+            origins.insert((*key).to_owned(), format!("environment variable `{var}`"));
+        }
+        for (key, text, flag) in &sources.flags {
+            let kind = KEYS
+                .iter()
+                .find_map(|(k, kind)| (k == key).then_some(*kind))
+                .unwrap_or(KeyType::Text);
+            let value = typed(kind, text).map_err(|reason| ConfigError::Invalid {
+                origin: format!("`{flag}`"),
+                reason,
+            })?;
+            table.insert((*key).to_owned(), value);
+            origins.insert((*key).to_owned(), format!("`{flag}`"));
+        }
+        let file: ConfigFile = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().iter().next().map(ToString::to_string);
+                let file_origin = sources
+                    .file
+                    .map(|path| format!("config file `{}`", path.display()));
+                let origin = key
+                    .as_ref()
+                    .and_then(|key| origins.get(key).cloned())
+                    .or(file_origin)
+                    .unwrap_or_else(|| "the configuration".into());
+                // The first line: the parser adds the key's name on another.
+                let inner = e.into_inner().to_string();
+                let inner = inner.lines().next().unwrap_or_default().to_owned();
+                let reason = match key {
+                    Some(key) if !inner.contains("unknown field") => format!("`{key}`: {inner}"),
+                    _ => inner.replace("unknown field", "unknown key"),
+                };
+                ConfigError::Invalid { origin, reason }
+            })?;
+        Self::from_parsed(file, &origins)
+    }
+
+    fn from_parsed(
+        file: ConfigFile,
+        origins: &BTreeMap<String, String>,
+    ) -> Result<(Config, Option<SocketAddr>), ConfigError> {
+        // `KEY` (from ORIGIN) MESSAGE
+        let rule = |key: &str, message: &str| {
+            let from = origins
+                .get(key)
+                .map(|origin| format!(" (from {origin})"))
+                .unwrap_or_default();
+            ConfigError::Rule(format!("`{key}`{from} {message}"))
+        };
+        if file.version != 1 {
+            return Err(rule(
+                "version",
+                &format!("is {}, which is not supported: use 1", file.version),
+            ));
+        }
+        let Some(store) = file.store else {
+            return Err(ConfigError::Rule(
+                "no store: set `store` in the config file, MAYFLY_STORE or --store (sqlite://PATH or postgres://…)".into(),
+            ));
+        };
+        let listen = match file.listen {
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                rule(
+                    "listen",
+                    &format!("= `{text}` is not an address such as 127.0.0.1:8200"),
+                )
+            })?),
+            None => None,
+        };
+        let mut config = Config::new(store);
         config.audit_file = file.audit_file;
         config.notify_webhook = file.notify_webhook;
         if let Some(window) = file.request_pending_window_seconds {
             if !(60..=30 * 86_400).contains(&window) {
-                return Err(ConfigError::Rule(
-                    "`request_pending_window_seconds` must be between 60 and 2592000".into(),
+                return Err(rule(
+                    "request_pending_window_seconds",
+                    "must be between 60 and 2592000",
                 ));
             }
             config.request_pending_window = Duration::from_secs(window);
@@ -147,53 +307,336 @@ impl Config {
         };
         if let Some(ttl) = file.user_session_ttl_seconds {
             if !(60..=86_400).contains(&ttl) {
-                return Err(ConfigError::Rule(
-                    "`user_session_ttl_seconds` must be between 60 and 86400".into(),
+                return Err(rule(
+                    "user_session_ttl_seconds",
+                    "must be between 60 and 86400",
                 ));
             }
             config.user_session_ttl = Duration::from_secs(ttl);
         }
         if let Some(n) = file.argon2_threads {
             if !(1..=1024).contains(&n) {
-                return Err(ConfigError::Rule(
-                    "`argon2_threads` must be between 1 and 1024".into(),
-                ));
+                return Err(rule("argon2_threads", "must be between 1 and 1024"));
             }
             config.argon2_threads = n;
             config.argon2_waiting = 4 * n;
         }
         if let Some(n) = file.argon2_waiting {
             if n > 65_536 {
-                return Err(ConfigError::Rule(
-                    "`argon2_waiting` must be at most 65536".into(),
-                ));
+                return Err(rule("argon2_waiting", "must be at most 65536"));
             }
             config.argon2_waiting = n;
         }
         if let Some(burst) = file.login_source_burst {
             if !(1..=100_000).contains(&burst) {
-                return Err(ConfigError::Rule(
-                    "`login_source_burst` must be between 1 and 100000".into(),
-                ));
+                return Err(rule("login_source_burst", "must be between 1 and 100000"));
             }
             config.login_source_burst = burst;
         }
         if let Some(refill) = file.login_source_refill_seconds {
             if !(1..=3600).contains(&refill) {
-                return Err(ConfigError::Rule(
-                    "`login_source_refill_seconds` must be between 1 and 3600".into(),
+                return Err(rule(
+                    "login_source_refill_seconds",
+                    "must be between 1 and 3600",
                 ));
             }
             config.login_source_refill = Duration::from_secs(refill);
         }
         if let Some(window) = file.refusal_window_seconds {
             if !(1..=60).contains(&window) {
-                return Err(ConfigError::Rule(
-                    "`refusal_window_seconds` must be between 1 and 60".into(),
-                ));
+                return Err(rule("refusal_window_seconds", "must be between 1 and 60"));
             }
             config.refusal_window = Duration::from_secs(window);
         }
-        Ok((config, file.listen))
+        Ok((config, listen))
+    }
+}
+
+/// A value as written in an environment variable (or a flag), read as its key's type.
+fn typed(kind: KeyType, text: &str) -> Result<toml::Value, String> {
+    match kind {
+        KeyType::Text => Ok(toml::Value::String(text.to_owned())),
+        KeyType::Number => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(toml::Value::Integer)
+            .ok_or_else(|| format!("`{text}` is not a whole number")),
+    }
+}
+
+/// The parser's message on one line (it draws the offending line under it).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Loads `file` (TOML text, if any) with `env` as the whole environment and `flags`.
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: Vec<(&'static str, String, &'static str)>,
+    ) -> Result<(Config, Option<SocketAddr>), ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mayfly.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| env.get(name).cloned().ok_or(std::env::VarError::NotPresent);
+        Config::load(&ConfigSources {
+            file: file.is_some().then_some(path.as_path()),
+            env: &lookup,
+            flags,
+        })
+    }
+
+    #[track_caller]
+    fn refused(result: Result<(Config, Option<SocketAddr>), ConfigError>) -> String {
+        match result {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    const FULL: &str = r#"
+version = 1
+listen = "127.0.0.1:9300"
+store = "sqlite:///tmp/mayfly.db"
+tls_cert = "/etc/mayfly/cert.pem"
+tls_key = "/etc/mayfly/key.pem"
+audit_file = "/var/log/mayfly/audit.jsonl"
+user_session_ttl_seconds = 600
+notify_webhook = "https://hooks.example/x"
+request_pending_window_seconds = 3600
+argon2_threads = 2
+argon2_waiting = 5
+login_source_burst = 7
+login_source_refill_seconds = 9
+refusal_window_seconds = 4
+"#;
+
+    #[test]
+    fn a_file_sets_every_key() {
+        let (config, listen) = load(Some(FULL), &[], Vec::new()).unwrap();
+        assert_eq!(listen, Some("127.0.0.1:9300".parse().unwrap()));
+        assert_eq!(config.store_url, "sqlite:///tmp/mayfly.db");
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/mayfly/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/mayfly/key.pem"));
+        assert_eq!(
+            config.audit_file,
+            Some(PathBuf::from("/var/log/mayfly/audit.jsonl"))
+        );
+        assert_eq!(config.user_session_ttl, Duration::from_secs(600));
+        assert_eq!(
+            config.notify_webhook.as_deref(),
+            Some("https://hooks.example/x")
+        );
+        assert_eq!(config.request_pending_window, Duration::from_secs(3600));
+        assert_eq!(config.argon2_threads, 2);
+        assert_eq!(config.argon2_waiting, 5);
+        assert_eq!(config.login_source_burst, 7);
+        assert_eq!(config.login_source_refill, Duration::from_secs(9));
+        assert_eq!(config.refusal_window, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn every_key_has_its_environment_variable_and_it_wins_over_the_file() {
+        let (config, listen) = load(
+            Some(FULL),
+            &[
+                ("MAYFLY_STORE", "postgres://db/mayfly"),
+                ("MAYFLY_LISTEN", "0.0.0.0:8300"),
+                ("MAYFLY_ARGON2_THREADS", "3"),
+                ("MAYFLY_REFUSAL_WINDOW_SECONDS", " 11 "),
+                ("MAYFLY_NOTIFY_WEBHOOK", "https://other.example/y"),
+                ("MAYFLY_AUDIT_FILE", ""),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(config.store_url, "postgres://db/mayfly");
+        assert_eq!(listen, Some("0.0.0.0:8300".parse().unwrap()));
+        assert_eq!(config.argon2_threads, 3);
+        // The file's `argon2_waiting` stays: only what the environment names changes.
+        assert_eq!(config.argon2_waiting, 5);
+        assert_eq!(config.refusal_window, Duration::from_secs(11));
+        assert_eq!(
+            config.notify_webhook.as_deref(),
+            Some("https://other.example/y")
+        );
+        // An empty variable counts as unset.
+        assert_eq!(
+            config.audit_file,
+            Some(PathBuf::from("/var/log/mayfly/audit.jsonl"))
+        );
+        assert_eq!(env_var("login_source_burst"), "MAYFLY_LOGIN_SOURCE_BURST");
+    }
+
+    #[test]
+    fn without_a_file_the_environment_and_the_flags_are_the_configuration() {
+        let (config, listen) = load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///from-env.db"),
+                ("MAYFLY_LISTEN", "127.0.0.1:1"),
+            ],
+            vec![("listen", "127.0.0.1:2".into(), "--listen")],
+        )
+        .unwrap();
+        assert_eq!(config.store_url, "sqlite:///from-env.db");
+        assert_eq!(listen, Some("127.0.0.1:2".parse().unwrap()), "flags win");
+        let error = refused(load(None, &[], Vec::new()));
+        assert!(
+            error.contains("no store") && error.contains("MAYFLY_STORE"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let error = refused(load(
+            Some("version = 1\nstore = \"sqlite:///x\"\nlisten_addr = \"127.0.0.1:1\"\n"),
+            &[],
+            Vec::new(),
+        ));
+        assert!(error.contains("unknown key `listen_addr`"), "{error}");
+        assert!(error.contains("mayfly.toml"), "{error}");
+    }
+
+    #[test]
+    fn an_environment_variable_that_does_not_parse_is_named() {
+        let error = refused(load(
+            Some("version = 1\nstore = \"sqlite:///x\"\n"),
+            &[("MAYFLY_ARGON2_THREADS", "many")],
+            Vec::new(),
+        ));
+        assert_eq!(
+            error,
+            "environment variable `MAYFLY_ARGON2_THREADS`: `many` is not a whole number"
+        );
+        let error = refused(load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_LOGIN_SOURCE_BURST", "-1"),
+            ],
+            Vec::new(),
+        ));
+        assert!(error.contains("MAYFLY_LOGIN_SOURCE_BURST"), "{error}");
+        // Too big for its key: named with where it came from.
+        let error = refused(load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_LOGIN_SOURCE_BURST", "99999999999"),
+            ],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("MAYFLY_LOGIN_SOURCE_BURST") && error.contains("login_source_burst"),
+            "{error}"
+        );
+        let error = refused(load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_LISTEN", "port 80"),
+            ],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("`listen`") && error.contains("MAYFLY_LISTEN"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn rules_name_the_key_and_its_source() {
+        let error = refused(load(
+            Some("version = 1\nstore = \"sqlite:///x\"\n"),
+            &[("MAYFLY_USER_SESSION_TTL_SECONDS", "5")],
+            Vec::new(),
+        ));
+        assert_eq!(
+            error,
+            "`user_session_ttl_seconds` (from environment variable `MAYFLY_USER_SESSION_TTL_SECONDS`) must be between 60 and 86400"
+        );
+        let error = refused(load(
+            Some("version = 2\nstore = \"sqlite:///x\"\n"),
+            &[],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("`version`") && error.contains("use 1"),
+            "{error}"
+        );
+        let error = refused(load(
+            Some("version = 1\nstore = \"sqlite:///x\"\ntls_cert = \"c.pem\"\n"),
+            &[],
+            Vec::new(),
+        ));
+        assert!(error.contains("tls_key"), "{error}");
+        let error = refused(load(Some("version = 1\nstore = 5\n"), &[], Vec::new()));
+        assert!(error.contains("`store`"), "{error}");
+    }
+
+    #[test]
+    fn json_and_broken_toml_are_refused() {
+        let error = refused(load(
+            Some(r#"{"version": 1, "store": "sqlite:///x"}"#),
+            &[],
+            Vec::new(),
+        ));
+        assert!(error.contains("not valid TOML"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    /// Records the field names a struct's `Deserialize` asks for.
+    struct Fields<'a>(&'a mut Vec<&'static str>);
+
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.extend_from_slice(fields);
+            Err(serde::de::Error::custom("recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    #[test]
+    fn the_environment_list_has_every_key_of_the_file() {
+        let mut fields = Vec::new();
+        let _ = ConfigFile::deserialize(Fields(&mut fields));
+        let keys: Vec<&str> = KEYS.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, fields);
     }
 }

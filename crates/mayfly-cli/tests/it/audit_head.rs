@@ -66,7 +66,7 @@ fn a_tail_cut_off_an_audit_file_is_found_against_the_head() {
     let found = run(mayfly()
         .args(["audit", "verify", "--expect-head", &head, "--file"])
         .arg(&cut));
-    assert_eq!(found.status.code(), Some(2), "{}", stdout(&found));
+    assert_eq!(found.status.code(), Some(4), "{}", stdout(&found));
     let expected = format!(
         "the log ends at event {} but the expected head is event {seq}: events {} to {seq} were cut off",
         seq - 2,
@@ -79,7 +79,7 @@ fn a_tail_cut_off_an_audit_file_is_found_against_the_head() {
     let other = run(mayfly()
         .args(["audit", "verify", "--expect-head", &forged, "--file"])
         .arg(&file));
-    assert_eq!(other.status.code(), Some(2), "{}", stdout(&other));
+    assert_eq!(other.status.code(), Some(4), "{}", stdout(&other));
     assert!(
         stdout(&other).contains(&format!("event {seq} is not the expected head")),
         "{}",

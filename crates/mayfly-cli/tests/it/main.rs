@@ -11,6 +11,7 @@
 )]
 
 mod audit_head;
+mod behaves;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -182,7 +183,7 @@ fn dev_starts_in_one_command_and_its_audit_file_verifies_offline() {
     let check = |lines: &[String], expect: &str| {
         std::fs::write(&tampered, format!("{}\n", lines.join("\n"))).unwrap();
         let output = run(mayfly().args(["audit", "verify", "--file"]).arg(&tampered));
-        assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+        assert_eq!(output.status.code(), Some(4), "{}", stdout(&output));
         assert!(
             stdout(&output).contains(expect),
             "expected `{expect}` in {}",

@@ -1,0 +1,406 @@
+//! The administrative commands: the seal (`status`, `operator`), sessions (`login`, `token`),
+//! users and workload login (`user`, `jwt`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use mayfly_api::*;
+use reqwest::Method;
+
+use crate::client::Client;
+use crate::grammar::{JwtCommand, LoginArgs, Operator, TokenCommand, UserCommand};
+use crate::local::{read_line, read_secret, token_file, write_token_file};
+use crate::output::{Failure, Output};
+
+fn none() -> Option<&'static ()> {
+    None
+}
+
+pub async fn status(client: &Client, out: &Output) -> anyhow::Result<()> {
+    let status: SealStatus = client
+        .call(Method::GET, "/v1/sys/seal-status", none())
+        .await?;
+    out.answer(&status, |status| {
+        println!(
+            "initialized: {}\nsealed:      {}\nshares:      {} (threshold {}, progress {})",
+            status.initialized, status.sealed, status.n_shares, status.threshold, status.progress
+        );
+    })
+}
+
+pub async fn operator(client: &Client, command: Operator, out: &Output) -> anyhow::Result<()> {
+    match command {
+        Operator::Init { shares, threshold } => {
+            let answer: InitResponse = client
+                .call(
+                    Method::POST,
+                    "/v1/sys/init",
+                    Some(&InitRequest { shares, threshold }),
+                )
+                .await?;
+            out.answer(&answer, |answer| {
+                for (i, share) in answer.shares.iter().enumerate() {
+                    println!("Unseal share {}: {share}", i + 1);
+                }
+                println!("\nSetup code: {}\n", answer.setup_code);
+                println!(
+                    "These are shown once. Give each share to a different key holder; any {} of them unseal the broker.",
+                    answer.threshold
+                );
+                println!(
+                    "Next: `mayfly operator unseal` ({} times), then `mayfly operator setup --code CODE --username NAME`.",
+                    answer.threshold
+                );
+            })
+        }
+        Operator::Unseal { share, reset } => {
+            let request = if reset {
+                UnsealRequest {
+                    share: None,
+                    reset: true,
+                }
+            } else {
+                let share = match share {
+                    Some(share) => share,
+                    None => read_secret(None, "Unseal share: ")?,
+                };
+                UnsealRequest {
+                    share: Some(share),
+                    reset: false,
+                }
+            };
+            let status: SealStatus = client
+                .call(Method::POST, "/v1/sys/unseal", Some(&request))
+                .await?;
+            out.answer(&status, |status| {
+                if status.sealed {
+                    println!(
+                        "sealed: {} of {} shares given",
+                        status.progress, status.threshold
+                    );
+                } else {
+                    println!("unsealed");
+                }
+            })
+        }
+        Operator::Setup {
+            code,
+            username,
+            password_file,
+        } => {
+            let password = read_secret(password_file.as_deref(), "Password for the first admin: ")?;
+            let request = SetupRequest {
+                setup_code: code,
+                username,
+                password,
+            };
+            let user: UserCreated = client
+                .call(Method::POST, "/v1/sys/setup", Some(&request))
+                .await?;
+            print_user(&user, out)
+        }
+    }
+}
+
+pub async fn token(client: &Client, command: TokenCommand, out: &Output) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Lookup => {
+            let info: TokenInfo = client
+                .call(Method::GET, "/v1/auth/token/lookup-self", none())
+                .await?;
+            out.answer(&info, |info| {
+                println!("session:    {}", info.id);
+                println!(
+                    "principal:  {}:{}",
+                    info.principal.kind, info.principal.name
+                );
+                if !info.principal.groups.is_empty() {
+                    println!("groups:     {}", info.principal.groups.join(", "));
+                }
+                println!("expires:    {}", format_ms(info.expires_at_ms));
+            })
+        }
+        TokenCommand::Revoke => {
+            client
+                .call_raw(Method::POST, "/v1/auth/token/revoke-self", none())
+                .await?;
+            if let Some(path) = token_file() {
+                let _ = std::fs::remove_file(path);
+            }
+            out.done(serde_json::json!({"revoked": true}), "session revoked")
+        }
+    }
+}
+
+pub async fn user(client: &Client, command: UserCommand, out: &Output) -> anyhow::Result<()> {
+    let update = |groups: Option<Vec<String>>, disabled: Option<bool>| UpdateUserRequest {
+        groups,
+        disabled,
+    };
+    match command {
+        UserCommand::Add {
+            username,
+            groups,
+            password_file,
+        } => {
+            let password = match password_file {
+                Some(path) => Some(read_secret(Some(&path), "")?),
+                None => None,
+            };
+            let request = CreateUserRequest {
+                username,
+                password,
+                groups,
+            };
+            let user: UserCreated = client
+                .call(Method::POST, "/v1/users", Some(&request))
+                .await?;
+            print_user(&user, out)
+        }
+        UserCommand::List => {
+            let users: Vec<UserSummary> = client.call(Method::GET, "/v1/users", none()).await?;
+            out.answer(&users, |users| {
+                for user in users {
+                    let state = if user.disabled { " (disabled)" } else { "" };
+                    println!("{:<24} {}{state}", user.username, user.groups.join(","));
+                }
+            })
+        }
+        UserCommand::SetGroups { username, groups } => {
+            update_user(client, &username, &update(Some(groups), None), out).await
+        }
+        UserCommand::Disable { username } => {
+            update_user(client, &username, &update(None, Some(true)), out).await
+        }
+        UserCommand::Enable { username } => {
+            update_user(client, &username, &update(None, Some(false)), out).await
+        }
+    }
+}
+
+async fn update_user(
+    client: &Client,
+    username: &str,
+    request: &UpdateUserRequest,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let updated: UserUpdated = client
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{username}"),
+            Some(request),
+        )
+        .await?;
+    out.answer(&updated, |updated| {
+        let state = if updated.user.disabled {
+            " (disabled)"
+        } else {
+            ""
+        };
+        println!(
+            "{} {}{state}; {} active grants revoked",
+            updated.user.username,
+            updated.user.groups.join(","),
+            updated.grants_revoked
+        );
+    })
+}
+
+fn print_user(user: &UserCreated, out: &Output) -> anyhow::Result<()> {
+    out.answer(user, |user| {
+        println!(
+            "user `{}` created (groups: {})",
+            user.username,
+            user.groups.join(", ")
+        );
+        if let Some(password) = &user.password {
+            println!("password:    {password}");
+        }
+        println!("TOTP secret: {}", user.totp.secret_base32);
+        println!("TOTP URL:    {}", user.totp.otpauth_url);
+        println!("These are shown once: add the TOTP secret to an authenticator app now.");
+    })
+}
+
+pub async fn jwt(client: &Client, command: JwtCommand, out: &Output) -> anyhow::Result<()> {
+    match command {
+        JwtCommand::DeleteRole { name } => {
+            let removed: BindingRemoved = client
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/auth/jwt/roles/{name}"),
+                    none(),
+                )
+                .await?;
+            out.answer(&removed, |removed| {
+                println!(
+                    "role `{}` removed; {} active grants revoked",
+                    removed.name, removed.grants_revoked
+                );
+            })
+        }
+        JwtCommand::Issuer {
+            name,
+            issuer,
+            jwks_url,
+            public_key,
+            leeway,
+        } => {
+            let mut public_keys = Vec::new();
+            for spec in public_key {
+                let (file, kid) = match spec.rsplit_once(':') {
+                    Some((file, kid)) if !Path::new(&spec).exists() => {
+                        (file.to_owned(), Some(kid.to_owned()))
+                    }
+                    _ => (spec.clone(), None),
+                };
+                let pem = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read public key `{file}`"))?;
+                public_keys.push(JwtPublicKey { kid, pem });
+            }
+            let config = JwtIssuerConfig {
+                issuer,
+                jwks_url,
+                public_keys,
+                leeway_seconds: leeway.as_secs(),
+            };
+            client
+                .call_raw(
+                    Method::PUT,
+                    &format!("/v1/auth/jwt/issuers/{name}"),
+                    Some(&config),
+                )
+                .await?;
+            out.done(
+                serde_json::json!({"ok": true, "issuer": name}),
+                &format!("issuer `{name}` saved"),
+            )
+        }
+        JwtCommand::Role {
+            name,
+            issuer,
+            audiences,
+            bound_claims,
+            name_claim,
+            ttl,
+        } => {
+            let config = JwtRoleConfig {
+                issuer,
+                audiences,
+                bound_claims: claim_matches(&bound_claims)?,
+                workload_name_claim: name_claim,
+                token_ttl_seconds: ttl.as_secs(),
+            };
+            client
+                .call_raw(
+                    Method::PUT,
+                    &format!("/v1/auth/jwt/roles/{name}"),
+                    Some(&config),
+                )
+                .await?;
+            out.done(
+                serde_json::json!({"ok": true, "role": name}),
+                &format!("role `{name}` saved"),
+            )
+        }
+    }
+}
+
+/// `CLAIM=VALUE` flags: one value per claim, or any of several when a claim repeats.
+fn claim_matches(specs: &[String]) -> anyhow::Result<BTreeMap<String, ClaimMatch>> {
+    let mut claims: BTreeMap<String, ClaimMatch> = BTreeMap::new();
+    for spec in specs {
+        let (claim, value) = spec
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(format!("--bound-claim `{spec}`: use CLAIM=VALUE")))?;
+        let next = match claims.remove(claim) {
+            None => ClaimMatch::One(value.to_owned()),
+            Some(ClaimMatch::One(first)) => ClaimMatch::Any(vec![first, value.to_owned()]),
+            Some(ClaimMatch::Any(mut values)) => {
+                values.push(value.to_owned());
+                ClaimMatch::Any(values)
+            }
+        };
+        claims.insert(claim.to_owned(), next);
+    }
+    Ok(claims)
+}
+
+pub async fn login(client: &Client, args: LoginArgs, out: &Output) -> anyhow::Result<()> {
+    let answer: LoginResponse = if let Some(role) = args.jwt_role {
+        let file = args
+            .jwt_file
+            .ok_or_else(|| Failure::Usage("--jwt-file is required with --jwt-role".into()))?;
+        let jwt = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            text
+        } else {
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?
+        };
+        let request = JwtLoginRequest {
+            role,
+            jwt: jwt.trim().to_owned(),
+        };
+        client
+            .call(Method::POST, "/v1/auth/jwt/login", Some(&request))
+            .await?
+    } else {
+        let username = args.username.ok_or_else(|| {
+            Failure::Usage("give a user name (`mayfly login alice`) or --jwt-role".into())
+        })?;
+        let password = read_secret(args.password_file.as_deref(), "Password: ")?;
+        let totp = match args.totp {
+            Some(totp) => totp,
+            None => read_line("TOTP code: ")?,
+        };
+        let request = PasswordLoginRequest {
+            username,
+            password,
+            totp,
+        };
+        client
+            .call(Method::POST, "/v1/auth/password/login", Some(&request))
+            .await?
+    };
+    if args.print_token {
+        return out.answer(&answer, |answer| println!("{}", answer.token));
+    }
+    let path = write_token_file(&answer.token)?;
+    out.answer(&answer.session, |session| {
+        println!(
+            "logged in as {}:{} until {}; token saved in {} (0600)",
+            session.principal.kind,
+            session.principal.name,
+            format_ms(session.expires_at_ms),
+            path.display()
+        );
+    })
+}
+
+/// A Unix time in milliseconds as RFC 3339.
+pub fn format_ms(ms: i64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return format!("{ms} ms");
+    };
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_claim_matches_any_of_its_values() {
+        let claims =
+            claim_matches(&["ref=main".into(), "repo=a".into(), "ref=dev".into()]).unwrap();
+        assert!(matches!(claims.get("repo"), Some(ClaimMatch::One(v)) if v == "a"));
+        assert!(
+            matches!(claims.get("ref"), Some(ClaimMatch::Any(v)) if v == &["main".to_owned(), "dev".to_owned()])
+        );
+        assert!(claim_matches(&["nothing".into()]).is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! The command line's grammar: clap types only, no behaviour. `server` and `dev` are the
+//! [`Launch`] commands; every other command is a [`ClientCommand`] that talks to a broker.
+
+mod access;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use access::*;
+
+use crate::duration::{parse_duration, parse_ttl};
+
+/// Printed under `mayfly --help`: what the exit code means (docs/cli.md says the same).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  ok
+  1  error (the broker unreachable, a refused change, a timeout, ...)
+  2  usage: a flag or argument is missing or malformed
+  3  denied or expired: the policy or an approver refused, the broker answered 403, or the
+     request or grant has expired
+  4  the audit log was tampered with (`mayfly audit verify`)
+`mayfly exec` and `mayfly ssh` end with their command's exit code once access was given
+(130 when interrupted).
+
+Durations: 90s, 15m, 1h30m, 2d, or plain seconds (90).
+Environment: MAYFLY_ADDR, MAYFLY_TOKEN, MAYFLY_TOKEN_FILE, MAYFLY_CACERT, MAYFLY_LOG; the
+server's MAYFLY_<KEY> (e.g. MAYFLY_STORE, MAYFLY_LISTEN). See docs/cli.md.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mayfly",
+    version,
+    about = "Zero standing privileges: just-in-time access broker",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The broker's address.
+    #[arg(
+        long = "broker-addr",
+        env = "MAYFLY_ADDR",
+        global = true,
+        default_value = "http://127.0.0.1:8200"
+    )]
+    pub broker_addr: String,
+    /// Session token (else the file written by `mayfly login`).
+    #[arg(long, env = "MAYFLY_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate to trust for an HTTPS broker.
+    #[arg(long, env = "MAYFLY_CACERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Print the answer as JSON on stdout, and errors as `{"error":{"code":…,"message":…}}` on
+    /// stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only this field of the answer (`grant.id` for a nested one, `0.id` in a list); an
+    /// error when the answer has no such field.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Launch(Launch),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that run a broker in this process.
+#[derive(Debug, Subcommand)]
+pub enum Launch {
+    /// Run the broker.
+    Server(ServerArgs),
+    /// Run a development broker on an embedded store: auto-unsealed, demo users, an admin token.
+    Dev(DevArgs),
+}
+
+/// The commands that talk to a broker.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Initialize, unseal and set up the broker.
+    #[command(subcommand)]
+    Operator(Operator),
+    /// Show whether the broker is initialized and sealed.
+    Status,
+    /// Log in and keep the session token in a 0600 file.
+    Login(LoginArgs),
+    /// Inspect or revoke the current session.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage local users (admins only).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Configure workload login with JWTs (admins only).
+    #[command(subcommand)]
+    Jwt(JwtCommand),
+    /// Verify and export the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Manage targets (admins only).
+    #[command(subcommand)]
+    Target(TargetCommand),
+    /// Manage roles on targets (admins only).
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Manage the Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Ask for access to a role.
+    Request(RequestArgs),
+    /// Approve a pending request.
+    Approve(DecideArgs),
+    /// Deny a pending request.
+    Deny(DecideArgs),
+    /// List requests.
+    Requests {
+        /// Only the requests waiting for approval.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Create the credential of an allowed request and show it once.
+    Activate {
+        /// The request's id (printed by `mayfly request`).
+        id: String,
+    },
+    /// List grants with their time left.
+    Grants {
+        /// Only revocations that failed and are being retried.
+        #[arg(long)]
+        failing: bool,
+        /// Also revoked and verified ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a grant now.
+    Revoke {
+        /// The grant's id.
+        grant: String,
+    },
+    /// Renew a grant: more time from now, within the maximum the policy and role allow.
+    Renew {
+        /// The grant's id.
+        grant: String,
+        /// How long from now (e.g. 15m).
+        #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+        ttl: Duration,
+    },
+    /// Run a command with a credential in its environment, revoked when it ends. Only the
+    /// command writes to stdout. Every kind: PostgreSQL (PG* variables), MariaDB (MYSQL_*),
+    /// Redis (REDISCLI_AUTH), and for SSH and X.509 a key and certificate in a private temporary
+    /// directory (MAYFLY_KEY_FILE, MAYFLY_CERT_FILE), deleted after; see docs/cli.md.
+    Exec(ExecArgs),
+    /// Break-glass grants waiting for review.
+    #[command(subcommand)]
+    Review(ReviewCommand),
+    /// SSH with a short-lived certificate: `mayfly ssh TARGET/ROLE user@host --ttl 15m --reason R
+    /// [-- cmd]`. `mayfly ssh ca TARGET` prints the target's CA public key (for
+    /// `TrustedUserCAKeys`); `mayfly ssh krl TARGET FILE` writes its current KRL (for `RevokedKeys`).
+    Ssh(SshArgs),
+    /// An X.509 target's client CA and CRL: `mayfly x509 ca TARGET`, `mayfly x509 crl TARGET FILE`.
+    #[command(subcommand)]
+    X509(X509Command),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TOML config file (`version = 1`, `store = "…"`, …); every key can also be set by
+    /// `MAYFLY_<KEY>` (e.g. MAYFLY_STORE), and the flags below win over both.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8200; MAYFLY_LISTEN).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Store URL: sqlite://PATH or postgres://… (MAYFLY_STORE).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Append the audit log to this JSON-lines file (MAYFLY_AUDIT_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// The broker's TLS certificate chain, PEM (MAYFLY_TLS_CERT).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The broker's TLS private key, PEM (MAYFLY_TLS_KEY).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// One transaction per audit event (for benchmarks only).
+    #[arg(long, hide = true)]
+    pub no_group_commit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8200")]
+    pub addr: SocketAddr,
+    /// Data directory (default: a new temporary one, deleted on exit).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Operator {
+    /// Create the root key, split it into shares and print them once, with a one-time setup code.
+    Init {
+        /// How many unseal shares to make.
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        /// How many shares unseal the broker.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+    },
+    /// Give one unseal share (asked for when not given).
+    Unseal {
+        /// The share, as `operator init` printed it (asked for when not given).
+        share: Option<String>,
+        /// Forget the shares given so far.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Create the first admin with the setup code from `operator init`.
+    Setup {
+        /// The one-time setup code `operator init` printed.
+        #[arg(long)]
+        code: String,
+        /// The first admin's user name.
+        #[arg(long)]
+        username: String,
+        /// Read the password from this file (else asked for).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name (password + TOTP login).
+    pub username: Option<String>,
+    /// The current TOTP code (asked for when not given).
+    #[arg(long)]
+    pub totp: Option<String>,
+    /// Read the password from this file (else asked for, or read from stdin when it is not a terminal).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Workload login: the JWT role.
+    #[arg(long, conflicts_with = "username", requires = "jwt_file")]
+    pub jwt_role: Option<String>,
+    /// Workload login: file holding the JWT (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_file: Option<PathBuf>,
+    /// Print the token instead of storing it.
+    #[arg(long)]
+    pub print_token: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Show the current session.
+    Lookup,
+    /// Revoke the current session and delete the token file.
+    Revoke,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints the password (if generated) and the TOTP enrollment once.
+    Add {
+        /// The new user's name.
+        username: String,
+        /// A group (repeat for more).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Read the password from this file (else one is generated).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// List users.
+    List,
+    /// Replace a user's groups; grants the new groups no longer allow are revoked at once.
+    SetGroups {
+        /// The user's name.
+        username: String,
+        /// A group (repeat for more; none leaves the user in no group).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Disable a user: no login, sessions end, active grants are revoked at once.
+    Disable {
+        /// The user's name.
+        username: String,
+    },
+    /// Enable a disabled user again (grants are not restored; request access again).
+    Enable {
+        /// The user's name.
+        username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JwtCommand {
+    /// Trust an issuer: by JWKS URL or by PEM public keys.
+    Issuer {
+        /// A name for the issuer, used by `jwt role --issuer`.
+        name: String,
+        /// The exact `iss` claim.
+        #[arg(long)]
+        issuer: String,
+        /// Where the issuer publishes its keys (JWKS).
+        #[arg(long, conflicts_with = "public_key")]
+        jwks_url: Option<String>,
+        /// PEM public key file, optionally `FILE:KID` (repeat for more).
+        #[arg(long)]
+        public_key: Vec<String>,
+        /// Clock skew allowed on `exp`, `nbf` and `iat` (at most 60s).
+        #[arg(
+            long = "leeway",
+            alias = "leeway-seconds",
+            value_parser = parse_duration,
+            default_value = "30s",
+            value_name = "DURATION"
+        )]
+        leeway: Duration,
+    },
+    /// Remove a workload binding: its sessions end and its workloads' active grants are revoked.
+    DeleteRole {
+        /// The binding's name.
+        name: String,
+    },
+    /// Bind tokens of an issuer to a Workload.
+    Role {
+        /// A name for the binding, used by `mayfly login --jwt-role`.
+        name: String,
+        /// The issuer's name (from `jwt issuer`).
+        #[arg(long)]
+        issuer: String,
+        /// An accepted `aud` (repeat for more).
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// `CLAIM=VALUE`; repeat for more claims or more values of one claim.
+        #[arg(long = "bound-claim")]
+        bound_claims: Vec<String>,
+        /// The claim that names the workload.
+        #[arg(long, default_value = "sub")]
+        name_claim: String,
+        /// Session lifetime (at most 1h).
+        #[arg(
+            long = "ttl",
+            alias = "ttl-seconds",
+            value_parser = parse_ttl,
+            default_value = "15m",
+            value_name = "DURATION"
+        )]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain and checkpoint signatures: in the store (through the broker), or in a
+    /// file offline. Exits 4 when the log was tampered with.
+    Verify {
+        /// A JSON-lines audit file (a sink file or `mayfly audit export`).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The checkpoint public key (base64, or a file holding it); see `mayfly audit public-key`.
+        #[arg(long, requires = "file")]
+        public_key: Option<String>,
+        /// The head the file must reach, `SEQ:HASH` as printed by `mayfly audit head`: finds a
+        /// tail cut off the file, which the chain alone cannot show.
+        #[arg(long, requires = "file", value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+    },
+    /// Print the chain's head as `SEQ:HASH`, for `mayfly audit verify --file … --expect-head`.
+    Head,
+    /// Write the whole audit log as JSON lines.
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print the public key that signs audit checkpoints.
+    PublicKey,
+}

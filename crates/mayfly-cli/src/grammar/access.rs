@@ -1,0 +1,246 @@
+//! The grammar of the access commands: targets, roles, policies, requests, and the session
+//! runners `exec` and `ssh`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::duration::{parse_duration, parse_ttl};
+
+/// Every kind of target the broker knows (the server's `POST /v1/targets` takes the same list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// PostgreSQL: a login role per grant.
+    #[value(name = "postgres", alias = "postgresql")]
+    Postgres,
+    /// MariaDB (or MySQL): a user per grant.
+    #[value(name = "mysql", alias = "mariadb")]
+    Mysql,
+    /// Redis: an ACL user per grant.
+    #[value(name = "redis")]
+    Redis,
+    /// OpenSSH: a user certificate per grant, signed by the target's CA.
+    #[value(name = "ssh")]
+    Ssh,
+    /// TLS services: an X.509 client certificate per grant, signed by the target's CA.
+    #[value(name = "x509")]
+    X509,
+}
+
+impl TargetKind {
+    /// The name the broker uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Postgres => "postgres",
+            TargetKind::Mysql => "mysql",
+            TargetKind::Redis => "redis",
+            TargetKind::Ssh => "ssh",
+            TargetKind::X509 => "x509",
+        }
+    }
+
+    /// Certificate targets have no account on the target for the broker to administer.
+    pub fn certifies(self) -> bool {
+        matches!(self, TargetKind::Ssh | TargetKind::X509)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Add (or replace) a target. The admin password is read from --admin-password-file, or asked for.
+    Add {
+        /// The kind of target.
+        #[arg(value_enum)]
+        kind: TargetKind,
+        /// The target's name (letters, digits, `-`, `_`).
+        name: String,
+        /// Where the broker reaches it, without user or password: `postgres://HOST:PORT/DB`,
+        /// `mysql://HOST:PORT`, `rediss://HOST:PORT`, `ssh://HOST:PORT` or `tls://HOST:PORT`.
+        #[arg(long)]
+        url: String,
+        /// The account the broker administers logins with (not for `ssh` and `x509`: hosts and
+        /// services trust the target's CA).
+        #[arg(long, default_value = "")]
+        admin_user: String,
+        /// Read the admin password from this file (else asked for).
+        #[arg(long, value_name = "FILE")]
+        admin_password_file: Option<PathBuf>,
+    },
+    /// List the targets (admins see their URLs).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Add (or replace) a role: `mayfly role add prod-db/readonly --creation-sql FILE --max-ttl 1h`.
+    Add {
+        /// TARGET/ROLE
+        role: String,
+        /// What creates the login: SQL on PostgreSQL, the GRANT statements on MariaDB, the ACL
+        /// rules (`~app:* +@read`) on Redis, JSON on SSH and X.509 (docs/targets/).
+        #[arg(long, alias = "rules", value_name = "FILE")]
+        creation_sql: PathBuf,
+        /// SQL run before the default revocation (PostgreSQL, MariaDB).
+        #[arg(long, value_name = "FILE")]
+        revocation_sql: Option<PathBuf>,
+        /// The longest grant of this role (e.g. 1h).
+        #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+        max_ttl: Duration,
+    },
+    /// List the roles.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replace the policy set with the Cedar policies in FILE (validated; refused with diagnostics).
+    Put {
+        /// A file of Cedar policies.
+        file: PathBuf,
+    },
+    /// Print the current policies.
+    Show,
+    /// Print the Cedar schema policies are written against.
+    Schema,
+}
+
+/// What every request for access says.
+#[derive(Debug, Clone, Args)]
+pub struct RequestFlags {
+    /// TARGET/ROLE
+    pub role: String,
+    /// How long the access should last (e.g. 15m).
+    #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+    pub ttl: Duration,
+    /// Why you need it (recorded in the audit log, shown to approvers).
+    #[arg(long)]
+    pub reason: String,
+    /// A ticket reference (recorded with the request).
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Emergency access, where a policy permits `break_glass`: at once, notified, reviewed later.
+    #[arg(long)]
+    pub break_glass: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub flags: RequestFlags,
+    /// Wait while the request is pending approval (exit 3 if it is denied or expires).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 1; the request stays pending).
+    #[arg(long, requires = "wait", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The request's id.
+    pub id: String,
+    /// A comment recorded with the decision.
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub flags: RequestFlags,
+    /// Give up waiting for approval after this long (exit 1); default: wait until the request is
+    /// decided or expires.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// List break-glass grants waiting for review.
+    List,
+    /// Acknowledge a break-glass grant.
+    Ack {
+        /// The grant's id.
+        grant: String,
+    },
+}
+
+/// `mayfly ssh ROLE user@host [-- cmd]`, `mayfly ssh ca TARGET`, `mayfly ssh krl TARGET FILE`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SshArgs {
+    #[command(subcommand)]
+    pub list: Option<SshCommand>,
+    /// TARGET/ROLE.
+    #[arg(required = true)]
+    pub role: Option<String>,
+    /// user@host.
+    pub destination: Option<String>,
+    /// How long the certificate is valid (e.g. 15m).
+    #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+    pub ttl: Option<Duration>,
+    /// Why you need access (recorded in the audit log, shown to approvers).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// A ticket reference (recorded with the request).
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Emergency access, where a policy permits `break_glass`.
+    #[arg(long)]
+    pub break_glass: bool,
+    /// Give up waiting for approval after this long (exit 1).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Your private key (its `.pub` beside it is certified); default: a fresh key, deleted after.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The host's SSH port (default: the target's).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// An option for ssh (`-o OPTION`), e.g. `--ssh-option StrictHostKeyChecking=accept-new`.
+    #[arg(long = "ssh-option", value_name = "OPTION")]
+    pub ssh_options: Vec<String>,
+    /// The command to run on the host.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// What a host of an SSH target needs from the broker. Each target has its own CA: a host trusts
+/// the CA of its own target only, and loads that target's KRL.
+#[derive(Debug, Subcommand)]
+pub enum SshCommand {
+    /// Print the target's CA public key (for `TrustedUserCAKeys`).
+    Ca {
+        /// The SSH target's name.
+        target: String,
+    },
+    /// Write the target's current KRL to FILE, atomically (for `RevokedKeys`).
+    Krl {
+        /// The SSH target's name.
+        target: String,
+        /// Where to write the KRL.
+        file: PathBuf,
+    },
+}
+
+/// What a service of an X.509 target needs from the broker. Each target has its own CA: a
+/// service trusts the CA of its own target only, and loads that target's CRL.
+#[derive(Debug, Subcommand)]
+pub enum X509Command {
+    /// Print the target's client CA certificate (PEM), to trust for client certificates.
+    Ca {
+        /// The X.509 target's name.
+        target: String,
+    },
+    /// Write the target's current CRL (PEM) to FILE, atomically.
+    Crl {
+        /// The X.509 target's name.
+        target: String,
+        /// Where to write the CRL.
+        file: PathBuf,
+    },
+}
