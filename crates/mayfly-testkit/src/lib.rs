@@ -16,7 +16,6 @@ use mayfly_server::clock::ManualClock;
 use mayfly_server::{Broker, Config};
 use serde_json::Value;
 
-pub mod bench;
 pub mod gate;
 pub mod pgcluster;
 pub mod postgres;
