@@ -26,8 +26,8 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_testkit::TestBroker;
 use mayfly_bench::Calls;
+use mayfly_testkit::TestBroker;
 use serde_json::json;
 
 #[global_allocator]

@@ -32,8 +32,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mayfly_testkit::TestBroker;
 use mayfly_bench::{CALL_ID, Calls};
+use mayfly_testkit::TestBroker;
 use serde_json::{Value, json};
 
 #[global_allocator]

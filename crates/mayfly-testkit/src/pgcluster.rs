@@ -258,6 +258,24 @@ impl PgCluster {
         password
     }
 
+    /// An orphan of the broker whose namespace is `namespace`: a login named as its grants are
+    /// that no grant knows (as after restoring an older backup of its store), made as the
+    /// superuser. Returns its name.
+    pub async fn create_orphan(
+        &self,
+        namespace: &mayfly_core::Namespace,
+    ) -> mayfly_core::LoginName {
+        let orphan = mayfly_core::LoginName::for_grant(namespace, &uuid::Uuid::now_v7());
+        let mut superuser = self.connect("postgres").await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
+        )))
+        .execute(&mut superuser)
+        .await
+        .unwrap();
+        orphan
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
