@@ -248,13 +248,10 @@ impl PgCluster {
             "{name:?}"
         );
         let password = format!("pw-{}", uuid::Uuid::now_v7().simple());
-        let mut superuser = self.connect("postgres").await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        self.run_as_superuser(format!(
             "CREATE ROLE {name} WITH LOGIN PASSWORD '{password}' {attributes}"
-        )))
-        .execute(&mut superuser)
-        .await
-        .unwrap();
+        ))
+        .await;
         password
     }
 
@@ -266,14 +263,18 @@ impl PgCluster {
         namespace: &mayfly_core::Namespace,
     ) -> mayfly_core::LoginName {
         let orphan = mayfly_core::LoginName::for_grant(namespace, &uuid::Uuid::now_v7());
-        let mut superuser = self.connect("postgres").await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
-        )))
-        .execute(&mut superuser)
-        .await
-        .unwrap();
+        self.run_as_superuser(format!("CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"))
+            .await;
         orphan
+    }
+
+    /// Runs `sql`, which the tests write, in the database `postgres` as the superuser.
+    async fn run_as_superuser(&self, sql: String) {
+        let mut superuser = self.connect("postgres").await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut superuser)
+            .await
+            .unwrap();
     }
 
     pub fn dir(&self) -> &Path {
