@@ -726,28 +726,29 @@ async fn renewal_moves_both_fences_within_the_maximum() {
     let credential = activate_readonly(&broker, &alice, 60).await;
     let grant_id = grant_id(&credential);
     let created = credential["grant"]["created_at_ms"].as_i64().unwrap();
+    let path = format!("/v1/grants/{grant_id}/renew");
+    let renew = |token: String, ttl: u64| {
+        let (broker, path) = (&broker, &path);
+        async move {
+            broker
+                .call(
+                    "POST",
+                    path,
+                    Some(&token),
+                    Some(json!({"ttl_seconds": ttl})),
+                )
+                .await
+        }
+    };
     broker.clock.advance(Duration::from_secs(30));
-    let grant = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&alice),
-            Some(json!({"ttl_seconds": 600})),
-        )
-        .await;
+    let (status, grant) = renew(alice.clone(), 600).await;
+    assert_eq!(status, 200, "{grant}");
     assert_eq!(
         grant["expires_at_ms"].as_i64().unwrap(),
         created + 30_000 + 600_000
     );
     // The target's own expiry moved too.
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(cluster.port)
-        .database("postgres")
-        .username("postgres")
-        .password(&cluster.admin_password);
-    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let mut admin = cluster.connect("postgres").await;
     let valid_until_ms: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM rolvaliduntil)::float8 * 1000 FROM pg_roles WHERE rolname = $1",
     )
@@ -760,37 +761,16 @@ async fn renewal_moves_both_fences_within_the_maximum() {
         "{valid_until_ms}"
     );
     // Never past the maximum (3600 s from creation), and only by the holder.
-    let grant = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&alice),
-            Some(json!({"ttl_seconds": 86_400})),
-        )
-        .await;
+    let (status, grant) = renew(alice.clone(), 86_400).await;
+    assert_eq!(status, 200, "{grant}");
     assert_eq!(
         grant["expires_at_ms"].as_i64().unwrap(),
         created + 3_600_000
     );
-    let (status, _) = broker
-        .call(
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&alice),
-            Some(json!({"ttl_seconds": 60})),
-        )
-        .await;
+    let (status, _) = renew(alice.clone(), 60).await;
     assert_eq!(status, 409, "already at its maximum");
     let bob = broker.login("bob").await;
-    let (status, _) = broker
-        .call(
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&bob),
-            Some(json!({"ttl_seconds": 60})),
-        )
-        .await;
+    let (status, _) = renew(bob, 60).await;
     assert_eq!(status, 403);
 }
 
