@@ -16,7 +16,7 @@ use mayfly_server::clock::ManualClock;
 use mayfly_server::{Broker, Config};
 use serde_json::Value;
 
-pub mod bench;
+pub mod access;
 pub mod gate;
 pub mod pgcluster;
 pub mod postgres;

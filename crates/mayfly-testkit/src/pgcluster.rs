@@ -248,14 +248,33 @@ impl PgCluster {
             "{name:?}"
         );
         let password = format!("pw-{}", uuid::Uuid::now_v7().simple());
-        let mut superuser = self.connect("postgres").await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        self.run_as_superuser(format!(
             "CREATE ROLE {name} WITH LOGIN PASSWORD '{password}' {attributes}"
-        )))
-        .execute(&mut superuser)
-        .await
-        .unwrap();
+        ))
+        .await;
         password
+    }
+
+    /// An orphan of the broker whose namespace is `namespace`: a login named as its grants are
+    /// that no grant knows (as after restoring an older backup of its store), made as the
+    /// superuser. Returns its name.
+    pub async fn create_orphan(
+        &self,
+        namespace: &mayfly_core::Namespace,
+    ) -> mayfly_core::LoginName {
+        let orphan = mayfly_core::LoginName::for_grant(namespace, &uuid::Uuid::now_v7());
+        self.run_as_superuser(format!("CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"))
+            .await;
+        orphan
+    }
+
+    /// Runs `sql`, which the tests write, in the database `postgres` as the superuser.
+    async fn run_as_superuser(&self, sql: String) {
+        let mut superuser = self.connect("postgres").await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut superuser)
+            .await
+            .unwrap();
     }
 
     pub fn dir(&self) -> &Path {

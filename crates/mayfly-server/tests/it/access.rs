@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mayfly_testkit::TestBroker;
+use mayfly_testkit::access::{ask, grant_id, id, with};
 use mayfly_testkit::pgcluster::PgCluster;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, Connection};
@@ -25,49 +26,18 @@ when { principal in Group::"dev" || principal in Group::"admins" };
 "#;
 
 async fn setup(broker: &TestBroker, cluster: &PgCluster) {
-    let admin = broker.admin_token.clone().unwrap();
     let (status, body) = broker
         .call(
             "POST",
             "/v1/targets",
-            Some(&admin),
+            Some(&broker.admin()),
             Some(json!({"kind": "postgres", "name": "pg", "url": cluster.url("postgres"), "admin_user": "postgres", "admin_password": cluster.admin_password})),
         )
         .await;
     // The URL may not carry the user: give it separately.
     assert_eq!(status, 400, "{body}");
-    let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(&admin),
-            Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": "postgres", "admin_password": cluster.admin_password})),
-        )
-        .await;
-    for (name, ttl) in [("readonly", 3600), ("owner", 600)] {
-        broker
-            .expect(
-                200,
-                "POST",
-                "/v1/roles",
-                Some(&admin),
-                Some(json!({
-                    "target": "pg", "name": name, "max_ttl_seconds": ttl,
-                    "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"
-                })),
-            )
-            .await;
-    }
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": POLICY})),
-        )
+        .postgres_access(cluster, &[("readonly", 3600), ("owner", 600)], POLICY)
         .await;
 }
 
@@ -88,41 +58,39 @@ fn tracing_off() -> tracing::log::LevelFilter {
     tracing::log::LevelFilter::Off
 }
 
-async fn wait_for_state(broker: &TestBroker, token: &str, grant_id: &str, state: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..300 {
-        let (_, grants) = broker
-            .call("GET", "/v1/grants?all=true", Some(token), None)
-            .await;
-        if let Some(grant) = grants
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["id"] == grant_id)
-        {
-            if grant["state"] == state {
-                return grant.clone();
-            }
-            last = grant.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let round = mayfly_server::access::expiry::run_once(&broker.broker).await;
-    let stored = broker.broker.store().grant(grant_id).await;
-    let due = broker.broker.store().next_due().await;
-    panic!(
-        "grant {grant_id} never reached `{state}`: {last}\nround: {round:?}\nstored: {stored:?}\ndue: {due:?} now {:?}",
-        broker.broker.now()
+/// Waits until the grant of `credential` is revoked and verified (as `token` lists it), checks
+/// that it was revoked for `reason`, and that `session`, open with it, was cut.
+async fn cut(
+    broker: &TestBroker,
+    token: &str,
+    credential: &Value,
+    reason: &str,
+    session: &mut sqlx::PgConnection,
+) {
+    let grant = broker
+        .wait_for_grant(token, &grant_id(credential), "verified")
+        .await;
+    assert_eq!(grant["revoke_reason"], reason);
+    assert!(
+        sqlx::query("SELECT 1").execute(session).await.is_err(),
+        "the open session survived"
     );
 }
 
-async fn ask(broker: &TestBroker, token: &str, role: &str, ttl: u64, reason: &str) -> (u16, Value) {
+/// A request for `role` of `pg`, whatever the answer.
+async fn try_ask(
+    broker: &TestBroker,
+    token: &str,
+    role: &str,
+    ttl: u64,
+    reason: &str,
+) -> (u16, Value) {
     broker
         .call(
             "POST",
             "/v1/requests",
             Some(token),
-            Some(json!({"target": "pg", "role": role, "ttl_seconds": ttl, "reason": reason})),
+            Some(ask("pg", role, ttl, reason)),
         )
         .await
 }
@@ -134,10 +102,11 @@ async fn allowed_then_revoked_early_and_proven_on_the_target() {
     setup(&broker, &cluster).await;
     let alice = broker.login("alice").await;
 
-    let (status, request) = ask(&broker, &alice, "readonly", 900, "INC-123: fix stuck job").await;
-    assert_eq!(status, 200, "{request}");
+    let request = broker
+        .request(&alice, ask("pg", "readonly", 900, "INC-123: fix stuck job"))
+        .await;
     assert_eq!(request["state"], "allowed");
-    let id = request["id"].as_str().unwrap();
+    let id = id(&request);
     // Only the requester activates.
     let bob = broker.login("bob").await;
     let (status, _) = broker
@@ -149,15 +118,7 @@ async fn allowed_then_revoked_early_and_proven_on_the_target() {
         )
         .await;
     assert_eq!(status, 403);
-    let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let credential = broker.activate(&alice, &id).await;
     assert_eq!(credential["grant"]["state"], "active");
     assert!(credential["grant"]["seconds_left"].as_i64().unwrap() > 890);
     // Activated once only.
@@ -174,23 +135,9 @@ async fn allowed_then_revoked_early_and_proven_on_the_target() {
     let mut session = connect(&cluster, &credential).await.unwrap();
     assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_ok());
 
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
-    broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/revoke"),
-            Some(&alice),
-            None,
-        )
-        .await;
-    let grant = wait_for_state(&broker, &alice, grant_id, "verified").await;
-    assert_eq!(grant["revoke_reason"], "revoked early");
-
-    assert!(
-        sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
-        "the open session survived"
-    );
+    let grant_id = grant_id(&credential);
+    broker.revoke(&alice, &grant_id).await;
+    cut(&broker, &alice, &credential, "revoked early", &mut session).await;
     assert!(
         connect(&cluster, &credential).await.is_err(),
         "a login after revocation worked"
@@ -229,10 +176,11 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
     setup(&broker, &cluster).await;
     let alice = broker.login("alice").await;
     let bob = broker.login("bob").await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
 
-    let (status, request) = ask(&broker, &alice, "owner", 300, "migration").await;
-    assert_eq!(status, 200, "{request}");
+    let request = broker
+        .request(&alice, ask("pg", "owner", 300, "migration"))
+        .await;
     assert_eq!(
         (
             request["state"].as_str(),
@@ -240,7 +188,7 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
         ),
         (Some("pending"), Some(2))
     );
-    let id = request["id"].as_str().unwrap();
+    let id = id(&request);
     let (status, _) = broker
         .call(
             "POST",
@@ -262,16 +210,12 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
     };
     let (status, body) = approve(alice.clone()).await;
     assert_eq!(status, 403, "self-approval: {body}");
-    let (status, body) = approve(bob.clone()).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("pending")));
+    let body = broker.approve(&bob, &id, "ok").await;
+    assert_eq!(body["state"], "pending");
     let (status, _) = approve(bob.clone()).await;
     assert_eq!(status, 409, "the same approver twice");
-    let (status, body) = approve(admin.clone()).await;
-    assert_eq!(
-        (status, body["state"].as_str()),
-        (200, Some("allowed")),
-        "{body}"
-    );
+    let body = broker.approve(&admin, &id, "ok").await;
+    assert_eq!(body["state"], "allowed", "{body}");
     let mut approvers: Vec<String> = body["approvers"]
         .as_array()
         .unwrap()
@@ -281,15 +225,7 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
     approvers.sort();
     assert_eq!(approvers, ["user:admin", "user:bob"]);
 
-    let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let credential = broker.activate(&alice, &id).await;
     assert!(connect(&cluster, &credential).await.is_ok());
     // TTL = min(requested 300, role max 600).
     let ttl = credential["grant"]["expires_at_ms"].as_i64().unwrap()
@@ -297,17 +233,10 @@ async fn two_approvals_no_self_approval_and_denial_with_a_reason() {
     assert_eq!(ttl, 300_000);
 
     // Denied, with the reason: no policy permits an empty reason... nor an unknown role.
-    let (status, body) = ask(&broker, &alice, "readonly", 60, " ").await;
+    let (status, body) = try_ask(&broker, &alice, "readonly", 60, " ").await;
     assert_eq!(status, 400, "{body}");
-    let body = broker
-        .expect(
-            403,
-            "POST",
-            "/v1/requests",
-            Some(&admin),
-            Some(json!({"target": "pg", "role": "readonly", "ttl_seconds": 60, "reason": "x"})),
-        )
-        .await;
+    let (status, body) = try_ask(&broker, &admin, "readonly", 60, "x").await;
+    assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -323,27 +252,16 @@ async fn expiry_revokes_by_itself() {
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
     let alice = broker.login("alice").await;
-    let (_, request) = ask(&broker, &alice, "readonly", 120, "short job").await;
-    let id = request["id"].as_str().unwrap();
     let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(&alice),
-            None,
-        )
+        .grant(&alice, ask("pg", "readonly", 120, "short job"))
         .await;
     let mut session = connect(&cluster, &credential).await.unwrap();
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
     // Nothing happens before the TTL.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, grants) = broker.call("GET", "/v1/grants", Some(&alice), None).await;
     assert_eq!(grants[0]["state"], "active");
     broker.clock.advance(Duration::from_secs(121));
-    let grant = wait_for_state(&broker, &alice, grant_id, "verified").await;
-    assert_eq!(grant["revoke_reason"], "expired");
-    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
+    cut(&broker, &alice, &credential, "expired", &mut session).await;
     assert!(connect(&cluster, &credential).await.is_err());
 }
 
@@ -352,7 +270,7 @@ async fn sql_shaped_input_is_harmless() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let body = broker
         .expect(
             400,
@@ -370,17 +288,8 @@ async fn sql_shaped_input_is_harmless() {
     );
     let alice = broker.login("alice").await;
     let reason = "'); DROP ROLE postgres; DROP TABLE grants; --";
-    let (status, request) = ask(&broker, &alice, "readonly", 60, reason).await;
-    assert_eq!(status, 200, "{request}");
-    let id = request["id"].as_str().unwrap();
     broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(&alice),
-            None,
-        )
+        .grant(&alice, ask("pg", "readonly", 60, reason))
         .await;
     let (_, info) = broker.call("GET", "/v1/requests", Some(&alice), None).await;
     assert_eq!(info[0]["reason"], reason);
@@ -411,18 +320,10 @@ async fn sql_shaped_input_is_harmless() {
     );
 }
 
+/// `token`'s credential for `pg/readonly`, for `ttl` seconds.
 async fn activate_readonly(broker: &TestBroker, token: &str, ttl: u64) -> Value {
-    let (status, request) = ask(broker, token, "readonly", ttl, "test").await;
-    assert_eq!(status, 200, "{request}");
-    let id = request["id"].as_str().unwrap();
     broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(token),
-            None,
-        )
+        .grant(token, ask("pg", "readonly", ttl, "test"))
         .await
 }
 
@@ -432,13 +333,13 @@ async fn a_target_that_is_down_is_retried_reported_and_revoked_once_back() {
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
     let alice = broker.login("alice").await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let credential = activate_readonly(&broker, &alice, 60).await;
-    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
+    let grant_id = grant_id(&credential);
 
     cluster.stop();
     broker.clock.advance(Duration::from_secs(61));
-    let failed = wait_for_state(&broker, &alice, &grant_id, "failed").await;
+    let failed = broker.wait_for_grant(&alice, &grant_id, "failed").await;
     assert!(failed["n_attempts"].as_i64().unwrap() >= 1);
     assert!(
         failed["last_error"]
@@ -504,7 +405,7 @@ async fn a_target_that_is_down_is_retried_reported_and_revoked_once_back() {
 
     cluster.restart();
     broker.clock.advance(Duration::from_secs(600));
-    wait_for_state(&broker, &alice, &grant_id, "verified").await;
+    broker.wait_for_grant(&alice, &grant_id, "verified").await;
     assert!(connect(&cluster, &credential).await.is_err());
     let events = broker.broker.store().audit_events(0, 10_000).await.unwrap();
     assert!(events.iter().any(|e| e.kind == "grant.revoke_failed"));
@@ -516,21 +417,11 @@ async fn a_policy_change_revokes_grants_it_no_longer_allows() {
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
     let alice = broker.login("alice").await;
-    let admin = broker.admin_token.clone().unwrap();
     let credential = activate_readonly(&broker, &alice, 900).await;
-    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
     let mut session = connect(&cluster, &credential).await.unwrap();
 
     // The same policies again: nothing changes.
-    let (status, _) = broker
-        .call(
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": POLICY})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    broker.set_policy(POLICY).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, grants) = broker.call("GET", "/v1/grants", Some(&alice), None).await;
     assert_eq!(grants[0]["state"], "active");
@@ -540,21 +431,9 @@ async fn a_policy_change_revokes_grants_it_no_longer_allows() {
         "resource == Role::\"pg/readonly\"",
         "resource == Role::\"pg/nothing\"",
     );
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": narrower})),
-        )
-        .await;
-    let grant = wait_for_state(&broker, &alice, &grant_id, "verified").await;
-    assert_eq!(
-        grant["revoke_reason"],
-        "the policies no longer allow this grant"
-    );
-    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
+    broker.set_policy(&narrower).await;
+    let reason = "the policies no longer allow this grant";
+    cut(&broker, &alice, &credential, reason, &mut session).await;
 }
 
 #[tokio::test]
@@ -562,7 +441,7 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let alice = broker.login("alice").await;
     let bob = broker.login("bob").await;
     let alices = activate_readonly(&broker, &alice, 900).await;
@@ -602,26 +481,11 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
         .await;
     assert_eq!(updated["grants_revoked"], 1);
     assert_eq!(updated["user"]["groups"], json!(["ops"]));
-    let grant = wait_for_state(
-        &broker,
-        &admin,
-        alices["grant"]["id"].as_str().unwrap(),
-        "verified",
-    )
-    .await;
-    assert_eq!(
-        grant["revoke_reason"],
-        "the binding of user `alice` changed"
-    );
-    assert!(
-        sqlx::query("SELECT 1")
-            .execute(&mut alices_session)
-            .await
-            .is_err()
-    );
+    let reason = "the binding of user `alice` changed";
+    cut(&broker, &admin, &alices, reason, &mut alices_session).await;
     assert!(connect(&cluster, &alices).await.is_err());
     let mut bobs_session = connect(&cluster, &bobs).await.unwrap();
-    let (status, _) = ask(&broker, &alice, "readonly", 900, "again").await;
+    let (status, _) = try_ask(&broker, &alice, "readonly", 900, "again").await;
     assert_eq!(status, 403, "alice is no longer allowed");
 
     // Bob is disabled: his grant and his session with the broker end.
@@ -635,20 +499,8 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
         )
         .await;
     assert_eq!(updated["grants_revoked"], 1);
-    let grant = wait_for_state(
-        &broker,
-        &admin,
-        bobs["grant"]["id"].as_str().unwrap(),
-        "verified",
-    )
-    .await;
-    assert_eq!(grant["revoke_reason"], "user `bob` was disabled");
-    assert!(
-        sqlx::query("SELECT 1")
-            .execute(&mut bobs_session)
-            .await
-            .is_err()
-    );
+    let reason = "user `bob` was disabled";
+    cut(&broker, &admin, &bobs, reason, &mut bobs_session).await;
     let (status, _) = broker
         .call("GET", "/v1/auth/token/lookup-self", Some(&bob), None)
         .await;
@@ -656,13 +508,7 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
 
     // A workload's grant ends with the JWT role it logged in through.
     broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": format!("{POLICY}\n@id(\"deploy\") permit (principal is Workload, action == Action::\"request\", resource == Role::\"pg/readonly\");")})),
-        )
+        .set_policy(&format!("{POLICY}\n@id(\"deploy\") permit (principal is Workload, action == Action::\"request\", resource == Role::\"pg/readonly\");"))
         .await;
     let workload = crate::jwt::workload_session(&broker).await;
     let deploys = activate_readonly(&broker, &workload, 900).await;
@@ -672,23 +518,8 @@ async fn removing_a_binding_revokes_the_grants_it_carried() {
         .await;
     assert_eq!(status, 200, "{removed}");
     assert_eq!(removed["grants_revoked"], 1);
-    let grant = wait_for_state(
-        &broker,
-        &admin,
-        deploys["grant"]["id"].as_str().unwrap(),
-        "verified",
-    )
-    .await;
-    assert_eq!(
-        grant["revoke_reason"],
-        "the workload binding `deploy` was removed"
-    );
-    assert!(
-        sqlx::query("SELECT 1")
-            .execute(&mut deploys_session)
-            .await
-            .is_err()
-    );
+    let reason = "the workload binding `deploy` was removed";
+    cut(&broker, &admin, &deploys, reason, &mut deploys_session).await;
     let events = broker
         .broker
         .store()
@@ -723,21 +554,9 @@ async fn the_sweep_drops_logins_without_a_live_grant() {
     let kept = activate_readonly(&broker, &alice, 900).await;
     // An orphan: a login with the broker's prefix that no grant knows (e.g. after restoring an
     // older backup of the store).
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(cluster.port)
-        .database("postgres")
-        .username("postgres")
-        .password(&cluster.admin_password);
-    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let mut admin = cluster.connect("postgres").await;
     let namespace = broker.broker.unsealed().await.unwrap().namespace.clone();
-    let orphan = mayfly_core::LoginName::for_grant(&namespace, &uuid::Uuid::now_v7());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    let orphan = cluster.create_orphan(&namespace).await;
     let found = mayfly_server::access::expiry::sweep(&broker.broker)
         .await
         .unwrap();
@@ -788,41 +607,24 @@ async fn break_glass_is_immediate_notified_and_waits_for_review() {
     })
     .await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let with_glass = format!(
         "{POLICY}\n@id(\"oncall-break-glass\")\npermit (principal in Group::\"dev\", action == Action::\"break_glass\", resource == Role::\"pg/owner\");"
     );
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": with_glass})),
-        )
-        .await;
+    broker.set_policy(&with_glass).await;
     let alice = broker.login("alice").await;
     // Bob may not break the glass on a role no break_glass policy names.
-    let (status, request) = broker
-        .call("POST", "/v1/requests", Some(&alice), Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "SEV1", "break_glass": true})))
+    let glass = json!({"break_glass": true});
+    let request = broker
+        .request(&alice, with(ask("pg", "owner", 300, "SEV1"), glass.clone()))
         .await;
-    assert_eq!(status, 200, "{request}");
     assert_eq!(
         (request["state"].as_str(), request["break_glass"].as_bool()),
         (Some("allowed"), Some(true))
     );
-    let id = request["id"].as_str().unwrap();
-    let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let credential = broker.activate(&alice, &id(&request)).await;
     assert!(connect(&cluster, &credential).await.is_ok());
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let grant_id = grant_id(&credential);
     // The webhook got a generic JSON notification with a Slack-compatible `text`.
     let notes = received.lock().unwrap().clone();
     assert_eq!(notes.len(), 1, "{notes:?}");
@@ -867,7 +669,12 @@ async fn break_glass_is_immediate_notified_and_waits_for_review() {
     }
     // Without a break_glass policy for the role, it is denied.
     let (status, body) = broker
-        .call("POST", "/v1/requests", Some(&alice), Some(json!({"target": "pg", "role": "readonly", "ttl_seconds": 300, "reason": "SEV1", "break_glass": true})))
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&alice),
+            Some(with(ask("pg", "readonly", 300, "SEV1"), glass)),
+        )
         .await;
     assert_eq!(status, 403, "{body}");
 }
@@ -878,9 +685,10 @@ async fn unanswered_requests_expire() {
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
     let alice = broker.login("alice").await;
-    let (_, request) = ask(&broker, &alice, "owner", 300, "needs approval").await;
-    assert_eq!(request["state"], "pending");
-    let id = request["id"].as_str().unwrap();
+    let request = broker
+        .pending(&alice, ask("pg", "owner", 300, "needs approval"))
+        .await;
+    let id = id(&request);
     broker.clock.advance(Duration::from_secs(24 * 3600 + 1));
     // Alice's session is long gone too: log in again.
     let alice = broker.login("alice").await;
@@ -916,30 +724,31 @@ async fn renewal_moves_both_fences_within_the_maximum() {
     let alice = broker.login("alice").await;
     // owner: role max 600 s; readonly: policy max 3600 s. Use readonly with a short first lease.
     let credential = activate_readonly(&broker, &alice, 60).await;
-    let grant_id = credential["grant"]["id"].as_str().unwrap().to_owned();
+    let grant_id = grant_id(&credential);
     let created = credential["grant"]["created_at_ms"].as_i64().unwrap();
+    let path = format!("/v1/grants/{grant_id}/renew");
+    let renew = |token: String, ttl: u64| {
+        let (broker, path) = (&broker, &path);
+        async move {
+            broker
+                .call(
+                    "POST",
+                    path,
+                    Some(&token),
+                    Some(json!({"ttl_seconds": ttl})),
+                )
+                .await
+        }
+    };
     broker.clock.advance(Duration::from_secs(30));
-    let grant = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&alice),
-            Some(json!({"ttl_seconds": 600})),
-        )
-        .await;
+    let (status, grant) = renew(alice.clone(), 600).await;
+    assert_eq!(status, 200, "{grant}");
     assert_eq!(
         grant["expires_at_ms"].as_i64().unwrap(),
         created + 30_000 + 600_000
     );
     // The target's own expiry moved too.
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(cluster.port)
-        .database("postgres")
-        .username("postgres")
-        .password(&cluster.admin_password);
-    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let mut admin = cluster.connect("postgres").await;
     let valid_until_ms: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM rolvaliduntil)::float8 * 1000 FROM pg_roles WHERE rolname = $1",
     )
@@ -952,37 +761,16 @@ async fn renewal_moves_both_fences_within_the_maximum() {
         "{valid_until_ms}"
     );
     // Never past the maximum (3600 s from creation), and only by the holder.
-    let grant = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&alice),
-            Some(json!({"ttl_seconds": 86_400})),
-        )
-        .await;
+    let (status, grant) = renew(alice.clone(), 86_400).await;
+    assert_eq!(status, 200, "{grant}");
     assert_eq!(
         grant["expires_at_ms"].as_i64().unwrap(),
         created + 3_600_000
     );
-    let (status, _) = broker
-        .call(
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&alice),
-            Some(json!({"ttl_seconds": 60})),
-        )
-        .await;
+    let (status, _) = renew(alice.clone(), 60).await;
     assert_eq!(status, 409, "already at its maximum");
     let bob = broker.login("bob").await;
-    let (status, _) = broker
-        .call(
-            "POST",
-            &format!("/v1/grants/{grant_id}/renew"),
-            Some(&bob),
-            Some(json!({"ttl_seconds": 60})),
-        )
-        .await;
+    let (status, _) = renew(bob, 60).await;
     assert_eq!(status, 403);
 }
 
@@ -996,20 +784,20 @@ async fn two_nodes_share_the_expiry_work() {
     let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
     let (first, second) = TestBroker::two_nodes(&db.url).await;
     setup(&first, &cluster).await;
-    let admin = first.admin_token.clone().unwrap();
+    let admin = first.admin();
     let alice = first.login("alice").await;
     let mut grant_ids = Vec::new();
     for i in 0..GRANTS {
         // Half through each node: the store is shared.
         let node = if i % 2 == 0 { &first } else { &second };
         let credential = activate_readonly(node, &alice, 120).await;
-        grant_ids.push(credential["grant"]["id"].as_str().unwrap().to_owned());
+        grant_ids.push(grant_id(&credential));
     }
     // Both nodes' clocks pass the TTL: both engines claim from the same due grants.
     first.clock.advance(Duration::from_secs(121));
     second.clock.advance(Duration::from_secs(121));
     for id in &grant_ids {
-        wait_for_state(&first, &admin, id, "verified").await;
+        first.wait_for_grant(&admin, id, "verified").await;
     }
     let events = first
         .broker
@@ -1052,7 +840,7 @@ async fn two_nodes_share_the_expiry_work() {
 #[tokio::test]
 async fn mariadb_and_redis_grants_end_to_end() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let mut mariadb = sqlx::MySqlConnection::connect_with(
         &sqlx::mysql::MySqlConnectOptions::new()
             .host("127.0.0.1")
@@ -1082,16 +870,10 @@ async fn mariadb_and_redis_grants_end_to_end() {
             "~e2e:* +@read +ping",
         ),
     ] {
-        let (status, body) = broker
-            .call("POST", "/v1/targets", Some(&admin),
-                Some(json!({"kind": kind, "name": name, "url": url, "admin_user": user, "admin_password": ""})))
+        broker
+            .add_target(json!({"kind": kind, "name": name, "url": url, "admin_user": user, "admin_password": ""}))
             .await;
-        assert_eq!(status, 200, "{body}");
-        let (status, body) = broker
-            .call("POST", "/v1/roles", Some(&admin),
-                Some(json!({"target": name, "name": "reader", "max_ttl_seconds": 3600, "creation_sql": rules})))
-            .await;
-        assert_eq!(status, 200, "{body}");
+        broker.add_role(name, "reader", 3600, rules).await;
     }
     // Hostile input: names with quotes, backticks, spaces, `*`, new lines or too long; a URL of
     // the wrong kind or with credentials; role texts the target refuses.
@@ -1146,32 +928,17 @@ async fn mariadb_and_redis_grants_end_to_end() {
             "{body}"
         );
     }
-    let (status, body) = broker
-        .call("PUT", "/v1/policy", Some(&admin), Some(json!({"text":
+    broker
+        .set_policy(
             "@id(\"readers\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"maria\");\n\
-             @id(\"cache\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"cache\");"})))
+             @id(\"cache\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"cache\");",
+        )
         .await;
-    assert_eq!(status, 200, "{body}");
     let alice = broker.login("alice").await;
 
     // MariaDB.
-    let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(json!({"target": "maria", "role": "reader", "ttl_seconds": 900, "reason": "e2e"})),
-        )
-        .await;
     let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
-            Some(&alice),
-            None,
-        )
+        .grant(&alice, ask("maria", "reader", 900, "e2e"))
         .await;
     assert_eq!(credential["kind"], "mysql");
     let options = sqlx::mysql::MySqlConnectOptions::new()
@@ -1182,17 +949,11 @@ async fn mariadb_and_redis_grants_end_to_end() {
         .log_statements(tracing_off());
     let mut session = sqlx::MySqlConnection::connect_with(&options).await.unwrap();
     sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let maria_grant = grant_id(&credential);
+    broker.revoke(&alice, &maria_grant).await;
     broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/revoke"),
-            Some(&alice),
-            None,
-        )
+        .wait_for_grant(&alice, &maria_grant, "verified")
         .await;
-    wait_for_state(&broker, &alice, grant_id, "verified").await;
     assert!(
         sqlx::query("SELECT 1").execute(&mut session).await.is_err(),
         "the session survived"
@@ -1200,23 +961,8 @@ async fn mariadb_and_redis_grants_end_to_end() {
     assert!(sqlx::MySqlConnection::connect_with(&options).await.is_err());
 
     // Redis.
-    let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(json!({"target": "cache", "role": "reader", "ttl_seconds": 900, "reason": "e2e"})),
-        )
-        .await;
     let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
-            Some(&alice),
-            None,
-        )
+        .grant(&alice, ask("cache", "reader", 900, "e2e"))
         .await;
     assert_eq!(credential["kind"], "redis");
     let user = credential["username"].as_str().unwrap().to_owned();
@@ -1231,8 +977,9 @@ async fn mariadb_and_redis_grants_end_to_end() {
     assert_eq!(auth, mayfly_targets::resp::Reply::Simple("OK".into()));
     // Expiry, not an early revoke this time.
     broker.clock.advance(Duration::from_secs(901));
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
-    wait_for_state(&broker, &alice, grant_id, "verified").await;
+    broker
+        .wait_for_grant(&alice, &grant_id(&credential), "verified")
+        .await;
     assert!(
         session.call(&[b"PING"]).await.is_err(),
         "the Redis session survived"

@@ -25,7 +25,7 @@ fn holds(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A policy letting `dev` have every role of `targets` in one call.
-async fn allow_dev(broker: &TestBroker, admin: &str, targets: &[&str]) {
+async fn allow_dev(broker: &TestBroker, targets: &[&str]) {
     let text: String = targets
         .iter()
         .map(|target| {
@@ -34,44 +34,22 @@ async fn allow_dev(broker: &TestBroker, admin: &str, targets: &[&str]) {
             )
         })
         .collect();
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(admin),
-            Some(json!({"text": text})),
-        )
-        .await;
+    broker.set_policy(&text).await;
 }
 
-async fn add_role(broker: &TestBroker, admin: &str, target: &str, name: &str, spec: Value) {
-    broker
-        .expect(
-            200,
-            "POST",
-            "/v1/roles",
-            Some(admin),
-            Some(
-                json!({"target": target, "name": name, "max_ttl_seconds": 3600,
-                        "creation_sql": spec.to_string()}),
-            ),
-        )
-        .await;
+/// The role `name` of `target`, for an hour at most, given by its JSON `spec`.
+async fn add_role(broker: &TestBroker, target: &str, name: &str, spec: Value) {
+    broker.add_role(target, name, 3600, &spec.to_string()).await;
 }
 
-async fn add_x509_target(broker: &TestBroker, admin: &str, name: &str) {
+/// The target `name` of kind `kind` (`ssh` or `x509`), which has no admin account.
+fn certificate_target(kind: &str, name: &str, url: &str) -> Value {
+    json!({"kind": kind, "name": name, "url": url, "admin_user": "", "admin_password": ""})
+}
+
+async fn add_x509_target(broker: &TestBroker, name: &str) {
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(admin),
-            Some(
-                json!({"kind": "x509", "name": name, "url": "tls://127.0.0.1:8443",
-                        "admin_user": "", "admin_password": ""}),
-            ),
-        )
+        .add_target(certificate_target("x509", name, "tls://127.0.0.1:8443"))
         .await;
 }
 
@@ -155,18 +133,6 @@ fn crl_names(crl: &str, login: &str) -> bool {
     holds(der.as_ref(), &mayfly_crypto::x509::serial_for(login))
 }
 
-async fn revoke(broker: &TestBroker, token: &str, grant_id: &str) {
-    broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/revoke"),
-            Some(token),
-            None,
-        )
-        .await;
-}
-
 /// A login that must be refused by sshd: its refusal, or a failure naming `what` got in.
 #[track_caller]
 fn refused(login: Result<String, String>, what: &str) -> String {
@@ -182,22 +148,14 @@ fn refused(login: Result<String, String>, what: &str) -> String {
 #[tokio::test]
 async fn an_ssh_certificate_for_one_target_is_refused_by_another_targets_host() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
     let user = sshd::whoami();
-    let dev_host = ssh_target_with_host(&broker, &admin, "dev-web").await;
-    let prod_host = ssh_target_with_host(&broker, &admin, "prod-web").await;
+    let dev_host = ssh_target_with_host(&broker, "dev-web").await;
+    let prod_host = ssh_target_with_host(&broker, "prod-web").await;
     // The same principal, the same Unix user on both hosts: only the CA tells them apart.
     for target in ["dev-web", "prod-web"] {
-        add_role(
-            &broker,
-            &admin,
-            target,
-            "login",
-            json!({"principals": [user]}),
-        )
-        .await;
+        add_role(&broker, target, "login", json!({"principals": [user]})).await;
     }
-    allow_dev(&broker, &admin, &["dev-web", "prod-web"]).await;
+    allow_dev(&broker, &["dev-web", "prod-web"]).await;
     // sshd checks validity by the real clock.
     broker.clock.set(SystemClock.now());
     let alice = broker.login("alice").await;
@@ -232,7 +190,7 @@ async fn an_ssh_certificate_for_one_target_is_refused_by_another_targets_host() 
 
     // Revoked: in the KRL of `dev-web` only. Each host loads its own target's KRL: `dev-web`'s
     // refuses the revoked certificate, `prod-web`'s still takes its own.
-    revoke(&broker, &alice, &dev_grant).await;
+    broker.revoke(&alice, &dev_grant).await;
     let dev_krl = krl(&broker, "dev-web").await;
     let prod_krl = krl(&broker, "prod-web").await;
     assert!(holds(&dev_krl, dev_login.as_bytes()), "not in its KRL");
@@ -258,20 +216,18 @@ async fn an_ssh_certificate_for_one_target_is_refused_by_another_targets_host() 
 #[tokio::test]
 async fn an_x509_certificate_for_one_target_is_refused_by_another_targets_service() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
     for target in ["dev-api", "prod-api"] {
-        add_x509_target(&broker, &admin, target).await;
+        add_x509_target(&broker, target).await;
         // The same subject on both: only the CA tells them apart.
         add_role(
             &broker,
-            &admin,
             target,
             "client",
             json!({"common_name": "payments"}),
         )
         .await;
     }
-    allow_dev(&broker, &admin, &["dev-api", "prod-api"]).await;
+    allow_dev(&broker, &["dev-api", "prod-api"]).await;
     // The services check validity by the real clock.
     broker.clock.set(SystemClock.now());
     let alice = broker.login("alice").await;
@@ -310,7 +266,7 @@ async fn an_x509_certificate_for_one_target_is_refused_by_another_targets_servic
     assert_ne!(dev_ca, prod_ca);
 
     // Revoked: in the CRL of `dev-api` only. Each service loads its own target's CRL.
-    revoke(&broker, &alice, &dev_grant).await;
+    broker.revoke(&alice, &dev_grant).await;
     let dev_crl = x509_crl(&broker, "dev-api").await;
     let prod_crl = x509_crl(&broker, "prod-api").await;
     assert!(crl_names(&dev_crl, &dev_login), "not in its CRL");
@@ -336,20 +292,10 @@ async fn an_x509_certificate_for_one_target_is_refused_by_another_targets_servic
 #[tokio::test]
 async fn the_public_endpoints_answer_for_one_existing_target_of_their_kind() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(&admin),
-            Some(
-                json!({"kind": "ssh", "name": "web", "url": "ssh://127.0.0.1:22",
-                        "admin_user": "", "admin_password": ""}),
-            ),
-        )
+        .add_target(certificate_target("ssh", "web", "ssh://127.0.0.1:22"))
         .await;
-    add_x509_target(&broker, &admin, "api").await;
+    add_x509_target(&broker, "api").await;
     let store = broker.broker.store();
     let created = |kind: &'static str| async move {
         let events = store.audit_events(0, 10_000).await.unwrap();
@@ -453,7 +399,7 @@ async fn the_public_endpoints_answer_for_one_existing_target_of_their_kind() {
 async fn on_postgresql_two_nodes_make_one_ca_per_target_and_list_per_target() {
     let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
     let (first, second) = TestBroker::two_nodes(&db.url).await;
-    let admin = first.admin_token.clone().unwrap();
+    let admin = first.admin();
     let targets = [
         ("ssh", "web-a", "ssh://127.0.0.1:22"),
         ("ssh", "web-b", "ssh://127.0.0.1:22"),
@@ -461,8 +407,7 @@ async fn on_postgresql_two_nodes_make_one_ca_per_target_and_list_per_target() {
         ("x509", "api-b", "tls://127.0.0.1:8443"),
     ];
     for (kind, name, url) in targets {
-        let body =
-            json!({"kind": kind, "name": name, "url": url, "admin_user": "", "admin_password": ""});
+        let body = certificate_target(kind, name, url);
         let ((a, answer_a), (b, answer_b)) = tokio::join!(
             first.call("POST", "/v1/targets", Some(&admin), Some(body.clone())),
             second.call("POST", "/v1/targets", Some(&admin), Some(body.clone())),
@@ -499,25 +444,10 @@ async fn on_postgresql_two_nodes_make_one_ca_per_target_and_list_per_target() {
     }
 
     // Lists per target, made by the PostgreSQL query.
+    add_role(&first, "web-a", "login", json!({"principals": ["deploy"]})).await;
+    add_role(&first, "web-b", "login", json!({"principals": ["deploy"]})).await;
     add_role(
         &first,
-        &admin,
-        "web-a",
-        "login",
-        json!({"principals": ["deploy"]}),
-    )
-    .await;
-    add_role(
-        &first,
-        &admin,
-        "web-b",
-        "login",
-        json!({"principals": ["deploy"]}),
-    )
-    .await;
-    add_role(
-        &first,
-        &admin,
         "api-a",
         "client",
         json!({"common_name": "payments"}),
@@ -525,21 +455,20 @@ async fn on_postgresql_two_nodes_make_one_ca_per_target_and_list_per_target() {
     .await;
     add_role(
         &first,
-        &admin,
         "api-b",
         "client",
         json!({"common_name": "payments"}),
     )
     .await;
-    allow_dev(&first, &admin, &["web-a", "web-b", "api-a", "api-b"]).await;
+    allow_dev(&first, &["web-a", "web-b", "api-a", "api-b"]).await;
     let alice = first.login("alice").await;
     let keys = tempfile::tempdir().unwrap();
     let (_, _, a_grant, a_login) = ssh_certificate(&first, &alice, "web-a", keys.path()).await;
     let (_, _, _, b_login) = ssh_certificate(&first, &alice, "web-b", keys.path()).await;
     let (_, _, api_a_grant, api_a_login) = x509_certificate(&first, &alice, "api-a").await;
     let (_, _, _, api_b_login) = x509_certificate(&first, &alice, "api-b").await;
-    revoke(&first, &alice, &a_grant).await;
-    revoke(&first, &alice, &api_a_grant).await;
+    first.revoke(&alice, &a_grant).await;
+    first.revoke(&alice, &api_a_grant).await;
     let krl_a = get(&second, "/v1/ssh/krl?target=web-a".into()).await;
     let krl_b = get(&second, "/v1/ssh/krl?target=web-b".into()).await;
     assert!(holds(&krl_a, a_login.as_bytes()), "not in its KRL");

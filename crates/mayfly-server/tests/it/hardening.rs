@@ -3,8 +3,9 @@
 //! and an approver's comment is bounded like a request's reason.
 
 use mayfly_testkit::TestBroker;
+use mayfly_testkit::access::{ask, grant_id, id, with};
 use mayfly_testkit::pgcluster::PgCluster;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Connection;
 
 const POLICY: &str = r#"
@@ -21,38 +22,17 @@ when { principal in Group::"admins" };
 "#;
 
 async fn setup(broker: &TestBroker, cluster: &PgCluster) {
-    let admin = broker.admin_token.clone().unwrap();
-    let url = format!("postgres://127.0.0.1:{}/postgres", cluster.port);
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(&admin),
-            Some(json!({"kind": "postgres", "name": "pg", "url": url, "admin_user": "postgres", "admin_password": cluster.admin_password})),
-        )
+        .postgres_access(cluster, &[("owner", 600)], POLICY)
         .await;
-    broker
-        .expect(
-            200,
-            "POST",
-            "/v1/roles",
-            Some(&admin),
-            Some(json!({
-                "target": "pg", "name": "owner", "max_ttl_seconds": 600,
-                "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"
-            })),
-        )
-        .await;
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": POLICY})),
-        )
-        .await;
+}
+
+/// The body of a break-glass request for `pg/owner`: allowed at once to an admin.
+fn break_glass() -> Value {
+    with(
+        ask("pg", "owner", 300, "SEV1"),
+        json!({"break_glass": true}),
+    )
 }
 
 /// An admin who broke the glass cannot close the review item of their own grant; another admin
@@ -62,27 +42,9 @@ async fn nobody_reviews_their_own_break_glass_grant() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
-    let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&admin),
-            Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "SEV1", "break_glass": true})),
-        )
-        .await;
-    let id = request["id"].as_str().unwrap();
-    let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/activate"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
+    let admin = broker.admin();
+    let credential = broker.grant(&admin, break_glass()).await;
+    let grant_id = grant_id(&credential);
     let review = format!("/v1/grants/{grant_id}/review");
     let (status, body) = broker.call("POST", &review, Some(&admin), None).await;
     assert_eq!(status, 403, "{body}");
@@ -132,21 +94,12 @@ async fn approval_comments_are_bounded() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let alice = broker.login("alice").await;
     let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(
-                json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "migration"}),
-            ),
-        )
+        .pending(&alice, ask("pg", "owner", 300, "migration"))
         .await;
-    assert_eq!(request["state"], "pending", "{request}");
-    let id = request["id"].as_str().unwrap();
+    let id = id(&request);
     for verb in ["approve", "deny"] {
         for comment in ["x".repeat(100_000), "ok\nforged line".to_owned()] {
             let (status, body) = broker
@@ -171,30 +124,8 @@ async fn approval_comments_are_bounded() {
         .call("GET", &format!("/v1/requests/{id}"), Some(&alice), None)
         .await;
     assert_eq!(still["state"], "pending", "{still}");
-    let approved = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{id}/approve"),
-            Some(&admin),
-            Some(json!({"comment": "looks right"})),
-        )
-        .await;
+    let approved = broker.approve(&admin, &id, "looks right").await;
     assert_eq!(approved["state"], "allowed", "{approved}");
-}
-
-/// Sets the policy text (admins only).
-async fn set_policy(broker: &TestBroker, text: &str) {
-    let admin = broker.admin_token.clone().unwrap();
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": text})),
-        )
-        .await;
 }
 
 async fn request_state(broker: &TestBroker, token: &str, id: &str) -> String {
@@ -218,27 +149,19 @@ async fn activation_decides_again() {
         .clock
         .advance(std::time::Duration::from_secs(3600 - secs % 3600 + 30));
     let hour = broker.clock_secs() / 3600 % 24;
-    set_policy(
-        &broker,
-        &format!(
+    broker
+        .set_policy(&format!(
             r#"@id("dev-owner-this-hour")
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner")
 when {{ context.hour == {hour} }};"#
-        ),
-    )
-    .await;
+        ))
+        .await;
     let alice = broker.login("alice").await;
     let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "deploy"})),
-        )
+        .request(&alice, ask("pg", "owner", 300, "deploy"))
         .await;
     assert_eq!(request["state"], "allowed", "{request}");
-    let id = request["id"].as_str().unwrap();
+    let id = id(&request);
     // 59 minutes and a half later: the next hour, the request's window still open.
     broker
         .clock
@@ -259,7 +182,7 @@ when {{ context.hour == {hour} }};"#
             .contains("no longer allow"),
         "{body}"
     );
-    assert_eq!(request_state(&broker, &alice, id).await, "denied");
+    assert_eq!(request_state(&broker, &alice, &id).await, "denied");
     let (_, grants) = broker
         .call("GET", "/v1/grants?all=true", Some(&alice), None)
         .await;
@@ -268,7 +191,7 @@ when {{ context.hour == {hour} }};"#
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "access.request.withdrawn" && e.body.contains(id)),
+            .any(|e| e.kind == "access.request.withdrawn" && e.body.contains(&id)),
         "the withdrawal is not audited"
     );
 }
@@ -281,7 +204,7 @@ async fn open_requests_are_decided_again_when_rules_or_groups_change() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let allowed_and_pending = r#"
 @id("dev-owner-now")
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/owner")
@@ -296,36 +219,19 @@ when { context.reason == "later" };
 permit (principal, action == Action::"approve", resource in Target::"pg")
 when { principal in Group::"admins" };
 "#;
-    set_policy(&broker, allowed_and_pending).await;
+    broker.set_policy(allowed_and_pending).await;
     let alice = broker.login("alice").await;
-    let ask = |reason: &'static str| {
-        let broker = &broker;
-        let alice = &alice;
-        async move {
-            broker
-                .expect(
-                    200,
-                    "POST",
-                    "/v1/requests",
-                    Some(alice),
-                    Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": reason})),
-                )
-                .await
-        }
-    };
-    let allowed = ask("now").await;
+    let allowed = broker.request(&alice, ask("pg", "owner", 300, "now")).await;
     assert_eq!(allowed["state"], "allowed", "{allowed}");
-    let allowed = allowed["id"].as_str().unwrap().to_owned();
-    let pending = ask("later").await;
-    assert_eq!(pending["state"], "pending", "{pending}");
-    let pending = pending["id"].as_str().unwrap().to_owned();
+    let allowed = id(&allowed);
+    let pending = id(&broker
+        .pending(&alice, ask("pg", "owner", 300, "later"))
+        .await);
 
     // The rule that allowed the first one goes.
-    set_policy(
-        &broker,
-        &allowed_and_pending.replace("\"now\"", "\"never\""),
-    )
-    .await;
+    broker
+        .set_policy(&allowed_and_pending.replace("\"now\"", "\"never\""))
+        .await;
     assert_eq!(request_state(&broker, &alice, &allowed).await, "denied");
     assert_eq!(request_state(&broker, &alice, &pending).await, "pending");
     let (status, body) = broker
@@ -366,7 +272,7 @@ when { principal in Group::"admins" };
 #[tokio::test]
 async fn a_disabled_users_sessions_stay_dead_after_enabling() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let alice = broker.login("alice").await;
     broker
         .expect(200, "GET", "/v1/auth/token/lookup-self", Some(&alice), None)
@@ -402,7 +308,7 @@ async fn a_deleted_workload_bindings_sessions_stay_dead_after_recreating_it() {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     use base64::Engine;
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
     let public = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
         .unwrap()
@@ -490,7 +396,7 @@ async fn listings_show_each_principal_only_its_own_business() {
     let cluster = PgCluster::start();
     let broker = TestBroker::ready().await;
     setup(&broker, &cluster).await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     broker
         .expect(
             200,
@@ -503,16 +409,15 @@ async fn listings_show_each_principal_only_its_own_business() {
     let alice = broker.login("alice").await;
     let bob = broker.login("bob").await;
     let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "migrate billing", "ticket": "OPS-7"})),
+        .pending(
+            &alice,
+            with(
+                ask("pg", "owner", 300, "migrate billing"),
+                json!({"ticket": "OPS-7"}),
+            ),
         )
         .await;
-    assert_eq!(request["state"], "pending", "{request}");
-    let id = request["id"].as_str().unwrap();
+    let id = id(&request);
 
     // Bob may neither request nor approve anything.
     let (_, requests) = broker.call("GET", "/v1/requests", Some(&bob), None).await;
@@ -542,8 +447,7 @@ async fn listings_show_each_principal_only_its_own_business() {
     );
 
     // Once bob may approve `pg`, the pending request is his business.
-    set_policy(
-        &broker,
+    broker.set_policy(
         &format!(
             "{POLICY}\n@id(\"ops-approve\")\npermit (principal in Group::\"ops\", action == Action::\"approve\", resource in Target::\"pg\");"
         ),
@@ -569,28 +473,8 @@ async fn brokers_sharing_a_server_never_sweep_each_others_grants() {
     let mut credentials = Vec::new();
     for broker in [&dev, &prod] {
         setup(broker, &cluster).await;
-        let admin = broker.admin_token.clone().unwrap();
-        let request = broker
-            .expect(
-                200,
-                "POST",
-                "/v1/requests",
-                Some(&admin),
-                Some(json!({"target": "pg", "role": "owner", "ttl_seconds": 300, "reason": "SEV2", "break_glass": true})),
-            )
-            .await;
-        let id = request["id"].as_str().unwrap();
-        credentials.push(
-            broker
-                .expect(
-                    200,
-                    "POST",
-                    &format!("/v1/requests/{id}/activate"),
-                    Some(&admin),
-                    None,
-                )
-                .await,
-        );
+        let sev2 = with(break_glass(), json!({"reason": "SEV2"}));
+        credentials.push(broker.grant(&broker.admin(), sev2).await);
     }
     let (dev_namespace, prod_namespace) = (
         dev.broker.unsealed().await.unwrap().namespace.clone(),
@@ -598,20 +482,8 @@ async fn brokers_sharing_a_server_never_sweep_each_others_grants() {
     );
     assert_ne!(dev_namespace, prod_namespace);
     // An orphan of dev's (a login of its namespace that no grant of its knows).
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host("127.0.0.1")
-        .port(cluster.port)
-        .database("postgres")
-        .username("postgres")
-        .password(&cluster.admin_password);
-    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    let orphan = mayfly_core::LoginName::for_grant(&dev_namespace, &uuid::Uuid::now_v7());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE \"{orphan}\" LOGIN PASSWORD 'x'"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    let mut admin = cluster.connect("postgres").await;
+    let orphan = cluster.create_orphan(&dev_namespace).await;
 
     let found_by_prod = mayfly_server::access::expiry::sweep(&prod.broker)
         .await
@@ -712,7 +584,7 @@ async fn a_wrong_setup_code_is_refused_before_the_password_is_looked_at() {
 #[tokio::test]
 async fn verification_reads_the_database_not_the_brokers_memory() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     for name in ["carol", "dave"] {
         broker
             .expect(

@@ -8,6 +8,7 @@
 //! search is known to see the secrets.
 
 use base64::Engine as _;
+use mayfly_testkit::access::ask;
 use mayfly_testkit::pgcluster::PgCluster;
 use mayfly_testkit::postgres::ThrowawayDb;
 use mayfly_testkit::{Options, TestBroker};
@@ -97,39 +98,12 @@ async fn put_secrets_through_the_broker(broker: &TestBroker, cluster: &PgCluster
 
     // A target's admin password.
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(&admin),
-            Some(json!({"kind": "postgres", "name": "pg",
-                "url": format!("postgres://127.0.0.1:{}/postgres", cluster.port),
-                "admin_user": "postgres", "admin_password": cluster.admin_password})),
-        )
+        .postgres_access(cluster, &[("readonly", 3600)], POLICY)
         .await;
     secrets.push(clear(
         "the target's admin password",
         &cluster.admin_password,
     ));
-    broker
-        .expect(
-            200,
-            "POST",
-            "/v1/roles",
-            Some(&admin),
-            Some(json!({"target": "pg", "name": "readonly", "max_ttl_seconds": 3600,
-                "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"})),
-        )
-        .await;
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": POLICY})),
-        )
-        .await;
 
     // A new user: the broker makes the TOTP seed and the password.
     let carol = broker
@@ -172,24 +146,8 @@ async fn put_secrets_through_the_broker(broker: &TestBroker, cluster: &PgCluster
     secrets.push(clear("carol's session token", &carol_token));
 
     // A grant's password, made by the broker and set on the target.
-    let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(&carol_token),
-            Some(json!({"target": "pg", "role": "readonly", "ttl_seconds": 900, "reason": "secrets at rest"})),
-        )
-        .await;
-    assert_eq!(request["state"], "allowed", "{request}");
     let credential = broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
-            Some(&carol_token),
-            None,
-        )
+        .grant(&carol_token, ask("pg", "readonly", 900, "secrets at rest"))
         .await;
     secrets.push(clear(
         "the grant's password",
@@ -202,14 +160,8 @@ async fn put_secrets_through_the_broker(broker: &TestBroker, cluster: &PgCluster
         ("x509", "api", "tls://127.0.0.1:8443"),
     ] {
         broker
-            .expect(
-                200,
-                "POST",
-                "/v1/targets",
-                Some(&admin),
-                Some(json!({"kind": kind, "name": name, "url": url,
-                    "admin_user": "", "admin_password": ""})),
-            )
+            .add_target(json!({"kind": kind, "name": name, "url": url,
+                "admin_user": "", "admin_password": ""}))
             .await;
     }
     broker

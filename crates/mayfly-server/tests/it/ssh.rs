@@ -10,6 +10,7 @@ use std::time::Duration;
 use mayfly_testkit::sshd;
 
 use mayfly_testkit::TestBroker;
+use mayfly_testkit::access::{POSTGRES_LOGIN, ask, grant_id};
 use serde_json::{Value, json};
 
 fn write_private(path: &Path, text: &str) {
@@ -26,25 +27,13 @@ fn user_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, public)
 }
 
+/// `token`'s certificate for `public` on `web/login`, for `ttl` seconds.
 async fn certify(broker: &TestBroker, token: &str, ttl: u64, public: &str) -> Value {
-    let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(token),
-            Some(
-                json!({"target": "web", "role": "login", "ttl_seconds": ttl, "reason": "ssh test"}),
-            ),
-        )
-        .await;
     broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
-            Some(token),
-            Some(json!({"public_key": public})),
+        .grant_with(
+            token,
+            ask("web", "login", ttl, "ssh test"),
+            json!({"public_key": public}),
         )
         .await
 }
@@ -86,29 +75,15 @@ pub(crate) async fn ca_line(broker: &TestBroker, target: &str) -> String {
 /// Adds the SSH target `name` and starts a real sshd for it, trusting that target's own CA (made
 /// when the target was added) and loading that target's KRL, as docs/targets/ssh.md sets a host
 /// up. The target is then put again with the host's port, which keeps its CA.
-pub(crate) async fn ssh_target_with_host(
-    broker: &TestBroker,
-    admin: &str,
-    name: &str,
-) -> sshd::Sshd {
+pub(crate) async fn ssh_target_with_host(broker: &TestBroker, name: &str) -> sshd::Sshd {
     let put = |port: u16| {
         json!({"kind": "ssh", "name": name, "url": format!("ssh://127.0.0.1:{port}"),
                "admin_user": "", "admin_password": ""})
     };
-    broker
-        .expect(200, "POST", "/v1/targets", Some(admin), Some(put(22)))
-        .await;
+    broker.add_target(put(22)).await;
     let ca = ca_line(broker, name).await;
     let host = sshd::start(&ca, &krl(broker, name).await).await;
-    broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(admin),
-            Some(put(host.port)),
-        )
-        .await;
+    broker.add_target(put(host.port)).await;
     assert_eq!(
         ca_line(broker, name).await,
         ca,
@@ -120,9 +95,9 @@ pub(crate) async fn ssh_target_with_host(
 #[tokio::test]
 async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let user = sshd::whoami();
-    let host = ssh_target_with_host(&broker, &admin, "web").await;
+    let host = ssh_target_with_host(&broker, "web").await;
     // Hostile principals and options are refused when the role is added.
     for bad in [
         json!({"principals": ["root'; id"]}),
@@ -142,35 +117,16 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
     }
     let role = json!({"principals": [user], "extensions": ["permit-pty"], "source_address": "127.0.0.1/32"});
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/roles",
-            Some(&admin),
-            Some(json!({"target": "web", "name": "login", "max_ttl_seconds": 3600, "creation_sql": role.to_string()})),
-        )
+        .add_role("web", "login", 3600, &role.to_string())
         .await;
     broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": "@id(\"ssh\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"web\");"})),
-        )
+        .set_policy("@id(\"ssh\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"web\");")
         .await;
     let alice = broker.login("alice").await;
     let keys = tempfile::tempdir().unwrap();
 
     // A bad key is a 400 before anything is recorded.
-    let (_, request) = broker
-        .call(
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(json!({"target": "web", "role": "login", "ttl_seconds": 600, "reason": "r"})),
-        )
-        .await;
+    let request = broker.request(&alice, ask("web", "login", 600, "r")).await;
     for bad in [
         json!({}),
         json!({"public_key": "ssh-ed25519 AAAA\nssh-ed25519 BBBB"}),
@@ -224,28 +180,9 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
     assert!(sshd::login(&host, &key, &cert_path, "nobody").is_err());
 
     // Revoked early: the KRL lists it; once the host has it, the login is refused.
-    let grant_id = credential["grant"]["id"].as_str().unwrap();
-    broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/revoke"),
-            Some(&alice),
-            None,
-        )
-        .await;
-    let mut verified = Value::Null;
-    for _ in 0..200 {
-        let (_, grant) = broker
-            .call("GET", &format!("/v1/grants/{grant_id}"), Some(&alice), None)
-            .await;
-        if grant["state"] == "verified" {
-            verified = grant;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(verified["state"], "verified", "{verified}");
+    let grant_id = grant_id(&credential);
+    broker.revoke(&alice, &grant_id).await;
+    broker.wait_for_grant(&alice, &grant_id, "verified").await;
     host.write_krl(&krl(&broker, "web").await);
     let checked = Command::new("ssh-keygen")
         .arg("-Q")
@@ -312,44 +249,25 @@ async fn a_certificate_logs_in_and_is_refused_after_revocation_and_after_expiry(
 #[tokio::test]
 async fn one_call_certificates() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     let user = sshd::whoami();
-    let host = ssh_target_with_host(&broker, &admin, "web").await;
-    let setup = [
-        (
-            "/v1/targets",
-            json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""}),
-        ),
-        (
-            "/v1/roles",
-            json!({"target": "web", "name": "login", "max_ttl_seconds": 3600,
-                    "creation_sql": json!({"principals": [user]}).to_string()}),
-        ),
-        (
-            "/v1/roles",
-            json!({"target": "web", "name": "root", "max_ttl_seconds": 3600,
-                    "creation_sql": json!({"principals": [user]}).to_string()}),
-        ),
-        (
-            "/v1/roles",
-            json!({"target": "api", "name": "client", "max_ttl_seconds": 3600,
-                    "creation_sql": r#"{"common_name": "payments"}"#}),
-        ),
-        (
-            "/v1/targets",
+    let host = ssh_target_with_host(&broker, "web").await;
+    broker
+        .add_target(json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""}))
+        .await;
+    let principals = json!({"principals": [user]}).to_string();
+    broker.add_role("web", "login", 3600, &principals).await;
+    broker.add_role("web", "root", 3600, &principals).await;
+    broker
+        .add_role("api", "client", 3600, r#"{"common_name": "payments"}"#)
+        .await;
+    broker
+        .add_target(
             json!({"kind": "postgres", "name": "db", "url": "postgres://127.0.0.1:5432/postgres",
-                    "admin_user": "postgres", "admin_password": "unused"}),
-        ),
-        (
-            "/v1/roles",
-            json!({"target": "db", "name": "ro", "max_ttl_seconds": 3600,
-                    "creation_sql": "CREATE ROLE {{name}} WITH LOGIN PASSWORD {{password}} VALID UNTIL {{expiration}};"}),
-        ),
-    ];
-    for (path, body) in setup {
-        let (status, answer) = broker.call("POST", path, Some(&admin), Some(body)).await;
-        assert_eq!(status, 200, "{answer}");
-    }
+            "admin_user": "postgres", "admin_password": "unused"}),
+        )
+        .await;
+    broker.add_role("db", "ro", 3600, POSTGRES_LOGIN).await;
     let policy = r#"
 @id("ssh-login") @max_ttl("600")
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"web/login");
@@ -358,15 +276,7 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
 @id("tls") permit (principal in Group::"dev", action == Action::"request", resource in Target::"api");
 @id("db") permit (principal in Group::"dev", action == Action::"request", resource in Target::"db");
 "#;
-    broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": policy})),
-        )
-        .await;
+    broker.set_policy(policy).await;
     let alice = broker.login("alice").await;
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = user_key(keys.path(), "id_fast");
@@ -503,15 +413,7 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
     assert_eq!(refused, 1, "the denial is audited once");
 
     // Revoked: the KRL names it, sshd refuses it.
-    broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/revoke"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    broker.revoke(&alice, &grant_id).await;
     host.write_krl(&krl(&broker, "web").await);
     let refused = sshd::login(&host, &key, &cert_path, &user).unwrap_err();
     assert!(refused.contains("Permission denied"), "{refused}");

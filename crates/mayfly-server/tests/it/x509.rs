@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mayfly_testkit::TestBroker;
+use mayfly_testkit::access::{ask, grant_id};
 use mayfly_testkit::tls::{call, service};
 use serde_json::{Value, json};
 
@@ -20,39 +21,20 @@ async fn text(broker: &TestBroker, path: &str) -> String {
     response.text().await.unwrap()
 }
 
+/// `token`'s certificate on `api/client` for `ttl` seconds; `body` is the activation's (a CSR or
+/// nothing).
 async fn activate(broker: &TestBroker, token: &str, ttl: u64, body: Value) -> Value {
-    let request = broker
-        .expect(
-            200,
-            "POST",
-            "/v1/requests",
-            Some(token),
-            Some(json!({"target": "api", "role": "client", "ttl_seconds": ttl, "reason": "tls test"})),
-        )
-        .await;
     broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/requests/{}/activate", request["id"].as_str().unwrap()),
-            Some(token),
-            Some(body),
-        )
+        .grant_with(token, ask("api", "client", ttl, "tls test"), body)
         .await
 }
 
 #[tokio::test]
 async fn client_certificates_are_accepted_until_expiry_or_revocation() {
     let broker = TestBroker::ready().await;
-    let admin = broker.admin_token.clone().unwrap();
+    let admin = broker.admin();
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/targets",
-            Some(&admin),
-            Some(json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""})),
-        )
+        .add_target(json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""}))
         .await;
     for bad in [
         json!({"common_name": ""}),
@@ -71,22 +53,10 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
     }
     let role = json!({"common_name": "payments", "uri_sans": ["spiffe://acme/payments"]});
     broker
-        .expect(
-            200,
-            "POST",
-            "/v1/roles",
-            Some(&admin),
-            Some(json!({"target": "api", "name": "client", "max_ttl_seconds": 3600, "creation_sql": role.to_string()})),
-        )
+        .add_role("api", "client", 3600, &role.to_string())
         .await;
     broker
-        .expect(
-            200,
-            "PUT",
-            "/v1/policy",
-            Some(&admin),
-            Some(json!({"text": "@id(\"tls\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"api\");"})),
-        )
+        .set_policy("@id(\"tls\") permit (principal in Group::\"dev\", action == Action::\"request\", resource in Target::\"api\");")
         .await;
     let alice = broker.login("alice").await;
     let ca = text(&broker, "/v1/x509/ca?target=api").await;
@@ -118,14 +88,7 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
         .await
         .unwrap();
     // A bad CSR is a 400 naming the field, before anything is recorded.
-    let (_, request) = broker
-        .call(
-            "POST",
-            "/v1/requests",
-            Some(&alice),
-            Some(json!({"target": "api", "role": "client", "ttl_seconds": 60, "reason": "r"})),
-        )
-        .await;
+    let request = broker.request(&alice, ask("api", "client", 60, "r")).await;
     let body = broker
         .expect(
             400,
@@ -150,28 +113,9 @@ async fn client_certificates_are_accepted_until_expiry_or_revocation() {
     );
 
     // Revoked early: the CRL lists it; a service that loads the CRL refuses it, not the other.
-    let grant_id = made["grant"]["id"].as_str().unwrap();
-    broker
-        .expect(
-            200,
-            "POST",
-            &format!("/v1/grants/{grant_id}/revoke"),
-            Some(&alice),
-            None,
-        )
-        .await;
-    let mut state = Value::Null;
-    for _ in 0..200 {
-        let (_, grant) = broker
-            .call("GET", &format!("/v1/grants/{grant_id}"), Some(&alice), None)
-            .await;
-        state = grant["state"].clone();
-        if state == "verified" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, "verified");
+    let grant_id = grant_id(&made);
+    broker.revoke(&alice, &grant_id).await;
+    broker.wait_for_grant(&alice, &grant_id, "verified").await;
     let crl = text(&broker, "/v1/x509/crl?target=api").await;
     let checked = service(&ca, Some(&crl)).await;
     assert!(

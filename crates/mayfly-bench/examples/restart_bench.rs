@@ -4,7 +4,7 @@
 //! `/readyz` answers and the process's resident memory, against the same broker with no leases.
 //!
 //! ```sh
-//! cargo build --release -p mayfly-cli --bin mayfly --example restart_bench
+//! cargo build --release -p mayfly-cli --bin mayfly -p mayfly-bench --example restart_bench
 //! ./target/release/examples/restart_bench ./target/release/mayfly [grants] [live-logins] [orphans]
 //! ```
 //!

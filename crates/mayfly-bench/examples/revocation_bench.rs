@@ -6,7 +6,7 @@
 //! machine's server.
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example revocation_bench -- [grants] [postgres-url-without-user] [admin-user]
+//! cargo run --release -p mayfly-bench --example revocation_bench -- [grants] [postgres-url-without-user] [admin-user]
 //! ```
 
 #![allow(

@@ -5,7 +5,7 @@
 //! the expiry engine has revoked and verified them all, so the target is left clean.
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example grant_bench -- [clients] [seconds] [url-without-user] [admin-user] [kind] [--same-reason]
+//! cargo run --release -p mayfly-bench --example grant_bench -- [clients] [seconds] [url-without-user] [admin-user] [kind] [--same-reason]
 //! ```
 //!
 //! Each request carries a reason and a ticket of its own, as real requests do, so the broker's
@@ -26,8 +26,8 @@
 
 use std::time::{Duration, Instant};
 
+use mayfly_bench::Calls;
 use mayfly_testkit::TestBroker;
-use mayfly_testkit::bench::Calls;
 use serde_json::json;
 
 #[global_allocator]
@@ -138,7 +138,7 @@ async fn main() {
             latencies
         }));
     }
-    let run = mayfly_testkit::bench::gather(tasks, started).await;
+    let run = mayfly_bench::gather(tasks, started).await;
     let n = run.n;
     println!(
         "mayfly  {:>8.0} grants/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({n} grants)",

@@ -3,7 +3,7 @@
 //! the same `GRANT` the benchmark role uses, for `seconds`; then every user made is dropped.
 //!
 //! ```sh
-//! cargo run --release -p mayfly-targets --example mariadb_create_user_bench -- 16 10
+//! cargo run --release -p mayfly-bench --example mariadb_create_user_bench -- 16 10
 //! ```
 
 #![allow(

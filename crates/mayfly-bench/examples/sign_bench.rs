@@ -8,10 +8,10 @@
 //! process. OpenBao: `POST /v1/ssh/sign/ROLE` against a running server.
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example sign_bench -- mayfly [clients] [seconds]
-//! cargo run --release -p mayfly-server --example sign_bench -- openbao [clients] [seconds] URL TOKEN ROLE
-//! cargo run --release -p mayfly-server --example sign_bench -- floor [clients] [seconds]
-//! cargo run --release -p mayfly-server --example sign_bench -- sign [clients] [seconds]
+//! cargo run --release -p mayfly-bench --example sign_bench -- mayfly [clients] [seconds]
+//! cargo run --release -p mayfly-bench --example sign_bench -- openbao [clients] [seconds] URL TOKEN ROLE
+//! cargo run --release -p mayfly-bench --example sign_bench -- floor [clients] [seconds]
+//! cargo run --release -p mayfly-bench --example sign_bench -- sign [clients] [seconds]
 //! ```
 //!
 //! `--wrk` anywhere: the load comes from `wrk` (Debian's package) in a process of its own instead
@@ -32,8 +32,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mayfly_bench::{CALL_ID, Calls};
 use mayfly_testkit::TestBroker;
-use mayfly_testkit::bench::{CALL_ID, Calls};
 use serde_json::{Value, json};
 
 #[global_allocator]
@@ -213,13 +213,13 @@ async fn main() {
         println!("{}", calls.describe());
     }
     let load = Arc::new(load);
-    let cpu_before = mayfly_testkit::bench::process_cpu();
+    let cpu_before = mayfly_bench::process_cpu();
     let run = if use_wrk {
         let load = load.clone();
         tokio::task::spawn_blocking(move || {
-            let children_before = mayfly_testkit::bench::children_cpu();
-            let run = mayfly_testkit::bench::wrk(
-                &mayfly_testkit::bench::WrkLoad {
+            let children_before = mayfly_bench::children_cpu();
+            let run = mayfly_bench::wrk(
+                &mayfly_bench::WrkLoad {
                     method: "POST",
                     url: &load.url,
                     header: (load.header, &load.token),
@@ -229,7 +229,7 @@ async fn main() {
                 seconds,
             )
             .unwrap();
-            let wrk_cpu = mayfly_testkit::bench::children_cpu().saturating_sub(children_before);
+            let wrk_cpu = mayfly_bench::children_cpu().saturating_sub(children_before);
             println!(
                 "CPU of wrk: {:.3} ms per certificate",
                 wrk_cpu.as_secs_f64() * 1000.0 / (run.n.max(1) as f64)
@@ -241,7 +241,7 @@ async fn main() {
     } else {
         own_clients(&http, &load, clients, seconds).await
     };
-    let cpu = mayfly_testkit::bench::process_cpu().saturating_sub(cpu_before);
+    let cpu = mayfly_bench::process_cpu().saturating_sub(cpu_before);
     println!(
         "{system}  {:>8.0} certificates/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} certificates)",
         run.per_second, run.p50_ms, run.p99_ms, run.n
@@ -300,7 +300,7 @@ async fn own_clients(
     load: &Arc<Load>,
     clients: usize,
     seconds: u64,
-) -> mayfly_testkit::bench::Run {
+) -> mayfly_bench::Run {
     let started = Instant::now();
     let duration = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -328,5 +328,5 @@ async fn own_clients(
             latencies
         }));
     }
-    mayfly_testkit::bench::gather(tasks, started).await
+    mayfly_bench::gather(tasks, started).await
 }

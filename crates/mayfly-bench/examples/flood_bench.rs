@@ -9,7 +9,7 @@
 //! from `127.0.0.1`). Run:
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example flood_bench -- [SECONDS] [FLOODERS] [SOURCES] [QUIET]
+//! cargo run --release -p mayfly-bench --example flood_bench -- [SECONDS] [FLOODERS] [SOURCES] [QUIET]
 //! ```
 //!
 //! (defaults 10, 6, 1, 5). It prints the health checks' p50, p99 and maximum, quiet and under

@@ -1,5 +1,8 @@
-//! What the benchmark examples share: the rate and latency percentiles of a timed run, from the
-//! examples' own clients or from `wrk` in a process of its own.
+//! Mayfly's benchmarks, a crate of their own so that nothing depends upward: each is an example
+//! of this crate (`examples/*_bench.rs`, built and run in release, see BENCHMARKS.md) that starts
+//! a real broker through `mayfly-testkit`. This library is what they share: the rate and latency
+//! percentiles of a timed run, from the examples' own clients or from `wrk` in a process of its
+//! own.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +72,10 @@ pub struct Run {
 }
 
 /// Waits for the clients (each returns the latencies of its calls) and sums them up.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a client that panicked ends the run loudly: its figures would be wrong"
+)]
 pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> Run {
     let mut latencies = Vec::new();
     for task in tasks {
@@ -260,6 +267,10 @@ fn stat_cpu(first: usize) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "tests: a failed step should stop the test loudly"
+)]
 mod tests {
     use super::*;
 

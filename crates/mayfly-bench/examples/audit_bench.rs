@@ -4,14 +4,14 @@
 //! durable) before it answers. Run:
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example audit_bench -- [sqlite|postgres] [clients] [seconds]
+//! cargo run --release -p mayfly-bench --example audit_bench -- [sqlite|postgres] [clients] [seconds]
 //! ```
 //!
 //! The same load against another server, for comparison (OpenBao with a file audit device,
 //! `X-Vault-Token` lookups):
 //!
 //! ```sh
-//! cargo run --release -p mayfly-server --example audit_bench -- openbao [clients] [seconds] URL TOKEN [PATH]
+//! cargo run --release -p mayfly-bench --example audit_bench -- openbao [clients] [seconds] URL TOKEN [PATH]
 //! ```
 //!
 //! (`PATH` defaults to `/v1/auth/token/lookup-self`; `/v1/database/creds/ROLE` measures OpenBao's
