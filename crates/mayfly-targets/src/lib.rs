@@ -530,6 +530,60 @@ mod tests {
         }
     }
 
+    struct NoList;
+
+    #[async_trait::async_trait]
+    impl RevocationList for NoList {
+        async fn status(&self, _key_id: &str) -> Result<ListStatus, TargetError> {
+            Ok(ListStatus::Valid)
+        }
+    }
+
+    /// Each kind is built from its own setup, and only from it.
+    #[tokio::test]
+    async fn built_by_kind() {
+        let ssh_ca = Arc::new(SshCa::from_seed(&SshCa::generate_seed().unwrap()).unwrap());
+        let x509_ca = Arc::new(X509Ca::from_pkcs8(&X509Ca::generate_key().unwrap()).unwrap());
+        let list: Arc<dyn RevocationList> = Arc::new(NoList);
+        let password = SecretString::from("pw".to_owned());
+        let setup = |kind: TargetKind| match kind {
+            TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis => {
+                Setup::AdminPassword(Some(&password))
+            }
+            TargetKind::Ssh => Setup::SshCa(ssh_ca.clone(), list.clone()),
+            TargetKind::X509 => Setup::X509Ca(x509_ca.clone(), list.clone()),
+        };
+        let url = |kind: TargetKind| match kind {
+            TargetKind::Postgres => "postgres://admin@127.0.0.1:5432/postgres",
+            TargetKind::Mysql => "mysql://admin@127.0.0.1:3306",
+            TargetKind::Redis => "redis://admin@127.0.0.1:6379",
+            TargetKind::Ssh => "ssh://127.0.0.1:22",
+            TargetKind::X509 => "tls://127.0.0.1:443",
+        };
+        for kind in TargetKind::ALL {
+            let target = build(kind, "t", url(kind), setup(kind)).unwrap();
+            assert_eq!(target.kind(), kind);
+            assert!(
+                format!("{target:?}").contains("\"t\""),
+                "{kind}: {target:?}"
+            );
+            for other in TargetKind::ALL {
+                let same_setup = kind.is_certificate() == other.is_certificate()
+                    && (kind == other || !kind.is_certificate());
+                let built = build(kind, "t", url(kind), setup(other));
+                assert_eq!(built.is_ok(), same_setup, "{kind} with {other}'s setup");
+                if let Err(error) = built {
+                    assert!(
+                        matches!(error, TargetError::Refused { .. }),
+                        "{kind}: {error}"
+                    );
+                }
+            }
+        }
+        let bad = build(TargetKind::Ssh, "t", "tls://h:1", setup(TargetKind::Ssh));
+        assert!(bad.is_err());
+    }
+
     #[test]
     fn addresses() {
         let parse = |url: &str, default| parse_address("t", url, "x://", default);
