@@ -1,4 +1,5 @@
-//! Mayfly's domain: names, principals, timestamps and audit events.
+//! Mayfly's domain: names, principals, kinds of target, timestamps, requests and their decisions,
+//! grants and audit events.
 //!
 //! This crate does no I/O, runs no async code and never reads the clock: time is passed in as a
 //! [`Timestamp`]. Everything here is pure and can be tested with tables of cases.
@@ -9,8 +10,11 @@ pub mod grant;
 pub mod name;
 pub mod policy;
 pub mod principal;
+pub mod request;
+pub mod target;
 pub mod time;
 
 pub use name::{GroupName, LoginName, NameError, Namespace, Username};
 pub use principal::Principal;
+pub use target::TargetKind;
 pub use time::Timestamp;

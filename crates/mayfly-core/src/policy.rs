@@ -132,6 +132,16 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// Whether the action is permitted (with or without approvals).
+    pub fn allows(&self) -> bool {
+        match self {
+            Decision::Allow { .. } => true,
+            Decision::Deny { .. } => false,
+        }
+    }
+}
+
 pub fn schema() -> Result<&'static Schema, PolicyError> {
     static SCHEMA_CELL: OnceLock<Result<Schema, String>> = OnceLock::new();
     SCHEMA_CELL

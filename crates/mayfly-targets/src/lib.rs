@@ -3,6 +3,7 @@
 //! records its intent before calling [`Target::issue`], so [`Target::revoke`] can clean up after a
 //! crash. This is the only crate that talks to target systems.
 
+pub mod certificate;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -11,34 +12,19 @@ pub mod ssh;
 pub mod x509;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::{LoginName, Timestamp};
+use mayfly_crypto::ssh::SshCa;
+use mayfly_crypto::x509::X509Ca;
 use secrecy::SecretString;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// For logs and metrics only; no behaviour switches on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetKind {
-    Postgres,
-    Mysql,
-    Redis,
-    Ssh,
-    X509,
-}
-
-impl fmt::Display for TargetKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TargetKind::Postgres => f.write_str("postgres"),
-            TargetKind::Mysql => f.write_str("mysql"),
-            TargetKind::Redis => f.write_str("redis"),
-            TargetKind::Ssh => f.write_str("ssh"),
-            TargetKind::X509 => f.write_str("x509"),
-        }
-    }
-}
+/// The kinds of target: defined in core (the API, the store and the CLI name them too), matched
+/// here once, by [`build`].
+pub use mayfly_core::TargetKind;
 
 /// What can be granted on a target.
 #[derive(Clone, Debug)]
@@ -134,6 +120,70 @@ pub enum ListStatus {
 pub trait RevocationList: Send + Sync {
     /// `key_id` is the grant's login name, which the certificate carries.
     async fn status(&self, key_id: &str) -> Result<ListStatus, TargetError>;
+}
+
+/// What a target acts with besides its URL, which the broker holds: a database's admin password,
+/// or a certificate target's CA and the list its revocations are published in.
+pub enum Setup<'a> {
+    /// For `postgres`, `mysql` and `redis`: the admin account's password (`None`: the target is
+    /// only parsed, not used, or the URL's own settings apply).
+    AdminPassword(Option<&'a SecretString>),
+    /// For `ssh`: the target's user CA and its KRL's source.
+    SshCa(Arc<SshCa>, Arc<dyn RevocationList>),
+    /// For `x509`: the target's client CA and its CRL's source.
+    X509Ca(Arc<X509Ca>, Arc<dyn RevocationList>),
+}
+
+impl Setup<'_> {
+    fn describe(&self) -> &'static str {
+        match self {
+            Setup::AdminPassword(_) => "an admin password",
+            Setup::SshCa(..) => "an SSH CA",
+            Setup::X509Ca(..) => "an X.509 CA",
+        }
+    }
+}
+
+/// The target client of `kind` named `name` at `url`: the one place that maps a kind to its
+/// module. Builds a client only (nothing is stored or connected to); a `setup` of another kind's
+/// sort is refused.
+pub fn build(
+    kind: TargetKind,
+    name: &str,
+    url: &str,
+    setup: Setup<'_>,
+) -> Result<Arc<dyn Target>, TargetError> {
+    let target: Arc<dyn Target> = match (kind, setup) {
+        (TargetKind::Postgres, Setup::AdminPassword(password)) => {
+            Arc::new(postgres::PostgresTarget::new(name, url, password)?)
+        }
+        (TargetKind::Mysql, Setup::AdminPassword(password)) => {
+            Arc::new(mysql::MysqlTarget::new(name, url, password)?)
+        }
+        (TargetKind::Redis, Setup::AdminPassword(password)) => {
+            Arc::new(redis::RedisTarget::new(name, url, password)?)
+        }
+        (TargetKind::Ssh, Setup::SshCa(ca, revoked)) => {
+            Arc::new(ssh::SshTarget::new(name, url, ca, revoked)?)
+        }
+        (TargetKind::X509, Setup::X509Ca(ca, revoked)) => {
+            Arc::new(x509::X509Target::new(name, url, ca, revoked)?)
+        }
+        (
+            kind @ (TargetKind::Postgres
+            | TargetKind::Mysql
+            | TargetKind::Redis
+            | TargetKind::Ssh
+            | TargetKind::X509),
+            setup,
+        ) => {
+            return Err(TargetError::Refused {
+                target: name.to_owned(),
+                reason: format!("a `{kind}` target is not set up with {}", setup.describe()),
+            });
+        }
+    };
+    Ok(target)
 }
 
 /// Where a target is: `SCHEME://[USER@]HOST[:PORT][/…]`.
@@ -286,52 +336,6 @@ pub(crate) fn require_verified(
             host.chars().take(64).collect::<String>()
         ),
     })
-}
-
-/// How a certificate target's proof names its list and its certificates' expiry.
-pub(crate) struct ListWords {
-    /// "the KRL at /v1/ssh/krl".
-    pub list: &'static str,
-    /// "valid_before".
-    pub expiry: &'static str,
-    /// "hosts with RevokedKeys".
-    pub verifiers: &'static str,
-}
-
-/// The proof of a certificate target: its published list names the certificate, or the
-/// certificate has expired; else it is not revoked.
-pub(crate) async fn list_proof(
-    target: &str,
-    login: &LoginName,
-    revoked: &dyn RevocationList,
-    words: &ListWords,
-) -> Result<RevocationProof, TargetError> {
-    let ListWords {
-        list,
-        expiry,
-        verifiers,
-    } = words;
-    match revoked.status(login.as_str()).await? {
-        ListStatus::Listed => Ok(RevocationProof {
-            checks: vec![
-                format!("{list} names the certificate of {login}"),
-                format!(
-                    "{verifiers} refuse it from their next refresh; every verifier refuses it after {expiry}"
-                ),
-            ],
-        }),
-        ListStatus::Expired => Ok(RevocationProof {
-            checks: vec![
-                format!("the certificate of {login} is past its {expiry}"),
-                "every verifier refuses an expired certificate by itself".to_owned(),
-            ],
-        }),
-        ListStatus::Valid => Err(TargetError::NotRevoked {
-            target: target.to_owned(),
-            login: login.to_string(),
-            reason: format!("{list} does not name the certificate and it has not expired"),
-        }),
-    }
 }
 
 /// A database target's error: the server's own refusal is permanent (its message says why);
@@ -524,6 +528,60 @@ mod tests {
         ] {
             assert_eq!(is_loopback(host), loopback, "{host}");
         }
+    }
+
+    struct NoList;
+
+    #[async_trait::async_trait]
+    impl RevocationList for NoList {
+        async fn status(&self, _key_id: &str) -> Result<ListStatus, TargetError> {
+            Ok(ListStatus::Valid)
+        }
+    }
+
+    /// Each kind is built from its own setup, and only from it.
+    #[tokio::test]
+    async fn built_by_kind() {
+        let ssh_ca = Arc::new(SshCa::from_seed(&SshCa::generate_seed().unwrap()).unwrap());
+        let x509_ca = Arc::new(X509Ca::from_pkcs8(&X509Ca::generate_key().unwrap()).unwrap());
+        let list: Arc<dyn RevocationList> = Arc::new(NoList);
+        let password = SecretString::from("pw".to_owned());
+        let setup = |kind: TargetKind| match kind {
+            TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis => {
+                Setup::AdminPassword(Some(&password))
+            }
+            TargetKind::Ssh => Setup::SshCa(ssh_ca.clone(), list.clone()),
+            TargetKind::X509 => Setup::X509Ca(x509_ca.clone(), list.clone()),
+        };
+        let url = |kind: TargetKind| match kind {
+            TargetKind::Postgres => "postgres://admin@127.0.0.1:5432/postgres",
+            TargetKind::Mysql => "mysql://admin@127.0.0.1:3306",
+            TargetKind::Redis => "redis://admin@127.0.0.1:6379",
+            TargetKind::Ssh => "ssh://127.0.0.1:22",
+            TargetKind::X509 => "tls://127.0.0.1:443",
+        };
+        for kind in TargetKind::ALL {
+            let target = build(kind, "t", url(kind), setup(kind)).unwrap();
+            assert_eq!(target.kind(), kind);
+            assert!(
+                format!("{target:?}").contains("\"t\""),
+                "{kind}: {target:?}"
+            );
+            for other in TargetKind::ALL {
+                let same_setup = kind.is_certificate() == other.is_certificate()
+                    && (kind == other || !kind.is_certificate());
+                let built = build(kind, "t", url(kind), setup(other));
+                assert_eq!(built.is_ok(), same_setup, "{kind} with {other}'s setup");
+                if let Err(error) = built {
+                    assert!(
+                        matches!(error, TargetError::Refused { .. }),
+                        "{kind}: {error}"
+                    );
+                }
+            }
+        }
+        let bad = build(TargetKind::Ssh, "t", "tls://h:1", setup(TargetKind::Ssh));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -12,14 +12,10 @@
 
 use std::sync::Arc;
 
-use mayfly_core::{LoginName, Timestamp};
 use mayfly_crypto::ssh::{SKEW_SECONDS, SshCa, UserCertificate};
-use secrecy::SecretString;
 
-use crate::{
-    Connection, IssuePlan, RevocationList, RevocationProof, RoleSpec, Target, TargetError,
-    TargetKind,
-};
+use crate::certificate::{CertificateAuthority, CertificateTarget, ListWords, Signed};
+use crate::{IssuePlan, RevocationList, TargetError, TargetKind};
 
 /// What an SSH role gives, written as JSON in the role's creation text:
 /// `{"principals": ["deploy"], "extensions": ["permit-pty"], "force_command": "…",
@@ -125,25 +121,10 @@ impl SshRole {
     }
 }
 
-pub struct SshTarget {
-    name: String,
-    host: String,
-    port: u16,
-    ca: Arc<SshCa>,
-    revoked: Arc<dyn RevocationList>,
-}
+/// An SSH target: user certificates signed by the target's own CA (see [`CertificateTarget`]).
+pub type SshTarget = CertificateTarget<SshCa>;
 
-impl std::fmt::Debug for SshTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SshTarget")
-            .field("name", &self.name)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SshTarget {
+impl CertificateTarget<SshCa> {
     /// `url` is `ssh://HOST[:PORT]`: where `mayfly ssh` connects by default.
     pub fn new(
         name: &str,
@@ -151,60 +132,51 @@ impl SshTarget {
         ca: Arc<SshCa>,
         revoked: Arc<dyn RevocationList>,
     ) -> Result<SshTarget, TargetError> {
-        // A user in the URL is ignored: the principal comes from the role.
-        let crate::Address { host, port, .. } =
-            crate::parse_address(name, url, "ssh://", Some(22))?;
-        Ok(SshTarget {
-            name: name.to_owned(),
-            host,
-            port,
-            ca,
-            revoked,
-        })
+        CertificateTarget::with_ca(name, url, ca, revoked)
     }
 }
 
-fn unix_seconds(at: Timestamp) -> u64 {
-    u64::try_from(at.unix_ms() / 1000).unwrap_or(0)
-}
+impl CertificateAuthority for SshCa {
+    const KIND: TargetKind = TargetKind::Ssh;
+    const TYPE_NAME: &'static str = "SshTarget";
+    const SCHEME: &'static str = "ssh://";
+    const DEFAULT_PORT: Option<u16> = Some(22);
+    const WORDS: ListWords = ListWords {
+        list: "the KRL at /v1/ssh/krl",
+        expiry: "valid_before",
+        verifiers: "hosts with RevokedKeys",
+    };
+    const FIXED_EXPIRY: &'static str =
+        "an SSH certificate's expiry cannot move: request access again";
+    const NO_REVOCATION_SCRIPT: &'static str =
+        "SSH roles have no revocation script: revocation is the KRL";
 
-#[async_trait::async_trait]
-impl Target for SshTarget {
-    fn kind(&self) -> TargetKind {
-        TargetKind::Ssh
+    type Role = SshRole;
+
+    fn parse_role(text: &str) -> Result<SshRole, String> {
+        SshRole::parse(text)
     }
 
-    fn check_role(&self, role: &RoleSpec) -> Result<(), TargetError> {
-        let invalid = |reason: String| TargetError::InvalidRole {
-            role: role.name.clone(),
-            reason,
-        };
-        SshRole::parse(&role.creation_sql).map_err(invalid)?;
-        if role.revocation_sql.is_some() {
-            return Err(invalid(
-                "SSH roles have no revocation script: revocation is the KRL".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn issue(&self, plan: &IssuePlan<'_>) -> Result<Connection, TargetError> {
+    fn sign(
+        &self,
+        target: &str,
+        role: SshRole,
+        plan: &IssuePlan<'_>,
+    ) -> Result<Signed, TargetError> {
         let invalid = |reason: String| TargetError::InvalidRole {
             role: plan.role.name.clone(),
             reason,
         };
-        let role = SshRole::parse(&plan.role.creation_sql).map_err(invalid)?;
         let public_key = plan.public_key.ok_or_else(|| {
             invalid("an SSH grant certifies a public key: give `public_key` when activating".into())
         })?;
         let serial = u64::from_be_bytes(mayfly_crypto::random_bytes().map_err(|e| {
             TargetError::Refused {
-                target: self.name.clone(),
+                target: target.to_owned(),
                 reason: e.to_string(),
             }
         })?);
         let certificate = self
-            .ca
             .sign_user(&UserCertificate {
                 public_key,
                 key_id: plan.login.as_str(),
@@ -212,56 +184,15 @@ impl Target for SshTarget {
                 principals: &role.principals,
                 extensions: &role.extensions,
                 critical_options: &role.critical_options(),
-                valid_after: unix_seconds(plan.issued_at).saturating_sub(SKEW_SECONDS),
-                valid_before: unix_seconds(plan.expires_at),
+                valid_after: plan.issued_at.unix_secs().saturating_sub(SKEW_SECONDS),
+                valid_before: plan.expires_at.unix_secs(),
             })
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Connection {
-            host: self.host.clone(),
-            port: self.port,
+        Ok(Signed {
             database: role.principals.first().cloned().unwrap_or_default(),
-            certificate: Some(certificate),
+            certificate,
             private_key: None,
         })
-    }
-
-    async fn extend(&self, _login: &LoginName, _expires_at: Timestamp) -> Result<(), TargetError> {
-        Err(TargetError::Refused {
-            target: self.name.clone(),
-            reason: "an SSH certificate's expiry cannot move: request access again".into(),
-        })
-    }
-
-    /// The grant's state is the revocation: the KRL is made from it.
-    async fn revoke(
-        &self,
-        _login: &LoginName,
-        _role: Option<&RoleSpec>,
-    ) -> Result<(), TargetError> {
-        Ok(())
-    }
-
-    async fn verify_revoked(
-        &self,
-        login: &LoginName,
-        _secret: &SecretString,
-    ) -> Result<RevocationProof, TargetError> {
-        crate::list_proof(
-            &self.name,
-            login,
-            self.revoked.as_ref(),
-            &crate::ListWords {
-                list: "the KRL at /v1/ssh/krl",
-                expiry: "valid_before",
-                verifiers: "hosts with RevokedKeys",
-            },
-        )
-        .await
-    }
-
-    /// Certificates leave nothing on the hosts to sweep.
-    async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError> {
-        Ok(Vec::new())
     }
 }
 

@@ -9,14 +9,11 @@
 
 use std::sync::Arc;
 
-use mayfly_core::{LoginName, Timestamp};
 use mayfly_crypto::x509::{ClientCertificate, SKEW_SECONDS, X509Ca, serial_for};
 use secrecy::SecretString;
 
-use crate::{
-    Connection, IssuePlan, RevocationList, RevocationProof, RoleSpec, Target, TargetError,
-    TargetKind,
-};
+use crate::certificate::{CertificateAuthority, CertificateTarget, ListWords, Signed};
+use crate::{IssuePlan, RevocationList, TargetError, TargetKind};
 
 /// What an X.509 role gives, as JSON: `{"common_name": "payments", "uri_sans":
 /// ["spiffe://acme/payments"]}`.
@@ -62,24 +59,11 @@ impl X509Role {
     }
 }
 
-pub struct X509Target {
-    name: String,
-    host: String,
-    port: u16,
-    ca: Arc<X509Ca>,
-    revoked: Arc<dyn RevocationList>,
-}
+/// An X.509 target: client certificates signed by the target's own CA (see
+/// [`CertificateTarget`]).
+pub type X509Target = CertificateTarget<X509Ca>;
 
-impl std::fmt::Debug for X509Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("X509Target")
-            .field("name", &self.name)
-            .field("host", &self.host)
-            .finish_non_exhaustive()
-    }
-}
-
-impl X509Target {
+impl CertificateTarget<X509Ca> {
     /// `url` is `tls://HOST:PORT`: the service the certificate is for (shown to the holder).
     pub fn new(
         name: &str,
@@ -87,104 +71,62 @@ impl X509Target {
         ca: Arc<X509Ca>,
         revoked: Arc<dyn RevocationList>,
     ) -> Result<X509Target, TargetError> {
-        let crate::Address { host, port, .. } = crate::parse_address(name, url, "tls://", None)?;
-        Ok(X509Target {
-            name: name.to_owned(),
-            host,
-            port,
-            ca,
-            revoked,
-        })
+        CertificateTarget::with_ca(name, url, ca, revoked)
     }
 }
 
-#[async_trait::async_trait]
-impl Target for X509Target {
-    fn kind(&self) -> TargetKind {
-        TargetKind::X509
+impl CertificateAuthority for X509Ca {
+    const KIND: TargetKind = TargetKind::X509;
+    const TYPE_NAME: &'static str = "X509Target";
+    const SCHEME: &'static str = "tls://";
+    const DEFAULT_PORT: Option<u16> = None;
+    const WORDS: ListWords = ListWords {
+        list: "the CRL at /v1/x509/crl",
+        expiry: "notAfter",
+        verifiers: "verifiers that load the CRL",
+    };
+    const FIXED_EXPIRY: &'static str = "a certificate's notAfter cannot move: request access again";
+    const NO_REVOCATION_SCRIPT: &'static str =
+        "X.509 roles have no revocation script: revocation is the CRL";
+
+    type Role = X509Role;
+
+    fn parse_role(text: &str) -> Result<X509Role, String> {
+        X509Role::parse(text)
     }
 
-    fn check_role(&self, role: &RoleSpec) -> Result<(), TargetError> {
-        let invalid = |reason: String| TargetError::InvalidRole {
-            role: role.name.clone(),
-            reason,
-        };
-        X509Role::parse(&role.creation_sql).map_err(invalid)?;
-        if role.revocation_sql.is_some() {
-            return Err(invalid(
-                "X.509 roles have no revocation script: revocation is the CRL".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn issue(&self, plan: &IssuePlan<'_>) -> Result<Connection, TargetError> {
-        let invalid = |reason: String| TargetError::InvalidRole {
-            role: plan.role.name.clone(),
-            reason,
-        };
-        let role = X509Role::parse(&plan.role.creation_sql).map_err(invalid)?;
+    fn sign(
+        &self,
+        _target: &str,
+        role: X509Role,
+        plan: &IssuePlan<'_>,
+    ) -> Result<Signed, TargetError> {
         let mut uri_sans = role.uri_sans.clone();
         uri_sans.push(format!("urn:mayfly:grant:{}", plan.login));
         let serial = serial_for(plan.login.as_str());
         let issued = self
-            .ca
             .issue(&ClientCertificate {
                 common_name: &role.common_name,
                 uri_sans: &uri_sans,
                 serial: &serial,
-                not_before: plan.issued_at.unix_ms() / 1000 - SKEW_SECONDS,
-                not_after: plan.expires_at.unix_ms() / 1000,
+                not_before: plan
+                    .issued_at
+                    .unix_secs_signed()
+                    .saturating_sub(SKEW_SECONDS),
+                not_after: plan.expires_at.unix_secs_signed(),
                 csr_pem: plan.public_key,
             })
-            .map_err(|e| invalid(e.to_string()))?;
-        Ok(Connection {
-            host: self.host.clone(),
-            port: self.port,
+            .map_err(|e| TargetError::InvalidRole {
+                role: plan.role.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Signed {
             database: role.common_name,
-            certificate: Some(issued.certificate_pem),
+            certificate: issued.certificate_pem,
             private_key: issued
                 .private_key_pem
                 .map(|key| SecretString::from(key.as_str().to_owned())),
         })
-    }
-
-    async fn extend(&self, _login: &LoginName, _expires_at: Timestamp) -> Result<(), TargetError> {
-        Err(TargetError::Refused {
-            target: self.name.clone(),
-            reason: "a certificate's notAfter cannot move: request access again".into(),
-        })
-    }
-
-    /// The grant's state is the revocation: the CRL is made from it.
-    async fn revoke(
-        &self,
-        _login: &LoginName,
-        _role: Option<&RoleSpec>,
-    ) -> Result<(), TargetError> {
-        Ok(())
-    }
-
-    async fn verify_revoked(
-        &self,
-        login: &LoginName,
-        _secret: &SecretString,
-    ) -> Result<RevocationProof, TargetError> {
-        crate::list_proof(
-            &self.name,
-            login,
-            self.revoked.as_ref(),
-            &crate::ListWords {
-                list: "the CRL at /v1/x509/crl",
-                expiry: "notAfter",
-                verifiers: "verifiers that load the CRL",
-            },
-        )
-        .await
-    }
-
-    async fn managed_logins(&self) -> Result<Vec<LoginName>, TargetError> {
-        Ok(Vec::new())
     }
 }
 
