@@ -1,5 +1,5 @@
 //! SQL for reading the audit log: its head, its events, the last checkpoint, and the sinks'
-//! cursors. Events are appended by the write path only ([`crate::write`]).
+//! cursors. Events are appended by the write path only.
 
 use sqlx::AnyPool;
 
