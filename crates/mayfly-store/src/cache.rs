@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use mayfly_core::bounded::Bounded;
 
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::records::{Change, RoleRecord, SessionRecord, StoredEvent, TargetRecord};
 
 /// At most this many values of one kind are kept; when full, all are dropped.

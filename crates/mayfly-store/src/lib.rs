@@ -2,97 +2,83 @@
 //! file, WAL) and PostgreSQL (several broker nodes on one state).
 //!
 //! Both backends run the same SQL through sqlx's `Any` driver; the DDL differs, so each has its
-//! own migrations folder, applied at [`open`]. The only dialect switch is in [`sql::Dialect`].
+//! own migrations folder, applied at [`open`]. The only dialect switch is on [`Dialect`], inside
+//! this crate; the server reads [`Capabilities`].
 //!
 //! Every change of state goes through [`Store::commit`] together with the audit event that records
 //! it: one transaction appends the events to the hash chain and applies the changes, so an action
 //! and its event commit together or not at all. A batch holds many requests' writes (group
 //! commit); each write runs under its own savepoint, so one conflicting write does not fail the
 //! others. The store keeps only ciphertext for secrets: encryption happens before it is called.
+//!
+//! ## Code map, bottom to top
+//!
+//! Each module uses only modules listed before it (none but `store` uses [`Store`]):
+//!
+//! - `error`, `records`: [`StoreError`]; the records, [`Change`], [`Write`] and its outcome.
+//! - `dialect`, `rows`: the row plumbing. [`Dialect`] and placeholders; column lists, the
+//!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
+//! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
+//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `audit`: the SQL of each group of
+//!   tables, the changes that write them and the reads.
+//! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
+//! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 
-mod access;
+mod audit;
 mod cache;
+mod catalog;
+mod dialect;
+mod error;
+mod grants;
+mod identity;
 mod records;
-mod script;
-mod sql;
+mod requests;
+mod rows;
+mod secrets;
+mod store;
+mod write;
 
 use mayfly_core::Timestamp;
-use mayfly_core::audit::AuditDraft;
 
+pub use dialect::Dialect;
+pub use error::{BoxError, StoreError};
 pub use records::{
-    ApprovalRecord, Change, GrantRecord, GrantUpdate, JwtConfigRecord, RequestRecord, RoleRecord,
-    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    ApprovalRecord, Change, GrantFilter, GrantRecord, GrantUpdate, JwtConfigRecord, Principals,
+    RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord,
+    ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
+pub use store::SqlStore;
 
-/// Which grants to list.
+/// What the broker must know about the database behind a store, named by what it means for the
+/// broker rather than by which database it is. Code outside the store reads this, never
+/// [`Store::dialect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GrantFilter {
-    All,
-    /// The credential may exist on the target.
-    Live,
-    Active,
-    /// Revocations that failed and are being retried.
-    Failing,
-    /// Break-glass grants nobody has reviewed yet.
-    Unreviewed,
-}
-/// Whose grants to walk (principal keys: `user:alice`, `workload:ROLE:NAME`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Principals<'a> {
-    All,
-    Exactly(&'a str),
-    /// Keys starting with this (every workload of one binding: `workload:ROLE:`).
-    StartingWith(&'a str),
-}
-
-pub use sql::{Dialect, SqlStore};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the store is unavailable")]
-    Unavailable(#[source] BoxError),
-    #[error("the store holds data it cannot read: {0}")]
-    Corrupt(String),
-    #[error("store url `{0}` is not supported: use sqlite://PATH or postgres://…")]
-    UnsupportedUrl(String),
-    #[error("store migration failed")]
-    Migration(#[source] BoxError),
-    #[error(
-        "another broker is using this SQLite store (it holds `{0}`): stop it first, or run several brokers on one PostgreSQL store"
-    )]
-    InUse(String),
-}
-
-impl StoreError {
-    /// Whether trying again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-}
-
-/// One change and the audit event that records it. A write with no change records a fact only
-/// (a refused call, a login failure that changes nothing).
-#[derive(Debug)]
-pub struct Write {
-    pub change: Option<Change>,
-    pub event: AuditDraft,
-}
-
-/// What became of one write in a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The change is applied and its event is in the chain at `seq`.
-    Applied { seq: i64 },
-    /// The change conflicted with the state (for example a name already taken, a TOTP step
-    /// already used). Nothing changed; the event is in the chain at `seq`, marked `refused`.
-    Conflict { seq: i64, reason: String },
+pub struct Capabilities {
+    /// This broker is the store's only writer; no other broker shares it (SQLite: one broker per
+    /// database, held through its lock file). Then anything left half-done in the store at start
+    /// (an intent still `issuing`) was left by this broker, by a crash, and the broker's own
+    /// clock is the only one whose times go into the store. When `false`, other brokers may
+    /// share the store at once (PostgreSQL): half-done work may be another broker's, in
+    /// progress, and times should come from the one clock they share, the store's
+    /// ([`Store::clock_ms`]).
+    pub sole_writer: bool,
+    /// A commit is blocking work in this process (SQLite: a file this process writes and
+    /// `fsync`s; the one-script commit runs on the calling thread and blocks it), not I/O on
+    /// sockets driven by the async runtime. The caller of [`Store::commit`] does best to call it
+    /// from a thread of its own, on a runtime of its own (timers are all it needs), away from
+    /// the tasks that serve requests. When `false` (PostgreSQL), the pool's connections belong
+    /// to the runtime that opened the store, and commits must run there.
+    pub commits_in_process: bool,
 }
 
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which database this is. Prefer [`Store::capabilities`]: nothing outside the store should
+    /// switch on the database.
     fn dialect(&self) -> Dialect;
+
+    /// What the broker must know about the database behind this store (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities;
 
     /// Applies a batch of writes and appends their events in one transaction.
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError>;

@@ -1,7 +1,9 @@
-//! Plain records the store reads and writes. They carry ciphertext and hashes, never secrets.
+//! Plain records the store reads and writes, the changes it applies and what became of them. They
+//! carry ciphertext and hashes, never secrets.
 
 use std::time::Duration;
 
+use mayfly_core::audit::AuditDraft;
 use mayfly_core::{Principal, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -366,6 +368,53 @@ impl GrantUpdate {
             count_attempt: false,
         }
     }
+}
+
+/// One change and the audit event that records it. A write with no change records a fact only
+/// (a refused call, a login failure that changes nothing).
+#[derive(Debug)]
+pub struct Write {
+    pub change: Option<Change>,
+    pub event: AuditDraft,
+}
+
+/// What became of one write in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The change is applied and its event is in the chain at `seq`.
+    Applied { seq: i64 },
+    /// The change conflicted with the state (for example a name already taken, a TOTP step
+    /// already used). Nothing changed; the event is in the chain at `seq`, marked `refused`.
+    Conflict { seq: i64, reason: String },
+}
+
+/// What applying one change did, inside its transaction: the store's side of [`WriteOutcome`].
+pub(crate) enum Applied {
+    Done,
+    /// The change conflicted with the state; the caller rolls it back.
+    Conflict(String),
+}
+
+/// Which grants to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantFilter {
+    All,
+    /// The credential may exist on the target.
+    Live,
+    Active,
+    /// Revocations that failed and are being retried.
+    Failing,
+    /// Break-glass grants nobody has reviewed yet.
+    Unreviewed,
+}
+
+/// Whose grants to walk (principal keys: `user:alice`, `workload:ROLE:NAME`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Principals<'a> {
+    All,
+    Exactly(&'a str),
+    /// Keys starting with this (every workload of one binding: `workload:ROLE:`).
+    StartingWith(&'a str),
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod postgres;
 mod sqlite;
 mod story;
 
-use mayfly_store::SqlStore;
+use mayfly_store::{Capabilities, SqlStore, Store};
 
 async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -28,6 +28,14 @@ async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
 #[tokio::test]
 async fn sqlite_story() {
     let (store, _dir) = sqlite_store().await;
+    // One broker per SQLite file, which this process writes.
+    assert_eq!(
+        store.capabilities(),
+        Capabilities {
+            sole_writer: true,
+            commits_in_process: true
+        }
+    );
     story::run(&store).await;
     access::run(&store).await;
     store.close().await;
@@ -37,6 +45,14 @@ async fn sqlite_story() {
 async fn postgres_story() {
     let db = postgres::ThrowawayDb::create().await;
     let store = mayfly_store::open(&db.url).await.unwrap();
+    // Other brokers may share a PostgreSQL store, reached over sockets.
+    assert_eq!(
+        store.capabilities(),
+        Capabilities {
+            sole_writer: false,
+            commits_in_process: false
+        }
+    );
     story::run(&store).await;
     access::run(&store).await;
     store.close().await;

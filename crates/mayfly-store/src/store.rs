@@ -1,0 +1,522 @@
+//! [`SqlStore`]: the one implementation of [`Store`], over sqlx's `Any` driver for SQLite and
+//! PostgreSQL. Opening (the URL, the lock on a SQLite file, the pool, the migrations), the reads
+//! kept in memory on SQLite, the write lock, and the [`Store`] methods, each handed to the
+//! module that owns its tables.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use mayfly_core::Timestamp;
+use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use tokio::sync::Mutex;
+
+use crate::cache::{DecisionInputs, ReadCache, StoreLock, keeps_reads, make_private};
+use crate::dialect::Dialect;
+use crate::error::{StoreError, unavailable};
+use crate::identity::JwtTable;
+use crate::records::{
+    ApprovalRecord, GrantFilter, GrantRecord, JwtConfigRecord, Principals, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    Write, WriteOutcome,
+};
+use crate::write::{Script, Writer};
+use crate::{Capabilities, Store, audit, catalog, grants, identity, requests, secrets};
+
+#[derive(Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// Serializes this node's writers. Across nodes (Postgres) the audit head row lock does it.
+    write_lock: Mutex<()>,
+    /// Reads kept in memory: SQLite on a file only, where this store holds `_lock`.
+    cache: Option<ReadCache>,
+    /// The write path, with what it keeps between batches on a SQLite file.
+    writer: Writer,
+    /// Last, so that it is released after every connection above is closed.
+    _lock: Option<StoreLock>,
+}
+
+fn redact_url(url: &str) -> String {
+    url.split_once("://")
+        .map_or_else(|| "…".to_owned(), |(scheme, _)| format!("{scheme}://…"))
+}
+
+impl SqlStore {
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect =
+            Dialect::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
+        let options = AnyConnectOptions::from_str(url).map_err(unavailable)?;
+        // One broker per SQLite file: taken before anything is read or migrated.
+        let (lock, script) = match dialect {
+            Dialect::Sqlite if !(url.contains(":memory:") || url.contains("mode=memory")) => {
+                let file =
+                    sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(unavailable)?;
+                let lock = StoreLock::take(file.get_filename(), Duration::from_secs(10)).await?;
+                let script = Script::new(file.get_filename().to_owned());
+                (Some(lock), Some(script))
+            }
+            _ => (None, None),
+        };
+        let max_connections = match dialect {
+            Dialect::Sqlite => 4,
+            Dialect::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection is a file handle in this process: pinging it before every use
+            // (a round trip to its worker thread) finds nothing. A PostgreSQL one can have died.
+            .test_before_acquire(dialect == Dialect::Postgres)
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        if let Some(script) = &script {
+            make_private(script.path())?;
+        }
+        let migrator = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(Box::new(e)))?;
+        Ok(SqlStore {
+            writer: Writer::new(pool.clone(), dialect, script),
+            pool,
+            dialect,
+            write_lock: Mutex::new(()),
+            cache: lock.is_some().then(ReadCache::default),
+            _lock: lock,
+        })
+    }
+
+    pub async fn close(&self) {
+        // Waits for a batch being committed, then closes the one-script connection.
+        self.writer.close();
+        self.pool.close().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.dialect {
+            // One broker per SQLite database (the lock file), written by this process.
+            Dialect::Sqlite => Capabilities {
+                sole_writer: true,
+                commits_in_process: true,
+            },
+            Dialect::Postgres => Capabilities {
+                sole_writer: false,
+                commits_in_process: false,
+            },
+        }
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let cache = self.cache.as_ref().filter(|_| {
+            writes
+                .iter()
+                .any(|w| w.change.as_ref().is_some_and(|c| !keeps_reads(c)))
+        });
+        let _changing = cache.map(ReadCache::changing);
+        self.writer.commit(writes).await
+    }
+
+    async fn seal(&self) -> Result<Option<SealRecord>, StoreError> {
+        secrets::seal(&self.pool).await
+    }
+
+    async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        secrets::secret(&self.pool, path).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        identity::user_by_name(&self.pool, username).await
+    }
+
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        identity::users(&self.pool).await
+    }
+
+    async fn throttle(&self, username: &str) -> Result<Option<ThrottleRecord>, StoreError> {
+        identity::throttle(&self.pool, username).await
+    }
+
+    async fn session_by_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return identity::session(&self.pool, token_hash).await;
+        };
+        if let Some(session) = cache.session(token_hash) {
+            return Ok(Some(session));
+        }
+        let read_at = cache.generation();
+        let session = identity::session(&self.pool, token_hash).await?;
+        if let Some(session) = &session {
+            cache.keep_session(token_hash, read_at, session);
+        }
+        Ok(session)
+    }
+
+    async fn jwt_issuer(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError> {
+        identity::jwt_config(&self.pool, JwtTable::Issuers, name).await
+    }
+
+    async fn jwt_role(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError> {
+        identity::jwt_config(&self.pool, JwtTable::Roles, name).await
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        audit::head(&self.pool).await
+    }
+
+    async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        if let Some(events) = self.writer.recent_events(after, limit) {
+            return Ok(events);
+        }
+        self.stored_audit_events(after, limit).await
+    }
+
+    async fn stored_audit_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        audit::events(&self.pool, after, limit).await
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<StoredEvent>, StoreError> {
+        audit::last_checkpoint(&self.pool).await
+    }
+
+    async fn sink_cursor(&self, sink: &str) -> Result<i64, StoreError> {
+        audit::sink_cursor(&self.pool, sink).await
+    }
+
+    async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
+        let _writer = self.write_lock.lock().await;
+        audit::set_sink_cursor(&self.pool, sink, seq).await
+    }
+
+    async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        let _changing = self.cache.as_ref().map(ReadCache::changing);
+        identity::purge_sessions(&self.pool, before).await
+    }
+
+    async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError> {
+        catalog::target(&self.pool, name).await
+    }
+
+    async fn targets(&self) -> Result<Vec<TargetRecord>, StoreError> {
+        catalog::targets(&self.pool).await
+    }
+
+    async fn role(&self, target: &str, name: &str) -> Result<Option<RoleRecord>, StoreError> {
+        catalog::role(&self.pool, target, name).await
+    }
+
+    async fn roles(&self) -> Result<Vec<RoleRecord>, StoreError> {
+        catalog::roles(&self.pool).await
+    }
+
+    async fn policies(&self) -> Result<Option<(String, i64)>, StoreError> {
+        catalog::policies(&self.pool).await
+    }
+
+    async fn decision_inputs(
+        &self,
+        target: &str,
+        role: &str,
+    ) -> Result<Option<DecisionInputs>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return catalog::decision_inputs(&self.pool, target, role).await;
+        };
+        if let Some(inputs) = cache.decision_inputs(target, role) {
+            return Ok(Some(inputs));
+        }
+        let read_at = cache.generation();
+        let inputs = catalog::decision_inputs(&self.pool, target, role).await?;
+        if let Some(inputs) = &inputs {
+            cache.keep_decision_inputs(target, role, read_at, inputs);
+        }
+        Ok(inputs)
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        requests::request(&self.pool, id).await
+    }
+
+    async fn requests(
+        &self,
+        pending_only: bool,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        requests::requests(&self.pool, pending_only, limit).await
+    }
+
+    async fn open_requests_after(
+        &self,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        requests::open_requests_after(&self.pool, after_id, limit).await
+    }
+
+    async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
+        requests::approvals(&self.pool, request_id).await
+    }
+
+    async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        grants::grant(&self.pool, id).await
+    }
+
+    async fn grants(
+        &self,
+        filter: GrantFilter,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        grants::grants(&self.pool, filter, limit).await
+    }
+
+    async fn grants_after(
+        &self,
+        filter: GrantFilter,
+        principals: Principals<'_>,
+        after_id: &str,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        grants::grants_after(&self.pool, filter, principals, after_id, limit).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        grants::claim_due(&self.pool, self.dialect, now, claim_until, limit).await
+    }
+
+    async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        grants::make_issuing_due(&self.pool, now).await
+    }
+
+    async fn clock_ms(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar(self.dialect.clock_sql())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn live_logins(&self, logins: &[String]) -> Result<HashSet<String>, StoreError> {
+        grants::live_logins(&self.pool, logins).await
+    }
+
+    async fn revoked_certificate_logins(
+        &self,
+        target: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        grants::revoked_certificate_logins(&self.pool, target, now).await
+    }
+
+    async fn grant_by_login(&self, login: &str) -> Result<Option<GrantRecord>, StoreError> {
+        grants::grant_by_login(&self.pool, login).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        grants::next_due(&self.pool).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mayfly_core::Principal;
+    use mayfly_core::audit::AuditDraft;
+    use sqlx::Row;
+
+    use super::*;
+    use crate::records::Change;
+
+    /// The queries that migration 0003's partial indexes are for do use them (a query that does
+    /// not repeat an index's condition would scan the table, which grows by a row per grant).
+    #[tokio::test]
+    async fn open_requests_and_checkpoints_are_found_by_their_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let pending = requests::requests_sql(true);
+        for (sql, index) in [
+            (audit::LAST_CHECKPOINT, "audit_checkpoints"),
+            (pending.as_str(), "requests_open"),
+            (requests::EXPIRE_REQUESTS, "requests_open"),
+        ] {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.try_get("detail").unwrap()).collect();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("INDEX {index}"))),
+                "{sql}: {plan:?}"
+            );
+        }
+        store.close().await;
+    }
+
+    /// A certificate's request and grant, every column a value of its own (a column bound in
+    /// another's place shows).
+    fn records(n: u32) -> (RequestRecord, GrantRecord) {
+        use mayfly_core::grant::{GrantState, RequestState};
+        let ms = Timestamp::from_unix_ms;
+        let request = RequestRecord {
+            id: format!("r{n}"),
+            principal: Principal::Workload {
+                role: "ci".into(),
+                name: "job 'quoted'".into(),
+            },
+            target: "hosts".into(),
+            role: "login".into(),
+            reason: "a reason; DROP TABLE grants; --".into(),
+            ticket: "T-1".into(),
+            ttl_ms: 60_000,
+            max_ttl_ms: 120_000,
+            approvals_needed: 2,
+            state: RequestState::Activated,
+            decision: "allowed by p".into(),
+            break_glass: true,
+            created_at: ms(1_000),
+            expires_at: ms(2_000),
+        };
+        let grant = GrantRecord {
+            id: format!("g{n}"),
+            request_id: format!("r{n}"),
+            principal: "workload:ci:job".into(),
+            target: "hosts-2".into(),
+            role: "login-2".into(),
+            login: format!("mf_g{n}"),
+            state: GrantState::Active,
+            created_at: ms(3_000),
+            expires_at: ms(61_000),
+            next_attempt_at: Some(ms(62_000)),
+            epoch: 3,
+            n_attempts: 4,
+            last_error: Some("last error".into()),
+            revoke_reason: Some("revoke reason".into()),
+            revoked_at: Some(ms(70_000)),
+            verified_at: Some(ms(71_000)),
+            break_glass: true,
+            reviewed_by: Some("reviewer".into()),
+        };
+        (request, grant)
+    }
+
+    fn certificate(n: u32) -> Write {
+        let (request, grant) = records(n);
+        Write {
+            change: Some(Change::IssueCertificate {
+                request: Box::new(request),
+                grant: Box::new(grant),
+            }),
+            event: AuditDraft::new(
+                Timestamp::from_unix_ms(1_000),
+                "access.certificate",
+                mayfly_core::audit::Outcome::Ok,
+            ),
+        }
+    }
+
+    /// The one-script commit itself (the store would hide its failure behind the long way):
+    /// every row of a batch lands as it was, a batch from a head that is not the stored one
+    /// leaves nothing, the next batch goes through on a fresh connection, and a closed store
+    /// opens none.
+    #[tokio::test]
+    async fn a_batch_goes_in_one_script_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::open(&url).await.unwrap();
+        let plain = || Write {
+            change: None,
+            event: AuditDraft::new(
+                Timestamp::from_unix_ms(1),
+                "fact",
+                mayfly_core::audit::Outcome::Ok,
+            ),
+        };
+        // The first batch reads the head (the long way); the store knows it from then on.
+        store.commit(vec![plain()]).await.unwrap();
+        let head = store.writer.script_head(&[certificate(1)]).unwrap();
+
+        let batch = [certificate(1), plain(), certificate(2)];
+        let (outcomes, new_head, kept) = store.writer.commit_script(&batch, head).await.unwrap();
+        assert_eq!(
+            outcomes,
+            (1..=3)
+                .map(|i| WriteOutcome::Applied { seq: head.0 + i })
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(new_head.0, head.0 + 3);
+        let (seq, hash) = store.audit_head().await.unwrap();
+        assert_eq!((seq, hash.clone()), (new_head.0, hex::encode(new_head.1)));
+        assert_eq!(kept.last().map(|e| e.hash.clone()), Some(hash));
+        for n in [1, 2] {
+            let (request, grant) = records(n);
+            assert_eq!(store.request(&request.id).await.unwrap(), Some(request));
+            assert_eq!(store.grant(&grant.id).await.unwrap(), Some(grant));
+        }
+
+        // From a head whose hash is not the stored one: refused by the head's `NOT NULL`, and
+        // nothing of the batch is kept.
+        let stale = store
+            .writer
+            .commit_script(&[certificate(3)], (new_head.0, [0xab; 32]))
+            .await
+            .unwrap_err();
+        let reason = std::error::Error::source(&stale)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(reason.contains("audit_head.seq"), "{reason}");
+        assert!(store.grant("g3").await.unwrap().is_none());
+        assert!(store.request("r3").await.unwrap().is_none());
+        assert_eq!(store.audit_head().await.unwrap().0, new_head.0);
+
+        // The next batch opens a new connection and goes through.
+        let (_, after, _) = store
+            .writer
+            .commit_script(&[certificate(3)], new_head)
+            .await
+            .unwrap();
+        assert_eq!(after.0, new_head.0 + 1);
+        assert!(store.grant("g3").await.unwrap().is_some());
+
+        store.close().await;
+        let closed = store.writer.commit_script(&[certificate(4)], after).await;
+        assert!(closed.is_err(), "committed after close");
+    }
+}

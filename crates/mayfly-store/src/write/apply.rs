@@ -1,0 +1,81 @@
+//! One change applied inside the batch's transaction: a short dispatch to the function of the
+//! module that owns the change's tables.
+
+use sqlx::AnyConnection;
+
+use crate::dialect::Dialect;
+use crate::identity::{JwtTable, LoginThrottle};
+use crate::records::{Applied, Change};
+use crate::{catalog, grants, identity, requests, secrets};
+
+pub(super) async fn apply(
+    c: &mut AnyConnection,
+    dialect: Dialect,
+    change: &Change,
+) -> Result<Applied, sqlx::Error> {
+    match change {
+        Change::Initialize { seal, secrets } => secrets::initialize(c, seal, secrets).await,
+        Change::PutSecret { path, blob, at } => secrets::put_secret(c, path, blob, *at).await,
+        Change::CreateSecret { path, blob, at } => secrets::create_secret(c, path, blob, *at).await,
+        Change::SetupFirstAdmin {
+            code_hash,
+            user,
+            secrets,
+        } => identity::setup_first_admin(c, code_hash, user, secrets).await,
+        Change::CreateUser { user, secrets } => identity::create_user(c, user, secrets).await,
+        Change::UpdateUser {
+            username,
+            groups,
+            disabled,
+        } => identity::update_user(c, username, groups.as_deref(), *disabled).await,
+        Change::LoginSucceeded {
+            user_id,
+            username,
+            totp_step,
+            session,
+        } => identity::login_succeeded(c, user_id, username, *totp_step, session).await,
+        Change::LoginFailed {
+            username,
+            throttled_until,
+        } => identity::login_failed(c, username, *throttled_until).await,
+        Change::ReserveLoginAttempt {
+            username,
+            at,
+            n_free,
+            first_delay,
+            max_delay,
+            forget_after,
+        } => {
+            let throttle = LoginThrottle {
+                n_free: *n_free,
+                first_delay: *first_delay,
+                max_delay: *max_delay,
+                forget_after: *forget_after,
+            };
+            identity::reserve_login_attempt(c, dialect, username, *at, throttle).await
+        }
+        Change::CreateSession { session } => identity::create_session(c, session).await,
+        Change::RevokeSession { id, at } => identity::revoke_session(c, id, *at).await,
+        Change::PutJwtIssuer { name, config } => {
+            identity::put_jwt_config(c, JwtTable::Issuers, name, config).await
+        }
+        Change::PutJwtRole { name, config } => {
+            identity::put_jwt_config(c, JwtTable::Roles, name, config).await
+        }
+        Change::DeleteJwtRole { name } => identity::delete_jwt_role(c, name).await,
+        Change::PutTarget { target, secret } => catalog::put_target(c, target, secret).await,
+        Change::PutRole { role } => catalog::put_role(c, role).await,
+        Change::PutPolicies { text, at } => catalog::put_policies(c, text, *at).await,
+        Change::CreateRequest { request } => requests::create_request(c, request).await,
+        Change::Approve { approval } => requests::approve(c, approval).await,
+        Change::DenyRequest { request_id } => requests::deny(c, request_id).await,
+        Change::WithdrawRequest { request_id } => requests::withdraw(c, request_id).await,
+        Change::ExpireRequests { before } => requests::expire_requests(c, *before).await,
+        Change::RecordIntent { grant, secret } => grants::record_intent(c, grant, secret).await,
+        Change::IssueCertificate { request, grant } => {
+            grants::issue_certificate(c, request, grant).await
+        }
+        Change::UpdateGrant { update } => grants::update_grant(c, update).await,
+        Change::ReviewGrant { id, reviewer } => grants::review_grant(c, id, reviewer).await,
+    }
+}
