@@ -67,6 +67,8 @@ async fn server(args: ServerArgs, out: &Output) -> anyhow::Result<ExitCode> {
     }
     let (mut config, listen) = mayfly_server::Config::load(&sources)?;
     config.group_commit = !args.no_group_commit;
+    // Lease times come from the store's clock when several brokers may share it.
+    config.clock_from_store = true;
     let listen = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8200)));
     let listener = tokio::net::TcpListener::bind(listen)
         .await

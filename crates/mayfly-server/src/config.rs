@@ -124,7 +124,8 @@ pub struct Config {
     pub notify_webhook: Option<String>,
     /// How long a request waits for approvals before it expires unanswered.
     pub request_pending_window: Duration,
-    /// Take time from the store's clock (for several brokers on one PostgreSQL store).
+    /// Take time from the store's clock when other brokers may share the store (the store says
+    /// whether it has other writers); a store with one writer keeps `clock`.
     pub clock_from_store: bool,
     /// Password checks (argon2) running at once, each on a blocking thread: one per core by
     /// default, so the async workers keep a share of the machine.

@@ -53,7 +53,8 @@ pub enum ServerError {
 pub async fn start(mut config: Config) -> Result<Broker, ServerError> {
     metrics::install();
     let store = Arc::new(mayfly_store::open(&config.store_url).await?);
-    if config.clock_from_store {
+    // Several brokers may share the store: lease times then come from its clock.
+    if config.clock_from_store && !mayfly_store::Store::capabilities(store.as_ref()).sole_writer {
         let clock = clock::StoreClock::default();
         let offset = clock.sync(store.as_ref()).await?;
         tracing::info!(offset_ms = offset, "taking time from the store's clock");

@@ -2,7 +2,7 @@
 //! file, WAL) and PostgreSQL (several broker nodes on one state).
 //!
 //! Both backends run the same SQL through sqlx's `Any` driver; the DDL differs, so each has its
-//! own migrations folder, applied at [`open`]. The only dialect switch is on [`Dialect`], inside
+//! own migrations folder, applied at [`open`]. The only dialect switch is on `Dialect`, inside
 //! this crate; the server reads [`Capabilities`].
 //!
 //! Every change of state goes through [`Store::commit`] together with the audit event that records
@@ -16,7 +16,7 @@
 //! Each module uses only modules listed before it (none but `store` uses [`Store`]):
 //!
 //! - `error`, `records`: [`StoreError`]; the records, [`Change`], [`Write`] and its outcome.
-//! - `dialect`, `rows`: the row plumbing. [`Dialect`] and placeholders; column lists, the
+//! - `dialect`, `rows`: the row plumbing. `Dialect` and placeholders; column lists, the
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
 //! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `audit`: the SQL of each group of
@@ -40,7 +40,6 @@ mod write;
 
 use mayfly_core::Timestamp;
 
-pub use dialect::Dialect;
 pub use error::{BoxError, StoreError};
 pub use records::{
     ApprovalRecord, Change, GrantFilter, GrantRecord, GrantUpdate, JwtConfigRecord, Principals,
@@ -73,10 +72,6 @@ pub struct Capabilities {
 
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Which database this is. Prefer [`Store::capabilities`]: nothing outside the store should
-    /// switch on the database.
-    fn dialect(&self) -> Dialect;
-
     /// What the broker must know about the database behind this store (see [`Capabilities`]).
     fn capabilities(&self) -> Capabilities;
 

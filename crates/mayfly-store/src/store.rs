@@ -113,10 +113,6 @@ impl SqlStore {
 
 #[async_trait::async_trait]
 impl Store for SqlStore {
-    fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     fn capabilities(&self) -> Capabilities {
         match self.dialect {
             // One broker per SQLite database (the lock file), written by this process.

@@ -549,10 +549,10 @@ pub async fn expire_requests(broker: &Broker) -> Result<usize, BrokerError> {
 /// next due time is read from the store each round, so memory does not grow with the leases).
 pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let wakeup = broker.inner.expiry_wakeup.clone();
-    // Crash recovery. On SQLite (one node by design) every intent still `issuing` at start was
-    // left by a crash of this node: revoke it now. On PostgreSQL another node may be issuing it,
-    // so it becomes due when its issue timeout passes.
-    if broker.store().dialect() == mayfly_store::Dialect::Sqlite {
+    // Crash recovery. When this broker is the store's only writer, every intent still `issuing`
+    // at start was left by a crash of this node: revoke it now. On a shared store another node
+    // may be issuing it, so it becomes due when its issue timeout passes.
+    if broker.store().capabilities().sole_writer {
         match broker.store().make_issuing_due(broker.now()).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(n_grants = n, "revoking intents left issuing by a crash"),

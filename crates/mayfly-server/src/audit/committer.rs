@@ -50,7 +50,7 @@ impl Committer {
             committed: Arc::new(Notify::new()),
         };
         let max_batch = if group_commit { MAX_BATCH } else { 1 };
-        let dialect = store.dialect();
+        let in_process = store.capabilities().commits_in_process;
         let task = run(
             store,
             receiver,
@@ -58,12 +58,12 @@ impl Committer {
             committer.n_committed.clone(),
             committer.committed.clone(),
         );
-        // On SQLite the committer gets a thread of its own, and the store runs each batch's
-        // script on it (blocking it for the commit, `fsync` included): no hand-off to another
+        // A store that commits in this process (SQLite) gives the committer a thread of its own,
+        // and the store runs each batch's script on it (blocking it for the commit, `fsync` included): no hand-off to another
         // thread and back, and no wait behind the HTTP tasks in the shared runtime's queues
         // (BENCHMARKS.md). A PostgreSQL pool's sockets stay with the shared runtime that drives
         // them.
-        if dialect != mayfly_store::Dialect::Sqlite {
+        if !in_process {
             tokio::spawn(task);
             return committer;
         }
