@@ -45,13 +45,7 @@ impl Broker {
             )
             .into());
         }
-        let (target_record, role, policy_text) = self
-            .store()
-            .decision_inputs(&new.target, &new.role)
-            .await?
-            .ok_or_else(|| {
-                BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role))
-            })?;
+        let (target_record, role, policy_text) = self.new_request_inputs(&new).await?;
         // Checked on the record, before a connection to a database target would be made for nothing.
         let record_kind = stored_kind(&target_record)?;
         if !record_kind.is_certificate() {

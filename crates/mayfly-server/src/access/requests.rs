@@ -197,6 +197,18 @@ pub(super) fn context_of(
 }
 
 impl Broker {
+    /// What a new request is decided on, in one read: its target, its role (404 without one) and
+    /// the policies' text.
+    pub(super) async fn new_request_inputs(
+        &self,
+        new: &NewRequest,
+    ) -> Result<(TargetRecord, RoleRecord, Option<String>), BrokerError> {
+        self.store()
+            .decision_inputs(&new.target, &new.role)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role)))
+    }
+
     /// Decides a request now: allowed (perhaps after approvals) or denied, and records it.
     pub async fn create_request(
         &self,
@@ -205,13 +217,7 @@ impl Broker {
         new: NewRequest,
     ) -> Result<RequestInfo, BrokerError> {
         check_new_request(&new)?;
-        let (target, role, policy_text) = self
-            .store()
-            .decision_inputs(&new.target, &new.role)
-            .await?
-            .ok_or_else(|| {
-                BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role))
-            })?;
+        let (target, role, policy_text) = self.new_request_inputs(&new).await?;
         let now = self.now();
         let mut record = undecided(
             principal,
