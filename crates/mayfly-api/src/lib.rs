@@ -274,14 +274,15 @@ pub struct AuditEventsPage {
     pub next_after: i64,
 }
 
-/// Adds a target. Only `postgres` for now.
+/// Adds a target.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetRequest {
-    /// `postgres`, `mysql` (MariaDB) or `redis`.
+    /// `postgres`, `mysql` (MariaDB), `redis`, `ssh` or `x509`.
     pub kind: String,
     pub name: String,
-    /// `postgres://HOST:PORT/DB`, `mysql://HOST:PORT` or `rediss://HOST:PORT`, without credentials.
+    /// `postgres://HOST:PORT/DB`, `mysql://HOST:PORT`, `rediss://HOST:PORT`, `ssh://HOST:PORT`
+    /// or `tls://HOST:PORT`, without credentials.
     /// A host other than this machine needs verified TLS: `?ca=` and the target's CA certificate
     /// (PEM, in base64url); `redis://` and no CA are for a server on this machine only.
     pub url: String,
@@ -293,6 +294,7 @@ pub struct TargetRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TargetInfo {
     pub name: String,
+    /// `postgres`, `mysql` (MariaDB), `redis`, `ssh` or `x509`.
     pub kind: String,
     /// Where the broker reaches it: shown to admins only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -415,7 +417,7 @@ pub struct GrantInfo {
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Credential {
     pub grant: GrantInfo,
-    /// The target's kind: `postgres`, `mysql` or `redis`.
+    /// The target's kind: `postgres`, `mysql` (MariaDB), `redis`, `ssh` or `x509`.
     #[serde(default)]
     pub kind: String,
     pub host: String,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mayfly_api::*;
+use mayfly_core::TargetKind;
 use reqwest::Method;
 
 use crate::client::Client;
@@ -37,7 +38,7 @@ pub async fn target(client: &Client, command: TargetCommand, out: &Output) -> an
             admin_user,
             admin_password_file,
         } => {
-            let admin_password = if kind.certifies() {
+            let admin_password = if kind.is_certificate() {
                 String::new()
             } else {
                 if admin_user.is_empty() {
@@ -49,7 +50,7 @@ pub async fn target(client: &Client, command: TargetCommand, out: &Output) -> an
                 read_secret(admin_password_file.as_deref(), "Admin password: ")?
             };
             let request = TargetRequest {
-                kind: kind.as_str().to_owned(),
+                kind: kind.to_string(),
                 name,
                 url,
                 admin_user,
@@ -402,7 +403,7 @@ pub async fn ssh_lists(client: &Client, command: SshCommand, out: &Output) -> an
     match command {
         SshCommand::Ca { target } => {
             let key = client
-                .call_text(Method::GET, &ca_path("ssh", &target)?)
+                .call_text(Method::GET, &ca_path(TargetKind::Ssh, &target)?)
                 .await?;
             out.answer(&serde_json::json!({ "public_key": key.trim_end() }), |_| {
                 print!("{key}");
@@ -420,7 +421,7 @@ pub async fn x509(client: &Client, command: X509Command, out: &Output) -> anyhow
     match command {
         X509Command::Ca { target } => {
             let pem = client
-                .call_text(Method::GET, &ca_path("x509", &target)?)
+                .call_text(Method::GET, &ca_path(TargetKind::X509, &target)?)
                 .await?;
             out.answer(&serde_json::json!({ "certificate": pem }), |_| {
                 print!("{pem}");
@@ -434,7 +435,7 @@ pub async fn x509(client: &Client, command: X509Command, out: &Output) -> anyhow
 }
 
 /// `/v1/{kind}/ca?target=TARGET`.
-fn ca_path(kind: &str, target: &str) -> anyhow::Result<String> {
+fn ca_path(kind: TargetKind, target: &str) -> anyhow::Result<String> {
     Ok(format!("/v1/{kind}/ca?target={}", checked_target(target)?))
 }
 
@@ -473,8 +474,8 @@ async fn write_list(
 }
 
 /// The kind of the target a role belongs to, as the broker lists it to the caller (`None` when
-/// it is not listed: the request will say why).
-pub async fn target_kind(client: &Client, target: &str) -> anyhow::Result<Option<String>> {
+/// it is not listed, the request will say why; or when it is of a kind this CLI does not know).
+pub async fn target_kind(client: &Client, target: &str) -> anyhow::Result<Option<TargetKind>> {
     let targets: Vec<TargetInfo> = client
         .call(Method::GET, "/v1/targets", none())
         .await
@@ -482,5 +483,5 @@ pub async fn target_kind(client: &Client, target: &str) -> anyhow::Result<Option
     Ok(targets
         .into_iter()
         .find(|t| t.name == target)
-        .map(|t| t.kind))
+        .and_then(|t| t.kind.parse().ok()))
 }

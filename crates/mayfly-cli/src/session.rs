@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use mayfly_api::*;
+use mayfly_core::TargetKind;
 use reqwest::Method;
 
 use crate::access::{ask, none, refused, revoke_now, split_role, target_kind, wait_decided};
@@ -36,8 +37,8 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
     let dir = private_dir("mayfly-exec-")?;
     let mut command = tokio::process::Command::new(program);
     command.args(rest);
-    let credential = match kind.as_deref() {
-        Some("ssh") => {
+    let credential = match kind {
+        Some(TargetKind::Ssh) => {
             let (private, public) = mayfly_crypto::ssh::generate_user_key()
                 .map_err(|e| anyhow!("cannot make a key: {e}"))?;
             let key_file = dir.path().join("id_ed25519");
@@ -53,7 +54,7 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
                 .env("MAYFLY_CERT_FILE", &cert_file);
             credential
         }
-        Some("x509") => {
+        Some(TargetKind::X509) => {
             let credential =
                 certified(client, args.flags, args.timeout, Certify::X509, out).await?;
             let key = credential
@@ -69,7 +70,7 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
                 .env("MAYFLY_CERT_FILE", &cert_file);
             credential
         }
-        _ => {
+        Some(TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis) | None => {
             let credential = requested(client, args.flags, args.timeout, None, out).await?;
             database_env(&mut command, &credential);
             credential
@@ -100,17 +101,19 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
 /// What each system's own client reads. The mysql client and redis-cli take the user name from
 /// no variable: pass `-u "$MAYFLY_USER"` / `--user "$MAYFLY_USER"` (docs/targets/).
 fn database_env(command: &mut tokio::process::Command, credential: &Credential) {
-    match credential.kind.as_str() {
-        "mysql" => {
+    // A kind this CLI does not know (or none, from an older broker) is PostgreSQL, as it always
+    // was; so is a certificate of a target the listing did not show (exec chose by the listing).
+    match credential.kind.parse::<TargetKind>() {
+        Ok(TargetKind::Mysql) => {
             command
                 .env("MYSQL_HOST", &credential.host)
                 .env("MYSQL_TCP_PORT", credential.port.to_string())
                 .env("MYSQL_PWD", &credential.password);
         }
-        "redis" => {
+        Ok(TargetKind::Redis) => {
             command.env("REDISCLI_AUTH", &credential.password);
         }
-        _ => {
+        Ok(TargetKind::Postgres | TargetKind::Ssh | TargetKind::X509) | Err(_) => {
             command
                 .env("PGHOST", &credential.host)
                 .env("PGPORT", credential.port.to_string())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use mayfly_core::Timestamp;
+use mayfly_core::time::duration_to_ms;
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Timestamp;
@@ -20,11 +21,9 @@ impl Clock for SystemClock {
             reason = "the one place that reads the clock"
         )]
         let now = std::time::SystemTime::now();
-        let ms = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        Timestamp::from_unix_ms(ms)
+        now.duration_since(std::time::UNIX_EPOCH)
+            .map(Timestamp::after_epoch)
+            .unwrap_or(Timestamp::EPOCH)
     }
 }
 
@@ -39,8 +38,7 @@ impl ManualClock {
     }
 
     pub fn advance(&self, duration: std::time::Duration) {
-        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.0.fetch_add(duration_to_ms(duration), Ordering::SeqCst);
     }
 
     pub fn set(&self, at: Timestamp) {

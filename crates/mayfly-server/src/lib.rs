@@ -160,8 +160,7 @@ async fn purge_sessions(broker: Broker, mut shutdown: tokio::sync::watch::Receiv
             _ = shutdown.changed() => return,
         }
         // Keep expired sessions a day for investigations, then drop them.
-        let before = broker.now().saturating_add(Duration::ZERO);
-        let before = mayfly_core::Timestamp::from_unix_ms(before.unix_ms() - 86_400_000);
+        let before = broker.now() - Duration::from_secs(86_400);
         if let Err(error) = broker.store().purge_sessions(before).await {
             tracing::warn!(error = %error, "session clean-up failed");
         }

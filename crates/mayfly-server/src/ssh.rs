@@ -13,10 +13,9 @@ use mayfly_core::audit::Outcome;
 use mayfly_crypto::ssh::SshCa;
 use mayfly_crypto::x509::X509Ca;
 use mayfly_store::{Change, Store, Write};
-use mayfly_targets::ssh::SshTarget;
-use mayfly_targets::x509::X509Target;
 use mayfly_targets::{ListStatus, RevocationList, TargetError, TargetKind};
 
+use crate::access::stored_kind;
 use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::state::Broker;
@@ -45,7 +44,7 @@ impl Broker {
     /// The SSH user CA of the target `target`; its key is made and stored (audited) the first
     /// time it is needed. The caller knows `target` is an SSH target or one being added: this
     /// makes a CA for any name. Read from the store at every call: what signs certificates is the
-    /// built target ([`Broker::build_ssh_target`]), which keeps its CA.
+    /// built target ([`Broker::build_target`]), which keeps its CA.
     pub async fn ssh_ca(&self, target: &str) -> Result<Arc<SshCa>, BrokerError> {
         let seed = self
             .ca_key(&ssh_ca_path(target), target, "ssh.ca.created", || {
@@ -107,56 +106,19 @@ impl Broker {
         crl(self.store(), target, &ca, self.now()).await
     }
 
-    /// An `ssh` target: its own CA (made now if it has none) and the store's view of its revoked
-    /// certificates. The target keeps the CA, so signing reads no key.
-    pub async fn build_ssh_target(
-        &self,
-        name: &str,
-        url: &str,
-    ) -> Result<Arc<dyn mayfly_targets::Target>, BrokerError> {
-        let ca = self.ssh_ca(name).await?;
-        let revoked = Arc::new(StoreList::new(
-            name,
-            self.inner.store.clone(),
-            self.inner.config.clock.clone(),
-        ));
-        let target = SshTarget::new(name, url, ca, revoked)
-            .map_err(|e| BrokerError::BadRequest(format!("field `url`: {e}")))?;
-        Ok(Arc::new(target))
-    }
-
-    /// An `x509` target: its own CA (made now if it has none) and the store's view of its revoked
-    /// certificates. The target keeps the CA, so signing reads no key.
-    pub async fn build_x509_target(
-        &self,
-        name: &str,
-        url: &str,
-    ) -> Result<Arc<dyn mayfly_targets::Target>, BrokerError> {
-        let ca = self.x509_ca(name).await?;
-        let revoked = Arc::new(StoreList::new(
-            name,
-            self.inner.store.clone(),
-            self.inner.config.clock.clone(),
-        ));
-        let target = X509Target::new(name, url, ca, revoked)
-            .map_err(|e| BrokerError::BadRequest(format!("field `url`: {e}")))?;
-        Ok(Arc::new(target))
-    }
-
     /// 404 unless a target named `name` of `kind` exists. The answer is the same for an unknown
     /// name and for a target of another kind: the public endpoints say nothing of other targets.
     async fn certificate_target(&self, name: &str, kind: TargetKind) -> Result<(), BrokerError> {
         self.require_unsealed().await?;
-        let record = self.store().target(name).await?;
-        if record.is_some_and(|record| record.kind == kind.to_string()) {
+        if let Some(record) = self.store().target(name).await?
+            && stored_kind(&record)? == kind
+        {
             return Ok(());
         }
-        let label = if kind == TargetKind::Ssh {
-            "SSH"
-        } else {
-            "X.509"
-        };
-        Err(BrokerError::NotFound(format!("no {label} target `{name}`")))
+        Err(BrokerError::NotFound(format!(
+            "no {} target `{name}`",
+            kind.label()
+        )))
     }
 
     /// A CA key kept through the barrier at `path`, made by `make` (which also returns what to
@@ -212,7 +174,7 @@ pub async fn krl(
 ) -> Result<Vec<u8>, BrokerError> {
     let logins = store.revoked_certificate_logins(target, now).await?;
     let version = u64::try_from(now.unix_ms()).unwrap_or(0);
-    ca.krl(version, version / 1000, &logins)
+    ca.krl(version, now.unix_secs(), &logins)
         .map_err(BrokerError::from)
 }
 
@@ -232,7 +194,7 @@ pub async fn crl(
         .map(|login| mayfly_crypto::x509::serial_for(login))
         .collect();
     let number = u64::try_from(now.unix_ms()).unwrap_or(0);
-    ca.crl(number, now.unix_ms() / 1000, CRL_VALID_SECONDS, &serials)
+    ca.crl(number, now.unix_secs_signed(), CRL_VALID_SECONDS, &serials)
         .map_err(BrokerError::from)
 }
 

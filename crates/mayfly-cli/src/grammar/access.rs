@@ -4,46 +4,41 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
+use mayfly_core::TargetKind;
+use mayfly_core::target::UnknownKind;
 
 use crate::duration::{parse_duration, parse_ttl};
 
-/// Every kind of target the broker knows (the server's `POST /v1/targets` takes the same list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TargetKind {
-    /// PostgreSQL: a login role per grant.
-    #[value(name = "postgres", alias = "postgresql")]
-    Postgres,
-    /// MariaDB (or MySQL): a user per grant.
-    #[value(name = "mysql", alias = "mariadb")]
-    Mysql,
-    /// Redis: an ACL user per grant.
-    #[value(name = "redis")]
-    Redis,
-    /// OpenSSH: a user certificate per grant, signed by the target's CA.
-    #[value(name = "ssh")]
-    Ssh,
-    /// TLS services: an X.509 client certificate per grant, signed by the target's CA.
-    #[value(name = "x509")]
-    X509,
+/// What `target add KIND` takes: every [`TargetKind`] (core's list, so every kind there is), by
+/// its name or its alias, with a line of help each.
+fn kind_value(kind: TargetKind) -> PossibleValue {
+    let value = PossibleValue::new(kind.as_str());
+    match kind {
+        TargetKind::Postgres => value
+            .alias("postgresql")
+            .help("PostgreSQL: a login role per grant"),
+        TargetKind::Mysql => value
+            .alias("mariadb")
+            .help("MariaDB (or MySQL): a user per grant"),
+        TargetKind::Redis => value.help("Redis: an ACL user per grant"),
+        TargetKind::Ssh => {
+            value.help("OpenSSH: a user certificate per grant, signed by the target's CA")
+        }
+        TargetKind::X509 => value
+            .help("TLS services: an X.509 client certificate per grant, signed by the target's CA"),
+    }
 }
 
-impl TargetKind {
-    /// The name the broker uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetKind::Postgres => "postgres",
-            TargetKind::Mysql => "mysql",
-            TargetKind::Redis => "redis",
-            TargetKind::Ssh => "ssh",
-            TargetKind::X509 => "x509",
-        }
-    }
-
-    /// Certificate targets have no account on the target for the broker to administer.
-    pub fn certifies(self) -> bool {
-        matches!(self, TargetKind::Ssh | TargetKind::X509)
-    }
+/// Parses a kind as [`kind_value`] lists them (an alias gives its kind).
+fn kind_parser() -> impl TypedValueParser<Value = TargetKind> {
+    PossibleValuesParser::new(TargetKind::ALL.map(kind_value)).try_map(|name: String| {
+        TargetKind::ALL
+            .into_iter()
+            .find(|kind| kind_value(*kind).matches(&name, false))
+            .ok_or(UnknownKind { given: name })
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +46,7 @@ pub enum TargetCommand {
     /// Add (or replace) a target. The admin password is read from --admin-password-file, or asked for.
     Add {
         /// The kind of target.
-        #[arg(value_enum)]
+        #[arg(value_parser = kind_parser())]
         kind: TargetKind,
         /// The target's name (letters, digits, `-`, `_`).
         name: String,
@@ -243,4 +238,31 @@ pub enum X509Command {
         /// Where to write the CRL.
         file: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_name_and_alias() {
+        let parse = |text: &str| {
+            clap::Command::new("t")
+                .arg(clap::Arg::new("kind").value_parser(kind_parser()))
+                .try_get_matches_from(["t", text])
+                .map(|m| *m.get_one::<TargetKind>("kind").unwrap())
+        };
+        for kind in TargetKind::ALL {
+            assert_eq!(parse(kind.as_str()).unwrap(), kind);
+        }
+        assert_eq!(parse("postgresql").unwrap(), TargetKind::Postgres);
+        assert_eq!(parse("mariadb").unwrap(), TargetKind::Mysql);
+        for bad in ["oracle", "Postgres", "tls", ""] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("postgres, mysql, redis, ssh, x509"),
+                "{error}"
+            );
+        }
+    }
 }

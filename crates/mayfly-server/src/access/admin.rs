@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use mayfly_api::*;
+use mayfly_core::TargetKind;
 use mayfly_core::audit::Outcome;
 use mayfly_core::policy::Policies;
+use mayfly_core::time::{duration_from_ms, duration_to_ms};
 use mayfly_store::{Change, GrantFilter, RoleRecord, TargetRecord, Write, WriteOutcome};
 
-use crate::access::{build_target, grant_info, principal_key, role_spec, target_secret_path};
+use crate::access::{grant_info, principal_key, role_spec, target_secret_path};
 use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::origin::Origin;
@@ -52,19 +54,10 @@ impl Broker {
         caller.require_admin()?;
         let keys = self.require_unsealed().await?;
         check_name("name", &request.name)?;
-        let (schemes, example): (&[&str], &str) = match request.kind.as_str() {
-            "postgres" => (&["postgres://", "postgresql://"], "postgres://HOST:PORT/DB"),
-            "mysql" => (&["mysql://", "mariadb://"], "mysql://HOST:PORT"),
-            "redis" => (&["rediss://", "redis://"], "rediss://HOST:PORT"),
-            "ssh" => (&["ssh://"], "ssh://HOST:PORT"),
-            "x509" => (&["tls://"], "tls://HOST:PORT"),
-            other => {
-                return Err(BrokerError::BadRequest(format!(
-                    "field `kind`: `{}` is not supported (postgres, mysql, redis, ssh, x509)",
-                    other.chars().take(32).collect::<String>()
-                )));
-            }
-        };
+        let kind: TargetKind = request
+            .kind
+            .parse()
+            .map_err(|e| BrokerError::BadRequest(format!("field `kind`: {e}")))?;
         // The target's CA certificate (public) may ride in the query as `ca=` (PEM in base64url,
         // checked when the target is built below): it gets room of its own.
         let limit = if request
@@ -75,7 +68,7 @@ impl Broker {
         } else {
             512
         };
-        if !schemes.iter().any(|s| request.url.starts_with(s))
+        if !kind.accepts_url(&request.url)
             || request.url.contains('@')
             || request.url.len() > limit
             || request
@@ -84,16 +77,16 @@ impl Broker {
                 .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(BrokerError::BadRequest(format!(
-                "field `url`: give {example}, without user or password (use `admin_user`, `admin_password`); a host other than this machine needs verified TLS: add `?ca=` and the target's CA certificate (PEM) in base64url"
+                "field `url`: give {}, without user or password (use `admin_user`, `admin_password`); a host other than this machine needs verified TLS: add `?ca=` and the target's CA certificate (PEM) in base64url",
+                kind.url_example()
             )));
         }
         let request = TargetRequest {
-            url: request.url.replacen("mariadb://", "mysql://", 1),
+            url: kind.canonical_url(&request.url),
             ..request
         };
         // Certificate targets have no admin account: the hosts or services trust the broker's CA.
-        let certificates = request.kind == "ssh" || request.kind == "x509";
-        if (request.admin_user.is_empty() && !certificates)
+        if (request.admin_user.is_empty() && kind.has_admin_account())
             || request.admin_user.len() > 63
             || request
                 .admin_user
@@ -113,21 +106,22 @@ impl Broker {
         };
         let record = TargetRecord {
             name: request.name.clone(),
-            kind: request.kind.clone(),
+            kind: kind.to_string(),
             url,
             created_at: self.now(),
         };
         let password = mayfly_crypto::SecretString::from(request.admin_password.clone());
-        if record.kind == "ssh" {
-            self.build_ssh_target(&record.name, &record.url).await?;
-        } else if record.kind == "x509" {
-            self.build_x509_target(&record.name, &record.url).await?;
-        } else {
+        let target = self
+            .build_target(kind, &record.name, &record.url, Some(&password))
+            .await?;
+        match kind {
             // The admin account may do what issuing and revoking need, or nothing is saved.
-            build_target(&record, Some(&password))?
+            TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis => target
                 .check_admin()
                 .await
-                .map_err(|e| BrokerError::target_refusal("admin_user", e))?;
+                .map_err(|e| BrokerError::target_refusal("admin_user", e))?,
+            // Built is checked: its URL parses and its CA exists.
+            TargetKind::Ssh | TargetKind::X509 => {}
         }
         let path = target_secret_path(&record.name);
         let blob = keys
@@ -211,7 +205,7 @@ impl Broker {
             name: request.name.clone(),
             creation_sql: request.creation_sql.clone(),
             revocation_sql: request.revocation_sql.clone(),
-            max_ttl_ms: i64::try_from(request.max_ttl_seconds * 1000).unwrap_or(i64::MAX),
+            max_ttl_ms: duration_to_ms(Duration::from_secs(request.max_ttl_seconds)),
         };
         let target = self.target(&request.target).await?;
         let spec = role_spec(&record);
@@ -219,9 +213,7 @@ impl Broker {
             .check_role(&spec)
             .map_err(|e| BrokerError::BadRequest(format!("field `creation_sql`: {e}")))?;
         // On the real target, rolled back: what would fail at the first grant fails now.
-        let expires_at = self
-            .now()
-            .saturating_add(Duration::from_secs(request.max_ttl_seconds));
+        let expires_at = self.now() + Duration::from_secs(request.max_ttl_seconds);
         target
             .dry_run_role(&spec, expires_at)
             .await
@@ -264,7 +256,7 @@ impl Broker {
             .map(|r| RoleInfo {
                 target: r.target,
                 name: r.name,
-                max_ttl_seconds: u64::try_from(r.max_ttl_ms / 1000).unwrap_or(0),
+                max_ttl_seconds: duration_from_ms(r.max_ttl_ms).as_secs(),
             })
             .collect())
     }

@@ -9,8 +9,10 @@
 use mayfly_api::Credential;
 use mayfly_core::audit::Outcome;
 use mayfly_core::grant::{GrantState, RequestState};
-use mayfly_core::policy::{Action, Decision};
-use mayfly_core::{LoginName, Principal, Timestamp};
+use mayfly_core::policy::Action;
+use mayfly_core::request::{Asked, Ruling, grant_ttl, rule};
+use mayfly_core::time::{duration_from_ms, duration_to_ms};
+use mayfly_core::{LoginName, Principal};
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, Write, WriteOutcome};
 use mayfly_targets::IssuePlan;
@@ -19,7 +21,7 @@ use super::grant_info;
 use super::requests::{
     NewRequest, check_key, check_new_request, context_of, decide, new_grant, undecided,
 };
-use super::{principal_key, role_spec};
+use super::{principal_key, role_spec, stored_kind};
 use crate::error::{AuditedError, BrokerError};
 use crate::origin::Origin;
 use crate::state::Broker;
@@ -43,19 +45,14 @@ impl Broker {
             )
             .into());
         }
-        let (target_record, role, policy_text) = self
-            .store()
-            .decision_inputs(&new.target, &new.role)
-            .await?
-            .ok_or_else(|| {
-                BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role))
-            })?;
+        let (target_record, role, policy_text) = self.new_request_inputs(&new).await?;
         // Checked on the record, before a connection to a database target would be made for nothing.
-        if !matches!(target_record.kind.as_str(), "ssh" | "x509") {
+        let record_kind = stored_kind(&target_record)?;
+        if !record_kind.is_certificate() {
             return Err(BrokerError::BadRequest(format!(
-                "field `target`: `{}` is a {} target; only SSH and X.509 roles are issued in one call \
+                "field `target`: `{}` is a {record_kind} target; only SSH and X.509 roles are issued in one call \
                  (request others with `POST /v1/requests`)",
-                new.target, target_record.kind
+                new.target
             ))
             .into());
         }
@@ -83,17 +80,16 @@ impl Broker {
             .detail("kind", kind.to_string())
             .detail("reason", request.reason.clone())
             .detail("ticket", request.ticket.clone())
-            .detail("ttl_seconds", request.ttl_ms / 1000);
+            .detail("ttl_seconds", duration_from_ms(request.ttl_ms).as_secs());
         event.actor = Some(principal_key(principal));
         meta.fill(&mut event);
-        let (approvals, policy_max, allowed_by) = match decision {
-            Decision::Allow {
-                approvals,
-                max_ttl,
-                policies,
-            } => (approvals, max_ttl, policies.join(", ")),
-            Decision::Deny { reason } => {
-                request.decision = reason;
+        let asked = Asked {
+            role_max_ttl: duration_from_ms(role.max_ttl_ms),
+            break_glass: false,
+        };
+        match rule(decision, &asked) {
+            Ruling::Denied { decision } => {
+                request.decision = decision;
                 event.outcome = Outcome::Refused;
                 let event = event
                     .detail("state", request.state.as_str())
@@ -109,24 +105,25 @@ impl Broker {
                     BrokerError::Forbidden(format!("request {id} denied: {reason}")).audited(),
                 );
             }
-        };
-        if approvals > 0 {
-            return Err(BrokerError::Conflict(format!(
-                "`{}/{}` needs {approvals} approval(s): request it with `POST /v1/requests` \
-                 (`mayfly request`), then activate it once approved",
-                new.target, new.role
-            ))
-            .into());
+            Ruling::Pending { approvals, .. } => {
+                return Err(BrokerError::Conflict(format!(
+                    "`{}/{}` needs {approvals} approval(s): request it with `POST /v1/requests` \
+                     (`mayfly request`), then activate it once approved",
+                    new.target, new.role
+                ))
+                .into());
+            }
+            Ruling::Allowed { max_ttl, decision } => {
+                request.max_ttl_ms = duration_to_ms(max_ttl);
+                request.decision = decision;
+                request.state = RequestState::Activated;
+            }
         }
-        if let Some(max) = policy_max {
-            request.max_ttl_ms = request
-                .max_ttl_ms
-                .min(i64::try_from(max.as_millis()).unwrap_or(i64::MAX));
-        }
-        request.state = RequestState::Activated;
-        request.decision = format!("allowed by {allowed_by}");
-        let ttl_ms = request.ttl_ms.min(request.max_ttl_ms).max(1000);
-        let expires_at = Timestamp::from_unix_ms(now.unix_ms().saturating_add(ttl_ms));
+        let expires_at = now
+            + grant_ttl(
+                duration_from_ms(request.ttl_ms),
+                duration_from_ms(request.max_ttl_ms),
+            );
         let grant_uuid = uuid::Uuid::now_v7();
         let namespace = self.require_unsealed().await?.namespace.clone();
         let login = LoginName::for_grant(&namespace, &grant_uuid);

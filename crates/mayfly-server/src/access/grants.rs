@@ -6,7 +6,9 @@ use std::time::Duration;
 use mayfly_api::{Credential, GrantInfo};
 use mayfly_core::audit::Outcome;
 use mayfly_core::grant::{GrantState, RequestState};
-use mayfly_core::{LoginName, Principal, Timestamp};
+use mayfly_core::request::{grant_ttl, renewed_expiry};
+use mayfly_core::time::duration_from_ms;
+use mayfly_core::{LoginName, Principal};
 use mayfly_crypto::ExposeSecret;
 use mayfly_store::{Change, GrantRecord, GrantUpdate, Write, WriteOutcome};
 use mayfly_targets::IssuePlan;
@@ -64,12 +66,9 @@ impl Broker {
             .ok_or_else(|| BrokerError::Conflict("the request's role no longer exists".into()))?;
         let target = self.target(&request.target).await?;
         check_key(target.kind(), public_key)?;
-        let ttl_ms = request
-            .ttl_ms
-            .min(request.max_ttl_ms)
-            .min(role.max_ttl_ms)
-            .max(1000);
-        let expires_at = Timestamp::from_unix_ms(now.unix_ms().saturating_add(ttl_ms));
+        // At most the request's maximum and the role's as it is now.
+        let max_ttl = duration_from_ms(request.max_ttl_ms).min(duration_from_ms(role.max_ttl_ms));
+        let expires_at = now + grant_ttl(duration_from_ms(request.ttl_ms), max_ttl);
         let grant_uuid = uuid::Uuid::now_v7();
         let grant_id = grant_uuid.to_string();
         let login = LoginName::for_grant(&keys.namespace, &grant_uuid);
@@ -86,7 +85,7 @@ impl Broker {
             GrantState::Issuing,
             now,
             expires_at,
-            now.saturating_add(ISSUE_TIMEOUT),
+            now + ISSUE_TIMEOUT,
         );
         // 1. The intent, before anything exists on the target.
         let mut event = self
@@ -252,14 +251,12 @@ impl Broker {
                 "the grant has expired; request access again".into(),
             ));
         }
-        let requested = now
-            .unix_ms()
-            .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let ceiling = grant
-            .created_at
-            .unix_ms()
-            .saturating_add(request.max_ttl_ms);
-        let expires_at = Timestamp::from_unix_ms(requested.min(ceiling));
+        let expires_at = renewed_expiry(
+            now,
+            ttl,
+            grant.created_at,
+            duration_from_ms(request.max_ttl_ms),
+        );
         if expires_at <= grant.expires_at {
             return Err(BrokerError::Conflict(
                 "the grant is already at its maximum lifetime".into(),

@@ -17,10 +17,13 @@ use std::time::Duration;
 
 use mayfly_api::{GrantInfo, RequestInfo};
 use mayfly_core::grant::GrantState;
-use mayfly_core::{Principal, Timestamp};
-use mayfly_store::{GrantRecord, RequestRecord};
+use mayfly_core::time::duration_from_ms;
+use mayfly_core::{Principal, TargetKind, Timestamp};
+use mayfly_store::{GrantRecord, RequestRecord, TargetRecord};
 
-pub use registry::{TargetRegistry, build_target, role_spec};
+use crate::error::BrokerError;
+
+pub use registry::{TargetRegistry, role_spec};
 pub use requests::NewRequest;
 
 /// How long an allowed request may wait to be activated.
@@ -44,7 +47,7 @@ pub fn request_info(request: &RequestRecord, approvers: Vec<String>) -> RequestI
         role: request.role.clone(),
         reason: request.reason.clone(),
         ticket: request.ticket.clone(),
-        ttl_seconds: u64::try_from(request.ttl_ms / 1000).unwrap_or(0),
+        ttl_seconds: duration_from_ms(request.ttl_ms).as_secs(),
         state: request.state.as_str().to_owned(),
         approvals_needed: request.approvals_needed,
         approvers,
@@ -57,7 +60,7 @@ pub fn request_info(request: &RequestRecord, approvers: Vec<String>) -> RequestI
 
 pub fn grant_info(grant: &GrantRecord, now: Timestamp) -> GrantInfo {
     let left = if grant.state == GrantState::Active {
-        (grant.expires_at.unix_ms() - now.unix_ms()).max(0) / 1000
+        i64::try_from(now.until(grant.expires_at).as_secs()).unwrap_or(i64::MAX)
     } else {
         0
     };
@@ -84,14 +87,12 @@ pub fn principal_key(principal: &Principal) -> String {
     principal.to_string()
 }
 
-/// Hour (0..=23) and ISO weekday (1 = Monday) in UTC.
-pub fn hour_and_weekday(now: Timestamp) -> (u8, u8) {
-    let secs = now.unix_secs();
-    let hour = ((secs / 3600) % 24) as u8;
-    let days = secs / 86_400;
-    // 1970-01-01 was a Thursday (4).
-    let weekday = ((days + 3) % 7 + 1) as u8;
-    (hour, weekday)
+/// The kind of a target as read from the store, where it was written from a [`TargetKind`]: a
+/// kind this broker does not know is a damaged or newer store, not the caller's mistake.
+pub fn stored_kind(record: &TargetRecord) -> Result<TargetKind, BrokerError> {
+    record.kind.parse().map_err(|e| {
+        BrokerError::Internal(format!("the stored kind of target `{}`: {e}", record.name))
+    })
 }
 
 fn truncate(text: &str) -> String {

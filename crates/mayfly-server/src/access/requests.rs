@@ -7,7 +7,9 @@ use mayfly_api::RequestInfo;
 use mayfly_core::audit::Outcome;
 use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::policy::{Action, Decision, DecisionInput, Policies, RequestContext};
-use mayfly_core::{LoginName, Principal, Timestamp};
+use mayfly_core::request::{Asked, rule};
+use mayfly_core::time::{duration_from_ms, duration_to_ms};
+use mayfly_core::{LoginName, Principal, TargetKind, Timestamp};
 use mayfly_store::{
     Change, GrantRecord, RequestRecord, RoleRecord, TargetRecord, Write, WriteOutcome,
 };
@@ -16,7 +18,7 @@ use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::Broker;
 
-use super::{ACTIVATION_WINDOW, hour_and_weekday, principal_key, request_info, truncate};
+use super::{ACTIVATION_WINDOW, principal_key, request_info, stored_kind, truncate};
 
 pub struct NewRequest {
     pub target: String,
@@ -40,9 +42,9 @@ pub(super) fn decide(
             principal,
             action,
             target: &target.name,
-            target_kind: &target.kind,
+            target_kind: stored_kind(target)?.as_str(),
             role: &role.name,
-            role_max_ttl: Duration::from_millis(u64::try_from(role.max_ttl_ms).unwrap_or(0)),
+            role_max_ttl: duration_from_ms(role.max_ttl_ms),
             context,
         })
         .map_err(|e| BrokerError::Internal(format!("policy: {e}")))
@@ -63,7 +65,7 @@ pub(super) fn undecided(
         role: new.role.clone(),
         reason: new.reason.clone(),
         ticket: new.ticket.clone(),
-        ttl_ms: i64::try_from(new.ttl.as_millis()).unwrap_or(i64::MAX),
+        ttl_ms: duration_to_ms(new.ttl),
         max_ttl_ms: role.max_ttl_ms,
         approvals_needed: 0,
         state: RequestState::Denied,
@@ -148,10 +150,9 @@ pub(super) fn check_new_request(new: &NewRequest) -> Result<(), BrokerError> {
 /// A key to certify belongs to SSH roles (required) and X.509 roles (a CSR, optional), and only
 /// there; checked before any intent. Returns an SSH key's SHA-256 fingerprint.
 pub(super) fn check_key(
-    kind: mayfly_targets::TargetKind,
+    kind: TargetKind,
     key: Option<&str>,
 ) -> Result<Option<String>, BrokerError> {
-    use mayfly_targets::TargetKind;
     match (kind, key) {
         (TargetKind::Ssh, Some(key)) => {
             return mayfly_crypto::ssh::fingerprint(key)
@@ -169,12 +170,12 @@ pub(super) fn check_key(
                 .map_err(|e| BrokerError::BadRequest(format!("field `csr`: {e}")))?;
         }
         (TargetKind::X509, None) => {}
-        (_, Some(_)) => {
+        (TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis, Some(_)) => {
             return Err(BrokerError::BadRequest(
                 "fields `public_key`, `csr`: only SSH and X.509 roles certify a key".into(),
             ));
         }
-        (_, None) => {}
+        (TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis, None) => {}
     }
     Ok(None)
 }
@@ -184,19 +185,30 @@ pub(super) fn context_of(
     now: Timestamp,
     source: Option<std::net::IpAddr>,
 ) -> RequestContext {
-    let (hour, weekday) = hour_and_weekday(now);
     RequestContext {
         reason: request.reason.clone(),
         ticket: request.ticket.clone(),
-        ttl: Duration::from_millis(u64::try_from(request.ttl_ms).unwrap_or(0)),
-        hour,
-        weekday,
+        ttl: duration_from_ms(request.ttl_ms),
+        hour: now.utc_hour(),
+        weekday: now.iso_weekday(),
         source_ip: source,
         break_glass: request.break_glass,
     }
 }
 
 impl Broker {
+    /// What a new request is decided on, in one read: its target, its role (404 without one) and
+    /// the policies' text.
+    pub(super) async fn new_request_inputs(
+        &self,
+        new: &NewRequest,
+    ) -> Result<(TargetRecord, RoleRecord, Option<String>), BrokerError> {
+        self.store()
+            .decision_inputs(&new.target, &new.role)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role)))
+    }
+
     /// Decides a request now: allowed (perhaps after approvals) or denied, and records it.
     pub async fn create_request(
         &self,
@@ -205,20 +217,14 @@ impl Broker {
         new: NewRequest,
     ) -> Result<RequestInfo, BrokerError> {
         check_new_request(&new)?;
-        let (target, role, policy_text) = self
-            .store()
-            .decision_inputs(&new.target, &new.role)
-            .await?
-            .ok_or_else(|| {
-                BrokerError::NotFound(format!("no role `{}/{}`", new.target, new.role))
-            })?;
+        let (target, role, policy_text) = self.new_request_inputs(&new).await?;
         let now = self.now();
         let mut record = undecided(
             principal,
             &new,
             &role,
             now,
-            now.saturating_add(self.inner.config.request_pending_window),
+            now + self.inner.config.request_pending_window,
         );
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
         let context = context_of(&record, now, source);
@@ -228,35 +234,25 @@ impl Broker {
         } else {
             Action::Request
         };
-        match decide(&policies, principal, action, &target, &role, &context)? {
-            Decision::Allow {
-                approvals,
-                max_ttl,
-                policies,
-            } => {
-                if let Some(max) = max_ttl {
-                    record.max_ttl_ms = record
-                        .max_ttl_ms
-                        .min(i64::try_from(max.as_millis()).unwrap_or(i64::MAX));
-                }
-                record.decision = format!("allowed by {}", policies.join(", "));
-                // Break-glass skips approvals: it is issued at once and reviewed afterwards.
-                record.approvals_needed = if new.break_glass {
-                    0
-                } else {
-                    i64::from(approvals)
-                };
-                record.state = if record.approvals_needed == 0 {
-                    record.expires_at = now.saturating_add(ACTIVATION_WINDOW);
-                    RequestState::Allowed
-                } else {
-                    RequestState::Pending
-                };
-            }
-            Decision::Deny { reason } => {
-                record.decision = reason;
-            }
+        let decision = decide(&policies, principal, action, &target, &role, &context)?;
+        let ruling = rule(
+            decision,
+            &Asked {
+                role_max_ttl: duration_from_ms(role.max_ttl_ms),
+                break_glass: new.break_glass,
+            },
+        );
+        record.state = ruling.state();
+        record.decision = ruling.decision().to_owned();
+        record.approvals_needed = i64::from(ruling.approvals_needed());
+        if let Some(max_ttl) = ruling.max_ttl() {
+            record.max_ttl_ms = duration_to_ms(max_ttl);
         }
+        record.expires_at = ruling.waits_until(
+            now,
+            self.inner.config.request_pending_window,
+            ACTIVATION_WINDOW,
+        );
         let outcome = if record.state == RequestState::Denied {
             Outcome::Refused
         } else {
@@ -275,7 +271,7 @@ impl Broker {
             .detail("role", format!("{}/{}", record.target, record.role))
             .detail("reason", record.reason.clone())
             .detail("ticket", record.ticket.clone())
-            .detail("ttl_seconds", record.ttl_ms / 1000)
+            .detail("ttl_seconds", duration_from_ms(record.ttl_ms).as_secs())
             .detail("state", record.state.as_str())
             .detail("decision", record.decision.clone())
             .detail("approvals_needed", record.approvals_needed);
@@ -458,17 +454,15 @@ impl Broker {
         } else {
             Action::Request
         };
-        Ok(matches!(
-            decide(
-                &*self.policies().await?,
-                &principal,
-                action,
-                &target,
-                &role,
-                &context
-            )?,
-            Decision::Allow { .. }
-        ))
+        Ok(decide(
+            &*self.policies().await?,
+            &principal,
+            action,
+            &target,
+            &role,
+            &context,
+        )?
+        .allows())
     }
 
     /// Whether `principal` may approve `request`: never its own, and only where the policies
@@ -498,7 +492,7 @@ impl Broker {
             &role,
             &context,
         )?;
-        Ok(matches!(decision, Decision::Allow { .. }))
+        Ok(decision.allows())
     }
 
     /// Whether `principal` may ask for `role` on `target` at all (what a listing of targets and
@@ -512,19 +506,19 @@ impl Broker {
         target: &TargetRecord,
         role: &RoleRecord,
     ) -> Result<bool, BrokerError> {
-        let (hour, weekday) = hour_and_weekday(self.now());
+        let now = self.now();
         for (action, break_glass) in [(Action::Request, false), (Action::BreakGlass, true)] {
             let context = RequestContext {
                 reason: "listing".into(),
                 ticket: String::new(),
                 ttl: Duration::from_secs(60),
-                hour,
-                weekday,
+                hour: now.utc_hour(),
+                weekday: now.iso_weekday(),
                 source_ip: None,
                 break_glass,
             };
             let decision = decide(policies, principal, action, target, role, &context)?;
-            if matches!(decision, Decision::Allow { .. }) {
+            if decision.allows() {
                 return Ok(true);
             }
         }

@@ -1,18 +1,18 @@
 //! Targets and policies as the broker's operations use them: a target's live client (from the
-//! registry, else built from its record and its admin secret in the barrier), the policy set
-//! parsed once per text.
+//! registry, else built from its record and its admin secret in the barrier or its CA), the one
+//! place a target client is built ([`Broker::build_target`]), the policy set parsed once per text.
 
 use std::sync::Arc;
 
 use mayfly_core::policy::Policies;
 use mayfly_crypto::SecretString;
-use mayfly_targets::Target;
+use mayfly_targets::{RevocationList, Setup, Target, TargetKind};
 
 use crate::error::BrokerError;
+use crate::ssh::StoreList;
 use crate::state::Broker;
 
-use super::registry::build_target;
-use super::target_secret_path;
+use super::{stored_kind, target_secret_path};
 
 impl Broker {
     pub async fn target(&self, name: &str) -> Result<Arc<dyn Target>, BrokerError> {
@@ -25,27 +25,24 @@ impl Broker {
             .target(name)
             .await?
             .ok_or_else(|| BrokerError::NotFound(format!("no target named `{name}`")))?;
-        if record.kind == "ssh" || record.kind == "x509" {
-            let target = if record.kind == "ssh" {
-                self.build_ssh_target(&record.name, &record.url).await?
-            } else {
-                self.build_x509_target(&record.name, &record.url).await?
-            };
-            self.inner
-                .targets
-                .targets
-                .lock()
-                .await
-                .insert(name.to_owned(), target.clone());
-            return Ok(target);
-        }
-        let path = target_secret_path(name);
-        let blob = self.store().secret(&path).await?.ok_or_else(|| {
-            BrokerError::Internal(format!("the admin secret of `{name}` is missing"))
-        })?;
-        let password = keys.keyring.open(&path, &blob)?;
-        let password = SecretString::from(String::from_utf8_lossy(&password).into_owned());
-        let target = build_target(&record, Some(&password))?;
+        let kind = stored_kind(&record)?;
+        let password = match kind {
+            // Certificate targets have no admin account: their CA is all they act with.
+            TargetKind::Ssh | TargetKind::X509 => None,
+            TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis => {
+                let path = target_secret_path(name);
+                let blob = self.store().secret(&path).await?.ok_or_else(|| {
+                    BrokerError::Internal(format!("the admin secret of `{name}` is missing"))
+                })?;
+                let password = keys.keyring.open(&path, &blob)?;
+                Some(SecretString::from(
+                    String::from_utf8_lossy(&password).into_owned(),
+                ))
+            }
+        };
+        let target = self
+            .build_target(kind, &record.name, &record.url, password.as_ref())
+            .await?;
         self.inner
             .targets
             .targets
@@ -53,6 +50,36 @@ impl Broker {
             .await
             .insert(name.to_owned(), target.clone());
         Ok(target)
+    }
+
+    /// The client of a target of `kind` named `name` at `url`, built without storing anything
+    /// (to check a target before it is added, or a role before it is stored). A database target
+    /// acts with `admin_password`; a certificate target (`admin_password` unused) with its own
+    /// CA, made now (audited) if it has none, and the store's view of its revoked certificates.
+    /// The target keeps its CA, so signing reads no key.
+    pub async fn build_target(
+        &self,
+        kind: TargetKind,
+        name: &str,
+        url: &str,
+        admin_password: Option<&SecretString>,
+    ) -> Result<Arc<dyn Target>, BrokerError> {
+        let revoked = || -> Arc<dyn RevocationList> {
+            Arc::new(StoreList::new(
+                name,
+                self.inner.store.clone(),
+                self.inner.config.clock.clone(),
+            ))
+        };
+        let setup = match kind {
+            TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis => {
+                Setup::AdminPassword(admin_password)
+            }
+            TargetKind::Ssh => Setup::SshCa(self.ssh_ca(name).await?, revoked()),
+            TargetKind::X509 => Setup::X509Ca(self.x509_ca(name).await?, revoked()),
+        };
+        mayfly_targets::build(kind, name, url, setup)
+            .map_err(|e| BrokerError::BadRequest(format!("field `url`: {e}")))
     }
 
     /// The policies as stored now (read at every decision, so a change on any node counts at

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use mayfly_core::Timestamp;
+use mayfly_core::time::duration_to_ms;
 
 /// Failed logins per source address: a token bucket for each (an IPv6 address by its /64, what
 /// one host usually holds), refilled on the broker's clock. A login takes a token before
@@ -53,7 +54,7 @@ impl SourceLimiter {
         SourceLimiter {
             buckets: Mutex::new(Buckets::default()),
             burst: burst.max(1),
-            refill_ms: i64::try_from(refill.as_millis()).unwrap_or(i64::MAX).max(1),
+            refill_ms: duration_to_ms(refill).max(1),
         }
     }
 
