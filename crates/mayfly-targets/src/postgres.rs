@@ -270,11 +270,23 @@ impl PostgresTarget {
                 drop.push(';');
             }
         }
+        // A backend that got in between the NOLOGIN and the first termination is ended here,
+        // before the DROP: once a role is dropped, the admin is no member of it any more and
+        // PostgreSQL refuses to end its backends ("must be a member of the role whose process is
+        // being terminated") — which it did for a backend still exiting from the first
+        // termination on a loaded server. The oids are the server's own numbers.
+        let oid_list = oids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        drop.push_str(&format!(
+            " SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid::int8 = ANY(ARRAY[{oid_list}]::int8[]) AND pid <> pg_backend_pid();"
+        ));
         drop.push_str(&format!(
             " REASSIGN OWNED BY {list} TO CURRENT_USER; DROP OWNED BY {list}; DROP ROLE IF EXISTS {list}; COMMIT;"
         ));
-        self.step(drop).await?;
-        self.terminate_oids(&oids).await.map_err(Step::Failed)
+        self.step(drop).await
     }
 
     /// Runs a script that holds its own `BEGIN`/`COMMIT` on one connection; on an error the
