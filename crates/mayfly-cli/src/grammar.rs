@@ -34,7 +34,8 @@ server's MAYFLY_<KEY> (e.g. MAYFLY_STORE, MAYFLY_LISTEN). See docs/cli.md.";
     name = "mayfly",
     version,
     about = "Zero standing privileges: just-in-time access broker",
-    after_help = EXIT_CODES
+    after_help = EXIT_CODES,
+    help_expected = true
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -390,4 +391,16 @@ pub enum AuditCommand {
     },
     /// Print the public key that signs audit checkpoints.
     PublicKey,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the grammar, with `help_expected`: every command, argument and flag
+    /// has help text (this fails naming the one that has none).
+    #[test]
+    fn every_command_and_flag_has_help() {
+        super::Cli::command().debug_assert();
+    }
 }
