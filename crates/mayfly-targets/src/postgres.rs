@@ -18,6 +18,9 @@ use sqlx::{ConnectOptions, Connection as _, Row};
 
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
 
+/// Ends every backend of the roles with these oids (`$1`, an `int8[]`), but this one.
+const TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid::int8 = ANY($1) AND pid <> pg_backend_pid()";
+
 /// How many connections the broker opens to one target at most (the per-target limit).
 pub const MAX_CONNECTIONS: u32 = 16;
 
@@ -286,7 +289,17 @@ impl PostgresTarget {
         drop.push_str(&format!(
             " REASSIGN OWNED BY {list} TO CURRENT_USER; DROP OWNED BY {list}; DROP ROLE IF EXISTS {list}; COMMIT;"
         ));
-        self.step(drop).await
+        self.step(drop).await?;
+        // And once more after the drop, for a login that was still being authenticated when the
+        // role lost LOGIN. A superuser admin ends it; a CREATEROLE admin, no member of a dropped
+        // role, is refused (insufficient privilege, 42501) for what it can no longer end: the
+        // backends it already signalled above, still exiting.
+        let ended = sqlx::query(TERMINATE).bind(&oids).execute(&self.pool).await;
+        match ended {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => Ok(()),
+            Err(error) => Err(Step::Failed(self.unavailable(error))),
+        }
     }
 
     /// Runs a script that holds its own `BEGIN`/`COMMIT` on one connection; on an error the
@@ -306,13 +319,11 @@ impl PostgresTarget {
     }
 
     async fn terminate_oids(&self, oids: &[i64]) -> Result<(), TargetError> {
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid::int8 = ANY($1) AND pid <> pg_backend_pid()",
-        )
-        .bind(oids)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.unavailable(e))?;
+        sqlx::query(TERMINATE)
+            .bind(oids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
         Ok(())
     }
 }

@@ -345,6 +345,8 @@ pub async fn audit_events(
     caller: Caller,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<AuditEventsPage> {
+    // Who may read the log is decided before their query is read (the operation checks again).
+    caller.require_admin()?;
     let Query(query) =
         query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
     broker.audit_events(&caller, query).await.map(ApiJson)

@@ -191,3 +191,24 @@ async fn openapi_metrics_and_health() {
         (404, Some("not_found"))
     );
 }
+
+/// Who may read the audit log is decided before what they asked is read: a non-admin's malformed
+/// or unknown query is refused as forbidden (and audited so), never answered with the parser's
+/// view of the query.
+#[tokio::test]
+async fn the_audit_log_refuses_non_admins_before_reading_their_query() {
+    let broker = TestBroker::ready().await;
+    let alice = broker.login("alice").await;
+    for query in ["?limit=abc", "?x=1", "?limit=5"] {
+        let path = format!("/v1/sys/audit/events{query}");
+        let (status, body) = broker.call("GET", &path, Some(&alice), None).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden", "{path}: {body}");
+    }
+    let admin = broker.admin_token.clone().unwrap();
+    let (status, body) = broker
+        .call("GET", "/v1/sys/audit/events?limit=abc", Some(&admin), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    broker.stop().await;
+}
