@@ -10,6 +10,8 @@ pub enum CryptoError {
     Decrypt,
     #[error("encryption failed")]
     Encrypt,
+    #[error("signing failed")]
+    Sign,
     #[error("the key does not match (wrong root key)")]
     WrongKey,
     #[error("the share is malformed: expected `mayfly-share-1-…`")]

@@ -1,7 +1,8 @@
 //! Pure cryptographic compute for the broker: the barrier ([`barrier`]), the seal ([`seal`]),
 //! passwords ([`password`]), TOTP ([`totp`]), opaque tokens ([`token`]), Ed25519 signing
-//! ([`sign`]), JWT verification ([`jwt`]) and the password verifiers targets store ([`scram`],
-//! [`mysql`]). No I/O; no clock: time is an argument.
+//! ([`sign`]), the keys that sign the tokens the broker issues and their JWKs ([`token_key`]), JWT
+//! verification ([`jwt`]) and the password verifiers targets store ([`scram`], [`mysql`]). No
+//! I/O; no clock: time is an argument.
 //!
 //! Every secret value lives in a type that zeroizes on drop and never prints.
 
@@ -15,6 +16,7 @@ pub mod seal;
 pub mod sign;
 pub mod ssh;
 pub mod token;
+pub mod token_key;
 pub mod totp;
 pub mod x509;
 
