@@ -69,7 +69,12 @@ pub struct TokenKey {
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenKey({} {}, <redacted>)", self.alg.jws_name(), self.kid)
+        write!(
+            f,
+            "TokenKey({} {}, <redacted>)",
+            self.alg.jws_name(),
+            self.kid
+        )
     }
 }
 

@@ -80,6 +80,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn seal(&self) -> Result<Option<SealRecord>, StoreError>;
     async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The paths of the stored secrets that start with `prefix`, in (byte) order of path.
+    async fn secret_paths(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;

@@ -108,3 +108,26 @@ pub(crate) async fn secret(pool: &AnyPool, path: &str) -> Result<Option<Vec<u8>>
         .await
         .map_err(unavailable)
 }
+
+/// The paths of the secrets under `prefix` (those that start with it), in order.
+pub(crate) async fn secret_paths(pool: &AnyPool, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    let paths: Vec<String> =
+        sqlx::query_scalar("SELECT path FROM secrets WHERE path LIKE $1 ESCAPE '\\' ORDER BY path")
+            .bind(pattern)
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+    // SQLite's LIKE ignores the case of ASCII letters; the prefix is exact.
+    Ok(paths
+        .into_iter()
+        .filter(|path| path.starts_with(prefix))
+        .collect())
+}

@@ -146,6 +146,13 @@ impl Store for SqlStore {
         secrets::secret(&self.pool, path).await
     }
 
+    async fn secret_paths(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut paths = secrets::secret_paths(&self.pool, prefix).await?;
+        // The database's collation may not order by bytes (PostgreSQL's usually does not).
+        paths.sort();
+        Ok(paths)
+    }
+
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         identity::user_by_name(&self.pool, username).await
     }

@@ -329,6 +329,37 @@ pub async fn run(store: &dyn Store) {
     }
     assert_eq!(store.secret("ssh/ca-seed").await.unwrap(), Some(vec![1]));
 
+    // The secrets under a prefix, by path: `%`, `_` and `\\` in the prefix are themselves, and
+    // the case of the letters counts.
+    for path in [
+        "sys/token-keys/002",
+        "sys/token-keys/001",
+        "sys/token-keysX",
+        "sys/TOKEN-keys/003",
+        "sys/token_keys/004",
+        "a%b/1",
+        "axb/1",
+        "a\\b/1",
+    ] {
+        let outcome = apply(
+            store,
+            Change::CreateSecret {
+                path: path.into(),
+                blob: vec![9],
+                at: at(6),
+            },
+        )
+        .await;
+        assert!(applied(&outcome), "{outcome:?}");
+    }
+    assert_eq!(
+        store.secret_paths("sys/token-keys/").await.unwrap(),
+        ["sys/token-keys/001", "sys/token-keys/002"]
+    );
+    assert_eq!(store.secret_paths("a%").await.unwrap(), ["a%b/1"]);
+    assert_eq!(store.secret_paths("a\\").await.unwrap(), ["a\\b/1"]);
+    assert!(store.secret_paths("nothing/").await.unwrap().is_empty());
+
     // The one-call certificate path: request and active grant in one change, and what a decision
     // reads in one query.
     let (t, r, text) = store
