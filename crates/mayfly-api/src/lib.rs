@@ -506,3 +506,61 @@ mod tests {
         }
     }
 }
+
+/// One public key of the broker's token signing keys (RFC 7517; OKP keys per RFC 8037).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Jwk {
+    /// `OKP` (Ed25519) or `EC` (P-256).
+    pub kty: String,
+    /// `Ed25519` or `P-256`.
+    pub crv: String,
+    /// The public key (base64url, no padding): the Ed25519 key, or the P-256 point's x.
+    pub x: String,
+    /// The P-256 point's y (base64url, no padding); absent for Ed25519.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// The key id: the RFC 7638 thumbprint of the key.
+    pub kid: String,
+    /// `EdDSA` or `ES256`.
+    pub alg: String,
+    /// Always `sig`.
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// `GET /.well-known/jwks.json`: the public keys that verify the tokens the broker signs, those
+/// that sign now and those replaced less than the longest token lifetime ago.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// `GET /.well-known/openid-configuration`: the discovery document, with what is true of this
+/// broker (it issues tokens but is not an OpenID provider: no authorization endpoint).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenIdConfiguration {
+    /// The `iss` of the tokens the broker signs: its public URL.
+    pub issuer: String,
+    /// Where the JWKS is.
+    pub jwks_uri: String,
+}
+
+/// A token signing key, by id and algorithm.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyInfo {
+    pub kid: String,
+    pub alg: String,
+}
+
+/// The answer to `POST /v1/sys/token-keys/rotate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeysRotated {
+    /// The new generation of keys, which signs from now on.
+    pub generation: String,
+    pub keys: Vec<SigningKeyInfo>,
+    /// The keys that signed until now.
+    pub previous: Vec<SigningKeyInfo>,
+    /// Until when the previous keys stay in the JWKS (unix ms): every token they signed has
+    /// expired by then.
+    pub previous_published_until_ms: i64,
+}

@@ -100,6 +100,26 @@ pub async fn operator(client: &Client, command: Operator, out: &Output) -> anyho
                 .await?;
             print_user(&user, out)
         }
+        Operator::RotateSigningKey => {
+            let rotated: SigningKeysRotated = client
+                .call(Method::POST, "/v1/sys/token-keys/rotate", none())
+                .await?;
+            out.answer(&rotated, |rotated| {
+                println!("new signing keys (generation {}):", rotated.generation);
+                for key in &rotated.keys {
+                    println!("  {:<6} {}", key.alg, key.kid);
+                }
+                if !rotated.previous.is_empty() {
+                    println!(
+                        "previous keys, published until {}:",
+                        format_ms(rotated.previous_published_until_ms)
+                    );
+                    for key in &rotated.previous {
+                        println!("  {:<6} {}", key.alg, key.kid);
+                    }
+                }
+            })
+        }
     }
 }
 

@@ -241,6 +241,9 @@ pub enum Operator {
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
     },
+    /// Make new token signing keys (EdDSA, ES256), which sign from now on; the previous keys stay
+    /// in the JWKS until every token they signed has expired (admins).
+    RotateSigningKey,
 }
 
 #[derive(Debug, Args)]

@@ -126,6 +126,7 @@ async fn dev(args: DevArgs, out: &Output) -> anyhow::Result<ExitCode> {
             )
         })?;
     let addr = listener.local_addr()?;
+    config.public_url = format!("http://{addr}");
     let broker = mayfly_server::start(config).await?;
     let bootstrap = mayfly_server::dev::bootstrap(&broker, &data_dir).await?;
     let token = mayfly_crypto::ExposeSecret::expose_secret(&bootstrap.admin_token);

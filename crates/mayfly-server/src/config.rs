@@ -50,6 +50,7 @@ pub struct ConfigFile {
     pub login_source_burst: Option<u32>,
     pub login_source_refill_seconds: Option<u64>,
     pub refusal_window_seconds: Option<u64>,
+    pub public_url: Option<String>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -76,6 +77,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("login_source_burst", KeyType::Number),
     ("login_source_refill_seconds", KeyType::Number),
     ("refusal_window_seconds", KeyType::Number),
+    ("public_url", KeyType::Text),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -139,6 +141,10 @@ pub struct Config {
     /// Unauthenticated refusals after the first of a kind from a source are counted, and the
     /// count written as one `auth.refused.aggregate` event, this often (and at shutdown).
     pub refusal_window: Duration,
+    /// The URL clients and token verifiers reach the broker at (absolute `http(s)`, no query or
+    /// fragment, no trailing `/`): the `iss` of the tokens it signs, and the base of the
+    /// `jwks_uri` it publishes. Default: from the address it listens on.
+    pub public_url: String,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -168,6 +174,7 @@ impl Config {
             login_source_burst: 20,
             login_source_refill: Duration::from_secs(3),
             refusal_window: Duration::from_secs(2),
+            public_url: "http://127.0.0.1:8200".into(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -349,8 +356,43 @@ impl Config {
             }
             config.refusal_window = Duration::from_secs(window);
         }
+        config.public_url = match file.public_url {
+            Some(text) => check_public_url(&text).map_err(|reason| rule("public_url", &reason))?,
+            None => {
+                let scheme = if config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let addr = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8200)));
+                format!("{scheme}://{addr}")
+            }
+        };
         Ok((config, listen))
     }
+}
+
+/// `text` as a public URL: absolute, `http` or `https`, with a host, without credentials, query
+/// or fragment; returned without a trailing `/`. The message says what is wrong.
+pub fn check_public_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| {
+        format!("= `{text}` is not an absolute URL such as https://mayfly.example.com ({e})")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("= `{text}` must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("= `{text}` has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold a user name or password".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "= `{text}` must have no query (`?`) or fragment (`#`)"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// A value as written in an environment variable (or a flag), read as its key's type.
@@ -424,6 +466,7 @@ argon2_waiting = 5
 login_source_burst = 7
 login_source_refill_seconds = 9
 refusal_window_seconds = 4
+public_url = "https://mayfly.example.com/"
 "#;
 
     #[test]
@@ -449,6 +492,52 @@ refusal_window_seconds = 4
         assert_eq!(config.login_source_burst, 7);
         assert_eq!(config.login_source_refill, Duration::from_secs(9));
         assert_eq!(config.refusal_window, Duration::from_secs(4));
+        assert_eq!(config.public_url, "https://mayfly.example.com");
+    }
+
+    #[test]
+    fn the_public_url_is_checked_and_else_follows_the_listen_address() {
+        let (config, _) = load(None, &[("MAYFLY_STORE", "sqlite:///x")], Vec::new()).unwrap();
+        assert_eq!(config.public_url, "http://127.0.0.1:8200");
+        let (config, _) = load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_LISTEN", "10.0.0.5:9000"),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(config.public_url, "http://10.0.0.5:9000");
+        let (config, _) = load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_PUBLIC_URL", "https://example.com/mayfly/"),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(config.public_url, "https://example.com/mayfly");
+        for bad in [
+            "mayfly.example.com",
+            "ftp://mayfly.example.com",
+            "https://mayfly.example.com/?a=1",
+            "https://mayfly.example.com/#top",
+            "https://user:pw@mayfly.example.com",
+            "/relative",
+        ] {
+            let error = refused(load(
+                None,
+                &[("MAYFLY_STORE", "sqlite:///x"), ("MAYFLY_PUBLIC_URL", bad)],
+                Vec::new(),
+            ));
+            assert!(
+                error.contains("`public_url`") && error.contains("MAYFLY_PUBLIC_URL"),
+                "{bad}: {error}"
+            );
+            assert!(!error.contains("pw@"), "{error}");
+        }
     }
 
     #[test]

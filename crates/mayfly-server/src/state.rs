@@ -31,6 +31,8 @@ pub struct Unsealed {
     pub audit_hmac_key: Zeroizing<Vec<u8>>,
     /// This broker's part of every login name it makes (fixed at init, from the seal id).
     pub namespace: mayfly_core::Namespace,
+    /// The parsed token signing keys of the published generations (`token_keys.rs`).
+    pub token_keys: crate::token_keys::KeyCache,
 }
 
 impl std::fmt::Debug for Unsealed {

@@ -125,6 +125,9 @@ impl TestBroker {
         if options.audit_file {
             config.audit_file = Some(dir.path().join("audit.jsonl"));
         }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        config.public_url = addr.clone();
         let broker = mayfly_server::start(config).await.unwrap();
         let mut admin_token = None;
         let mut users = Vec::new();
@@ -142,8 +145,6 @@ impl TestBroker {
                 });
             }
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = broker.clone();
         let task = tokio::spawn(async move {

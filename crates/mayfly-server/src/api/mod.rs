@@ -27,6 +27,12 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/sys/unseal", post(routes::unseal))
         .route("/v1/sys/setup", post(routes::setup))
         .route("/v1/sys/audit/public-key", get(routes::audit_public_key))
+        .route("/.well-known/jwks.json", get(routes::jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(routes::openid_configuration),
+        )
+        .route("/v1/sys/token-keys/rotate", post(routes::rotate_token_keys))
         .route("/v1/ssh/ca", get(routes::ssh_ca))
         .route("/v1/ssh/krl", get(routes::ssh_krl))
         .route("/v1/x509/ca", get(routes::x509_ca))

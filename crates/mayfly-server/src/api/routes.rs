@@ -351,3 +351,34 @@ pub async fn audit_events(
         query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
     broker.audit_events(&caller, query).await.map(ApiJson)
 }
+
+/// The public keys that verify the tokens the broker signs (RFC 7517): no authentication, 503
+/// while sealed.
+#[utoipa::path(get, path = "/.well-known/jwks.json",
+    responses((status = 200, body = Jwks), (status = 503, body = ErrorBody)))]
+pub async fn jwks(State(broker): State<Broker>) -> ApiResult<Jwks> {
+    broker.jwks().await.map(ApiJson)
+}
+
+/// The discovery document: the issuer and where its keys are.
+#[utoipa::path(get, path = "/.well-known/openid-configuration",
+    responses((status = 200, body = OpenIdConfiguration), (status = 503, body = ErrorBody)))]
+pub async fn openid_configuration(State(broker): State<Broker>) -> ApiResult<OpenIdConfiguration> {
+    let issuer = broker.inner.config.public_url.clone();
+    Ok(ApiJson(OpenIdConfiguration {
+        jwks_uri: format!("{issuer}/.well-known/jwks.json"),
+        issuer,
+    }))
+}
+
+/// Makes a new generation of token signing keys, which signs from now on; the previous keys stay
+/// published until every token they signed has expired. Admins only.
+#[utoipa::path(post, path = "/v1/sys/token-keys/rotate",
+    responses((status = 200, body = SigningKeysRotated), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn rotate_token_keys(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<Origin>,
+    caller: Caller,
+) -> ApiResult<SigningKeysRotated> {
+    broker.rotate_token_keys(&meta, &caller).await.map(ApiJson)
+}

@@ -22,4 +22,5 @@ mod secrets_at_rest;
 mod ssh;
 mod targets_admin;
 mod tls;
+mod token_keys;
 mod x509;

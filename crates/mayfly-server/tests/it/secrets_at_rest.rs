@@ -1,8 +1,9 @@
 //! Secrets at rest, through the broker: a target's admin password, the TOTP seeds and passwords of
-//! the users it creates, a grant's password, session tokens, its SSH and X.509 CA keys, the audit
-//! signing and HMAC keys and the root key go in through its API and its bootstrap; then the raw
-//! database is searched for each of them in clear (as is, hex, base64): on SQLite the database file
-//! and its WAL, on PostgreSQL every row of every table as text and every `bytea` value as bytes.
+//! the users it creates, a grant's password, session tokens, its SSH and X.509 CA keys, the token
+//! signing keys, the audit signing and HMAC keys and the root key go in through its API and its
+//! bootstrap; then the raw database is searched for each of them in clear (as is, hex, base64): on
+//! SQLite the database file and its WAL, on PostgreSQL every row of every table as text and every
+//! `bytea` value as bytes.
 //! Every secret the store holds must open under the broker's keyring (so each one the broker made
 //! itself is searched for too), and its ciphertext must be found where its plaintext is not, so the
 //! search is known to see the secrets.
@@ -171,6 +172,18 @@ async fn put_secrets_through_the_broker(broker: &TestBroker, cluster: &PgCluster
         .expect(200, "GET", "/v1/x509/ca?target=api", None, None)
         .await;
 
+    // The token signing keys, made at the first JWKS request.
+    broker
+        .expect(200, "GET", "/.well-known/jwks.json", None, None)
+        .await;
+    for alg in mayfly_crypto::token_key::TokenAlg::ALL {
+        let key = broker.broker.current_token_key(alg).await.unwrap();
+        secrets.push(clear(
+            format!("the {} token signing key", alg.jws_name()),
+            key.expose_pkcs8(),
+        ));
+    }
+
     // What only the broker holds: the root key (in `mayfly dev`'s key file) and the audit keys.
     let root = std::fs::read(broker.dir.path().join(mayfly_server::dev::KEY_FILE)).unwrap();
     secrets.push(clear("the root key", root));
@@ -210,6 +223,10 @@ async fn check(
     assert!(
         paths.iter().any(|p| p.starts_with("grants/")),
         "no grant secret in {paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.starts_with("sys/token-keys/")),
+        "no token signing keys in {paths:?}"
     );
     for (path, blob) in &stored {
         assert!(
