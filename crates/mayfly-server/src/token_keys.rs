@@ -148,7 +148,7 @@ impl Broker {
         if ids.is_empty() {
             let mut event = self.draft("token.signing_key.created", Outcome::Ok);
             event.actor = Some("broker".into());
-            self.create_generation(&keys, event).await?;
+            self.create_generation(&keys, event, None).await?;
             ids = self.generation_ids().await?;
         }
         let mut generations = Vec::new();
@@ -218,7 +218,8 @@ impl Broker {
             .detail("previous_kids", previous_kids);
         event.actor = Some(caller.principal().to_string());
         meta.fill(&mut event);
-        let generation = self.create_generation(&keys, event).await?;
+        let newest = previous.first().map(|g| g.created);
+        let generation = self.create_generation(&keys, event, newest).await?;
         Ok(SigningKeysRotated {
             generation: generation.id.clone(),
             keys: generation.info(),
@@ -240,13 +241,20 @@ impl Broker {
             .collect())
     }
 
-    /// Makes a generation, stores it with `event` (to which its id and kids are added).
+    /// Makes a generation, stores it with `event` (to which its id and kids are added). It is
+    /// dated after `newest` (the newest generation's creation), even if the clock is not, so that
+    /// it is the newest.
     async fn create_generation(
         &self,
         keys: &Unsealed,
         event: mayfly_core::audit::AuditDraft,
+        newest: Option<Timestamp>,
     ) -> Result<Arc<Generation>, BrokerError> {
-        let created = self.now();
+        let now = self.now();
+        let created = match newest {
+            Some(newest) if newest >= now => newest + Duration::from_millis(1),
+            _ => now,
+        };
         let suffix: [u8; 4] = mayfly_crypto::random_bytes()?;
         let id = format!("{:013}-{}", created.unix_ms(), hex::encode(suffix));
         let mut made = Vec::new();
