@@ -34,6 +34,7 @@ entity Workload { name: String, login_role: String };
 entity Agent { name: String, on_behalf_of: String };
 entity Target { name: String, kind: String };
 entity Role in [Target] { name: String, target: String, max_ttl_seconds: Long };
+entity Audience { name: String };
 
 type RequestContext = {
     reason: String,
@@ -50,6 +51,19 @@ action request, approve, break_glass, activate, revoke, read_secret, proxy appli
     resource: [Role, Target],
     context: RequestContext,
 };
+
+type ExchangeContext = {
+    scope: Set<String>,
+    has_actor: Bool,
+    actor?: String,
+    ttl_seconds: Long,
+};
+
+action exchange appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Audience],
+    context: ExchangeContext,
+};
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,6 +75,7 @@ pub enum Action {
     Revoke,
     ReadSecret,
     Proxy,
+    Exchange,
 }
 
 impl Action {
@@ -73,6 +88,7 @@ impl Action {
             Action::Revoke => "revoke",
             Action::ReadSecret => "read_secret",
             Action::Proxy => "proxy",
+            Action::Exchange => "exchange",
         }
     }
 }
@@ -118,6 +134,18 @@ pub struct RequestContext {
     pub weekday: u8,
     pub source_ip: Option<IpAddr>,
     pub break_glass: bool,
+}
+
+/// What a token exchange is decided on (the action `exchange`): who, for which audience (the
+/// resource `Audience::"<aud>"`), and the context: the scopes asked for, the actor when one acts
+/// for the principal, and the lifetime asked for.
+#[derive(Clone, Debug)]
+pub struct ExchangeInput<'a> {
+    pub principal: &'a Principal,
+    pub audience: &'a str,
+    pub scope: &'a [String],
+    pub actor: Option<&'a str>,
+    pub ttl: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,37 +350,7 @@ impl Policies {
             )
             .map_err(|e| eval(e.to_string()))?,
         ];
-        match input.principal {
-            Principal::User { name, groups, .. } => {
-                let groups = groups
-                    .iter()
-                    .map(|g| uid("Group", g))
-                    .collect::<Result<HashSet<EntityUid>, String>>()
-                    .map_err(eval)?;
-                for group in &groups {
-                    entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
-                }
-                entities.push(
-                    Entity::new(
-                        principal_uid.clone(),
-                        HashMap::from([("name".to_owned(), string(name))]),
-                        groups,
-                    )
-                    .map_err(|e| eval(e.to_string()))?,
-                );
-            }
-            Principal::Workload { role, name } => entities.push(
-                Entity::new(
-                    principal_uid.clone(),
-                    HashMap::from([
-                        ("name".to_owned(), string(name)),
-                        ("login_role".to_owned(), string(role)),
-                    ]),
-                    HashSet::new(),
-                )
-                .map_err(|e| eval(e.to_string()))?,
-            ),
-        }
+        push_principal(input.principal, principal_uid.clone(), &mut entities).map_err(eval)?;
         // Built without the schema: checking them against it on every call (Cedar makes a view of
         // the schema each time) would only check this function, whose entities have the
         // schema's shape; the policies were validated against the schema when stored. The
@@ -379,20 +377,84 @@ impl Policies {
         let request = Request::new(principal_uid, action_uid, role_uid, ctx, Some(schema))
             .map_err(|e| eval(e.to_string()))?;
         let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        Ok(self.conclude(&response, || {
+            format!(
+                "no policy permits `{}` on `{}/{}`",
+                input.action.as_str(),
+                input.target,
+                input.role
+            )
+        }))
+    }
+
+    /// Decides a token exchange (the action `exchange` on `Audience::"<aud>"`): allowed (with
+    /// the policies' `@max_ttl`, if any) or denied. Not kept like [`Policies::decide`]'s: its
+    /// context holds the scopes and the actor, seldom twice the same.
+    pub fn decide_exchange(&self, input: &ExchangeInput<'_>) -> Result<Decision, PolicyError> {
+        let schema = schema()?;
+        let eval = |e: String| PolicyError::Evaluation(e);
+        let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
+        let principal_uid = principal_uid(input.principal).map_err(eval)?;
+        let action_uid = uid("Action", Action::Exchange.as_str()).map_err(eval)?;
+        let audience_uid = uid("Audience", input.audience).map_err(eval)?;
+        let mut entities = vec![
+            Entity::new(
+                audience_uid.clone(),
+                HashMap::from([("name".to_owned(), string(input.audience))]),
+                HashSet::new(),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+        ];
+        push_principal(input.principal, principal_uid.clone(), &mut entities).map_err(eval)?;
+        entities.extend(action_entities()?.iter().cloned());
+        let entities = Entities::from_entities(entities, None).map_err(|e| eval(e.to_string()))?;
+        let mut pairs = vec![
+            (
+                "scope".to_owned(),
+                RestrictedExpression::new_set(input.scope.iter().map(|s| string(s))),
+            ),
+            (
+                "has_actor".to_owned(),
+                RestrictedExpression::new_bool(input.actor.is_some()),
+            ),
+            (
+                "ttl_seconds".to_owned(),
+                RestrictedExpression::new_long(
+                    i64::try_from(input.ttl.as_secs()).unwrap_or(i64::MAX),
+                ),
+            ),
+        ];
+        if let Some(actor) = input.actor {
+            pairs.push(("actor".to_owned(), string(actor)));
+        }
+        let ctx = Context::from_pairs(pairs).map_err(|e| eval(e.to_string()))?;
+        let request = Request::new(principal_uid, action_uid, audience_uid, ctx, Some(schema))
+            .map_err(|e| eval(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        Ok(self.conclude(&response, || {
+            format!(
+                "no policy permits `exchange` for the audience `{}`",
+                input.audience
+            )
+        }))
+    }
+
+    /// The decision from Cedar's answer: denied (by the `forbid`s that matched, or by default),
+    /// or allowed with the fewest approvals and the smallest `@max_ttl` of the `permit`s.
+    fn conclude(
+        &self,
+        response: &cedar_policy::Response,
+        nothing_permits: impl FnOnce() -> String,
+    ) -> Decision {
         let determining: Vec<PolicyId> = response.diagnostics().reason().cloned().collect();
         if response.decision() == cedar_policy::Decision::Deny {
             let forbids: Vec<String> = determining.iter().map(ToString::to_string).collect();
             let reason = if forbids.is_empty() {
-                format!(
-                    "no policy permits `{}` on `{}/{}`",
-                    input.action.as_str(),
-                    input.target,
-                    input.role
-                )
+                nothing_permits()
             } else {
                 format!("forbidden by policy {}", forbids.join(", "))
             };
-            return Ok(Decision::Deny { reason });
+            return Decision::Deny { reason };
         }
         let mut approvals: Option<u64> = None;
         let mut max_ttl: Option<u64> = None;
@@ -404,12 +466,52 @@ impl Policies {
                 max_ttl = Some(max_ttl.map_or(ttl, |m| m.min(ttl)));
             }
         }
-        Ok(Decision::Allow {
+        Decision::Allow {
             approvals: u32::try_from(approvals.unwrap_or(0)).unwrap_or(u32::MAX),
             max_ttl: max_ttl.map(Duration::from_secs),
             policies: determining.iter().map(ToString::to_string).collect(),
-        })
+        }
     }
+}
+
+/// Adds the principal's entity (and its groups') to `entities`.
+fn push_principal(
+    principal: &Principal,
+    principal_uid: EntityUid,
+    entities: &mut Vec<Entity>,
+) -> Result<(), String> {
+    let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
+    match principal {
+        Principal::User { name, groups, .. } => {
+            let groups = groups
+                .iter()
+                .map(|g| uid("Group", g))
+                .collect::<Result<HashSet<EntityUid>, String>>()?;
+            for group in &groups {
+                entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
+            }
+            entities.push(
+                Entity::new(
+                    principal_uid,
+                    HashMap::from([("name".to_owned(), string(name))]),
+                    groups,
+                )
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        Principal::Workload { role, name } => entities.push(
+            Entity::new(
+                principal_uid,
+                HashMap::from([
+                    ("name".to_owned(), string(name)),
+                    ("login_role".to_owned(), string(role)),
+                ]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+    }
+    Ok(())
 }
 
 /// The schema's action entities, made once; none while no action is in a group (then `action in
@@ -454,7 +556,7 @@ fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {
     static NAMES: OnceLock<HashMap<&'static str, EntityTypeName>> = OnceLock::new();
     let names = NAMES.get_or_init(|| {
         [
-            "Action", "Group", "User", "Workload", "Agent", "Target", "Role",
+            "Action", "Group", "User", "Workload", "Agent", "Target", "Role", "Audience",
         ]
         .into_iter()
         .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
@@ -813,6 +915,58 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
             &context(2),
             "deny: no policy permits `request` on `prod-db/readonly\"); permit(`",
         );
+    }
+
+    /// The action `exchange`: on an `Audience`, with the scopes, the actor and the lifetime in
+    /// the context; `@max_ttl` caps it; nothing matching denies.
+    #[test]
+    fn exchange_decisions() {
+        let policies = Policies::parse(
+            r#"
+@id("billing-read")
+@max_ttl("300")
+permit (principal in Group::"dev", action == Action::"exchange", resource == Audience::"billing")
+when { context.scope.containsAll(["read"]) && ["read"].containsAll(context.scope) };
+
+@id("no-delegation")
+forbid (principal, action == Action::"exchange", resource)
+when { context.has_actor && context has actor && context.actor == "mallory" };
+"#,
+        )
+        .unwrap();
+        let alice = user("alice", &["dev"]);
+        let read = vec!["read".to_owned()];
+        let write = vec!["write".to_owned()];
+        let decide = |audience: &str, scope: &[String], actor: Option<&str>| {
+            policies
+                .decide_exchange(&ExchangeInput {
+                    principal: &alice,
+                    audience,
+                    scope,
+                    actor,
+                    ttl: Duration::from_secs(60),
+                })
+                .unwrap()
+        };
+        match decide("billing", &read, None) {
+            Decision::Allow { max_ttl, .. } => assert_eq!(max_ttl, Some(Duration::from_secs(300))),
+            other => panic!("{other:?}"),
+        }
+        assert!(decide("billing", &read, Some("bob")).allows());
+        assert!(!decide("billing", &read, Some("mallory")).allows());
+        assert!(!decide("billing", &write, None).allows());
+        assert!(!decide("payroll", &read, None).allows());
+        let bob = user("bob", &["ops"]);
+        let denied = policies
+            .decide_exchange(&ExchangeInput {
+                principal: &bob,
+                audience: "billing",
+                scope: &read,
+                actor: None,
+                ttl: Duration::from_secs(60),
+            })
+            .unwrap();
+        assert!(matches!(denied, Decision::Deny { reason } if reason.contains("billing")));
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl std::fmt::Debug for ReadCache {
 }
 
 /// Whether committing `change` leaves every kept read true: it touches only requests, approvals,
-/// grants and login failure counts (which are never kept), never sessions, users, workload
+/// grants, login failure counts and exchanged tokens (which are never kept), never sessions, users, workload
 /// bindings, targets, roles or policies.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
     matches!(
@@ -112,6 +112,7 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::IssueCertificate { .. }
             | Change::UpdateGrant { .. }
             | Change::ReviewGrant { .. }
+            | Change::RecordExchangedToken { .. }
     )
 }
 

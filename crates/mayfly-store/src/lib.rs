@@ -29,6 +29,7 @@ mod cache;
 mod catalog;
 mod dialect;
 mod error;
+mod exchanged;
 mod grants;
 mod identity;
 mod records;
@@ -42,9 +43,9 @@ use mayfly_core::Timestamp;
 
 pub use error::{BoxError, StoreError};
 pub use records::{
-    ApprovalRecord, Change, GrantFilter, GrantRecord, GrantUpdate, JwtConfigRecord, Principals,
-    RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, UserRecord, Write, WriteOutcome,
+    ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
+    JwtConfigRecord, Principals, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -114,7 +115,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn sink_cursor(&self, sink: &str) -> Result<i64, StoreError>;
     async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError>;
 
-    /// Deletes sessions that expired before `before`; returns how many.
+    /// The token issued by token exchange with this `jti`, and the session it derives from as it
+    /// is *now* (`None` if the session is gone, or its user disabled or deleted).
+    async fn exchanged_token(
+        &self,
+        jti: &str,
+    ) -> Result<Option<(ExchangedTokenRecord, Option<SessionRecord>)>, StoreError>;
+
+    /// Deletes sessions (and exchanged tokens) that expired before `before`; returns how many
+    /// sessions.
     async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
 
     async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError>;

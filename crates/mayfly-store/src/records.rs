@@ -53,6 +53,16 @@ pub struct SessionRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// A token issued by token exchange: its `jti`, the session it derives from and its lifetime.
+/// The token itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangedTokenRecord {
+    pub jti: String,
+    pub session_id: String,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
 /// JWT login configuration (an issuer or a role), kept as JSON the server validates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JwtConfigRecord {
@@ -219,6 +229,10 @@ pub enum Change {
     ReviewGrant {
         id: String,
         reviewer: String,
+    },
+    /// Records a token issued by token exchange. Conflicts if its `jti` is taken.
+    RecordExchangedToken {
+        token: ExchangedTokenRecord,
     },
 }
 

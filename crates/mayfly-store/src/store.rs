@@ -17,12 +17,12 @@ use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
-    ApprovalRecord, GrantFilter, GrantRecord, JwtConfigRecord, Principals, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
-    Write, WriteOutcome,
+    ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, Principals,
+    RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord,
+    ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
-use crate::{Capabilities, Store, audit, catalog, grants, identity, requests, secrets};
+use crate::{Capabilities, Store, audit, catalog, exchanged, grants, identity, requests, secrets};
 
 #[derive(Debug)]
 pub struct SqlStore {
@@ -226,7 +226,15 @@ impl Store for SqlStore {
     async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError> {
         let _writer = self.write_lock.lock().await;
         let _changing = self.cache.as_ref().map(ReadCache::changing);
+        exchanged::purge(&self.pool, before).await?;
         identity::purge_sessions(&self.pool, before).await
+    }
+
+    async fn exchanged_token(
+        &self,
+        jti: &str,
+    ) -> Result<Option<(ExchangedTokenRecord, Option<SessionRecord>)>, StoreError> {
+        exchanged::exchanged_token(&self.pool, jti).await
     }
 
     async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError> {
