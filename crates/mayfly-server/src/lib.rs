@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod exchange;
 pub mod metrics;
 pub mod notify;
 pub mod origin;

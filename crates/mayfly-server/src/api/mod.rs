@@ -2,6 +2,7 @@
 
 pub mod access_routes;
 pub mod error;
+pub mod exchange_routes;
 pub mod extract;
 pub mod json;
 pub mod middleware;
@@ -33,6 +34,8 @@ pub fn router(broker: Broker) -> Router {
             get(routes::openid_configuration),
         )
         .route("/v1/sys/token-keys/rotate", post(routes::rotate_token_keys))
+        .route("/v1/token/exchange", post(exchange_routes::exchange))
+        .route("/v1/token/introspect", post(exchange_routes::introspect))
         .route("/v1/ssh/ca", get(routes::ssh_ca))
         .route("/v1/ssh/krl", get(routes::ssh_krl))
         .route("/v1/x509/ca", get(routes::x509_ca))

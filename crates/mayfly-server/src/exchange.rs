@@ -1,0 +1,620 @@
+//! Token exchange (RFC 8693) and introspection (RFC 7662): a Mayfly session, or a JWT this broker
+//! issued, is exchanged for a short JWT for one audience, signed with the current token key (see
+//! [`crate::token_keys`]). The Cedar action `exchange` on `Audience::"<aud>"` decides; exchanging a
+//! JWT only narrows (same audience, a subset of its scopes, never past its `exp`). Each issued
+//! token's `jti` is stored with the session it derives from, so revoking the session makes the
+//! token inactive at introspection. Workload JWTs of trusted issuers are not accepted as subject
+//! tokens yet.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mayfly_core::audit::Outcome;
+use mayfly_core::policy::{Decision, ExchangeInput};
+use mayfly_core::{Principal, Timestamp};
+use mayfly_crypto::jwt::{IssuerKeys, JwtError, JwtRules};
+use mayfly_crypto::token_key::TokenAlg;
+use mayfly_store::{Change, ExchangedTokenRecord, SessionRecord, Write, WriteOutcome};
+use serde_json::{Map, Value, json};
+
+use crate::audit::refused::audit_refusal;
+use crate::error::BrokerError;
+use crate::origin::Origin;
+use crate::state::Broker;
+use crate::token_keys::MAX_TOKEN_TTL;
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TYPE_SESSION: &str = "urn:mayfly:token-type:session";
+pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The lifetime of an exchanged token when none is asked for.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+const MAX_SCOPES: usize = 64;
+const MAX_FIELD: usize = 1024;
+
+/// An OAuth error (RFC 6749 §5.2): its `error` code and description.
+#[derive(Debug)]
+pub enum ExchangeError {
+    OAuth {
+        code: &'static str,
+        description: String,
+        /// Whether the refusal is in the audit log already.
+        audited: bool,
+    },
+    /// Not the caller's doing (sealed, store unavailable…): answered as the broker's errors are.
+    Broker(BrokerError),
+}
+
+impl ExchangeError {
+    pub fn oauth(code: &'static str, description: impl Into<String>) -> ExchangeError {
+        ExchangeError::OAuth {
+            code,
+            description: description.into(),
+            audited: false,
+        }
+    }
+
+    fn audited(code: &'static str, description: impl Into<String>) -> ExchangeError {
+        ExchangeError::OAuth {
+            code,
+            description: description.into(),
+            audited: true,
+        }
+    }
+}
+
+impl From<BrokerError> for ExchangeError {
+    fn from(error: BrokerError) -> Self {
+        ExchangeError::Broker(error)
+    }
+}
+
+impl From<mayfly_crypto::CryptoError> for ExchangeError {
+    fn from(error: mayfly_crypto::CryptoError) -> Self {
+        ExchangeError::Broker(error.into())
+    }
+}
+
+impl From<mayfly_store::StoreError> for ExchangeError {
+    fn from(error: mayfly_store::StoreError) -> Self {
+        ExchangeError::Broker(error.into())
+    }
+}
+
+fn invalid_request(description: impl Into<String>) -> ExchangeError {
+    ExchangeError::oauth("invalid_request", description)
+}
+
+fn invalid_grant(description: impl Into<String>) -> ExchangeError {
+    ExchangeError::oauth("invalid_grant", description)
+}
+
+/// The fields of an exchange request, each given at most once (checked by the caller).
+#[derive(Debug, Default)]
+pub struct ExchangeRequest {
+    pub grant_type: Option<String>,
+    pub subject_token: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub expires_in: Option<String>,
+    pub alg: Option<String>,
+}
+
+/// The answer (RFC 8693 §2.2.1).
+#[derive(Debug, serde::Serialize)]
+pub struct Exchanged {
+    pub access_token: String,
+    pub issued_token_type: &'static str,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub scope: String,
+}
+
+/// A token presented to the exchange, once verified: its session, and its claims when a JWT.
+struct Presented {
+    session: SessionRecord,
+    claims: Option<Map<String, Value>>,
+}
+
+impl Presented {
+    fn principal(&self) -> &Principal {
+        &self.session.principal
+    }
+}
+
+/// The scopes of a `scope` parameter or claim (RFC 6749 §3.3), without repeats, in order.
+fn parse_scope(text: &str) -> Result<Vec<String>, ExchangeError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for token in text.split(' ').filter(|t| !t.is_empty()) {
+        let ok = token
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if !ok {
+            return Err(ExchangeError::oauth(
+                "invalid_scope",
+                "a scope holds printable ASCII other than `\"` and `\\`",
+            ));
+        }
+        if !scopes.iter().any(|s| s == token) {
+            scopes.push(token.to_owned());
+        }
+    }
+    if scopes.len() > MAX_SCOPES {
+        return Err(ExchangeError::oauth(
+            "invalid_scope",
+            format!("at most {MAX_SCOPES} scopes"),
+        ));
+    }
+    Ok(scopes)
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, ExchangeError> {
+    match value.as_deref() {
+        Some(text) if !text.is_empty() => Ok(text),
+        _ => Err(invalid_request(format!("`{name}` is required"))),
+    }
+}
+
+/// The claims of a JWT, unverified: only to learn which audience to verify it for.
+fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+fn unix_secs(at: Timestamp) -> i64 {
+    at.unix_ms().div_euclid(1000)
+}
+
+fn duration_secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn is_live(session: &SessionRecord, now: Timestamp) -> bool {
+    session.revoked_at.is_none() && session.expires_at > now
+}
+
+impl Broker {
+    /// The issuer of the tokens the broker signs: its public URL.
+    pub fn token_issuer(&self) -> String {
+        self.inner.config.public_url.clone()
+    }
+
+    /// Verifies a JWT this broker issued: signature with a published key, `iss`, `aud` (the one
+    /// given, else its own), `exp`; then its `jti` must be known and its session live. Returns
+    /// the claims and the session.
+    async fn verify_own_jwt(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Option<(Map<String, Value>, SessionRecord)>, ExchangeError> {
+        let Some(unverified) = unverified_claims(token) else {
+            return Ok(None);
+        };
+        let audience = match audience {
+            Some(audience) => audience.to_owned(),
+            None => match unverified.get("aud").and_then(Value::as_str) {
+                Some(aud) => aud.to_owned(),
+                None => return Ok(None),
+            },
+        };
+        let jwks = serde_json::to_string(&self.jwks().await?)
+            .map_err(|e| BrokerError::Internal(format!("jwks: {e}")))?;
+        let keys = IssuerKeys::from_jwks(&jwks)
+            .map_err(|e| BrokerError::Internal(format!("jwks: {e}")))?;
+        let rules = JwtRules {
+            issuer: self.token_issuer(),
+            audiences: vec![audience],
+            leeway_secs: 0,
+        };
+        let now = self.now();
+        let now_secs = u64::try_from(unix_secs(now)).unwrap_or(0);
+        let claims = match mayfly_crypto::jwt::verify(token, &keys, &rules, now_secs) {
+            Ok(claims) => claims,
+            Err(JwtError::WrongAudience) => {
+                return Err(ExchangeError::oauth(
+                    "invalid_target",
+                    "the subject token is for another audience: exchanging cannot widen it",
+                ));
+            }
+            Err(JwtError::Expired) => return Err(invalid_grant("the token has expired")),
+            Err(_) => return Ok(None),
+        };
+        let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let Some((record, session)) = self.store().exchanged_token(jti).await? else {
+            return Ok(None);
+        };
+        let sid = claims.get("mayfly_sid").and_then(Value::as_str);
+        match session {
+            Some(session)
+                if sid == Some(record.session_id.as_str())
+                    && record.expires_at > now
+                    && is_live(&session, now) =>
+            {
+                Ok(Some((claims, session)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A subject or actor token of `kind`, verified (`None`: not valid).
+    async fn presented(
+        &self,
+        token: &str,
+        kind: &str,
+        audience: Option<&str>,
+    ) -> Result<Option<Presented>, ExchangeError> {
+        if token.len() > 8192 {
+            return Ok(None);
+        }
+        match kind {
+            TYPE_SESSION => {
+                if token.len() > 256 {
+                    return Ok(None);
+                }
+                let hash = mayfly_crypto::token::hash_token(token);
+                Ok(self
+                    .store()
+                    .session_by_hash(&hash)
+                    .await?
+                    .filter(|session| is_live(session, self.now()))
+                    .map(|session| Presented {
+                        session,
+                        claims: None,
+                    }))
+            }
+            TYPE_JWT | TYPE_ACCESS_TOKEN => {
+                Ok(self
+                    .verify_own_jwt(token, audience)
+                    .await?
+                    .map(|(claims, session)| Presented {
+                        session,
+                        claims: Some(claims),
+                    }))
+            }
+            _ => Err(invalid_request(format!(
+                "token type `{}` is not supported: use `{TYPE_SESSION}` or `{TYPE_JWT}`",
+                kind.chars().take(80).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Exchanges a token (RFC 8693). Every refusal of a well-formed request is audited here as
+    /// `token.exchange` refused; a granted one as `token.exchanged` with the new token's record.
+    pub async fn exchange_token(
+        &self,
+        meta: &Origin,
+        request: &ExchangeRequest,
+    ) -> Result<Exchanged, ExchangeError> {
+        let grant_type = required(&request.grant_type, "grant_type")?;
+        if grant_type != GRANT_TYPE {
+            return Err(ExchangeError::oauth(
+                "unsupported_grant_type",
+                format!("only `{GRANT_TYPE}` is supported"),
+            ));
+        }
+        let subject_token = required(&request.subject_token, "subject_token")?;
+        let subject_type = required(&request.subject_token_type, "subject_token_type")?;
+        let audience = required(&request.audience, "audience")?;
+        if audience.len() > 256 || audience.chars().any(char::is_control) {
+            return Err(ExchangeError::oauth(
+                "invalid_target",
+                "the audience is at most 256 characters, none a control character",
+            ));
+        }
+        if let Some(kind) = request.requested_token_type.as_deref()
+            && kind != TYPE_JWT
+            && kind != TYPE_ACCESS_TOKEN
+        {
+            return Err(invalid_request(format!(
+                "`requested_token_type` must be `{TYPE_JWT}` or `{TYPE_ACCESS_TOKEN}`"
+            )));
+        }
+        let alg = match request.alg.as_deref() {
+            None | Some("EdDSA") => TokenAlg::EdDsa,
+            Some("ES256") => TokenAlg::Es256,
+            Some(_) => return Err(invalid_request("`alg` must be `EdDSA` or `ES256`")),
+        };
+        let ttl = match request.expires_in.as_deref() {
+            None => DEFAULT_TTL,
+            Some(text) => match text.parse::<u64>() {
+                Ok(secs) if secs >= 1 && secs <= MAX_TOKEN_TTL.as_secs() => {
+                    Duration::from_secs(secs)
+                }
+                _ => {
+                    return Err(invalid_request(format!(
+                        "`expires_in` is a number of seconds from 1 to {}",
+                        MAX_TOKEN_TTL.as_secs()
+                    )));
+                }
+            },
+        };
+        let actor = match (&request.actor_token, &request.actor_token_type) {
+            (None, None) => None,
+            (Some(token), Some(kind)) if !token.is_empty() && !kind.is_empty() => {
+                Some((token.as_str(), kind.as_str()))
+            }
+            _ => {
+                return Err(invalid_request(
+                    "`actor_token` and `actor_token_type` go together",
+                ));
+            }
+        };
+        let requested_scope = match request.scope.as_deref() {
+            Some(text) if text.len() > MAX_FIELD => {
+                return Err(ExchangeError::oauth(
+                    "invalid_scope",
+                    "the scope is too long",
+                ));
+            }
+            Some(text) => Some(parse_scope(text)?),
+            None => None,
+        };
+
+        let is_jwt = subject_type != TYPE_SESSION;
+        let subject = match self
+            .presented(subject_token, subject_type, Some(audience))
+            .await
+        {
+            Ok(Some(subject)) => subject,
+            Ok(None) => {
+                return self
+                    .refuse_unknown(meta, "the subject token is invalid, expired or revoked")
+                    .await;
+            }
+            Err(ExchangeError::OAuth {
+                code, description, ..
+            }) if is_jwt => {
+                return self.refuse_unknown_code(meta, code, &description).await;
+            }
+            Err(error) => return Err(error),
+        };
+        let principal = subject.principal().to_string();
+        let refuse = |code: &'static str, description: String| {
+            self.refuse(meta, &principal, audience, code, description)
+        };
+        let actor = match actor {
+            None => None,
+            Some((token, kind)) => match self.presented(token, kind, None).await {
+                Ok(Some(actor)) => Some(actor),
+                Ok(None) => {
+                    return refuse(
+                        "invalid_grant",
+                        "the actor token is invalid, expired or revoked".into(),
+                    )
+                    .await;
+                }
+                Err(ExchangeError::OAuth {
+                    code, description, ..
+                }) => {
+                    return refuse(code, description).await;
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        let actor_name = actor.as_ref().map(|a| match &a.claims {
+            Some(claims) => claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            None => a.principal().to_string(),
+        });
+
+        // Narrowing: a JWT's scopes bound the new ones; its `exp` bounds the lifetime.
+        let subject_scope = match &subject.claims {
+            Some(claims) => Some(parse_scope(
+                claims.get("scope").and_then(Value::as_str).unwrap_or(""),
+            )?),
+            None => None,
+        };
+        let scope = match (requested_scope, &subject_scope) {
+            (Some(asked), Some(held)) => {
+                if let Some(wider) = asked.iter().find(|s| !held.contains(s)) {
+                    return refuse(
+                        "invalid_scope",
+                        format!("the subject token does not hold the scope `{wider}`"),
+                    )
+                    .await;
+                }
+                asked
+            }
+            (Some(asked), None) => asked,
+            (None, Some(held)) => held.clone(),
+            (None, None) => Vec::new(),
+        };
+
+        let policies = self.policies().await?;
+        let decision = policies
+            .decide_exchange(&ExchangeInput {
+                principal: subject.principal(),
+                audience,
+                scope: &scope,
+                actor: actor_name.as_deref(),
+                ttl,
+            })
+            .map_err(|e| BrokerError::Internal(format!("policy: {e}")))?;
+        let (max_ttl, policies_used) = match decision {
+            Decision::Allow {
+                max_ttl, policies, ..
+            } => (max_ttl, policies),
+            Decision::Deny { reason } => return refuse("invalid_target", reason).await,
+        };
+
+        let now = self.now();
+        let iat = unix_secs(now);
+        let mut ttl = ttl.min(MAX_TOKEN_TTL);
+        if let Some(max) = max_ttl {
+            ttl = ttl.min(max);
+        }
+        let mut exp = iat.saturating_add(duration_secs(ttl));
+        exp = exp.min(unix_secs(subject.session.expires_at));
+        if let Some(claims) = &subject.claims
+            && let Some(subject_exp) = claims.get("exp").and_then(Value::as_i64)
+        {
+            exp = exp.min(subject_exp);
+        }
+        if let Some(actor) = &actor {
+            exp = exp.min(unix_secs(actor.session.expires_at));
+        }
+        if exp <= iat {
+            return refuse(
+                "invalid_grant",
+                "the subject token expires too soon to be exchanged".into(),
+            )
+            .await;
+        }
+
+        let act = match (
+            &actor_name,
+            subject.claims.as_ref().and_then(|c| c.get("act")),
+        ) {
+            (Some(name), Some(previous)) => Some(json!({"sub": name, "act": previous})),
+            (Some(name), None) => Some(json!({"sub": name})),
+            (None, Some(previous)) => Some(previous.clone()),
+            (None, None) => None,
+        };
+        let jti = hex::encode(mayfly_crypto::random_bytes::<16>()?);
+        let scope_text = scope.join(" ");
+        let mut claims = json!({
+            "iss": self.token_issuer(),
+            "sub": principal,
+            "aud": audience,
+            "scope": scope_text,
+            "iat": iat,
+            "exp": exp,
+            "jti": jti,
+            "mayfly_sid": subject.session.id,
+        });
+        if let (Some(act), Some(map)) = (act, claims.as_object_mut()) {
+            map.insert("act".into(), act);
+        }
+        let key = self.current_token_key(alg).await?;
+        let header = json!({"alg": alg.jws_name(), "kid": key.kid(), "typ": "JWT"});
+        let encode = |value: &Value| URL_SAFE_NO_PAD.encode(value.to_string());
+        let signing_input = format!("{}.{}", encode(&header), encode(&claims));
+        let signature = key.sign(signing_input.as_bytes())?;
+        let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature));
+
+        let mut event = self
+            .draft("token.exchanged", Outcome::Ok)
+            .detail("jti", jti.clone())
+            .detail("audience", audience)
+            .detail("scope", scope_text.clone())
+            .detail("exp", exp)
+            .detail("kid", key.kid())
+            .detail("alg", alg.jws_name())
+            .detail("session_id", subject.session.id.clone())
+            .detail("subject_token_type", subject_type)
+            .detail("policies", policies_used);
+        if let Some(name) = &actor_name {
+            event = event.detail("act", name.clone());
+        }
+        event.actor = Some(principal.clone());
+        event.subject = Some(format!("audience:{audience}"));
+        meta.fill(&mut event);
+        let record = ExchangedTokenRecord {
+            jti,
+            session_id: subject.session.id.clone(),
+            issued_at: now,
+            expires_at: Timestamp::from_unix_ms(exp.saturating_mul(1000)),
+        };
+        match self
+            .commit(Write {
+                change: Some(Change::RecordExchangedToken { token: record }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => {}
+            WriteOutcome::Conflict { reason, .. } => {
+                return Err(BrokerError::Conflict(reason).into());
+            }
+        }
+        Ok(Exchanged {
+            access_token: token,
+            issued_token_type: TYPE_JWT,
+            token_type: "Bearer",
+            expires_in: exp - iat,
+            scope: scope_text,
+        })
+    }
+
+    /// Audits a refusal whose principal is known, and returns it.
+    async fn refuse<T>(
+        &self,
+        meta: &Origin,
+        principal: &str,
+        audience: &str,
+        code: &'static str,
+        description: String,
+    ) -> Result<T, ExchangeError> {
+        let mut event = self
+            .draft("token.exchange", Outcome::Refused)
+            .detail("error", code)
+            .detail("reason", description.clone())
+            .detail("audience", audience);
+        event.actor = Some(principal.to_owned());
+        event.subject = Some(format!("audience:{audience}"));
+        meta.fill(&mut event);
+        self.record(event).await?;
+        Err(ExchangeError::audited(code, description))
+    }
+
+    async fn refuse_unknown<T>(&self, meta: &Origin, reason: &str) -> Result<T, ExchangeError> {
+        self.refuse_unknown_code(meta, "invalid_grant", reason)
+            .await
+    }
+
+    /// Audits (aggregated per source, as every unauthenticated refusal) an exchange whose
+    /// subject token is not valid.
+    async fn refuse_unknown_code<T>(
+        &self,
+        meta: &Origin,
+        code: &'static str,
+        reason: &str,
+    ) -> Result<T, ExchangeError> {
+        let mut event = self
+            .draft("token.exchange", Outcome::Refused)
+            .detail("error", code)
+            .detail("reason", reason);
+        meta.fill(&mut event);
+        audit_refusal(self, event).await?;
+        Err(ExchangeError::audited(code, reason))
+    }
+
+    /// Introspection (RFC 7662): the claims of a token this broker issued while it is active
+    /// (valid signature with a published key, not expired, its `jti` known, its session live),
+    /// else `{"active": false}`.
+    pub async fn introspect(&self, token: &str) -> Result<Value, BrokerError> {
+        let inactive = json!({"active": false});
+        if token.is_empty() || token.len() > 8192 {
+            return Ok(inactive);
+        }
+        match self.verify_own_jwt(token, None).await {
+            Ok(Some((claims, _session))) => {
+                let mut answer = Map::new();
+                answer.insert("active".into(), Value::Bool(true));
+                answer.insert("token_type".into(), Value::String("Bearer".into()));
+                for name in ["scope", "sub", "aud", "iss", "exp", "iat", "jti", "act"] {
+                    if let Some(value) = claims.get(name) {
+                        answer.insert(name.into(), value.clone());
+                    }
+                }
+                Ok(Value::Object(answer))
+            }
+            Ok(None) | Err(ExchangeError::OAuth { .. }) => Ok(inactive),
+            Err(ExchangeError::Broker(error)) => Err(error),
+        }
+    }
+}
