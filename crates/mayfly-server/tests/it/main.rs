@@ -13,6 +13,7 @@ mod api;
 mod audit;
 mod ca_per_target;
 mod domain;
+mod exchange;
 mod floods;
 mod hardening;
 mod jwt;
