@@ -19,8 +19,8 @@
 //! - `dialect`, `rows`: the row plumbing. `Dialect` and placeholders; column lists, the
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
-//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `audit`: the SQL of each group of
-//!   tables, the changes that write them and the reads.
+//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `audit`: the SQL of each
+//!   group of tables, the changes that write them and the reads.
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 

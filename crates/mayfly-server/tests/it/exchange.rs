@@ -2,13 +2,13 @@
 //! exchange gives a JWT that `jsonwebtoken` verifies with the JWKS key; exchanging only narrows
 //! (a wider audience, scope or lifetime is refused or never issued); expired and tampered subject
 //! tokens are refused; a policy denial is audited; `act` names the actor (nested when the subject
-//! token had one); introspection is active until the session is revoked; malformed requests get
-//! RFC 6749's errors.
+//! token had one); introspection is active until the session is revoked or the user disabled (on
+//! SQLite and PostgreSQL); malformed requests get RFC 6749's errors.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mayfly_testkit::TestBroker;
+use mayfly_testkit::{Options, TestBroker};
 use serde_json::Value;
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -130,8 +130,25 @@ async fn audit_kinds(broker: &TestBroker) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn exchange_narrows_and_introspection_follows_the_session() {
+async fn exchange_narrows_and_introspection_follows_the_session_on_sqlite() {
     let broker = TestBroker::ready().await;
+    narrows_and_follows_the_session(&broker).await;
+}
+
+#[tokio::test]
+async fn exchange_narrows_and_introspection_follows_the_session_on_postgres() {
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let broker = TestBroker::start(Options {
+        store_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    narrows_and_follows_the_session(&broker).await;
+    broker.stop().await;
+    db.drop_db().await;
+}
+
+async fn narrows_and_follows_the_session(broker: &TestBroker) {
     broker.set_policy(POLICY).await;
     let alice = broker.login("alice").await;
 
@@ -423,10 +440,23 @@ async fn policy_denials_actors_and_malformed_requests() {
     .await;
     assert_eq!(error_of(&bad_actor), (400, "invalid_grant"));
 
+    // Disabling the subject's user makes the tokens derived from its sessions inactive.
+    assert_eq!(introspect(&broker, &bob, &token).await["active"], true);
+    broker
+        .expect(
+            200,
+            "PATCH",
+            "/v1/users/alice",
+            Some(&admin),
+            Some(serde_json::json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(introspect(&broker, &bob, &token).await["active"], false);
+
     // Malformed requests.
     let base = [
         ("grant_type", GRANT),
-        ("subject_token", alice.as_str()),
+        ("subject_token", bob.as_str()),
         ("subject_token_type", SESSION),
         ("audience", "billing"),
     ];
