@@ -154,7 +154,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
 
     // An allowed exchange: a JWT for `billing` that an independent verifier accepts.
     let first = exchange(
-        &broker,
+        broker,
         &[
             ("grant_type", GRANT),
             ("subject_token", &alice),
@@ -173,7 +173,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     // The policy's `@max_ttl` caps the hour asked for.
     assert_eq!(first.1["expires_in"], 600);
     let token = first.1["access_token"].as_str().unwrap().to_owned();
-    let claims = verify(&broker, &token, "billing").await.expect("verifies");
+    let claims = verify(broker, &token, "billing").await.expect("verifies");
     assert_eq!(claims["sub"], "user:alice");
     assert_eq!(claims["aud"], "billing");
     assert_eq!(claims["scope"], "read write");
@@ -183,16 +183,16 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
     assert_eq!(header.typ.as_deref(), Some("JWT"));
-    assert!(verify(&broker, &token, "payroll").await.is_none());
+    assert!(verify(broker, &token, "payroll").await.is_none());
     let exp = claims["exp"].as_i64().unwrap();
     // Audited, never with the token.
-    let events = audit_kinds(&broker).await;
+    let events = audit_kinds(broker).await;
     assert!(events.iter().any(|(kind, _)| kind == "token.exchanged"));
     assert!(events.iter().all(|(_, body)| !body.contains(&token)));
 
     // ES256 when asked.
     let es = exchange(
-        &broker,
+        broker,
         &[
             ("grant_type", GRANT),
             ("subject_token", &alice),
@@ -208,10 +208,10 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
         jsonwebtoken::decode_header(es_token).unwrap().alg,
         jsonwebtoken::Algorithm::ES256
     );
-    assert!(verify(&broker, es_token, "billing").await.is_some());
+    assert!(verify(broker, es_token, "billing").await.is_some());
 
     // Exchanging the JWT: narrower scope is fine, and the lifetime never goes past its `exp`.
-    let b = &broker;
+    let b = broker;
     let jwt_subject = |scope: &'static str, audience: &'static str| {
         let token = token.clone();
         async move {
@@ -233,7 +233,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     let narrower = jwt_subject("read", "billing").await;
     assert_eq!(narrower.0, 200, "{}", narrower.1);
     let narrow_claims = verify(
-        &broker,
+        broker,
         narrower.1["access_token"].as_str().unwrap(),
         "billing",
     )
@@ -252,7 +252,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     );
     // A tampered subject JWT.
     let tampered = exchange(
-        &broker,
+        broker,
         &[
             ("grant_type", GRANT),
             ("subject_token", &tamper(&token)),
@@ -265,24 +265,24 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
 
     // Introspection: active with its claims; a tampered or unknown token is not.
     let bob = broker.login("bob").await;
-    let active = introspect(&broker, &bob, &token).await;
+    let active = introspect(broker, &bob, &token).await;
     assert_eq!(active["active"], true, "{active}");
     assert_eq!(active["sub"], "user:alice");
     assert_eq!(active["aud"], "billing");
     assert_eq!(
-        introspect(&broker, &bob, &tamper(&token)).await,
+        introspect(broker, &bob, &tamper(&token)).await,
         serde_json::json!({"active": false})
     );
     assert_eq!(
-        introspect(&broker, &bob, "not.a.token").await,
+        introspect(broker, &bob, "not.a.token").await,
         serde_json::json!({"active": false})
     );
     assert_eq!(
-        introspect(&broker, &bob, &alice).await,
+        introspect(broker, &bob, &alice).await,
         serde_json::json!({"active": false})
     );
     // Introspection needs a session.
-    let (status, _) = post_form(&broker, "/v1/token/introspect", None, &[("token", &token)]).await;
+    let (status, _) = post_form(broker, "/v1/token/introspect", None, &[("token", &token)]).await;
     assert_eq!(status, 401);
 
     // Revoking the session makes every token derived from it inactive, and refuses exchanges.
@@ -295,7 +295,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
             None,
         )
         .await;
-    assert_eq!(introspect(&broker, &bob, &token).await["active"], false);
+    assert_eq!(introspect(broker, &bob, &token).await["active"], false);
     assert_eq!(
         error_of(&jwt_subject("read", "billing").await),
         (400, "invalid_grant")
@@ -305,7 +305,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     broker.clock.advance(Duration::from_secs(31));
     let carol = broker.login("bob").await;
     let short = exchange(
-        &broker,
+        broker,
         &[
             ("grant_type", GRANT),
             ("subject_token", &carol),
@@ -319,7 +319,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     let short_token = short.1["access_token"].as_str().unwrap().to_owned();
     broker.clock.advance(Duration::from_secs(61));
     let expired = exchange(
-        &broker,
+        broker,
         &[
             ("grant_type", GRANT),
             ("subject_token", &short_token),
@@ -330,7 +330,7 @@ async fn narrows_and_follows_the_session(broker: &TestBroker) {
     .await;
     assert_eq!(error_of(&expired), (400, "invalid_grant"));
     assert_eq!(
-        introspect(&broker, &bob, &short_token).await["active"],
+        introspect(broker, &bob, &short_token).await["active"],
         false
     );
 }
