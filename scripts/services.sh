@@ -60,3 +60,12 @@ if [ ! -x /usr/sbin/sshd ]; then
         { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null; }
 fi
 echo "sshd is installed: $(/usr/sbin/sshd -V 2>&1 | head -n1)"
+
+# PyJWT with its `cryptography` backend, the independent verifier of the broker's JWTs
+# (crates/mayfly-server/tests/it/verify_jwt.py). Installed from PyPI for this python3 if missing.
+if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
+    echo "Installing PyJWT (pyjwt[crypto]==2.10.1) for python3 with pip"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]==2.10.1' >/dev/null ||
+        { echo "pip could not install pyjwt[crypto]==2.10.1" >&2; exit 1; }
+fi
+echo "PyJWT is installed: $(python3 -c 'import jwt; print(jwt.__version__)')"

@@ -3,7 +3,9 @@
 //! (a wider audience, scope or lifetime is refused or never issued); expired and tampered subject
 //! tokens are refused; a policy denial is audited; `act` names the actor (nested when the subject
 //! token had one); introspection is active until the session is revoked or the user disabled (on
-//! SQLite and PostgreSQL); malformed requests get RFC 6749's errors.
+//! SQLite and PostgreSQL); malformed requests get RFC 6749's errors. PyJWT, fetching the JWKS
+//! (`verify_jwt.py`), accepts EdDSA and ES256 tokens and refuses tampered, expired, wrong-audience
+//! and wrong-issuer ones.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -524,4 +526,110 @@ async fn policy_denials_actors_and_malformed_requests() {
         (status, body["error"].as_str()),
         (400, Some("invalid_request"))
     );
+}
+
+/// What `verify_jwt.py` (PyJWT, fetching the broker's JWKS) says of `token`: its exit code, its
+/// stdout and its stderr.
+async fn pyjwt(broker: &TestBroker, token: &str, audience: &str, issuer: &str) -> (i32, String) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/verify_jwt.py");
+    let args = [
+        format!("{}/.well-known/jwks.json", broker.addr),
+        token.to_owned(),
+        audience.to_owned(),
+        issuer.to_owned(),
+    ];
+    // The script fetches the JWKS from this test's own runtime: run it off that thread.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs (scripts/services.sh installs PyJWT)");
+    let code = output.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_ne!(code, 2, "verify_jwt.py could not run: {stderr}");
+    (code, if code == 0 { stdout } else { stderr })
+}
+
+#[tokio::test]
+async fn pyjwt_verifies_with_the_jwks_and_refuses_tampered_expired_and_foreign_tokens() {
+    let broker = TestBroker::ready().await;
+    broker.set_policy(POLICY).await;
+    let alice = broker.login("alice").await;
+    let issuer = broker.addr.clone();
+    let issue = |alg: &'static str, expires_in: &'static str| {
+        let (broker, alice) = (&broker, alice.clone());
+        async move {
+            let answer = exchange(
+                broker,
+                &[
+                    ("grant_type", GRANT),
+                    ("subject_token", &alice),
+                    ("subject_token_type", SESSION),
+                    ("audience", "billing"),
+                    ("scope", "read"),
+                    ("requested_token_type", JWT),
+                    ("expires_in", expires_in),
+                    ("alg", alg),
+                ],
+            )
+            .await;
+            assert_eq!(answer.0, 200, "{}", answer.1);
+            answer.1["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Valid EdDSA and ES256 tokens verify, with the claims the broker put in.
+    for alg in ["EdDSA", "ES256"] {
+        let token = issue(alg, "600").await;
+        assert_eq!(
+            jsonwebtoken::decode_header(&token).unwrap().alg,
+            serde_json::from_value(Value::String(alg.into())).unwrap()
+        );
+        let (code, out) = pyjwt(&broker, &token, "billing", &issuer).await;
+        assert_eq!(code, 0, "{alg}: {out}");
+        let claims: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(claims["sub"], "user:alice", "{alg}");
+        assert_eq!(claims["aud"], "billing", "{alg}");
+        assert_eq!(claims["scope"], "read", "{alg}");
+
+        // Tampered: the payload changed, the signature kept.
+        let (code, reason) = pyjwt(&broker, &tamper(&token), "billing", &issuer).await;
+        assert_eq!(code, 1, "{alg} tampered: {reason}");
+        assert!(reason.contains("InvalidSignatureError"), "{alg}: {reason}");
+
+        // One byte of the signature changed.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let (code, reason) = pyjwt(&broker, &forged, "billing", &issuer).await;
+        assert_eq!(code, 1, "{alg} forged signature: {reason}");
+
+        // Wrong audience, wrong issuer.
+        let (code, reason) = pyjwt(&broker, &token, "payroll", &issuer).await;
+        assert_eq!(code, 1, "{alg} wrong audience: {reason}");
+        assert!(reason.contains("InvalidAudienceError"), "{alg}: {reason}");
+        let (code, reason) = pyjwt(&broker, &token, "billing", "https://elsewhere").await;
+        assert_eq!(code, 1, "{alg} wrong issuer: {reason}");
+        assert!(reason.contains("InvalidIssuerError"), "{alg}: {reason}");
+    }
+
+    // Expired: PyJWT checks `exp` against the wall clock, and the broker's manual clock starts at
+    // the real time, so a one-second token really expires once a couple of seconds pass.
+    let token = issue("EdDSA", "1").await;
+    let (code, out) = pyjwt(&broker, &token, "billing", &issuer).await;
+    let exp = serde_json::from_str::<Value>(&out)
+        .ok()
+        .map(|c| c["exp"].clone());
+    assert!(code == 0 || out.contains("ExpiredSignatureError"), "{out}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (code, reason) = pyjwt(&broker, &token, "billing", &issuer).await;
+    assert_eq!(code, 1, "expired (exp {exp:?}): {reason}");
+    assert!(reason.contains("ExpiredSignatureError"), "{reason}");
+    broker.stop().await;
 }
