@@ -106,7 +106,7 @@ pub struct ExchangeRequest {
 }
 
 /// The answer (RFC 8693 §2.2.1).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Exchanged {
     pub access_token: String,
     pub issued_token_type: &'static str,

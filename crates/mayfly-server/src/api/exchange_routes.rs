@@ -10,11 +10,78 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::error::{Audited, ErrorCode};
 use crate::auth::Caller;
-use crate::exchange::{ExchangeError, ExchangeRequest};
+use crate::exchange::{ExchangeError, ExchangeRequest, Exchanged};
 use crate::origin::Origin;
 use crate::state::Broker;
+use mayfly_api::ErrorBody;
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The form of `POST /v1/token/exchange` (RFC 8693 §2.1), for the OpenAPI document; the handler
+/// reads the fields one by one (unknown ones are ignored, `resource` is refused).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only described in the OpenAPI document")]
+pub struct ExchangeForm {
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`.
+    grant_type: String,
+    /// A Mayfly session token, or a JWT the broker issued.
+    subject_token: String,
+    /// `urn:mayfly:token-type:session` or `urn:ietf:params:oauth:token-type:jwt`.
+    subject_token_type: String,
+    /// The token of who acts for the subject (named in the issued token's `act` claim).
+    actor_token: Option<String>,
+    /// Required with `actor_token`.
+    actor_token_type: Option<String>,
+    /// The one audience of the issued token (the `resource` of the `exchange` policy action).
+    audience: String,
+    /// Space-separated scopes; never wider than the subject token's.
+    scope: Option<String>,
+    /// `urn:ietf:params:oauth:token-type:jwt` (the only type issued).
+    requested_token_type: Option<String>,
+    /// The lifetime asked for, in seconds (capped by the policy's `@max_ttl` and the subject's
+    /// expiry).
+    expires_in: Option<String>,
+    /// `EdDSA` (the default) or `ES256`.
+    alg: Option<String>,
+}
+
+/// The form of `POST /v1/token/introspect` (RFC 7662 §2.1).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only described in the OpenAPI document")]
+pub struct IntrospectForm {
+    /// The JWT to look at.
+    token: String,
+}
+
+/// The answer of `POST /v1/token/introspect` (RFC 7662 §2.2): only `active: false` for a token
+/// that is not, or no longer, valid.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only described in the OpenAPI document")]
+pub struct Introspection {
+    active: bool,
+    /// `Bearer`.
+    token_type: Option<String>,
+    scope: Option<String>,
+    sub: Option<String>,
+    aud: Option<String>,
+    iss: Option<String>,
+    exp: Option<i64>,
+    iat: Option<i64>,
+    jti: Option<String>,
+    /// Who acts for the subject (RFC 8693 §4.1), nested when delegated again.
+    #[schema(value_type = Option<Object>)]
+    act: Option<serde_json::Value>,
+}
+
+/// A refusal in OAuth's shape (RFC 6749 §5.2, RFC 8693 §2.2.2).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only described in the OpenAPI document")]
+pub struct OAuthError {
+    /// `invalid_request`, `invalid_grant`, `invalid_target`, `invalid_scope`,
+    /// `unsupported_grant_type`, ...
+    error: String,
+    error_description: String,
+}
 
 fn no_store(mut response: Response) -> Response {
     response
@@ -89,6 +156,10 @@ fn form_fields(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>
 }
 
 /// Exchanges a Mayfly session or a JWT the broker issued for a short JWT for one audience.
+#[utoipa::path(post, path = "/v1/token/exchange",
+    request_body(content = ExchangeForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = Exchanged), (status = 400, body = OAuthError),
+        (status = 503, body = ErrorBody)))]
 pub async fn exchange(
     State(broker): State<Broker>,
     Extension(meta): Extension<Origin>,
@@ -131,6 +202,10 @@ pub async fn exchange(
 }
 
 /// Whether a token the broker issued is active, and its claims (any authenticated caller).
+#[utoipa::path(post, path = "/v1/token/introspect",
+    request_body(content = IntrospectForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = Introspection), (status = 400, body = OAuthError),
+        (status = 401, body = ErrorBody)))]
 pub async fn introspect(
     State(broker): State<Broker>,
     _caller: Caller,

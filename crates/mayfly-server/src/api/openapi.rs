@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::api::{access_routes, routes};
+use crate::api::{access_routes, exchange_routes, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,6 +57,8 @@ use crate::api::{access_routes, routes};
         access_routes::renew_grant,
         access_routes::review_queue,
         access_routes::review_grant,
+        exchange_routes::exchange,
+        exchange_routes::introspect,
     ),
     components(schemas(mayfly_api::ErrorBody, mayfly_api::ErrorDetail))
 )]

@@ -5,7 +5,7 @@
 //! token had one); introspection is active until the session is revoked or the user disabled (on
 //! SQLite and PostgreSQL); malformed requests get RFC 6749's errors. PyJWT, fetching the JWKS
 //! (`verify_jwt.py`), accepts EdDSA and ES256 tokens and refuses tampered, expired, wrong-audience
-//! and wrong-issuer ones.
+//! and wrong-issuer ones. The OpenAPI document describes both endpoints.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -631,5 +631,48 @@ async fn pyjwt_verifies_with_the_jwks_and_refuses_tampered_expired_and_foreign_t
     let (code, reason) = pyjwt(&broker, &token, "billing", &issuer).await;
     assert_eq!(code, 1, "expired (exp {exp:?}): {reason}");
     assert!(reason.contains("ExpiredSignatureError"), "{reason}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_exchange_and_introspection() {
+    let broker = TestBroker::ready().await;
+    let doc = broker
+        .expect(200, "GET", "/v1/openapi.json", None, None)
+        .await;
+    for (path, form, answer) in [
+        ("/v1/token/exchange", "ExchangeForm", "Exchanged"),
+        ("/v1/token/introspect", "IntrospectForm", "Introspection"),
+    ] {
+        let post = &doc["paths"][path]["post"];
+        let body = &post["requestBody"]["content"]["application/x-www-form-urlencoded"];
+        assert_eq!(
+            body["schema"]["$ref"],
+            format!("#/components/schemas/{form}"),
+            "{path}: {post}"
+        );
+        let ok = &post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(*ok, format!("#/components/schemas/{answer}"), "{path}");
+        let refused = &post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(*refused, "#/components/schemas/OAuthError", "{path}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    for field in [
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "audience",
+    ] {
+        assert!(
+            schemas["ExchangeForm"]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::String(field.into())),
+            "{field}: {}",
+            schemas["ExchangeForm"]
+        );
+    }
+    assert!(schemas["OAuthError"]["properties"]["error_description"].is_object());
+    assert!(schemas["Exchanged"]["properties"]["access_token"].is_object());
     broker.stop().await;
 }
