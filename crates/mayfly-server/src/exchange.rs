@@ -90,8 +90,9 @@ fn invalid_grant(description: impl Into<String>) -> ExchangeError {
     ExchangeError::oauth("invalid_grant", description)
 }
 
-/// The fields of an exchange request, each given at most once (checked by the caller).
-#[derive(Debug, Default)]
+/// The fields of an exchange request, each given at most once (checked by the caller). Its
+/// `Debug` never shows the tokens.
+#[derive(Default)]
 pub struct ExchangeRequest {
     pub grant_type: Option<String>,
     pub subject_token: Option<String>,
@@ -105,14 +106,50 @@ pub struct ExchangeRequest {
     pub alg: Option<String>,
 }
 
-/// The answer (RFC 8693 §2.2.1).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+/// The answer (RFC 8693 §2.2.1). Its `Debug` never shows the token.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Exchanged {
     pub access_token: String,
     pub issued_token_type: &'static str,
     pub token_type: &'static str,
     pub expires_in: i64,
     pub scope: String,
+}
+
+/// How a token appears in a debug print: whether it was given, never what it is.
+fn redacted(token: &Option<String>) -> &'static str {
+    match token {
+        Some(_) => "Some(<redacted>)",
+        None => "None",
+    }
+}
+
+impl std::fmt::Debug for ExchangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeRequest")
+            .field("grant_type", &self.grant_type)
+            .field("subject_token", &redacted(&self.subject_token))
+            .field("subject_token_type", &self.subject_token_type)
+            .field("actor_token", &redacted(&self.actor_token))
+            .field("actor_token_type", &self.actor_token_type)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("requested_token_type", &self.requested_token_type)
+            .field("expires_in", &self.expires_in)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Exchanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchanged")
+            .field("access_token", &"<redacted>")
+            .field("issued_token_type", &self.issued_token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A token presented to the exchange, once verified: its session, and its claims when a JWT.
@@ -616,5 +653,32 @@ impl Broker {
             Ok(None) | Err(ExchangeError::OAuth { .. }) => Ok(inactive),
             Err(ExchangeError::Broker(error)) => Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_prints_never_show_tokens() {
+        let request = ExchangeRequest {
+            subject_token: Some("mft_subject-secret".into()),
+            actor_token: Some("eyJactor-secret".into()),
+            audience: Some("billing".into()),
+            ..ExchangeRequest::default()
+        };
+        let answer = Exchanged {
+            access_token: "eyJissued-secret".into(),
+            issued_token_type: TYPE_JWT,
+            token_type: "Bearer",
+            expires_in: 300,
+            scope: "read".into(),
+        };
+        let printed = format!("{request:?} {answer:?}");
+        for secret in ["subject-secret", "actor-secret", "issued-secret"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("billing"), "{printed}");
     }
 }

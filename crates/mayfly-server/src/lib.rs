@@ -18,6 +18,7 @@ pub mod origin;
 pub mod seal;
 pub mod ssh;
 pub mod state;
+pub mod token_key_cache;
 pub mod token_keys;
 pub mod users;
 pub mod views;

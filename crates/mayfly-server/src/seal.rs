@@ -214,7 +214,7 @@ impl Broker {
             audit_signer,
             audit_hmac_key: Zeroizing::new(hmac.to_vec()),
             namespace: mayfly_core::Namespace::from_seal_id(&seal.seal_id),
-            token_keys: crate::token_keys::KeyCache::default(),
+            token_keys: crate::token_key_cache::KeyCache::default(),
         };
         *self.inner.unsealed.write().await = Some(Arc::new(unsealed));
         metrics::gauge!("mayfly_sealed").set(0.0);

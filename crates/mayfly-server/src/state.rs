@@ -32,7 +32,7 @@ pub struct Unsealed {
     /// This broker's part of every login name it makes (fixed at init, from the seal id).
     pub namespace: mayfly_core::Namespace,
     /// The parsed token signing keys of the published generations (`token_keys.rs`).
-    pub token_keys: crate::token_keys::KeyCache,
+    pub token_keys: crate::token_key_cache::KeyCache,
 }
 
 impl std::fmt::Debug for Unsealed {

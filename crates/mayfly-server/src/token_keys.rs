@@ -17,11 +17,10 @@
 //! call, so every node follows a rotation at once; the parsed keys of the published generations are
 //! kept in memory while unsealed (a generation never changes).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_api::{Jwk, Jwks, SigningKeyInfo, SigningKeysRotated};
+use mayfly_api::{Jwk, Jwks, SigningKeysRotated};
 use mayfly_core::Timestamp;
 use mayfly_core::audit::Outcome;
 use mayfly_crypto::token_key::{self, TokenAlg, TokenKey};
@@ -31,6 +30,7 @@ use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::{Broker, Unsealed};
+use crate::token_key_cache::Generation;
 
 /// Under which the generations of token signing keys are kept (through the barrier).
 pub const TOKEN_KEYS_PATH: &str = "sys/token-keys";
@@ -45,52 +45,6 @@ pub const RETIRE_MARGIN: Duration = Duration::from_secs(300);
 /// Where the generation `id` is kept.
 pub fn generation_path(id: &str) -> String {
     format!("{TOKEN_KEYS_PATH}/{id}")
-}
-
-/// One generation of token signing keys: one per algorithm.
-#[derive(Debug)]
-pub struct Generation {
-    pub id: String,
-    pub created: Timestamp,
-    pub keys: Vec<Arc<TokenKey>>,
-}
-
-impl Generation {
-    pub fn key(&self, alg: TokenAlg) -> Option<&Arc<TokenKey>> {
-        self.keys.iter().find(|key| key.alg() == alg)
-    }
-
-    fn info(&self) -> Vec<SigningKeyInfo> {
-        self.keys
-            .iter()
-            .map(|key| SigningKeyInfo {
-                kid: key.kid().to_owned(),
-                alg: key.alg().jws_name().to_owned(),
-            })
-            .collect()
-    }
-}
-
-/// The parsed generations that are published, by id; kept while unsealed, pruned to the
-/// published ones at each read of the list.
-#[derive(Debug, Default)]
-pub struct KeyCache(std::sync::Mutex<HashMap<String, Arc<Generation>>>);
-
-impl KeyCache {
-    fn get(&self, id: &str) -> Option<Arc<Generation>> {
-        self.0.lock().ok()?.get(id).cloned()
-    }
-
-    fn keep(&self, generations: &[Arc<Generation>]) {
-        if let Ok(mut cache) = self.0.lock() {
-            cache.retain(|id, _| generations.iter().any(|g| &g.id == id));
-            for generation in generations {
-                cache
-                    .entry(generation.id.clone())
-                    .or_insert_with(|| generation.clone());
-            }
-        }
-    }
 }
 
 /// A signature made with the current key of an algorithm.
