@@ -31,6 +31,14 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -76,13 +84,8 @@ impl PgCluster {
                 .unwrap();
         }
         let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cluster = PgCluster {
-            port,
+        let mut cluster = PgCluster {
+            port: free_port(),
             admin_password,
             dir,
             bin,
@@ -106,12 +109,33 @@ impl PgCluster {
         if let Some((cert_pem, key_pem)) = tls {
             cluster.turn_on_tls(&data, cert_pem, key_pem);
         }
+        // The port was free when asked for, but another test's cluster may take it before this
+        // server binds it (the kernel hands a released port out again): try a fresh one. Any
+        // other failure repeats itself and is reported with the server's log after 5 tries.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match cluster.try_start() {
+                Ok(()) => break,
+                Err(_) if attempts < 5 => {
+                    cluster.port = free_port();
+                }
+                Err(why) => panic!("pg_ctl start failed: {why}"),
+            }
+        }
+        cluster
+    }
+
+    /// Starts the server on `self.port`; on failure, answers what pg_ctl and the server's log said.
+    fn try_start(&self) -> Result<(), String> {
+        let data = self.dir.path().join("data");
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
-            cluster.dir.path().display()
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
         );
-        let log = cluster.dir.path().join("log");
-        cluster.run(
+        let log = self.dir.path().join("log");
+        let output = self.command(
             "pg_ctl",
             &[
                 "-D",
@@ -124,7 +148,17 @@ impl PgCluster {
                 "start",
             ],
         );
-        cluster
+        if output.status.success() {
+            return Ok(());
+        }
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        // The next attempt would append to the same log: start it afresh.
+        let _ = std::fs::remove_file(&log);
+        Err(format!(
+            "{}{}\nserver log:\n{log_text}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
 
     fn turn_on_tls(&self, data: &Path, cert_pem: &str, key_pem: &str) {
@@ -161,9 +195,9 @@ impl PgCluster {
         }
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Output {
         let path = self.bin.join(program);
-        let output = match &self.run_as {
+        match &self.run_as {
             Some(user) => Command::new("runuser")
                 .arg("-u")
                 .arg(user)
@@ -173,7 +207,11 @@ impl PgCluster {
                 .output(),
             None => Command::new(&path).args(args).output(),
         }
-        .unwrap();
+        .unwrap()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self.command(program, args);
         assert!(
             output.status.success(),
             "{program} failed: {}{}",
@@ -193,26 +231,9 @@ impl PgCluster {
 
     /// Starts it again on the same port after [`PgCluster::stop`].
     pub fn restart(&self) {
-        let data = self.dir.path().join("data");
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
-        );
+        if let Err(why) = self.try_start() {
+            panic!("pg_ctl start failed: {why}");
+        }
     }
 
     /// The admin URL without the password (the broker keeps that in its barrier).
