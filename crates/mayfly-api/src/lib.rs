@@ -182,9 +182,14 @@ pub struct PrincipalInfo {
 pub struct JwtIssuerConfig {
     /// The exact `iss` claim.
     pub issuer: String,
-    /// Where to fetch its keys (JWKS). Give this or `public_keys`.
+    /// Where to fetch its keys (JWKS). Give this, `public_keys` or `discover`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// Find the JWKS URL through `<issuer>/.well-known/openid-configuration` (OpenID Connect
+    /// Discovery) when the issuer is saved; the broker stores the `jwks_uri` it found as
+    /// `jwks_url`. Discovery happens only then: save the issuer again to discover again.
+    #[serde(default)]
+    pub discover: bool,
     #[serde(default)]
     pub public_keys: Vec<JwtPublicKey>,
     /// Clock skew allowed on `exp`/`nbf`, at most 60.

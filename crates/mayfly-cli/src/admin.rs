@@ -279,8 +279,11 @@ pub async fn jwt(client: &Client, command: JwtCommand, out: &Output) -> anyhow::
                     .with_context(|| format!("cannot read public key `{file}`"))?;
                 public_keys.push(JwtPublicKey { kid, pem });
             }
+            // Neither a JWKS URL nor keys: the broker discovers the JWKS URL.
+            let discover = jwks_url.is_none() && public_keys.is_empty();
             let config = JwtIssuerConfig {
                 issuer,
+                discover,
                 jwks_url,
                 public_keys,
                 leeway_seconds: leeway.as_secs(),

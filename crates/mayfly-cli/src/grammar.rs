@@ -312,7 +312,8 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum JwtCommand {
-    /// Trust an issuer: by JWKS URL or by PEM public keys.
+    /// Trust an issuer: by JWKS URL, by PEM public keys, or (with neither) by discovery of its
+    /// JWKS URL at `<issuer>/.well-known/openid-configuration`.
     Issuer {
         /// A name for the issuer, used by `jwt role --issuer`.
         name: String,

@@ -142,7 +142,17 @@ impl JwksCache {
     }
 }
 
+/// The most the broker reads of an issuer's JWKS or discovery document.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
 async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<IssuerKeys, String> {
+    let text = fetch_document(http, url).await?;
+    IssuerKeys::from_jwks(&text).map_err(|e| e.to_string())
+}
+
+/// Fetches a small UTF-8 document (a JWKS, a discovery document) with the broker's HTTP client
+/// (10 s timeout, no redirects), at most [`MAX_DOCUMENT_BYTES`].
+pub(crate) async fn fetch_document(http: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = http
         .get(url)
         .send()
@@ -155,9 +165,8 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<IssuerKeys, Str
         .bytes()
         .await
         .map_err(|e| format!("read failed: {e}"))?;
-    if bytes.len() > 256 * 1024 {
-        return Err("the JWKS is larger than 256 KiB".into());
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err("the document is larger than 256 KiB".into());
     }
-    let text = std::str::from_utf8(&bytes).map_err(|_| "the JWKS is not UTF-8".to_owned())?;
-    IssuerKeys::from_jwks(text).map_err(|e| e.to_string())
+    String::from_utf8(bytes.to_vec()).map_err(|_| "the document is not UTF-8".to_owned())
 }

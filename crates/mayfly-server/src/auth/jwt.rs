@@ -37,6 +37,14 @@ pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), BrokerError> {
             "field `issuer`: must not be empty".into(),
         ));
     }
+    if config.discover {
+        if config.jwks_url.is_some() || !config.public_keys.is_empty() {
+            return Err(BrokerError::BadRequest(
+                "give one of `discover`, `jwks_url` or `public_keys`".into(),
+            ));
+        }
+        return check_leeway(config);
+    }
     match (&config.jwks_url, config.public_keys.is_empty()) {
         (Some(_), false) => {
             return Err(BrokerError::BadRequest(
@@ -45,7 +53,7 @@ pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), BrokerError> {
         }
         (None, true) => {
             return Err(BrokerError::BadRequest(
-                "give `jwks_url` or `public_keys`".into(),
+                "give `jwks_url`, `public_keys` or `discover`".into(),
             ));
         }
         (Some(url), true) => {
@@ -60,6 +68,10 @@ pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), BrokerError> {
                 .map_err(|e| BrokerError::BadRequest(format!("field `public_keys`: {e}")))?;
         }
     }
+    check_leeway(config)
+}
+
+fn check_leeway(config: &JwtIssuerConfig) -> Result<(), BrokerError> {
     if config.leeway_seconds > 60 {
         return Err(BrokerError::BadRequest(
             "field `leeway_seconds`: must be at most 60".into(),
@@ -243,7 +255,7 @@ async fn check(
 /// `http://` to a loopback address or `localhost`, without a user name or password. The host is
 /// the parsed one, so neither `http://127.0.0.1.nip.io` nor `http://127.0.0.1@evil.example`
 /// passes for loopback.
-fn jwks_url_problem(text: &str) -> Option<&'static str> {
+pub(crate) fn jwks_url_problem(text: &str) -> Option<&'static str> {
     let Ok(url) = reqwest::Url::parse(text) else {
         return Some("not a URL");
     };

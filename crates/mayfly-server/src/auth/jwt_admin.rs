@@ -27,15 +27,24 @@ impl Broker {
         meta: &Origin,
         caller: &Caller,
         name: String,
-        config: JwtIssuerConfig,
+        mut config: JwtIssuerConfig,
     ) -> Result<(), BrokerError> {
         caller.require_admin()?;
         check_config_name(&name)?;
         crate::auth::jwt::check_issuer(&config)?;
+        if config.discover {
+            // At configuration time only: the URL found is stored, and logins fetch it as a
+            // configured `jwks_url` (see auth/discovery.rs).
+            let jwks_url =
+                crate::auth::discovery::discover_jwks_url(&self.inner.http, &config.issuer)
+                    .await?;
+            config.jwks_url = Some(jwks_url);
+        }
         let mut event = self
             .draft("auth.jwt.issuer.put", Outcome::Ok)
             .detail("issuer", config.issuer.clone())
             .detail("jwks_url", config.jwks_url.clone())
+            .detail("discovered", config.discover)
             .detail("n_public_keys", config.public_keys.len());
         event.actor = Some(caller.principal().to_string());
         event.subject = Some(format!("jwt-issuer:{name}"));

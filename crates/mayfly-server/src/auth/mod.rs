@@ -3,6 +3,7 @@
 //! the SHA-256 is stored; it is looked up on every call.
 
 pub mod argon2;
+pub mod discovery;
 pub mod jwks;
 pub mod jwt;
 pub mod jwt_admin;

@@ -28,12 +28,12 @@ fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-struct Signer {
+pub(crate) struct Signer {
     pkcs8: Vec<u8>,
     public: Vec<u8>,
 }
 
-fn ed25519() -> Signer {
+pub(crate) fn ed25519() -> Signer {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
     Signer {
@@ -42,13 +42,13 @@ fn ed25519() -> Signer {
     }
 }
 
-fn sign(signer: &Signer, kid: Option<&str>, claims: &Value) -> String {
+pub(crate) fn sign(signer: &Signer, kid: Option<&str>, claims: &Value) -> String {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&signer.pkcs8)).unwrap()
 }
 
-fn jwks(signer: &Signer, kid: &str) -> String {
+pub(crate) fn jwks(signer: &Signer, kid: &str) -> String {
     json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(&signer.public), "kid": kid, "alg": "EdDSA", "use": "sig"}]})
         .to_string()
 }

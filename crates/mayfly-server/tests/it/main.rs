@@ -17,6 +17,7 @@ mod exchange;
 mod floods;
 mod hardening;
 mod jwt;
+mod jwt_discovery;
 mod login;
 mod seal;
 mod secrets_at_rest;

@@ -1,0 +1,88 @@
+//! OpenID Connect Discovery for trusted JWT issuers: an issuer saved with `discover` has its JWKS
+//! URL found in `<issuer>/.well-known/openid-configuration` (as GitHub Actions, GitLab and
+//! Kubernetes service-account issuers publish it). Both URLs pass the checks a JWKS URL passes
+//! (https, or plain http to a loopback host; no user name or password), the document's `issuer`
+//! must be the configured one exactly, and its `jwks_uri` becomes the issuer's `jwks_url` in the
+//! store. Discovery happens when the issuer is saved, never at login: what the broker trusts is
+//! what an admin saved and the audit log shows.
+
+use serde::Deserialize;
+
+use crate::auth::jwks::fetch_document;
+use crate::auth::jwt::jwks_url_problem;
+use crate::error::BrokerError;
+
+/// Where the discovery document of `issuer` is (OpenID Connect Discovery 1.0 §4: the issuer,
+/// without a trailing `/`, then `/.well-known/openid-configuration`).
+pub fn discovery_url(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
+/// The fields of a discovery document the broker reads.
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: Option<serde_json::Value>,
+    jwks_uri: Option<serde_json::Value>,
+}
+
+fn bad(problem: String) -> BrokerError {
+    BrokerError::BadRequest(format!("field `issuer`: {problem}"))
+}
+
+fn shown(text: &str) -> String {
+    text.chars()
+        .take(256)
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// The `jwks_uri` that `issuer`'s discovery document names, checked.
+pub async fn discover_jwks_url(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<String, BrokerError> {
+    let url = discovery_url(issuer);
+    if let Some(problem) = jwks_url_problem(&url) {
+        return Err(bad(format!(
+            "the discovery URL `{}`: {problem}",
+            shown(&url)
+        )));
+    }
+    let text = fetch_document(http, &url).await.map_err(|reason| {
+        BrokerError::Unavailable(format!(
+            "field `issuer`: cannot fetch the discovery document `{}`: {}",
+            shown(&url),
+            shown(&reason)
+        ))
+    })?;
+    let document: DiscoveryDocument = serde_json::from_str(&text).map_err(|_| {
+        bad(format!(
+            "the discovery document `{}` is not a JSON object",
+            shown(&url)
+        ))
+    })?;
+    match document.issuer.as_ref().and_then(serde_json::Value::as_str) {
+        Some(named) if named == issuer => {}
+        Some(named) => {
+            return Err(bad(format!(
+                "the discovery document names the issuer `{}`, not `{}`",
+                shown(named),
+                shown(issuer)
+            )));
+        }
+        None => return Err(bad("the discovery document has no `issuer`".into())),
+    }
+    let Some(jwks_uri) = document.jwks_uri.as_ref().and_then(serde_json::Value::as_str) else {
+        return Err(bad("the discovery document has no `jwks_uri`".into()));
+    };
+    if let Some(problem) = jwks_url_problem(jwks_uri) {
+        return Err(bad(format!(
+            "the discovery document's `jwks_uri` `{}`: {problem}",
+            shown(jwks_uri)
+        )));
+    }
+    Ok(jwks_uri.to_owned())
+}
