@@ -150,7 +150,95 @@ pub async fn token(client: &Client, command: TokenCommand, out: &Output) -> anyh
             }
             out.done(serde_json::json!({"revoked": true}), "session revoked")
         }
+        TokenCommand::Exchange {
+            audience,
+            scope,
+            ttl,
+            subject_token_file,
+            subject_token_type,
+            actor_token_file,
+            actor_token_type,
+        } => {
+            let subject = match &subject_token_file {
+                Some(file) => read_token(file)?,
+                None => client.token().map(str::to_owned).ok_or_else(|| {
+                    Failure::Usage(
+                        "no session: run `mayfly login` first, or give --subject-token-file"
+                            .into(),
+                    )
+                })?,
+            };
+            let subject_type = token_type(subject_token_type.as_deref(), &subject)?;
+            let mut fields = vec![
+                ("grant_type", GRANT_TYPE.to_owned()),
+                ("subject_token", subject),
+                ("subject_token_type", subject_type),
+                ("audience", audience),
+            ];
+            if let Some(scope) = scope {
+                fields.push(("scope", scope));
+            }
+            if let Some(ttl) = ttl {
+                fields.push(("expires_in", ttl.as_secs().to_string()));
+            }
+            if let Some(file) = &actor_token_file {
+                let actor = read_token(file)?;
+                fields.push((
+                    "actor_token_type",
+                    token_type(actor_token_type.as_deref(), &actor)?,
+                ));
+                fields.push(("actor_token", actor));
+            }
+            let answer = client.post_form("/v1/token/exchange", &fields).await?;
+            if out.json || out.field.is_some() {
+                return out.answer(&answer, |_| {});
+            }
+            let token = answer["access_token"]
+                .as_str()
+                .context("the broker's answer has no `access_token`")?;
+            println!("{token}");
+            Ok(())
+        }
     }
+}
+
+const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// A token from a file (`-`: stdin), without surrounding white space.
+fn read_token(file: &Path) -> anyhow::Result<String> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the token from stdin")?
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the token file `{}`", file.display()))?
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Failure::Usage(format!("the token file `{}` is empty", file.display())).into());
+    }
+    Ok(token.to_owned())
+}
+
+/// The token type URN for a `--*-token-type` value; without one, `jwt` for a JWT (three
+/// dot-separated parts) and `session` otherwise.
+fn token_type(given: Option<&str>, token: &str) -> anyhow::Result<String> {
+    let short = match given {
+        Some(given) => given,
+        None if token.split('.').count() == 3 => "jwt",
+        None => "session",
+    };
+    Ok(match short {
+        "session" => "urn:mayfly:token-type:session".to_owned(),
+        "jwt" => "urn:ietf:params:oauth:token-type:jwt".to_owned(),
+        "access_token" => "urn:ietf:params:oauth:token-type:access_token".to_owned(),
+        urn if urn.starts_with("urn:") => urn.to_owned(),
+        other => {
+            return Err(Failure::Usage(format!(
+                "token type `{other}`: use `session`, `jwt`, `access_token` or a URN"
+            ))
+            .into());
+        }
+    })
 }
 
 pub async fn user(client: &Client, command: UserCommand, out: &Output) -> anyhow::Result<()> {

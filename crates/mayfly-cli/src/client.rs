@@ -63,6 +63,63 @@ impl Client {
         })
     }
 
+    /// The session token the calls carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Posts an `application/x-www-form-urlencoded` body without the session (OAuth endpoints,
+    /// whose tokens are in the form); an OAuth error answer (`error`, `error_description`)
+    /// becomes an [`ApiFailure`].
+    pub async fn post_form(
+        &self,
+        path: &str,
+        fields: &[(&str, String)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut encoder = reqwest::Url::parse("http://form.invalid/").context("form encoder")?;
+        encoder.query_pairs_mut().extend_pairs(fields);
+        let body = encoder.query().unwrap_or_default().to_owned();
+        let url = format!("{}{}", self.addr, path);
+        let response = self
+            .http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Unreachable {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .context("cannot read the broker's answer")?;
+        let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        if status.is_success() {
+            return value.context("the broker's answer is not JSON");
+        }
+        let text = |v: &serde_json::Value, name: &str| v[name].as_str().map(str::to_owned);
+        let (code, message) = match &value {
+            Some(v) if v["error"].is_string() => (
+                text(v, "error").unwrap_or_default(),
+                text(v, "error_description").unwrap_or_else(|| text(v, "error").unwrap_or_default()),
+            ),
+            Some(v) => (
+                v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+                v["error"]["message"].as_str().unwrap_or_default().to_owned(),
+            ),
+            None => ("unknown".into(), format!("the broker answered {status}")),
+        };
+        Err(ApiFailure {
+            status,
+            code,
+            message,
+        }
+        .into())
+    }
+
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -273,6 +273,31 @@ pub enum TokenCommand {
     Lookup,
     /// Revoke the current session and delete the token file.
     Revoke,
+    /// Exchange a token (RFC 8693) for a short JWT for one audience; prints the token.
+    Exchange {
+        /// The service the token is for.
+        #[arg(long)]
+        audience: String,
+        /// Space-separated scopes, e.g. "read write".
+        #[arg(long)]
+        scope: Option<String>,
+        /// The lifetime asked for (at most 1h; policy may shorten it).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// The token to exchange (`-` for stdin); default: the current session.
+        #[arg(long, value_name = "FILE")]
+        subject_token_file: Option<PathBuf>,
+        /// `session`, `jwt` (a workload JWT or one this broker issued), `access_token`, or a
+        /// token type URN; default: `jwt` for a JWT, else `session`.
+        #[arg(long, value_name = "TYPE")]
+        subject_token_type: Option<String>,
+        /// A token of the party acting for the subject (named in `act`).
+        #[arg(long, value_name = "FILE")]
+        actor_token_file: Option<PathBuf>,
+        /// The actor token's type, as `--subject-token-type`.
+        #[arg(long, value_name = "TYPE", requires = "actor_token_file")]
+        actor_token_type: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

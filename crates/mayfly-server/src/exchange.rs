@@ -3,8 +3,15 @@
 //! [`crate::token_keys`]). The Cedar action `exchange` on `Audience::"<aud>"` decides; exchanging a
 //! JWT only narrows (same audience, a subset of its scopes, never past its `exp`). Each issued
 //! token's `jti` is stored with the session it derives from, so revoking the session makes the
-//! token inactive at introspection. Workload JWTs of trusted issuers are not accepted as subject
-//! tokens yet.
+//! token inactive at introspection.
+//!
+//! A subject token of type `urn:ietf:params:oauth:token-type:jwt` is one of this broker's JWTs
+//! when its `iss` is the broker's own, else a workload JWT of a trusted issuer: it is verified by
+//! the very function a workload login uses ([`crate::auth::jwt::verify_workload_jwt`]) for each
+//! JWT role of that issuer, and exactly one role must accept it; the principal is that role's
+//! workload. The exchange then records a session for the workload (never handed out, lasting
+//! until the JWT's `exp` or the role's TTL, whichever is sooner) with the issued token, so the
+//! token is inactive at introspection once the binding is removed, as a login's session is.
 
 use std::time::Duration;
 
@@ -156,6 +163,9 @@ impl std::fmt::Debug for Exchanged {
 struct Presented {
     session: SessionRecord,
     claims: Option<Map<String, Value>>,
+    /// A workload JWT's audit HMAC: the session is made by this exchange and stored with the
+    /// issued token.
+    workload_jwt_hmac: Option<String>,
 }
 
 impl Presented {
@@ -243,10 +253,6 @@ impl Broker {
                 None => return Ok(None),
             },
         };
-        let jwks = serde_json::to_string(&self.jwks().await?)
-            .map_err(|e| BrokerError::Internal(format!("jwks: {e}")))?;
-        let keys = IssuerKeys::from_jwks(&jwks)
-            .map_err(|e| BrokerError::Internal(format!("jwks: {e}")))?;
         let rules = JwtRules {
             issuer: self.token_issuer(),
             audiences: vec![audience],
@@ -254,7 +260,14 @@ impl Broker {
         };
         let now = self.now();
         let now_secs = u64::try_from(unix_secs(now)).unwrap_or(0);
-        let claims = match mayfly_crypto::jwt::verify(token, &keys, &rules, now_secs) {
+        let keys = self.verification_keys(false).await?;
+        let mut verdict = mayfly_crypto::jwt::verify(token, &keys, &rules, now_secs);
+        if verdict == Err(JwtError::UnknownKey) {
+            // Another node may have rotated within the time this node keeps the list.
+            let keys = self.verification_keys(true).await?;
+            verdict = mayfly_crypto::jwt::verify(token, &keys, &rules, now_secs);
+        }
+        let claims = match verdict {
             Ok(claims) => claims,
             Err(JwtError::WrongAudience) => {
                 return Err(ExchangeError::oauth(
@@ -284,6 +297,102 @@ impl Broker {
         }
     }
 
+    /// Whether a JWT claims to be this broker's (its `iss`, unverified: only to choose how to
+    /// verify it).
+    fn is_own_jwt(&self, token: &str) -> bool {
+        unverified_claims(token)
+            .and_then(|claims| claims.get("iss").and_then(Value::as_str).map(str::to_owned))
+            .is_some_and(|iss| iss == self.token_issuer())
+    }
+
+    /// A workload JWT of a trusted issuer, verified as a workload login verifies it, for the one
+    /// JWT role of its issuer that accepts it. Refusals are `invalid_request` (RFC 8693 §2.2.2).
+    async fn workload_presented(&self, token: &str) -> Result<Option<Presented>, ExchangeError> {
+        use crate::auth::jwt::{Refusal, roles_of_issuer, verify_workload_jwt};
+        let Some(iss) = unverified_claims(token)
+            .and_then(|claims| claims.get("iss").and_then(Value::as_str).map(str::to_owned))
+        else {
+            return Err(invalid_request("the subject token is not a JWT with an `iss`"));
+        };
+        let roles = roles_of_issuer(self, &iss).await?;
+        if roles.is_empty() {
+            return Err(invalid_request(
+                "the subject token's issuer is not a trusted workload issuer",
+            ));
+        }
+        let now = self.now();
+        let mut accepted = Vec::new();
+        let mut reason = String::from("unknown role or invalid token");
+        for role_name in roles {
+            match verify_workload_jwt(self, &role_name, token, now).await {
+                Ok(verified) => accepted.push((role_name, verified)),
+                Err(Refusal::Refused(why)) => reason = why,
+                Err(Refusal::Error(error)) => return Err(error.into()),
+            }
+        }
+        if accepted.len() > 1 {
+            let names: Vec<String> = accepted.iter().map(|(n, _)| format!("`{n}`")).collect();
+            return Err(invalid_request(format!(
+                "the subject token matches several workload bindings ({}): ask an admin to \
+                 bind it once",
+                names.join(", ")
+            )));
+        }
+        let Some((role_name, verified)) = accepted.pop() else {
+            return Err(invalid_request(format!(
+                "the subject token is not accepted: {reason}"
+            )));
+        };
+        let keys = self.require_unsealed().await?;
+        let ttl_end = now.saturating_add(Duration::from_secs(verified.role.token_ttl_seconds));
+        let expires_at = match verified.claims.get("exp").and_then(Value::as_i64) {
+            Some(exp) => ttl_end.min(Timestamp::from_unix_ms(exp.saturating_mul(1000))),
+            None => ttl_end,
+        };
+        let (_never_shown, token_hash) = mayfly_crypto::token::new_session_token()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        Ok(Some(Presented {
+            session: SessionRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                token_hash: token_hash.to_vec(),
+                principal: Principal::Workload {
+                    role: role_name,
+                    name: verified.name,
+                },
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+            },
+            claims: None,
+            workload_jwt_hmac: Some(keys.audit_hmac(token.as_bytes())),
+        }))
+    }
+
+    /// The public keys of the published generations, parsed for verification (kept while the
+    /// generations are the same); `reread` reads the list of generations from the store.
+    async fn verification_keys(
+        &self,
+        reread: bool,
+    ) -> Result<std::sync::Arc<IssuerKeys>, ExchangeError> {
+        let generations = self.generations(reread).await?;
+        let ids: Vec<String> = generations.iter().map(|g| g.id.clone()).collect();
+        let unsealed = self.require_unsealed().await?;
+        if let Some(keys) = unsealed.token_keys.verifier(&ids) {
+            return Ok(keys);
+        }
+        let mut jwks = Vec::new();
+        for generation in &generations {
+            for key in &generation.keys {
+                jwks.push(key.public_jwk()?);
+            }
+        }
+        let keys = IssuerKeys::from_jwks(&json!({"keys": jwks}).to_string())
+            .map_err(|e| BrokerError::Internal(format!("jwks: {e}")))?;
+        let keys = std::sync::Arc::new(keys);
+        unsealed.token_keys.keep_verifier(ids, keys.clone());
+        Ok(keys)
+    }
+
     /// A subject or actor token of `kind`, verified (`None`: not valid).
     async fn presented(
         &self,
@@ -308,8 +417,10 @@ impl Broker {
                     .map(|session| Presented {
                         session,
                         claims: None,
+                        workload_jwt_hmac: None,
                     }))
             }
+            TYPE_JWT if !self.is_own_jwt(token) => self.workload_presented(token).await,
             TYPE_JWT | TYPE_ACCESS_TOKEN => {
                 Ok(self
                     .verify_own_jwt(token, audience)
@@ -317,6 +428,7 @@ impl Broker {
                     .map(|(claims, session)| Presented {
                         session,
                         claims: Some(claims),
+                        workload_jwt_hmac: None,
                     }))
             }
             _ => Err(invalid_request(format!(
@@ -566,16 +678,35 @@ impl Broker {
             issued_at: now,
             expires_at: Timestamp::from_unix_ms(exp.saturating_mul(1000)),
         };
-        match self
-            .commit(Write {
-                change: Some(Change::RecordExchangedToken { token: record }),
-                event,
-            })
-            .await?
-        {
-            WriteOutcome::Applied { .. } => {}
-            WriteOutcome::Conflict { reason, .. } => {
-                return Err(BrokerError::Conflict(reason).into());
+        let mut writes = Vec::new();
+        if let Some(jwt_hmac) = &subject.workload_jwt_hmac {
+            // The workload's session, made by this exchange: it ends with the binding.
+            let mut session_event = self
+                .draft("auth.jwt.login", Outcome::Ok)
+                .detail("session_id", subject.session.id.clone())
+                .detail("jwt_hmac", jwt_hmac.clone())
+                .detail("via", "token.exchange")
+                .detail("expires_at_ms", subject.session.expires_at.unix_ms());
+            session_event.actor = Some(principal.clone());
+            session_event.subject = Some(format!("session:{}", subject.session.id));
+            meta.fill(&mut session_event);
+            writes.push(Write {
+                change: Some(Change::CreateSession {
+                    session: subject.session.clone(),
+                }),
+                event: session_event,
+            });
+        }
+        writes.push(Write {
+            change: Some(Change::RecordExchangedToken { token: record }),
+            event,
+        });
+        for outcome in self.commit_many(writes).await {
+            match outcome? {
+                WriteOutcome::Applied { .. } => {}
+                WriteOutcome::Conflict { reason, .. } => {
+                    return Err(BrokerError::Conflict(reason).into());
+                }
             }
         }
         Ok(Exchanged {

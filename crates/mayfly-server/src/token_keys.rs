@@ -13,9 +13,11 @@
 //!
 //! The first generation is made when one is first needed (the first JWKS or signature), audited
 //! as `token.signing_key.created`; `POST /v1/sys/token-keys/rotate` (admins) makes the next one,
-//! audited as `token.signing_key.rotated`. The list of generations is read from the store at each
-//! call, so every node follows a rotation at once; the parsed keys of the published generations are
-//! kept in memory while unsealed (a generation never changes).
+//! audited as `token.signing_key.rotated`. The list of generations read from the store is kept
+//! for [`IDS_MAX_AGE`] (2 s): a rotation on this node is followed at once, one by another node on
+//! the same store within that time (and at once by a verifier that meets an unknown `kid`); the
+//! parsed keys of the published generations, and the verification keys built from them, are kept
+//! in memory while unsealed (a generation never changes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,7 @@ use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::{Broker, Unsealed};
-use crate::token_key_cache::Generation;
+use crate::token_key_cache::{Generation, IDS_MAX_AGE};
 
 /// Under which the generations of token signing keys are kept (through the barrier).
 pub const TOKEN_KEYS_PATH: &str = "sys/token-keys";
@@ -97,14 +99,34 @@ impl Broker {
     /// The published generations, newest (the one that signs) first. Makes the first generation
     /// when there is none.
     pub async fn token_key_generations(&self) -> Result<Vec<Arc<Generation>>, BrokerError> {
+        self.generations(false).await
+    }
+
+    /// The published generations; `reread` reads the list from the store even if the one kept
+    /// is fresh (a token signed with a `kid` this node does not know yet).
+    pub(crate) async fn generations(
+        &self,
+        reread: bool,
+    ) -> Result<Vec<Arc<Generation>>, BrokerError> {
         let keys = self.require_unsealed().await?;
-        let mut ids = self.generation_ids().await?;
-        if ids.is_empty() {
-            let mut event = self.draft("token.signing_key.created", Outcome::Ok);
-            event.actor = Some("broker".into());
-            self.create_generation(&keys, event, None).await?;
-            ids = self.generation_ids().await?;
-        }
+        let kept = if reread {
+            None
+        } else {
+            keys.token_keys.fresh_ids()
+        };
+        let ids = match kept {
+            Some(ids) => ids,
+            None => {
+                let mut ids = self.generation_ids().await?;
+                if ids.is_empty() {
+                    let mut event = self.draft("token.signing_key.created", Outcome::Ok);
+                    event.actor = Some("broker".into());
+                    self.create_generation(&keys, event, None).await?;
+                    ids = self.generation_ids().await?;
+                }
+                keys.token_keys.remember_ids(ids)
+            }
+        };
         let mut generations = Vec::new();
         for (id, created) in published_ids(&ids, self.now()) {
             let generation = match keys.token_keys.get(&id) {
@@ -233,6 +255,8 @@ impl Broker {
                 event,
             })
             .await?;
+        // Whatever this node does next reads the list again, with the new generation in it.
+        keys.token_keys.forget_ids();
         if let WriteOutcome::Conflict { .. } = outcome {
             return Err(BrokerError::Conflict(format!(
                 "the token key generation `{id}` exists already"

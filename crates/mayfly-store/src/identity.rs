@@ -406,3 +406,13 @@ pub(crate) async fn jwt_config(
         .map_err(unavailable)?;
     row.map(JwtConfigRecord::try_from).transpose()
 }
+
+/// Every JWT role, in order of name.
+pub(crate) async fn jwt_roles(pool: &AnyPool) -> Result<Vec<JwtConfigRecord>, StoreError> {
+    let rows: Vec<JwtConfigRow> =
+        sqlx::query_as("SELECT name, config FROM jwt_roles ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+    rows.into_iter().map(JwtConfigRecord::try_from).collect()
+}

@@ -95,6 +95,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn jwt_issuer(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
     async fn jwt_role(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
+    /// Every JWT role, in order of name.
+    async fn jwt_roles(&self) -> Result<Vec<JwtConfigRecord>, StoreError>;
 
     /// The newest event's sequence number and hash (`0` and the genesis hash for an empty log).
     async fn audit_head(&self) -> Result<(i64, String), StoreError>;

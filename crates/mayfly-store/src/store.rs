@@ -191,6 +191,10 @@ impl Store for SqlStore {
         identity::jwt_config(&self.pool, JwtTable::Roles, name).await
     }
 
+    async fn jwt_roles(&self) -> Result<Vec<JwtConfigRecord>, StoreError> {
+        identity::jwt_roles(&self.pool).await
+    }
+
     async fn audit_head(&self) -> Result<(i64, String), StoreError> {
         audit::head(&self.pool).await
     }

@@ -174,9 +174,19 @@ pub async fn login(
     }
 }
 
-enum Refusal {
+/// Why a workload JWT is not accepted: refused (the reason may be shown to the caller), or the
+/// broker could not check it.
+pub(crate) enum Refusal {
     Refused(String),
     Error(BrokerError),
+}
+
+/// A workload JWT verified for one JWT role: the role, the workload's name (from the role's
+/// `workload_name_claim`) and the token's claims.
+pub(crate) struct VerifiedWorkload {
+    pub role: JwtRoleConfig,
+    pub name: String,
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<BrokerError> for Refusal {
@@ -200,9 +210,47 @@ async fn check(
     request: &JwtLoginRequest,
     now: mayfly_core::Timestamp,
 ) -> Result<(JwtRoleConfig, String), Refusal> {
+    let verified = verify_workload_jwt(broker, &request.role, &request.jwt, now).await?;
+    Ok((verified.role, verified.name))
+}
+
+/// The JWT roles whose issuer's `iss` is `iss`, by name in order: the roles a workload JWT of
+/// that issuer may be verified for (token exchange, which names no role).
+pub(crate) async fn roles_of_issuer(broker: &Broker, iss: &str) -> Result<Vec<String>, BrokerError> {
+    let store = broker.store();
+    let mut names = Vec::new();
+    for record in store.jwt_roles().await? {
+        let Ok(role) = serde_json::from_value::<JwtRoleConfig>(record.config) else {
+            continue;
+        };
+        let Some(issuer) = store.jwt_issuer(&role.issuer).await? else {
+            continue;
+        };
+        let Ok(issuer) = serde_json::from_value::<JwtIssuerConfig>(issuer.config) else {
+            continue;
+        };
+        if issuer.issuer == iss {
+            names.push(record.name);
+        }
+    }
+    Ok(names)
+}
+
+/// Verifies `jwt` for the JWT role `role_name`, as a workload login does (and token exchange of a
+/// workload JWT, through this same function): the issuer's keys, algorithm allow-list, `iss`,
+/// `aud`, `exp`, `nbf`, then the role's bound claims and its name claim.
+pub(crate) async fn verify_workload_jwt(
+    broker: &Broker,
+    role_name: &str,
+    jwt: &str,
+    now: mayfly_core::Timestamp,
+) -> Result<VerifiedWorkload, Refusal> {
+    if jwt.len() > MAX_JWT_BYTES {
+        return Err(Refusal::Refused("the JWT is longer than 16 KiB".into()));
+    }
     let store = broker.store();
     let generic = || Refusal::Refused("unknown role or invalid token".into());
-    let role = store.jwt_role(&request.role).await?.ok_or_else(generic)?;
+    let role = store.jwt_role(role_name).await?.ok_or_else(generic)?;
     let role: JwtRoleConfig = serde_json::from_value(role.config)
         .map_err(|_| BrokerError::Internal("stored JWT role is invalid".into()))?;
     let issuer = store.jwt_issuer(&role.issuer).await?.ok_or_else(generic)?;
@@ -214,11 +262,11 @@ async fn check(
         leeway_secs: issuer.leeway_seconds.min(60),
     };
     let mut keys = issuer_keys(broker, &issuer, false).await?;
-    let mut verdict = mayfly_crypto::jwt::verify(&request.jwt, &keys, &rules, now.unix_secs());
+    let mut verdict = mayfly_crypto::jwt::verify(jwt, &keys, &rules, now.unix_secs());
     if verdict == Err(JwtError::UnknownKey) && issuer.jwks_url.is_some() {
         // The issuer may have rotated its keys: refetch once (rate-limited) and try again.
         keys = issuer_keys(broker, &issuer, true).await?;
-        verdict = mayfly_crypto::jwt::verify(&request.jwt, &keys, &rules, now.unix_secs());
+        verdict = mayfly_crypto::jwt::verify(jwt, &keys, &rules, now.unix_secs());
     }
     let claims = verdict.map_err(|e| Refusal::Refused(e.to_string()))?;
     for (claim, expected) in &role.bound_claims {
@@ -248,7 +296,8 @@ async fn check(
             role.workload_name_claim
         )));
     }
-    Ok((role, name.to_owned()))
+    let name = name.to_owned();
+    Ok(VerifiedWorkload { role, name, claims })
 }
 
 /// Why a JWKS URL is not one the broker fetches, if it is not: `https://` to any host, or plain

@@ -60,7 +60,7 @@ async fn post_form(
     )
 }
 
-async fn exchange(broker: &TestBroker, fields: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn exchange(broker: &TestBroker, fields: &[(&str, &str)]) -> (u16, Value) {
     post_form(broker, "/v1/token/exchange", None, fields).await
 }
 
@@ -68,7 +68,7 @@ fn error_of(answer: &(u16, Value)) -> (u16, &str) {
     (answer.0, answer.1["error"].as_str().unwrap_or("(none)"))
 }
 
-async fn introspect(broker: &TestBroker, caller: &str, token: &str) -> Value {
+pub(crate) async fn introspect(broker: &TestBroker, caller: &str, token: &str) -> Value {
     let (status, body) = post_form(
         broker,
         "/v1/token/introspect",
@@ -81,7 +81,7 @@ async fn introspect(broker: &TestBroker, caller: &str, token: &str) -> Value {
 }
 
 /// Verifies `token` with `jsonwebtoken` and the JWKS key named by its `kid`, for `audience`.
-async fn verify(broker: &TestBroker, token: &str, audience: &str) -> Option<Value> {
+pub(crate) async fn verify(broker: &TestBroker, token: &str, audience: &str) -> Option<Value> {
     let jwks = broker
         .expect(200, "GET", "/.well-known/jwks.json", None, None)
         .await;

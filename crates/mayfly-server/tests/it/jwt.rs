@@ -53,7 +53,7 @@ pub(crate) fn jwks(signer: &Signer, kid: &str) -> String {
         .to_string()
 }
 
-fn ed25519_pem(public: &[u8]) -> String {
+pub(crate) fn ed25519_pem(public: &[u8]) -> String {
     let mut der = vec![
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
     ];

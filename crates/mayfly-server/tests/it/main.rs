@@ -14,6 +14,7 @@ mod audit;
 mod ca_per_target;
 mod domain;
 mod exchange;
+mod exchange_workload;
 mod floods;
 mod hardening;
 mod jwt;
