@@ -14,7 +14,7 @@
 //! The first generation is made when one is first needed (the first JWKS or signature), audited
 //! as `token.signing_key.created`; `POST /v1/sys/token-keys/rotate` (admins) makes the next one,
 //! audited as `token.signing_key.rotated`. The list of generations read from the store is kept
-//! for [`IDS_MAX_AGE`] (2 s): a rotation on this node is followed at once, one by another node on
+//! for [`IDS_MAX_AGE`](crate::token_key_cache::IDS_MAX_AGE) (2 s): a rotation on this node is followed at once, one by another node on
 //! the same store within that time (and at once by a verifier that meets an unknown `kid`); the
 //! parsed keys of the published generations, and the verification keys built from them, are kept
 //! in memory while unsealed (a generation never changes).
@@ -32,7 +32,7 @@ use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::{Broker, Unsealed};
-use crate::token_key_cache::{Generation, IDS_MAX_AGE};
+use crate::token_key_cache::Generation;
 
 /// Under which the generations of token signing keys are kept (through the barrier).
 pub const TOKEN_KEYS_PATH: &str = "sys/token-keys";

@@ -6,8 +6,6 @@
 //! store. Discovery happens when the issuer is saved, never at login: what the broker trusts is
 //! what an admin saved and the audit log shows.
 
-use serde::Deserialize;
-
 use crate::auth::jwks::fetch_document;
 use crate::auth::jwt::jwks_url_problem;
 use crate::error::BrokerError;
@@ -19,13 +17,6 @@ pub fn discovery_url(issuer: &str) -> String {
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     )
-}
-
-/// The fields of a discovery document the broker reads.
-#[derive(Deserialize)]
-struct DiscoveryDocument {
-    issuer: Option<serde_json::Value>,
-    jwks_uri: Option<serde_json::Value>,
 }
 
 fn bad(problem: String) -> BrokerError {
@@ -58,13 +49,17 @@ pub async fn discover_jwks_url(
             shown(&reason)
         ))
     })?;
-    let document: DiscoveryDocument = serde_json::from_str(&text).map_err(|_| {
+    let not_object = || {
         bad(format!(
             "the discovery document `{}` is not a JSON object",
             shown(&url)
         ))
-    })?;
-    match document.issuer.as_ref().and_then(serde_json::Value::as_str) {
+    };
+    let document: serde_json::Value = serde_json::from_str(&text).map_err(|_| not_object())?;
+    let Some(document) = document.as_object() else {
+        return Err(not_object());
+    };
+    match document.get("issuer").and_then(serde_json::Value::as_str) {
         Some(named) if named == issuer => {}
         Some(named) => {
             return Err(bad(format!(
@@ -75,7 +70,7 @@ pub async fn discover_jwks_url(
         }
         None => return Err(bad("the discovery document has no `issuer`".into())),
     }
-    let Some(jwks_uri) = document.jwks_uri.as_ref().and_then(serde_json::Value::as_str) else {
+    let Some(jwks_uri) = document.get("jwks_uri").and_then(serde_json::Value::as_str) else {
         return Err(bad("the discovery document has no `jwks_uri`".into()));
     };
     if let Some(problem) = jwks_url_problem(jwks_uri) {

@@ -30,7 +30,7 @@ fn b64url(bytes: &[u8]) -> String {
 
 pub(crate) struct Signer {
     pkcs8: Vec<u8>,
-    public: Vec<u8>,
+    pub(crate) public: Vec<u8>,
 }
 
 pub(crate) fn ed25519() -> Signer {

@@ -119,7 +119,7 @@ async fn a_token_of_a_discovered_issuer_logs_in() {
         .iter()
         .find(|e| e.kind == "auth.jwt.issuer.put")
         .unwrap();
-    assert_eq!(put.details["discovered"], true, "{:?}", put.details);
+    assert!(put.body.contains(r#""discovered":true"#), "{}", put.body);
 }
 
 #[tokio::test]
