@@ -67,7 +67,10 @@ async fn main() {
         let admin = started.admin_token.clone().unwrap();
         let mut form = reqwest::Url::parse("http://form.invalid/").unwrap();
         form.query_pairs_mut().extend_pairs([
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", admin.as_str()),
             ("subject_token_type", "urn:mayfly:token-type:session"),
             ("audience", "billing"),
@@ -122,8 +125,16 @@ async fn main() {
         }
     );
     if let Some(broker) = broker {
-        let events = broker.broker.store().audit_events(0, i64::MAX).await.unwrap();
-        let exchanged = events.iter().filter(|e| e.kind == "token.exchanged").count();
+        let events = broker
+            .broker
+            .store()
+            .audit_events(0, i64::MAX)
+            .await
+            .unwrap();
+        let exchanged = events
+            .iter()
+            .filter(|e| e.kind == "token.exchanged")
+            .count();
         println!("{exchanged} exchanges audited (one per answer, plus the first call)");
         assert!(
             (run.n + 1..=run.n + 1 + clients).contains(&exchanged),

@@ -163,8 +163,7 @@ pub async fn token(client: &Client, command: TokenCommand, out: &Output) -> anyh
                 Some(file) => read_token(file)?,
                 None => client.token().map(str::to_owned).ok_or_else(|| {
                     Failure::Usage(
-                        "no session: run `mayfly login` first, or give --subject-token-file"
-                            .into(),
+                        "no session: run `mayfly login` first, or give --subject-token-file".into(),
                     )
                 })?,
             };

@@ -104,11 +104,15 @@ impl Client {
         let (code, message) = match &value {
             Some(v) if v["error"].is_string() => (
                 text(v, "error").unwrap_or_default(),
-                text(v, "error_description").unwrap_or_else(|| text(v, "error").unwrap_or_default()),
+                text(v, "error_description")
+                    .unwrap_or_else(|| text(v, "error").unwrap_or_default()),
             ),
             Some(v) => (
                 v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                v["error"]["message"].as_str().unwrap_or_default().to_owned(),
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             ),
             None => ("unknown".into(), format!("the broker answered {status}")),
         };

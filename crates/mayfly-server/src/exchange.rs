@@ -312,7 +312,9 @@ impl Broker {
         let Some(iss) = unverified_claims(token)
             .and_then(|claims| claims.get("iss").and_then(Value::as_str).map(str::to_owned))
         else {
-            return Err(invalid_request("the subject token is not a JWT with an `iss`"));
+            return Err(invalid_request(
+                "the subject token is not a JWT with an `iss`",
+            ));
         };
         let roles = roles_of_issuer(self, &iss).await?;
         if roles.is_empty() {

@@ -39,7 +39,14 @@ fn token_exchange_prints_the_token_and_narrows() {
     assert!(put.status.success(), "{put:?}");
 
     let printed = client(&[
-        "token", "exchange", "--audience", "billing", "--scope", "read write", "--ttl", "5m",
+        "token",
+        "exchange",
+        "--audience",
+        "billing",
+        "--scope",
+        "read write",
+        "--ttl",
+        "5m",
     ]);
     assert!(printed.status.success(), "{printed:?}");
     let text = stdout(&printed);
@@ -76,7 +83,10 @@ fn token_exchange_prints_the_token_and_narrows() {
     assert_eq!(answer["scope"], "read", "{answer}");
     assert_eq!(answer["token_type"], "Bearer", "{answer}");
     assert!(answer["expires_in"].as_i64().unwrap() <= 300, "{answer}");
-    assert_eq!(claims_of(answer["access_token"].as_str().unwrap())["scope"], "read");
+    assert_eq!(
+        claims_of(answer["access_token"].as_str().unwrap())["scope"],
+        "read"
+    );
 
     // Wider than the subject JWT: refused, with OAuth's description, nothing on stdout.
     let wider = client(&[
@@ -92,7 +102,10 @@ fn token_exchange_prints_the_token_and_narrows() {
     assert!(!wider.status.success(), "{wider:?}");
     assert!(wider.stdout.is_empty(), "{wider:?}");
     let stderr = String::from_utf8_lossy(&wider.stderr);
-    assert!(stderr.contains("does not hold the scope `admin`"), "{stderr}");
+    assert!(
+        stderr.contains("does not hold the scope `admin`"),
+        "{stderr}"
+    );
 
     // An audience no policy permits.
     let denied = client(&["token", "exchange", "--audience", "payroll"]);

@@ -24,10 +24,7 @@ fn bad(problem: String) -> BrokerError {
 }
 
 fn shown(text: &str) -> String {
-    text.chars()
-        .take(256)
-        .filter(|c| !c.is_control())
-        .collect()
+    text.chars().take(256).filter(|c| !c.is_control()).collect()
 }
 
 /// The `jwks_uri` that `issuer`'s discovery document names, checked.

@@ -216,7 +216,10 @@ async fn check(
 
 /// The JWT roles whose issuer's `iss` is `iss`, by name in order: the roles a workload JWT of
 /// that issuer may be verified for (token exchange, which names no role).
-pub(crate) async fn roles_of_issuer(broker: &Broker, iss: &str) -> Result<Vec<String>, BrokerError> {
+pub(crate) async fn roles_of_issuer(
+    broker: &Broker,
+    iss: &str,
+) -> Result<Vec<String>, BrokerError> {
     let store = broker.store();
     let mut names = Vec::new();
     for record in store.jwt_roles().await? {

@@ -36,8 +36,7 @@ impl Broker {
             // At configuration time only: the URL found is stored, and logins fetch it as a
             // configured `jwks_url` (see auth/discovery.rs).
             let jwks_url =
-                crate::auth::discovery::discover_jwks_url(&self.inner.http, &config.issuer)
-                    .await?;
+                crate::auth::discovery::discover_jwks_url(&self.inner.http, &config.issuer).await?;
             config.jwks_url = Some(jwks_url);
         }
         let mut event = self

@@ -102,13 +102,23 @@ async fn a_workload_jwt_is_exchanged_for_a_narrower_token() {
     assert_eq!(answer["sub"], "workload:deploy:repo:acme/app");
     // The binding goes: the token derived from the JWT is no longer active.
     broker
-        .expect(200, "DELETE", "/v1/auth/jwt/roles/deploy", Some(&admin), None)
+        .expect(
+            200,
+            "DELETE",
+            "/v1/auth/jwt/roles/deploy",
+            Some(&admin),
+            None,
+        )
         .await;
     let answer = introspect(&broker, &admin, &token).await;
     assert_eq!(answer["active"], false, "{answer}");
     // And the JWT exchanges no more.
     let (status, body) = exchange_jwt(&broker, &jwt, "read").await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -53,7 +53,10 @@ async fn put_issuer(broker: &TestBroker, token: &str, config: Value) -> (u16, Va
 }
 
 fn message(body: &Value) -> String {
-    body["error"]["message"].as_str().unwrap_or_default().to_owned()
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -66,9 +69,16 @@ async fn a_token_of_a_discovered_issuer_logs_in() {
         jwks(&signer, "k1"),
     )
     .await;
-    let (status, body) = put_issuer(&broker, &admin, json!({"issuer": base, "discover": true})).await;
+    let (status, body) =
+        put_issuer(&broker, &admin, json!({"issuer": base, "discover": true})).await;
     assert_eq!(status, 204, "{body}");
-    let stored = broker.broker.store().jwt_issuer("ci").await.unwrap().unwrap();
+    let stored = broker
+        .broker
+        .store()
+        .jwt_issuer("ci")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.config["jwks_url"], format!("{base}/keys"));
     assert_eq!(stored.config["discover"], true);
     let (status, body) = broker
@@ -132,7 +142,8 @@ async fn a_document_that_names_another_issuer_is_refused() {
         jwks(&signer, "k1"),
     )
     .await;
-    let (status, body) = put_issuer(&broker, &admin, json!({"issuer": base, "discover": true})).await;
+    let (status, body) =
+        put_issuer(&broker, &admin, json!({"issuer": base, "discover": true})).await;
     assert_eq!(status, 400, "{body}");
     let message = message(&body);
     assert!(
@@ -140,7 +151,15 @@ async fn a_document_that_names_another_issuer_is_refused() {
             && message.contains(&format!("`{base}`")),
         "{message}"
     );
-    assert!(broker.broker.store().jwt_issuer("ci").await.unwrap().is_none());
+    assert!(
+        broker
+            .broker
+            .store()
+            .jwt_issuer("ci")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -170,7 +189,15 @@ async fn a_jwks_uri_in_plain_http_to_another_host_is_refused() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("must be https"), "{body}");
-    assert!(broker.broker.store().jwt_issuer("ci").await.unwrap().is_none());
+    assert!(
+        broker
+            .broker
+            .store()
+            .jwt_issuer("ci")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -207,7 +234,15 @@ async fn an_unreachable_or_non_json_document_is_a_clear_error() {
         assert!(text.contains(expected), "{document}: {text}");
         assert!(text.contains("`issuer`"), "{document}: {text}");
     }
-    assert!(broker.broker.store().jwt_issuer("ci").await.unwrap().is_none());
+    assert!(
+        broker
+            .broker
+            .store()
+            .jwt_issuer("ci")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -223,7 +258,15 @@ async fn only_admins_configure_and_discovery_goes_alone() {
     let alice = broker.login("alice").await;
     let (status, _) = put_issuer(&broker, &alice, json!({"issuer": base, "discover": true})).await;
     assert_eq!(status, 403);
-    assert!(broker.broker.store().jwt_issuer("ci").await.unwrap().is_none());
+    assert!(
+        broker
+            .broker
+            .store()
+            .jwt_issuer("ci")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let (status, body) = put_issuer(
         &broker,
         &admin,
