@@ -192,8 +192,9 @@ pub async fn token(client: &Client, command: TokenCommand, out: &Output) -> anyh
             if out.json || out.field.is_some() {
                 return out.answer(&answer, |_| {});
             }
-            let token = answer["access_token"]
-                .as_str()
+            let token = answer
+                .get("access_token")
+                .and_then(serde_json::Value::as_str)
                 .context("the broker's answer has no `access_token`")?;
             println!("{token}");
             Ok(())

@@ -100,20 +100,29 @@ impl Client {
         if status.is_success() {
             return value.context("the broker's answer is not JSON");
         }
-        let text = |v: &serde_json::Value, name: &str| v[name].as_str().map(str::to_owned);
+        let text = |v: &serde_json::Value, name: &str| {
+            v.get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
         let (code, message) = match &value {
-            Some(v) if v["error"].is_string() => (
+            Some(v) if v.get("error").is_some_and(serde_json::Value::is_string) => (
                 text(v, "error").unwrap_or_default(),
                 text(v, "error_description")
                     .unwrap_or_else(|| text(v, "error").unwrap_or_default()),
             ),
-            Some(v) => (
-                v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                v["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
+            Some(v) => {
+                let error = v.get("error");
+                let field = |name: &str| {
+                    error
+                        .and_then(|e| e.get(name))
+                        .and_then(serde_json::Value::as_str)
+                };
+                (
+                    field("code").unwrap_or("unknown").to_owned(),
+                    field("message").unwrap_or_default().to_owned(),
+                )
+            }
             None => ("unknown".into(), format!("the broker answered {status}")),
         };
         Err(ApiFailure {
