@@ -19,6 +19,7 @@ mod hardening;
 mod jwt;
 mod login;
 mod seal;
+mod secret_store;
 mod secrets_at_rest;
 mod ssh;
 mod targets_admin;
