@@ -172,6 +172,73 @@ pub enum ClientCommand {
     /// An X.509 target's client CA and CRL: `mayfly x509 ca TARGET`, `mayfly x509 crl TARGET FILE`.
     #[command(subcommand)]
     X509(X509Command),
+    /// The secret store: versioned, encrypted secrets at PROJECT/ENV/NAME (docs/secrets.md).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// `mayfly secrets …`. A value is never taken from the command line (which `ps` shows): it comes
+/// from stdin or a file.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Write a new version of a secret; the value is read from stdin (or --from-file).
+    Put {
+        /// PROJECT/ENV/NAME, e.g. shop/prod/STRIPE_KEY.
+        path: String,
+        /// Read the value from this file (as it is, up to 64 KiB) instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Check-and-set: write only if the current version is N (0: only if it does not exist).
+        #[arg(long, value_name = "N")]
+        cas: Option<i64>,
+    },
+    /// Print a secret's value (only the value; --json for the whole answer).
+    Get {
+        /// PROJECT/ENV/NAME.
+        path: String,
+        /// This version instead of the current one.
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+    },
+    /// List the secrets of an environment (names, versions and ages; never values).
+    Ls {
+        /// PROJECT/ENV.
+        environment: String,
+    },
+    /// A secret's versions: when, by whom, deleted or destroyed (never values).
+    History {
+        /// PROJECT/ENV/NAME.
+        path: String,
+    },
+    /// Soft-delete the current version (or --version N); `undelete` restores it.
+    Rm {
+        /// PROJECT/ENV/NAME.
+        path: String,
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+    },
+    /// Restore a soft-deleted version (the current one, or --version N).
+    Undelete {
+        /// PROJECT/ENV/NAME.
+        path: String,
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+    },
+    /// Remove versions' values for good (--version N, repeatable).
+    Destroy {
+        /// PROJECT/ENV/NAME.
+        path: String,
+        #[arg(long = "version", value_name = "N", required = true)]
+        versions: Vec<i64>,
+    },
+    /// Write each KEY=VALUE line of a dotenv file as a secret of an environment.
+    Import {
+        /// The .env file (`KEY=VALUE`, `export KEY=VALUE`, quotes, `#` comments).
+        file: PathBuf,
+        /// PROJECT/ENV to write into.
+        #[arg(long = "env", value_name = "PROJECT/ENV")]
+        environment: String,
+    },
 }
 
 #[derive(Debug, Args)]

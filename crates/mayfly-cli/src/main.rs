@@ -4,7 +4,7 @@
 //!
 //! The modules follow the command line: `grammar` (clap types), `launcher` (`server`, `dev`),
 //! `admin` and `audit` (the seal, sessions, users, the log), `access` (targets to grants),
-//! `session` (`exec`, `ssh`), `output` (what is printed, exit codes), `client` (HTTP), `local`
+//! `session` (`exec`, `ssh`), `secrets` (the secret store, `exec --env`), `output` (what is printed, exit codes), `client` (HTTP), `local`
 //! (files on this machine), `duration`.
 
 mod access;
@@ -16,6 +16,7 @@ mod grammar;
 mod launcher;
 mod local;
 mod output;
+mod secrets;
 mod session;
 
 use std::process::ExitCode;
@@ -121,6 +122,7 @@ async fn dispatch(
         ClientCommand::X509(command) => access::x509(client, command, out).await?,
         ClientCommand::Exec(args) => return session::exec(client, args, out).await,
         ClientCommand::Ssh(args) => return session::ssh(client, args, out).await,
+        ClientCommand::Secrets(command) => secrets::secrets(client, command, out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,7 +32,16 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
         )
         .into());
     };
-    let (target, _) = split_role(&args.flags.role)?;
+    if let Some(environment) = &args.environment {
+        return crate::secrets::exec_env(client, environment, program, rest, out).await;
+    }
+    let Some(flags) = args.flags() else {
+        return Err(Failure::Usage(
+            "give TARGET/ROLE with --ttl and --reason, or --env PROJECT/ENV".into(),
+        )
+        .into());
+    };
+    let (target, _) = split_role(&flags.role)?;
     let kind = target_kind(client, &target).await?;
     let dir = private_dir("mayfly-exec-")?;
     let mut command = tokio::process::Command::new(program);
@@ -46,7 +55,7 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
             let certify = Certify::Ssh {
                 public_key: public.trim().to_owned(),
             };
-            let credential = certified(client, args.flags, args.timeout, certify, out).await?;
+            let credential = certified(client, flags, args.timeout, certify, out).await?;
             let cert_file = dir.path().join("id_ed25519-cert.pub");
             write_private(&cert_file, certificate(&credential)?.as_bytes())?;
             command
@@ -55,8 +64,7 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
             credential
         }
         Some(TargetKind::X509) => {
-            let credential =
-                certified(client, args.flags, args.timeout, Certify::X509, out).await?;
+            let credential = certified(client, flags, args.timeout, Certify::X509, out).await?;
             let key = credential
                 .private_key
                 .as_deref()
@@ -71,7 +79,7 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
             credential
         }
         Some(TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis) | None => {
-            let credential = requested(client, args.flags, args.timeout, None, out).await?;
+            let credential = requested(client, flags, args.timeout, None, out).await?;
             database_env(&mut command, &credential);
             credential
         }
@@ -377,7 +385,7 @@ fn ssh_command(
 
 /// Waits for `child` to end. Ctrl-C, a closed terminal or a `kill` end it early (`None`): the
 /// caller revokes the grant all the same.
-async fn until_done_or_interrupted(
+pub(crate) async fn until_done_or_interrupted(
     child: &mut tokio::process::Child,
     what: &str,
     out: &Output,
@@ -396,7 +404,7 @@ async fn until_done_or_interrupted(
 }
 
 /// The child's exit code as ours; 130 (as after Ctrl-C) when it was stopped.
-fn exit_code(status: Option<std::process::ExitStatus>) -> ExitCode {
+pub(crate) fn exit_code(status: Option<std::process::ExitStatus>) -> ExitCode {
     match status.and_then(|s| s.code()) {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -11,10 +11,12 @@ pub mod name;
 pub mod policy;
 pub mod principal;
 pub mod request;
+pub mod secret_path;
 pub mod target;
 pub mod time;
 
 pub use name::{GroupName, LoginName, NameError, Namespace, Username};
 pub use principal::Principal;
+pub use secret_path::{SecretPath, SecretPathError, SecretScope};
 pub use target::TargetKind;
 pub use time::Timestamp;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod origin;
 pub mod seal;
+pub mod secrets;
 pub mod ssh;
 pub mod state;
 pub mod token_key_cache;

@@ -97,7 +97,7 @@ impl std::fmt::Debug for ReadCache {
 }
 
 /// Whether committing `change` leaves every kept read true: it touches only requests, approvals,
-/// grants, login failure counts and exchanged tokens (which are never kept), never sessions, users, workload
+/// grants, login failure counts, exchanged tokens and the secret store's secrets (which are never kept), never sessions, users, workload
 /// bindings, targets, roles or policies.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
     matches!(
@@ -113,6 +113,10 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::UpdateGrant { .. }
             | Change::ReviewGrant { .. }
             | Change::RecordExchangedToken { .. }
+            | Change::PutKvSecret { .. }
+            | Change::DeleteKvSecret { .. }
+            | Change::UndeleteKvSecret { .. }
+            | Change::DestroyKvSecret { .. }
     )
 }
 

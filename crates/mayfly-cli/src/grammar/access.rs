@@ -142,15 +142,52 @@ pub struct DecideArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    #[command(flatten)]
-    pub flags: RequestFlags,
+    /// TARGET/ROLE (not with --env).
+    #[arg(
+        required_unless_present = "environment",
+        conflicts_with = "environment"
+    )]
+    pub role: Option<String>,
+    /// How long the access should last (e.g. 15m).
+    #[arg(long, value_parser = parse_ttl, value_name = "DURATION", required_unless_present = "environment", conflicts_with = "environment")]
+    pub ttl: Option<Duration>,
+    /// Why you need it (recorded in the audit log, shown to approvers).
+    #[arg(
+        long,
+        required_unless_present = "environment",
+        conflicts_with = "environment"
+    )]
+    pub reason: Option<String>,
+    /// A ticket reference (recorded with the request).
+    #[arg(long, conflicts_with = "environment")]
+    pub ticket: Option<String>,
+    /// Emergency access, where a policy permits `break_glass`: at once, notified, reviewed later.
+    #[arg(long, conflicts_with = "environment")]
+    pub break_glass: bool,
+    /// Instead of a grant: the secrets of the secret store's PROJECT/ENV that you may read, each
+    /// as an environment variable of its name.
+    #[arg(long = "env", value_name = "PROJECT/ENV")]
+    pub environment: Option<String>,
     /// Give up waiting for approval after this long (exit 1); default: wait until the request is
     /// decided or expires.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "environment")]
     pub timeout: Option<Duration>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+impl ExecArgs {
+    /// The request a grant-backed `exec` makes (`None` with --env, where there is none).
+    pub fn flags(&self) -> Option<RequestFlags> {
+        Some(RequestFlags {
+            role: self.role.clone()?,
+            ttl: self.ttl?,
+            reason: self.reason.clone()?,
+            ticket: self.ticket.clone(),
+            break_glass: self.break_glass,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]

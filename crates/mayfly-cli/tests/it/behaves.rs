@@ -257,6 +257,24 @@ fn usage_errors_exit_2_in_text_and_json() {
         "{}",
         stdout(&help)
     );
+    assert!(stdout(&help).contains("secrets"), "{}", stdout(&help));
+    let help = run(mayfly().args(["secrets", "--help"]));
+    assert_eq!(help.status.code(), Some(0));
+    for command in [
+        "put", "get", "ls", "history", "rm", "undelete", "destroy", "import",
+    ] {
+        assert!(stdout(&help).contains(command), "{}", stdout(&help));
+    }
+    let help = run(mayfly().args(["exec", "--help"]));
+    assert!(stdout(&help).contains("--env"), "{}", stdout(&help));
+    // Secret paths are checked before any call; exec needs a role or --env, not both.
+    let bad = run(mayfly().args(["secrets", "get", "shop/../X"]));
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(stderr(&bad).contains("environment"), "{bad:?}");
+    let both = run(mayfly().args(["exec", "db/ro", "--env", "shop/dev", "--", "true"]));
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    let neither = run(mayfly().args(["exec", "--", "true"]));
+    assert_eq!(neither.status.code(), Some(2), "{neither:?}");
 }
 
 #[test]

@@ -13,6 +13,7 @@
 mod audit_head;
 mod behaves;
 mod rotate_signing_key;
+mod secrets;
 mod token_exchange;
 
 use std::io::{BufRead, BufReader};

@@ -21,6 +21,7 @@ mod jwt;
 mod jwt_discovery;
 mod login;
 mod seal;
+mod secret_store;
 mod secrets_at_rest;
 mod ssh;
 mod targets_admin;
