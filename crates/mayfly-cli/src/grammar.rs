@@ -214,6 +214,7 @@ pub enum SecretsCommand {
     Rm {
         /// PROJECT/ENV/NAME.
         path: String,
+        /// Delete this version instead of the current one.
         #[arg(long, value_name = "N")]
         version: Option<i64>,
     },
@@ -221,6 +222,7 @@ pub enum SecretsCommand {
     Undelete {
         /// PROJECT/ENV/NAME.
         path: String,
+        /// Restore this version instead of the current one.
         #[arg(long, value_name = "N")]
         version: Option<i64>,
     },
@@ -228,6 +230,7 @@ pub enum SecretsCommand {
     Destroy {
         /// PROJECT/ENV/NAME.
         path: String,
+        /// A version to destroy (repeat for several).
         #[arg(long = "version", value_name = "N", required = true)]
         versions: Vec<i64>,
     },
