@@ -10,6 +10,7 @@ pub mod grant;
 pub mod name;
 pub mod policy;
 pub mod principal;
+pub mod proxy;
 pub mod request;
 pub mod target;
 pub mod time;

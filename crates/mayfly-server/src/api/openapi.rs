@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::api::{access_routes, exchange_routes, routes};
+use crate::api::{access_routes, exchange_routes, proxy_routes, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,6 +59,11 @@ use crate::api::{access_routes, exchange_routes, routes};
         access_routes::review_grant,
         exchange_routes::exchange,
         exchange_routes::introspect,
+        proxy_routes::put_route,
+        proxy_routes::list_routes,
+        proxy_routes::get_route,
+        proxy_routes::delete_route,
+        proxy_routes::call,
     ),
     components(schemas(mayfly_api::ErrorBody, mayfly_api::ErrorDetail))
 )]

@@ -243,7 +243,7 @@ async fn check(
 /// `http://` to a loopback address or `localhost`, without a user name or password. The host is
 /// the parsed one, so neither `http://127.0.0.1.nip.io` nor `http://127.0.0.1@evil.example`
 /// passes for loopback.
-fn jwks_url_problem(text: &str) -> Option<&'static str> {
+pub(crate) fn jwks_url_problem(text: &str) -> Option<&'static str> {
     let Ok(url) = reqwest::Url::parse(text) else {
         return Some("not a URL");
     };

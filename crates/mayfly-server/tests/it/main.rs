@@ -18,6 +18,7 @@ mod floods;
 mod hardening;
 mod jwt;
 mod login;
+mod proxy;
 mod seal;
 mod secrets_at_rest;
 mod ssh;
