@@ -12,7 +12,8 @@ use reqwest::Method;
 
 use crate::client::Client;
 use crate::grammar::{
-    PolicyCommand, ProxyCommand, RequestFlags, ReviewCommand, RoleCommand, SshCommand, TargetCommand, X509Command,
+    PolicyCommand, ProxyCommand, RequestFlags, ReviewCommand, RoleCommand, SshCommand,
+    TargetCommand, X509Command,
 };
 use crate::local::{read_file, read_secret};
 use crate::output::{Failure, Output};

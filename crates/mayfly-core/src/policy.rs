@@ -625,7 +625,15 @@ fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {
     static NAMES: OnceLock<HashMap<&'static str, EntityTypeName>> = OnceLock::new();
     let names = NAMES.get_or_init(|| {
         [
-            "Action", "Group", "User", "Workload", "Agent", "Target", "Role", "Audience", "ProxyRoute",
+            "Action",
+            "Group",
+            "User",
+            "Workload",
+            "Agent",
+            "Target",
+            "Role",
+            "Audience",
+            "ProxyRoute",
         ]
         .into_iter()
         .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
@@ -1074,7 +1082,13 @@ when { context.method == "POST" && context.path == "/v1/refunds" && context.inte
         assert!(!decide("github", "GET", "/v1/charges", "", 3));
         assert!(decide("stripe", "POST", "/v1/refunds", "refund order 7", 9));
         assert!(!decide("stripe", "POST", "/v1/refunds", "", 9));
-        assert!(!decide("stripe", "POST", "/v1/refunds", "refund order 7", 20));
+        assert!(!decide(
+            "stripe",
+            "POST",
+            "/v1/refunds",
+            "refund order 7",
+            20
+        ));
         let bob = user("bob", &["ops"]);
         let denied = policies
             .decide_proxy(&ProxyInput {

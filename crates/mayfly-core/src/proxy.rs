@@ -18,7 +18,9 @@ use std::fmt;
 /// (an injection holds secret *paths*, never values).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    #[error("a route name is 1 to 63 characters `a-z`, `0-9` and `-`, starting with a letter or digit")]
+    #[error(
+        "a route name is 1 to 63 characters `a-z`, `0-9` and `-`, starting with a letter or digit"
+    )]
     BadRouteName,
     #[error("an injection is `header:NAME=VALUE`, `basic:USER=PASSWORD` or `query:NAME=VALUE`")]
     BadInjection,
@@ -243,7 +245,9 @@ impl Injection {
             Injection::Header { value, .. } | Injection::Query { value, .. } => {
                 Box::new(value.secrets())
             }
-            Injection::Basic { user, password } => Box::new(user.secrets().chain(password.secrets())),
+            Injection::Basic { user, password } => {
+                Box::new(user.secrets().chain(password.secrets()))
+            }
         }
     }
 }
@@ -299,7 +303,10 @@ mod tests {
         let query = "query:api_key={{secret:maps/prod/KEY}}";
         check(query, Ok(query));
         check("header:X-Api-Key=static", Err(ProxyError::NoSecret));
-        check("basic:{{secret:a/b/USER}}=static", Err(ProxyError::NoSecret));
+        check(
+            "basic:{{secret:a/b/USER}}=static",
+            Err(ProxyError::NoSecret),
+        );
         check("cookie:a={{secret:a/b/c}}", Err(ProxyError::BadInjection));
         check("header:Authorization", Err(ProxyError::BadInjection));
         check(
@@ -310,7 +317,10 @@ mod tests {
             "header:Bad Name={{secret:a/b/c}}",
             Err(ProxyError::BadHeader("Bad Name".into())),
         );
-        check("header:X=a\r\nEvil: 1{{secret:a/b/c}}", Err(ProxyError::BadValue));
+        check(
+            "header:X=a\r\nEvil: 1{{secret:a/b/c}}",
+            Err(ProxyError::BadValue),
+        );
         check("query:a&b={{secret:a/b/c}}", Err(ProxyError::BadQueryName));
         check("basic:us:er={{secret:a/b/c}}", Err(ProxyError::BadValue));
         for path in ["a/b", "a/b/c/d", "a/../c", "a//c", "a/b/c d", "a/./c"] {

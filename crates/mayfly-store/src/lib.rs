@@ -45,8 +45,8 @@ use mayfly_core::Timestamp;
 pub use error::{BoxError, StoreError};
 pub use records::{
     ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, Principals, ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
-    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    JwtConfigRecord, Principals, ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord,
+    SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 

@@ -48,7 +48,10 @@ fn record(row: &sqlx::any::AnyRow) -> Result<ProxyRouteRecord, StoreError> {
     })
 }
 
-pub(crate) async fn route(pool: &AnyPool, name: &str) -> Result<Option<ProxyRouteRecord>, StoreError> {
+pub(crate) async fn route(
+    pool: &AnyPool,
+    name: &str,
+) -> Result<Option<ProxyRouteRecord>, StoreError> {
     let row = sqlx::query(
         "SELECT name, config, created_at, updated_at FROM proxy_routes WHERE name = $1",
     )
@@ -60,11 +63,10 @@ pub(crate) async fn route(pool: &AnyPool, name: &str) -> Result<Option<ProxyRout
 }
 
 pub(crate) async fn routes(pool: &AnyPool) -> Result<Vec<ProxyRouteRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT name, config, created_at, updated_at FROM proxy_routes ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(unavailable)?;
+    let rows =
+        sqlx::query("SELECT name, config, created_at, updated_at FROM proxy_routes ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
     rows.iter().map(record).collect()
 }

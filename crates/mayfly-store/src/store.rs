@@ -18,9 +18,8 @@ use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
     ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, Principals,
-    ProxyRouteRecord,
-    RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, UserRecord, Write, WriteOutcome,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{

@@ -25,7 +25,9 @@ pub async fn put_route(
     caller: Caller,
     ApiJson(request): ApiJson<ProxyRouteRequest>,
 ) -> Result<ApiJson<ProxyRouteInfo>, BrokerError> {
-    Ok(ApiJson(broker.put_proxy_route(&meta, &caller, request).await?))
+    Ok(ApiJson(
+        broker.put_proxy_route(&meta, &caller, request).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/proxy-routes",

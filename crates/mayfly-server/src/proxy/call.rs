@@ -103,7 +103,7 @@ impl Broker {
     ) -> Result<ProxyAnswer, AuditedError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
-        E: std::fmt::Display,
+        E: std::fmt::Display + Send,
     {
         let started = Instant::now();
         if call.method == reqwest::Method::OPTIONS
@@ -171,8 +171,6 @@ impl Broker {
             Ok(body) => body,
             Err(error) => return Err(self.refuse_call(meta, &facts, error).await),
         };
-        let injected = self.inject(&route).await?;
-
         let mut event = self
             .call_event("proxy.call", Outcome::Ok, meta, &facts)
             .detail("decision", "allow")
@@ -186,13 +184,27 @@ impl Broker {
         let completed = self
             .call_event("proxy.completed", Outcome::Ok, meta, &facts)
             .detail("bytes_in", body.len());
+        let injected = match self.inject(&route).await {
+            Ok(injected) => injected,
+            Err(error) => {
+                let mut event = completed
+                    .detail("result", "credential_unavailable")
+                    .detail("latency_ms", elapsed_ms(started));
+                event.outcome = Outcome::Failed;
+                self.record(event).await?;
+                return Err(error.audited());
+            }
+        };
         let query = upstream_query(call.query.as_deref(), &injected.query);
         let Some(url) = path.upstream_url(&route.upstream, query.as_deref()) else {
             let error = BrokerError::BadRequest("field `path`: not a path below the route".into());
             return Err(self.refuse_call(meta, &facts, error).await);
         };
-        let injected_names: Vec<HeaderName> =
-            injected.headers.iter().map(|(name, _)| name.clone()).collect();
+        let injected_names: Vec<HeaderName> = injected
+            .headers
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut headers = upstream_headers(&call.headers, &injected_names);
         for (name, value) in &injected.headers {
             headers.insert(name.clone(), value.clone());
@@ -235,15 +247,13 @@ impl Broker {
                 return Err(answer.audited());
             }
         };
-        self.relay(meta, &call, &route, injected, response, completed, started)
+        self.relay(&call, &route, injected, response, completed, started)
             .await
     }
 
     /// The answer's head checked and scrubbed, and its body relayed through the scrubber.
-    #[expect(clippy::too_many_arguments, reason = "one call's parts, used once")]
     async fn relay(
         &self,
-        _meta: &Origin,
         call: &ProxyCall,
         route: &Route,
         injected: Injected,
@@ -322,9 +332,8 @@ impl Broker {
     ) -> Result<SessionRecord, AuditedError> {
         let reason = "the token is unknown, expired, revoked or not for this route";
         let Some(token) = bearer(&call.headers) else {
-            let error = BrokerError::Unauthorized(
-                "no token: send `Authorization: Bearer <token>`".into(),
-            );
+            let error =
+                BrokerError::Unauthorized("no token: send `Authorization: Bearer <token>`".into());
             return Err(self.refuse_call(meta, facts, error).await);
         };
         let session = if token.len() > 8192 {
@@ -421,14 +430,17 @@ impl Broker {
 
     /// The route's credential for one call, from the secret store.
     async fn inject(&self, route: &Route) -> Result<Injected, BrokerError> {
+        let mut paths: Vec<String> = route
+            .injections
+            .iter()
+            .flat_map(|injection| injection.secrets().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        paths.sort();
+        paths.dedup();
         let mut values: BTreeMap<String, SecretString> = BTreeMap::new();
-        for injection in &route.injections {
-            for path in injection.secrets() {
-                if !values.contains_key(path) {
-                    let value = self.injection_secret(route, path).await?;
-                    values.insert(path.to_owned(), value);
-                }
-            }
+        for path in paths {
+            let value = self.injection_secret(route, &path).await?;
+            values.insert(path, value);
         }
         let mut injected = Injected {
             headers: Vec::new(),
@@ -467,12 +479,15 @@ impl Broker {
         for injection in &route.injections {
             match injection {
                 Injection::Header { name, value } => {
-                    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| misconfigured())?;
+                    let name =
+                        HeaderName::from_bytes(name.as_bytes()).map_err(|_| misconfigured())?;
                     let value = render(value);
                     let mut header =
                         HeaderValue::from_bytes(value.as_bytes()).map_err(|_| misconfigured())?;
                     header.set_sensitive(true);
-                    injected.patterns.push(Zeroizing::new(value.as_bytes().to_vec()));
+                    injected
+                        .patterns
+                        .push(Zeroizing::new(value.as_bytes().to_vec()));
                     injected.headers.push((name, header));
                 }
                 Injection::Basic { user, password } => {
@@ -484,13 +499,21 @@ impl Broker {
                     let mut header =
                         HeaderValue::from_bytes(value.as_bytes()).map_err(|_| misconfigured())?;
                     header.set_sensitive(true);
-                    injected.patterns.push(Zeroizing::new(encoded.as_bytes().to_vec()));
-                    injected.patterns.push(Zeroizing::new(pair.as_bytes().to_vec()));
-                    injected.headers.push((reqwest::header::AUTHORIZATION, header));
+                    injected
+                        .patterns
+                        .push(Zeroizing::new(encoded.as_bytes().to_vec()));
+                    injected
+                        .patterns
+                        .push(Zeroizing::new(pair.as_bytes().to_vec()));
+                    injected
+                        .headers
+                        .push((reqwest::header::AUTHORIZATION, header));
                 }
                 Injection::Query { name, value } => {
                     let value = render(value);
-                    injected.patterns.push(Zeroizing::new(value.as_bytes().to_vec()));
+                    injected
+                        .patterns
+                        .push(Zeroizing::new(value.as_bytes().to_vec()));
                     injected.patterns.push(Zeroizing::new(
                         form_urlencoded::byte_serialize(value.as_bytes())
                             .collect::<String>()
@@ -560,9 +583,10 @@ impl Broker {
                 .get("access-control-request-headers")
                 .filter(|value| {
                     value.len() <= 1024
-                        && value.as_bytes().iter().all(|b| {
-                            b.is_ascii_alphanumeric() || b"-_, ".contains(b)
-                        })
+                        && value
+                            .as_bytes()
+                            .iter()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(b))
                 })
                 .cloned()
                 .unwrap_or(HeaderValue::from_static(
@@ -638,9 +662,10 @@ fn intent(headers: &HeaderMap) -> Result<String, BrokerError> {
 async fn read_body<S, E>(headers: &HeaderMap, mut body: S, max: u64) -> Result<Bytes, BrokerError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
-    E: std::fmt::Display,
+    E: std::fmt::Display + Send,
 {
-    let too_large = || BrokerError::TooLarge(format!("the request body is larger than {max} bytes"));
+    let too_large =
+        || BrokerError::TooLarge(format!("the request body is larger than {max} bytes"));
     let declared = headers
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())

@@ -20,7 +20,10 @@ pub struct ProxyLimits {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum BucketKey {
     Route(String),
-    Principal { route: String, principal: String },
+    Principal {
+        route: String,
+        principal: String,
+    },
     /// Every new principal of a route while the map is full.
     Shared(String),
 }

@@ -157,7 +157,11 @@ impl Route {
                 ))
             }
         };
-        let per_principal = rate("per_principal", request.per_principal, DEFAULT_PER_PRINCIPAL)?;
+        let per_principal = rate(
+            "per_principal",
+            request.per_principal,
+            DEFAULT_PER_PRINCIPAL,
+        )?;
         let per_route = rate("per_route", request.per_route, DEFAULT_PER_ROUTE)?;
         if request.cors_origins.len() > MAX_ORIGINS {
             return Err(bad(
@@ -295,18 +299,19 @@ impl Broker {
         event.actor = Some(caller.principal().to_string());
         event.subject = Some(format!("proxy-route:{}", route.name));
         meta.fill(&mut event);
-        self.commit(Write {
-            change: Some(Change::PutProxyRoute {
-                route: ProxyRouteRecord {
-                    name: route.name.to_string(),
-                    config,
-                    created_at,
-                    updated_at: now,
-                },
-            }),
-            event,
-        })
-        .await?;
+        let _applied = self
+            .commit(Write {
+                change: Some(Change::PutProxyRoute {
+                    route: ProxyRouteRecord {
+                        name: route.name.to_string(),
+                        config,
+                        created_at,
+                        updated_at: now,
+                    },
+                }),
+                event,
+            })
+            .await?;
         self.inner.proxy.limits.forget(route.name.as_str());
         Ok(route.info())
     }
@@ -436,7 +441,12 @@ mod tests {
         let mut origins = request("https://a.example");
         origins.cors_origins = vec!["https://app.example".into()];
         check(&origins, None);
-        for bad in ["*", "https://app.example/", "https://app.example/path", "null"] {
+        for bad in [
+            "*",
+            "https://app.example/",
+            "https://app.example/path",
+            "null",
+        ] {
             origins.cors_origins = vec![bad.into()];
             check(&origins, Some("cors_origins"));
         }

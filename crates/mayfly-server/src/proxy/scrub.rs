@@ -89,7 +89,12 @@ impl Scrubber {
         let mut copied_to = 0;
         while at < input.len() {
             let Some(&byte) = input.get(at) else { break };
-            if !self.first_bytes.get(usize::from(byte)).copied().unwrap_or(false) {
+            if !self
+                .first_bytes
+                .get(usize::from(byte))
+                .copied()
+                .unwrap_or(false)
+            {
                 at += 1;
                 continue;
             }
@@ -166,7 +171,7 @@ mod tests {
         for i in 0..text.len() {
             for j in i..text.len() {
                 let chunks = [&text[..i], &text[i..j], &text[j..]];
-                assert_eq!(run(&[secret, "Bearer sk"], &chunks).contains("sk_live"), false);
+                assert!(!run(&[secret, "Bearer sk"], &chunks).contains("sk_live"));
             }
         }
     }
@@ -175,7 +180,10 @@ mod tests {
     fn near_misses_and_the_end_pass_through() {
         assert_eq!(run(&["secret"], &["a secre", "t!"]), "a [REDACTED]!");
         assert_eq!(run(&["secret"], &["a secre"]), "a secre");
-        assert_eq!(run(&["secret"], &["ssssecre", "tsecret"]), "sss[REDACTED][REDACTED]");
+        assert_eq!(
+            run(&["secret"], &["ssssecre", "tsecret"]),
+            "sss[REDACTED][REDACTED]"
+        );
         assert_eq!(run(&[], &["any", "thing"]), "anything");
         assert_eq!(run(&["aa"], &["aaa"]), "[REDACTED]a");
     }

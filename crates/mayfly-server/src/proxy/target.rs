@@ -18,7 +18,9 @@ pub struct CallPath {
 /// Why a path below a route was refused (the caller's to fix: 400).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("the path may not hold `.` or `..` segments, empty segments, encoded `/` or `\\`, or control characters")]
+    #[error(
+        "the path may not hold `.` or `..` segments, empty segments, encoded `/` or `\\`, or control characters"
+    )]
     Segment,
     #[error("the path is longer than 4096 bytes")]
     TooLong,
@@ -234,14 +236,8 @@ mod tests {
 
     #[track_caller]
     fn check(raw: &str, expect: Result<&str, PathError>) {
-        assert_eq!(
-            CallPath::parse(raw).map(|p| p.canonical()).as_deref(),
-            expect.as_deref().map_err(|e| match e {
-                PathError::Segment => PathError::Segment,
-                PathError::TooLong => PathError::TooLong,
-            }),
-            "{raw}"
-        );
+        let got = CallPath::parse(raw).map(|p| p.canonical());
+        assert_eq!(got.as_deref(), expect.as_ref().copied(), "{raw}");
     }
 
     #[test]
@@ -290,12 +286,11 @@ mod tests {
             url("/@evil.example:443/x", None),
             "https://api.example/base/@evil.example:443/x"
         );
-        assert_eq!(url("/a%3Fb%23c", None), "https://api.example/base/a%3Fb%23c");
         assert_eq!(
-            url("/http:%2F%2Fevil", None).contains("evil"),
-            true,
-            "stays a path"
+            url("/a%3Fb%23c", None),
+            "https://api.example/base/a%3Fb%23c"
         );
+        assert_eq!(url("/http:x", None), "https://api.example/base/http:x");
     }
 
     #[test]
