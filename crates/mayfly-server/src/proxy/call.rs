@@ -501,6 +501,9 @@ impl Broker {
                     header.set_sensitive(true);
                     injected
                         .patterns
+                        .push(Zeroizing::new(value.as_bytes().to_vec()));
+                    injected
+                        .patterns
                         .push(Zeroizing::new(encoded.as_bytes().to_vec()));
                     injected
                         .patterns

@@ -162,7 +162,7 @@ mod tests {
             burst: 3,
         };
         let wide = ProxyRate {
-            per_second: 100.0,
+            per_second: 0.001,
             burst: 5,
         };
         let at = |ms: i64| Timestamp::from_unix_ms(1_000_000 + ms);

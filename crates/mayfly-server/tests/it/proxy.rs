@@ -141,6 +141,12 @@ async fn answer(recorder: Arc<Mutex<Vec<Seen>>>, request: Request) -> Response {
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    if path.ends_with("/big") {
+        return Response::builder()
+            .status(200)
+            .body(Body::from(vec![b'x'; 100_000]))
+            .unwrap();
+    }
     if path.ends_with("/gzip") {
         return Response::builder()
             .status(200)
@@ -185,6 +191,12 @@ async fn put_secret(broker: &TestBroker, path: &str, value: &str) {
         })
         .await
         .unwrap();
+}
+
+/// A demo user's login, a TOTP step after the last one (a code is accepted once).
+async fn login(broker: &TestBroker, name: &str) -> String {
+    broker.clock.advance(Duration::from_secs(31));
+    broker.login(name).await
 }
 
 async fn add_route(broker: &TestBroker, route: Value) -> (u16, Value) {
@@ -312,7 +324,7 @@ async fn the_caller_never_holds_the_secret() {
     .await;
     assert_eq!(status, 200, "{route}");
     assert_eq!(route["per_principal"]["burst"], 20);
-    let alice = broker.login("alice").await;
+    let alice = login(&broker, "alice").await;
 
     // GET passes; the upstream received the credential, not alice's token nor her cookie.
     let (status, headers, body) = proxy(
@@ -376,7 +388,7 @@ async fn the_caller_never_holds_the_secret() {
     )
     .await;
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
-    let bob = broker.login("bob").await;
+    let bob = login(&broker, "bob").await;
     let (status, _, _) = proxy(
         &broker,
         "GET",
@@ -443,7 +455,7 @@ async fn the_caller_never_holds_the_secret() {
         .0,
         401
     );
-    let revoked = broker.login("alice").await;
+    let revoked = login(&broker, "alice").await;
     assert_eq!(
         proxy(
             &broker,
@@ -482,7 +494,7 @@ async fn the_caller_never_holds_the_secret() {
     assert_eq!(upstream.seen().len(), n_seen + 1);
 
     // A JWT exchanged for the route works while its session lives; it is refused on another route.
-    let session = broker.login("alice").await;
+    let session = login(&broker, "alice").await;
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs([
             ("grant_type", GRANT),
@@ -637,7 +649,7 @@ async fn basic_and_query_injections_are_scrubbed_too() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let alice = broker.login("alice").await;
+    let alice = login(&broker, "alice").await;
     let (status, headers, body) = proxy(
         &broker,
         "GET",
@@ -706,8 +718,8 @@ async fn limits_sizes_and_upstream_failures() {
         let (status, body) = add_route(&broker, route).await;
         assert_eq!(status, 200, "{body}");
     }
-    let alice = broker.login("alice").await;
-    let bob = broker.login("bob").await;
+    let alice = login(&broker, "alice").await;
+    let bob = login(&broker, "bob").await;
 
     // 413 before anything is forwarded (declared and streamed bodies alike).
     let n_seen = upstream.seen().len();
@@ -819,7 +831,7 @@ async fn limits_sizes_and_upstream_failures() {
     let response = broker
         .raw()
         .await
-        .get(format!("{}/v1/proxy/small/x", broker.addr))
+        .get(format!("{}/v1/proxy/small/big", broker.addr))
         .bearer_auth(&alice)
         .send()
         .await
@@ -845,7 +857,7 @@ async fn hostile_paths_and_routes_stay_on_the_upstream() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let alice = broker.login("alice").await;
+    let alice = login(&broker, "alice").await;
     let evil_host = evil.addr.clone();
     let targets = [
         "/v1/proxy/api/../../admin".to_owned(),
