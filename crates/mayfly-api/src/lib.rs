@@ -621,3 +621,127 @@ pub struct ProxyRouteInfo {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
+
+/// `PUT /v1/secrets/{project}/{environment}/{name}`: a new version of a stored secret. Its
+/// `Debug` never shows the value.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretPut {
+    /// The value (UTF-8, at most 64 KiB).
+    pub value: String,
+    /// Check-and-set: the version the writer expects to be the current one (the highest ever
+    /// written); `0`: the secret must not exist yet. A mismatch answers 409 naming the current
+    /// version.
+    #[serde(default)]
+    pub cas: Option<i64>,
+}
+
+impl std::fmt::Debug for SecretPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretPut")
+            .field("value", &"[REDACTED]")
+            .field("cas", &self.cas)
+            .finish()
+    }
+}
+
+/// A version written (or changed) of a stored secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretWritten {
+    /// `project/environment/NAME`.
+    pub path: String,
+    pub version: i64,
+}
+
+/// A stored secret's value, as `GET /v1/secrets/{project}/{environment}/{name}` answers it
+/// (with `Cache-Control: no-store`). Its `Debug` never shows the value.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretValue {
+    pub path: String,
+    pub version: i64,
+    pub value: String,
+    pub created_at_ms: i64,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("value", &"[REDACTED]")
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
+}
+
+/// One secret in a listing: its name and its current version, never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretListed {
+    pub name: String,
+    pub version: i64,
+    pub created_at_ms: i64,
+    /// How old the current version is, in seconds.
+    pub age_secs: i64,
+}
+
+/// `GET /v1/secrets/{project}/{environment}`: the secrets of an environment the caller may read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    /// `project/environment`.
+    pub environment: String,
+    pub secrets: Vec<SecretListed>,
+}
+
+/// One version in a secret's history, never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretVersionInfo {
+    pub version: i64,
+    pub created_at_ms: i64,
+    /// The principal that wrote it.
+    pub created_by: String,
+    pub deleted_at_ms: Option<i64>,
+    pub destroyed_at_ms: Option<i64>,
+}
+
+/// `GET /v1/secrets/{project}/{environment}/{name}/history`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretHistory {
+    pub path: String,
+    pub versions: Vec<SecretVersionInfo>,
+}
+
+/// `POST /v1/secrets/{project}/{environment}/{name}/destroy`: the versions whose value is removed
+/// for good.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDestroy {
+    pub versions: Vec<i64>,
+}
+
+/// What delete, undelete and destroy changed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretVersionsChanged {
+    pub path: String,
+    pub versions: Vec<i64>,
+}
+
+/// `POST /v1/secrets/{project}/{environment}/read-all`: the current values of the secrets of an
+/// environment that the caller may read (`read_secret` decided per secret); the others are left
+/// out and only counted.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretEnvironment {
+    pub environment: String,
+    pub secrets: Vec<SecretValue>,
+    /// How many live secrets of the environment the caller may not read (left out).
+    pub n_refused: u64,
+}
+
+impl std::fmt::Debug for SecretEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretEnvironment")
+            .field("environment", &self.environment)
+            .field("secrets", &self.secrets)
+            .field("n_refused", &self.n_refused)
+            .finish()
+    }
+}

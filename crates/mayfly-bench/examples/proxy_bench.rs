@@ -33,6 +33,7 @@ static ALLOCATOR: mayfly_server::Allocator = mayfly_server::Allocator;
 const POLICY: &str = r#"
 permit (principal, action == Action::"proxy", resource == ProxyRoute::"bench")
 when { context.method == "GET" };
+permit (principal in Group::"admins", action == Action::"write_secret", resource);
 "#;
 
 #[tokio::main]
@@ -56,28 +57,16 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let broker = TestBroker::ready().await;
-    // TODO(h-secrets): `PUT /v1/secrets/…` once the secret store is merged.
-    let keys = broker.broker.unsealed().await.unwrap();
-    let blob = keys
-        .keyring
-        .seal("kv/bench/prod/KEY", b"sk_bench_0123456789")
-        .unwrap();
-    let event = broker
-        .broker
-        .draft("bench.secret.put", mayfly_core::audit::Outcome::Ok);
-    broker
-        .broker
-        .commit(mayfly_store::Write {
-            change: Some(mayfly_store::Change::PutSecret {
-                path: "kv/bench/prod/KEY".into(),
-                blob,
-                at: broker.broker.now(),
-            }),
-            event,
-        })
-        .await
-        .unwrap();
     broker.set_policy(POLICY).await;
+    broker
+        .expect(
+            200,
+            "PUT",
+            "/v1/secrets/bench/prod/KEY",
+            Some(&broker.admin()),
+            Some(json!({"value": "sk_bench_0123456789"})),
+        )
+        .await;
     broker
         .expect(
             200,

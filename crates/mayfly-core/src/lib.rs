@@ -12,10 +12,12 @@ pub mod policy;
 pub mod principal;
 pub mod proxy;
 pub mod request;
+pub mod secret_path;
 pub mod target;
 pub mod time;
 
 pub use name::{GroupName, LoginName, NameError, Namespace, Username};
 pub use principal::Principal;
+pub use secret_path::{SecretPath, SecretPathError, SecretScope};
 pub use target::TargetKind;
 pub use time::Timestamp;

@@ -25,6 +25,7 @@ use cedar_policy::{
 
 use crate::Principal;
 use crate::bounded::Bounded;
+use crate::secret_path::SecretPath;
 
 /// The Cedar schema of Mayfly's policies.
 pub const SCHEMA: &str = r#"
@@ -36,6 +37,9 @@ entity Target { name: String, kind: String };
 entity Role in [Target] { name: String, target: String, max_ttl_seconds: Long };
 entity Audience { name: String };
 entity ProxyRoute { name: String };
+entity Project { name: String };
+entity Environment in [Project] { name: String, project: String };
+entity Secret in [Environment] { name: String, project: String, environment: String };
 
 type RequestContext = {
     reason: String,
@@ -47,7 +51,7 @@ type RequestContext = {
     break_glass: Bool,
 };
 
-action request, approve, break_glass, activate, revoke, read_secret appliesTo {
+action request, approve, break_glass, activate, revoke appliesTo {
     principal: [User, Workload, Agent],
     resource: [Role, Target],
     context: RequestContext,
@@ -78,6 +82,11 @@ action proxy appliesTo {
     resource: [ProxyRoute],
     context: ProxyContext,
 };
+
+action read_secret, write_secret appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Secret],
+};
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +97,7 @@ pub enum Action {
     Activate,
     Revoke,
     ReadSecret,
+    WriteSecret,
     Proxy,
     Exchange,
 }
@@ -101,6 +111,7 @@ impl Action {
             Action::Activate => "activate",
             Action::Revoke => "revoke",
             Action::ReadSecret => "read_secret",
+            Action::WriteSecret => "write_secret",
             Action::Proxy => "proxy",
             Action::Exchange => "exchange",
         }
@@ -508,6 +519,69 @@ impl Policies {
         }))
     }
 
+    /// Decides a read or a write of a stored secret (the actions `read_secret`, `write_secret` on
+    /// `Secret::"project/environment/NAME"`, whose parent is `Environment::"project/environment"`,
+    /// whose parent is `Project::"project"`), so a policy can name one secret, an environment or a
+    /// whole project. Allowed or denied; annotations mean nothing here.
+    pub fn decide_secret(
+        &self,
+        principal: &Principal,
+        action: Action,
+        path: &SecretPath,
+    ) -> Result<Decision, PolicyError> {
+        let schema = schema()?;
+        let eval = |e: String| PolicyError::Evaluation(e);
+        let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
+        let principal_uid = principal_uid(principal).map_err(eval)?;
+        let action_uid = uid("Action", action.as_str()).map_err(eval)?;
+        let scope = path.scope().to_string();
+        let project_uid = uid("Project", path.project()).map_err(eval)?;
+        let environment_uid = uid("Environment", &scope).map_err(eval)?;
+        let secret_uid = uid("Secret", &path.to_string()).map_err(eval)?;
+        let mut entities = vec![
+            Entity::new(
+                project_uid.clone(),
+                HashMap::from([("name".to_owned(), string(path.project()))]),
+                HashSet::new(),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+            Entity::new(
+                environment_uid.clone(),
+                HashMap::from([
+                    ("name".to_owned(), string(path.environment())),
+                    ("project".to_owned(), string(path.project())),
+                ]),
+                HashSet::from([project_uid]),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+            Entity::new(
+                secret_uid.clone(),
+                HashMap::from([
+                    ("name".to_owned(), string(path.name())),
+                    ("project".to_owned(), string(path.project())),
+                    ("environment".to_owned(), string(path.environment())),
+                ]),
+                HashSet::from([environment_uid]),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+        ];
+        push_principal(principal, principal_uid.clone(), &mut entities).map_err(eval)?;
+        entities.extend(action_entities()?.iter().cloned());
+        let entities = Entities::from_entities(entities, None).map_err(|e| eval(e.to_string()))?;
+        let request = Request::new(
+            principal_uid,
+            action_uid,
+            secret_uid,
+            Context::empty(),
+            Some(schema),
+        )
+        .map_err(|e| eval(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        Ok(self.conclude(&response, || {
+            format!("no policy permits `{}` on `{path}`", action.as_str())
+        }))
+    }
+
     /// The decision from Cedar's answer: denied (by the `forbid`s that matched, or by default),
     /// or allowed with the fewest approvals and the smallest `@max_ttl` of the `permit`s.
     fn conclude(
@@ -634,6 +708,9 @@ fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {
             "Role",
             "Audience",
             "ProxyRoute",
+            "Project",
+            "Environment",
+            "Secret",
         ]
         .into_iter()
         .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
@@ -1101,6 +1178,58 @@ when { context.method == "POST" && context.path == "/v1/refunds" && context.inte
             })
             .unwrap();
         assert!(matches!(denied, Decision::Deny { reason } if reason.contains("stripe")));
+    }
+
+    /// `read_secret`/`write_secret` on a `Secret` under its `Environment` under its `Project`.
+    #[test]
+    fn secret_decisions() {
+        let policies = Policies::parse(
+            r#"
+@id("dev-reads-dev")
+permit (principal in Group::"dev", action == Action::"read_secret", resource in Environment::"shop/dev");
+@id("ops-writes-shop")
+permit (principal in Group::"ops", action in [Action::"read_secret", Action::"write_secret"], resource in Project::"shop");
+@id("one-secret")
+permit (principal in Group::"billing", action == Action::"read_secret", resource == Secret::"shop/prod/STRIPE_KEY");
+@id("no-root")
+forbid (principal, action, resource is Secret) when { resource.name == "ROOT" };
+"#,
+        )
+        .unwrap();
+        let path = |p: &str| p.parse::<SecretPath>().unwrap();
+        let dev = user("alice", &["dev"]);
+        let ops = user("olga", &["ops"]);
+        let billing = user("bill", &["billing"]);
+        let allows = |who: &Principal, action: Action, p: &str| {
+            policies
+                .decide_secret(who, action, &path(p))
+                .unwrap()
+                .allows()
+        };
+        assert!(allows(&dev, Action::ReadSecret, "shop/dev/DB_URL"));
+        assert!(!allows(&dev, Action::ReadSecret, "shop/prod/DB_URL"));
+        assert!(!allows(&dev, Action::WriteSecret, "shop/dev/DB_URL"));
+        assert!(!allows(&dev, Action::ReadSecret, "shopx/dev/DB_URL"));
+        assert!(allows(&ops, Action::WriteSecret, "shop/prod/DB_URL"));
+        assert!(allows(&ops, Action::ReadSecret, "shop/dev/DB_URL"));
+        assert!(!allows(&ops, Action::ReadSecret, "other/dev/DB_URL"));
+        assert!(allows(&billing, Action::ReadSecret, "shop/prod/STRIPE_KEY"));
+        assert!(!allows(
+            &billing,
+            Action::ReadSecret,
+            "shop/prod/STRIPE_KEY2"
+        ));
+        assert!(!allows(&ops, Action::ReadSecret, "shop/dev/ROOT"));
+        let denied = policies
+            .decide_secret(&dev, Action::ReadSecret, &path("shop/prod/X"))
+            .unwrap();
+        assert!(matches!(denied, Decision::Deny { reason } if reason.contains("shop/prod/X")));
+        assert!(
+            !Policies::empty()
+                .decide_secret(&ops, Action::ReadSecret, &path("shop/dev/X"))
+                .unwrap()
+                .allows()
+        );
     }
 
     #[test]

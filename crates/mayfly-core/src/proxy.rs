@@ -13,6 +13,9 @@
 //! injection names at least one secret (in `basic:`, in the password).
 
 use std::fmt;
+use std::str::FromStr;
+
+use crate::secret_path::SecretPath;
 
 /// Why a route name or an injection was refused. The message names the rule, never a secret
 /// (an injection holds secret *paths*, never values).
@@ -131,30 +134,11 @@ impl fmt::Display for Template {
     }
 }
 
-/// A secret's path in the secret store: `PROJECT/ENV/NAME`, each segment 1 to 128 characters
-/// `A-Za-z0-9_.-`, neither `.` nor `..`.
+/// A secret's path in the secret store: `PROJECT/ENV/NAME` as [`SecretPath`] parses it.
 fn check_secret_path(path: &str) -> Result<(), ProxyError> {
-    let segments: Vec<&str> = path.split('/').collect();
-    if segments.len() != 3 {
-        return Err(ProxyError::BadSecretRef(
-            "the path has three segments, PROJECT/ENV/NAME".into(),
-        ));
-    }
-    for segment in segments {
-        let ok = !segment.is_empty()
-            && segment.len() <= 128
-            && segment != "."
-            && segment != ".."
-            && segment
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !ok {
-            return Err(ProxyError::BadSecretRef(
-                "each segment is 1 to 128 characters `A-Za-z0-9_.-`, not `.` or `..`".into(),
-            ));
-        }
-    }
-    Ok(())
+    SecretPath::from_str(path)
+        .map(|_| ())
+        .map_err(|e| ProxyError::BadSecretRef(e.to_string()))
 }
 
 /// How a credential is put into a forwarded call.

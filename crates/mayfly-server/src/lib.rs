@@ -17,6 +17,7 @@ pub mod notify;
 pub mod origin;
 pub mod proxy;
 pub mod seal;
+pub mod secrets;
 pub mod ssh;
 pub mod state;
 pub mod token_key_cache;

@@ -97,8 +97,8 @@ impl std::fmt::Debug for ReadCache {
 }
 
 /// Whether committing `change` leaves every kept read true: it touches only requests, approvals,
-/// grants, login failure counts, exchanged tokens and proxy routes (which are never kept), never
-/// sessions, users, workload bindings, targets, roles or policies.
+/// grants, login failure counts, exchanged tokens, proxy routes and the secret store's secrets
+/// (which are never kept), never sessions, users, workload bindings, targets, roles or policies.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
     matches!(
         change,
@@ -115,6 +115,10 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::RecordExchangedToken { .. }
             | Change::PutProxyRoute { .. }
             | Change::DeleteProxyRoute { .. }
+            | Change::PutKvSecret { .. }
+            | Change::DeleteKvSecret { .. }
+            | Change::UndeleteKvSecret { .. }
+            | Change::DestroyKvSecret { .. }
     )
 }
 

@@ -19,7 +19,7 @@
 //! - `dialect`, `rows`: the row plumbing. `Dialect` and placeholders; column lists, the
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
-//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `proxy_routes`, `audit`: the SQL of each
+//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`, `proxy_routes`, `audit`: the SQL of each
 //!   group of tables, the changes that write them and the reads.
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
@@ -32,6 +32,7 @@ mod error;
 mod exchanged;
 mod grants;
 mod identity;
+mod kv;
 mod proxy_routes;
 mod records;
 mod requests;
@@ -40,13 +41,14 @@ mod secrets;
 mod store;
 mod write;
 
-use mayfly_core::Timestamp;
+use mayfly_core::{SecretPath, Timestamp};
 
 pub use error::{BoxError, StoreError};
 pub use records::{
     ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, Principals, ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord,
-    SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -84,6 +86,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// The paths of the stored secrets that start with `prefix`, in (byte) order of path.
     async fn secret_paths(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// A version of the stored secret `path` (`None`: its highest), with its ciphertext (`None`
+    /// once destroyed).
+    async fn kv_secret(
+        &self,
+        path: &SecretPath,
+        version: Option<i64>,
+    ) -> Result<Option<KvSecretRecord>, StoreError>;
+    /// Every version of `path`, oldest first, without ciphertext.
+    async fn kv_history(&self, path: &SecretPath) -> Result<Vec<KvVersionRecord>, StoreError>;
+    /// The highest version of each secret in `project/environment`, in order of name; with its
+    /// ciphertext only if `with_blobs`.
+    async fn kv_latest(
+        &self,
+        project: &str,
+        environment: &str,
+        with_blobs: bool,
+    ) -> Result<Vec<KvSecretRecord>, StoreError>;
 
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mayfly_core::audit::AuditDraft;
-use mayfly_core::{Principal, Timestamp};
+use mayfly_core::{Principal, SecretPath, Timestamp};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealRecord {
@@ -71,6 +71,34 @@ pub struct ProxyRouteRecord {
     pub config: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// One version of a stored secret, without its value: what history and listings show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvVersionRecord {
+    pub version: i64,
+    pub created_at: Timestamp,
+    /// The principal that wrote it (`user:alice`).
+    pub created_by: String,
+    /// Soft-deleted: hidden, its ciphertext kept (undelete restores it).
+    pub deleted_at: Option<Timestamp>,
+    /// Destroyed: its ciphertext is gone for good.
+    pub destroyed_at: Option<Timestamp>,
+}
+
+impl KvVersionRecord {
+    /// Neither deleted nor destroyed.
+    pub fn is_live(&self) -> bool {
+        self.deleted_at.is_none() && self.destroyed_at.is_none()
+    }
+}
+
+/// A version of a stored secret and its ciphertext (`None` once destroyed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvSecretRecord {
+    pub path: SecretPath,
+    pub meta: KvVersionRecord,
+    pub blob: Option<Vec<u8>>,
 }
 
 /// JWT login configuration (an issuer or a role), kept as JSON the server validates.
@@ -251,6 +279,35 @@ pub enum Change {
     /// Deletes a proxy route. Conflicts if there is none by that name.
     DeleteProxyRoute {
         name: String,
+    },
+    /// Writes `version` of a stored secret (its ciphertext). Conflicts, naming the current
+    /// version, unless `version` is one more than the highest version ever written of `path`
+    /// (0 if none): check-and-set, safe when several writers (or nodes) race.
+    PutKvSecret {
+        path: SecretPath,
+        version: i64,
+        blob: Vec<u8>,
+        created_by: String,
+        at: Timestamp,
+    },
+    /// Soft-deletes a version. Conflicts if it does not exist, is deleted already or destroyed.
+    DeleteKvSecret {
+        path: SecretPath,
+        version: i64,
+        at: Timestamp,
+    },
+    /// Restores a soft-deleted version. Conflicts if it does not exist, is not deleted or is
+    /// destroyed.
+    UndeleteKvSecret {
+        path: SecretPath,
+        version: i64,
+    },
+    /// Removes the ciphertext of versions for good. Conflicts if one of them does not exist
+    /// (then none is destroyed); destroying a destroyed version again changes nothing.
+    DestroyKvSecret {
+        path: SecretPath,
+        versions: Vec<i64>,
+        at: Timestamp,
     },
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use mayfly_core::Timestamp;
+use mayfly_core::{SecretPath, Timestamp};
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use tokio::sync::Mutex;
@@ -17,13 +17,14 @@ use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
-    ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, Principals,
-    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
-    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord,
+    KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord, RoleRecord,
+    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write,
+    WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
-    Capabilities, Store, audit, catalog, exchanged, grants, identity, proxy_routes, requests,
+    Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, proxy_routes, requests,
     secrets,
 };
 
@@ -231,6 +232,27 @@ impl Store for SqlStore {
         let _changing = self.cache.as_ref().map(ReadCache::changing);
         exchanged::purge(&self.pool, before).await?;
         identity::purge_sessions(&self.pool, before).await
+    }
+
+    async fn kv_secret(
+        &self,
+        path: &SecretPath,
+        version: Option<i64>,
+    ) -> Result<Option<KvSecretRecord>, StoreError> {
+        kv::version(&self.pool, path, version).await
+    }
+
+    async fn kv_history(&self, path: &SecretPath) -> Result<Vec<KvVersionRecord>, StoreError> {
+        kv::history(&self.pool, path).await
+    }
+
+    async fn kv_latest(
+        &self,
+        project: &str,
+        environment: &str,
+        with_blobs: bool,
+    ) -> Result<Vec<KvSecretRecord>, StoreError> {
+        kv::latest(&self.pool, project, environment, with_blobs).await
     }
 
     async fn exchanged_token(

@@ -9,11 +9,14 @@ pub mod middleware;
 pub mod openapi;
 pub mod proxy_routes;
 pub mod routes;
+pub mod secret_routes;
 pub mod tls;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, patch, post, put};
+
+use secret_routes as secrets;
 
 use crate::state::Broker;
 
@@ -97,6 +100,32 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/proxy/{route}", any(proxy_routes::call))
         .route("/v1/proxy/{route}/", any(proxy_routes::call))
         .route("/v1/proxy/{route}/{*path}", any(proxy_routes::call))
+        .route(
+            "/v1/secrets/{project}/{environment}",
+            get(secrets::list_secrets),
+        )
+        .route(
+            "/v1/secrets/{project}/{environment}/read-all",
+            post(secrets::read_environment),
+        )
+        .route(
+            "/v1/secrets/{project}/{environment}/{name}",
+            put(secrets::put_secret)
+                .get(secrets::get_secret)
+                .delete(secrets::delete_secret),
+        )
+        .route(
+            "/v1/secrets/{project}/{environment}/{name}/history",
+            get(secrets::secret_history),
+        )
+        .route(
+            "/v1/secrets/{project}/{environment}/{name}/undelete",
+            post(secrets::undelete_secret),
+        )
+        .route(
+            "/v1/secrets/{project}/{environment}/{name}/destroy",
+            post(secrets::destroy_secret),
+        )
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             broker.clone(),

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::api::{access_routes, exchange_routes, proxy_routes, routes};
+use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,6 +64,14 @@ use crate::api::{access_routes, exchange_routes, proxy_routes, routes};
         proxy_routes::get_route,
         proxy_routes::delete_route,
         proxy_routes::call,
+        secret_routes::put_secret,
+        secret_routes::get_secret,
+        secret_routes::list_secrets,
+        secret_routes::read_environment,
+        secret_routes::secret_history,
+        secret_routes::delete_secret,
+        secret_routes::undelete_secret,
+        secret_routes::destroy_secret,
     ),
     components(schemas(mayfly_api::ErrorBody, mayfly_api::ErrorDetail))
 )]

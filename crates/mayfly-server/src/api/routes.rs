@@ -40,7 +40,10 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> BrokerError {
+pub async fn not_found(uri: axum::http::Uri) -> BrokerError {
+    if uri.path().starts_with("/v1/secrets/") {
+        return crate::api::secret_routes::bad_secret_path().await;
+    }
     BrokerError::NotFound("no such endpoint: see /v1/openapi.json".into())
 }
 

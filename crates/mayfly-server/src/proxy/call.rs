@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::str::FromStr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -17,6 +18,7 @@ use futures_util::{Stream, StreamExt};
 use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::policy::{Decision, ProxyInput};
 use mayfly_core::proxy::{Injection, Part, Template};
+use mayfly_core::secret_path::SecretPath;
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::SessionRecord;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -529,37 +531,30 @@ impl Broker {
         Ok(injected)
     }
 
-    /// One secret a route injects.
+    /// One secret a route injects, from the secret store. A missing one is the route's fault,
+    /// not the caller's: 502, naming the route, never the path (logged for the operator).
     async fn injection_secret(
         &self,
         route: &Route,
         path: &str,
     ) -> Result<SecretString, BrokerError> {
-        match self.read_injection_secret(path).await {
-            Ok(Some(value)) => Ok(value),
-            Ok(None) => {
+        let unavailable = || {
+            BrokerError::BadGateway(format!(
+                "the credential of the route `{}` is not available",
+                route.name
+            ))
+        };
+        let Ok(parsed) = SecretPath::from_str(path) else {
+            return Err(unavailable());
+        };
+        match self.secret_for_injection(&parsed).await {
+            Ok(value) => Ok(value),
+            Err(BrokerError::NotFound(_)) => {
                 tracing::warn!(route = %route.name, secret = %path, "a proxy route names a secret that does not exist");
-                Err(BrokerError::BadGateway(format!(
-                    "the credential of the route `{}` is not available",
-                    route.name
-                )))
+                Err(unavailable())
             }
             Err(error) => Err(error),
         }
-    }
-
-    /// TODO(h-secrets): read through `Broker::secret_for_injection` once the secret store is
-    /// merged. Until then: the barrier entry `kv/<PROJECT>/<ENV>/<NAME>`, UTF-8.
-    async fn read_injection_secret(&self, path: &str) -> Result<Option<SecretString>, BrokerError> {
-        let keys = self.require_unsealed().await?;
-        let barrier_path = format!("kv/{path}");
-        let Some(blob) = self.store().secret(&barrier_path).await? else {
-            return Ok(None);
-        };
-        let plain = keys.keyring.open(&barrier_path, &blob)?;
-        let text = std::str::from_utf8(&plain)
-            .map_err(|_| BrokerError::Internal("a proxy secret is not UTF-8".into()))?;
-        Ok(Some(SecretString::from(text.to_owned())))
     }
 
     /// A CORS preflight, answered from the route's origins without authentication (browsers send

@@ -38,6 +38,9 @@ when { resource != ProxyRoute::"stripe" };
 permit (principal == User::"alice", action == Action::"proxy", resource == ProxyRoute::"stripe")
 when { context.method == "POST" && context.path == "/v1/refunds" && context.intent like "refund order *" };
 
+@id("admins-write-secrets")
+permit (principal in Group::"admins", action == Action::"write_secret", resource);
+
 @id("exchange-for-stripe")
 permit (principal, action == Action::"exchange", resource == Audience::"stripe");
 "#;
@@ -170,27 +173,17 @@ async fn answer(recorder: Arc<Mutex<Vec<Seen>>>, request: Request) -> Response {
         .unwrap()
 }
 
-/// Puts a secret where the broker's secret store keeps it.
+/// Puts a secret in the broker's secret store, as an admin (through the API).
 async fn put_secret(broker: &TestBroker, path: &str, value: &str) {
-    // TODO(h-secrets): `PUT /v1/secrets/{project}/{env}/{name}` once the secret store is merged.
-    let keys = broker.broker.unsealed().await.unwrap();
-    let barrier_path = format!("kv/{path}");
-    let blob = keys.keyring.seal(&barrier_path, value.as_bytes()).unwrap();
-    let event = broker
-        .broker
-        .draft("test.secret.put", mayfly_core::audit::Outcome::Ok);
-    broker
-        .broker
-        .commit(mayfly_store::Write {
-            change: Some(mayfly_store::Change::PutSecret {
-                path: barrier_path,
-                blob,
-                at: broker.broker.now(),
-            }),
-            event,
-        })
-        .await
-        .unwrap();
+    let (status, body) = broker
+        .call(
+            "PUT",
+            &format!("/v1/secrets/{path}"),
+            Some(&broker.admin()),
+            Some(json!({ "value": value })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
 }
 
 /// A demo user's login, a TOTP step after the last one (a code is accepted once).

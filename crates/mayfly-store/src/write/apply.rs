@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
-use crate::{catalog, exchanged, grants, identity, proxy_routes, requests, secrets};
+use crate::{catalog, exchanged, grants, identity, kv, proxy_routes, requests, secrets};
 
 pub(super) async fn apply(
     c: &mut AnyConnection,
@@ -80,5 +80,15 @@ pub(super) async fn apply(
         Change::RecordExchangedToken { token } => exchanged::record(c, token).await,
         Change::PutProxyRoute { route } => proxy_routes::put(c, route).await,
         Change::DeleteProxyRoute { name } => proxy_routes::delete(c, name).await,
+        Change::PutKvSecret {
+            path,
+            version,
+            blob,
+            created_by,
+            at,
+        } => kv::put(c, path, *version, blob, created_by, *at).await,
+        Change::DeleteKvSecret { path, version, at } => kv::delete(c, path, *version, *at).await,
+        Change::UndeleteKvSecret { path, version } => kv::undelete(c, path, *version).await,
+        Change::DestroyKvSecret { path, versions, at } => kv::destroy(c, path, versions, *at).await,
     }
 }
