@@ -526,6 +526,25 @@ async fn the_caller_never_holds_the_secret() {
         200
     );
     assert!(!contains(&upstream.seen().last().unwrap().bytes(), &jwt));
+    // Its `aud` names `stripe`: another route (which alice may call with a session) refuses it.
+    let (status, body) = add_route(
+        &broker,
+        json!({
+            "name": "other",
+            "upstream": format!("http://{}", upstream.addr),
+            "inject": ["header:X-Key={{secret:shop/prod/STRIPE_KEY}}"],
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy(&broker, "GET", "/v1/proxy/other/x", Some(&jwt), &[], None).await.0,
+        401
+    );
+    assert_eq!(
+        proxy(&broker, "GET", "/v1/proxy/other/x", Some(&session), &[], None).await.0,
+        200
+    );
     broker
         .expect(
             204,
