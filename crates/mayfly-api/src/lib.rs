@@ -570,6 +570,63 @@ pub struct SigningKeysRotated {
     pub previous_published_until_ms: i64,
 }
 
+/// A rate: `per_second` requests on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRate {
+    /// Requests per second on average (may be fractional: `0.5` is one every two seconds).
+    pub per_second: f64,
+    /// Requests allowed at once before the rate applies.
+    pub burst: u32,
+}
+
+/// Adds (or replaces) a route of the secure proxy (`POST /v1/proxy-routes`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRouteRequest {
+    /// `[a-z0-9][a-z0-9-]{0,62}`: the route is called at `/v1/proxy/<name>/…`.
+    pub name: String,
+    /// `https://HOST[:PORT][/PREFIX]` (plain `http://` only to a loopback address or `localhost`).
+    pub upstream: String,
+    /// Credentials to inject: `header:NAME=VALUE`, `basic:USER=PASSWORD` or `query:NAME=VALUE`,
+    /// values naming secrets as `{{secret:PROJECT/ENV/NAME}}`.
+    pub inject: Vec<String>,
+    /// Per principal on this route (default 10/s, burst 20).
+    #[serde(default)]
+    pub per_principal: Option<ProxyRate>,
+    /// For the whole route (default 100/s, burst 200).
+    #[serde(default)]
+    pub per_route: Option<ProxyRate>,
+    /// Origins (`https://app.example`) whose browsers may call the route (CORS); none by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// The largest request body forwarded (default 1 MiB, at most 16 MiB).
+    #[serde(default)]
+    pub max_request_bytes: Option<u64>,
+    /// The largest answer body passed back (default 10 MiB, at most 1 GiB).
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
+    /// How long the upstream has to answer, whole body included (default 30 s, at most 300 s).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A route of the secure proxy, as stored (secret paths, never values).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProxyRouteInfo {
+    pub name: String,
+    pub upstream: String,
+    pub inject: Vec<String>,
+    pub per_principal: ProxyRate,
+    pub per_route: ProxyRate,
+    pub cors_origins: Vec<String>,
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+    pub timeout_ms: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// `PUT /v1/secrets/{project}/{environment}/{name}`: a new version of a stored secret. Its
 /// `Debug` never shows the value.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]

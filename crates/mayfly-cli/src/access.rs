@@ -12,7 +12,8 @@ use reqwest::Method;
 
 use crate::client::Client;
 use crate::grammar::{
-    PolicyCommand, RequestFlags, ReviewCommand, RoleCommand, SshCommand, TargetCommand, X509Command,
+    PolicyCommand, ProxyCommand, RequestFlags, ReviewCommand, RoleCommand, SshCommand,
+    TargetCommand, X509Command,
 };
 use crate::local::{read_file, read_secret};
 use crate::output::{Failure, Output};
@@ -475,6 +476,82 @@ async fn write_list(
 
 /// The kind of the target a role belongs to, as the broker lists it to the caller (`None` when
 /// it is not listed, the request will say why; or when it is of a kind this CLI does not know).
+/// `mayfly proxy add|ls|rm`.
+pub async fn proxy(client: &Client, command: ProxyCommand, out: &Output) -> anyhow::Result<()> {
+    match command {
+        ProxyCommand::Add {
+            name,
+            upstream,
+            inject,
+            rate,
+            route_rate,
+            cors_origins,
+            max_request_bytes,
+            max_response_bytes,
+            timeout,
+        } => {
+            let request = ProxyRouteRequest {
+                name,
+                upstream,
+                inject,
+                per_principal: rate.as_deref().map(parse_rate).transpose()?,
+                per_route: route_rate.as_deref().map(parse_rate).transpose()?,
+                cors_origins,
+                max_request_bytes,
+                max_response_bytes,
+                timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            };
+            let route: ProxyRouteInfo = client
+                .call(Method::POST, "/v1/proxy-routes", Some(&request))
+                .await?;
+            out.answer(&route, |route| {
+                println!(
+                    "proxy route `{}` saved: /v1/proxy/{}/… → {}",
+                    route.name, route.name, route.upstream
+                );
+            })
+        }
+        ProxyCommand::Ls => {
+            let routes: Vec<ProxyRouteInfo> =
+                client.call(Method::GET, "/v1/proxy-routes", none()).await?;
+            out.answer(&routes, |routes| {
+                for route in routes {
+                    println!(
+                        "{:<20} {:<40} {}",
+                        route.name,
+                        route.upstream,
+                        route.inject.join(" ")
+                    );
+                }
+            })
+        }
+        ProxyCommand::Rm { name } => {
+            client
+                .call_raw(Method::DELETE, &format!("/v1/proxy-routes/{name}"), none())
+                .await?;
+            out.done(
+                serde_json::json!({"name": name, "removed": true}),
+                &format!("proxy route `{name}` removed"),
+            )
+        }
+    }
+}
+
+/// `RATE[/BURST]`: requests per second, and how many at once (default: twice the rate, at least 1).
+fn parse_rate(text: &str) -> anyhow::Result<ProxyRate> {
+    let usage = || Failure::Usage(format!("`{text}`: give RATE[/BURST], e.g. 10/20 or 0.5"));
+    let (rate, burst) = match text.split_once('/') {
+        Some((rate, burst)) => (rate, Some(burst)),
+        None => (text, None),
+    };
+    let per_second: f64 = rate.parse().map_err(|_| usage())?;
+    let burst = match burst {
+        Some(burst) => burst.parse().map_err(|_| usage())?,
+        None => ((per_second * 2.0).ceil() as u32).max(1),
+    };
+    Ok(ProxyRate { per_second, burst })
+}
+
 pub async fn target_kind(client: &Client, target: &str) -> anyhow::Result<Option<TargetKind>> {
     let targets: Vec<TargetInfo> = client
         .call(Method::GET, "/v1/targets", none())

@@ -118,6 +118,9 @@ pub enum ClientCommand {
     /// Manage the Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage the secure proxy's routes (admins only): `add`, `ls`, `rm`.
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
     /// Ask for access to a role.
     Request(RequestArgs),
     /// Approve a pending request.

@@ -99,6 +99,7 @@ async fn dispatch(
         ClientCommand::Target(command) => access::target(client, command, out).await?,
         ClientCommand::Role(command) => access::role(client, command, out).await?,
         ClientCommand::Policy(command) => access::policy(client, command, out).await?,
+        ClientCommand::Proxy(command) => access::proxy(client, command, out).await?,
         ClientCommand::Request(args) => {
             let info = access::request(client, args.flags, args.wait, args.timeout, out).await?;
             if access::refused(&info.state) {

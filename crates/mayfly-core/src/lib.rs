@@ -10,6 +10,7 @@ pub mod grant;
 pub mod name;
 pub mod policy;
 pub mod principal;
+pub mod proxy;
 pub mod request;
 pub mod secret_path;
 pub mod target;

@@ -36,6 +36,7 @@ entity Agent { name: String, on_behalf_of: String };
 entity Target { name: String, kind: String };
 entity Role in [Target] { name: String, target: String, max_ttl_seconds: Long };
 entity Audience { name: String };
+entity ProxyRoute { name: String };
 entity Project { name: String };
 entity Environment in [Project] { name: String, project: String };
 entity Secret in [Environment] { name: String, project: String, environment: String };
@@ -50,7 +51,7 @@ type RequestContext = {
     break_glass: Bool,
 };
 
-action request, approve, break_glass, activate, revoke, proxy appliesTo {
+action request, approve, break_glass, activate, revoke appliesTo {
     principal: [User, Workload, Agent],
     resource: [Role, Target],
     context: RequestContext,
@@ -67,6 +68,19 @@ action exchange appliesTo {
     principal: [User, Workload, Agent],
     resource: [Audience],
     context: ExchangeContext,
+};
+
+type ProxyContext = {
+    method: String,
+    path: String,
+    intent: String,
+    hour: Long,
+};
+
+action proxy appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [ProxyRoute],
+    context: ProxyContext,
 };
 
 action read_secret, write_secret appliesTo {
@@ -157,6 +171,20 @@ pub struct ExchangeInput<'a> {
     pub scope: &'a [String],
     pub actor: Option<&'a str>,
     pub ttl: Duration,
+}
+
+/// What one proxied call is decided on (the action `proxy`): who, on which route (the resource
+/// `ProxyRoute::"<name>"`), and the context: the HTTP method (upper case), the path below the
+/// route (`/v1/charges`, no query), the caller's stated intent (`""` when none) and the hour
+/// (0..=23, UTC).
+#[derive(Clone, Debug)]
+pub struct ProxyInput<'a> {
+    pub principal: &'a Principal,
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub intent: &'a str,
+    pub hour: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -450,6 +478,47 @@ impl Policies {
         }))
     }
 
+    /// Decides one proxied call (the action `proxy` on `ProxyRoute::"<route>"`): allowed or
+    /// denied. Not kept: the path and intent seldom repeat.
+    pub fn decide_proxy(&self, input: &ProxyInput<'_>) -> Result<Decision, PolicyError> {
+        let schema = schema()?;
+        let eval = |e: String| PolicyError::Evaluation(e);
+        let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
+        let principal_uid = principal_uid(input.principal).map_err(eval)?;
+        let action_uid = uid("Action", Action::Proxy.as_str()).map_err(eval)?;
+        let route_uid = uid("ProxyRoute", input.route).map_err(eval)?;
+        let mut entities = vec![
+            Entity::new(
+                route_uid.clone(),
+                HashMap::from([("name".to_owned(), string(input.route))]),
+                HashSet::new(),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+        ];
+        push_principal(input.principal, principal_uid.clone(), &mut entities).map_err(eval)?;
+        entities.extend(action_entities()?.iter().cloned());
+        let entities = Entities::from_entities(entities, None).map_err(|e| eval(e.to_string()))?;
+        let ctx = Context::from_pairs([
+            ("method".to_owned(), string(input.method)),
+            ("path".to_owned(), string(input.path)),
+            ("intent".to_owned(), string(input.intent)),
+            (
+                "hour".to_owned(),
+                RestrictedExpression::new_long(i64::from(input.hour)),
+            ),
+        ])
+        .map_err(|e| eval(e.to_string()))?;
+        let request = Request::new(principal_uid, action_uid, route_uid, ctx, Some(schema))
+            .map_err(|e| eval(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        Ok(self.conclude(&response, || {
+            format!(
+                "no policy permits `proxy` of `{}` on the route `{}`",
+                input.method, input.route
+            )
+        }))
+    }
+
     /// Decides a read or a write of a stored secret (the actions `read_secret`, `write_secret` on
     /// `Secret::"project/environment/NAME"`, whose parent is `Environment::"project/environment"`,
     /// whose parent is `Project::"project"`), so a policy can name one secret, an environment or a
@@ -638,6 +707,7 @@ fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {
             "Target",
             "Role",
             "Audience",
+            "ProxyRoute",
             "Project",
             "Environment",
             "Secret",
@@ -1051,6 +1121,63 @@ when { context.has_actor && context has actor && context.actor == "mallory" };
             })
             .unwrap();
         assert!(matches!(denied, Decision::Deny { reason } if reason.contains("billing")));
+    }
+
+    /// The action `proxy`: on a `ProxyRoute`, with the method, path, intent and hour in the
+    /// context; nothing matching denies.
+    #[test]
+    fn proxy_decisions() {
+        let policies = Policies::parse(
+            r#"
+@id("stripe-read")
+permit (principal in Group::"dev", action == Action::"proxy", resource == ProxyRoute::"stripe")
+when { context.method == "GET" && context.path like "/v1/charges*" };
+
+@id("refunds-with-intent")
+permit (principal in Group::"dev", action == Action::"proxy", resource == ProxyRoute::"stripe")
+when { context.method == "POST" && context.path == "/v1/refunds" && context.intent != "" && context.hour >= 8 && context.hour < 18 };
+"#,
+        )
+        .unwrap();
+        let alice = user("alice", &["dev"]);
+        let decide = |route: &str, method: &str, path: &str, intent: &str, hour: u8| {
+            policies
+                .decide_proxy(&ProxyInput {
+                    principal: &alice,
+                    route,
+                    method,
+                    path,
+                    intent,
+                    hour,
+                })
+                .unwrap()
+                .allows()
+        };
+        assert!(decide("stripe", "GET", "/v1/charges/ch_1", "", 3));
+        assert!(!decide("stripe", "DELETE", "/v1/charges/ch_1", "", 3));
+        assert!(!decide("stripe", "GET", "/v1/customers", "", 3));
+        assert!(!decide("github", "GET", "/v1/charges", "", 3));
+        assert!(decide("stripe", "POST", "/v1/refunds", "refund order 7", 9));
+        assert!(!decide("stripe", "POST", "/v1/refunds", "", 9));
+        assert!(!decide(
+            "stripe",
+            "POST",
+            "/v1/refunds",
+            "refund order 7",
+            20
+        ));
+        let bob = user("bob", &["ops"]);
+        let denied = policies
+            .decide_proxy(&ProxyInput {
+                principal: &bob,
+                route: "stripe",
+                method: "GET",
+                path: "/v1/charges",
+                intent: "",
+                hour: 3,
+            })
+            .unwrap();
+        assert!(matches!(denied, Decision::Deny { reason } if reason.contains("stripe")));
     }
 
     /// `read_secret`/`write_secret` on a `Secret` under its `Environment` under its `Project`.

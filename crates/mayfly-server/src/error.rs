@@ -27,6 +27,18 @@ pub enum BrokerError {
     Conflict(String),
     #[error("too many failed attempts: try again in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    /// A rate limit (the proxy's per route and per principal) is spent for now.
+    #[error("rate limit reached: try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// A body larger than its limit; the message says which limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// An upstream the broker forwards to failed or answered unusably (never its URL or a secret).
+    #[error("{0}")]
+    BadGateway(String),
+    /// An upstream did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     #[error("too many failed logins from this address: try again in {retry_after_secs} s")]
     TooManyFromSource { retry_after_secs: u64 },
     #[error("the broker is sealed: unseal it with `mayfly operator unseal`")]

@@ -238,7 +238,7 @@ impl Broker {
     /// Verifies a JWT this broker issued: signature with a published key, `iss`, `aud` (the one
     /// given, else its own), `exp`; then its `jti` must be known and its session live. Returns
     /// the claims and the session.
-    async fn verify_own_jwt(
+    pub(crate) async fn verify_own_jwt(
         &self,
         token: &str,
         audience: Option<&str>,

@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod metrics;
 pub mod notify;
 pub mod origin;
+pub mod proxy;
 pub mod seal;
 pub mod secrets;
 pub mod ssh;

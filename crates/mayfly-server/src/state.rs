@@ -81,6 +81,8 @@ pub struct Inner {
     pub login_sources: crate::auth::limiter::SourceLimiter,
     /// Unauthenticated refusals counted since the last aggregate events.
     pub refusals: crate::audit::refusals::Refusals,
+    /// The secure proxy's HTTP client and rate limits.
+    pub proxy: crate::proxy::ProxyState,
 }
 
 impl std::fmt::Debug for Broker {
@@ -117,6 +119,7 @@ impl Broker {
                     config.login_source_refill,
                 ),
                 refusals: crate::audit::refusals::Refusals::default(),
+                proxy: crate::proxy::ProxyState::new()?,
                 config,
             }),
         })

@@ -97,8 +97,8 @@ impl std::fmt::Debug for ReadCache {
 }
 
 /// Whether committing `change` leaves every kept read true: it touches only requests, approvals,
-/// grants, login failure counts, exchanged tokens and the secret store's secrets (which are never kept), never sessions, users, workload
-/// bindings, targets, roles or policies.
+/// grants, login failure counts, exchanged tokens, proxy routes and the secret store's secrets
+/// (which are never kept), never sessions, users, workload bindings, targets, roles or policies.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
     matches!(
         change,
@@ -113,6 +113,8 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::UpdateGrant { .. }
             | Change::ReviewGrant { .. }
             | Change::RecordExchangedToken { .. }
+            | Change::PutProxyRoute { .. }
+            | Change::DeleteProxyRoute { .. }
             | Change::PutKvSecret { .. }
             | Change::DeleteKvSecret { .. }
             | Change::UndeleteKvSecret { .. }

@@ -19,7 +19,7 @@
 //! - `dialect`, `rows`: the row plumbing. `Dialect` and placeholders; column lists, the
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
-//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`, `audit`: the SQL of each
+//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`, `proxy_routes`, `audit`: the SQL of each
 //!   group of tables, the changes that write them and the reads.
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
@@ -33,6 +33,7 @@ mod exchanged;
 mod grants;
 mod identity;
 mod kv;
+mod proxy_routes;
 mod records;
 mod requests;
 mod rows;
@@ -45,9 +46,9 @@ use mayfly_core::{SecretPath, Timestamp};
 pub use error::{BoxError, StoreError};
 pub use records::{
     ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord, Principals, RequestRecord, RoleRecord,
-    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write,
-    WriteOutcome,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -147,6 +148,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes sessions (and exchanged tokens) that expired before `before`; returns how many
     /// sessions.
     async fn purge_sessions(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// The secure proxy's route with this name.
+    async fn proxy_route(&self, name: &str) -> Result<Option<ProxyRouteRecord>, StoreError>;
+    /// Every proxy route, by name.
+    async fn proxy_routes(&self) -> Result<Vec<ProxyRouteRecord>, StoreError>;
 
     async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError>;
     async fn targets(&self) -> Result<Vec<TargetRecord>, StoreError>;

@@ -63,6 +63,16 @@ pub struct ExchangedTokenRecord {
     pub expires_at: Timestamp,
 }
 
+/// A route of the secure proxy: its name and its configuration as JSON the server validates
+/// (the upstream, the injections by secret path, the limits). Never a secret value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRouteRecord {
+    pub name: String,
+    pub config: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 /// One version of a stored secret, without its value: what history and listings show.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvVersionRecord {
@@ -261,6 +271,14 @@ pub enum Change {
     /// Records a token issued by token exchange. Conflicts if its `jti` is taken.
     RecordExchangedToken {
         token: ExchangedTokenRecord,
+    },
+    /// Adds a proxy route or replaces its configuration.
+    PutProxyRoute {
+        route: ProxyRouteRecord,
+    },
+    /// Deletes a proxy route. Conflicts if there is none by that name.
+    DeleteProxyRoute {
+        name: String,
     },
     /// Writes `version` of a stored secret (its ciphertext). Conflicts, naming the current
     /// version, unless `version` is one more than the highest version ever written of `path`

@@ -18,12 +18,14 @@ use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
     ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord,
-    KvSecretRecord, KvVersionRecord, Principals, RequestRecord, RoleRecord, SealRecord,
-    SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord, RoleRecord,
+    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write,
+    WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
-    Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, requests, secrets,
+    Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, proxy_routes, requests,
+    secrets,
 };
 
 #[derive(Debug)]
@@ -262,6 +264,14 @@ impl Store for SqlStore {
         jti: &str,
     ) -> Result<Option<(ExchangedTokenRecord, Option<SessionRecord>)>, StoreError> {
         exchanged::exchanged_token(&self.pool, jti).await
+    }
+
+    async fn proxy_route(&self, name: &str) -> Result<Option<ProxyRouteRecord>, StoreError> {
+        proxy_routes::route(&self.pool, name).await
+    }
+
+    async fn proxy_routes(&self) -> Result<Vec<ProxyRouteRecord>, StoreError> {
+        proxy_routes::routes(&self.pool).await
     }
 
     async fn target(&self, name: &str) -> Result<Option<TargetRecord>, StoreError> {

@@ -303,3 +303,46 @@ mod tests {
         }
     }
 }
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyCommand {
+    /// Add (or replace) a route of the secure proxy: `mayfly proxy add stripe --upstream
+    /// https://api.stripe.com --inject 'header:Authorization=Bearer {{secret:shop/prod/STRIPE_KEY}}'`.
+    /// Callers then call `/v1/proxy/stripe/…` with their own token; see docs/proxy.md.
+    Add {
+        /// The route's name (`a-z`, `0-9`, `-`).
+        name: String,
+        /// `https://HOST[:PORT][/PREFIX]` (plain `http://` only to this machine).
+        #[arg(long)]
+        upstream: String,
+        /// `header:NAME=VALUE`, `basic:USER=PASSWORD` or `query:NAME=VALUE`, values naming secrets
+        /// as `{{secret:PROJECT/ENV/NAME}}` (repeat for more).
+        #[arg(long = "inject", required = true)]
+        inject: Vec<String>,
+        /// Requests per second per principal, as `RATE[/BURST]` (default 10/20).
+        #[arg(long, value_name = "RATE[/BURST]")]
+        rate: Option<String>,
+        /// Requests per second for the whole route, as `RATE[/BURST]` (default 100/200).
+        #[arg(long, value_name = "RATE[/BURST]")]
+        route_rate: Option<String>,
+        /// An origin whose browsers may call the route (CORS; repeat for more).
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
+        /// The largest request body forwarded, in bytes (default 1 MiB).
+        #[arg(long, value_name = "BYTES")]
+        max_request_bytes: Option<u64>,
+        /// The largest answer body passed back, in bytes (default 10 MiB).
+        #[arg(long, value_name = "BYTES")]
+        max_response_bytes: Option<u64>,
+        /// How long the upstream has to answer (default 30s).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        timeout: Option<Duration>,
+    },
+    /// List the routes.
+    Ls,
+    /// Remove a route.
+    Rm {
+        /// The route's name.
+        name: String,
+    },
+}

@@ -18,14 +18,18 @@ impl HttpError for BrokerError {
     fn status(&self) -> StatusCode {
         match self {
             BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            BrokerError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BrokerError::PayloadTooLarge | BrokerError::TooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BrokerError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            BrokerError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             BrokerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
             BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
             BrokerError::Conflict(_) => StatusCode::CONFLICT,
-            BrokerError::TooManyRequests { .. } | BrokerError::TooManyFromSource { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            BrokerError::TooManyRequests { .. }
+            | BrokerError::TooManyFromSource { .. }
+            | BrokerError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::Sealed
             | BrokerError::NotInitialized
             | BrokerError::Unavailable(_)
@@ -37,7 +41,10 @@ impl HttpError for BrokerError {
     fn code(&self) -> &'static str {
         match self {
             BrokerError::BadRequest(_) => "invalid_request",
-            BrokerError::PayloadTooLarge => "payload_too_large",
+            BrokerError::PayloadTooLarge | BrokerError::TooLarge(_) => "payload_too_large",
+            BrokerError::BadGateway(_) => "bad_gateway",
+            BrokerError::GatewayTimeout(_) => "gateway_timeout",
+            BrokerError::RateLimited { .. } => "rate_limited",
             BrokerError::Unauthorized(_) => "unauthorized",
             BrokerError::Forbidden(_) => "forbidden",
             BrokerError::NotFound(_) => "not_found",
@@ -69,6 +76,7 @@ impl IntoResponse for BrokerError {
         let mut response = (status, axum::Json(body)).into_response();
         if let BrokerError::TooManyRequests { retry_after_secs }
         | BrokerError::TooManyFromSource { retry_after_secs }
+        | BrokerError::RateLimited { retry_after_secs }
         | BrokerError::Busy { retry_after_secs } = self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {

@@ -7,13 +7,14 @@ pub mod extract;
 pub mod json;
 pub mod middleware;
 pub mod openapi;
+pub mod proxy_routes;
 pub mod routes;
 pub mod secret_routes;
 pub mod tls;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post, put};
+use axum::routing::{any, get, patch, post, put};
 
 use secret_routes as secrets;
 
@@ -88,6 +89,17 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/grants/{id}/renew", post(access_routes::renew_grant))
         .route("/v1/grants/{id}/review", post(access_routes::review_grant))
         .route("/v1/review", get(access_routes::review_queue))
+        .route(
+            "/v1/proxy-routes",
+            post(proxy_routes::put_route).get(proxy_routes::list_routes),
+        )
+        .route(
+            "/v1/proxy-routes/{name}",
+            get(proxy_routes::get_route).delete(proxy_routes::delete_route),
+        )
+        .route("/v1/proxy/{route}", any(proxy_routes::call))
+        .route("/v1/proxy/{route}/", any(proxy_routes::call))
+        .route("/v1/proxy/{route}/{*path}", any(proxy_routes::call))
         .route(
             "/v1/secrets/{project}/{environment}",
             get(secrets::list_secrets),

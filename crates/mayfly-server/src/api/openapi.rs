@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::api::{access_routes, exchange_routes, routes, secret_routes};
+use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,6 +59,11 @@ use crate::api::{access_routes, exchange_routes, routes, secret_routes};
         access_routes::review_grant,
         exchange_routes::exchange,
         exchange_routes::introspect,
+        proxy_routes::put_route,
+        proxy_routes::list_routes,
+        proxy_routes::get_route,
+        proxy_routes::delete_route,
+        proxy_routes::call,
         secret_routes::put_secret,
         secret_routes::get_secret,
         secret_routes::list_secrets,

@@ -20,6 +20,7 @@ mod hardening;
 mod jwt;
 mod jwt_discovery;
 mod login;
+mod proxy;
 mod seal;
 mod secret_store;
 mod secrets_at_rest;

@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
-use crate::{catalog, exchanged, grants, identity, kv, requests, secrets};
+use crate::{catalog, exchanged, grants, identity, kv, proxy_routes, requests, secrets};
 
 pub(super) async fn apply(
     c: &mut AnyConnection,
@@ -78,6 +78,8 @@ pub(super) async fn apply(
         Change::UpdateGrant { update } => grants::update_grant(c, update).await,
         Change::ReviewGrant { id, reviewer } => grants::review_grant(c, id, reviewer).await,
         Change::RecordExchangedToken { token } => exchanged::record(c, token).await,
+        Change::PutProxyRoute { route } => proxy_routes::put(c, route).await,
+        Change::DeleteProxyRoute { name } => proxy_routes::delete(c, name).await,
         Change::PutKvSecret {
             path,
             version,
