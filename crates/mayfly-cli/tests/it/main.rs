@@ -12,6 +12,7 @@
 
 mod audit_head;
 mod behaves;
+mod rotate_admin;
 mod rotate_signing_key;
 
 use std::io::{BufRead, BufReader};

@@ -428,7 +428,7 @@ impl Broker {
     }
 
     /// The current admin secret of the database target `name`, from the barrier.
-    pub(crate) async fn admin_secret(&self, name: &str) -> Result<SecretString, BrokerError> {
+    pub async fn admin_secret(&self, name: &str) -> Result<SecretString, BrokerError> {
         let keys = self.require_unsealed().await?;
         let path = target_secret_path(name);
         let blob = self.store().secret(&path).await?.ok_or_else(|| {
