@@ -45,9 +45,10 @@ use mayfly_core::Timestamp;
 
 pub use error::{BoxError, StoreError};
 pub use records::{
-    AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, PendingRotation, Principals, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
-    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
+    GrantUpdate, JwtConfigRecord, PendingRotation, Principals, RequestRecord, RoleRecord,
+    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write,
+    WriteOutcome,
 };
 pub use store::SqlStore;
 

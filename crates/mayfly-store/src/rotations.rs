@@ -10,8 +10,7 @@ use crate::error::{StoreError, unavailable};
 use crate::records::{AdminRotationRecord, Applied, PendingRotation};
 use crate::secrets::put_secrets;
 
-const COLUMNS: &str =
-    "target, every_ms, rotated_at, due_at, rotation_id, pending, claimed_until, n_failures, last_error";
+const COLUMNS: &str = "target, every_ms, rotated_at, due_at, rotation_id, pending, claimed_until, n_failures, last_error";
 
 #[derive(sqlx::FromRow)]
 struct RotationRow {

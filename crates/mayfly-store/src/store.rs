@@ -17,10 +17,9 @@ use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
-    AdminRotationRecord,
-    ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, Principals,
-    RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, UserRecord, Write, WriteOutcome,
+    AdminRotationRecord, ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord,
+    JwtConfigRecord, Principals, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{

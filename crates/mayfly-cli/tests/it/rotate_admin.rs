@@ -3,9 +3,9 @@
 //! new password; started again on the same data, it still creates grants on the real PostgreSQL
 //! (a throwaway cluster that checks passwords), and the old admin password no longer logs in.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::io::{BufRead, BufReader};
 
 use super::{free_port, mayfly, run, wait_until};
 
@@ -116,7 +116,14 @@ fn admin_rotation_survives_kill_9_at_each_step() {
         let (mut child, token) = start(data.path(), port, None);
         let exec = with(
             mayfly().args([
-                "exec", "pg/ro", "--ttl", "10m", "--reason", "after a crash", "--", "true",
+                "exec",
+                "pg/ro",
+                "--ttl",
+                "10m",
+                "--reason",
+                "after a crash",
+                "--",
+                "true",
             ]),
             &token,
         );
@@ -131,7 +138,9 @@ fn admin_rotation_survives_kill_9_at_each_step() {
         assert!(pg.get("admin_rotation_error").is_none(), "{listed}");
         // And grants still work with the rotated secret.
         let exec = with(
-            mayfly().args(["exec", "pg/ro", "--ttl", "10m", "--reason", "again", "--", "true"]),
+            mayfly().args([
+                "exec", "pg/ro", "--ttl", "10m", "--reason", "again", "--", "true",
+            ]),
             &token,
         );
         assert!(exec.status.success(), "{failpoint}: {exec:?}");

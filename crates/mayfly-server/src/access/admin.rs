@@ -172,7 +172,9 @@ impl Broker {
             name: record.name,
             kind: record.kind,
             url: Some(record.url),
-            admin_rotated_at_ms: kind.has_admin_account().then(|| record.created_at.unix_ms()),
+            admin_rotated_at_ms: kind
+                .has_admin_account()
+                .then(|| record.created_at.unix_ms()),
             rotate_admin_every_seconds: request
                 .rotate_admin_every_seconds
                 .filter(|_| kind.has_admin_account()),

@@ -124,6 +124,7 @@ impl Broker {
         let connection = match issued {
             Ok(connection) => connection,
             Err(error) => {
+                self.target_failed(&request.target, &error).await;
                 // Whatever was half made is revoked by the expiry engine, now.
                 let mut update =
                     GrantUpdate::new(&grant_id, GrantState::Issuing, GrantState::Revoking);

@@ -144,7 +144,8 @@ impl Broker {
             .draft("target.admin_rotation.intent", Outcome::Ok)
             .detail("rotation_id", rotation_id.clone())
             .detail("trigger", trigger.as_str());
-        event.actor = Some(caller.map_or_else(|| "broker".to_owned(), |c| c.principal().to_string()));
+        event.actor =
+            Some(caller.map_or_else(|| "broker".to_owned(), |c| c.principal().to_string()));
         event.subject = Some(format!("target:{name}"));
         meta.fill(&mut event);
         if let WriteOutcome::Conflict { reason, .. } = self
@@ -178,7 +179,10 @@ impl Broker {
         claimed_until: Timestamp,
         trigger: Trigger,
     ) -> Result<Timestamp, BrokerError> {
-        if let Err(error) = self.push_admin_password(name, password, claimed_until).await {
+        if let Err(error) = self
+            .push_admin_password(name, password, claimed_until)
+            .await
+        {
             return Err(self
                 .rotation_failed(meta, name, rotation_id, trigger, error)
                 .await);
@@ -258,7 +262,11 @@ impl Broker {
         }
         metrics::gauge!("mayfly_target_admin_rotation_failing", "target" => name.to_owned())
             .set(0.0);
-        tracing::info!(target_name = name, trigger = trigger.as_str(), "admin secret rotated");
+        tracing::info!(
+            target_name = name,
+            trigger = trigger.as_str(),
+            "admin secret rotated"
+        );
         Ok(now)
     }
 

@@ -49,6 +49,19 @@ impl Broker {
         Ok(target)
     }
 
+    /// After the target `name` refused the broker's admin login (its admin secret was rotated by
+    /// another node, or a rotation was left half done), its kept client is dropped: the next use
+    /// builds it afresh from the store's current secret and recovers a pending rotation.
+    pub async fn target_failed(&self, name: &str, error: &mayfly_targets::TargetError) {
+        if matches!(error, mayfly_targets::TargetError::AdminLogin { .. }) {
+            tracing::warn!(
+                target_name = name,
+                "the target refused the broker's admin login; its client is built again"
+            );
+            self.inner.targets.forget(name).await;
+        }
+    }
+
     /// The client of a target of `kind` named `name` at `url`, built without storing anything
     /// (to check a target before it is added, or a role before it is stored). A database target
     /// acts with `admin_password`; a certificate target (`admin_password` unused) with its own

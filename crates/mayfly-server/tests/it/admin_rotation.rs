@@ -67,8 +67,10 @@ async fn redis_admin_rotation_refuses_the_old_password_and_grants_still_work() {
             "POST",
             "/v1/targets",
             Some(&admin),
-            Some(json!({"kind": "redis", "name": name, "url": "redis://127.0.0.1:6379",
-                "admin_user": user, "admin_password": old, "rotate_admin_every_seconds": 3600})),
+            Some(
+                json!({"kind": "redis", "name": name, "url": "redis://127.0.0.1:6379",
+                "admin_user": user, "admin_password": old, "rotate_admin_every_seconds": 3600}),
+            ),
         )
         .await;
     assert_eq!(added["rotate_admin_every_seconds"], 3600);
@@ -78,7 +80,9 @@ async fn redis_admin_rotation_refuses_the_old_password_and_grants_still_work() {
     broker
         .set_policy(&format!("@id(\"admins\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"{name}\");"))
         .await;
-    broker.grant(&admin, ask(name, "reader", 600, "before")).await;
+    broker
+        .grant(&admin, ask(name, "reader", 600, "before"))
+        .await;
 
     // Not an admin, a hostile or unknown name, a certificate target: refused, nothing rotated.
     let alice = broker.login("alice").await;
@@ -92,7 +96,13 @@ async fn redis_admin_rotation_refuses_the_old_password_and_grants_still_work() {
         )
         .await;
     broker
-        .expect(401, "POST", &format!("/v1/targets/{name}/rotate-admin"), None, None)
+        .expect(
+            401,
+            "POST",
+            &format!("/v1/targets/{name}/rotate-admin"),
+            None,
+            None,
+        )
         .await;
     for bad in ["..%2F..%2Fetc", "a%0Ab", &"x".repeat(300)] {
         broker
@@ -106,7 +116,13 @@ async fn redis_admin_rotation_refuses_the_old_password_and_grants_still_work() {
             .await;
     }
     broker
-        .expect(404, "POST", "/v1/targets/nope/rotate-admin", Some(&admin), None)
+        .expect(
+            404,
+            "POST",
+            "/v1/targets/nope/rotate-admin",
+            Some(&admin),
+            None,
+        )
         .await;
     assert!(redis_auth(&user, &old).await, "nothing was rotated yet");
 
@@ -120,13 +136,18 @@ async fn redis_admin_rotation_refuses_the_old_password_and_grants_still_work() {
         )
         .await;
     assert_eq!(rotated["target"], name);
-    assert!(!redis_auth(&user, &old).await, "the old admin password still works");
+    assert!(
+        !redis_auth(&user, &old).await,
+        "the old admin password still works"
+    );
     let new = broker.broker.admin_secret(name).await.unwrap();
     assert_ne!(new.expose_secret(), old);
     assert!(new.expose_secret().len() >= 43);
     assert!(redis_auth(&user, new.expose_secret()).await);
     // Grants still work, with the new admin secret (a fresh client of the target).
-    broker.grant(&admin, ask(name, "reader", 600, "after")).await;
+    broker
+        .grant(&admin, ask(name, "reader", 600, "after"))
+        .await;
 
     // The new password is nowhere in clear: not in the store's files, not in the audit file.
     let found = found_in_files(broker.dir.path(), new.expose_secret().as_bytes());
@@ -204,12 +225,20 @@ async fn schedules_are_bounded_and_certificate_targets_have_no_admin_secret() {
             "POST",
             "/v1/targets",
             Some(&admin),
-            Some(json!({"kind": "ssh", "name": "hosts", "url": "ssh://127.0.0.1:22",
-                "admin_user": "", "admin_password": ""})),
+            Some(
+                json!({"kind": "ssh", "name": "hosts", "url": "ssh://127.0.0.1:22",
+                "admin_user": "", "admin_password": ""}),
+            ),
         )
         .await;
     let answer = broker
-        .expect(400, "POST", "/v1/targets/hosts/rotate-admin", Some(&admin), None)
+        .expect(
+            400,
+            "POST",
+            "/v1/targets/hosts/rotate-admin",
+            Some(&admin),
+            None,
+        )
         .await;
     assert!(answer.to_string().contains("no admin secret"), "{answer}");
 }
