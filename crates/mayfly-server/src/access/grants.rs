@@ -120,11 +120,18 @@ impl Broker {
             issued_at: now,
             public_key,
         };
-        let issued = target.issue(&plan).await;
+        let mut issued = target.issue(&plan).await;
+        if let Err(error @ mayfly_targets::TargetError::AdminLogin { .. }) = &issued {
+            // The admin secret was rotated elsewhere, or a rotation was left half done: once more
+            // with a client built afresh (which recovers it). `issue` converges on the login.
+            self.target_failed(&request.target, error).await;
+            if let Ok(fresh) = self.target(&request.target).await {
+                issued = fresh.issue(&plan).await;
+            }
+        }
         let connection = match issued {
             Ok(connection) => connection,
             Err(error) => {
-                self.target_failed(&request.target, &error).await;
                 // Whatever was half made is revoked by the expiry engine, now.
                 let mut update =
                     GrantUpdate::new(&grant_id, GrantState::Issuing, GrantState::Revoking);
