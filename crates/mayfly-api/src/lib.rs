@@ -294,6 +294,11 @@ pub struct TargetRequest {
     pub admin_user: String,
     /// Stored through the barrier; never shown again.
     pub admin_password: String,
+    /// Database targets: the broker rotates its admin password this often (seconds, at least
+    /// 3600), so that only the broker knows it. Absent: on demand only
+    /// (`POST /v1/targets/{name}/rotate-admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_admin_every_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -304,6 +309,26 @@ pub struct TargetInfo {
     /// Where the broker reaches it: shown to admins only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Database targets, admins only: when the broker's admin secret on it was last set (a
+    /// rotation, or the target put), unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_rotated_at_ms: Option<i64>,
+    /// Database targets, admins only: the schedule of rotations of the admin secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_admin_every_seconds: Option<u64>,
+    /// Database targets, admins only: why the last attempts to rotate the admin secret failed
+    /// (it is retried with backoff); absent when none failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_rotation_error: Option<String>,
+}
+
+/// The answer to `POST /v1/targets/{name}/rotate-admin`: the target's admin secret is a fresh
+/// password only the broker knows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdminRotated {
+    pub target: String,
+    /// Unix ms.
+    pub admin_rotated_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -499,6 +524,7 @@ mod tests {
             url: "postgres://h:5432/db".into(),
             admin_user: "admin".into(),
             admin_password: "hunter2-secret".into(),
+            rotate_admin_every_seconds: None,
         };
         let login = PasswordLoginRequest {
             username: "alice".into(),

@@ -38,6 +38,7 @@ pub async fn target(client: &Client, command: TargetCommand, out: &Output) -> an
             url,
             admin_user,
             admin_password_file,
+            rotate_admin_every,
         } => {
             let admin_password = if kind.is_certificate() {
                 String::new()
@@ -56,6 +57,7 @@ pub async fn target(client: &Client, command: TargetCommand, out: &Output) -> an
                 url,
                 admin_user,
                 admin_password,
+                rotate_admin_every_seconds: rotate_admin_every.map(|every| every.as_secs()),
             };
             let info: TargetInfo = client
                 .call(Method::POST, "/v1/targets", Some(&request))
@@ -73,13 +75,45 @@ pub async fn target(client: &Client, command: TargetCommand, out: &Output) -> an
             let targets: Vec<TargetInfo> = client.call(Method::GET, "/v1/targets", none()).await?;
             out.answer(&targets, |targets| {
                 for target in targets {
+                    let rotated = match target.admin_rotated_at_ms {
+                        Some(at) => format!("admin secret set at {}", crate::admin::format_ms(at)),
+                        None => String::new(),
+                    };
+                    let every = match target.rotate_admin_every_seconds {
+                        Some(every) => format!(", rotated every {every} s"),
+                        None => String::new(),
+                    };
+                    let failing = match &target.admin_rotation_error {
+                        Some(error) => format!(", ROTATION FAILING: {error}"),
+                        None => String::new(),
+                    };
                     println!(
-                        "{:<20} {:<10} {}",
+                        "{:<20} {:<10} {} {rotated}{every}{failing}",
                         target.name,
                         target.kind,
                         target.url.as_deref().unwrap_or("")
                     );
                 }
+            })
+        }
+        TargetCommand::RotateAdmin { name } => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(Failure::Usage(format!(
+                    "`{name}` is not a target name: letters, digits, `-` and `_`"
+                ))
+                .into());
+            }
+            let path = format!("/v1/targets/{name}/rotate-admin");
+            let rotated: AdminRotated = client.call(Method::POST, &path, none()).await?;
+            out.answer(&rotated, |rotated| {
+                println!(
+                    "the admin secret of `{}` is rotated: a fresh password only the broker knows",
+                    rotated.target
+                );
             })
         }
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod exchange;
+pub mod failpoint;
 pub mod metrics;
 pub mod notify;
 pub mod origin;
@@ -119,6 +120,10 @@ pub async fn serve(
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(access::expiry::run(
+        broker.clone(),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(access::rotation::run(
         broker.clone(),
         stopped.clone(),
     )));

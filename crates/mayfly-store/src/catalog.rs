@@ -9,11 +9,13 @@ use crate::records::{Applied, RoleRecord, TargetRecord};
 use crate::rows::{DecisionRow, RoleRow, TargetRow};
 use crate::secrets::put_secrets;
 
-/// [`crate::Change::PutTarget`]: the target and its encrypted admin secret.
+/// [`crate::Change::PutTarget`]: the target, its encrypted admin secret, and its admin secret's
+/// rotation started afresh.
 pub(crate) async fn put_target(
     c: &mut AnyConnection,
     target: &TargetRecord,
     secret: &(String, Vec<u8>),
+    rotate_admin_every_ms: Option<i64>,
 ) -> Result<Applied, sqlx::Error> {
     sqlx::query(
         "INSERT INTO targets (name, kind, url, created_at) VALUES ($1, $2, $3, $4) \
@@ -26,6 +28,7 @@ pub(crate) async fn put_target(
     .execute(&mut *c)
     .await?;
     put_secrets(c, std::slice::from_ref(secret), target.created_at).await?;
+    crate::rotations::reset(c, &target.name, rotate_admin_every_ms, target.created_at).await?;
     Ok(Applied::Done)
 }
 

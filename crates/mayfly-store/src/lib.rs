@@ -19,8 +19,9 @@
 //! - `dialect`, `rows`: the row plumbing. `Dialect` and placeholders; column lists, the
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
-//! - `secrets`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`, `proxy_routes`, `audit`: the SQL of each
-//!   group of tables, the changes that write them and the reads.
+//! - `secrets`, `rotations`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`,
+//!   `proxy_routes`, `audit`: the SQL of each group of tables (`rotations`: the rotation of
+//!   targets' admin secrets), the changes that write them and the reads.
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 
@@ -36,6 +37,7 @@ mod kv;
 mod proxy_routes;
 mod records;
 mod requests;
+mod rotations;
 mod rows;
 mod secrets;
 mod store;
@@ -45,10 +47,10 @@ use mayfly_core::{SecretPath, Timestamp};
 
 pub use error::{BoxError, StoreError};
 pub use records::{
-    ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
-    Write, WriteOutcome,
+    AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
+    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, PendingRotation, Principals,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -224,6 +226,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn grant_by_login(&self, login: &str) -> Result<Option<GrantRecord>, StoreError>;
     /// The earliest `next_attempt_at` of any grant.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// The rotation of the admin secret of `target` (`None`: a certificate target).
+    async fn admin_rotation(&self, target: &str)
+    -> Result<Option<AdminRotationRecord>, StoreError>;
+    /// Every database target's admin secret rotation, by target name.
+    async fn admin_rotations(&self) -> Result<Vec<AdminRotationRecord>, StoreError>;
+    /// The rotations due at `now` (at most 100): an intent whose holder's claim ended, or a
+    /// scheduled (or retried) rotation whose time came.
+    async fn due_admin_rotations(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<AdminRotationRecord>, StoreError>;
 }
 
 /// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) and applies its migrations.

@@ -210,10 +210,49 @@ pub enum Change {
         groups: Option<Vec<String>>,
         disabled: Option<bool>,
     },
-    /// Adds or replaces a target and its encrypted admin secret.
+    /// Adds or replaces a target and its encrypted admin secret; a rotation of the admin secret
+    /// under way is void, and its schedule (`rotate_admin_every_ms`, `None`: on demand only)
+    /// starts from now.
     PutTarget {
         target: TargetRecord,
         secret: (String, Vec<u8>),
+        rotate_admin_every_ms: Option<i64>,
+    },
+    /// Records the intent of a rotation of a target's admin secret, before the target is
+    /// touched: the new password (`pending`, sealed under the path `targets/<name>/admin-pending`),
+    /// held by this node until `claimed_until`. Conflicts if a rotation is under way, or, with
+    /// `due_by`, if none is due by then (a scheduled rotation another node just did).
+    BeginAdminRotation {
+        target: String,
+        rotation_id: String,
+        pending: Vec<u8>,
+        claimed_until: Timestamp,
+        due_by: Option<Timestamp>,
+    },
+    /// Takes over the rotation `rotation_id` until `claimed_until` (to finish it). Conflicts
+    /// unless its holder's claim ended by `held_before` (a node that died), or if it is finished.
+    ClaimAdminRotation {
+        target: String,
+        rotation_id: String,
+        claimed_until: Timestamp,
+        held_before: Timestamp,
+    },
+    /// The rotation `rotation_id` is done: `secret` (the target's admin secret, sealed) becomes
+    /// current, the intent is cleared, the next scheduled rotation is set. Conflicts if that
+    /// intent is no longer there.
+    CompleteAdminRotation {
+        target: String,
+        rotation_id: String,
+        secret: (String, Vec<u8>),
+        at: Timestamp,
+    },
+    /// The rotation `rotation_id` failed: the intent stays (the target may have the new password
+    /// or the old one), and it is tried again at `retry_at`. Conflicts if it is no longer there.
+    AdminRotationFailed {
+        target: String,
+        rotation_id: String,
+        error: String,
+        retry_at: Timestamp,
     },
     /// Adds or replaces a role. Conflicts if its target does not exist.
     PutRole {
@@ -345,6 +384,42 @@ pub(crate) fn throttle_delay(
     first_delay
         .saturating_mul(2u32.saturating_pow(doublings))
         .min(max_delay)
+}
+
+/// The rotation of a database target's admin secret: its schedule, when the secret was last
+/// set, the rotation under way and how its last attempts failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminRotationRecord {
+    pub target: String,
+    /// Rotated every so often (`None`: on demand only).
+    pub every_ms: Option<i64>,
+    /// When the admin secret was last set (by a rotation, or by an admin putting the target).
+    pub rotated_at: Option<Timestamp>,
+    /// When the next scheduled rotation, or the next attempt of a failing one, is due.
+    pub due_at: Option<Timestamp>,
+    pub pending: Option<PendingRotation>,
+    /// Failed attempts in a row.
+    pub n_failures: i64,
+    pub last_error: Option<String>,
+}
+
+/// A rotation under way: its intent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingRotation {
+    pub id: String,
+    /// The new password, sealed by the barrier.
+    pub blob: Vec<u8>,
+    /// The node that holds it holds it until then.
+    pub claimed_until: Timestamp,
+}
+
+impl std::fmt::Debug for PendingRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRotation")
+            .field("id", &self.id)
+            .field("claimed_until", &self.claimed_until)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

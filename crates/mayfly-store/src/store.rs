@@ -17,15 +17,15 @@ use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
-    ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord,
-    KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord, RoleRecord,
-    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write,
-    WriteOutcome,
+    AdminRotationRecord, ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
     Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, proxy_routes, requests,
-    secrets,
+    rotations, secrets,
 };
 
 #[derive(Debug)]
@@ -399,6 +399,24 @@ impl Store for SqlStore {
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         grants::next_due(&self.pool).await
+    }
+
+    async fn admin_rotation(
+        &self,
+        target: &str,
+    ) -> Result<Option<AdminRotationRecord>, StoreError> {
+        rotations::rotation(&self.pool, target).await
+    }
+
+    async fn admin_rotations(&self) -> Result<Vec<AdminRotationRecord>, StoreError> {
+        rotations::rotations(&self.pool).await
+    }
+
+    async fn due_admin_rotations(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<AdminRotationRecord>, StoreError> {
+        rotations::due(&self.pool, now).await
     }
 }
 

@@ -85,6 +85,10 @@ pub enum TargetError {
     Refused { target: String, reason: String },
     #[error("role `{role}` cannot be expressed on this target: {reason}")]
     InvalidRole { role: String, reason: String },
+    /// The target refused the broker's own admin login (a wrong password): after a rotation of
+    /// the admin secret elsewhere, or one left half done by a crash (see the broker's recovery).
+    #[error("target `{target}` refused the broker's admin login: {reason}")]
+    AdminLogin { target: String, reason: String },
     /// The credential still works (or its sessions live) after revocation.
     #[error("revocation of `{login}` on `{target}` is not proven: {reason}")]
     NotRevoked {
@@ -98,7 +102,9 @@ impl TargetError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TargetError::Unavailable { .. } | TargetError::NotRevoked { .. }
+            TargetError::Unavailable { .. }
+                | TargetError::NotRevoked { .. }
+                | TargetError::AdminLogin { .. }
         )
     }
 }
@@ -342,6 +348,14 @@ pub(crate) fn require_verified(
 /// anything else (cannot connect, connection lost, timeout) is the target being unreachable.
 pub(crate) fn sql_error(target: &str, error: sqlx::Error) -> TargetError {
     match error {
+        // SQLSTATE class 28, invalid authorization: PostgreSQL's `28P01` (wrong password) and
+        // `28000`, MariaDB's `28000` (error 1045, access denied).
+        sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("28")) => {
+            TargetError::AdminLogin {
+                target: target.to_owned(),
+                reason: db.message().to_owned(),
+            }
+        }
         sqlx::Error::Database(db) => TargetError::Refused {
             target: target.to_owned(),
             reason: db.message().to_owned(),
@@ -481,6 +495,16 @@ pub trait Target: Send + Sync + fmt::Debug {
         _expires_at: Timestamp,
     ) -> Result<(), TargetError> {
         Ok(())
+    }
+    /// Changes the password of the account the broker administers the target with (its own
+    /// standing secret) to `new_password`, which the broker made and holds; idempotent (a second
+    /// call with the same password converges). Connections already open stay open. The default
+    /// (targets without an admin account: certificates) refuses.
+    async fn rotate_admin(&self, _new_password: &SecretString) -> Result<(), TargetError> {
+        Err(TargetError::Refused {
+            target: self.kind().to_string(),
+            reason: "this kind of target has no admin account".into(),
+        })
     }
 }
 

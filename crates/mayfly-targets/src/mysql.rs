@@ -617,6 +617,17 @@ impl Target for MysqlTarget {
         Ok(logins)
     }
 
+    /// `ALTER USER CURRENT_USER() IDENTIFIED BY PASSWORD '<hash>'`: the account's
+    /// `mysql_native_password` hash is sent, never the password (the admin has `CREATE USER`).
+    async fn rotate_admin(&self, new_password: &SecretString) -> Result<(), TargetError> {
+        let hash = mayfly_crypto::mysql::native_password_hash(new_password);
+        self.script(format!(
+            "ALTER USER CURRENT_USER() IDENTIFIED BY PASSWORD {}",
+            quote_string(hash.expose_secret())
+        ))
+        .await
+    }
+
     /// Reads the admin's global privileges from `SHOW GRANTS` (its own and its current role's):
     /// `CREATE USER` (create, lock and drop accounts), `PROCESS` (see every connection),
     /// `CONNECTION ADMIN` or `SUPER` (kill them), `GRANT OPTION` somewhere (a role's `GRANT`

@@ -478,6 +478,28 @@ impl Target for PostgresTarget {
         Ok(RevocationProof { checks })
     }
 
+    /// `ALTER ROLE CURRENT_USER PASSWORD '<SCRAM verifier>'`: the target gets the verifier, never
+    /// the password; any role may change its own password.
+    async fn rotate_admin(&self, new_password: &SecretString) -> Result<(), TargetError> {
+        let verifier = mayfly_crypto::scram::verifier(
+            new_password,
+            mayfly_crypto::scram::GENERATED_ITERATIONS,
+        )
+        .map_err(|e| TargetError::Refused {
+            target: self.name.clone(),
+            reason: format!("cannot derive the password verifier: {e}"),
+        })?;
+        let sql = SecretString::from(format!(
+            "ALTER ROLE CURRENT_USER PASSWORD {}",
+            quote_literal(verifier.expose_secret())
+        ));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.expose_secret().to_owned()))
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
     /// The admin logs in, and is a superuser or has CREATEROLE (to create, alter and drop the
     /// grants' roles) and INHERIT (the privileges of a role it revokes, whose member it makes
     /// itself: without them it may neither end the role's sessions nor reassign what it owns).

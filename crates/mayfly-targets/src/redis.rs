@@ -173,6 +173,12 @@ impl RedisTarget {
 
     fn error(&self, error: RespError) -> TargetError {
         match error {
+            RespError::Server(reason) if reason.starts_with("WRONGPASS") => {
+                TargetError::AdminLogin {
+                    target: self.name.clone(),
+                    reason,
+                }
+            }
             RespError::Server(reason) => TargetError::Refused {
                 target: self.name.clone(),
                 reason,
@@ -419,6 +425,24 @@ impl Target for RedisTarget {
             .filter(|u| u.starts_with("mf_"))
             .filter_map(|u| LoginName::parse(u).ok())
             .collect())
+    }
+
+    /// `ACL SETUSER <admin> resetpass #<sha256>` (the `default` user when the URL names none,
+    /// which is `requirepass`'s user): the hash is sent, never the password. Connections already
+    /// authenticated stay so. Not written to an ACL file or the configuration file: see
+    /// docs/targets/redis.md.
+    async fn rotate_admin(&self, new_password: &SecretString) -> Result<(), TargetError> {
+        let user = self.admin_user.as_deref().unwrap_or("default");
+        let hash = SecretString::from(format!("#{}", sha256_hex(new_password).expose_secret()));
+        self.one(&[
+            b"ACL",
+            b"SETUSER",
+            user.as_bytes(),
+            b"resetpass",
+            hash.expose_secret().as_bytes(),
+        ])
+        .await
+        .map(|_| ())
     }
 
     /// Sends every command `issue`, `revoke` and the proof need, each in a form that changes

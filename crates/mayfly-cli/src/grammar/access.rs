@@ -61,9 +61,20 @@ pub enum TargetCommand {
         /// Read the admin password from this file (else asked for).
         #[arg(long, value_name = "FILE")]
         admin_password_file: Option<PathBuf>,
+        /// Rotate the admin password this often (at least 1h, e.g. 24h): the broker sets a fresh
+        /// random one that only it knows. Without it, on demand only (`rotate-admin`).
+        #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+        rotate_admin_every: Option<Duration>,
     },
-    /// List the targets (admins see their URLs).
+    /// List the targets (admins see their URLs and when the admin secret was last rotated).
+    #[command(alias = "ls")]
     List,
+    /// Rotate the broker's admin password on a database target now: a fresh random password,
+    /// set on the target and kept in the barrier, known to the broker only.
+    RotateAdmin {
+        /// The target's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

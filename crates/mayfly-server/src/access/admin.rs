@@ -11,6 +11,7 @@ use mayfly_core::policy::Policies;
 use mayfly_core::time::{duration_from_ms, duration_to_ms};
 use mayfly_store::{Change, GrantFilter, RoleRecord, TargetRecord, Write, WriteOutcome};
 
+use crate::access::rotation::{MAX_ROTATE_EVERY, MIN_ROTATE_EVERY};
 use crate::access::{grant_info, principal_key, role_spec, target_secret_path};
 use crate::auth::Caller;
 use crate::error::BrokerError;
@@ -85,6 +86,24 @@ impl Broker {
             url: kind.canonical_url(&request.url),
             ..request
         };
+        let rotate_admin_every_ms = match request.rotate_admin_every_seconds {
+            None => None,
+            Some(_) if !kind.has_admin_account() => {
+                return Err(BrokerError::BadRequest(format!(
+                    "field `rotate_admin_every_seconds`: a `{kind}` target has no admin secret to rotate"
+                )));
+            }
+            Some(seconds)
+                if seconds < MIN_ROTATE_EVERY.as_secs() || seconds > MAX_ROTATE_EVERY.as_secs() =>
+            {
+                return Err(BrokerError::BadRequest(format!(
+                    "field `rotate_admin_every_seconds`: between {} (an hour) and {} (a year)",
+                    MIN_ROTATE_EVERY.as_secs(),
+                    MAX_ROTATE_EVERY.as_secs()
+                )));
+            }
+            Some(seconds) => Some(duration_to_ms(Duration::from_secs(seconds))),
+        };
         // Certificate targets have no admin account: the hosts or services trust the broker's CA.
         if (request.admin_user.is_empty() && kind.has_admin_account())
             || request.admin_user.len() > 63
@@ -143,6 +162,7 @@ impl Broker {
             change: Some(Change::PutTarget {
                 target: record.clone(),
                 secret: (path, blob),
+                rotate_admin_every_ms,
             }),
             event,
         })
@@ -152,6 +172,13 @@ impl Broker {
             name: record.name,
             kind: record.kind,
             url: Some(record.url),
+            admin_rotated_at_ms: kind
+                .has_admin_account()
+                .then(|| record.created_at.unix_ms()),
+            rotate_admin_every_seconds: request
+                .rotate_admin_every_seconds
+                .filter(|_| kind.has_admin_account()),
+            admin_rotation_error: None,
         })
     }
 
@@ -159,12 +186,29 @@ impl Broker {
     pub async fn list_targets(&self, caller: &Caller) -> Result<Vec<TargetInfo>, BrokerError> {
         let targets = self.store().targets().await?;
         if caller.principal().is_admin() {
+            let rotations = self.store().admin_rotations().await?;
             return Ok(targets
                 .into_iter()
-                .map(|t| TargetInfo {
-                    name: t.name,
-                    kind: t.kind,
-                    url: Some(t.url),
+                .map(|t| {
+                    let rotation = rotations.iter().find(|r| r.target == t.name).filter(|_| {
+                        t.kind
+                            .parse::<TargetKind>()
+                            .is_ok_and(TargetKind::has_admin_account)
+                    });
+                    TargetInfo {
+                        admin_rotated_at_ms: rotation
+                            .and_then(|r| r.rotated_at)
+                            .map(|at| at.unix_ms()),
+                        rotate_admin_every_seconds: rotation
+                            .and_then(|r| r.every_ms)
+                            .map(|ms| duration_from_ms(ms).as_secs()),
+                        admin_rotation_error: rotation
+                            .filter(|r| r.n_failures > 0)
+                            .and_then(|r| r.last_error.clone()),
+                        name: t.name,
+                        kind: t.kind,
+                        url: Some(t.url),
+                    }
                 })
                 .collect());
         }
@@ -177,6 +221,9 @@ impl Broker {
                 name: t.name,
                 kind: t.kind,
                 url: None,
+                admin_rotated_at_ms: None,
+                rotate_admin_every_seconds: None,
+                admin_rotation_error: None,
             })
             .collect())
     }

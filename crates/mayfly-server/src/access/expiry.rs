@@ -348,12 +348,16 @@ async fn revoke_chunk(
     let outcomes = {
         let _permit = limit.acquire_owned().await;
         match broker.target(target_name).await {
-            Ok(target) => target
-                .revoke_many(&items)
-                .await
-                .into_iter()
-                .map(|r| r.map_err(|e| error_text(&e)))
-                .collect(),
+            Ok(target) => {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for result in target.revoke_many(&items).await {
+                    if let Err(error) = &result {
+                        broker.target_failed(target_name, error).await;
+                    }
+                    outcomes.push(result.map_err(|e| error_text(&e)));
+                }
+                outcomes
+            }
             Err(error) => vec![Err(error.to_string()); items.len()],
         }
     };
@@ -481,6 +485,7 @@ async fn prove(broker: &Broker, grant: &GrantRecord) -> Result<(), BrokerError> 
             .await?;
         }
         Err(error) => {
+            broker.target_failed(&grant.target, &error).await;
             // Unreachable: stay revoked, check again later.
             let next = broker.now().saturating_add(backoff(grant.n_attempts));
             let mut change = GrantUpdate::new(&grant.id, GrantState::Revoked, GrantState::Revoked);

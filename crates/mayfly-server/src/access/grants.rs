@@ -120,7 +120,15 @@ impl Broker {
             issued_at: now,
             public_key,
         };
-        let issued = target.issue(&plan).await;
+        let mut issued = target.issue(&plan).await;
+        if let Err(error @ mayfly_targets::TargetError::AdminLogin { .. }) = &issued {
+            // The admin secret was rotated elsewhere, or a rotation was left half done: once more
+            // with a client built afresh (which recovers it). `issue` converges on the login.
+            self.target_failed(&request.target, error).await;
+            if let Ok(fresh) = self.target(&request.target).await {
+                issued = fresh.issue(&plan).await;
+            }
+        }
         let connection = match issued {
             Ok(connection) => connection,
             Err(error) => {

@@ -10,6 +10,7 @@ pub mod grants;
 pub mod recheck;
 pub mod registry;
 pub mod requests;
+pub mod rotation;
 pub mod sweep;
 pub mod targets;
 

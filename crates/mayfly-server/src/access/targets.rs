@@ -1,25 +1,25 @@
 //! Targets and policies as the broker's operations use them: a target's live client (from the
-//! registry, else built from its record and its admin secret in the barrier or its CA), the one
+//! registry, else built from its record and its admin secret in the barrier or its CA, and a
+//! rotation of that secret left half done recovered), the one
 //! place a target client is built ([`Broker::build_target`]), the policy set parsed once per text.
 
 use std::sync::Arc;
 
 use mayfly_core::policy::Policies;
-use mayfly_crypto::SecretString;
 use mayfly_targets::{RevocationList, Setup, Target, TargetKind};
 
 use crate::error::BrokerError;
 use crate::ssh::StoreList;
 use crate::state::Broker;
 
-use super::{stored_kind, target_secret_path};
+use super::stored_kind;
 
 impl Broker {
     pub async fn target(&self, name: &str) -> Result<Arc<dyn Target>, BrokerError> {
         if let Some(target) = self.inner.targets.targets.lock().await.get(name) {
             return Ok(target.clone());
         }
-        let keys = self.require_unsealed().await?;
+        self.require_unsealed().await?;
         let record = self
             .store()
             .target(name)
@@ -30,19 +30,16 @@ impl Broker {
             // Certificate targets have no admin account: their CA is all they act with.
             TargetKind::Ssh | TargetKind::X509 => None,
             TargetKind::Postgres | TargetKind::Mysql | TargetKind::Redis => {
-                let path = target_secret_path(name);
-                let blob = self.store().secret(&path).await?.ok_or_else(|| {
-                    BrokerError::Internal(format!("the admin secret of `{name}` is missing"))
-                })?;
-                let password = keys.keyring.open(&path, &blob)?;
-                Some(SecretString::from(
-                    String::from_utf8_lossy(&password).into_owned(),
-                ))
+                Some(self.admin_secret(name).await?)
             }
         };
-        let target = self
+        let mut target = self
             .build_target(kind, &record.name, &record.url, password.as_ref())
             .await?;
+        if password.is_some() {
+            // A rotation of the admin secret left half done: the target may have the new one.
+            target = self.recover_admin_login(name, target).await?;
+        }
         self.inner
             .targets
             .targets
@@ -50,6 +47,19 @@ impl Broker {
             .await
             .insert(name.to_owned(), target.clone());
         Ok(target)
+    }
+
+    /// After the target `name` refused the broker's admin login (its admin secret was rotated by
+    /// another node, or a rotation was left half done), its kept client is dropped: the next use
+    /// builds it afresh from the store's current secret and recovers a pending rotation.
+    pub async fn target_failed(&self, name: &str, error: &mayfly_targets::TargetError) {
+        if matches!(error, mayfly_targets::TargetError::AdminLogin { .. }) {
+            tracing::warn!(
+                target_name = name,
+                "the target refused the broker's admin login; its client is built again"
+            );
+            self.inner.targets.forget(name).await;
+        }
     }
 
     /// The client of a target of `kind` named `name` at `url`, built without storing anything
@@ -62,7 +72,7 @@ impl Broker {
         kind: TargetKind,
         name: &str,
         url: &str,
-        admin_password: Option<&SecretString>,
+        admin_password: Option<&mayfly_crypto::SecretString>,
     ) -> Result<Arc<dyn Target>, BrokerError> {
         let revoked = || -> Arc<dyn RevocationList> {
             Arc::new(StoreList::new(

@@ -38,6 +38,24 @@ pub async fn list_targets(
     broker.list_targets(&caller).await.map(ApiJson)
 }
 
+/// Rotates the broker's admin password on a database target now: a fresh random password, set on
+/// the target and kept in the barrier, known to the broker only. Admins only.
+#[utoipa::path(post, path = "/v1/targets/{name}/rotate-admin",
+    params(("name" = String, Path, description = "The target's name")),
+    responses((status = 200, body = AdminRotated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn rotate_admin(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<Origin>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<AdminRotated> {
+    broker
+        .rotate_admin(&meta, &caller, &name)
+        .await
+        .map(ApiJson)
+}
+
 #[utoipa::path(post, path = "/v1/roles", request_body = RoleRequest, responses((status = 200, body = RoleInfo), (status = 400, body = ErrorBody)))]
 pub async fn add_role(
     State(broker): State<Broker>,

@@ -66,6 +66,10 @@ pub fn router(broker: Broker) -> Router {
             post(access_routes::add_target).get(access_routes::list_targets),
         )
         .route(
+            "/v1/targets/{name}/rotate-admin",
+            post(access_routes::rotate_admin),
+        )
+        .route(
             "/v1/roles",
             post(access_routes::add_role).get(access_routes::list_roles),
         )

@@ -39,6 +39,7 @@ use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_ro
         routes::audit_head,
         access_routes::add_target,
         access_routes::list_targets,
+        access_routes::rotate_admin,
         access_routes::add_role,
         access_routes::list_roles,
         access_routes::put_policy,

@@ -63,6 +63,7 @@ async fn setup(broker: &TestBroker) -> Caller {
             url: "postgres://127.0.0.1:5432/postgres".into(),
             admin_user: "postgres".into(),
             admin_password: "unused-with-trust".into(),
+            rotate_admin_every_seconds: None,
         },
     )
     .await

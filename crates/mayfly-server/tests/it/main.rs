@@ -9,6 +9,7 @@
 )]
 
 mod access;
+mod admin_rotation;
 mod api;
 mod audit;
 mod ca_per_target;

@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
-use crate::{catalog, exchanged, grants, identity, kv, proxy_routes, requests, secrets};
+use crate::{catalog, exchanged, grants, identity, kv, proxy_routes, requests, rotations, secrets};
 
 pub(super) async fn apply(
     c: &mut AnyConnection,
@@ -63,7 +63,36 @@ pub(super) async fn apply(
             identity::put_jwt_config(c, JwtTable::Roles, name, config).await
         }
         Change::DeleteJwtRole { name } => identity::delete_jwt_role(c, name).await,
-        Change::PutTarget { target, secret } => catalog::put_target(c, target, secret).await,
+        Change::PutTarget {
+            target,
+            secret,
+            rotate_admin_every_ms,
+        } => catalog::put_target(c, target, secret, *rotate_admin_every_ms).await,
+        Change::BeginAdminRotation {
+            target,
+            rotation_id,
+            pending,
+            claimed_until,
+            due_by,
+        } => rotations::begin(c, target, rotation_id, pending, *claimed_until, *due_by).await,
+        Change::ClaimAdminRotation {
+            target,
+            rotation_id,
+            claimed_until,
+            held_before,
+        } => rotations::claim(c, target, rotation_id, *claimed_until, *held_before).await,
+        Change::CompleteAdminRotation {
+            target,
+            rotation_id,
+            secret,
+            at,
+        } => rotations::complete(c, target, rotation_id, secret, *at).await,
+        Change::AdminRotationFailed {
+            target,
+            rotation_id,
+            error,
+            retry_at,
+        } => rotations::failed(c, target, rotation_id, error, *retry_at).await,
         Change::PutRole { role } => catalog::put_role(c, role).await,
         Change::PutPolicies { text, at } => catalog::put_policies(c, text, *at).await,
         Change::CreateRequest { request } => requests::create_request(c, request).await,

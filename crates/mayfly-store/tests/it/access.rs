@@ -100,7 +100,8 @@ pub async fn run(store: &dyn Store) {
             store,
             Change::PutTarget {
                 target: target.clone(),
-                secret: ("targets/prod-db/admin".into(), vec![1, 2])
+                secret: ("targets/prod-db/admin".into(), vec![1, 2]),
+                rotate_admin_every_ms: None,
             }
         )
         .await

@@ -126,6 +126,7 @@ async fn kept_reads_follow_every_change() {
                 created_at: at(1),
             },
             secret: ("targets/hosts/admin".into(), vec![1]),
+            rotate_admin_every_ms: None,
         },
     )
     .await;

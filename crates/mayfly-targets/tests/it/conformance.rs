@@ -291,6 +291,7 @@ impl CertificateBroker {
                 Change::PutTarget {
                     target: record,
                     secret,
+                    rotate_admin_every_ms: None,
                 },
             )
             .await

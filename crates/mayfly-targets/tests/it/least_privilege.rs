@@ -43,7 +43,7 @@ async fn cleaned_up(
 #[track_caller]
 fn refused(result: Result<(), TargetError>) -> String {
     match result {
-        Err(TargetError::Refused { reason, .. }) => reason,
+        Err(TargetError::Refused { reason, .. } | TargetError::AdminLogin { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
