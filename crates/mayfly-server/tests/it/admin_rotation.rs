@@ -150,10 +150,18 @@ async fn redis_admin_rotation_refuses_the_old_password_and_grants_still_work() {
         .await;
 
     // The new password is nowhere in clear: not in the store's files, not in the audit file.
+    // The file sink follows the store's chain a little later: wait for it (bounded).
+    let mut events = String::new();
+    for _ in 0..100 {
+        events = std::fs::read_to_string(broker.audit_file()).unwrap_or_default();
+        if events.contains("target.admin_rotated") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(events.contains("target.admin_rotated"), "not audited");
     let found = found_in_files(broker.dir.path(), new.expose_secret().as_bytes());
     assert!(found.is_empty(), "the admin password in clear in {found:?}");
-    let events = std::fs::read_to_string(broker.audit_file()).unwrap_or_default();
-    assert!(events.contains("target.admin_rotated"), "not audited");
 
     // Listed with its age, and in /metrics.
     let targets = broker
