@@ -384,6 +384,13 @@ pub async fn exec_env(
     for secret in &answer.secrets {
         let name = secret.path.rsplit('/').next().unwrap_or_default();
         check_name(name).map_err(|e| anyhow!("the broker sent a bad secret name: {e}"))?;
+        if steers_programs(name) {
+            return Err(anyhow!(
+                "{scope} holds a secret named {name}, which `mayfly exec` does not set: a variable \
+                 of that name changes which code a program loads or runs. Rename the secret \
+                 (`mayfly secrets put` under another name, then `mayfly secrets rm`)."
+            ));
+        }
         command.env(name, &secret.value);
     }
     let mut names: Vec<&str> = answer
@@ -452,5 +459,73 @@ mod tests {
         assert!(error("A=1\nA=2\n").contains("first on line 1"));
         let secret = error("K=\"hunter2\" trailing\n");
         assert!(!secret.contains("hunter2"), "{secret}");
+    }
+}
+
+/// Whether an environment variable of this name changes which code a program loads or runs
+/// (the dynamic loader, shells' start-up files, interpreters' options, `PATH`): a secret's writer
+/// must not be able to run code on every reader's machine through `mayfly exec`.
+fn steers_programs(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "HOME",
+        "SHELL",
+        "PS4",
+        "PROMPT_COMMAND",
+        "RUBYOPT",
+        "RUBYLIB",
+        "PERLLIB",
+        "CDPATH",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "TMPDIR",
+    ];
+    const PREFIXES: &[&str] = &[
+        "LD_",
+        "DYLD_",
+        "BASH_FUNC_",
+        "PYTHON",
+        "PERL5",
+        "NODE_",
+        "GIT_",
+        "JAVA_TOOL_",
+        "_JAVA_",
+        "GCONV_",
+        "MALLOC_",
+        "GLIBC_",
+    ];
+    let upper = name.to_ascii_uppercase();
+    EXACT.contains(&upper.as_str())
+        || PREFIXES.iter().any(|prefix| upper.starts_with(prefix))
+        || upper.ends_with("_OPTIONS")
+}
+
+#[cfg(test)]
+mod steering_tests {
+    use super::steers_programs;
+
+    #[test]
+    fn loader_shell_and_interpreter_variables_are_not_set_by_exec() {
+        for name in [
+            "LD_PRELOAD",
+            "ld_preload",
+            "BASH_ENV",
+            "PATH",
+            "NODE_OPTIONS",
+            "PYTHONSTARTUP",
+            "PERL5OPT",
+            "GIT_SSH_COMMAND",
+            "JAVA_TOOL_OPTIONS",
+            "DYLD_INSERT_LIBRARIES",
+        ] {
+            assert!(steers_programs(name), "{name}");
+        }
+        for name in ["STRIPE_KEY", "DATABASE_URL", "API_TOKEN", "PATHWAY_KEY"] {
+            assert!(!steers_programs(name), "{name}");
+        }
     }
 }

@@ -200,6 +200,21 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// For actions decided at the moment of a call (reading a secret, a proxied call, a token
+    /// exchange), where nobody can approve in between: an allow whose policy asks for approvals
+    /// becomes a refusal naming why, so an `@approvals` rule never lets such a call through at once.
+    pub fn immediate(self) -> Decision {
+        match self {
+            Decision::Allow { approvals, .. } if approvals > 0 => Decision::Deny {
+                reason: format!(
+                    "the permitting policy asks for {approvals} approval(s), which this action \
+                     cannot wait for"
+                ),
+            },
+            other => other,
+        }
+    }
+
     /// Whether the action is permitted (with or without approvals).
     pub fn allows(&self) -> bool {
         match self {

@@ -595,7 +595,7 @@ impl Broker {
                 ttl,
             })
             .map_err(|e| BrokerError::Internal(format!("policy: {e}")))?;
-        let (max_ttl, policies_used) = match decision {
+        let (max_ttl, policies_used) = match decision.immediate() {
             Decision::Allow {
                 max_ttl, policies, ..
             } => (max_ttl, policies),

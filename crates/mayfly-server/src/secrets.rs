@@ -124,7 +124,7 @@ impl Broker {
         let decision = policies
             .decide_secret(caller.principal(), action, path)
             .map_err(|e| BrokerError::Internal(format!("policy: {e}")))?;
-        Ok(match decision {
+        Ok(match decision.immediate() {
             Decision::Allow { policies, .. } => Ok(policies),
             Decision::Deny { reason } => Err(reason),
         })

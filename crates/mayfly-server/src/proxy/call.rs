@@ -94,6 +94,9 @@ struct CallFacts<'a> {
     principal: Option<String>,
 }
 
+/// The methods a proxied call may use, as policies name them.
+const STANDARD_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
 impl Broker {
     /// Proxies one call (see the module's doc). `body` is the caller's request body, read only
     /// once the call is allowed, and only up to the route's limit.
@@ -108,6 +111,14 @@ impl Broker {
         E: std::fmt::Display + Send,
     {
         let started = Instant::now();
+        if !STANDARD_METHODS.contains(&call.method.as_str()) {
+            // A policy written for `DELETE` must not be passed by `delete` or `X-DELETE`.
+            return Err(BrokerError::BadRequest(format!(
+                "field `method`: only {} are proxied",
+                STANDARD_METHODS.join(", ")
+            ))
+            .into());
+        }
         if call.method == reqwest::Method::OPTIONS
             && call.headers.contains_key("access-control-request-method")
         {
@@ -159,7 +170,7 @@ impl Broker {
             intent: &intent,
             hour: self.now().utc_hour(),
         });
-        let policies = match decision {
+        let policies = match decision.map(Decision::immediate) {
             Ok(Decision::Allow { policies, .. }) => policies,
             Ok(Decision::Deny { reason }) => {
                 let error = BrokerError::Forbidden(reason);

@@ -19,7 +19,7 @@ pub struct CallPath {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error(
-        "the path may not hold `.` or `..` segments, empty segments, encoded `/` or `\\`, or control characters"
+        "the path may not hold `.` or `..` segments, empty segments, encoded `/` or `\\`, `;` (matrix parameters, which some servers read as path), or control characters"
     )]
     Segment,
     #[error("the path is longer than 4096 bytes")]
@@ -59,7 +59,7 @@ impl CallPath {
                 || decoded == ".."
                 || decoded
                     .chars()
-                    .any(|c| c == '/' || c == '\\' || c.is_control());
+                    .any(|c| c == '/' || c == '\\' || c == ';' || c.is_control());
             if bad {
                 return Err(PathError::Segment);
             }
@@ -180,6 +180,14 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "forwarded",
     "x-real-ip",
     "x-mayfly-intent",
+    // Headers some servers read as another method, path or host than the one the policy saw.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
 ];
 
 /// The headers forwarded upstream: the caller's, less [`DROPPED_REQUEST_HEADERS`], `x-forwarded-*`,

@@ -964,3 +964,116 @@ async fn hostile_paths_and_routes_stay_on_the_upstream() {
     );
     broker.stop().await;
 }
+
+/// Review findings: what the policy sees is what the upstream does. A lower-case `delete` (an
+/// extension method to HTTP, `DELETE` to some servers), a `;` segment (Tomcat/Spring read
+/// `/public/..;/admin` as `/admin`) and method/URL override headers must not pass a policy
+/// written for `GET` on one path; an `@approvals` policy never lets a call through at once.
+#[tokio::test]
+async fn the_policy_sees_what_the_upstream_does() {
+    let broker = TestBroker::ready().await;
+    let upstream = Upstream::start().await;
+    broker
+        .set_policy(
+            r#"
+@id("alice-reads-stripe")
+permit (principal == User::"alice", action == Action::"proxy", resource == ProxyRoute::"stripe")
+when { context.method == "GET" };
+
+@id("two-eyes")
+@approvals("1")
+permit (principal == User::"alice", action == Action::"proxy", resource == ProxyRoute::"gated");
+
+@id("admins-write-secrets")
+permit (principal in Group::"admins", action == Action::"write_secret", resource);
+"#,
+        )
+        .await;
+    put_secret(&broker, "shop/prod/STRIPE_KEY", SECRET).await;
+    for name in ["stripe", "gated"] {
+        let (status, body) = add_route(
+            &broker,
+            json!({
+                "name": name,
+                "upstream": format!("http://{}/base", upstream.addr),
+                "inject": ["header:Authorization=Bearer {{secret:shop/prod/STRIPE_KEY}}"],
+            }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let alice = login(&broker, "alice").await;
+
+    let (status, _, _) = proxy(
+        &broker,
+        "GET",
+        "/v1/proxy/stripe/v1/charges",
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = upstream.seen().len();
+
+    let (status, _, body) = proxy(
+        &broker,
+        "delete",
+        "/v1/proxy/stripe/v1/charges",
+        Some(&alice),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("method"));
+    let status = raw_request(&broker, "/v1/proxy/stripe/public/..;/admin", &alice).await;
+    assert_eq!(status, 400);
+    let status = raw_request(&broker, "/v1/proxy/stripe/v1/charges;jsessionid=x", &alice).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        upstream.seen().len(),
+        before,
+        "refused calls reached the upstream"
+    );
+
+    let overrides = [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-Original-Host", "evil.example"),
+        ("X-Host", "evil.example"),
+    ];
+    let (status, _, _) = proxy(
+        &broker,
+        "GET",
+        "/v1/proxy/stripe/v1/charges",
+        Some(&alice),
+        &overrides,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = upstream.seen();
+    let last = seen.last().unwrap();
+    for (name, _) in overrides {
+        assert!(
+            last.header(&name.to_ascii_lowercase()).is_none(),
+            "{name} was forwarded"
+        );
+    }
+
+    // A permit that asks for an approval is no permit for a call decided on the spot.
+    let (status, _, body) =
+        proxy(&broker, "GET", "/v1/proxy/gated/x", Some(&alice), &[], None).await;
+    assert_eq!(
+        status,
+        403,
+        "{} {:?}",
+        String::from_utf8_lossy(&body),
+        events_of(&broker, "proxy.call").await.last()
+    );
+    assert_eq!(upstream.seen().len(), seen.len());
+}
