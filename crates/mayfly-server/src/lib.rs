@@ -135,8 +135,14 @@ pub async fn serve(
     let router = api::router(broker.clone());
     let result = match tls {
         Some(acceptor) => api::tls::serve(listener, acceptor, router, shutdown).await,
+        // No Nagle: an answer written in pieces (headers, then a streamed body, as the proxy
+        // does) would otherwise wait for the client's delayed ACK, 40 ms a call.
         None => axum::serve(
-            listener,
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %error, "TCP_NODELAY refused");
+                }
+            }),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)

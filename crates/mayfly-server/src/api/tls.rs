@@ -66,6 +66,10 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
+        // No Nagle: see `serve` in lib.rs.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(error = %error, "TCP_NODELAY refused");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
