@@ -210,9 +210,9 @@ pub enum Change {
         groups: Option<Vec<String>>,
         disabled: Option<bool>,
     },
-    /// Adds or replaces a target and its encrypted admin secret; a rotation of the admin secret
-    /// under way is void, and its schedule (`rotate_admin_every_ms`, `None`: on demand only)
-    /// starts from now.
+    /// Adds or replaces a target and its encrypted admin secret; the schedule of its rotation
+    /// (`rotate_admin_every_ms`, `None`: on demand only) starts from now. A rotation under way is
+    /// kept, pending password and all: the target may have it already.
     PutTarget {
         target: TargetRecord,
         secret: (String, Vec<u8>),
