@@ -140,6 +140,7 @@ pub(crate) async fn complete(
     target: &str,
     rotation_id: &str,
     secret: &(String, Vec<u8>),
+    previous: &(String, Option<Vec<u8>>),
     at: Timestamp,
 ) -> Result<Applied, sqlx::Error> {
     let done = sqlx::query(
@@ -159,6 +160,26 @@ pub(crate) async fn complete(
         )));
     }
     put_secrets(c, std::slice::from_ref(secret), at).await?;
+    let (path, blob) = previous;
+    match blob {
+        Some(blob) => {
+            sqlx::query(
+                "INSERT INTO secrets (path, blob, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (path) DO NOTHING",
+            )
+            .bind(path.clone())
+            .bind(blob.clone())
+            .bind(at.unix_ms())
+            .execute(&mut *c)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM secrets WHERE path = $1")
+                .bind(path.clone())
+                .execute(&mut *c)
+                .await?;
+        }
+    }
     Ok(Applied::Done)
 }
 

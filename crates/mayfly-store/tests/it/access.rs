@@ -143,6 +143,7 @@ pub async fn run(store: &dyn Store) {
                 target: "prod-db".into(),
                 rotation_id: "rot-1".into(),
                 secret: ("targets/prod-db/admin".into(), vec![7, 7]),
+                previous: ("targets/prod-db/admin-previous".into(), None),
                 at: at(2),
             }
         )
