@@ -41,6 +41,10 @@ when { context.method == "POST" && context.path == "/v1/refunds" && context.inte
 @id("admins-write-secrets")
 permit (principal in Group::"admins", action == Action::"write_secret", resource);
 
+@id("admins-read-route-secrets")
+permit (principal in Group::"admins", action == Action::"read_secret", resource)
+when { resource in Project::"shop" || resource in Project::"mail" || resource in Project::"maps" };
+
 @id("exchange-for-stripe")
 permit (principal, action == Action::"exchange", resource == Audience::"stripe");
 "#;
@@ -909,6 +913,41 @@ async fn hostile_paths_and_routes_stay_on_the_upstream() {
             seen.uri
         );
     }
+    // A route injects only secrets its author may read: else an admin could send any secret to
+    // a host of their own. Refused (403, naming the path), audited, nothing stored.
+    put_secret(&broker, "vault/prod/ROOT", "root-secret-value-123456").await;
+    let (status, body) = add_route(
+        &broker,
+        json!({"name": "exfil", "upstream": format!("http://{}/base", upstream.addr),
+               "inject": ["header:X=Bearer {{secret:shop/prod/STRIPE_KEY}}",
+                          "query:k={{secret:vault/prod/ROOT}}"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("vault/prod/ROOT"), "{body}");
+    let (status, _) = broker
+        .call("GET", "/v1/proxy-routes", Some(&broker.admin()), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        broker
+            .broker
+            .store()
+            .proxy_route("exfil")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let refused = events_of(&broker, "proxy.route.refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["details"]["path"], "vault/prod/ROOT");
+    assert!(
+        !audit_bytes(&broker)
+            .await
+            .windows(24)
+            .any(|w| w == b"root-secret-value-123456")
+    );
+
     // Hostile route definitions are refused.
     for (name, upstream) in [
         ("../x", "https://api.example"),
@@ -986,6 +1025,10 @@ permit (principal == User::"alice", action == Action::"proxy", resource == Proxy
 
 @id("admins-write-secrets")
 permit (principal in Group::"admins", action == Action::"write_secret", resource);
+
+@id("admins-read-route-secrets")
+permit (principal in Group::"admins", action == Action::"read_secret", resource)
+when { resource in Project::"shop" || resource in Project::"mail" || resource in Project::"maps" };
 "#,
         )
         .await;
@@ -1127,6 +1170,10 @@ permit (principal, action == Action::"exchange", resource);
 
 @id("admins-write-secrets")
 permit (principal in Group::"admins", action == Action::"write_secret", resource);
+
+@id("admins-read-route-secrets")
+permit (principal in Group::"admins", action == Action::"read_secret", resource)
+when { resource in Project::"shop" || resource in Project::"mail" || resource in Project::"maps" };
 "#,
         )
         .await;
