@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::Route;
-use super::scrub::Scrubber;
+use super::scrub::{Scrubber, forms};
 use super::target::{CallPath, passed_back, upstream_headers, upstream_query};
 use crate::audit::refused::audit_refusal;
 use crate::error::{AuditedError, BrokerError};
@@ -512,13 +512,7 @@ impl Broker {
             patterns: Vec::new(),
         };
         for value in values.values() {
-            let value = value.expose_secret().as_bytes();
-            injected.patterns.push(Zeroizing::new(value.to_vec()));
-            injected.patterns.push(Zeroizing::new(
-                form_urlencoded::byte_serialize(value)
-                    .collect::<String>()
-                    .into_bytes(),
-            ));
+            injected.patterns.extend(forms(value.expose_secret()));
         }
         let render = |template: &Template| -> Zeroizing<String> {
             let mut out = Zeroizing::new(String::new());
@@ -549,9 +543,7 @@ impl Broker {
                     let mut header =
                         HeaderValue::from_bytes(value.as_bytes()).map_err(|_| misconfigured())?;
                     header.set_sensitive(true);
-                    injected
-                        .patterns
-                        .push(Zeroizing::new(value.as_bytes().to_vec()));
+                    injected.patterns.extend(forms(&value));
                     injected.headers.push((name, header));
                 }
                 Injection::Basic { user, password } => {
@@ -578,14 +570,7 @@ impl Broker {
                 }
                 Injection::Query { name, value } => {
                     let value = render(value);
-                    injected
-                        .patterns
-                        .push(Zeroizing::new(value.as_bytes().to_vec()));
-                    injected.patterns.push(Zeroizing::new(
-                        form_urlencoded::byte_serialize(value.as_bytes())
-                            .collect::<String>()
-                            .into_bytes(),
-                    ));
+                    injected.patterns.extend(forms(&value));
                     injected.query.push((name.clone(), value.to_string()));
                 }
             }
