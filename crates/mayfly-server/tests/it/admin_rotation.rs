@@ -342,9 +342,9 @@ async fn redis_rotation_in_memory_keeps_the_previous_password() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.kind == "target.admin_rotated")
+            .rev()
+            .find(|e| e.kind == "target.admin_rotated")
             .map(|e| serde_json::from_str::<serde_json::Value>(&e.body).unwrap())
-            .last()
             .unwrap();
         assert_eq!(rotated["details"]["previous_kept"], true, "{rotated}");
 
