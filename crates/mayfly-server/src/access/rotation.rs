@@ -18,6 +18,13 @@
 //! - when the broker first builds its client of the target ([`Broker::target`]) and the target
 //!   refuses the current password: the pending one is tried, and made current if it works.
 //!
+//! Saving the target again while a rotation is under way keeps the intent (its holder may have
+//! set the pending password already). A target that keeps the new password in memory only
+//! (Redis with neither an ACL file nor a configuration file: [`Target::persist_admin`]) would
+//! take the old one again after a restart: the previous password is then kept
+//! ([`previous_secret_path`]), and when the target refuses the current one but takes the
+//! previous one, the current one is set back (`target.admin_secret.reapplied`).
+//!
 //! A rotation that fails keeps its intent, is audited (`target.admin_rotation.failed`), counted
 //! in `/metrics`, and is tried again with backoff ([`retry_delay`]). Every step is audited with
 //! the target's name and the outcome, never a password.
