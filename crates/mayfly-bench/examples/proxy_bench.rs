@@ -34,6 +34,7 @@ const POLICY: &str = r#"
 permit (principal, action == Action::"proxy", resource == ProxyRoute::"bench")
 when { context.method == "GET" };
 permit (principal in Group::"admins", action == Action::"write_secret", resource);
+permit (principal in Group::"admins", action == Action::"read_secret", resource);
 "#;
 
 #[tokio::main]

@@ -75,6 +75,8 @@ type ProxyContext = {
     path: String,
     intent: String,
     hour: Long,
+    scope: Set<String>,
+    actor: String,
 };
 
 action proxy appliesTo {
@@ -175,8 +177,9 @@ pub struct ExchangeInput<'a> {
 
 /// What one proxied call is decided on (the action `proxy`): who, on which route (the resource
 /// `ProxyRoute::"<name>"`), and the context: the HTTP method (upper case), the path below the
-/// route (`/v1/charges`, no query), the caller's stated intent (`""` when none) and the hour
-/// (0..=23, UTC).
+/// route (`/v1/charges`, no query), the caller's stated intent (`""` when none), the hour
+/// (0..=23, UTC), the scopes of the caller's exchanged token (none for a session token) and the
+/// actor acting for the principal (the token's `act.sub`; `""` when none).
 #[derive(Clone, Debug)]
 pub struct ProxyInput<'a> {
     pub principal: &'a Principal,
@@ -185,6 +188,8 @@ pub struct ProxyInput<'a> {
     pub path: &'a str,
     pub intent: &'a str,
     pub hour: u8,
+    pub scope: &'a [String],
+    pub actor: &'a str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -521,6 +526,11 @@ impl Policies {
                 "hour".to_owned(),
                 RestrictedExpression::new_long(i64::from(input.hour)),
             ),
+            (
+                "scope".to_owned(),
+                RestrictedExpression::new_set(input.scope.iter().map(|s| string(s))),
+            ),
+            ("actor".to_owned(), string(input.actor)),
         ])
         .map_err(|e| eval(e.to_string()))?;
         let request = Request::new(principal_uid, action_uid, route_uid, ctx, Some(schema))
@@ -1164,6 +1174,8 @@ when { context.method == "POST" && context.path == "/v1/refunds" && context.inte
                     path,
                     intent,
                     hour,
+                    scope: &[],
+                    actor: "",
                 })
                 .unwrap()
                 .allows()
@@ -1190,6 +1202,8 @@ when { context.method == "POST" && context.path == "/v1/refunds" && context.inte
                 path: "/v1/charges",
                 intent: "",
                 hour: 3,
+                scope: &[],
+                actor: "",
             })
             .unwrap();
         assert!(matches!(denied, Decision::Deny { reason } if reason.contains("stripe")));

@@ -111,7 +111,7 @@ fn not_found(path: &SecretPath, version: Option<i64>) -> BrokerError {
 impl Broker {
     /// Whether `caller` may do `action` on `path` (admins may always write): `Ok(policies)` or
     /// `Err(reason)`.
-    async fn secret_decision(
+    pub(crate) async fn secret_decision(
         &self,
         caller: &Caller,
         action: Action,

@@ -210,9 +210,9 @@ pub enum Change {
         groups: Option<Vec<String>>,
         disabled: Option<bool>,
     },
-    /// Adds or replaces a target and its encrypted admin secret; a rotation of the admin secret
-    /// under way is void, and its schedule (`rotate_admin_every_ms`, `None`: on demand only)
-    /// starts from now.
+    /// Adds or replaces a target and its encrypted admin secret; the schedule of its rotation
+    /// (`rotate_admin_every_ms`, `None`: on demand only) starts from now. A rotation under way is
+    /// kept, pending password and all: the target may have it already.
     PutTarget {
         target: TargetRecord,
         secret: (String, Vec<u8>),
@@ -239,11 +239,16 @@ pub enum Change {
     },
     /// The rotation `rotation_id` is done: `secret` (the target's admin secret, sealed) becomes
     /// current, the intent is cleared, the next scheduled rotation is set. Conflicts if that
-    /// intent is no longer there.
+    /// intent is no longer there. `previous`: where the password the target takes after a
+    /// restart is kept, and that password (sealed) when the target holds the new one in memory
+    /// only (Redis without an ACL or configuration file to write). A password kept there already
+    /// stays (it is older: the one the target restarts with); `None`: the target keeps the new
+    /// one durably, and no previous one is kept any more.
     CompleteAdminRotation {
         target: String,
         rotation_id: String,
         secret: (String, Vec<u8>),
+        previous: (String, Option<Vec<u8>>),
         at: Timestamp,
     },
     /// The rotation `rotation_id` failed: the intent stays (the target may have the new password

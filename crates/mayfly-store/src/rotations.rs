@@ -47,8 +47,11 @@ impl From<RotationRow> for AdminRotationRecord {
     }
 }
 
-/// Part of [`crate::Change::PutTarget`]: the admin secret was set now (by an admin), so any
-/// rotation under way is void, and the schedule starts again from now.
+/// Part of [`crate::Change::PutTarget`]: the admin secret was set now (by an admin), so the
+/// schedule starts again from now. A rotation under way is kept (its intent, pending password and
+/// claim): the node that holds it may have set the pending password on the target already, and
+/// voiding it would lose the only password the target takes. It is finished forward as any
+/// intent is (the pending password is tried; else it is set with the newly saved one).
 pub(crate) async fn reset(
     c: &mut AnyConnection,
     target: &str,
@@ -60,7 +63,7 @@ pub(crate) async fn reset(
         "INSERT INTO admin_rotations (target, every_ms, rotated_at, due_at, n_failures) \
          VALUES ($1, $2, $3, $4, 0) \
          ON CONFLICT (target) DO UPDATE SET every_ms = $2, rotated_at = $3, due_at = $4, \
-         rotation_id = NULL, pending = NULL, claimed_until = NULL, n_failures = 0, last_error = NULL",
+         n_failures = 0, last_error = NULL",
     )
     .bind(target.to_owned())
     .bind(every_ms)
@@ -137,6 +140,7 @@ pub(crate) async fn complete(
     target: &str,
     rotation_id: &str,
     secret: &(String, Vec<u8>),
+    previous: &(String, Option<Vec<u8>>),
     at: Timestamp,
 ) -> Result<Applied, sqlx::Error> {
     let done = sqlx::query(
@@ -156,6 +160,26 @@ pub(crate) async fn complete(
         )));
     }
     put_secrets(c, std::slice::from_ref(secret), at).await?;
+    let (path, blob) = previous;
+    match blob {
+        Some(blob) => {
+            sqlx::query(
+                "INSERT INTO secrets (path, blob, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (path) DO NOTHING",
+            )
+            .bind(path.clone())
+            .bind(blob.clone())
+            .bind(at.unix_ms())
+            .execute(&mut *c)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM secrets WHERE path = $1")
+                .bind(path.clone())
+                .execute(&mut *c)
+                .await?;
+        }
+    }
     Ok(Applied::Done)
 }
 

@@ -506,6 +506,13 @@ pub trait Target: Send + Sync + fmt::Debug {
             reason: "this kind of target has no admin account".into(),
         })
     }
+    /// Makes the admin password set by [`Target::rotate_admin`] outlive a restart of the target;
+    /// `Ok(false)` when the target keeps it in memory only (the broker then keeps the previous
+    /// password, which the target will take again after a restart). The default: targets that
+    /// store a password durably as they set it (PostgreSQL, MariaDB).
+    async fn persist_admin(&self) -> Result<bool, TargetError> {
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

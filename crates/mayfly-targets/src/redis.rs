@@ -429,8 +429,7 @@ impl Target for RedisTarget {
 
     /// `ACL SETUSER <admin> resetpass #<sha256>` (the `default` user when the URL names none,
     /// which is `requirepass`'s user): the hash is sent, never the password. Connections already
-    /// authenticated stay so. Not written to an ACL file or the configuration file: see
-    /// docs/targets/redis.md.
+    /// authenticated stay so. In memory only until [`Target::persist_admin`].
     async fn rotate_admin(&self, new_password: &SecretString) -> Result<(), TargetError> {
         let user = self.admin_user.as_deref().unwrap_or("default");
         let hash = SecretString::from(format!("#{}", sha256_hex(new_password).expose_secret()));
@@ -443,6 +442,43 @@ impl Target for RedisTarget {
         ])
         .await
         .map(|_| ())
+    }
+
+    /// `ACL SAVE` when Redis loads its users from an ACL file (`aclfile`), else `CONFIG REWRITE`
+    /// when it was started with a configuration file (`config_file` in `INFO server`);
+    /// `Ok(false)` when it has neither, or the admin user may not run them: the password then
+    /// lives in memory only, and a restart of Redis brings the previous one back.
+    async fn persist_admin(&self) -> Result<bool, TargetError> {
+        let aclfile = match self.one(&[b"CONFIG", b"GET", b"aclfile"]).await {
+            Ok(reply) => reply.strings().get(1).cloned().unwrap_or_default(),
+            Err(TargetError::Refused { .. }) => String::new(),
+            Err(error) => return Err(error),
+        };
+        let command: &[&[u8]] = if !aclfile.is_empty() {
+            &[b"ACL", b"SAVE"]
+        } else {
+            let info = match self.one(&[b"INFO", b"server"]).await {
+                Ok(reply) => reply.text().unwrap_or_default(),
+                Err(TargetError::Refused { .. }) => String::new(),
+                Err(error) => return Err(error),
+            };
+            let has_config_file = info.lines().any(|line| {
+                line.strip_prefix("config_file:")
+                    .is_some_and(|path| !path.trim().is_empty())
+            });
+            if !has_config_file {
+                return Ok(false);
+            }
+            &[b"CONFIG", b"REWRITE"]
+        };
+        match self.one(command).await {
+            Ok(_) => Ok(true),
+            Err(TargetError::Refused { reason, .. }) => {
+                tracing::warn!(target_name = %self.name, reason = %reason, "the rotated admin password cannot be saved by Redis: it lives in memory only");
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Sends every command `issue`, `revoke` and the proof need, each in a form that changes

@@ -18,6 +18,13 @@
 //! - when the broker first builds its client of the target ([`Broker::target`]) and the target
 //!   refuses the current password: the pending one is tried, and made current if it works.
 //!
+//! Saving the target again while a rotation is under way keeps the intent (its holder may have
+//! set the pending password already). A target that keeps the new password in memory only
+//! (Redis with neither an ACL file nor a configuration file: [`Target::persist_admin`]) would
+//! take the old one again after a restart: the previous password is then kept
+//! ([`previous_secret_path`]), and when the target refuses the current one but takes the
+//! previous one, the current one is set back (`target.admin_secret.reapplied`).
+//!
 //! A rotation that fails keeps its intent, is audited (`target.admin_rotation.failed`), counted
 //! in `/metrics`, and is tried again with backoff ([`retry_delay`]). Every step is audited with
 //! the target's name and the outcome, never a password.
@@ -54,6 +61,13 @@ const LOOK_EVERY: Duration = Duration::from_secs(10);
 /// Where the pending password of a rotation of `name`'s admin secret is sealed (its AAD).
 pub fn pending_secret_path(name: &str) -> String {
     format!("targets/{name}/admin-pending")
+}
+
+/// Where the previous admin password of `name` is kept (sealed) when the target holds the
+/// current one in memory only (Redis without an ACL or configuration file it can write): after a
+/// restart the target takes the previous one again, and the broker sets the current one back.
+pub fn previous_secret_path(name: &str) -> String {
+    format!("targets/{name}/admin-previous")
 }
 
 /// The wait before the next attempt after `n_failures` failed ones in a row: 30 s, doubling,
@@ -179,37 +193,49 @@ impl Broker {
         claimed_until: Timestamp,
         trigger: Trigger,
     ) -> Result<Timestamp, BrokerError> {
-        if let Err(error) = self
+        let previous = match self
             .push_admin_password(name, password, claimed_until)
             .await
         {
-            return Err(self
-                .rotation_failed(meta, name, rotation_id, trigger, error)
-                .await);
-        }
+            Ok(previous) => previous,
+            Err(error) => {
+                return Err(self
+                    .rotation_failed(meta, name, rotation_id, trigger, error)
+                    .await);
+            }
+        };
         crate::failpoint::hit("rotate-admin:after-target");
-        self.complete_rotation(meta, name, rotation_id, password, trigger)
-            .await
+        self.complete_rotation(
+            meta,
+            name,
+            rotation_id,
+            password,
+            previous.as_ref(),
+            trigger,
+        )
+        .await
     }
 
     /// Step 2: the target gets `password`, set with the current one; if the target refuses the
     /// current one, it may have `password` already (an earlier attempt got that far): then it
-    /// is done.
+    /// is done. Then the target is asked to make it outlive a restart; if it cannot, the current
+    /// password is answered, to be kept as the previous one.
     async fn push_admin_password(
         &self,
         name: &str,
         password: &SecretString,
         claimed_until: Timestamp,
-    ) -> Result<(), String> {
+    ) -> Result<Option<SecretString>, String> {
         if self.now() + CLAIM_MARGIN > claimed_until {
             return Err("this node's claim on the rotation is about to end".into());
         }
+        let old = self.admin_secret(name).await.map_err(|e| e.to_string())?;
         let current = self
-            .admin_client(name, None)
+            .admin_client(name, Some(&old))
             .await
             .map_err(|e| e.to_string())?;
-        match current.rotate_admin(password).await {
-            Ok(()) => Ok(()),
+        let with_new = match current.rotate_admin(password).await {
+            Ok(()) => current,
             Err(TargetError::AdminLogin { .. }) => {
                 let pending = self
                     .admin_client(name, Some(password))
@@ -217,9 +243,29 @@ impl Broker {
                     .map_err(|e| e.to_string())?;
                 pending.check_admin().await.map_err(|e| {
                     format!("the target refuses both the current and the new admin password: {e}")
-                })
+                })?;
+                pending
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => return Err(error.to_string()),
+        };
+        Ok(self.keep_previous(name, with_new.as_ref(), old).await)
+    }
+
+    /// `old` if the target (which has the new password) cannot make it outlive a restart, to be
+    /// kept as the previous password; `None` if it can.
+    async fn keep_previous(
+        &self,
+        name: &str,
+        target: &dyn Target,
+        old: SecretString,
+    ) -> Option<SecretString> {
+        match target.persist_admin().await {
+            Ok(true) => None,
+            Ok(false) => Some(old),
+            Err(error) => {
+                tracing::warn!(target_name = name, error = %error, "cannot make the rotated admin password outlive a restart of the target; the previous one is kept");
+                Some(old)
+            }
         }
     }
 
@@ -230,6 +276,7 @@ impl Broker {
         name: &str,
         rotation_id: &str,
         password: &SecretString,
+        previous: Option<&SecretString>,
         trigger: Trigger,
     ) -> Result<Timestamp, BrokerError> {
         let keys = self.require_unsealed().await?;
@@ -237,11 +284,20 @@ impl Broker {
         let blob = keys
             .keyring
             .seal(&path, password.expose_secret().as_bytes())?;
+        let previous_path = previous_secret_path(name);
+        let previous = match previous {
+            Some(previous) => Some(
+                keys.keyring
+                    .seal(&previous_path, previous.expose_secret().as_bytes())?,
+            ),
+            None => None,
+        };
         let now = self.now();
         let mut event = self
             .draft("target.admin_rotated", Outcome::Ok)
             .detail("rotation_id", rotation_id.to_owned())
-            .detail("trigger", trigger.as_str());
+            .detail("trigger", trigger.as_str())
+            .detail("previous_kept", previous.is_some());
         event.actor = Some("broker".into());
         event.subject = Some(format!("target:{name}"));
         meta.fill(&mut event);
@@ -251,6 +307,7 @@ impl Broker {
                     target: name.to_owned(),
                     rotation_id: rotation_id.to_owned(),
                     secret: (path, blob),
+                    previous: (previous_path, previous),
                     at: now,
                 }),
                 event,
@@ -368,45 +425,102 @@ impl Broker {
         .map(|_| ())
     }
 
-    /// For [`Broker::target`], when it builds the client of `name` afresh: if a rotation is under
-    /// way and the target refuses the current password, the pending one is tried; if the target
+    /// For [`Broker::target`], when it builds the client of `name` afresh and the target refuses
+    /// the current password: if a rotation is under way, the pending one is tried; if the target
     /// takes it, it becomes current (step 3, for whoever did step 2) and its client is answered.
+    /// Else, if a previous password is kept (the target held the current one in memory only and
+    /// has restarted since), it is tried, and the current one is set back on the target with it.
     pub(crate) async fn recover_admin_login(
         &self,
         name: &str,
         current: Arc<dyn Target>,
     ) -> Result<Arc<dyn Target>, BrokerError> {
-        let Some(record) = self.store().admin_rotation(name).await? else {
+        let pending = self
+            .store()
+            .admin_rotation(name)
+            .await?
+            .and_then(|record| record.pending);
+        let previous_path = previous_secret_path(name);
+        let previous = self.store().secret(&previous_path).await?;
+        if pending.is_none() && previous.is_none() {
             return Ok(current);
-        };
-        let Some(pending) = &record.pending else {
-            return Ok(current);
-        };
+        }
         match current.check_admin().await {
             Err(TargetError::AdminLogin { .. }) => {}
             _ => return Ok(current),
         }
         let keys = self.require_unsealed().await?;
-        let password = SecretString::from(
-            String::from_utf8_lossy(
-                &keys
-                    .keyring
-                    .open(&pending_secret_path(name), &pending.blob)?,
-            )
-            .into_owned(),
+        let meta = Origin::internal("admin-rotation");
+        if let Some(pending) = &pending {
+            let password = SecretString::from(
+                String::from_utf8_lossy(
+                    &keys
+                        .keyring
+                        .open(&pending_secret_path(name), &pending.blob)?,
+                )
+                .into_owned(),
+            );
+            let candidate = self.admin_client(name, Some(&password)).await?;
+            match candidate.check_admin().await {
+                Ok(()) => {
+                    let old = self.admin_secret(name).await?;
+                    let kept = self.keep_previous(name, candidate.as_ref(), old).await;
+                    return match self
+                        .complete_rotation(
+                            &meta,
+                            name,
+                            &pending.id,
+                            &password,
+                            kept.as_ref(),
+                            Trigger::Recovery,
+                        )
+                        .await
+                    {
+                        Ok(_) | Err(BrokerError::Conflict(_)) => Ok(candidate),
+                        Err(error) => Err(error),
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(target_name = name, error = %error, "the target refuses both the current and the pending admin password");
+                }
+            }
+        }
+        let Some(blob) = previous else {
+            return Ok(current);
+        };
+        let old = SecretString::from(
+            String::from_utf8_lossy(&keys.keyring.open(&previous_path, &blob)?).into_owned(),
         );
-        let candidate = self.admin_client(name, Some(&password)).await?;
+        let candidate = self.admin_client(name, Some(&old)).await?;
         if let Err(error) = candidate.check_admin().await {
-            tracing::error!(target_name = name, error = %error, "the target refuses both the current and the pending admin password");
+            tracing::error!(target_name = name, error = %error, "the target refuses the current, the pending and the previous admin password");
             return Ok(current);
         }
-        let meta = Origin::internal("admin-rotation");
-        match self
-            .complete_rotation(&meta, name, &pending.id, &password, Trigger::Recovery)
-            .await
-        {
-            Ok(_) | Err(BrokerError::Conflict(_)) => Ok(candidate),
-            Err(error) => Err(error),
+        // The target restarted with the previous password: the current one is set back.
+        let password = self.admin_secret(name).await?;
+        let reapplied = candidate.rotate_admin(&password).await;
+        let mut event = self
+            .draft("target.admin_secret.reapplied", Outcome::Ok)
+            .detail("reason", "the target took only the previous admin password");
+        if let Err(error) = &reapplied {
+            event = event.detail("error", error.to_string());
+            event.outcome = Outcome::Failed;
+        }
+        event.actor = Some("broker".into());
+        event.subject = Some(format!("target:{name}"));
+        meta.fill(&mut event);
+        self.record(event).await?;
+        match reapplied {
+            Ok(()) => {
+                if !candidate.persist_admin().await.unwrap_or(false) {
+                    tracing::warn!(
+                        target_name = name,
+                        "the admin password set back lives in memory only"
+                    );
+                }
+                self.admin_client(name, Some(&password)).await
+            }
+            Err(_) => Ok(candidate),
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::Route;
-use super::scrub::Scrubber;
+use super::scrub::{Scrubber, forms};
 use super::target::{CallPath, passed_back, upstream_headers, upstream_query};
 use crate::audit::refused::audit_refusal;
 use crate::error::{AuditedError, BrokerError};
@@ -86,6 +86,40 @@ struct Injected {
     patterns: Vec<Zeroizing<Vec<u8>>>,
 }
 
+/// Who makes a call: the session, and for an exchanged token its scopes and the actor acting for
+/// the session's principal (its `act.sub`; empty when none, and for a session token).
+struct ProxyCaller {
+    session: SessionRecord,
+    scope: Vec<String>,
+    actor: String,
+}
+
+impl ProxyCaller {
+    fn exchanged(
+        claims: &serde_json::Map<String, serde_json::Value>,
+        session: SessionRecord,
+    ) -> Self {
+        let scope = claims
+            .get("scope")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let actor = claims
+            .get("act")
+            .and_then(|act| act.get("sub"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        ProxyCaller {
+            session,
+            scope,
+            actor,
+        }
+    }
+}
+
 /// What the audit events of one call share.
 struct CallFacts<'a> {
     route: &'a str,
@@ -130,7 +164,11 @@ impl Broker {
             path: call.raw_path.chars().take(256).collect(),
             principal: None,
         };
-        let session = self.proxy_caller(meta, &call, &facts).await?;
+        let ProxyCaller {
+            session,
+            scope,
+            actor,
+        } = self.proxy_caller(meta, &call, &facts).await?;
         let principal = session.principal.to_string();
         facts.principal = Some(principal.clone());
         let route = match self.route(&call.route).await {
@@ -169,6 +207,8 @@ impl Broker {
             path: &path.canonical(),
             intent: &intent,
             hour: self.now().utc_hour(),
+            scope: &scope,
+            actor: &actor,
         });
         let policies = match decision.map(Decision::immediate) {
             Ok(Decision::Allow { policies, .. }) => policies,
@@ -191,6 +231,9 @@ impl Broker {
             .detail("bytes_in", body.len());
         if !intent.is_empty() {
             event = event.detail("intent", intent.clone());
+        }
+        if !actor.is_empty() {
+            event = event.detail("act", actor.clone());
         }
         self.record(event).await?;
 
@@ -336,13 +379,14 @@ impl Broker {
     }
 
     /// The caller, from its bearer token: a live Mayfly session, or a JWT from token exchange
-    /// for this route (its `aud`), whose session is live. A refusal is audited (aggregated).
+    /// for this route (its `aud`), whose session is live, with the token's scopes and actor. A
+    /// refusal is audited (aggregated).
     async fn proxy_caller(
         &self,
         meta: &Origin,
         call: &ProxyCall,
         facts: &CallFacts<'_>,
-    ) -> Result<SessionRecord, AuditedError> {
+    ) -> Result<ProxyCaller, AuditedError> {
         let reason = "the token is unknown, expired, revoked or not for this route";
         let Some(token) = bearer(&call.headers) else {
             let error =
@@ -353,7 +397,9 @@ impl Broker {
             None
         } else if token.contains('.') {
             match self.verify_own_jwt(token, Some(&call.route)).await {
-                Ok(found) => found.map(|(_, session)| session),
+                Ok(found) => {
+                    found.map(|(claims, session)| ProxyCaller::exchanged(&claims, session))
+                }
                 Err(ExchangeError::OAuth { .. }) => None,
                 Err(ExchangeError::Broker(error)) => return Err(error.into()),
             }
@@ -364,6 +410,11 @@ impl Broker {
                 .session_by_hash(&hash)
                 .await?
                 .filter(|session| session.revoked_at.is_none() && session.expires_at > now)
+                .map(|session| ProxyCaller {
+                    session,
+                    scope: Vec::new(),
+                    actor: String::new(),
+                })
         } else {
             None
         };
@@ -461,13 +512,7 @@ impl Broker {
             patterns: Vec::new(),
         };
         for value in values.values() {
-            let value = value.expose_secret().as_bytes();
-            injected.patterns.push(Zeroizing::new(value.to_vec()));
-            injected.patterns.push(Zeroizing::new(
-                form_urlencoded::byte_serialize(value)
-                    .collect::<String>()
-                    .into_bytes(),
-            ));
+            injected.patterns.extend(forms(value.expose_secret()));
         }
         let render = |template: &Template| -> Zeroizing<String> {
             let mut out = Zeroizing::new(String::new());
@@ -498,9 +543,7 @@ impl Broker {
                     let mut header =
                         HeaderValue::from_bytes(value.as_bytes()).map_err(|_| misconfigured())?;
                     header.set_sensitive(true);
-                    injected
-                        .patterns
-                        .push(Zeroizing::new(value.as_bytes().to_vec()));
+                    injected.patterns.extend(forms(&value));
                     injected.headers.push((name, header));
                 }
                 Injection::Basic { user, password } => {
@@ -527,14 +570,7 @@ impl Broker {
                 }
                 Injection::Query { name, value } => {
                     let value = render(value);
-                    injected
-                        .patterns
-                        .push(Zeroizing::new(value.as_bytes().to_vec()));
-                    injected.patterns.push(Zeroizing::new(
-                        form_urlencoded::byte_serialize(value.as_bytes())
-                            .collect::<String>()
-                            .into_bytes(),
-                    ));
+                    injected.patterns.extend(forms(&value));
                     injected.query.push((name.clone(), value.to_string()));
                 }
             }

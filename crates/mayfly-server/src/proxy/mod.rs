@@ -15,12 +15,15 @@ pub mod limits;
 pub mod scrub;
 pub mod target;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use mayfly_api::{ProxyRate, ProxyRouteInfo, ProxyRouteRequest};
 use mayfly_core::Timestamp;
 use mayfly_core::audit::Outcome;
+use mayfly_core::policy::Action;
 use mayfly_core::proxy::{Injection, RouteName};
+use mayfly_core::secret_path::SecretPath;
 use mayfly_store::{Change, ProxyRouteRecord, Write, WriteOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -276,6 +279,48 @@ fn cors_origin(text: &str) -> Result<String, &'static str> {
 }
 
 impl Broker {
+    /// A route sends its secrets to a host its author chooses, so its author must be permitted
+    /// `read_secret` on every secret it injects (the secret store's own decision): else an admin
+    /// could read any secret by routing it to a host of their own. A refusal is audited
+    /// (`proxy.route.refused`, naming the path) and answered 403.
+    async fn may_inject(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        route: &Route,
+    ) -> Result<(), BrokerError> {
+        let mut paths: Vec<&str> = route
+            .injections
+            .iter()
+            .flat_map(|injection| injection.secrets())
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        for text in paths {
+            let path = SecretPath::from_str(text).map_err(|e| {
+                BrokerError::BadRequest(format!("field `inject`: the secret `{text}`: {e}"))
+            })?;
+            if let Err(reason) = self
+                .secret_decision(caller, Action::ReadSecret, &path)
+                .await?
+            {
+                let mut event = self
+                    .draft("proxy.route.refused", Outcome::Refused)
+                    .detail("path", path.to_string())
+                    .detail("reason", reason.clone());
+                event.actor = Some(caller.principal().to_string());
+                event.subject = Some(format!("proxy-route:{}", route.name));
+                meta.fill(&mut event);
+                self.record(event).await?;
+                return Err(BrokerError::Forbidden(format!(
+                    "field `inject`: you may not read the secret `{path}` ({reason}); a route \
+                     may inject only secrets its author is permitted `read_secret` on"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a proxy route (admins only).
     pub async fn put_proxy_route(
         &self,
@@ -290,6 +335,7 @@ impl Broker {
             None => now,
         };
         let route = Route::validate(&request, created_at, now)?;
+        self.may_inject(meta, caller, &route).await?;
         let config = serde_json::to_string(&route.stored())
             .map_err(|e| BrokerError::Internal(format!("proxy route: {e}")))?;
         let mut event = self

@@ -1,14 +1,51 @@
 //! Scrubbing the injected credentials out of an upstream's answer, chunk by chunk. An upstream
 //! that echoes what it received (a debugging endpoint, an error message quoting the request)
 //! would otherwise hand the secret to the caller. Each pattern (a secret, the header value made
-//! from it, its Basic and percent-encoded forms) is replaced by [`REDACTED`] wherever it appears,
+//! from it, and their encoded forms: see [`forms`]) is replaced by [`REDACTED`] wherever it appears,
 //! also across chunk boundaries: the last `longest - 1` bytes that could still begin a match are
 //! held back until the next chunk (or the end) decides.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use zeroize::Zeroizing;
 
 /// What replaces a credential in an answer.
 pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// The forms in which an upstream may echo `value`: as is; percent-encoded (a query or form);
+/// JSON-escaped as `serde_json` writes a string, also with `/` as `\/` (PHP, some Java) and with
+/// every non-ASCII character as `\uXXXX` (Python's `json.dumps`); and standard base64.
+pub fn forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut forms = vec![
+        Zeroizing::new(value.as_bytes().to_vec()),
+        Zeroizing::new(
+            form_urlencoded::byte_serialize(value.as_bytes())
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        Zeroizing::new(STANDARD.encode(value.as_bytes()).into_bytes()),
+    ];
+    let quoted = Zeroizing::new(serde_json::Value::from(value).to_string());
+    let escaped = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(&quoted);
+    forms.push(Zeroizing::new(escaped.as_bytes().to_vec()));
+    forms.push(Zeroizing::new(escaped.replace('/', "\\/").into_bytes()));
+    let mut ascii = Zeroizing::new(String::with_capacity(escaped.len()));
+    for c in escaped.chars() {
+        if c.is_ascii() {
+            ascii.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    forms.push(Zeroizing::new(ascii.as_bytes().to_vec()));
+    forms
+}
 
 /// The patterns to replace and the bytes held back between chunks. Both are secrets: zeroized
 /// when dropped, never printed.
@@ -186,6 +223,35 @@ mod tests {
         );
         assert_eq!(run(&[], &["any", "thing"]), "anything");
         assert_eq!(run(&["aa"], &["aaa"]), "[REDACTED]a");
+    }
+
+    #[test]
+    fn encoded_forms_of_a_secret_are_scrubbed() {
+        let secret = "sk/\"live\\é-0123";
+        let s = Scrubber::new(forms(secret));
+        let json = serde_json::json!({ "echo": secret }).to_string();
+        assert_eq!(
+            s.scrub_all(json.as_bytes()),
+            br#"{"echo":"[REDACTED]"}"#.to_vec()
+        );
+        let slashed = json.replace('/', "\\/");
+        assert_eq!(
+            s.scrub_all(slashed.as_bytes()),
+            br#"{"echo":"[REDACTED]"}"#.to_vec()
+        );
+        let ascii = r#"{"echo":"sk/\"live\\\u00e9-0123"}"#;
+        assert_eq!(
+            s.scrub_all(ascii.as_bytes()),
+            br#"{"echo":"[REDACTED]"}"#.to_vec()
+        );
+        let b64 = format!("token={}", STANDARD.encode(secret));
+        assert_eq!(s.scrub_all(b64.as_bytes()), b"token=[REDACTED]".to_vec());
+        let query = format!(
+            "k={}",
+            form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
+        );
+        assert_eq!(s.scrub_all(query.as_bytes()), b"k=[REDACTED]".to_vec());
+        assert_eq!(s.scrub_all(secret.as_bytes()), b"[REDACTED]".to_vec());
     }
 
     #[test]

@@ -250,3 +250,146 @@ async fn schedules_are_bounded_and_certificate_targets_have_no_admin_secret() {
         .await;
     assert!(answer.to_string().contains("no admin secret"), "{answer}");
 }
+
+/// Deletes a Redis ACL user when dropped (even when the test fails).
+struct RedisUser(String);
+
+impl Drop for RedisUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379", "ACL", "DELUSER", &self.0])
+            .output();
+    }
+}
+
+/// The machine's Redis has neither an ACL file nor a configuration file: a rotated password
+/// lives in its memory only, and a restart brings the old one back. The broker keeps that old
+/// password (sealed, as `admin-previous`, the oldest one across rotations); when the target
+/// refuses the current one and takes the previous one, the broker sets the current one back.
+#[tokio::test]
+async fn redis_rotation_in_memory_keeps_the_previous_password() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin();
+    let user = RedisUser(format!(
+        "mayfly_prev_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    ));
+    let old = format!("pw-{}", uuid::Uuid::now_v7().simple());
+    let restart = || {
+        // What a restart of this Redis does to the user: its password from before the rotations.
+        redis_cli(&["ACL", "SETUSER", &user.0, "resetpass", &format!(">{old}")]);
+    };
+    restart();
+    redis_cli(&["ACL", "SETUSER", &user.0, "on", "~*", "&*", "+@all"]);
+    let name = "cache-prev";
+    broker
+        .expect(
+            200,
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(
+                json!({"kind": "redis", "name": name, "url": "redis://127.0.0.1:6379",
+                "admin_user": user.0, "admin_password": old}),
+            ),
+        )
+        .await;
+    broker
+        .add_role(name, "reader", 3600, "~prev:* +@read +ping")
+        .await;
+    broker
+        .set_policy(&format!("@id(\"admins\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"{name}\");"))
+        .await;
+    let previous_path = format!("targets/{name}/admin-previous");
+    assert!(
+        broker
+            .broker
+            .store()
+            .secret(&previous_path)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    for round in 0..2 {
+        broker
+            .expect(
+                200,
+                "POST",
+                &format!("/v1/targets/{name}/rotate-admin"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        let current = broker.broker.admin_secret(name).await.unwrap();
+        assert!(redis_auth(&user.0, current.expose_secret()).await);
+        assert!(!redis_auth(&user.0, &old).await);
+        let kept = broker
+            .broker
+            .store()
+            .secret(&previous_path)
+            .await
+            .unwrap()
+            .expect("the previous password is not kept");
+        assert!(
+            !kept.windows(old.len()).any(|w| w == old.as_bytes()),
+            "the previous password in clear"
+        );
+        let rotated = broker
+            .broker
+            .store()
+            .stored_audit_events(0, 1_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .rev()
+            .find(|e| e.kind == "target.admin_rotated")
+            .map(|e| serde_json::from_str::<serde_json::Value>(&e.body).unwrap())
+            .unwrap();
+        assert_eq!(rotated["details"]["previous_kept"], true, "{rotated}");
+
+        // Redis restarts: it takes the old password only. The broker's next client of the target
+        // is refused the current one, logs in with the previous one and sets the current back.
+        restart();
+        assert!(!redis_auth(&user.0, current.expose_secret()).await);
+        broker
+            .broker
+            .target_failed(
+                name,
+                &mayfly_targets::TargetError::AdminLogin {
+                    target: name.into(),
+                    reason: "WRONGPASS".into(),
+                },
+            )
+            .await;
+        broker
+            .grant(
+                &admin,
+                ask(name, "reader", 600, &format!("after restart {round}")),
+            )
+            .await;
+        assert!(
+            redis_auth(&user.0, current.expose_secret()).await,
+            "the current password was not set back (round {round})"
+        );
+        assert!(!redis_auth(&user.0, &old).await);
+        let events = broker
+            .broker
+            .store()
+            .stored_audit_events(0, 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.kind == "target.admin_secret.reapplied")
+                .count(),
+            round + 1
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| !e.body.contains(&old) && !e.body.contains(current.expose_secret()))
+        );
+    }
+}

@@ -41,6 +41,10 @@ when { context.method == "POST" && context.path == "/v1/refunds" && context.inte
 @id("admins-write-secrets")
 permit (principal in Group::"admins", action == Action::"write_secret", resource);
 
+@id("admins-read-route-secrets")
+permit (principal in Group::"admins", action == Action::"read_secret", resource)
+when { resource in Project::"shop" || resource in Project::"mail" || resource in Project::"maps" };
+
 @id("exchange-for-stripe")
 permit (principal, action == Action::"exchange", resource == Audience::"stripe");
 "#;
@@ -909,6 +913,41 @@ async fn hostile_paths_and_routes_stay_on_the_upstream() {
             seen.uri
         );
     }
+    // A route injects only secrets its author may read: else an admin could send any secret to
+    // a host of their own. Refused (403, naming the path), audited, nothing stored.
+    put_secret(&broker, "vault/prod/ROOT", "root-secret-value-123456").await;
+    let (status, body) = add_route(
+        &broker,
+        json!({"name": "exfil", "upstream": format!("http://{}/base", upstream.addr),
+               "inject": ["header:X=Bearer {{secret:shop/prod/STRIPE_KEY}}",
+                          "query:k={{secret:vault/prod/ROOT}}"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("vault/prod/ROOT"), "{body}");
+    let (status, _) = broker
+        .call("GET", "/v1/proxy-routes", Some(&broker.admin()), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        broker
+            .broker
+            .store()
+            .proxy_route("exfil")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let refused = events_of(&broker, "proxy.route.refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["details"]["path"], "vault/prod/ROOT");
+    assert!(
+        !audit_bytes(&broker)
+            .await
+            .windows(24)
+            .any(|w| w == b"root-secret-value-123456")
+    );
+
     // Hostile route definitions are refused.
     for (name, upstream) in [
         ("../x", "https://api.example"),
@@ -986,6 +1025,10 @@ permit (principal == User::"alice", action == Action::"proxy", resource == Proxy
 
 @id("admins-write-secrets")
 permit (principal in Group::"admins", action == Action::"write_secret", resource);
+
+@id("admins-read-route-secrets")
+permit (principal in Group::"admins", action == Action::"read_secret", resource)
+when { resource in Project::"shop" || resource in Project::"mail" || resource in Project::"maps" };
 "#,
         )
         .await;
@@ -1076,4 +1119,141 @@ permit (principal in Group::"admins", action == Action::"write_secret", resource
         events_of(&broker, "proxy.call").await.last()
     );
     assert_eq!(upstream.seen().len(), seen.len());
+}
+
+/// An exchanged token for `audience`, of alice's session, with `scope` and (if any) an actor.
+async fn exchanged_token(
+    broker: &TestBroker,
+    subject: &str,
+    audience: &str,
+    scope: &str,
+    actor: Option<&str>,
+) -> String {
+    let mut fields = vec![
+        ("grant_type", GRANT),
+        ("subject_token", subject),
+        ("subject_token_type", SESSION),
+        ("audience", audience),
+        ("scope", scope),
+    ];
+    if let Some(actor) = actor {
+        fields.push(("actor_token", actor));
+        fields.push(("actor_token_type", SESSION));
+    }
+    let (status, body) = crate::exchange::exchange(broker, &fields).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// The proxy decides on the whole caller: an exchanged token's actor (`context.actor`) and its
+/// scopes (`context.scope`), not only the principal it acts for; the actor is audited.
+#[tokio::test]
+async fn the_policy_sees_the_actor_and_the_scopes() {
+    let broker = TestBroker::ready().await;
+    let upstream = Upstream::start().await;
+    broker
+        .set_policy(
+            r#"
+@id("alice-stripe")
+permit (principal == User::"alice", action == Action::"proxy", resource == ProxyRoute::"stripe");
+
+@id("agents-only-read")
+forbid (principal, action == Action::"proxy", resource)
+when { context.actor != "" && context.method != "GET" };
+
+@id("charges-scope")
+permit (principal == User::"alice", action == Action::"proxy", resource == ProxyRoute::"charges")
+when { context.scope.contains("charges:read") };
+
+@id("exchange")
+permit (principal, action == Action::"exchange", resource);
+
+@id("admins-write-secrets")
+permit (principal in Group::"admins", action == Action::"write_secret", resource);
+
+@id("admins-read-route-secrets")
+permit (principal in Group::"admins", action == Action::"read_secret", resource)
+when { resource in Project::"shop" || resource in Project::"mail" || resource in Project::"maps" };
+"#,
+        )
+        .await;
+    put_secret(&broker, "shop/prod/STRIPE_KEY", SECRET).await;
+    for name in ["stripe", "charges"] {
+        let (status, body) = add_route(
+            &broker,
+            json!({
+                "name": name,
+                "upstream": format!("http://{}/base", upstream.addr),
+                "inject": ["header:Authorization=Bearer {{secret:shop/prod/STRIPE_KEY}}"],
+            }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let alice = login(&broker, "alice").await;
+    let bob = login(&broker, "bob").await;
+
+    // alice's own session may POST; bob acting for alice may GET, not POST.
+    let post = |token: String| {
+        let broker = &broker;
+        async move {
+            proxy(
+                broker,
+                "POST",
+                "/v1/proxy/stripe/v1/charges",
+                Some(&token),
+                &[],
+                Some(b"amount=1".to_vec()),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(post(alice.clone()).await, 200);
+    let own = exchanged_token(&broker, &alice, "stripe", "charges:write", None).await;
+    assert_eq!(post(own).await, 200);
+    let delegated = exchanged_token(&broker, &alice, "stripe", "charges:write", Some(&bob)).await;
+    let n_seen = upstream.seen().len();
+    assert_eq!(post(delegated.clone()).await, 403);
+    assert_eq!(
+        upstream.seen().len(),
+        n_seen,
+        "a refused call was forwarded"
+    );
+    let (status, _, _) = proxy(
+        &broker,
+        "GET",
+        "/v1/proxy/stripe/v1/charges",
+        Some(&delegated),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let calls = events_of(&broker, "proxy.call").await;
+    let last = calls.last().unwrap();
+    assert_eq!(last["details"]["act"], "user:bob", "{last}");
+    assert_eq!(last["actor"], "user:alice", "{last}");
+
+    // The scope decides: a token holding `charges:read` passes, one without (and a session) not.
+    let get = |token: String| {
+        let broker = &broker;
+        async move {
+            proxy(
+                broker,
+                "GET",
+                "/v1/proxy/charges/v1/charges",
+                Some(&token),
+                &[],
+                None,
+            )
+            .await
+            .0
+        }
+    };
+    let reader = exchanged_token(&broker, &alice, "charges", "charges:read", None).await;
+    assert_eq!(get(reader).await, 200);
+    let writer = exchanged_token(&broker, &alice, "charges", "charges:write", None).await;
+    assert_eq!(get(writer).await, 403);
+    assert_eq!(get(alice.clone()).await, 403);
 }

@@ -85,8 +85,9 @@ pub(super) async fn apply(
             target,
             rotation_id,
             secret,
+            previous,
             at,
-        } => rotations::complete(c, target, rotation_id, secret, *at).await,
+        } => rotations::complete(c, target, rotation_id, secret, previous, *at).await,
         Change::AdminRotationFailed {
             target,
             rotation_id,

@@ -106,6 +106,72 @@ pub async fn run(store: &dyn Store) {
         )
         .await
     ));
+    // A rotation of the admin secret under way survives the target being saved again (its
+    // holder may have set the pending password on the target already): the pending password is
+    // kept for the recovery, and the holder can still finish it.
+    assert!(applied(
+        &apply(
+            store,
+            Change::BeginAdminRotation {
+                target: "prod-db".into(),
+                rotation_id: "rot-1".into(),
+                pending: vec![7, 7],
+                claimed_until: at(300_000),
+                due_by: None,
+            }
+        )
+        .await
+    ));
+    assert!(applied(
+        &apply(
+            store,
+            Change::PutTarget {
+                target: target.clone(),
+                secret: ("targets/prod-db/admin".into(), vec![1, 2]),
+                rotate_admin_every_ms: None,
+            }
+        )
+        .await
+    ));
+    let rotation = store.admin_rotation("prod-db").await.unwrap().unwrap();
+    let pending = rotation.pending.expect("the pending rotation was dropped");
+    assert_eq!((pending.id.as_str(), pending.blob), ("rot-1", vec![7, 7]));
+    assert!(applied(
+        &apply(
+            store,
+            Change::CompleteAdminRotation {
+                target: "prod-db".into(),
+                rotation_id: "rot-1".into(),
+                secret: ("targets/prod-db/admin".into(), vec![7, 7]),
+                previous: ("targets/prod-db/admin-previous".into(), None),
+                at: at(2),
+            }
+        )
+        .await
+    ));
+    assert!(
+        store
+            .admin_rotation("prod-db")
+            .await
+            .unwrap()
+            .unwrap()
+            .pending
+            .is_none()
+    );
+    assert_eq!(
+        store.secret("targets/prod-db/admin").await.unwrap(),
+        Some(vec![7, 7])
+    );
+    apply(
+        store,
+        Change::PutTarget {
+            target: target.clone(),
+            secret: ("targets/prod-db/admin".into(), vec![1, 2]),
+            rotate_admin_every_ms: None,
+        },
+    )
+    .await;
+
     assert!(applied(
         &apply(store, Change::PutRole { role: role.clone() }).await
     ));
