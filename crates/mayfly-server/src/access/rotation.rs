@@ -601,6 +601,8 @@ impl Broker {
             }
         }
         self.admin_age_metrics().await?;
+        // The ages of the proxy's standing secrets, alarmed on the same way (issue 19 point 6).
+        self.proxy_secret_metrics().await?;
         Ok(due.len())
     }
 

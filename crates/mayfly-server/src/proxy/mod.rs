@@ -359,7 +359,52 @@ impl Broker {
             })
             .await?;
         self.inner.proxy.limits.forget(route.name.as_str());
+        self.injected_secret_metrics(&route).await?;
         Ok(route.info())
+    }
+
+    /// `mayfly_proxy_secret_created_timestamp_seconds{route, secret}`: when the version a route
+    /// injects was written, so an operator alarms on a credential's age
+    /// (`time() - mayfly_proxy_secret_created_timestamp_seconds > 90 * 86400`); 0 when the secret
+    /// has no live version (the route's calls fail: alarm on that too). Never a value.
+    async fn injected_secret_metrics(&self, route: &Route) -> Result<(), BrokerError> {
+        let mut paths: Vec<&str> = route
+            .injections
+            .iter()
+            .flat_map(|injection| injection.secrets())
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+        for text in paths {
+            let Ok(path) = SecretPath::from_str(text) else {
+                continue;
+            };
+            let created = self
+                .store()
+                .kv_secret(&path, None)
+                .await?
+                .filter(|record| record.meta.is_live())
+                .map_or(0.0, |record| {
+                    record.meta.created_at.unix_ms() as f64 / 1000.0
+                });
+            metrics::gauge!(
+                "mayfly_proxy_secret_created_timestamp_seconds",
+                "route" => route.name.to_string(),
+                "secret" => path.to_string()
+            )
+            .set(created);
+        }
+        Ok(())
+    }
+
+    /// Refreshes [`Broker::injected_secret_metrics`] for every route (the periodic task calls it,
+    /// so a secret written again shows its new age).
+    pub async fn proxy_secret_metrics(&self) -> Result<(), BrokerError> {
+        for record in self.store().proxy_routes().await? {
+            let route = Route::from_record(&record)?;
+            self.injected_secret_metrics(&route).await?;
+        }
+        Ok(())
     }
 
     /// Every proxy route (admins only).

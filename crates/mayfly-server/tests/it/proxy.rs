@@ -1257,3 +1257,44 @@ when { resource in Project::"shop" || resource in Project::"mail" || resource in
     assert_eq!(get(writer).await, 403);
     assert_eq!(get(alice.clone()).await, 403);
 }
+
+/// The proxy's standing secrets have an age an operator can alarm on: `/metrics` says when the
+/// version each route injects was written (and never its value).
+#[tokio::test]
+async fn the_age_of_each_injected_secret_is_in_metrics() {
+    let broker = TestBroker::ready().await;
+    broker.set_policy(POLICY).await;
+    put_secret(&broker, "shop/prod/AGED_KEY", SECRET).await;
+    let (status, body) = add_route(
+        &broker,
+        json!({
+            "name": "aged",
+            "upstream": "http://127.0.0.1:9/",
+            "inject": ["header:Authorization=Bearer {{secret:shop/prod/AGED_KEY}}"],
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = broker
+        .raw()
+        .await
+        .get(format!("{}/metrics", broker.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("mayfly_proxy_secret_created_timestamp_seconds{")
+                && line.contains("route=\"aged\"")
+                && line.contains("secret=\"shop/prod/AGED_KEY\"")
+        })
+        .unwrap_or_else(|| panic!("no age for the route's secret in:\n{metrics}"));
+    let written: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = broker.broker.now().unix_ms() as f64 / 1000.0;
+    assert!((now - written).abs() < 120.0, "{line}");
+    assert!(!metrics.contains(SECRET));
+}
