@@ -617,12 +617,14 @@ impl Target for MysqlTarget {
         Ok(logins)
     }
 
-    /// `ALTER USER CURRENT_USER() IDENTIFIED BY PASSWORD '<hash>'`: the account's
-    /// `mysql_native_password` hash is sent, never the password (the admin has `CREATE USER`).
+    /// `SET PASSWORD = '<hash>'`: the session's own account gets the new `mysql_native_password`
+    /// hash; the password itself is never sent. (MariaDB 10.11 takes `ALTER USER CURRENT_USER()
+    /// IDENTIFIED BY PASSWORD …` without an error and changes nothing: the broker then held a
+    /// password the server did not know.)
     async fn rotate_admin(&self, new_password: &SecretString) -> Result<(), TargetError> {
         let hash = mayfly_crypto::mysql::native_password_hash(new_password);
         self.script(format!(
-            "ALTER USER CURRENT_USER() IDENTIFIED BY PASSWORD {}",
+            "SET PASSWORD = {}",
             quote_string(hash.expose_secret())
         ))
         .await

@@ -393,3 +393,126 @@ async fn redis_rotation_in_memory_keeps_the_previous_password() {
         );
     }
 }
+
+async fn mariadb_login(user: &str, password: &str) -> Result<sqlx::MySqlConnection, sqlx::Error> {
+    use sqlx::ConnectOptions as _;
+    let mut options = sqlx::mysql::MySqlConnectOptions::new()
+        .host("127.0.0.1")
+        .port(3306)
+        .username(user)
+        .log_statements(tracing::log::LevelFilter::Off);
+    if !password.is_empty() {
+        options = options.password(password);
+    }
+    options.connect().await
+}
+
+/// MariaDB: the least-privileged admin of docs/targets/mysql.md changes its own password on the
+/// real server (`SET PASSWORD = <hash>`): the old one is
+/// refused afterwards, the new one logs in, grants go on working.
+#[tokio::test]
+async fn mariadb_admin_rotation_refuses_the_old_password_and_grants_still_work() {
+    let broker = TestBroker::ready().await;
+    let admin = broker.admin();
+    let user = format!(
+        "mayfly_rot_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let old = format!("pw-{}", uuid::Uuid::now_v7().simple());
+    let mut root = mariadb_login("root", "").await.unwrap();
+    // Names and passwords made by this test (hex), nothing from outside.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE IF NOT EXISTS mayfly_rot;
+         CREATE USER '{user}'@'%' IDENTIFIED BY '{old}';
+         GRANT CREATE USER, PROCESS, CONNECTION ADMIN, RELOAD ON *.* TO '{user}'@'%';
+         GRANT SELECT ON mysql.* TO '{user}'@'%';
+         GRANT SELECT ON mayfly_rot.* TO '{user}'@'%' WITH GRANT OPTION;"
+    )))
+    .execute(&mut root)
+    .await
+    .unwrap();
+    let name = "maria-rot";
+    broker
+        .expect(
+            200,
+            "POST",
+            "/v1/targets",
+            Some(&admin),
+            Some(
+                json!({"kind": "mysql", "name": name, "url": "mysql://127.0.0.1:3306",
+                "admin_user": user, "admin_password": old}),
+            ),
+        )
+        .await;
+    broker
+        .add_role(
+            name,
+            "reader",
+            3600,
+            "GRANT SELECT ON mayfly_rot.* TO {{name}};",
+        )
+        .await;
+    broker
+        .set_policy(&format!("@id(\"admins\") permit (principal in Group::\"admins\", action == Action::\"request\", resource in Target::\"{name}\");"))
+        .await;
+    broker
+        .grant(&admin, ask(name, "reader", 600, "before"))
+        .await;
+    assert!(
+        mariadb_login(&user, &old).await.is_ok(),
+        "nothing rotated yet"
+    );
+
+    broker
+        .expect(
+            200,
+            "POST",
+            &format!("/v1/targets/{name}/rotate-admin"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let new = broker.broker.admin_secret(name).await.unwrap();
+    assert_ne!(new.expose_secret(), old);
+    let refused = mariadb_login(&user, &old).await;
+    let new_works = mariadb_login(&user, new.expose_secret()).await;
+    let (status, after) = broker
+        .call(
+            "POST",
+            "/v1/requests",
+            Some(&admin),
+            Some(json!({"target": name, "role": "reader", "ttl_seconds": 600, "reason": "after"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{after}");
+    let id = after["id"].as_str().unwrap_or_default().to_owned();
+    let (activated, credential) = broker
+        .call(
+            "POST",
+            &format!("/v1/requests/{id}/activate"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let found = found_in_files(broker.dir.path(), new.expose_secret().as_bytes());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP USER IF EXISTS '{user}'@'%'"
+    )))
+    .execute(&mut root)
+    .await
+    .unwrap();
+    assert!(
+        refused.is_err(),
+        "the old admin password still logs in (the new one: {:?})",
+        new_works.as_ref().err()
+    );
+    assert!(new_works.is_ok(), "{:?}", new_works.err());
+    assert_eq!(activated, 200, "a grant after the rotation: {credential}");
+    let login = mariadb_login(
+        credential["username"].as_str().unwrap_or_default(),
+        credential["password"].as_str().unwrap_or_default(),
+    )
+    .await;
+    assert!(login.is_ok(), "the grant's credential: {:?}", login.err());
+    assert!(found.is_empty(), "the admin password in clear in {found:?}");
+}
