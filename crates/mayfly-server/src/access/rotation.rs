@@ -235,7 +235,22 @@ impl Broker {
             .await
             .map_err(|e| e.to_string())?;
         let with_new = match current.rotate_admin(password).await {
-            Ok(()) => current,
+            Ok(()) => {
+                // Proof before the store believes it: a server may take the change without an
+                // error and ignore it (MariaDB did, with `ALTER USER CURRENT_USER()`); then the
+                // current password stays current and the rotation fails, audited, retried.
+                let fresh = self
+                    .admin_client(name, Some(password))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                fresh.check_admin().await.map_err(|e| {
+                    format!(
+                        "the target took the new admin password without an error but refuses \
+                         it ({e}); the current one stays"
+                    )
+                })?;
+                fresh
+            }
             Err(TargetError::AdminLogin { .. }) => {
                 let pending = self
                     .admin_client(name, Some(password))
