@@ -92,6 +92,15 @@ impl Output {
     }
 }
 
+/// The child's exit code as ours; 130 (as after Ctrl-C) when it was stopped.
+pub(crate) fn child_exit_code(status: Option<std::process::ExitStatus>) -> ExitCode {
+    match status.and_then(|s| s.code()) {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(130),
+    }
+}
+
 pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

@@ -426,7 +426,7 @@ fn run(mut command: std::process::Command, program: &str) -> anyhow::Result<Exit
     let status = command
         .status()
         .with_context(|| format!("cannot run `{program}`"))?;
-    Ok(crate::session::exit_code(Some(status)))
+    Ok(crate::output::child_exit_code(Some(status)))
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub async fn exec(client: &Client, args: ExecArgs, out: &Output) -> anyhow::Resu
     // The key and certificate go with the command, before anything else can fail.
     drop(dir);
     end_grant(client, &credential.grant.id, out).await;
-    Ok(exit_code(status?))
+    Ok(crate::output::child_exit_code(status?))
 }
 
 /// What each system's own client reads. The mysql client and redis-cli take the user name from
@@ -363,7 +363,7 @@ pub async fn ssh(client: &Client, args: SshArgs, out: &Output) -> anyhow::Result
         serde_json::json!({"grant": grant.id, "state": state}),
         &text,
     );
-    Ok(exit_code(status?))
+    Ok(crate::output::child_exit_code(status?))
 }
 
 fn ssh_command(
@@ -401,15 +401,6 @@ pub(crate) async fn until_done_or_interrupted(
             None
         }
     })
-}
-
-/// The child's exit code as ours; 130 (as after Ctrl-C) when it was stopped.
-pub(crate) fn exit_code(status: Option<std::process::ExitStatus>) -> ExitCode {
-    match status.and_then(|s| s.code()) {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::from(130),
-    }
 }
 
 /// Follows a grant whose revocation was requested until the target has dropped it (`true`), for

@@ -16,6 +16,7 @@ pub mod failpoint;
 pub mod metrics;
 pub mod notify;
 pub mod origin;
+pub mod outbound;
 pub mod proxy;
 pub mod seal;
 pub mod secrets;

@@ -7,8 +7,8 @@
 //! what an admin saved and the audit log shows.
 
 use crate::auth::jwks::fetch_document;
-use crate::auth::jwt::jwks_url_problem;
 use crate::error::BrokerError;
+use crate::outbound::outbound_url_problem;
 
 /// Where the discovery document of `issuer` is (OpenID Connect Discovery 1.0 §4: the issuer,
 /// without a trailing `/`, then `/.well-known/openid-configuration`).
@@ -33,7 +33,7 @@ pub async fn discover_jwks_url(
     issuer: &str,
 ) -> Result<String, BrokerError> {
     let url = discovery_url(issuer);
-    if let Some(problem) = jwks_url_problem(&url) {
+    if let Some(problem) = outbound_url_problem(&url) {
         return Err(bad(format!(
             "the discovery URL `{}`: {problem}",
             shown(&url)
@@ -70,7 +70,7 @@ pub async fn discover_jwks_url(
     let Some(jwks_uri) = document.get("jwks_uri").and_then(serde_json::Value::as_str) else {
         return Err(bad("the discovery document has no `jwks_uri`".into()));
     };
-    if let Some(problem) = jwks_url_problem(jwks_uri) {
+    if let Some(problem) = outbound_url_problem(jwks_uri) {
         return Err(bad(format!(
             "the discovery document's `jwks_uri` `{}`: {problem}",
             shown(jwks_uri)

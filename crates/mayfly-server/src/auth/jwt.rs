@@ -9,7 +9,6 @@
 //! issuer's logins. A failed fetch is the answer for 5 s, so an issuer that is down is not asked
 //! again at every login.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use mayfly_store::{Change, SessionRecord, Write, WriteOutcome};
 use crate::auth::jwks::KeysUnavailable;
 use crate::error::{AuditedError, BrokerError};
 use crate::origin::Origin;
+use crate::outbound::outbound_url_problem;
 use crate::state::Broker;
 
 pub const MAX_ROLE_TTL_SECONDS: u64 = 3600;
@@ -57,7 +57,7 @@ pub fn check_issuer(config: &JwtIssuerConfig) -> Result<(), BrokerError> {
             ));
         }
         (Some(url), true) => {
-            if let Some(problem) = jwks_url_problem(url) {
+            if let Some(problem) = outbound_url_problem(url) {
                 return Err(BrokerError::BadRequest(format!(
                     "field `jwks_url`: {problem}"
                 )));
@@ -303,35 +303,6 @@ pub(crate) async fn verify_workload_jwt(
     Ok(VerifiedWorkload { role, name, claims })
 }
 
-/// Why a JWKS URL is not one the broker fetches, if it is not: `https://` to any host, or plain
-/// `http://` to a loopback address or `localhost`, without a user name or password. The host is
-/// the parsed one, so neither `http://127.0.0.1.nip.io` nor `http://127.0.0.1@evil.example`
-/// passes for loopback.
-pub(crate) fn jwks_url_problem(text: &str) -> Option<&'static str> {
-    let Ok(url) = reqwest::Url::parse(text) else {
-        return Some("not a URL");
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Some("must not carry a user name or password");
-    }
-    // The parser has already turned every spelling of an IP address into its plain form
-    // (`http://2130706433/` is `127.0.0.1`) and bracketed IPv6.
-    let loopback = match url.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    };
-    match url.scheme() {
-        "https" if url.host_str().is_some() => None,
-        "http" if loopback => None,
-        _ => Some("must be https (plain http only on a loopback address or localhost)"),
-    }
-}
-
 async fn issuer_keys(
     broker: &Broker,
     issuer: &JwtIssuerConfig,
@@ -344,7 +315,7 @@ async fn issuer_keys(
     };
     let unavailable = || Refusal::Error(BrokerError::Unavailable(KEYS_UNAVAILABLE.into()));
     // Issuers stored before the URL was parsed for its host are checked again here.
-    if let Some(problem) = jwks_url_problem(url) {
+    if let Some(problem) = outbound_url_problem(url) {
         tracing::warn!(url = %url, problem, "stored JWKS URL refused");
         return Err(unavailable());
     }

@@ -257,7 +257,7 @@ fn upstream_url(text: &str) -> Result<reqwest::Url, &'static str> {
     if text.len() > 2048 {
         return Err("at most 2048 characters");
     }
-    if let Some(problem) = crate::auth::jwt::jwks_url_problem(text) {
+    if let Some(problem) = crate::outbound::outbound_url_problem(text) {
         return Err(problem);
     }
     let url = reqwest::Url::parse(text).map_err(|_| "not a URL")?;
