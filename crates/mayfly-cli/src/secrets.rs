@@ -77,12 +77,26 @@ fn read_value(from_file: Option<&Path>) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(text))
 }
 
+/// Refuses a name `mayfly exec --env` would not set (see [`steers_programs`]): stored, it would
+/// make every `exec` of its environment fail, so it is refused when written instead.
+fn exec_safe(name: &str) -> anyhow::Result<()> {
+    if steers_programs(name) {
+        return Err(anyhow!(
+            "`{name}` is not a name for a secret: a variable of that name changes which code a \
+             program loads or runs, so `mayfly exec --env` refuses an environment that holds it. \
+             Choose another name (say `APP_{name}`)."
+        ));
+    }
+    Ok(())
+}
+
 async fn put(
     client: &Client,
     path: &SecretPath,
     value: &SecretString,
     cas: Option<i64>,
 ) -> anyhow::Result<SecretWritten> {
+    exec_safe(path.name())?;
     let body = SecretPut {
         value: value.expose_secret().to_owned(),
         cas,
@@ -338,6 +352,9 @@ async fn import(
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read `{}` as UTF-8 text", file.display()))?;
     let entries = parse_dotenv(&text)?;
+    for entry in &entries {
+        exec_safe(&entry.name).map_err(|e| anyhow!("line {}: {e}", entry.line))?;
+    }
     let total = entries.len();
     let mut written = Vec::new();
     for (index, entry) in entries.iter().enumerate() {

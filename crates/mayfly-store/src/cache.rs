@@ -1,4 +1,5 @@
-//! What every call reads — its session, and the target, role and policy text a decision needs —
+//! What every call reads — its session; the target, role and policy text a decision needs; the
+//! proxy route it calls and the secret store versions it reads or injects (sealed, as stored) —
 //! kept in memory on SQLite, where this process is the only writer of the database (the store
 //! holds an exclusive lock on `<database>-mayfly.lock` while open; see [`StoreLock`]).
 //!
@@ -23,7 +24,9 @@ use std::time::{Duration, Instant};
 use mayfly_core::bounded::Bounded;
 
 use crate::error::StoreError;
-use crate::records::{Change, RoleRecord, SessionRecord, StoredEvent, TargetRecord};
+use crate::records::{
+    Change, KvSecretRecord, ProxyRouteRecord, RoleRecord, SessionRecord, StoredEvent, TargetRecord,
+};
 
 /// At most this many values of one kind are kept; when full, all are dropped.
 const KEPT: usize = 10_000;
@@ -35,6 +38,8 @@ pub(crate) struct ReadCache {
     generation: AtomicU64,
     sessions: Kept<Vec<u8>, SessionRecord>,
     decisions: Kept<(String, String), DecisionInputs>,
+    routes: Kept<String, ProxyRouteRecord>,
+    kv: Kept<(String, Option<i64>), KvSecretRecord>,
 }
 
 impl ReadCache {
@@ -80,6 +85,37 @@ impl ReadCache {
     }
 }
 
+impl ReadCache {
+    pub(crate) fn proxy_route(&self, name: &str) -> Option<ProxyRouteRecord> {
+        self.routes.get(name, self.generation())
+    }
+
+    pub(crate) fn keep_proxy_route(&self, name: &str, read_at: u64, route: &ProxyRouteRecord) {
+        self.routes
+            .put(name.to_owned(), read_at, route, self.generation());
+    }
+
+    /// A secret store version (`None`: the latest) as stored: sealed, never opened here.
+    pub(crate) fn kv_secret(&self, path: &str, version: Option<i64>) -> Option<KvSecretRecord> {
+        self.kv.get(&(path.to_owned(), version), self.generation())
+    }
+
+    pub(crate) fn keep_kv_secret(
+        &self,
+        path: &str,
+        version: Option<i64>,
+        read_at: u64,
+        secret: &KvSecretRecord,
+    ) {
+        self.kv.put(
+            (path.to_owned(), version),
+            read_at,
+            secret,
+            self.generation(),
+        );
+    }
+}
+
 pub(crate) struct Changing<'a>(&'a ReadCache);
 
 impl Drop for Changing<'_> {
@@ -97,8 +133,8 @@ impl std::fmt::Debug for ReadCache {
 }
 
 /// Whether committing `change` leaves every kept read true: it touches only requests, approvals,
-/// grants, login failure counts, exchanged tokens, proxy routes and the secret store's secrets
-/// (which are never kept), never sessions, users, workload bindings, targets, roles or policies.
+/// grants, login failure counts and exchanged tokens (which are never kept), never sessions, users,
+/// workload bindings, targets, roles, policies, proxy routes or the secret store's versions.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
     matches!(
         change,
@@ -113,12 +149,6 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::UpdateGrant { .. }
             | Change::ReviewGrant { .. }
             | Change::RecordExchangedToken { .. }
-            | Change::PutProxyRoute { .. }
-            | Change::DeleteProxyRoute { .. }
-            | Change::PutKvSecret { .. }
-            | Change::DeleteKvSecret { .. }
-            | Change::UndeleteKvSecret { .. }
-            | Change::DestroyKvSecret { .. }
     )
 }
 

@@ -243,7 +243,19 @@ impl Store for SqlStore {
         path: &SecretPath,
         version: Option<i64>,
     ) -> Result<Option<KvSecretRecord>, StoreError> {
-        kv::version(&self.pool, path, version).await
+        let Some(cache) = &self.cache else {
+            return kv::version(&self.pool, path, version).await;
+        };
+        let key = path.to_string();
+        if let Some(secret) = cache.kv_secret(&key, version) {
+            return Ok(Some(secret));
+        }
+        let read_at = cache.generation();
+        let secret = kv::version(&self.pool, path, version).await?;
+        if let Some(secret) = &secret {
+            cache.keep_kv_secret(&key, version, read_at, secret);
+        }
+        Ok(secret)
     }
 
     async fn kv_history(&self, path: &SecretPath) -> Result<Vec<KvVersionRecord>, StoreError> {
@@ -267,7 +279,18 @@ impl Store for SqlStore {
     }
 
     async fn proxy_route(&self, name: &str) -> Result<Option<ProxyRouteRecord>, StoreError> {
-        proxy_routes::route(&self.pool, name).await
+        let Some(cache) = &self.cache else {
+            return proxy_routes::route(&self.pool, name).await;
+        };
+        if let Some(route) = cache.proxy_route(name) {
+            return Ok(Some(route));
+        }
+        let read_at = cache.generation();
+        let route = proxy_routes::route(&self.pool, name).await?;
+        if let Some(route) = &route {
+            cache.keep_proxy_route(name, read_at, route);
+        }
+        Ok(route)
     }
 
     async fn proxy_routes(&self) -> Result<Vec<ProxyRouteRecord>, StoreError> {

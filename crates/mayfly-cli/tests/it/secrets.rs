@@ -92,6 +92,34 @@ fn secrets_put_get_ls_import_and_exec_env() {
         String::from_utf8_lossy(&refused.stderr).contains("line 2"),
         "{refused:?}"
     );
+    // A name `exec` would refuse to set is refused when written, by put and by import.
+    let steering = with_stdin(
+        &mut client(mayfly().args(["secrets", "put", "shop/dev/LD_PRELOAD"])),
+        "/tmp/evil.so",
+    );
+    assert!(!steering.status.success(), "{steering:?}");
+    assert!(
+        String::from_utf8_lossy(&steering.stderr).contains("mayfly exec"),
+        "{steering:?}"
+    );
+    let steering = data.path().join("steering.env");
+    std::fs::write(
+        &steering,
+        "GOOD=1
+NODE_OPTIONS=--require=/tmp/x.js
+",
+    )
+    .unwrap();
+    let refused = run(&mut client(
+        mayfly()
+            .args(["secrets", "import", "--env", "shop/dev"])
+            .arg(&steering),
+    ));
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("line 2"),
+        "{refused:?}"
+    );
     let env = data.path().join("dev.env");
     std::fs::write(
         &env,

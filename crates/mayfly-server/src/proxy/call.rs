@@ -773,7 +773,9 @@ impl Relay {
                     self.done = true;
                     let out = self.scrubber.finish();
                     self.completion.count(out.len());
-                    self.completion.finish("ok").await;
+                    // The call's decision is already durable (`proxy.call`); its end is written
+                    // beside the answer, not before its last bytes.
+                    self.completion.finish_detached("ok");
                     if out.is_empty() {
                         return None;
                     }
@@ -831,11 +833,10 @@ impl Completion {
             tracing::warn!(error = %error, "cannot audit the end of a proxied call");
         }
     }
-}
 
-impl Drop for Completion {
-    fn drop(&mut self) {
-        let Some(event) = self.event("caller_gone") else {
+    /// Writes the event from a task of its own, so the caller is not kept waiting for it.
+    fn finish_detached(&mut self, result: &str) {
+        let Some(event) = self.event(result) else {
             return;
         };
         let broker = self.broker.clone();
@@ -846,5 +847,11 @@ impl Drop for Completion {
                 }
             });
         }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.finish_detached("caller_gone");
     }
 }
