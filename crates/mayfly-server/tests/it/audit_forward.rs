@@ -445,13 +445,14 @@ async fn the_webhook_sink_posts_signed_batches_and_catches_up_after_refusals() {
     down.store(false, std::sync::atomic::Ordering::SeqCst);
     traffic(&broker, "after", 3).await;
     let head = caught_up(&broker, "webhook:hook").await;
-    let received = received.lock().unwrap();
-    assert_eq!(received.bad_signatures, 0);
+    let (bad_signatures, lines) = {
+        let received = received.lock().unwrap();
+        (received.bad_signatures, received.lines.clone())
+    };
+    assert_eq!(bad_signatures, 0);
     // The receiver kept only what it answered 2xx to: each event once, in order.
-    let lines = received.lines.clone();
     assert_eq!(seqs(&lines), (1..=head).collect::<Vec<_>>());
     assert_eq!(verify(&lines), head as u64);
-    drop(received);
     broker.stop().await;
 }
 
