@@ -38,7 +38,7 @@ pub const SETTLE: Duration = Duration::from_millis(250);
 const GATHER: Duration = Duration::from_millis(50);
 
 /// One `[[audit_sink]]` table of the config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkFile {
     pub name: String,
@@ -892,6 +892,55 @@ mod tests {
             Some(1_700_000_000_123)
         );
         assert_eq!(committed_at_ms(r#"{"seq":3}"#), None);
+    }
+
+    #[test]
+    fn a_blocking_sink_refuses_the_changes_callers_ask_for_and_nothing_else() {
+        let spec = SinkSpec::from_file(SinkFile {
+            name: "guard".into(),
+            kind: "syslog-udp".into(),
+            address: Some("127.0.0.1:514".into()),
+            on_failure: Some("block".into()),
+            ..SinkFile::default()
+        })
+        .unwrap();
+        let sinks = Sinks::new(&[Arc::new(spec)]);
+        let from_caller = |kind: &str| {
+            let mut event = AuditDraft::new(mayfly_core::Timestamp::EPOCH, kind, Outcome::Ok);
+            Origin {
+                request_id: uuid::Uuid::now_v7().to_string(),
+                source: Some("192.0.2.1".into()),
+            }
+            .fill(&mut event);
+            event
+        };
+        assert!(sinks.refusal(&from_caller("user.create")).is_none());
+        sinks.statuses()[0].blocked.store(true, Ordering::Relaxed);
+        for kind in [
+            "user.create",
+            "grant.intent",
+            "policy.put",
+            "token.exchange",
+        ] {
+            match sinks.refusal(&from_caller(kind)) {
+                Some(BrokerError::SinkBlocked { sink, .. }) => assert_eq!(sink, "guard"),
+                other => panic!("{kind}: {other:?}"),
+            }
+        }
+        // Unsealing, logging in and out, taking access away, and the broker's own work pass.
+        for kind in [
+            "sys.unseal",
+            "auth.password.login",
+            "auth.token.revoke",
+            "grant.revoke_requested",
+        ] {
+            assert!(sinks.refusal(&from_caller(kind)).is_none(), "{kind}");
+        }
+        for kind in ["grant.revoke", "access.requests_expired", "grant.issue"] {
+            let mut event = AuditDraft::new(mayfly_core::Timestamp::EPOCH, kind, Outcome::Ok);
+            Origin::internal("expiry").fill(&mut event);
+            assert!(sinks.refusal(&event).is_none(), "{kind}");
+        }
     }
 
     #[test]
