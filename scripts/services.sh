@@ -61,6 +61,15 @@ if [ ! -x /usr/sbin/sshd ]; then
 fi
 echo "sshd is installed: $(/usr/sbin/sshd -V 2>&1 | head -n1)"
 
+# rsyslog with its TLS driver (gnutls), for the audit forwarding tests (each test starts its own
+# rsyslogd on free loopback ports; the system's syslog service is not used).
+if [ ! -x /usr/sbin/rsyslogd ] || ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
+    echo "Installing rsyslog and rsyslog-gnutls (Debian's packages) for the audit sink tests"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsyslog rsyslog-gnutls >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsyslog rsyslog-gnutls >/dev/null; }
+fi
+echo "rsyslogd is installed: $(/usr/sbin/rsyslogd -v 2>&1 | head -n1)"
+
 # PyJWT with its `cryptography` backend, the independent verifier of the broker's JWTs
 # (crates/mayfly-server/tests/it/verify_jwt.py). Installed from PyPI for this python3 if missing.
 if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then

@@ -272,6 +272,37 @@ pub struct AuditHead {
     pub hash: String,
 }
 
+/// The audit forwarding sinks (syslog, webhook) and how far each has delivered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditSinks {
+    /// The chain's head when asked.
+    pub head: i64,
+    pub sinks: Vec<AuditSinkStatus>,
+}
+
+/// One forwarding sink's state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditSinkStatus {
+    pub name: String,
+    /// `syslog-tls`, `syslog-udp` or `webhook`.
+    pub kind: String,
+    /// `alarm` or `block`.
+    pub on_failure: String,
+    /// `delivering`, `failing` or `blocking` (failing, and state changes are refused).
+    pub state: String,
+    /// The last event delivered (the durable cursor).
+    pub cursor: i64,
+    /// Events behind the head.
+    pub lag_events: i64,
+    /// Age of the oldest event not yet delivered, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Failed attempts since start.
+    pub n_failures: u64,
+    /// Since when it fails (unix ms), and why (never a secret).
+    pub failing_since_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
 /// A page of audit events as file lines (canonical JSON with `hash`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEventsPage {

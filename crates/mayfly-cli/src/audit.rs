@@ -1,5 +1,5 @@
 //! `mayfly audit`: verify the log (through the broker, or a file offline), its head, its public
-//! key, and export. A log found tampered with exits 4.
+//! key, export, and the forwarding sinks' state. A log found tampered with exits 4.
 
 use std::io::{BufRead, IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
@@ -63,6 +63,32 @@ pub async fn audit(
                 .call(Method::GET, "/v1/sys/audit/public-key", none())
                 .await?;
             out.answer(&key, |key| println!("{}", key.public_key))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Sinks => {
+            let sinks: AuditSinks = client
+                .call(Method::GET, "/v1/sys/audit/sinks", none())
+                .await?;
+            out.answer(&sinks, |sinks| {
+                println!("head {}", sinks.head);
+                for s in &sinks.sinks {
+                    println!(
+                        "{}\t{}\ton_failure={}\t{}\tcursor {}\tbehind {} events, {:.1} s\tfailures {}{}",
+                        s.name,
+                        s.kind,
+                        s.on_failure,
+                        s.state,
+                        s.cursor,
+                        s.lag_events,
+                        s.lag_seconds,
+                        s.n_failures,
+                        s.last_error
+                            .as_deref()
+                            .map(|e| format!("\tlast error: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Export { output } => {

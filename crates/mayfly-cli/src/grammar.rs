@@ -493,6 +493,8 @@ pub enum AuditCommand {
     },
     /// Print the public key that signs audit checkpoints.
     PublicKey,
+    /// The audit forwarding sinks (syslog, webhook): cursor, lag and state of each.
+    Sinks,
 }
 
 #[cfg(test)]

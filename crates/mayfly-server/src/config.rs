@@ -51,6 +51,9 @@ pub struct ConfigFile {
     pub login_source_refill_seconds: Option<u64>,
     pub refusal_window_seconds: Option<u64>,
     pub public_url: Option<String>,
+    /// Audit forwarding sinks, `[[audit_sink]]` tables (`audit/forward.rs`, docs/audit.md).
+    #[serde(default)]
+    pub audit_sink: Vec<crate::audit::forward::SinkFile>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -58,6 +61,8 @@ pub struct ConfigFile {
 pub enum KeyType {
     Text,
     Number,
+    /// A TOML value written inline (`[{ name = "siem", … }]`).
+    Inline,
 }
 
 /// Every key of [`ConfigFile`], each settable by `MAYFLY_<KEY>` (a unit test checks the list
@@ -78,6 +83,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("login_source_refill_seconds", KeyType::Number),
     ("refusal_window_seconds", KeyType::Number),
     ("public_url", KeyType::Text),
+    ("audit_sink", KeyType::Inline),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -114,6 +120,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// JSON-lines audit sink.
     pub audit_file: Option<PathBuf>,
+    /// Audit forwarding sinks (syslog, webhook), checked.
+    pub audit_sinks: Vec<Arc<crate::audit::forward::SinkSpec>>,
     /// Auto-unseal from this root key file (`mayfly dev` only).
     pub dev_key_file: Option<PathBuf>,
     /// Batch many requests' audit events in one transaction. Off = one transaction per event
@@ -161,6 +169,7 @@ impl Config {
             store_url: store_url.into(),
             tls: None,
             audit_file: None,
+            audit_sinks: Vec::new(),
             dev_key_file: None,
             group_commit: true,
             checkpoint_every_events: 1000,
@@ -294,6 +303,13 @@ impl Config {
         };
         let mut config = Config::new(store);
         config.audit_file = file.audit_file;
+        config.audit_sinks = crate::audit::forward::specs(file.audit_sink).map_err(|message| {
+            let from = origins
+                .get("audit_sink")
+                .map(|origin| format!(" (from {origin})"))
+                .unwrap_or_default();
+            ConfigError::Rule(format!("{message}{from}"))
+        })?;
         config.notify_webhook = file.notify_webhook;
         if let Some(window) = file.request_pending_window_seconds {
             if !(60..=30 * 86_400).contains(&window) {
@@ -406,6 +422,11 @@ fn typed(kind: KeyType, text: &str) -> Result<toml::Value, String> {
             .filter(|n| *n >= 0)
             .map(toml::Value::Integer)
             .ok_or_else(|| format!("`{text}` is not a whole number")),
+        KeyType::Inline => format!("value = {text}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut table| table.remove("value"))
+            .ok_or_else(|| "is not a TOML value (write it as in the file, inline)".to_owned()),
     }
 }
 
@@ -679,6 +700,52 @@ public_url = "https://mayfly.example.com/"
         assert!(error.contains("tls_key"), "{error}");
         let error = refused(load(Some("version = 1\nstore = 5\n"), &[], Vec::new()));
         assert!(error.contains("`store`"), "{error}");
+    }
+
+    #[test]
+    fn audit_sinks_come_from_tables_or_inline_from_the_environment() {
+        let (config, _) = load(
+            Some("version = 1\nstore = \"sqlite:///x\"\n[[audit_sink]]\nname = \"a\"\nkind = \"syslog-udp\"\naddress = \"127.0.0.1:514\"\n"),
+            &[],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(config.audit_sinks.len(), 1);
+        assert_eq!(config.audit_sinks[0].cursor_key(), "syslog-udp:a");
+        let (config, _) = load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                (
+                    "MAYFLY_AUDIT_SINK",
+                    r#"[{name = "b", kind = "syslog-udp", address = "[::1]:514", on_failure = "block"}]"#,
+                ),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(config.audit_sinks[0].name, "b");
+        let error = refused(load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                (
+                    "MAYFLY_AUDIT_SINK",
+                    r#"[{name = "b", kind = "syslog-udp", address = "nowhere"}]"#,
+                ),
+            ],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("audit sink `b`") && error.contains("MAYFLY_AUDIT_SINK"),
+            "{error}"
+        );
+        let error = refused(load(
+            None,
+            &[("MAYFLY_STORE", "sqlite:///x"), ("MAYFLY_AUDIT_SINK", "[{")],
+            Vec::new(),
+        ));
+        assert!(error.contains("MAYFLY_AUDIT_SINK"), "{error}");
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub enum BrokerError {
     Unavailable(String),
     #[error("the broker is busy checking passwords: try again in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
+    /// An audit sink set to `on_failure = "block"` is failing: no new state change until it
+    /// delivers again.
+    #[error(
+        "audit sink `{sink}` is failing and set to block: state changes are refused until it delivers again; try again in {retry_after_secs} s"
+    )]
+    SinkBlocked { sink: String, retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }

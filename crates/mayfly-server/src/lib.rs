@@ -116,6 +116,13 @@ pub async fn serve(
             stopped.clone(),
         )));
     }
+    for status in broker.inner.sinks.statuses() {
+        tasks.push(tokio::spawn(audit::forward::run(
+            broker.clone(),
+            status.clone(),
+            stopped.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(purge_sessions(
         broker.clone(),
         stopped.clone(),

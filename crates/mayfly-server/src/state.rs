@@ -83,6 +83,8 @@ pub struct Inner {
     pub refusals: crate::audit::refusals::Refusals,
     /// The secure proxy's HTTP client and rate limits.
     pub proxy: crate::proxy::ProxyState,
+    /// The audit forwarding sinks' states; a failing `block` sink closes [`Broker::commit`].
+    pub sinks: crate::audit::forward::Sinks,
 }
 
 impl std::fmt::Debug for Broker {
@@ -120,6 +122,7 @@ impl Broker {
                 ),
                 refusals: crate::audit::refusals::Refusals::default(),
                 proxy: crate::proxy::ProxyState::new()?,
+                sinks: crate::audit::forward::Sinks::new(&config.audit_sinks),
                 config,
             }),
         })
@@ -145,8 +148,14 @@ impl Broker {
         }
     }
 
-    /// Commits a write and its audit event through the group committer. A store failure is a 503.
+    /// Commits a write and its audit event through the group committer. A store failure is a 503,
+    /// and so is a state change asked for by a caller while a `block` audit sink fails.
     pub async fn commit(&self, write: Write) -> Result<WriteOutcome, BrokerError> {
+        if write.change.is_some()
+            && let Some(refusal) = self.inner.sinks.refusal(&write.event)
+        {
+            return Err(refusal);
+        }
         self.inner.committer.commit(write).await.map_err(|e| {
             tracing::error!(error = %e, "audit commit failed");
             BrokerError::Unavailable(
@@ -157,6 +166,37 @@ impl Broker {
 
     /// Commits many writes in as few transactions as the committer makes; one answer per write.
     pub async fn commit_many(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, BrokerError>> {
+        // A state change for a caller is refused while a `block` sink fails; the others go on.
+        let refusals: Vec<Option<BrokerError>> = writes
+            .iter()
+            .map(|write| {
+                write
+                    .change
+                    .as_ref()
+                    .and_then(|_| self.inner.sinks.refusal(&write.event))
+            })
+            .collect();
+        if refusals.iter().any(Option::is_some) {
+            let allowed: Vec<Write> = writes
+                .into_iter()
+                .zip(&refusals)
+                .filter_map(|(write, refusal)| refusal.is_none().then_some(write))
+                .collect();
+            let mut committed = self.commit_through(allowed).await.into_iter();
+            return refusals
+                .into_iter()
+                .map(|refusal| match refusal {
+                    Some(refusal) => Err(refusal),
+                    None => committed.next().unwrap_or_else(|| {
+                        Err(BrokerError::Internal("a write lost its answer".into()))
+                    }),
+                })
+                .collect();
+        }
+        self.commit_through(writes).await
+    }
+
+    async fn commit_through(&self, writes: Vec<Write>) -> Vec<Result<WriteOutcome, BrokerError>> {
         self.inner
             .committer
             .commit_many(writes)

@@ -20,6 +20,7 @@ pub mod access;
 pub mod gate;
 pub mod pgcluster;
 pub mod postgres;
+pub mod rsyslog;
 pub mod sshd;
 pub mod target_tls;
 pub mod tls;
@@ -55,6 +56,8 @@ pub struct Options {
     pub bootstrap: bool,
     pub checkpoint_every_events: u64,
     pub notify_webhook: Option<String>,
+    /// Audit forwarding sinks (`[[audit_sink]]`, checked by `Config::load`).
+    pub audit_sinks: Vec<Arc<mayfly_server::audit::forward::SinkSpec>>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             bootstrap: true,
             checkpoint_every_events: 1000,
             notify_webhook: None,
+            audit_sinks: Vec::new(),
         }
     }
 }
@@ -122,6 +126,7 @@ impl TestBroker {
         config.group_commit = options.group_commit;
         config.checkpoint_every_events = options.checkpoint_every_events;
         config.notify_webhook = options.notify_webhook.clone();
+        config.audit_sinks = options.audit_sinks.clone();
         if options.audit_file {
             config.audit_file = Some(dir.path().join("audit.jsonl"));
         }

@@ -33,7 +33,8 @@ impl HttpError for BrokerError {
             BrokerError::Sealed
             | BrokerError::NotInitialized
             | BrokerError::Unavailable(_)
-            | BrokerError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | BrokerError::Busy { .. }
+            | BrokerError::SinkBlocked { .. } => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +57,7 @@ impl HttpError for BrokerError {
             BrokerError::NotInitialized => "not_initialized",
             BrokerError::Unavailable(_) => "unavailable",
             BrokerError::Busy { .. } => "busy",
+            BrokerError::SinkBlocked { .. } => "audit_sink_blocked",
             BrokerError::Internal(_) => "internal",
         }
     }
@@ -77,7 +79,10 @@ impl IntoResponse for BrokerError {
         if let BrokerError::TooManyRequests { retry_after_secs }
         | BrokerError::TooManyFromSource { retry_after_secs }
         | BrokerError::RateLimited { retry_after_secs }
-        | BrokerError::Busy { retry_after_secs } = self
+        | BrokerError::Busy { retry_after_secs }
+        | BrokerError::SinkBlocked {
+            retry_after_secs, ..
+        } = &self
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);

@@ -47,6 +47,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/sys/audit/verify", post(routes::audit_verify))
         .route("/v1/sys/audit/events", get(routes::audit_events))
         .route("/v1/sys/audit/head", get(routes::audit_head))
+        .route("/v1/sys/audit/sinks", get(routes::audit_sinks))
         .route("/v1/auth/password/login", post(routes::password_login))
         .route("/v1/auth/jwt/login", post(routes::jwt_login))
         .route("/v1/auth/jwt/issuers/{name}", put(routes::put_jwt_issuer))

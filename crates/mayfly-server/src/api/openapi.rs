@@ -37,6 +37,7 @@ use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_ro
         routes::audit_verify,
         routes::audit_events,
         routes::audit_head,
+        routes::audit_sinks,
         access_routes::add_target,
         access_routes::list_targets,
         access_routes::rotate_admin,

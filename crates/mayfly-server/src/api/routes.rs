@@ -341,6 +341,12 @@ pub async fn audit_head(State(broker): State<Broker>, caller: Caller) -> ApiResu
     broker.audit_head(&caller).await.map(ApiJson)
 }
 
+/// The audit forwarding sinks: cursor, lag and state of each, for admins.
+#[utoipa::path(get, path = "/v1/sys/audit/sinks", responses((status = 200, body = AuditSinks), (status = 403, body = ErrorBody)))]
+pub async fn audit_sinks(State(broker): State<Broker>, caller: Caller) -> ApiResult<AuditSinks> {
+    broker.audit_sinks(&caller).await.map(ApiJson)
+}
+
 #[utoipa::path(get, path = "/v1/sys/audit/events", params(("after" = i64, Query), ("limit" = i64, Query)),
     responses((status = 200, body = AuditEventsPage), (status = 403, body = ErrorBody)))]
 pub async fn audit_events(

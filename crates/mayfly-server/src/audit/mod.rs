@@ -1,13 +1,17 @@
 //! The audit pipeline: group commit of events with their changes ([`committer`]), signed
 //! checkpoints of the chain head ([`checkpoint`]) and sinks that copy the log out in order with a
-//! durable cursor ([`sink`]).
+//! durable cursor: the JSON-lines file ([`sink`]), syslog and webhook receivers ([`forward`],
+//! [`syslog`], [`webhook`]).
 
 pub mod checkpoint;
 pub mod committer;
+pub mod forward;
 pub mod read;
 pub mod refusals;
 pub mod refused;
 pub mod sink;
+pub mod syslog;
+pub mod webhook;
 
 use mayfly_core::audit::Verifier;
 use mayfly_store::Store;

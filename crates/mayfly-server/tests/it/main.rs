@@ -12,6 +12,7 @@ mod access;
 mod admin_rotation;
 mod api;
 mod audit;
+mod audit_forward;
 mod ca_per_target;
 mod domain;
 mod exchange;
