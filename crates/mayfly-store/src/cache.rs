@@ -100,6 +100,10 @@ impl std::fmt::Debug for ReadCache {
 /// grants, login failure counts, exchanged tokens, proxy routes and the secret store's secrets
 /// (which are never kept), never sessions, users, workload bindings, targets, roles or policies.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
+    if let Change::Notify { change, .. } = change {
+        // The outbox is never kept; what counts is the change it rides with.
+        return change.as_deref().is_none_or(keeps_reads);
+    }
     matches!(
         change,
         Change::CreateRequest { .. }

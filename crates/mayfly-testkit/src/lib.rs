@@ -54,7 +54,8 @@ pub struct Options {
     pub audit_file: bool,
     pub bootstrap: bool,
     pub checkpoint_every_events: u64,
-    pub notify_webhook: Option<String>,
+    /// The notifications outbox's channels and settings (none by default).
+    pub notifications: mayfly_server::notify::config::NotifyConfig,
 }
 
 impl Default for Options {
@@ -65,7 +66,7 @@ impl Default for Options {
             audit_file: true,
             bootstrap: true,
             checkpoint_every_events: 1000,
-            notify_webhook: None,
+            notifications: mayfly_server::notify::config::NotifyConfig::default(),
         }
     }
 }
@@ -121,7 +122,7 @@ impl TestBroker {
         config.clock = Arc::new(clock.clone());
         config.group_commit = options.group_commit;
         config.checkpoint_every_events = options.checkpoint_every_events;
-        config.notify_webhook = options.notify_webhook.clone();
+        config.notifications = options.notifications.clone();
         if options.audit_file {
             config.audit_file = Some(dir.path().join("audit.jsonl"));
         }
