@@ -76,7 +76,12 @@ async fn main() {
         .add_target(json!({"kind": "x509", "name": "api", "url": "tls://127.0.0.1:8443", "admin_user": "", "admin_password": ""}))
         .await;
     broker
-        .add_role("api", "admin", 3600, &json!({"common_name": "admin"}).to_string())
+        .add_role(
+            "api",
+            "admin",
+            3600,
+            &json!({"common_name": "admin"}).to_string(),
+        )
         .await;
     broker
         .set_policy(

@@ -699,6 +699,30 @@ public_url = "https://mayfly.example.com/"
     }
 
     #[test]
+    fn the_former_notify_webhook_is_refused_with_a_pointer() {
+        let error = refused(load(
+            Some(
+                "version = 1\nstore = \"sqlite:///x\"\nnotify_webhook = \"https://hooks.example/x\"\n",
+            ),
+            &[],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("`notify_webhook`") && error.contains("docs/notifications.md"),
+            "{error}"
+        );
+        let error = refused(load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_NOTIFICATIONS", "[1, 2]"),
+            ],
+            Vec::new(),
+        ));
+        assert!(error.contains("MAYFLY_NOTIFICATIONS"), "{error}");
+    }
+
+    #[test]
     fn json_and_broken_toml_are_refused() {
         let error = refused(load(
             Some(r#"{"version": 1, "store": "sqlite:///x"}"#),

@@ -97,8 +97,7 @@ pub(crate) async fn claim(
         .fetch_all(pool)
         .await
         .map_err(unavailable)?;
-    let mut claimed: Vec<NotificationRecord> =
-        rows.iter().map(record).collect::<Result<_, _>>()?;
+    let mut claimed: Vec<NotificationRecord> = rows.iter().map(record).collect::<Result<_, _>>()?;
     claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     Ok(claimed)
 }
@@ -258,10 +257,12 @@ pub(crate) async fn grants_to_warn(
 
 /// Forgets delivered notifications older than `before`; returns how many.
 pub(crate) async fn purge_delivered(pool: &AnyPool, before: Timestamp) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM notifications WHERE delivered_at IS NOT NULL AND delivered_at < $1")
-        .bind(before.unix_ms())
-        .execute(pool)
-        .await
-        .map_err(unavailable)?;
+    let done = sqlx::query(
+        "DELETE FROM notifications WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+    )
+    .bind(before.unix_ms())
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
     Ok(done.rows_affected())
 }

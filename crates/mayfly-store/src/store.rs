@@ -19,15 +19,13 @@ use crate::identity::JwtTable;
 use crate::records::{
     AdminRotationRecord, ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord,
     JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord, OutboxStats, Principals,
-    ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
-    Write, WriteOutcome,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
     Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, outbox, proxy_routes,
-    requests,
-    rotations, secrets,
+    requests, rotations, secrets,
 };
 
 #[derive(Debug)]

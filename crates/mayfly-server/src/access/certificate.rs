@@ -22,8 +22,8 @@ use super::requests::{
     NewRequest, check_key, check_new_request, context_of, decide, new_grant, undecided,
 };
 use super::{principal_key, role_spec, stored_kind};
-use crate::notify::{EventKind, Notice};
 use crate::error::{AuditedError, BrokerError};
+use crate::notify::{EventKind, Notice};
 use crate::origin::Origin;
 use crate::state::Broker;
 

@@ -575,7 +575,16 @@ impl Broker {
             if principal_key(&principal) == requester {
                 continue;
             }
-            if decide(policies, &principal, Action::Approve, target, role, &context)?.allows() {
+            if decide(
+                policies,
+                &principal,
+                Action::Approve,
+                target,
+                role,
+                &context,
+            )?
+            .allows()
+            {
                 if approvers.len() == MAX_APPROVERS {
                     return Ok((approvers, true));
                 }

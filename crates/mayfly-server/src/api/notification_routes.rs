@@ -17,5 +17,8 @@ pub async fn list_notifications(
 ) -> Result<ApiJson<Vec<NotificationInfo>>, BrokerError> {
     let Query(query) =
         query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
-    broker.list_notifications(&caller, &query).await.map(ApiJson)
+    broker
+        .list_notifications(&caller, &query)
+        .await
+        .map(ApiJson)
 }

@@ -115,7 +115,9 @@ impl Channel {
     }
 
     pub fn wants(&self, kind: EventKind) -> bool {
-        self.events.as_ref().is_none_or(|events| events.contains(&kind))
+        self.events
+            .as_ref()
+            .is_none_or(|events| events.contains(&kind))
     }
 }
 
@@ -124,7 +126,9 @@ pub fn parse(file: NotificationsFile) -> Result<NotifyConfig, String> {
     let mut config = NotifyConfig::default();
     if let Some(lead) = file.expiring_lead_seconds {
         if !(60..=7 * 86_400).contains(&lead) {
-            return Err("`notifications.expiring_lead_seconds` must be between 60 and 604800".into());
+            return Err(
+                "`notifications.expiring_lead_seconds` must be between 60 and 604800".into(),
+            );
         }
         config.expiring_lead = Duration::from_secs(lead);
     }
@@ -232,4 +236,104 @@ fn read_secret(path: &Path, key: &str) -> Result<Zeroizing<Vec<u8>>, String> {
         return Err(format!("`{key}`: `{}` is empty", path.display()));
     }
     Ok(Zeroizing::new(text.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(channels: &str, dir: &Path) -> NotificationsFile {
+        let text = channels.replace("DIR", &dir.display().to_string());
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn channels_are_checked_and_secrets_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("key"),
+            "  0123456789abcdef0123456789abcdef-secret\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("short"), "short").unwrap();
+        std::fs::write(
+            dir.path().join("slack"),
+            "https://hooks.slack.com/services/T0/B0/slack-token\n",
+        )
+        .unwrap();
+        let config = parse(file(
+            r#"
+expiring_lead_seconds = 120
+channels = [
+  { name = "siem", kind = "webhook", url = "https://hooks.example/x", secret_file = "DIR/key", events = ["request.pending"] },
+  { name = "ops", kind = "slack", url_file = "DIR/slack" },
+]"#,
+            dir.path(),
+        ))
+        .unwrap();
+        assert_eq!(config.expiring_lead, Duration::from_secs(120));
+        let [siem, ops] = &config.channels[..] else {
+            panic!("two channels")
+        };
+        assert_eq!(
+            siem.key.as_ref().unwrap().as_slice(),
+            b"0123456789abcdef0123456789abcdef-secret"
+        );
+        assert!(siem.wants(EventKind::RequestPending));
+        assert!(!siem.wants(EventKind::GrantActivated));
+        assert_eq!(
+            ops.url.as_str(),
+            "https://hooks.slack.com/services/T0/B0/slack-token"
+        );
+        assert!(ops.wants(EventKind::GrantActivated));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("slack-token"),
+            "{shown}"
+        );
+
+        for (bad, expected) in [
+            (
+                r#"channels = [{ name = "a b", kind = "webhook", url = "https://x.example", secret_file = "DIR/key" }]"#,
+                "name",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "email", url = "https://x.example" }]"#,
+                "`webhook` or `slack`",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "webhook", url = "https://x.example" }]"#,
+                "secret_file` is required",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "webhook", url = "https://x.example", secret_file = "DIR/short" }]"#,
+                "at least 32 bytes",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "webhook", url = "http://x.example", secret_file = "DIR/key" }]"#,
+                "https",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "webhook", url = "https://x.example", secret_file = "DIR/missing" }]"#,
+                "cannot read",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "slack", url = "http://hooks.example/slack-token" }]"#,
+                "https",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "slack", url = "https://x.example", events = ["everything"] }]"#,
+                "unknown event `everything`",
+            ),
+            (
+                r#"channels = [{ name = "a", kind = "slack", url = "https://x.example" }, { name = "a", kind = "slack", url = "https://y.example" }]"#,
+                "used twice",
+            ),
+            ("failing_after_attempts = 0", "failing_after_attempts"),
+        ] {
+            let error = parse(file(bad, dir.path())).unwrap_err();
+            assert!(error.contains(expected), "{bad}: {error}");
+            assert!(!error.contains("slack-token"), "{error}");
+        }
+    }
 }

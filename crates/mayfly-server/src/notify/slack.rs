@@ -48,7 +48,10 @@ pub fn message(notice: &Notice) -> Value {
     }
     field("Reason", notice.reason.as_deref().unwrap_or_default());
     field("Ticket", notice.ticket.as_deref().unwrap_or_default());
-    field("Decided by", notice.decided_by.as_deref().unwrap_or_default());
+    field(
+        "Decided by",
+        notice.decided_by.as_deref().unwrap_or_default(),
+    );
     field("Error", notice.error.as_deref().unwrap_or_default());
     if let Some(at) = notice.expires_at {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Expires*\n<!date^{at}^{{date_short_pretty}} {{time}}|{at}>")}));
@@ -71,7 +74,11 @@ pub fn message(notice: &Notice) -> Value {
     }
     let mut context = Vec::new();
     if !notice.approvers.is_empty() {
-        let more = if notice.approvers_truncated { ", …" } else { "" };
+        let more = if notice.approvers_truncated {
+            ", …"
+        } else {
+            ""
+        };
         context.push(format!(
             "Approvers: {}{more}",
             escape(&notice.approvers.join(", "))
@@ -83,8 +90,14 @@ pub fn message(notice: &Notice) -> Value {
     if let Some(id) = notice.grant_id.as_ref().or(notice.request_id.as_ref()) {
         context.push(format!("id `{}`", escape(id)));
     }
-    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": context.join(" · ")}]}));
-    let glass = if notice.break_glass { "BREAK-GLASS " } else { "" };
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": context.join(" · ")}]}),
+    );
+    let glass = if notice.break_glass {
+        "BREAK-GLASS "
+    } else {
+        ""
+    };
     let text = format!(
         "{glass}{title}: {} {} ({})",
         escape(requester),

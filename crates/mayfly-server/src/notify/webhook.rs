@@ -108,7 +108,13 @@ mod tests {
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify(b"another key, also 32 bytes long!", &header, &body, now, window),
+            verify(
+                b"another key, also 32 bytes long!",
+                &header,
+                &body,
+                now,
+                window
+            ),
             Err(SignatureError::Mismatch)
         );
         let later = Timestamp::from_unix_secs(1_000_301);
@@ -123,7 +129,10 @@ mod tests {
         // A known vector, for receivers in other languages (docs/notifications.md).
         assert_eq!(
             signature(b"key", 1, b"{}"),
-            format!("t=1,v1={}", hex::encode(mayfly_crypto::hmac_sha256(b"key", b"1.{}")))
+            format!(
+                "t=1,v1={}",
+                hex::encode(mayfly_crypto::hmac_sha256(b"key", b"1.{}"))
+            )
         );
     }
 }

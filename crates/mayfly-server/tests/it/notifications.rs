@@ -39,7 +39,7 @@ struct PyReceiver {
 }
 
 impl PyReceiver {
-    fn start(dir: &Path, port: u16, key: &[u8]) -> PyReceiver {
+    async fn start(dir: &Path, port: u16, key: &[u8]) -> PyReceiver {
         let docs = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../docs/notifications.md"
@@ -64,15 +64,20 @@ impl PyReceiver {
             .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
             .spawn()
             .expect("python3 runs the receiver of docs/notifications.md (apt install python3)");
+        // Killed and waited for when dropped, also if it never listens.
+        let receiver = PyReceiver { child, out, err };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return PyReceiver { child, out, err };
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return receiver;
             }
-            std::thread::sleep(Duration::from_millis(25));
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!(
             "the Python receiver did not listen: {}",
-            std::fs::read_to_string(&err).unwrap_or_default()
+            receiver.refusals()
         );
     }
 
@@ -106,7 +111,10 @@ fn free_port() -> u16 {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
 }
 
 /// A receiver that keeps what it is sent: (headers, body) of each POST.
@@ -331,7 +339,10 @@ async fn story(store_url: Option<String>) {
     let glass = broker
         .request(
             &alice,
-            with(ask("api", "client", 600, "SEV1"), json!({"break_glass": true})),
+            with(
+                ask("api", "client", 600, "SEV1"),
+                json!({"break_glass": true}),
+            ),
         )
         .await;
     assert_eq!(glass["state"], "allowed", "{glass}");
@@ -395,8 +406,14 @@ async fn story(store_url: Option<String>) {
         .filter(|n| n["channel"] == hook.as_str())
         .map(|n| {
             assert_eq!(n["failing"], true);
-            assert!(n["last_error"].as_str().unwrap().contains("unreachable"), "{n}");
-            assert!(!n["last_error"].as_str().unwrap().contains("127.0.0.1"), "{n}");
+            assert!(
+                n["last_error"].as_str().unwrap().contains("unreachable"),
+                "{n}"
+            );
+            assert!(
+                !n["last_error"].as_str().unwrap().contains("127.0.0.1"),
+                "{n}"
+            );
             n["id"].as_str().unwrap()
         })
         .collect();
@@ -450,7 +467,7 @@ async fn story(store_url: Option<String>) {
 
     // The receiver comes back: everything pending arrives, each delivery id once, signed (the
     // receiver prints only what verifies); the channel with the wrong key is refused by it.
-    let receiver = PyReceiver::start(dir.path(), port, KEY);
+    let receiver = PyReceiver::start(dir.path(), port, KEY).await;
     for _ in 0..600 {
         if fresh_rows(&broker, &hook)
             .await
@@ -466,10 +483,7 @@ async fn story(store_url: Option<String>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let accepted = receiver.accepted();
-    let accepted_ids: BTreeSet<&str> = accepted
-        .iter()
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
+    let accepted_ids: BTreeSet<&str> = accepted.iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(accepted_ids, hook_ids, "{accepted:?}");
     assert_eq!(accepted.len(), n_hook, "{accepted:?}");
     let kinds: BTreeSet<&str> = accepted
@@ -537,7 +551,10 @@ async fn story(store_url: Option<String>) {
     }));
     let text = serde_json::to_string(&messages).unwrap();
     for fact in ["user:alice", "api/admin", "10m", "deploy the fix", "INC-42"] {
-        assert!(text.contains(fact), "{fact} missing from the Slack messages");
+        assert!(
+            text.contains(fact),
+            "{fact} missing from the Slack messages"
+        );
     }
     drop(receiver);
     broker.stop().await;
@@ -586,7 +603,13 @@ async fn a_failing_revocation_notifies_once_with_a_valid_signature() {
     // A second failed attempt: still one notification.
     broker.clock.advance(Duration::from_secs(60));
     for _ in 0..600 {
-        let grant = broker.broker.store().grant(&grant_id).await.unwrap().unwrap();
+        let grant = broker
+            .broker
+            .store()
+            .grant(&grant_id)
+            .await
+            .unwrap()
+            .unwrap();
         if grant.n_attempts >= 2 {
             break;
         }
@@ -603,16 +626,19 @@ async fn a_failing_revocation_notifies_once_with_a_valid_signature() {
     for _ in 0..600 {
         let got = received.lock().unwrap().clone();
         if let Some((headers, bytes)) = got.iter().find(|(headers, _)| {
-            headers.get("x-mayfly-event").and_then(|v| v.to_str().ok()) == Some("revocation.failing")
+            headers.get("x-mayfly-event").and_then(|v| v.to_str().ok())
+                == Some("revocation.failing")
         }) {
-            let header = headers
-                .get("x-mayfly-signature")
-                .unwrap()
-                .to_str()
-                .unwrap();
+            let header = headers.get("x-mayfly-signature").unwrap().to_str().unwrap();
             let now = mayfly_server::clock::Clock::now(&mayfly_server::clock::SystemClock);
-            mayfly_server::notify::webhook::verify(KEY, header, bytes, now, Duration::from_secs(300))
-                .unwrap();
+            mayfly_server::notify::webhook::verify(
+                KEY,
+                header,
+                bytes,
+                now,
+                Duration::from_secs(300),
+            )
+            .unwrap();
             assert_eq!(
                 mayfly_server::notify::webhook::verify(
                     WRONG_KEY,
@@ -636,9 +662,14 @@ async fn a_failing_revocation_notifies_once_with_a_valid_signature() {
     assert_eq!(body["grant_id"], grant_id.as_str());
     assert_eq!(body["requester"], "user:alice");
     assert!(
-        !body.to_string().contains(credential["password"].as_str().unwrap()),
+        !body
+            .to_string()
+            .contains(credential["password"].as_str().unwrap()),
         "{body}"
     );
-    assert!(body["error"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
     broker.stop().await;
 }
