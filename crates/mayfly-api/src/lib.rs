@@ -807,3 +807,23 @@ impl std::fmt::Debug for SecretEnvironment {
             .finish()
     }
 }
+
+/// A notification in the outbox (`GET /v1/notifications`): where it goes, what it is about,
+/// and how its delivery went. Never its payload's secrets: it has none, and is not shown.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct NotificationInfo {
+    /// The delivery id (`X-Mayfly-Delivery`).
+    pub id: String,
+    pub channel: String,
+    /// `request.pending`, `request.approved`, `request.denied`, `grant.activated`,
+    /// `break_glass.used`, `revocation.failing` or `grant.expiring`.
+    pub kind: String,
+    pub created_at_ms: i64,
+    pub n_attempts: i64,
+    pub last_error: Option<String>,
+    /// When it is tried next (`None`: delivered).
+    pub next_attempt_at_ms: Option<i64>,
+    pub delivered_at_ms: Option<i64>,
+    /// It failed at least the configured number of attempts (and is still retried).
+    pub failing: bool,
+}

@@ -433,6 +433,30 @@ pub async fn review(client: &Client, command: ReviewCommand, out: &Output) -> an
     }
 }
 
+/// `mayfly notifications [--failing]`: the outbox's undelivered notifications.
+pub async fn notifications(client: &Client, failing: bool, out: &Output) -> anyhow::Result<()> {
+    let path = if failing {
+        "/v1/notifications?failing=true"
+    } else {
+        "/v1/notifications"
+    };
+    let list: Vec<NotificationInfo> = client.call(Method::GET, path, none()).await?;
+    out.answer(&list, |list| {
+        for n in list {
+            let state = if n.failing { "failing" } else { "pending" };
+            println!(
+                "{}  {:<8} {:<18} {:<12} attempts={} {}",
+                n.id,
+                state,
+                n.kind,
+                n.channel,
+                n.n_attempts,
+                n.last_error.as_deref().unwrap_or("")
+            );
+        }
+    })
+}
+
 /// `mayfly ssh ca TARGET`, `mayfly ssh krl TARGET FILE`.
 pub async fn ssh_lists(client: &Client, command: SshCommand, out: &Output) -> anyhow::Result<()> {
     match command {

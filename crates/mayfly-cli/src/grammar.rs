@@ -168,6 +168,12 @@ pub enum ClientCommand {
     /// Break-glass grants waiting for review.
     #[command(subcommand)]
     Review(ReviewCommand),
+    /// Notifications not delivered yet (admins only).
+    Notifications {
+        /// Only those that failed the configured number of attempts (still retried).
+        #[arg(long)]
+        failing: bool,
+    },
     /// SSH with a short-lived certificate: `mayfly ssh TARGET/ROLE user@host --ttl 15m --reason R
     /// [-- cmd]`. `mayfly ssh ca TARGET` prints the target's CA public key (for
     /// `TrustedUserCAKeys`); `mayfly ssh krl TARGET FILE` writes its current KRL (for `RevokedKeys`).

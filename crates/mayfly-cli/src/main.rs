@@ -120,6 +120,9 @@ async fn dispatch(
         ClientCommand::Revoke { grant } => access::revoke(client, &grant, out).await?,
         ClientCommand::Renew { grant, ttl } => access::renew(client, &grant, ttl, out).await?,
         ClientCommand::Review(command) => access::review(client, command, out).await?,
+        ClientCommand::Notifications { failing } => {
+            access::notifications(client, failing, out).await?;
+        }
         ClientCommand::X509(command) => access::x509(client, command, out).await?,
         ClientCommand::Exec(args) => return session::exec(client, args, out).await,
         ClientCommand::Ssh(args) => return session::ssh(client, args, out).await,

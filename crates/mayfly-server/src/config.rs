@@ -54,6 +54,8 @@ pub struct ConfigFile {
     /// Audit forwarding sinks, `[[audit_sink]]` tables (`audit/forward.rs`, docs/audit.md).
     #[serde(default)]
     pub audit_sink: Vec<crate::audit::forward::SinkFile>,
+    /// `[notifications]`: the outbox's channels (docs/notifications.md).
+    pub notifications: Option<crate::notify::config::NotificationsFile>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -63,6 +65,8 @@ pub enum KeyType {
     Number,
     /// A TOML value written inline (`[{ name = "siem", … }]`).
     Inline,
+    /// A TOML table; in an environment variable, written inline (`{ channels = [...] }`).
+    Table,
 }
 
 /// Every key of [`ConfigFile`], each settable by `MAYFLY_<KEY>` (a unit test checks the list
@@ -84,6 +88,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("refusal_window_seconds", KeyType::Number),
     ("public_url", KeyType::Text),
     ("audit_sink", KeyType::Inline),
+    ("notifications", KeyType::Table),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -130,8 +135,8 @@ pub struct Config {
     pub checkpoint_every_events: u64,
     pub checkpoint_interval: Duration,
     pub user_session_ttl: Duration,
-    /// Break-glass notifications are posted here (JSON).
-    pub notify_webhook: Option<String>,
+    /// The notifications outbox's channels and delivery settings.
+    pub notifications: crate::notify::config::NotifyConfig,
     /// How long a request waits for approvals before it expires unanswered.
     pub request_pending_window: Duration,
     /// Take time from the store's clock when other brokers may share the store (the store says
@@ -175,7 +180,7 @@ impl Config {
             checkpoint_every_events: 1000,
             checkpoint_interval: Duration::from_secs(10),
             user_session_ttl: Duration::from_secs(3600),
-            notify_webhook: None,
+            notifications: crate::notify::config::NotifyConfig::default(),
             request_pending_window: Duration::from_secs(24 * 3600),
             clock_from_store: false,
             argon2_threads: n_cores,
@@ -310,7 +315,16 @@ impl Config {
                 .unwrap_or_default();
             ConfigError::Rule(format!("{message}{from}"))
         })?;
-        config.notify_webhook = file.notify_webhook;
+        if file.notify_webhook.is_some() {
+            return Err(rule(
+                "notify_webhook",
+                "is replaced by signed channels in `[notifications]`: move the URL to a `[[notifications.channels]]` with `kind = \"webhook\"` and a `secret_file` (docs/notifications.md)",
+            ));
+        }
+        if let Some(notifications) = file.notifications {
+            config.notifications =
+                crate::notify::config::parse(notifications).map_err(ConfigError::Rule)?;
+        }
         if let Some(window) = file.request_pending_window_seconds {
             if !(60..=30 * 86_400).contains(&window) {
                 return Err(rule(
@@ -427,6 +441,12 @@ fn typed(kind: KeyType, text: &str) -> Result<toml::Value, String> {
             .ok()
             .and_then(|mut table| table.remove("value"))
             .ok_or_else(|| "is not a TOML value (write it as in the file, inline)".to_owned()),
+        KeyType::Table => format!("value = {text}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut table| table.remove("value"))
+            .filter(toml::Value::is_table)
+            .ok_or_else(|| "not an inline TOML table such as `{ channels = [] }`".to_owned()),
     }
 }
 
@@ -480,7 +500,6 @@ tls_cert = "/etc/mayfly/cert.pem"
 tls_key = "/etc/mayfly/key.pem"
 audit_file = "/var/log/mayfly/audit.jsonl"
 user_session_ttl_seconds = 600
-notify_webhook = "https://hooks.example/x"
 request_pending_window_seconds = 3600
 argon2_threads = 2
 argon2_waiting = 5
@@ -503,10 +522,7 @@ public_url = "https://mayfly.example.com/"
             Some(PathBuf::from("/var/log/mayfly/audit.jsonl"))
         );
         assert_eq!(config.user_session_ttl, Duration::from_secs(600));
-        assert_eq!(
-            config.notify_webhook.as_deref(),
-            Some("https://hooks.example/x")
-        );
+        assert!(config.notifications.channels.is_empty());
         assert_eq!(config.request_pending_window, Duration::from_secs(3600));
         assert_eq!(config.argon2_threads, 2);
         assert_eq!(config.argon2_waiting, 5);
@@ -570,7 +586,10 @@ public_url = "https://mayfly.example.com/"
                 ("MAYFLY_LISTEN", "0.0.0.0:8300"),
                 ("MAYFLY_ARGON2_THREADS", "3"),
                 ("MAYFLY_REFUSAL_WINDOW_SECONDS", " 11 "),
-                ("MAYFLY_NOTIFY_WEBHOOK", "https://other.example/y"),
+                (
+                    "MAYFLY_NOTIFICATIONS",
+                    "{ expiring_lead_seconds = 120, channels = [{ name = \"ops\", kind = \"slack\", url = \"https://hooks.slack.example/T/B/x\" }] }",
+                ),
                 ("MAYFLY_AUDIT_FILE", ""),
             ],
             Vec::new(),
@@ -582,10 +601,8 @@ public_url = "https://mayfly.example.com/"
         // The file's `argon2_waiting` stays: only what the environment names changes.
         assert_eq!(config.argon2_waiting, 5);
         assert_eq!(config.refusal_window, Duration::from_secs(11));
-        assert_eq!(
-            config.notify_webhook.as_deref(),
-            Some("https://other.example/y")
-        );
+        assert_eq!(config.notifications.channels.len(), 1);
+        assert_eq!(config.notifications.expiring_lead, Duration::from_secs(120));
         // An empty variable counts as unset.
         assert_eq!(
             config.audit_file,
@@ -746,6 +763,30 @@ public_url = "https://mayfly.example.com/"
             Vec::new(),
         ));
         assert!(error.contains("MAYFLY_AUDIT_SINK"), "{error}");
+    }
+
+    #[test]
+    fn the_former_notify_webhook_is_refused_with_a_pointer() {
+        let error = refused(load(
+            Some(
+                "version = 1\nstore = \"sqlite:///x\"\nnotify_webhook = \"https://hooks.example/x\"\n",
+            ),
+            &[],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("`notify_webhook`") && error.contains("docs/notifications.md"),
+            "{error}"
+        );
+        let error = refused(load(
+            None,
+            &[
+                ("MAYFLY_STORE", "sqlite:///x"),
+                ("MAYFLY_NOTIFICATIONS", "[1, 2]"),
+            ],
+            Vec::new(),
+        ));
+        assert!(error.contains("MAYFLY_NOTIFICATIONS"), "{error}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Inner {
     pub expiry_next_look_ms: std::sync::atomic::AtomicI64,
     /// Where password hashes are computed and checked, off the async workers.
     pub argon2: crate::auth::argon2::Argon2Pool,
+    /// Wakes this node's notification delivery worker after notifications were committed.
+    pub outbox_wakeup: Arc<tokio::sync::Notify>,
     /// Failed logins per source address.
     pub login_sources: crate::auth::limiter::SourceLimiter,
     /// Unauthenticated refusals counted since the last aggregate events.
@@ -112,6 +114,7 @@ impl Broker {
                 targets: crate::access::TargetRegistry::default(),
                 expiry_wakeup: Arc::new(tokio::sync::Notify::new()),
                 expiry_next_look_ms: std::sync::atomic::AtomicI64::new(0),
+                outbox_wakeup: Arc::new(tokio::sync::Notify::new()),
                 argon2: crate::auth::argon2::Argon2Pool::new(
                     config.argon2_threads,
                     config.argon2_waiting,

@@ -136,6 +136,10 @@ impl std::fmt::Debug for ReadCache {
 /// grants, login failure counts and exchanged tokens (which are never kept), never sessions, users,
 /// workload bindings, targets, roles, policies, proxy routes or the secret store's versions.
 pub(crate) fn keeps_reads(change: &Change) -> bool {
+    if let Change::Notify { change, .. } = change {
+        // The outbox is never kept; what counts is the change it rides with.
+        return change.as_deref().is_none_or(keeps_reads);
+    }
     matches!(
         change,
         Change::CreateRequest { .. }

@@ -20,7 +20,7 @@
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
 //! - `secrets`, `rotations`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`,
-//!   `proxy_routes`, `audit`: the SQL of each group of tables (`rotations`: the rotation of
+//!   `proxy_routes`, `outbox`, `audit`: the SQL of each group of tables (`rotations`: the rotation of
 //!   targets' admin secrets), the changes that write them and the reads.
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
@@ -34,6 +34,7 @@ mod exchanged;
 mod grants;
 mod identity;
 mod kv;
+mod outbox;
 mod proxy_routes;
 mod records;
 mod requests;
@@ -48,9 +49,10 @@ use mayfly_core::{SecretPath, Timestamp};
 pub use error::{BoxError, StoreError};
 pub use records::{
     AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, PendingRotation, Principals,
-    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
-    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,
+    NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -237,6 +239,53 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         now: Timestamp,
     ) -> Result<Vec<AdminRotationRecord>, StoreError>;
+    /// Claims up to `limit` due notifications of the outbox until `claim_until` (each claim
+    /// bumps the row's epoch). Several nodes can call this at once: each row goes to one.
+    async fn claim_notifications(
+        &self,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// The notification `id` was delivered at `at`.
+    async fn notification_delivered(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// An attempt to deliver `id` failed: counted and due again at `retry_at`, unless another
+    /// claim (a later `epoch`) took it over.
+    async fn notification_failed(
+        &self,
+        id: &str,
+        epoch: i64,
+        error: &str,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Notifications not delivered yet, with at least `min_attempts` attempts, oldest first.
+    async fn undelivered_notifications(
+        &self,
+        min_attempts: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+    async fn notification(&self, id: &str) -> Result<Option<NotificationRecord>, StoreError>;
+    /// The notifications of `kind`, on every channel, oldest first.
+    async fn notifications_of_kind(
+        &self,
+        kind: &str,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+    /// The outbox per channel (`failing_after`: attempts after which one counts as failing).
+    async fn outbox_stats(&self, failing_after: i64) -> Result<Vec<OutboxStats>, StoreError>;
+    /// The earliest time a notification is due.
+    async fn next_notification_due(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Active grants expiring after `now` and by `before` with no notification under
+    /// `<dedup_prefix><grant id>` yet, soonest first.
+    async fn grants_to_warn(
+        &self,
+        dedup_prefix: &str,
+        now: Timestamp,
+        before: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Forgets notifications delivered before `before`.
+    async fn purge_delivered_notifications(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) and applies its migrations.

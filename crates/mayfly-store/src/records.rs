@@ -346,6 +346,15 @@ pub enum Change {
         path: SecretPath,
         version: i64,
     },
+    /// `change` (if any) and, only if it applies (and `only_if` holds after it), the
+    /// notifications it causes, written to the outbox in the same transaction: a notification
+    /// exists exactly when its cause does. A notification with a `dedup_key` already in the outbox
+    /// for its channel is not written again (once per subject, across restarts and nodes).
+    Notify {
+        change: Option<Box<Change>>,
+        notifications: Vec<NotificationRecord>,
+        only_if: Option<NotifyCondition>,
+    },
     /// Removes the ciphertext of versions for good. Conflicts if one of them does not exist
     /// (then none is destroyed); destroying a destroyed version again changes nothing.
     DestroyKvSecret {
@@ -370,6 +379,65 @@ impl Change {
             _ => None,
         }
     }
+}
+
+impl Change {
+    /// This change with `notifications` written alongside it ([`Change::Notify`]); the change
+    /// itself when there are none, so that a broker with no channel keeps the fast paths.
+    pub fn notifying(self, notifications: Vec<NotificationRecord>) -> Change {
+        if notifications.is_empty() {
+            return self;
+        }
+        Change::Notify {
+            change: Some(Box::new(self)),
+            notifications,
+            only_if: None,
+        }
+    }
+}
+
+/// One notification for one channel, in the outbox until it is delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotificationRecord {
+    /// Also the delivery id the receiver deduplicates on: the same on every attempt.
+    pub id: String,
+    pub channel: String,
+    /// What happened (`request.pending`, `grant.activated`, ...).
+    pub kind: String,
+    /// Written once per `(dedup_key, channel)`.
+    pub dedup_key: Option<String>,
+    /// The facts, as JSON (never a secret); rendered for the channel at delivery.
+    pub payload: String,
+    pub created_at: Timestamp,
+    /// When it is due (`None`: delivered).
+    pub next_attempt_at: Option<Timestamp>,
+    pub n_attempts: i64,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<Timestamp>,
+    /// Fencing token: bumped by every claim.
+    pub epoch: i64,
+}
+
+/// What must hold after a [`Change::Notify`]'s change for its notifications to be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotifyCondition {
+    /// The request is in this state (an approval that was the last one needed).
+    RequestIs {
+        id: String,
+        state: mayfly_core::grant::RequestState,
+    },
+}
+
+/// The outbox per channel, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub channel: String,
+    /// Not delivered yet.
+    pub n_pending: i64,
+    /// Not delivered after at least the failing threshold of attempts.
+    pub n_failing: i64,
+    /// When the oldest notification not delivered yet was written.
+    pub oldest_pending_at: Option<Timestamp>,
 }
 
 /// The throttle after `n_failures` failures in a row: none for the first `n_free`, then

@@ -18,14 +18,14 @@ use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
     AdminRotationRecord, ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
-    Write, WriteOutcome,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord, OutboxStats, Principals,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
-    Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, proxy_routes, requests,
-    rotations, secrets,
+    Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, outbox, proxy_routes,
+    requests, rotations, secrets,
 };
 
 #[derive(Debug)]
@@ -440,6 +440,75 @@ impl Store for SqlStore {
         now: Timestamp,
     ) -> Result<Vec<AdminRotationRecord>, StoreError> {
         rotations::due(&self.pool, now).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        outbox::claim(&self.pool, self.dialect, now, claim_until, limit).await
+    }
+
+    async fn notification_delivered(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        let _writer = self.write_lock.lock().await;
+        outbox::delivered(&self.pool, id, at).await
+    }
+
+    async fn notification_failed(
+        &self,
+        id: &str,
+        epoch: i64,
+        error: &str,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let _writer = self.write_lock.lock().await;
+        outbox::failed(&self.pool, id, epoch, error, retry_at).await
+    }
+
+    async fn undelivered_notifications(
+        &self,
+        min_attempts: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        outbox::undelivered(&self.pool, min_attempts, limit).await
+    }
+
+    async fn notification(&self, id: &str) -> Result<Option<NotificationRecord>, StoreError> {
+        outbox::notification(&self.pool, id).await
+    }
+
+    async fn notifications_of_kind(
+        &self,
+        kind: &str,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        outbox::of_kind(&self.pool, kind, limit).await
+    }
+
+    async fn outbox_stats(&self, failing_after: i64) -> Result<Vec<OutboxStats>, StoreError> {
+        outbox::stats(&self.pool, failing_after).await
+    }
+
+    async fn next_notification_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        outbox::next_due(&self.pool).await
+    }
+
+    async fn grants_to_warn(
+        &self,
+        dedup_prefix: &str,
+        now: Timestamp,
+        before: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        outbox::grants_to_warn(&self.pool, dedup_prefix, now, before, limit).await
+    }
+
+    async fn purge_delivered_notifications(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        outbox::purge_delivered(&self.pool, before).await
     }
 }
 

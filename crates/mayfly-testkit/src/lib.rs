@@ -55,9 +55,10 @@ pub struct Options {
     pub audit_file: bool,
     pub bootstrap: bool,
     pub checkpoint_every_events: u64,
-    pub notify_webhook: Option<String>,
     /// Audit forwarding sinks (`[[audit_sink]]`, checked by `Config::load`).
     pub audit_sinks: Vec<Arc<mayfly_server::audit::forward::SinkSpec>>,
+    /// The notifications outbox's channels and settings (none by default).
+    pub notifications: mayfly_server::notify::config::NotifyConfig,
 }
 
 impl Default for Options {
@@ -68,8 +69,8 @@ impl Default for Options {
             audit_file: true,
             bootstrap: true,
             checkpoint_every_events: 1000,
-            notify_webhook: None,
             audit_sinks: Vec::new(),
+            notifications: mayfly_server::notify::config::NotifyConfig::default(),
         }
     }
 }
@@ -125,8 +126,8 @@ impl TestBroker {
         config.clock = Arc::new(clock.clone());
         config.group_commit = options.group_commit;
         config.checkpoint_every_events = options.checkpoint_every_events;
-        config.notify_webhook = options.notify_webhook.clone();
         config.audit_sinks = options.audit_sinks.clone();
+        config.notifications = options.notifications.clone();
         if options.audit_file {
             config.audit_file = Some(dir.path().join("audit.jsonl"));
         }

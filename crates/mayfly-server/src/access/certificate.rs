@@ -23,6 +23,7 @@ use super::requests::{
 };
 use super::{principal_key, role_spec, stored_kind};
 use crate::error::{AuditedError, BrokerError};
+use crate::notify::{EventKind, Notice};
 use crate::origin::Origin;
 use crate::state::Broker;
 
@@ -162,12 +163,28 @@ impl Broker {
         if let Some(fingerprint) = fingerprint {
             event = event.detail("key_fingerprint", fingerprint);
         }
+        let mut notifications = self.notifications(
+            EventKind::GrantActivated,
+            Notice::of_grant(EventKind::GrantActivated, &grant, Some(&request), now),
+            None,
+        );
+        if request.break_glass {
+            notifications.extend(self.notifications(
+                EventKind::BreakGlassUsed,
+                Notice::of_grant(EventKind::BreakGlassUsed, &grant, Some(&request), now),
+                None,
+            ));
+        }
+        let notifying = !notifications.is_empty();
         if let WriteOutcome::Conflict { reason, .. } = self
             .commit(Write {
-                change: Some(Change::IssueCertificate {
-                    request: Box::new(request),
-                    grant: Box::new(grant.clone()),
-                }),
+                change: Some(
+                    Change::IssueCertificate {
+                        request: Box::new(request),
+                        grant: Box::new(grant.clone()),
+                    }
+                    .notifying(notifications),
+                ),
                 event,
             })
             .await?
@@ -175,6 +192,9 @@ impl Broker {
             return Err(BrokerError::Conflict(reason).into());
         }
         self.expiry_due_at(expires_at);
+        if notifying {
+            self.notifications_committed();
+        }
         Ok(Credential {
             grant: grant_info(&grant, now),
             kind: kind.to_string(),

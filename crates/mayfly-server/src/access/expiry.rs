@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::access::{grant_secret_path, role_spec};
 use crate::error::BrokerError;
+use crate::notify::{EventKind, Notice};
 use crate::state::Broker;
 
 // The engine runs the sweep at start and every `SWEEP_INTERVAL`.
@@ -364,6 +365,7 @@ async fn revoke_chunk(
     let mut outcomes = outcomes.into_iter();
     let now = broker.now();
     let mut writes = Vec::with_capacity(grants.len());
+    let mut notifying = false;
     for (grant, result) in grants.iter().zip(results) {
         let result = match result {
             Some(result) => result,
@@ -408,7 +410,14 @@ async fn revoke_chunk(
                 events.push(GrantEvent::RevokeFailed);
                 let next = now.saturating_add(backoff(grant.n_attempts));
                 metrics::counter!("mayfly_revocation_failures_total", "target" => grant.target.clone()).increment(1);
-                transition(
+                // People hear of it once per grant; the engine keeps retrying.
+                let notifications = broker.notifications(
+                    EventKind::RevocationFailing,
+                    Notice::of_grant(EventKind::RevocationFailing, grant, None, now).error(&error),
+                    Some(&grant.id),
+                );
+                notifying |= !notifications.is_empty();
+                let (mut write, _) = transition(
                     broker,
                     grant,
                     &events,
@@ -425,8 +434,9 @@ async fn revoke_chunk(
                         ("error", error.clone().into()),
                         ("retry_at_ms", next.unix_ms().into()),
                     ],
-                )?
-                .0
+                )?;
+                write.change = write.change.map(|change| change.notifying(notifications));
+                write
             }
         };
         writes.push(write);
@@ -434,6 +444,9 @@ async fn revoke_chunk(
     for result in broker.commit_many(writes).await {
         // A conflict means another node or a user moved the grant meanwhile: nothing to do.
         result?;
+    }
+    if notifying {
+        broker.notifications_committed();
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use mayfly_store::{Change, GrantRecord, GrantUpdate, Write, WriteOutcome};
 use mayfly_targets::IssuePlan;
 
 use crate::error::BrokerError;
+use crate::notify::{EventKind, Notice};
 use crate::origin::Origin;
 use crate::state::Broker;
 
@@ -168,9 +169,22 @@ impl Broker {
             .detail("expires_at_ms", expires_at.unix_ms());
         event.actor = Some(principal_key(caller));
         meta.fill(&mut event);
+        let mut notifications = self.notifications(
+            EventKind::GrantActivated,
+            Notice::of_grant(EventKind::GrantActivated, &grant, Some(&request), now),
+            None,
+        );
+        if request.break_glass {
+            notifications.extend(self.notifications(
+                EventKind::BreakGlassUsed,
+                Notice::of_grant(EventKind::BreakGlassUsed, &grant, Some(&request), now),
+                None,
+            ));
+        }
+        let notifying = !notifications.is_empty();
         if let WriteOutcome::Conflict { reason, .. } = self
             .commit(Write {
-                change: Some(Change::UpdateGrant { update }),
+                change: Some(Change::UpdateGrant { update }.notifying(notifications)),
                 event,
             })
             .await?
@@ -181,16 +195,16 @@ impl Broker {
             )));
         }
         self.expiry_due_at(expires_at);
+        if notifying {
+            self.notifications_committed();
+        }
         if request.break_glass {
-            tracing::warn!(grant = %grant_id, principal = %caller, "BREAK-GLASS grant issued; it waits for review");
-            crate::notify::break_glass(
-                self,
+            crate::notify::log_break_glass(
                 &grant_id,
                 &principal_key(caller),
                 &format!("{}/{}", request.target, request.role),
                 &request.reason,
-            )
-            .await;
+            );
         }
         let grant = self
             .store()

@@ -11,10 +11,12 @@ use mayfly_core::request::{Asked, rule};
 use mayfly_core::time::{duration_from_ms, duration_to_ms};
 use mayfly_core::{LoginName, Principal, TargetKind, Timestamp};
 use mayfly_store::{
-    Change, GrantRecord, RequestRecord, RoleRecord, TargetRecord, Write, WriteOutcome,
+    Change, GrantRecord, NotifyCondition, RequestRecord, RoleRecord, TargetRecord, Write,
+    WriteOutcome,
 };
 
 use crate::error::BrokerError;
+use crate::notify::{EventKind, MAX_APPROVERS, MAX_USERS_CHECKED, Notice};
 use crate::origin::Origin;
 use crate::state::Broker;
 
@@ -277,13 +279,29 @@ impl Broker {
             .detail("approvals_needed", record.approvals_needed);
         event.actor = Some(principal_key(principal));
         meta.fill(&mut event);
+        let mut notifications = Vec::new();
+        if record.state == RequestState::Pending {
+            let mut notice = Notice::of_request(EventKind::RequestPending, &record, now);
+            if !self.inner.config.notifications.channels.is_empty() {
+                (notice.approvers, notice.approvers_truncated) =
+                    self.approvers(&policies, &record, &target, &role).await?;
+            }
+            notifications = self.notifications(EventKind::RequestPending, notice, None);
+        }
+        let notifying = !notifications.is_empty();
         self.commit(Write {
-            change: Some(Change::CreateRequest {
-                request: record.clone(),
-            }),
+            change: Some(
+                Change::CreateRequest {
+                    request: record.clone(),
+                }
+                .notifying(notifications),
+            ),
             event,
         })
         .await?;
+        if notifying {
+            self.notifications_committed();
+        }
         if new.break_glass && record.state == RequestState::Allowed {
             tracing::warn!(request = %record.id, principal = %principal, role = %format!("{}/{}", record.target, record.role), "BREAK-GLASS access requested");
         }
@@ -348,14 +366,36 @@ impl Broker {
             comment: comment.to_owned(),
             at: self.now(),
         };
+        // "Approved" once, by the approval that was the last one needed.
+        let mut notice = Notice::of_request(EventKind::RequestApproved, &request, self.now());
+        notice.decided_by = Some(principal_key(approver));
+        let notifications = self.notifications(EventKind::RequestApproved, notice, None);
+        let notifying = !notifications.is_empty();
+        let change = if notifying {
+            Change::Notify {
+                change: Some(Box::new(Change::Approve { approval })),
+                notifications,
+                only_if: Some(NotifyCondition::RequestIs {
+                    id: request.id.clone(),
+                    state: RequestState::Allowed,
+                }),
+            }
+        } else {
+            Change::Approve { approval }
+        };
         match self
             .commit(Write {
-                change: Some(Change::Approve { approval }),
+                change: Some(change),
                 event,
             })
             .await?
         {
-            WriteOutcome::Applied { .. } => self.request_info(request_id).await,
+            WriteOutcome::Applied { .. } => {
+                if notifying {
+                    self.notifications_committed();
+                }
+                self.request_info(request_id).await
+            }
             WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
         }
     }
@@ -401,16 +441,28 @@ impl Broker {
             .detail("comment", comment.to_owned());
         event.actor = Some(principal_key(approver));
         meta.fill(&mut event);
+        let mut notice = Notice::of_request(EventKind::RequestDenied, &request, self.now());
+        notice.decided_by = Some(principal_key(approver));
+        let notifications = self.notifications(EventKind::RequestDenied, notice, None);
+        let notifying = !notifications.is_empty();
         match self
             .commit(Write {
-                change: Some(Change::DenyRequest {
-                    request_id: request.id.clone(),
-                }),
+                change: Some(
+                    Change::DenyRequest {
+                        request_id: request.id.clone(),
+                    }
+                    .notifying(notifications),
+                ),
                 event,
             })
             .await?
         {
-            WriteOutcome::Applied { .. } => self.request_info(request_id).await,
+            WriteOutcome::Applied { .. } => {
+                if notifying {
+                    self.notifications_committed();
+                }
+                self.request_info(request_id).await
+            }
             WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason)),
         }
     }
@@ -493,6 +545,53 @@ impl Broker {
             &context,
         )?;
         Ok(decision.allows())
+    }
+
+    /// The users the policies permit to approve `request` (never its requester; disabled users
+    /// left out), by name: at most [`MAX_APPROVERS`] of the first [`MAX_USERS_CHECKED`] users, and
+    /// whether there may be more. Decided when the request is created, as [`Broker::may_approve`]
+    /// decides, so a notification names who could act on it then.
+    pub async fn approvers(
+        &self,
+        policies: &Policies,
+        request: &RequestRecord,
+        target: &TargetRecord,
+        role: &RoleRecord,
+    ) -> Result<(Vec<String>, bool), BrokerError> {
+        let users = self.store().users().await?;
+        let context = context_of(request, self.now(), None);
+        let requester = principal_key(&request.principal);
+        let mut approvers = Vec::new();
+        let truncated = users.len() > MAX_USERS_CHECKED;
+        for user in users.into_iter().take(MAX_USERS_CHECKED) {
+            if user.disabled {
+                continue;
+            }
+            let principal = Principal::User {
+                id: user.id,
+                name: user.username.clone(),
+                groups: user.groups,
+            };
+            if principal_key(&principal) == requester {
+                continue;
+            }
+            if decide(
+                policies,
+                &principal,
+                Action::Approve,
+                target,
+                role,
+                &context,
+            )?
+            .allows()
+            {
+                if approvers.len() == MAX_APPROVERS {
+                    return Ok((approvers, true));
+                }
+                approvers.push(user.username);
+            }
+        }
+        Ok((approvers, truncated))
     }
 
     /// Whether `principal` may ask for `role` on `target` at all (what a listing of targets and

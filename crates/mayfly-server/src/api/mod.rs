@@ -6,6 +6,7 @@ pub mod exchange_routes;
 pub mod extract;
 pub mod json;
 pub mod middleware;
+pub mod notification_routes;
 pub mod openapi;
 pub mod proxy_routes;
 pub mod routes;
@@ -94,6 +95,10 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/grants/{id}/renew", post(access_routes::renew_grant))
         .route("/v1/grants/{id}/review", post(access_routes::review_grant))
         .route("/v1/review", get(access_routes::review_queue))
+        .route(
+            "/v1/notifications",
+            get(notification_routes::list_notifications),
+        )
         .route(
             "/v1/proxy-routes",
             post(proxy_routes::put_route).get(proxy_routes::list_routes),

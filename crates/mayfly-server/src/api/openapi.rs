@@ -2,7 +2,9 @@
 
 use utoipa::OpenApi;
 
-use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_routes};
+use crate::api::{
+    access_routes, exchange_routes, notification_routes, proxy_routes, routes, secret_routes,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,6 +61,7 @@ use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_ro
         access_routes::renew_grant,
         access_routes::review_queue,
         access_routes::review_grant,
+        notification_routes::list_notifications,
         exchange_routes::exchange,
         exchange_routes::introspect,
         proxy_routes::put_route,

@@ -22,6 +22,7 @@ mod hardening;
 mod jwt;
 mod jwt_discovery;
 mod login;
+mod notifications;
 mod proxy;
 mod seal;
 mod secret_store;

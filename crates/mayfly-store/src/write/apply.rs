@@ -6,7 +6,9 @@ use sqlx::AnyConnection;
 use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
-use crate::{catalog, exchanged, grants, identity, kv, proxy_routes, requests, rotations, secrets};
+use crate::{
+    catalog, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations, secrets,
+};
 
 pub(super) async fn apply(
     c: &mut AnyConnection,
@@ -120,5 +122,17 @@ pub(super) async fn apply(
         Change::DeleteKvSecret { path, version, at } => kv::delete(c, path, *version, *at).await,
         Change::UndeleteKvSecret { path, version } => kv::undelete(c, path, *version).await,
         Change::DestroyKvSecret { path, versions, at } => kv::destroy(c, path, versions, *at).await,
+        Change::Notify {
+            change,
+            notifications,
+            only_if,
+        } => {
+            if let Some(change) = change
+                && let Applied::Conflict(reason) = Box::pin(apply(c, dialect, change)).await?
+            {
+                return Ok(Applied::Conflict(reason));
+            }
+            outbox::enqueue(c, notifications, only_if.as_ref()).await
+        }
     }
 }
