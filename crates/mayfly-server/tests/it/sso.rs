@@ -203,7 +203,10 @@ impl Browser {
 
 /// A broker with the provider `idp` configured (groups mapped) and the provider running.
 async fn setup() -> (TestBroker, Idp, String) {
-    let broker = TestBroker::ready().await;
+    setup_on(TestBroker::ready().await).await
+}
+
+async fn setup_on(broker: TestBroker) -> (TestBroker, Idp, String) {
     let idp = Idp::start(&broker).await;
     let admin = broker.admin_token.clone().unwrap();
     let info = broker
@@ -737,4 +740,46 @@ async fn only_admins_configure_providers_and_the_secret_is_never_shown() {
         .call("DELETE", "/v1/sso/providers/two", Some(&admin), None)
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn on_postgresql_logins_are_the_same() {
+    let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
+    let broker = TestBroker::start(mayfly_testkit::Options {
+        store_url: Some(db.url.clone()),
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    let (broker, _idp, admin) = setup_on(broker).await;
+    for _ in 0..2 {
+        let (status, body, back) = browser_login(&broker, "carol").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["session"]["principal"]["groups"], json!(["engineering"]));
+        let (status, _, _) = come_back(&back).await;
+        assert_eq!(status, 401, "the state is used once");
+    }
+    let users = broker
+        .expect(200, "GET", "/v1/users", Some(&admin), None)
+        .await;
+    let n_carol = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["username"] == "carol")
+        .count();
+    assert_eq!(n_carol, 1);
+    let (status, body, _) = browser_login(&broker, "alice").await;
+    assert_eq!(status, 401, "{body}");
+    let (verifier, challenge) = pkce_pair("pg");
+    let code = cli_code(&broker, &challenge).await;
+    let request = json!({"code": code, "code_verifier": verifier});
+    broker
+        .expect(200, "POST", "/v1/sso/token", None, Some(request.clone()))
+        .await;
+    let (status, _) = broker
+        .call("POST", "/v1/sso/token", None, Some(request))
+        .await;
+    assert_eq!(status, 401);
+    broker.stop().await;
+    db.drop_db().await;
 }
