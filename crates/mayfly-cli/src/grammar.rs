@@ -454,9 +454,7 @@ pub enum SsoCommand {
     /// List the providers and the redirect URI to register at each.
     Ls,
     /// Remove a provider (the users it made stay).
-    Rm {
-        name: String,
-    },
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]

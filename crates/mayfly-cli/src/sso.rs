@@ -125,7 +125,9 @@ async fn wait_for_code(listener: &tokio::net::TcpListener) -> anyhow::Result<Str
         let url = reqwest::Url::parse(&format!("http://127.0.0.1{target}")).ok();
         let Some(url) = url.filter(|url| url.path() == "/callback") else {
             let _ = stream
-                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
                 .await;
             continue;
         };
@@ -181,7 +183,11 @@ pub async fn sso(client: &Client, command: SsoCommand, out: &Output) -> anyhow::
                 step_up_acr_values,
             };
             let info: SsoProviderInfo = client
-                .call(Method::PUT, &format!("/v1/sso/providers/{name}"), Some(&request))
+                .call(
+                    Method::PUT,
+                    &format!("/v1/sso/providers/{name}"),
+                    Some(&request),
+                )
                 .await?;
             out.answer(&info, |info| {
                 println!(
@@ -205,7 +211,11 @@ pub async fn sso(client: &Client, command: SsoCommand, out: &Output) -> anyhow::
         }
         SsoCommand::Rm { name } => {
             client
-                .call_raw(Method::DELETE, &format!("/v1/sso/providers/{name}"), None::<&()>)
+                .call_raw(
+                    Method::DELETE,
+                    &format!("/v1/sso/providers/{name}"),
+                    None::<&()>,
+                )
                 .await?;
             out.answer(&serde_json::json!({"removed": name}), |_| {
                 println!("provider `{name}` removed");

@@ -50,8 +50,8 @@ pub use error::{BoxError, StoreError};
 pub use records::{
     AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
     GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, PendingRotation, Principals,
-    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent,
-    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, SsoPendingRecord,
+    StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 

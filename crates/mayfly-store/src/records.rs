@@ -373,7 +373,10 @@ pub enum Change {
     },
     /// Removes a single sign-on provider and its client secret. Conflicts if unknown. The users
     /// it made stay (disable them to stop them).
-    DeleteSsoProvider { name: String, secret_path: String },
+    DeleteSsoProvider {
+        name: String,
+        secret_path: String,
+    },
     /// Stores a login in progress; deletes those expired before `purge_before`.
     PutSsoPending {
         pending: SsoPendingRecord,

@@ -69,13 +69,15 @@ async fn insert_pending(
     c: &mut AnyConnection,
     pending: &SsoPendingRecord,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sso_pending (key_hash, kind, blob, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(pending.key_hash.clone())
-        .bind(pending.kind.clone())
-        .bind(pending.blob.clone())
-        .bind(pending.expires_at.unix_ms())
-        .execute(&mut *c)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sso_pending (key_hash, kind, blob, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(pending.key_hash.clone())
+    .bind(pending.kind.clone())
+    .bind(pending.blob.clone())
+    .bind(pending.expires_at.unix_ms())
+    .execute(&mut *c)
+    .await?;
     Ok(())
 }
 

@@ -178,7 +178,8 @@ impl Browser {
                 } else {
                     vec![("prompt", "consent")]
                 };
-                self.send(form_post(&self.http, action.as_str(), &form)).await
+                self.send(form_post(&self.http, action.as_str(), &form))
+                    .await
             } else {
                 response
             };
@@ -280,11 +281,19 @@ async fn browser_login(broker: &TestBroker, login: &str) -> (u16, Value, String)
 }
 
 fn message(body: &Value) -> String {
-    body["error"]["message"].as_str().unwrap_or_default().to_owned()
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 async fn n_sessions(broker: &TestBroker) -> usize {
-    let events = broker.broker.store().stored_audit_events(0, 100_000).await.unwrap();
+    let events = broker
+        .broker
+        .store()
+        .stored_audit_events(0, 100_000)
+        .await
+        .unwrap();
     events
         .iter()
         .filter(|e| {
@@ -296,7 +305,12 @@ async fn n_sessions(broker: &TestBroker) -> usize {
 }
 
 async fn events_of(broker: &TestBroker, kind: &str) -> Vec<Value> {
-    let events = broker.broker.store().stored_audit_events(0, 100_000).await.unwrap();
+    let events = broker
+        .broker
+        .store()
+        .stored_audit_events(0, 100_000)
+        .await
+        .unwrap();
     events
         .iter()
         .filter(|e| e.kind == kind)
@@ -408,7 +422,9 @@ async fn id_token_of_other_client(broker: &TestBroker, idp: &Idp) -> String {
         .append_pair("nonce", "n")
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    let back = Browser::new().authorize(url.as_str(), "carol", &redirect).await;
+    let back = Browser::new()
+        .authorize(url.as_str(), "carol", &redirect)
+        .await;
     let back = reqwest::Url::parse(&back).unwrap();
     let code = back
         .query_pairs()
@@ -428,11 +444,11 @@ async fn id_token_of_other_client(broker: &TestBroker, idp: &Idp) -> String {
     )
     .basic_auth("other", Some("other-secret"))
     .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     answer["id_token"].as_str().unwrap().to_owned()
 }
 
@@ -447,7 +463,10 @@ async fn forged_replayed_or_late_answers_are_refused() {
     // A replayed `state` (the same callback again).
     let (status, body, _) = come_back(&first_callback).await;
     assert_eq!(status, 401, "{body}");
-    assert!(message(&body).contains("unknown, expired or already used"), "{body}");
+    assert!(
+        message(&body).contains("unknown, expired or already used"),
+        "{body}"
+    );
 
     // A tampered ID token: one byte of its signature flipped.
     idp.control("/__test/tamper", &[("mode", "flip")]).await;
@@ -460,16 +479,22 @@ async fn forged_replayed_or_late_answers_are_refused() {
     assert!(message(&body).contains("already used"), "{body}");
 
     // A wrong nonce: an earlier ID token (good signature, our audience, another login's nonce).
-    idp.control("/__test/tamper", &[("mode", "substitute"), ("token", &earlier)])
-        .await;
+    idp.control(
+        "/__test/tamper",
+        &[("mode", "substitute"), ("token", &earlier)],
+    )
+    .await;
     let (status, body, _) = browser_login(&broker, "carol").await;
     assert_eq!(status, 401, "{body}");
     assert!(message(&body).contains("`nonce`"), "{body}");
 
     // A wrong audience: an ID token the provider issued to its other client.
     let others = id_token_of_other_client(&broker, &idp).await;
-    idp.control("/__test/tamper", &[("mode", "substitute"), ("token", &others)])
-        .await;
+    idp.control(
+        "/__test/tamper",
+        &[("mode", "substitute"), ("token", &others)],
+    )
+    .await;
     let (status, body, _) = browser_login(&broker, "carol").await;
     assert_eq!(status, 401, "{body}");
     assert!(message(&body).contains("audience"), "{body}");
@@ -492,7 +517,11 @@ async fn forged_replayed_or_late_answers_are_refused() {
     .await;
     assert_eq!(status, 401);
 
-    assert_eq!(n_sessions(&broker).await, sessions, "no refusal made a session");
+    assert_eq!(
+        n_sessions(&broker).await,
+        sessions,
+        "no refusal made a session"
+    );
     let refused = events_of(&broker, "auth.sso.login")
         .await
         .into_iter()
@@ -616,7 +645,12 @@ async fn the_cli_trades_its_loopback_code_once_and_only_with_its_verifier() {
         .await;
     assert_eq!(status, 400, "{body}");
     let (status, _) = broker
-        .call("POST", "/v1/sso/start", None, Some(json!({"provider": "nope"})))
+        .call(
+            "POST",
+            "/v1/sso/start",
+            None,
+            Some(json!({"provider": "nope"})),
+        )
         .await;
     assert_eq!(status, 404);
 }
@@ -648,7 +682,10 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
         }
     };
     let url = step_up(carol.clone()).await;
-    assert!(url.contains("prompt=login") && url.contains("max_age=0"), "{url}");
+    assert!(
+        url.contains("prompt=login") && url.contains("max_age=0"),
+        "{url}"
+    );
     let back = Browser::new()
         .authorize(&url, "carol", &callback_prefix(&broker))
         .await;
@@ -698,7 +735,12 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
 
     // Only people re-authenticate; a session is needed.
     let (status, _) = broker
-        .call("POST", "/v1/sso/step-up", None, Some(json!({"provider": "idp"})))
+        .call(
+            "POST",
+            "/v1/sso/step-up",
+            None,
+            Some(json!({"provider": "idp"})),
+        )
         .await;
     assert_eq!(status, 401);
 }
@@ -707,31 +749,70 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
 async fn only_admins_configure_providers_and_the_secret_is_never_shown() {
     let (broker, idp, admin) = setup().await;
     let alice = broker.login("alice").await;
-    let config = json!({"issuer": idp.base, "client_id": "mayfly", "client_secret": "s3cret-value"});
+    let config =
+        json!({"issuer": idp.base, "client_id": "mayfly", "client_secret": "s3cret-value"});
     let (status, _) = broker
-        .call("PUT", "/v1/sso/providers/two", Some(&alice), Some(config.clone()))
+        .call(
+            "PUT",
+            "/v1/sso/providers/two",
+            Some(&alice),
+            Some(config.clone()),
+        )
         .await;
     assert_eq!(status, 403);
     for (bad, field) in [
-        (json!({"issuer": "http://idp.example", "client_id": "x", "client_secret": "y"}), "issuer"),
-        (json!({"issuer": idp.base, "client_id": "", "client_secret": "y"}), "client_id"),
-        (json!({"issuer": idp.base, "client_id": "x", "client_secret": "y", "group_map": {"a": "b"}}), "group_map"),
-        (json!({"issuer": idp.base, "client_id": "x", "client_secret": "y", "groups_claim": "g", "group_map": {"a": "Bad Group!"}}), "group_map"),
-        (json!({"issuer": format!("{}/elsewhere", idp.base), "client_id": "x", "client_secret": "y"}), "issuer"),
+        (
+            json!({"issuer": "http://idp.example", "client_id": "x", "client_secret": "y"}),
+            "issuer",
+        ),
+        (
+            json!({"issuer": idp.base, "client_id": "", "client_secret": "y"}),
+            "client_id",
+        ),
+        (
+            json!({"issuer": idp.base, "client_id": "x", "client_secret": "y", "group_map": {"a": "b"}}),
+            "group_map",
+        ),
+        (
+            json!({"issuer": idp.base, "client_id": "x", "client_secret": "y", "groups_claim": "g", "group_map": {"a": "Bad Group!"}}),
+            "group_map",
+        ),
+        (
+            json!({"issuer": format!("{}/elsewhere", idp.base), "client_id": "x", "client_secret": "y"}),
+            "issuer",
+        ),
     ] {
         let (status, body) = broker
-            .call("PUT", "/v1/sso/providers/two", Some(&admin), Some(bad.clone()))
+            .call(
+                "PUT",
+                "/v1/sso/providers/two",
+                Some(&admin),
+                Some(bad.clone()),
+            )
             .await;
         assert!(status == 400 || status == 503, "{bad}: {status} {body}");
         assert!(message(&body).contains(field), "{bad}: {body}");
     }
     broker
-        .expect(200, "PUT", "/v1/sso/providers/two", Some(&admin), Some(config))
+        .expect(
+            200,
+            "PUT",
+            "/v1/sso/providers/two",
+            Some(&admin),
+            Some(config),
+        )
         .await;
-    let listed = broker.expect(200, "GET", "/v1/sso/providers", None, None).await;
+    let listed = broker
+        .expect(200, "GET", "/v1/sso/providers", None, None)
+        .await;
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     assert!(!listed.to_string().contains("s3cret-value"));
-    let events = broker.broker.store().stored_audit_events(0, 100_000).await.unwrap();
+    let events = broker
+        .broker
+        .store()
+        .stored_audit_events(0, 100_000)
+        .await
+        .unwrap();
     assert!(events.iter().all(|e| !e.body.contains("s3cret-value")));
     broker
         .expect(204, "DELETE", "/v1/sso/providers/two", Some(&admin), None)
@@ -754,7 +835,10 @@ async fn on_postgresql_logins_are_the_same() {
     for _ in 0..2 {
         let (status, body, back) = browser_login(&broker, "carol").await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["session"]["principal"]["groups"], json!(["engineering"]));
+        assert_eq!(
+            body["session"]["principal"]["groups"],
+            json!(["engineering"])
+        );
         let (status, _, _) = come_back(&back).await;
         assert_eq!(status, 401, "the state is used once");
     }

@@ -305,7 +305,9 @@ impl Broker {
                 .append_pair("code_challenge", &s256(&data.verifier))
                 .append_pair("code_challenge_method", "S256");
             if purpose == Purpose::StepUp {
-                query.append_pair("prompt", "login").append_pair("max_age", "0");
+                query
+                    .append_pair("prompt", "login")
+                    .append_pair("max_age", "0");
                 if let Some(acr) = &provider.step_up_acr_values {
                     query.append_pair("acr_values", acr);
                 }
@@ -384,7 +386,10 @@ impl Broker {
                     self.sign_in(meta, &keys, &data, &key_hash, &provider, token)
                         .await
                 }
-                Purpose::StepUp => self.stepped_up(meta, &data, &key_hash, &provider, token).await,
+                Purpose::StepUp => {
+                    self.stepped_up(meta, &data, &key_hash, &provider, token)
+                        .await
+                }
             },
             Err(refusal) => Err(refusal),
         };
@@ -393,7 +398,10 @@ impl Broker {
             Err(Refusal::Refused(reason)) => {
                 self.use_up(meta, &key_hash, "flow", &data.provider, &reason)
                     .await?;
-                Err(BrokerError::Unauthorized(format!("single sign-on refused: {reason}")).audited())
+                Err(
+                    BrokerError::Unauthorized(format!("single sign-on refused: {reason}"))
+                        .audited(),
+                )
             }
             Err(Refusal::Error(error)) => {
                 let reason = error.to_string();
@@ -528,7 +536,9 @@ impl Broker {
     ) -> Result<String, Refusal> {
         let path = client_secret_path(name);
         let Some(blob) = self.store().secret(&path).await? else {
-            return Err(BrokerError::Internal("an SSO provider has no client secret".into()).into());
+            return Err(
+                BrokerError::Internal("an SSO provider has no client secret".into()).into(),
+            );
         };
         let secret = keys.keyring.open(&path, &blob)?;
         let secret = std::str::from_utf8(&secret)
@@ -540,13 +550,15 @@ impl Broker {
             .into());
         }
         // RFC 6749 §2.3.1: each part form-encoded, then Basic.
-        let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+        let encode =
+            |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
         let credentials = Zeroizing::new(format!(
             "{}:{}",
             encode(&provider.client_id),
             encode(secret)
         ));
-        let authorization = Zeroizing::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes())));
+        let authorization =
+            Zeroizing::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes())));
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "authorization_code")
             .append_pair("code", code)
@@ -641,8 +653,7 @@ impl Broker {
             }
             None => {
                 let claim = &provider.username_claim;
-                let Some(name) = token.claims.get(claim).and_then(serde_json::Value::as_str)
-                else {
+                let Some(name) = token.claims.get(claim).and_then(serde_json::Value::as_str) else {
                     return Err(Refusal::Refused(format!(
                         "the ID token has no `{claim}` to name a new user"
                     )));
@@ -721,7 +732,9 @@ impl Broker {
                     .detail("session_id", session.id.clone())
                     .detail(
                         "token_hmac",
-                        keys.audit_hmac(mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes()),
+                        keys.audit_hmac(
+                            mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes(),
+                        ),
                     )
                     .detail("expires_at_ms", session.expires_at.unix_ms());
                 let answer = Callback::Session(crate::views::login_response(&token, &session));
@@ -896,7 +909,9 @@ impl Broker {
             let reason = refusal.unwrap_or_else(|| UNKNOWN_CODE.to_owned());
             self.use_up(meta, &key_hash, "code", &data.provider, &reason)
                 .await?;
-            return Err(BrokerError::Unauthorized(format!("single sign-on refused: {reason}")).audited());
+            return Err(
+                BrokerError::Unauthorized(format!("single sign-on refused: {reason}")).audited(),
+            );
         };
         let principal = Principal::User {
             id: user.id.clone(),
@@ -934,7 +949,10 @@ impl Broker {
                     .detail("reason", reason.clone());
                 meta.fill(&mut event);
                 self.record(event).await?;
-                Err(BrokerError::Unauthorized(format!("single sign-on refused: {reason}")).audited())
+                Err(
+                    BrokerError::Unauthorized(format!("single sign-on refused: {reason}"))
+                        .audited(),
+                )
             }
         }
     }

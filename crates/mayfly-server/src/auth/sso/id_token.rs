@@ -127,13 +127,17 @@ mod tests {
             ("idp-ops-2".to_owned(), "ops".to_owned()),
         ]
         .into();
-        let claims = json!({"groups": ["idp-ops-2", "idp-eng", "other", 3, "idp-ops"], "one": "idp-eng"});
+        let claims =
+            json!({"groups": ["idp-ops-2", "idp-eng", "other", 3, "idp-ops"], "one": "idp-eng"});
         let claims = claims.as_object().unwrap();
         assert_eq!(
             mapped_groups(claims, Some("groups"), &map),
             vec!["engineering", "ops"]
         );
-        assert_eq!(mapped_groups(claims, Some("one"), &map), vec!["engineering"]);
+        assert_eq!(
+            mapped_groups(claims, Some("one"), &map),
+            vec!["engineering"]
+        );
         assert!(mapped_groups(claims, Some("missing"), &map).is_empty());
         assert!(mapped_groups(claims, None, &map).is_empty());
     }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use mayfly_api::{SsoProviderInfo, SsoProviderRequest};
-use mayfly_core::audit::Outcome;
 use mayfly_core::GroupName;
+use mayfly_core::audit::Outcome;
 use mayfly_crypto::SecretString;
 use mayfly_store::{Change, Write, WriteOutcome};
 use serde::{Deserialize, Serialize};
