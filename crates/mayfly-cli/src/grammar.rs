@@ -430,6 +430,7 @@ pub enum SsoCommand {
         /// The issuer, exactly as its ID tokens' `iss` says.
         #[arg(long)]
         issuer: String,
+        /// The client id the provider gave the broker.
         #[arg(long)]
         client_id: String,
         /// File holding the client secret (`-` for stdin).
@@ -454,7 +455,10 @@ pub enum SsoCommand {
     /// List the providers and the redirect URI to register at each.
     Ls,
     /// Remove a provider (the users it made stay).
-    Rm { name: String },
+    Rm {
+        /// The provider's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
