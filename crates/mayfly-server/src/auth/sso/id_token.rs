@@ -115,9 +115,110 @@ pub(crate) fn mapped_groups(
 mod tests {
     use std::collections::BTreeMap;
 
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde_json::json;
 
     use super::*;
+
+    const STARTED: u64 = 1_800_000_000;
+
+    fn keys() -> (Vec<u8>, IssuerKeys) {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k"}]});
+        (
+            pkcs8.as_ref().to_vec(),
+            IssuerKeys::from_jwks(&jwks.to_string()).unwrap(),
+        )
+    }
+
+    /// The claims of a good ID token with `change` applied (`null` removes a claim).
+    fn token(pkcs8: &[u8], change: serde_json::Value) -> String {
+        let mut claims = json!({
+            "iss": "https://idp.test", "aud": "mayfly", "sub": "u1", "nonce": "n-1",
+            "iat": STARTED + 5, "exp": STARTED + 300, "auth_time": STARTED + 4,
+        });
+        for (key, value) in change.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(key);
+            } else {
+                claims[key] = value.clone();
+            }
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k".into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(pkcs8)).unwrap()
+    }
+
+    #[track_caller]
+    fn check_case(
+        pkcs8: &[u8],
+        keys: &IssuerKeys,
+        fresh: bool,
+        change: serde_json::Value,
+        expect: Result<(), &str>,
+    ) {
+        let expected = Expected {
+            issuer: "https://idp.test",
+            client_id: "mayfly",
+            nonce: "n-1",
+            started_at: Timestamp::from_unix_secs(STARTED),
+            fresh_auth: fresh,
+        };
+        let now = Timestamp::from_unix_secs(STARTED + 10);
+        let got = check(&token(pkcs8, change.clone()), keys, &expected, now).map(|_| ());
+        match (got, expect) {
+            (Ok(()), Ok(())) => {}
+            (Err(reason), Err(part)) if reason.contains(part) => {}
+            (got, expect) => panic!("{change}: got {got:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn the_id_token_table() {
+        let (pkcs8, keys) = keys();
+        let c = |fresh, change, expect| check_case(&pkcs8, &keys, fresh, change, expect);
+        c(false, json!({}), Ok(()));
+        c(true, json!({}), Ok(()));
+        c(false, json!({"iss": "https://other.test"}), Err("issuer"));
+        c(false, json!({"aud": "other"}), Err("audience"));
+        c(false, json!({"aud": ["other", "mayfly"]}), Err("no `azp`"));
+        c(
+            false,
+            json!({"aud": ["other", "mayfly"], "azp": "mayfly"}),
+            Ok(()),
+        );
+        c(
+            false,
+            json!({"aud": ["other", "mayfly"], "azp": "other"}),
+            Err("`azp`"),
+        );
+        c(false, json!({"azp": "other"}), Err("`azp`"));
+        c(false, json!({"nonce": "n-2"}), Err("`nonce`"));
+        c(false, json!({"nonce": null}), Err("`nonce`"));
+        c(false, json!({"exp": STARTED - 60}), Err("expired"));
+        c(false, json!({"iat": null}), Err("no `iat`"));
+        c(
+            false,
+            json!({"iat": STARTED - 31}),
+            Err("before this login began"),
+        );
+        c(false, json!({"iat": STARTED - 29}), Ok(()));
+        c(false, json!({"sub": null}), Err("`sub`"));
+        c(false, json!({"sub": ""}), Err("`sub`"));
+        c(false, json!({"auth_time": null}), Ok(()));
+        c(true, json!({"auth_time": null}), Err("no `auth_time`"));
+        c(
+            true,
+            json!({"auth_time": STARTED - 31}),
+            Err("`auth_time` is older"),
+        );
+        c(true, json!({"auth_time": STARTED - 29}), Ok(()));
+    }
 
     #[test]
     fn groups_are_mapped_and_the_others_ignored() {
