@@ -814,6 +814,18 @@ async fn only_admins_configure_providers_and_the_secret_is_never_shown() {
         .await
         .unwrap();
     assert!(events.iter().all(|e| !e.body.contains("s3cret-value")));
+    // Nor in the store's files or the audit sink: the barrier sealed it.
+    for entry in std::fs::read_dir(broker.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(12).any(|w| w == b"s3cret-value"),
+                "{} holds the client secret in clear",
+                path.display()
+            );
+        }
+    }
     broker
         .expect(204, "DELETE", "/v1/sso/providers/two", Some(&admin), None)
         .await;
