@@ -78,3 +78,17 @@ if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
         { echo "pip could not install pyjwt[crypto]==2.10.1" >&2; exit 1; }
 fi
 echo "PyJWT is installed: $(python3 -c 'import jwt; print(jwt.__version__)')"
+
+# panva's oidc-provider (npm), the real OpenID Provider of the single sign-on tests
+# (crates/mayfly-server/tests/oidc/, version pinned by its package-lock.json), run on Node.js.
+oidc_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/mayfly-server/tests/oidc"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js and npm are missing (the SSO tests run oidc-provider on Node.js 20+): apt-get install nodejs npm" >&2
+    exit 1
+fi
+if [ ! -d "$oidc_dir/node_modules/oidc-provider" ]; then
+    echo "Installing oidc-provider for the SSO tests (npm ci --prefix $oidc_dir)"
+    npm ci --prefix "$oidc_dir" --no-audit --no-fund >/dev/null ||
+        { echo "npm ci could not install $oidc_dir/package-lock.json" >&2; exit 1; }
+fi
+echo "oidc-provider is installed: $(node -p "require('$oidc_dir/node_modules/oidc-provider/package.json').version")"

@@ -827,3 +827,103 @@ pub struct NotificationInfo {
     /// It failed at least the configured number of attempts (and is still retried).
     pub failing: bool,
 }
+
+/// `PUT /v1/sso/providers/{name}`: an OpenID Connect provider people log in with (docs/sso.md).
+/// Its endpoints are found by discovery (`<issuer>/.well-known/openid-configuration`) when it is
+/// saved.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoProviderRequest {
+    /// The issuer, exactly as the provider's `iss` claim says it.
+    pub issuer: String,
+    pub client_id: String,
+    /// Kept sealed by the barrier; never shown again.
+    pub client_secret: String,
+    /// The ID token claim that lists the person's groups at the provider (e.g. `groups`).
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Provider group → Mayfly group. Groups not named here are ignored.
+    #[serde(default)]
+    pub group_map: std::collections::BTreeMap<String, String>,
+    /// The claim that names a user made at first login (default `preferred_username`).
+    #[serde(default)]
+    pub username_claim: Option<String>,
+    /// Extra scopes besides `openid` (default `profile email`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `acr_values` sent when a session re-authenticates (step-up).
+    #[serde(default)]
+    pub step_up_acr_values: Option<String>,
+}
+
+impl std::fmt::Debug for SsoProviderRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsoProviderRequest")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configured provider as the broker shows it (never its client secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoProviderInfo {
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub groups_claim: Option<String>,
+    pub group_map: std::collections::BTreeMap<String, String>,
+    pub username_claim: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    /// The redirect URI to register at the provider.
+    pub redirect_uri: String,
+}
+
+/// `POST /v1/sso/start` (login) and `POST /v1/sso/step-up` (re-authentication of the caller's
+/// session).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoStartRequest {
+    pub provider: String,
+    /// The CLI's loopback address (`http://127.0.0.1:<port>/…` or `http://[::1]:<port>/…`): the
+    /// broker's callback sends the browser there with a one-time code instead of answering the
+    /// session itself. Needs `code_challenge`.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// The CLI's PKCE challenge (S256, base64url of SHA-256 of its verifier), which the one-time
+    /// code is bound to.
+    #[serde(default)]
+    pub code_challenge: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoStarted {
+    /// Where to send the browser.
+    pub authorization_url: String,
+    pub expires_at_ms: i64,
+}
+
+/// `POST /v1/sso/token`: the CLI trades the one-time code the broker's callback gave its loopback
+/// listener, and the verifier of its challenge, for a session.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoTokenRequest {
+    pub code: String,
+    pub code_verifier: String,
+}
+
+impl std::fmt::Debug for SsoTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SsoTokenRequest(<redacted>)")
+    }
+}
+
+/// The answer of the callback of a step-up flow: the session re-authenticated at `auth_time`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoSteppedUp {
+    pub session_id: String,
+    pub auth_time_ms: i64,
+}

@@ -439,7 +439,9 @@ fn claim_matches(specs: &[String]) -> anyhow::Result<BTreeMap<String, ClaimMatch
 }
 
 pub async fn login(client: &Client, args: LoginArgs, out: &Output) -> anyhow::Result<()> {
-    let answer: LoginResponse = if let Some(role) = args.jwt_role {
+    let answer: LoginResponse = if args.oidc {
+        crate::sso::login(client, args.provider, args.no_browser).await?
+    } else if let Some(role) = args.jwt_role {
         let file = args
             .jwt_file
             .ok_or_else(|| Failure::Usage("--jwt-file is required with --jwt-role".into()))?;
@@ -460,7 +462,7 @@ pub async fn login(client: &Client, args: LoginArgs, out: &Output) -> anyhow::Re
             .await?
     } else {
         let username = args.username.ok_or_else(|| {
-            Failure::Usage("give a user name (`mayfly login alice`) or --jwt-role".into())
+            Failure::Usage("give a user name (`mayfly login alice`), --oidc or --jwt-role".into())
         })?;
         let password = read_secret(args.password_file.as_deref(), "Password: ")?;
         let totp = match args.totp {

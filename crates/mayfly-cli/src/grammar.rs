@@ -106,6 +106,9 @@ pub enum ClientCommand {
     /// Configure workload login with JWTs (admins only).
     #[command(subcommand)]
     Jwt(JwtCommand),
+    /// Configure single sign-on with OpenID Connect providers (admins only; docs/sso.md).
+    #[command(subcommand)]
+    Sso(SsoCommand),
     /// Verify and export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -335,6 +338,16 @@ pub struct LoginArgs {
     /// Read the password from this file (else asked for, or read from stdin when it is not a terminal).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Single sign-on: log in through an OpenID Connect provider in the browser; the broker
+    /// sends the browser back to a listener on 127.0.0.1 (docs/sso.md).
+    #[arg(long, conflicts_with_all = ["username", "jwt_role"])]
+    pub oidc: bool,
+    /// With --oidc: the provider's name (needed when the broker has several).
+    #[arg(long, requires = "oidc")]
+    pub provider: Option<String>,
+    /// With --oidc: print the URL to open instead of opening a browser.
+    #[arg(long, requires = "oidc")]
+    pub no_browser: bool,
     /// Workload login: the JWT role.
     #[arg(long, conflicts_with = "username", requires = "jwt_file")]
     pub jwt_role: Option<String>,
@@ -411,6 +424,46 @@ pub enum UserCommand {
     Enable {
         /// The user's name.
         username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SsoCommand {
+    /// Add or replace an OpenID Connect provider; its endpoints are found by discovery.
+    Add {
+        /// A name for the provider, used by `mayfly login --oidc --provider`.
+        name: String,
+        /// The issuer, exactly as its ID tokens' `iss` says.
+        #[arg(long)]
+        issuer: String,
+        /// The client id the provider gave the broker.
+        #[arg(long)]
+        client_id: String,
+        /// File holding the client secret (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        client_secret_file: PathBuf,
+        /// The ID token claim that lists the person's groups.
+        #[arg(long)]
+        groups_claim: Option<String>,
+        /// `IDP-GROUP=MAYFLY-GROUP` (repeat); groups not mapped are ignored.
+        #[arg(long = "map-group", value_name = "IDP=MAYFLY")]
+        map_groups: Vec<String>,
+        /// The claim that names users made at first login.
+        #[arg(long, default_value = "preferred_username")]
+        username_claim: String,
+        /// Scopes besides `openid` (repeat; default `profile email`).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// `acr_values` asked for when a session re-authenticates (step-up).
+        #[arg(long)]
+        step_up_acr_values: Option<String>,
+    },
+    /// List the providers and the redirect URI to register at each.
+    Ls,
+    /// Remove a provider (the users it made stay).
+    Rm {
+        /// The provider's name.
+        name: String,
     },
 }
 

@@ -18,6 +18,7 @@ mod local;
 mod output;
 mod secrets;
 mod session;
+mod sso;
 
 use std::process::ExitCode;
 
@@ -95,6 +96,7 @@ async fn dispatch(
         ClientCommand::Token(command) => admin::token(client, command, out).await?,
         ClientCommand::User(command) => admin::user(client, command, out).await?,
         ClientCommand::Jwt(command) => admin::jwt(client, command, out).await?,
+        ClientCommand::Sso(command) => sso::sso(client, command, out).await?,
         ClientCommand::Audit(command) => return audit::audit(client, command, out).await,
         ClientCommand::Target(command) => access::target(client, command, out).await?,
         ClientCommand::Role(command) => access::role(client, command, out).await?,

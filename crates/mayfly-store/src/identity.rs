@@ -233,7 +233,10 @@ pub(crate) async fn create_session(
     Ok(Applied::Done)
 }
 
-async fn insert_session(c: &mut AnyConnection, session: &SessionRecord) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_session(
+    c: &mut AnyConnection,
+    session: &SessionRecord,
+) -> Result<(), sqlx::Error> {
     let (kind, name, role, user_id) = principal_columns(&session.principal);
     sqlx::query(
         "INSERT INTO sessions (id, token_hash, principal_kind, principal_name, principal_role, user_id, created_at, expires_at) \

@@ -20,8 +20,9 @@
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
 //! - `secrets`, `rotations`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`,
-//!   `proxy_routes`, `outbox`, `audit`: the SQL of each group of tables (`rotations`: the rotation of
-//!   targets' admin secrets), the changes that write them and the reads.
+//!   `proxy_routes`, `outbox`, `sso`, `audit`: the SQL of each group of tables (`rotations`: the
+//!   rotation of targets' admin secrets; `sso`: single sign-on), the changes that write them and
+//!   the reads.
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 
@@ -41,6 +42,7 @@ mod requests;
 mod rotations;
 mod rows;
 mod secrets;
+mod sso;
 mod store;
 mod write;
 
@@ -49,8 +51,9 @@ use mayfly_core::{SecretPath, Timestamp};
 pub use error::{BoxError, StoreError};
 pub use records::{
     AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,
-    NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
+    NotificationRecord, NotifyCondition, OutboxStats, SsoPendingRecord,
+    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, 
+      PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
     RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
     Write, WriteOutcome,
 };
@@ -122,6 +125,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn jwt_role(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
     /// Every JWT role, in order of name.
     async fn jwt_roles(&self) -> Result<Vec<JwtConfigRecord>, StoreError>;
+
+    /// A single sign-on provider's configuration (JSON), by name.
+    async fn sso_provider(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError>;
+    /// Every single sign-on provider, in order of name.
+    async fn sso_providers(&self) -> Result<Vec<JwtConfigRecord>, StoreError>;
+    /// A login in progress of `kind` (`flow`, `code`) by the SHA-256 of its key, used or not.
+    async fn sso_pending(
+        &self,
+        key_hash: &[u8],
+        kind: &str,
+    ) -> Result<Option<SsoPendingRecord>, StoreError>;
+    /// The user bound to the identity (`issuer`, `subject`), if any.
+    async fn sso_identity_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
 
     /// The newest event's sequence number and hash (`0` and the genesis hash for an empty log).
     async fn audit_head(&self) -> Result<(i64, String), StoreError>;

@@ -108,6 +108,16 @@ pub struct JwtConfigRecord {
     pub config: serde_json::Value,
 }
 
+/// A single sign-on login in progress, used once: a flow (`kind` `flow`, keyed by SHA-256 of its
+/// `state`) or the CLI's one-time code (`code`). `blob` is what it carries, sealed by the barrier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsoPendingRecord {
+    pub key_hash: Vec<u8>,
+    pub kind: String,
+    pub blob: Vec<u8>,
+    pub expires_at: Timestamp,
+}
+
 /// An audit event as stored: the canonical body and its hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -361,6 +371,45 @@ pub enum Change {
         path: SecretPath,
         versions: Vec<i64>,
         at: Timestamp,
+    },
+    /// Adds or replaces a single sign-on provider (`config`: JSON the server validates) and its
+    /// client secret, sealed (`secret`: path and ciphertext).
+    PutSsoProvider {
+        name: String,
+        config: serde_json::Value,
+        secret: (String, Vec<u8>),
+        at: Timestamp,
+    },
+    /// Removes a single sign-on provider and its client secret. Conflicts if unknown. The users
+    /// it made stay (disable them to stop them).
+    DeleteSsoProvider {
+        name: String,
+        secret_path: String,
+    },
+    /// Stores a login in progress; deletes those expired before `purge_before`.
+    PutSsoPending {
+        pending: SsoPendingRecord,
+        purge_before: Timestamp,
+    },
+    /// Uses a login in progress once (deletes it), and creates `session` if given (refused if
+    /// its user is disabled). Conflicts if it was already used.
+    ConsumeSsoPending {
+        key_hash: Vec<u8>,
+        kind: String,
+        session: Option<SessionRecord>,
+    },
+    /// A single sign-on login: uses the flow `key_hash` once; with `new_user`, creates `user`
+    /// and binds it to (`issuer`, `subject`) (conflicts if the name is taken: a local user is
+    /// never taken over), else sets the bound user's groups (conflicts if it is disabled or not
+    /// bound to that identity); then creates `session` and/or the CLI's one-time `code`.
+    SsoSignIn {
+        key_hash: Vec<u8>,
+        issuer: String,
+        subject: String,
+        user: UserRecord,
+        new_user: bool,
+        session: Option<SessionRecord>,
+        code: Option<SsoPendingRecord>,
     },
 }
 

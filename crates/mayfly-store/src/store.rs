@@ -18,7 +18,8 @@ use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
     AdminRotationRecord, ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord, OutboxStats, Principals,
+    NotificationRecord, OutboxStats, SsoPendingRecord,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord,   Principals,
     ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
     TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
@@ -197,6 +198,30 @@ impl Store for SqlStore {
 
     async fn jwt_roles(&self) -> Result<Vec<JwtConfigRecord>, StoreError> {
         identity::jwt_roles(&self.pool).await
+    }
+
+    async fn sso_provider(&self, name: &str) -> Result<Option<JwtConfigRecord>, StoreError> {
+        crate::sso::provider(&self.pool, name).await
+    }
+
+    async fn sso_providers(&self) -> Result<Vec<JwtConfigRecord>, StoreError> {
+        crate::sso::providers(&self.pool).await
+    }
+
+    async fn sso_pending(
+        &self,
+        key_hash: &[u8],
+        kind: &str,
+    ) -> Result<Option<SsoPendingRecord>, StoreError> {
+        crate::sso::pending(&self.pool, key_hash, kind).await
+    }
+
+    async fn sso_identity_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        crate::sso::identity_user(&self.pool, issuer, subject).await
     }
 
     async fn audit_head(&self) -> Result<(i64, String), StoreError> {

@@ -16,6 +16,7 @@ mod proxy_logs;
 mod rotate_admin;
 mod rotate_signing_key;
 mod secrets;
+mod sso;
 mod token_exchange;
 
 use std::io::{BufRead, BufReader};

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod proxy_routes;
 pub mod routes;
 pub mod secret_routes;
+pub mod sso_routes;
 pub mod tls;
 
 use axum::Router;
@@ -136,6 +137,15 @@ pub fn router(broker: Broker) -> Router {
             "/v1/secrets/{project}/{environment}/{name}/destroy",
             post(secrets::destroy_secret),
         )
+        .route("/v1/sso/providers", get(sso_routes::list_providers))
+        .route(
+            "/v1/sso/providers/{name}",
+            put(sso_routes::put_provider).delete(sso_routes::delete_provider),
+        )
+        .route("/v1/sso/start", post(sso_routes::start))
+        .route("/v1/sso/step-up", post(sso_routes::step_up))
+        .route("/v1/sso/callback", get(sso_routes::callback))
+        .route("/v1/sso/token", post(sso_routes::token))
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             broker.clone(),

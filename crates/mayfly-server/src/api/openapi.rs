@@ -4,6 +4,7 @@ use utoipa::OpenApi;
 
 use crate::api::{
     access_routes, exchange_routes, notification_routes, proxy_routes, routes, secret_routes,
+    sso_routes,
 };
 
 #[derive(OpenApi)]
@@ -77,6 +78,13 @@ use crate::api::{
         secret_routes::delete_secret,
         secret_routes::undelete_secret,
         secret_routes::destroy_secret,
+        sso_routes::put_provider,
+        sso_routes::delete_provider,
+        sso_routes::list_providers,
+        sso_routes::start,
+        sso_routes::step_up,
+        sso_routes::callback,
+        sso_routes::token,
     ),
     components(schemas(mayfly_api::ErrorBody, mayfly_api::ErrorDetail))
 )]

@@ -32,6 +32,16 @@ pub async fn discover_jwks_url(
     http: &reqwest::Client,
     issuer: &str,
 ) -> Result<String, BrokerError> {
+    let document = discover(http, issuer).await?;
+    endpoint(&document, "jwks_uri")
+}
+
+/// `issuer`'s discovery document, fetched from a URL that passes the outbound rule, and naming
+/// `issuer` exactly.
+pub async fn discover(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, BrokerError> {
     let url = discovery_url(issuer);
     if let Some(problem) = outbound_url_problem(&url) {
         return Err(bad(format!(
@@ -53,7 +63,7 @@ pub async fn discover_jwks_url(
         ))
     };
     let document: serde_json::Value = serde_json::from_str(&text).map_err(|_| not_object())?;
-    let Some(document) = document.as_object() else {
+    let serde_json::Value::Object(document) = document else {
         return Err(not_object());
     };
     match document.get("issuer").and_then(serde_json::Value::as_str) {
@@ -67,14 +77,23 @@ pub async fn discover_jwks_url(
         }
         None => return Err(bad("the discovery document has no `issuer`".into())),
     }
-    let Some(jwks_uri) = document.get("jwks_uri").and_then(serde_json::Value::as_str) else {
-        return Err(bad("the discovery document has no `jwks_uri`".into()));
+    Ok(document)
+}
+
+/// The URL the discovery document gives for `field` (`jwks_uri`, `token_endpoint`…), checked
+/// by the outbound rule.
+pub fn endpoint(
+    document: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<String, BrokerError> {
+    let Some(url) = document.get(field).and_then(serde_json::Value::as_str) else {
+        return Err(bad(format!("the discovery document has no `{field}`")));
     };
-    if let Some(problem) = outbound_url_problem(jwks_uri) {
+    if let Some(problem) = outbound_url_problem(url) {
         return Err(bad(format!(
-            "the discovery document's `jwks_uri` `{}`: {problem}",
-            shown(jwks_uri)
+            "the discovery document's `{field}` `{}`: {problem}",
+            shown(url)
         )));
     }
-    Ok(jwks_uri.to_owned())
+    Ok(url.to_owned())
 }

@@ -28,6 +28,7 @@ mod seal;
 mod secret_store;
 mod secrets_at_rest;
 mod ssh;
+mod sso;
 mod targets_admin;
 mod tls;
 mod token_keys;

@@ -7,7 +7,7 @@ use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
 use crate::{
-    catalog, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations, secrets,
+    catalog, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations, secrets, sso,
 };
 
 pub(super) async fn apply(
@@ -133,6 +133,44 @@ pub(super) async fn apply(
                 return Ok(Applied::Conflict(reason));
             }
             outbox::enqueue(c, notifications, only_if.as_ref()).await
+        }
+        Change::PutSsoProvider {
+            name,
+            config,
+            secret,
+            at,
+        } => sso::put_provider(c, name, config, secret, *at).await,
+        Change::DeleteSsoProvider { name, secret_path } => {
+            sso::delete_provider(c, name, secret_path).await
+        }
+        Change::PutSsoPending {
+            pending,
+            purge_before,
+        } => sso::put_pending(c, pending, *purge_before).await,
+        Change::ConsumeSsoPending {
+            key_hash,
+            kind,
+            session,
+        } => sso::consume_pending(c, key_hash, kind, session.as_ref()).await,
+        Change::SsoSignIn {
+            key_hash,
+            issuer,
+            subject,
+            user,
+            new_user,
+            session,
+            code,
+        } => {
+            let sign_in = sso::SignIn {
+                key_hash,
+                issuer,
+                subject,
+                user,
+                new_user: *new_user,
+                session: session.as_ref(),
+                code: code.as_ref(),
+            };
+            sso::sign_in(c, sign_in).await
         }
     }
 }
