@@ -51,11 +51,10 @@ use mayfly_core::{SecretPath, Timestamp};
 pub use error::{BoxError, StoreError};
 pub use records::{
     AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    NotificationRecord, NotifyCondition, OutboxStats, SsoPendingRecord,
-    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, 
-      PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
-    Write, WriteOutcome,
+    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,
+    NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
+    ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 

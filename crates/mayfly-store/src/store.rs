@@ -18,10 +18,9 @@ use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
     AdminRotationRecord, ApprovalRecord, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    NotificationRecord, OutboxStats, SsoPendingRecord,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord,   Principals,
-    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, StoredEvent,
-    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord, OutboxStats, Principals,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, SsoPendingRecord,
+    StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{

@@ -1,10 +1,11 @@
 //! The webhook sink: batches of audit events posted as JSON, signed.
 //!
 //! Body: `{"sink":"<name>","events":[<line>,…]}`, each `<line>` the event's canonical line (the
-//! JSON-lines file's, `hash` included), in order. Headers: `X-Mayfly-Timestamp` (unix seconds)
-//! and `X-Mayfly-Signature: v1=<hex HMAC-SHA256(key, "<timestamp>.<body>")>`. The receiver
-//! recomputes the HMAC over the exact bytes it got, compares in constant time, and refuses a
-//! timestamp more than 5 minutes from its clock (docs/audit.md has a receiver). Any 2xx answer
+//! JSON-lines file's, `hash` included), in order. Signed as notifications are (one scheme for
+//! every webhook the broker calls, `notify/webhook.rs`): `X-Mayfly-Signature: t=<unix seconds>,
+//! v1=<hex HMAC-SHA256(key, "<t>.<body>")>`. The receiver recomputes the HMAC over the exact bytes
+//! it got, compares in constant time, and refuses a `t` more than 5 minutes from its clock
+//! (docs/audit.md has a receiver). Any 2xx answer
 //! means the batch is delivered; anything else is retried from the same event.
 
 use std::time::Duration;
@@ -15,8 +16,7 @@ use secrecy::ExposeSecret;
 use crate::audit::forward::{ForwardError, Receiver, SinkSpec};
 use crate::clock::Clock;
 
-pub const TIMESTAMP_HEADER: &str = "x-mayfly-timestamp";
-pub const SIGNATURE_HEADER: &str = "x-mayfly-signature";
+pub const SIGNATURE_HEADER: &str = crate::notify::webhook::SIGNATURE_HEADER;
 
 /// An HTTP client for one webhook sink.
 pub struct WebhookLink {
@@ -50,12 +50,15 @@ impl WebhookLink {
         };
         let body = body(&spec.name, events);
         let timestamp = crate::clock::SystemClock.now().unix_secs();
-        let signature = sign(key.expose_secret(), timestamp, body.as_bytes());
+        let signature = crate::notify::webhook::signature(
+            key.expose_secret(),
+            i64::try_from(timestamp).unwrap_or(i64::MAX),
+            body.as_bytes(),
+        );
         let answer = self
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(TIMESTAMP_HEADER, timestamp.to_string())
             .header(SIGNATURE_HEADER, signature)
             .body(body)
             .send()
@@ -110,31 +113,9 @@ pub fn body(sink: &str, events: &[StoredEvent]) -> String {
     text
 }
 
-/// `v1=` and the hex HMAC-SHA256 of `<timestamp>.<body>` under `key`.
-pub fn sign(key: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let mut signed = Vec::with_capacity(body.len() + 21);
-    signed.extend_from_slice(timestamp.to_string().as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(body);
-    format!(
-        "v1={}",
-        hex::encode(mayfly_crypto::hmac_sha256(key, &signed))
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_signature_covers_the_timestamp_and_the_body() {
-        let key = [7u8; 32];
-        let a = sign(&key, 1_700_000_000, b"{}");
-        assert!(a.starts_with("v1=") && a.len() == 3 + 64, "{a}");
-        assert_ne!(a, sign(&key, 1_700_000_001, b"{}"));
-        assert_ne!(a, sign(&key, 1_700_000_000, b"{ }"));
-        assert_ne!(a, sign(&[8u8; 32], 1_700_000_000, b"{}"));
-    }
 
     #[test]
     fn the_body_holds_the_lines_in_order() {
