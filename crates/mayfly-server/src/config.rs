@@ -51,6 +51,7 @@ pub struct ConfigFile {
     pub login_source_refill_seconds: Option<u64>,
     pub refusal_window_seconds: Option<u64>,
     pub public_url: Option<String>,
+    pub step_up_window_seconds: Option<u64>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -78,6 +79,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("login_source_refill_seconds", KeyType::Number),
     ("refusal_window_seconds", KeyType::Number),
     ("public_url", KeyType::Text),
+    ("step_up_window_seconds", KeyType::Number),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -145,6 +147,9 @@ pub struct Config {
     /// fragment, no trailing `/`): the `iss` of the tokens it signs, and the base of the
     /// `jwks_uri` it publishes. Default: from the address it listens on.
     pub public_url: String,
+    /// How recent a second factor must be for what needs a step-up (approving, denying,
+    /// break-glass, `@step_up` roles; `auth/step_up.rs`). A bare `@step_up` means this.
+    pub step_up_window: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -175,6 +180,7 @@ impl Config {
             login_source_refill: Duration::from_secs(3),
             refusal_window: Duration::from_secs(2),
             public_url: "http://127.0.0.1:8200".into(),
+            step_up_window: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
         }
     }
@@ -303,6 +309,15 @@ impl Config {
                 ));
             }
             config.request_pending_window = Duration::from_secs(window);
+        }
+        if let Some(window) = file.step_up_window_seconds {
+            if !(30..=86_400).contains(&window) {
+                return Err(rule(
+                    "step_up_window_seconds",
+                    "must be between 30 and 86400",
+                ));
+            }
+            config.step_up_window = Duration::from_secs(window);
         }
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),

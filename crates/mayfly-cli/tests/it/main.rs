@@ -15,6 +15,7 @@ mod behaves;
 mod rotate_admin;
 mod rotate_signing_key;
 mod secrets;
+mod step_up;
 mod token_exchange;
 
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,9 @@
 
 use utoipa::OpenApi;
 
-use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_routes};
+use crate::api::{
+    access_routes, approval_routes, exchange_routes, proxy_routes, routes, secret_routes,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +20,11 @@ use crate::api::{access_routes, exchange_routes, proxy_routes, routes, secret_ro
         routes::setup,
         routes::password_login,
         routes::jwt_login,
+        approval_routes::step_up,
+        approval_routes::slack_actions,
+        approval_routes::step_up_page,
+        approval_routes::put_slack_signing_secret,
+        approval_routes::link_slack,
         routes::lookup_self,
         routes::revoke_self,
         routes::create_user,

@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod jwt_admin;
 pub mod limiter;
 pub mod password;
+pub mod step_up;
 
 use mayfly_core::Principal;
 use mayfly_store::SessionRecord;
