@@ -140,6 +140,37 @@ pub struct PasswordLoginRequest {
     pub totp: String,
 }
 
+/// `POST /v1/auth/step-up`: a TOTP code proves a second factor for the caller's session now.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepUpRequest {
+    pub totp: String,
+}
+
+/// When the session's second factor was recorded, and until when it counts for the broker's
+/// step-up window (a `@step_up("SECONDS")` role may ask for a shorter one).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepUpResponse {
+    pub factor_at_ms: i64,
+    pub fresh_until_ms: i64,
+}
+
+/// `PUT /v1/chat/slack/signing-secret` (admins): the Slack app's signing secret, sealed by the
+/// barrier, never shown again.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSigningSecretRequest {
+    pub signing_secret: String,
+}
+
+/// `PUT /v1/users/{name}/slack` (admins): links a Slack user id (`U…`/`W…`) to the user, or
+/// unlinks with `null`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSlackRequest {
+    pub slack_user_id: Option<String>,
+}
+
 /// As Vault's JWT login takes it.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -539,6 +570,8 @@ redacted_debug!(
     PasswordLoginRequest,
     JwtLoginRequest,
     LoginResponse,
+    StepUpRequest,
+    SlackSigningSecretRequest,
     TargetRequest,
     Credential,
 );

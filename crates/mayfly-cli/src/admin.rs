@@ -9,7 +9,7 @@ use mayfly_api::*;
 use reqwest::Method;
 
 use crate::client::Client;
-use crate::grammar::{JwtCommand, LoginArgs, Operator, TokenCommand, UserCommand};
+use crate::grammar::{ChatCommand, JwtCommand, LoginArgs, Operator, TokenCommand, UserCommand};
 use crate::local::{read_line, read_secret, token_file, write_token_file};
 use crate::output::{Failure, Output};
 
@@ -283,6 +283,68 @@ pub async fn user(client: &Client, command: UserCommand, out: &Output) -> anyhow
         }
         UserCommand::Enable { username } => {
             update_user(client, &username, &update(None, Some(false)), out).await
+        }
+        UserCommand::LinkSlack {
+            username,
+            slack_user_id,
+            unlink,
+        } => {
+            let slack_user_id = if unlink { None } else { slack_user_id };
+            let request = LinkSlackRequest {
+                slack_user_id: slack_user_id.clone(),
+            };
+            client
+                .call_raw(
+                    Method::PUT,
+                    &format!("/v1/users/{username}/slack"),
+                    Some(&request),
+                )
+                .await?;
+            let answer = serde_json::json!({"username": username, "slack_user_id": slack_user_id});
+            out.answer(&answer, |_| match &slack_user_id {
+                Some(id) => println!("{username} is linked to Slack user {id}"),
+                None => println!("{username} is linked to no Slack user"),
+            })
+        }
+    }
+}
+
+/// `mayfly step-up`: a TOTP code proves a second factor for the current session now.
+pub async fn step_up(client: &Client, code: Option<String>, out: &Output) -> anyhow::Result<()> {
+    let totp = match code {
+        Some(code) => code,
+        None => read_line("TOTP code: ")?,
+    };
+    let answer: StepUpResponse = client
+        .call(
+            Method::POST,
+            "/v1/auth/step-up",
+            Some(&StepUpRequest { totp }),
+        )
+        .await?;
+    out.answer(&answer, |answer| {
+        println!(
+            "second factor recorded; approving and break-glass work until {}",
+            format_ms(answer.fresh_until_ms)
+        );
+    })
+}
+
+/// `mayfly chat …`: setting up approving from chat.
+pub async fn chat(client: &Client, command: ChatCommand, out: &Output) -> anyhow::Result<()> {
+    match command {
+        ChatCommand::SlackSecret { secret_file } => {
+            let signing_secret = read_secret(secret_file.as_deref(), "Slack signing secret: ")?;
+            client
+                .call_raw(
+                    Method::PUT,
+                    "/v1/chat/slack/signing-secret",
+                    Some(&SlackSigningSecretRequest { signing_secret }),
+                )
+                .await?;
+            out.answer(&serde_json::json!({"set": true}), |_| {
+                println!("the Slack signing secret is set (sealed; it is not shown again)");
+            })
         }
     }
 }

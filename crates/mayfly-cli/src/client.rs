@@ -24,6 +24,9 @@ impl std::fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.message, self.status.as_u16())?;
         let hint = match (self.status.as_u16(), self.code.as_str()) {
+            (_, "step_up_required") => {
+                Some("run `mayfly step-up` with your TOTP code, then run this command again")
+            }
             (401, _) => Some("run `mayfly login` first, or set MAYFLY_TOKEN"),
             (403, _) => Some("ask an admin for access"),
             (_, "sealed") => Some("unseal the broker with `mayfly operator unseal`"),

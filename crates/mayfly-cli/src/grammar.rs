@@ -97,6 +97,13 @@ pub enum ClientCommand {
     Status,
     /// Log in and keep the session token in a 0600 file.
     Login(LoginArgs),
+    /// Prove a second factor now (TOTP) for the current session: approving, denying, break-glass
+    /// and `@step_up` roles need one from the last few minutes.
+    StepUp {
+        /// The current TOTP code (asked for when not given).
+        #[arg(long)]
+        code: Option<String>,
+    },
     /// Inspect or revoke the current session.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -109,6 +116,9 @@ pub enum ClientCommand {
     /// Configure single sign-on with OpenID Connect providers (admins only; docs/sso.md).
     #[command(subcommand)]
     Sso(SsoCommand),
+    /// Set up approving from chat (admins only).
+    #[command(subcommand)]
+    Chat(ChatCommand),
     /// Verify and export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -424,6 +434,28 @@ pub enum UserCommand {
     Enable {
         /// The user's name.
         username: String,
+    },
+    /// Link a Slack user id (`U…`) to a user, so that their clicks in Slack approve as them.
+    LinkSlack {
+        /// The user's name.
+        username: String,
+        /// The Slack user id (Slack: profile → ⋮ → Copy member ID).
+        #[arg(required_unless_present = "unlink")]
+        slack_user_id: Option<String>,
+        /// Remove the user's link instead.
+        #[arg(long, conflicts_with = "slack_user_id")]
+        unlink: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Set the Slack app's signing secret (asked for, or read from the file or stdin); it is
+    /// sealed by the broker and never shown again.
+    SlackSecret {
+        /// Read the signing secret from this file.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
 }
 

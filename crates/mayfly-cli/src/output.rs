@@ -149,6 +149,7 @@ pub fn classify(error: &anyhow::Error) -> (Exit, ErrorDetail) {
     for cause in error.chain() {
         if let Some(failure) = cause.downcast_ref::<ApiFailure>() {
             let refused = failure.status.as_u16() == 403
+                || failure.code == "step_up_required"
                 || (failure.status.as_u16() == 409 && failure.message.contains("expired"));
             let exit = if refused { Exit::Refused } else { Exit::Error };
             return (exit, detail(&failure.code, &failure.message));

@@ -6,9 +6,13 @@
 //! - `@approvals("N")`: the request needs N approvals by distinct principals other than the
 //!   requester, each permitted the `approve` action on the role. Without it, 0 (allowed at once).
 //! - `@max_ttl("SECONDS")`: the longest TTL this policy grants.
+//! - `@step_up` or `@step_up("SECONDS")`: activating what this policy allows needs a second
+//!   factor (TOTP, or a fresh OIDC login) proved within the window: the broker's
+//!   `step_up_window` for the bare form, else the given number of seconds (at least 1).
 //!
 //! When several `permit` policies match, the request takes the path with the fewest approvals and
-//! the smallest `@max_ttl` among the matching policies. Any matching `forbid` denies. Nothing
+//! the smallest `@max_ttl` among the matching policies; a step-up is needed if any of them asks
+//! for one, within the shortest window asked. Any matching `forbid` denies. Nothing
 //! matching denies (deny by default).
 
 use std::net::IpAddr;
@@ -198,10 +202,45 @@ pub enum Decision {
         approvals: u32,
         max_ttl: Option<Duration>,
         policies: Vec<String>,
+        /// Whether (and within what window) a fresh second factor is needed: `@step_up`.
+        step_up: Option<StepUp>,
     },
     Deny {
         reason: String,
     },
+}
+
+/// What the `@step_up` annotations of the deciding `permit`s ask: a second factor proved within
+/// the shortest of their windows. A bare `@step_up` stands for the broker's configured window,
+/// which the broker (not this pure crate) knows: [`StepUp::window`] combines the two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepUp {
+    /// The shortest window written as `@step_up("SECONDS")`, if any.
+    pub shortest: Option<Duration>,
+    /// Whether a matching policy has a bare `@step_up` (the broker's window).
+    pub bare: bool,
+}
+
+impl StepUp {
+    /// The window to apply, given the broker's configured one.
+    pub fn window(&self, configured: Duration) -> Duration {
+        match (self.shortest, self.bare) {
+            (Some(shortest), true) => shortest.min(configured),
+            (Some(shortest), false) => shortest,
+            (None, _) => configured,
+        }
+    }
+
+    fn and(self, other: StepUp) -> StepUp {
+        let shortest = match (self.shortest, other.shortest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        StepUp {
+            shortest,
+            bare: self.bare || other.bare,
+        }
+    }
 }
 
 impl Decision {
@@ -248,6 +287,8 @@ pub struct Policies {
     text: String,
     /// Each policy's `@approvals` and `@max_ttl`, read once at parse time.
     limits: HashMap<PolicyId, (Option<u64>, Option<u64>)>,
+    /// The policies with `@step_up`, read once at parse time.
+    step_ups: HashMap<PolicyId, StepUp>,
     /// Decisions already made by this set, by their complete input (see [`Policies::decide`]).
     decided: Arc<Bounded<DecisionKey, Decision>>,
 }
@@ -302,6 +343,30 @@ fn annotation_number(
     }
 }
 
+/// A policy's `@step_up`: absent, bare (the broker's window) or a whole number of seconds (> 0).
+fn annotation_step_up(set: &PolicySet, id: &PolicyId) -> Result<Option<StepUp>, PolicyError> {
+    let Some(value) = set.annotation(id, "step_up") else {
+        return Ok(None);
+    };
+    if value.trim().is_empty() {
+        return Ok(Some(StepUp {
+            shortest: None,
+            bare: true,
+        }));
+    }
+    match value.trim().parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Ok(Some(StepUp {
+            shortest: Some(Duration::from_secs(seconds)),
+            bare: false,
+        })),
+        _ => Err(PolicyError::BadAnnotation {
+            policy: id.to_string(),
+            annotation: "step_up".to_owned(),
+            value: value.to_owned(),
+        }),
+    }
+}
+
 impl Policies {
     /// Parses and validates (strict mode) against [`SCHEMA`]; refuses with Cedar's diagnostics.
     pub fn parse(text: &str) -> Result<Policies, PolicyError> {
@@ -329,15 +394,20 @@ impl Policies {
             return Err(PolicyError::Invalid(errors));
         }
         let mut limits = HashMap::new();
+        let mut step_ups = HashMap::new();
         for policy in set.policies() {
             let approvals = annotation_number(&set, policy.id(), "approvals")?;
             let max_ttl = annotation_number(&set, policy.id(), "max_ttl")?;
             limits.insert(policy.id().clone(), (approvals, max_ttl));
+            if let Some(step_up) = annotation_step_up(&set, policy.id())? {
+                step_ups.insert(policy.id().clone(), step_up);
+            }
         }
         Ok(Policies {
             set,
             text: text.to_owned(),
             limits,
+            step_ups,
             decided: Arc::new(Bounded::new(DECISIONS_KEPT)),
         })
     }
@@ -348,6 +418,7 @@ impl Policies {
             set: PolicySet::new(),
             text: String::new(),
             limits: HashMap::new(),
+            step_ups: HashMap::new(),
             decided: Arc::new(Bounded::new(DECISIONS_KEPT)),
         }
     }
@@ -626,7 +697,11 @@ impl Policies {
         }
         let mut approvals: Option<u64> = None;
         let mut max_ttl: Option<u64> = None;
+        let mut step_up: Option<StepUp> = None;
         for id in &determining {
+            if let Some(asked) = self.step_ups.get(id).copied() {
+                step_up = Some(step_up.map_or(asked, |s| s.and(asked)));
+            }
             let (needed, ttl) = self.limits.get(id).copied().unwrap_or((None, None));
             let needed = needed.unwrap_or(0);
             approvals = Some(approvals.map_or(needed, |a| a.min(needed)));
@@ -638,6 +713,7 @@ impl Policies {
             approvals: u32::try_from(approvals.unwrap_or(0)).unwrap_or(u32::MAX),
             max_ttl: max_ttl.map(Duration::from_secs),
             policies: determining.iter().map(ToString::to_string).collect(),
+            step_up,
         }
     }
 }
@@ -1094,6 +1170,66 @@ permit (principal in Group::"oncall", action == Action::"break_glass", resource 
             &context(2),
             "deny: no policy permits `request` on `prod-db/readonly\"); permit(`",
         );
+    }
+
+    /// `@step_up`: bare (the broker's window) or in seconds; the shortest window of the matching
+    /// permits; a value that is not a positive whole number is refused when the set is parsed.
+    #[test]
+    fn step_up_annotations() {
+        let policies = Policies::parse(
+            r#"
+@id("plain")
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"db/plain");
+
+@id("bare")
+@step_up
+permit (principal in Group::"dev", action == Action::"request", resource == Role::"db/owner");
+
+@id("timed")
+@step_up("300")
+permit (principal in Group::"dev", action == Action::"request", resource in Target::"db")
+when { resource.name == "owner" || resource.name == "timed" };
+"#,
+        )
+        .unwrap();
+        let alice = user("alice", &["dev"]);
+        let step_up = |role: &str| match policies
+            .decide(&DecisionInput {
+                principal: &alice,
+                action: Action::Request,
+                target: "db",
+                target_kind: "postgres",
+                role,
+                role_max_ttl: Duration::from_secs(3600),
+                context: &context(2),
+            })
+            .unwrap()
+        {
+            Decision::Allow { step_up, .. } => step_up,
+            Decision::Deny { reason } => panic!("{reason}"),
+        };
+        let configured = Duration::from_secs(600);
+        assert_eq!(step_up("plain"), None);
+        let timed = step_up("timed").unwrap();
+        assert_eq!(timed.window(configured), Duration::from_secs(300));
+        assert_eq!(
+            timed.window(Duration::from_secs(60)),
+            Duration::from_secs(300)
+        );
+        // Both `bare` and `timed` match: the shorter of 300 s and the broker's window.
+        let both = step_up("owner").unwrap();
+        assert_eq!(both.window(configured), Duration::from_secs(300));
+        assert_eq!(
+            both.window(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        for bad in ["\"0\"", "\"-5\"", "\"soon\""] {
+            let text = format!(
+                "@id(\"p\") @step_up({bad}) permit (principal, action == Action::\"request\", resource);"
+            );
+            let error = Policies::parse(&text).unwrap_err().to_string();
+            assert!(error.contains("step_up"), "{error}");
+        }
     }
 
     /// The action `exchange`: on an `Audience`, with the scopes, the actor and the lifetime in

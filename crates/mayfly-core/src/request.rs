@@ -50,6 +50,7 @@ pub fn rule(decision: Decision, asked: &Asked) -> Ruling {
             approvals,
             max_ttl,
             policies,
+            ..
         } => {
             let max_ttl = match max_ttl {
                 Some(policy_max) => asked.role_max_ttl.min(policy_max),
@@ -151,6 +152,7 @@ mod tests {
             approvals,
             max_ttl,
             policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+            step_up: None,
         }
     }
 

@@ -56,6 +56,7 @@ pub struct ConfigFile {
     pub audit_sink: Vec<crate::audit::forward::SinkFile>,
     /// `[notifications]`: the outbox's channels (docs/notifications.md).
     pub notifications: Option<crate::notify::config::NotificationsFile>,
+    pub step_up_window_seconds: Option<u64>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -89,6 +90,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("public_url", KeyType::Text),
     ("audit_sink", KeyType::Inline),
     ("notifications", KeyType::Table),
+    ("step_up_window_seconds", KeyType::Number),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -158,6 +160,9 @@ pub struct Config {
     /// fragment, no trailing `/`): the `iss` of the tokens it signs, and the base of the
     /// `jwks_uri` it publishes. Default: from the address it listens on.
     pub public_url: String,
+    /// How recent a second factor must be for what needs a step-up (approving, denying,
+    /// break-glass, `@step_up` roles; `auth/step_up.rs`). A bare `@step_up` means this.
+    pub step_up_window: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -189,6 +194,7 @@ impl Config {
             login_source_refill: Duration::from_secs(3),
             refusal_window: Duration::from_secs(2),
             public_url: "http://127.0.0.1:8200".into(),
+            step_up_window: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
         }
     }
@@ -333,6 +339,15 @@ impl Config {
                 ));
             }
             config.request_pending_window = Duration::from_secs(window);
+        }
+        if let Some(window) = file.step_up_window_seconds {
+            if !(30..=86_400).contains(&window) {
+                return Err(rule(
+                    "step_up_window_seconds",
+                    "must be between 30 and 86400",
+                ));
+            }
+            config.step_up_window = Duration::from_secs(window);
         }
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),

@@ -87,6 +87,9 @@ pub async fn bootstrap(broker: &Broker, data_dir: &Path) -> Result<DevBootstrap,
         created_at: now,
         expires_at: now.saturating_add(ADMIN_SESSION_TTL),
         revoked_at: None,
+        // `mayfly dev`'s admin session is made by whoever holds the root key file: it
+        // counts as stepped up at its creation (then `mayfly step-up` like any other).
+        factor_at: Some(now),
     };
     let keys = broker
         .unsealed()

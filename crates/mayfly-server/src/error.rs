@@ -20,6 +20,12 @@ pub enum BrokerError {
     /// The caller is known but may not do this (policy, group, self-approval…).
     #[error("{0}")]
     Forbidden(String),
+    /// The caller may do this, but only with a second factor proved within `window_secs`
+    /// (`auth/step_up.rs`): `mayfly step-up`, then again.
+    #[error(
+        "{what} needs a second factor proved in the last {window_secs} s: run `mayfly step-up`, then try again"
+    )]
+    StepUpRequired { what: String, window_secs: u64 },
     #[error("{0}")]
     NotFound(String),
     /// The state moved on: already decided, already exists, revoked meanwhile…

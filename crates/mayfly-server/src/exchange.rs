@@ -364,6 +364,7 @@ impl Broker {
                 created_at: now,
                 expires_at,
                 revoked_at: None,
+                factor_at: None,
             },
             claims: None,
             workload_jwt_hmac: Some(keys.audit_hmac(token.as_bytes())),

@@ -7,6 +7,7 @@ pub mod access;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod dev;

@@ -52,7 +52,7 @@ pub(crate) async fn exchanged_token(
     };
     let session: Option<SessionRow> = sqlx::query_as(
         "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
-                s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled, r.name AS bound_role \
+                s.created_at, s.expires_at, s.revoked_at, s.factor_at, u.groups, u.disabled, r.name AS bound_role \
          FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
          LEFT JOIN jwt_roles r ON r.name = s.principal_role WHERE s.id = $1",
     )

@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::records::{
-    Applied, JwtConfigRecord, SessionRecord, ThrottleRecord, UserRecord, throttle_delay,
+    Applied, JwtConfigRecord, SessionRecord, ThrottleRecord, TotpStep, UserRecord, throttle_delay,
 };
 use crate::rows::{
     JwtConfigRow, SessionRow, ThrottleRow, UserRow, duration_ms, principal_columns, records,
@@ -239,8 +239,8 @@ pub(crate) async fn insert_session(
 ) -> Result<(), sqlx::Error> {
     let (kind, name, role, user_id) = principal_columns(&session.principal);
     sqlx::query(
-        "INSERT INTO sessions (id, token_hash, principal_kind, principal_name, principal_role, user_id, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO sessions (id, token_hash, principal_kind, principal_name, principal_role, user_id, created_at, expires_at, factor_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(session.id.clone())
     .bind(session.token_hash.clone())
@@ -250,9 +250,105 @@ pub(crate) async fn insert_session(
     .bind(user_id.map(str::to_owned))
     .bind(session.created_at.unix_ms())
     .bind(session.expires_at.unix_ms())
+    .bind(session.factor_at.map(Timestamp::unix_ms))
     .execute(&mut *c)
     .await?;
     Ok(())
+}
+
+/// [`crate::Change::RecordSecondFactor`].
+pub(crate) async fn record_second_factor(
+    c: &mut AnyConnection,
+    session_id: &str,
+    at: Timestamp,
+    totp: Option<&TotpStep>,
+) -> Result<Applied, sqlx::Error> {
+    if let Some(totp) = totp {
+        let stepped = sqlx::query(
+            "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1 AND disabled = 0",
+        )
+        .bind(totp.step)
+        .bind(totp.user_id.clone())
+        .execute(&mut *c)
+        .await?;
+        if stepped.rows_affected() != 1 {
+            return Ok(Applied::Conflict("the TOTP code was already used".into()));
+        }
+        sqlx::query("DELETE FROM login_failures WHERE username = $1")
+            .bind(totp.username.clone())
+            .execute(&mut *c)
+            .await?;
+    }
+    let moved = sqlx::query(
+        "UPDATE sessions SET factor_at = CASE WHEN factor_at IS NULL OR factor_at < $1 THEN $1 ELSE factor_at END \
+         WHERE id = $2 AND revoked_at IS NULL",
+    )
+    .bind(at.unix_ms())
+    .bind(session_id.to_owned())
+    .execute(&mut *c)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Ok(Applied::Conflict(
+            "the session is revoked or unknown".into(),
+        ));
+    }
+    Ok(Applied::Done)
+}
+
+/// [`crate::Change::LinkSlackUser`].
+pub(crate) async fn link_slack_user(
+    c: &mut AnyConnection,
+    username: &str,
+    slack_user_id: Option<&str>,
+) -> Result<Applied, sqlx::Error> {
+    let linked = sqlx::query(
+        "UPDATE users SET slack_user_id = $1 WHERE username = $2 \
+         AND NOT EXISTS (SELECT 1 FROM users other WHERE other.slack_user_id = $1 AND other.username <> $2)",
+    )
+    .bind(slack_user_id.map(str::to_owned))
+    .bind(username.to_owned())
+    .execute(&mut *c)
+    .await?;
+    if linked.rows_affected() != 1 {
+        return Ok(Applied::Conflict(
+            "the user is unknown, or the Slack user is linked to another user".into(),
+        ));
+    }
+    Ok(Applied::Done)
+}
+
+/// The user linked to the Slack user `slack_user_id`, if any.
+pub(crate) async fn user_by_slack_id(
+    pool: &AnyPool,
+    slack_user_id: &str,
+) -> Result<Option<UserRecord>, StoreError> {
+    let row: Option<UserRow> = sqlx::query_as(
+        "SELECT id, username, password_hash, groups, disabled, totp_last_step, created_at FROM users WHERE slack_user_id = $1",
+    )
+        .bind(slack_user_id.to_owned())
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.map(UserRecord::try_from).transpose()
+}
+
+/// The latest second factor proved by any live session of the user `user_id` at `now`.
+pub(crate) async fn latest_factor_at(
+    pool: &AnyPool,
+    user_id: &str,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, StoreError> {
+    let row = sqlx::query(
+        "SELECT MAX(factor_at) AS factor_at FROM sessions \
+         WHERE user_id = $1 AND user_id IS NOT NULL AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .bind(user_id.to_owned())
+    .bind(now.unix_ms())
+    .fetch_one(pool)
+    .await
+    .map_err(unavailable)?;
+    let factor_at: Option<i64> = row.try_get("factor_at").map_err(unavailable)?;
+    Ok(factor_at.map(Timestamp::from_unix_ms))
 }
 
 /// [`crate::Change::RevokeSession`].
@@ -369,7 +465,7 @@ pub(crate) async fn session(
 ) -> Result<Option<SessionRecord>, StoreError> {
     let row: Option<SessionRow> = sqlx::query_as(
         "SELECT s.id, s.token_hash, s.principal_kind, s.principal_name, s.principal_role, s.user_id, \
-                s.created_at, s.expires_at, s.revoked_at, u.groups, u.disabled, r.name AS bound_role \
+                s.created_at, s.expires_at, s.revoked_at, s.factor_at, u.groups, u.disabled, r.name AS bound_role \
          FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
          LEFT JOIN jwt_roles r ON r.name = s.principal_role WHERE s.token_hash = $1",
     )

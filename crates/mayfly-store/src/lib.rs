@@ -54,7 +54,7 @@ pub use records::{
     GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,
     NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
     RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, UserRecord, Write, WriteOutcome,
+    ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -114,6 +114,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
     async fn throttle(&self, username: &str) -> Result<Option<ThrottleRecord>, StoreError>;
+    /// The user linked to the Slack user `slack_user_id` (`Change::LinkSlackUser`), if any.
+    async fn user_by_slack_id(&self, slack_user_id: &str)
+    -> Result<Option<UserRecord>, StoreError>;
+    /// The latest second factor proved by a live (unrevoked, unexpired at `now`) session of the
+    /// user `user_id`, if any.
+    async fn latest_factor_at(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError>;
 
     /// The session with this token hash, with the principal as it is *now* (current groups; a
     /// disabled or deleted user yields `None`).

@@ -51,6 +51,9 @@ pub struct SessionRecord {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// When this session last proved a second factor (login with TOTP, a step-up); `None`:
+    /// never (a workload's session).
+    pub factor_at: Option<Timestamp>,
 }
 
 /// A token issued by token exchange: its `jti`, the session it derives from and its lifetime.
@@ -189,6 +192,21 @@ pub enum Change {
         first_delay: Duration,
         max_delay: Duration,
         forget_after: Duration,
+    },
+    /// Records a second factor proved by session `session_id` at `at` (a step-up): its
+    /// `factor_at` moves forward (never back). With `totp`, the TOTP step is used as a login uses
+    /// it (conflicts if a step at or after it was already used) and the name's failure count is
+    /// cleared. Conflicts if the session is revoked or unknown.
+    RecordSecondFactor {
+        session_id: String,
+        at: Timestamp,
+        totp: Option<TotpStep>,
+    },
+    /// Links the Slack user `slack_user_id` to the user `username` (`None` unlinks). Conflicts if
+    /// the user is unknown or the Slack user is linked to another user.
+    LinkSlackUser {
+        username: String,
+        slack_user_id: Option<String>,
     },
     /// Creates a session (workload login).
     CreateSession {
@@ -654,6 +672,14 @@ impl GrantUpdate {
             count_attempt: false,
         }
     }
+}
+
+/// A TOTP step used by a [`Change::RecordSecondFactor`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotpStep {
+    pub user_id: String,
+    pub username: String,
+    pub step: i64,
 }
 
 /// One change and the audit event that records it. A write with no change records a fact only

@@ -352,6 +352,7 @@ pub(crate) struct SessionRow {
     created_at: i64,
     expires_at: i64,
     revoked_at: Option<i64>,
+    factor_at: Option<i64>,
     groups: Option<String>,
     disabled: Option<i64>,
     bound_role: Option<String>,
@@ -392,6 +393,7 @@ impl SessionRow {
             created_at: Timestamp::from_unix_ms(self.created_at),
             expires_at: Timestamp::from_unix_ms(self.expires_at),
             revoked_at: ts(self.revoked_at),
+            factor_at: ts(self.factor_at),
         }))
     }
 }

@@ -169,6 +169,21 @@ impl Store for SqlStore {
         identity::throttle(&self.pool, username).await
     }
 
+    async fn user_by_slack_id(
+        &self,
+        slack_user_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        identity::user_by_slack_id(&self.pool, slack_user_id).await
+    }
+
+    async fn latest_factor_at(
+        &self,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        identity::latest_factor_at(&self.pool, user_id, now).await
+    }
+
     async fn session_by_hash(
         &self,
         token_hash: &[u8],

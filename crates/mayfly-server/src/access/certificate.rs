@@ -4,7 +4,8 @@
 //! the certificate is handed out only once that commit is durable. Nothing is created on a target
 //! for a certificate, so there is no intent to record first: if the commit fails the certificate
 //! never leaves the broker. The grant is then like any other: listed, renewed not, revoked (the
-//! KRL/CRL) and expired by the expiry engine.
+//! KRL/CRL) and expired by the expiry engine. A role marked `@step_up` needs a fresh second
+//! factor here too (`auth/step_up.rs`).
 
 use mayfly_api::Credential;
 use mayfly_core::audit::Outcome;
@@ -12,7 +13,7 @@ use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::policy::Action;
 use mayfly_core::request::{Asked, Ruling, grant_ttl, rule};
 use mayfly_core::time::{duration_from_ms, duration_to_ms};
-use mayfly_core::{LoginName, Principal};
+use mayfly_core::{LoginName, Principal, Timestamp};
 use mayfly_crypto::{ExposeSecret, SecretString};
 use mayfly_store::{Change, Write, WriteOutcome};
 use mayfly_targets::IssuePlan;
@@ -35,6 +36,7 @@ impl Broker {
         &self,
         meta: &Origin,
         principal: &Principal,
+        factor_at: Option<Timestamp>,
         new: NewRequest,
         key: Option<&str>,
     ) -> Result<Credential, AuditedError> {
@@ -74,6 +76,10 @@ impl Broker {
             &role,
             &context,
         )?;
+        // A role marked `@step_up` needs a fresh second factor here as at any activation.
+        if let Some(window) = self.step_up_window_of(&decision) {
+            self.require_step_up(principal, factor_at, window, "this role")?;
+        }
         let mut event = self
             .draft("access.certificate", Outcome::Ok)
             .detail("request_id", request.id.clone())

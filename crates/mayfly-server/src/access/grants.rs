@@ -8,7 +8,7 @@ use mayfly_core::audit::Outcome;
 use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::request::{grant_ttl, renewed_expiry};
 use mayfly_core::time::duration_from_ms;
-use mayfly_core::{LoginName, Principal};
+use mayfly_core::{LoginName, Principal, Timestamp};
 use mayfly_crypto::ExposeSecret;
 use mayfly_store::{Change, GrantRecord, GrantUpdate, Write, WriteOutcome};
 use mayfly_targets::IssuePlan;
@@ -22,11 +22,14 @@ use super::requests::{check_key, new_grant};
 use super::{ISSUE_TIMEOUT, grant_info, grant_secret_path, principal_key, role_spec, truncate};
 
 impl Broker {
-    /// Creates the credential for an allowed request of the caller and shows it once.
+    /// Creates the credential for an allowed request of the caller and shows it once. A
+    /// break-glass request, or one whose deciding policy carries `@step_up`, needs a second factor
+    /// proved lately (`factor_at`).
     pub async fn activate(
         &self,
         meta: &Origin,
         caller: &Principal,
+        factor_at: Option<Timestamp>,
         request_id: &str,
         public_key: Option<&str>,
     ) -> Result<Credential, BrokerError> {
@@ -49,7 +52,8 @@ impl Broker {
         // Decided again now: the policies, the principal's groups or the hour may have changed
         // since the request was allowed (or approved).
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
-        if !self.still_allowed(&request, source).await? {
+        let decision = self.current_decision(&request, source).await?;
+        if !decision.allows() {
             self.withdraw(
                 meta,
                 &request,
@@ -59,6 +63,16 @@ impl Broker {
             return Err(BrokerError::Forbidden(
                 "the policies no longer allow this request: ask again".into(),
             ));
+        }
+        match (self.step_up_window_of(&decision), request.break_glass) {
+            (Some(window), _) => {
+                self.require_step_up(caller, factor_at, window, "this role")?;
+            }
+            (None, true) => {
+                let window = self.inner.config.step_up_window;
+                self.require_step_up(caller, factor_at, window, "break-glass")?;
+            }
+            (None, false) => {}
         }
         let role = self
             .store()

@@ -212,10 +212,12 @@ impl Broker {
     }
 
     /// Decides a request now: allowed (perhaps after approvals) or denied, and records it.
+    /// Break-glass that policy allows needs a fresh second factor (`factor_at`, step-up).
     pub async fn create_request(
         &self,
         meta: &Origin,
         principal: &Principal,
+        factor_at: Option<Timestamp>,
         new: NewRequest,
     ) -> Result<RequestInfo, BrokerError> {
         check_new_request(&new)?;
@@ -237,6 +239,12 @@ impl Broker {
             Action::Request
         };
         let decision = decide(&policies, principal, action, &target, &role, &context)?;
+        if new.break_glass && decision.allows() {
+            let window = self
+                .step_up_window_of(&decision)
+                .unwrap_or(self.inner.config.step_up_window);
+            self.require_step_up(principal, factor_at, window, "break-glass")?;
+        }
         let ruling = rule(
             decision,
             &Asked {
@@ -308,11 +316,13 @@ impl Broker {
         Ok(request_info(&record, Vec::new()))
     }
 
-    /// An approval by `approver`: never the requester, and only where policy permits `approve`.
+    /// An approval by `approver`: never the requester, only where policy permits `approve`, and
+    /// only with a second factor proved lately (`factor_at`, step-up), whatever the channel.
     pub async fn approve(
         &self,
         meta: &Origin,
         approver: &Principal,
+        factor_at: Option<Timestamp>,
         request_id: &str,
         comment: &str,
     ) -> Result<RequestInfo, BrokerError> {
@@ -340,19 +350,26 @@ impl Broker {
             meta.source.as_deref().and_then(|s| s.parse().ok()),
         );
         let policies = self.policies().await?;
-        if let Decision::Deny { reason } = decide(
+        let decision = decide(
             &policies,
             approver,
             Action::Approve,
             &target,
             &role,
             &context,
-        )? {
+        )?;
+        if let Decision::Deny { reason } = &decision {
             return Err(refuse(format!(
                 "not an approver for `{}/{}`: {reason}",
                 request.target, request.role
             )));
         }
+        self.require_step_up(
+            approver,
+            factor_at,
+            self.approval_window(&decision),
+            "approving",
+        )?;
         let mut event = self
             .draft("access.approve", Outcome::Ok)
             .detail("request_id", request.id.clone())
@@ -400,10 +417,13 @@ impl Broker {
         }
     }
 
+    /// A denial: by the requester (withdrawing their own request), or by an approver with a
+    /// second factor proved lately, as for [`Broker::approve`].
     pub async fn deny(
         &self,
         meta: &Origin,
         approver: &Principal,
+        factor_at: Option<Timestamp>,
         request_id: &str,
         comment: &str,
     ) -> Result<RequestInfo, BrokerError> {
@@ -421,19 +441,26 @@ impl Broker {
                 ));
             };
             let context = context_of(&request, self.now(), None);
-            if let Decision::Deny { .. } = decide(
+            let decision = decide(
                 &*self.policies().await?,
                 approver,
                 Action::Approve,
                 &target,
                 &role,
                 &context,
-            )? {
+            )?;
+            if let Decision::Deny { .. } = decision {
                 return Err(BrokerError::Forbidden(format!(
                     "not an approver for `{}/{}`",
                     request.target, request.role
                 )));
             }
+            self.require_step_up(
+                approver,
+                factor_at,
+                self.approval_window(&decision),
+                "denying",
+            )?;
         }
         let mut event = self
             .draft("access.deny", Outcome::Ok)
@@ -475,6 +502,19 @@ impl Broker {
         request: &RequestRecord,
         source: Option<std::net::IpAddr>,
     ) -> Result<bool, BrokerError> {
+        Ok(self.current_decision(request, source).await?.allows())
+    }
+
+    /// The decision [`Broker::still_allowed`] makes, with what the allowing policies ask
+    /// (`@step_up`); a principal or role that is gone is denied.
+    pub async fn current_decision(
+        &self,
+        request: &RequestRecord,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Decision, BrokerError> {
+        let gone = |what: &str| Decision::Deny {
+            reason: format!("the request's {what} is gone"),
+        };
         let principal = match &request.principal {
             Principal::User { name, .. } => match self.store().user_by_name(name).await? {
                 Some(user) if !user.disabled => Principal::User {
@@ -482,12 +522,12 @@ impl Broker {
                     name: user.username,
                     groups: user.groups,
                 },
-                _ => return Ok(false),
+                _ => return Ok(gone("user")),
             },
             Principal::Workload { role, .. } => {
                 // The binding the workload logged in through must still be there.
                 if self.store().jwt_role(role).await?.is_none() {
-                    return Ok(false);
+                    return Ok(gone("workload binding"));
                 }
                 request.principal.clone()
             }
@@ -498,7 +538,7 @@ impl Broker {
             .decision_inputs(&request.target, &request.role)
             .await?
         else {
-            return Ok(false);
+            return Ok(gone("role"));
         };
         let context = context_of(request, self.now(), source);
         let action = if request.break_glass {
@@ -506,15 +546,14 @@ impl Broker {
         } else {
             Action::Request
         };
-        Ok(decide(
+        decide(
             &*self.policies().await?,
             &principal,
             action,
             &target,
             &role,
             &context,
-        )?
-        .allows())
+        )
     }
 
     /// Whether `principal` may approve `request`: never its own, and only where the policies

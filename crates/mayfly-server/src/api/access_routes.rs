@@ -111,7 +111,7 @@ pub async fn create_request(
         break_glass: request.break_glass,
     };
     let info = broker
-        .create_request(&meta, caller.principal(), new)
+        .create_request(&meta, caller.principal(), caller.session.factor_at, new)
         .await?;
     if info.state == "denied" {
         return Err(BrokerError::Forbidden(format!(
@@ -148,7 +148,13 @@ pub async fn issue_certificate(
     let key = request.public_key.as_deref().or(request.csr.as_deref());
     Ok(ApiJson(
         broker
-            .issue_certificate(&meta, caller.principal(), new, key)
+            .issue_certificate(
+                &meta,
+                caller.principal(),
+                caller.session.factor_at,
+                new,
+                key,
+            )
             .await?,
     ))
 }
@@ -183,7 +189,13 @@ pub async fn approve(
 ) -> ApiResult<RequestInfo> {
     Ok(ApiJson(
         broker
-            .approve(&meta, caller.principal(), &id, &request.comment)
+            .approve(
+                &meta,
+                caller.principal(),
+                caller.session.factor_at,
+                &id,
+                &request.comment,
+            )
             .await?,
     ))
 }
@@ -198,7 +210,13 @@ pub async fn deny(
 ) -> ApiResult<RequestInfo> {
     Ok(ApiJson(
         broker
-            .deny(&meta, caller.principal(), &id, &request.comment)
+            .deny(
+                &meta,
+                caller.principal(),
+                caller.session.factor_at,
+                &id,
+                &request.comment,
+            )
             .await?,
     ))
 }
@@ -222,6 +240,7 @@ pub async fn activate(
             .activate(
                 &meta,
                 caller.principal(),
+                caller.session.factor_at,
                 &id,
                 body.public_key.as_deref().or(body.csr.as_deref()),
             )

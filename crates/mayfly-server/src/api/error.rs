@@ -1,6 +1,11 @@
 //! How a [`BrokerError`] becomes an HTTP answer: the one place a status code is chosen, one per
 //! variant, with the body `{"error":{"code":"...","message":"..."}}`. Unexpected errors are
 //! logged here and never sent.
+//!
+//! A missing step-up (`step_up_required`) is a 401 as RFC 9470 has it: the token is valid but its
+//! authentication is not recent enough, said by `WWW-Authenticate: Bearer
+//! error="insufficient_user_authentication", max_age=<window seconds>`. Clients tell it from a
+//! bad token by the code (the CLI says to run `mayfly step-up`, not `mayfly login`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +28,9 @@ impl HttpError for BrokerError {
             }
             BrokerError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             BrokerError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            BrokerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            BrokerError::Unauthorized(_) | BrokerError::StepUpRequired { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
             BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
             BrokerError::Conflict(_) => StatusCode::CONFLICT,
@@ -47,6 +54,7 @@ impl HttpError for BrokerError {
             BrokerError::GatewayTimeout(_) => "gateway_timeout",
             BrokerError::RateLimited { .. } => "rate_limited",
             BrokerError::Unauthorized(_) => "unauthorized",
+            BrokerError::StepUpRequired { .. } => "step_up_required",
             BrokerError::Forbidden(_) => "forbidden",
             BrokerError::NotFound(_) => "not_found",
             BrokerError::Conflict(_) => "conflict",
@@ -86,6 +94,18 @@ impl IntoResponse for BrokerError {
             && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        // RFC 9470's challenge: the token is good, its authentication is not recent enough.
+        if let BrokerError::StepUpRequired { window_secs, .. } = self
+            && let Ok(value) = HeaderValue::from_str(&format!(
+                "Bearer error=\"insufficient_user_authentication\", \
+                 error_description=\"a second factor is needed: run mayfly step-up\", \
+                 max_age={window_secs}"
+            ))
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
         response

@@ -1,6 +1,7 @@
 //! The native HTTP API under `/v1/`: routes, the JSON extractor, errors, middleware, OpenAPI.
 
 pub mod access_routes;
+pub mod approval_routes;
 pub mod error;
 pub mod exchange_routes;
 pub mod extract;
@@ -52,6 +53,17 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/sys/audit/sinks", get(routes::audit_sinks))
         .route("/v1/auth/password/login", post(routes::password_login))
         .route("/v1/auth/jwt/login", post(routes::jwt_login))
+        .route("/v1/auth/step-up", post(approval_routes::step_up))
+        .route(
+            "/v1/chat/slack/actions",
+            post(approval_routes::slack_actions),
+        )
+        .route("/v1/chat/step-up", get(approval_routes::step_up_page))
+        .route(
+            "/v1/chat/slack/signing-secret",
+            put(approval_routes::put_slack_signing_secret),
+        )
+        .route("/v1/users/{name}/slack", put(approval_routes::link_slack))
         .route("/v1/auth/jwt/issuers/{name}", put(routes::put_jwt_issuer))
         .route(
             "/v1/auth/jwt/roles/{name}",

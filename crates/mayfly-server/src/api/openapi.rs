@@ -3,8 +3,8 @@
 use utoipa::OpenApi;
 
 use crate::api::{
-    access_routes, exchange_routes, notification_routes, proxy_routes, routes, secret_routes,
-    sso_routes,
+    access_routes, approval_routes, exchange_routes, notification_routes, proxy_routes, routes,
+    secret_routes, sso_routes,
 };
 
 #[derive(OpenApi)]
@@ -21,6 +21,11 @@ use crate::api::{
         routes::setup,
         routes::password_login,
         routes::jwt_login,
+        approval_routes::step_up,
+        approval_routes::slack_actions,
+        approval_routes::step_up_page,
+        approval_routes::put_slack_signing_secret,
+        approval_routes::link_slack,
         routes::lookup_self,
         routes::revoke_self,
         routes::create_user,

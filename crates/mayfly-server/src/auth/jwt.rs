@@ -147,6 +147,8 @@ pub async fn login(
         created_at: now,
         expires_at: now.saturating_add(Duration::from_secs(role.token_ttl_seconds)),
         revoked_at: None,
+        // A workload has no second factor: it never passes a step-up.
+        factor_at: None,
     };
     let mut event = broker.draft("auth.jwt.login", Outcome::Ok);
     event.actor = Some(session.principal.to_string());

@@ -10,6 +10,7 @@ pub mod jwt_admin;
 pub mod limiter;
 pub mod password;
 pub mod sso;
+pub mod step_up;
 
 use mayfly_core::Principal;
 use mayfly_store::SessionRecord;

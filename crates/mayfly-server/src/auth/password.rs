@@ -28,11 +28,11 @@ use crate::state::{Broker, totp_secret_path};
 
 /// Failures allowed before the name is throttled.
 pub const FREE_FAILURES: i64 = 4;
-const FIRST_DELAY: Duration = Duration::from_secs(5);
-const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+pub const FIRST_DELAY: Duration = Duration::from_secs(5);
+pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 /// A name left alone this long after its last attempt (or the end of its throttle) starts again
 /// from nothing, and its row in the store may go.
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
+pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 const GENERIC_FAILURE: &str = "invalid username, password or TOTP code";
 const THROTTLED: &str = "the name is throttled after repeated failed logins";
 const SOURCE_LIMITED: &str = "too many failed logins from this address";
@@ -141,6 +141,8 @@ pub async fn login(
         created_at: now,
         expires_at: now.saturating_add(broker.inner.config.user_session_ttl),
         revoked_at: None,
+        // Password + TOTP: the login is a second factor (step-up).
+        factor_at: Some(now),
     };
     let mut event = broker.draft("auth.password.login", Outcome::Ok);
     event.actor = Some(session.principal.to_string());

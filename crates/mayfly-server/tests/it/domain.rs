@@ -118,6 +118,7 @@ async fn requests_are_decided_and_approved_by_the_broker_itself() {
         .create_request(
             &origin(),
             alice.principal(),
+            alice.session.factor_at,
             ask("readonly", "INC-1 triage"),
         )
         .await
@@ -128,6 +129,7 @@ async fn requests_are_decided_and_approved_by_the_broker_itself() {
         .create_request(
             &origin(),
             alice.principal(),
+            alice.session.factor_at,
             ask("readonly", "just curious"),
         )
         .await
@@ -135,23 +137,49 @@ async fn requests_are_decided_and_approved_by_the_broker_itself() {
     assert_eq!(denied.state, "denied", "{denied:?}");
 
     let pending = b
-        .create_request(&origin(), alice.principal(), ask("owner", "migration"))
+        .create_request(
+            &origin(),
+            alice.principal(),
+            alice.session.factor_at,
+            ask("owner", "migration"),
+        )
         .await
         .unwrap();
     assert_eq!(pending.state, "pending", "{pending:?}");
     match b
-        .approve(&origin(), alice.principal(), &pending.id, "")
+        .approve(
+            &origin(),
+            alice.principal(),
+            alice.session.factor_at,
+            &pending.id,
+            "",
+        )
         .await
     {
         Err(BrokerError::Forbidden(message)) => assert!(message.contains("own"), "{message}"),
         other => panic!("self-approval must be forbidden, got {other:?}"),
     }
     let approved = b
-        .approve(&origin(), bob.principal(), &pending.id, "ok")
+        .approve(
+            &origin(),
+            bob.principal(),
+            bob.session.factor_at,
+            &pending.id,
+            "ok",
+        )
         .await
         .unwrap();
     assert_eq!(approved.state, "allowed", "{approved:?}");
-    match b.approve(&origin(), bob.principal(), &pending.id, "").await {
+    match b
+        .approve(
+            &origin(),
+            bob.principal(),
+            bob.session.factor_at,
+            &pending.id,
+            "",
+        )
+        .await
+    {
         Err(BrokerError::Conflict(_)) => {}
         other => panic!("a decided request cannot be approved again, got {other:?}"),
     }
@@ -181,11 +209,22 @@ async fn a_grant_is_made_and_removed_on_the_real_target_without_http() {
     let alice = caller(&broker, &broker.login("alice").await).await;
     let b = &broker.broker;
     let request = b
-        .create_request(&origin(), alice.principal(), ask("readonly", "INC-2"))
+        .create_request(
+            &origin(),
+            alice.principal(),
+            alice.session.factor_at,
+            ask("readonly", "INC-2"),
+        )
         .await
         .unwrap();
     let credential = b
-        .activate(&origin(), alice.principal(), &request.id, None)
+        .activate(
+            &origin(),
+            alice.principal(),
+            alice.session.factor_at,
+            &request.id,
+            None,
+        )
         .await
         .unwrap();
     let mut connection = pg_login(&credential.username, &credential.password)
@@ -196,9 +235,15 @@ async fn a_grant_is_made_and_removed_on_the_real_target_without_http() {
 
     // Activating twice shows nothing twice.
     assert!(
-        b.activate(&origin(), alice.principal(), &request.id, None)
-            .await
-            .is_err()
+        b.activate(
+            &origin(),
+            alice.principal(),
+            alice.session.factor_at,
+            &request.id,
+            None
+        )
+        .await
+        .is_err()
     );
 
     let grant = b

@@ -57,6 +57,15 @@ pub(super) async fn apply(
             };
             identity::reserve_login_attempt(c, dialect, username, *at, throttle).await
         }
+        Change::RecordSecondFactor {
+            session_id,
+            at,
+            totp,
+        } => identity::record_second_factor(c, session_id, *at, totp.as_ref()).await,
+        Change::LinkSlackUser {
+            username,
+            slack_user_id,
+        } => identity::link_slack_user(c, username, slack_user_id.as_deref()).await,
         Change::CreateSession { session } => identity::create_session(c, session).await,
         Change::RevokeSession { id, at } => identity::revoke_session(c, id, *at).await,
         Change::PutJwtIssuer { name, config } => {

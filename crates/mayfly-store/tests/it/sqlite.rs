@@ -79,6 +79,7 @@ async fn kept_reads_follow_every_change() {
                 created_at: at(1),
                 expires_at: at(1_000_000),
                 revoked_at: None,
+                factor_at: None,
             },
         },
     )

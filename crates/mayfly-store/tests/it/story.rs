@@ -41,7 +41,114 @@ fn session(id: &str, principal: Principal, hash: u8, expires_ms: i64) -> Session
         created_at: at(1_000),
         expires_at: at(expires_ms),
         revoked_at: None,
+        factor_at: None,
     }
+}
+
+/// Second factors (step-up) and Slack links: a TOTP step is used once, a session's factor only
+/// moves forward, the latest factor counts only live sessions, a Slack id links one user.
+async fn step_up_story(store: &dyn Store, alice: &UserRecord) {
+    let step_up = |session_id: &str, at_ms: i64, step: Option<i64>| Change::RecordSecondFactor {
+        session_id: session_id.into(),
+        at: at(at_ms),
+        totp: step.map(|step| mayfly_store::TotpStep {
+            user_id: alice.id.clone(),
+            username: "alice".into(),
+            step,
+        }),
+    };
+    assert_eq!(
+        store
+            .session_by_hash(&[1; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .factor_at,
+        None
+    );
+    let outcomes = store
+        .commit(vec![
+            write(step_up("s1", 5_000, Some(200)), "auth.step_up"),
+            // The same TOTP step again: refused, the factor stays.
+            write(step_up("s1", 6_000, Some(200)), "auth.step_up"),
+            // An older time never moves the factor back.
+            write(step_up("s1", 4_000, None), "auth.step_up"),
+            write(step_up("no-such-session", 5_000, None), "auth.step_up"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], WriteOutcome::Applied { .. }));
+    assert!(
+        matches!(&outcomes[1], WriteOutcome::Conflict { reason, .. } if reason.contains("TOTP"))
+    );
+    assert!(matches!(outcomes[2], WriteOutcome::Applied { .. }));
+    assert!(matches!(outcomes[3], WriteOutcome::Conflict { .. }));
+    assert_eq!(
+        store
+            .session_by_hash(&[1; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .factor_at,
+        Some(at(5_000))
+    );
+    assert_eq!(
+        store
+            .user_by_name("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .totp_last_step,
+        Some(200)
+    );
+    assert_eq!(
+        store.latest_factor_at(&alice.id, at(8_000)).await.unwrap(),
+        Some(at(5_000))
+    );
+    // Session s1 expires at 9 000: afterwards its factor no longer counts.
+    assert_eq!(
+        store.latest_factor_at(&alice.id, at(9_000)).await.unwrap(),
+        None
+    );
+    assert_eq!(store.latest_factor_at("nobody", at(1)).await.unwrap(), None);
+
+    let link = |username: &str, slack: Option<&str>| Change::LinkSlackUser {
+        username: username.into(),
+        slack_user_id: slack.map(str::to_owned),
+    };
+    store
+        .commit(vec![write(
+            Change::CreateUser {
+                user: user("carol"),
+                secrets: vec![],
+            },
+            "user.create",
+        )])
+        .await
+        .unwrap();
+    let outcomes = store
+        .commit(vec![
+            write(link("alice", Some("U0ALICE")), "users.link_slack"),
+            // One Slack user, one Mayfly user.
+            write(link("carol", Some("U0ALICE")), "users.link_slack"),
+            write(link("nobody", Some("U0NOBODY")), "users.link_slack"),
+            // Linking again to the same user is allowed (idempotent).
+            write(link("alice", Some("U0ALICE")), "users.link_slack"),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], WriteOutcome::Applied { .. }));
+    assert!(matches!(outcomes[1], WriteOutcome::Conflict { .. }));
+    assert!(matches!(outcomes[2], WriteOutcome::Conflict { .. }));
+    assert!(matches!(outcomes[3], WriteOutcome::Applied { .. }));
+    let linked = store.user_by_slack_id("U0ALICE").await.unwrap().unwrap();
+    assert_eq!(linked.username, "alice");
+    assert!(store.user_by_slack_id("U0CAROL").await.unwrap().is_none());
+    store
+        .commit(vec![write(link("alice", None), "users.link_slack")])
+        .await
+        .unwrap();
+    assert!(store.user_by_slack_id("U0ALICE").await.unwrap().is_none());
 }
 
 pub async fn verify_chain(store: &dyn Store) -> i64 {
@@ -229,6 +336,8 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(found.principal, alice_principal);
     assert_eq!(found.expires_at, at(9_000));
     assert_eq!(found.revoked_at, None);
+
+    step_up_story(store, &alice).await;
 
     // Workload sessions (they live as long as the binding they came through); revocation once.
     let workload = Principal::Workload {
