@@ -681,6 +681,22 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
             started["authorization_url"].as_str().unwrap().to_owned()
         }
     };
+    let factor_at = || {
+        let broker = &broker;
+        let hash = mayfly_crypto::token::hash_token(&carol);
+        async move {
+            broker
+                .broker
+                .store()
+                .session_by_hash(&hash)
+                .await
+                .unwrap()
+                .expect("carol's session")
+                .factor_at
+        }
+    };
+    // A login by the provider is no second factor; a re-authentication is.
+    assert_eq!(factor_at().await, None);
     let url = step_up(carol.clone()).await;
     assert!(
         url.contains("prompt=login") && url.contains("max_age=0"),
@@ -696,6 +712,13 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
     assert_eq!(stepped.len(), 1, "{stepped:?}");
     assert_eq!(stepped[0]["details"]["method"], "oidc");
     assert_eq!(stepped[0]["details"]["session_id"], session_id.as_str());
+    let factor = factor_at()
+        .await
+        .expect("the re-authentication counts as a second factor");
+    assert_eq!(
+        stepped[0]["details"]["factor_at_ms"].as_i64(),
+        Some(factor.unix_ms())
+    );
 
     // Replayed.
     let (status, body, _) = come_back(&back).await;

@@ -827,7 +827,15 @@ impl Broker {
             WriteOutcome::Applied { .. } => {}
             WriteOutcome::Conflict { reason, .. } => return Err(Refusal::Refused(reason)),
         }
-        self.oidc_reauthenticated(meta, session_id, auth_time)
+        let Some(user) = bound else {
+            return Err(BrokerError::Internal("a step-up flow without its user".into()).into());
+        };
+        let principal = Principal::User {
+            id: user.id.clone(),
+            name: user.username.clone(),
+            groups: user.groups.clone(),
+        };
+        self.oidc_reauthenticated(meta, &principal, session_id, auth_time)
             .await?;
         let stepped = SsoSteppedUp {
             session_id: session_id.clone(),
@@ -849,18 +857,18 @@ impl Broker {
     pub async fn oidc_reauthenticated(
         &self,
         meta: &Origin,
+        principal: &Principal,
         session_id: &str,
         auth_time: Timestamp,
     ) -> Result<(), BrokerError> {
-        let mut event = self
-            .draft("auth.step_up", Outcome::Ok)
-            .detail("method", "oidc")
-            .detail("session_id", session_id)
-            .detail("factor_at_ms", auth_time.unix_ms());
-        event.subject = Some(format!("session:{session_id}"));
-        meta.fill(&mut event);
-        self.record(event).await?;
-        Ok(())
+        self.record_second_factor(
+            meta,
+            principal,
+            session_id,
+            auth_time,
+            crate::auth::step_up::FactorMethod::Oidc,
+        )
+        .await
     }
 
     /// The CLI trades its one-time code and the verifier of its challenge for a session.
@@ -971,6 +979,9 @@ fn new_session(
         created_at: now,
         expires_at: now.saturating_add(broker.inner.config.user_session_ttl),
         revoked_at: None,
+        // A login by the provider is not a second factor here: step-up asks the provider again
+        // (`POST /v1/sso/step-up`, `max_age=0`), or a TOTP code.
+        factor_at: None,
     };
     Ok((session, token))
 }
