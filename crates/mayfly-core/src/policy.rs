@@ -343,6 +343,9 @@ fn annotation_number(
     }
 }
 
+/// The longest window a `@step_up("SECONDS")` may give (a day, as the broker's own setting).
+pub const MAX_STEP_UP_SECS: u64 = 86_400;
+
 /// A policy's `@step_up`: absent, bare (the broker's window) or a whole number of seconds (> 0).
 fn annotation_step_up(set: &PolicySet, id: &PolicyId) -> Result<Option<StepUp>, PolicyError> {
     let Some(value) = set.annotation(id, "step_up") else {
@@ -355,14 +358,14 @@ fn annotation_step_up(set: &PolicySet, id: &PolicyId) -> Result<Option<StepUp>, 
         }));
     }
     match value.trim().parse::<u64>() {
-        Ok(seconds) if seconds > 0 => Ok(Some(StepUp {
+        Ok(seconds) if seconds > 0 && seconds <= MAX_STEP_UP_SECS => Ok(Some(StepUp {
             shortest: Some(Duration::from_secs(seconds)),
             bare: false,
         })),
         _ => Err(PolicyError::BadAnnotation {
             policy: id.to_string(),
             annotation: "step_up".to_owned(),
-            value: value.to_owned(),
+            value: format!("{value}` (from 1 to {MAX_STEP_UP_SECS} seconds)`"),
         }),
     }
 }
@@ -1223,7 +1226,7 @@ when { resource.name == "owner" || resource.name == "timed" };
             both.window(Duration::from_secs(60)),
             Duration::from_secs(60)
         );
-        for bad in ["\"0\"", "\"-5\"", "\"soon\""] {
+        for bad in ["\"0\"", "\"-5\"", "\"soon\"", "\"86401\"", "\"999999999\""] {
             let text = format!(
                 "@id(\"p\") @step_up({bad}) permit (principal, action == Action::\"request\", resource);"
             );

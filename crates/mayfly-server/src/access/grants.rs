@@ -65,12 +65,12 @@ impl Broker {
             ));
         }
         match (self.step_up_window_of(&decision), request.break_glass) {
-            (Some(window), _) => {
-                self.require_step_up(caller, factor_at, window, "this role")?;
-            }
-            (None, true) => {
-                let window = self.inner.config.step_up_window;
+            (_, true) => {
+                let window = self.approval_window(&decision);
                 self.require_step_up(caller, factor_at, window, "break-glass")?;
+            }
+            (Some(window), false) => {
+                self.require_step_up(caller, factor_at, window, "this role")?;
             }
             (None, false) => {}
         }

@@ -240,9 +240,7 @@ impl Broker {
         };
         let decision = decide(&policies, principal, action, &target, &role, &context)?;
         if new.break_glass && decision.allows() {
-            let window = self
-                .step_up_window_of(&decision)
-                .unwrap_or(self.inner.config.step_up_window);
+            let window = self.approval_window(&decision);
             self.require_step_up(principal, factor_at, window, "break-glass")?;
         }
         let ruling = rule(

@@ -98,10 +98,13 @@ impl Broker {
         }
     }
 
-    /// The window for approving or denying: the approving policy's `@step_up`, or the broker's.
+    /// The window for what always needs a second factor (approving, denying, break-glass): the
+    /// broker's, or the deciding policy's `@step_up` when it is shorter — a policy may tighten
+    /// these checks, never widen them.
     pub fn approval_window(&self, decision: &Decision) -> Duration {
+        let broker = self.inner.config.step_up_window;
         self.step_up_window_of(decision)
-            .unwrap_or(self.inner.config.step_up_window)
+            .map_or(broker, |window| window.min(broker))
     }
 
     /// Records that session `session_id` of `principal` proved a second factor at `at` (by

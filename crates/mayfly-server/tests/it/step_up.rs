@@ -12,6 +12,8 @@ use mayfly_testkit::access::{ask, grant_id, id, with};
 use mayfly_testkit::{Options, TestBroker};
 use serde_json::{Value, json};
 
+/// `glass` and `approvers` ask for a day-long window: a policy may tighten the broker's window
+/// for approving and break-glass, never widen it, so the broker's 10 minutes still hold there.
 pub const POLICY: &str = r#"
 @id("dev-owner-needs-one")
 @approvals("1")
@@ -22,9 +24,11 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/guarded");
 
 @id("glass")
+@step_up("86400")
 permit (principal in Group::"dev", action == Action::"break_glass", resource == Role::"pg/readonly");
 
 @id("approvers")
+@step_up("86400")
 permit (principal, action == Action::"approve", resource in Target::"pg")
 when { principal in Group::"dev" };
 "#;
