@@ -916,7 +916,7 @@ pub struct SsoProviderInfo {
 }
 
 /// `POST /v1/sso/start` (login) and `POST /v1/sso/step-up` (re-authentication of the caller's
-/// session).
+/// session; `code_challenge` is required there, `redirect_uri` optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SsoStartRequest {
@@ -954,7 +954,24 @@ impl std::fmt::Debug for SsoTokenRequest {
     }
 }
 
-/// The answer of the callback of a step-up flow: the session re-authenticated at `auth_time`.
+/// The answer of the callback of a step-up flow started without a loopback `redirect_uri`: the
+/// one-time step-up code ([`SsoTokenRequest`] to `POST /v1/sso/step-up/complete`, with the
+/// verifier of the step-up's challenge, by the session that started it). The callback records
+/// no factor itself: who re-authenticated must not be able to lend it to a session they did not
+/// start the step-up from.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoStepUpCode {
+    pub code: String,
+    pub expires_at_ms: i64,
+}
+
+impl std::fmt::Debug for SsoStepUpCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SsoStepUpCode(<redacted>)")
+    }
+}
+
+/// The answer of `POST /v1/sso/step-up/complete`: the session re-authenticated at `auth_time`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SsoSteppedUp {
     pub session_id: String,
