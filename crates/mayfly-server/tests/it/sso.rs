@@ -702,7 +702,7 @@ async fn step_up_complete(
 
 #[tokio::test]
 async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_freshly() {
-    let (broker, _idp, _admin) = setup().await;
+    let (broker, idp, admin) = setup().await;
     let (status, body, _) = browser_login(&broker, "carol").await;
     assert_eq!(status, 200, "{body}");
     let carol = body["token"].as_str().unwrap().to_owned();
@@ -822,6 +822,34 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
         .into_owned();
     let (status, body) = step_up_complete(&broker, &carol, &code, &verifier).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(events_of(&broker, "auth.step_up").await.len(), 2);
+
+    // A provider with `step_up_acr_values`: the authorization asks for them, and an ID token
+    // without one of them (this provider names no `acr`) is refused.
+    broker
+        .expect(
+            200,
+            "PUT",
+            "/v1/sso/providers/idp",
+            Some(&admin),
+            Some(json!({
+                "issuer": idp.base,
+                "client_id": "mayfly",
+                "client_secret": "mayfly-secret",
+                "groups_claim": "groups",
+                "group_map": {"idp-engineering": "engineering", "idp-ops": "ops"},
+                "step_up_acr_values": "urn:mayfly:mfa",
+            })),
+        )
+        .await;
+    let url = step_up_start(&broker, &carol, &challenge).await;
+    assert!(url.contains("acr_values=urn%3Amayfly%3Amfa"), "{url}");
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (status, body, _) = come_back(&back).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("`acr`"), "{body}");
     assert_eq!(events_of(&broker, "auth.step_up").await.len(), 2);
 
     // Only people re-authenticate; a session is needed.

@@ -518,6 +518,7 @@ impl Broker {
             nonce: &data.nonce,
             started_at: Timestamp::from_unix_ms(data.started_at_ms),
             fresh_auth: data.purpose == Purpose::StepUp,
+            acr_values: provider.step_up_acr_values.as_deref(),
         };
         let mut issuer_keys = self.provider_keys(&provider, false).await?;
         let mut checked = id_token::check(&jwt, &issuer_keys, &expected, now);
@@ -874,6 +875,7 @@ impl Broker {
             .draft("auth.sso.reauth", Outcome::Ok)
             .detail("provider", data.provider.clone())
             .detail("sub", token.subject.clone())
+            .detail("acr", token.acr.clone())
             .detail("auth_time_ms", auth_time.unix_ms())
             .detail("session_id", session_id.clone());
         event.subject = Some(format!("session:{session_id}"));
