@@ -479,6 +479,12 @@ async fn forged_replayed_or_late_answers_are_refused() {
     assert_eq!(status, 401);
     assert!(message(&body).contains("already used"), "{body}");
 
+    // A token answer larger than 256 KiB is refused (read with the cap, not whole).
+    idp.control("/__test/tamper", &[("mode", "huge")]).await;
+    let (status, body, _) = browser_login(&broker, "carol").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("256 KiB"), "{body}");
+
     // A wrong nonce: an earlier ID token (good signature, our audience, another login's nonce).
     idp.control(
         "/__test/tamper",
@@ -930,6 +936,33 @@ async fn a_step_up_started_with_a_stolen_session_gives_it_no_factor() {
     assert_eq!(status, 401);
     assert_eq!(factor_at(&broker, &stolen).await, None);
     assert!(events_of(&broker, "auth.step_up").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_user_gets_no_step_up_code() {
+    let (broker, _idp, admin) = setup().await;
+    let (status, body, _) = browser_login(&broker, "carol").await;
+    assert_eq!(status, 200, "{body}");
+    let carol = body["token"].as_str().unwrap().to_owned();
+    let (_, challenge) = pkce_pair("disabled");
+    let url = step_up_start(&broker, &carol, &challenge).await;
+    // Disabled while she is at the provider.
+    broker
+        .expect(
+            200,
+            "PATCH",
+            "/v1/users/carol",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (status, body, _) = come_back(&back).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("disabled"), "{body}");
+    assert!(body.get("code").is_none(), "{body}");
 }
 
 #[tokio::test]

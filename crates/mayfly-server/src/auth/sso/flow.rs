@@ -623,11 +623,22 @@ impl Broker {
                 unreachable()
             })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|_| unreachable())?;
-        if bytes.len() > MAX_TOKEN_RESPONSE {
-            return Err(Refusal::Refused(
-                "the provider's token answer is larger than 256 KiB".into(),
-            ));
+        let too_large =
+            || Refusal::Refused("the provider's token answer is larger than 256 KiB".into());
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_TOKEN_RESPONSE as u64)
+        {
+            return Err(too_large());
+        }
+        // Read with the cap as it comes, never the whole answer first.
+        let mut response = response;
+        let mut bytes = Zeroizing::new(Vec::new());
+        while let Some(chunk) = response.chunk().await.map_err(|_| unreachable())? {
+            if bytes.len().saturating_add(chunk.len()) > MAX_TOKEN_RESPONSE {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if !status.is_success() {
