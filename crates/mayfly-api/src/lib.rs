@@ -915,6 +915,34 @@ pub struct SsoProviderInfo {
     pub redirect_uri: String,
 }
 
+/// A configured provider as anyone may see it (a login page needs it): no client id, claims,
+/// group map or endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoProviderPublic {
+    pub name: String,
+    pub issuer: String,
+    /// The redirect URI to register at the provider.
+    pub redirect_uri: String,
+}
+
+/// `GET /v1/sso/providers`: the full view for an admin, the public one for anyone else.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SsoProviderList {
+    Full(Vec<SsoProviderInfo>),
+    Public(Vec<SsoProviderPublic>),
+}
+
+impl SsoProviderList {
+    /// The providers' names.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            SsoProviderList::Full(list) => list.iter().map(|p| p.name.as_str()).collect(),
+            SsoProviderList::Public(list) => list.iter().map(|p| p.name.as_str()).collect(),
+        }
+    }
+}
+
 /// `POST /v1/sso/start` (login) and `POST /v1/sso/step-up` (re-authentication of the caller's
 /// session; `code_challenge` is required there, `redirect_uri` optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -51,11 +51,13 @@ pub async fn delete_provider(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/sso/providers", responses((status = 200, body = Vec<SsoProviderInfo>)))]
+/// Open to all; the configuration only to admins.
+#[utoipa::path(get, path = "/v1/sso/providers", responses((status = 200, body = SsoProviderList)))]
 pub async fn list_providers(
     State(broker): State<Broker>,
-) -> Result<ApiJson<Vec<SsoProviderInfo>>, BrokerError> {
-    Ok(ApiJson(broker.sso_providers().await?))
+    caller: Option<Caller>,
+) -> Result<ApiJson<SsoProviderList>, BrokerError> {
+    Ok(ApiJson(broker.sso_provider_list(caller.as_ref()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sso/start", request_body = SsoStartRequest,

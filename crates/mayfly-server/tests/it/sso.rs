@@ -1023,10 +1023,34 @@ async fn only_admins_configure_providers_and_the_secret_is_never_shown() {
         )
         .await;
     let listed = broker
-        .expect(200, "GET", "/v1/sso/providers", None, None)
+        .expect(200, "GET", "/v1/sso/providers", Some(&admin), None)
         .await;
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     assert!(!listed.to_string().contains("s3cret-value"));
+    // Admins see the configuration; anyone else, and no one, only name, issuer and redirect URI.
+    assert_eq!(listed[0]["client_id"], "mayfly", "{listed}");
+    assert!(listed[0].get("group_map").is_some(), "{listed}");
+    for token in [None, Some(alice.as_str())] {
+        let public = broker
+            .expect(200, "GET", "/v1/sso/providers", token, None)
+            .await;
+        let list = public.as_array().unwrap();
+        assert_eq!(list.len(), 2, "{public}");
+        for provider in list {
+            let mut keys: Vec<&str> = provider
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["issuer", "name", "redirect_uri"], "{public}");
+        }
+    }
+    let (status, _) = broker
+        .call("GET", "/v1/sso/providers", Some("not-a-token"), None)
+        .await;
+    assert_eq!(status, 401);
     let events = broker
         .broker
         .store()
