@@ -915,8 +915,36 @@ pub struct SsoProviderInfo {
     pub redirect_uri: String,
 }
 
+/// A configured provider as anyone may see it (a login page needs it): no client id, claims,
+/// group map or endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoProviderPublic {
+    pub name: String,
+    pub issuer: String,
+    /// The redirect URI to register at the provider.
+    pub redirect_uri: String,
+}
+
+/// `GET /v1/sso/providers`: the full view for an admin, the public one for anyone else.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SsoProviderList {
+    Full(Vec<SsoProviderInfo>),
+    Public(Vec<SsoProviderPublic>),
+}
+
+impl SsoProviderList {
+    /// The providers' names.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            SsoProviderList::Full(list) => list.iter().map(|p| p.name.as_str()).collect(),
+            SsoProviderList::Public(list) => list.iter().map(|p| p.name.as_str()).collect(),
+        }
+    }
+}
+
 /// `POST /v1/sso/start` (login) and `POST /v1/sso/step-up` (re-authentication of the caller's
-/// session).
+/// session; `code_challenge` is required there, `redirect_uri` optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SsoStartRequest {
@@ -954,7 +982,24 @@ impl std::fmt::Debug for SsoTokenRequest {
     }
 }
 
-/// The answer of the callback of a step-up flow: the session re-authenticated at `auth_time`.
+/// The answer of the callback of a step-up flow started without a loopback `redirect_uri`: the
+/// one-time step-up code ([`SsoTokenRequest`] to `POST /v1/sso/step-up/complete`, with the
+/// verifier of the step-up's challenge, by the session that started it). The callback records
+/// no factor itself: who re-authenticated must not be able to lend it to a session they did not
+/// start the step-up from.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct SsoStepUpCode {
+    pub code: String,
+    pub expires_at_ms: i64,
+}
+
+impl std::fmt::Debug for SsoStepUpCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SsoStepUpCode(<redacted>)")
+    }
+}
+
+/// The answer of `POST /v1/sso/step-up/complete`: the session re-authenticated at `auth_time`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SsoSteppedUp {
     pub session_id: String,

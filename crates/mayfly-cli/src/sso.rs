@@ -13,8 +13,8 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mayfly_api::{
-    LoginResponse, SsoProviderInfo, SsoProviderRequest, SsoStartRequest, SsoStarted,
-    SsoTokenRequest,
+    LoginResponse, SsoProviderInfo, SsoProviderList, SsoProviderRequest, SsoStartRequest,
+    SsoStarted, SsoTokenRequest,
 };
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,17 +37,16 @@ pub async fn login(
     let provider = match provider {
         Some(provider) => provider,
         None => {
-            let providers: Vec<SsoProviderInfo> = client
+            let providers: SsoProviderList = client
                 .call(Method::GET, "/v1/sso/providers", None::<&()>)
                 .await?;
-            match providers.as_slice() {
-                [only] => only.name.clone(),
+            match providers.names().as_slice() {
+                [only] => (*only).to_owned(),
                 [] => return Err(Failure::Usage("the broker has no SSO provider".into()).into()),
                 several => {
-                    let names: Vec<&str> = several.iter().map(|p| p.name.as_str()).collect();
                     return Err(Failure::Usage(format!(
                         "give --provider, one of: {}",
-                        names.join(", ")
+                        several.join(", ")
                     ))
                     .into());
                 }
@@ -197,15 +196,28 @@ pub async fn sso(client: &Client, command: SsoCommand, out: &Output) -> anyhow::
             })
         }
         SsoCommand::Ls => {
-            let providers: Vec<SsoProviderInfo> = client
+            let providers: SsoProviderList = client
                 .call(Method::GET, "/v1/sso/providers", None::<&()>)
                 .await?;
-            out.answer(&providers, |providers| {
-                for provider in providers {
-                    println!(
-                        "{:<16} {:<48} client {}  redirect {}",
-                        provider.name, provider.issuer, provider.client_id, provider.redirect_uri
-                    );
+            out.answer(&providers, |providers| match providers {
+                SsoProviderList::Full(list) => {
+                    for provider in list {
+                        println!(
+                            "{:<16} {:<48} client {}  redirect {}",
+                            provider.name,
+                            provider.issuer,
+                            provider.client_id,
+                            provider.redirect_uri
+                        );
+                    }
+                }
+                SsoProviderList::Public(list) => {
+                    for provider in list {
+                        println!(
+                            "{:<16} {:<48} redirect {}",
+                            provider.name, provider.issuer, provider.redirect_uri
+                        );
+                    }
                 }
             })
         }

@@ -1,7 +1,7 @@
 //! The caller of an API call, from its bearer token: the session extractor, and the refusal
 //! (audited, aggregated per source) of a call without a valid one.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use mayfly_core::audit::Outcome;
 
@@ -72,6 +72,28 @@ impl FromRequestParts<Broker> for Caller {
             *slot = Some(session.principal.to_string());
         }
         Ok(Caller { session })
+    }
+}
+
+/// For the few calls open to all that show more to a session: no token is `None`; a token is
+/// checked (and refused if bad) as for [`Caller`].
+impl OptionalFromRequestParts<Broker> for Caller {
+    type Rejection = AuditedError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        broker: &Broker,
+    ) -> Result<Option<Caller>, AuditedError> {
+        if parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .is_none()
+        {
+            return Ok(None);
+        }
+        <Caller as FromRequestParts<Broker>>::from_request_parts(parts, broker)
+            .await
+            .map(Some)
     }
 }
 

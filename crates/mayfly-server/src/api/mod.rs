@@ -156,6 +156,10 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/sso/start", post(sso_routes::start))
         .route("/v1/sso/step-up", post(sso_routes::step_up))
+        .route(
+            "/v1/sso/step-up/complete",
+            post(sso_routes::step_up_complete),
+        )
         .route("/v1/sso/callback", get(sso_routes::callback))
         .route("/v1/sso/token", post(sso_routes::token))
         .fallback(routes::not_found)

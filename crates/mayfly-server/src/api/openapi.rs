@@ -88,6 +88,7 @@ use crate::api::{
         sso_routes::list_providers,
         sso_routes::start,
         sso_routes::step_up,
+        sso_routes::step_up_complete,
         sso_routes::callback,
         sso_routes::token,
     ),

@@ -51,11 +51,13 @@ pub async fn delete_provider(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/sso/providers", responses((status = 200, body = Vec<SsoProviderInfo>)))]
+/// Open to all; the configuration only to admins.
+#[utoipa::path(get, path = "/v1/sso/providers", responses((status = 200, body = SsoProviderList)))]
 pub async fn list_providers(
     State(broker): State<Broker>,
-) -> Result<ApiJson<Vec<SsoProviderInfo>>, BrokerError> {
-    Ok(ApiJson(broker.sso_providers().await?))
+    caller: Option<Caller>,
+) -> Result<ApiJson<SsoProviderList>, BrokerError> {
+    Ok(ApiJson(broker.sso_provider_list(caller.as_ref()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sso/start", request_body = SsoStartRequest,
@@ -81,9 +83,24 @@ pub async fn step_up(
     Ok(no_store(ApiJson(started).into_response()))
 }
 
+/// Completes a step-up with the one-time code its callback gave and the verifier of the
+/// challenge it started with; only the session that started it.
+#[utoipa::path(post, path = "/v1/sso/step-up/complete", request_body = SsoTokenRequest,
+    responses((status = 200, body = SsoSteppedUp), (status = 401, body = ErrorBody)))]
+pub async fn step_up_complete(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<Origin>,
+    caller: Caller,
+    ApiJson(request): ApiJson<SsoTokenRequest>,
+) -> Result<ApiJson<SsoSteppedUp>, AuditedError> {
+    Ok(ApiJson(
+        broker.sso_step_up_complete(&meta, &caller, request).await?,
+    ))
+}
+
 /// The redirect URI registered at providers.
 #[utoipa::path(get, path = "/v1/sso/callback",
-    responses((status = 200, body = LoginResponse), (status = 303), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = LoginResponse), (status = 200, body = SsoStepUpCode), (status = 303), (status = 401, body = ErrorBody)))]
 pub async fn callback(
     State(broker): State<Broker>,
     Extension(meta): Extension<Origin>,
@@ -91,7 +108,7 @@ pub async fn callback(
 ) -> Result<Response, AuditedError> {
     let response = match broker.sso_callback(&meta, query).await? {
         Callback::Session(login) => ApiJson(login).into_response(),
-        Callback::SteppedUp(stepped) => ApiJson(stepped).into_response(),
+        Callback::StepUpCode(code) => ApiJson(code).into_response(),
         Callback::Redirect(location) => {
             let mut response = StatusCode::SEE_OTHER.into_response();
             let location = header::HeaderValue::from_str(&location)

@@ -6,7 +6,8 @@
 //! Refused, each with its reason and no session made: a tampered ID token, a wrong `nonce` (an
 //! earlier ID token), a wrong audience (an ID token issued to another client), a replayed
 //! `state`, an expired flow; a local user's name; the CLI's code replayed or without its
-//! verifier; a step-up by another person, with a stale `auth_time`, or replayed. The provider's
+//! verifier; a step-up by another person, with a stale `auth_time`, or replayed; a step-up's
+//! code completed by another session, with a wrong verifier, or replayed. The provider's
 //! `/__test/tamper` hook stands for a relay in front of its token endpoint.
 
 use std::collections::BTreeMap;
@@ -478,6 +479,12 @@ async fn forged_replayed_or_late_answers_are_refused() {
     assert_eq!(status, 401);
     assert!(message(&body).contains("already used"), "{body}");
 
+    // A token answer larger than 256 KiB is refused (read with the cap, not whole).
+    idp.control("/__test/tamper", &[("mode", "huge")]).await;
+    let (status, body, _) = browser_login(&broker, "carol").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("256 KiB"), "{body}");
+
     // A wrong nonce: an earlier ID token (good signature, our audience, another login's nonce).
     idp.control(
         "/__test/tamper",
@@ -655,49 +662,76 @@ async fn the_cli_trades_its_loopback_code_once_and_only_with_its_verifier() {
     assert_eq!(status, 404);
 }
 
+/// Starts a step-up of the session `token` with PKCE `challenge`; returns the authorization URL.
+async fn step_up_start(broker: &TestBroker, token: &str, challenge: &str) -> String {
+    sync_clock(broker);
+    let started = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/sso/step-up",
+            Some(token),
+            Some(json!({"provider": "idp", "code_challenge": challenge})),
+        )
+        .await;
+    started["authorization_url"].as_str().unwrap().to_owned()
+}
+
+async fn factor_at(broker: &TestBroker, token: &str) -> Option<mayfly_core::Timestamp> {
+    let hash = mayfly_crypto::token::hash_token(token);
+    broker
+        .broker
+        .store()
+        .session_by_hash(&hash)
+        .await
+        .unwrap()
+        .expect("the session")
+        .factor_at
+}
+
+/// `POST /v1/sso/step-up/complete` by `token`: status and body.
+async fn step_up_complete(
+    broker: &TestBroker,
+    token: &str,
+    code: &str,
+    verifier: &str,
+) -> (u16, Value) {
+    broker
+        .call(
+            "POST",
+            "/v1/sso/step-up/complete",
+            Some(token),
+            Some(json!({"code": code, "code_verifier": verifier})),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_freshly() {
-    let (broker, _idp, _admin) = setup().await;
+    let (broker, idp, admin) = setup().await;
     let (status, body, _) = browser_login(&broker, "carol").await;
     assert_eq!(status, 200, "{body}");
     let carol = body["token"].as_str().unwrap().to_owned();
     let session_id = body["session"]["id"].as_str().unwrap().to_owned();
     let (status, body, _) = browser_login(&broker, "dave").await;
     assert_eq!(status, 200, "{body}");
+    let (verifier, challenge) = pkce_pair("step-up-1");
 
-    let step_up = |token: String| {
-        let broker = &broker;
-        async move {
-            sync_clock(broker);
-            let started = broker
-                .expect(
-                    200,
-                    "POST",
-                    "/v1/sso/step-up",
-                    Some(&token),
-                    Some(json!({"provider": "idp"})),
-                )
-                .await;
-            started["authorization_url"].as_str().unwrap().to_owned()
-        }
-    };
-    let factor_at = || {
-        let broker = &broker;
-        let hash = mayfly_crypto::token::hash_token(&carol);
-        async move {
-            broker
-                .broker
-                .store()
-                .session_by_hash(&hash)
-                .await
-                .unwrap()
-                .expect("carol's session")
-                .factor_at
-        }
-    };
-    // A login by the provider is no second factor; a re-authentication is.
-    assert_eq!(factor_at().await, None);
-    let url = step_up(carol.clone()).await;
+    // A step-up needs the caller's PKCE challenge.
+    let (status, body) = broker
+        .call(
+            "POST",
+            "/v1/sso/step-up",
+            Some(&carol),
+            Some(json!({"provider": "idp"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("code_challenge"), "{body}");
+
+    // A login by the provider is no second factor; a re-authentication is, once completed.
+    assert_eq!(factor_at(&broker, &carol).await, None);
+    let url = step_up_start(&broker, &carol, &challenge).await;
     assert!(
         url.contains("prompt=login") && url.contains("max_age=0"),
         "{url}"
@@ -707,25 +741,35 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
         .await;
     let (status, body, _) = come_back(&back).await;
     assert_eq!(status, 200, "{body}");
+    let code = body["code"].as_str().expect("a step-up code").to_owned();
+    // The callback itself records nothing.
+    assert_eq!(factor_at(&broker, &carol).await, None);
+    assert!(events_of(&broker, "auth.step_up").await.is_empty());
+    let (status, body) = step_up_complete(&broker, &carol, &code, &verifier).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["session_id"], session_id.as_str());
     let stepped = events_of(&broker, "auth.step_up").await;
     assert_eq!(stepped.len(), 1, "{stepped:?}");
     assert_eq!(stepped[0]["details"]["method"], "oidc");
     assert_eq!(stepped[0]["details"]["session_id"], session_id.as_str());
-    let factor = factor_at()
+    let factor = factor_at(&broker, &carol)
         .await
         .expect("the re-authentication counts as a second factor");
     assert_eq!(
         stepped[0]["details"]["factor_at_ms"].as_i64(),
         Some(factor.unix_ms())
     );
+    // The code replayed.
+    let (status, body) = step_up_complete(&broker, &carol, &code, &verifier).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("already used"), "{body}");
 
-    // Replayed.
+    // The callback replayed.
     let (status, body, _) = come_back(&back).await;
     assert_eq!(status, 401, "{body}");
 
     // Another person authenticates at the provider.
-    let url = step_up(carol.clone()).await;
+    let url = step_up_start(&broker, &carol, &challenge).await;
     let back = Browser::new()
         .authorize(&url, "dave", &callback_prefix(&broker))
         .await;
@@ -743,7 +787,7 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
             "POST",
             "/v1/sso/step-up",
             Some(&carol),
-            Some(json!({"provider": "idp"})),
+            Some(json!({"provider": "idp", "code_challenge": challenge})),
         )
         .await;
     let url = started["authorization_url"].as_str().unwrap().to_owned();
@@ -756,16 +800,169 @@ async fn a_session_re_authenticates_for_step_up_only_as_its_own_person_and_fresh
 
     assert_eq!(events_of(&broker, "auth.step_up").await.len(), 1);
 
+    // With a loopback listener, the code goes there.
+    let loopback = "http://127.0.0.1:45679/step-up";
+    sync_clock(&broker);
+    let started = broker
+        .expect(
+            200,
+            "POST",
+            "/v1/sso/step-up",
+            Some(&carol),
+            Some(json!({"provider": "idp", "code_challenge": challenge, "redirect_uri": loopback})),
+        )
+        .await;
+    let url = started["authorization_url"].as_str().unwrap().to_owned();
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (status, body, location) = come_back(&back).await;
+    assert_eq!(status, 303, "{body}");
+    let location = reqwest::Url::parse(&location.unwrap()).unwrap();
+    assert!(location.as_str().starts_with(loopback), "{location}");
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, body) = step_up_complete(&broker, &carol, &code, &verifier).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(events_of(&broker, "auth.step_up").await.len(), 2);
+
+    // A provider with `step_up_acr_values`: the authorization asks for them, and an ID token
+    // without one of them (this provider names no `acr`) is refused.
+    broker
+        .expect(
+            200,
+            "PUT",
+            "/v1/sso/providers/idp",
+            Some(&admin),
+            Some(json!({
+                "issuer": idp.base,
+                "client_id": "mayfly",
+                "client_secret": "mayfly-secret",
+                "groups_claim": "groups",
+                "group_map": {"idp-engineering": "engineering", "idp-ops": "ops"},
+                "step_up_acr_values": "urn:mayfly:mfa",
+            })),
+        )
+        .await;
+    let url = step_up_start(&broker, &carol, &challenge).await;
+    assert!(url.contains("acr_values=urn%3Amayfly%3Amfa"), "{url}");
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (status, body, _) = come_back(&back).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("`acr`"), "{body}");
+    assert_eq!(events_of(&broker, "auth.step_up").await.len(), 2);
+
     // Only people re-authenticate; a session is needed.
     let (status, _) = broker
         .call(
             "POST",
             "/v1/sso/step-up",
             None,
-            Some(json!({"provider": "idp"})),
+            Some(json!({"provider": "idp", "code_challenge": challenge})),
         )
         .await;
     assert_eq!(status, 401);
+    let (status, _) = broker
+        .call(
+            "POST",
+            "/v1/sso/step-up/complete",
+            None,
+            Some(json!({"code": code, "code_verifier": verifier})),
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+/// The attack: with carol's stolen session token, an attacker starts a step-up and has carol
+/// re-authenticate at the provider. Her re-authentication must lend the stolen session nothing.
+#[tokio::test]
+async fn a_step_up_started_with_a_stolen_session_gives_it_no_factor() {
+    let (broker, _idp, _admin) = setup().await;
+    let (status, body, _) = browser_login(&broker, "carol").await;
+    assert_eq!(status, 200, "{body}");
+    let stolen = body["token"].as_str().unwrap().to_owned();
+    let (status, body, _) = browser_login(&broker, "carol").await;
+    assert_eq!(status, 200, "{body}");
+    let victims_own = body["token"].as_str().unwrap().to_owned();
+    let (attacker_verifier, attacker_challenge) = pkce_pair("attacker");
+
+    // The attacker starts; the victim's browser authenticates and gets the callback's answer.
+    let url = step_up_start(&broker, &stolen, &attacker_challenge).await;
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (status, body, _) = come_back(&back).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        factor_at(&broker, &stolen).await,
+        None,
+        "the callback gave the stolen session a second factor"
+    );
+    let code = body["code"].as_str().unwrap().to_owned();
+    // The code in the victim's hands: her own session cannot use it even with the verifier
+    // (another session's step-up), and that burns it for the attacker too.
+    let (status, body) = step_up_complete(&broker, &victims_own, &code, &attacker_verifier).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("another session"), "{body}");
+    let (status, _) = step_up_complete(&broker, &stolen, &code, &attacker_verifier).await;
+    assert_eq!(status, 401);
+    assert_eq!(factor_at(&broker, &stolen).await, None);
+    assert_eq!(factor_at(&broker, &victims_own).await, None);
+
+    // One wrong verifier burns a code: the right one then comes too late.
+    let url = step_up_start(&broker, &stolen, &attacker_challenge).await;
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (_, body, _) = come_back(&back).await;
+    let code = body["code"].as_str().unwrap().to_owned();
+    let (wrong_verifier, _) = pkce_pair("guess");
+    let (status, body) = step_up_complete(&broker, &stolen, &code, &wrong_verifier).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("verifier"), "{body}");
+    let (status, _) = step_up_complete(&broker, &stolen, &code, &attacker_verifier).await;
+    assert_eq!(status, 401);
+    // Garbage is a 400 naming the field; an unknown code a 401.
+    let (status, body) = step_up_complete(&broker, &stolen, &code, "short").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("code_verifier"), "{body}");
+    let (status, _) = step_up_complete(&broker, &stolen, "no-such-code", &attacker_verifier).await;
+    assert_eq!(status, 401);
+    assert_eq!(factor_at(&broker, &stolen).await, None);
+    assert!(events_of(&broker, "auth.step_up").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_user_gets_no_step_up_code() {
+    let (broker, _idp, admin) = setup().await;
+    let (status, body, _) = browser_login(&broker, "carol").await;
+    assert_eq!(status, 200, "{body}");
+    let carol = body["token"].as_str().unwrap().to_owned();
+    let (_, challenge) = pkce_pair("disabled");
+    let url = step_up_start(&broker, &carol, &challenge).await;
+    // Disabled while she is at the provider.
+    broker
+        .expect(
+            200,
+            "PATCH",
+            "/v1/users/carol",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    let back = Browser::new()
+        .authorize(&url, "carol", &callback_prefix(&broker))
+        .await;
+    let (status, body, _) = come_back(&back).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("disabled"), "{body}");
+    assert!(body.get("code").is_none(), "{body}");
 }
 
 #[tokio::test]
@@ -826,10 +1023,34 @@ async fn only_admins_configure_providers_and_the_secret_is_never_shown() {
         )
         .await;
     let listed = broker
-        .expect(200, "GET", "/v1/sso/providers", None, None)
+        .expect(200, "GET", "/v1/sso/providers", Some(&admin), None)
         .await;
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     assert!(!listed.to_string().contains("s3cret-value"));
+    // Admins see the configuration; anyone else, and no one, only name, issuer and redirect URI.
+    assert_eq!(listed[0]["client_id"], "mayfly", "{listed}");
+    assert!(listed[0].get("group_map").is_some(), "{listed}");
+    for token in [None, Some(alice.as_str())] {
+        let public = broker
+            .expect(200, "GET", "/v1/sso/providers", token, None)
+            .await;
+        let list = public.as_array().unwrap();
+        assert_eq!(list.len(), 2, "{public}");
+        for provider in list {
+            let mut keys: Vec<&str> = provider
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["issuer", "name", "redirect_uri"], "{public}");
+        }
+    }
+    let (status, _) = broker
+        .call("GET", "/v1/sso/providers", Some("not-a-token"), None)
+        .await;
+    assert_eq!(status, 401);
     let events = broker
         .broker
         .store()

@@ -11,7 +11,7 @@
 //   with plain HTTP (a form POST of `login`/`password`, then of `prompt=consent`).
 // - `/__test/tamper` plays the part of a relay in front of the token endpoint: the next token
 //   answer has its ID token's signature flipped, or its ID token replaced by one the test gives
-//   (an earlier one: wrong nonce; one issued to `other`: wrong audience). `/__test/tokens` lists
+//   (an earlier one: wrong nonce; one issued to `other`: wrong audience), or padded past 256 KiB. `/__test/tokens` lists
 //   the ID tokens issued so far. Nothing else of the provider is changed.
 import Provider from 'oidc-provider';
 
@@ -93,6 +93,8 @@ provider.use(async (ctx, next) => {
         ctx.body = { ...ctx.body, id_token: `${header}.${payload}.${signature.slice(0, 5)}${flipped}${signature.slice(6)}` };
       } else if (mode === 'substitute') {
         ctx.body = { ...ctx.body, id_token: token };
+      } else if (mode === 'huge') {
+        ctx.body = { ...ctx.body, padding: 'x'.repeat(300 * 1024) };
       }
     }
   }

@@ -14,15 +14,23 @@
 //!   CLI trades with its verifier for a session. A code seen by anyone else is useless without
 //!   the verifier, and one wrong verifier burns it.
 //! - **Step-up** re-authenticates the caller's session (`prompt=login`, `max_age=0`, and the
-//!   provider's `acr_values` if set): the callback wants a fresh `auth_time` and the session
-//!   user's `sub`, then [`Broker::oidc_reauthenticated`] records the second factor.
+//!   provider's `acr_values` if set). The caller gives a PKCE challenge of its own. The callback
+//!   wants a fresh `auth_time`, the session user's `sub` (an enabled user) and, with
+//!   `step_up_acr_values`, one of those `acr`; it records no factor: it issues a one-time
+//!   step-up code ([`CODE_TTL`], single use, bound to the challenge and the session), sent to
+//!   the loopback listener if one was named, else answered to the browser. Only
+//!   `POST /v1/sso/step-up/complete` by that same session with the verifier records the factor
+//!   ([`Broker::oidc_reauthenticated`]), so a person lured into re-authenticating for a flow
+//!   someone else started (with a stolen session) lends that session nothing.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use mayfly_api::{LoginResponse, SsoStartRequest, SsoStarted, SsoSteppedUp, SsoTokenRequest};
+use mayfly_api::{
+    LoginResponse, SsoStartRequest, SsoStarted, SsoStepUpCode, SsoSteppedUp, SsoTokenRequest,
+};
 use mayfly_core::audit::Outcome;
 use mayfly_core::{Principal, Timestamp, Username};
 use mayfly_crypto::jwt::IssuerKeys;
@@ -51,6 +59,8 @@ const MAX_TOKEN_RESPONSE: usize = 256 * 1024;
 const NO_PASSWORD: &str = "!sso";
 const UNKNOWN_FLOW: &str = "the login flow is unknown, expired or already used";
 const UNKNOWN_CODE: &str = "the code is unknown, expired or already used";
+/// The pending row kind of a step-up code.
+const STEP_UP_CODE: &str = "step_up_code";
 
 /// What a flow is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +104,17 @@ struct CodeData {
     provider: String,
 }
 
+/// A step-up's one-time code as stored (sealed).
+#[derive(Serialize, Deserialize)]
+struct StepUpCodeData {
+    session_id: String,
+    user_id: String,
+    username: String,
+    challenge: String,
+    provider: String,
+    auth_time_ms: i64,
+}
+
 /// The provider's redirect to the callback (OAuth 2.0 §4.1.2; `iss` of RFC 9207).
 #[derive(Debug, Default, Deserialize)]
 pub struct CallbackQuery {
@@ -109,8 +130,8 @@ pub enum Callback {
     Session(LoginResponse),
     /// Send the browser on (the CLI's loopback listener, with its one-time code).
     Redirect(String),
-    /// The session re-authenticated.
-    SteppedUp(SsoSteppedUp),
+    /// A step-up's one-time code, for `POST /v1/sso/step-up/complete`.
+    StepUpCode(SsoStepUpCode),
 }
 
 /// Why a flow did not finish: refused (the reason may be shown), or the broker could not check.
@@ -246,14 +267,27 @@ impl Broker {
     ) -> Result<SsoStarted, BrokerError> {
         let keys = self.require_unsealed().await?;
         check_name(&request.provider)?;
-        match (&request.redirect_uri, &request.code_challenge) {
-            (Some(uri), Some(challenge)) => {
+        match (purpose, &request.redirect_uri, &request.code_challenge) {
+            (_, Some(uri), Some(challenge)) => {
                 check_loopback(uri)?;
                 check_pkce("code_challenge", challenge, Some(43))?;
             }
-            (None, None) => {}
-            (Some(_), None) => return Err(bad("code_challenge", "`redirect_uri` needs it")),
-            (None, Some(_)) => return Err(bad("redirect_uri", "`code_challenge` needs it")),
+            (Purpose::StepUp, None, Some(challenge)) => {
+                check_pkce("code_challenge", challenge, Some(43))?;
+            }
+            (Purpose::StepUp, _, None) => {
+                return Err(bad(
+                    "code_challenge",
+                    "a step-up needs one (PKCE S256); its verifier completes the step-up",
+                ));
+            }
+            (Purpose::Login, None, None) => {}
+            (Purpose::Login, Some(_), None) => {
+                return Err(bad("code_challenge", "`redirect_uri` needs it"));
+            }
+            (Purpose::Login, None, Some(_)) => {
+                return Err(bad("redirect_uri", "`code_challenge` needs it"));
+            }
         }
         let Some(provider) = self.sso_provider(&request.provider).await? else {
             return Err(BrokerError::NotFound(format!(
@@ -387,7 +421,7 @@ impl Broker {
                         .await
                 }
                 Purpose::StepUp => {
-                    self.stepped_up(meta, &data, &key_hash, &provider, token)
+                    self.stepped_up(meta, &keys, &data, &key_hash, &provider, token)
                         .await
                 }
             },
@@ -484,6 +518,7 @@ impl Broker {
             nonce: &data.nonce,
             started_at: Timestamp::from_unix_ms(data.started_at_ms),
             fresh_auth: data.purpose == Purpose::StepUp,
+            acr_values: provider.step_up_acr_values.as_deref(),
         };
         let mut issuer_keys = self.provider_keys(&provider, false).await?;
         let mut checked = id_token::check(&jwt, &issuer_keys, &expected, now);
@@ -588,11 +623,22 @@ impl Broker {
                 unreachable()
             })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|_| unreachable())?;
-        if bytes.len() > MAX_TOKEN_RESPONSE {
-            return Err(Refusal::Refused(
-                "the provider's token answer is larger than 256 KiB".into(),
-            ));
+        let too_large =
+            || Refusal::Refused("the provider's token answer is larger than 256 KiB".into());
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_TOKEN_RESPONSE as u64)
+        {
+            return Err(too_large());
+        }
+        // Read with the cap as it comes, never the whole answer first.
+        let mut response = response;
+        let mut bytes = Zeroizing::new(Vec::new());
+        while let Some(chunk) = response.chunk().await.map_err(|_| unreachable())? {
+            if bytes.len().saturating_add(chunk.len()) > MAX_TOKEN_RESPONSE {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if !status.is_success() {
@@ -781,36 +827,68 @@ impl Broker {
         Ok(answer)
     }
 
-    /// A re-authentication: the session's own user, authenticated again after the flow began.
+    /// A re-authentication: the session's own user (enabled), authenticated again after the flow
+    /// began. Records no factor: answers a one-time step-up code for the session that started
+    /// the flow to complete with its verifier.
     async fn stepped_up(
         &self,
         meta: &Origin,
+        keys: &Unsealed,
         data: &FlowData,
         key_hash: &[u8],
         provider: &ProviderConfig,
         token: id_token::IdToken,
     ) -> Result<Callback, Refusal> {
-        let (Some(session_id), Some(user_id)) = (&data.session_id, &data.user_id) else {
-            return Err(BrokerError::Internal("a step-up flow without its session".into()).into());
+        let (Some(session_id), Some(user_id), Some(challenge)) =
+            (&data.session_id, &data.user_id, &data.cli_challenge)
+        else {
+            return Err(BrokerError::Internal(
+                "a step-up flow without its session or challenge".into(),
+            )
+            .into());
         };
         let bound = self
             .store()
             .sso_identity_user(&provider.issuer, &token.subject)
             .await?;
-        if bound.as_ref().map(|u| &u.id) != Some(user_id) {
+        let Some(user) = bound.filter(|u| &u.id == user_id) else {
             return Err(Refusal::Refused(
                 "the person who authenticated is not this session's user".into(),
             ));
+        };
+        if user.disabled {
+            return Err(Refusal::Refused(format!(
+                "user `{}` is disabled",
+                user.username
+            )));
         }
         let Some(auth_time) = token.auth_time else {
             return Err(Refusal::Refused("the ID token has no `auth_time`".into()));
         };
         let auth_time = Timestamp::from_unix_secs(auth_time);
+        let now = self.now();
+        let code = Zeroizing::new(random_text()?);
+        let code_hash = mayfly_crypto::sha256(code.as_bytes()).to_vec();
+        let code_data = StepUpCodeData {
+            session_id: session_id.clone(),
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            challenge: challenge.clone(),
+            provider: data.provider.clone(),
+            auth_time_ms: auth_time.unix_ms(),
+        };
+        let plain = Zeroizing::new(
+            serde_json::to_vec(&code_data).map_err(|e| BrokerError::Internal(e.to_string()))?,
+        );
+        let blob = keys.keyring.seal(&pending_path(&code_hash), &plain)?;
+        let expires_at = now.saturating_add(CODE_TTL);
         let mut event = self
             .draft("auth.sso.reauth", Outcome::Ok)
             .detail("provider", data.provider.clone())
             .detail("sub", token.subject.clone())
-            .detail("auth_time_ms", auth_time.unix_ms());
+            .detail("acr", token.acr.clone())
+            .detail("auth_time_ms", auth_time.unix_ms())
+            .detail("session_id", session_id.clone());
         event.subject = Some(format!("session:{session_id}"));
         meta.fill(&mut event);
         match self
@@ -827,29 +905,152 @@ impl Broker {
             WriteOutcome::Applied { .. } => {}
             WriteOutcome::Conflict { reason, .. } => return Err(Refusal::Refused(reason)),
         }
-        let Some(user) = bound else {
-            return Err(BrokerError::Internal("a step-up flow without its user".into()).into());
+        let mut event = self
+            .draft("auth.sso.step_up_code", Outcome::Ok)
+            .detail("provider", data.provider.clone())
+            .detail("session_id", session_id.clone())
+            .detail(
+                "delivery",
+                if data.return_to.is_some() {
+                    "loopback"
+                } else {
+                    "browser"
+                },
+            )
+            .detail("code_hmac", keys.audit_hmac(code.as_bytes()))
+            .detail("expires_at_ms", expires_at.unix_ms());
+        event.subject = Some(format!("session:{session_id}"));
+        meta.fill(&mut event);
+        self.commit(Write {
+            change: Some(Change::PutSsoPending {
+                pending: SsoPendingRecord {
+                    key_hash: code_hash,
+                    kind: STEP_UP_CODE.into(),
+                    blob,
+                    expires_at,
+                },
+                purge_before: now,
+            }),
+            event,
+        })
+        .await?;
+        match &data.return_to {
+            Some(return_to) => {
+                let mut url = reqwest::Url::parse(return_to)
+                    .map_err(|_| BrokerError::Internal("stored loopback URL".into()))?;
+                url.query_pairs_mut().append_pair("code", &code);
+                Ok(Callback::Redirect(url.to_string()))
+            }
+            None => Ok(Callback::StepUpCode(SsoStepUpCode {
+                code: code.to_string(),
+                expires_at_ms: expires_at.unix_ms(),
+            })),
+        }
+    }
+
+    /// Completes a step-up: the caller's session must be the one that started the flow, and
+    /// `request.code_verifier` must match its challenge; then records the second factor. Any
+    /// refusal uses the code up.
+    pub async fn sso_step_up_complete(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        request: SsoTokenRequest,
+    ) -> Result<SsoSteppedUp, AuditedError> {
+        let keys = self.require_unsealed().await?;
+        let Principal::User { .. } = caller.principal() else {
+            return Err(BrokerError::Forbidden(
+                "only a person's session can re-authenticate with single sign-on".into(),
+            )
+            .into());
+        };
+        if request.code.is_empty() || request.code.len() > 256 {
+            return Err(bad("code", "must be 1 to 256 characters").into());
+        }
+        check_pkce("code_verifier", &request.code_verifier, None)?;
+        let key_hash = mayfly_crypto::sha256(request.code.as_bytes()).to_vec();
+        let Some(pending) = self.store().sso_pending(&key_hash, STEP_UP_CODE).await? else {
+            let mut event = self
+                .draft("auth.sso.step_up", Outcome::Refused)
+                .detail("reason", UNKNOWN_CODE)
+                .detail("session_id", caller.session.id.clone());
+            event.actor = Some(caller.principal().to_string());
+            meta.fill(&mut event);
+            audit_refusal(self, event).await?;
+            return Err(BrokerError::Unauthorized(UNKNOWN_CODE.into()).audited());
+        };
+        let plain = keys
+            .keyring
+            .open(&pending_path(&key_hash), &pending.blob)
+            .map_err(BrokerError::from)?;
+        let data: StepUpCodeData = serde_json::from_slice(&plain)
+            .map_err(|_| BrokerError::Internal("stored SSO step-up code is invalid".into()))?;
+        let now = self.now();
+        let verifier_matches = mayfly_crypto::constant_time_eq(
+            s256(&request.code_verifier).as_bytes(),
+            data.challenge.as_bytes(),
+        );
+        let refusal = if now >= pending.expires_at {
+            Some("the code expired".to_owned())
+        } else if !verifier_matches {
+            Some("the code verifier does not match the challenge".to_owned())
+        } else if caller.session.id != data.session_id {
+            Some("the code is another session's step-up".to_owned())
+        } else {
+            None
+        };
+        let user = self.store().user_by_name(&data.username).await?;
+        let refusal = refusal.or_else(|| match &user {
+            Some(user) if user.id == data.user_id && !user.disabled => None,
+            _ => Some("the user is disabled or gone".to_owned()),
+        });
+        let (Some(user), None) = (user, refusal.clone()) else {
+            let reason = refusal.unwrap_or_else(|| UNKNOWN_CODE.to_owned());
+            self.use_up(meta, &key_hash, STEP_UP_CODE, &data.provider, &reason)
+                .await?;
+            return Err(
+                BrokerError::Unauthorized(format!("single sign-on refused: {reason}")).audited(),
+            );
         };
         let principal = Principal::User {
             id: user.id.clone(),
             name: user.username.clone(),
             groups: user.groups.clone(),
         };
-        self.oidc_reauthenticated(meta, &principal, session_id, auth_time)
-            .await?;
-        let stepped = SsoSteppedUp {
-            session_id: session_id.clone(),
-            auth_time_ms: auth_time.unix_ms(),
-        };
-        match &data.return_to {
-            Some(return_to) => {
-                let mut url = reqwest::Url::parse(return_to)
-                    .map_err(|_| BrokerError::Internal("stored loopback URL".into()))?;
-                url.query_pairs_mut().append_pair("step_up", "ok");
-                Ok(Callback::Redirect(url.to_string()))
+        let mut event = self
+            .draft("auth.sso.step_up", Outcome::Ok)
+            .detail("provider", data.provider.clone())
+            .detail("session_id", data.session_id.clone())
+            .detail("code_hmac", keys.audit_hmac(request.code.as_bytes()));
+        event.actor = Some(principal.to_string());
+        event.subject = Some(format!("session:{}", data.session_id));
+        meta.fill(&mut event);
+        match self
+            .commit(Write {
+                change: Some(Change::ConsumeSsoPending {
+                    key_hash,
+                    kind: STEP_UP_CODE.into(),
+                    session: None,
+                }),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Applied { .. } => {}
+            WriteOutcome::Conflict { reason, .. } => {
+                return Err(
+                    BrokerError::Unauthorized(format!("single sign-on refused: {reason}"))
+                        .audited(),
+                );
             }
-            None => Ok(Callback::SteppedUp(stepped)),
         }
+        let auth_time = Timestamp::from_unix_ms(data.auth_time_ms);
+        self.oidc_reauthenticated(meta, &principal, &data.session_id, auth_time)
+            .await?;
+        Ok(SsoSteppedUp {
+            session_id: data.session_id,
+            auth_time_ms: auth_time.unix_ms(),
+        })
     }
 
     /// Records that session `session_id` passed a second factor (an OpenID Connect

@@ -3,7 +3,7 @@
 //! containing our client id, `exp` (through `mayfly_crypto::jwt::verify`); then `azp` (required
 //! when there are several audiences, and ours when present), `nonce` (this flow's, compared in
 //! constant time), `iat` (not before the flow began), `sub`, and for a re-authentication a
-//! fresh `auth_time`.
+//! fresh `auth_time` and, when the provider has `step_up_acr_values`, an `acr` among them.
 
 use mayfly_core::Timestamp;
 use mayfly_crypto::jwt::{IssuerKeys, JwtRules};
@@ -21,6 +21,9 @@ pub(crate) struct Expected<'a> {
     pub started_at: Timestamp,
     /// A re-authentication: `auth_time` is required and must not be older than the flow.
     pub fresh_auth: bool,
+    /// A re-authentication at a provider with `step_up_acr_values` (space-separated): `acr` must
+    /// be one of them.
+    pub acr_values: Option<&'a str>,
 }
 
 /// A checked ID token.
@@ -28,6 +31,7 @@ pub(crate) struct Expected<'a> {
 pub(crate) struct IdToken {
     pub subject: String,
     pub auth_time: Option<u64>,
+    pub acr: Option<String>,
     pub claims: Map<String, Value>,
 }
 
@@ -68,6 +72,22 @@ pub(crate) fn check(
             return Err("the provider did not authenticate the person again (`auth_time` is older than this request)".into());
         }
     }
+    let acr = claims.get("acr").and_then(Value::as_str).map(str::to_owned);
+    if expected.fresh_auth
+        && let Some(wanted) = expected.acr_values
+    {
+        match acr.as_deref() {
+            Some(acr) if wanted.split_whitespace().any(|value| value == acr) => {}
+            Some(_) => {
+                return Err(
+                    "the ID token's `acr` is not one of the provider's `step_up_acr_values`".into(),
+                );
+            }
+            None => {
+                return Err("the ID token has no `acr`: the provider did not say how the person authenticated (`step_up_acr_values` asks for one)".into());
+            }
+        }
+    }
     let Some(iat) = claims.get("iat").and_then(Value::as_u64) else {
         return Err("the ID token has no `iat`".into());
     };
@@ -83,6 +103,7 @@ pub(crate) fn check(
     Ok(IdToken {
         subject,
         auth_time,
+        acr,
         claims,
     })
 }
@@ -159,6 +180,7 @@ mod tests {
         pkcs8: &[u8],
         keys: &IssuerKeys,
         fresh: bool,
+        acr_values: Option<&str>,
         change: serde_json::Value,
         expect: Result<(), &str>,
     ) {
@@ -168,6 +190,7 @@ mod tests {
             nonce: "n-1",
             started_at: Timestamp::from_unix_secs(STARTED),
             fresh_auth: fresh,
+            acr_values,
         };
         let now = Timestamp::from_unix_secs(STARTED + 10);
         let got = check(&token(pkcs8, change.clone()), keys, &expected, now).map(|_| ());
@@ -181,7 +204,7 @@ mod tests {
     #[test]
     fn the_id_token_table() {
         let (pkcs8, keys) = keys();
-        let c = |fresh, change, expect| check_case(&pkcs8, &keys, fresh, change, expect);
+        let c = |fresh, change, expect| check_case(&pkcs8, &keys, fresh, None, change, expect);
         c(false, json!({}), Ok(()));
         c(true, json!({}), Ok(()));
         c(false, json!({"iss": "https://other.test"}), Err("issuer"));
@@ -218,6 +241,35 @@ mod tests {
             Err("`auth_time` is older"),
         );
         c(true, json!({"auth_time": STARTED - 29}), Ok(()));
+    }
+
+    #[test]
+    fn a_step_up_wants_an_acr_among_the_providers_values() {
+        let (pkcs8, keys) = keys();
+        let values = Some("urn:mfa  phr");
+        let c = |fresh, values, change, expect| {
+            check_case(&pkcs8, &keys, fresh, values, change, expect);
+        };
+        c(true, values, json!({"acr": "urn:mfa"}), Ok(()));
+        c(true, values, json!({"acr": "phr"}), Ok(()));
+        c(
+            true,
+            values,
+            json!({"acr": "0"}),
+            Err("`acr` is not one of"),
+        );
+        c(
+            true,
+            values,
+            json!({"acr": "urn:mfa phr"}),
+            Err("`acr` is not one of"),
+        );
+        c(true, values, json!({"acr": ""}), Err("`acr` is not one of"));
+        c(true, values, json!({"acr": 2}), Err("no `acr`"));
+        c(true, values, json!({}), Err("no `acr`"));
+        // Without values, or for a login, `acr` is not asked for.
+        c(true, None, json!({}), Ok(()));
+        c(false, values, json!({}), Ok(()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use mayfly_api::{SsoProviderInfo, SsoProviderRequest};
+use mayfly_api::{SsoProviderInfo, SsoProviderList, SsoProviderPublic, SsoProviderRequest};
 use mayfly_core::GroupName;
 use mayfly_core::audit::Outcome;
 use mayfly_crypto::SecretString;
@@ -264,7 +264,28 @@ impl Broker {
         }
     }
 
-    /// The providers one may log in with (open to all: a login page needs them).
+    /// The providers one may log in with (open to all: a login page needs them): an admin sees
+    /// their configuration, anyone else only name, issuer and redirect URI.
+    pub async fn sso_provider_list(
+        &self,
+        caller: Option<&Caller>,
+    ) -> Result<SsoProviderList, BrokerError> {
+        let full = self.sso_providers().await?;
+        if caller.is_some_and(|c| c.require_admin().is_ok()) {
+            return Ok(SsoProviderList::Full(full));
+        }
+        Ok(SsoProviderList::Public(
+            full.into_iter()
+                .map(|p| SsoProviderPublic {
+                    name: p.name,
+                    issuer: p.issuer,
+                    redirect_uri: p.redirect_uri,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Every provider's full view (admins only through the API).
     pub async fn sso_providers(&self) -> Result<Vec<SsoProviderInfo>, BrokerError> {
         let mut providers = Vec::new();
         for record in self.store().sso_providers().await? {
