@@ -396,7 +396,7 @@ pub struct Sinks {
 }
 
 /// Event kinds a blocking sink still lets through: unsealing, logging in and out, and taking
-/// access away (fail closed never keeps a grant alive).
+/// access away (fail closed never keeps a grant alive; see also [`takes_access_away`]).
 const NEVER_BLOCKED: &[&str] = &[
     "sys.init",
     "sys.setup",
@@ -406,6 +406,21 @@ const NEVER_BLOCKED: &[&str] = &[
     "auth.jwt.login",
     "auth.token.revoke",
 ];
+
+/// Whether an admin's change only takes access away — denying a request, disabling a user (and
+/// nothing else in the same change), deleting or destroying a secret, deleting a proxy route — so
+/// that a failing `block` sink never keeps an operator from defending the broker while reads go
+/// on. Anything that could also grant (groups, policies, routes saved) stays blocked.
+fn takes_access_away(event: &AuditDraft) -> bool {
+    match event.kind.as_str() {
+        "access.deny" | "secret.deleted" | "secret.destroyed" | "proxy.route.deleted" => true,
+        "user.update" => {
+            event.details.get("disabled") == Some(&serde_json::Value::Bool(true))
+                && event.details.len() == 1
+        }
+        _ => false,
+    }
+}
 
 impl Sinks {
     pub fn new(specs: &[Arc<SinkSpec>]) -> Sinks {
@@ -444,6 +459,7 @@ impl Sinks {
         if !for_a_caller
             || NEVER_BLOCKED.contains(&event.kind.as_str())
             || event.kind.starts_with("grant.revoke")
+            || takes_access_away(event)
         {
             return None;
         }

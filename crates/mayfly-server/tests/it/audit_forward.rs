@@ -316,6 +316,25 @@ async fn a_block_sink_that_is_down_refuses_state_changes_until_it_is_back() {
         metrics.contains("mayfly_audit_forward_state{sink=\"guard\"} 2"),
         "{metrics}"
     );
+    // An admin can still take access away (disable a user) but not widen it (change groups).
+    let (status, body) = broker
+        .call(
+            "PATCH",
+            "/v1/users/bob",
+            Some(&admin),
+            Some(json!({"groups": ["dev", "admins"]})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = broker
+        .call(
+            "PATCH",
+            "/v1/users/bob",
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "disabling a user is not blocked: {body}");
     broker.clock.advance(Duration::from_secs(31));
     broker.login("alice").await;
     // The broker's own work goes on: the sinks' listing shows the cursor behind.
