@@ -53,7 +53,7 @@ pub struct ConfigFile {
     pub public_url: Option<String>,
     /// Audit forwarding sinks, `[[audit_sink]]` tables (`audit/forward.rs`, docs/audit.md).
     #[serde(default)]
-    pub audit_sink: Vec<crate::audit::forward::SinkFile>,
+    pub audit_sink: Vec<crate::audit::sink_spec::SinkFile>,
     /// `[notifications]`: the outbox's channels (docs/notifications.md).
     pub notifications: Option<crate::notify::config::NotificationsFile>,
     pub step_up_window_seconds: Option<u64>,
@@ -128,7 +128,7 @@ pub struct Config {
     /// JSON-lines audit sink.
     pub audit_file: Option<PathBuf>,
     /// Audit forwarding sinks (syslog, webhook), checked.
-    pub audit_sinks: Vec<Arc<crate::audit::forward::SinkSpec>>,
+    pub audit_sinks: Vec<Arc<crate::audit::sink_spec::SinkSpec>>,
     /// Auto-unseal from this root key file (`mayfly dev` only).
     pub dev_key_file: Option<PathBuf>,
     /// Batch many requests' audit events in one transaction. Off = one transaction per event
@@ -314,13 +314,14 @@ impl Config {
         };
         let mut config = Config::new(store);
         config.audit_file = file.audit_file;
-        config.audit_sinks = crate::audit::forward::specs(file.audit_sink).map_err(|message| {
-            let from = origins
-                .get("audit_sink")
-                .map(|origin| format!(" (from {origin})"))
-                .unwrap_or_default();
-            ConfigError::Rule(format!("{message}{from}"))
-        })?;
+        config.audit_sinks =
+            crate::audit::sink_spec::specs(file.audit_sink).map_err(|message| {
+                let from = origins
+                    .get("audit_sink")
+                    .map(|origin| format!(" (from {origin})"))
+                    .unwrap_or_default();
+                ConfigError::Rule(format!("{message}{from}"))
+            })?;
         if file.notify_webhook.is_some() {
             return Err(rule(
                 "notify_webhook",

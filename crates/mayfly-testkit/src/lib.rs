@@ -56,7 +56,7 @@ pub struct Options {
     pub bootstrap: bool,
     pub checkpoint_every_events: u64,
     /// Audit forwarding sinks (`[[audit_sink]]`, checked by `Config::load`).
-    pub audit_sinks: Vec<Arc<mayfly_server::audit::forward::SinkSpec>>,
+    pub audit_sinks: Vec<Arc<mayfly_server::audit::sink_spec::SinkSpec>>,
     /// The notifications outbox's channels and settings (none by default).
     pub notifications: mayfly_server::notify::config::NotifyConfig,
 }

@@ -10,6 +10,7 @@ pub mod read;
 pub mod refusals;
 pub mod refused;
 pub mod sink;
+pub mod sink_spec;
 pub mod syslog;
 pub mod webhook;
 

@@ -17,7 +17,7 @@ use mayfly_store::StoredEvent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::audit::forward::{ForwardError, Receiver, SinkSpec};
+use crate::audit::sink_spec::{ForwardError, Receiver, SinkSpec};
 
 /// The STRUCTURED-DATA id. 32473 is the private enterprise number RFC 5612 reserves for
 /// examples; a receiver keys on the whole id.
@@ -110,7 +110,7 @@ pub fn message(header: &Header, event: &StoredEvent, limit: Option<usize>) -> St
             Err(_) => event.body.clone(),
         },
     };
-    let at_ms = crate::audit::forward::committed_at_ms(&event.body);
+    let at_ms = crate::audit::sink_spec::committed_at_ms(&event.body);
     let severity = match outcome(&event.body) {
         Some("ok") | None => 5,
         Some(_) => 4,

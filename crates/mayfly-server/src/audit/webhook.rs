@@ -13,7 +13,7 @@ use std::time::Duration;
 use mayfly_store::StoredEvent;
 use secrecy::ExposeSecret;
 
-use crate::audit::forward::{ForwardError, Receiver, SinkSpec};
+use crate::audit::sink_spec::{ForwardError, Receiver, SinkSpec};
 use crate::clock::Clock;
 
 pub const SIGNATURE_HEADER: &str = crate::notify::webhook::SIGNATURE_HEADER;

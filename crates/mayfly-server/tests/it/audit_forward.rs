@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mayfly_server::audit::forward::SinkSpec;
+use mayfly_server::audit::sink_spec::SinkSpec;
 use mayfly_server::config::{Config, ConfigSources};
 use mayfly_testkit::rsyslog::Rsyslog;
 use mayfly_testkit::{Options, TestBroker};
