@@ -397,20 +397,13 @@ impl Broker {
             return Err(bad("state", "missing").into());
         };
         let key_hash = mayfly_crypto::sha256(state.as_bytes()).to_vec();
-        let Some(pending) = self.store().sso_pending(&key_hash, "flow").await? else {
-            let mut event = self
-                .draft("auth.sso.login", Outcome::Refused)
-                .detail("reason", UNKNOWN_FLOW);
-            meta.fill(&mut event);
-            audit_refusal(self, event).await?;
-            return Err(BrokerError::Unauthorized(UNKNOWN_FLOW.into()).audited());
-        };
-        let plain = keys
-            .keyring
-            .open(&pending_path(&key_hash), &pending.blob)
-            .map_err(BrokerError::from)?;
-        let data: FlowData = serde_json::from_slice(&plain)
-            .map_err(|_| BrokerError::Internal("stored SSO flow is invalid".into()))?;
+        let mut refused = self
+            .draft("auth.sso.login", Outcome::Refused)
+            .detail("reason", UNKNOWN_FLOW);
+        meta.fill(&mut refused);
+        let (pending, data): (_, FlowData) = self
+            .open_pending(&keys, &key_hash, "flow", refused, UNKNOWN_FLOW)
+            .await?;
         let started = self
             .finish_flow(&keys, &data, &query, pending.expires_at)
             .await;
@@ -969,22 +962,15 @@ impl Broker {
         }
         check_pkce("code_verifier", &request.code_verifier, None)?;
         let key_hash = mayfly_crypto::sha256(request.code.as_bytes()).to_vec();
-        let Some(pending) = self.store().sso_pending(&key_hash, STEP_UP_CODE).await? else {
-            let mut event = self
-                .draft("auth.sso.step_up", Outcome::Refused)
-                .detail("reason", UNKNOWN_CODE)
-                .detail("session_id", caller.session.id.clone());
-            event.actor = Some(caller.principal().to_string());
-            meta.fill(&mut event);
-            audit_refusal(self, event).await?;
-            return Err(BrokerError::Unauthorized(UNKNOWN_CODE.into()).audited());
-        };
-        let plain = keys
-            .keyring
-            .open(&pending_path(&key_hash), &pending.blob)
-            .map_err(BrokerError::from)?;
-        let data: StepUpCodeData = serde_json::from_slice(&plain)
-            .map_err(|_| BrokerError::Internal("stored SSO step-up code is invalid".into()))?;
+        let mut refused = self
+            .draft("auth.sso.step_up", Outcome::Refused)
+            .detail("reason", UNKNOWN_CODE)
+            .detail("session_id", caller.session.id.clone());
+        refused.actor = Some(caller.principal().to_string());
+        meta.fill(&mut refused);
+        let (pending, data): (_, StepUpCodeData) = self
+            .open_pending(&keys, &key_hash, STEP_UP_CODE, refused, UNKNOWN_CODE)
+            .await?;
         let now = self.now();
         let verifier_matches = mayfly_crypto::constant_time_eq(
             s256(&request.code_verifier).as_bytes(),
@@ -1084,20 +1070,13 @@ impl Broker {
         }
         check_pkce("code_verifier", &request.code_verifier, None)?;
         let key_hash = mayfly_crypto::sha256(request.code.as_bytes()).to_vec();
-        let Some(pending) = self.store().sso_pending(&key_hash, "code").await? else {
-            let mut event = self
-                .draft("auth.sso.token", Outcome::Refused)
-                .detail("reason", UNKNOWN_CODE);
-            meta.fill(&mut event);
-            audit_refusal(self, event).await?;
-            return Err(BrokerError::Unauthorized(UNKNOWN_CODE.into()).audited());
-        };
-        let plain = keys
-            .keyring
-            .open(&pending_path(&key_hash), &pending.blob)
-            .map_err(BrokerError::from)?;
-        let data: CodeData = serde_json::from_slice(&plain)
-            .map_err(|_| BrokerError::Internal("stored SSO code is invalid".into()))?;
+        let mut refused = self
+            .draft("auth.sso.token", Outcome::Refused)
+            .detail("reason", UNKNOWN_CODE);
+        meta.fill(&mut refused);
+        let (pending, data): (_, CodeData) = self
+            .open_pending(&keys, &key_hash, "code", refused, UNKNOWN_CODE)
+            .await?;
         let now = self.now();
         let refusal = if now >= pending.expires_at {
             Some("the code expired".to_owned())
@@ -1164,6 +1143,31 @@ impl Broker {
                 )
             }
         }
+    }
+}
+
+impl Broker {
+    /// The pending row of `kind` under `key_hash`, opened from the barrier. An unknown one (never
+    /// made, used, or purged) is refused as 401 `reason`, its `refused` event audited (aggregated).
+    async fn open_pending<T: serde::de::DeserializeOwned>(
+        &self,
+        keys: &Unsealed,
+        key_hash: &[u8],
+        kind: &str,
+        refused: mayfly_core::audit::AuditDraft,
+        reason: &str,
+    ) -> Result<(SsoPendingRecord, T), AuditedError> {
+        let Some(pending) = self.store().sso_pending(key_hash, kind).await? else {
+            audit_refusal(self, refused).await?;
+            return Err(BrokerError::Unauthorized(reason.into()).audited());
+        };
+        let plain = keys
+            .keyring
+            .open(&pending_path(key_hash), &pending.blob)
+            .map_err(BrokerError::from)?;
+        let data = serde_json::from_slice(&plain)
+            .map_err(|_| BrokerError::Internal(format!("stored SSO `{kind}` is invalid")))?;
+        Ok((pending, data))
     }
 }
 
