@@ -79,11 +79,9 @@ async fn render(
         }
         @if !providers.is_empty() {
             h2 { "Or with single sign-on" }
-            @for provider in &providers {
-                form.sso-start method="post" action="/ui/sso/start" {
-                    input type="hidden" name="csrf" value=(csrf);
-                    input type="hidden" name="provider" value=(provider);
-                    button type="submit" { "Log in with " (provider) }
+            ul.sso {
+                @for provider in &providers {
+                    li { a.sso-start href=(format!("/ui/sso/start?provider={}", layout::query_escape(provider))) { "Log in with " (provider) } }
                 }
             }
         }
@@ -156,6 +154,28 @@ pub async fn submit(
             Ok(page)
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+pub struct SsoQuery {
+    #[serde(default)]
+    provider: String,
+}
+
+/// `GET /ui/sso/start?provider=NAME`: to the provider, the flow bound to this browser by a
+/// cookie only the callback receives.
+pub async fn sso_start(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<Origin>,
+    Query(query): Query<SsoQuery>,
+) -> PageResult {
+    let (started, browser) = broker.sso_console_start(&meta, query.provider).await?;
+    let mut response = Redirect::to(&started.authorization_url).into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        crate::api::sso_routes::sso_browser_cookie(&browser)?,
+    );
+    Ok(response)
 }
 
 /// `POST /ui/logout`: ends this session.

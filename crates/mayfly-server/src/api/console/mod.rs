@@ -53,6 +53,7 @@ pub fn router() -> Router<Broker> {
         .route("/static/app.js", get(app_js))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", post(login::logout))
+        .route("/sso/start", get(login::sso_start))
         .route("/access", get(access::page))
         .route("/requests", post(access::create_request))
         .route("/requests/{id}/activate", post(access::activate))
