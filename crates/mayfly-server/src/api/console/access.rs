@@ -17,7 +17,6 @@ use super::once::{CredentialView, OneTimeViews};
 use super::session::{CsrfForm, CsrfOnly, Posted, Viewer};
 use super::{PageResult, layout};
 use crate::access::NewRequest;
-use crate::access::admin::ListQuery;
 use crate::auth::step_up::step_up_totp;
 use crate::error::BrokerError;
 use crate::state::Broker;
@@ -30,34 +29,14 @@ pub struct Done {
     pub id: Option<String>,
 }
 
-fn listing() -> ListQuery {
-    ListQuery {
-        pending: false,
-        failing: false,
-        all: false,
-    }
-}
-
 /// `GET /ui/access`.
 pub async fn page(
     State(broker): State<Broker>,
     viewer: Viewer,
     Query(done): Query<Done>,
 ) -> PageResult {
-    let me = viewer.principal().to_string();
     let roles = requestable(&broker, &viewer).await?;
-    let requests: Vec<RequestInfo> = broker
-        .list_requests(&viewer.caller, listing())
-        .await?
-        .into_iter()
-        .filter(|r| r.principal == me)
-        .collect();
-    let grants: Vec<GrantInfo> = broker
-        .list_grants(&viewer.caller, listing())
-        .await?
-        .into_iter()
-        .filter(|g| g.principal == me)
-        .collect();
+    let (requests, grants) = broker.my_access(&viewer.caller).await?;
     let flash = layout::flash_text(done.done.as_deref(), done.id.as_deref());
     let body = html! {
         h1 { "My access" }
