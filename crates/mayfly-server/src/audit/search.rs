@@ -172,11 +172,16 @@ impl Broker {
             let page = self.store().audit_search(&query).await?;
             let full = usize::try_from(query.limit).is_ok_and(|n| page.len() == n);
             query.before_seq = page.last().map(|r| r.seq);
+            let mut left_over = false;
             for record in page {
                 if lines.len() == MAX_EXPORT_EVENTS {
+                    left_over = true;
                     break;
                 }
                 lines.push(entry(record)?.line);
+            }
+            if left_over {
+                break true;
             }
             if lines.len() == MAX_EXPORT_EVENTS {
                 // One more event that matches means the export is cut short.
