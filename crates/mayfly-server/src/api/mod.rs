@@ -2,6 +2,7 @@
 
 pub mod access_routes;
 pub mod approval_routes;
+pub mod console;
 pub mod error;
 pub mod exchange_routes;
 pub mod extract;
