@@ -51,7 +51,7 @@ mod write;
 use mayfly_core::{SecretPath, Timestamp};
 
 pub use error::{BoxError, StoreError};
-pub use picture::{PictureGrant, PictureQuery, PictureRows};
+pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
     AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
     GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,

@@ -7,10 +7,10 @@
 //!   and `GET /v1/requests?pending=true` list with those states for the same caller: for anyone
 //!   but an admin, the pending requests are their own and those they may approve), and the
 //!   standing credentials the orphan sweep found in the window;
-//! - **active grants per target**: per bucket, the most grants of each target live at one time
-//!   (a grant lives from its creation until it is revoked; one not revoked yet, until now), so
-//!   that a five-minute grant shows even in an hour-wide bucket; the five busiest targets, the
-//!   rest summed as one series;
+//! - **active grants per target**: per bucket, how many grants of each target were live at some
+//!   time in it (a grant lives from its creation until it is revoked; one not revoked yet, until
+//!   now), so that a five-minute grant shows even in an hour-wide bucket; the five busiest
+//!   targets, the rest summed as one series;
 //! - **credential lifetimes**: a histogram of the TTLs granted (expiry minus creation, renewals
 //!   included) of the grants created in the window, with the largest maximum the policy allowed
 //!   per role (`@max_ttl` lowering the role's maximum, as recorded on each request);
@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use mayfly_core::Timestamp;
 use mayfly_core::time::duration_to_ms;
-use mayfly_store::{PictureGrant, PictureQuery, PictureRows};
+use mayfly_store::{LiveSpan, PictureQuery, PictureRows};
 
 use crate::access::principal_key;
 use crate::auth::Caller;
@@ -148,8 +148,8 @@ pub struct AccessPicture {
     pub frame: Frame,
     pub scope: PictureScope,
     pub counts: Counts,
-    /// Per target (the busiest first, then [`OTHER_TARGETS`]), the most grants live at one time
-    /// in each bucket.
+    /// Per target (the busiest first, then [`OTHER_TARGETS`]), how many grants were live at some
+    /// time in each bucket.
     pub active: Vec<TargetSeries>,
     pub lifetimes: Lifetimes,
     /// Per bucket of expiry.
@@ -215,20 +215,21 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// Of `values` (sorted here).
-    pub fn of(mut values: Vec<u64>) -> Percentiles {
+    /// Of `values`, each `(value, how many times)`, in any order.
+    pub fn of(mut values: Vec<(u64, u64)>) -> Percentiles {
         values.sort_unstable();
+        let n: u64 = values.iter().map(|(_, count)| count).sum();
+        // Nearest rank: the smallest value with at least p % of the values at or below it.
         let rank = |p: u64| -> Option<u64> {
-            let n = u64::try_from(values.len()).ok()?;
-            if n == 0 {
-                return None;
-            }
-            // Nearest rank: the smallest value with at least p % of the values at or below it.
             let rank = (p * n).div_ceil(100).max(1);
-            values.get(usize::try_from(rank - 1).ok()?).copied()
+            let mut seen = 0;
+            values.iter().find_map(|(value, count)| {
+                seen += count;
+                (seen >= rank).then_some(*value)
+            })
         };
         Percentiles {
-            n: u64::try_from(values.len()).unwrap_or(u64::MAX),
+            n,
             p50_ms: rank(50),
             p99_ms: rank(99),
         }
@@ -287,32 +288,26 @@ impl Broker {
 impl AccessPicture {
     /// The picture the rows of `frame` make.
     pub fn from_rows(frame: Frame, scope: PictureScope, rows: PictureRows) -> AccessPicture {
-        let to = frame.to();
         let mut standing = vec![0_u64; frame.buckets];
         for (bucket, n) in &rows.orphans {
             if let Some(slot) = usize::try_from(*bucket)
                 .ok()
                 .and_then(|b| standing.get_mut(b))
             {
-                *slot += u64::try_from(*n).unwrap_or(0);
+                *slot += count(*n);
             }
         }
-        let overdue = rows
-            .grants
-            .iter()
-            .filter(|g| g.live && g.expires_at <= to)
-            .count();
         AccessPicture {
             counts: Counts {
-                active_grants: u64::try_from(rows.active_grants).unwrap_or(0),
-                pending_requests: u64::try_from(rows.pending_requests).unwrap_or(0),
+                active_grants: count(rows.active_grants),
+                pending_requests: count(rows.pending_requests),
                 standing_found: standing.iter().sum(),
             },
-            active: active_series(&frame, &rows.grants),
-            lifetimes: lifetimes(&frame, &rows.grants, &rows.role_max_ttl),
-            revocation_lag: revocation_lag(&frame, &rows.grants),
-            overdue: u64::try_from(overdue).unwrap_or(u64::MAX),
-            approval_time: approval_time(&frame, &rows.approvals),
+            active: active_series(&frame, &rows.live_spans),
+            lifetimes: lifetimes(&rows.ttl_minutes, &rows.role_max_ttl),
+            revocation_lag: percentiles(&frame, &rows.revocation_lags),
+            overdue: count(rows.overdue),
+            approval_time: percentiles(&frame, &rows.approval_waits),
             standing,
             frame,
             scope,
@@ -320,76 +315,68 @@ impl AccessPicture {
     }
 }
 
-/// When a grant stops being live, in ms: its revocation; if not revoked and still live, never
-/// (within the window); otherwise (gone without a recorded revocation) its expiry.
-fn end_ms(grant: &PictureGrant) -> Option<i64> {
-    match (grant.revoked_at, grant.live) {
-        (Some(at), _) => Some(at.unix_ms()),
-        (None, true) => None,
-        (None, false) => Some(grant.expires_at.unix_ms()),
-    }
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
-/// The most grants live at one time in each bucket, for the lives `[start, end)` given.
-fn peaks(frame: &Frame, lives: &[(i64, Option<i64>)]) -> Vec<u64> {
-    // +1 at each start, -1 at each end; at the same instant, ends first.
-    let mut changes: Vec<(i64, i64)> = Vec::with_capacity(lives.len() * 2);
-    for &(start, end) in lives {
-        match end {
-            Some(end) if end <= start => {}
-            Some(end) => {
-                changes.push((start, 1));
-                changes.push((end, -1));
-            }
-            None => changes.push((start, 1)),
+/// `(bucket, value, how many)` rows as percentiles per bucket.
+fn percentiles(frame: &Frame, rows: &[(i64, i64, i64)]) -> Vec<Percentiles> {
+    let mut buckets: Vec<Vec<(u64, u64)>> = vec![Vec::new(); frame.buckets];
+    for (bucket, value, n) in rows {
+        if let Some(slot) = usize::try_from(*bucket)
+            .ok()
+            .and_then(|b| buckets.get_mut(b))
+        {
+            slot.push((count(*value), count(*n)));
         }
     }
-    changes.sort_unstable();
-    let mut changes = changes.into_iter().peekable();
-    let mut level: i64 = 0;
-    let mut out = Vec::with_capacity(frame.buckets);
-    for i in 0..frame.buckets {
-        let start = frame.bucket_start_ms(i);
-        let end = frame.bucket_start_ms(i + 1);
-        // The level at the bucket's first instant.
-        while let Some(&(at, delta)) = changes.peek() {
-            if at > start {
-                break;
-            }
-            level += delta;
-            changes.next();
-        }
-        let mut peak = level;
-        while let Some(&(at, delta)) = changes.peek() {
-            if at >= end {
-                break;
-            }
-            level += delta;
-            peak = peak.max(level);
-            changes.next();
-        }
-        out.push(u64::try_from(peak).unwrap_or(0));
-    }
-    out
+    buckets.into_iter().map(Percentiles::of).collect()
 }
 
-fn active_series(frame: &Frame, grants: &[PictureGrant]) -> Vec<TargetSeries> {
-    let mut by_target: HashMap<&str, Vec<(i64, Option<i64>)>> = HashMap::new();
-    for grant in grants {
-        let end = end_ms(grant);
-        if end.is_some_and(|end| end < frame.from.unix_ms()) {
+/// Per bucket, how many of `spans` (one target's) were live in it: a difference array over the
+/// spans' first and last buckets.
+fn live_per_bucket(frame: &Frame, spans: &[&LiveSpan]) -> Vec<u64> {
+    let n = frame.buckets;
+    let mut diff = vec![0_i64; n + 1];
+    for span in spans {
+        let first = usize::try_from(span.first).unwrap_or(0).min(n);
+        let end = match usize::try_from(span.last) {
+            Ok(last) => (last + 1).min(n),
+            Err(_) => n,
+        };
+        if first >= end {
             continue;
         }
+        if let Some(d) = diff.get_mut(first) {
+            *d += span.grants;
+        }
+        if let Some(d) = diff.get_mut(end) {
+            *d -= span.grants;
+        }
+    }
+    let mut level = 0;
+    diff.iter()
+        .take(n)
+        .map(|d| {
+            level += d;
+            count(level)
+        })
+        .collect()
+}
+
+fn active_series(frame: &Frame, spans: &[LiveSpan]) -> Vec<TargetSeries> {
+    let mut by_target: HashMap<&str, Vec<&LiveSpan>> = HashMap::new();
+    for span in spans {
         by_target
-            .entry(grant.target.as_str())
+            .entry(span.target.as_str())
             .or_default()
-            .push((grant.created_at.unix_ms(), end));
+            .push(span);
     }
     let mut series: Vec<TargetSeries> = by_target
-        .iter()
-        .map(|(target, lives)| TargetSeries {
-            target: (*target).to_owned(),
-            values: peaks(frame, lives),
+        .into_iter()
+        .map(|(target, spans)| TargetSeries {
+            target: target.to_owned(),
+            values: live_per_bucket(frame, &spans),
         })
         .filter(|s| s.values.iter().any(|&v| v > 0))
         .collect();
@@ -401,57 +388,41 @@ fn active_series(frame: &Frame, grants: &[PictureGrant]) -> Vec<TargetSeries> {
             .then_with(|| a.target.cmp(&b.target))
     });
     if series.len() > MAX_TARGET_SERIES {
-        let rest: Vec<(i64, Option<i64>)> = series
-            .split_off(MAX_TARGET_SERIES)
-            .iter()
-            .filter_map(|s| by_target.get(s.target.as_str()))
-            .flatten()
-            .copied()
-            .collect();
+        let mut other = vec![0_u64; frame.buckets];
+        for s in series.split_off(MAX_TARGET_SERIES) {
+            for (sum, v) in other.iter_mut().zip(s.values) {
+                *sum += v;
+            }
+        }
         series.push(TargetSeries {
             target: OTHER_TARGETS.to_owned(),
-            values: peaks(frame, &rest),
+            values: other,
         });
     }
     series
 }
 
-/// Bin widths the histogram picks from, in seconds: the smallest that needs at most
-/// [`MAX_LIFETIME_BINS`] bins.
+/// Bin widths the histogram picks from, in seconds (whole minutes, as the store groups TTLs):
+/// the smallest that needs at most [`MAX_LIFETIME_BINS`] bins.
 const BIN_STEPS_SECS: [u64; 15] = [
     60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400, 172_800, 345_600,
     604_800,
 ];
 
-fn lifetimes(
-    frame: &Frame,
-    grants: &[PictureGrant],
-    role_max_ttl: &[(String, String, i64)],
-) -> Lifetimes {
-    let ttls: Vec<(&PictureGrant, u64)> = grants
+fn lifetimes(ttl_minutes: &[(i64, i64)], role_max_ttl: &[(String, String, i64)]) -> Lifetimes {
+    let policy_max: Vec<RoleMax> = role_max_ttl
         .iter()
-        .filter(|g| frame.bucket_of(g.created_at).is_some())
-        .map(|g| {
-            let ttl = g
-                .expires_at
-                .unix_ms()
-                .saturating_sub(g.created_at.unix_ms());
-            (g, u64::try_from(ttl).unwrap_or(0))
-        })
-        .collect();
-    let mut policy_max: Vec<RoleMax> = role_max_ttl
-        .iter()
-        .filter(|(target, role, _)| {
-            ttls.iter()
-                .any(|(g, _)| &g.target == target && &g.role == role)
-        })
         .map(|(target, role, max)| RoleMax {
             target: target.clone(),
             role: role.clone(),
-            max_ms: u64::try_from(*max).unwrap_or(0),
+            max_ms: count(*max),
         })
         .collect();
-    policy_max.sort_by(|a, b| (&a.target, &a.role).cmp(&(&b.target, &b.role)));
+    let ttls: Vec<(u64, u64)> = ttl_minutes
+        .iter()
+        .map(|(minutes, n)| (count(*minutes).saturating_mul(60_000), count(*n)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     if ttls.is_empty() {
         return Lifetimes {
             bin_ms: 0,
@@ -461,7 +432,7 @@ fn lifetimes(
     }
     let upper = ttls
         .iter()
-        .map(|(_, ttl)| *ttl)
+        .map(|(ttl, _)| *ttl)
         .chain(policy_max.iter().map(|m| m.max_ms))
         .max()
         .unwrap_or(0)
@@ -473,10 +444,10 @@ fn lifetimes(
         .unwrap_or_else(|| upper.div_ceil(MAX_LIFETIME_BINS).max(1));
     let bins = upper.div_ceil(bin_ms).max(1);
     let mut counts = vec![0_u64; usize::try_from(bins).unwrap_or(1)];
-    for (_, ttl) in &ttls {
+    for (ttl, n) in &ttls {
         let i = usize::try_from((ttl / bin_ms).min(bins - 1)).unwrap_or(0);
         if let Some(slot) = counts.get_mut(i) {
-            *slot += 1;
+            *slot += n;
         }
     }
     Lifetimes {
@@ -484,38 +455,6 @@ fn lifetimes(
         counts,
         policy_max,
     }
-}
-
-/// Values per bucket, then their percentiles.
-fn per_bucket(frame: &Frame, values: impl Iterator<Item = (Timestamp, u64)>) -> Vec<Percentiles> {
-    let mut buckets: Vec<Vec<u64>> = vec![Vec::new(); frame.buckets];
-    for (at, value) in values {
-        if let Some(bucket) = frame.bucket_of(at).and_then(|i| buckets.get_mut(i)) {
-            bucket.push(value);
-        }
-    }
-    buckets.into_iter().map(Percentiles::of).collect()
-}
-
-fn revocation_lag(frame: &Frame, grants: &[PictureGrant]) -> Vec<Percentiles> {
-    per_bucket(
-        frame,
-        grants.iter().filter(|g| g.at_expiry).filter_map(|g| {
-            let gone = g.verified_at.or(g.revoked_at)?;
-            let lag = gone.unix_ms().saturating_sub(g.expires_at.unix_ms());
-            Some((g.expires_at, u64::try_from(lag).unwrap_or(0)))
-        }),
-    )
-}
-
-fn approval_time(frame: &Frame, approvals: &[(Timestamp, Timestamp)]) -> Vec<Percentiles> {
-    per_bucket(
-        frame,
-        approvals.iter().map(|(asked, approved)| {
-            let wait = approved.unix_ms().saturating_sub(asked.unix_ms());
-            (*approved, u64::try_from(wait).unwrap_or(0))
-        }),
-    )
 }
 
 #[cfg(test)]
@@ -542,16 +481,12 @@ mod tests {
             .ending(ms(14 * HOUR))
     }
 
-    fn grant(target: &str, created: i64, expires: i64) -> PictureGrant {
-        PictureGrant {
+    fn span(target: &str, first: i64, last: i64, grants: i64) -> LiveSpan {
+        LiveSpan {
             target: target.into(),
-            role: "ro".into(),
-            live: false,
-            created_at: ms(created),
-            expires_at: ms(expires),
-            revoked_at: Some(ms(expires)),
-            verified_at: None,
-            at_expiry: true,
+            first,
+            last,
+            grants,
         }
     }
 
@@ -582,126 +517,106 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         assert_eq!(Percentiles::of(vec![]), Percentiles::default());
-        let one = Percentiles::of(vec![7]);
+        let one = Percentiles::of(vec![(7, 1)]);
         assert_eq!((one.n, one.p50_ms, one.p99_ms), (1, Some(7), Some(7)));
-        let hundred = Percentiles::of((1..=100).rev().collect());
+        let hundred = Percentiles::of((1..=100).rev().map(|v| (v, 1)).collect());
         assert_eq!((hundred.p50_ms, hundred.p99_ms), (Some(50), Some(99)));
-        let two = Percentiles::of(vec![10, 1000]);
+        let two = Percentiles::of(vec![(1000, 1), (10, 1)]);
         assert_eq!((two.p50_ms, two.p99_ms), (Some(10), Some(1000)));
+        // Counted values: 98 of 10 ms, 2 of 5 s.
+        let counted = Percentiles::of(vec![(5_000, 2), (10, 98)]);
+        assert_eq!(
+            (counted.n, counted.p50_ms, counted.p99_ms),
+            (100, Some(10), Some(5_000))
+        );
     }
 
     #[test]
-    fn active_grants_are_the_peak_per_bucket_per_target() {
+    fn active_grants_are_counted_in_every_bucket_they_were_live_in() {
         let f = frame();
-        let mut still = grant("pg", 13 * HOUR + 30 * MIN, 15 * HOUR);
-        (still.live, still.revoked_at) = (true, None);
-        let grants = vec![
-            // Before the window and over: not counted.
-            grant("pg", 8 * HOUR, 9 * HOUR),
-            // Five minutes in bucket 0, and two overlapping in bucket 1 on pg.
-            grant("pg", 10 * HOUR + 10 * MIN, 10 * HOUR + 15 * MIN),
-            grant("pg", 11 * HOUR, 11 * HOUR + 30 * MIN),
-            grant("pg", 11 * HOUR + 10 * MIN, 12 * HOUR),
-            // One on redis across buckets 0 to 2, ending exactly at bucket 2's start.
-            grant("redis", 9 * HOUR, 12 * HOUR),
-            // Still live in bucket 3.
-            still,
+        let spans = vec![
+            // pg: two from bucket 0 to 1, one in bucket 1 only, one live to the end.
+            span("pg", 0, 1, 2),
+            span("pg", 1, 1, 1),
+            span("pg", 2, -1, 1),
+            // redis: one in the last bucket, still live.
+            span("redis", 3, -1, 1),
+            // Out of range (a store that disagrees): clamped, never a panic.
+            span("redis", 9, 12, 5),
         ];
-        let series = active_series(&f, &grants);
+        let series = active_series(&f, &spans);
         assert_eq!(series.len(), 2, "{series:?}");
         assert_eq!(series[0].target, "pg");
-        assert_eq!(series[0].values, vec![1, 2, 0, 1]);
+        assert_eq!(series[0].values, vec![2, 3, 1, 1]);
         assert_eq!(series[1].target, "redis");
-        assert_eq!(series[1].values, vec![1, 1, 0, 0]);
+        assert_eq!(series[1].values, vec![0, 0, 0, 1]);
     }
 
     #[test]
-    fn beyond_five_targets_the_rest_is_one_series() {
+    fn beyond_five_targets_the_rest_is_summed() {
         let f = frame();
-        let grants: Vec<PictureGrant> = (0..8)
-            .flat_map(|t| {
-                // Target t has 8 - t grants in bucket 0, one after the other.
-                (0..(8 - t)).map(move |i| {
-                    grant(
-                        &format!("t{t}"),
-                        10 * HOUR + i * MIN,
-                        10 * HOUR + i * MIN + 30_000,
-                    )
-                })
-            })
+        let spans: Vec<LiveSpan> = (0..8)
+            .map(|t| span(&format!("t{t}"), 0, 0, 8 - t))
             .collect();
-        let series = active_series(&f, &grants);
+        let series = active_series(&f, &spans);
         let names: Vec<&str> = series.iter().map(|s| s.target.as_str()).collect();
         assert_eq!(names, ["t0", "t1", "t2", "t3", "t4", OTHER_TARGETS]);
-        // One at a time on each target; the other three targets' first grants overlap.
-        assert!(
-            series[..5].iter().all(|s| s.values == vec![1, 0, 0, 0]),
-            "{series:?}"
-        );
-        assert_eq!(series[5].values, vec![3, 0, 0, 0]);
+        assert_eq!(series[0].values, vec![8, 0, 0, 0]);
+        assert_eq!(series[5].values, vec![3 + 2 + 1, 0, 0, 0]);
     }
 
     #[test]
     fn lifetimes_histogram_bins_and_policy_maximum() {
-        let f = frame();
-        let grants = vec![
-            grant("pg", 10 * HOUR, 10 * HOUR + 15 * MIN),
-            grant("pg", 11 * HOUR, 11 * HOUR + 60 * MIN),
-            grant("pg", 12 * HOUR, 12 * HOUR + 4 * MIN),
-            // Created before the window: not counted.
-            grant("pg", 9 * HOUR, 11 * HOUR),
-        ];
         let max = vec![
+            ("other".to_owned(), "ro".to_owned(), 30 * MIN),
             ("pg".to_owned(), "ro".to_owned(), HOUR),
-            ("other".to_owned(), "ro".to_owned(), 8 * HOUR),
         ];
-        let l = lifetimes(&f, &grants, &max);
+        let l = lifetimes(&[(4, 1), (15, 2), (60, 1)], &max);
         // Up to an hour in 12 bins of five minutes; the hour itself in the last.
         assert_eq!(l.bin_ms, 5 * 60_000);
-        assert_eq!(l.counts, vec![1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
-        // Only the roles of the grants counted.
-        assert_eq!(
-            l.policy_max,
-            vec![RoleMax {
-                target: "pg".into(),
-                role: "ro".into(),
-                max_ms: 3_600_000
-            }]
-        );
+        assert_eq!(l.counts, vec![1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(l.policy_max.len(), 2);
         assert_eq!(l.largest_max().map(|m| m.max_ms), Some(3_600_000));
-        assert_eq!(lifetimes(&f, &[], &max), Lifetimes::default());
+        // Nothing granted: no bins, the maxima still known.
+        let none = lifetimes(&[], &max);
+        assert!(none.counts.is_empty() && none.policy_max.len() == 2);
+        // A week's TTL in bins of 14 hours at most 12.
+        let week = lifetimes(&[(7 * 24 * 60, 1)], &[]);
+        assert!(week.counts.len() <= 12, "{week:?}");
+        assert_eq!(week.counts.last(), Some(&1));
     }
 
     #[test]
-    fn revocation_lag_counts_expiries_only_and_overdue_apart() {
-        let f = frame();
-        let mut early = grant("pg", 10 * HOUR, 11 * HOUR);
-        early.at_expiry = false;
-        let mut verified = grant("pg", 10 * HOUR, 11 * HOUR);
-        verified.revoked_at = Some(ms(11 * HOUR + 2_000));
-        verified.verified_at = Some(ms(11 * HOUR + 5_000));
-        let mut revoked = grant("pg", 10 * HOUR, 11 * HOUR + 10);
-        revoked.revoked_at = Some(ms(11 * HOUR + 1_010));
-        let mut stuck = grant("pg", 12 * HOUR, 13 * HOUR);
-        (stuck.live, stuck.revoked_at) = (true, None);
+    fn rows_outside_the_window_are_dropped() {
         let picture = AccessPicture::from_rows(
-            f,
+            frame(),
             PictureScope::Everyone,
             PictureRows {
-                grants: vec![early, verified, revoked, stuck],
+                active_grants: 2,
+                pending_requests: 1,
+                overdue: 1,
+                revocation_lags: vec![(1, 1_000, 1), (1, 5_000, 1), (7, 1, 1), (-1, 1, 1)],
                 orphans: vec![(2, 3), (9, 1)],
-                approvals: vec![(ms(10 * HOUR), ms(10 * HOUR + 90_000))],
+                approval_waits: vec![(0, 90_000, 2)],
                 ..PictureRows::default()
             },
         );
         let lag = &picture.revocation_lag;
+        assert_eq!(lag.len(), 4);
         assert_eq!(lag[1].n, 2);
         assert_eq!((lag[1].p50_ms, lag[1].p99_ms), (Some(1_000), Some(5_000)));
-        assert_eq!(lag[3].n, 0);
+        assert_eq!(lag.iter().map(|p| p.n).sum::<u64>(), 2);
         assert_eq!(picture.overdue, 1);
-        // Findings outside the window's buckets are dropped.
         assert_eq!(picture.standing, vec![0, 0, 3, 0]);
         assert_eq!(picture.counts.standing_found, 3);
+        assert_eq!(
+            (
+                picture.counts.active_grants,
+                picture.counts.pending_requests
+            ),
+            (2, 1)
+        );
+        assert_eq!(picture.approval_time[0].n, 2);
         assert_eq!(picture.approval_time[0].p50_ms, Some(90_000));
     }
 }

@@ -5,9 +5,7 @@
 use mayfly_core::audit::{AuditDraft, Outcome, SWEEP_ORPHAN_KIND};
 use mayfly_core::grant::{GrantState, RequestState};
 use mayfly_core::{Principal, Timestamp};
-use mayfly_store::{
-    ApprovalRecord, Change, PictureGrant, PictureQuery, Store, Write, WriteOutcome,
-};
+use mayfly_store::{ApprovalRecord, Change, LiveSpan, PictureQuery, Store, Write, WriteOutcome};
 
 use crate::access::{grant, request};
 
@@ -223,47 +221,25 @@ pub async fn run(store: &dyn Store) {
         "g3, g4 and the late one are active now"
     );
     assert_eq!(rows.pending_requests, 2);
-    let mut ids: Vec<(String, i64)> = rows
-        .grants
-        .iter()
-        .map(|g| (g.target.clone(), g.created_at.unix_ms()))
-        .collect();
-    ids.sort();
+    assert_eq!(rows.overdue, 1, "g3 is past its expiry and not revoked");
+    // pg: g3 from before the window to now, g1 from 10:00 to 11:00:01, g4 from 13:00; redis: g2
+    // from 11:00 to 11:30. The old and late ones are not read.
+    let span = |target: &str, first, last, grants| LiveSpan {
+        target: target.into(),
+        first,
+        last,
+        grants,
+    };
     assert_eq!(
-        ids,
+        rows.live_spans,
         vec![
-            ("pg".into(), 9 * HOUR),
-            ("pg".into(), 10 * HOUR),
-            ("pg".into(), 13 * HOUR),
-            ("redis".into(), 11 * HOUR),
+            span("pg", 0, -1, 1),
+            span("pg", 0, 1, 1),
+            span("pg", 3, -1, 1),
+            span("redis", 1, 1, 1),
         ]
     );
-    let g1 = rows
-        .grants
-        .iter()
-        .find(|g| g.created_at == at(10 * HOUR))
-        .unwrap();
-    assert_eq!(
-        g1,
-        &PictureGrant {
-            target: "pg".into(),
-            role: "readonly".into(),
-            live: false,
-            created_at: at(10 * HOUR),
-            expires_at: at(11 * HOUR),
-            revoked_at: Some(at(11 * HOUR + 1_000)),
-            verified_at: Some(at(11 * HOUR + 3_000)),
-            at_expiry: true,
-        }
-    );
-    let g2 = rows.grants.iter().find(|g| g.target == "redis").unwrap();
-    assert!(!g2.at_expiry && !g2.live);
-    let g3 = rows
-        .grants
-        .iter()
-        .find(|g| g.created_at == at(9 * HOUR))
-        .unwrap();
-    assert!(g3.live && g3.revoked_at.is_none());
+    assert_eq!(rows.ttl_minutes, vec![(60, 1), (120, 2)]);
     assert_eq!(
         rows.role_max_ttl,
         vec![
@@ -271,10 +247,10 @@ pub async fn run(store: &dyn Store) {
             ("redis".into(), "readonly".into(), HOUR),
         ]
     );
-    assert_eq!(
-        rows.approvals,
-        vec![(at(12 * HOUR), at(12 * HOUR + 10 * MIN))]
-    );
+    // g1 expired at 11:00 and was verified 3 s later; g2 was revoked early.
+    assert_eq!(rows.revocation_lags, vec![(1, 3_000, 1)]);
+    // a1 was asked at 12:00 and allowed by the second approval at 12:10.
+    assert_eq!(rows.approval_waits, vec![(2, 10 * MIN, 1)]);
     assert_eq!(rows.orphans, vec![(2, 2)]);
 
     // Bob's own: his grants and requests; the sweep's findings are the broker's.
@@ -288,18 +264,20 @@ pub async fn run(store: &dyn Store) {
         })
         .await
         .unwrap();
-    assert_eq!((own.active_grants, own.pending_requests), (3, 1));
-    assert!(
-        own.grants.iter().all(|g| g.target == "pg" && g.live),
-        "{:?}",
-        own.grants
+    assert_eq!(
+        (own.active_grants, own.pending_requests, own.overdue),
+        (3, 1, 1)
     );
-    assert_eq!(own.grants.len(), 2);
+    assert_eq!(
+        own.live_spans,
+        vec![span("pg", 0, -1, 1), span("pg", 3, -1, 1)]
+    );
+    assert_eq!(own.ttl_minutes, vec![(120, 1)]);
     assert_eq!(
         own.role_max_ttl,
         vec![("pg".into(), "readonly".into(), 4 * HOUR)]
     );
-    assert!(own.approvals.is_empty());
+    assert!(own.revocation_lags.is_empty() && own.approval_waits.is_empty());
     assert_eq!(own.orphans, vec![(2, 2)]);
 
     // A workload with bob's name is not bob.
@@ -316,8 +294,12 @@ pub async fn run(store: &dyn Store) {
         })
         .await
         .unwrap();
-    assert_eq!((none.active_grants, none.pending_requests), (0, 0));
-    assert!(none.grants.is_empty() && none.role_max_ttl.is_empty());
+    assert_eq!(
+        (none.active_grants, none.pending_requests, none.overdue),
+        (0, 0, 0)
+    );
+    assert!(none.live_spans.is_empty() && none.ttl_minutes.is_empty());
+    assert!(none.role_max_ttl.is_empty());
 }
 
 /// The dashboard's reads on a store the size of the goal (10,000 grants and their
@@ -379,9 +361,21 @@ pub async fn seeded_median_ms(store: &dyn Store, url: &str) -> f64 {
         let started = std::time::Instant::now();
         let rows = store.access_picture(&query).await.unwrap();
         times.push(started.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(rows.grants.len(), 10_000);
+        assert_eq!(rows.ttl_minutes.iter().map(|(_, n)| n).sum::<i64>(), 10_000);
         assert_eq!(rows.active_grants, 100);
-        assert_eq!(rows.approvals.len(), 3_333);
+        assert_eq!(
+            rows.approval_waits.iter().map(|(_, _, n)| n).sum::<i64>(),
+            3_333
+        );
+        assert_eq!(
+            rows.revocation_lags.iter().map(|(_, _, n)| n).sum::<i64>(),
+            9_900
+        );
+        assert!(
+            rows.live_spans.len() <= 8 * 24 * 2,
+            "{}",
+            rows.live_spans.len()
+        );
         assert_eq!(rows.orphans.iter().map(|(_, n)| n).sum::<i64>(), 5);
     }
     pool.close().await;
