@@ -67,7 +67,8 @@ impl Window {
 
     /// A window of `span` (10 minutes to 90 days, whole minutes) in `buckets` (1 to 96).
     pub fn new(span: Duration, buckets: u32) -> Result<Window, BrokerError> {
-        if span < Window::MIN_SPAN || span > Window::MAX_SPAN || span.as_secs() % 60 != 0 {
+        if span < Window::MIN_SPAN || span > Window::MAX_SPAN || !span.as_secs().is_multiple_of(60)
+        {
             return Err(BrokerError::BadRequest(
                 "window: between 10 minutes and 90 days, in whole minutes".into(),
             ));

@@ -163,6 +163,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/sso/callback", get(sso_routes::callback))
         .route("/v1/sso/token", post(sso_routes::token))
+        .nest("/ui", console::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             broker.clone(),

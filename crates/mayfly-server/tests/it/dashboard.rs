@@ -211,7 +211,10 @@ async fn dashboard_counts_match_the_api() {
             "chart-approval-time",
             "chart-standing",
         ] {
-            assert!(html.contains(&format!("<figure id=\"{figure}\"")), "{figure}");
+            assert!(
+                html.contains(&format!("<figure id=\"{figure}\"")),
+                "{figure}"
+            );
         }
     }
     broker.stop().await;

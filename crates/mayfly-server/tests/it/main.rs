@@ -15,6 +15,7 @@ mod audit;
 mod audit_forward;
 mod ca_per_target;
 mod chat;
+mod dashboard;
 mod domain;
 mod exchange;
 mod exchange_workload;

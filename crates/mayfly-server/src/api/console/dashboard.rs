@@ -7,11 +7,38 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
 use maud::{Markup, html};
 
 use super::charts::{self, Bin, Chart, Marker, PercentilePoint, Series, TimeAxis};
+use super::session::Viewer;
+use super::{PageResult, layout};
 use crate::access::picture::{AccessPicture, Percentiles, PictureScope, Window};
 use crate::error::BrokerError;
+use crate::state::Broker;
+
+/// The dashboard's query: `?window=24h|7d|30d`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardQuery {
+    #[serde(default)]
+    pub window: Option<String>,
+}
+
+/// `GET /ui/dashboard`: one broker operation, [`Broker::access_picture`], drawn.
+pub async fn page(
+    State(broker): State<Broker>,
+    viewer: Viewer,
+    query: Result<Query<DashboardQuery>, QueryRejection>,
+) -> PageResult {
+    let Query(query) =
+        query.map_err(|e| BrokerError::BadRequest(format!("query: {}", e.body_text())))?;
+    let (key, window) = window(query.window.as_deref())?;
+    let picture = broker.access_picture(&viewer.caller, window).await?;
+    Ok(layout::page(Some(&viewer), "Dashboard", None, content(&picture, key)).into_response())
+}
 
 /// The windows the page offers: the query value, its label, its span and buckets.
 pub const WINDOWS: [(&str, &str, u64, u32); 3] = [
