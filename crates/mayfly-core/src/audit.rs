@@ -22,6 +22,9 @@ pub const FORMAT_VERSION: i64 = 1;
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 /// The kind of a checkpoint event.
 pub const CHECKPOINT_KIND: &str = "audit.checkpoint";
+/// The kind of the event the orphan sweep records for each login it finds on a target that no
+/// live grant knows: a standing credential, which should never exist.
+pub const SWEEP_ORPHAN_KIND: &str = "sweep.orphan";
 /// Bytes of each event hash listed in a checkpoint.
 pub const CHECKPOINT_PREFIX_LEN: usize = 8;
 

@@ -23,6 +23,7 @@
 //!   `proxy_routes`, `outbox`, `sso`, `audit`: the SQL of each group of tables (`rotations`: the
 //!   rotation of targets' admin secrets; `sso`: single sign-on), the changes that write them and
 //!   the reads.
+//! - `picture`: the dashboard's narrow reads across grants, requests and the log (issue 21).
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 
@@ -36,6 +37,7 @@ mod grants;
 mod identity;
 mod kv;
 mod outbox;
+mod picture;
 mod proxy_routes;
 mod records;
 mod requests;
@@ -49,6 +51,7 @@ mod write;
 use mayfly_core::{Principal, SecretPath, Timestamp};
 
 pub use error::{BoxError, StoreError};
+pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
     AdminRotationRecord, ApprovalRecord, AuditQuery, AuditRecord, Change, ExchangedTokenRecord,
     GrantFilter, GrantRecord, GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord,
@@ -331,6 +334,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<GrantRecord>, StoreError>;
     /// Forgets notifications delivered before `before`.
     async fn purge_delivered_notifications(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// What the dashboard's pictures of access read for one window: the counts now, the grants
+    /// whose life touches the window, the policy's maxima, the approvals and the orphan sweep's
+    /// findings, in narrow reads bounded by the window (never whole rows, never event bodies).
+    async fn access_picture(&self, query: &PictureQuery<'_>) -> Result<PictureRows, StoreError>;
 }
 
 /// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) and applies its migrations.

@@ -25,8 +25,8 @@ use crate::records::{
 };
 use crate::write::{Script, Writer};
 use crate::{
-    Capabilities, Store, audit, catalog, exchanged, grants, identity, kv, outbox, proxy_routes,
-    requests, rotations, secrets,
+    Capabilities, PictureQuery, PictureRows, Store, audit, catalog, exchanged, grants, identity,
+    kv, outbox, picture, proxy_routes, requests, rotations, secrets,
 };
 
 #[derive(Debug)]
@@ -571,6 +571,10 @@ impl Store for SqlStore {
         let _writer = self.write_lock.lock().await;
         outbox::purge_delivered(&self.pool, before).await
     }
+
+    async fn access_picture(&self, query: &PictureQuery<'_>) -> Result<PictureRows, StoreError> {
+        picture::access_picture(&self.pool, query).await
+    }
 }
 
 #[cfg(test)]
@@ -595,6 +599,7 @@ mod tests {
             (audit::LAST_CHECKPOINT, "audit_events_kind"),
             (pending.as_str(), "requests_open"),
             (requests::EXPIRE_REQUESTS, "requests_open"),
+            (picture::ORPHANS, "audit_sweep_orphans"),
         ] {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                 .fetch_all(&store.pool)

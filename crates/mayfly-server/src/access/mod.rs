@@ -7,6 +7,7 @@ pub mod admin;
 pub mod certificate;
 pub mod expiry;
 pub mod grants;
+pub mod picture;
 pub mod recheck;
 pub mod registry;
 pub mod requests;

@@ -44,7 +44,7 @@ pub async fn sweep(broker: &Broker) -> Result<usize, BrokerError> {
                 Outcome::Failed
             };
             let mut event = broker
-                .draft("sweep.orphan", outcome)
+                .draft(mayfly_core::audit::SWEEP_ORPHAN_KIND, outcome)
                 .detail("target", record.name.clone())
                 .detail("login", login.to_string());
             if let Err(error) = &result {

@@ -16,6 +16,7 @@ mod audit_forward;
 mod ca_per_target;
 mod chat;
 mod console_ops;
+mod dashboard;
 mod domain;
 mod exchange;
 mod exchange_workload;

@@ -18,6 +18,8 @@ pub mod access;
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod charts;
+pub mod dashboard;
 pub mod layout;
 pub mod login;
 pub mod once;
@@ -76,6 +78,7 @@ pub fn router() -> Router<Broker> {
         .route("/admin/policy", get(admin::policy).post(admin::put_policy))
         .route("/admin/users", get(admin::users).post(admin::create_user))
         .route("/admin/users/update", post(admin::update_user))
+        .route("/dashboard", get(dashboard::page))
         .route("/review", get(review::page))
         .route("/review/{id}", post(review::review))
         .fallback(not_found)
