@@ -15,6 +15,8 @@ mod audit;
 mod audit_forward;
 mod ca_per_target;
 mod chat;
+mod console;
+mod console_browser;
 mod domain;
 mod exchange;
 mod exchange_workload;
