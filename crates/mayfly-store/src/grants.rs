@@ -198,6 +198,27 @@ pub(crate) async fn grants(
     records(rows)
 }
 
+/// The latest `limit` grants of the principal `key` (`user:alice`) matching `filter`, newest
+/// first.
+pub(crate) async fn grants_of(
+    pool: &AnyPool,
+    key: &str,
+    filter: GrantFilter,
+    limit: i64,
+) -> Result<Vec<GrantRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE principal = $1 AND {} ORDER BY created_at DESC LIMIT $2",
+        grant_condition(filter)
+    );
+    let rows: Vec<GrantRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(key.to_owned())
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    records(rows)
+}
+
 /// One page of the grants of `principals` matching `filter`, in id order, after `after_id`.
 pub(crate) async fn grants_after(
     pool: &AnyPool,

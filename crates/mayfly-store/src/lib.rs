@@ -46,7 +46,7 @@ mod sso;
 mod store;
 mod write;
 
-use mayfly_core::{SecretPath, Timestamp};
+use mayfly_core::{Principal, SecretPath, Timestamp};
 
 pub use error::{BoxError, StoreError};
 pub use records::{
@@ -206,6 +206,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         pending_only: bool,
         limit: i64,
     ) -> Result<Vec<RequestRecord>, StoreError>;
+    /// The latest `limit` requests of `principal`, newest first.
+    async fn requests_of(
+        &self,
+        principal: &Principal,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+    /// The latest `limit` grants of the principal key `key` matching `filter`, newest first.
+    async fn grants_of(
+        &self,
+        key: &str,
+        filter: GrantFilter,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
     /// One page of the requests still pending or allowed (expired ones too, until the expiry
     /// engine marks them), in id order, after `after_id` (`""` for the first page).
     async fn open_requests_after(

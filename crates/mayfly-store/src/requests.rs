@@ -1,16 +1,16 @@
 //! SQL for requests and their approvals: the changes that create, approve, deny, withdraw and
 //! expire them, the many-rows-per-statement insert the write path batches, and the reads.
 
-use mayfly_core::Timestamp;
 use mayfly_core::grant::RequestState;
+use mayfly_core::{Principal, Timestamp};
 use sqlx::{AnyConnection, AnyPool};
 
 use crate::dialect::{ROWS_PER_INSERT, values_on};
 use crate::error::{StoreError, unavailable};
 use crate::records::{Applied, ApprovalRecord, RequestRecord};
 use crate::rows::{
-    AnyQuery, ApprovalRow, REQUEST_ARITY, REQUEST_COLUMNS, RequestRow, bind_values, records,
-    request_values,
+    AnyQuery, ApprovalRow, REQUEST_ARITY, REQUEST_COLUMNS, RequestRow, bind_values,
+    principal_columns, records, request_values,
 };
 
 /// The pending requests. The first condition is the partial index `requests_open`'s (migration
@@ -184,6 +184,29 @@ pub(crate) async fn requests(
     limit: i64,
 ) -> Result<Vec<RequestRecord>, StoreError> {
     let rows: Vec<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(requests_sql(pending_only)))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    records(rows)
+}
+
+/// The latest `limit` requests of `principal`, newest first.
+pub(crate) async fn requests_of(
+    pool: &AnyPool,
+    principal: &Principal,
+    limit: i64,
+) -> Result<Vec<RequestRecord>, StoreError> {
+    let (kind, name, role, _) = principal_columns(principal);
+    // The workload's role is compared too: two bindings may name workloads alike.
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE principal_kind = $1 AND principal_name = $2 \
+         AND COALESCE(principal_role, '') = $3 ORDER BY created_at DESC LIMIT $4"
+    );
+    let rows: Vec<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(kind)
+        .bind(name.to_owned())
+        .bind(role.unwrap_or_default().to_owned())
         .bind(limit)
         .fetch_all(pool)
         .await

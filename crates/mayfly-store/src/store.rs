@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use mayfly_core::{SecretPath, Timestamp};
+use mayfly_core::{Principal, SecretPath, Timestamp};
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use tokio::sync::Mutex;
@@ -385,6 +385,23 @@ impl Store for SqlStore {
         limit: i64,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         requests::requests(&self.pool, pending_only, limit).await
+    }
+
+    async fn requests_of(
+        &self,
+        principal: &Principal,
+        limit: i64,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        requests::requests_of(&self.pool, principal, limit).await
+    }
+
+    async fn grants_of(
+        &self,
+        key: &str,
+        filter: GrantFilter,
+        limit: i64,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        grants::grants_of(&self.pool, key, filter, limit).await
     }
 
     async fn open_requests_after(

@@ -494,6 +494,47 @@ impl Broker {
     }
 }
 
+/// How many of one's own requests and grants "my access" shows.
+pub const MY_ACCESS_LIMIT: i64 = 100;
+
+impl Broker {
+    /// The caller's own latest requests and live grants (the console's "my access"), read by
+    /// principal: however many other principals' rows the store holds, these are the caller's.
+    pub async fn my_access(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Vec<RequestInfo>, Vec<GrantInfo>), BrokerError> {
+        let store = self.store();
+        let me = principal_key(caller.principal());
+        let records = store
+            .requests_of(caller.principal(), MY_ACCESS_LIMIT)
+            .await?;
+        let mut requests = Vec::with_capacity(records.len());
+        for request in &records {
+            // Approvers matter while a request waits or was just decided; few rows either way.
+            let approvers = if request.state == mayfly_core::grant::RequestState::Pending {
+                store
+                    .approvals(&request.id)
+                    .await?
+                    .into_iter()
+                    .map(|a| a.approver)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            requests.push(crate::access::request_info(request, approvers));
+        }
+        let now = self.now();
+        let grants = store
+            .grants_of(&me, GrantFilter::Live, MY_ACCESS_LIMIT)
+            .await?
+            .iter()
+            .map(|g| grant_info(g, now))
+            .collect();
+        Ok((requests, grants))
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 /// Which requests or grants a listing shows (query parameters).

@@ -44,35 +44,46 @@ impl FromRequestParts<Broker> for Caller {
             )
             .await);
         };
-        if token.len() > 256 {
-            return Err(refuse(broker, &meta, "the token is malformed", None).await);
-        }
-        let hash = mayfly_crypto::token::hash_token(token);
-        let session = broker.store().session_by_hash(&hash).await?;
-        let now = broker.now();
-        let session = match session {
-            Some(session) if session.revoked_at.is_none() && session.expires_at > now => session,
-            _ => {
-                let token_hmac = broker
-                    .unsealed()
-                    .await
-                    .map(|keys| keys.audit_hmac(token.as_bytes()));
-                return Err(refuse(
-                    broker,
-                    &meta,
-                    "the token is unknown, expired or revoked",
-                    token_hmac,
-                )
-                .await);
-            }
-        };
-        if let Some(CallerName(slot)) = parts.extensions.get::<CallerName>()
-            && let Ok(mut slot) = slot.lock()
-        {
-            *slot = Some(session.principal.to_string());
-        }
-        Ok(Caller { session })
+        caller_from_token(parts, broker, &meta, token).await
     }
+}
+
+/// The caller of a session token (a bearer token, or the console's cookie), or the refusal of a
+/// bad one, audited as for every unauthenticated call.
+pub async fn caller_from_token(
+    parts: &Parts,
+    broker: &Broker,
+    meta: &Origin,
+    token: &str,
+) -> Result<Caller, AuditedError> {
+    if token.len() > 256 {
+        return Err(refuse(broker, meta, "the token is malformed", None).await);
+    }
+    let hash = mayfly_crypto::token::hash_token(token);
+    let session = broker.store().session_by_hash(&hash).await?;
+    let now = broker.now();
+    let session = match session {
+        Some(session) if session.revoked_at.is_none() && session.expires_at > now => session,
+        _ => {
+            let token_hmac = broker
+                .unsealed()
+                .await
+                .map(|keys| keys.audit_hmac(token.as_bytes()));
+            return Err(refuse(
+                broker,
+                meta,
+                "the token is unknown, expired or revoked",
+                token_hmac,
+            )
+            .await);
+        }
+    };
+    if let Some(CallerName(slot)) = parts.extensions.get::<CallerName>()
+        && let Ok(mut slot) = slot.lock()
+    {
+        *slot = Some(session.principal.to_string());
+    }
+    Ok(Caller { session })
 }
 
 /// For the few calls open to all that show more to a session: no token is `None`; a token is

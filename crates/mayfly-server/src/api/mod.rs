@@ -2,6 +2,7 @@
 
 pub mod access_routes;
 pub mod approval_routes;
+pub mod console;
 pub mod error;
 pub mod exchange_routes;
 pub mod extract;
@@ -162,6 +163,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/sso/callback", get(sso_routes::callback))
         .route("/v1/sso/token", post(sso_routes::token))
+        .nest("/ui", console::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             broker.clone(),

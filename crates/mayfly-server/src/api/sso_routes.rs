@@ -104,10 +104,13 @@ pub async fn step_up_complete(
 pub async fn callback(
     State(broker): State<Broker>,
     Extension(meta): Extension<Origin>,
+    headers: axum::http::HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, AuditedError> {
-    let response = match broker.sso_callback(&meta, query).await? {
+    let browser = crate::api::console::session::cookie(&headers, SSO_BROWSER_COOKIE);
+    let response = match broker.sso_callback(&meta, query, browser).await? {
         Callback::Session(login) => ApiJson(login).into_response(),
+        Callback::ConsoleSession(login) => console_signed_in(&login.token)?,
         Callback::StepUpCode(code) => ApiJson(code).into_response(),
         Callback::Redirect(location) => {
             let mut response = StatusCode::SEE_OTHER.into_response();
@@ -129,4 +132,51 @@ pub async fn token(
 ) -> Result<Response, AuditedError> {
     let login = broker.sso_token(&meta, request).await?;
     Ok(no_store(ApiJson(login).into_response()))
+}
+
+/// The cookie binding a console login to the browser that started it: sent back only to the
+/// callback (`SameSite=Lax`: the provider's redirect is a cross-site navigation).
+pub const SSO_BROWSER_COOKIE: &str = "mayfly_sso_browser";
+
+/// `Set-Cookie` for the console's SSO binding.
+pub fn sso_browser_cookie(secret: &str) -> Result<header::HeaderValue, BrokerError> {
+    header::HeaderValue::from_str(&format!(
+        "{SSO_BROWSER_COOKIE}={secret}; Path=/v1/sso/callback; Secure; HttpOnly; SameSite=Lax; Max-Age=600"
+    ))
+    .map_err(|_| BrokerError::Internal("the SSO cookie".into()))
+}
+
+/// The console's login came back: the session cookie, the binding cookie cleared, and a page that
+/// moves on to the console by itself. (A redirect would still be part of the provider's
+/// cross-site navigation, on which a `SameSite=Strict` cookie is not sent; a refresh from this
+/// page is same-site.)
+fn console_signed_in(token: &str) -> Result<Response, BrokerError> {
+    let page = maud::html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="0;url=/ui/access";
+                title { "Logged in · Mayfly" }
+            }
+            body { p { "Logged in. " a href="/ui/access" { "Continue to the console" } } }
+        }
+    };
+    let mut response = axum::response::Html(page.into_string()).into_response();
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        crate::api::console::session::session_cookie(token)?,
+    );
+    headers.append(
+        header::SET_COOKIE,
+        header::HeaderValue::from_static(
+            "mayfly_sso_browser=; Path=/v1/sso/callback; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+        ),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(crate::api::console::CONTENT_SECURITY_POLICY),
+    );
+    Ok(response)
 }

@@ -180,10 +180,20 @@ impl Broker {
             return Vec::new();
         }
         let base = &self.inner.config.public_url;
-        notice.url = match (&notice.grant_id, &notice.request_id) {
-            (Some(grant), _) => Some(format!("{base}/v1/grants/{grant}")),
-            (None, Some(request)) => Some(format!("{base}/v1/requests/{request}")),
-            (None, None) => None,
+        // The console's page for it (the link carries no power: the page asks for a session).
+        notice.url = match (kind, &notice.grant_id, &notice.request_id) {
+            (EventKind::BreakGlassUsed, Some(grant), _) => {
+                Some(format!("{base}/ui/review#grant-{grant}"))
+            }
+            (EventKind::RevocationFailing, Some(grant), _) => {
+                Some(format!("{base}/ui/dashboard#grant-{grant}"))
+            }
+            (_, Some(grant), _) => Some(format!("{base}/ui/access#grant-{grant}")),
+            (EventKind::RequestPending, None, Some(request)) => {
+                Some(format!("{base}/ui/approvals/{request}"))
+            }
+            (_, None, Some(_)) => Some(format!("{base}/ui/access")),
+            (_, None, None) => None,
         };
         let payload = match serde_json::to_string(&notice) {
             Ok(payload) => payload,

@@ -514,7 +514,7 @@ async fn story(store_url: Option<String>) {
         glass_note["url"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("{}/v1/grants/", broker.addr))
+            .starts_with(&format!("{}/ui/review#grant-", broker.addr))
     );
     mayfly_server::notify::deliver::run_once(&broker.broker)
         .await

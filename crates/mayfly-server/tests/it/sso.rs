@@ -384,6 +384,83 @@ async fn a_person_logs_in_once_made_and_groups_follow_the_provider() {
     assert!(message(&body).contains("disabled"), "{body}");
 }
 
+/// The console's login: `/ui/sso/start` binds the flow to the browser with a cookie only the
+/// callback receives; the callback answers the session as the console's cookie, and a callback
+/// URL carried to another browser (login CSRF: the attacker's account in the victim's browser)
+/// is refused and uses the flow up.
+#[tokio::test]
+async fn the_console_logs_in_by_sso_only_in_the_browser_that_started() {
+    let (broker, _idp, _admin) = setup().await;
+    sync_clock(&broker);
+    let mut browser = Browser::new();
+    let started = browser
+        .send(
+            browser
+                .http
+                .get(format!("{}/ui/sso/start?provider=idp", broker.addr)),
+        )
+        .await;
+    assert_eq!(started.status(), 303);
+    assert!(browser.cookies.contains_key("mayfly_sso_browser"));
+    let to_provider = started.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let back = browser
+        .authorize(&to_provider, "carol", &callback_prefix(&broker))
+        .await;
+
+    // Another browser (no binding cookie) with the same callback URL: refused, flow used up.
+    let (status, body, _) = come_back(&back).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(message(&body).contains("another browser"), "{body}");
+
+    // A fresh flow, finished in the browser that started it.
+    let mut browser = Browser::new();
+    let started = browser
+        .send(
+            browser
+                .http
+                .get(format!("{}/ui/sso/start?provider=idp", broker.addr)),
+        )
+        .await;
+    let to_provider = started.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let back = browser
+        .authorize(&to_provider, "carol", &callback_prefix(&broker))
+        .await;
+    let response = browser.send(browser.http.get(&back)).await;
+    assert_eq!(response.status(), 200);
+    let set_cookies: Vec<String> = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let session = set_cookies
+        .iter()
+        .find(|c| c.starts_with("mayfly_session="))
+        .unwrap_or_else(|| panic!("{set_cookies:?}"));
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(session.contains(attribute), "{session}");
+    }
+    let html = response.text().await.unwrap();
+    assert!(html.contains("url=/ui/access"), "{html}");
+    assert!(!html.contains("mft_"), "the token is in the page: {html}");
+    let page = browser
+        .send(browser.http.get(format!("{}/ui/access", broker.addr)))
+        .await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(">carol<"), "{html}");
+
+    // The same callback again: the flow is used up.
+    let again = browser.send(browser.http.get(&back)).await;
+    assert_eq!(again.status(), 401);
+}
+
 #[tokio::test]
 async fn a_local_user_or_a_name_of_another_identity_is_not_taken_over() {
     let (broker, idp, _admin) = setup().await;

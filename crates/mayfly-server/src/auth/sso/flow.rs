@@ -93,6 +93,10 @@ struct FlowData {
     /// The CLI's loopback URL and its PKCE challenge.
     return_to: Option<String>,
     cli_challenge: Option<String>,
+    /// The console's login: the SHA-256 (hex) of the secret in the starting browser's cookie,
+    /// which the callback must carry (a flow finished in another browser is refused).
+    #[serde(default)]
+    browser: Option<String>,
 }
 
 /// The CLI's one-time code as stored (sealed).
@@ -132,6 +136,8 @@ pub enum Callback {
     Redirect(String),
     /// A step-up's one-time code, for `POST /v1/sso/step-up/complete`.
     StepUpCode(SsoStepUpCode),
+    /// The console's login, in the browser that started it: the session for its cookie.
+    ConsoleSession(LoginResponse),
 }
 
 /// Why a flow did not finish: refused (the reason may be shown), or the broker could not check.
@@ -238,7 +244,30 @@ impl Broker {
         if let Err(retry_after_secs) = self.inner.login_sources.take(source_ip(meta), self.now()) {
             return Err(BrokerError::TooManyFromSource { retry_after_secs });
         }
-        self.begin_flow(meta, request, Purpose::Login, None).await
+        self.begin_flow(meta, request, Purpose::Login, None, None)
+            .await
+    }
+
+    /// Starts the console's login with provider `provider`: the authorization URL, and the
+    /// secret the starting browser keeps in a cookie for the callback (the flow is bound to it).
+    pub async fn sso_console_start(
+        &self,
+        meta: &Origin,
+        provider: String,
+    ) -> Result<(SsoStarted, Zeroizing<String>), BrokerError> {
+        if let Err(retry_after_secs) = self.inner.login_sources.take(source_ip(meta), self.now()) {
+            return Err(BrokerError::TooManyFromSource { retry_after_secs });
+        }
+        let browser = Zeroizing::new(random_text()?);
+        let bound = hex::encode(mayfly_crypto::sha256(browser.as_bytes()));
+        let request = SsoStartRequest {
+            provider,
+            ..SsoStartRequest::default()
+        };
+        let started = self
+            .begin_flow(meta, request, Purpose::Login, None, Some(bound))
+            .await?;
+        Ok((started, browser))
     }
 
     /// Starts a re-authentication of the caller's session at provider `request.provider` (for
@@ -254,7 +283,7 @@ impl Broker {
                 "only a person's session can re-authenticate with single sign-on".into(),
             ));
         };
-        self.begin_flow(meta, request, Purpose::StepUp, Some(caller))
+        self.begin_flow(meta, request, Purpose::StepUp, Some(caller), None)
             .await
     }
 
@@ -264,6 +293,7 @@ impl Broker {
         request: SsoStartRequest,
         purpose: Purpose,
         caller: Option<&Caller>,
+        browser: Option<String>,
     ) -> Result<SsoStarted, BrokerError> {
         let keys = self.require_unsealed().await?;
         check_name(&request.provider)?;
@@ -315,6 +345,7 @@ impl Broker {
             user_id,
             return_to: request.redirect_uri.clone(),
             cli_challenge: request.code_challenge.clone(),
+            browser,
         };
         let plain = Zeroizing::new(
             serde_json::to_vec(&data).map_err(|e| BrokerError::Internal(e.to_string()))?,
@@ -381,6 +412,7 @@ impl Broker {
         &self,
         meta: &Origin,
         query: CallbackQuery,
+        browser: Option<&str>,
     ) -> Result<Callback, AuditedError> {
         let keys = self.require_unsealed().await?;
         for (field, value) in [
@@ -404,15 +436,33 @@ impl Broker {
         let (pending, data): (_, FlowData) = self
             .open_pending(&keys, &key_hash, "flow", refused, UNKNOWN_FLOW)
             .await?;
-        let started = self
-            .finish_flow(&keys, &data, &query, pending.expires_at)
-            .await;
+        let started = match &data.browser {
+            Some(bound)
+                if !browser.is_some_and(|secret| {
+                    mayfly_crypto::constant_time_eq(
+                        hex::encode(mayfly_crypto::sha256(secret.as_bytes())).as_bytes(),
+                        bound.as_bytes(),
+                    )
+                }) =>
+            {
+                Err(Refusal::Refused(
+                    "this login was started in another browser: start it again here".into(),
+                ))
+            }
+            _ => {
+                self.finish_flow(&keys, &data, &query, pending.expires_at)
+                    .await
+            }
+        };
         let outcome = match started {
             Ok((provider, token)) => match data.purpose {
-                Purpose::Login => {
-                    self.sign_in(meta, &keys, &data, &key_hash, &provider, token)
-                        .await
-                }
+                Purpose::Login => self
+                    .sign_in(meta, &keys, &data, &key_hash, &provider, token)
+                    .await
+                    .map(|answer| match (answer, &data.browser) {
+                        (Callback::Session(login), Some(_)) => Callback::ConsoleSession(login),
+                        (answer, _) => answer,
+                    }),
                 Purpose::StepUp => {
                     self.stepped_up(meta, &keys, &data, &key_hash, &provider, token)
                         .await
