@@ -83,7 +83,7 @@ struct Visitor {
 impl Visitor {
     fn new(broker: &TestBroker) -> Visitor {
         Visitor {
-            base: broker.addr.clone(),
+            base: broker.public_url.clone(),
             origin: broker.public_url.clone(),
             cookies: Vec::new(),
             http: reqwest::Client::builder()
@@ -149,6 +149,19 @@ impl Visitor {
     }
 
     async fn post_from(&mut self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+        match origin {
+            Some(origin) => self.post_with(path, form, &[("origin", origin)]).await,
+            None => self.post_with(path, form, &[]).await,
+        }
+    }
+
+    /// A form POST with the request headers `headers` (`Origin`, `Sec-Fetch-Site`).
+    async fn post_with(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
@@ -160,8 +173,8 @@ impl Visitor {
                 "application/x-www-form-urlencoded",
             )
             .body(body);
-        if let Some(origin) = origin {
-            request = request.header(reqwest::header::ORIGIN, origin);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         self.send(request).await
     }
@@ -254,6 +267,35 @@ async fn a_form_without_its_csrf_token_or_with_another_sessions_is_refused_and_d
             "http://evil.example",
         ),
     ];
+    // What a browser sends for our own forms under `Referrer-Policy: no-referrer` is
+    // `Origin: null`: accepted with `Sec-Fetch-Site: same-origin` only.
+    for (what, headers) in [
+        ("Origin: null alone", vec![("origin", "null")]),
+        (
+            "Origin: null from another site",
+            vec![("origin", "null"), ("sec-fetch-site", "cross-site")],
+        ),
+        (
+            "Origin: null from a sibling site",
+            vec![("origin", "null"), ("sec-fetch-site", "same-site")],
+        ),
+        (
+            "another origin, said to be the same",
+            vec![
+                ("origin", "http://evil.example"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ),
+    ] {
+        let answer = alice
+            .post_with("/ui/requests", &request_form(Some(&csrf)), &headers)
+            .await;
+        assert_eq!(answer.status, 403, "{what}: {}", answer.body);
+        assert!(
+            requests_of(&broker, &alice_token).await.is_empty(),
+            "{what}: a request was made"
+        );
+    }
     for (what, fields, origin) in refused {
         let answer = alice.post_from("/ui/requests", &fields, Some(origin)).await;
         assert_eq!(answer.status, 403, "{what}: {}", answer.body);
@@ -280,7 +322,8 @@ async fn a_form_without_its_csrf_token_or_with_another_sessions_is_refused_and_d
     assert_eq!(answer.status, 403, "logout without csrf: {}", answer.body);
     assert_eq!(alice.get("/ui/access").await.status, 200);
 
-    // The same form with its own token works: the refusals above were the token's doing.
+    // The same form with its own token works, also as Chromium sends it (`Origin: null`): the
+    // refusals above were the token's and the origin's doing.
     let answer = alice.post("/ui/requests", &request_form(Some(&csrf))).await;
     assert_eq!(answer.status, 303, "{}", answer.body);
     assert!(
@@ -289,6 +332,15 @@ async fn a_form_without_its_csrf_token_or_with_another_sessions_is_refused_and_d
         answer.location()
     );
     assert_eq!(requests_of(&broker, &alice_token).await.len(), 1);
+    let answer = alice
+        .post_with(
+            "/ui/requests",
+            &request_form(Some(&csrf)),
+            &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "as a browser sends it: {}", answer.body);
+    assert_eq!(requests_of(&broker, &alice_token).await.len(), 2);
 
     // The login form has its own (double-submit) token.
     let mut anonymous = Visitor::new(&broker);
@@ -415,8 +467,15 @@ async fn a_forged_or_logged_out_cookie_is_sent_to_log_in_and_the_refusal_is_audi
         "{}",
         answer.location()
     );
+}
 
-    // Logout everywhere ends every session of the person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_everywhere_ends_every_session_of_the_person() {
+    let broker = TestBroker::start(mayfly_testkit::Options {
+        localhost: true,
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
     let mut first = console_login(&broker, "alice").await;
     let mut second = console_login(&broker, "alice").await;
     let page = first.get("/ui/access").await;
@@ -426,6 +485,14 @@ async fn a_forged_or_logged_out_cookie_is_sent_to_log_in_and_the_refusal_is_audi
     assert_eq!(answer.status, 303, "{}", answer.body);
     let answer = second.get("/ui/access").await;
     assert_eq!(answer.status, 303, "logout everywhere left another session");
+    let answer = first.get("/ui/access").await;
+    assert_eq!(answer.status, 303, "logout everywhere left its own session");
+    let mut bob = console_login(&broker, "bob").await;
+    assert_eq!(
+        bob.get("/ui/access").await.status,
+        200,
+        "bob was logged out too"
+    );
 }
 
 /// The refusals of unauthenticated calls in the audit log (each, or aggregated).
@@ -744,7 +811,7 @@ async fn the_cookies_are_secure_http_only_and_same_site_strict() {
         ])
         .finish();
     let answer = http
-        .post(format!("{}/ui/login", broker.addr))
+        .post(format!("{}/ui/login", broker.public_url))
         .header(reqwest::header::COOKIE, cookie)
         .header(reqwest::header::ORIGIN, &broker.public_url)
         .header(
