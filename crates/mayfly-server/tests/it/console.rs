@@ -610,8 +610,17 @@ async fn every_page_carries_the_csp_and_no_secret_but_the_one_time_credential() 
         credential_url.starts_with("/ui/credential/"),
         "{credential_url}"
     );
+    // Another session that learns the URL finds nothing, and takes nothing away from alice.
+    let mut bob = console_login(&broker, "bob").await;
+    let stolen = bob.get(&credential_url).await;
+    assert_eq!(
+        stolen.status, 410,
+        "bob opened alice's credential: {}",
+        stolen.body
+    );
     let credential = alice.get(&credential_url).await;
     assert_eq!(credential.status, 200, "{}", credential.body);
+    assert!(!stolen.body.contains("cred-password"), "{}", stolen.body);
     check_headers(&credential, "the credential view");
     let password = credential
         .body
@@ -630,7 +639,7 @@ async fn every_page_carries_the_csp_and_no_secret_but_the_one_time_credential() 
 
     // The secrets that must never be in a page.
     let admin = console_login(&broker, "admin").await;
-    let bob = console_login(&broker, "bob").await;
+
     let mut secrets: Vec<(String, String)> = vec![
         ("the credential's password".into(), password.clone()),
         (
