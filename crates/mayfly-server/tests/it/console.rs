@@ -857,3 +857,51 @@ fn check_cookie(cookie: &str) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_people_type_is_shown_as_text_never_as_markup() {
+    let cluster = PgCluster::start();
+    let broker = TestBroker::start(mayfly_testkit::Options {
+        localhost: true,
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    setup(&broker, &cluster).await;
+    let alice_token = api_login(&broker, "alice").await;
+    let reason = "<script>alert(1)</script>";
+    let ticket = "\"><img src=x id=injected>";
+    let pending = broker
+        .pending(
+            &alice_token,
+            with(ask("pg", "owner", 600, reason), json!({"ticket": ticket})),
+        )
+        .await;
+    let request_id = id(&pending);
+    let mut alice = console_login(&broker, "alice").await;
+    let mut bob = console_login(&broker, "bob").await;
+    let crafted = format!(
+        "/ui/access?done=%3Cscript%3Ealert(2)%3C%2Fscript%3E&id={}",
+        form_urlencoded::byte_serialize(ticket.as_bytes()).collect::<String>()
+    );
+    for (who, page) in [
+        ("alice", alice.get("/ui/access").await),
+        ("alice", alice.get(&crafted).await),
+        ("bob", bob.get("/ui/approvals").await),
+        ("bob", bob.get(&format!("/ui/approvals/{request_id}")).await),
+    ] {
+        assert_eq!(page.status, 200, "{who}: {}", page.body);
+        for raw in ["<script>alert", "<img src=x", "id=injected>"] {
+            assert!(
+                !page.body.contains(raw),
+                "{who}'s page has {raw:?} as markup"
+            );
+        }
+    }
+    // The request's page shows the text itself, escaped.
+    let page = bob.get(&format!("/ui/approvals/{request_id}")).await;
+    assert!(
+        page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        page.body
+    );
+}
