@@ -15,6 +15,8 @@ mod audit;
 mod audit_forward;
 mod ca_per_target;
 mod chat;
+mod console;
+mod console_browser;
 mod console_ops;
 mod dashboard;
 mod domain;
