@@ -622,15 +622,7 @@ async fn every_page_carries_the_csp_and_no_secret_but_the_one_time_credential() 
     assert_eq!(credential.status, 200, "{}", credential.body);
     assert!(!stolen.body.contains("cred-password"), "{}", stolen.body);
     check_headers(&credential, "the credential view");
-    let password = credential
-        .body
-        .split("id=\"cred-password\"")
-        .nth(1)
-        .and_then(|rest| rest.split('>').nth(1))
-        .and_then(|rest| rest.split('<').next())
-        .expect("code#cred-password")
-        .trim()
-        .to_owned();
+    let password = element_text(&credential.body, "cred-password").expect("code#cred-password");
     assert!(password.len() >= 16, "{password:?}");
     let again = alice.get(&credential_url).await;
     assert_eq!(again.status, 410, "{}", again.body);
@@ -638,10 +630,40 @@ async fn every_page_carries_the_csp_and_no_secret_but_the_one_time_credential() 
     check_headers(&again, "the credential view, gone");
 
     // The secrets that must never be in a page.
-    let admin = console_login(&broker, "admin").await;
+    let mut admin = console_login(&broker, "admin").await;
+
+    // A user made in the console: the generated password and TOTP secret in the one-time view.
+    let users = admin.get("/ui/admin/users").await;
+    let answer = admin
+        .post(
+            "/ui/admin/users",
+            &[
+                ("username", "carol"),
+                ("groups", "dev"),
+                ("csrf", &users.csrf()),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let view = admin.get(&answer.location()).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let carol_password = element_text(&view.body, "cred-password").expect("carol's password");
+    let carol_totp = view
+        .body
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split(['&', '<', '"']).next())
+        .expect("carol's otpauth URL")
+        .to_owned();
+    assert!(carol_totp.len() >= 16, "{carol_totp:?}");
+    let again = admin.get(&answer.location()).await;
+    assert_eq!(again.status, 410, "{}", again.body);
+    assert!(!again.body.contains(&carol_password));
 
     let mut secrets: Vec<(String, String)> = vec![
         ("the credential's password".into(), password.clone()),
+        ("carol's password".into(), carol_password),
+        ("carol's TOTP secret".into(), carol_totp),
         (
             "the target's admin password".into(),
             cluster.admin_password.clone(),
@@ -904,4 +926,16 @@ async fn what_people_type_is_shown_as_text_never_as_markup() {
         "{}",
         page.body
     );
+}
+
+/// The text of the element with id `id` in `html` (no nested markup).
+fn element_text(html: &str, id: &str) -> Option<String> {
+    let text = html
+        .split(&format!("id=\"{id}\""))
+        .nth(1)?
+        .split('>')
+        .nth(1)?
+        .split('<')
+        .next()?;
+    Some(text.trim().to_owned())
 }
