@@ -939,3 +939,70 @@ fn element_text(html: &str, id: &str) -> Option<String> {
         .next()?;
     Some(text.trim().to_owned())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_who_is_not_an_admin_can_neither_see_nor_send_the_admin_forms() {
+    let broker = TestBroker::start(mayfly_testkit::Options {
+        localhost: true,
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    let permit_all = r#"permit (principal, action, resource);"#;
+    let mut alice = console_login(&broker, "alice").await;
+    for path in [
+        "/ui/audit",
+        "/ui/audit/export",
+        "/ui/review",
+        "/ui/admin/targets",
+        "/ui/admin/roles",
+        "/ui/admin/policy",
+        "/ui/admin/users",
+    ] {
+        let page = alice.get(path).await;
+        assert_eq!(page.status, 403, "alice GET {path}: {}", page.body);
+    }
+    let csrf = alice.get("/ui/access").await.csrf();
+    for (path, form) in [
+        (
+            "/ui/admin/users/update",
+            vec![
+                ("username", "alice"),
+                ("groups", "dev,admins"),
+                ("action", "groups"),
+            ],
+        ),
+        (
+            "/ui/admin/users",
+            vec![("username", "mallory"), ("groups", "admins")],
+        ),
+        ("/ui/admin/policy", vec![("policy", permit_all)]),
+    ] {
+        let mut form = form;
+        form.push(("csrf", &csrf));
+        let answer = alice.post(path, &form).await;
+        assert_eq!(answer.status, 403, "alice POST {path}: {}", answer.body);
+    }
+    let admin = broker.admin();
+    let users = broker
+        .expect(200, "GET", "/v1/users", Some(&admin), None)
+        .await;
+    let users = users.as_array().unwrap();
+    assert!(
+        !users.iter().any(|u| u["username"] == "mallory"),
+        "{users:?}"
+    );
+    let alice_row = users.iter().find(|u| u["username"] == "alice").unwrap();
+    assert_eq!(alice_row["groups"], json!(["dev"]), "{alice_row}");
+    let policy = broker
+        .expect(200, "GET", "/v1/policy", Some(&admin), None)
+        .await;
+    assert!(
+        !policy
+            .to_string()
+            .contains("permit (principal, action, resource)"),
+        "{policy}"
+    );
+    // Still alice, still no admin: the navigation shows her no admin link.
+    let page = alice.get("/ui/access").await;
+    assert!(!page.body.contains("/ui/admin/targets"), "{}", page.body);
+}
