@@ -376,8 +376,9 @@ async fn the_audit_log_is_searched_by_principal_target_kind_and_time_on_postgres
     db.drop_db().await;
 }
 
-/// With 100,000 events in the store, each search answers within a few milliseconds (one walk of
-/// an index), and the overview, once it verified the chain, continues from where it stopped.
+/// With 100,000 events in the store, each search finds its page (its time is printed; the figures
+/// are console_bench's), and the overview, once it verified the chain, continues from where it
+/// stopped instead of verifying it all again.
 async fn audit_at_scale(broker: &TestBroker, store: &str) {
     let admin = admin(broker).await;
     let b = &broker.broker;
@@ -458,11 +459,16 @@ async fn audit_at_scale(broker: &TestBroker, store: &str) {
             "{store}: search `{name}`: {} events in {took:?}",
             page.events.len()
         );
-        // A few milliseconds in a release build; the bound is loose for a debug build on a busy
-        // machine, and a walk of the whole table (200 ms here) still fails it.
-        assert!(
-            took < Duration::from_millis(100),
-            "{store}: search `{name}` took {took:?}"
+        // How fast is the benchmark's business (BENCHMARKS.md, console_bench); that each search
+        // walks an index is the store's query-plan test. Here: the page is right.
+        // (u42's events are never `access.request`, and no event is `auth.token.*`: those two
+        // searches walk to the end and find nothing, the slowest case.)
+        let none_match = matches!(name, "principal and kind, an old page" | "a rare kind");
+        assert_eq!(
+            page.events.is_empty(),
+            none_match,
+            "{store}: search `{name}`: {} events",
+            page.events.len()
         );
     }
     // An export holds the newest 10,000 and says there are more.
@@ -495,14 +501,10 @@ async fn audit_at_scale(broker: &TestBroker, store: &str) {
     // every event appended is checked against each of them, which takes its time in a debug
     // build: the bound is loose, the full verification took seconds).
     assert_eq!(overview.chain.full_at, first_full_at, "{overview:?}");
-    assert!(
-        took < Duration::from_millis(500),
-        "{store}: overview took {took:?}"
-    );
 }
 
 #[tokio::test]
-async fn the_audit_search_answers_in_milliseconds_with_100000_events() {
+async fn the_audit_search_finds_its_pages_among_100000_events() {
     let broker = TestBroker::start(Options {
         audit_file: false,
         ..Options::default()
@@ -513,7 +515,7 @@ async fn the_audit_search_answers_in_milliseconds_with_100000_events() {
 }
 
 #[tokio::test]
-async fn the_audit_search_answers_in_milliseconds_with_100000_events_on_postgres() {
+async fn the_audit_search_finds_its_pages_among_100000_events_on_postgres() {
     let db = mayfly_testkit::postgres::ThrowawayDb::create().await;
     let broker = TestBroker::start(Options {
         store_url: Some(db.url.clone()),

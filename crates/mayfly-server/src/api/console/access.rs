@@ -302,6 +302,7 @@ pub async fn activate(
         password: Zeroizing::new(credential.password.clone()),
         certificate: credential.certificate.clone(),
         private_key: credential.private_key.clone().map(Zeroizing::new),
+        totp_url: None,
         expires_at_ms: credential.grant.expires_at_ms,
     };
     drop(Zeroizing::new(credential.password));
@@ -335,11 +336,17 @@ pub async fn credential(
         h1 { "Your credential" }
         section #credential aria-labelledby="credential-title" {
             h2 #credential-title { "Shown once" }
-            p.warning { "Copy it now: this page will not show it again. It stops working "
-                (layout::when(view.expires_at_ms)) " or when you revoke it." }
+            @if view.kind == "user" {
+                p.warning { "Hand these to the new user now: this page will not show them again." }
+            } @else {
+                p.warning { "Copy it now: this page will not show it again. It stops working "
+                    (layout::when(view.expires_at_ms)) " or when you revoke it." }
+            }
             dl {
-                dt { "Grant" } dd { code { (view.grant_id) } }
-                dt { "Host" } dd { code { (view.host) ":" (view.port) } }
+                @if view.kind != "user" {
+                    dt { "Grant" } dd { code { (view.grant_id) } }
+                    dt { "Host" } dd { code { (view.host) ":" (view.port) } }
+                }
                 @if !view.database.is_empty() { dt { "Database" } dd { code { (view.database) } } }
                 dt { "User name" } dd { code #cred-username { (view.username) } }
                 @if !view.password.is_empty() {
@@ -360,6 +367,10 @@ pub async fn credential(
                 }
                 @if let Some(certificate) = &view.certificate {
                     dt { "Certificate" } dd { pre { code #cred-certificate { (certificate) } } }
+                }
+                @if let Some(url) = &view.totp_url {
+                    dt { "TOTP enrolment (add it to an authenticator app)" }
+                    dd { code #cred-totp { (url.as_str()) } }
                 }
                 @if let Some(key) = &view.private_key {
                     dt { "Private key" } dd { pre { code #cred-private-key { (key.as_str()) } } }
@@ -481,6 +492,7 @@ mod tests {
             password: Zeroizing::new("a@b:c/d".into()),
             certificate: None,
             private_key: None,
+            totp_url: None,
             expires_at_ms: 0,
         };
         let url = dsn(&view).expect("a url");

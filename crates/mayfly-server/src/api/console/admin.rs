@@ -411,7 +411,8 @@ pub async fn create_user(
         username: created.username.clone(),
         password: Zeroizing::new(created.password.clone().unwrap_or_default()),
         certificate: None,
-        private_key: Some(Zeroizing::new(created.totp.otpauth_url.clone())),
+        private_key: None,
+        totp_url: Some(Zeroizing::new(created.totp.otpauth_url.clone())),
         expires_at_ms: 0,
     };
     let once = views.put(&viewer.caller.session.id, broker.now(), view)?;

@@ -27,6 +27,8 @@ pub struct CredentialView {
     pub password: Zeroizing<String>,
     pub certificate: Option<String>,
     pub private_key: Option<Zeroizing<String>>,
+    /// A new user's TOTP enrolment (`otpauth://…`), for the admin who made the user.
+    pub totp_url: Option<Zeroizing<String>>,
     pub expires_at_ms: i64,
 }
 
@@ -115,6 +117,7 @@ mod tests {
             password: Zeroizing::new("p".into()),
             certificate: None,
             private_key: None,
+            totp_url: None,
             expires_at_ms: 0,
         }
     }
