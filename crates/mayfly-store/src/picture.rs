@@ -289,7 +289,8 @@ async fn revocation_lags(
 }
 
 /// Requests that needed approvals and got the last one (the one that allowed them) in the
-/// window: the wait from the request, per bucket of approval.
+/// window: the wait from the request, per bucket of approval. Grouped by the approvals' own key,
+/// which SQLite walks in order through its primary key (no sort).
 async fn approval_waits(
     pool: &AnyPool,
     query: &PictureQuery<'_>,
@@ -297,11 +298,11 @@ async fn approval_waits(
     let scope = Scope::of(query.principal, 4, "r.");
     let sql = format!(
         "SELECT (approved - $1) / $2 AS bucket, {} AS wait, count(*) AS n FROM (\
-           SELECT r.created_at AS asked, max(a.at) AS approved \
+           SELECT max(r.created_at) AS asked, max(a.at) AS approved \
            FROM approvals a JOIN requests r ON r.id = a.request_id \
            WHERE r.created_at < $3{} \
-           GROUP BY r.id, r.created_at, r.approvals_needed \
-           HAVING count(*) >= r.approvals_needed AND max(a.at) >= $1 AND max(a.at) < $3) x \
+           GROUP BY a.request_id \
+           HAVING count(*) >= max(r.approvals_needed) AND max(a.at) >= $1 AND max(a.at) < $3) x \
          GROUP BY 1, 2 ORDER BY 1, 2",
         two_digits("(CASE WHEN approved > asked THEN approved - asked ELSE 0 END)"),
         scope.requests
