@@ -92,3 +92,21 @@ if [ ! -d "$oidc_dir/node_modules/oidc-provider" ]; then
         { echo "npm ci could not install $oidc_dir/package-lock.json" >&2; exit 1; }
 fi
 echo "oidc-provider is installed: $(node -p "require('$oidc_dir/node_modules/oidc-provider/package.json').version")"
+
+# Headless Chromium (Debian's package) and the console's browser tests' npm packages
+# (crates/mayfly-server/tests/console/: playwright-core, axe-core and pg, versions pinned by its
+# package-lock.json). playwright-core drives /usr/bin/chromium and downloads no browser.
+if [ ! -x /usr/bin/chromium ]; then
+    echo "Installing chromium (Debian's package) for the console's browser tests"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+fi
+echo "chromium is installed: $(/usr/bin/chromium --version 2>/dev/null | head -n1)"
+console_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/mayfly-server/tests/console"
+if [ ! -d "$console_dir/node_modules/playwright-core" ] || [ ! -d "$console_dir/node_modules/axe-core" ] ||
+    [ ! -d "$console_dir/node_modules/pg" ]; then
+    echo "Installing playwright-core, axe-core and pg for the console tests (npm ci --prefix $console_dir)"
+    npm ci --prefix "$console_dir" --no-audit --no-fund >/dev/null ||
+        { echo "npm ci could not install $console_dir/package-lock.json" >&2; exit 1; }
+fi
+echo "playwright-core is installed: $(node -p "require('$console_dir/node_modules/playwright-core/package.json').version")"

@@ -123,6 +123,29 @@ pub async fn operator(client: &Client, command: Operator, out: &Output) -> anyho
     }
 }
 
+/// `mayfly logout [--everywhere]`: ends this session, or every live session of the user; the
+/// token file is forgotten either way.
+pub async fn logout(client: &Client, everywhere: bool, out: &Output) -> anyhow::Result<()> {
+    let path = if everywhere {
+        "/v1/auth/token/revoke-all"
+    } else {
+        "/v1/auth/token/revoke-self"
+    };
+    client.call_raw(Method::POST, path, none()).await?;
+    if let Some(path) = token_file() {
+        let _ = std::fs::remove_file(path);
+    }
+    let message = if everywhere {
+        "logged out everywhere: every session of yours is revoked"
+    } else {
+        "logged out: session revoked"
+    };
+    out.done(
+        serde_json::json!({"revoked": true, "everywhere": everywhere}),
+        message,
+    )
+}
+
 pub async fn token(client: &Client, command: TokenCommand, out: &Output) -> anyhow::Result<()> {
     match command {
         TokenCommand::Lookup => {

@@ -104,6 +104,13 @@ pub enum ClientCommand {
         #[arg(long)]
         code: Option<String>,
     },
+    /// End the current session (and forget its token file); with `--everywhere`, every live
+    /// session of yours, on every machine and browser.
+    Logout {
+        /// Revoke every live session of the logged-in user, not only this one.
+        #[arg(long)]
+        everywhere: bool,
+    },
     /// Inspect or revoke the current session.
     #[command(subcommand)]
     Token(TokenCommand),

@@ -94,6 +94,7 @@ async fn dispatch(
         ClientCommand::Operator(command) => admin::operator(client, command, out).await?,
         ClientCommand::Login(args) => admin::login(client, args, out).await?,
         ClientCommand::StepUp { code } => admin::step_up(client, code, out).await?,
+        ClientCommand::Logout { everywhere } => admin::logout(client, everywhere, out).await?,
         ClientCommand::Token(command) => admin::token(client, command, out).await?,
         ClientCommand::User(command) => admin::user(client, command, out).await?,
         ClientCommand::Jwt(command) => admin::jwt(client, command, out).await?,

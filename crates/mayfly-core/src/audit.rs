@@ -107,6 +107,43 @@ impl AuditDraft {
         self.rendered = None;
     }
 
+    /// The principal the event is about, as the audit search indexes it: the actor when it is a
+    /// principal (`user:…`, `workload:…`), else the subject when that is one (the broker acting
+    /// on someone's grant), else the actor (`broker`, …). Store migration 0013 fills events
+    /// written before it by the same rule.
+    pub fn search_principal(&self) -> Option<&str> {
+        let is_principal = |key: &&String| key.starts_with("user:") || key.starts_with("workload:");
+        self.actor
+            .as_ref()
+            .filter(is_principal)
+            .or(self.subject.as_ref().filter(is_principal))
+            .or(self.actor.as_ref())
+            .map(String::as_str)
+    }
+
+    /// The target the event concerns, as the audit search indexes it: `details.target`, else
+    /// the target of `details.role` (`TARGET/ROLE`), else the subject's (`target:T`,
+    /// `role:T/R`). Store migration 0013 fills events written before it by the same rule.
+    pub fn search_target(&self) -> Option<&str> {
+        if let Some(Value::String(target)) = self.details.get("target") {
+            return Some(target.as_str());
+        }
+        if let Some(Value::String(role)) = self.details.get("role")
+            && let Some((target, _)) = role.split_once('/')
+            && !target.is_empty()
+        {
+            return Some(target);
+        }
+        let subject = self.subject.as_deref()?;
+        if let Some(target) = subject.strip_prefix("target:")
+            && !target.is_empty()
+        {
+            return Some(target);
+        }
+        let (target, _) = subject.strip_prefix("role:")?.split_once('/')?;
+        (!target.is_empty()).then_some(target)
+    }
+
     /// Renders what the body holds besides `seq` and `prev`, ahead of [`AuditDraft::chain`]: the
     /// serialization then happens where the draft is made, in parallel, not in the one committer.
     /// Call it once the draft is final.
@@ -447,10 +484,17 @@ impl Verifier {
         }
     }
 
-    pub fn finish(mut self) -> Report {
+    pub fn finish(self) -> Report {
+        self.report()
+    }
+
+    /// The report of what was verified so far, leaving the verifier to take more events (a
+    /// verification kept and continued from where it stopped).
+    pub fn report(&self) -> Report {
         let tail = self.report.last_seq - self.last_checkpoint_to;
-        self.report.n_unsigned_tail = u64::try_from(tail).unwrap_or(0);
-        self.report
+        let mut report = self.report.clone();
+        report.n_unsigned_tail = u64::try_from(tail).unwrap_or(0);
+        report
     }
 
     fn check_checkpoint(&mut self, seq: i64, details: &Value) -> Result<(), ChainError> {
@@ -842,5 +886,69 @@ mod tests {
             verify(&log.lines, Some(other.public_key().as_ref())),
             Err(ChainError::UnknownKey { checkpoint: 10, .. })
         ));
+    }
+
+    /// What the audit search indexes: the principal the event is about and its target, by the
+    /// rules store migration 0013 repeats in SQL.
+    #[test]
+    fn the_search_columns_follow_the_actor_the_subject_and_the_details() {
+        #[track_caller]
+        fn check(
+            actor: Option<&str>,
+            subject: Option<&str>,
+            details: &[(&str, Value)],
+            expect: (Option<&str>, Option<&str>),
+        ) {
+            let mut draft = AuditDraft::new(Timestamp::from_unix_ms(1), "k", Outcome::Ok);
+            draft.actor = actor.map(str::to_owned);
+            draft.subject = subject.map(str::to_owned);
+            for (key, value) in details {
+                draft = draft.detail(key, value.clone());
+            }
+            assert_eq!((draft.search_principal(), draft.search_target()), expect);
+        }
+        let s = |text: &str| Value::String(text.into());
+        check(
+            Some("user:bob"),
+            Some("user:alice"),
+            &[],
+            (Some("user:bob"), None),
+        );
+        check(
+            Some("broker"),
+            Some("user:alice"),
+            &[("role", s("pg/ro"))],
+            (Some("user:alice"), Some("pg")),
+        );
+        check(
+            Some("broker"),
+            Some("workload:ci:job"),
+            &[],
+            (Some("workload:ci:job"), None),
+        );
+        check(
+            Some("broker"),
+            Some("session:1"),
+            &[],
+            (Some("broker"), None),
+        );
+        check(None, None, &[], (None, None));
+        check(None, Some("target:pg"), &[], (None, Some("pg")));
+        check(None, Some("role:pg/ro"), &[], (None, Some("pg")));
+        check(None, Some("role:/ro"), &[], (None, None));
+        check(None, Some("target:"), &[], (None, None));
+        check(
+            None,
+            Some("target:pg"),
+            &[("target", s("ssh"))],
+            (None, Some("ssh")),
+        );
+        check(
+            None,
+            None,
+            &[("target", Value::from(3)), ("role", s("db/x"))],
+            (None, Some("db")),
+        );
+        check(None, None, &[("role", s("no-slash"))], (None, None));
     }
 }

@@ -126,10 +126,10 @@ impl Action {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("the policies do not parse: {0}")]
-    Parse(String),
-    #[error("the policies do not validate against the schema: {}", .0.join("; "))]
-    Invalid(Vec<String>),
+    #[error("the policies do not parse: {}", problems_text(.0))]
+    Parse(Vec<PolicyProblem>),
+    #[error("the policies do not validate against the schema: {}", problems_text(.0))]
+    Invalid(Vec<PolicyProblem>),
     #[error(
         "annotation `@{annotation}` on policy `{policy}` must be a whole number, got `{value}`"
     )]
@@ -140,6 +140,101 @@ pub enum PolicyError {
     },
     #[error("cannot evaluate: {0}")]
     Evaluation(String),
+}
+
+impl PolicyError {
+    /// Each problem with the line and column it is at, when Cedar points at one: what an editor
+    /// shows beside the text.
+    pub fn problems(&self) -> Vec<PolicyProblem> {
+        match self {
+            PolicyError::Parse(problems) | PolicyError::Invalid(problems) => problems.clone(),
+            PolicyError::BadAnnotation { .. } | PolicyError::Evaluation(_) => vec![PolicyProblem {
+                line: None,
+                column: None,
+                message: self.to_string(),
+            }],
+        }
+    }
+}
+
+/// One problem Cedar found in a policy text: where (1-based line and column, in characters, of
+/// the start of the span Cedar points at; `None` for a problem of the whole text) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Cedar's message, on one line, with what its label says about the span.
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "line {line}, column {column}: {}", self.message)
+            }
+            (Some(line), None) => write!(f, "line {line}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+fn problems_text(problems: &[PolicyProblem]) -> String {
+    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
+/// A Cedar diagnostic as a [`PolicyProblem`] in `text`: the first label's offset turned into a
+/// line and column.
+fn problem(text: &str, diagnostic: &dyn miette::Diagnostic) -> PolicyProblem {
+    let mut message = diagnostic.to_string().replace('\n', " ");
+    let label = diagnostic.labels().and_then(|mut labels| labels.next());
+    let (line, column) = match &label {
+        Some(label) => {
+            if let Some(said) = label.label()
+                && !said.is_empty()
+                && !message.contains(said)
+            {
+                message = format!("{message} ({said})");
+            }
+            let (line, column) = line_column(text, label.offset());
+            (Some(line), Some(column))
+        }
+        None => (None, None),
+    };
+    PolicyProblem {
+        line,
+        column,
+        message,
+    }
+}
+
+/// The 1-based line and column (in characters) of the byte `offset` of `text`; past the end, the
+/// end's.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut column = 1;
+    for (at, c) in text.char_indices() {
+        if at >= offset {
+            break;
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    (line, column)
+}
+
+/// A problem of the whole text, with no place to point at.
+fn whole(message: impl Into<String>) -> Vec<PolicyProblem> {
+    vec![PolicyProblem {
+        line: None,
+        column: None,
+        message: message.into(),
+    }]
 }
 
 /// Who and what a decision is about.
@@ -373,12 +468,13 @@ fn annotation_step_up(set: &PolicySet, id: &PolicyId) -> Result<Option<StepUp>, 
 impl Policies {
     /// Parses and validates (strict mode) against [`SCHEMA`]; refuses with Cedar's diagnostics.
     pub fn parse(text: &str) -> Result<Policies, PolicyError> {
-        let parsed = PolicySet::from_str(text)
-            .map_err(|e| PolicyError::Parse(e.to_string().replace('\n', " ")))?;
+        let parsed = PolicySet::from_str(text).map_err(|errors| {
+            PolicyError::Parse(errors.iter().map(|e| problem(text, e)).collect())
+        })?;
         if parsed.templates().next().is_some() {
-            return Err(PolicyError::Parse(
-                "templates (`?principal`, `?resource`) are not supported".into(),
-            ));
+            return Err(PolicyError::Parse(whole(
+                "templates (`?principal`, `?resource`) are not supported",
+            )));
         }
         // Name each policy by its `@id` annotation, so decisions and errors speak of it.
         let mut set = PolicySet::new();
@@ -388,12 +484,15 @@ impl Policies {
                 _ => policy.clone(),
             };
             set.add(policy)
-                .map_err(|e| PolicyError::Parse(e.to_string()))?;
+                .map_err(|e| PolicyError::Parse(whole(e.to_string())))?;
         }
         let validator = Validator::new(schema()?.clone());
         let result = validator.validate(&set, ValidationMode::Strict);
         if !result.validation_passed() {
-            let errors = result.validation_errors().map(|e| e.to_string()).collect();
+            let errors = result
+                .validation_errors()
+                .map(|e| problem(text, e))
+                .collect();
             return Err(PolicyError::Invalid(errors));
         }
         let mut limits = HashMap::new();
@@ -1430,5 +1529,29 @@ forbid (principal, action, resource is Secret) when { resource.name == "ROOT" };
             })
             .unwrap();
         assert!(matches!(decision, Decision::Deny { .. }));
+    }
+
+    /// Each problem Cedar finds points at its line and column in the text as given.
+    #[test]
+    fn problems_name_their_line_and_column() {
+        let syntax =
+            "@id(\"a\")\npermit (principal, action, resource)\n  when { context.reason like };\n";
+        let error = Policies::parse(syntax).unwrap_err();
+        let problems = error.problems();
+        assert!(matches!(error, PolicyError::Parse(_)), "{error}");
+        assert_eq!(problems[0].line, Some(3), "{problems:?}");
+        assert!(error.to_string().contains("line 3, column"), "{error}");
+
+        let unknown = "@id(\"b\")\n  permit (principal, action == Action::\"request\", resource) when { context.colour == 1 };";
+        let error = Policies::parse(unknown).unwrap_err();
+        let problems = error.problems();
+        assert!(matches!(error, PolicyError::Invalid(_)), "{error}");
+        assert_eq!(problems[0].line, Some(2), "{problems:?}");
+        assert!(problems[0].message.contains("colour"), "{problems:?}");
+
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\nx", 3), (2, 1));
+        assert_eq!(line_column("ab", 99), (1, 3));
     }
 }

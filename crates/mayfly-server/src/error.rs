@@ -12,6 +12,15 @@ pub enum BrokerError {
     /// The input is not acceptable; the message names the field and the problem.
     #[error("{0}")]
     BadRequest(String),
+    /// A policy text Cedar refuses (it does not parse, or does not validate against the schema):
+    /// the message names the field and each problem with its line; `problems` has each with its
+    /// line and column, so an editor can show it at the line. Answered like
+    /// [`BrokerError::BadRequest`].
+    #[error("{message}")]
+    InvalidPolicy {
+        message: String,
+        problems: Vec<PolicyProblem>,
+    },
     #[error("the request body is larger than 1 MiB")]
     PayloadTooLarge,
     /// The caller is not authenticated (no, unknown, expired or revoked credentials).
@@ -66,6 +75,27 @@ pub enum BrokerError {
     Internal(String),
 }
 
+/// One problem of a refused policy text ([`BrokerError::InvalidPolicy`]), where an editor shows
+/// it: 1-based line and column (in characters) of the start of what Cedar points at; a problem
+/// of the whole text (no span: templates, a duplicate `@id`, a bad annotation) is put at line
+/// 1, column 1. Also `crate::access::admin::PolicyProblem`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl From<mayfly_core::policy::PolicyProblem> for PolicyProblem {
+    fn from(problem: mayfly_core::policy::PolicyProblem) -> PolicyProblem {
+        PolicyProblem {
+            line: problem.line.unwrap_or(1),
+            column: problem.column.unwrap_or(1),
+            message: problem.message,
+        }
+    }
+}
+
 impl BrokerError {
     /// The store or the audit log could not take the change: fail closed.
     pub fn store(error: &mayfly_store::StoreError) -> BrokerError {
@@ -85,6 +115,18 @@ impl BrokerError {
                 "target `{target}` is unreachable ({source}): nothing was saved"
             )),
             other => BrokerError::BadRequest(format!("field `{field}`: {other}")),
+        }
+    }
+
+    /// A policy text Cedar refused, as [`BrokerError::InvalidPolicy`].
+    pub fn invalid_policy(error: &mayfly_core::policy::PolicyError) -> BrokerError {
+        BrokerError::InvalidPolicy {
+            message: format!("field `text`: {error}"),
+            problems: error
+                .problems()
+                .into_iter()
+                .map(PolicyProblem::from)
+                .collect(),
         }
     }
 

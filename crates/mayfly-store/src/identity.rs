@@ -369,6 +369,27 @@ pub(crate) async fn revoke_session(
     Ok(Applied::Done)
 }
 
+/// [`crate::Change::RevokeUserSessions`]: every live session of the user, through the index
+/// `sessions_user_id` (migration 0011).
+pub(crate) async fn revoke_user_sessions(
+    c: &mut AnyConnection,
+    user_id: &str,
+    at: Timestamp,
+) -> Result<Applied, sqlx::Error> {
+    let revoked = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1 \
+         WHERE user_id = $2 AND user_id IS NOT NULL AND revoked_at IS NULL",
+    )
+    .bind(at.unix_ms())
+    .bind(user_id.to_owned())
+    .execute(&mut *c)
+    .await?;
+    if revoked.rows_affected() == 0 {
+        return Ok(Applied::Conflict("the user has no live session".into()));
+    }
+    Ok(Applied::Done)
+}
+
 /// The two tables of JWT login configuration.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum JwtTable {

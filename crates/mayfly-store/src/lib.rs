@@ -53,11 +53,11 @@ use mayfly_core::{Principal, SecretPath, Timestamp};
 pub use error::{BoxError, StoreError};
 pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
-    AdminRotationRecord, ApprovalRecord, Change, ExchangedTokenRecord, GrantFilter, GrantRecord,
-    GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,
-    NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
+    AdminRotationRecord, ApprovalRecord, AuditQuery, AuditRecord, Change, ExchangedTokenRecord,
+    GrantFilter, GrantRecord, GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord,
+    NotificationRecord, NotifyCondition, OutboxStats, PendingRotation, Principals,
+    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, SsoPendingRecord,
+    StoredEvent, TargetRecord, ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -170,6 +170,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<StoredEvent>, StoreError>;
     /// The newest checkpoint event, if any.
     async fn last_checkpoint(&self) -> Result<Option<StoredEvent>, StoreError>;
+    /// Up to `query.limit` events matching `query`, newest first, read from the database (the
+    /// audit search's indexed columns, migration 0013).
+    async fn audit_search(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 
     async fn sink_cursor(&self, sink: &str) -> Result<i64, StoreError>;
     async fn set_sink_cursor(&self, sink: &str, seq: i64) -> Result<(), StoreError>;

@@ -8,9 +8,9 @@
 //! - the TTLs granted, per minute; the largest TTL the policy allowed per role;
 //! - the revocation lags and the waits for approval, per bucket and value (two significant
 //!   digits, so that equal ones group), for the percentiles;
-//! - the orphan sweep's findings (`sweep.orphan` events) per bucket, found through the partial
-//!   index `audit_sweep_orphans` (migration 0013), whose condition the query repeats word for
-//!   word: the rest of the log is never read.
+//! - the orphan sweep's findings (`sweep.orphan` events) per bucket, found through an index by
+//!   kind (0013's `audit_events_kind`; 0014's partial `audit_sweep_orphans`, whose condition the
+//!   query repeats word for word): the rest of the log is never read.
 
 use mayfly_core::{Principal, Timestamp};
 use sqlx::AnyPool;
@@ -317,8 +317,8 @@ async fn approval_waits(
     q.fetch_all(pool).await.map_err(unavailable)
 }
 
-/// The orphan sweep's findings per bucket. The kind is written out, not bound: only then may
-/// the planner use the partial index `audit_sweep_orphans`, whose condition names it.
+/// The orphan sweep's findings per bucket, through an index by kind. The kind is written out,
+/// not bound: only then may the planner use the partial index `audit_sweep_orphans` too.
 pub(crate) const ORPHANS: &str = "SELECT (at_ms - $1) / $2 AS bucket, count(*) AS n \
      FROM audit_events WHERE kind = 'sweep.orphan' AND at_ms >= $1 AND at_ms < $3 \
      GROUP BY (at_ms - $1) / $2 ORDER BY 1";

@@ -130,6 +130,39 @@ pub struct StoredEvent {
     pub hash: String,
 }
 
+/// What the audit search looks for (`Store::audit_search`): every given condition holds. The
+/// server validates the values; the store only binds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// The event's search principal (`user:alice`), exactly.
+    pub principal: Option<String>,
+    /// The event's target, exactly.
+    pub target: Option<String>,
+    /// The kind: exactly, or every kind that starts with it when `kind_prefix`.
+    pub kind: Option<String>,
+    pub kind_prefix: bool,
+    /// Events at or after `from`, and before `to`.
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    /// Events with `seq < before_seq` (the next page of a newest-first listing).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// An audit event found by the search: its indexed columns and the event as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub kind: String,
+    pub principal: Option<String>,
+    pub target: Option<String>,
+    pub outcome: Option<String>,
+    /// The canonical body and its hash, as chained.
+    pub body: String,
+    pub hash: String,
+}
+
 /// A change of state. Each is applied atomically with its audit event.
 #[derive(Clone, Debug)]
 pub enum Change {
@@ -215,6 +248,12 @@ pub enum Change {
     /// Revokes a session. Conflicts if it is already revoked or unknown.
     RevokeSession {
         id: String,
+        at: Timestamp,
+    },
+    /// Revokes every live session of the user `user_id` (logout everywhere), the caller's own
+    /// included. Conflicts if it has none.
+    RevokeUserSessions {
+        user_id: String,
         at: Timestamp,
     },
     PutJwtIssuer {

@@ -9,8 +9,8 @@ use mayfly_core::{Principal, Timestamp};
 
 use crate::error::StoreError;
 use crate::records::{
-    ApprovalRecord, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord, SealRecord,
-    SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
+    ApprovalRecord, AuditRecord, GrantRecord, JwtConfigRecord, RequestRecord, RoleRecord,
+    SealRecord, SessionRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord,
 };
 
 pub(crate) const GRANT_COLUMNS: &str = "id, request_id, principal, target, role, login, state, created_at, expires_at, \
@@ -454,6 +454,34 @@ impl From<SealRow> for SealRecord {
             wrapped_keyring: row.wrapped_keyring,
             setup_code_hash: row.setup_code_hash,
             created_at: Timestamp::from_unix_ms(row.created_at),
+        }
+    }
+}
+
+/// An audit event row as the search reads it (migration 0013's columns too).
+#[derive(sqlx::FromRow)]
+pub(crate) struct SearchedEventColumns {
+    seq: i64,
+    at_ms: i64,
+    kind: String,
+    principal: Option<String>,
+    target: Option<String>,
+    outcome: Option<String>,
+    body: String,
+    hash: String,
+}
+
+impl From<SearchedEventColumns> for AuditRecord {
+    fn from(row: SearchedEventColumns) -> AuditRecord {
+        AuditRecord {
+            seq: row.seq,
+            at: Timestamp::from_unix_ms(row.at_ms),
+            kind: row.kind,
+            principal: row.principal,
+            target: row.target,
+            outcome: row.outcome,
+            body: row.body,
+            hash: row.hash,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct TestBroker {
     pub clock: ManualClock,
     pub dir: tempfile::TempDir,
     pub store_url: String,
+    /// The broker's public URL: `addr`, or `http://localhost:PORT` with [`Options::localhost`].
+    pub public_url: String,
     /// The admin session from the dev bootstrap (only with [`TestBroker::ready`]).
     pub admin_token: Option<String>,
     /// Demo users created by the bootstrap: (name, password, TOTP secret bytes).
@@ -59,6 +61,9 @@ pub struct Options {
     pub audit_sinks: Vec<Arc<mayfly_server::audit::sink_spec::SinkSpec>>,
     /// The notifications outbox's channels and settings (none by default).
     pub notifications: mayfly_server::notify::config::NotifyConfig,
+    /// The public URL (links in notifications, the console's own origin) names `localhost`
+    /// instead of `127.0.0.1`: a browser accepts `Secure` cookies over plain HTTP there.
+    pub localhost: bool,
 }
 
 impl Default for Options {
@@ -71,6 +76,7 @@ impl Default for Options {
             checkpoint_every_events: 1000,
             audit_sinks: Vec::new(),
             notifications: mayfly_server::notify::config::NotifyConfig::default(),
+            localhost: false,
         }
     }
 }
@@ -132,8 +138,14 @@ impl TestBroker {
             config.audit_file = Some(dir.path().join("audit.jsonl"));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        config.public_url = addr.clone();
+        let bound = listener.local_addr().unwrap();
+        let addr = format!("http://{bound}");
+        config.public_url = if options.localhost {
+            format!("http://localhost:{}", bound.port())
+        } else {
+            addr.clone()
+        };
+        let public_url = config.public_url.clone();
         let broker = mayfly_server::start(config).await.unwrap();
         let mut admin_token = None;
         let mut users = Vec::new();
@@ -166,6 +178,7 @@ impl TestBroker {
             clock,
             dir,
             store_url,
+            public_url,
             admin_token,
             users,
             shutdown: Some(shutdown),

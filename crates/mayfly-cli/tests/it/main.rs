@@ -329,6 +329,29 @@ fn a_server_is_initialized_unsealed_and_set_up_through_the_cli() {
         .env("MAYFLY_TOKEN_FILE", &token_file));
     assert!(revoke.status.success(), "{revoke:?}");
     assert!(!token_file.exists());
+
+    // `logout --everywhere` ends the user's sessions and forgets the token file; a copy of the
+    // token is refused afterwards. (The next TOTP step: the last one was used.)
+    let code = mayfly_testkit::totp_code(secret, SystemClock.now().unix_secs() + 30);
+    let login = run(mayfly()
+        .args(["login", "root", "--totp", &code, "--password-file"])
+        .arg(&password)
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", &token_file));
+    assert!(login.status.success(), "{login:?}");
+    let copy = std::fs::read_to_string(&token_file).unwrap();
+    let logout = run(mayfly()
+        .args(["logout", "--everywhere"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN_FILE", &token_file));
+    assert!(logout.status.success(), "{logout:?}");
+    assert!(stdout(&logout).contains("everywhere"), "{logout:?}");
+    assert!(!token_file.exists());
+    let lookup = run(mayfly()
+        .args(["token", "lookup"])
+        .env("MAYFLY_ADDR", &addr)
+        .env("MAYFLY_TOKEN", copy.trim()));
+    assert!(!lookup.status.success(), "{lookup:?}");
 }
 
 /// Starts `mayfly dev`, returns it with its address and admin token.

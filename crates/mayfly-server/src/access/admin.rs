@@ -15,6 +15,7 @@ use crate::access::rotation::{MAX_ROTATE_EVERY, MIN_ROTATE_EVERY};
 use crate::access::{grant_info, principal_key, role_spec, target_secret_path};
 use crate::auth::Caller;
 use crate::error::BrokerError;
+pub use crate::error::PolicyProblem;
 use crate::origin::Origin;
 use crate::state::Broker;
 
@@ -290,6 +291,163 @@ impl Broker {
         }
     }
 
+    /// Runs a role's creation statements on the target, rolled back, without saving the role
+    /// (the console's dry run): `Ok`, or `BadRequest` with the target's message saying why not
+    /// (or what the target kind cannot express). Nothing is created on the target and nothing
+    /// is stored but the audit event `role.dry_run` (either way). Admins only.
+    pub async fn dry_run_role(
+        &self,
+        meta: &Origin,
+        caller: &Caller,
+        target: &str,
+        name: &str,
+        creation_sql: &str,
+    ) -> Result<(), BrokerError> {
+        let creation = creation_sql;
+        caller.require_admin()?;
+        check_name("target", target)?;
+        check_name("name", name)?;
+        if creation.trim().is_empty() || creation.len() > 64 * 1024 {
+            return Err(BrokerError::BadRequest(
+                "field `creation_sql`: the creation statements, 1 byte to 64 KiB".into(),
+            ));
+        }
+        let record = RoleRecord {
+            target: target.to_owned(),
+            name: name.to_owned(),
+            creation_sql: creation.to_owned(),
+            revocation_sql: None,
+            max_ttl_ms: duration_to_ms(DRY_RUN_TTL),
+        };
+        let live = self.target(target).await?;
+        let spec = role_spec(&record);
+        // What the target cannot express, or what it refuses when the statements run, is the
+        // answer; a target that cannot be reached is an error (nothing was tried).
+        let refusal = match live.check_role(&spec) {
+            Err(error) => Some(error.to_string()),
+            Ok(()) => match live.dry_run_role(&spec, self.now() + DRY_RUN_TTL).await {
+                Ok(()) => None,
+                Err(error @ mayfly_targets::TargetError::Unavailable { .. }) => {
+                    return Err(error.into());
+                }
+                Err(mayfly_targets::TargetError::Refused { reason, .. }) => Some(reason),
+                Err(error) => Some(error.to_string()),
+            },
+        };
+        let mut event = self
+            .draft("role.dry_run", Outcome::Ok)
+            .detail("result", if refusal.is_some() { "refused" } else { "ok" })
+            .detail("creation_sql", creation.to_owned());
+        if let Some(reason) = &refusal {
+            event = event.detail("error", reason.clone());
+        }
+        event.actor = Some(caller.principal().to_string());
+        event.subject = Some(format!("role:{target}/{name}"));
+        meta.fill(&mut event);
+        let _ = self
+            .commit(Write {
+                change: None,
+                event,
+            })
+            .await?;
+        match refusal {
+            None => Ok(()),
+            Some(reason) => Err(BrokerError::BadRequest(format!(
+                "field `creation_sql`: target `{target}` refused the statements: {reason}"
+            ))),
+        }
+    }
+
+    /// The roles `principal` may ask for now, as the policy decides them (the request form's
+    /// choices): each with its maximum TTL and whether a request waits for approvals, needs a
+    /// fresh second factor, or is allowed as break-glass only. Nothing is written. The decision
+    /// is `create_request`'s, for the context [`Broker::may_request`] (and so `list_roles`)
+    /// decides listings on: reason `listing`, no ticket, a TTL of 60 s, this hour, no source
+    /// address. A policy that looks at the reason, the ticket, the TTL or the address decides a
+    /// real request on what it holds.
+    pub async fn requestable_roles(
+        &self,
+        principal: &mayfly_core::Principal,
+    ) -> Result<Vec<RequestableRole>, BrokerError> {
+        let targets = self.store().targets().await?;
+        let roles = self.store().roles().await?;
+        let policies = self.policies().await?;
+        let now = self.now();
+        let mut out = Vec::new();
+        for role in roles {
+            let Some(target) = targets.iter().find(|t| t.name == role.target) else {
+                continue;
+            };
+            let role_max_ttl = duration_from_ms(role.max_ttl_ms);
+            if let Some(decision) =
+                self.decide_listing(&policies, principal, target, &role, now, false)?
+            {
+                let (approvals, max_ttl, step_up) = decision;
+                out.push(RequestableRole {
+                    target: role.target.clone(),
+                    role: role.name.clone(),
+                    max_ttl: max_ttl.map_or(role_max_ttl, |m| m.min(role_max_ttl)),
+                    approvals,
+                    step_up,
+                    break_glass_only: false,
+                });
+                continue;
+            }
+            if let Some((_, max_ttl, _)) =
+                self.decide_listing(&policies, principal, target, &role, now, true)?
+            {
+                out.push(RequestableRole {
+                    target: role.target.clone(),
+                    role: role.name.clone(),
+                    max_ttl: max_ttl.map_or(role_max_ttl, |m| m.min(role_max_ttl)),
+                    approvals: 0,
+                    // Break-glass always needs a fresh second factor.
+                    step_up: true,
+                    break_glass_only: true,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The decision on asking for `role` as [`Broker::requestable_roles`] makes it: `None` when
+    /// denied, else its approvals, `@max_ttl` and whether it asks for a step-up.
+    fn decide_listing(
+        &self,
+        policies: &Policies,
+        principal: &mayfly_core::Principal,
+        target: &TargetRecord,
+        role: &RoleRecord,
+        now: mayfly_core::Timestamp,
+        break_glass: bool,
+    ) -> Result<Option<(u32, Option<Duration>, bool)>, BrokerError> {
+        let context = mayfly_core::policy::RequestContext {
+            reason: "listing".into(),
+            ticket: String::new(),
+            ttl: Duration::from_secs(60),
+            hour: now.utc_hour(),
+            weekday: now.iso_weekday(),
+            source_ip: None,
+            break_glass,
+        };
+        let action = if break_glass {
+            mayfly_core::policy::Action::BreakGlass
+        } else {
+            mayfly_core::policy::Action::Request
+        };
+        let decision =
+            crate::access::requests::decide(policies, principal, action, target, role, &context)?;
+        Ok(match decision {
+            mayfly_core::policy::Decision::Allow {
+                approvals,
+                max_ttl,
+                step_up,
+                ..
+            } => Some((approvals, max_ttl, step_up.is_some())),
+            mayfly_core::policy::Decision::Deny { .. } => None,
+        })
+    }
+
     /// The roles the caller may see: all for admins, else those it may request.
     pub async fn list_roles(&self, caller: &Caller) -> Result<Vec<RoleInfo>, BrokerError> {
         let roles = if caller.principal().is_admin() {
@@ -316,8 +474,7 @@ impl Broker {
         request: PolicyText,
     ) -> Result<PolicyInfo, BrokerError> {
         caller.require_admin()?;
-        Policies::parse(&request.text)
-            .map_err(|e| BrokerError::BadRequest(format!("field `text`: {e}")))?;
+        Policies::parse(&request.text).map_err(|e| BrokerError::invalid_policy(&e))?;
         let mut event = self
             .draft("policy.put", Outcome::Ok)
             .detail("text", request.text.clone());
@@ -533,6 +690,26 @@ impl Broker {
             .collect();
         Ok((requests, grants))
     }
+}
+
+/// How long the credential of a role's dry run would live (its `{{expiration}}`); it is rolled
+/// back at once.
+const DRY_RUN_TTL: Duration = Duration::from_secs(3600);
+
+/// A role the policy lets a principal ask for ([`Broker::requestable_roles`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestableRole {
+    pub target: String,
+    pub role: String,
+    /// The longest TTL a request may get: the role's maximum, or the policy's `@max_ttl` if
+    /// smaller.
+    pub max_ttl: Duration,
+    /// Approvals a request waits for (0: allowed at once).
+    pub approvals: u32,
+    /// Activating needs a fresh second factor (`@step_up`, or break-glass).
+    pub step_up: bool,
+    /// Only as break-glass: the policy permits `break_glass`, not `request`.
+    pub break_glass_only: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]

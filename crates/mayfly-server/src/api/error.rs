@@ -22,7 +22,9 @@ pub trait HttpError {
 impl HttpError for BrokerError {
     fn status(&self) -> StatusCode {
         match self {
-            BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            BrokerError::BadRequest(_) | BrokerError::InvalidPolicy { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             BrokerError::PayloadTooLarge | BrokerError::TooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -48,7 +50,7 @@ impl HttpError for BrokerError {
 
     fn code(&self) -> &'static str {
         match self {
-            BrokerError::BadRequest(_) => "invalid_request",
+            BrokerError::BadRequest(_) | BrokerError::InvalidPolicy { .. } => "invalid_request",
             BrokerError::PayloadTooLarge | BrokerError::TooLarge(_) => "payload_too_large",
             BrokerError::BadGateway(_) => "bad_gateway",
             BrokerError::GatewayTimeout(_) => "gateway_timeout",

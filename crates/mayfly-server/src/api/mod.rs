@@ -72,6 +72,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/auth/token/lookup-self", get(routes::lookup_self))
         .route("/v1/auth/token/revoke-self", post(routes::revoke_self))
+        .route("/v1/auth/token/revoke-all", post(routes::revoke_all))
         .route(
             "/v1/users",
             post(routes::create_user).get(routes::list_users),

@@ -28,6 +28,7 @@ use crate::api::{
         approval_routes::link_slack,
         routes::lookup_self,
         routes::revoke_self,
+        routes::revoke_all,
         routes::create_user,
         routes::list_users,
         routes::update_user,

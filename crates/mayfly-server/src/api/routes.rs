@@ -143,6 +143,17 @@ pub async fn revoke_self(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+/// Logout everywhere: revokes every live session of the calling user, this one included.
+#[utoipa::path(post, path = "/v1/auth/token/revoke-all", responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn revoke_all(
+    State(broker): State<Broker>,
+    Extension(meta): Extension<Origin>,
+    caller: Caller,
+) -> Result<axum::http::StatusCode, BrokerError> {
+    broker.logout_everywhere(&meta, &caller).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(post, path = "/v1/users", request_body = CreateUserRequest,
     responses((status = 200, body = UserCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_user(

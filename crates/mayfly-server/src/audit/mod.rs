@@ -9,6 +9,7 @@ pub mod forward;
 pub mod read;
 pub mod refusals;
 pub mod refused;
+pub mod search;
 pub mod sink;
 pub mod sink_spec;
 pub mod syslog;

@@ -8,6 +8,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod jwt_admin;
 pub mod limiter;
+pub mod logout;
 pub mod password;
 pub mod sso;
 pub mod step_up;

@@ -68,6 +68,9 @@ pub(super) async fn apply(
         } => identity::link_slack_user(c, username, slack_user_id.as_deref()).await,
         Change::CreateSession { session } => identity::create_session(c, session).await,
         Change::RevokeSession { id, at } => identity::revoke_session(c, id, *at).await,
+        Change::RevokeUserSessions { user_id, at } => {
+            identity::revoke_user_sessions(c, user_id, *at).await
+        }
         Change::PutJwtIssuer { name, config } => {
             identity::put_jwt_config(c, JwtTable::Issuers, name, config).await
         }

@@ -12,8 +12,18 @@ use crate::records::{StoredEvent, WriteOutcome};
 /// The chain's last `seq` and hash.
 pub(crate) type Head = (i64, [u8; 32]);
 
-/// One audit event row: `(seq, at_ms, kind, body, hash)`.
-pub(crate) type EventRow = (i64, i64, String, String, String);
+/// One audit event row as inserted: the chained body and its hash, and the columns the audit
+/// search reads (migration 0013).
+pub(crate) struct EventRow {
+    pub(crate) seq: i64,
+    pub(crate) at_ms: i64,
+    pub(crate) kind: String,
+    pub(crate) body: String,
+    pub(crate) hash: String,
+    pub(crate) principal: Option<String>,
+    pub(crate) target: Option<String>,
+    pub(crate) outcome: &'static str,
+}
 
 /// A committed batch: each write's outcome, the new head, and the events as stored (only when
 /// the store keeps its recent events).
@@ -22,12 +32,12 @@ pub(crate) type Committed = (Vec<WriteOutcome>, Head, Vec<StoredEvent>);
 /// Audit events per `INSERT` statement.
 const EVENTS_PER_INSERT: usize = 200;
 
-pub(crate) fn stored((seq, _, kind, body, hash): EventRow) -> StoredEvent {
+pub(crate) fn stored(row: EventRow) -> StoredEvent {
     StoredEvent {
-        seq,
-        kind,
-        body,
-        hash,
+        seq: row.seq,
+        kind: row.kind,
+        body: row.body,
+        hash: row.hash,
     }
 }
 
@@ -35,13 +45,16 @@ pub(crate) fn stored((seq, _, kind, body, hash): EventRow) -> StoredEvent {
 pub(crate) fn chained(event: &AuditDraft, seq: i64, prev: &[u8; 32]) -> (EventRow, [u8; 32]) {
     let (text, hash) = event.chain(seq, prev);
     (
-        (
+        EventRow {
             seq,
-            event.at.unix_ms(),
-            event.kind.clone(),
-            text,
-            hex::encode(hash),
-        ),
+            at_ms: event.at.unix_ms(),
+            kind: event.kind.clone(),
+            body: text,
+            hash: hex::encode(hash),
+            principal: event.search_principal().map(str::to_owned),
+            target: event.search_target().map(str::to_owned),
+            outcome: event.outcome.as_str(),
+        },
         hash,
     )
 }
@@ -76,17 +89,20 @@ pub(crate) async fn append(
 ) -> Result<(), StoreError> {
     for chunk in events.chunks(EVENTS_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO audit_events (seq, at_ms, kind, body, hash) VALUES {}",
-            values_on(c, chunk.len(), 5)
+            "INSERT INTO audit_events (seq, at_ms, kind, body, hash, principal, target, outcome) VALUES {}",
+            values_on(c, chunk.len(), 8)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (seq, at_ms, kind, body, hash) in chunk {
+        for row in chunk {
             query = query
-                .bind(*seq)
-                .bind(*at_ms)
-                .bind(kind.clone())
-                .bind(body.clone())
-                .bind(hash.clone());
+                .bind(row.seq)
+                .bind(row.at_ms)
+                .bind(row.kind.clone())
+                .bind(row.body.clone())
+                .bind(row.hash.clone())
+                .bind(row.principal.clone())
+                .bind(row.target.clone())
+                .bind(row.outcome);
         }
         query.execute(&mut *c).await.map_err(unavailable)?;
     }

@@ -180,7 +180,8 @@ impl std::fmt::Debug for ScriptConnection {
 
 /// Every statement `OR ROLLBACK`: a failing one ends the whole transaction at once, which is what
 /// the caller wants (it then commits the batch the long way), and nothing is left open.
-const INSERT_EVENT: &str = "INSERT OR ROLLBACK INTO audit_events (seq, at_ms, kind, body, hash) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_EVENT: &str = "INSERT OR ROLLBACK INTO audit_events \
+     (seq, at_ms, kind, body, hash, principal, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const MOVE_HEAD: &str = "UPDATE OR ROLLBACK audit_head \
      SET seq = CASE WHEN seq = ?1 AND hash = ?2 THEN ?3 ELSE NULL END, hash = ?4 WHERE id = 1";
 
@@ -249,8 +250,17 @@ impl ScriptConnection {
             }
         }
         let mut insert = connection.prepare_cached(INSERT_EVENT)?;
-        for (seq, at_ms, kind, body, hash) in rows.events {
-            insert.execute(params![seq, at_ms, kind, body, hash])?;
+        for row in rows.events {
+            insert.execute(params![
+                row.seq,
+                row.at_ms,
+                row.kind,
+                row.body,
+                row.hash,
+                row.principal,
+                row.target,
+                row.outcome
+            ])?;
         }
         let moved = connection.prepare_cached(MOVE_HEAD)?.execute(params![
             head.from.0,

@@ -110,6 +110,36 @@ async fn kept_reads_follow_every_change() {
     )
     .await;
     assert_eq!(session().await.unwrap().revoked_at, Some(at(5)));
+    // Logout everywhere: the user's other session, kept in memory, is revoked at its next read;
+    // the one already revoked keeps its time.
+    apply(
+        &store,
+        Change::CreateSession {
+            session: SessionRecord {
+                id: "s2".into(),
+                token_hash: vec![8; 32],
+                principal: principal.clone(),
+                created_at: at(1),
+                expires_at: at(1_000_000),
+                revoked_at: None,
+                factor_at: None,
+            },
+        },
+    )
+    .await;
+    let other = || async { store.session_by_hash(&[8; 32]).await.unwrap() };
+    assert_eq!(other().await.unwrap().revoked_at, None);
+    assert_eq!(other().await.unwrap().revoked_at, None);
+    apply(
+        &store,
+        Change::RevokeUserSessions {
+            user_id: "id-alice".into(),
+            at: at(6),
+        },
+    )
+    .await;
+    assert_eq!(other().await.unwrap().revoked_at, Some(at(6)));
+    assert_eq!(session().await.unwrap().revoked_at, Some(at(5)));
     apply(&store, update(None, Some(true))).await;
     assert!(session().await.is_none(), "a disabled user's session");
     // Disabling deleted the session: enabling the user again does not bring it back.

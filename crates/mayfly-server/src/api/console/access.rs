@@ -89,16 +89,18 @@ struct RoleChoice {
     needs_approval: bool,
 }
 
+/// The roles the policy lets the viewer request now (break-glass-only ones are not offered here).
 async fn requestable(broker: &Broker, viewer: &Viewer) -> Result<Vec<RoleChoice>, BrokerError> {
     Ok(broker
-        .list_roles(&viewer.caller)
+        .requestable_roles(viewer.principal())
         .await?
         .into_iter()
+        .filter(|role| !role.break_glass_only)
         .map(|role| RoleChoice {
             target: role.target,
-            role: role.name,
-            max_ttl_seconds: role.max_ttl_seconds,
-            needs_approval: false,
+            role: role.role,
+            max_ttl_seconds: role.max_ttl.as_secs(),
+            needs_approval: role.approvals > 0,
         })
         .collect())
 }

@@ -187,6 +187,17 @@ pub async fn logout(
     Ok(logged_out())
 }
 
+/// `POST /ui/logout-everywhere`: ends every session of the viewer's user, this one included.
+pub async fn logout_everywhere(
+    State(broker): State<Broker>,
+    Posted(viewer, CsrfOnly { .. }): Posted<CsrfOnly>,
+) -> PageResult {
+    broker
+        .logout_everywhere(&viewer.origin, &viewer.caller)
+        .await?;
+    Ok(logged_out())
+}
+
 fn logged_out() -> Response {
     let mut response = Redirect::to("/ui/login").into_response();
     response

@@ -15,7 +15,9 @@
 //!   renders; refusals become an error page with the status `api/error.rs` chooses.
 
 pub mod access;
+pub mod admin;
 pub mod approvals;
+pub mod audit;
 pub mod charts;
 pub mod dashboard;
 pub mod layout;
@@ -55,6 +57,7 @@ pub fn router() -> Router<Broker> {
         .route("/static/app.js", get(app_js))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", post(login::logout))
+        .route("/logout-everywhere", post(login::logout_everywhere))
         .route("/sso/start", get(login::sso_start))
         .route("/access", get(access::page))
         .route("/requests", post(access::create_request))
@@ -67,6 +70,14 @@ pub fn router() -> Router<Broker> {
             "/approvals/{id}",
             get(approvals::detail).post(approvals::decide),
         )
+        .route("/audit", get(audit::page))
+        .route("/audit/export", get(audit::export))
+        .route("/admin/targets", get(admin::targets))
+        .route("/admin/roles", get(admin::roles))
+        .route("/admin/roles/dry-run", post(admin::dry_run))
+        .route("/admin/policy", get(admin::policy).post(admin::put_policy))
+        .route("/admin/users", get(admin::users).post(admin::create_user))
+        .route("/admin/users/update", post(admin::update_user))
         .route("/dashboard", get(dashboard::page))
         .route("/review", get(review::page))
         .route("/review/{id}", post(review::review))

@@ -24,7 +24,8 @@ pub async fn page(
         p.lead { "Emergency access is issued at once and looked at afterwards, by someone else." }
         @if queue.is_empty() {
             p #review-empty { "Nothing to review." }
-        } @else {
+        }
+        {
             div.scroll {
                 table #review {
                     caption.visually-hidden { "Break-glass grants waiting for review" }

@@ -110,21 +110,29 @@ pub fn csrf_matches(given: &str, expected: &str) -> bool {
 }
 
 /// Refuses a form sent from another site: the browser's `Sec-Fetch-Site` (when sent) must say
-/// same-origin, and the `Origin` (when sent) must name this host.
+/// same-origin, and the `Origin` (when sent) must name this host. Under our `Referrer-Policy:
+/// no-referrer` a browser sends `Origin: null` even for its own forms (the Fetch standard's
+/// origin serialization); that is accepted only with `Sec-Fetch-Site: same-origin`, which a
+/// page cannot forge.
 pub fn check_same_origin(headers: &HeaderMap) -> Result<(), BrokerError> {
     let refused = || {
         BrokerError::Forbidden(
             "this form was sent from another site: open the console and send it from there".into(),
         )
     };
+    let mut same_origin = false;
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().map_err(|_| refused())?;
         if site != "same-origin" && site != "none" {
             return Err(refused());
         }
+        same_origin = site == "same-origin";
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().map_err(|_| refused())?;
+        if origin == "null" {
+            return if same_origin { Ok(()) } else { Err(refused()) };
+        }
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -266,5 +274,15 @@ mod tests {
         headers.remove(header::ORIGIN);
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(check_same_origin(&headers).is_err());
+        // `Origin: null` (what a browser sends under `Referrer-Policy: no-referrer`): only with
+        // the browser's own word that the form is same-origin.
+        headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(check_same_origin(&headers).is_err());
+        headers.remove("sec-fetch-site");
+        assert!(check_same_origin(&headers).is_err());
+        headers.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(check_same_origin(&headers).is_err());
+        headers.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(check_same_origin(&headers).is_ok());
     }
 }
