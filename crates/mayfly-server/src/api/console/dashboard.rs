@@ -133,25 +133,19 @@ pub fn content(picture: &AccessPicture, window_key: &str) -> Markup {
                 }
             }
         }
-        section aria-label="Now" {
-            ul class="counts" {
-                li {
-                    "Active grants"
-                    span class="value" id="count-active-grants" data-value=(counts.active_grants) {
-                        (counts.active_grants)
-                    }
+        section class="counts" aria-label="Now" {
+            dl {
+                div class="count" {
+                    dt { "Active grants" }
+                    dd id="count-active-grants" data-value=(counts.active_grants) { (counts.active_grants) }
                 }
-                li {
-                    "Pending requests"
-                    span class="value" id="count-pending-requests" data-value=(counts.pending_requests) {
-                        (counts.pending_requests)
-                    }
+                div class="count" {
+                    dt { "Pending requests" }
+                    dd id="count-pending-requests" data-value=(counts.pending_requests) { (counts.pending_requests) }
                 }
-                li class=[(counts.standing_found > 0).then_some("bad")] {
-                    "Standing credentials found (" (window_label) ")"
-                    span class="value" id="count-standing" data-value=(counts.standing_found) {
-                        (counts.standing_found)
-                    }
+                div class={ "count" @if counts.standing_found > 0 { " count-alarm" } } {
+                    dt { "Standing credentials found (" (window_label) ")" }
+                    dd id="count-standing" data-value=(counts.standing_found) { (counts.standing_found) }
                 }
             }
         }
@@ -196,7 +190,7 @@ pub fn content(picture: &AccessPicture, window_key: &str) -> Markup {
                 &points(&picture.revocation_lag),
             ))
             @if picture.overdue > 0 {
-                p id="overdue" class="chart-note bad" data-value=(picture.overdue) {
+                p id="overdue" class="chart-note count-alarm" data-value=(picture.overdue) {
                     (picture.overdue) " grant(s) past their expiry are not revoked yet."
                 }
             }
