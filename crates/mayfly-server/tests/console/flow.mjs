@@ -10,6 +10,7 @@
 //   MAYFLY_PG           {"host", "port", "database"}: the target's PostgreSQL
 //   MAYFLY_ROLE         the role alice asks for, which needs bob's approval (TARGET/ROLE)
 //   MAYFLY_DIRECT_ROLE  a role policy allows at once (TARGET/ROLE)
+//   MAYFLY_GLASS_GRANT  a break-glass grant (bob's, revoked) waiting in the review queue
 //   MAYFLY_SCREENSHOTS  where screenshots go (PAGE-WIDTH.png)
 //   MAYFLY_CHROMIUM     the browser (default /usr/bin/chromium)
 //
@@ -51,6 +52,7 @@ const USERS = JSON.parse(env('MAYFLY_USERS'));
 const PG = JSON.parse(env('MAYFLY_PG'));
 const ROLE = env('MAYFLY_ROLE');
 const DIRECT_ROLE = env('MAYFLY_DIRECT_ROLE');
+const GLASS_GRANT = env('MAYFLY_GLASS_GRANT');
 const SHOTS = env('MAYFLY_SCREENSHOTS');
 const CHROMIUM = process.env.MAYFLY_CHROMIUM || '/usr/bin/chromium';
 
@@ -544,8 +546,17 @@ async function story(browser) {
 
   // 11. The admin's other pages.
   step('the admin pages');
+  await visit(admin, '/ui/review');
+  const glass = await row(admin, 'review', 'data-grant-id', GLASS_GRANT);
+  check(glass, `the break-glass grant ${GLASS_GRANT} is not in table#review`);
+  check((await glass.textContent()).includes('bob'), 'the review row does not name bob');
+  await shoot(admin, 'review');
+  const reviewed = await glass.$('form.review button[type="submit"]');
+  check(reviewed, 'the break-glass grant has no review button');
+  await navigating(admin, () => reviewed.click());
+  check(((await flash(admin)) || '').includes(GLASS_GRANT), 'no #flash naming the reviewed grant');
+  check(!(await row(admin, 'review', 'data-grant-id', GLASS_GRANT)), 'the reviewed grant is still queued');
   const adminPages = [
-    ['/ui/review', 'review', 'table#review'],
     ['/ui/admin/targets', 'admin-targets', 'table#targets'],
     ['/ui/admin/roles', 'admin-roles', 'table#roles'],
     ['/ui/admin/policy', 'admin-policy', 'form#policy-form'],

@@ -622,15 +622,7 @@ async fn every_page_carries_the_csp_and_no_secret_but_the_one_time_credential() 
     assert_eq!(credential.status, 200, "{}", credential.body);
     assert!(!stolen.body.contains("cred-password"), "{}", stolen.body);
     check_headers(&credential, "the credential view");
-    let password = credential
-        .body
-        .split("id=\"cred-password\"")
-        .nth(1)
-        .and_then(|rest| rest.split('>').nth(1))
-        .and_then(|rest| rest.split('<').next())
-        .expect("code#cred-password")
-        .trim()
-        .to_owned();
+    let password = element_text(&credential.body, "cred-password").expect("code#cred-password");
     assert!(password.len() >= 16, "{password:?}");
     let again = alice.get(&credential_url).await;
     assert_eq!(again.status, 410, "{}", again.body);
@@ -638,10 +630,40 @@ async fn every_page_carries_the_csp_and_no_secret_but_the_one_time_credential() 
     check_headers(&again, "the credential view, gone");
 
     // The secrets that must never be in a page.
-    let admin = console_login(&broker, "admin").await;
+    let mut admin = console_login(&broker, "admin").await;
+
+    // A user made in the console: the generated password and TOTP secret in the one-time view.
+    let users = admin.get("/ui/admin/users").await;
+    let answer = admin
+        .post(
+            "/ui/admin/users",
+            &[
+                ("username", "carol"),
+                ("groups", "dev"),
+                ("csrf", &users.csrf()),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let view = admin.get(&answer.location()).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let carol_password = element_text(&view.body, "cred-password").expect("carol's password");
+    let carol_totp = view
+        .body
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split(['&', '<', '"']).next())
+        .expect("carol's otpauth URL")
+        .to_owned();
+    assert!(carol_totp.len() >= 16, "{carol_totp:?}");
+    let again = admin.get(&answer.location()).await;
+    assert_eq!(again.status, 410, "{}", again.body);
+    assert!(!again.body.contains(&carol_password));
 
     let mut secrets: Vec<(String, String)> = vec![
         ("the credential's password".into(), password.clone()),
+        ("carol's password".into(), carol_password),
+        ("carol's TOTP secret".into(), carol_totp),
         (
             "the target's admin password".into(),
             cluster.admin_password.clone(),
@@ -904,4 +926,83 @@ async fn what_people_type_is_shown_as_text_never_as_markup() {
         "{}",
         page.body
     );
+}
+
+/// The text of the element with id `id` in `html` (no nested markup).
+fn element_text(html: &str, id: &str) -> Option<String> {
+    let text = html
+        .split(&format!("id=\"{id}\""))
+        .nth(1)?
+        .split('>')
+        .nth(1)?
+        .split('<')
+        .next()?;
+    Some(text.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_who_is_not_an_admin_can_neither_see_nor_send_the_admin_forms() {
+    let broker = TestBroker::start(mayfly_testkit::Options {
+        localhost: true,
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    let permit_all = r#"permit (principal, action, resource);"#;
+    let mut alice = console_login(&broker, "alice").await;
+    for path in [
+        "/ui/audit",
+        "/ui/audit/export",
+        "/ui/review",
+        "/ui/admin/targets",
+        "/ui/admin/roles",
+        "/ui/admin/policy",
+        "/ui/admin/users",
+    ] {
+        let page = alice.get(path).await;
+        assert_eq!(page.status, 403, "alice GET {path}: {}", page.body);
+    }
+    let csrf = alice.get("/ui/access").await.csrf();
+    for (path, form) in [
+        (
+            "/ui/admin/users/update",
+            vec![
+                ("username", "alice"),
+                ("groups", "dev,admins"),
+                ("action", "groups"),
+            ],
+        ),
+        (
+            "/ui/admin/users",
+            vec![("username", "mallory"), ("groups", "admins")],
+        ),
+        ("/ui/admin/policy", vec![("policy", permit_all)]),
+    ] {
+        let mut form = form;
+        form.push(("csrf", &csrf));
+        let answer = alice.post(path, &form).await;
+        assert_eq!(answer.status, 403, "alice POST {path}: {}", answer.body);
+    }
+    let admin = broker.admin();
+    let users = broker
+        .expect(200, "GET", "/v1/users", Some(&admin), None)
+        .await;
+    let users = users.as_array().unwrap();
+    assert!(
+        !users.iter().any(|u| u["username"] == "mallory"),
+        "{users:?}"
+    );
+    let alice_row = users.iter().find(|u| u["username"] == "alice").unwrap();
+    assert_eq!(alice_row["groups"], json!(["dev"]), "{alice_row}");
+    let policy = broker
+        .expect(200, "GET", "/v1/policy", Some(&admin), None)
+        .await;
+    assert!(
+        !policy
+            .to_string()
+            .contains("permit (principal, action, resource)"),
+        "{policy}"
+    );
+    // Still alice, still no admin: the navigation shows her no admin link.
+    let page = alice.get("/ui/access").await;
+    assert!(!page.body.contains("/ui/admin/targets"), "{}", page.body);
 }

@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use mayfly_server::clock::{Clock, ManualClock};
 use mayfly_server::notify::config::{Channel, NotifyConfig};
+use mayfly_testkit::access::{ask, grant_id, with};
 use mayfly_testkit::pgcluster::PgCluster;
 use mayfly_testkit::{Options, TestBroker};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"the-console-receivers-key-0123456789";
 
-/// alice's `owner` needs one approval by another developer (bob); `reader` is allowed at once.
+/// alice's `owner` needs one approval by another developer (bob); `reader` is allowed at once,
+/// and by break-glass.
 const POLICY: &str = r#"
 @id("owner-needs-approval")
 @approvals("1")
@@ -30,6 +32,9 @@ permit (principal in Group::"dev", action == Action::"request", resource == Role
 
 @id("reader-direct")
 permit (principal in Group::"dev", action == Action::"request", resource == Role::"pg/reader");
+
+@id("reader-glass")
+permit (principal in Group::"dev", action == Action::"break_glass", resource == Role::"pg/reader");
 
 @id("developers-approve")
 permit (principal, action == Action::"approve", resource in Target::"pg")
@@ -169,6 +174,40 @@ async fn console_story_in_chromium_request_approve_use_revoke_audit() {
     broker
         .postgres_access(&cluster, &[("owner", 3600), ("reader", 3600)], POLICY)
         .await;
+    // A break-glass grant of bob's, already revoked: the review queue's item for the admin.
+    let bob = broker.login("bob").await;
+    let glass = broker
+        .grant(
+            &bob,
+            with(
+                ask("pg", "reader", 300, "the primary is down"),
+                json!({"break_glass": true}),
+            ),
+        )
+        .await;
+    let glass_id = grant_id(&glass);
+    broker.revoke(&bob, &glass_id).await;
+    let mut state = Value::Null;
+    for _ in 0..300 {
+        let grant = broker
+            .expect(
+                200,
+                "GET",
+                &format!("/v1/grants/{glass_id}"),
+                Some(&bob),
+                None,
+            )
+            .await;
+        state = grant["state"].clone();
+        if state == "revoked" || state == "verified" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        state == "revoked" || state == "verified",
+        "the break-glass grant is {state}"
+    );
 
     let users: serde_json::Map<String, Value> = broker
         .users
@@ -192,6 +231,7 @@ async fn console_story_in_chromium_request_approve_use_revoke_audit() {
         )
         .env("MAYFLY_ROLE", "pg/owner")
         .env("MAYFLY_DIRECT_ROLE", "pg/reader")
+        .env("MAYFLY_GLASS_GRANT", &glass_id)
         .env("MAYFLY_SCREENSHOTS", &screenshots)
         .env("MAYFLY_CHROMIUM", &chromium)
         .kill_on_drop(true)
