@@ -8,9 +8,9 @@
 //! - the TTLs granted, per minute; the largest TTL the policy allowed per role;
 //! - the revocation lags and the waits for approval, per bucket and value (two significant
 //!   digits, so that equal ones group), for the percentiles;
-//! - the orphan sweep's findings (`sweep.orphan` events) per bucket, found through the partial
-//!   index `audit_sweep_orphans` (migration 0014), whose condition the query repeats word for
-//!   word: the rest of the log is never read.
+//! - the orphan sweep's findings (`sweep.orphan` events) per bucket, found through an index by
+//!   kind (0013's `audit_events_kind`; 0014's partial `audit_sweep_orphans`, whose condition the
+//!   query repeats word for word): the rest of the log is never read.
 
 use mayfly_core::{Principal, Timestamp};
 use sqlx::AnyPool;
@@ -289,7 +289,8 @@ async fn revocation_lags(
 }
 
 /// Requests that needed approvals and got the last one (the one that allowed them) in the
-/// window: the wait from the request, per bucket of approval.
+/// window: the wait from the request, per bucket of approval. Grouped by the approvals' own key,
+/// which SQLite walks in order through its primary key (no sort).
 async fn approval_waits(
     pool: &AnyPool,
     query: &PictureQuery<'_>,
@@ -297,11 +298,11 @@ async fn approval_waits(
     let scope = Scope::of(query.principal, 4, "r.");
     let sql = format!(
         "SELECT (approved - $1) / $2 AS bucket, {} AS wait, count(*) AS n FROM (\
-           SELECT r.created_at AS asked, max(a.at) AS approved \
+           SELECT max(r.created_at) AS asked, max(a.at) AS approved \
            FROM approvals a JOIN requests r ON r.id = a.request_id \
            WHERE r.created_at < $3{} \
-           GROUP BY r.id, r.created_at, r.approvals_needed \
-           HAVING count(*) >= r.approvals_needed AND max(a.at) >= $1 AND max(a.at) < $3) x \
+           GROUP BY a.request_id \
+           HAVING count(*) >= max(r.approvals_needed) AND max(a.at) >= $1 AND max(a.at) < $3) x \
          GROUP BY 1, 2 ORDER BY 1, 2",
         two_digits("(CASE WHEN approved > asked THEN approved - asked ELSE 0 END)"),
         scope.requests
@@ -316,8 +317,8 @@ async fn approval_waits(
     q.fetch_all(pool).await.map_err(unavailable)
 }
 
-/// The orphan sweep's findings per bucket. The kind is written out, not bound: only then may
-/// the planner use the partial index `audit_sweep_orphans`, whose condition names it.
+/// The orphan sweep's findings per bucket, through an index by kind. The kind is written out,
+/// not bound: only then may the planner use the partial index `audit_sweep_orphans` too.
 pub(crate) const ORPHANS: &str = "SELECT (at_ms - $1) / $2 AS bucket, count(*) AS n \
      FROM audit_events WHERE kind = 'sweep.orphan' AND at_ms >= $1 AND at_ms < $3 \
      GROUP BY (at_ms - $1) / $2 ORDER BY 1";

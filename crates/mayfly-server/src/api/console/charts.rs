@@ -21,17 +21,20 @@
 //! |---|---|---|
 //! | `chart` | `figure` | every chart; also `chart-step`, `chart-histogram`, `chart-percentiles` |
 //! | `chart-svg` | `svg` | the drawing (give it `width: 100%; height: auto`) |
-//! | `axis` | `g`, `line` | the axes' lines and tick labels (`text` inside) |
+//! | `axes` | `g` | the axes with their ticks and labels (no stroke on it: `text` inside inherits) |
+//! | `axis` | `line` | an axis' line |
+//! | `tick` | `line` | a tick on the time axis |
+//! | `tick-label` | `text` | a tick's label |
 //! | `axis-label` | `text` | the units of an axis |
 //! | `grid` | `line` | horizontal guide lines at the y ticks |
 //! | `series`, `series-0` … `series-5` | `path`, `circle`, `line` | the lines of the series, by index (p50 is `series-0`, p99 `series-1`) |
-//! | `point` | `circle` | a value of a percentile chart (with its `series-N`) |
+//! | `point` | `circle` | a value of a percentile chart (with its `series-N`; drawn as a ring of `stroke-width` 2, so a `series-N { fill: none }` rule still shows it) |
 //! | `bar` | `rect` | a bar of the histogram |
 //! | `marker` | `line` | the vertical marker (the policy maximum) |
 //! | `marker-label` | `text` | its label |
 //! | `no-data` | `text` | "No data" inside an empty drawing |
 //! | `chart-legend` | `ul` | the legend; `legend-item` on its `li`, `swatch` on the small `svg` in each |
-//! | `chart-table` | `table` | the numbers (show it, or hide it visually but not from screen readers) |
+//! | `chart-table`, `visually-hidden` | `table` | the numbers, hidden visually but not from screen readers |
 //! | `chart-empty` | `p` | the empty-state text |
 //! | `chart-note` | `p` | a note under a chart (the marker's meaning) |
 //!
@@ -213,7 +216,7 @@ pub fn step_chart(chart: Chart<'_>, axis: &TimeAxis, series: &[Series<'_>], unit
                 }
             }
             @if series.len() > 1 { (legend(series.iter().map(|s| s.name))) }
-            table class="chart-table" {
+            table class="chart-table visually-hidden" {
                 caption { (chart.title) " (per bucket, UTC)" }
                 thead { tr {
                     th scope="col" { "Time (UTC)" }
@@ -279,11 +282,11 @@ pub fn histogram(chart: Chart<'_>, bins: &[Bin], marker: Option<Marker<'_>>, uni
                 xmlns="http://www.w3.org/2000/svg" {
                 desc id=(chart.desc_id()) { (summary) }
                 (y_axis(&scale, &|v| v.to_string(), unit))
-                g class="axis" {
-                    line x1=(num(LEFT)) y1=(num(BOTTOM)) x2=(num(RIGHT)) y2=(num(BOTTOM))
+                g class="axes" {
+                    line class="axis" x1=(num(LEFT)) y1=(num(BOTTOM)) x2=(num(RIGHT)) y2=(num(BOTTOM))
                         stroke="currentColor" {}
                     @for t in &x_ticks {
-                        text x=(num(x(*t))) y=(num(BOTTOM + 20.0)) text-anchor="middle"
+                        text class="tick-label" x=(num(x(*t))) y=(num(BOTTOM + 20.0)) text-anchor="middle"
                             font-size=(FONT) fill="currentColor" { (duration(*t)) }
                     }
                 }
@@ -311,7 +314,7 @@ pub fn histogram(chart: Chart<'_>, bins: &[Bin], marker: Option<Marker<'_>>, uni
             @if let Some(m) = marker {
                 p class="chart-note" { "Dashed line: " (m.label) ", " (duration(m.at_ms)) "." }
             }
-            table class="chart-table" {
+            table class="chart-table visually-hidden" {
                 caption { (chart.title) }
                 thead { tr {
                     th scope="col" { "Lifetime" }
@@ -383,14 +386,14 @@ pub fn percentile_chart(chart: Chart<'_>, axis: &TimeAxis, points: &[PercentileP
                             @if let Some(v) = v {
                                 circle class=(format!("point {}", series_class(i)))
                                     cx=(num(center(axis, b))) cy=(num(scale.y(*v))) r="3"
-                                    fill="currentColor" {}
+                                    fill="currentColor" stroke="currentColor" stroke-width="2" {}
                             }
                         }
                     }
                 }
             }
             (legend(lines.iter().map(|(name, _)| *name)))
-            table class="chart-table" {
+            table class="chart-table visually-hidden" {
                 caption { (chart.title) " (per bucket, UTC)" }
                 thead { tr {
                     th scope="col" { "Time (UTC)" }
@@ -520,15 +523,15 @@ fn center(axis: &TimeAxis, i: usize) -> f64 {
 
 fn y_axis(scale: &Scale, label: &dyn Fn(u64) -> String, unit: &str) -> Markup {
     html! {
-        g class="axis" {
-            line x1=(num(LEFT)) y1=(num(TOP)) x2=(num(LEFT)) y2=(num(BOTTOM)) stroke="currentColor" {}
+        g class="axes" {
+            line class="axis" x1=(num(LEFT)) y1=(num(TOP)) x2=(num(LEFT)) y2=(num(BOTTOM)) stroke="currentColor" {}
             @for t in &scale.ticks {
                 @let y = scale.y(*t);
                 @if *t > 0 {
                     line class="grid" x1=(num(LEFT)) y1=(num(y)) x2=(num(RIGHT)) y2=(num(y))
                         stroke="currentColor" stroke-opacity="0.2" {}
                 }
-                text x=(num(LEFT - 6.0)) y=(num(y + 5.0)) text-anchor="end" font-size=(FONT)
+                text class="tick-label" x=(num(LEFT - 6.0)) y=(num(y + 5.0)) text-anchor="end" font-size=(FONT)
                     fill="currentColor" { (label(*t)) }
             }
             @if !unit.is_empty() {
@@ -541,13 +544,13 @@ fn y_axis(scale: &Scale, label: &dyn Fn(u64) -> String, unit: &str) -> Markup {
 
 fn x_axis(axis: &TimeAxis) -> Markup {
     html! {
-        g class="axis" {
-            line x1=(num(LEFT)) y1=(num(BOTTOM)) x2=(num(RIGHT)) y2=(num(BOTTOM)) stroke="currentColor" {}
+        g class="axes" {
+            line class="axis" x1=(num(LEFT)) y1=(num(BOTTOM)) x2=(num(RIGHT)) y2=(num(BOTTOM)) stroke="currentColor" {}
             @for i in axis.ticks() {
                 @let anchor = if i == 0 { "start" } else if i == axis.buckets { "end" } else { "middle" };
-                line x1=(num(axis.x(i))) y1=(num(BOTTOM)) x2=(num(axis.x(i))) y2=(num(BOTTOM + 4.0))
+                line class="tick" x1=(num(axis.x(i))) y1=(num(BOTTOM)) x2=(num(axis.x(i))) y2=(num(BOTTOM + 4.0))
                     stroke="currentColor" {}
-                text x=(num(axis.x(i))) y=(num(BOTTOM + 20.0)) text-anchor=(anchor)
+                text class="tick-label" x=(num(axis.x(i))) y=(num(BOTTOM + 20.0)) text-anchor=(anchor)
                     font-size=(FONT) fill="currentColor" { (axis.label(axis.start_ms(i))) }
             }
             text class="axis-label" x=(num(RIGHT)) y=(num(HEIGHT - 4.0)) text-anchor="end"
@@ -683,7 +686,7 @@ mod tests {
         assert!(html.contains("role=\"img\""));
         assert!(html.contains("viewBox=\"0 0 400 240\""));
         assert!(!html.contains("<svg class=\"chart-svg\" width"), "{html}");
-        assert!(html.contains("<table class=\"chart-table\"><caption>"));
+        assert!(html.contains("<table class=\"chart-table visually-hidden\"><caption>"));
         assert!(html.contains("<th scope=\"col\">"));
         assert!(
             !html.contains("style"),
