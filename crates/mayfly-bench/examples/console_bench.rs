@@ -173,19 +173,27 @@ async fn seed_grants(store_url: &str, n: i64, now: i64) {
             let ttl = [300_000, 900_000, 1_800_000, 3_600_000][(i % 4) as usize];
             let expires = created + ttl;
             let asked = created - 1000 * (30 + (i % 600));
-            let (state, revoked, verified) = if expires > now {
-                ("'active'", "NULL".to_owned(), "NULL".to_owned())
+            // The expiry engine must not work during the run (the seeded targets do not exist):
+            // a verified grant is done (no next attempt), an active one is due after the run.
+            let (state, revoked, verified, next) = if expires > now {
+                (
+                    "'active'",
+                    "NULL".to_owned(),
+                    "NULL".to_owned(),
+                    (now + DAY_MS).to_string(),
+                )
             } else {
                 let lag = 150 + (i % 7) * 40 + if i % 97 == 0 { 4000 } else { 0 };
                 (
                     "'verified'",
                     (expires + lag).to_string(),
                     (expires + lag + 300).to_string(),
+                    "NULL".to_owned(),
                 )
             };
             let glass = i64::from(i % 500 == 7);
             grants.push_str(&format!(
-                "{sep}('g{i:08}', 'r{i:08}', 'user:{user}', '{target}', 'ro', 'mf_bench_{i:08}', {state}, {created}, {expires}, {expires}, {revoked}, {verified}, {glass})"
+                "{sep}('g{i:08}', 'r{i:08}', 'user:{user}', '{target}', 'ro', 'mf_bench_{i:08}', {state}, {created}, {expires}, {next}, {revoked}, {verified}, {glass})"
             ));
             requests.push_str(&format!(
                 "{sep}('r{i:08}', 'user', '{user}', NULL, NULL, '{target}', 'ro', 'bench', 'T-{i}', {ttl}, 3600000, 1, 'activated', 'policy dev-ro', {glass}, {asked}, {})",
