@@ -14,7 +14,7 @@ use mayfly_api::{GrantInfo, RequestInfo};
 use zeroize::Zeroizing;
 
 use super::once::{CredentialView, OneTimeViews};
-use super::session::{CsrfForm, CsrfOnly, Posted, Viewer};
+use super::session::{Nothing, Posted, Viewer};
 use super::{PageResult, layout};
 use crate::access::NewRequest;
 use crate::auth::step_up::step_up_totp;
@@ -193,8 +193,6 @@ fn grants_table(viewer: &Viewer, grants: &[GrantInfo]) -> Markup {
 #[derive(serde::Deserialize)]
 pub struct RequestForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     role: String,
     #[serde(default)]
     ttl_seconds: String,
@@ -202,12 +200,6 @@ pub struct RequestForm {
     reason: String,
     #[serde(default)]
     ticket: String,
-}
-
-impl CsrfForm for RequestForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/requests`.
@@ -265,15 +257,7 @@ pub async fn create_request(
 #[derive(serde::Deserialize)]
 pub struct ActivateForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     totp: String,
-}
-
-impl CsrfForm for ActivateForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/requests/{id}/activate`: activates, keeps the credential for one view, and sends the
@@ -421,7 +405,7 @@ fn userinfo(text: &str) -> Zeroizing<String> {
 pub async fn revoke(
     State(broker): State<Broker>,
     Path(id): Path<String>,
-    Posted(viewer, CsrfOnly { .. }): Posted<CsrfOnly>,
+    Posted(viewer, Nothing {}): Posted<Nothing>,
 ) -> PageResult {
     let grant = broker
         .request_revoke(
@@ -437,15 +421,7 @@ pub async fn revoke(
 #[derive(serde::Deserialize)]
 pub struct RenewForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     ttl_seconds: String,
-}
-
-impl CsrfForm for RenewForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/grants/{id}/renew`.

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::access::Done;
 use super::once::{CredentialView, OneTimeViews};
-use super::session::{CsrfForm, Posted, Viewer};
+use super::session::{Posted, Viewer};
 use super::{PageResult, layout};
 use crate::error::BrokerError;
 use crate::state::Broker;
@@ -144,19 +144,11 @@ fn roles_page(
 #[derive(serde::Deserialize)]
 pub struct DryRunForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     target: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
     creation: String,
-}
-
-impl CsrfForm for DryRunForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/admin/roles/dry-run`.
@@ -258,15 +250,7 @@ fn policy_page(
 #[derive(serde::Deserialize)]
 pub struct PolicyForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     policy: String,
-}
-
-impl CsrfForm for PolicyForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/admin/policy`: validated, then saved; a refusal shows each problem at its line and
@@ -370,17 +354,9 @@ fn groups_of(text: &str) -> Vec<String> {
 #[derive(serde::Deserialize)]
 pub struct NewUserForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     username: String,
     #[serde(default)]
     groups: String,
-}
-
-impl CsrfForm for NewUserForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/admin/users`: the new user's generated password and TOTP secret go to the one-time
@@ -422,19 +398,11 @@ pub async fn create_user(
 #[derive(serde::Deserialize)]
 pub struct UpdateUserForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     username: String,
     #[serde(default)]
     groups: String,
     #[serde(default)]
     action: String,
-}
-
-impl CsrfForm for UpdateUserForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/admin/users/update`: set groups, disable or enable.

@@ -11,7 +11,7 @@ use maud::html;
 use mayfly_api::RequestInfo;
 
 use super::access::Done;
-use super::session::{CsrfForm, Posted, Viewer};
+use super::session::{Posted, Viewer};
 use super::{PageResult, layout};
 use crate::access::admin::ListQuery;
 use crate::auth::step_up::step_up_totp;
@@ -134,19 +134,11 @@ fn render(
 #[derive(serde::Deserialize)]
 pub struct DecideForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     comment: String,
     #[serde(default)]
     totp: String,
     #[serde(default)]
     decision: String,
-}
-
-impl CsrfForm for DecideForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// `POST /ui/approvals/{id}`: approve or deny. Without a fresh second factor the page comes back

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use mayfly_api::PasswordLoginRequest;
 
-use super::session::{self, CsrfOnly, Posted};
+use super::session::{self, Nothing, Posted};
 use super::{PageResult, layout};
 use crate::auth::password;
 use crate::error::BrokerError;
@@ -181,7 +181,7 @@ pub async fn sso_start(
 /// `POST /ui/logout`: ends this session.
 pub async fn logout(
     State(broker): State<Broker>,
-    Posted(viewer, CsrfOnly { .. }): Posted<CsrfOnly>,
+    Posted(viewer, Nothing {}): Posted<Nothing>,
 ) -> PageResult {
     broker.revoke_self(&viewer.origin, &viewer.caller).await?;
     Ok(logged_out())
@@ -190,7 +190,7 @@ pub async fn logout(
 /// `POST /ui/logout-everywhere`: ends every session of the viewer's user, this one included.
 pub async fn logout_everywhere(
     State(broker): State<Broker>,
-    Posted(viewer, CsrfOnly { .. }): Posted<CsrfOnly>,
+    Posted(viewer, Nothing {}): Posted<Nothing>,
 ) -> PageResult {
     broker
         .logout_everywhere(&viewer.origin, &viewer.caller)

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Redirect};
 use maud::html;
 
 use super::access::Done;
-use super::session::{CsrfOnly, Posted, Viewer};
+use super::session::{Nothing, Posted, Viewer};
 use super::{PageResult, layout};
 use crate::state::Broker;
 
@@ -67,7 +67,7 @@ pub async fn page(
 pub async fn review(
     State(broker): State<Broker>,
     Path(id): Path<String>,
-    Posted(viewer, CsrfOnly { .. }): Posted<CsrfOnly>,
+    Posted(viewer, Nothing {}): Posted<Nothing>,
 ) -> PageResult {
     broker
         .review_grant(&viewer.origin, &viewer.caller, id.clone())

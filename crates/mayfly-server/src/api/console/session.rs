@@ -188,17 +188,21 @@ impl FromRequestParts<Broker> for Viewer {
     }
 }
 
-/// A form of a logged-in page whose fields name a `csrf`.
-pub trait CsrfForm {
-    fn csrf(&self) -> &str;
-}
-
 /// A posted form, checked: the session, the same origin, the CSRF token; then the fields.
 pub struct Posted<T>(pub Viewer, pub T);
 
+/// Every form's `csrf` beside its own fields.
+#[derive(serde::Deserialize)]
+struct WithCsrf<T> {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    form: T,
+}
+
 impl<T> FromRequest<Broker> for Posted<T>
 where
-    T: DeserializeOwned + CsrfForm + Send,
+    T: DeserializeOwned + Send,
 {
     type Rejection = ConsoleError;
 
@@ -207,10 +211,10 @@ where
         let viewer = Viewer::from_request_parts(&mut parts, broker).await?;
         check_same_origin(&parts.headers)?;
         let request = Request::from_parts(parts, body);
-        let Form(form) = Form::<T>::from_request(request, broker)
+        let Form(WithCsrf { csrf, form }) = Form::<WithCsrf<T>>::from_request(request, broker)
             .await
             .map_err(|e| BrokerError::BadRequest(format!("the form: {}", e.body_text())))?;
-        if !csrf_matches(form.csrf(), &viewer.csrf) {
+        if !csrf_matches(&csrf, &viewer.csrf) {
             return Err(BrokerError::Forbidden(
                 "the form's CSRF token is missing or not this session's: reload the page and send it again"
                     .into(),
@@ -221,18 +225,9 @@ where
     }
 }
 
-/// A form with nothing but its CSRF token (logout, revoke, activate, review).
+/// A form with nothing but its CSRF token (logout, revoke, review).
 #[derive(Debug, serde::Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    pub csrf: String,
-}
-
-impl CsrfForm for CsrfOnly {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
+pub struct Nothing {}
 
 #[cfg(test)]
 mod tests {
