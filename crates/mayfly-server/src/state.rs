@@ -88,7 +88,7 @@ pub struct Inner {
     /// The audit forwarding sinks' states; a failing `block` sink closes [`Broker::commit`].
     pub sinks: crate::audit::forward::Sinks,
     /// The audit chain's verification as the console's overview last left it (`audit/search.rs`).
-    pub audit_verified: crate::audit::search::KeptVerification,
+    pub audit_verified: crate::audit::kept::KeptVerification,
 }
 
 impl std::fmt::Debug for Broker {
@@ -128,7 +128,7 @@ impl Broker {
                 refusals: crate::audit::refusals::Refusals::default(),
                 proxy: crate::proxy::ProxyState::new()?,
                 sinks: crate::audit::forward::Sinks::new(&config.audit_sinks),
-                audit_verified: crate::audit::search::KeptVerification::default(),
+                audit_verified: crate::audit::kept::KeptVerification::default(),
                 config,
             }),
         })

@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mayfly_api::*;
 
+use crate::api::console::session;
 use crate::api::json::ApiJson;
 use crate::auth::Caller;
 use crate::auth::sso::flow::{Callback, CallbackQuery};
@@ -107,7 +108,7 @@ pub async fn callback(
     headers: axum::http::HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Result<Response, AuditedError> {
-    let browser = crate::api::console::session::cookie(&headers, SSO_BROWSER_COOKIE);
+    let browser = session::cookie(&headers, session::SSO_BROWSER_COOKIE);
     let response = match broker.sso_callback(&meta, query, browser).await? {
         Callback::Session(login) => ApiJson(login).into_response(),
         Callback::ConsoleSession(login) => console_signed_in(&login.token)?,
@@ -134,18 +135,6 @@ pub async fn token(
     Ok(no_store(ApiJson(login).into_response()))
 }
 
-/// The cookie binding a console login to the browser that started it: sent back only to the
-/// callback (`SameSite=Lax`: the provider's redirect is a cross-site navigation).
-pub const SSO_BROWSER_COOKIE: &str = "mayfly_sso_browser";
-
-/// `Set-Cookie` for the console's SSO binding.
-pub fn sso_browser_cookie(secret: &str) -> Result<header::HeaderValue, BrokerError> {
-    header::HeaderValue::from_str(&format!(
-        "{SSO_BROWSER_COOKIE}={secret}; Path=/v1/sso/callback; Secure; HttpOnly; SameSite=Lax; Max-Age=600"
-    ))
-    .map_err(|_| BrokerError::Internal("the SSO cookie".into()))
-}
-
 /// The console's login came back: the session cookie, the binding cookie cleared, and a page that
 /// moves on to the console by itself. (A redirect would still be part of the provider's
 /// cross-site navigation, on which a `SameSite=Strict` cookie is not sent; a refresh from this
@@ -164,16 +153,8 @@ fn console_signed_in(token: &str) -> Result<Response, BrokerError> {
     };
     let mut response = axum::response::Html(page.into_string()).into_response();
     let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        crate::api::console::session::session_cookie(token)?,
-    );
-    headers.append(
-        header::SET_COOKIE,
-        header::HeaderValue::from_static(
-            "mayfly_sso_browser=; Path=/v1/sso/callback; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
-        ),
-    );
+    headers.append(header::SET_COOKIE, session::session_cookie(token)?);
+    headers.append(header::SET_COOKIE, session::clear_sso_browser_cookie());
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         header::HeaderValue::from_static(crate::api::console::CONTENT_SECURITY_POLICY),

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod committer;
 pub mod forward;
+pub mod kept;
 pub mod read;
 pub mod refusals;
 pub mod refused;

@@ -21,6 +21,7 @@ use mayfly_core::audit::{ChainError, Verifier};
 use mayfly_store::{AuditQuery, AuditRecord, Store, StoreError};
 use serde_json::Value;
 
+use crate::audit::kept::Kept;
 use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::state::Broker;
@@ -114,23 +115,6 @@ pub struct AuditExport {
     pub lines: Vec<String>,
     /// More events match than the export holds (older than its first line).
     pub truncated: bool,
-}
-
-/// The verification [`Broker::audit_overview`] keeps and continues.
-#[derive(Default)]
-pub struct KeptVerification(tokio::sync::Mutex<Option<Kept>>);
-
-impl std::fmt::Debug for KeptVerification {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeptVerification(..)")
-    }
-}
-
-struct Kept {
-    verifier: Verifier,
-    /// For the key the signatures were checked with: a different key starts afresh.
-    public_key: [u8; 32],
-    full_at: Timestamp,
 }
 
 impl Broker {

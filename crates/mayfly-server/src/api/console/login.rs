@@ -171,10 +171,9 @@ pub async fn sso_start(
 ) -> PageResult {
     let (started, browser) = broker.sso_console_start(&meta, query.provider).await?;
     let mut response = Redirect::to(&started.authorization_url).into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        crate::api::sso_routes::sso_browser_cookie(&browser)?,
-    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, session::sso_browser_cookie(&browser)?);
     Ok(response)
 }
 

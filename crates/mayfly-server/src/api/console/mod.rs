@@ -111,8 +111,8 @@ async fn not_found() -> Response {
 
 /// The security headers of every console answer (static assets may be cached; pages never).
 async fn headers(request: Request, next: Next) -> Response {
-    let is_asset = request.uri().path().starts_with("/ui/static/")
-        || request.uri().path().starts_with("/static/");
+    // Nested at `/ui`, the router sees the path without it.
+    let is_asset = request.uri().path().starts_with("/static/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(

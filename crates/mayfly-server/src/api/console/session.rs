@@ -97,6 +97,25 @@ pub fn login_csrf_cookie(value: &str) -> Result<HeaderValue, BrokerError> {
     .map_err(|_| BrokerError::Internal("the login cookie".into()))
 }
 
+/// The cookie binding a console login to the browser that started it: sent back only to the
+/// callback (`SameSite=Lax`: the provider's redirect is a cross-site navigation).
+pub const SSO_BROWSER_COOKIE: &str = "mayfly_sso_browser";
+
+/// `Set-Cookie` for the console's SSO binding.
+pub fn sso_browser_cookie(secret: &str) -> Result<HeaderValue, BrokerError> {
+    HeaderValue::from_str(&format!(
+        "{SSO_BROWSER_COOKIE}={secret}; Path=/v1/sso/callback; Secure; HttpOnly; SameSite=Lax; Max-Age=600"
+    ))
+    .map_err(|_| BrokerError::Internal("the SSO cookie".into()))
+}
+
+/// `Set-Cookie` that removes the console's SSO binding (the callback used it).
+pub fn clear_sso_browser_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "mayfly_sso_browser=; Path=/v1/sso/callback; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+    )
+}
+
 /// A new random token for the login form.
 pub fn new_login_csrf() -> Result<String, BrokerError> {
     let bytes = mayfly_crypto::random_bytes::<32>()
