@@ -276,20 +276,20 @@ pub async fn activate(
     let credential = broker
         .activate(&viewer.origin, viewer.principal(), factor_at, &id, None)
         .await?;
+    // Moved, not copied: the only copies of the secrets are the view's, zeroized when dropped.
     let view = CredentialView {
-        grant_id: credential.grant.id.clone(),
-        kind: credential.kind.clone(),
-        host: credential.host.clone(),
-        port: credential.port,
-        database: credential.database.clone(),
-        username: credential.username.clone(),
-        password: Zeroizing::new(credential.password.clone()),
-        certificate: credential.certificate.clone(),
-        private_key: credential.private_key.clone().map(Zeroizing::new),
-        totp_url: None,
         expires_at_ms: credential.grant.expires_at_ms,
+        grant_id: credential.grant.id,
+        kind: credential.kind,
+        host: credential.host,
+        port: credential.port,
+        database: credential.database,
+        username: credential.username,
+        password: Zeroizing::new(credential.password),
+        certificate: credential.certificate,
+        private_key: credential.private_key.map(Zeroizing::new),
+        totp_url: None,
     };
-    drop(Zeroizing::new(credential.password));
     let once = views.put(&viewer.caller.session.id, broker.now(), view)?;
     Ok(Redirect::to(&format!("/ui/credential/{once}")).into_response())
 }

@@ -384,11 +384,11 @@ pub async fn create_user(
         host: String::new(),
         port: 0,
         database: String::new(),
-        username: created.username.clone(),
-        password: Zeroizing::new(created.password.clone().unwrap_or_default()),
+        username: created.username,
+        password: Zeroizing::new(created.password.unwrap_or_default()),
         certificate: None,
         private_key: None,
-        totp_url: Some(Zeroizing::new(created.totp.otpauth_url.clone())),
+        totp_url: Some(Zeroizing::new(created.totp.otpauth_url)),
         expires_at_ms: 0,
     };
     let once = views.put(&viewer.caller.session.id, broker.now(), view)?;
