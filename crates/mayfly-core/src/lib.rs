@@ -13,6 +13,7 @@ pub mod principal;
 pub mod proxy;
 pub mod request;
 pub mod secret_path;
+pub mod sql;
 pub mod target;
 pub mod time;
 

@@ -55,7 +55,7 @@ type RequestContext = {
     break_glass: Bool,
 };
 
-action request, approve, break_glass, activate, revoke appliesTo {
+action request, approve, break_glass, activate appliesTo {
     principal: [User, Workload, Agent],
     resource: [Role, Target],
     context: RequestContext,
@@ -93,6 +93,69 @@ action read_secret, write_secret appliesTo {
     principal: [User, Workload, Agent],
     resource: [Secret],
 };
+
+entity Tool { name: String };
+type QueryShape = { kind: String, tables: Set<String>, has_where: Bool };
+
+action list_access appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: { actor?: String, actors: Set<String>, args_sha256: String, hour: Long },
+};
+
+action request_access appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: {
+        actor?: String, actors: Set<String>, args_sha256: String, hour: Long,
+        target: String, role: String, reason: String, ttl_seconds: Long, ticket: String,
+    },
+};
+
+action access_status appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: {
+        actor?: String, actors: Set<String>, args_sha256: String, hour: Long,
+        request_id: String,
+    },
+};
+
+action call_api appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: {
+        actor?: String, actors: Set<String>, args_sha256: String, hour: Long,
+        route: String, method: String, path: String, has_query: Bool, has_body: Bool,
+    },
+};
+
+action run_query appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: {
+        actor?: String, actors: Set<String>, args_sha256: String, hour: Long,
+        grant_id: String, target: String, role: String, query: QueryShape, max_rows: Long,
+    },
+};
+
+action read_secret_names appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: {
+        actor?: String, actors: Set<String>, args_sha256: String, hour: Long,
+        project: String, environment: String,
+    },
+};
+
+action revoke appliesTo {
+    principal: [User, Workload, Agent],
+    resource: [Tool],
+    context: {
+        actor?: String, actors: Set<String>, args_sha256: String, hour: Long,
+        grant_id: String, target: String, role: String,
+    },
+};
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,7 +164,6 @@ pub enum Action {
     Approve,
     BreakGlass,
     Activate,
-    Revoke,
     ReadSecret,
     WriteSecret,
     Proxy,
@@ -115,7 +177,6 @@ impl Action {
             Action::Approve => "approve",
             Action::BreakGlass => "break_glass",
             Action::Activate => "activate",
-            Action::Revoke => "revoke",
             Action::ReadSecret => "read_secret",
             Action::WriteSecret => "write_secret",
             Action::Proxy => "proxy",
@@ -289,6 +350,116 @@ pub struct ProxyInput<'a> {
     pub hour: u8,
     pub scope: &'a [String],
     pub actor: &'a str,
+}
+
+/// The tools an agent calls over MCP; each is a Cedar action of the same name, on the resource
+/// `Tool::"<name>"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tool {
+    ListAccess,
+    RequestAccess,
+    AccessStatus,
+    CallApi,
+    RunQuery,
+    ReadSecretNames,
+    Revoke,
+}
+
+impl Tool {
+    pub const ALL: [Tool; 7] = [
+        Tool::ListAccess,
+        Tool::RequestAccess,
+        Tool::AccessStatus,
+        Tool::CallApi,
+        Tool::RunQuery,
+        Tool::ReadSecretNames,
+        Tool::Revoke,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tool::ListAccess => "list_access",
+            Tool::RequestAccess => "request_access",
+            Tool::AccessStatus => "access_status",
+            Tool::CallApi => "call_api",
+            Tool::RunQuery => "run_query",
+            Tool::ReadSecretNames => "read_secret_names",
+            Tool::Revoke => "revoke",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Tool> {
+        Tool::ALL.into_iter().find(|tool| tool.as_str() == name)
+    }
+}
+
+/// The typed arguments of one tool call, as its action's context holds them.
+#[derive(Clone, Debug)]
+pub enum ToolArgs<'a> {
+    ListAccess,
+    RequestAccess {
+        target: &'a str,
+        role: &'a str,
+        reason: &'a str,
+        ttl_seconds: u64,
+        /// `""` when none.
+        ticket: &'a str,
+    },
+    AccessStatus {
+        request_id: &'a str,
+    },
+    CallApi {
+        route: &'a str,
+        /// Upper case.
+        method: &'a str,
+        /// The decoded path below the route, `/` first.
+        path: &'a str,
+        has_query: bool,
+        has_body: bool,
+    },
+    RunQuery {
+        grant_id: &'a str,
+        target: &'a str,
+        role: &'a str,
+        query: &'a crate::sql::QueryShape,
+        max_rows: u64,
+    },
+    ReadSecretNames {
+        project: &'a str,
+        environment: &'a str,
+    },
+    Revoke {
+        grant_id: &'a str,
+        target: &'a str,
+        role: &'a str,
+    },
+}
+
+impl ToolArgs<'_> {
+    pub fn tool(&self) -> Tool {
+        match self {
+            ToolArgs::ListAccess => Tool::ListAccess,
+            ToolArgs::RequestAccess { .. } => Tool::RequestAccess,
+            ToolArgs::AccessStatus { .. } => Tool::AccessStatus,
+            ToolArgs::CallApi { .. } => Tool::CallApi,
+            ToolArgs::RunQuery { .. } => Tool::RunQuery,
+            ToolArgs::ReadSecretNames { .. } => Tool::ReadSecretNames,
+            ToolArgs::Revoke { .. } => Tool::Revoke,
+        }
+    }
+}
+
+/// What one tool call is decided on (the action named after the tool, on `Tool::"<name>"`): who
+/// (the token's subject), the `act` chain (nearest actor first: `context.actor` is its first,
+/// `context.actors` all of it; neither when nobody acts for the principal), the SHA-256 of the
+/// call's canonical arguments (hex), the hour (0..=23, UTC) and the tool's typed arguments.
+#[derive(Clone, Debug)]
+pub struct ToolInput<'a> {
+    pub principal: &'a Principal,
+    pub actors: &'a [String],
+    pub args_sha256: &'a str,
+    pub hour: u8,
+    pub args: ToolArgs<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -717,6 +888,125 @@ impl Policies {
         }))
     }
 
+    /// Decides one tool call (see [`ToolInput`]): allowed, with the permitting policies and any
+    /// `@step_up` they carry (which for a tool call means a person's approval of this exact call),
+    /// or denied with the reason. Deny by default.
+    pub fn decide_tool(&self, input: &ToolInput<'_>) -> Result<Decision, PolicyError> {
+        let schema = schema()?;
+        let eval = |e: String| PolicyError::Evaluation(e);
+        let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
+        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
+        let tool = input.args.tool();
+        let principal_uid = principal_uid(input.principal).map_err(eval)?;
+        let action_uid = uid("Action", tool.as_str()).map_err(eval)?;
+        let tool_uid = uid("Tool", tool.as_str()).map_err(eval)?;
+        let mut entities = vec![
+            Entity::new(
+                tool_uid.clone(),
+                HashMap::from([("name".to_owned(), string(tool.as_str()))]),
+                HashSet::new(),
+            )
+            .map_err(|e| eval(e.to_string()))?,
+        ];
+        push_principal(input.principal, principal_uid.clone(), &mut entities).map_err(eval)?;
+        entities.extend(action_entities()?.iter().cloned());
+        let entities = Entities::from_entities(entities, None).map_err(|e| eval(e.to_string()))?;
+        let mut pairs = vec![
+            (
+                "actors".to_owned(),
+                RestrictedExpression::new_set(input.actors.iter().map(|a| string(a))),
+            ),
+            ("args_sha256".to_owned(), string(input.args_sha256)),
+            (
+                "hour".to_owned(),
+                RestrictedExpression::new_long(i64::from(input.hour)),
+            ),
+        ];
+        if let Some(actor) = input.actors.first() {
+            pairs.push(("actor".to_owned(), string(actor)));
+        }
+        let mut put =
+            |name: &str, value: RestrictedExpression| pairs.push((name.to_owned(), value));
+        match &input.args {
+            ToolArgs::ListAccess => {}
+            ToolArgs::RequestAccess {
+                target,
+                role,
+                reason,
+                ttl_seconds,
+                ticket,
+            } => {
+                put("target", string(target));
+                put("role", string(role));
+                put("reason", string(reason));
+                put("ttl_seconds", long(*ttl_seconds));
+                put("ticket", string(ticket));
+            }
+            ToolArgs::AccessStatus { request_id } => put("request_id", string(request_id)),
+            ToolArgs::CallApi {
+                route,
+                method,
+                path,
+                has_query,
+                has_body,
+            } => {
+                put("route", string(route));
+                put("method", string(method));
+                put("path", string(path));
+                put("has_query", RestrictedExpression::new_bool(*has_query));
+                put("has_body", RestrictedExpression::new_bool(*has_body));
+            }
+            ToolArgs::RunQuery {
+                grant_id,
+                target,
+                role,
+                query,
+                max_rows,
+            } => {
+                put("grant_id", string(grant_id));
+                put("target", string(target));
+                put("role", string(role));
+                let shape = RestrictedExpression::new_record([
+                    ("kind".to_owned(), string(query.kind.as_str())),
+                    (
+                        "tables".to_owned(),
+                        RestrictedExpression::new_set(query.tables.iter().map(|t| string(t))),
+                    ),
+                    (
+                        "has_where".to_owned(),
+                        RestrictedExpression::new_bool(query.has_where),
+                    ),
+                ])
+                .map_err(|e| eval(e.to_string()))?;
+                put("query", shape);
+                put("max_rows", long(*max_rows));
+            }
+            ToolArgs::ReadSecretNames {
+                project,
+                environment,
+            } => {
+                put("project", string(project));
+                put("environment", string(environment));
+            }
+            ToolArgs::Revoke {
+                grant_id,
+                target,
+                role,
+            } => {
+                put("grant_id", string(grant_id));
+                put("target", string(target));
+                put("role", string(role));
+            }
+        }
+        let ctx = Context::from_pairs(pairs).map_err(|e| eval(e.to_string()))?;
+        let request = Request::new(principal_uid, action_uid, tool_uid, ctx, Some(schema))
+            .map_err(|e| eval(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+        Ok(self.conclude(&response, || {
+            format!("no policy permits the tool `{}`", tool.as_str())
+        }))
+    }
+
     /// Decides a read or a write of a stored secret (the actions `read_secret`, `write_secret` on
     /// `Secret::"project/environment/NAME"`, whose parent is `Environment::"project/environment"`,
     /// whose parent is `Project::"project"`), so a policy can name one secret, an environment or a
@@ -914,6 +1204,7 @@ fn uid(kind: &'static str, id: &str) -> Result<EntityUid, String> {
             "Project",
             "Environment",
             "Secret",
+            "Tool",
         ]
         .into_iter()
         .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
@@ -1388,6 +1679,93 @@ when { context.has_actor && context has actor && context.actor == "mallory" };
 
     /// The action `proxy`: on a `ProxyRoute`, with the method, path, intent and hour in the
     /// context; nothing matching denies.
+    #[test]
+    fn tool_calls_are_decided_on_their_typed_arguments_and_actor() {
+        let policies = Policies::parse(
+            r#"
+@id("dev-tools")
+permit (principal in Group::"dev", action in [Action::"list_access", Action::"run_query"], resource);
+
+@id("agents-read-only")
+forbid (principal, action == Action::"run_query", resource)
+when { context has actor && context.query.kind != "select" };
+
+@id("deletes-need-a-person")
+@step_up
+permit (principal in Group::"dev", action == Action::"run_query", resource)
+when { context.query.kind == "delete" && context.query.has_where };
+
+@id("no-claude-on-payments")
+forbid (principal, action == Action::"run_query", resource)
+when { context.actors.contains("agent:claude") && context.query.tables.contains("payments") };
+"#,
+        )
+        .unwrap();
+        let alice = user("alice", &["dev"]);
+        let bob = user("bob", &["ops"]);
+        let decide = |principal: &Principal, actors: &[String], sql: &str| {
+            let query = crate::sql::classify(crate::sql::SqlDialect::Postgres, sql).unwrap();
+            policies
+                .decide_tool(&ToolInput {
+                    principal,
+                    actors,
+                    args_sha256: "00",
+                    hour: 3,
+                    args: ToolArgs::RunQuery {
+                        grant_id: "g1",
+                        target: "pg",
+                        role: "reader",
+                        query: &query,
+                        max_rows: 10,
+                    },
+                })
+                .unwrap()
+        };
+        let agent = ["agent:cursor".to_owned()];
+        let claude = ["agent:claude".to_owned(), "user:carol".to_owned()];
+        assert!(decide(&alice, &agent, "SELECT * FROM orders").allows());
+        let denied = decide(&alice, &agent, "DELETE FROM orders WHERE id = 1");
+        assert_eq!(
+            denied,
+            Decision::Deny {
+                reason: "forbidden by policy agents-read-only".into()
+            }
+        );
+        // The same statement by the person herself needs a person's approval (`@step_up`).
+        match decide(&alice, &[], "DELETE FROM orders WHERE id = 1") {
+            Decision::Allow {
+                step_up: Some(_),
+                policies,
+                ..
+            } => assert!(policies.contains(&"deletes-need-a-person".to_owned())),
+            other => panic!("expected a step-up, got {other:?}"),
+        }
+        assert!(!decide(&alice, &claude, "SELECT * FROM payments").allows());
+        assert!(decide(&alice, &agent, "SELECT * FROM payments").allows());
+        // Nothing permits bob: deny by default, with the tool named.
+        assert_eq!(
+            decide(&bob, &[], "SELECT 1"),
+            Decision::Deny {
+                reason: "no policy permits the tool `run_query`".into()
+            }
+        );
+        // Another tool is another action.
+        let listed = policies
+            .decide_tool(&ToolInput {
+                principal: &alice,
+                actors: &agent,
+                args_sha256: "00",
+                hour: 3,
+                args: ToolArgs::Revoke {
+                    grant_id: "g1",
+                    target: "pg",
+                    role: "reader",
+                },
+            })
+            .unwrap();
+        assert!(!listed.allows());
+    }
+
     #[test]
     fn proxy_decisions() {
         let policies = Policies::parse(
