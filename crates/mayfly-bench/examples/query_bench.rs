@@ -116,7 +116,9 @@ async fn main() {
         )
         .await;
     let token = broker.login("alice").await;
-    let credential = broker.grant(&token, ask("db", "reader", 3600, "bench")).await;
+    let credential = broker
+        .grant(&token, ask("db", "reader", 3600, "bench"))
+        .await;
     let grant = grant_id(&credential);
     let login = credential["username"].as_str().unwrap().to_owned();
     let password = credential["password"].as_str().unwrap().to_owned();

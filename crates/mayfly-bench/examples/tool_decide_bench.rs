@@ -43,7 +43,12 @@ fn policies() -> String {
         text.push_str(&format!("@id(\"p{n}\")\n{policy}\n"));
     };
     // The everyday tools, for every developer (4).
-    for tool in ["list_access", "access_status", "read_secret_names", "revoke"] {
+    for tool in [
+        "list_access",
+        "access_status",
+        "read_secret_names",
+        "revoke",
+    ] {
         add(format!(
             "permit (principal in Group::\"dev\", action == Action::\"{tool}\", resource == Tool::\"{tool}\");"
         ));
@@ -85,7 +90,9 @@ fn policies() -> String {
     }
     // Agents never write SQL; nothing at night but for on-call; no DELETE through the proxy (3).
     add("forbid (principal, action == Action::\"run_query\", resource) when { context has actor && context.query.kind != \"select\" };".into());
-    add(format!("forbid (principal, action in {TOOLS}, resource) when {{ context.hour < 6 }} unless {{ principal in Group::\"oncall\" }};"));
+    add(format!(
+        "forbid (principal, action in {TOOLS}, resource) when {{ context.hour < 6 }} unless {{ principal in Group::\"oncall\" }};"
+    ));
     add("forbid (principal, action == Action::\"call_api\", resource) when { context.method == \"DELETE\" };".into());
     // Blocked agents, named in the act chain (23).
     for agent in 0..23 {
@@ -169,7 +176,11 @@ fn work(
         let route = format!("api{}", (n / 5) % TEAMS as u64);
         let path = format!("/v1/items/{n}");
         let reason = format!("ticket work {n}");
-        let ticket = if n % 3 == 0 { String::new() } else { format!("T-{n}") };
+        let ticket = if n % 3 == 0 {
+            String::new()
+        } else {
+            format!("T-{n}")
+        };
         let shape = QueryShape {
             kind: kinds[(n % 5) as usize],
             tables: BTreeSet::from([format!("orders{team}"), format!("payroll{}", n % 13)]),

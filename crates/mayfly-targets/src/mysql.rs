@@ -24,7 +24,9 @@ use futures_util::TryStreamExt as _;
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlRow, MySqlSslMode};
-use sqlx::{Column as _, ConnectOptions, Connection as _, Executor as _, Row, TypeInfo as _, ValueRef as _};
+use sqlx::{
+    Column as _, ConnectOptions, Connection as _, Executor as _, Row, TypeInfo as _, ValueRef as _,
+};
 use tokio::sync::Semaphore;
 
 use crate::query::{Collector, QueryRequest, QueryRows, Sort};
@@ -557,7 +559,11 @@ impl MysqlTarget {
         if query.read_only && rows.truncated {
             return Ok(rows);
         }
-        let end = if query.read_only { "ROLLBACK" } else { "COMMIT" };
+        let end = if query.read_only {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
         sqlx::raw_sql(end)
             .execute(&mut *connection)
             .await
@@ -730,7 +736,10 @@ impl Target for MysqlTarget {
                 .await
                 .map_err(|e| crate::query::login_error(&self.name, e))?;
             let rows = self.query_on(&mut connection, query, sql).await;
-            if rows.as_ref().is_ok_and(|rows| !(query.read_only && rows.truncated)) {
+            if rows
+                .as_ref()
+                .is_ok_and(|rows| !(query.read_only && rows.truncated))
+            {
                 let _ = connection.close().await;
             }
             rows

@@ -16,7 +16,9 @@ use futures_util::TryStreamExt as _;
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgRow, PgSslMode};
-use sqlx::{Column as _, ConnectOptions, Connection as _, Executor as _, Row, TypeInfo as _, ValueRef as _};
+use sqlx::{
+    Column as _, ConnectOptions, Connection as _, Executor as _, Row, TypeInfo as _, ValueRef as _,
+};
 use tokio::sync::Semaphore;
 
 use crate::query::{Collector, QueryRequest, QueryRows, Sort};
@@ -382,7 +384,11 @@ impl PostgresTarget {
             // Nothing to keep: the rest is not read, the connection ends the transaction.
             return Ok(rows);
         }
-        let end = if query.read_only { "ROLLBACK" } else { "COMMIT" };
+        let end = if query.read_only {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
         sqlx::raw_sql(end)
             .execute(&mut *connection)
             .await
@@ -705,7 +711,10 @@ impl Target for PostgresTarget {
             .password(query.secret.expose_secret())
             .options([
                 ("statement_timeout", timeout_ms.to_string()),
-                ("idle_in_transaction_session_timeout", timeout_ms.to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    timeout_ms.to_string(),
+                ),
             ]);
         if query.read_only {
             options = options.options([("default_transaction_read_only", "on")]);
@@ -717,7 +726,10 @@ impl Target for PostgresTarget {
             let rows = self.query_on(&mut connection, query, sql).await;
             // Closed either way (nothing the statement set outlives it); a statement cut short
             // is abandoned with its connection.
-            if rows.as_ref().is_ok_and(|rows| !(query.read_only && rows.truncated)) {
+            if rows
+                .as_ref()
+                .is_ok_and(|rows| !(query.read_only && rows.truncated))
+            {
                 let _ = connection.close().await;
             }
             rows

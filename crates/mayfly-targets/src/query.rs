@@ -261,8 +261,16 @@ mod tests {
             (Sort::Bool, "f", json!(false)),
             (Sort::Bool, "maybe", json!("maybe")),
             (Sort::Integer, "-42", json!(-42)),
-            (Sort::Integer, "18446744073709551615", json!(18_446_744_073_709_551_615_u64)),
-            (Sort::Integer, "99999999999999999999", json!("99999999999999999999")),
+            (
+                Sort::Integer,
+                "18446744073709551615",
+                json!(18_446_744_073_709_551_615_u64),
+            ),
+            (
+                Sort::Integer,
+                "99999999999999999999",
+                json!("99999999999999999999"),
+            ),
             (Sort::Float, "1.5", json!(1.5)),
             (Sort::Float, "NaN", json!("NaN")),
             (Sort::Float, "Infinity", json!("Infinity")),
@@ -279,7 +287,11 @@ mod tests {
             (Sort::Binary, "abc", json!("abc")),
         ];
         for (sort, text, expected) in cases {
-            assert_eq!(json_value(sort, text.as_bytes()), expected, "{sort:?} {text}");
+            assert_eq!(
+                json_value(sort, text.as_bytes()),
+                expected,
+                "{sort:?} {text}"
+            );
         }
         assert_eq!(json_value(Sort::Binary, &[0xff, 0x00]), json!("0xff00"));
     }

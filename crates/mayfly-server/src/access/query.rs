@@ -176,10 +176,9 @@ impl Broker {
     async fn grant_password(&self, grant_id: &str) -> Result<SecretString, BrokerError> {
         let keys = self.require_unsealed().await?;
         let path = grant_secret_path(grant_id);
-        let blob =
-            self.store().secret(&path).await?.ok_or_else(|| {
-                BrokerError::Internal(format!("the secret of grant {grant_id} is missing"))
-            })?;
+        let blob = self.store().secret(&path).await?.ok_or_else(|| {
+            BrokerError::Internal(format!("the secret of grant {grant_id} is missing"))
+        })?;
         let bytes = keys.keyring.open(&path, &blob)?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| BrokerError::Internal(format!("the secret of grant {grant_id}")))?;
