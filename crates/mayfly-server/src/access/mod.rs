@@ -4,6 +4,7 @@
 //! Revocation is driven by the expiry engine ([`expiry`]).
 
 pub mod admin;
+pub mod calls;
 pub mod certificate;
 pub mod expiry;
 pub mod grants;
@@ -25,6 +26,7 @@ use mayfly_store::{GrantRecord, RequestRecord, TargetRecord};
 
 use crate::error::BrokerError;
 
+pub use calls::{CallGate, CallKey};
 pub use registry::{TargetRegistry, role_spec};
 pub use requests::NewRequest;
 
