@@ -125,8 +125,8 @@ impl Broker {
             let Some(last) = page.last() else { break };
             after = last.id.clone();
             for request in page {
-                let concerned = principal_key(&request.principal) == key
-                    || request.actors.iter().any(|actor| *actor == key);
+                let concerned =
+                    principal_key(&request.principal) == key || request.actors.contains(&key);
                 if concerned && self.withdraw(meta, &request, &reason).await? {
                     requests_withdrawn += 1;
                 }

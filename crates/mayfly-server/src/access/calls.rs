@@ -38,8 +38,8 @@ pub const MAX_SUMMARY_BYTES: usize = 8 * 1024;
 /// Calls of one subject waiting for a person at once; one more is refused until some are
 /// answered or expire (an agent cannot flood the approvers).
 pub const MAX_PENDING_PER_SUBJECT: i64 = 20;
-/// How many approvals of one key are read to find the current one.
-const KEY_HISTORY: i64 = 8;
+/// Only the newest approval of a key counts.
+const KEY_HISTORY: i64 = 1;
 
 /// What an approval is bound to: exactly one call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,67 +209,67 @@ impl Broker {
             .store()
             .call_approvals_of_key(key_hash, KEY_HISTORY)
             .await?;
-        for approval in approvals {
-            // The store's key is a hash: the call must be this very one.
-            if approval.tool != key.tool.as_str()
-                || approval.args_sha256 != key.args_sha256
-                || approval.subject != key.subject
-                || approval.actors != key.actors
-            {
-                return Err(BrokerError::Internal(
-                    "a call approval's key does not match its hash".into(),
-                ));
+        let Some(approval) = approvals.into_iter().next() else {
+            return Ok(None);
+        };
+        // The store's key is a hash: the call must be this very one.
+        if approval.tool != key.tool.as_str()
+            || approval.args_sha256 != key.args_sha256
+            || approval.subject != key.subject
+            || approval.actors != key.actors
+        {
+            return Err(BrokerError::Internal(
+                "a call approval's key does not match its hash".into(),
+            ));
+        }
+        let now = self.now();
+        match approval.state {
+            CallApprovalState::Pending if approval.expires_at > now => {
+                Ok(Some(CallGate::Waiting {
+                    url: self.call_approval_url(&approval.id),
+                    approval_id: approval.id,
+                    expires_at: approval.expires_at,
+                }))
             }
-            let now = self.now();
-            match approval.state {
-                CallApprovalState::Pending if approval.expires_at > now => {
-                    return Ok(Some(CallGate::Waiting {
-                        url: self.call_approval_url(&approval.id),
+            CallApprovalState::Approved
+                if approval.usable_until.is_some_and(|until| until > now) =>
+            {
+                let event = self
+                    .call_approval_event("call.approval.used", &approval, meta)
+                    .detail("approver", approval.answered_by.clone().unwrap_or_default());
+                let outcome = self
+                    .commit(Write {
+                        change: Some(Change::UseCallApproval {
+                            id: approval.id.clone(),
+                            at: now,
+                        }),
+                        event,
+                    })
+                    .await?;
+                match outcome {
+                    WriteOutcome::Applied { .. } => Ok(Some(CallGate::Proceed {
+                        approver: approval.answered_by.unwrap_or_default(),
                         approval_id: approval.id,
-                        expires_at: approval.expires_at,
-                    }));
-                }
-                CallApprovalState::Approved
-                    if approval.usable_until.is_some_and(|until| until > now) =>
-                {
-                    let event = self
-                        .call_approval_event("call.approval.used", &approval, meta)
-                        .detail("approver", approval.answered_by.clone().unwrap_or_default());
-                    let outcome = self
-                        .commit(Write {
-                            change: Some(Change::UseCallApproval {
-                                id: approval.id.clone(),
-                                at: now,
-                            }),
-                            event,
-                        })
-                        .await?;
-                    if let WriteOutcome::Applied { .. } = outcome {
-                        return Ok(Some(CallGate::Proceed {
-                            approver: approval.answered_by.unwrap_or_default(),
-                            approval_id: approval.id,
-                        }));
-                    }
+                    })),
                     // Used by another call at the same moment: this one needs its own.
-                    return Ok(None);
+                    WriteOutcome::Conflict { .. } => Ok(None),
                 }
-                CallApprovalState::Pending | CallApprovalState::Approved => {
-                    self.expire_call(meta, &approval).await?;
-                    return Ok(None);
-                }
-                CallApprovalState::Refused if approval.expires_at > now => {
-                    let by = approval.answered_by.clone().unwrap_or_default();
-                    return Ok(Some(CallGate::Refused {
-                        approval_id: approval.id,
-                        reason: format!("`{by}` refused this call"),
-                    }));
-                }
-                CallApprovalState::Refused
-                | CallApprovalState::Used
-                | CallApprovalState::Expired => return Ok(None),
+            }
+            CallApprovalState::Pending | CallApprovalState::Approved => {
+                self.expire_call(meta, &approval).await?;
+                Ok(None)
+            }
+            CallApprovalState::Refused if approval.expires_at > now => {
+                let by = approval.answered_by.clone().unwrap_or_default();
+                Ok(Some(CallGate::Refused {
+                    approval_id: approval.id,
+                    reason: format!("`{by}` refused this call"),
+                }))
+            }
+            CallApprovalState::Refused | CallApprovalState::Used | CallApprovalState::Expired => {
+                Ok(None)
             }
         }
-        Ok(None)
     }
 
     /// Marks an approval past its time `expired`, audited; one that moved on meanwhile is left.
