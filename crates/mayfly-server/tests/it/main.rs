@@ -31,6 +31,7 @@ mod jwt_discovery;
 mod login;
 mod notifications;
 mod proxy;
+mod run_query;
 mod seal;
 mod secret_store;
 mod secrets_at_rest;
