@@ -481,6 +481,10 @@ pub struct RequestInfo {
     pub break_glass: bool,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The act chain: the agents (principal keys) that asked for the principal, nearest first;
+    /// absent when the principal asked itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub act: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -507,6 +511,9 @@ pub struct GrantInfo {
     pub last_error: Option<String>,
     pub revoke_reason: Option<String>,
     pub break_glass: bool,
+    /// The act chain of the request it was made from, nearest actor first; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub act: Vec<String>,
 }
 
 /// The credential of an activated grant, shown once.

@@ -61,6 +61,7 @@ pub fn request_info(request: &RequestRecord, approvers: Vec<String>) -> RequestI
         break_glass: request.break_glass,
         created_at_ms: request.created_at.unix_ms(),
         expires_at_ms: request.expires_at.unix_ms(),
+        act: request.actors.clone(),
     }
 }
 
@@ -85,6 +86,7 @@ pub fn grant_info(grant: &GrantRecord, now: Timestamp) -> GrantInfo {
         last_error: grant.last_error.clone(),
         revoke_reason: grant.revoke_reason.clone(),
         break_glass: grant.break_glass,
+        act: grant.actors.clone(),
     }
 }
 

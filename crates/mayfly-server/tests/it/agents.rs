@@ -155,6 +155,7 @@ async fn the_act_chain_is_recorded_and_the_kill_switch_ends_everything_of_the_ag
         .unwrap();
     assert_eq!(request.state, "allowed", "{request:?}");
     assert_eq!(request.principal, "user:alice");
+    assert_eq!(request.act, claude);
     let stored = b.store().request(&request.id).await.unwrap().unwrap();
     assert_eq!(stored.actors, claude);
     let credential = b
@@ -169,6 +170,7 @@ async fn the_act_chain_is_recorded_and_the_kill_switch_ends_everything_of_the_ag
         .unwrap();
     assert_eq!(grant.actors, claude);
     assert_eq!(grant.principal, "user:alice");
+    assert_eq!(credential.grant.act, claude);
     // A request alice makes herself carries none, and an agent's other pending request waits.
     let own = b
         .create_request(&origin(), alice.principal(), None, ask("readonly"))
