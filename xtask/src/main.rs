@@ -108,7 +108,17 @@ fn layering(root: &Path) -> Vec<String> {
     for file in &outside_store {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         for needle in ["Dialect", "starts_with(\"postgres", "starts_with(\"sqlite"] {
-            if code_lines(&text).any(|line| line.contains(needle)) {
+            // The store's `Dialect`, not a word ending in it (`SqlDialect`, the dialect an
+            // agent's SQL is parsed in, which is the target's).
+            let found = |line: &str| {
+                line.match_indices(needle).any(|(at, _)| {
+                    !line[..at]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                })
+            };
+            if code_lines(&text).any(found) {
                 problems.push(format!(
                     "{} switches on the store's backend (`{needle}`): ask the store (`Store::capabilities`)",
                     file.display()

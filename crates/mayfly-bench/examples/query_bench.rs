@@ -13,8 +13,12 @@
 //!
 //! ```sh
 //! cargo build --release -p mayfly-bench --example query_bench
-//! ./target/release/examples/query_bench [clients] [seconds] [postgres|mysql]
+//! ./target/release/examples/query_bench [clients] [seconds] [postgres|postgres-scram|mysql]
 //! ```
+//!
+//! `postgres` is the machine's PostgreSQL on 127.0.0.1:5432 (whose loopback logins may be
+//! `trust`, so a login exchanges no password); `postgres-scram` a throwaway cluster of the test
+//! kit's that asks every login for SCRAM-SHA-256, as a real target does.
 //!
 //! Not through HTTP `/mcp`: that front end (and its audit of every call) is measured on its own.
 
@@ -60,6 +64,12 @@ async fn main() {
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let kind = args.get(3).cloned().unwrap_or_else(|| "postgres".into());
     let mysql = kind == "mysql";
+    let cluster = (kind == "postgres-scram").then(mayfly_testkit::pgcluster::PgCluster::start);
+    let port = cluster.as_ref().map_or(5432, |c| c.port);
+    let admin_password = cluster
+        .as_ref()
+        .map(|c| c.admin_password.clone())
+        .unwrap_or_else(|| std::env::var("PGPASSWORD").unwrap_or_default());
     let table = if mysql {
         "mayfly_query_bench.items"
     } else {
@@ -79,7 +89,7 @@ async fn main() {
         .await
         .unwrap();
     } else {
-        let mut admin = pg_admin().await;
+        let mut admin = pg_admin(port, &admin_password).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP TABLE IF EXISTS {table};
              CREATE TABLE {table} (id int PRIMARY KEY, name text, price numeric);
@@ -101,8 +111,8 @@ async fn main() {
         )
     } else {
         (
-            json!({"kind": "postgres", "name": "db", "url": "postgres://127.0.0.1:5432/postgres",
-                "admin_user": "postgres", "admin_password": std::env::var("PGPASSWORD").unwrap_or_default()}),
+            json!({"kind": "postgres", "name": "db", "url": format!("postgres://127.0.0.1:{port}/postgres"),
+                "admin_user": "postgres", "admin_password": admin_password}),
             format!(
                 "CREATE ROLE {{{{name}}}} WITH LOGIN PASSWORD {{{{password}}}} VALID UNTIL {{{{expiration}}}}; GRANT SELECT ON {table} TO {{{{name}}}};"
             ),
@@ -158,7 +168,7 @@ async fn main() {
                 let mut latencies = Vec::new();
                 let mut n = client as u64 * 1_000_003;
                 let mut kept = match (mode, mysql) {
-                    ("direct", false) => Some(Kept::Pg(pg_as(&login, &password).await)),
+                    ("direct", false) => Some(Kept::Pg(pg_as(port, &login, &password).await)),
                     ("direct", true) => Some(Kept::My(mysql_as(&login, &password).await)),
                     _ => None,
                 };
@@ -192,7 +202,7 @@ async fn main() {
                             connection.close().await.unwrap();
                         }
                         ("direct-login", _) => {
-                            let mut connection = pg_as(&login, &password).await;
+                            let mut connection = pg_as(port, &login, &password).await;
                             let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
                                 .fetch_all(&mut connection)
                                 .await
@@ -248,6 +258,7 @@ async fn main() {
     broker.revoke(&token, &grant).await;
     broker.wait_for_grant(&token, &grant, "verified").await;
     broker.stop().await;
+    drop(cluster);
 }
 
 enum Kept {
@@ -255,22 +266,23 @@ enum Kept {
     My(sqlx::MySqlConnection),
 }
 
-async fn pg_admin() -> sqlx::PgConnection {
+async fn pg_admin(port: u16, password: &str) -> sqlx::PgConnection {
     sqlx::postgres::PgConnectOptions::new()
         .host("127.0.0.1")
-        .port(5432)
+        .port(port)
         .database("postgres")
         .username("postgres")
+        .password(password)
         .log_statements(tracing::log::LevelFilter::Off)
         .connect()
         .await
         .unwrap()
 }
 
-async fn pg_as(login: &str, password: &str) -> sqlx::PgConnection {
+async fn pg_as(port: u16, login: &str, password: &str) -> sqlx::PgConnection {
     sqlx::postgres::PgConnectOptions::new()
         .host("127.0.0.1")
-        .port(5432)
+        .port(port)
         .database("postgres")
         .username(login)
         .password(password)

@@ -165,7 +165,7 @@ fn work(
         n += 1;
         let team = (n % TEAMS as u64) as usize;
         let principal = &people[team];
-        let actors: Vec<String> = if n % 2 == 0 {
+        let actors: Vec<String> = if n.is_multiple_of(2) {
             vec![format!("agent:helper{}", n % 7)]
         } else {
             Vec::new()
@@ -176,7 +176,7 @@ fn work(
         let route = format!("api{}", (n / 5) % TEAMS as u64);
         let path = format!("/v1/items/{n}");
         let reason = format!("ticket work {n}");
-        let ticket = if n % 3 == 0 {
+        let ticket = if n.is_multiple_of(3) {
             String::new()
         } else {
             format!("T-{n}")
@@ -184,10 +184,10 @@ fn work(
         let shape = QueryShape {
             kind: kinds[(n % 5) as usize],
             tables: BTreeSet::from([format!("orders{team}"), format!("payroll{}", n % 13)]),
-            has_where: n % 4 != 0,
+            has_where: !n.is_multiple_of(4),
         };
         let args = match n % 8 {
-            0 | 1 | 2 => ToolArgs::RunQuery {
+            0..=2 => ToolArgs::RunQuery {
                 grant_id: &grant_id,
                 target: &target,
                 role: "reader",
@@ -198,8 +198,8 @@ fn work(
                 route: &route,
                 method: ["GET", "POST", "DELETE", "GET"][(n % 4) as usize],
                 path: &path,
-                has_query: n % 2 == 0,
-                has_body: n % 3 == 0,
+                has_query: n.is_multiple_of(2),
+                has_body: n.is_multiple_of(3),
             },
             5 => ToolArgs::RequestAccess {
                 target: &target,

@@ -243,6 +243,24 @@ async fn postgres_queries_run_as_the_grant_and_selects_cannot_write() {
         answer.rows.len()
     );
 
+    // A flood of concurrent calls waits for the target's query connections (16 at most at
+    // once) and every call is answered.
+    let mut flood = Vec::new();
+    for n in 0..48 {
+        let b = broker.broker.clone();
+        let who = alice.principal().clone();
+        let grant = grant.clone();
+        let sql = format!("SELECT id FROM {table} WHERE id = {}", n % 50 + 1);
+        flood.push(tokio::spawn(async move {
+            let plan = b.query_plan(&who, &grant, &sql).await?;
+            b.run_query(&origin(), &who, &plan, &sql, 1).await
+        }));
+    }
+    for call in flood {
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer.rows.len(), 1);
+    }
+
     // Writes hidden in a `select` are refused by the read-only transaction.
     for sql in [
         format!("SELECT nextval('{table}_seq')"),
@@ -535,6 +553,15 @@ async fn mariadb_queries_run_as_the_grant_and_selects_cannot_write() {
     .unwrap_err();
     let message = text(&error, &password);
     assert!(message.contains("denied"), "{message}");
+
+    // The broker's own files are not the server's to ask for (sqlx offers no LOCAL INFILE).
+    let load = format!("LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE {db}.items");
+    match run(&broker, &alice, &grant, &load, 10).await {
+        Err(error @ BrokerError::BadRequest(_)) => {
+            text(&error, &password);
+        }
+        other => panic!("{other:?}"),
+    }
 
     hostile_sql_is_refused(&broker, &alice, &grant, &password).await;
 
