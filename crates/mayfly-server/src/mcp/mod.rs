@@ -162,7 +162,7 @@ struct Facts {
 /// What a call is decided on besides its arguments.
 enum Prepared {
     None,
-    Role { target: String, role: String },
+    Role { target: String },
     Path { path: String },
     Query(QueryPlan),
     Grant { target: String, role: String },
@@ -497,9 +497,8 @@ impl Broker {
             Args::ListAccess(_) | Args::AccessStatus(_) | Args::ReadSecretNames { .. } => {
                 Prepared::None
             }
-            Args::RequestAccess { target, role, .. } => Prepared::Role {
+            Args::RequestAccess { target, .. } => Prepared::Role {
                 target: target.clone(),
-                role: role.clone(),
             },
             Args::CallApi(call) => {
                 let path = CallPath::parse(&call.path)
