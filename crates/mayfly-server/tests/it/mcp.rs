@@ -499,3 +499,122 @@ async fn only_tokens_for_the_mcp_resource_get_in() {
         .count();
     assert!(refused >= 1);
 }
+
+/// The broker with a PostgreSQL target `pg` (role `readonly`, a table `orders` with rows) that
+/// alice may request at once; alice's MCP token with bob acting for her.
+async fn setup_postgres(cluster: &mayfly_testkit::pgcluster::PgCluster) -> (TestBroker, String) {
+    let broker = TestBroker::ready().await;
+    let resource = format!("{}/mcp", broker.public_url);
+    let text = format!(
+        "{}\n@id(\"alice-reads-pg\")\npermit (principal == User::\"alice\", action == Action::\"request\", resource == Role::\"pg/readonly\");",
+        policy(&resource)
+    );
+    let mut db = cluster.connect("postgres").await;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, status text);
+         INSERT INTO orders VALUES (1, 'paid'), (2, 'open'), (3, 'open') ON CONFLICT DO NOTHING;
+         GRANT SELECT, DELETE ON orders TO PUBLIC;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    broker
+        .postgres_access(cluster, &[("readonly", 3600)], &text)
+        .await;
+    let alice = login(&broker, "alice").await;
+    let bob = login(&broker, "bob").await;
+    let token = mcp_token(&broker, &alice, Some(&bob)).await;
+    (broker, token)
+}
+
+#[tokio::test]
+async fn an_agent_gets_a_grant_never_its_credential_and_revokes_only_its_own() {
+    let cluster = mayfly_testkit::pgcluster::PgCluster::start();
+    let (broker, token) = setup_postgres(&cluster).await;
+    let out = python_client(
+        "2.3.0",
+        &broker,
+        &token,
+        json!([
+            ["request_access", {"role": "pg/readonly", "reason": "INC-7 look at orders", "ttl_seconds": 600}],
+            ["request_access", {"role": "pg/nope", "reason": "x", "ttl_seconds": 600}],
+            ["revoke", {"grant_id": "0192f0c4-0000-7000-8000-000000000001"}],
+        ]),
+    )
+    .await;
+    let results = out["results"].as_array().unwrap();
+    let asked = &results[0]["structuredContent"];
+    assert_eq!(asked["state"], "activated", "{out}");
+    let grant_id = asked["grant_id"].as_str().unwrap().to_owned();
+    let request_id = asked["request_id"].as_str().unwrap().to_owned();
+    assert!(asked.get("password").is_none() && !out.to_string().contains("password"));
+    // The grant is alice's, with a login on the target.
+    let grant = broker
+        .expect(200, "GET", &format!("/v1/grants/{grant_id}"), Some(&broker.admin()), None)
+        .await;
+    assert_eq!(grant["principal"], "user:alice", "{grant}");
+    assert_eq!(grant["state"], "active", "{grant}");
+    assert_eq!(results[1]["isError"], true, "{}", results[1]);
+    assert!(text(&results[2]).contains("of yours"), "{}", results[2]);
+
+    let out = python_client(
+        "1.30.0",
+        &broker,
+        &token,
+        json!([
+            ["access_status", {"request_id": request_id}],
+            ["revoke", {"grant_id": grant_id}],
+        ]),
+    )
+    .await;
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results[0]["structuredContent"]["grant_id"], grant_id.as_str(), "{out}");
+    assert_eq!(results[1]["structuredContent"]["state"], "revoking", "{out}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn run_query_returns_rows_of_a_select_and_a_policy_refuses_a_delete() {
+    let cluster = mayfly_testkit::pgcluster::PgCluster::start();
+    let (broker, token) = setup_postgres(&cluster).await;
+    let out = python_client(
+        "2.3.0",
+        &broker,
+        &token,
+        json!([["request_access", {"role": "pg/readonly", "reason": "INC-8", "ttl_seconds": 600}]]),
+    )
+    .await;
+    let grant_id = out["results"][0]["structuredContent"]["grant_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    for pin in ["1.30.0", "2.3.0"] {
+        let out = python_client(
+            pin,
+            &broker,
+            &token,
+            json!([
+                ["run_query", {"grant_id": grant_id, "sql": "SELECT id, status FROM orders WHERE status = 'open' ORDER BY id"}],
+                ["run_query", {"grant_id": grant_id, "sql": "DELETE FROM orders WHERE id = 1"}],
+                ["run_query", {"grant_id": grant_id, "sql": "SELECT 1; DROP TABLE orders"}],
+            ]),
+        )
+        .await;
+        let results = out["results"].as_array().unwrap();
+        let rows = &results[0]["structuredContent"];
+        assert_ne!(results[0]["isError"], true, "{out}");
+        assert_eq!(rows["columns"], json!(["id", "status"]), "{out}");
+        assert_eq!(rows["rows"], json!([[2, "open"], [3, "open"]]), "{out}");
+        assert_eq!(results[1]["isError"], true, "{out}");
+        assert!(text(&results[1]).contains("agents-only-select"), "{out}");
+        assert_eq!(results[2]["isError"], true, "{out}");
+    }
+    // The DELETE never ran.
+    let mut db = cluster.connect("postgres").await;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    broker.stop().await;
+}
