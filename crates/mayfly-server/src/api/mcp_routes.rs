@@ -22,8 +22,8 @@ use mayfly_core::policy::Tool;
 use rmcp::ErrorData;
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -69,11 +69,19 @@ pub fn router(broker: &Broker) -> Router<Broker> {
 /// The `Host`s the transport accepts (it refuses others, against DNS rebinding): the public
 /// URL's, and loopback.
 fn allowed_hosts(public_url: &str) -> Vec<String> {
-    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(url) = reqwest::Url::parse(public_url)
         && let Some(host) = url.host_str()
     {
-        hosts.push(host.trim_start_matches('[').trim_end_matches(']').to_owned());
+        hosts.push(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        );
         if let Some(port) = url.port() {
             hosts.push(format!("{host}:{port}"));
         }

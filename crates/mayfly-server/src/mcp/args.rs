@@ -425,8 +425,16 @@ mod tests {
         let grant = "0192f0c4-0000-7000-8000-000000000001";
         assert!(parse(Tool::ListAccess, None).is_ok());
         refused(Tool::ListAccess, json!({"x": 1}), "x");
-        refused(Tool::RunQuery, json!({"grant_id": "../x", "sql": "SELECT 1"}), "grant_id");
-        refused(Tool::RunQuery, json!({"grant_id": grant, "sql": " "}), "sql");
+        refused(
+            Tool::RunQuery,
+            json!({"grant_id": "../x", "sql": "SELECT 1"}),
+            "grant_id",
+        );
+        refused(
+            Tool::RunQuery,
+            json!({"grant_id": grant, "sql": " "}),
+            "sql",
+        );
         refused(
             Tool::RunQuery,
             json!({"grant_id": grant, "sql": "SELECT 1", "max_rows": 0}),

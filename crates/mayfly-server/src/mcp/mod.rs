@@ -28,9 +28,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use mayfly_api::{ProxyRate, RequestInfo};
+use mayfly_core::Principal;
 use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::policy::{Action, Decision, Tool, ToolArgs, ToolInput};
-use mayfly_core::Principal;
 use mayfly_store::{GrantFilter, SessionRecord};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
@@ -44,8 +44,8 @@ use crate::auth::Caller;
 use crate::error::{AuditedError, BrokerError};
 use crate::exchange::ExchangeError;
 use crate::origin::Origin;
-use crate::proxy::{ProxyCall, ProxyCaller};
 use crate::proxy::target::CallPath;
+use crate::proxy::{ProxyCall, ProxyCaller};
 use crate::state::Broker;
 
 /// The deepest `act` chain accepted (a token acting through more hands is refused).
@@ -273,7 +273,9 @@ impl Broker {
         keys.extend(caller.actors.iter().map(String::as_str));
         if let Some(agent) = pending::disabled_agent(self, &keys).await? {
             let reason = format!("the agent `{agent}` is disabled");
-            return self.refuse_tool(meta, &facts, "agent_disabled", reason).await;
+            return self
+                .refuse_tool(meta, &facts, "agent_disabled", reason)
+                .await;
         }
         let args = match args::parse(tool, arguments) {
             Ok(args) => args,
@@ -301,7 +303,9 @@ impl Broker {
             return self.refuse_tool(meta, &facts, "budget", reason).await;
         }
         let Some(tool_args) = tool_args(&args, &prepared) else {
-            return Err(BrokerError::Internal("mcp: arguments and context differ".into()));
+            return Err(BrokerError::Internal(
+                "mcp: arguments and context differ".into(),
+            ));
         };
         let decision = self
             .policies()
@@ -551,14 +555,9 @@ impl Broker {
                     ticket: args.ticket.unwrap_or_default(),
                     break_glass: false,
                 };
-                let info = pending::create_request_as(
-                    self,
-                    meta,
-                    caller.principal(),
-                    &caller.actors,
-                    new,
-                )
-                .await?;
+                let info =
+                    pending::create_request_as(self, meta, caller.principal(), &caller.actors, new)
+                        .await?;
                 self.request_status(meta, caller, info).await
             }
             (Args::AccessStatus(args), _) => {
@@ -612,12 +611,7 @@ impl Broker {
             }
             (Args::Revoke(args), _) => {
                 let grant = self
-                    .request_revoke(
-                        meta,
-                        caller.principal(),
-                        &args.grant_id,
-                        "revoked over MCP",
-                    )
+                    .request_revoke(meta, caller.principal(), &args.grant_id, "revoked over MCP")
                     .await?;
                 Ok(json!({ "grant_id": grant.id, "state": grant.state }))
             }
@@ -682,7 +676,8 @@ impl Broker {
         caller: &McpCaller,
         info: RequestInfo,
     ) -> Result<Value, BrokerError> {
-        let mut answer = json!({
+        let mut answer = Map::new();
+        let fields = json!({
             "request_id": info.id,
             "role": format!("{}/{}", info.target, info.role),
             "state": info.state,
@@ -691,6 +686,9 @@ impl Broker {
             "approvers": info.approvers,
             "expires_at_ms": info.expires_at_ms,
         });
+        if let Value::Object(fields) = fields {
+            answer.extend(fields);
+        }
         match info.state.as_str() {
             "allowed" => {
                 match self
@@ -702,13 +700,16 @@ impl Broker {
                         if let Some(key) = credential.private_key.as_mut() {
                             key.zeroize();
                         }
-                        answer["state"] = json!("activated");
-                        answer["grant_id"] = json!(credential.grant.id);
-                        answer["grant_expires_at_ms"] = json!(credential.grant.expires_at_ms);
+                        answer.insert("state".into(), json!("activated"));
+                        answer.insert("grant_id".into(), json!(credential.grant.id));
+                        answer.insert(
+                            "grant_expires_at_ms".into(),
+                            json!(credential.grant.expires_at_ms),
+                        );
                     }
                     Err(error @ BrokerError::Internal(_)) => return Err(error),
                     Err(error) => {
-                        answer["activation_error"] = json!(error.to_string());
+                        answer.insert("activation_error".into(), json!(error.to_string()));
                     }
                 }
             }
@@ -720,14 +721,17 @@ impl Broker {
                     .into_iter()
                     .find(|grant| grant.request_id == info.id);
                 if let Some(grant) = grant {
-                    answer["grant_id"] = json!(grant.id);
-                    answer["grant_state"] = json!(grant.state.as_str());
-                    answer["grant_expires_at_ms"] = json!(grant.expires_at.unix_ms());
+                    answer.insert("grant_id".into(), json!(grant.id));
+                    answer.insert("grant_state".into(), json!(grant.state.as_str()));
+                    answer.insert(
+                        "grant_expires_at_ms".into(),
+                        json!(grant.expires_at.unix_ms()),
+                    );
                 }
             }
             _ => {}
         }
-        Ok(answer)
+        Ok(Value::Object(answer))
     }
 
     /// `call_api`: through the proxy, as the caller (the proxy decides `proxy` on the route,
@@ -740,7 +744,9 @@ impl Broker {
         args: args::CallApiArgs,
     ) -> Result<Value, BrokerError> {
         let mut headers = HeaderMap::new();
-        let bad = |field: &str| BrokerError::BadRequest(format!("field `{field}`: not a valid header value"));
+        let bad = |field: &str| {
+            BrokerError::BadRequest(format!("field `{field}`: not a valid header value"))
+        };
         if args.body.is_some() {
             let content_type = args.content_type.as_deref().unwrap_or("application/json");
             headers.insert(
@@ -794,7 +800,7 @@ impl Broker {
             let chunk = chunk.map_err(|e| BrokerError::BadGateway(e.to_string()))?;
             let room = MAX_ANSWER_BYTES - bytes.len();
             if chunk.len() > room {
-                bytes.extend_from_slice(&chunk[..room]);
+                bytes.extend_from_slice(chunk.get(..room).unwrap_or_default());
                 truncated = true;
                 break;
             }
@@ -887,7 +893,9 @@ mod tests {
             _ => Map::new(),
         };
         assert_eq!(
-            act_chain(&claims(json!({"sub": "agent:a", "act": {"sub": "agent:b"}}))),
+            act_chain(&claims(
+                json!({"sub": "agent:a", "act": {"sub": "agent:b"}})
+            )),
             Ok(vec!["agent:a".to_owned(), "agent:b".to_owned()])
         );
         assert_eq!(act_chain(&Map::new()), Ok(Vec::new()));

@@ -2,7 +2,10 @@
 //! call approvals, the agents' kill switch, `run_query`), as the MCP tools call them. Until they
 //! land this adapter keeps the tools compiling; it is replaced by the real calls after merging.
 
-#![allow(dead_code, reason = "the adapter's types mirror the interfaces other branches provide")]
+#![allow(
+    dead_code,
+    reason = "the adapter's types mirror the interfaces other branches provide"
+)]
 
 use mayfly_api::RequestInfo;
 use mayfly_core::policy::Tool;

@@ -328,7 +328,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// client: lists the tools and calls one.
 async fn inspector(broker: &TestBroker, token: &str, args: &[&str]) -> (bool, String) {
     let dir = harness_dir();
-    let launcher = dir.join("node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js");
+    let launcher =
+        dir.join("node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js");
     assert!(
         launcher.exists(),
         "the MCP Inspector is not installed: run scripts/services.sh (it runs `npm ci --prefix {}`)",
@@ -486,12 +487,22 @@ async fn only_tokens_for_the_mcp_resource_get_in() {
     let response = post(Some(own.clone())).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     broker
-        .expect(204, "POST", "/v1/auth/token/revoke-self", Some(&alice), None)
+        .expect(
+            204,
+            "POST",
+            "/v1/auth/token/revoke-self",
+            Some(&alice),
+            None,
+        )
         .await;
     let response = post(Some(own)).await.unwrap();
     assert_eq!(response.status().as_u16(), 401, "its session is revoked");
     let response = post(Some(token)).await.unwrap();
-    assert_eq!(response.status().as_u16(), 200, "another session's token still lives");
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "another session's token still lives"
+    );
     let refused = mcp_events(&broker)
         .await
         .into_iter()
@@ -550,7 +561,13 @@ async fn an_agent_gets_a_grant_never_its_credential_and_revokes_only_its_own() {
     assert!(asked.get("password").is_none() && !out.to_string().contains("password"));
     // The grant is alice's, with a login on the target.
     let grant = broker
-        .expect(200, "GET", &format!("/v1/grants/{grant_id}"), Some(&broker.admin()), None)
+        .expect(
+            200,
+            "GET",
+            &format!("/v1/grants/{grant_id}"),
+            Some(&broker.admin()),
+            None,
+        )
         .await;
     assert_eq!(grant["principal"], "user:alice", "{grant}");
     assert_eq!(grant["state"], "active", "{grant}");
@@ -568,8 +585,15 @@ async fn an_agent_gets_a_grant_never_its_credential_and_revokes_only_its_own() {
     )
     .await;
     let results = out["results"].as_array().unwrap();
-    assert_eq!(results[0]["structuredContent"]["grant_id"], grant_id.as_str(), "{out}");
-    assert_eq!(results[1]["structuredContent"]["state"], "revoking", "{out}");
+    assert_eq!(
+        results[0]["structuredContent"]["grant_id"],
+        grant_id.as_str(),
+        "{out}"
+    );
+    assert_eq!(
+        results[1]["structuredContent"]["state"], "revoking",
+        "{out}"
+    );
     broker.stop().await;
 }
 
