@@ -6,6 +6,7 @@
 pub mod certificate;
 pub mod mysql;
 pub mod postgres;
+pub mod query;
 pub mod redis;
 pub mod resp;
 pub mod ssh;
@@ -21,6 +22,8 @@ use mayfly_crypto::x509::X509Ca;
 use secrecy::SecretString;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub use query::{QueryRequest, QueryRows};
 
 /// The kinds of target: defined in core (the API, the store and the CLI name them too), matched
 /// here once, by [`build`].
@@ -89,6 +92,18 @@ pub enum TargetError {
     /// the admin secret elsewhere, or one left half done by a crash (see the broker's recovery).
     #[error("target `{target}` refused the broker's admin login: {reason}")]
     AdminLogin { target: String, reason: String },
+    /// A statement run as a grant's own login ([`Target::run_query`]) failed on the target: the
+    /// database's own message (the SQL, a privilege, the read-only transaction, the statement
+    /// timeout). Never the password or a connection URL.
+    #[error("the target refused the statement: {reason}")]
+    Statement {
+        target: String,
+        /// The database's SQLSTATE, when it gave one.
+        code: Option<String>,
+        /// The statement ran out of its time.
+        timed_out: bool,
+        reason: String,
+    },
     /// The credential still works (or its sessions live) after revocation.
     #[error("revocation of `{login}` on `{target}` is not proven: {reason}")]
     NotRevoked {
@@ -504,6 +519,18 @@ pub trait Target: Send + Sync + fmt::Debug {
         Err(TargetError::Refused {
             target: self.kind().to_string(),
             reason: "this kind of target has no admin account".into(),
+        })
+    }
+    /// Runs one statement as a grant's own login (`query.login` with `query.secret`, never the
+    /// admin's), on a connection of its own closed after: in a read-only transaction when
+    /// `query.read_only`, bounded by `query.timeout` (on the server and here), at most
+    /// `query.max_rows` rows and about `query.max_bytes` of values. The server itself must see
+    /// exactly one statement (it is prepared before it runs). The default (targets that run no
+    /// SQL) refuses.
+    async fn run_query(&self, _query: &QueryRequest<'_>) -> Result<QueryRows, TargetError> {
+        Err(TargetError::Refused {
+            target: self.kind().to_string(),
+            reason: format!("a `{}` target runs no queries", self.kind()),
         })
     }
     /// Makes the admin password set by [`Target::rotate_admin`] outlive a restart of the target;

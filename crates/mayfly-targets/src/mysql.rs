@@ -18,16 +18,32 @@
 //! which `CREATE/**/USER` and `TO {{name}}, other` got past.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
+use futures_util::TryStreamExt as _;
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlSslMode};
-use sqlx::{ConnectOptions, Connection as _, Row};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlRow, MySqlSslMode};
+use sqlx::{
+    Column as _, ConnectOptions, Connection as _, Executor as _, Row, TypeInfo as _, ValueRef as _,
+};
+use tokio::sync::Semaphore;
 
+use crate::query::{Collector, QueryRequest, QueryRows, Sort};
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
 
 /// How many connections the broker opens to one target at most.
 pub const MAX_CONNECTIONS: u32 = 8;
+
+/// How many statements of grants' accounts (`run_query`) run on one target at once, each on a
+/// connection of its own.
+pub const MAX_QUERY_CONNECTIONS: usize = 8;
+
+/// ER_STATEMENT_TIMEOUT (MariaDB's `max_statement_time`) and ER_QUERY_TIMEOUT (MySQL's
+/// `max_execution_time`).
+const STATEMENT_TIMEOUTS: [u16; 2] = [1969, 3024];
+/// ER_UNKNOWN_SYSTEM_VARIABLE: not MariaDB (MySQL names its timeout otherwise).
+const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 
 /// ER_NO_SUCH_THREAD: the connection to kill is already gone.
 const NO_SUCH_THREAD: u16 = 1094;
@@ -36,6 +52,8 @@ pub struct MysqlTarget {
     name: String,
     options: MySqlConnectOptions,
     pool: MySqlPool,
+    /// The places of `run_query`'s connections.
+    queries: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for MysqlTarget {
@@ -366,6 +384,7 @@ impl MysqlTarget {
             name: name.to_owned(),
             options,
             pool,
+            queries: Arc::new(Semaphore::new(MAX_QUERY_CONNECTIONS)),
         })
     }
 
@@ -465,6 +484,91 @@ impl MysqlTarget {
                 .await
                 .map_err(|e| self.unavailable(e))?;
         row.try_get("n").map_err(|e| self.unavailable(e))
+    }
+
+    /// [`Target::run_query`] once connected: the statement timeout, the transaction (read-only
+    /// for a `select`), the statement prepared (`COM_STMT_PREPARE` takes one statement) for its
+    /// columns, then run as a text query, rows kept until a cap.
+    async fn query_on(
+        &self,
+        connection: &mut sqlx::MySqlConnection,
+        query: &QueryRequest<'_>,
+        sql: &str,
+    ) -> Result<QueryRows, TargetError> {
+        let failed = |e| {
+            crate::query::statement_error(&self.name, e, |db| {
+                db.try_downcast_ref::<MySqlDatabaseError>()
+                    .is_some_and(|e| STATEMENT_TIMEOUTS.contains(&e.number()))
+            })
+        };
+        // Seconds on MariaDB; MySQL has milliseconds under another name (SELECT only).
+        let seconds = query.timeout.as_secs_f64().max(0.001);
+        let mariadb = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET SESSION max_statement_time = {seconds:.3}"
+        )))
+        .execute(&mut *connection)
+        .await;
+        match mariadb {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db))
+                if db
+                    .try_downcast_ref::<MySqlDatabaseError>()
+                    .is_some_and(|e| e.number() == UNKNOWN_SYSTEM_VARIABLE) =>
+            {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "SET SESSION max_execution_time = {}",
+                    query.timeout.as_millis().max(1)
+                )))
+                .execute(&mut *connection)
+                .await
+                .map_err(failed)?;
+            }
+            Err(error) => return Err(failed(error)),
+        }
+        let begin = if query.read_only {
+            "START TRANSACTION READ ONLY"
+        } else {
+            "START TRANSACTION"
+        };
+        sqlx::raw_sql(begin)
+            .execute(&mut *connection)
+            .await
+            .map_err(failed)?;
+        let statement = (&mut *connection)
+            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)))
+            .await
+            .map_err(failed)?;
+        let columns = sqlx::Statement::columns(&statement)
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        let mut collector = Collector::new(columns, query.max_rows, query.max_bytes);
+        {
+            let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch(&mut *connection);
+            while let Some(row) = rows.try_next().await.map_err(failed)? {
+                if !collector.wants_more() {
+                    break;
+                }
+                let (values, bytes) = mysql_values(&row);
+                if !collector.push(values, bytes) {
+                    break;
+                }
+            }
+        }
+        let rows = collector.finish();
+        if query.read_only && rows.truncated {
+            return Ok(rows);
+        }
+        let end = if query.read_only {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        sqlx::raw_sql(end)
+            .execute(&mut *connection)
+            .await
+            .map_err(failed)?;
+        Ok(rows)
     }
 
     async fn revoke_batch(
@@ -617,6 +721,34 @@ impl Target for MysqlTarget {
         Ok(logins)
     }
 
+    /// As the grant's account, on a connection of its own (closed after), with the session's
+    /// statement timeout and, for a `select`, `START TRANSACTION READ ONLY`.
+    async fn run_query(&self, query: &QueryRequest<'_>) -> Result<QueryRows, TargetError> {
+        let _place = crate::query::permit(&self.name, &self.queries).await?;
+        let sql = crate::query::statement_text(query.sql);
+        let options = self
+            .options
+            .clone()
+            .username(query.login.as_str())
+            .password(query.secret.expose_secret());
+        let work = async {
+            let mut connection = sqlx::MySqlConnection::connect_with(&options)
+                .await
+                .map_err(|e| crate::query::login_error(&self.name, e))?;
+            let rows = self.query_on(&mut connection, query, sql).await;
+            if rows
+                .as_ref()
+                .is_ok_and(|rows| !(query.read_only && rows.truncated))
+            {
+                let _ = connection.close().await;
+            }
+            rows
+        };
+        let answer = tokio::time::timeout(query.timeout + crate::query::CALL_MARGIN, work).await;
+        drop(options);
+        answer.unwrap_or_else(|_| Err(crate::query::timed_out(&self.name, query.timeout)))
+    }
+
     /// `SET PASSWORD = '<hash>'`: the session's own account gets the new `mysql_native_password`
     /// hash; the password itself is never sent. (MariaDB 10.11 takes `ALTER USER CURRENT_USER()
     /// IDENTIFIED BY PASSWORD …` without an error and changes nothing: the broker then held a
@@ -690,6 +822,40 @@ impl Target for MysqlTarget {
                 missing.join(", ")
             ),
         })
+    }
+}
+
+/// A row of a text query as JSON values, and the bytes of its text.
+fn mysql_values(row: &MySqlRow) -> (Vec<serde_json::Value>, usize) {
+    let mut bytes = 0;
+    let mut values = Vec::with_capacity(row.len());
+    for index in 0..row.len() {
+        let value = match row.try_get_raw(index) {
+            Ok(raw) if raw.is_null() => serde_json::Value::Null,
+            Ok(raw) => {
+                let sort = mysql_sort(raw.type_info().name());
+                let text = <&[u8] as sqlx::Decode<sqlx::MySql>>::decode(raw).unwrap_or_default();
+                bytes += text.len();
+                crate::query::json_value(sort, text)
+            }
+            Err(_) => serde_json::Value::Null,
+        };
+        values.push(value);
+    }
+    (values, bytes)
+}
+
+fn mysql_sort(type_name: &str) -> Sort {
+    match type_name.trim_end_matches(" UNSIGNED") {
+        "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" | "BOOLEAN" => {
+            Sort::Integer
+        }
+        "FLOAT" | "DOUBLE" => Sort::Float,
+        "DECIMAL" => Sort::Decimal,
+        "JSON" => Sort::Json,
+        "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
+        | "GEOMETRY" => Sort::Binary,
+        _ => Sort::Text,
     }
 }
 

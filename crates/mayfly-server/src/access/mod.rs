@@ -8,6 +8,7 @@ pub mod certificate;
 pub mod expiry;
 pub mod grants;
 pub mod picture;
+pub mod query;
 pub mod recheck;
 pub mod registry;
 pub mod requests;
@@ -25,6 +26,7 @@ use mayfly_store::{GrantRecord, RequestRecord, TargetRecord};
 
 use crate::error::BrokerError;
 
+pub use query::{QueryAnswer, QueryPlan};
 pub use registry::{TargetRegistry, role_spec};
 pub use requests::NewRequest;
 

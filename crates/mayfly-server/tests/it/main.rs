@@ -30,6 +30,7 @@ mod login;
 mod mcp;
 mod notifications;
 mod proxy;
+mod run_query;
 mod seal;
 mod secret_store;
 mod secrets_at_rest;
