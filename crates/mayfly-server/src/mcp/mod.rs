@@ -37,8 +37,8 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroize;
 
 use self::args::{Args, sha256_hex};
-use self::pending::{CallGate, CallKey, QueryPlan};
-use crate::access::{NewRequest, principal_key};
+use self::pending::{CallGate, CallKey};
+use crate::access::{NewRequest, QueryPlan, principal_key};
 use crate::audit::refused::audit_refusal;
 use crate::auth::Caller;
 use crate::error::{AuditedError, BrokerError};
@@ -512,7 +512,8 @@ impl Broker {
                 }
             }
             Args::RunQuery(query) => Prepared::Query(
-                pending::query_plan(self, caller.principal(), &query.grant_id, &query.sql).await?,
+                self.query_plan(caller.principal(), &query.grant_id, &query.sql)
+                    .await?,
             ),
             Args::Revoke(revoke) => {
                 let grant = self.own_grant(caller, &revoke.grant_id).await?;
@@ -572,15 +573,9 @@ impl Broker {
             }
             (Args::CallApi(args), _) => self.tool_call_api(meta, caller, args).await,
             (Args::RunQuery(args), Prepared::Query(plan)) => {
-                let answer = pending::run_query(
-                    self,
-                    meta,
-                    caller.principal(),
-                    &plan,
-                    &args.sql,
-                    args.max_rows,
-                )
-                .await?;
+                let answer = self
+                    .run_query(meta, caller.principal(), &plan, &args.sql, args.max_rows)
+                    .await?;
                 Ok(json!({
                     "kind": plan.shape.kind.as_str(),
                     "columns": answer.columns,

@@ -1,5 +1,5 @@
 //! The pieces of issue 22 that other parts of the broker provide (the act chain on requests,
-//! call approvals, the agents' kill switch, `run_query`), as the MCP tools call them. Until they
+//! call approvals, the agents' kill switch), as the MCP tools call them. Until they
 //! land this adapter keeps the tools compiling; it is replaced by the real calls after merging.
 
 #![allow(
@@ -9,7 +9,6 @@
 
 use mayfly_api::RequestInfo;
 use mayfly_core::policy::Tool;
-use mayfly_core::sql::{QueryShape, SqlDialect};
 use mayfly_core::{Principal, Timestamp};
 
 use crate::access::NewRequest;
@@ -41,20 +40,6 @@ pub enum CallGate {
     },
 }
 
-pub struct QueryPlan {
-    pub grant_id: String,
-    pub target: String,
-    pub role: String,
-    pub shape: QueryShape,
-    pub dialect: SqlDialect,
-}
-
-pub struct QueryAnswer {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<serde_json::Value>>,
-    pub truncated: bool,
-}
-
 fn missing(what: &str) -> BrokerError {
     BrokerError::Unavailable(format!("{what} is not available on this broker yet"))
 }
@@ -84,24 +69,4 @@ pub async fn disabled_agent(
     _keys: &[&str],
 ) -> Result<Option<String>, BrokerError> {
     Ok(None)
-}
-
-pub async fn query_plan(
-    _broker: &Broker,
-    _caller: &Principal,
-    _grant_id: &str,
-    _sql: &str,
-) -> Result<QueryPlan, BrokerError> {
-    Err(missing("run_query"))
-}
-
-pub async fn run_query(
-    _broker: &Broker,
-    _meta: &Origin,
-    _caller: &Principal,
-    _plan: &QueryPlan,
-    _sql: &str,
-    _max_rows: u32,
-) -> Result<QueryAnswer, BrokerError> {
-    Err(missing("run_query"))
 }
