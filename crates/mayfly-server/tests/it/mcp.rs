@@ -642,3 +642,29 @@ async fn run_query_returns_rows_of_a_select_and_a_policy_refuses_a_delete() {
     assert_eq!(n, 3);
     broker.stop().await;
 }
+
+/// A flood from one caller spends its bucket for that tool (20 at once; the test's clock stands
+/// still, so none refills): the rest are error results, audited (aggregated), and another tool
+/// still answers.
+#[tokio::test]
+async fn a_flood_of_calls_spends_the_callers_budget_for_that_tool_only() {
+    let (broker, token) = setup().await;
+    let mut calls: Vec<Value> = (0..25).map(|_| json!(["list_access", {}])).collect();
+    calls.push(json!(["read_secret_names", {"env": "shop/dev"}]));
+    let out = python_client("2.3.0", &broker, &token, Value::Array(calls)).await;
+    let results = out["results"].as_array().unwrap();
+    let refused: Vec<&Value> = results[..25]
+        .iter()
+        .filter(|r| r["isError"] == true)
+        .collect();
+    assert_eq!(refused.len(), 5, "{out}");
+    assert!(text(refused[0]).contains("rate limit"), "{out}");
+    assert_ne!(results[25]["isError"], true, "{out}");
+    let budget = mcp_events(&broker)
+        .await
+        .into_iter()
+        .filter(|e| e["details"]["decision"] == "budget")
+        .count();
+    assert!(budget >= 1, "the first refusal of the window is written in full");
+    broker.stop().await;
+}
