@@ -4,6 +4,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests run a real server on port 0.
 
 pub mod access;
+pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;

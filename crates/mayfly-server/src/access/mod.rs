@@ -4,6 +4,7 @@
 //! Revocation is driven by the expiry engine ([`expiry`]).
 
 pub mod admin;
+pub mod calls;
 pub mod certificate;
 pub mod expiry;
 pub mod grants;
@@ -26,6 +27,7 @@ use mayfly_store::{GrantRecord, RequestRecord, TargetRecord};
 
 use crate::error::BrokerError;
 
+pub use calls::{CallGate, CallKey};
 pub use query::{QueryAnswer, QueryPlan};
 pub use registry::{TargetRegistry, role_spec};
 pub use requests::NewRequest;
