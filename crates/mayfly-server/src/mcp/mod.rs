@@ -20,7 +20,6 @@
 //! runs as the grant's login inside the broker.
 
 pub mod args;
-mod pending;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -28,16 +27,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use mayfly_api::{ProxyRate, RequestInfo};
-use mayfly_core::Principal;
 use mayfly_core::audit::{AuditDraft, Outcome};
 use mayfly_core::policy::{Action, Decision, Tool, ToolArgs, ToolInput};
+use mayfly_core::{Principal, Timestamp};
 use mayfly_store::{GrantFilter, SessionRecord};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroize;
 
 use self::args::{Args, sha256_hex};
-use self::pending::{CallGate, CallKey};
+use crate::access::calls::{CallGate, CallKey};
 use crate::access::{NewRequest, QueryPlan, principal_key};
 use crate::audit::refused::audit_refusal;
 use crate::auth::Caller;
@@ -82,6 +81,8 @@ pub struct McpCaller {
     pub session: SessionRecord,
     pub scope: Vec<String>,
     pub actors: Vec<String>,
+    /// The token's `iat`: an agent switched off since then (even if enabled again) is refused.
+    pub issued_at: Option<Timestamp>,
 }
 
 impl McpCaller {
@@ -218,10 +219,15 @@ impl Broker {
             .split_whitespace()
             .map(str::to_owned)
             .collect();
+        let issued_at = claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .map(|iat| Timestamp::from_unix_ms(iat.saturating_mul(1000)));
         Ok(McpCaller {
             session,
             scope,
             actors,
+            issued_at,
         })
     }
 
@@ -271,7 +277,7 @@ impl Broker {
         };
         let mut keys: Vec<&str> = vec![&subject];
         keys.extend(caller.actors.iter().map(String::as_str));
-        if let Some(agent) = pending::disabled_agent(self, &keys).await? {
+        if let Some(agent) = self.agent_cut(&keys, caller.issued_at).await? {
             let reason = format!("the agent `{agent}` is disabled");
             return self
                 .refuse_tool(meta, &facts, "agent_disabled", reason)
@@ -342,7 +348,7 @@ impl Broker {
                 }
                 summary.truncate(end);
             }
-            match pending::gate_call(self, meta, &key, &summary, &policies).await {
+            match self.gate_call(meta, &key, &summary, &policies).await {
                 Ok(CallGate::Proceed {
                     approval_id,
                     approver,
@@ -556,9 +562,9 @@ impl Broker {
                     ticket: args.ticket.unwrap_or_default(),
                     break_glass: false,
                 };
-                let info =
-                    pending::create_request_as(self, meta, caller.principal(), &caller.actors, new)
-                        .await?;
+                let info = self
+                    .create_request_as(meta, caller.principal(), &caller.actors, None, new)
+                    .await?;
                 self.request_status(meta, caller, info).await
             }
             (Args::AccessStatus(args), _) => {

@@ -665,6 +665,197 @@ async fn a_flood_of_calls_spends_the_callers_budget_for_that_tool_only() {
         .into_iter()
         .filter(|e| e["details"]["decision"] == "budget")
         .count();
-    assert!(budget >= 1, "the first refusal of the window is written in full");
+    assert!(
+        budget >= 1,
+        "the first refusal of the window is written in full"
+    );
     broker.stop().await;
+}
+
+/// A `@step_up` tool call waits for a person: the agent gets the approval's URL; another person
+/// approves that exact call; it runs once; a replay or other arguments wait for a new approval.
+#[tokio::test]
+async fn a_step_up_call_runs_once_after_another_person_approves_it() {
+    let cluster = mayfly_testkit::pgcluster::PgCluster::start();
+    let (broker, token) = setup_postgres(&cluster).await;
+    let out = python_client(
+        "2.3.0",
+        &broker,
+        &token,
+        json!([["request_access", {"role": "pg/readonly", "reason": "INC-9", "ttl_seconds": 600}]]),
+    )
+    .await;
+    let grant_id = out["results"][0]["structuredContent"]["grant_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    // Agents may delete one order with a WHERE, once a person approves that statement.
+    let resource = format!("{}/mcp", broker.public_url);
+    let text = policy(&resource).replace(
+        "when { context has actor && context.query.kind != \"select\" };",
+        "when { context has actor && context.query.kind != \"select\" && context.query.kind != \"delete\" };",
+    );
+    broker
+        .set_policy(&format!(
+            "{text}\n@id(\"alice-reads-pg\")\npermit (principal == User::\"alice\", action == Action::\"request\", resource == Role::\"pg/readonly\");\n@id(\"delete-with-approval\")\n@step_up\npermit (principal == User::\"alice\", action == Action::\"run_query\", resource)\nwhen {{ context.query.kind == \"delete\" && context.query.has_where }};"
+        ))
+        .await;
+    let delete =
+        json!(["run_query", {"grant_id": grant_id, "sql": "DELETE FROM orders WHERE id = 3"}]);
+    let out = python_client("2.3.0", &broker, &token, json!([delete.clone()])).await;
+    let waiting = &out["results"][0];
+    assert_eq!(waiting["isError"], true, "{out}");
+    let approval_id = waiting["structuredContent"]["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    assert!(
+        waiting["structuredContent"]["url"]
+            .as_str()
+            .unwrap()
+            .contains(&approval_id),
+        "{out}"
+    );
+    // Another person (the admin: neither alice nor bob) approves it, with a fresh factor.
+    let admin = broker
+        .broker
+        .store()
+        .session_by_hash(&mayfly_crypto::token::hash_token(&broker.admin()))
+        .await
+        .unwrap()
+        .unwrap()
+        .principal;
+    broker
+        .broker
+        .answer_call(
+            &mayfly_server::origin::Origin::internal("test"),
+            &admin,
+            Some(broker.broker.now()),
+            &approval_id,
+            true,
+        )
+        .await
+        .unwrap();
+    let other =
+        json!(["run_query", {"grant_id": grant_id, "sql": "DELETE FROM orders WHERE id = 2"}]);
+    let out = python_client(
+        "1.30.0",
+        &broker,
+        &token,
+        json!([other, delete.clone(), delete.clone()]),
+    )
+    .await;
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results[0]["isError"], true, "other arguments wait: {out}");
+    assert_ne!(results[1]["isError"], true, "the approved call runs: {out}");
+    assert_eq!(results[2]["isError"], true, "a replay waits again: {out}");
+    let mut db = cluster.connect("postgres").await;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "exactly one DELETE ran");
+    broker.stop().await;
+}
+
+/// The admin's principal, as the broker knows it from its session.
+async fn admin_principal(broker: &TestBroker) -> mayfly_core::Principal {
+    broker
+        .broker
+        .store()
+        .session_by_hash(&mayfly_crypto::token::hash_token(&broker.admin()))
+        .await
+        .unwrap()
+        .unwrap()
+        .principal
+}
+
+/// `agent disable` stops a running agent at its next call: the same token that worked is refused
+/// (an error result naming the agent, audited), and a new token for it is refused too.
+#[tokio::test]
+async fn disabling_an_agent_stops_it_at_its_next_call() {
+    let (broker, _) = setup().await;
+    let alice = login(&broker, "alice").await;
+    let resource = format!("{}/mcp", broker.public_url);
+    let fields = [
+        ("grant_type", GRANT),
+        ("subject_token", alice.as_str()),
+        ("subject_token_type", SESSION),
+        ("audience", resource.as_str()),
+        ("actor", "agent:claude"),
+    ];
+    let (status, body) = crate::exchange::exchange(&broker, &fields).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let calls = json!([["read_secret_names", {"env": "shop/dev"}]]);
+    let out = python_client("2.3.0", &broker, &token, calls.clone()).await;
+    assert_ne!(out["results"][0]["isError"], true, "{out}");
+
+    broker
+        .broker
+        .disable_agent(
+            &mayfly_server::origin::Origin::internal("test"),
+            &admin_principal(&broker).await,
+            "claude",
+        )
+        .await
+        .unwrap();
+    // The same agent's next call is refused: its token no longer gets in (401), and were it
+    // to, the call would be refused by name.
+    let out = python_client("2.3.0", &broker, &token, calls).await;
+    assert!(out.get("results").is_none(), "{out}");
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", broker.addr))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let caller = crate::mcp::refusal_after_disable(&broker, &token).await;
+    assert!(caller.contains("agent:claude"), "{caller}");
+    let (status, _) = crate::exchange::exchange(&broker, &fields).await;
+    assert_ne!(status, 200);
+    broker.stop().await;
+}
+
+/// What the tools answer a caller whose act chain names a disabled agent (the front end refuses
+/// its token before; this is the check every call makes again).
+async fn refusal_after_disable(broker: &TestBroker, token: &str) -> String {
+    let claims: Value = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let session = broker
+        .broker
+        .store()
+        .session_by_hash(&mayfly_crypto::token::hash_token(&broker.admin()))
+        .await
+        .unwrap()
+        .unwrap();
+    let caller = mayfly_server::mcp::McpCaller {
+        session,
+        scope: Vec::new(),
+        actors: vec![claims["act"]["sub"].as_str().unwrap().to_owned()],
+        issued_at: None,
+    };
+    let answer = broker
+        .broker
+        .mcp_call(
+            &mayfly_server::origin::Origin::internal("test"),
+            &caller,
+            "list_access",
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(answer.is_error);
+    answer.text()
 }
