@@ -550,6 +550,8 @@ async fn an_agent_gets_a_grant_never_its_credential_and_revokes_only_its_own() {
             ["request_access", {"role": "pg/readonly", "reason": "INC-7 look at orders", "ttl_seconds": 600}],
             ["request_access", {"role": "pg/nope", "reason": "x", "ttl_seconds": 600}],
             ["revoke", {"grant_id": "0192f0c4-0000-7000-8000-000000000001"}],
+            ["access_status", {"request_id": "0192f0c4-0000-7000-8000-000000000002"}],
+            ["request_access", {"role": "pg/readonly", "reason": "x", "ttl_seconds": 600, "extra": 1}],
         ]),
     )
     .await;
@@ -573,6 +575,8 @@ async fn an_agent_gets_a_grant_never_its_credential_and_revokes_only_its_own() {
     assert_eq!(grant["state"], "active", "{grant}");
     assert_eq!(results[1]["isError"], true, "{}", results[1]);
     assert!(text(&results[2]).contains("of yours"), "{}", results[2]);
+    assert_eq!(results[3]["isError"], true, "{}", results[3]);
+    assert!(text(&results[4]).contains("extra"), "{}", results[4]);
 
     let out = python_client(
         "1.30.0",
