@@ -15,6 +15,7 @@ pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod failpoint;
+pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod origin;

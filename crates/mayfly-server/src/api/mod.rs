@@ -8,6 +8,7 @@ pub mod error;
 pub mod exchange_routes;
 pub mod extract;
 pub mod json;
+pub mod mcp_routes;
 pub mod middleware;
 pub mod notification_routes;
 pub mod openapi;
@@ -171,6 +172,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/sso/callback", get(sso_routes::callback))
         .route("/v1/sso/token", post(sso_routes::token))
+        .merge(mcp_routes::router(&broker))
         .nest("/ui", console::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(

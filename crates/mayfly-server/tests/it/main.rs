@@ -29,6 +29,7 @@ mod hardening;
 mod jwt;
 mod jwt_discovery;
 mod login;
+mod mcp;
 mod notifications;
 mod proxy;
 mod run_query;
