@@ -110,3 +110,27 @@ if [ ! -d "$console_dir/node_modules/playwright-core" ] || [ ! -d "$console_dir/
         { echo "npm ci could not install $console_dir/package-lock.json" >&2; exit 1; }
 fi
 echo "playwright-core is installed: $(node -p "require('$console_dir/node_modules/playwright-core/package.json').version")"
+
+# The independent MCP clients of the MCP server's tests (crates/mayfly-server/tests/it/mcp.rs):
+# the official Python SDK, `mcp` from PyPI, in two venvs — 1.30.0 speaks the 2025-11-25
+# `initialize` handshake, 2.3.0 the 2026-07-28 protocol — and the MCP Inspector's CLI from npm
+# (crates/mayfly-server/tests/mcp/, version pinned by its package-lock.json).
+mcp_venvs="${MAYFLY_MCP_VENVS:-/var/tmp/mayfly-mcp-venvs}"
+for pin in 1.30.0 2.3.0; do
+    venv="$mcp_venvs/mcp-$pin"
+    if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$pin')" >/dev/null 2>&1; then
+        echo "Installing the Python MCP SDK (mcp==$pin) into $venv"
+        python3 -m venv "$venv" ||
+            { echo "python3 -m venv failed: apt-get install python3-venv" >&2; exit 1; }
+        PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip install -q --disable-pip-version-check "mcp==$pin" >/dev/null ||
+            { echo "pip could not install mcp==$pin into $venv" >&2; exit 1; }
+    fi
+    echo "Python MCP SDK is installed: mcp $pin in $venv"
+done
+mcp_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/mayfly-server/tests/mcp"
+if [ ! -d "$mcp_dir/node_modules/@modelcontextprotocol/inspector" ]; then
+    echo "Installing the MCP Inspector for the MCP tests (npm ci --prefix $mcp_dir)"
+    npm ci --prefix "$mcp_dir" --no-audit --no-fund >/dev/null ||
+        { echo "npm ci could not install $mcp_dir/package-lock.json" >&2; exit 1; }
+fi
+echo "MCP Inspector is installed: $(node -p "require('$mcp_dir/node_modules/@modelcontextprotocol/inspector/package.json').version")"

@@ -197,7 +197,7 @@ pub struct TokenInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PrincipalInfo {
-    /// `user` or `workload`.
+    /// `user`, `workload` or `agent`.
     pub kind: String,
     pub name: String,
     #[serde(default)]
@@ -258,6 +258,10 @@ pub struct JwtRoleConfig {
     /// Session lifetime for this role, at most one hour.
     #[serde(default = "default_role_ttl")]
     pub token_ttl_seconds: u64,
+    /// The role is an AI agent's: its logins are the agent `agent:<role name>` (whatever the
+    /// name claim says, which is only audited), subject to `mayfly agent disable`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
 }
 
 fn default_name_claim() -> String {
@@ -477,6 +481,10 @@ pub struct RequestInfo {
     pub break_glass: bool,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The act chain: the agents (principal keys) that asked for the principal, nearest first;
+    /// absent when the principal asked itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub act: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -503,6 +511,9 @@ pub struct GrantInfo {
     pub last_error: Option<String>,
     pub revoke_reason: Option<String>,
     pub break_glass: bool,
+    /// The act chain of the request it was made from, nearest actor first; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub act: Vec<String>,
 }
 
 /// The credential of an activated grant, shown once.
@@ -1004,4 +1015,30 @@ impl std::fmt::Debug for SsoStepUpCode {
 pub struct SsoSteppedUp {
     pub session_id: String,
     pub auth_time_ms: i64,
+}
+
+/// An AI agent the broker knows (issue 22): an agent JWT role, or an agent seen acting for
+/// someone by token exchange, or one disabled.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    pub name: String,
+    /// Whether the kill switch is on (`mayfly agent disable`).
+    pub disabled: bool,
+    pub disabled_at_ms: Option<i64>,
+    pub disabled_by: Option<String>,
+    /// When it last logged in or was named as actor in a token exchange.
+    pub last_seen_at_ms: Option<i64>,
+    /// Whether a JWT role of this name (an agent role) lets it log in on its own.
+    pub jwt_role: bool,
+}
+
+/// What `mayfly agent disable` did at once. Its sessions and its pending call approvals ended in
+/// the same commit as the switch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentDisabled {
+    pub name: String,
+    /// Grants whose principal or act chain held the agent, now being revoked.
+    pub grants_revoked: u64,
+    /// Open requests (pending or allowed) it made or acted in, withdrawn.
+    pub requests_withdrawn: u64,
 }

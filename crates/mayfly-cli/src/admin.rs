@@ -480,6 +480,7 @@ pub async fn jwt(client: &Client, command: JwtCommand, out: &Output) -> anyhow::
             bound_claims,
             name_claim,
             ttl,
+            agent,
         } => {
             let config = JwtRoleConfig {
                 issuer,
@@ -487,6 +488,7 @@ pub async fn jwt(client: &Client, command: JwtCommand, out: &Output) -> anyhow::
                 bound_claims: claim_matches(&bound_claims)?,
                 workload_name_claim: name_claim,
                 token_ttl_seconds: ttl.as_secs(),
+                agent,
             };
             client
                 .call_raw(

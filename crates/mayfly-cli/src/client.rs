@@ -71,6 +71,11 @@ impl Client {
         self.token.as_deref()
     }
 
+    /// The broker's address, without a trailing `/`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Posts an `application/x-www-form-urlencoded` body without the session (OAuth endpoints,
     /// whose tokens are in the form); an OAuth error answer (`error`, `error_description`)
     /// becomes an [`ApiFailure`].

@@ -120,6 +120,10 @@ pub enum ClientCommand {
     /// Configure workload login with JWTs (admins only).
     #[command(subcommand)]
     Jwt(JwtCommand),
+    /// AI agents: list them, stop one at once (`disable`: its sessions, grants, requests and
+    /// pending calls end), let it in again, or get a token for one to act for you over MCP.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Configure single sign-on with OpenID Connect providers (admins only; docs/sso.md).
     #[command(subcommand)]
     Sso(SsoCommand),
@@ -507,6 +511,36 @@ pub enum SsoCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List the agents the broker knows (admins only).
+    Ls,
+    /// The kill switch (admins only): the agent's sessions, grants (its own and those it acted
+    /// in), open requests and pending call approvals end at once, and it is refused until enabled.
+    Disable {
+        /// The agent's name (`claude` for `agent:claude`).
+        name: String,
+    },
+    /// Lift the kill switch (admins only); nothing the agent had comes back.
+    Enable {
+        /// The agent's name.
+        name: String,
+    },
+    /// Exchange your session for a short token with which the agent NAME acts for you on the
+    /// broker's MCP endpoint (`act` = `agent:NAME`, and only that agent may use it); prints it.
+    Token {
+        /// The agent's name.
+        name: String,
+        /// The lifetime asked for (at most 1h; policy may shorten it).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// The audience; default: the broker's MCP resource (`<public URL>/mcp`, from its
+        /// protected-resource metadata).
+        #[arg(long)]
+        audience: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum JwtCommand {
     /// Trust an issuer: by JWKS URL, by PEM public keys, or (with neither) by discovery of its
     /// JWKS URL at `<issuer>/.well-known/openid-configuration`.
@@ -562,6 +596,10 @@ pub enum JwtCommand {
             value_name = "DURATION"
         )]
         ttl: Duration,
+        /// The binding is an AI agent's: its logins are `agent:NAME` (NAME being the binding's),
+        /// which `mayfly agent disable NAME` stops.
+        #[arg(long)]
+        agent: bool,
     },
 }
 

@@ -9,6 +9,7 @@
 
 mod access;
 mod admin;
+mod agents;
 mod audit;
 mod client;
 mod duration;
@@ -98,6 +99,7 @@ async fn dispatch(
         ClientCommand::Token(command) => admin::token(client, command, out).await?,
         ClientCommand::User(command) => admin::user(client, command, out).await?,
         ClientCommand::Jwt(command) => admin::jwt(client, command, out).await?,
+        ClientCommand::Agent(command) => agents::agent(client, command, out).await?,
         ClientCommand::Sso(command) => sso::sso(client, command, out).await?,
         ClientCommand::Chat(command) => admin::chat(client, command, out).await?,
         ClientCommand::Audit(command) => return audit::audit(client, command, out).await,

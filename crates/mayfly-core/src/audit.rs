@@ -108,11 +108,13 @@ impl AuditDraft {
     }
 
     /// The principal the event is about, as the audit search indexes it: the actor when it is a
-    /// principal (`user:…`, `workload:…`), else the subject when that is one (the broker acting
+    /// principal (`user:…`, `workload:…`, `agent:…`), else the subject when that is one (the broker acting
     /// on someone's grant), else the actor (`broker`, …). Store migration 0013 fills events
     /// written before it by the same rule.
     pub fn search_principal(&self) -> Option<&str> {
-        let is_principal = |key: &&String| key.starts_with("user:") || key.starts_with("workload:");
+        let is_principal = |key: &&String| {
+            key.starts_with("user:") || key.starts_with("workload:") || key.starts_with("agent:")
+        };
         self.actor
             .as_ref()
             .filter(is_principal)

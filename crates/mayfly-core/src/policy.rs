@@ -1146,6 +1146,19 @@ fn push_principal(
             )
             .map_err(|e| e.to_string())?,
         ),
+        // An agent logged in on its own acts for nobody: `on_behalf_of` is empty. (An agent
+        // acting for a user is in the context's act chain, the user being the principal.)
+        Principal::Agent { name } => entities.push(
+            Entity::new(
+                principal_uid,
+                HashMap::from([
+                    ("name".to_owned(), string(name)),
+                    ("on_behalf_of".to_owned(), string("")),
+                ]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
     }
     Ok(())
 }
@@ -1223,6 +1236,7 @@ fn principal_uid(principal: &Principal) -> Result<EntityUid, String> {
     match principal {
         Principal::User { name, .. } => uid("User", name),
         Principal::Workload { role, name } => uid("Workload", &format!("{role}:{name}")),
+        Principal::Agent { name } => uid("Agent", name),
     }
 }
 

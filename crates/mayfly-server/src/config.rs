@@ -57,6 +57,8 @@ pub struct ConfigFile {
     /// `[notifications]`: the outbox's channels (docs/notifications.md).
     pub notifications: Option<crate::notify::config::NotificationsFile>,
     pub step_up_window_seconds: Option<u64>,
+    pub call_approval_window_seconds: Option<u64>,
+    pub call_approvers: Option<String>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -91,6 +93,8 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("audit_sink", KeyType::Inline),
     ("notifications", KeyType::Table),
     ("step_up_window_seconds", KeyType::Number),
+    ("call_approval_window_seconds", KeyType::Number),
+    ("call_approvers", KeyType::Text),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -163,6 +167,11 @@ pub struct Config {
     /// How recent a second factor must be for what needs a step-up (approving, denying,
     /// break-glass, `@step_up` roles; `auth/step_up.rs`). A bare `@step_up` means this.
     pub step_up_window: Duration,
+    /// How long an approval of one tool call waits for a person (`access/calls.rs`).
+    pub call_approval_window: Duration,
+    /// The group whose members may answer approvals of tool calls (never for a call of their
+    /// own or one they act in).
+    pub call_approvers: String,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -195,6 +204,8 @@ impl Config {
             refusal_window: Duration::from_secs(2),
             public_url: "http://127.0.0.1:8200".into(),
             step_up_window: Duration::from_secs(600),
+            call_approval_window: Duration::from_secs(600),
+            call_approvers: mayfly_core::GroupName::ADMINS.to_owned(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -349,6 +360,21 @@ impl Config {
                 ));
             }
             config.step_up_window = Duration::from_secs(window);
+        }
+        if let Some(window) = file.call_approval_window_seconds {
+            if !(60..=86_400).contains(&window) {
+                return Err(rule(
+                    "call_approval_window_seconds",
+                    "must be between 60 and 86400",
+                ));
+            }
+            config.call_approval_window = Duration::from_secs(window);
+        }
+        if let Some(group) = file.call_approvers {
+            if let Err(error) = mayfly_core::GroupName::parse(&group) {
+                return Err(rule("call_approvers", &format!("a group name: {error}")));
+            }
+            config.call_approvers = group;
         }
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),

@@ -19,6 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mayfly_core::audit::Outcome;
 use mayfly_core::policy::{Decision, ExchangeInput};
+use mayfly_core::principal::{MAX_ACT_CHAIN, agent_name};
 use mayfly_core::{Principal, Timestamp};
 use mayfly_crypto::jwt::{IssuerKeys, JwtError, JwtRules};
 use mayfly_crypto::token_key::TokenAlg;
@@ -111,6 +112,10 @@ pub struct ExchangeRequest {
     pub requested_token_type: Option<String>,
     pub expires_in: Option<String>,
     pub alg: Option<String>,
+    /// (Mayfly) An agent acting for the subject without a token: `agent:NAME`.
+    pub actor: Option<String>,
+    /// (Mayfly) The agent that may act for the subject with the issued token (`may_act`).
+    pub may_act: Option<String>,
 }
 
 /// The answer (RFC 8693 §2.2.1). Its `Debug` never shows the token.
@@ -144,6 +149,8 @@ impl std::fmt::Debug for ExchangeRequest {
             .field("requested_token_type", &self.requested_token_type)
             .field("expires_in", &self.expires_in)
             .field("alg", &self.alg)
+            .field("actor", &self.actor)
+            .field("may_act", &self.may_act)
             .finish()
     }
 }
@@ -229,6 +236,29 @@ fn is_live(session: &SessionRecord, now: Timestamp) -> bool {
     session.revoked_at.is_none() && session.expires_at > now
 }
 
+/// The act chain of a token's `act` claim (RFC 8693 §4.1), nearest actor first: `act.sub`,
+/// `act.act.sub`, …; `None` when it is malformed or deeper than [`MAX_ACT_CHAIN`].
+pub fn act_chain(act: Option<&Value>) -> Option<Vec<String>> {
+    let mut chain = Vec::new();
+    let mut next = act;
+    while let Some(act) = next {
+        let sub = act.get("sub").and_then(Value::as_str)?;
+        if chain.len() == MAX_ACT_CHAIN {
+            return None;
+        }
+        chain.push(sub.to_owned());
+        next = act.get("act");
+    }
+    Some(chain)
+}
+
+/// An `agent:NAME` parameter, checked (`None`: not one).
+fn agent_key(text: &str) -> Option<String> {
+    let name = agent_name(text)?;
+    crate::agents::check_agent_name(name).ok()?;
+    Some(text.to_owned())
+}
+
 impl Broker {
     /// The issuer of the tokens the broker signs: its public URL.
     pub fn token_issuer(&self) -> String {
@@ -291,6 +321,24 @@ impl Broker {
                     && record.expires_at > now
                     && is_live(&session, now) =>
             {
+                // The kill switch: a token whose subject or act chain holds a disabled agent is
+                // no longer valid.
+                let Some(chain) = act_chain(claims.get("act")) else {
+                    return Ok(None);
+                };
+                let sub = claims
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let mut keys: Vec<&str> = vec![sub];
+                keys.extend(chain.iter().map(String::as_str));
+                if self
+                    .agent_cut(&keys, Some(record.issued_at))
+                    .await?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
                 Ok(Some((claims, session)))
             }
             _ => Ok(None),
@@ -357,9 +405,13 @@ impl Broker {
             session: SessionRecord {
                 id: uuid::Uuid::now_v7().to_string(),
                 token_hash: token_hash.to_vec(),
-                principal: Principal::Workload {
-                    role: role_name,
-                    name: verified.name,
+                principal: if verified.role.agent {
+                    Principal::Agent { name: role_name }
+                } else {
+                    Principal::Workload {
+                        role: role_name,
+                        name: verified.name,
+                    }
                 },
                 created_at: now,
                 expires_at,
@@ -502,6 +554,21 @@ impl Broker {
                 ));
             }
         };
+        let named_actor = match request.actor.as_deref() {
+            None => None,
+            Some(_) if actor.is_some() => {
+                return Err(invalid_request("give `actor_token` or `actor`, not both"));
+            }
+            Some(text) => Some(agent_key(text).ok_or_else(|| {
+                invalid_request("`actor` names an agent acting for the subject: `agent:NAME`")
+            })?),
+        };
+        let asked_may_act = match request.may_act.as_deref() {
+            None => None,
+            Some(text) => Some(agent_key(text).ok_or_else(|| {
+                invalid_request("`may_act` names the agent that may act: `agent:NAME`")
+            })?),
+        };
         let requested_scope = match request.scope.as_deref() {
             Some(text) if text.len() > MAX_FIELD => {
                 return Err(ExchangeError::oauth(
@@ -554,14 +621,77 @@ impl Broker {
                 Err(error) => return Err(error),
             },
         };
-        let actor_name = actor.as_ref().map(|a| match &a.claims {
-            Some(claims) => claims
-                .get("sub")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            None => a.principal().to_string(),
-        });
+        let actor_name = actor
+            .as_ref()
+            .map(|a| match &a.claims {
+                Some(claims) => claims
+                    .get("sub")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                None => a.principal().to_string(),
+            })
+            .or(named_actor);
+
+        // The act chain: the new actor, then whoever already acted in the subject token.
+        let Some(mut chain) = act_chain(subject.claims.as_ref().and_then(|c| c.get("act"))) else {
+            return refuse(
+                "invalid_request",
+                format!("the subject token's `act` is malformed or deeper than {MAX_ACT_CHAIN}"),
+            )
+            .await;
+        };
+        if let Some(name) = &actor_name {
+            chain.insert(0, name.clone());
+        }
+        if chain.len() > MAX_ACT_CHAIN {
+            return refuse(
+                "invalid_request",
+                format!("an act chain is at most {MAX_ACT_CHAIN} deep"),
+            )
+            .await;
+        }
+        // `may_act` (RFC 8693 §4.4): a subject token that names who may act for it admits no
+        // other actor; the issued token keeps it (exchanging only narrows).
+        let held_may_act = subject
+            .claims
+            .as_ref()
+            .and_then(|c| c.get("may_act"))
+            .map(|may| {
+                may.get("sub")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            });
+        if let (Some(may), Some(name)) = (&held_may_act, &actor_name)
+            && may != name
+        {
+            return refuse(
+                "invalid_grant",
+                format!("the subject token's `may_act` does not let `{name}` act for it"),
+            )
+            .await;
+        }
+        let may_act = match (asked_may_act, held_may_act) {
+            (Some(asked), Some(held)) if asked != held => {
+                return refuse(
+                    "invalid_request",
+                    "`may_act` cannot differ from the subject token's".into(),
+                )
+                .await;
+            }
+            (asked, held) => asked.or(held),
+        };
+        // The kill switch: no token for or through a disabled agent.
+        let mut keys: Vec<&str> = vec![&principal];
+        keys.extend(chain.iter().map(String::as_str));
+        if let Some(agent) = self.disabled_agent(&keys).await? {
+            return refuse("invalid_grant", format!("the agent `{agent}` is disabled")).await;
+        }
+        let agents: Vec<String> = keys
+            .iter()
+            .filter_map(|key| agent_name(key).map(str::to_owned))
+            .collect();
 
         // Narrowing: a JWT's scopes bound the new ones; its `exp` bounds the lifetime.
         let subject_scope = match &subject.claims {
@@ -651,6 +781,9 @@ impl Broker {
         if let (Some(act), Some(map)) = (act, claims.as_object_mut()) {
             map.insert("act".into(), act);
         }
+        if let (Some(may), Some(map)) = (&may_act, claims.as_object_mut()) {
+            map.insert("may_act".into(), json!({ "sub": may }));
+        }
         let key = self.current_token_key(alg).await?;
         let header = json!({"alg": alg.jws_name(), "kid": key.kid(), "typ": "JWT"});
         let encode = |value: &Value| URL_SAFE_NO_PAD.encode(value.to_string());
@@ -671,6 +804,12 @@ impl Broker {
             .detail("policies", policies_used);
         if let Some(name) = &actor_name {
             event = event.detail("act", name.clone());
+        }
+        if !chain.is_empty() {
+            event = event.detail("act_chain", chain.clone());
+        }
+        if let Some(may) = &may_act {
+            event = event.detail("may_act", may.clone());
         }
         event.actor = Some(principal.clone());
         event.subject = Some(format!("audience:{audience}"));
@@ -701,7 +840,10 @@ impl Broker {
             });
         }
         writes.push(Write {
-            change: Some(Change::RecordExchangedToken { token: record }),
+            change: Some(Change::RecordExchangedToken {
+                token: record,
+                agents,
+            }),
             event,
         });
         for outcome in self.commit_many(writes).await {

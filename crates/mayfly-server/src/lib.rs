@@ -4,6 +4,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so tests run a real server on port 0.
 
 pub mod access;
+pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod dev;
 pub mod error;
 pub mod exchange;
 pub mod failpoint;
+pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod origin;

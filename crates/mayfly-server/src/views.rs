@@ -20,6 +20,12 @@ pub fn principal(principal: &Principal) -> PrincipalInfo {
             groups: Vec::new(),
             role: Some(role.clone()),
         },
+        Principal::Agent { name } => PrincipalInfo {
+            kind: "agent".into(),
+            name: name.clone(),
+            groups: Vec::new(),
+            role: Some(name.clone()),
+        },
     }
 }
 

@@ -153,6 +153,10 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
             | Change::UpdateGrant { .. }
             | Change::ReviewGrant { .. }
             | Change::RecordExchangedToken { .. }
+            | Change::CreateCallApproval { .. }
+            | Change::AnswerCallApproval { .. }
+            | Change::UseCallApproval { .. }
+            | Change::ExpireCallApproval { .. }
     )
 }
 

@@ -12,7 +12,11 @@ use crate::rows::SessionRow;
 pub(crate) async fn record(
     c: &mut AnyConnection,
     token: &ExchangedTokenRecord,
+    agents: &[String],
 ) -> Result<Applied, sqlx::Error> {
+    if let Some(refused) = crate::agents::see(c, agents, token.issued_at).await? {
+        return Ok(refused);
+    }
     let done = sqlx::query(
         "INSERT INTO exchanged_tokens (jti, session_id, issued_at, expires_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING",

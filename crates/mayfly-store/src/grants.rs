@@ -231,6 +231,7 @@ pub(crate) async fn grants_after(
         Principals::All => ("", ""),
         Principals::Exactly(key) => (" AND principal = $3", key),
         Principals::StartingWith(prefix) => (" AND substr(principal, 1, length($3)) = $3", prefix),
+        Principals::Acting(key) => (" AND (principal = $3 OR actors LIKE $4 ESCAPE '\\')", key),
     };
     let sql = format!(
         "SELECT {GRANT_COLUMNS} FROM grants WHERE id > $1 AND ({}){scope} ORDER BY id LIMIT $2",
@@ -241,6 +242,9 @@ pub(crate) async fn grants_after(
         .bind(limit);
     if !scope.is_empty() {
         query = query.bind(key.to_owned());
+    }
+    if let Principals::Acting(key) = principals {
+        query = query.bind(crate::agents::json_list_holds(key));
     }
     let rows: Vec<GrantRow> = query.fetch_all(pool).await.map_err(unavailable)?;
     records(rows)

@@ -229,6 +229,12 @@ pub(crate) async fn create_session(
     c: &mut AnyConnection,
     session: &SessionRecord,
 ) -> Result<Applied, sqlx::Error> {
+    if let mayfly_core::Principal::Agent { name } = &session.principal
+        && let Some(refused) =
+            crate::agents::see(c, std::slice::from_ref(name), session.created_at).await?
+    {
+        return Ok(refused);
+    }
     insert_session(c, session).await?;
     Ok(Applied::Done)
 }
@@ -434,7 +440,7 @@ pub(crate) async fn delete_jwt_role(
     }
     // Its workloads' sessions end with it: a role made again under the same name must not bring
     // them back.
-    sqlx::query("DELETE FROM sessions WHERE principal_kind = 'workload' AND principal_role = $1")
+    sqlx::query("DELETE FROM sessions WHERE principal_kind IN ('workload', 'agent') AND principal_role = $1")
         .bind(name.to_owned())
         .execute(&mut *c)
         .await?;

@@ -20,13 +20,15 @@
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
 //! - `secrets`, `rotations`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`,
-//!   `proxy_routes`, `outbox`, `sso`, `audit`: the SQL of each group of tables (`rotations`: the
-//!   rotation of targets' admin secrets; `sso`: single sign-on), the changes that write them and
-//!   the reads.
+//!   `proxy_routes`, `outbox`, `sso`, `agents`, `audit`: the SQL of each group of tables
+//!   (`rotations`: the rotation of targets' admin secrets; `sso`: single sign-on; `agents`: the
+//!   agents' kill switch and the approvals of single tool calls), the changes that write them and
+//!   the reads. (`exchanged` and `identity` call `agents` to mark an agent seen.)
 //! - `picture`: the dashboard's narrow reads across grants, requests and the log (issue 21).
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 
+mod agents;
 mod audit;
 mod cache;
 mod catalog;
@@ -53,11 +55,12 @@ use mayfly_core::{Principal, SecretPath, Timestamp};
 pub use error::{BoxError, StoreError};
 pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
-    AdminRotationRecord, ApprovalRecord, AuditQuery, AuditRecord, Change, ExchangedTokenRecord,
-    GrantFilter, GrantRecord, GrantUpdate, JwtConfigRecord, KvSecretRecord, KvVersionRecord,
-    NotificationRecord, NotifyCondition, OutboxStats, PendingRotation, Principals,
-    ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord, SessionRecord, SsoPendingRecord,
-    StoredEvent, TargetRecord, ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
+    AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
+    CallApprovalState, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord, NotifyCondition,
+    OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord, RoleRecord,
+    SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord, ThrottleRecord,
+    TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -334,6 +337,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<GrantRecord>, StoreError>;
     /// Forgets notifications delivered before `before`.
     async fn purge_delivered_notifications(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Every agent the broker knows (seen or disabled), by name.
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Which of the agents `names` (at most 16) are disabled; with `issued_at`, also those
+    /// switched off at or after it (what a token issued then may no longer do).
+    async fn disabled_agents(
+        &self,
+        names: &[&str],
+        issued_at: Option<Timestamp>,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn call_approval(&self, id: &str) -> Result<Option<CallApprovalRecord>, StoreError>;
+    /// The newest `limit` approvals of the call whose key hashes to `key_hash`, newest first.
+    async fn call_approvals_of_key(
+        &self,
+        key_hash: &str,
+        limit: i64,
+    ) -> Result<Vec<CallApprovalRecord>, StoreError>;
+    /// The approvals still `pending` (expired ones too until marked), oldest first.
+    async fn pending_call_approvals(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<CallApprovalRecord>, StoreError>;
+    /// How many approvals of calls for `subject` are pending and not expired at `now`.
+    async fn n_pending_call_approvals(
+        &self,
+        subject: &str,
+        now: Timestamp,
+    ) -> Result<i64, StoreError>;
 
     /// What the dashboard's pictures of access read for one window: the counts now, the grants
     /// whose life touches the window, the policy's maxima, the approvals and the orphan sweep's

@@ -379,9 +379,49 @@ pub enum Change {
         id: String,
         reviewer: String,
     },
-    /// Records a token issued by token exchange. Conflicts if its `jti` is taken.
+    /// Records a token issued by token exchange, and `agents` (names) as seen now. Conflicts if
+    /// its `jti` is taken, or if one of `agents` is disabled.
     RecordExchangedToken {
         token: ExchangedTokenRecord,
+        agents: Vec<String>,
+    },
+    /// Records an approval of one tool call, `pending`. Conflicts if a pending one of the same
+    /// key is there already (two retries at once share the first).
+    CreateCallApproval {
+        approval: CallApprovalRecord,
+    },
+    /// A person's answer: `approved` (usable once until `usable_until`) or `refused`. Conflicts
+    /// unless the approval is pending and not expired at `at`.
+    AnswerCallApproval {
+        id: String,
+        approve: bool,
+        by: String,
+        at: Timestamp,
+        usable_until: Timestamp,
+    },
+    /// Uses an approved approval, once. Conflicts unless it is `approved` and usable at `at`.
+    UseCallApproval {
+        id: String,
+        at: Timestamp,
+    },
+    /// A pending approval past its `expires_at`, or an approved one past `usable_until`, becomes
+    /// `expired`. Conflicts otherwise.
+    ExpireCallApproval {
+        id: String,
+        at: Timestamp,
+    },
+    /// The kill switch of the agent `name`: marks it disabled, revokes the sessions of its JWT
+    /// logins and refuses (answered by `by`) every pending call approval whose subject or act
+    /// chain holds it. Conflicts if it is disabled already.
+    DisableAgent {
+        name: String,
+        by: String,
+        at: Timestamp,
+    },
+    /// Lifts the kill switch of the agent `name`. Nothing it had comes back. Conflicts unless it
+    /// is disabled.
+    EnableAgent {
+        name: String,
     },
     /// Adds a proxy route or replaces its configuration.
     PutProxyRoute {
@@ -638,6 +678,9 @@ pub struct RequestRecord {
     pub created_at: Timestamp,
     /// A pending request expires unanswered at this time.
     pub expires_at: Timestamp,
+    /// The act chain: who asked for the principal, nearest actor first (principal keys:
+    /// `agent:claude`); empty when the principal asked itself.
+    pub actors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -671,6 +714,8 @@ pub struct GrantRecord {
     pub verified_at: Option<Timestamp>,
     pub break_glass: bool,
     pub reviewed_by: Option<String>,
+    /// The act chain of the request it was made from (nearest actor first).
+    pub actors: Vec<String>,
 }
 
 /// A conditional move of a grant from one state to another.
@@ -766,6 +811,83 @@ pub enum Principals<'a> {
     Exactly(&'a str),
     /// Keys starting with this (every workload of one binding: `workload:ROLE:`).
     StartingWith(&'a str),
+    /// The grants whose principal is this key or whose act chain holds it (an agent's:
+    /// `agent:NAME`, whoever it acted for).
+    Acting(&'a str),
+}
+
+/// An approval of one exact tool call (issue 22): what was asked, by whom and for whom, and
+/// what became of it. `summary` is what the approver is shown (never a secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallApprovalRecord {
+    pub id: String,
+    /// SHA-256 (hex) of the call's key: tool, arguments' digest, subject and act chain.
+    pub key_hash: String,
+    pub tool: String,
+    pub args_sha256: String,
+    /// The principal key the call is made for.
+    pub subject: String,
+    /// The act chain, nearest actor first.
+    pub actors: Vec<String>,
+    pub summary: String,
+    /// The `@step_up` policies that asked for it.
+    pub policies: Vec<String>,
+    pub state: CallApprovalState,
+    pub created_at: Timestamp,
+    /// Pending until then.
+    pub expires_at: Timestamp,
+    pub answered_by: Option<String>,
+    pub answered_at: Option<Timestamp>,
+    /// An approved call may be made once, until then.
+    pub usable_until: Option<Timestamp>,
+    pub used_at: Option<Timestamp>,
+}
+
+/// Where an approval of one tool call is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallApprovalState {
+    Pending,
+    Approved,
+    Refused,
+    Used,
+    Expired,
+}
+
+impl CallApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallApprovalState::Pending => "pending",
+            CallApprovalState::Approved => "approved",
+            CallApprovalState::Refused => "refused",
+            CallApprovalState::Used => "used",
+            CallApprovalState::Expired => "expired",
+        }
+    }
+}
+
+impl std::str::FromStr for CallApprovalState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CallApprovalState, String> {
+        Ok(match text {
+            "pending" => CallApprovalState::Pending,
+            "approved" => CallApprovalState::Approved,
+            "refused" => CallApprovalState::Refused,
+            "used" => CallApprovalState::Used,
+            "expired" => CallApprovalState::Expired,
+            other => return Err(format!("unknown call approval state `{other}`")),
+        })
+    }
+}
+
+/// An agent the broker knows: seen (a JWT login, a token exchange naming it) or disabled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub name: String,
+    /// Set while the kill switch is on.
+    pub disabled_at: Option<Timestamp>,
+    pub disabled_by: Option<String>,
+    pub last_seen_at: Option<Timestamp>,
 }
 
 #[cfg(test)]

@@ -14,24 +14,26 @@ use crate::records::{
 };
 
 pub(crate) const GRANT_COLUMNS: &str = "id, request_id, principal, target, role, login, state, created_at, expires_at, \
-    next_attempt_at, epoch, n_attempts, last_error, revoke_reason, revoked_at, verified_at, break_glass, reviewed_by";
+    next_attempt_at, epoch, n_attempts, last_error, revoke_reason, revoked_at, verified_at, break_glass, reviewed_by, actors";
 
 pub(crate) const REQUEST_COLUMNS: &str = "id, principal_kind, principal_name, principal_role, user_id, target, role, reason, \
-    ticket, ttl_ms, max_ttl_ms, approvals_needed, state, decision, break_glass, created_at, expires_at";
+    ticket, ttl_ms, max_ttl_ms, approvals_needed, state, decision, break_glass, created_at, expires_at, actors";
 
 /// Columns of a request row.
-pub(crate) const REQUEST_ARITY: usize = 17;
+pub(crate) const REQUEST_ARITY: usize = 18;
 /// Columns of a grant row.
-pub(crate) const GRANT_ARITY: usize = 18;
+pub(crate) const GRANT_ARITY: usize = 19;
 
 /// A principal as the columns `principal_kind, principal_name, principal_role, user_id` of the
-/// rows that record one (requests, sessions).
+/// rows that record one (requests, sessions). An agent's `principal_role` is its JWT role, whose
+/// name is the agent's.
 pub(crate) fn principal_columns(
     principal: &Principal,
 ) -> (&'static str, &str, Option<&str>, Option<&str>) {
     match principal {
         Principal::User { id, name, .. } => ("user", name, None, Some(id)),
         Principal::Workload { role, name } => ("workload", name, Some(role), None),
+        Principal::Agent { name } => ("agent", name, Some(name), None),
     }
 }
 
@@ -43,11 +45,24 @@ pub(crate) enum Column<'a> {
     OptText(Option<&'a str>),
     Int(i64),
     OptInt(Option<i64>),
+    /// A list of strings, written as a JSON array (an act chain).
+    List(&'a [String]),
+}
+
+/// A list of strings as the JSON array a column holds.
+pub(crate) fn list_json(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
+
+/// A column holding a JSON array of strings, read back.
+pub(crate) fn list_from_json(text: &str, what: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|_| StoreError::Corrupt(format!("{what} is not a JSON list of strings")))
 }
 
 /// One request row's values, in [`REQUEST_COLUMNS`] order.
 pub(crate) fn request_values(request: &RequestRecord) -> [Column<'_>; REQUEST_ARITY] {
-    use Column::{Int, OptText, Text};
+    use Column::{Int, List, OptText, Text};
     let (kind, name, role, user_id) = principal_columns(&request.principal);
     [
         Text(&request.id),
@@ -67,12 +82,13 @@ pub(crate) fn request_values(request: &RequestRecord) -> [Column<'_>; REQUEST_AR
         Int(i64::from(request.break_glass)),
         Int(request.created_at.unix_ms()),
         Int(request.expires_at.unix_ms()),
+        List(&request.actors),
     ]
 }
 
 /// One grant row's values, in [`GRANT_COLUMNS`] order.
 pub(crate) fn grant_values(grant: &GrantRecord) -> [Column<'_>; GRANT_ARITY] {
-    use Column::{Int, OptInt, OptText, Text};
+    use Column::{Int, List, OptInt, OptText, Text};
     [
         Text(&grant.id),
         Text(&grant.request_id),
@@ -92,6 +108,7 @@ pub(crate) fn grant_values(grant: &GrantRecord) -> [Column<'_>; GRANT_ARITY] {
         OptInt(grant.verified_at.map(Timestamp::unix_ms)),
         Int(i64::from(grant.break_glass)),
         OptText(grant.reviewed_by.as_deref()),
+        List(&grant.actors),
     ]
 }
 
@@ -104,6 +121,7 @@ pub(crate) fn bind_values<'q>(query: AnyQuery<'q>, values: &[Column<'_>]) -> Any
         Column::OptText(text) => query.bind(text.map(str::to_owned)),
         Column::Int(n) => query.bind(n),
         Column::OptInt(n) => query.bind(n),
+        Column::List(list) => query.bind(list_json(list)),
     })
 }
 
@@ -142,6 +160,7 @@ pub(crate) struct GrantRow {
     verified_at: Option<i64>,
     break_glass: i64,
     reviewed_by: Option<String>,
+    actors: String,
 }
 
 impl TryFrom<GrantRow> for GrantRecord {
@@ -167,6 +186,7 @@ impl TryFrom<GrantRow> for GrantRecord {
             verified_at: ts(row.verified_at),
             break_glass: row.break_glass != 0,
             reviewed_by: row.reviewed_by,
+            actors: list_from_json(&row.actors, "a grant's act chain")?,
         })
     }
 }
@@ -191,6 +211,7 @@ pub(crate) struct RequestRow {
     break_glass: i64,
     created_at: i64,
     expires_at: i64,
+    actors: String,
 }
 
 impl TryFrom<RequestRow> for RequestRecord {
@@ -204,6 +225,7 @@ impl TryFrom<RequestRow> for RequestRecord {
                 name,
                 groups: Vec::new(),
             },
+            "agent" => Principal::Agent { name },
             _ => Principal::Workload {
                 role: row.principal_role.unwrap_or_default(),
                 name,
@@ -224,6 +246,7 @@ impl TryFrom<RequestRow> for RequestRecord {
             break_glass: row.break_glass != 0,
             created_at: Timestamp::from_unix_ms(row.created_at),
             expires_at: Timestamp::from_unix_ms(row.expires_at),
+            actors: list_from_json(&row.actors, "a request's act chain")?,
         })
     }
 }
@@ -379,6 +402,13 @@ impl SessionRow {
                     return Ok(None);
                 };
                 Principal::Workload { role, name }
+            }
+            "agent" => {
+                // An agent's session lasts as long as its JWT role; the kill switch revokes it.
+                if self.bound_role.is_none() {
+                    return Ok(None);
+                }
+                Principal::Agent { name }
             }
             other => {
                 return Err(StoreError::Corrupt(format!(

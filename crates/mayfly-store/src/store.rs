@@ -17,16 +17,16 @@ use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::identity::JwtTable;
 use crate::records::{
-    AdminRotationRecord, ApprovalRecord, AuditQuery, AuditRecord, ExchangedTokenRecord,
-    GrantFilter, GrantRecord, JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord,
-    OutboxStats, Principals, ProxyRouteRecord, RequestRecord, RoleRecord, SealRecord,
-    SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord, ThrottleRecord, UserRecord, Write,
-    WriteOutcome,
+    AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
+    ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, KvSecretRecord,
+    KvVersionRecord, NotificationRecord, OutboxStats, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
+    ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
-    Capabilities, PictureQuery, PictureRows, Store, audit, catalog, exchanged, grants, identity,
-    kv, outbox, picture, proxy_routes, requests, rotations, secrets,
+    Capabilities, PictureQuery, PictureRows, Store, agents, audit, catalog, exchanged, grants,
+    identity, kv, outbox, picture, proxy_routes, requests, rotations, secrets,
 };
 
 #[derive(Debug)]
@@ -575,6 +575,45 @@ impl Store for SqlStore {
     async fn access_picture(&self, query: &PictureQuery<'_>) -> Result<PictureRows, StoreError> {
         picture::access_picture(&self.pool, query).await
     }
+
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        agents::agents(&self.pool).await
+    }
+
+    async fn disabled_agents(
+        &self,
+        names: &[&str],
+        issued_at: Option<Timestamp>,
+    ) -> Result<Vec<String>, StoreError> {
+        agents::disabled_agents(&self.pool, names, issued_at).await
+    }
+
+    async fn call_approval(&self, id: &str) -> Result<Option<CallApprovalRecord>, StoreError> {
+        agents::call_approval(&self.pool, id).await
+    }
+
+    async fn call_approvals_of_key(
+        &self,
+        key_hash: &str,
+        limit: i64,
+    ) -> Result<Vec<CallApprovalRecord>, StoreError> {
+        agents::call_approvals_of_key(&self.pool, key_hash, limit).await
+    }
+
+    async fn pending_call_approvals(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<CallApprovalRecord>, StoreError> {
+        agents::pending_call_approvals(&self.pool, limit).await
+    }
+
+    async fn n_pending_call_approvals(
+        &self,
+        subject: &str,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        agents::n_pending_call_approvals(&self.pool, subject, now).await
+    }
 }
 
 #[cfg(test)]
@@ -719,6 +758,7 @@ mod tests {
             break_glass: true,
             created_at: ms(1_000),
             expires_at: ms(2_000),
+            actors: vec!["agent:claude".into(), "user:bob".into()],
         };
         let grant = GrantRecord {
             id: format!("g{n}"),
@@ -739,6 +779,7 @@ mod tests {
             verified_at: Some(ms(71_000)),
             break_glass: true,
             reviewed_by: Some("reviewer".into()),
+            actors: vec!["agent:cursor".into()],
         };
         (request, grant)
     }

@@ -64,7 +64,7 @@ impl Broker {
         let fingerprint = check_key(kind, key)?;
         let now = self.now();
         // Decided and activated at once: there is no window to wait in.
-        let mut request = undecided(principal, &new, &role, now, now);
+        let mut request = undecided(principal, &[], &new, &role, now, now);
         let source = meta.source.as_deref().and_then(|s| s.parse().ok());
         let context = context_of(&request, now, source);
         let policies = self.parsed_policies(policy_text)?;

@@ -111,6 +111,9 @@ impl Broker {
             .detail("role", format!("{}/{}", request.target, request.role))
             .detail("expires_at_ms", expires_at.unix_ms())
             .detail("break_glass", request.break_glass);
+        if !request.actors.is_empty() {
+            event = event.detail("act", request.actors.clone());
+        }
         event.actor = Some(principal_key(caller));
         meta.fill(&mut event);
         if let WriteOutcome::Conflict { reason, .. } = self
@@ -181,6 +184,9 @@ impl Broker {
                 keys.audit_hmac(password.expose_secret().as_bytes()),
             )
             .detail("expires_at_ms", expires_at.unix_ms());
+        if !request.actors.is_empty() {
+            event = event.detail("act", request.actors.clone());
+        }
         event.actor = Some(principal_key(caller));
         meta.fill(&mut event);
         let mut notifications = self.notifications(

@@ -4,6 +4,7 @@
 //! Revocation is driven by the expiry engine ([`expiry`]).
 
 pub mod admin;
+pub mod calls;
 pub mod certificate;
 pub mod expiry;
 pub mod grants;
@@ -26,6 +27,7 @@ use mayfly_store::{GrantRecord, RequestRecord, TargetRecord};
 
 use crate::error::BrokerError;
 
+pub use calls::{CallGate, CallKey};
 pub use query::{QueryAnswer, QueryPlan};
 pub use registry::{TargetRegistry, role_spec};
 pub use requests::NewRequest;
@@ -59,6 +61,7 @@ pub fn request_info(request: &RequestRecord, approvers: Vec<String>) -> RequestI
         break_glass: request.break_glass,
         created_at_ms: request.created_at.unix_ms(),
         expires_at_ms: request.expires_at.unix_ms(),
+        act: request.actors.clone(),
     }
 }
 
@@ -83,6 +86,7 @@ pub fn grant_info(grant: &GrantRecord, now: Timestamp) -> GrantInfo {
         last_error: grant.last_error.clone(),
         revoke_reason: grant.revoke_reason.clone(),
         break_glass: grant.break_glass,
+        act: grant.actors.clone(),
     }
 }
 

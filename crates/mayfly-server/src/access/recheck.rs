@@ -55,6 +55,9 @@ pub async fn recheck_active(
                 mayfly_store::Principals::All => true,
                 mayfly_store::Principals::Exactly(exactly) => key == exactly,
                 mayfly_store::Principals::StartingWith(prefix) => key.starts_with(prefix),
+                mayfly_store::Principals::Acting(acting) => {
+                    key == acting || request.actors.iter().any(|actor| actor == acting)
+                }
             };
             if concerned
                 && request.expires_at > broker.now()

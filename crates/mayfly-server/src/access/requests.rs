@@ -22,6 +22,36 @@ use crate::state::Broker;
 
 use super::{ACTIVATION_WINDOW, principal_key, request_info, stored_kind, truncate};
 
+/// The longest act chain a request may carry.
+pub use mayfly_core::principal::MAX_ACT_CHAIN;
+
+/// An act chain as given by a front end (MCP): at most [`MAX_ACT_CHAIN`] principal keys
+/// (`user:…`, `workload:…`, `agent:…`), each at most 256 printable characters.
+pub fn check_act_chain(actors: &[String]) -> Result<(), BrokerError> {
+    if actors.len() > MAX_ACT_CHAIN {
+        return Err(BrokerError::BadRequest(format!(
+            "field `act`: an act chain is at most {MAX_ACT_CHAIN} deep"
+        )));
+    }
+    for actor in actors {
+        let kind_ok = ["user:", "workload:", "agent:"]
+            .iter()
+            .any(|prefix| actor.len() > prefix.len() && actor.starts_with(prefix));
+        if !kind_ok
+            || actor.len() > 256
+            || actor
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\')
+        {
+            return Err(BrokerError::BadRequest(format!(
+                "field `act`: `{}` is not a principal key (`user:NAME`, `workload:ROLE:NAME`, `agent:NAME`)",
+                truncate(actor)
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub struct NewRequest {
     pub target: String,
     pub role: String,
@@ -55,6 +85,7 @@ pub(super) fn decide(
 /// A request as recorded before its decision: denied until a policy allows it.
 pub(super) fn undecided(
     principal: &Principal,
+    actors: &[String],
     new: &NewRequest,
     role: &RoleRecord,
     now: Timestamp,
@@ -75,6 +106,7 @@ pub(super) fn undecided(
         break_glass: new.break_glass,
         created_at: now,
         expires_at,
+        actors: actors.to_vec(),
     }
 }
 
@@ -112,6 +144,7 @@ pub(super) fn new_grant(
         verified_at: None,
         break_glass: request.break_glass,
         reviewed_by: None,
+        actors: request.actors.clone(),
     }
 }
 
@@ -220,11 +253,39 @@ impl Broker {
         factor_at: Option<Timestamp>,
         new: NewRequest,
     ) -> Result<RequestInfo, BrokerError> {
+        self.create_request_as(meta, principal, &[], factor_at, new)
+            .await
+    }
+
+    /// As [`Broker::create_request`], for `principal` with `actors` acting for it (the act
+    /// chain, nearest actor first: an agent asking for a user): the chain is recorded on the
+    /// request, on the grant made from it and in their audit events. A chain longer than
+    /// [`MAX_ACT_CHAIN`] or holding a malformed key is refused, and one holding a disabled agent
+    /// (or a disabled agent asking for itself) is forbidden.
+    pub async fn create_request_as(
+        &self,
+        meta: &Origin,
+        principal: &Principal,
+        actors: &[String],
+        factor_at: Option<Timestamp>,
+        new: NewRequest,
+    ) -> Result<RequestInfo, BrokerError> {
         check_new_request(&new)?;
+        check_act_chain(actors)?;
+        let mut keys: Vec<&str> = Vec::with_capacity(actors.len() + 1);
+        let subject = principal_key(principal);
+        keys.push(&subject);
+        keys.extend(actors.iter().map(String::as_str));
+        if let Some(agent) = self.disabled_agent(&keys).await? {
+            return Err(BrokerError::Forbidden(format!(
+                "the agent `{agent}` is disabled"
+            )));
+        }
         let (target, role, policy_text) = self.new_request_inputs(&new).await?;
         let now = self.now();
         let mut record = undecided(
             principal,
+            actors,
             &new,
             &role,
             now,
@@ -283,6 +344,9 @@ impl Broker {
             .detail("state", record.state.as_str())
             .detail("decision", record.decision.clone())
             .detail("approvals_needed", record.approvals_needed);
+        if !actors.is_empty() {
+            event = event.detail("act", actors.to_vec());
+        }
         event.actor = Some(principal_key(principal));
         meta.fill(&mut event);
         let mut notifications = Vec::new();
@@ -529,7 +593,22 @@ impl Broker {
                 }
                 request.principal.clone()
             }
+            Principal::Agent { name } => {
+                if self.store().jwt_role(name).await?.is_none() {
+                    return Ok(gone("agent binding"));
+                }
+                request.principal.clone()
+            }
         };
+        // The kill switch: a disabled agent, as the principal or anywhere in the act chain.
+        let subject = principal_key(&request.principal);
+        let mut keys: Vec<&str> = vec![&subject];
+        keys.extend(request.actors.iter().map(String::as_str));
+        if let Some(agent) = self.disabled_agent(&keys).await? {
+            return Ok(Decision::Deny {
+                reason: format!("the agent `{agent}` is disabled"),
+            });
+        }
         // Target and role in one read (the activation path runs this for every grant).
         let Some((target, role, _)) = self
             .store()

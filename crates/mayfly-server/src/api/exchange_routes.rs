@@ -43,6 +43,12 @@ pub struct ExchangeForm {
     expires_in: Option<String>,
     /// `EdDSA` (the default) or `ES256`.
     alg: Option<String>,
+    /// (Mayfly) An agent acting for the subject without a token of its own, `agent:NAME`:
+    /// named in the issued token's `act` claim. Not with `actor_token`.
+    actor: Option<String>,
+    /// (Mayfly) The agents that may later act for the subject with the issued token, space
+    /// separated (`agent:NAME`): its `may_act` claim (RFC 8693 §4.4).
+    may_act: Option<String>,
 }
 
 /// The form of `POST /v1/token/introspect` (RFC 7662 §2.1).
@@ -183,6 +189,8 @@ pub async fn exchange(
             "requested_token_type" => &mut request.requested_token_type,
             "expires_in" => &mut request.expires_in,
             "alg" => &mut request.alg,
+            "actor" => &mut request.actor,
+            "may_act" => &mut request.may_act,
             "resource" => {
                 return ExchangeError::oauth(
                     "invalid_target",

@@ -1,12 +1,14 @@
 //! The native HTTP API under `/v1/`: routes, the JSON extractor, errors, middleware, OpenAPI.
 
 pub mod access_routes;
+pub mod agent_routes;
 pub mod approval_routes;
 pub mod console;
 pub mod error;
 pub mod exchange_routes;
 pub mod extract;
 pub mod json;
+pub mod mcp_routes;
 pub mod middleware;
 pub mod notification_routes;
 pub mod openapi;
@@ -110,6 +112,12 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/grants/{id}/renew", post(access_routes::renew_grant))
         .route("/v1/grants/{id}/review", post(access_routes::review_grant))
         .route("/v1/review", get(access_routes::review_queue))
+        .route("/v1/agents", get(agent_routes::list_agents))
+        .route(
+            "/v1/agents/{name}/disable",
+            post(agent_routes::disable_agent),
+        )
+        .route("/v1/agents/{name}/enable", post(agent_routes::enable_agent))
         .route(
             "/v1/notifications",
             get(notification_routes::list_notifications),
@@ -164,6 +172,7 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/v1/sso/callback", get(sso_routes::callback))
         .route("/v1/sso/token", post(sso_routes::token))
+        .merge(mcp_routes::router(&broker))
         .nest("/ui", console::router())
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -3,8 +3,8 @@
 use utoipa::OpenApi;
 
 use crate::api::{
-    access_routes, approval_routes, exchange_routes, notification_routes, proxy_routes, routes,
-    secret_routes, sso_routes,
+    access_routes, agent_routes, approval_routes, exchange_routes, notification_routes,
+    proxy_routes, routes, secret_routes, sso_routes,
 };
 
 #[derive(OpenApi)]
@@ -35,6 +35,9 @@ use crate::api::{
         routes::put_jwt_issuer,
         routes::put_jwt_role,
         routes::delete_jwt_role,
+        agent_routes::list_agents,
+        agent_routes::disable_agent,
+        agent_routes::enable_agent,
         routes::audit_public_key,
         routes::jwks,
         routes::openid_configuration,

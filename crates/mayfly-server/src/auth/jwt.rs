@@ -2,7 +2,8 @@
 //! runtime): no stored secret on the workload's side. The signature is checked against the
 //! issuer's configured public keys or its JWKS (fetched, cached, refetched at most every 30 s on an
 //! unknown `kid`), the algorithm against an allow-list, then `iss`, `aud`, `exp`, `nbf`; the role's
-//! bound claims must match, and one claim names the Workload.
+//! bound claims must match, and one claim names the Workload. A role marked `agent` makes its
+//! logins the agent `agent:ROLE` (the name claim is only audited), refused while it is disabled.
 //!
 //! Each JWKS URL has its own entry in the broker's cache, with its own fetch lock: one fetch per
 //! URL is in flight, logins that need it wait for that one, and a slow issuer holds up no other
@@ -140,9 +141,15 @@ pub async fn login(
     let session = SessionRecord {
         id: uuid::Uuid::now_v7().to_string(),
         token_hash: token_hash.to_vec(),
-        principal: Principal::Workload {
-            role: role_name.clone(),
-            name,
+        principal: if role.agent {
+            Principal::Agent {
+                name: role_name.clone(),
+            }
+        } else {
+            Principal::Workload {
+                role: role_name.clone(),
+                name: name.clone(),
+            }
         },
         created_at: now,
         expires_at: now.saturating_add(Duration::from_secs(role.token_ttl_seconds)),
@@ -161,6 +168,10 @@ pub async fn login(
             keys.audit_hmac(mayfly_crypto::ExposeSecret::expose_secret(&token).as_bytes()),
         )
         .detail("expires_at_ms", session.expires_at.unix_ms());
+    if role.agent {
+        // One key for the agent whichever instance logs in; the instance is only audited.
+        event = event.detail("instance", name);
+    }
     meta.fill(&mut event);
     match broker
         .commit(Write {
@@ -172,7 +183,10 @@ pub async fn login(
         .await?
     {
         WriteOutcome::Applied { .. } => Ok(crate::views::login_response(&token, &session)),
-        WriteOutcome::Conflict { reason, .. } => Err(BrokerError::Conflict(reason).into()),
+        // A disabled agent: the login's event is in the log, marked refused.
+        WriteOutcome::Conflict { reason, .. } => {
+            Err(BrokerError::Forbidden(format!("jwt login refused: {reason}")).audited())
+        }
     }
 }
 

@@ -71,9 +71,9 @@ impl Broker {
         window: Duration,
         what: &str,
     ) -> Result<(), BrokerError> {
-        if let Principal::Workload { .. } = principal {
+        if let Principal::Workload { .. } | Principal::Agent { .. } = principal {
             return Err(BrokerError::Forbidden(format!(
-                "{what} needs a fresh second factor, which a workload does not have: a person must do it"
+                "{what} needs a fresh second factor, which a workload or an agent does not have: a person must do it"
             )));
         }
         let now = self.now();

@@ -88,10 +88,11 @@ struct Injected {
 
 /// Who makes a call: the session, and for an exchanged token its scopes and the actor acting for
 /// the session's principal (its `act.sub`; empty when none, and for a session token).
-struct ProxyCaller {
-    session: SessionRecord,
-    scope: Vec<String>,
-    actor: String,
+#[derive(Clone, Debug)]
+pub struct ProxyCaller {
+    pub session: SessionRecord,
+    pub scope: Vec<String>,
+    pub actor: String,
 }
 
 impl ProxyCaller {
@@ -144,7 +145,6 @@ impl Broker {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display + Send,
     {
-        let started = Instant::now();
         if !STANDARD_METHODS.contains(&call.method.as_str()) {
             // A policy written for `DELETE` must not be passed by `delete` or `X-DELETE`.
             return Err(BrokerError::BadRequest(format!(
@@ -158,6 +158,39 @@ impl Broker {
         {
             return Ok(self.preflight(&call).await?);
         }
+        let facts = CallFacts {
+            route: &call.route,
+            method: call.method.as_str(),
+            path: call.raw_path.chars().take(256).collect(),
+            principal: None,
+        };
+        let caller = self.proxy_caller(meta, &call, &facts).await?;
+        self.proxy_as(meta, caller, call, body).await
+    }
+
+    /// Proxies one call for a caller already authenticated by its front end (the MCP server's
+    /// `call_api`, whose token was checked for `/mcp`): the route, its rate limits, the `proxy`
+    /// decision, the injection and the scrubbed answer, audited, exactly as for a call to
+    /// `/v1/proxy/`. `call.headers` carries no credential of the caller's.
+    pub async fn proxy_as<S, E>(
+        &self,
+        meta: &Origin,
+        caller: ProxyCaller,
+        call: ProxyCall,
+        body: S,
+    ) -> Result<ProxyAnswer, AuditedError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display + Send,
+    {
+        let started = Instant::now();
+        if !STANDARD_METHODS.contains(&call.method.as_str()) {
+            return Err(BrokerError::BadRequest(format!(
+                "field `method`: only {} are proxied",
+                STANDARD_METHODS.join(", ")
+            ))
+            .into());
+        }
         let mut facts = CallFacts {
             route: &call.route,
             method: call.method.as_str(),
@@ -168,7 +201,7 @@ impl Broker {
             session,
             scope,
             actor,
-        } = self.proxy_caller(meta, &call, &facts).await?;
+        } = caller;
         let principal = session.principal.to_string();
         facts.principal = Some(principal.clone());
         let route = match self.route(&call.route).await {

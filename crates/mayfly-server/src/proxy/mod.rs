@@ -32,7 +32,7 @@ use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::Broker;
 
-pub use call::{ProxyAnswer, ProxyBody, ProxyCall, ProxyStreamError};
+pub use call::{ProxyAnswer, ProxyBody, ProxyCall, ProxyCaller, ProxyStreamError};
 
 pub const DEFAULT_PER_PRINCIPAL: ProxyRate = ProxyRate {
     per_second: 10.0,
@@ -57,6 +57,8 @@ const MAX_ORIGINS: usize = 32;
 pub struct ProxyState {
     pub http: reqwest::Client,
     pub limits: limits::ProxyLimits,
+    /// The MCP tools' budgets (`crate::mcp`): the same buckets, keyed per tool and per target.
+    pub tool_limits: limits::ProxyLimits,
 }
 
 impl ProxyState {
@@ -69,6 +71,7 @@ impl ProxyState {
         Ok(ProxyState {
             http,
             limits: limits::ProxyLimits::default(),
+            tool_limits: limits::ProxyLimits::default(),
         })
     }
 }

@@ -323,6 +323,7 @@ async function report(error) {
 }
 
 async function story(browser) {
+  let callId = '';
   const reason = 'migrate the orders table (console test)';
   const ticket = 'INC-2101';
   const comment = 'ok for the migration window';
@@ -570,6 +571,46 @@ async function story(browser) {
   await visit(admin, '/ui/nowhere', 404);
   await shoot(admin, 'not-found');
 
+  // 11b. An agent's tool call that a `@step_up` policy holds for a person (the MCP front end's
+  // `gate_call`, made here through the control server): the admin finds it on the approvals page,
+  // reads the call on its page, is refused without a fresh second factor, approves with a code;
+  // the call then runs exactly once, and a replay or other arguments wait for a new approval.
+  step("the admin approves one agent call behind step-up; it runs once");
+  await advanceClock(11 * 60);
+  const gated = await control('POST', '/call/same');
+  check(gated.gate === 'waiting', `the call did not wait: ${JSON.stringify(gated)}`);
+  callId = gated.approval_id;
+  check(gated.url === `${BASE}/ui/calls/${callId}`, `the call's URL is ${gated.url}`);
+  await visit(admin, '/ui/approvals');
+  check(await row(admin, 'calls', 'data-call-id', callId), `the call ${callId} is not in table#calls`);
+  const callLink = await admin.$(`table#calls a[href="/ui/calls/${callId}"]`);
+  check(callLink, 'table#calls has no link to the call');
+  await navigating(admin, () => callLink.click());
+  check((await text(admin, '#call-tool')).includes('run_query'), 'the call page does not name the tool');
+  check((await text(admin, '#call-subject')).includes('user:alice'), 'the call page does not name the subject');
+  check((await text(admin, '#call-chain')).includes('agent:claude'), 'the call page does not show the act chain');
+  check((await text(admin, '#call-summary')).includes('DELETE FROM payments'), 'the call page does not show the arguments');
+  await shoot(admin, 'call-detail');
+  await admin.$eval('#totp', (input) => input.removeAttribute('required'));
+  await navigating(admin, () => admin.click('#approve-call'));
+  check(await admin.$('#error'), 'approving a call without a fresh factor showed no #error');
+  const early = await control('POST', '/call/same');
+  check(early.gate === 'waiting' && early.approval_id === callId, `before the approval the call is ${JSON.stringify(early)}`);
+  await tabTo(admin, '#totp');
+  await admin.keyboard.type(await totp('admin'));
+  await tabTo(admin, '#approve-call');
+  await navigating(admin, () => admin.keyboard.press('Enter'));
+  const callError = await admin.$('#error');
+  check(!callError, `approving the call with a code was refused: ${callError && (await callError.textContent())}`);
+  check(((await flash(admin)) || '').includes(callId), `no #flash naming ${callId} after approving the call`);
+  const ran = await control('POST', '/call/same');
+  check(ran.gate === 'proceed' && ran.approval_id === callId && ran.approver === 'user:admin',
+    `the approved call did not proceed: ${JSON.stringify(ran)}`);
+  const replay = await control('POST', '/call/same');
+  check(replay.gate === 'waiting' && replay.approval_id !== callId, `a replay was not held: ${JSON.stringify(replay)}`);
+  const other = await control('POST', '/call/other');
+  check(other.gate === 'waiting' && other.approval_id !== callId, `other arguments were not held: ${JSON.stringify(other)}`);
+
   // 12. axe-core on every page, in contexts that bypass the CSP (light, then dark). alice's
   // light pass also leaves a live grant (the credential page is checked on its one showing) and
   // a pending request, for the dashboard.
@@ -585,7 +626,7 @@ async function story(browser) {
     const views = [
       [aliceContext, 'alice', ['/ui/access', '/ui/approvals', '/ui/dashboard']],
       [bobContext, 'bob', ['/ui/approvals', `/ui/approvals/${requestId}`, '/ui/dashboard']],
-      [adminContext, 'admin', ['/ui/audit', '/ui/review', '/ui/dashboard', '/ui/admin/targets',
+      [adminContext, 'admin', ['/ui/audit', '/ui/review', '/ui/dashboard', `/ui/calls/${callId}`, '/ui/admin/targets',
         '/ui/admin/roles', '/ui/admin/policy', '/ui/admin/users', '/ui/nowhere']],
     ];
     for (const [strict, who, routes] of views) {

@@ -1006,3 +1006,76 @@ async fn a_person_who_is_not_an_admin_can_neither_see_nor_send_the_admin_forms()
     let page = alice.get("/ui/access").await;
     assert!(!page.body.contains("/ui/admin/targets"), "{}", page.body);
 }
+
+/// An agent's call page (`/ui/calls/{id}`): the subject sees it without the form, a user who may
+/// not answer calls gets 404, an admin answers it with the page's CSRF token (a form without it
+/// does nothing), and the call's arguments are shown as text, never as markup.
+#[tokio::test]
+async fn an_agent_call_page_is_answered_only_by_an_approver_with_the_forms_token() {
+    use mayfly_server::access::{CallGate, CallKey};
+    let broker = TestBroker::ready().await;
+    let summary = r#"{"sql":"<script>alert(1)</script> DELETE FROM t"}"#;
+    let key = CallKey {
+        tool: mayfly_core::policy::Tool::RunQuery,
+        args_sha256: hex::encode(mayfly_crypto::sha256(summary.as_bytes())),
+        subject: "user:alice".into(),
+        actors: vec!["agent:claude".into()],
+    };
+    let origin = mayfly_server::origin::Origin::internal("console-test");
+    let CallGate::Waiting { approval_id, .. } = broker
+        .broker
+        .gate_call(&origin, &key, summary, &["p".into()])
+        .await
+        .unwrap()
+    else {
+        panic!("the call did not wait");
+    };
+    let path = format!("/ui/calls/{approval_id}");
+
+    let mut alice = console_login(&broker, "alice").await;
+    let page = alice.get(&path).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !page.body.contains("id=\"call-form\""),
+        "the subject got the form"
+    );
+    assert!(!page.body.contains("<script>alert"), "markup in the page");
+    assert!(page.body.contains("&lt;script&gt;alert"), "{}", page.body);
+    let mut bob = console_login(&broker, "bob").await;
+    assert_eq!(bob.get(&path).await.status, 404);
+
+    let mut admin = console_login(&broker, "admin").await;
+    let page = admin.get(&path).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"call-form\""), "{}", page.body);
+    let approvals = admin.get("/ui/approvals").await;
+    assert!(approvals.body.contains(&path), "{}", approvals.body);
+    let refused = admin.post(&path, &[("decision", "approve")]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let stored = broker
+        .broker
+        .store()
+        .call_approval(&approval_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state.as_str(), "pending");
+    let csrf = page.csrf();
+    let code = fresh_code(&broker, "admin");
+    let done = admin
+        .post(
+            &path,
+            &[("decision", "approve"), ("totp", &code), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let stored = broker
+        .broker
+        .store()
+        .call_approval(&approval_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state.as_str(), "approved");
+    assert_eq!(stored.answered_by.as_deref(), Some("user:admin"));
+}

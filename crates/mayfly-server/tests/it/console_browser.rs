@@ -7,7 +7,9 @@
 //! the story, whose every check is in flow.mjs: request, notification link, step-up, approval,
 //! the credential shown once and used on PostgreSQL, revocation refused by PostgreSQL, the audit
 //! page with the chain valid, the dashboard's counts against the API's, keyboard-only forms,
-//! axe-core on every page and no CSP report. Screenshots of every page at 1280 and 360 px go to
+//! axe-core on every page and no CSP report; and an agent's tool call held for a person (gated
+//! through the control server's `/call/…`), approved by the admin on `/ui/calls/{id}` behind
+//! step-up, then run exactly once. Screenshots of every page at 1280 and 360 px go to
 //! `$CARGO_TARGET_DIR/console-screenshots` (or `target/console-screenshots`).
 
 use std::path::{Path, PathBuf};
@@ -42,13 +44,14 @@ when { principal in Group::"dev" };
 "#;
 
 /// Every page the story photographs (each at 1280 and 360 px).
-const PAGES: [&str; 14] = [
+const PAGES: [&str; 15] = [
     "login",
     "access",
     "credential",
     "credential-gone",
     "approvals",
     "approval-detail",
+    "call-detail",
     "review",
     "audit",
     "dashboard",
@@ -84,6 +87,44 @@ fn screenshot_dir() -> PathBuf {
 struct Control {
     received: Arc<Mutex<Vec<Value>>>,
     clock: Arc<Mutex<Option<ManualClock>>>,
+    broker: Arc<Mutex<Option<mayfly_server::state::Broker>>>,
+}
+
+/// An agent's tool call held by a `@step_up` policy, as the MCP front end gates it: `same` is
+/// alice's `run_query` DELETE through `agent:claude`, `other` the same with other arguments.
+async fn gate_call(broker: mayfly_server::state::Broker, which: &str) -> Value {
+    use mayfly_server::access::{CallGate, CallKey};
+    let sql = if which == "same" {
+        "DELETE FROM payments WHERE id = 7"
+    } else {
+        "DELETE FROM payments"
+    };
+    let arguments = json!({"grant_id": "g-console", "max_rows": 10, "sql": sql}).to_string();
+    let key = CallKey {
+        tool: mayfly_core::policy::Tool::RunQuery,
+        args_sha256: hex::encode(mayfly_crypto::sha256(arguments.as_bytes())),
+        subject: "user:alice".into(),
+        actors: vec!["agent:claude".into()],
+    };
+    let summary = json!({"tool": "run_query", "arguments": arguments}).to_string();
+    let origin = mayfly_server::origin::Origin::internal("console-test");
+    match broker
+        .gate_call(&origin, &key, &summary, &["deletes-need-a-person".into()])
+        .await
+        .unwrap()
+    {
+        CallGate::Waiting {
+            approval_id, url, ..
+        } => json!({"gate": "waiting", "approval_id": approval_id, "url": url}),
+        CallGate::Proceed {
+            approval_id,
+            approver,
+        } => json!({"gate": "proceed", "approval_id": approval_id, "approver": approver}),
+        CallGate::Refused {
+            approval_id,
+            reason,
+        } => json!({"gate": "refused", "approval_id": approval_id, "reason": reason}),
+    }
 }
 
 /// The receiver and clock control on a loopback port: `POST /hook` (the webhook channel),
@@ -93,6 +134,7 @@ async fn control_server(control: Control) -> String {
     let hook = control.clone();
     let list = control.clone();
     let clock = control.clone();
+    let calls = control.clone();
     let app = axum::Router::new()
         .route(
             "/hook",
@@ -111,6 +153,23 @@ async fn control_server(control: Control) -> String {
                 let list = list.clone();
                 async move { axum::Json(Value::Array(list.received.lock().unwrap().clone())) }
             }),
+        )
+        .route(
+            "/call/{which}",
+            post(
+                move |axum::extract::Path(which): axum::extract::Path<String>| {
+                    let calls = calls.clone();
+                    async move {
+                        let broker = calls
+                            .broker
+                            .lock()
+                            .unwrap()
+                            .clone()
+                            .expect("the broker has started");
+                        axum::Json(gate_call(broker, &which).await)
+                    }
+                },
+            ),
         )
         .route(
             "/clock/advance/{secs}",
@@ -171,6 +230,7 @@ async fn console_story_in_chromium_request_approve_use_revoke_audit() {
     })
     .await;
     *control.clock.lock().unwrap() = Some(broker.clock.clone());
+    *control.broker.lock().unwrap() = Some(broker.broker.clone());
     broker
         .postgres_access(&cluster, &[("owner", 3600), ("reader", 3600)], POLICY)
         .await;

@@ -10,10 +10,12 @@
 
 mod access;
 mod admin_rotation;
+mod agents;
 mod api;
 mod audit;
 mod audit_forward;
 mod ca_per_target;
+mod call_approvals;
 mod chat;
 mod console;
 mod console_browser;
@@ -27,6 +29,7 @@ mod hardening;
 mod jwt;
 mod jwt_discovery;
 mod login;
+mod mcp;
 mod notifications;
 mod proxy;
 mod run_query;

@@ -7,8 +7,8 @@ use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
 use crate::{
-    catalog, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations, secrets,
-    sso,
+    agents, catalog, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations,
+    secrets, sso,
 };
 
 pub(super) async fn apply(
@@ -122,7 +122,19 @@ pub(super) async fn apply(
         }
         Change::UpdateGrant { update } => grants::update_grant(c, update).await,
         Change::ReviewGrant { id, reviewer } => grants::review_grant(c, id, reviewer).await,
-        Change::RecordExchangedToken { token } => exchanged::record(c, token).await,
+        Change::RecordExchangedToken { token, agents } => exchanged::record(c, token, agents).await,
+        Change::CreateCallApproval { approval } => agents::create_call_approval(c, approval).await,
+        Change::AnswerCallApproval {
+            id,
+            approve,
+            by,
+            at,
+            usable_until,
+        } => agents::answer_call_approval(c, id, *approve, by, *at, *usable_until).await,
+        Change::UseCallApproval { id, at } => agents::use_call_approval(c, id, *at).await,
+        Change::ExpireCallApproval { id, at } => agents::expire_call_approval(c, id, *at).await,
+        Change::DisableAgent { name, by, at } => agents::disable(c, name, by, *at).await,
+        Change::EnableAgent { name } => agents::enable(c, name).await,
         Change::PutProxyRoute { route } => proxy_routes::put(c, route).await,
         Change::DeleteProxyRoute { name } => proxy_routes::delete(c, name).await,
         Change::PutKvSecret {

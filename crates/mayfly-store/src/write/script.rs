@@ -187,11 +187,17 @@ const MOVE_HEAD: &str = "UPDATE OR ROLLBACK audit_head \
 
 impl ToSql for Column<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match *self {
-            Column::Text(text) | Column::OptText(Some(text)) => ValueRef::Text(text.as_bytes()),
-            Column::Int(n) | Column::OptInt(Some(n)) => ValueRef::Integer(n),
-            Column::OptText(None) | Column::OptInt(None) => ValueRef::Null,
-        }))
+        let borrowed = |value| Ok(ToSqlOutput::Borrowed(value));
+        match *self {
+            Column::Text(text) | Column::OptText(Some(text)) => {
+                borrowed(ValueRef::Text(text.as_bytes()))
+            }
+            Column::Int(n) | Column::OptInt(Some(n)) => borrowed(ValueRef::Integer(n)),
+            Column::OptText(None) | Column::OptInt(None) => borrowed(ValueRef::Null),
+            Column::List(list) => Ok(ToSqlOutput::Owned(rusqlite::types::Value::Text(
+                crate::rows::list_json(list),
+            ))),
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub fn request(id: &str, state: RequestState, approvals: i64) -> RequestRecord {
         break_glass: false,
         created_at: at(1_000),
         expires_at: at(100_000),
+        actors: vec![],
     }
 }
 
@@ -74,6 +75,7 @@ pub fn grant(id: &str, request_id: &str, next: i64) -> GrantRecord {
         verified_at: None,
         break_glass: false,
         reviewed_by: None,
+        actors: vec![],
     }
 }
 

@@ -10,6 +10,7 @@
 )]
 
 mod access;
+mod agents;
 mod picture;
 mod postgres;
 mod sqlite;
@@ -39,6 +40,7 @@ async fn sqlite_story() {
     );
     story::run(&store).await;
     access::run(&store).await;
+    agents::run(&store).await;
     store.close().await;
 }
 
@@ -56,6 +58,7 @@ async fn postgres_story() {
     );
     story::run(&store).await;
     access::run(&store).await;
+    agents::run(&store).await;
     store.close().await;
     db.drop_db().await;
 }

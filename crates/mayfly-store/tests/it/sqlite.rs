@@ -406,3 +406,45 @@ async fn the_sqlite_files_are_private_to_their_owner() {
     }
     store.close().await;
 }
+
+/// Rows written before migration 0015 (no act chain) read as having none, and a request row of
+/// an agent reads back as the agent.
+#[tokio::test]
+async fn rows_without_an_act_chain_read_as_empty() {
+    let (store, dir) = super::sqlite_store().await;
+    let url = format!("sqlite://{}", dir.path().join("mayfly.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for (id, kind) in [("old1", "user"), ("old2", "agent")] {
+        sqlx::query(
+            "INSERT INTO requests (id, principal_kind, principal_name, principal_role, user_id, target, \
+             role, reason, ticket, ttl_ms, max_ttl_ms, approvals_needed, state, decision, break_glass, \
+             created_at, expires_at) VALUES ($1, $2, 'claude', NULL, NULL, 't', 'r', 'why', '', 1, 1, 0, \
+             'allowed', 'p', 0, 1, 2)",
+        )
+        .bind(id)
+        .bind(kind)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO grants (id, request_id, principal, target, role, login, state, created_at, expires_at) \
+         VALUES ('g-old', 'old1', 'user:claude', 't', 'r', 'mf_old', 'active', 1, 2)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let old = store.request("old1").await.unwrap().unwrap();
+    assert!(old.actors.is_empty());
+    let agent = store.request("old2").await.unwrap().unwrap();
+    assert_eq!(
+        agent.principal,
+        Principal::Agent {
+            name: "claude".into()
+        }
+    );
+    let grant = store.grant("g-old").await.unwrap().unwrap();
+    assert!(grant.actors.is_empty());
+    store.close().await;
+}

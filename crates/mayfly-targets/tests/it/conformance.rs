@@ -357,6 +357,7 @@ impl CertificateBroker {
             break_glass: false,
             created_at: issued_at,
             expires_at: issued_at,
+            actors: Vec::new(),
         };
         let grant = GrantRecord {
             id: grant_id.to_string(),
@@ -377,6 +378,7 @@ impl CertificateBroker {
             verified_at: None,
             break_glass: false,
             reviewed_by: None,
+            actors: Vec::new(),
         };
         let change = Change::IssueCertificate {
             request: Box::new(request),

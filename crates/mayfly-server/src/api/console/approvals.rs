@@ -2,7 +2,8 @@
 //! notification carries) with who asks for what, why, and which policy wants an approval; approve
 //! or deny with a comment, behind step-up (a TOTP code in the same form moves the session's
 //! second factor first). The link carries no power: the page asks the broker, which decides who
-//! may see and approve the request.
+//! may see and approve the request. Agents' tool calls waiting for a person are listed first,
+//! each linking to its page (`calls.rs`).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -39,8 +40,11 @@ pub async fn list(
         .filter(|r| r.state == "pending" && r.principal != me)
         .collect();
     let flash = layout::flash_text(done.done.as_deref(), done.id.as_deref());
+    let calls = super::calls::waiting_table(&broker, &viewer).await?;
     let body = html! {
         h1 { "Approvals" }
+        (calls)
+        @if !calls_empty(&calls) { h2 { "Requests" } }
         @if pending.is_empty() {
             p #no-approvals { "Nothing waits for you." }
         } @else {
@@ -68,6 +72,11 @@ pub async fn list(
         }
     };
     Ok(layout::page(Some(&viewer), "Approvals", flash.as_deref(), body).into_response())
+}
+
+/// Whether the calls' table rendered to nothing (no call waits for the viewer).
+fn calls_empty(calls: &maud::Markup) -> bool {
+    calls.0.is_empty()
 }
 
 fn short(id: &str) -> &str {

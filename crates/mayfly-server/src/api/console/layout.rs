@@ -79,6 +79,8 @@ pub fn flash_text(done: Option<&str>, id: Option<&str>) -> Option<String> {
         "allowed" => format!("Request {id} is allowed: activate it when you need it."),
         "approved" => format!("You approved request {id}."),
         "denied" => format!("You denied request {id}."),
+        "call-approved" => format!("You approved agent call {id}: it may run once."),
+        "call-refused" => format!("You refused agent call {id}."),
         "revoked" => format!("Grant {id} is being revoked."),
         "renewed" => format!("Grant {id} was renewed."),
         "reviewed" => format!("Grant {id} was reviewed."),

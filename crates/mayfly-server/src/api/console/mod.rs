@@ -18,6 +18,7 @@ pub mod access;
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod calls;
 pub mod charts;
 pub mod dashboard;
 pub mod layout;
@@ -70,6 +71,7 @@ pub fn router() -> Router<Broker> {
             "/approvals/{id}",
             get(approvals::detail).post(approvals::decide),
         )
+        .route("/calls/{id}", get(calls::detail).post(calls::answer))
         .route("/audit", get(audit::page))
         .route("/audit/export", get(audit::export))
         .route("/admin/targets", get(admin::targets))
