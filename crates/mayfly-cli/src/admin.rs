@@ -32,9 +32,7 @@ pub async fn status(client: &Client, out: &Output) -> anyhow::Result<()> {
 /// `status --cluster`: the nodes, their heartbeats and claims, the leases, the audit head and
 /// each sink's lag, the grants past due.
 pub async fn cluster_status(client: &Client, out: &Output) -> anyhow::Result<()> {
-    let status: ClusterStatus = client
-        .call(Method::GET, "/v1/sys/cluster", none())
-        .await?;
+    let status: ClusterStatus = client.call(Method::GET, "/v1/sys/cluster", none()).await?;
     out.answer(&status, |status| {
         println!(
             "answered by {} at {}",

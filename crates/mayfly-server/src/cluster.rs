@@ -144,13 +144,22 @@ impl Cluster {
         }
     }
 
-    /// Records the leases held after an acquisition; returns those newly taken.
-    fn keep_leases(&self, me: &Claimant, got: &[(String, i64)], until: i64) -> Vec<String> {
+    /// Records the leases `got` (held until `until`), and with `all`, forgets those not in it
+    /// (another node holds them now); returns those newly taken.
+    fn keep_leases(
+        &self,
+        me: &Claimant,
+        got: &[(String, i64)],
+        until: i64,
+        all: bool,
+    ) -> Vec<String> {
         let Ok(mut held) = self.held.lock() else {
             return Vec::new();
         };
+        if all {
+            held.retain(|name, _| got.iter().any(|(n, _)| n == name));
+        }
         let mut new = Vec::new();
-        let mut now_held = HashMap::new();
         for (name, epoch) in got {
             let fence = LeaseFence {
                 name: name.clone(),
@@ -161,9 +170,8 @@ impl Cluster {
             if held.get(name).is_none_or(|(old, _)| old != &fence) {
                 new.push(name.clone());
             }
-            now_held.insert(name.clone(), (fence, until));
+            held.insert(name.clone(), (fence, until));
         }
-        *held = now_held;
         new
     }
 
@@ -190,13 +198,9 @@ impl Broker {
         let me = self.cluster().claimant()?;
         self.unsealed().await?;
         let until = now.saturating_add(self.inner.config.node_lease);
-        match self
-            .store()
-            .acquire_leases(&[name], &me, now, until)
-            .await
-        {
+        match self.store().acquire_leases(&[name], &me, now, until).await {
             Ok(got) if !got.is_empty() => {
-                self.note_leases(&me, &got, until);
+                self.note_leases(&me, &got, until, false, false);
                 self.cluster().fence(name, now)
             }
             Ok(_) => None,
@@ -207,28 +211,26 @@ impl Broker {
         }
     }
 
-    /// Keeps the leases `got` (held by `me` until `until`) and wakes the work of those newly
-    /// taken.
-    fn note_leases(&self, me: &Claimant, got: &[(String, i64)], until: Timestamp) {
+    /// Keeps the leases `got` (held by `me` until `until`; with `all`, the only ones held) and,
+    /// with `wake`, wakes the work of those newly taken (not at a node's start: its work starts
+    /// on its own schedule then).
+    fn note_leases(
+        &self,
+        me: &Claimant,
+        got: &[(String, i64)],
+        until: Timestamp,
+        all: bool,
+        wake: bool,
+    ) {
         let cluster = self.cluster();
-        // A lease taken alone keeps the others held.
-        let mut all: Vec<(String, i64)> = match cluster.held.lock() {
-            Ok(held) => held
-                .values()
-                .filter(|(fence, _)| !got.iter().any(|(name, _)| name == &fence.name))
-                .map(|(fence, _)| (fence.name.clone(), fence.epoch))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        all.extend(got.iter().cloned());
-        for name in cluster.keep_leases(me, &all, until.unix_ms()) {
+        for name in cluster.keep_leases(me, got, until.unix_ms(), all) {
             tracing::info!(lease = %name, node = %me.name, generation = me.generation, "lease taken");
-            if let Some(wake) = cluster.acquired(&name) {
-                wake.notify_one();
+            if wake && let Some(work) = cluster.acquired(&name) {
+                work.notify_one();
             }
         }
         for name in LEASES {
-            let held = all.iter().any(|(held, _)| held == name);
+            let held = cluster.fence(name, self.now()).is_some();
             metrics::gauge!("mayfly_lease_held", "name" => name).set(if held { 1.0 } else { 0.0 });
         }
     }
@@ -242,15 +244,17 @@ pub async fn beat_once(broker: &Broker) {
     let config = &broker.inner.config;
     let now = broker.now();
     let until = now.saturating_add(config.node_lease);
-    let me = match cluster.claimant() {
+    // `registered`: by this beat (at start, or after a lapse), so the leases it takes now are
+    // not taken over from another running node.
+    let (me, registered) = match cluster.claimant() {
         Some(me) => match broker.store().heartbeat_node(&me, now, until).await {
-            Ok(true) => Some(me),
+            Ok(true) => (Some(me), false),
             Ok(false) => {
                 tracing::warn!(node = %me.name, generation = me.generation, "this node's lease lapsed (paused, or the store was out of reach): registering again; its claims and leases are the others' to take");
                 metrics::counter!("mayfly_cluster_lease_lapses_total").increment(1);
                 cluster.set_me(None);
                 cluster.drop_leases();
-                register(broker, now, until).await
+                (register(broker, now, until).await, true)
             }
             Err(error) => {
                 tracing::warn!(error = %error, "heartbeat failed");
@@ -258,10 +262,10 @@ pub async fn beat_once(broker: &Broker) {
                 if now.unix_ms() >= cluster.lease_until_ms.load(Ordering::SeqCst) {
                     cluster.drop_leases();
                 }
-                None
+                (None, false)
             }
         },
-        None => register(broker, now, until).await,
+        None => (register(broker, now, until).await, true),
     };
     if let Some(me) = &me {
         cluster
@@ -269,13 +273,8 @@ pub async fn beat_once(broker: &Broker) {
             .store(until.unix_ms(), Ordering::SeqCst);
         if broker.unsealed().await.is_some() {
             match broker.store().acquire_leases(&LEASES, me, now, until).await {
-                Ok(got) => {
-                    if let Ok(mut held) = cluster.held.lock() {
-                        // Those not renewed are lost: another node holds them now.
-                        held.retain(|name, _| got.iter().any(|(n, _)| n == name));
-                    }
-                    broker.note_leases(me, &got, until);
-                }
+                // Those not renewed are lost: another node holds them now.
+                Ok(got) => broker.note_leases(me, &got, until, true, !registered),
                 Err(error) => tracing::warn!(error = %error, "cannot renew the leases"),
             }
         } else {

@@ -538,7 +538,11 @@ fn default_node_name(port: Option<u16>) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         .take(40)
         .collect();
-    let host = if host.is_empty() { "mayfly".into() } else { host };
+    let host = if host.is_empty() {
+        "mayfly".into()
+    } else {
+        host
+    };
     match port {
         Some(port) if port != 0 => format!("{host}:{port}"),
         _ => {

@@ -113,7 +113,10 @@ pub async fn serve(
         broker.clone(),
         stopped.clone(),
     )));
-    tasks.push(tokio::spawn(cluster::listen(broker.clone(), stopped.clone())));
+    tasks.push(tokio::spawn(cluster::listen(
+        broker.clone(),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(audit::checkpoint::run(
         broker.clone(),
         stopped.clone(),

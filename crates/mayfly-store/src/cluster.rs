@@ -212,12 +212,10 @@ pub(crate) async fn acquire(
 
 /// Every lease's row, by name.
 pub(crate) async fn leases(pool: &AnyPool) -> Result<Vec<LeaseRecord>, StoreError> {
-    sqlx::query_as(
-        "SELECT name, holder, holder_generation, epoch, until FROM leases ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(unavailable)
+    sqlx::query_as("SELECT name, holder, holder_generation, epoch, until FROM leases ORDER BY name")
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)
 }
 
 /// [`crate::Change::Fenced`]'s check, inside the write's transaction: the lease still has the

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use mayfly_core::Timestamp;
+use mayfly_core::grant::GrantState;
 use sqlx::{AnyConnection, AnyPool};
 
 use crate::cluster;
@@ -77,9 +78,11 @@ fn bind_grant<'q>(query: AnyQuery<'q>, grant: &GrantRecord) -> AnyQuery<'q> {
     bind_values(query, &grant_values(grant))
 }
 
-/// [`crate::Change::UpdateGrant`]. A change made by a user's action (no claim's epoch) that gives
-/// the grant a due time also hints it to the other nodes' expiry engines (`NOTIFY` on PostgreSQL,
-/// sent when the transaction commits): an activation, a renewal, an early revocation.
+/// [`crate::Change::UpdateGrant`]. A revocation asked for now (a user's or an admin's: no claim's
+/// epoch, to `revoking`) also hints its due time to every node's expiry engine (`NOTIFY` on
+/// PostgreSQL, sent when the transaction commits). An activation or a renewal sends none: its due
+/// time is later than any node's next look (at most a second away), and a revocation is the one
+/// change that makes a grant due at once.
 pub(crate) async fn update_grant(
     c: &mut AnyConnection,
     dialect: Dialect,
@@ -114,6 +117,7 @@ pub(crate) async fn update_grant(
         )));
     }
     if update.epoch.is_none()
+        && update.to == GrantState::Revoking
         && let Some(at) = update.next_attempt_at
     {
         cluster::hint_due(c, dialect, at).await?;

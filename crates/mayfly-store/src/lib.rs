@@ -65,10 +65,10 @@ pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
     AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
     CallApprovalState, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord, LeaseFence, NotificationRecord, NotifyCondition,
-    OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord, RoleRecord,
-    SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord, ThrottleRecord,
-    TotpStep, UserRecord, Write, WriteOutcome,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, LeaseFence, NotificationRecord,
+    NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
+    ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 

@@ -26,8 +26,8 @@ use crate::records::{
 use crate::write::{Script, Writer};
 use crate::{
     Capabilities, Claimant, Claimed, ClusterRows, DueHints, NodeRecord, NodeRegistration,
-    PictureQuery, PictureRows, Store, agents, audit, catalog, cluster, exchanged, grants,
-    identity, kv, outbox, picture, proxy_routes, requests, rotations, secrets,
+    PictureQuery, PictureRows, Store, agents, audit, catalog, cluster, exchanged, grants, identity,
+    kv, outbox, picture, proxy_routes, requests, rotations, secrets,
 };
 
 #[derive(Debug)]
@@ -111,6 +111,15 @@ impl SqlStore {
             cache: lock.is_some().then(ReadCache::default),
             _lock: lock,
         })
+    }
+
+    /// This node's write lock on SQLite (one writer per file), for the cluster's own small
+    /// writes. None on PostgreSQL: a heartbeat must not wait behind a batch being committed.
+    async fn sqlite_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.write_lock.lock().await),
+            Dialect::Postgres => None,
+        }
     }
 
     pub async fn close(&self) {
@@ -478,7 +487,7 @@ impl Store for SqlStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
-        let _writer = self.write_lock.lock().await;
+        let _writer = self.sqlite_writer().await;
         cluster::register(&self.pool, node, now, lease_until).await
     }
 
@@ -488,12 +497,12 @@ impl Store for SqlStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<bool, StoreError> {
-        let _writer = self.write_lock.lock().await;
+        let _writer = self.sqlite_writer().await;
         cluster::heartbeat(&self.pool, node, now, lease_until).await
     }
 
     async fn leave_node(&self, node: &Claimant, now: Timestamp) -> Result<(), StoreError> {
-        let _writer = self.write_lock.lock().await;
+        let _writer = self.sqlite_writer().await;
         cluster::leave(&self.pool, node, now).await
     }
 
@@ -508,7 +517,7 @@ impl Store for SqlStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let _writer = self.write_lock.lock().await;
+        let _writer = self.sqlite_writer().await;
         cluster::acquire(&self.pool, names, holder, now, until).await
     }
 

@@ -16,7 +16,14 @@ fn status_cluster_shows_the_node_its_leases_and_the_audit_head() {
     let text = client(&["status", "--cluster"]);
     assert!(text.status.success(), "{text:?}");
     let text = stdout(&text);
-    for expected in ["nodes:", "alive", "leases:", "checkpoint", "audit head: ", "grants past due: 0"] {
+    for expected in [
+        "nodes:",
+        "alive",
+        "leases:",
+        "checkpoint",
+        "audit head: ",
+        "grants past due: 0",
+    ] {
         assert!(text.contains(expected), "`{expected}` in:\n{text}");
     }
     let json = client(&["status", "--cluster", "--json"]);

@@ -626,8 +626,7 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
         // The next grant this node could claim (others' claims in flight skipped), and no later
         // than another node's lease would end: its claims become ours to take then.
         // Sealed or not registered yet: nothing can be claimed, whatever is due.
-        let may_claim =
-            broker.cluster().claimant().is_some() && broker.unsealed().await.is_some();
+        let may_claim = broker.cluster().claimant().is_some() && broker.unsealed().await.is_some();
         let wait = match broker.store().next_claimable(broker.now()).await {
             Ok(Some(at)) if may_claim => broker.now().until(at).min(Duration::from_secs(1)),
             _ => Duration::from_secs(1),

@@ -677,7 +677,10 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
             } else {
                 broker.now()
             };
-            match broker.rotate_due_admins_under(held_before, Some(fence)).await {
+            match broker
+                .rotate_due_admins_under(held_before, Some(fence))
+                .await
+            {
                 Ok(_) => recovered = true,
                 Err(error) => tracing::warn!(error = %error, "admin secret rotation round failed"),
             }

@@ -3,8 +3,8 @@
 use utoipa::OpenApi;
 
 use crate::api::{
-    access_routes, agent_routes, approval_routes, cluster_routes, exchange_routes, notification_routes,
-    proxy_routes, routes, secret_routes, sso_routes,
+    access_routes, agent_routes, approval_routes, cluster_routes, exchange_routes,
+    notification_routes, proxy_routes, routes, secret_routes, sso_routes,
 };
 
 #[derive(OpenApi)]

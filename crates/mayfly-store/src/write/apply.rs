@@ -7,8 +7,8 @@ use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
 use crate::{
-    agents, catalog, cluster, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations,
-    secrets, sso,
+    agents, catalog, cluster, exchanged, grants, identity, kv, outbox, proxy_routes, requests,
+    rotations, secrets, sso,
 };
 
 pub(super) async fn apply(

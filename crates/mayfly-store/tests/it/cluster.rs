@@ -87,7 +87,10 @@ pub async fn run(store: &dyn Store) {
             WriteOutcome::Applied { .. }
         ));
     }
-    assert_eq!(store.next_claimable(at(2_000)).await.unwrap(), Some(at(1_500)));
+    assert_eq!(
+        store.next_claimable(at(2_000)).await.unwrap(),
+        Some(at(1_500))
+    );
 
     // A claims them all until 60 s; B finds nothing while A's lease runs.
     let claimed = store
@@ -116,7 +119,12 @@ pub async fn run(store: &dyn Store) {
 
     // B heartbeats, A does not: once A's lease ends (2 500), B takes every claim over at once,
     // long before their own timeout (62 000).
-    assert!(store.heartbeat_node(&b, at(2_400), at(3_900)).await.unwrap());
+    assert!(
+        store
+            .heartbeat_node(&b, at(2_400), at(3_900))
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .claim_due_as(&b, at(2_499), at(62_499), 100)
@@ -126,7 +134,10 @@ pub async fn run(store: &dyn Store) {
             .is_empty(),
         "A's lease still runs at 2 499"
     );
-    assert_eq!(store.next_claimable(at(2_500)).await.unwrap(), Some(at(1_500)));
+    assert_eq!(
+        store.next_claimable(at(2_500)).await.unwrap(),
+        Some(at(1_500))
+    );
     let taken = store
         .claim_due_as(&b, at(2_500), at(62_500), 100)
         .await
@@ -145,7 +156,12 @@ pub async fn run(store: &dyn Store) {
 
     // A back from its pause: its heartbeat finds its lease lapsed; it claims nothing until it
     // registers again, with a new generation.
-    assert!(!store.heartbeat_node(&a, at(3_000), at(4_500)).await.unwrap());
+    assert!(
+        !store
+            .heartbeat_node(&a, at(3_000), at(4_500))
+            .await
+            .unwrap()
+    );
     let a_again = store
         .register_node(&node("a"), at(3_000), at(4_500))
         .await
@@ -188,7 +204,12 @@ pub async fn run(store: &dyn Store) {
     };
     // Work under the lease commits while it is held...
     assert!(matches!(
-        apply(store, Change::fenced(fence.clone(), None), "audit.checkpoint").await,
+        apply(
+            store,
+            Change::fenced(fence.clone(), None),
+            "audit.checkpoint"
+        )
+        .await,
         WriteOutcome::Applied { .. }
     ));
     // ...and B takes it once it ended: A's fenced work changes nothing and is recorded as
@@ -213,7 +234,10 @@ pub async fn run(store: &dyn Store) {
     let events = store.audit_events(seq - 1, 1).await.unwrap();
     assert_eq!(events[0].kind, LEASE_LOST_KIND);
     assert!(events[0].body.contains("\"not_done\":\"audit.checkpoint\""));
-    assert_eq!(store.last_checkpoint().await.unwrap().map(|e| e.seq), before.map(|e| e.seq));
+    assert_eq!(
+        store.last_checkpoint().await.unwrap().map(|e| e.seq),
+        before.map(|e| e.seq)
+    );
     assert_eq!(
         store.grant("k1").await.unwrap().unwrap().state,
         GrantState::Issuing,
@@ -221,12 +245,19 @@ pub async fn run(store: &dyn Store) {
     );
     let leases = store.cluster(at(5_100)).await.unwrap().leases;
     let checkpoint = leases.iter().find(|l| l.name == "checkpoint").unwrap();
-    assert_eq!((checkpoint.holder.as_str(), checkpoint.epoch), ("b", epoch + 1));
+    assert_eq!(
+        (checkpoint.holder.as_str(), checkpoint.epoch),
+        ("b", epoch + 1)
+    );
 
     // A clean leave ends the node's lease and its leases at once.
     store.leave_node(&b, at(5_200)).await.unwrap();
     let rows = store.cluster(at(5_200)).await.unwrap();
-    assert!(rows.nodes.iter().all(|n| n.name != "b" || n.lease_until <= 5_200));
+    assert!(
+        rows.nodes
+            .iter()
+            .all(|n| n.name != "b" || n.lease_until <= 5_200)
+    );
     assert!(
         rows.leases
             .iter()
