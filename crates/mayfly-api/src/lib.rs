@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod cluster;
+pub use cluster::{ClusterLease, ClusterNode, ClusterStatus};
+
 /// Every error answer: `{"error":{"code":"...","message":"..."}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {

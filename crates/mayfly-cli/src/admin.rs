@@ -29,6 +29,58 @@ pub async fn status(client: &Client, out: &Output) -> anyhow::Result<()> {
     })
 }
 
+/// `status --cluster`: the nodes, their heartbeats and claims, the leases, the audit head and
+/// each sink's lag, the grants past due.
+pub async fn cluster_status(client: &Client, out: &Output) -> anyhow::Result<()> {
+    let status: ClusterStatus = client.call(Method::GET, "/v1/sys/cluster", none()).await?;
+    out.answer(&status, |status| {
+        println!(
+            "answered by {} at {}",
+            status.node,
+            format_ms(status.now_ms)
+        );
+        println!("nodes:");
+        for node in &status.nodes {
+            let state = if node.alive { "alive" } else { "dead" };
+            println!(
+                "  {:<28} {:<5} gen {:<4} heartbeat {} ms ago, lease until +{} ms, {} claims in flight, v{} {}",
+                node.name,
+                state,
+                node.generation,
+                status.now_ms - node.heartbeat_at_ms,
+                node.lease_until_ms - status.now_ms,
+                node.claims_in_flight,
+                node.version,
+                node.address
+            );
+        }
+        println!("leases:");
+        for lease in &status.leases {
+            let state = if lease.held { "held" } else { "free" };
+            println!(
+                "  {:<16} {:<4} by {} (gen {}), epoch {}, until +{} ms",
+                lease.name,
+                state,
+                lease.holder,
+                lease.holder_generation,
+                lease.epoch,
+                lease.until_ms - status.now_ms
+            );
+        }
+        println!(
+            "audit head: {}:{}",
+            status.audit_head.seq, status.audit_head.hash
+        );
+        for sink in &status.sinks {
+            println!(
+                "  sink {:<16} {:<10} {} events behind ({:.1} s)",
+                sink.name, sink.state, sink.lag_events, sink.lag_seconds
+            );
+        }
+        println!("grants past due: {}", status.past_due_grants);
+    })
+}
+
 pub async fn operator(client: &Client, command: Operator, out: &Output) -> anyhow::Result<()> {
     match command {
         Operator::Init { shares, threshold } => {

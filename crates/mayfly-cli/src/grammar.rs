@@ -93,8 +93,13 @@ pub enum ClientCommand {
     /// Initialize, unseal and set up the broker.
     #[command(subcommand)]
     Operator(Operator),
-    /// Show whether the broker is initialized and sealed.
-    Status,
+    /// Show whether the broker is initialized and sealed; with `--cluster`, the nodes sharing
+    /// its store, their heartbeats and claims, the lease holders and the audit head (admins).
+    Status {
+        /// The cluster's status (`GET /v1/sys/cluster`).
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Log in and keep the session token in a 0600 file.
     Login(LoginArgs),
     /// Prove a second factor now (TOTP) for the current session: approving, denying, break-glass

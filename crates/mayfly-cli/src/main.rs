@@ -91,7 +91,8 @@ async fn dispatch(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     match command {
-        ClientCommand::Status => admin::status(client, out).await?,
+        ClientCommand::Status { cluster: false } => admin::status(client, out).await?,
+        ClientCommand::Status { cluster: true } => admin::cluster_status(client, out).await?,
         ClientCommand::Operator(command) => admin::operator(client, command, out).await?,
         ClientCommand::Login(args) => admin::login(client, args, out).await?,
         ClientCommand::StepUp { code } => admin::step_up(client, code, out).await?,

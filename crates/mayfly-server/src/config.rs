@@ -59,6 +59,12 @@ pub struct ConfigFile {
     pub step_up_window_seconds: Option<u64>,
     pub call_approval_window_seconds: Option<u64>,
     pub call_approvers: Option<String>,
+    /// This broker's name among the nodes sharing a store (`cluster.rs`, docs/cluster.md).
+    pub node_name: Option<String>,
+    /// How long the other nodes trust this one is alive after its last heartbeat.
+    pub node_lease_ms: Option<u64>,
+    /// How often it heartbeats (at most half of `node_lease_ms`).
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -95,6 +101,9 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("step_up_window_seconds", KeyType::Number),
     ("call_approval_window_seconds", KeyType::Number),
     ("call_approvers", KeyType::Text),
+    ("node_name", KeyType::Text),
+    ("node_lease_ms", KeyType::Number),
+    ("heartbeat_interval_ms", KeyType::Number),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -172,6 +181,15 @@ pub struct Config {
     /// The group whose members may answer approvals of tool calls (never for a call of their
     /// own or one they act in).
     pub call_approvers: String,
+    /// This broker's name among the nodes sharing the store, unique per running broker: its
+    /// claims on due grants and the single-doer leases it holds carry it (`cluster.rs`).
+    /// Default: the host name and the port it listens on, or a random suffix.
+    pub node_name: String,
+    /// How long after its last heartbeat the others trust this node is alive; once it has ended
+    /// they take over its claims and leases.
+    pub node_lease: Duration,
+    /// How often the node heartbeats (and renews its leases).
+    pub heartbeat_interval: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -206,6 +224,9 @@ impl Config {
             step_up_window: Duration::from_secs(600),
             call_approval_window: Duration::from_secs(600),
             call_approvers: mayfly_core::GroupName::ADMINS.to_owned(),
+            node_name: default_node_name(None),
+            node_lease: Duration::from_millis(1500),
+            heartbeat_interval: Duration::from_millis(500),
             clock: Arc::new(SystemClock),
         }
     }
@@ -376,6 +397,32 @@ impl Config {
             }
             config.call_approvers = group;
         }
+        config.node_name = match file.node_name {
+            Some(name) => {
+                check_node_name(&name).map_err(|reason| rule("node_name", &reason))?;
+                name
+            }
+            None => default_node_name(listen.map(|addr| addr.port())),
+        };
+        if let Some(ms) = file.node_lease_ms {
+            if !(300..=60_000).contains(&ms) {
+                return Err(rule("node_lease_ms", "must be between 300 and 60000"));
+            }
+            config.node_lease = Duration::from_millis(ms);
+        }
+        match file.heartbeat_interval_ms {
+            Some(ms) => {
+                if ms < 50 || Duration::from_millis(ms) > config.node_lease / 2 {
+                    return Err(rule(
+                        "heartbeat_interval_ms",
+                        "must be at least 50 and at most half of `node_lease_ms`",
+                    ));
+                }
+                config.heartbeat_interval = Duration::from_millis(ms);
+            }
+            // A third of the lease: two heartbeats may be lost before the others take over.
+            None => config.heartbeat_interval = config.node_lease / 3,
+        }
         config.tls = match (file.tls_cert, file.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -465,6 +512,44 @@ pub fn check_public_url(text: &str) -> Result<String, String> {
         ));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// A node name: 1 to 64 characters, letters, digits and `.`, `_`, `-`, `:`.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        return Err(
+            "must be 1 to 64 letters, digits, `.`, `_`, `-` or `:` (such as `mayfly-1:8200`)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The default node name: the host name and `port`, or (no fixed port) a random suffix, so that
+/// two brokers running at once never share one.
+fn default_node_name(port: Option<u16>) -> String {
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(40)
+        .collect();
+    let host = if host.is_empty() {
+        "mayfly".into()
+    } else {
+        host
+    };
+    match port {
+        Some(port) if port != 0 => format!("{host}:{port}"),
+        _ => {
+            let suffix: [u8; 4] = mayfly_crypto::random_bytes().unwrap_or_default();
+            format!("{host}-{}", hex::encode(suffix))
+        }
+    }
 }
 
 /// A value as written in an environment variable (or a flag), read as its key's type.

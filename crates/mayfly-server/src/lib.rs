@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod chat;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod error;
@@ -105,7 +106,17 @@ pub async fn serve(
         )));
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Registered (and holding what leases are free) before the first call is answered.
+    cluster::beat_once(&broker).await;
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(cluster::heartbeat(
+        broker.clone(),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(cluster::listen(
+        broker.clone(),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(audit::checkpoint::run(
         broker.clone(),
         stopped.clone(),

@@ -140,6 +140,10 @@ pub(crate) fn keeps_reads(change: &Change) -> bool {
         // The outbox is never kept; what counts is the change it rides with.
         return change.as_deref().is_none_or(keeps_reads);
     }
+    if let Change::Fenced { inner, .. } = change {
+        // The lease row is never kept either.
+        return inner.as_deref().is_none_or(keeps_reads);
+    }
     matches!(
         change,
         Change::CreateRequest { .. }

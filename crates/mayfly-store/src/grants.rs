@@ -1,13 +1,16 @@
 //! SQL for grants: the intent recorded before a target is touched, certificate grants, moves
 //! between states, reviews, and the reads, including the claim of due grants by the expiry engine
 //! (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several nodes share the work without a leader,
-//! each claim bumping the grant's epoch as a fencing token).
+//! each claim bumping the grant's epoch as a fencing token). The claims named by node, which
+//! others take over once that node's lease ends, are in `cluster.rs`.
 
 use std::collections::HashSet;
 
 use mayfly_core::Timestamp;
+use mayfly_core::grant::GrantState;
 use sqlx::{AnyConnection, AnyPool};
 
+use crate::cluster;
 use crate::dialect::{Dialect, ROWS_PER_INSERT, list_placeholders, values_on};
 use crate::error::{StoreError, unavailable};
 use crate::records::{Applied, GrantFilter, GrantRecord, GrantUpdate, Principals, RequestRecord};
@@ -75,14 +78,19 @@ fn bind_grant<'q>(query: AnyQuery<'q>, grant: &GrantRecord) -> AnyQuery<'q> {
     bind_values(query, &grant_values(grant))
 }
 
-/// [`crate::Change::UpdateGrant`].
+/// [`crate::Change::UpdateGrant`]. A revocation asked for now (a user's or an admin's: no claim's
+/// epoch, to `revoking`) also hints its due time to every node's expiry engine (`NOTIFY` on
+/// PostgreSQL, sent when the transaction commits). An activation or a renewal sends none: its due
+/// time is later than any node's next look (at most a second away), and a revocation is the one
+/// change that makes a grant due at once.
 pub(crate) async fn update_grant(
     c: &mut AnyConnection,
+    dialect: Dialect,
     update: &GrantUpdate,
 ) -> Result<Applied, sqlx::Error> {
     let base = "UPDATE grants SET state = $1, next_attempt_at = $2, expires_at = COALESCE($3, expires_at), \
         last_error = $4, revoke_reason = COALESCE($5, revoke_reason), revoked_at = COALESCE($6, revoked_at), \
-        verified_at = COALESCE($7, verified_at), n_attempts = n_attempts + $8, claimed_until = 0";
+        verified_at = COALESCE($7, verified_at), n_attempts = n_attempts + $8, claimed_until = 0, claimed_by = NULL";
     let sql = match update.epoch {
         Some(_) => format!("{base} WHERE id = $9 AND state = $10 AND epoch = $11"),
         None => format!("{base}, epoch = epoch + 1 WHERE id = $9 AND state = $10"),
@@ -107,6 +115,12 @@ pub(crate) async fn update_grant(
             "the grant is no longer `{}` (or another node took it over)",
             update.from
         )));
+    }
+    if update.epoch.is_none()
+        && update.to == GrantState::Revoking
+        && let Some(at) = update.next_attempt_at
+    {
+        cluster::hint_due(c, dialect, at).await?;
     }
     Ok(Applied::Done)
 }

@@ -19,6 +19,9 @@
 //! - `dialect`, `rows`: the row plumbing. `Dialect` and placeholders; column lists, the
 //!   values of the rows written, and the rows read mapped to records (`sqlx::FromRow`).
 //! - `cache`: reads and recent events kept in memory on SQLite, and the lock on its file.
+//! - `cluster`: several brokers on one store (migration 0016): the nodes' heartbeats, the claims
+//!   of due grants named by node, the single-doer leases and their fence, the due hints
+//!   (PostgreSQL `LISTEN`/`NOTIFY`).
 //! - `secrets`, `rotations`, `identity`, `catalog`, `requests`, `grants`, `exchanged`, `kv`,
 //!   `proxy_routes`, `outbox`, `sso`, `agents`, `audit`: the SQL of each group of tables
 //!   (`rotations`: the rotation of targets' admin secrets; `sso`: single sign-on; `agents`: the
@@ -32,6 +35,7 @@ mod agents;
 mod audit;
 mod cache;
 mod catalog;
+mod cluster;
 mod dialect;
 mod error;
 mod exchanged;
@@ -52,15 +56,19 @@ mod write;
 
 use mayfly_core::{Principal, SecretPath, Timestamp};
 
+pub use cluster::{
+    Claimant, Claimed, ClusterRows, DUE_CHANNEL, DueHints, LEASE_LOST_KIND, LeaseRecord,
+    NodeRecord, NodeRegistration,
+};
 pub use error::{BoxError, StoreError};
 pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
     AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
     CallApprovalState, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
-    JwtConfigRecord, KvSecretRecord, KvVersionRecord, NotificationRecord, NotifyCondition,
-    OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord, RoleRecord,
-    SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord, ThrottleRecord,
-    TotpStep, UserRecord, Write, WriteOutcome,
+    JwtConfigRecord, KvSecretRecord, KvVersionRecord, LeaseFence, NotificationRecord,
+    NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
+    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
+    ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 
@@ -257,6 +265,52 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         claim_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Claims up to `limit` due grants for the node `claimant` until `claim_until` (each claim
+    /// bumps the grant's epoch): those no claim holds, and at once those claimed by a node whose
+    /// lease ended (taken over). Claims nothing unless `claimant`'s own lease is alive at `now`.
+    async fn claim_due_as(
+        &self,
+        claimant: &Claimant,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Claimed, StoreError>;
+    /// The earliest due time of a grant that [`Store::claim_due_as`] at `now` could take (claims
+    /// in flight of live nodes skipped), read among due rows only.
+    async fn next_claimable(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;
+    /// Registers a node with a new generation leased until `lease_until`; `None` while a node of
+    /// that name is alive.
+    async fn register_node(
+        &self,
+        node: &NodeRegistration,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Extends a node's lease; `false` if it lapsed at `now` (the node must register again).
+    async fn heartbeat_node(
+        &self,
+        node: &Claimant,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Ends a node's lease and the leases it holds (a clean shutdown).
+    async fn leave_node(&self, node: &Claimant, now: Timestamp) -> Result<(), StoreError>;
+    /// Every node's row, by name.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Takes or renews the single-doer leases `names` for `holder` until `until` (those free,
+    /// ended at `now`, or already its own); returns those it holds, with their epochs.
+    async fn acquire_leases(
+        &self,
+        names: &[&str],
+        holder: &Claimant,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The cluster's nodes, leases, claims in flight per node and past-due grants at `now`.
+    async fn cluster(&self, now: Timestamp) -> Result<ClusterRows, StoreError>;
+    /// The hints that grants became due sooner, sent by any node's commits (PostgreSQL
+    /// `LISTEN`); `None` for a store that has no other writer to hear from.
+    fn due_hints(&self) -> Option<DueHints>;
     /// Makes every grant in `issuing` due now and releases its claim; returns how many. For a
     /// single-node store at start: an intent still `issuing` is the leftover of a crash.
     async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError>;

@@ -462,6 +462,15 @@ pub enum Change {
         notifications: Vec<NotificationRecord>,
         only_if: Option<NotifyCondition>,
     },
+    /// `inner` (if any), only while the single-doer lease `lease` is still held by the holder
+    /// and epoch it names, checked in the same transaction (the lease row is locked until it
+    /// ends). A lost lease is a conflict and nothing is applied; the write's event is then
+    /// recorded as `lease.lost` instead of its own kind (a checkpoint refused this way is no
+    /// checkpoint in the log).
+    Fenced {
+        lease: LeaseFence,
+        inner: Option<Box<Change>>,
+    },
     /// Removes the ciphertext of versions for good. Conflicts if one of them does not exist
     /// (then none is destroyed); destroying a destroyed version again changes nothing.
     DestroyKvSecret {
@@ -540,6 +549,29 @@ impl Change {
             only_if: None,
         }
     }
+}
+
+impl Change {
+    /// This change (if any) done only under the lease `lease` ([`Change::Fenced`]).
+    pub fn fenced(lease: LeaseFence, inner: Option<Change>) -> Change {
+        Change::Fenced {
+            lease,
+            inner: inner.map(Box::new),
+        }
+    }
+}
+
+/// A single-doer lease as its holder acquired it: the work it guards is committed only if the
+/// lease still has this holder (node and generation) and epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseFence {
+    /// What the lease guards (`checkpoint`, `sweep`, `admin-rotation`).
+    pub name: String,
+    /// The holder's node name and generation.
+    pub holder: String,
+    pub generation: i64,
+    /// The fencing token: bumped whenever the holder changes.
+    pub epoch: i64,
 }
 
 /// One notification for one channel, in the outbox until it is delivered.
@@ -789,6 +821,9 @@ pub(crate) enum Applied {
     Done,
     /// The change conflicted with the state; the caller rolls it back.
     Conflict(String),
+    /// A [`Change::Fenced`]'s lease is no longer the writer's: rolled back, and the write's
+    /// event is recorded as `lease.lost`.
+    LeaseLost(String),
 }
 
 /// Which grants to list.

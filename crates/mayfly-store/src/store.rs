@@ -25,8 +25,9 @@ use crate::records::{
 };
 use crate::write::{Script, Writer};
 use crate::{
-    Capabilities, PictureQuery, PictureRows, Store, agents, audit, catalog, exchanged, grants,
-    identity, kv, outbox, picture, proxy_routes, requests, rotations, secrets,
+    Capabilities, Claimant, Claimed, ClusterRows, DueHints, NodeRecord, NodeRegistration,
+    PictureQuery, PictureRows, Store, agents, audit, catalog, cluster, exchanged, grants, identity,
+    kv, outbox, picture, proxy_routes, requests, rotations, secrets,
 };
 
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub struct SqlStore {
     cache: Option<ReadCache>,
     /// The write path, with what it keeps between batches on a SQLite file.
     writer: Writer,
+    /// Where the due hints are listened for (PostgreSQL only: `cluster::listen_due`).
+    listen_url: Option<cluster::ListenUrl>,
     /// Last, so that it is released after every connection above is closed.
     _lock: Option<StoreLock>,
 }
@@ -104,9 +107,19 @@ impl SqlStore {
             pool,
             dialect,
             write_lock: Mutex::new(()),
+            listen_url: (dialect == Dialect::Postgres).then(|| cluster::ListenUrl(url.to_owned())),
             cache: lock.is_some().then(ReadCache::default),
             _lock: lock,
         })
+    }
+
+    /// This node's write lock on SQLite (one writer per file), for the cluster's own small
+    /// writes. None on PostgreSQL: a heartbeat must not wait behind a batch being committed.
+    async fn sqlite_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.write_lock.lock().await),
+            Dialect::Postgres => None,
+        }
     }
 
     pub async fn close(&self) {
@@ -451,6 +464,69 @@ impl Store for SqlStore {
     ) -> Result<Vec<GrantRecord>, StoreError> {
         let _writer = self.write_lock.lock().await;
         grants::claim_due(&self.pool, self.dialect, now, claim_until, limit).await
+    }
+
+    async fn claim_due_as(
+        &self,
+        claimant: &Claimant,
+        now: Timestamp,
+        claim_until: Timestamp,
+        limit: i64,
+    ) -> Result<Claimed, StoreError> {
+        let _writer = self.write_lock.lock().await;
+        cluster::claim_due_as(&self.pool, self.dialect, claimant, now, claim_until, limit).await
+    }
+
+    async fn next_claimable(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        cluster::next_claimable(&self.pool, now).await
+    }
+
+    async fn register_node(
+        &self,
+        node: &NodeRegistration,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let _writer = self.sqlite_writer().await;
+        cluster::register(&self.pool, node, now, lease_until).await
+    }
+
+    async fn heartbeat_node(
+        &self,
+        node: &Claimant,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let _writer = self.sqlite_writer().await;
+        cluster::heartbeat(&self.pool, node, now, lease_until).await
+    }
+
+    async fn leave_node(&self, node: &Claimant, now: Timestamp) -> Result<(), StoreError> {
+        let _writer = self.sqlite_writer().await;
+        cluster::leave(&self.pool, node, now).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        cluster::nodes(&self.pool).await
+    }
+
+    async fn acquire_leases(
+        &self,
+        names: &[&str],
+        holder: &Claimant,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let _writer = self.sqlite_writer().await;
+        cluster::acquire(&self.pool, names, holder, now, until).await
+    }
+
+    async fn cluster(&self, now: Timestamp) -> Result<ClusterRows, StoreError> {
+        cluster::cluster(&self.pool, now).await
+    }
+
+    fn due_hints(&self) -> Option<DueHints> {
+        self.listen_url.as_ref().map(cluster::listen_due)
     }
 
     async fn make_issuing_due(&self, now: Timestamp) -> Result<u64, StoreError> {

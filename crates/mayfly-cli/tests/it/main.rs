@@ -17,6 +17,7 @@ mod rotate_admin;
 mod rotate_signing_key;
 mod secrets;
 mod sso;
+mod status_cluster;
 mod step_up;
 mod token_exchange;
 

@@ -1,9 +1,10 @@
 //! The expiry engine: revocation at expiry without loading every lease into memory. The store is
-//! indexed by `next_attempt_at`; each round claims the grants that are due (a claim times out and
-//! carries an epoch, so several nodes share the work and a paused node's late writes change
-//! nothing), revokes them concurrently with a per-target limit, then proves each revocation on the
-//! target. Failures are retried with exponential backoff and jitter, counted and audited, and stay
-//! in the queue until they succeed.
+//! indexed by `next_attempt_at`; each round claims the grants that are due (a claim names this
+//! node and its generation and carries an epoch, so several nodes share the work, a dead node's
+//! claims are taken over as soon as its node lease ends (`cluster.rs`), and a paused node's late
+//! writes change nothing), revokes them concurrently with a per-target limit, then proves each
+//! revocation on the target. Failures are retried with exponential backoff and jitter, counted and
+//! audited, and stay in the queue until they succeed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use crate::state::Broker;
 // The engine runs the sweep at start and every `SWEEP_INTERVAL`.
 pub use super::sweep::sweep;
 
-/// How long a claim holds before another node may take the grant over.
+/// How long a claim holds while its node is alive (work that hangs on a live node is retried
+/// after it). A dead node's claims are taken over as soon as its node lease ends.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grants claimed in one round.
 const BATCH: usize = 4096;
@@ -112,16 +114,30 @@ impl Engine {
         if room == 0 {
             return Ok(0);
         }
+        // Not registered (starting, or back from a pause): nothing is claimed until it is.
+        let Some(me) = self.broker.cluster().claimant() else {
+            return Ok(0);
+        };
         let now = self.broker.now();
         let claimed = self
             .broker
             .store()
-            .claim_due(
+            .claim_due_as(
+                &me,
                 now,
                 now.saturating_add(CLAIM_TIMEOUT),
                 i64::try_from(room).unwrap_or(i64::MAX),
             )
             .await?;
+        if claimed.n_taken_over > 0 {
+            tracing::info!(
+                n_grants = claimed.n_taken_over,
+                "took over due grants claimed by a node whose lease ended"
+            );
+            metrics::counter!("mayfly_cluster_takeovers_total")
+                .increment(claimed.n_taken_over as u64);
+        }
+        let claimed = claimed.grants;
         let n = claimed.len();
         self.in_flight += n;
         let mut to_revoke: HashMap<String, Vec<GrantRecord>> = HashMap::new();
@@ -607,10 +623,15 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error, "expiry round failed"),
         }
-        let wait = match broker.store().next_due().await {
-            Ok(Some(at)) => broker.now().until(at).min(Duration::from_secs(1)),
+        // The next grant this node could claim (others' claims in flight skipped), and no later
+        // than another node's lease would end: its claims become ours to take then.
+        // Sealed or not registered yet: nothing can be claimed, whatever is due.
+        let may_claim = broker.cluster().claimant().is_some() && broker.unsealed().await.is_some();
+        let wait = match broker.store().next_claimable(broker.now()).await {
+            Ok(Some(at)) if may_claim => broker.now().until(at).min(Duration::from_secs(1)),
             _ => Duration::from_secs(1),
         };
+        let wait = crate::cluster::bounded_by_lapse(&broker, wait);
         // Due work that is claimed (by this node: a finished task wakes us) is not worth polling
         // for every 20 ms.
         let floor = if engine.tasks.is_empty() {

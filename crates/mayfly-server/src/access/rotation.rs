@@ -36,10 +36,11 @@ use mayfly_api::AdminRotated;
 use mayfly_core::Timestamp;
 use mayfly_core::audit::Outcome;
 use mayfly_crypto::{ExposeSecret as _, SecretString};
-use mayfly_store::{AdminRotationRecord, Change, Write, WriteOutcome};
+use mayfly_store::{AdminRotationRecord, Change, LeaseFence, Write, WriteOutcome};
 use mayfly_targets::{Target, TargetError};
 
 use crate::auth::Caller;
+use crate::cluster::ADMIN_ROTATION_LEASE;
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::Broker;
@@ -119,7 +120,7 @@ impl Broker {
         mayfly_core::GroupName::parse(name)
             .map_err(|e| BrokerError::BadRequest(format!("field `name`: {e}")))?;
         let rotated_at = self
-            .begin_rotation(meta, Some(caller), name, Trigger::Manual, None)
+            .begin_rotation(meta, Some(caller), name, Trigger::Manual, None, None)
             .await?;
         Ok(AdminRotated {
             target: name.to_owned(),
@@ -127,7 +128,8 @@ impl Broker {
         })
     }
 
-    /// Step 1, then the rest. `due_by`: a scheduled rotation, begun only if still due.
+    /// Step 1, then the rest. `due_by`: a scheduled rotation, begun only if still due. `fence`:
+    /// begun only while this node holds the scheduler's lease (`cluster.rs`).
     async fn begin_rotation(
         &self,
         meta: &Origin,
@@ -135,6 +137,7 @@ impl Broker {
         name: &str,
         trigger: Trigger,
         due_by: Option<Timestamp>,
+        fence: Option<&LeaseFence>,
     ) -> Result<Timestamp, BrokerError> {
         let keys = self.require_unsealed().await?;
         let record = self
@@ -162,15 +165,16 @@ impl Broker {
             Some(caller.map_or_else(|| "broker".to_owned(), |c| c.principal().to_string()));
         event.subject = Some(format!("target:{name}"));
         meta.fill(&mut event);
+        let change = Change::BeginAdminRotation {
+            target: name.to_owned(),
+            rotation_id: rotation_id.clone(),
+            pending: blob,
+            claimed_until,
+            due_by,
+        };
         if let WriteOutcome::Conflict { reason, .. } = self
             .commit(Write {
-                change: Some(Change::BeginAdminRotation {
-                    target: name.to_owned(),
-                    rotation_id: rotation_id.clone(),
-                    pending: blob,
-                    claimed_until,
-                    due_by,
-                }),
+                change: Some(under(fence, change)),
                 event,
             })
             .await?
@@ -396,6 +400,7 @@ impl Broker {
         &self,
         record: &AdminRotationRecord,
         held_before: Timestamp,
+        fence: Option<&LeaseFence>,
     ) -> Result<(), BrokerError> {
         let Some(pending) = &record.pending else {
             return Ok(());
@@ -409,14 +414,15 @@ impl Broker {
         event.actor = Some("broker".into());
         event.subject = Some(format!("target:{}", record.target));
         meta.fill(&mut event);
+        let change = Change::ClaimAdminRotation {
+            target: record.target.clone(),
+            rotation_id: pending.id.clone(),
+            claimed_until,
+            held_before,
+        };
         if let WriteOutcome::Conflict { .. } = self
             .commit(Write {
-                change: Some(Change::ClaimAdminRotation {
-                    target: record.target.clone(),
-                    rotation_id: pending.id.clone(),
-                    claimed_until,
-                    held_before,
-                }),
+                change: Some(under(fence, change)),
                 event,
             })
             .await?
@@ -582,6 +588,16 @@ impl Broker {
     /// taken over (now, or any time for a store this broker alone writes, at start). Updates
     /// the age metrics. Returns how many rotations were tried.
     pub async fn rotate_due_admins(&self, held_before: Timestamp) -> Result<usize, BrokerError> {
+        self.rotate_due_admins_under(held_before, None).await
+    }
+
+    /// [`Broker::rotate_due_admins`], each rotation begun or taken over only while `fence`'s
+    /// lease is still this node's (checked in the commit that begins or claims it).
+    async fn rotate_due_admins_under(
+        &self,
+        held_before: Timestamp,
+        fence: Option<&LeaseFence>,
+    ) -> Result<usize, BrokerError> {
         self.require_unsealed().await?;
         let now = self.now();
         let mut due = self.store().due_admin_rotations(now).await?;
@@ -594,7 +610,7 @@ impl Broker {
         }
         for record in &due {
             let result = if record.pending.is_some() {
-                self.resume_rotation(record, held_before).await
+                self.resume_rotation(record, held_before, fence).await
             } else if record.every_ms.is_some() {
                 self.begin_rotation(
                     &Origin::internal("admin-rotation"),
@@ -602,6 +618,7 @@ impl Broker {
                     &record.target,
                     Trigger::Scheduled,
                     Some(now),
+                    fence,
                 )
                 .await
                 .map(|_| ())
@@ -636,19 +653,34 @@ impl Broker {
     }
 }
 
+/// `change`, under the lease `fence` if one is given.
+fn under(fence: Option<&LeaseFence>, change: Change) -> Change {
+    match fence {
+        Some(fence) => Change::fenced(fence.clone(), Some(change)),
+        None => change,
+    }
+}
+
 /// The rotation task: at start, a store this broker alone writes has no other node that could
 /// hold a rotation, so every intent left is a crash's and is finished at once; then every
-/// [`LOOK_EVERY`], the due rotations.
+/// [`LOOK_EVERY`], the due rotations, on the node that holds the `admin-rotation` lease
+/// (`cluster.rs`) only.
 pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut recovered = false;
     loop {
-        if broker.require_unsealed().await.is_ok() {
+        let fence = broker.lease_fence(ADMIN_ROTATION_LEASE).await;
+        if broker.require_unsealed().await.is_ok()
+            && let Some(fence) = &fence
+        {
             let held_before = if !recovered && broker.store().capabilities().sole_writer {
                 Timestamp::from_unix_ms(i64::MAX)
             } else {
                 broker.now()
             };
-            match broker.rotate_due_admins(held_before).await {
+            match broker
+                .rotate_due_admins_under(held_before, Some(fence))
+                .await
+            {
                 Ok(_) => recovered = true,
                 Err(error) => tracing::warn!(error = %error, "admin secret rotation round failed"),
             }

@@ -1,16 +1,25 @@
 //! The orphan sweep: logins of this broker's namespace on a target that no live grant knows are
-//! revoked and the finding audited (run at start, then every `SWEEP_INTERVAL`).
+//! revoked and the finding audited (run at start, then every `SWEEP_INTERVAL`). One node sweeps
+//! at a time, the holder of the `sweep` lease (`cluster.rs`); each finding is committed fenced by
+//! it, so a node that lost the lease while it swept records `lease.lost` instead (the revocation
+//! itself, idempotent, may have been done twice).
 
 use mayfly_core::audit::Outcome;
+use mayfly_store::{Change, Write, WriteOutcome};
 
+use crate::cluster::SWEEP_LEASE;
 use crate::error::BrokerError;
 use crate::state::Broker;
 
 /// The sweep: every role on a target that carries the broker's prefix and namespace (`mf_<namespace>_`) but has no live grant is an
 /// orphan (a store restored from an older backup, a crash the intent did not cover, a manual
-/// copy): it is revoked and the finding audited. Returns how many were found.
+/// copy): it is revoked and the finding audited. Returns how many were found (0 when another
+/// node holds the sweep's lease).
 pub async fn sweep(broker: &Broker) -> Result<usize, BrokerError> {
     let Some(keys) = broker.unsealed().await else {
+        return Ok(0);
+    };
+    let Some(fence) = broker.lease_fence(SWEEP_LEASE).await else {
         return Ok(0);
     };
     let mut found = 0;
@@ -51,7 +60,14 @@ pub async fn sweep(broker: &Broker) -> Result<usize, BrokerError> {
                 event = event.detail("error", error.to_string());
             }
             event.actor = Some("broker".into());
-            broker.record(event).await?;
+            let write = Write {
+                change: Some(Change::fenced(fence.clone(), None)),
+                event,
+            };
+            if let WriteOutcome::Conflict { reason, .. } = broker.commit(write).await? {
+                tracing::warn!(reason = %reason, "sweep stopped: this node lost the lease");
+                return Ok(found);
+            }
             metrics::counter!("mayfly_sweep_orphans_total", "target" => record.name.clone())
                 .increment(1);
         }

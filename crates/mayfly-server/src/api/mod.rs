@@ -3,6 +3,7 @@
 pub mod access_routes;
 pub mod agent_routes;
 pub mod approval_routes;
+pub mod cluster_routes;
 pub mod console;
 pub mod error;
 pub mod exchange_routes;
@@ -54,6 +55,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/v1/sys/audit/events", get(routes::audit_events))
         .route("/v1/sys/audit/head", get(routes::audit_head))
         .route("/v1/sys/audit/sinks", get(routes::audit_sinks))
+        .route("/v1/sys/cluster", get(cluster_routes::cluster_status))
         .route("/v1/auth/password/login", post(routes::password_login))
         .route("/v1/auth/jwt/login", post(routes::jwt_login))
         .route("/v1/auth/step-up", post(approval_routes::step_up))

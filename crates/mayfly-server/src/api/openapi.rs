@@ -3,8 +3,8 @@
 use utoipa::OpenApi;
 
 use crate::api::{
-    access_routes, agent_routes, approval_routes, exchange_routes, notification_routes,
-    proxy_routes, routes, secret_routes, sso_routes,
+    access_routes, agent_routes, approval_routes, cluster_routes, exchange_routes,
+    notification_routes, proxy_routes, routes, secret_routes, sso_routes,
 };
 
 #[derive(OpenApi)]
@@ -50,6 +50,7 @@ use crate::api::{
         routes::audit_events,
         routes::audit_head,
         routes::audit_sinks,
+        cluster_routes::cluster_status,
         access_routes::add_target,
         access_routes::list_targets,
         access_routes::rotate_admin,

@@ -1,12 +1,19 @@
 //! Checkpoints: at least every N events or T seconds the broker signs the chain head with the
 //! Ed25519 key it holds through the barrier, and the signed checkpoint joins the chain.
+//!
+//! One node signs at a time: the holder of the `checkpoint` lease (`cluster.rs`). Its checkpoint
+//! is committed fenced by the lease, so one signed by a node that lost the lease meanwhile (a
+//! pause) is refused and recorded as `lease.lost`, never as a checkpoint: the chain of
+//! checkpoints stays contiguous whichever node signs. A node that takes the lease signs at once
+//! (the previous holder may have died with events unsigned).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mayfly_core::audit::{CHECKPOINT_KIND, Checkpoint, Outcome, key_id};
-use mayfly_store::StoreError;
+use mayfly_store::{Change, LeaseFence, StoreError, Write, WriteOutcome};
 
+use crate::cluster::CHECKPOINT_LEASE;
 use crate::error::BrokerError;
 use crate::state::Broker;
 
@@ -14,12 +21,29 @@ use crate::state::Broker;
 pub enum CheckpointOutcome {
     /// A checkpoint was written at this sequence number.
     Worked(i64),
-    /// Nothing new to sign, or the broker is sealed.
+    /// Nothing new to sign, the broker is sealed, or another node holds the lease.
     Idle,
+    /// The lease was lost before the checkpoint was committed: nothing was signed into the log.
+    LeaseLost,
 }
 
 /// Signs everything after the last checkpoint, if there is anything.
 pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, BrokerError> {
+    if broker.unsealed().await.is_none() {
+        return Ok(CheckpointOutcome::Idle);
+    }
+    let Some(fence) = broker.lease_fence(CHECKPOINT_LEASE).await else {
+        return Ok(CheckpointOutcome::Idle);
+    };
+    sign_under(broker, fence).await
+}
+
+/// Signs everything after the last checkpoint, if there is anything, committed only if `fence`
+/// (the `checkpoint` lease as this node took it) still holds.
+pub async fn sign_under(
+    broker: &Broker,
+    fence: LeaseFence,
+) -> Result<CheckpointOutcome, BrokerError> {
     let Some(keys) = broker.unsealed().await else {
         return Ok(CheckpointOutcome::Idle);
     };
@@ -61,10 +85,21 @@ pub async fn run_once(broker: &Broker) -> Result<CheckpointOutcome, BrokerError>
     let mut event = broker.draft(CHECKPOINT_KIND, Outcome::Ok);
     event.actor = Some("broker".into());
     event.details = checkpoint.into_details(&signature);
-    let seq = broker.record(event).await?;
-    tracing::debug!(seq, covers = to_seq, "audit checkpoint written");
-    metrics::counter!("mayfly_audit_checkpoints_total").increment(1);
-    Ok(CheckpointOutcome::Worked(seq))
+    let write = Write {
+        change: Some(Change::fenced(fence, None)),
+        event,
+    };
+    match broker.commit(write).await? {
+        WriteOutcome::Applied { seq } => {
+            tracing::debug!(seq, covers = to_seq, "audit checkpoint written");
+            metrics::counter!("mayfly_audit_checkpoints_total").increment(1);
+            Ok(CheckpointOutcome::Worked(seq))
+        }
+        WriteOutcome::Conflict { seq, reason } => {
+            tracing::warn!(seq, reason = %reason, "checkpoint not written: this node lost the lease");
+            Ok(CheckpointOutcome::LeaseLost)
+        }
+    }
 }
 
 async fn last_covered(broker: &Broker) -> Result<i64, StoreError> {
@@ -92,9 +127,17 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
     let notify = broker.inner.committer.committed.clone();
     let mut last_count = committed.load(Ordering::Relaxed);
     let mut deadline = tokio::time::Instant::now() + interval;
+    let taken = broker.cluster().acquired(CHECKPOINT_LEASE);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {}
+            // This node just took the lease: sign what the previous holder left.
+            _ = async {
+                match &taken {
+                    Some(taken) => taken.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = notify.notified() => {
                 let count = committed.load(Ordering::Relaxed);
                 if count.saturating_sub(last_count) < every {

@@ -17,6 +17,7 @@ mod audit_forward;
 mod ca_per_target;
 mod call_approvals;
 mod chat;
+mod cluster;
 mod console;
 mod console_browser;
 mod console_ops;

@@ -7,8 +7,8 @@ use crate::dialect::Dialect;
 use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
 use crate::{
-    agents, catalog, exchanged, grants, identity, kv, outbox, proxy_routes, requests, rotations,
-    secrets, sso,
+    agents, catalog, cluster, exchanged, grants, identity, kv, outbox, proxy_routes, requests,
+    rotations, secrets, sso,
 };
 
 pub(super) async fn apply(
@@ -120,7 +120,7 @@ pub(super) async fn apply(
         Change::IssueCertificate { request, grant } => {
             grants::issue_certificate(c, request, grant).await
         }
-        Change::UpdateGrant { update } => grants::update_grant(c, update).await,
+        Change::UpdateGrant { update } => grants::update_grant(c, dialect, update).await,
         Change::ReviewGrant { id, reviewer } => grants::review_grant(c, id, reviewer).await,
         Change::RecordExchangedToken { token, agents } => exchanged::record(c, token, agents).await,
         Change::CreateCallApproval { approval } => agents::create_call_approval(c, approval).await,
@@ -152,12 +152,24 @@ pub(super) async fn apply(
             notifications,
             only_if,
         } => {
-            if let Some(change) = change
-                && let Applied::Conflict(reason) = Box::pin(apply(c, dialect, change)).await?
-            {
-                return Ok(Applied::Conflict(reason));
+            if let Some(change) = change {
+                match Box::pin(apply(c, dialect, change)).await? {
+                    Applied::Done => {}
+                    refused => return Ok(refused),
+                }
             }
             outbox::enqueue(c, notifications, only_if.as_ref()).await
+        }
+        Change::Fenced { lease, inner } => {
+            // The lease first: its row stays locked until the end of the transaction.
+            match cluster::check_fence(c, lease).await? {
+                Applied::Done => {}
+                lost => return Ok(lost),
+            }
+            match inner {
+                Some(inner) => Box::pin(apply(c, dialect, inner)).await,
+                None => Ok(Applied::Done),
+            }
         }
         Change::PutSsoProvider {
             name,

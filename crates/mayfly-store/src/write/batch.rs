@@ -9,7 +9,7 @@ use super::chain::{self, Committed};
 use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
 use crate::records::{Applied, Change, GrantRecord, RequestRecord, Write, WriteOutcome};
-use crate::{grants, requests};
+use crate::{cluster, grants, requests};
 
 /// Why a batch was not committed.
 pub(super) enum BatchError {
@@ -79,7 +79,7 @@ async fn write_batch(
             Some(change) if lean => pending.add(change),
             other => other.as_ref(),
         };
-        let conflict = match change {
+        let refusal = match change {
             Some(change) => {
                 pending.flush(tx).await?;
                 apply_under_savepoint(tx, dialect, change).await?
@@ -87,14 +87,20 @@ async fn write_batch(
             None => None,
         };
         seq += 1;
-        let (row, hash) = match &conflict {
-            Some(reason) => {
+        let (row, hash) = match (&refusal, change) {
+            // A fenced write whose lease was lost records that, not the work it did not do.
+            (Some(Refusal::LeaseLost(reason)), Some(Change::Fenced { lease, .. })) => {
+                let lost = cluster::lease_lost_event(event, lease, reason);
+                chain::chained(&lost, seq, &prev)
+            }
+            (Some(refusal), _) => {
                 let mut refused = event.clone();
-                refused.refuse(reason);
+                refused.refuse(refusal.reason());
                 chain::chained(&refused, seq, &prev)
             }
-            None => chain::chained(event, seq, &prev),
+            (None, _) => chain::chained(event, seq, &prev),
         };
+        let conflict = refusal.map(Refusal::into_reason);
         events.push(row);
         prev = hash;
         outcomes.push(match conflict {
@@ -112,13 +118,35 @@ async fn write_batch(
     Ok((outcomes, (seq, prev), events))
 }
 
-/// Applies one change under a savepoint of its own; the reason it was refused, if it was (a
-/// conflict with the state, or a failed statement: either way nothing of it is kept).
+/// Why a change was refused (nothing of it is kept).
+enum Refusal {
+    /// A conflict with the state, or a failed statement.
+    Conflict(String),
+    /// A [`Change::Fenced`]'s lease was lost.
+    LeaseLost(String),
+}
+
+impl Refusal {
+    fn reason(&self) -> &str {
+        match self {
+            Refusal::Conflict(reason) | Refusal::LeaseLost(reason) => reason,
+        }
+    }
+
+    fn into_reason(self) -> String {
+        match self {
+            Refusal::Conflict(reason) | Refusal::LeaseLost(reason) => reason,
+        }
+    }
+}
+
+/// Applies one change under a savepoint of its own; why it was refused, if it was (a conflict
+/// with the state, a lost lease, or a failed statement: either way nothing of it is kept).
 async fn apply_under_savepoint(
     tx: &mut AnyConnection,
     dialect: Dialect,
     change: &Change,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Refusal>, StoreError> {
     let mut savepoint = tx.begin().await.map_err(unavailable)?;
     match apply(&mut savepoint, dialect, change).await {
         Ok(Applied::Done) => {
@@ -127,12 +155,18 @@ async fn apply_under_savepoint(
         }
         Ok(Applied::Conflict(reason)) => {
             savepoint.rollback().await.map_err(unavailable)?;
-            Ok(Some(reason))
+            Ok(Some(Refusal::Conflict(reason)))
+        }
+        Ok(Applied::LeaseLost(reason)) => {
+            savepoint.rollback().await.map_err(unavailable)?;
+            Ok(Some(Refusal::LeaseLost(reason)))
         }
         Err(error) => {
             tracing::warn!(error = %error, "a change failed inside an audit batch");
             savepoint.rollback().await.map_err(unavailable)?;
-            Ok(Some("the store could not apply the change".into()))
+            Ok(Some(Refusal::Conflict(
+                "the store could not apply the change".into(),
+            )))
         }
     }
 }

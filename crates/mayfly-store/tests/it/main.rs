@@ -11,6 +11,7 @@
 
 mod access;
 mod agents;
+mod cluster;
 mod picture;
 mod postgres;
 mod sqlite;
