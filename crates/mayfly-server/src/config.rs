@@ -59,6 +59,9 @@ pub struct ConfigFile {
     pub step_up_window_seconds: Option<u64>,
     pub call_approval_window_seconds: Option<u64>,
     pub call_approvers: Option<String>,
+    /// `[auto_unseal]`: the node unseals itself from the root key wrapped under its own key
+    /// (`seal/auto.rs`, docs/seal.md).
+    pub auto_unseal: Option<crate::seal::auto::AutoUnsealFile>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -95,6 +98,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("step_up_window_seconds", KeyType::Number),
     ("call_approval_window_seconds", KeyType::Number),
     ("call_approvers", KeyType::Text),
+    ("auto_unseal", KeyType::Table),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -135,6 +139,8 @@ pub struct Config {
     pub audit_sinks: Vec<Arc<crate::audit::sink_spec::SinkSpec>>,
     /// Auto-unseal from this root key file (`mayfly dev` only).
     pub dev_key_file: Option<PathBuf>,
+    /// Auto-unseal from the root key wrapped under this node's key (`[auto_unseal]`).
+    pub auto_unseal: Option<crate::seal::auto::AutoUnseal>,
     /// Batch many requests' audit events in one transaction. Off = one transaction per event
     /// (kept for the benchmark that measures the difference).
     pub group_commit: bool,
@@ -190,6 +196,7 @@ impl Config {
             audit_file: None,
             audit_sinks: Vec::new(),
             dev_key_file: None,
+            auto_unseal: None,
             group_commit: true,
             checkpoint_every_events: 1000,
             checkpoint_interval: Duration::from_secs(10),
@@ -288,12 +295,14 @@ impl Config {
                 };
                 ConfigError::Invalid { origin, reason }
             })?;
-        Self::from_parsed(file, &origins)
+        let credentials_dir = (sources.env)("CREDENTIALS_DIRECTORY").ok();
+        Self::from_parsed(file, &origins, credentials_dir.as_deref())
     }
 
     fn from_parsed(
         file: ConfigFile,
         origins: &BTreeMap<String, String>,
+        credentials_dir: Option<&str>,
     ) -> Result<(Config, Option<SocketAddr>), ConfigError> {
         // `KEY` (from ORIGIN) MESSAGE
         let rule = |key: &str, message: &str| {
@@ -342,6 +351,19 @@ impl Config {
         if let Some(notifications) = file.notifications {
             config.notifications =
                 crate::notify::config::parse(notifications).map_err(ConfigError::Rule)?;
+        }
+        if let Some(auto_unseal) = file.auto_unseal {
+            config.auto_unseal = Some(
+                crate::seal::auto::AutoUnseal::parse(auto_unseal, credentials_dir).map_err(
+                    |message| {
+                        let from = origins
+                            .get("auto_unseal")
+                            .map(|origin| format!(" (from {origin})"))
+                            .unwrap_or_default();
+                        ConfigError::Rule(format!("{message}{from}"))
+                    },
+                )?,
+            );
         }
         if let Some(window) = file.request_pending_window_seconds {
             if !(60..=30 * 86_400).contains(&window) {

@@ -89,6 +89,8 @@ pub struct Inner {
     pub sinks: crate::audit::forward::Sinks,
     /// The audit chain's verification as the console's overview last left it (`audit/search.rs`).
     pub audit_verified: crate::audit::kept::KeptVerification,
+    /// Auto-unseal's state and the past-due grants' count (`seal/auto.rs`).
+    pub seal_watch: crate::seal::auto::SealWatch,
 }
 
 impl std::fmt::Debug for Broker {
@@ -129,6 +131,7 @@ impl Broker {
                 proxy: crate::proxy::ProxyState::new()?,
                 sinks: crate::audit::forward::Sinks::new(&config.audit_sinks),
                 audit_verified: crate::audit::kept::KeptVerification::default(),
+                seal_watch: crate::seal::auto::SealWatch::default(),
                 config,
             }),
         })
