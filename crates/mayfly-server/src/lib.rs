@@ -142,7 +142,10 @@ pub async fn serve(
         broker.clone(),
         stopped.clone(),
     )));
-    tasks.push(tokio::spawn(seal::auto::run(broker.clone(), stopped.clone())));
+    tasks.push(tokio::spawn(seal::auto::run(
+        broker.clone(),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(audit::refused::flush_refusals_every(
         broker.clone(),
         stopped.clone(),

@@ -194,7 +194,9 @@ pub enum Change {
     },
     /// Writes (or replaces) the root key's wrap under one key-encryption key. Conflicts if the
     /// broker is not initialized.
-    PutSealWrap { wrap: SealWrapRecord },
+    PutSealWrap {
+        wrap: SealWrapRecord,
+    },
     /// Writes (or replaces) one encrypted secret.
     PutSecret {
         path: String,

@@ -20,8 +20,8 @@ use crate::records::{
     AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
     ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, KvSecretRecord,
     KvVersionRecord, NotificationRecord, OutboxStats, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SealWrapRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, UserRecord, Write, WriteOutcome,
+    RoleRecord, SealRecord, SealWrapRecord, SessionRecord, SsoPendingRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{

@@ -20,7 +20,6 @@ use mayfly_store::{Change, SealWrapRecord, StoreError, Write, WriteOutcome};
 use serde::Deserialize;
 
 use super::{file, pkcs11};
-use crate::error::BrokerError;
 use crate::state::Broker;
 
 /// The `[auto_unseal]` table as written in the config file.
@@ -81,7 +80,10 @@ pub enum TokenChoice {
 impl AutoUnseal {
     /// Checks the table; `credentials_dir` is `$CREDENTIALS_DIRECTORY`, which relative paths are
     /// read in. The message names the key.
-    pub fn parse(file: AutoUnsealFile, credentials_dir: Option<&str>) -> Result<AutoUnseal, String> {
+    pub fn parse(
+        file: AutoUnsealFile,
+        credentials_dir: Option<&str>,
+    ) -> Result<AutoUnseal, String> {
         match file {
             AutoUnsealFile::File(file) => Ok(AutoUnseal::File {
                 path: resolve("auto_unseal.path", file.path, credentials_dir)?,
@@ -329,7 +331,9 @@ impl Broker {
         })
         .await;
         let (key_id, root) = result?;
-        self.inner.seal_watch.set(|state| state.key_id = Some(key_id.clone()));
+        self.inner
+            .seal_watch
+            .set(|state| state.key_id = Some(key_id.clone()));
         let Some(root) = root else {
             return Err(AutoUnsealError::NoWrap { key_id });
         };
@@ -524,7 +528,10 @@ pub async fn unseal_at_start(broker: &Broker) {
     if broker.inner.config.auto_unseal.is_none() {
         return;
     }
-    if tokio::time::timeout(AT_START, attempt(broker)).await.is_err() {
+    if tokio::time::timeout(AT_START, attempt(broker))
+        .await
+        .is_err()
+    {
         tracing::warn!("auto-unseal is taking long; serving sealed meanwhile");
     }
 }
@@ -548,7 +555,10 @@ async fn attempt(broker: &Broker) -> Option<Retry> {
                 }
             }
             let text = error.to_string();
-            broker.inner.seal_watch.set(|state| state.error = Some(text));
+            broker
+                .inner
+                .seal_watch
+                .set(|state| state.error = Some(text));
             if matches!(retry, Retry::Never) {
                 broker
                     .inner
@@ -589,8 +599,12 @@ mod tests {
                 path: PathBuf::from(path),
             })
         };
-        check(r#"kind = "file"
-path = "/etc/mayfly/unseal.key""#, None, file("/etc/mayfly/unseal.key"));
+        check(
+            r#"kind = "file"
+path = "/etc/mayfly/unseal.key""#,
+            None,
+            file("/etc/mayfly/unseal.key"),
+        );
         check(
             r#"kind = "file"
 path = "unseal-key""#,

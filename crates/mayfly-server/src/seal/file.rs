@@ -118,8 +118,14 @@ mod tests {
     #[test]
     fn key_files_are_raw_or_hex() {
         check(&[7u8; 32], Some([7u8; 32]));
-        check(format!("{}\n", "ab".repeat(32)).as_bytes(), Some([0xab; 32]));
-        check(format!("  {}  ", "AB".repeat(32)).as_bytes(), Some([0xab; 32]));
+        check(
+            format!("{}\n", "ab".repeat(32)).as_bytes(),
+            Some([0xab; 32]),
+        );
+        check(
+            format!("  {}  ", "AB".repeat(32)).as_bytes(),
+            Some([0xab; 32]),
+        );
         check(&[7u8; 31], None);
         check(&[7u8; 33], None);
         check("ab".repeat(31).as_bytes(), None);

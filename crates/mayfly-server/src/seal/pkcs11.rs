@@ -47,7 +47,9 @@ impl Pkcs11Kek {
         let pin = read_pin(&settings.pin_file)?;
         let context = module(&settings.module)?;
         let (slot, serial) = find_token(&context, &settings.token)?;
-        let session = context.open_ro_session(slot).map_err(hsm("open a session"))?;
+        let session = context
+            .open_ro_session(slot)
+            .map_err(hsm("open a session"))?;
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(Error::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange, _)) => {
@@ -61,7 +63,9 @@ impl Pkcs11Kek {
             Attribute::KeyType(KeyType::AES),
             Attribute::Label(settings.key_label.as_bytes().to_vec()),
         ];
-        let keys = session.find_objects(&template).map_err(hsm("find the key"))?;
+        let keys = session
+            .find_objects(&template)
+            .map_err(hsm("find the key"))?;
         let key = match keys.as_slice() {
             [key] => *key,
             [] => {
@@ -95,8 +99,8 @@ impl Pkcs11Kek {
         let iv: [u8; IV_LEN] = mayfly_crypto::random_bytes()
             .map_err(|e| AutoUnsealError::Unseal(format!("random IV: {e}")))?;
         let mut iv_param = iv;
-        let params = GcmParams::new(&mut iv_param, aad, TAG_BITS.into())
-            .map_err(hsm("set up AES-GCM"))?;
+        let params =
+            GcmParams::new(&mut iv_param, aad, TAG_BITS.into()).map_err(hsm("set up AES-GCM"))?;
         let ciphertext = self
             .session
             .encrypt(&Mechanism::AesGcm(params), self.key, root.expose_bytes())

@@ -71,7 +71,10 @@ impl Node {
             .unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -142,6 +145,22 @@ impl Node {
             .collect()
     }
 
+    /// The events of `kind` once there are `n` of them (an event follows the state it records).
+    async fn events_until(&self, kind: &str, n: usize) -> Vec<Value> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let events = self.events(kind).await;
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                started.elapsed() < BOUND,
+                "waited for {n} `{kind}`: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
@@ -202,7 +221,9 @@ async fn root_key(node: &Node, shares: &[String]) -> [u8; 32] {
         .iter()
         .map(|s| mayfly_crypto::seal::parse_share(s, &seal.seal_id).unwrap())
         .collect();
-    *mayfly_crypto::seal::combine(&shares).unwrap().expose_bytes()
+    *mayfly_crypto::seal::combine(&shares)
+        .unwrap()
+        .expose_bytes()
 }
 
 /// Every stored byte a key could hide in: the seal, the wraps, the secrets and the audit log.
@@ -253,11 +274,16 @@ async fn a_key_file_wraps_the_root_key_at_init_and_a_restarted_node_unseals_itse
     // Not initialized: sealed, waiting, and it says what to do.
     let first = Node::start(&db.url, Some(key.clone())).await;
     let health = first
-        .health_until("the first attempt", |h| h["auto_unseal"]["error"].is_string())
+        .health_until("the first attempt", |h| {
+            h["auto_unseal"]["error"].is_string()
+        })
         .await;
     assert_eq!(health["sealed"], true);
     assert_eq!(health["auto_unseal"]["kind"], "file");
-    assert!(error_of(&health).contains("mayfly operator init"), "{health}");
+    assert!(
+        error_of(&health).contains("mayfly operator init"),
+        "{health}"
+    );
 
     // Init with Shamir: the root key is wrapped under the key file at once, and the node
     // unseals itself from that wrap, without shares.
@@ -272,7 +298,7 @@ async fn a_key_file_wraps_the_root_key_at_init_and_a_restarted_node_unseals_itse
     assert_eq!(wraps.len(), 1, "{wraps:?}");
     assert_eq!(wraps[0]["details"]["key_id"], key_id.as_str());
     assert_eq!(wraps[0]["details"]["kind"], "file");
-    let unseals = first.events("sys.unseal").await;
+    let unseals = first.events_until("sys.unseal", 1).await;
     assert_eq!(unseals.len(), 1, "{unseals:?}");
     assert_eq!(unseals[0]["details"]["method"], "auto");
     let (status, seal_status) = first.get("/v1/sys/seal-status").await;
@@ -290,7 +316,7 @@ async fn a_key_file_wraps_the_root_key_at_init_and_a_restarted_node_unseals_itse
     second
         .health_until("the second node", |h| h["sealed"] == false)
         .await;
-    let unseals = second.events("sys.unseal").await;
+    let unseals = second.events_until("sys.unseal", 3).await;
     assert_eq!(unseals.len(), 3, "{unseals:?}");
     assert!(unseals.iter().all(|e| e["details"]["method"] == "auto"));
     // Nothing in the store holds the root key or the key file's key in clear (or in hex).
@@ -321,7 +347,10 @@ async fn a_wrong_key_file_stays_sealed_until_shares_unseal_it_and_it_then_has_it
     assert_eq!(health["sealed"], true, "{health}");
     assert_eq!(health["auto_unseal"]["state"], "failed", "{health}");
     let error = error_of(&health);
-    assert!(error.contains("no wrap of the root key under key `file:"), "{error}");
+    assert!(
+        error.contains("no wrap of the root key under key `file:"),
+        "{error}"
+    );
     assert!(error.contains("unseal once with key shares"), "{error}");
     assert!(!error.contains(&hex::encode([0x33; 32])), "{error}");
     // Work is refused while sealed.
@@ -565,7 +594,10 @@ async fn a_key_inside_a_softhsm2_token_unseals_a_restarted_node() {
             String::from_utf8_lossy(&child.stdout),
             String::from_utf8_lossy(&child.stderr)
         );
-        assert!(child.status.success(), "the PKCS#11 scenario failed:\n{output}");
+        assert!(
+            child.status.success(),
+            "the PKCS#11 scenario failed:\n{output}"
+        );
         assert!(output.contains("1 passed"), "{output}");
         return;
     };
@@ -604,7 +636,7 @@ async fn a_key_inside_a_softhsm2_token_unseals_a_restarted_node() {
     let health = node.health().await;
     assert_eq!(health["sealed"], false, "{health}");
     assert_eq!(health["auto_unseal"]["key_id"], key_id.as_str());
-    let unseals = node.events("sys.unseal").await;
+    let unseals = node.events_until("sys.unseal", 2).await;
     assert_eq!(unseals.len(), 2, "{unseals:?}");
     assert!(unseals.iter().all(|e| e["details"]["method"] == "auto"));
     let root = root_key(&node, &shares).await;
@@ -619,7 +651,10 @@ async fn a_key_inside_a_softhsm2_token_unseals_a_restarted_node() {
     assert_eq!(health["sealed"], true, "{health}");
     let error = error_of(&health);
     assert!(error.contains("the token refused the PIN"), "{error}");
-    assert!(!error.contains("0000-wrong") && !error.contains(USER_PIN), "{error}");
+    assert!(
+        !error.contains("0000-wrong") && !error.contains(USER_PIN),
+        "{error}"
+    );
     node.stop().await;
 
     // No key by that label in the token.
