@@ -662,7 +662,10 @@ key_label = "mayfly-unseal"
             Err("1 to 32 characters"),
         );
         check(
-            &hsm.replace("/usr/lib/softhsm/", ""),
+            &format!(
+                "{}token_label = \"m\"",
+                hsm.replace("/usr/lib/softhsm/", "")
+            ),
             None,
             Err("`auto_unseal.module` must be an absolute path"),
         );

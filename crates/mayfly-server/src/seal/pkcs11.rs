@@ -129,8 +129,11 @@ impl Pkcs11Kek {
             .decrypt(&Mechanism::AesGcm(params), self.key, ciphertext)
         {
             Ok(plaintext) => Zeroizing::new(plaintext),
+            // A tag that does not verify: SoftHSM2 answers CKR_GENERAL_ERROR, others
+            // CKR_ENCRYPTED_DATA_INVALID (the key itself was found and logged in to).
             Err(Error::Pkcs11(
-                RvError::EncryptedDataInvalid
+                RvError::GeneralError
+                | RvError::EncryptedDataInvalid
                 | RvError::EncryptedDataLenRange
                 | RvError::DataInvalid
                 | RvError::DataLenRange
