@@ -70,6 +70,15 @@ if [ ! -x /usr/sbin/rsyslogd ] || ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/nu
 fi
 echo "rsyslogd is installed: $(/usr/sbin/rsyslogd -v 2>&1 | head -n1)"
 
+# SoftHSM2, a PKCS#11 token in software, for the auto-unseal tests (each test makes its own token
+# directory through SOFTHSM2_CONF; the system's tokens are not used).
+if [ ! -f /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null 2>&1; then
+    echo "Installing softhsm2 (Debian's package) for the auto-unseal tests"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q softhsm2 >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q softhsm2 >/dev/null; }
+fi
+echo "SoftHSM2 is installed: $(softhsm2-util --version 2>&1 | head -n1)"
+
 # PyJWT with its `cryptography` backend, the independent verifier of the broker's JWTs
 # (crates/mayfly-server/tests/it/verify_jwt.py). Installed from PyPI for this python3 if missing.
 if ! python3 -c "import jwt, cryptography" >/dev/null 2>&1; then

@@ -26,6 +26,30 @@ pub struct Health {
     pub initialized: bool,
     pub sealed: bool,
     pub version: String,
+    /// Live grants past due (their expiry or next revocation attempt is at or before now): what
+    /// nobody revokes while the broker is sealed. Counted in the store, so every node sharing it
+    /// says the same.
+    #[serde(default)]
+    pub past_due_grants: u64,
+    /// This node's auto-unseal, when configured (`[auto_unseal]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_unseal: Option<AutoUnsealStatus>,
+}
+
+/// How this node's auto-unseal stands. Never holds key material.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AutoUnsealStatus {
+    /// `pkcs11` or `file`.
+    pub kind: String,
+    /// The key-encryption key's id (`pkcs11:SERIAL:LABEL`, `file:FINGERPRINT`), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// `unsealed` (this node unsealed itself), `waiting` (not tried yet, or no wrap yet: it
+    /// tries again), `failed` (see `error`).
+    pub state: String,
+    /// What went wrong last, and what to do. The node stays sealed meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -37,6 +61,9 @@ pub struct SealStatus {
     pub n_shares: u8,
     /// Shares given so far in this unseal attempt.
     pub progress: u8,
+    /// This node's auto-unseal, when configured (`[auto_unseal]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_unseal: Option<AutoUnsealStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

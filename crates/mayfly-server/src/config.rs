@@ -65,6 +65,9 @@ pub struct ConfigFile {
     pub node_lease_ms: Option<u64>,
     /// How often it heartbeats (at most half of `node_lease_ms`).
     pub heartbeat_interval_ms: Option<u64>,
+    /// `[auto_unseal]`: the node unseals itself from the root key wrapped under its own key
+    /// (`seal/auto.rs`, docs/seal.md).
+    pub auto_unseal: Option<crate::seal::auto::AutoUnsealFile>,
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -104,6 +107,7 @@ pub const KEYS: &[(&str, KeyType)] = &[
     ("node_name", KeyType::Text),
     ("node_lease_ms", KeyType::Number),
     ("heartbeat_interval_ms", KeyType::Number),
+    ("auto_unseal", KeyType::Table),
 ];
 
 /// The environment variable that overrides `key`: `MAYFLY_` and the key in upper case.
@@ -144,6 +148,8 @@ pub struct Config {
     pub audit_sinks: Vec<Arc<crate::audit::sink_spec::SinkSpec>>,
     /// Auto-unseal from this root key file (`mayfly dev` only).
     pub dev_key_file: Option<PathBuf>,
+    /// Auto-unseal from the root key wrapped under this node's key (`[auto_unseal]`).
+    pub auto_unseal: Option<crate::seal::auto::AutoUnseal>,
     /// Batch many requests' audit events in one transaction. Off = one transaction per event
     /// (kept for the benchmark that measures the difference).
     pub group_commit: bool,
@@ -208,6 +214,7 @@ impl Config {
             audit_file: None,
             audit_sinks: Vec::new(),
             dev_key_file: None,
+            auto_unseal: None,
             group_commit: true,
             checkpoint_every_events: 1000,
             checkpoint_interval: Duration::from_secs(10),
@@ -309,12 +316,14 @@ impl Config {
                 };
                 ConfigError::Invalid { origin, reason }
             })?;
-        Self::from_parsed(file, &origins)
+        let credentials_dir = (sources.env)("CREDENTIALS_DIRECTORY").ok();
+        Self::from_parsed(file, &origins, credentials_dir.as_deref())
     }
 
     fn from_parsed(
         file: ConfigFile,
         origins: &BTreeMap<String, String>,
+        credentials_dir: Option<&str>,
     ) -> Result<(Config, Option<SocketAddr>), ConfigError> {
         // `KEY` (from ORIGIN) MESSAGE
         let rule = |key: &str, message: &str| {
@@ -363,6 +372,19 @@ impl Config {
         if let Some(notifications) = file.notifications {
             config.notifications =
                 crate::notify::config::parse(notifications).map_err(ConfigError::Rule)?;
+        }
+        if let Some(auto_unseal) = file.auto_unseal {
+            config.auto_unseal = Some(
+                crate::seal::auto::AutoUnseal::parse(auto_unseal, credentials_dir).map_err(
+                    |message| {
+                        let from = origins
+                            .get("auto_unseal")
+                            .map(|origin| format!(" (from {origin})"))
+                            .unwrap_or_default();
+                        ConfigError::Rule(format!("{message}{from}"))
+                    },
+                )?,
+            );
         }
         if let Some(window) = file.request_pending_window_seconds {
             if !(60..=30 * 86_400).contains(&window) {

@@ -153,6 +153,10 @@ pub async fn serve(
         broker.clone(),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(seal::auto::run(
+        broker.clone(),
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(audit::refused::flush_refusals_every(
         broker.clone(),
         stopped.clone(),
@@ -182,7 +186,8 @@ pub async fn serve(
     result
 }
 
-/// [`start`] then [`serve`].
+/// [`start`], unseal (from the dev key file, or by auto-unseal), then [`serve`]. A failed
+/// auto-unseal does not stop the server: it serves sealed, says why in health and tries again.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -192,6 +197,9 @@ pub async fn run(
     if let Some(key_file) = broker.inner.config.dev_key_file.clone() {
         dev::unseal_from_file(&broker, &key_file).await?;
     }
+    // Serve unsealed from the first answer when the key is at hand; `serve`'s seal watch tries
+    // again after a failure.
+    seal::auto::unseal_at_start(&broker).await;
     serve(listener, broker, shutdown).await
 }
 

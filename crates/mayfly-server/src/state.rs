@@ -91,6 +91,8 @@ pub struct Inner {
     pub audit_verified: crate::audit::kept::KeptVerification,
     /// This node among the brokers sharing the store: heartbeat, leases, due hints (`cluster.rs`).
     pub cluster: crate::cluster::Cluster,
+    /// Auto-unseal's state and the past-due grants' count (`seal/auto.rs`).
+    pub seal_watch: crate::seal::auto::SealWatch,
 }
 
 impl std::fmt::Debug for Broker {
@@ -132,6 +134,7 @@ impl Broker {
                 sinks: crate::audit::forward::Sinks::new(&config.audit_sinks),
                 audit_verified: crate::audit::kept::KeptVerification::default(),
                 cluster: crate::cluster::Cluster::default(),
+                seal_watch: crate::seal::auto::SealWatch::default(),
                 config,
             }),
         })

@@ -27,6 +27,8 @@
 //!   (`rotations`: the rotation of targets' admin secrets; `sso`: single sign-on; `agents`: the
 //!   agents' kill switch and the approvals of single tool calls), the changes that write them and
 //!   the reads. (`exchanged` and `identity` call `agents` to mark an agent seen.)
+//! - `seal_wraps`: the root key's wraps per key-encryption key (auto-unseal) and the count of
+//!   live grants past due.
 //! - `picture`: the dashboard's narrow reads across grants, requests and the log (issue 21).
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
@@ -49,6 +51,7 @@ mod records;
 mod requests;
 mod rotations;
 mod rows;
+mod seal_wraps;
 mod secrets;
 mod sso;
 mod store;
@@ -67,7 +70,7 @@ pub use records::{
     CallApprovalState, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
     JwtConfigRecord, KvSecretRecord, KvVersionRecord, LeaseFence, NotificationRecord,
     NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
+    RoleRecord, SealRecord, SealWrapRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
     ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
@@ -104,6 +107,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn seal(&self) -> Result<Option<SealRecord>, StoreError>;
     async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The root key's wrap under the key-encryption key `key_id` (auto-unseal), if any.
+    async fn seal_wrap(&self, key_id: &str) -> Result<Option<SealWrapRecord>, StoreError>;
+    /// How many live grants were due at or before `now` (an indexed count: only those rows are
+    /// read). Above zero for long, nobody is revoking: the broker is sealed, or its expiry is stuck.
+    async fn past_due_grants(&self, now: Timestamp) -> Result<u64, StoreError>;
     /// The paths of the stored secrets that start with `prefix`, in (byte) order of path.
     async fn secret_paths(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 

@@ -20,6 +20,27 @@ pub struct SealRecord {
     pub created_at: Timestamp,
 }
 
+/// The root key wrapped under one key-encryption key (auto-unseal, migration 0017).
+#[derive(Clone)]
+pub struct SealWrapRecord {
+    /// Which key: `pkcs11:SERIAL:LABEL` or `file:FINGERPRINT`.
+    pub key_id: String,
+    /// `pkcs11` or `file`.
+    pub kind: String,
+    /// Version ‖ nonce ‖ AES-256-GCM ciphertext and tag.
+    pub wrapped: Vec<u8>,
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for SealWrapRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealWrapRecord")
+            .field("key_id", &self.key_id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRecord {
     pub id: String,
@@ -170,6 +191,11 @@ pub enum Change {
     Initialize {
         seal: SealRecord,
         secrets: Vec<(String, Vec<u8>)>,
+    },
+    /// Writes (or replaces) the root key's wrap under one key-encryption key. Conflicts if the
+    /// broker is not initialized.
+    PutSealWrap {
+        wrap: SealWrapRecord,
     },
     /// Writes (or replaces) one encrypted secret.
     PutSecret {

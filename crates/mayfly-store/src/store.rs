@@ -20,14 +20,14 @@ use crate::records::{
     AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
     ExchangedTokenRecord, GrantFilter, GrantRecord, JwtConfigRecord, KvSecretRecord,
     KvVersionRecord, NotificationRecord, OutboxStats, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, UserRecord, Write, WriteOutcome,
+    RoleRecord, SealRecord, SealWrapRecord, SessionRecord, SsoPendingRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, UserRecord, Write, WriteOutcome,
 };
 use crate::write::{Script, Writer};
 use crate::{
     Capabilities, Claimant, Claimed, ClusterRows, DueHints, NodeRecord, NodeRegistration,
     PictureQuery, PictureRows, Store, agents, audit, catalog, cluster, exchanged, grants, identity,
-    kv, outbox, picture, proxy_routes, requests, rotations, secrets,
+    kv, outbox, picture, proxy_routes, requests, rotations, seal_wraps, secrets,
 };
 
 #[derive(Debug)]
@@ -158,6 +158,14 @@ impl Store for SqlStore {
 
     async fn seal(&self) -> Result<Option<SealRecord>, StoreError> {
         secrets::seal(&self.pool).await
+    }
+
+    async fn seal_wrap(&self, key_id: &str) -> Result<Option<SealWrapRecord>, StoreError> {
+        seal_wraps::seal_wrap(&self.pool, key_id).await
+    }
+
+    async fn past_due_grants(&self, now: Timestamp) -> Result<u64, StoreError> {
+        seal_wraps::past_due_grants(&self.pool, now).await
     }
 
     async fn secret(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -54,6 +54,8 @@ pub async fn health(State(broker): State<Broker>) -> ApiResult<Health> {
         initialized: status.initialized,
         sealed: status.sealed,
         version: env!("CARGO_PKG_VERSION").into(),
+        past_due_grants: broker.past_due_grants().await?,
+        auto_unseal: status.auto_unseal,
     }))
 }
 

@@ -14,6 +14,7 @@ mod agents;
 mod api;
 mod audit;
 mod audit_forward;
+mod auto_unseal;
 mod ca_per_target;
 mod call_approvals;
 mod chat;

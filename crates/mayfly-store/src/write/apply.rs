@@ -8,7 +8,7 @@ use crate::identity::{JwtTable, LoginThrottle};
 use crate::records::{Applied, Change};
 use crate::{
     agents, catalog, cluster, exchanged, grants, identity, kv, outbox, proxy_routes, requests,
-    rotations, secrets, sso,
+    rotations, seal_wraps, secrets, sso,
 };
 
 pub(super) async fn apply(
@@ -18,6 +18,7 @@ pub(super) async fn apply(
 ) -> Result<Applied, sqlx::Error> {
     match change {
         Change::Initialize { seal, secrets } => secrets::initialize(c, seal, secrets).await,
+        Change::PutSealWrap { wrap } => seal_wraps::put_seal_wrap(c, wrap).await,
         Change::PutSecret { path, blob, at } => secrets::put_secret(c, path, blob, *at).await,
         Change::CreateSecret { path, blob, at } => secrets::create_secret(c, path, blob, *at).await,
         Change::SetupFirstAdmin {

@@ -1,6 +1,14 @@
 //! Initialization and the seal: the root key is split into Shamir shares at init and exists only
 //! in memory once enough shares are given. A key-check value tells a right root key from a wrong
 //! one, so bad shares are refused and never turned into a wrong key.
+//!
+//! With `[auto_unseal]` (`auto.rs`), the root key is also wrapped under the node's own key (a
+//! PKCS#11 token, `pkcs11.rs`, or a key file, `file.rs`) as soon as it is in hand, and the node
+//! unseals itself from that wrap when it starts.
+
+pub mod auto;
+mod file;
+mod pkcs11;
 
 use std::sync::Arc;
 
@@ -27,6 +35,7 @@ impl Broker {
                 threshold: 0,
                 n_shares: 0,
                 progress: 0,
+                auto_unseal: self.auto_unseal_status(true),
             },
             Some(seal) => SealStatus {
                 initialized: true,
@@ -34,6 +43,7 @@ impl Broker {
                 threshold: u8::try_from(seal.threshold).unwrap_or(0),
                 n_shares: u8::try_from(seal.n_shares).unwrap_or(0),
                 progress: u8::try_from(progress).unwrap_or(u8::MAX),
+                auto_unseal: self.auto_unseal_status(sealed),
             },
         })
     }
@@ -120,7 +130,11 @@ impl Broker {
             })
             .await?;
         match outcome {
-            WriteOutcome::Applied { .. } => Ok(setup_code),
+            WriteOutcome::Applied { .. } => {
+                // The node stays sealed; with `[auto_unseal]` it unseals itself from this wrap.
+                self.wrap_root_key(root).await;
+                Ok(setup_code)
+            }
             WriteOutcome::Conflict { .. } => Err(BrokerError::Conflict(
                 "the broker is already initialized".into(),
             )),
@@ -183,7 +197,8 @@ impl Broker {
         self.unseal_with_root(&root).await?;
         self.record(
             self.draft("sys.unseal", Outcome::Ok)
-                .detail("progress", "unsealed"),
+                .detail("progress", "unsealed")
+                .detail("method", "shares"),
         )
         .await?;
         self.seal_status().await
@@ -193,8 +208,16 @@ impl Broker {
         self.inner.progress.lock().await.shares.clear();
     }
 
-    /// Opens the keyring with the root key and loads the broker's own keys.
+    /// Opens the keyring with the root key and loads the broker's own keys; then, with
+    /// `[auto_unseal]`, makes sure the root key is wrapped under this node's key.
     pub async fn unseal_with_root(&self, root: &RootKey) -> Result<(), BrokerError> {
+        self.open_with_root(root).await?;
+        self.wrap_root_key(root).await;
+        Ok(())
+    }
+
+    /// Opens the keyring with the root key and loads the broker's own keys.
+    async fn open_with_root(&self, root: &RootKey) -> Result<(), BrokerError> {
         let seal = self
             .store()
             .seal()
@@ -217,6 +240,7 @@ impl Broker {
             token_keys: crate::token_key_cache::KeyCache::default(),
         };
         *self.inner.unsealed.write().await = Some(Arc::new(unsealed));
+        self.inner.seal_watch.unsealed();
         metrics::gauge!("mayfly_sealed").set(0.0);
         tracing::info!("broker unsealed");
         Ok(())

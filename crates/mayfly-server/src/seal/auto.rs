@@ -1,0 +1,673 @@
+//! Auto-unseal: the root key wrapped under a key-encryption key the node reaches without people,
+//! a key inside a PKCS#11 token (`pkcs11.rs`: the key never leaves the token) or a 32-byte key
+//! file such as a systemd credential (`file.rs`). Shamir shares stay for the first init and for
+//! recovery: once the root key is in hand (at init, or after an unseal with shares), the broker
+//! wraps it under its key and stores the wrap by key id (`sys.seal.wrap`); on start it unwraps it
+//! and unseals itself (`sys.unseal`, method `auto`).
+//!
+//! A failure (no wrap yet, a wrong PIN, a wrong key, a missing module) leaves the node sealed and
+//! serving: the error is logged and shown in `/v1/sys/health`, and [`run`] tries again with a
+//! back-off, except after a refused PIN (a token locks itself after a few).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mayfly_api::AutoUnsealStatus;
+use mayfly_core::audit::Outcome;
+use mayfly_crypto::barrier::{self, RootKey};
+use mayfly_store::{Change, SealWrapRecord, StoreError, Write, WriteOutcome};
+use serde::Deserialize;
+
+use super::{file, pkcs11};
+use crate::state::Broker;
+
+/// The `[auto_unseal]` table as written in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AutoUnsealFile {
+    /// `kind = "file"`: a 32-byte key (raw, or 64 hex digits) in a file.
+    File(FileKeyFile),
+    /// `kind = "pkcs11"`: an AES-256 key inside a PKCS#11 token.
+    Pkcs11(Pkcs11File),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeyFile {
+    /// Absolute, or a name in `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`,
+    /// `LoadCredentialEncrypted=` for a TPM-sealed one).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11File {
+    /// The PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// The token, by label...
+    pub token_label: Option<String>,
+    /// ... or by slot id.
+    pub slot: Option<u64>,
+    /// The user PIN, in a file (absolute, or a name in `$CREDENTIALS_DIRECTORY`).
+    pub pin_file: PathBuf,
+    /// The label of the AES-256 secret key inside the token.
+    pub key_label: String,
+}
+
+/// Validated `[auto_unseal]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoUnseal {
+    File { path: PathBuf },
+    Pkcs11(Pkcs11Settings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Settings {
+    pub module: PathBuf,
+    pub token: TokenChoice,
+    pub pin_file: PathBuf,
+    pub key_label: String,
+}
+
+/// Which token of the module holds the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenChoice {
+    Label(String),
+    Slot(u64),
+}
+
+impl AutoUnseal {
+    /// Checks the table; `credentials_dir` is `$CREDENTIALS_DIRECTORY`, which relative paths are
+    /// read in. The message names the key.
+    pub fn parse(
+        file: AutoUnsealFile,
+        credentials_dir: Option<&str>,
+    ) -> Result<AutoUnseal, String> {
+        match file {
+            AutoUnsealFile::File(file) => Ok(AutoUnseal::File {
+                path: resolve("auto_unseal.path", file.path, credentials_dir)?,
+            }),
+            AutoUnsealFile::Pkcs11(file) => {
+                let token = match (file.token_label, file.slot) {
+                    (Some(label), None) if !label.is_empty() && label.len() <= 32 => {
+                        TokenChoice::Label(label)
+                    }
+                    (None, Some(slot)) => TokenChoice::Slot(slot),
+                    (Some(_), None) => {
+                        return Err("`auto_unseal.token_label` must have 1 to 32 characters".into());
+                    }
+                    _ => {
+                        return Err(
+                            "`auto_unseal` with `kind = \"pkcs11\"` needs `token_label` or `slot`, not both"
+                                .into(),
+                        );
+                    }
+                };
+                if file.key_label.is_empty() || file.key_label.len() > 128 {
+                    return Err("`auto_unseal.key_label` must have 1 to 128 characters".into());
+                }
+                if !file.module.is_absolute() {
+                    return Err("`auto_unseal.module` must be an absolute path".into());
+                }
+                Ok(AutoUnseal::Pkcs11(Pkcs11Settings {
+                    module: file.module,
+                    token,
+                    pin_file: resolve("auto_unseal.pin_file", file.pin_file, credentials_dir)?,
+                    key_label: file.key_label,
+                }))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AutoUnseal::File { .. } => "file",
+            AutoUnseal::Pkcs11(_) => "pkcs11",
+        }
+    }
+}
+
+fn resolve(key: &str, path: PathBuf, credentials_dir: Option<&str>) -> Result<PathBuf, String> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    match credentials_dir {
+        Some(dir) if !dir.is_empty() => Ok(Path::new(dir).join(path)),
+        _ => Err(format!(
+            "`{key}` is relative, which means a name in `$CREDENTIALS_DIRECTORY` (systemd credentials), but that is not set: give an absolute path"
+        )),
+    }
+}
+
+/// Why the node did not unseal itself. Each message says what to do; none holds key material.
+#[derive(Debug, thiserror::Error)]
+pub enum AutoUnsealError {
+    #[error("the broker is not initialized yet: run `mayfly operator init`")]
+    NotInitialized,
+    #[error(
+        "no wrap of the root key under key `{key_id}` yet: unseal once with key shares (`mayfly operator unseal`) and this node wraps it"
+    )]
+    NoWrap { key_id: String },
+    #[error("cannot read the key file (`auto_unseal.path`): {reason}")]
+    KeyFile { reason: String },
+    #[error(
+        "the key file (`auto_unseal.path`) must hold exactly 32 bytes, or 64 hex digits: make one with `openssl rand -hex 32`"
+    )]
+    KeyFileFormat,
+    #[error(
+        "cannot load the PKCS#11 module (`auto_unseal.module`): {reason}: install it (Debian: `apt-get install softhsm2` for SoftHSM2) or fix the path"
+    )]
+    Module { reason: String },
+    #[error("PKCS#11 token: {reason}")]
+    Token { reason: String },
+    #[error("cannot read the PIN file (`auto_unseal.pin_file`): {reason}")]
+    PinFile { reason: String },
+    #[error(
+        "the token refused the PIN from `auto_unseal.pin_file`: fix the file and restart, or unseal with key shares (not retried: tokens lock after a few wrong PINs)"
+    )]
+    PinIncorrect,
+    #[error(
+        "the token's user PIN is locked: unlock it with the security officer PIN, or unseal with key shares"
+    )]
+    PinLocked,
+    #[error(
+        "no AES key labelled `{label}` on the token: create one inside the token (docs/seal.md)"
+    )]
+    KeyNotFound { label: String },
+    #[error(
+        "the stored wrap does not open with key `{key_id}` (the key was replaced, or the wrap altered): unseal with key shares and this node wraps the root key again"
+    )]
+    WrongKey { key_id: String },
+    #[error("PKCS#11: {reason}")]
+    Hsm { reason: String },
+    #[error("the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unseal(String),
+}
+
+impl AutoUnsealError {
+    /// When to try again: soon while no wrap exists (another node or an operator makes one),
+    /// with a back-off after other failures, never after a refused or locked PIN.
+    fn retry(&self) -> Retry {
+        match self {
+            AutoUnsealError::NotInitialized | AutoUnsealError::NoWrap { .. } => Retry::Soon,
+            AutoUnsealError::PinIncorrect | AutoUnsealError::PinLocked => Retry::Never,
+            _ => Retry::BackOff,
+        }
+    }
+}
+
+enum Retry {
+    Soon,
+    BackOff,
+    Never,
+}
+
+/// How often a node without a wrap looks for one.
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// The longest wait between attempts after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the past-due gauge is refreshed.
+const PAST_DUE_EVERY: Duration = Duration::from_secs(5);
+/// A count of past-due grants younger than this is answered again as it is (a health check
+/// hammered does not become a count per call).
+const PAST_DUE_KEPT: Duration = Duration::from_secs(1);
+
+/// What this node knows of its auto-unseal and of the past-due grants; in [`Broker`]'s state.
+#[derive(Debug, Default)]
+pub struct SealWatch {
+    auto: Mutex<AutoState>,
+    /// Set after a failure that must not be retried (a refused PIN).
+    given_up: std::sync::atomic::AtomicBool,
+    past_due: Mutex<Option<(tokio::time::Instant, u64)>>,
+}
+
+#[derive(Debug, Default)]
+struct AutoState {
+    key_id: Option<String>,
+    error: Option<String>,
+}
+
+impl SealWatch {
+    fn set(&self, change: impl FnOnce(&mut AutoState)) {
+        if let Ok(mut state) = self.auto.lock() {
+            change(&mut state);
+        }
+    }
+
+    /// Forgets the last auto-unseal error (the node is unsealed now, by whatever means).
+    pub(super) fn unsealed(&self) {
+        self.set(|state| state.error = None);
+    }
+}
+
+/// The key-encryption key of this node, opened for one wrap or unwrap.
+pub(super) enum Kek {
+    File(file::FileKek),
+    Pkcs11(pkcs11::Pkcs11Kek),
+}
+
+impl Kek {
+    /// Reads the key file, or finds the key in the token (blocking: run off the async workers).
+    fn open(settings: &AutoUnseal) -> Result<Kek, AutoUnsealError> {
+        match settings {
+            AutoUnseal::File { path } => Ok(Kek::File(file::FileKek::read(path)?)),
+            AutoUnseal::Pkcs11(settings) => Ok(Kek::Pkcs11(pkcs11::Pkcs11Kek::open(settings)?)),
+        }
+    }
+
+    fn key_id(&self) -> &str {
+        match self {
+            Kek::File(kek) => kek.key_id(),
+            Kek::Pkcs11(kek) => kek.key_id(),
+        }
+    }
+
+    fn wrap(&self, root: &RootKey, aad: &[u8]) -> Result<Vec<u8>, AutoUnsealError> {
+        match self {
+            Kek::File(kek) => kek.wrap(root, aad),
+            Kek::Pkcs11(kek) => kek.wrap(root, aad),
+        }
+    }
+
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<RootKey, AutoUnsealError> {
+        match self {
+            Kek::File(kek) => kek.unwrap(wrapped, aad),
+            Kek::Pkcs11(kek) => kek.unwrap(wrapped, aad),
+        }
+    }
+}
+
+/// The associated data of a wrap: it opens only for this seal and under this key id.
+fn wrap_aad(seal_id: &[u8], key_id: &str) -> Vec<u8> {
+    let mut aad = b"mayfly/root-wrap/v1\0".to_vec();
+    aad.extend_from_slice(seal_id);
+    aad.push(0);
+    aad.extend_from_slice(key_id.as_bytes());
+    aad
+}
+
+/// Runs `work` with the opened key on a blocking thread (file reads, PKCS#11 calls).
+async fn with_kek<T: Send + 'static>(
+    settings: AutoUnseal,
+    work: impl FnOnce(&Kek) -> Result<T, AutoUnsealError> + Send + 'static,
+) -> Result<T, AutoUnsealError> {
+    tokio::task::spawn_blocking(move || {
+        let kek = Kek::open(&settings)?;
+        work(&kek)
+    })
+    .await
+    .map_err(|e| AutoUnsealError::Unseal(format!("the auto-unseal task failed: {e}")))?
+}
+
+impl Broker {
+    /// Unseals from this node's wrap, if `[auto_unseal]` is set and the node is sealed. `Ok(false)`
+    /// when there is nothing to do (not configured, or already unsealed).
+    pub async fn auto_unseal(&self) -> Result<bool, AutoUnsealError> {
+        let Some(settings) = self.inner.config.auto_unseal.clone() else {
+            return Ok(false);
+        };
+        if self.unsealed().await.is_some() {
+            return Ok(false);
+        }
+        let seal = self
+            .store()
+            .seal()
+            .await?
+            .ok_or(AutoUnsealError::NotInitialized)?;
+        let store = self.inner.store.clone();
+        let seal_id = seal.seal_id.clone();
+        let result = with_kek(settings, move |kek| {
+            let key_id = kek.key_id().to_owned();
+            let handle = tokio::runtime::Handle::current();
+            let wrap = handle.block_on(store.seal_wrap(&key_id))?;
+            let Some(wrap) = wrap else {
+                return Ok((key_id, None));
+            };
+            let root = kek.unwrap(&wrap.wrapped, &wrap_aad(&seal_id, &key_id))?;
+            Ok((key_id, Some(root)))
+        })
+        .await;
+        let (key_id, root) = result?;
+        self.inner
+            .seal_watch
+            .set(|state| state.key_id = Some(key_id.clone()));
+        let Some(root) = root else {
+            return Err(AutoUnsealError::NoWrap { key_id });
+        };
+        if !barrier::check_root_key(&root, &seal.kcv) {
+            return Err(AutoUnsealError::WrongKey { key_id });
+        }
+        self.open_with_root(&root)
+            .await
+            .map_err(|e| AutoUnsealError::Unseal(e.to_string()))?;
+        self.inner.seal_watch.unsealed();
+        self.record(
+            self.draft("sys.unseal", Outcome::Ok)
+                .detail("progress", "unsealed")
+                .detail("method", "auto")
+                .detail("key_id", key_id),
+        )
+        .await
+        .map_err(|e| AutoUnsealError::Unseal(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Wraps `root` under this node's key and stores the wrap, unless a wrap that opens to
+    /// `root` is there already. Called once the root key is in hand (init, unseal with shares);
+    /// a failure is logged and shown in health, never fails the caller.
+    pub async fn wrap_root_key(&self, root: &RootKey) {
+        let Some(settings) = self.inner.config.auto_unseal.clone() else {
+            return;
+        };
+        if let Err(error) = self.try_wrap_root_key(settings, root).await {
+            tracing::error!(error = %error, "auto-unseal: cannot wrap the root key under this node's key");
+            self.inner
+                .seal_watch
+                .set(|state| state.error = Some(format!("cannot wrap the root key: {error}")));
+        }
+    }
+
+    async fn try_wrap_root_key(
+        &self,
+        settings: AutoUnseal,
+        root: &RootKey,
+    ) -> Result<(), AutoUnsealError> {
+        let kind = settings.kind();
+        let seal = self
+            .store()
+            .seal()
+            .await?
+            .ok_or(AutoUnsealError::NotInitialized)?;
+        let store = self.inner.store.clone();
+        let root = RootKey::from_bytes(root.expose_bytes())
+            .map_err(|e| AutoUnsealError::Unseal(e.to_string()))?;
+        let seal_id = seal.seal_id.clone();
+        let wrapped = with_kek(settings, move |kek| {
+            let key_id = kek.key_id().to_owned();
+            let aad = wrap_aad(&seal_id, &key_id);
+            let handle = tokio::runtime::Handle::current();
+            if let Some(wrap) = handle.block_on(store.seal_wrap(&key_id))? {
+                let same = kek
+                    .unwrap(&wrap.wrapped, &aad)
+                    .is_ok_and(|there| there.expose_bytes() == root.expose_bytes());
+                if same {
+                    return Ok((key_id, None));
+                }
+            }
+            let wrapped = kek.wrap(&root, &aad)?;
+            // What the token or the key made must open again before it is stored.
+            let back = kek.unwrap(&wrapped, &aad)?;
+            if back.expose_bytes() != root.expose_bytes() {
+                return Err(AutoUnsealError::Hsm {
+                    reason: "the wrap made does not open to the root key".into(),
+                });
+            }
+            Ok((key_id, Some(wrapped)))
+        })
+        .await;
+        let (key_id, wrapped) = wrapped?;
+        self.inner
+            .seal_watch
+            .set(|state| state.key_id = Some(key_id.clone()));
+        let Some(wrapped) = wrapped else {
+            return Ok(());
+        };
+        let event = self
+            .draft("sys.seal.wrap", Outcome::Ok)
+            .detail("kind", kind)
+            .detail("key_id", key_id.clone());
+        let outcome = self
+            .commit(Write {
+                change: Some(Change::PutSealWrap {
+                    wrap: SealWrapRecord {
+                        key_id: key_id.clone(),
+                        kind: kind.to_owned(),
+                        wrapped,
+                        created_at: self.now(),
+                    },
+                }),
+                event,
+            })
+            .await
+            .map_err(|e| AutoUnsealError::Unseal(e.to_string()))?;
+        match outcome {
+            WriteOutcome::Applied { .. } => {
+                tracing::info!(key_id = %key_id, kind, "auto-unseal: the root key is wrapped under this node's key");
+                Ok(())
+            }
+            WriteOutcome::Conflict { .. } => Err(AutoUnsealError::NotInitialized),
+        }
+    }
+
+    /// This node's auto-unseal, for health and the seal status (`None` when not configured).
+    pub fn auto_unseal_status(&self, sealed: bool) -> Option<AutoUnsealStatus> {
+        let settings = self.inner.config.auto_unseal.as_ref()?;
+        let state = self.inner.seal_watch.auto.lock().ok()?;
+        let status = if !sealed {
+            "unsealed"
+        } else if state.error.is_some() {
+            "failed"
+        } else {
+            "waiting"
+        };
+        Some(AutoUnsealStatus {
+            kind: settings.kind().to_owned(),
+            key_id: state.key_id.clone(),
+            state: status.to_owned(),
+            error: state.error.clone(),
+        })
+    }
+
+    /// The live grants past due now, counted in the store (kept for a second).
+    pub async fn past_due_grants(&self) -> Result<u64, StoreError> {
+        let now = tokio::time::Instant::now();
+        if let Ok(kept) = self.inner.seal_watch.past_due.lock()
+            && let Some((at, n)) = *kept
+            && now.saturating_duration_since(at) < PAST_DUE_KEPT
+        {
+            return Ok(n);
+        }
+        let n = self.store().past_due_grants(self.now()).await?;
+        if let Ok(mut kept) = self.inner.seal_watch.past_due.lock() {
+            *kept = Some((now, n));
+        }
+        metrics::gauge!("mayfly_grants_past_due").set(n as f64);
+        Ok(n)
+    }
+}
+
+/// The node's seal watch, alongside the server: unseals it from its wrap (at once, then again
+/// after a failure, see [`AutoUnsealError`]) and keeps the `mayfly_grants_past_due` gauge fresh.
+pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let given_up = &broker.inner.seal_watch.given_up;
+    let mut next_unseal = if given_up.load(std::sync::atomic::Ordering::SeqCst) {
+        None
+    } else {
+        Some(tokio::time::Instant::now())
+    };
+    let mut backoff = Duration::from_secs(1);
+    let mut next_count = tokio::time::Instant::now();
+    loop {
+        let now = tokio::time::Instant::now();
+        if next_unseal.is_some_and(|at| at <= now) {
+            next_unseal = match attempt(&broker).await {
+                None => None,
+                Some(Retry::Never) => None,
+                Some(Retry::Soon) => Some(now + LOOK_AGAIN),
+                Some(Retry::BackOff) => {
+                    let at = now + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(at)
+                }
+            };
+        }
+        if next_count <= now {
+            if let Err(error) = broker.past_due_grants().await {
+                tracing::debug!(error = %error, "cannot count the past-due grants");
+            }
+            next_count = now + PAST_DUE_EVERY;
+        }
+        let wake = next_unseal.map_or(next_count, |at| at.min(next_count));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How long [`unseal_at_start`] waits before the server serves (sealed, trying on in the seal
+/// watch).
+const AT_START: Duration = Duration::from_secs(10);
+
+/// The first attempt, before the server serves (`mayfly_server::run`): a node whose key is at hand
+/// answers unsealed from its first request. A failure is recorded for health like any other.
+pub async fn unseal_at_start(broker: &Broker) {
+    if broker.inner.config.auto_unseal.is_none() {
+        return;
+    }
+    if tokio::time::timeout(AT_START, attempt(broker))
+        .await
+        .is_err()
+    {
+        tracing::warn!("auto-unseal is taking long; serving sealed meanwhile");
+    }
+}
+
+/// One attempt; `None` when done (unsealed, or nothing to do), else when to try again.
+async fn attempt(broker: &Broker) -> Option<Retry> {
+    match broker.auto_unseal().await {
+        Ok(true) => {
+            tracing::info!("auto-unseal: unsealed");
+            None
+        }
+        Ok(false) => None,
+        Err(error) => {
+            let retry = error.retry();
+            match &error {
+                AutoUnsealError::NotInitialized | AutoUnsealError::NoWrap { .. } => {
+                    tracing::warn!(error = %error, "auto-unseal: staying sealed for now");
+                }
+                _ => {
+                    tracing::error!(error = %error, "auto-unseal failed: the node stays sealed");
+                }
+            }
+            let text = error.to_string();
+            broker
+                .inner
+                .seal_watch
+                .set(|state| state.error = Some(text));
+            if matches!(retry, Retry::Never) {
+                broker
+                    .inner
+                    .seal_watch
+                    .given_up
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if broker.unsealed().await.is_some() {
+                // Unsealed meanwhile by shares: nothing left to do.
+                broker.inner.seal_watch.set(|state| state.error = None);
+                return None;
+            }
+            Some(retry)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(text: &str, credentials_dir: Option<&str>, expect: Result<AutoUnseal, &str>) {
+        let parsed = toml::from_str::<AutoUnsealFile>(text)
+            .map_err(|e| e.to_string())
+            .and_then(|file| AutoUnseal::parse(file, credentials_dir));
+        match (parsed, expect) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn the_auto_unseal_table_is_checked() {
+        let file = |path: &str| {
+            Ok(AutoUnseal::File {
+                path: PathBuf::from(path),
+            })
+        };
+        check(
+            r#"kind = "file"
+path = "/etc/mayfly/unseal.key""#,
+            None,
+            file("/etc/mayfly/unseal.key"),
+        );
+        check(
+            r#"kind = "file"
+path = "unseal-key""#,
+            Some("/run/credentials/mayfly.service"),
+            file("/run/credentials/mayfly.service/unseal-key"),
+        );
+        check(
+            r#"kind = "file"
+path = "unseal-key""#,
+            None,
+            Err("`auto_unseal.path` is relative"),
+        );
+        check(
+            r#"kind = "file"
+path = "/k"
+pin_file = "/p""#,
+            None,
+            Err("unknown field `pin_file`"),
+        );
+        check(r#"kind = "vault""#, None, Err("unknown variant `vault`"));
+        let hsm = r#"kind = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+pin_file = "/etc/mayfly/pin"
+key_label = "mayfly-unseal"
+"#;
+        check(
+            &format!("{hsm}token_label = \"mayfly\""),
+            None,
+            Ok(AutoUnseal::Pkcs11(Pkcs11Settings {
+                module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+                token: TokenChoice::Label("mayfly".into()),
+                pin_file: PathBuf::from("/etc/mayfly/pin"),
+                key_label: "mayfly-unseal".into(),
+            })),
+        );
+        check(
+            &format!("{hsm}slot = 3"),
+            None,
+            Ok(AutoUnseal::Pkcs11(Pkcs11Settings {
+                module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+                token: TokenChoice::Slot(3),
+                pin_file: PathBuf::from("/etc/mayfly/pin"),
+                key_label: "mayfly-unseal".into(),
+            })),
+        );
+        check(hsm, None, Err("needs `token_label` or `slot`"));
+        check(
+            &format!("{hsm}slot = 3\ntoken_label = \"x\""),
+            None,
+            Err("not both"),
+        );
+        check(
+            &format!("{hsm}token_label = \"{}\"", "x".repeat(33)),
+            None,
+            Err("1 to 32 characters"),
+        );
+        check(
+            &format!(
+                "{}token_label = \"m\"",
+                hsm.replace("/usr/lib/softhsm/", "")
+            ),
+            None,
+            Err("`auto_unseal.module` must be an absolute path"),
+        );
+    }
+}
