@@ -700,7 +700,8 @@ public_url = "https://mayfly.example.com/"
 
     #[test]
     fn the_store_is_one_url_or_a_list_of_servers_primary_first() {
-        let list = "version = 1\nstore = [\"postgres://u:p@a:5432/m\", \"postgres://u:p@b:5433/m\"]\n";
+        let list =
+            "version = 1\nstore = [\"postgres://u:p@a:5432/m\", \"postgres://u:p@b:5433/m\"]\n";
         let (config, _) = load(Some(list), &[], Vec::new()).unwrap();
         assert_eq!(
             config.store_urls,
@@ -742,7 +743,10 @@ public_url = "https://mayfly.example.com/"
             &[],
             Vec::new(),
         ));
-        assert!(error.contains("`store`") && error.contains("empty"), "{error}");
+        assert!(
+            error.contains("`store`") && error.contains("empty"),
+            "{error}"
+        );
         let error = refused(load(Some("version = 1\nstore = [1, 2]\n"), &[], Vec::new()));
         assert!(
             error.contains("`store`") && error.contains("list of store URLs"),

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::any::{AnyConnectOptions, AnyConnection};
-use sqlx::{AnyPool, Connection};
+use sqlx::any::AnyConnectOptions;
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::Notify;
 
 use crate::dialect::Dialect;
@@ -82,7 +82,6 @@ pub(crate) fn server_name(options: &AnyConnectOptions) -> String {
 }
 
 /// The servers of a store given as a list, which of them is in use, and what wakes the watcher.
-#[derive(Debug)]
 pub(crate) struct Servers {
     options: Vec<AnyConnectOptions>,
     names: Vec<String>,
@@ -93,6 +92,17 @@ pub(crate) struct Servers {
     switched_at_ms: AtomicU64,
     n_switches: AtomicU64,
     wake: Notify,
+}
+
+/// Names the servers only: their URLs may hold a password.
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Servers")
+            .field("names", &self.names)
+            .field("current", &self.current_name())
+            .field("n_switches", &self.n_switches())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one look at a server found.
@@ -202,6 +212,7 @@ impl Servers {
         let n = self.options.len();
         let mut best: Option<(i64, usize, AnyConnection)> = None;
         let mut findings = Vec::with_capacity(n);
+        let mut n_primaries = 0;
         for step in 0..n {
             let index = (start + step) % n;
             let (Some(options), Some(name)) = (self.options.get(index), self.names.get(index))
@@ -214,6 +225,7 @@ impl Servers {
                     connection,
                 } => {
                     findings.push(format!("{name} accepts writes (timeline {timeline})"));
+                    n_primaries += 1;
                     if best.as_ref().is_none_or(|(newest, ..)| timeline > *newest) {
                         if let Some((.., older)) = best.take() {
                             let _ = older.close().await;
@@ -227,7 +239,6 @@ impl Servers {
                 Found::Unreachable(why) => findings.push(format!("{name} is unreachable ({why})")),
             }
         }
-        let n_primaries = findings.iter().filter(|f| f.contains("accepts writes")).count();
         if n_primaries > 1 {
             tracing::error!(servers = %findings.join("; "), "several servers of the store accept writes: using the newest timeline; stop the others (docs/store.md)");
         }
@@ -278,10 +289,8 @@ pub(crate) async fn watch(servers: Arc<Servers>, pool: AnyPool, first: AnyConnec
                 }
             }
         }
-        if let Some(lost) = connection.take() {
-            // It may be dead: do not wait for a goodbye.
-            drop(lost);
-        }
+        // It may be dead: dropped without waiting for a goodbye.
+        connection = None;
         match servers.look_around().await {
             Ok((index, found)) => {
                 if index != servers.current.load(Ordering::SeqCst) {
@@ -315,9 +324,8 @@ pub(crate) async fn accepts_writes(connection: &mut AnyConnection) -> Result<boo
 async fn probe(options: &AnyConnectOptions) -> Found {
     let looked = tokio::time::timeout(PROBE_TIMEOUT, async {
         let mut connection = AnyConnection::connect_with(options).await?;
-        let (standby, timeline): (bool, i64) = sqlx::query_as(PROBE_SQL)
-            .fetch_one(&mut connection)
-            .await?;
+        let (standby, timeline): (bool, i64) =
+            sqlx::query_as(PROBE_SQL).fetch_one(&mut connection).await?;
         Ok::<_, sqlx::Error>((standby, timeline, connection))
     })
     .await;
@@ -338,7 +346,9 @@ async fn probe(options: &AnyConnectOptions) -> Found {
 /// The error sqlx's pool gets from `after_connect` for a connection to a standby: the pool
 /// closes it and connects again (to the server the watcher has found by then).
 pub(crate) fn standby_refused() -> sqlx::Error {
-    sqlx::Error::Protocol("the server is a standby (in recovery): the store writes to the primary only".into())
+    sqlx::Error::Protocol(
+        "the server is a standby (in recovery): the store writes to the primary only".into(),
+    )
 }
 
 fn one_line(text: &str) -> String {
@@ -393,8 +403,11 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let servers = Servers::new(&urls(&["postgres://u:secret@db1:6543/m", "postgres://db2/m"]))
-            .unwrap();
+        let servers = Servers::new(&urls(&[
+            "postgres://u:secret@db1:6543/m",
+            "postgres://db2/m",
+        ]))
+        .unwrap();
         assert_eq!(servers.current_name(), "db1:6543");
         assert_eq!(servers.names, ["db1:6543", "db2:5432"]);
         assert!(!servers.predates_switch(Duration::from_secs(3600)));

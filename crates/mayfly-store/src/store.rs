@@ -187,7 +187,9 @@ impl SqlStore {
     /// How many times the store moved to another server since it was opened (0 for a store of
     /// one URL).
     pub fn n_failovers(&self) -> u64 {
-        self.servers.as_ref().map_or(0, |servers| servers.n_switches())
+        self.servers
+            .as_ref()
+            .map_or(0, |servers| servers.n_switches())
     }
 
     pub async fn close(&self) {

@@ -162,7 +162,10 @@ impl PgCluster {
                 .unwrap();
             assert!(status.success(), "chown to postgres failed");
         }
-        let name = format!("replica_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let name = format!(
+            "replica_{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
         let mut replica = PgCluster {
             port: free_port(),
             admin_password: primary.admin_password.clone(),
@@ -247,20 +250,18 @@ impl PgCluster {
     pub fn kill9(&self) {
         let data = self.dir.path().join("data");
         let pid_file = data.join("postmaster.pid");
-        let Some(postmaster) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-        else {
+        let Some(postmaster) = std::fs::read_to_string(&pid_file).ok().and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+        }) else {
             panic!("no running server to kill in {}", data.display());
         };
         let children = children_of(postmaster);
         let mut all = vec![postmaster];
         all.extend(children);
         for pid in &all {
-            let _ = Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .output();
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).output();
         }
         for _ in 0..400 {
             if all.iter().all(|pid| !is_running(*pid)) {
@@ -500,7 +501,11 @@ fn children_of(pid: u32) -> Vec<u32> {
     };
     let mut children = Vec::new();
     for entry in entries.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if parent_and_state(child).is_some_and(|(parent, _)| parent == pid) {

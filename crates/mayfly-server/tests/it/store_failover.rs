@@ -26,8 +26,8 @@ when { context.reason != "" };
 /// What one attempt at a grant (request, then activation) was answered.
 #[derive(Debug)]
 enum Attempt {
-    /// Both calls answered 200: the grant is acknowledged.
-    Granted(String),
+    /// Both calls answered 200: the grant is acknowledged (when: for the report only).
+    Granted(String, tokio::time::Instant),
     /// A call answered 503 with this `Retry-After` and error code.
     Unavailable {
         retry_after: Option<String>,
@@ -81,7 +81,10 @@ async fn try_grant(http: &reqwest::Client, addr: &str, token: &str) -> Attempt {
         503 => {
             return Attempt::Unavailable {
                 retry_after,
-                code: body["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                code: body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             };
         }
         other => return Attempt::Other(other, body.to_string()),
@@ -94,10 +97,13 @@ async fn try_grant(http: &reqwest::Client, addr: &str, token: &str) -> Attempt {
     )
     .await;
     match status {
-        200 => Attempt::Granted(grant_id(&body)),
+        200 => Attempt::Granted(grant_id(&body), tokio::time::Instant::now()),
         503 => Attempt::Unavailable {
             retry_after,
-            code: body["error"]["code"].as_str().unwrap_or_default().to_owned(),
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         },
         other => Attempt::Other(other, body.to_string()),
     }
@@ -166,7 +172,7 @@ async fn a_promoted_standby_takes_over_and_no_acknowledged_grant_is_lost() {
             .lock()
             .await
             .iter()
-            .filter(|a| matches!(a, Attempt::Granted(_)))
+            .filter(|a| matches!(a, Attempt::Granted(..)))
             .count()
     };
     assert!(
@@ -176,6 +182,7 @@ async fn a_promoted_standby_takes_over_and_no_acknowledged_grant_is_lost() {
     );
 
     // The primary dies mid-load; the standby, which has every acknowledged commit, is promoted.
+    let killed_at = tokio::time::Instant::now();
     primary.kill9();
     let granted_at_kill = n_granted().await;
     standby.promote();
@@ -197,21 +204,28 @@ async fn a_promoted_standby_takes_over_and_no_acknowledged_grant_is_lost() {
     // Every answer was a grant or a 503 that says when to try again, with the JSON error body.
     let mut acknowledged = HashSet::new();
     let mut n_unavailable = 0;
+    let mut first_after_kill: Option<Duration> = None;
     for attempt in attempts.iter() {
         match attempt {
-            Attempt::Granted(id) => {
+            Attempt::Granted(id, at) => {
                 acknowledged.insert(id.clone());
+                if *at > killed_at {
+                    let after = *at - killed_at;
+                    first_after_kill = Some(first_after_kill.map_or(after, |d| d.min(after)));
+                }
             }
             Attempt::Unavailable { retry_after, code } => {
                 n_unavailable += 1;
                 assert_eq!(retry_after.as_deref(), Some("1"), "{attempt:?}");
                 assert_eq!(code, "unavailable", "{attempt:?}");
             }
-            Attempt::Other(..) => panic!("an answer that is neither a grant nor a 503: {attempt:?}"),
+            Attempt::Other(status, body) => {
+                panic!("an answer that is neither a grant nor a 503: {status} {body}")
+            }
         }
     }
     eprintln!(
-        "store failover: {} grants acknowledged ({granted_at_kill} before the kill), {n_unavailable} answered 503",
+        "store failover: {} grants acknowledged ({granted_at_kill} before the kill), {n_unavailable} answered 503; first grant {first_after_kill:?} after the kill (promotion included)",
         acknowledged.len()
     );
 
@@ -232,7 +246,10 @@ async fn a_promoted_standby_takes_over_and_no_acknowledged_grant_is_lost() {
         })
         .collect();
     let missing: Vec<&String> = acknowledged.difference(&issued).collect();
-    assert!(missing.is_empty(), "grants without their event: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "grants without their event: {missing:?}"
+    );
     // Read on the promoted server itself, not through the broker.
     let n_on_standby = standby.psql(&format!(
         "SELECT count(*) FROM grants WHERE id IN ({})",
@@ -264,12 +281,10 @@ async fn a_promoted_standby_takes_over_and_no_acknowledged_grant_is_lost() {
 async fn a_store_never_connects_to_a_standby() {
     let primary = PgCluster::start();
     let standby = PgCluster::replica_of(&primary, false);
-    let store = mayfly_store::open_any(&[
-        standby.store_url("postgres"),
-        primary.store_url("postgres"),
-    ])
-    .await
-    .unwrap();
+    let store =
+        mayfly_store::open_any(&[standby.store_url("postgres"), primary.store_url("postgres")])
+            .await
+            .unwrap();
     assert_eq!(
         store.writable_server(),
         Some(format!("127.0.0.1:{}", primary.port))
@@ -278,14 +293,25 @@ async fn a_store_never_connects_to_a_standby() {
     // The standby was asked once, on a connection closed at once (its backend may take a moment
     // to exit); the pool's and the watcher's connections are the primary's.
     let clients = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
-    assert!(eventually(Duration::from_secs(10), async || standby.psql(clients) == "0").await);
+    assert!(
+        eventually(Duration::from_secs(10), async || standby.psql(clients)
+            == "0")
+        .await
+    );
     assert_ne!(primary.psql(clients), "0");
 
     let error = mayfly_store::open_any(&[standby.store_url("postgres")])
         .await
         .unwrap_err();
-    assert!(matches!(error, mayfly_store::StoreError::Unavailable(_)), "{error}");
-    assert!(eventually(Duration::from_secs(10), async || standby.psql(clients) == "0").await);
+    assert!(
+        matches!(error, mayfly_store::StoreError::Unavailable(_)),
+        "{error}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || standby.psql(clients)
+            == "0")
+        .await
+    );
 
     let error = mayfly_store::open_any(&[
         primary.store_url("postgres"),
