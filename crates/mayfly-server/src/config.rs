@@ -30,7 +30,8 @@ pub enum ConfigError {
     Rule(String),
 }
 
-/// The file format (TOML): `version = 1`, `store = "sqlite:///var/lib/mayfly/mayfly.db"`, ...
+/// The file format (TOML): `version = 1`, `store = "sqlite:///var/lib/mayfly/mayfly.db"` (or a
+/// list of PostgreSQL URLs, the primary first: docs/store.md), ...
 /// Every key can also be set by `MAYFLY_<KEY>` (the key in upper case), which wins over the file;
 /// see [`KEYS`].
 #[derive(Debug, Deserialize)]
@@ -38,7 +39,7 @@ pub enum ConfigError {
 pub struct ConfigFile {
     pub version: u32,
     pub listen: Option<String>,
-    pub store: Option<String>,
+    pub store: Option<StoreSetting>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub audit_file: Option<PathBuf>,
@@ -68,6 +69,15 @@ pub struct ConfigFile {
     /// `[auto_unseal]`: the node unseals itself from the root key wrapped under its own key
     /// (`seal/auto.rs`, docs/seal.md).
     pub auto_unseal: Option<crate::seal::auto::AutoUnsealFile>,
+}
+
+/// `store`: one URL, or the URLs of one store's servers, the primary first. In one text (an
+/// environment variable, a flag), several URLs are separated by commas.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a store URL, or a list of store URLs")]
+pub enum StoreSetting {
+    One(String),
+    Several(Vec<String>),
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -140,7 +150,9 @@ impl ConfigSources<'_> {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub store_url: String,
+    /// The store's URLs: one, or the PostgreSQL servers of one replicated cluster, the primary
+    /// first (the store connects only to the one that accepts writes; docs/store.md). Never empty.
+    pub store_urls: Vec<String>,
     pub tls: Option<TlsFiles>,
     /// JSON-lines audit sink.
     pub audit_file: Option<PathBuf>,
@@ -206,10 +218,11 @@ pub struct TlsFiles {
 }
 
 impl Config {
+    /// The defaults, with the store at `store_url` (one URL, or several separated by commas).
     pub fn new(store_url: impl Into<String>) -> Config {
         let n_cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Config {
-            store_url: store_url.into(),
+            store_urls: mayfly_store::split_urls(&store_url.into()),
             tls: None,
             audit_file: None,
             audit_sinks: Vec::new(),
@@ -339,11 +352,22 @@ impl Config {
                 &format!("is {}, which is not supported: use 1", file.version),
             ));
         }
-        let Some(store) = file.store else {
+        let store_urls = match file.store {
+            Some(StoreSetting::One(url)) => mayfly_store::split_urls(&url),
+            Some(StoreSetting::Several(urls)) => urls,
+            None => Vec::new(),
+        };
+        if store_urls.is_empty() {
             return Err(ConfigError::Rule(
                 "no store: set `store` in the config file, MAYFLY_STORE or --store (sqlite://PATH or postgres://…)".into(),
             ));
-        };
+        }
+        if store_urls.iter().any(|url| url.trim().is_empty()) {
+            return Err(rule(
+                "store",
+                "holds an empty URL: give each server's URL, the primary first",
+            ));
+        }
         let listen = match file.listen {
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
                 rule(
@@ -353,7 +377,8 @@ impl Config {
             })?),
             None => None,
         };
-        let mut config = Config::new(store);
+        let mut config = Config::new(String::new());
+        config.store_urls = store_urls;
         config.audit_file = file.audit_file;
         config.audit_sinks =
             crate::audit::sink_spec::specs(file.audit_sink).map_err(|message| {
@@ -662,7 +687,7 @@ public_url = "https://mayfly.example.com/"
     fn a_file_sets_every_key() {
         let (config, listen) = load(Some(FULL), &[], Vec::new()).unwrap();
         assert_eq!(listen, Some("127.0.0.1:9300".parse().unwrap()));
-        assert_eq!(config.store_url, "sqlite:///tmp/mayfly.db");
+        assert_eq!(config.store_urls, ["sqlite:///tmp/mayfly.db"]);
         let tls = config.tls.unwrap();
         assert_eq!(tls.cert, PathBuf::from("/etc/mayfly/cert.pem"));
         assert_eq!(tls.key, PathBuf::from("/etc/mayfly/key.pem"));
@@ -744,7 +769,7 @@ public_url = "https://mayfly.example.com/"
             Vec::new(),
         )
         .unwrap();
-        assert_eq!(config.store_url, "postgres://db/mayfly");
+        assert_eq!(config.store_urls, ["postgres://db/mayfly"]);
         assert_eq!(listen, Some("0.0.0.0:8300".parse().unwrap()));
         assert_eq!(config.argon2_threads, 3);
         // The file's `argon2_waiting` stays: only what the environment names changes.
@@ -771,11 +796,67 @@ public_url = "https://mayfly.example.com/"
             vec![("listen", "127.0.0.1:2".into(), "--listen")],
         )
         .unwrap();
-        assert_eq!(config.store_url, "sqlite:///from-env.db");
+        assert_eq!(config.store_urls, ["sqlite:///from-env.db"]);
         assert_eq!(listen, Some("127.0.0.1:2".parse().unwrap()), "flags win");
         let error = refused(load(None, &[], Vec::new()));
         assert!(
             error.contains("no store") && error.contains("MAYFLY_STORE"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_store_is_one_url_or_a_list_of_servers_primary_first() {
+        let list =
+            "version = 1\nstore = [\"postgres://u:p@a:5432/m\", \"postgres://u:p@b:5433/m\"]\n";
+        let (config, _) = load(Some(list), &[], Vec::new()).unwrap();
+        assert_eq!(
+            config.store_urls,
+            ["postgres://u:p@a:5432/m", "postgres://u:p@b:5433/m"]
+        );
+        // In one text, URLs are separated by commas; a comma inside a URL stays in it.
+        let (config, _) = load(
+            None,
+            &[(
+                "MAYFLY_STORE",
+                "postgres://u:p,q@a/m, postgres://u:p,q@b/m,postgresql://c/m",
+            )],
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.store_urls,
+            [
+                "postgres://u:p,q@a/m",
+                "postgres://u:p,q@b/m",
+                "postgresql://c/m"
+            ]
+        );
+        let (config, _) = load(
+            None,
+            &[],
+            vec![("store", "postgres://a/m,postgres://b/m".into(), "--store")],
+        )
+        .unwrap();
+        assert_eq!(config.store_urls, ["postgres://a/m", "postgres://b/m"]);
+        assert_eq!(
+            Config::new("postgres://a/m,postgres://b/m").store_urls,
+            ["postgres://a/m", "postgres://b/m"]
+        );
+        let error = refused(load(Some("version = 1\nstore = []\n"), &[], Vec::new()));
+        assert!(error.contains("no store"), "{error}");
+        let error = refused(load(
+            Some("version = 1\nstore = [\"postgres://a/m\", \"\"]\n"),
+            &[],
+            Vec::new(),
+        ));
+        assert!(
+            error.contains("`store`") && error.contains("empty"),
+            "{error}"
+        );
+        let error = refused(load(Some("version = 1\nstore = [1, 2]\n"), &[], Vec::new()));
+        assert!(
+            error.contains("`store`") && error.contains("list of store URLs"),
             "{error}"
         );
     }

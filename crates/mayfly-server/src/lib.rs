@@ -63,7 +63,7 @@ pub enum ServerError {
 /// Opens the store and builds the broker; auto-unseals when a dev key file is configured.
 pub async fn start(mut config: Config) -> Result<Broker, ServerError> {
     metrics::install();
-    let store = Arc::new(mayfly_store::open(&config.store_url).await?);
+    let store = Arc::new(mayfly_store::open_any(&config.store_urls).await?);
     // Several brokers may share the store: lease times then come from its clock.
     if config.clock_from_store && !mayfly_store::Store::capabilities(store.as_ref()).sole_writer {
         let clock = clock::StoreClock::default();

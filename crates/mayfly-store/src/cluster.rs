@@ -396,10 +396,11 @@ pub struct DueHints {
     pub listening: Arc<AtomicBool>,
 }
 
-/// The URL the due hints are listened for on: it holds the store's password, so its `Debug`
-/// shows none of it.
+/// The URLs the due hints are listened for on (the store's servers, the primary first; a
+/// standby refuses `LISTEN`, so the listener moves on to the next until one takes it): they hold
+/// the store's password, so its `Debug` shows none of it.
 #[derive(Clone)]
-pub(crate) struct ListenUrl(pub(crate) String);
+pub(crate) struct ListenUrl(pub(crate) Vec<String>);
 
 impl std::fmt::Debug for ListenUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -409,8 +410,9 @@ impl std::fmt::Debug for ListenUrl {
 
 /// Listens on [`DUE_CHANNEL`] on its own connection to `url` (reconnecting with a pause after a
 /// failure) and forwards the hints until the receiver is dropped.
-pub(crate) fn listen_due(url: &ListenUrl) -> DueHints {
-    let url = url.0.clone();
+pub(crate) fn listen_due(urls: &ListenUrl) -> DueHints {
+    let urls = urls.0.clone();
+    let mut next = 0usize;
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     let listening = Arc::new(AtomicBool::new(false));
     let up = listening.clone();
@@ -420,7 +422,11 @@ pub(crate) fn listen_due(url: &ListenUrl) -> DueHints {
             if sender.is_closed() {
                 return;
             }
-            let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            let Some(url) = urls.get(next % urls.len().max(1)) else {
+                return;
+            };
+            next = next.wrapping_add(1);
+            let mut listener = match sqlx::postgres::PgListener::connect(url).await {
                 Ok(listener) => listener,
                 Err(error) => {
                     tracing::warn!(error = %error, "cannot listen for due hints; polling meanwhile");
@@ -433,6 +439,8 @@ pub(crate) fn listen_due(url: &ListenUrl) -> DueHints {
                 tokio::time::sleep(pause).await;
                 continue;
             }
+            // Stay on this server when the connection drops: it is tried first again.
+            next = next.wrapping_sub(1);
             up.store(true, Ordering::SeqCst);
             loop {
                 // `try_recv` answers `None` when the connection was lost (hints may have been

@@ -11,6 +11,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store url `{0}` is not supported: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    /// A list of store URLs that cannot be one store (mixed or non-PostgreSQL URLs, empty).
+    #[error("store urls: {0}")]
+    UrlList(String),
     #[error("store migration failed")]
     Migration(#[source] BoxError),
     #[error(

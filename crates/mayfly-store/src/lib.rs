@@ -31,6 +31,8 @@
 //!   live grants past due.
 //! - `picture`: the dashboard's narrow reads across grants, requests and the log (issue 21).
 //! - `write`: the write path (batches, the one-script commit on SQLite, the chain head).
+//! - `failover`: a store given as several PostgreSQL URLs: only the server that accepts writes
+//!   is connected to, and the pool follows a promotion (docs/store.md).
 //! - `store`: [`SqlStore`], opening, and the [`Store`] methods.
 
 mod agents;
@@ -41,6 +43,7 @@ mod cluster;
 mod dialect;
 mod error;
 mod exchanged;
+mod failover;
 mod grants;
 mod identity;
 mod kv;
@@ -64,6 +67,7 @@ pub use cluster::{
     NodeRecord, NodeRegistration,
 };
 pub use error::{BoxError, StoreError};
+pub use failover::split_urls;
 pub use picture::{LiveSpan, PictureQuery, PictureRows};
 pub use records::{
     AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
@@ -434,7 +438,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn access_picture(&self, query: &PictureQuery<'_>) -> Result<PictureRows, StoreError>;
 }
 
-/// Opens the store at `url` (`sqlite://PATH` or `postgres://…`) and applies its migrations.
+/// Opens the store at `url` (`sqlite://PATH` or `postgres://…`, or several PostgreSQL URLs
+/// separated by commas: see [`open_any`]) and applies its migrations.
 pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
     SqlStore::open(url).await
+}
+
+/// Opens the store whose servers are `urls`: one URL, or the PostgreSQL servers of one
+/// replicated cluster, the primary first. Only the server that accepts writes is ever connected
+/// to, and the store follows a promotion (docs/store.md).
+pub async fn open_any(urls: &[String]) -> Result<SqlStore, StoreError> {
+    SqlStore::open_any(urls).await
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_core::{Principal, SecretPath, Timestamp};
@@ -15,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::cache::{DecisionInputs, ReadCache, StoreLock, keeps_reads, make_private};
 use crate::dialect::Dialect;
 use crate::error::{StoreError, unavailable};
+use crate::failover::{self, Servers, redact_url};
 use crate::identity::JwtTable;
 use crate::records::{
     AdminRotationRecord, AgentRecord, ApprovalRecord, AuditQuery, AuditRecord, CallApprovalRecord,
@@ -42,24 +44,60 @@ pub struct SqlStore {
     writer: Writer,
     /// Where the due hints are listened for (PostgreSQL only: `cluster::listen_due`).
     listen_url: Option<cluster::ListenUrl>,
+    /// The servers of a store given as several PostgreSQL URLs, and the task that follows the
+    /// one accepting writes (`failover.rs`); stopped when the store is dropped.
+    servers: Option<Arc<Servers>>,
+    _watcher: Option<AbortOnDrop>,
     /// Last, so that it is released after every connection above is closed.
     _lock: Option<StoreLock>,
 }
 
-fn redact_url(url: &str) -> String {
-    url.split_once("://")
-        .map_or_else(|| "…".to_owned(), |(scheme, _)| format!("{scheme}://…"))
+/// Stops a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SqlStore {
+    /// Opens the store at `url`: one URL, or several PostgreSQL URLs separated by commas
+    /// ([`crate::split_urls`]; see [`SqlStore::open_any`]).
     pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        SqlStore::open_any(&crate::split_urls(url)).await
+    }
+
+    /// Opens the store whose servers are `urls`: one URL (SQLite or PostgreSQL), or the
+    /// PostgreSQL servers of one replicated cluster, the primary first, of which only the one
+    /// that accepts writes is connected to (`failover.rs`).
+    pub async fn open_any(urls: &[String]) -> Result<SqlStore, StoreError> {
         sqlx::any::install_default_drivers();
-        let dialect =
-            Dialect::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
-        let options = AnyConnectOptions::from_str(url).map_err(unavailable)?;
+        let (options, dialect, servers, watcher_connection) = match urls {
+            [] => return Err(StoreError::UrlList("the list is empty".into())),
+            [url] => {
+                let dialect = Dialect::of_url(url)
+                    .ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
+                let options = AnyConnectOptions::from_str(url).map_err(unavailable)?;
+                (options, dialect, None, None)
+            }
+            several => {
+                let servers = Servers::new(several)?;
+                let (options, connection) = servers.find_at_open().await?;
+                (
+                    options,
+                    Dialect::Postgres,
+                    Some(Arc::new(servers)),
+                    Some(connection),
+                )
+            }
+        };
         // One broker per SQLite file: taken before anything is read or migrated.
-        let (lock, script) = match dialect {
-            Dialect::Sqlite if !(url.contains(":memory:") || url.contains("mode=memory")) => {
+        let (lock, script) = match (dialect, urls) {
+            (Dialect::Sqlite, [url])
+                if !(url.contains(":memory:") || url.contains("mode=memory")) =>
+            {
                 let file =
                     sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(unavailable)?;
                 let lock = StoreLock::take(file.get_filename(), Duration::from_secs(10)).await?;
@@ -72,22 +110,45 @@ impl SqlStore {
             Dialect::Sqlite => 4,
             Dialect::Postgres => 16,
         };
-        let pool = AnyPoolOptions::new()
+        let connecting = servers.clone();
+        let mut pool_options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             // A SQLite connection is a file handle in this process: pinging it before every use
             // (a round trip to its worker thread) finds nothing. A PostgreSQL one can have died.
             .test_before_acquire(dialect == Dialect::Postgres)
             .after_connect(move |connection, _meta| {
+                let servers = connecting.clone();
                 Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
-                            .execute(&mut *connection)
-                            .await?;
+                    match dialect {
+                        Dialect::Sqlite => {
+                            sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
+                                .execute(&mut *connection)
+                                .await?;
+                        }
+                        // Only the server that accepts writes: a standby's connection is refused
+                        // (the pool connects again, to the server the watcher finds).
+                        Dialect::Postgres => {
+                            if !failover::accepts_writes(connection).await? {
+                                if let Some(servers) = &servers {
+                                    servers.wake();
+                                }
+                                return Err(failover::standby_refused());
+                            }
+                        }
                     }
                     Ok(())
                 })
-            })
+            });
+        if let Some(servers) = &servers {
+            // A connection made before the pool moved to another server is closed, not used.
+            let servers = servers.clone();
+            pool_options = pool_options.before_acquire(move |_connection, meta| {
+                let stale = servers.predates_switch(meta.age);
+                Box::pin(async move { Ok(!stale) })
+            });
+        }
+        let pool = pool_options
             .connect_with(options)
             .await
             .map_err(unavailable)?;
@@ -102,13 +163,22 @@ impl SqlStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migration(Box::new(e)))?;
+        let watcher = match (&servers, watcher_connection) {
+            (Some(servers), Some(connection)) => {
+                let task = tokio::spawn(failover::watch(servers.clone(), pool.clone(), connection));
+                Some(AbortOnDrop(task.abort_handle()))
+            }
+            _ => None,
+        };
         Ok(SqlStore {
             writer: Writer::new(pool.clone(), dialect, script),
             pool,
             dialect,
             write_lock: Mutex::new(()),
-            listen_url: (dialect == Dialect::Postgres).then(|| cluster::ListenUrl(url.to_owned())),
+            listen_url: (dialect == Dialect::Postgres).then(|| cluster::ListenUrl(urls.to_vec())),
             cache: lock.is_some().then(ReadCache::default),
+            servers,
+            _watcher: watcher,
             _lock: lock,
         })
     }
@@ -120,6 +190,17 @@ impl SqlStore {
             Dialect::Sqlite => Some(self.write_lock.lock().await),
             Dialect::Postgres => None,
         }
+    /// The server the store writes to, as `host:port`, when it was given as a list of servers.
+    pub fn writable_server(&self) -> Option<String> {
+        self.servers.as_ref().map(|servers| servers.current_name())
+    }
+
+    /// How many times the store moved to another server since it was opened (0 for a store of
+    /// one URL).
+    pub fn n_failovers(&self) -> u64 {
+        self.servers
+            .as_ref()
+            .map_or(0, |servers| servers.n_switches())
     }
 
     pub async fn close(&self) {
@@ -153,7 +234,12 @@ impl Store for SqlStore {
                 .any(|w| w.change.as_ref().is_some_and(|c| !keeps_reads(c)))
         });
         let _changing = cache.map(ReadCache::changing);
-        self.writer.commit(writes).await
+        let committed = self.writer.commit(writes).await;
+        // The server may have gone away: have the watcher look now, not at its next round.
+        if let (Err(StoreError::Unavailable(_)), Some(servers)) = (&committed, &self.servers) {
+            servers.wake();
+        }
+        committed
     }
 
     async fn seal(&self) -> Result<Option<SealRecord>, StoreError> {

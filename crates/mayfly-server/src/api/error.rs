@@ -2,6 +2,11 @@
 //! variant, with the body `{"error":{"code":"...","message":"..."}}`. Unexpected errors are
 //! logged here and never sent.
 //!
+//! A 503 says when to try again (`Retry-After`, seconds): a busy pool, a blocking sink and the
+//! rate limits give their own wait; a dependency that cannot be reached (the store during a
+//! failover to its promoted standby, a target) `1`, as the store finds its new primary within
+//! seconds and the call was not done (docs/store.md).
+//!
 //! A missing step-up (`step_up_required`) is a 401 as RFC 9470 has it: the token is valid but its
 //! authentication is not recent enough, said by `WWW-Authenticate: Bearer
 //! error="insufficient_user_authentication", max_age=<window seconds>`. Clients tell it from a
@@ -12,6 +17,9 @@ use axum::response::{IntoResponse, Response};
 use mayfly_api::{ErrorBody, ErrorDetail};
 
 use crate::error::{AuditedError, BrokerError};
+
+/// `Retry-After` of a 503 for a dependency that cannot be reached ([`BrokerError::Unavailable`]).
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 /// The status and code of each error, for the API only.
 pub trait HttpError {
@@ -86,14 +94,19 @@ impl IntoResponse for BrokerError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let BrokerError::TooManyRequests { retry_after_secs }
-        | BrokerError::TooManyFromSource { retry_after_secs }
-        | BrokerError::RateLimited { retry_after_secs }
-        | BrokerError::Busy { retry_after_secs }
-        | BrokerError::SinkBlocked {
-            retry_after_secs, ..
-        } = &self
-            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        let retry_after_secs = match &self {
+            BrokerError::TooManyRequests { retry_after_secs }
+            | BrokerError::TooManyFromSource { retry_after_secs }
+            | BrokerError::RateLimited { retry_after_secs }
+            | BrokerError::Busy { retry_after_secs }
+            | BrokerError::SinkBlocked {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            BrokerError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after_secs
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }

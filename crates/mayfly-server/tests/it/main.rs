@@ -41,6 +41,7 @@ mod secrets_at_rest;
 mod ssh;
 mod sso;
 mod step_up;
+mod store_failover;
 mod targets_admin;
 mod tls;
 mod token_keys;
