@@ -486,9 +486,9 @@ impl MysqlTarget {
         row.try_get("n").map_err(|e| self.unavailable(e))
     }
 
-    /// [`Target::run_query`] once connected: the statement timeout, the transaction (read-only
-    /// for a `select`), the statement prepared (`COM_STMT_PREPARE` takes one statement) for its
-    /// columns, then run as a text query, rows kept until a cap.
+    /// [`Target::run_query`] once connected: the statement timeout, then the statement prepared
+    /// (`COM_STMT_PREPARE` takes one statement) and run as a text query
+    /// (`crate::query::prepared_then_collected`).
     async fn query_on(
         &self,
         connection: &mut sqlx::MySqlConnection,
@@ -530,45 +530,15 @@ impl MysqlTarget {
         } else {
             "START TRANSACTION"
         };
-        sqlx::raw_sql(begin)
-            .execute(&mut *connection)
-            .await
-            .map_err(failed)?;
-        let statement = (&mut *connection)
-            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)))
-            .await
-            .map_err(failed)?;
-        let columns = sqlx::Statement::columns(&statement)
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-        let mut collector = Collector::new(columns, query.max_rows, query.max_bytes);
-        {
-            let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch(&mut *connection);
-            while let Some(row) = rows.try_next().await.map_err(failed)? {
-                if !collector.wants_more() {
-                    break;
-                }
-                let (values, bytes) = mysql_values(&row);
-                if !collector.push(values, bytes) {
-                    break;
-                }
-            }
-        }
-        let rows = collector.finish();
-        if query.read_only && rows.truncated {
-            return Ok(rows);
-        }
-        let end = if query.read_only {
-            "ROLLBACK"
-        } else {
-            "COMMIT"
-        };
-        sqlx::raw_sql(end)
-            .execute(&mut *connection)
-            .await
-            .map_err(failed)?;
-        Ok(rows)
+        crate::query::prepared_then_collected::<sqlx::MySql>(
+            connection,
+            begin,
+            sql,
+            query,
+            failed,
+            mysql_values,
+        )
+        .await
     }
 
     async fn revoke_batch(

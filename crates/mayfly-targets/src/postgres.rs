@@ -334,10 +334,9 @@ impl PostgresTarget {
         }
     }
 
-    /// [`Target::run_query`] once connected: the transaction (read-only for a `select`), the
-    /// statement prepared (the server refuses several in one: "cannot insert multiple commands
-    /// into a prepared statement") for its columns, then run as simple query so that every value
-    /// comes as text; rows kept until a cap. A `select` cut short ends with the connection.
+    /// [`Target::run_query`] once connected: the statement prepared (PostgreSQL refuses several
+    /// in one: "cannot insert multiple commands into a prepared statement"), then run as a simple
+    /// query (`crate::query::prepared_then_collected`).
     async fn query_on(
         &self,
         connection: &mut sqlx::PgConnection,
@@ -354,46 +353,10 @@ impl PostgresTarget {
         } else {
             "BEGIN"
         };
-        sqlx::raw_sql(begin)
-            .execute(&mut *connection)
-            .await
-            .map_err(failed)?;
-        let statement = (&mut *connection)
-            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)))
-            .await
-            .map_err(failed)?;
-        let columns = sqlx::Statement::columns(&statement)
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-        let mut collector = Collector::new(columns, query.max_rows, query.max_bytes);
-        {
-            let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch(&mut *connection);
-            while let Some(row) = rows.try_next().await.map_err(failed)? {
-                if !collector.wants_more() {
-                    break;
-                }
-                let (values, bytes) = pg_values(&row);
-                if !collector.push(values, bytes) {
-                    break;
-                }
-            }
-        }
-        let rows = collector.finish();
-        if query.read_only && rows.truncated {
-            // Nothing to keep: the rest is not read, the connection ends the transaction.
-            return Ok(rows);
-        }
-        let end = if query.read_only {
-            "ROLLBACK"
-        } else {
-            "COMMIT"
-        };
-        sqlx::raw_sql(end)
-            .execute(&mut *connection)
-            .await
-            .map_err(failed)?;
-        Ok(rows)
+        crate::query::prepared_then_collected::<sqlx::Postgres>(
+            connection, begin, sql, query, failed, pg_values,
+        )
+        .await
     }
 
     async fn terminate_oids(&self, oids: &[i64]) -> Result<(), TargetError> {

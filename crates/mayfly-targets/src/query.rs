@@ -134,6 +134,70 @@ pub(crate) fn statement_error(
     }
 }
 
+/// The part of [`crate::Target::run_query`] every SQL kind shares, on a connection already
+/// opened as the grant's login (and set up as its dialect needs): `begin` (read-only for a
+/// `select`), the statement prepared — the server itself refuses several statements in one —
+/// for its columns, then run as a text query so that every value comes as text (`values` reads
+/// one row: its JSON values and their size as text), rows kept until a cap, then `ROLLBACK` for
+/// a `select` or `COMMIT`. A `select` cut short ends with the connection, its rest unread.
+pub(crate) async fn prepared_then_collected<DB>(
+    connection: &mut DB::Connection,
+    begin: &'static str,
+    sql: &str,
+    query: &QueryRequest<'_>,
+    failed: impl Fn(sqlx::Error) -> TargetError,
+    values: impl Fn(&DB::Row) -> (Vec<Value>, usize),
+) -> Result<QueryRows, TargetError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    use futures_util::TryStreamExt as _;
+    use sqlx::{Column as _, Executor as _, Statement as _};
+
+    sqlx::raw_sql(begin)
+        .execute(&mut *connection)
+        .await
+        .map_err(&failed)?;
+    let statement = (&mut *connection)
+        .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql)))
+        .await
+        .map_err(&failed)?;
+    let columns = statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let mut collector = Collector::new(columns, query.max_rows, query.max_bytes);
+    {
+        let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch(&mut *connection);
+        while let Some(row) = rows.try_next().await.map_err(&failed)? {
+            if !collector.wants_more() {
+                break;
+            }
+            let (row, bytes) = values(&row);
+            if !collector.push(row, bytes) {
+                break;
+            }
+        }
+    }
+    let rows = collector.finish();
+    if query.read_only && rows.truncated {
+        // Nothing to keep: the rest is not read, the connection ends the transaction.
+        return Ok(rows);
+    }
+    let end = if query.read_only {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    };
+    sqlx::raw_sql(end)
+        .execute(&mut *connection)
+        .await
+        .map_err(&failed)?;
+    Ok(rows)
+}
+
 /// Keeps rows until a cap is reached.
 pub(crate) struct Collector {
     rows: QueryRows,

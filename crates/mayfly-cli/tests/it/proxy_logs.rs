@@ -3,7 +3,9 @@
 //! secret into calls to an upstream that echoes it back, fails, and cuts its answer off; then the
 //! caller's answers, the broker's whole log, and every file of its data directory (the store, its
 //! journal, the audit file) are searched for the secret and its encoded forms. Only the upstream
-//! may see it.
+//! may see it. The same route is also called by an AI agent through `/mcp` (`call_api`, with the
+//! token `mayfly agent token` made, from the Python MCP SDK), and `mayfly agent disable` stops
+//! that agent at its next call: the agent's results join the search.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -92,6 +94,31 @@ fn forms() -> Vec<Vec<u8>> {
     ]
 }
 
+/// The Python MCP SDK's client (mcp 1.30.0, from the venv scripts/services.sh makes; the script
+/// is the server tests' tests/mcp/client.py): connects to `addr`'s `/mcp` with `token` and makes
+/// `calls`. Returns what it printed and its errors.
+fn python_client(addr: &str, token: &str, calls: &serde_json::Value) -> Vec<u8> {
+    let venvs = std::env::var("MAYFLY_MCP_VENVS")
+        .unwrap_or_else(|_| "/var/tmp/mayfly-mcp-venvs".to_owned());
+    let python = Path::new(&venvs).join("mcp-1.30.0/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/services.sh (it makes the venv from PyPI)",
+        python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mayfly-server/tests/mcp/client.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(format!("{addr}/mcp"))
+        .arg(token)
+        .arg(calls.to_string())
+        .output()
+        .unwrap();
+    let mut printed = output.stdout;
+    printed.extend_from_slice(&output.stderr);
+    printed
+}
+
 fn holds_secret(haystack: &[u8]) -> bool {
     forms().iter().any(|form| {
         haystack
@@ -149,7 +176,9 @@ fn the_secret_is_in_no_answer_log_or_file_of_the_broker() {
         &policy,
         r#"@id("admins-write") permit (principal in Group::"admins", action == Action::"write_secret", resource);
 @id("admins-read") permit (principal in Group::"admins", action == Action::"read_secret", resource in Environment::"shop/dev");
-@id("admins-get") permit (principal in Group::"admins", action == Action::"proxy", resource == ProxyRoute::"echo") when { context.method == "GET" };"#,
+@id("admins-get") permit (principal in Group::"admins", action == Action::"proxy", resource == ProxyRoute::"echo") when { context.method == "GET" };
+@id("admins-mcp") permit (principal in Group::"admins", action == Action::"exchange", resource);
+@id("admins-call-api") permit (principal in Group::"admins", action == Action::"call_api", resource);"#,
     )
     .unwrap();
     let put = run(&mut client(mayfly().args(["policy", "put"]).arg(&policy)));
@@ -218,6 +247,31 @@ fn the_secret_is_in_no_answer_log_or_file_of_the_broker() {
     let ls = run(&mut client(mayfly().args(["proxy", "ls", "--json"])));
     assert!(stdout(&ls).contains("ECHO_KEY"), "{ls:?}");
     answers.push(ls.stdout);
+
+    // An agent calls the route through `/mcp`; then the kill switch stops it.
+    let agent_token = run(&mut client(mayfly().args(["agent", "token", "claude"])));
+    assert!(agent_token.status.success(), "{agent_token:?}");
+    let agent_token = stdout(&agent_token).trim().to_owned();
+    let echo =
+        serde_json::json!([["call_api", {"route": "echo", "method": "GET", "path": "/charges"}]]);
+    let out = python_client(&addr, &agent_token, &echo);
+    assert!(
+        String::from_utf8_lossy(&out).contains("[REDACTED]"),
+        "the agent's call_api did not reach the upstream: {}",
+        String::from_utf8_lossy(&out)
+    );
+    answers.push(out);
+    let disable = run(&mut client(mayfly().args(["agent", "disable", "claude"])));
+    assert!(disable.status.success(), "{disable:?}");
+    let ls = run(&mut client(mayfly().args(["agent", "ls", "--json"])));
+    assert!(stdout(&ls).contains("claude"), "{ls:?}");
+    let stopped = python_client(&addr, &agent_token, &echo);
+    let text = String::from_utf8_lossy(&stopped);
+    assert!(
+        !text.contains("[REDACTED]") && (text.contains("disabled") || text.contains("\"error\"")),
+        "a disabled agent's call went through: {text}"
+    );
+    answers.push(stopped);
 
     for (n, answer) in answers.iter().enumerate() {
         assert!(!holds_secret(answer), "answer {n} holds the secret");

@@ -209,6 +209,11 @@ impl ServerHandler for McpServer {
                     None,
                 )
             })?;
+        if let Some(waiting) = &answer.waiting
+            && declares_url_elicitation(&context)
+        {
+            return Err(url_elicitation(waiting, answer.text()));
+        }
         let text = ContentBlock::text(answer.text());
         let mut result = if answer.is_error {
             CallToolResult::error(vec![text])
@@ -219,6 +224,39 @@ impl ServerHandler for McpServer {
         Ok(result.into())
     }
 }
+
+/// Whether the client said it can send its user to a URL (URL-mode elicitation): in the
+/// request's `_meta` (2026-07-28) or in its `initialize` (2025-11-25).
+fn declares_url_elicitation(context: &RequestContext<RoleServer>) -> bool {
+    let declared = context.meta.client_capabilities().or_else(|| {
+        context
+            .peer
+            .peer_info()
+            .map(|info| info.capabilities.clone())
+    });
+    declared
+        .and_then(|capabilities| capabilities.elicitation)
+        .is_some_and(|elicitation| elicitation.url.is_some())
+}
+
+/// A call held for a person, as MCP's URL elicitation tells it (`-32042`,
+/// URLElicitationRequiredError): the client shows its user the console's page of the approval;
+/// the same call made again after the approval runs once. The client itself never approves.
+fn url_elicitation(waiting: &crate::mcp::WaitingCall, message: String) -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode(URL_ELICITATION_REQUIRED),
+        message.clone(),
+        Some(json!({"elicitations": [{
+            "mode": "url",
+            "elicitationId": waiting.approval_id,
+            "url": waiting.url,
+            "message": message,
+        }]})),
+    )
+}
+
+/// MCP's error code for a request that needs URL elicitations first.
+const URL_ELICITATION_REQUIRED: i32 = -32042;
 
 fn tool_definition(tool: Tool) -> rmcp::model::Tool {
     let (description, schema) = crate::mcp::args::describe(tool);

@@ -101,6 +101,16 @@ impl McpCaller {
 pub struct ToolAnswer {
     pub is_error: bool,
     pub value: Value,
+    /// A call held for a person's approval: where the person answers it. A client that
+    /// declared URL elicitation gets it as one (`-32042`); others read the error result.
+    pub waiting: Option<WaitingCall>,
+}
+
+/// A call waiting for a person at `url` (the console's page of approval `approval_id`).
+#[derive(Debug, Clone)]
+pub struct WaitingCall {
+    pub approval_id: String,
+    pub url: String,
 }
 
 impl ToolAnswer {
@@ -108,6 +118,7 @@ impl ToolAnswer {
         ToolAnswer {
             is_error: false,
             value,
+            waiting: None,
         }
     }
 
@@ -115,6 +126,7 @@ impl ToolAnswer {
         ToolAnswer {
             is_error: true,
             value,
+            waiting: None,
         }
     }
 
@@ -363,6 +375,10 @@ impl Broker {
                          approve it at {url} before it expires, then make exactly the same call \
                          again (other arguments need another approval)"
                     );
+                    let waiting = WaitingCall {
+                        approval_id: approval_id.clone(),
+                        url: url.clone(),
+                    };
                     let answer = json!({
                         "error": reason,
                         "approval_id": approval_id,
@@ -377,7 +393,10 @@ impl Broker {
                             .detail("effect", "refused"),
                     )
                     .await?;
-                    return Ok(ToolAnswer::error(answer));
+                    return Ok(ToolAnswer {
+                        waiting: Some(waiting),
+                        ..ToolAnswer::error(answer)
+                    });
                 }
                 Ok(CallGate::Refused {
                     approval_id,

@@ -43,6 +43,31 @@ permit (principal, action == Action::"approve", resource in Target::"pg")
 when { principal in Group::"dev" };
 "#;
 
+/// [`POLICY`], and what alice's agent may do through `/mcp` (its token's audience): ask for
+/// `pg/reader`, query, revoke; an agent's statement other than a SELECT is forbidden, except a
+/// DELETE with a WHERE, which a person approves call by call (`@step_up`).
+fn policy(public_url: &str) -> String {
+    format!(
+        r#"{POLICY}
+@id("exchange-for-mcp")
+permit (principal, action == Action::"exchange", resource == Audience::"{public_url}/mcp");
+
+@id("alice-agent-tools")
+permit (principal == User::"alice", action in [Action::"request_access", Action::"run_query",
+    Action::"revoke"], resource);
+
+@id("agents-only-select")
+forbid (principal, action == Action::"run_query", resource)
+when {{ context has actor && context.query.kind != "select" && context.query.kind != "delete" }};
+
+@id("deletes-need-a-person")
+@step_up
+permit (principal == User::"alice", action == Action::"run_query", resource)
+when {{ context.query.kind == "delete" && context.query.has_where }};
+"#
+    )
+}
+
 /// Every page the story photographs (each at 1280 and 360 px).
 const PAGES: [&str; 15] = [
     "login",
@@ -87,43 +112,94 @@ fn screenshot_dir() -> PathBuf {
 struct Control {
     received: Arc<Mutex<Vec<Value>>>,
     clock: Arc<Mutex<Option<ManualClock>>>,
-    broker: Arc<Mutex<Option<mayfly_server::state::Broker>>>,
+    agent: Arc<tokio::sync::Mutex<Agent>>,
 }
 
-/// An agent's tool call held by a `@step_up` policy, as the MCP front end gates it: `same` is
-/// alice's `run_query` DELETE through `agent:claude`, `other` the same with other arguments.
-async fn gate_call(broker: mayfly_server::state::Broker, which: &str) -> Value {
-    use mayfly_server::access::{CallGate, CallKey};
-    let sql = if which == "same" {
-        "DELETE FROM payments WHERE id = 7"
-    } else {
-        "DELETE FROM payments"
-    };
-    let arguments = json!({"grant_id": "g-console", "max_rows": 10, "sql": sql}).to_string();
-    let key = CallKey {
-        tool: mayfly_core::policy::Tool::RunQuery,
-        args_sha256: hex::encode(mayfly_crypto::sha256(arguments.as_bytes())),
-        subject: "user:alice".into(),
-        actors: vec!["agent:claude".into()],
-    };
-    let summary = json!({"tool": "run_query", "arguments": arguments}).to_string();
-    let origin = mayfly_server::origin::Origin::internal("console-test");
-    match broker
-        .gate_call(&origin, &key, &summary, &["deletes-need-a-person".into()])
+/// What the control server needs to make an agent's real MCP calls: the broker's address and
+/// public URL, alice's session (exchanged at each call for a token of `/mcp` with
+/// `agent:claude` acting), and the grant the agent's `request_access` made.
+#[derive(Default)]
+struct Agent {
+    addr: String,
+    public_url: String,
+    alice: String,
+    grant_id: Option<String>,
+}
+
+/// alice's session exchanged for a token of the broker's `/mcp`, `agent:claude` acting. Made at
+/// each call: the story moves the clock past a token's life.
+async fn agent_token(agent: &Agent) -> String {
+    let resource = format!("{}/mcp", agent.public_url);
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", agent.alice.as_str()),
+            ("subject_token_type", "urn:mayfly:token-type:session"),
+            ("audience", resource.as_str()),
+            ("actor", "agent:claude"),
+        ])
+        .finish();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/token/exchange", agent.addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
         .await
-        .unwrap()
-    {
-        CallGate::Waiting {
-            approval_id, url, ..
-        } => json!({"gate": "waiting", "approval_id": approval_id, "url": url}),
-        CallGate::Proceed {
-            approval_id,
-            approver,
-        } => json!({"gate": "proceed", "approval_id": approval_id, "approver": approver}),
-        CallGate::Refused {
-            approval_id,
-            reason,
-        } => json!({"gate": "refused", "approval_id": approval_id, "reason": reason}),
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(status, 200, "the exchange for /mcp answered {body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// One real MCP call by `agent:claude` for alice, through the Python SDK (mcp 2.3.0) over
+/// streamable HTTP: `same` is a `run_query` DELETE of one payment (held by the `@step_up`
+/// policy), `other` the same with other arguments, `done` revokes the agent's grant. The first
+/// call asks for the grant with `request_access`. Answers the gate as the story reads it:
+/// `waiting` (with the approval's id and URL), `proceed` (the tool ran) or `refused`.
+async fn agent_call(agent: &tokio::sync::Mutex<Agent>, which: &str) -> Value {
+    let mut agent = agent.lock().await;
+    let token = agent_token(&agent).await;
+    let grant_id = match agent.grant_id.clone() {
+        Some(id) => id,
+        None => {
+            let out = crate::mcp::run_python_client(
+                "2.3.0",
+                &agent.addr,
+                &token,
+                json!([["request_access", {"role": "pg/reader", "reason": "INC-77 (console test)", "ttl_seconds": 3600}]]),
+            )
+            .await;
+            let id = out["results"][0]["structuredContent"]["grant_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("request_access gave no grant: {out}"))
+                .to_owned();
+            agent.grant_id = Some(id.clone());
+            id
+        }
+    };
+    let call = match which {
+        "same" => {
+            json!(["run_query", {"grant_id": grant_id, "max_rows": 10, "sql": "DELETE FROM payments WHERE id = 7"}])
+        }
+        "other" => {
+            json!(["run_query", {"grant_id": grant_id, "max_rows": 10, "sql": "DELETE FROM payments WHERE id = 8"}])
+        }
+        "done" => json!(["revoke", {"grant_id": grant_id}]),
+        other => panic!("no such call {other}"),
+    };
+    let out = crate::mcp::run_python_client("2.3.0", &agent.addr, &token, json!([call])).await;
+    let result = &out["results"][0];
+    let structured = &result["structuredContent"];
+    if result["isError"] != true {
+        json!({"gate": "proceed", "result": result})
+    } else if structured["approval_id"].is_string() && structured["url"].is_string() {
+        json!({"gate": "waiting", "approval_id": structured["approval_id"], "url": structured["url"]})
+    } else {
+        json!({"gate": "refused", "result": result})
     }
 }
 
@@ -159,15 +235,7 @@ async fn control_server(control: Control) -> String {
             post(
                 move |axum::extract::Path(which): axum::extract::Path<String>| {
                     let calls = calls.clone();
-                    async move {
-                        let broker = calls
-                            .broker
-                            .lock()
-                            .unwrap()
-                            .clone()
-                            .expect("the broker has started");
-                        axum::Json(gate_call(broker, &which).await)
-                    }
+                    async move { axum::Json(agent_call(&calls.agent, &which).await) }
                 },
             ),
         )
@@ -230,10 +298,31 @@ async fn console_story_in_chromium_request_approve_use_revoke_audit() {
     })
     .await;
     *control.clock.lock().unwrap() = Some(broker.clock.clone());
-    *control.broker.lock().unwrap() = Some(broker.broker.clone());
     broker
-        .postgres_access(&cluster, &[("owner", 3600), ("reader", 3600)], POLICY)
+        .postgres_access(
+            &cluster,
+            &[("owner", 3600), ("reader", 3600)],
+            &policy(&broker.public_url),
+        )
         .await;
+    // The table alice's agent deletes one row of, once the admin approves that exact call.
+    let mut db = cluster.connect("postgres").await;
+    sqlx::raw_sql(
+        "CREATE TABLE payments (id int PRIMARY KEY, amount int);
+         INSERT INTO payments SELECT i, i * 100 FROM generate_series(1, 10) AS i;
+         GRANT SELECT, DELETE ON payments TO PUBLIC;",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    {
+        let mut agent = control.agent.lock().await;
+        agent.addr = broker.addr.clone();
+        agent.public_url = broker.public_url.clone();
+        agent.alice = broker.login("alice").await;
+    }
+    // The story logs alice in again at once: not within the same TOTP step.
+    broker.clock.advance(Duration::from_secs(31));
     // A break-glass grant of bob's, already revoked: the review queue's item for the admin.
     let bob = broker.login("bob").await;
     let glass = broker
@@ -316,4 +405,44 @@ async fn console_story_in_chromium_request_approve_use_revoke_audit() {
             assert!(size > 1000, "no screenshot {}", file.display());
         }
     }
+
+    // The approved DELETE ran exactly once, on the real table; the other arguments never ran.
+    let ids: Vec<(i32,)> = sqlx::query_as("SELECT id FROM payments ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let ids: Vec<i32> = ids.into_iter().map(|(id,)| id).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 4, 5, 6, 8, 9, 10],
+        "exactly payment 7 is gone"
+    );
+    // The audit names who approved the one call that ran.
+    let body = broker
+        .expect(
+            200,
+            "GET",
+            "/v1/sys/audit/events?limit=1000",
+            Some(&broker.admin()),
+            None,
+        )
+        .await;
+    let events: Vec<Value> = body["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|line| serde_json::from_str(line.as_str()?).ok())
+        .collect();
+    let approved: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "mcp.call" && e["details"]["tool"] == "run_query")
+        .filter(|e| e["details"]["decision"] == "allow")
+        .collect();
+    assert_eq!(approved.len(), 1, "one run_query ran: {approved:?}");
+    assert_eq!(approved[0]["details"]["approver"], "user:admin");
+    assert!(
+        approved[0]["details"]["approval_id"].is_string(),
+        "{:?}",
+        approved[0]
+    );
 }

@@ -158,9 +158,24 @@ fn python(pin: &str) -> PathBuf {
 /// Runs the Python SDK's client (`tests/mcp/client.py`) with `mcp==pin`: connects with `token`,
 /// lists the tools, makes `calls`; returns what it printed.
 async fn python_client(pin: &str, broker: &TestBroker, token: &str, calls: Value) -> Value {
+    run_python_client(pin, &broker.addr, token, calls).await
+}
+
+/// [`python_client`] against the broker at `addr` (the console's browser test uses it too).
+pub(crate) async fn run_python_client(pin: &str, addr: &str, token: &str, calls: Value) -> Value {
+    client_run(pin, addr, token, calls, false).await
+}
+
+/// The Python SDK's client declaring URL-mode elicitation (`MAYFLY_MCP_ELICIT=url`).
+async fn eliciting_client(pin: &str, broker: &TestBroker, token: &str, calls: Value) -> Value {
+    client_run(pin, &broker.addr, token, calls, true).await
+}
+
+async fn client_run(pin: &str, addr: &str, token: &str, calls: Value, elicit: bool) -> Value {
     let output = tokio::process::Command::new(python(pin))
+        .env("MAYFLY_MCP_ELICIT", if elicit { "url" } else { "" })
         .arg(harness_dir().join("client.py"))
-        .arg(format!("{}/mcp", broker.addr))
+        .arg(format!("{addr}/mcp"))
         .arg(token)
         .arg(calls.to_string())
         .kill_on_drop(true)
@@ -718,6 +733,26 @@ async fn a_step_up_call_runs_once_after_another_person_approves_it() {
             .as_str()
             .unwrap()
             .contains(&approval_id),
+        "{out}"
+    );
+    // A client that can send its user to a URL is told so by URL elicitation (-32042): the same
+    // pending approval, never answered by the client itself. In the 2026-07-28 protocol every
+    // request carries the client's capabilities; a stateless server cannot remember what a
+    // 2025-11-25 client said at `initialize`, so that one reads the error result.
+    let out = eliciting_client("2.3.0", &broker, &token, json!([delete.clone()])).await;
+    let error = &out["results"][0]["jsonrpcError"];
+    assert_eq!(error["code"], -32042, "{out}");
+    let elicitation = &error["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url", "{out}");
+    assert_eq!(elicitation["elicitationId"], approval_id.as_str(), "{out}");
+    assert_eq!(
+        elicitation["url"], waiting["structuredContent"]["url"],
+        "{out}"
+    );
+    let out = eliciting_client("1.30.0", &broker, &token, json!([delete.clone()])).await;
+    assert_eq!(
+        out["results"][0]["structuredContent"]["approval_id"],
+        approval_id.as_str(),
         "{out}"
     );
     // Another person (the admin: neither alice nor bob) approves it, with a fresh factor.

@@ -6,8 +6,10 @@ Run with the python of a venv holding mcp 1.x (the 2025-11-25 `initialize` hands
     python client.py URL TOKEN CALLS_JSON
 
 CALLS_JSON is a list of [tool, arguments]. Prints one JSON object: the protocol version
-negotiated, the tools listed, and each call's result as the SDK parsed it (camelCase keys). A
-refused connection prints {"error": ...} and exits 1.
+negotiated, the tools listed, and each call's result as the SDK parsed it (camelCase keys), or
+{"jsonrpcError": {code, message, data}} for a call the server answered with an error. A refused
+connection prints {"error": ...} and exits 1. With MAYFLY_MCP_ELICIT=url in the environment the
+client declares URL-mode elicitation (it has a callback, never called by a stateless server).
 """
 
 import asyncio
@@ -17,8 +19,30 @@ import sys
 import mcp
 
 
+import os
+
+
 def dump(result):
     return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def call(client, name, args):
+    from mcp.shared import exceptions
+
+    # McpError in mcp 1.x, MCPError in 2.x; both carry the JSON-RPC error as `.error`.
+    error_type = getattr(exceptions, "McpError", None) or exceptions.MCPError
+    try:
+        return dump(await client.call_tool(name, args))
+    except error_type as error:
+        return {"jsonrpcError": dump(error.error)}
+
+
+async def elicit(context, params):
+    raise RuntimeError("the test client never answers an elicitation itself")
+
+
+def callbacks():
+    return {"elicitation_callback": elicit} if os.environ.get("MAYFLY_MCP_ELICIT") == "url" else {}
 
 
 async def run_v1(url, headers, calls):
@@ -26,10 +50,10 @@ async def run_v1(url, headers, calls):
     from mcp.client.streamable_http import streamablehttp_client
 
     async with streamablehttp_client(url, headers=headers) as (read, write, _):
-        async with ClientSession(read, write) as session:
+        async with ClientSession(read, write, **callbacks()) as session:
             init = await session.initialize()
             tools = await session.list_tools()
-            results = [dump(await session.call_tool(name, args)) for name, args in calls]
+            results = [await call(session, name, args) for name, args in calls]
             return init.protocolVersion, [t.name for t in tools.tools], results
 
 
@@ -40,9 +64,9 @@ async def run_v2(url, headers, calls):
 
     async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
         transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode="2026-07-28", cache=None) as client:
+        async with Client(transport, mode="2026-07-28", cache=None, **callbacks()) as client:
             tools = await client.list_tools()
-            results = [dump(await client.call_tool(name, args)) for name, args in calls]
+            results = [await call(client, name, args) for name, args in calls]
             return client.protocol_version, [t.name for t in tools.tools], results
 
 
