@@ -46,11 +46,7 @@ async fn main() {
     let clients: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(16);
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     let due: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(200);
-    let mut leases: Vec<usize> = args
-        .iter()
-        .skip(5)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let mut leases: Vec<usize> = args.iter().skip(5).filter_map(|a| a.parse().ok()).collect();
     if leases.is_empty() {
         leases = vec![0, 1_000_000];
     }
@@ -213,21 +209,17 @@ async fn takeover(binary: &str, n_leases: usize, due: usize) {
     let started = Instant::now();
     let claims: Vec<(String, String)> = loop {
         let rows: Vec<(String, i64, Option<String>)> = if named {
-            sqlx::query_as(
-                "SELECT id, claimed_until, claimed_by FROM grants WHERE id = ANY($1)",
-            )
-            .bind(&ids)
-            .fetch_all(&mut store)
-            .await
-            .unwrap()
+            sqlx::query_as("SELECT id, claimed_until, claimed_by FROM grants WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut store)
+                .await
+                .unwrap()
         } else {
-            sqlx::query_as(
-                "SELECT id, claimed_until, NULL::text FROM grants WHERE id = ANY($1)",
-            )
-            .bind(&ids)
-            .fetch_all(&mut store)
-            .await
-            .unwrap()
+            sqlx::query_as("SELECT id, claimed_until, NULL::text FROM grants WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut store)
+                .await
+                .unwrap()
         };
         let now = cluster.store_now_ms().await;
         if rows.iter().all(|(_, until, _)| *until > now) {

@@ -227,7 +227,13 @@ impl Cluster {
         self.spawn(0);
         self.wait_answering(0).await;
         let (status, init) = self
-            .call(0, "POST", "/v1/sys/init", None, Some(json!({"shares": 1, "threshold": 1})))
+            .call(
+                0,
+                "POST",
+                "/v1/sys/init",
+                None,
+                Some(json!({"shares": 1, "threshold": 1})),
+            )
             .await
             .unwrap();
         assert_eq!(status, 200, "init: {init}");
@@ -447,7 +453,15 @@ impl Cluster {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<(u16, Value), String> {
-        call(&self.http, &self.nodes[index].addr, method, path, token, body).await
+        call(
+            &self.http,
+            &self.nodes[index].addr,
+            method,
+            path,
+            token,
+            body,
+        )
+        .await
     }
 
     /// One grant through broker `index`: a request for `ttl_s` seconds, then its activation.
@@ -793,7 +807,10 @@ async fn call(
     let response = request.send().await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 /// A request, then its activation, through one broker.
@@ -807,7 +824,8 @@ async fn grant(
 ) -> Result<Granted, String> {
     let started = Instant::now();
     let body = json!({"target": TARGET, "role": ROLE, "ttl_seconds": ttl_s, "reason": reason});
-    let (status, request) = call(http, addr, "POST", "/v1/requests", Some(token), Some(body)).await?;
+    let (status, request) =
+        call(http, addr, "POST", "/v1/requests", Some(token), Some(body)).await?;
     if status != 200 || request["state"] != "allowed" {
         return Err(format!("request: {status} {request}"));
     }
@@ -868,8 +886,12 @@ async fn run_load(
         turn += 1;
         let first = turn % addrs.len();
         let ttl_s = spec.ttl.start() + rng.below(ttl_span);
-        let (http, addrs, token, in_flight) =
-            (http.clone(), addrs.clone(), token.clone(), in_flight.clone());
+        let (http, addrs, token, in_flight) = (
+            http.clone(),
+            addrs.clone(),
+            token.clone(),
+            in_flight.clone(),
+        );
         in_flight.fetch_add(1, Ordering::SeqCst);
         let reason = format!("chaos load {}", report.attempted);
         tasks.spawn(async move {
@@ -915,7 +937,15 @@ async fn load_one(
     for offset in 0..addrs.len() {
         let node = (first + offset) % addrs.len();
         let addr = &addrs[node];
-        let answer = call(http, addr, "POST", "/v1/requests", Some(token), Some(body.clone())).await;
+        let answer = call(
+            http,
+            addr,
+            "POST",
+            "/v1/requests",
+            Some(token),
+            Some(body.clone()),
+        )
+        .await;
         let Ok((200, request)) = answer else {
             continue;
         };
@@ -949,7 +979,7 @@ impl Rng {
             })
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -959,6 +989,6 @@ impl Rng {
 
     /// In `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }

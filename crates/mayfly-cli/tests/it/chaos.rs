@@ -86,7 +86,10 @@ fn kill_9_a_random_broker_every_10_s_under_load_loses_nothing() {
         );
 
         let problems = cluster.check_acknowledged(&report.acknowledged).await;
-        assert!(problems.is_empty(), "acknowledged grants lost: {problems:#?}");
+        assert!(
+            problems.is_empty(),
+            "acknowledged grants lost: {problems:#?}"
+        );
 
         // Bounded generously: without H1, a dead broker's claims wait 60 s and its interrupted
         // intents are due 60 s after they were written.
@@ -163,7 +166,10 @@ fn a_claimant_paused_past_its_lease_changes_nothing_when_it_resumes() {
         let mut lock = cluster.target.connect("postgres").await;
         let mut script = String::from("BEGIN;");
         for grant in &grants {
-            script.push_str(&format!(" ALTER ROLE \"{}\" CONNECTION LIMIT 5;", grant.login));
+            script.push_str(&format!(
+                " ALTER ROLE \"{}\" CONNECTION LIMIT 5;",
+                grant.login
+            ));
         }
         sqlx::raw_sql(sqlx::AssertSqlSafe(script))
             .execute(&mut lock)
@@ -219,7 +225,11 @@ fn a_claimant_paused_past_its_lease_changes_nothing_when_it_resumes() {
                 before.2,
                 after.2
             );
-            assert_eq!(after.4, 1, "grant {}: {} grant.revoked events", after.0, after.4);
+            assert_eq!(
+                after.4, 1,
+                "grant {}: {} grant.revoked events",
+                after.0, after.4
+            );
         }
         assert!(cluster.logins_on_target().await.is_empty());
 
@@ -240,7 +250,11 @@ fn a_claimant_paused_past_its_lease_changes_nothing_when_it_resumes() {
         // For two seconds more (its other late writes, if any), nothing about the grants moves.
         let watched = Instant::now();
         while watched.elapsed() < Duration::from_secs(2) {
-            assert_eq!(snapshot(&cluster, &ids).await, done, "a late write changed the store");
+            assert_eq!(
+                snapshot(&cluster, &ids).await,
+                done,
+                "a late write changed the store"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         eprintln!(
