@@ -17,6 +17,7 @@ use mayfly_server::{Broker, Config};
 use serde_json::Value;
 
 pub mod access;
+pub mod cluster;
 pub mod gate;
 pub mod pgcluster;
 pub mod postgres;

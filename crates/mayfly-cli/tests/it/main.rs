@@ -12,6 +12,7 @@
 
 mod audit_head;
 mod behaves;
+mod chaos;
 mod proxy_logs;
 mod rotate_admin;
 mod rotate_signing_key;
