@@ -74,8 +74,8 @@ pub use records::{
     CallApprovalState, Change, ExchangedTokenRecord, GrantFilter, GrantRecord, GrantUpdate,
     JwtConfigRecord, KvSecretRecord, KvVersionRecord, LeaseFence, NotificationRecord,
     NotifyCondition, OutboxStats, PendingRotation, Principals, ProxyRouteRecord, RequestRecord,
-    RoleRecord, SealRecord, SealWrapRecord, SessionRecord, SsoPendingRecord, StoredEvent, TargetRecord,
-    ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
+    RoleRecord, SealRecord, SealWrapRecord, SessionRecord, SsoPendingRecord, StoredEvent,
+    TargetRecord, ThrottleRecord, TotpStep, UserRecord, Write, WriteOutcome,
 };
 pub use store::SqlStore;
 

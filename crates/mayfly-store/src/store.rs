@@ -190,6 +190,8 @@ impl SqlStore {
             Dialect::Sqlite => Some(self.write_lock.lock().await),
             Dialect::Postgres => None,
         }
+    }
+
     /// The server the store writes to, as `host:port`, when it was given as a list of servers.
     pub fn writable_server(&self) -> Option<String> {
         self.servers.as_ref().map(|servers| servers.current_name())

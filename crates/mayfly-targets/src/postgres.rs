@@ -12,16 +12,13 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt as _;
 use mayfly_core::{LoginName, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgRow, PgSslMode};
-use sqlx::{
-    Column as _, ConnectOptions, Connection as _, Executor as _, Row, TypeInfo as _, ValueRef as _,
-};
+use sqlx::{ConnectOptions, Connection as _, Row, TypeInfo as _, ValueRef as _};
 use tokio::sync::Semaphore;
 
-use crate::query::{Collector, QueryRequest, QueryRows, Sort};
+use crate::query::{QueryRequest, QueryRows, Sort};
 use crate::{Connection, IssuePlan, RevocationProof, RoleSpec, Target, TargetError, TargetKind};
 
 /// Ends every backend of the roles with these oids (`$1`, an `int8[]`), but this one.
