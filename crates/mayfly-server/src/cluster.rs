@@ -454,7 +454,7 @@ impl Broker {
             leases,
             audit_head: mayfly_api::AuditHead { seq, hash },
             sinks,
-            past_due_grants: rows.n_past_due,
+            past_due_grants: i64::try_from(self.past_due_grants().await?).unwrap_or(i64::MAX),
         })
     }
 }

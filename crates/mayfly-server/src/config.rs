@@ -68,7 +68,7 @@ pub struct ConfigFile {
     pub heartbeat_interval_ms: Option<u64>,
     /// `[auto_unseal]`: the node unseals itself from the root key wrapped under its own key
     /// (`seal/auto.rs`, docs/seal.md).
-    pub auto_unseal: Option<crate::seal::auto::AutoUnsealFile>,
+    pub auto_unseal: Option<crate::seal::spec::AutoUnsealFile>,
 }
 
 /// `store`: one URL, or the URLs of one store's servers, the primary first. In one text (an
@@ -161,7 +161,7 @@ pub struct Config {
     /// Auto-unseal from this root key file (`mayfly dev` only).
     pub dev_key_file: Option<PathBuf>,
     /// Auto-unseal from the root key wrapped under this node's key (`[auto_unseal]`).
-    pub auto_unseal: Option<crate::seal::auto::AutoUnseal>,
+    pub auto_unseal: Option<crate::seal::spec::AutoUnseal>,
     /// Batch many requests' audit events in one transaction. Off = one transaction per event
     /// (kept for the benchmark that measures the difference).
     pub group_commit: bool,
@@ -400,7 +400,7 @@ impl Config {
         }
         if let Some(auto_unseal) = file.auto_unseal {
             config.auto_unseal = Some(
-                crate::seal::auto::AutoUnseal::parse(auto_unseal, credentials_dir).map_err(
+                crate::seal::spec::AutoUnseal::parse(auto_unseal, credentials_dir).map_err(
                     |message| {
                         let from = origins
                             .get("auto_unseal")

@@ -73,15 +73,13 @@ pub struct Claimed {
 }
 
 /// What `GET /v1/sys/cluster` reads, in one call: the nodes, the leases, the claims in flight
-/// per node, and how many live grants are past due.
+/// per node (the past-due count is `Store::past_due_grants`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterRows {
     pub nodes: Vec<NodeRecord>,
     pub leases: Vec<LeaseRecord>,
     /// (node name, claims of due grants it holds that have not timed out).
     pub claims: Vec<(String, i64)>,
-    /// Live grants whose `next_attempt_at` has passed (claimed or not).
-    pub n_past_due: i64,
 }
 
 /// Registers `node` with a new generation (the next after its last one), leased until
@@ -371,19 +369,10 @@ pub(crate) async fn cluster(pool: &AnyPool, now: Timestamp) -> Result<ClusterRow
     .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    let n_past_due: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM grants WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $1 \
-         AND state IN ('issuing', 'active', 'revoking', 'failed')",
-    )
-    .bind(now.unix_ms())
-    .fetch_one(pool)
-    .await
-    .map_err(unavailable)?;
     Ok(ClusterRows {
         nodes,
         leases,
         claims,
-        n_past_due,
     })
 }
 

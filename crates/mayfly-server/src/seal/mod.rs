@@ -9,6 +9,7 @@
 pub mod auto;
 mod file;
 mod pkcs11;
+pub mod spec;
 
 use std::sync::Arc;
 
