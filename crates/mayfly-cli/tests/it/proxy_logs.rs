@@ -248,7 +248,18 @@ fn the_secret_is_in_no_answer_log_or_file_of_the_broker() {
     assert!(stdout(&ls).contains("ECHO_KEY"), "{ls:?}");
     answers.push(ls.stdout);
 
-    // An agent calls the route through `/mcp`; then the kill switch stops it.
+    // An agent calls the route, pointed back at the live upstream, through `/mcp`; then the
+    // kill switch stops it.
+    let back = run(&mut client(mayfly().args([
+        "proxy",
+        "add",
+        "echo",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--inject",
+        "header:Authorization=Bearer {{secret:shop/dev/ECHO_KEY}}",
+    ])));
+    assert!(back.status.success(), "{back:?}");
     let agent_token = run(&mut client(mayfly().args(["agent", "token", "claude"])));
     assert!(agent_token.status.success(), "{agent_token:?}");
     let agent_token = stdout(&agent_token).trim().to_owned();
