@@ -72,12 +72,64 @@ pub struct ConfigFile {
 }
 
 /// `store`: one URL, or the URLs of one store's servers, the primary first. In one text (an
-/// environment variable, a flag), several URLs are separated by commas.
-#[derive(Debug, Deserialize)]
+/// environment variable, a flag), several URLs are separated by commas. `Debug` hides the URLs
+/// (they may hold a password).
+#[derive(Deserialize)]
 #[serde(untagged, expecting = "a store URL, or a list of store URLs")]
 pub enum StoreSetting {
     One(String),
     Several(Vec<String>),
+}
+
+impl std::fmt::Debug for StoreSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSetting::One(url) => f.debug_tuple("One").field(&shown_url(url)).finish(),
+            StoreSetting::Several(urls) => f
+                .debug_tuple("Several")
+                .field(&urls.iter().map(|u| shown_url(u)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// The store's URLs, never empty. They may hold passwords: `Debug` shows each as its scheme
+/// and host only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrls(pub Vec<String>);
+
+impl std::ops::Deref for StoreUrls {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for StoreUrls {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for StoreUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|u| shown_url(u)))
+            .finish()
+    }
+}
+
+/// A store URL as `Debug` shows it: the scheme and what follows the last `@` up to the path
+/// (`postgres://…@db1:5432`), never a user or password.
+fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "…".into();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://…@{host}"),
+        None => format!("{scheme}://{authority}"),
+    }
 }
 
 /// What a key holds, for reading it from an environment variable.
@@ -152,7 +204,7 @@ impl ConfigSources<'_> {
 pub struct Config {
     /// The store's URLs: one, or the PostgreSQL servers of one replicated cluster, the primary
     /// first (the store connects only to the one that accepts writes; docs/store.md). Never empty.
-    pub store_urls: Vec<String>,
+    pub store_urls: StoreUrls,
     pub tls: Option<TlsFiles>,
     /// JSON-lines audit sink.
     pub audit_file: Option<PathBuf>,
@@ -222,7 +274,7 @@ impl Config {
     pub fn new(store_url: impl Into<String>) -> Config {
         let n_cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Config {
-            store_urls: mayfly_store::split_urls(&store_url.into()),
+            store_urls: StoreUrls(mayfly_store::split_urls(&store_url.into())),
             tls: None,
             audit_file: None,
             audit_sinks: Vec::new(),
@@ -378,7 +430,7 @@ impl Config {
             None => None,
         };
         let mut config = Config::new(String::new());
-        config.store_urls = store_urls;
+        config.store_urls = StoreUrls(store_urls);
         config.audit_file = file.audit_file;
         config.audit_sinks =
             crate::audit::sink_spec::specs(file.audit_sink).map_err(|message| {
@@ -843,6 +895,14 @@ public_url = "https://mayfly.example.com/"
             Config::new("postgres://a/m,postgres://b/m").store_urls,
             ["postgres://a/m", "postgres://b/m"]
         );
+        // The config as `Debug` prints it (a log line, a panic) holds no store password.
+        let (config, _) = load(Some(list), &[], Vec::new()).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("u:p"), "{shown}");
+        assert!(shown.contains("postgres://…@a:5432"), "{shown}");
+        let file: ConfigFile =
+            serde_path_to_error::deserialize(toml::Value::Table(list.parse().unwrap())).unwrap();
+        assert!(!format!("{file:?}").contains("u:p"));
         let error = refused(load(Some("version = 1\nstore = []\n"), &[], Vec::new()));
         assert!(error.contains("no store"), "{error}");
         let error = refused(load(

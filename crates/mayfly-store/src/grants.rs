@@ -25,6 +25,7 @@ pub(crate) async fn record_intent(
     c: &mut AnyConnection,
     grant: &GrantRecord,
     secret: &(String, Vec<u8>),
+    issuer: Option<&crate::Claimant>,
 ) -> Result<Applied, sqlx::Error> {
     let activated =
         sqlx::query("UPDATE requests SET state = 'activated' WHERE id = $1 AND state = 'allowed'")
@@ -37,6 +38,19 @@ pub(crate) async fn record_intent(
         ));
     }
     insert_grants(c, &[grant]).await?;
+    if let Some(issuer) = issuer {
+        // Claimed by its issuer until the deadline, due from its creation (epoch 0: no claim
+        // round took it yet).
+        sqlx::query(
+            "UPDATE grants SET claimed_by = $1, claimed_generation = $2, \
+             claimed_until = next_attempt_at, next_attempt_at = created_at WHERE id = $3",
+        )
+        .bind(issuer.name.clone())
+        .bind(issuer.generation)
+        .bind(grant.id.clone())
+        .execute(&mut *c)
+        .await?;
+    }
     put_secrets(c, std::slice::from_ref(secret), grant.created_at).await?;
     Ok(Applied::Done)
 }

@@ -385,10 +385,15 @@ pub enum Change {
     },
     /// The intent: the grant row in `issuing` with its login and encrypted secret, and the request
     /// marked `activated`, before anything is created on the target. Conflicts if the request is
-    /// not `allowed`.
+    /// not `allowed`. The grant's `next_attempt_at` is its issue deadline: past it, the expiry
+    /// engine takes the intent over and revokes whatever was made. With an `issuer` (the node
+    /// doing the issue, on a shared store), the intent is that node's claim until the deadline,
+    /// due at once: if the node dies, the others take it over as soon as its lease ends, not at
+    /// the deadline.
     RecordIntent {
         grant: GrantRecord,
         secret: (String, Vec<u8>),
+        issuer: Option<crate::Claimant>,
     },
     /// A request allowed without approvals and its certificate grant, already `active`, in one
     /// go: the one-call signing path (`POST /v1/ssh/sign`). The request is recorded `activated`.

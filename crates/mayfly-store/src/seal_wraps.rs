@@ -61,11 +61,14 @@ pub(crate) async fn seal_wrap(
 }
 
 /// Live grants (`issuing`, `active`, `revoking`, `failed`) whose next step was due at or before
-/// `now`: a range of the `next_attempt_at` index, so only the rows past due are read.
+/// `now`: a range of the `next_attempt_at` index, so only the rows past due are read. An intent
+/// its issuer still holds (`issuing`, never claimed by a claim round: epoch 0, before its
+/// deadline) is being issued, not past due.
 pub(crate) async fn past_due_grants(pool: &AnyPool, now: Timestamp) -> Result<u64, StoreError> {
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM grants WHERE next_attempt_at <= $1 \
-         AND state IN ('issuing', 'active', 'revoking', 'failed')",
+         AND state IN ('issuing', 'active', 'revoking', 'failed') \
+         AND NOT (state = 'issuing' AND epoch = 0 AND claimed_until > $1)",
     )
     .bind(now.unix_ms())
     .fetch_one(pool)

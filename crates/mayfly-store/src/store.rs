@@ -62,6 +62,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long a PostgreSQL session of the store may sit idle inside a transaction. The broker's
+/// own transactions never wait on anything but the server between their statements.
+const IDLE_IN_TRANSACTION_LIMIT: &str = "SET idle_in_transaction_session_timeout = '10s'";
+
 impl SqlStore {
     /// Opens the store at `url`: one URL, or several PostgreSQL URLs separated by commas
     /// ([`crate::split_urls`]; see [`SqlStore::open_any`]).
@@ -129,6 +133,13 @@ impl SqlStore {
                         // Only the server that accepts writes: a standby's connection is refused
                         // (the pool connects again, to the server the watcher finds).
                         Dialect::Postgres => {
+                            // A broker frozen (SIGSTOP, a VM pause) inside a transaction would
+                            // hold its row locks, the audit head's among them, and stall every
+                            // other node's commits until it runs again: the server ends such a
+                            // session (and rolls its transaction back) after this.
+                            sqlx::raw_sql(IDLE_IN_TRANSACTION_LIMIT)
+                                .execute(&mut *connection)
+                                .await?;
                             if !failover::accepts_writes(connection).await? {
                                 if let Some(servers) = &servers {
                                     servers.wake();

@@ -23,12 +23,12 @@ use serde_json::{Value, json};
 
 use crate::pgcluster::PgCluster;
 
-/// The brokers read H1's node settings (`node_name`, `node_lease_ms`, `heartbeat_interval_ms`).
-/// Off until they are in main: a broker refuses a config key it does not know.
-pub const NODE_SETTINGS: bool = false;
-/// The brokers unseal themselves at start from `[auto_unseal] kind = "file"` (H2). Off until it
-/// is in main: the harness unseals a started broker with the share.
-pub const AUTO_UNSEAL_FILE: bool = false;
+/// The brokers are given their node settings (`node_name`, `node_lease_ms`); off, each takes
+/// the defaults (its host name and pid, a 1.5 s lease).
+pub const NODE_SETTINGS: bool = true;
+/// The brokers unseal themselves at start from `[auto_unseal] kind = "file"`; off, the harness
+/// unseals a started broker with the share, as a key holder would.
+pub const AUTO_UNSEAL_FILE: bool = true;
 
 /// The role the load asks for on the target `pg`.
 pub const ROLE: &str = "ro";
@@ -47,7 +47,7 @@ pub struct ClusterSpec {
     pub n_nodes: usize,
     /// `MAYFLY_LOG` of the brokers (their stderr goes to a log file per broker).
     pub log_level: String,
-    /// The node lease (H1), when [`NODE_SETTINGS`] is on.
+    /// The node lease, when [`NODE_SETTINGS`] is on.
     pub node_lease: Duration,
 }
 
@@ -68,7 +68,7 @@ pub struct Cluster {
     pub target: PgCluster,
     pub nodes: Vec<Node>,
     pub admin_token: String,
-    /// The store URLs every broker is given, primary first (several only with H3's list).
+    /// The store URLs every broker is given, primary first (several: a replicated store).
     pub store_urls: Vec<String>,
     spec: ClusterSpec,
     dir: tempfile::TempDir,
@@ -120,6 +120,28 @@ impl LoadReport {
     }
 }
 
+/// The most a broker-made login was seen on the target after its grant's expiry.
+#[derive(Debug, Default)]
+pub struct Overdue {
+    pub max: Duration,
+    pub login: Option<String>,
+    pub n_samples: usize,
+}
+
+/// A watch started by [`Cluster::watch_overdue`].
+pub struct OverdueWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Overdue>,
+}
+
+impl OverdueWatch {
+    /// Stops the watch; what it saw.
+    pub async fn stop(self) -> Overdue {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap_or_default()
+    }
+}
+
 /// A load of grants: `rate` attempts a second for `duration`, each with a TTL drawn from `ttl`
 /// (seconds), at most `max_in_flight` at once.
 #[derive(Debug, Clone)]
@@ -151,7 +173,7 @@ impl Cluster {
     }
 
     /// [`Cluster::start`] on a given store cluster (and store URLs), e.g. a primary with its
-    /// replica (H3's `PgCluster::replica_of`).
+    /// replica (`PgCluster::replica_of`).
     pub async fn start_on(spec: ClusterSpec, store: Option<(PgCluster, Vec<String>)>) -> Cluster {
         assert!(spec.n_nodes >= 1, "a cluster needs a broker");
         let (store, store_urls) = match store {
@@ -535,6 +557,65 @@ impl Cluster {
         logins.into_iter().collect()
     }
 
+    /// Starts watching, every 250 ms until [`OverdueWatch::stop`], how long broker-made logins
+    /// on the target outlive their grants' expiry (the store's clock), while the brokers work.
+    pub fn watch_overdue(&self) -> OverdueWatch {
+        use sqlx::ConnectOptions as _;
+        let target = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(self.target.port)
+            .database("postgres")
+            .username("postgres")
+            .password(&self.target.admin_password)
+            .disable_statement_logging();
+        let store_url = self.store_urls[0].clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            use sqlx::Connection as _;
+            let mut worst = Overdue::default();
+            while !stopping.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                // The store may be out of reach a moment (a failover): the next sample counts.
+                let (Ok(mut target), Ok(mut store)) = (
+                    target.connect().await,
+                    sqlx::PgConnection::connect(&store_url).await,
+                ) else {
+                    continue;
+                };
+                let Ok(logins) = sqlx::query_scalar::<_, String>(
+                    "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'mf\\_%'",
+                )
+                .fetch_all(&mut target)
+                .await
+                else {
+                    continue;
+                };
+                let Ok(rows) = sqlx::query_as::<_, (String, i64, i64)>(
+                    "SELECT login, expires_at, \
+                     (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
+                     FROM grants WHERE login = ANY($1)",
+                )
+                .bind(&logins)
+                .fetch_all(&mut store)
+                .await
+                else {
+                    continue;
+                };
+                worst.n_samples += 1;
+                for (login, expires_at, now) in rows {
+                    let over = Duration::from_millis(u64::try_from(now - expires_at).unwrap_or(0));
+                    if over > worst.max {
+                        worst.max = over;
+                        worst.login = Some(login);
+                    }
+                }
+            }
+            worst
+        });
+        OverdueWatch { stop, task }
+    }
+
     /// Every acknowledged grant has its row in the store and its `grant.issue` audit event; the
     /// problems found, if any.
     pub async fn check_acknowledged(&self, acknowledged: &[Granted]) -> Vec<String> {
@@ -731,7 +812,8 @@ impl Drop for Cluster {
     }
 }
 
-/// A broker's config file. The H1 and H2 settings are one `if` each, the store list one line.
+/// A broker's config file: its address, the store (one URL or a list), its node settings and
+/// its auto-unseal key file.
 fn config_text(node: &Node, store_urls: &[String], key_file: &Path, spec: &ClusterSpec) -> String {
     let mut text = format!(
         "version = 1\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{addr}\"\n",

@@ -4,18 +4,23 @@
 //! only stop a hang, and the times are printed (the benchmark `cluster_bench` measures them).
 //!
 //! 1. kill -9 a random broker every 10 s and start it again, for 60 s of ~100 grants/s with TTLs
-//!    of 5–20 s: every acknowledged grant has its row and its audit event; once every TTL is over
-//!    no broker-made login is left on the target; each grant is revoked once; the chain verifies.
+//!    of 5–20 s: every acknowledged grant has its row and its audit event; no broker-made login
+//!    outlives its grant by more than 5 s (watched all along); each grant is revoked once; the
+//!    chain verifies.
 //! 2. SIGSTOP a broker in the middle of a revocation it claimed, past its lease; another takes the
 //!    grants over; SIGCONT: its late writes change nothing.
-//! 3. kill -9 the holder of the checkpoint lease: another broker signs the next checkpoint (needs
-//!    H1's leases, enabled once they are in main).
+//! 3. kill -9 the holder of the checkpoint lease: another broker signs the next checkpoint.
+//! 4. The store is a primary and its synchronous streaming replica (`store = [primary, replica]`);
+//!    under load, the primary is killed (`kill -9`) and the replica promoted: no acknowledged
+//!    grant is lost, the brokers serve again, every grant is revoked once, the chain verifies.
 //!
 //! `MAYFLY_CHAOS_SEED=N` repeats a run's choices (which broker dies, the TTLs).
 
 use std::time::{Duration, Instant};
 
+use mayfly_server::cluster::CHECKPOINT_LEASE;
 use mayfly_testkit::cluster::{Cluster, ClusterSpec, LoadSpec, Rng};
+use mayfly_testkit::pgcluster::PgCluster;
 use sqlx::Connection as _;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -56,6 +61,7 @@ fn kill_9_a_random_broker_every_10_s_under_load_loses_nothing() {
             max_in_flight: 64,
             seed,
         });
+        let overdue = cluster.watch_overdue();
         let mut rng = Rng::new(seed ^ 0x00c4_a05e);
         let started = tokio::time::Instant::now();
         let mut killed = Vec::new();
@@ -91,8 +97,7 @@ fn kill_9_a_random_broker_every_10_s_under_load_loses_nothing() {
             "acknowledged grants lost: {problems:#?}"
         );
 
-        // Bounded generously: without H1, a dead broker's claims wait 60 s and its interrupted
-        // intents are due 60 s after they were written.
+        // A hang stopper (a claim's own timeout is 60 s).
         let settled = match cluster.wait_settled(Duration::from_secs(150)).await {
             Ok(settled) => settled,
             Err(why) => panic!("{why}\n{}", cluster.logs(30)),
@@ -105,6 +110,26 @@ fn kill_9_a_random_broker_every_10_s_under_load_loses_nothing() {
             settled.max_overdue.as_secs_f64()
         );
         assert!(settled.n_grants >= report.acknowledged.len());
+        // After TTL + 5 s no broker-made login remains: a dead broker's claims and intents are
+        // taken over at the end of its node lease (1.5 s), not at a claim's timeout (60 s).
+        let overdue = overdue.stop().await;
+        eprintln!(
+            "a login outlived its grant by {:.1} s at most, all along ({} samples)",
+            overdue
+                .max
+                .as_secs_f64()
+                .max(settled.max_overdue.as_secs_f64()),
+            overdue.n_samples
+        );
+        assert!(
+            overdue.n_samples > 0,
+            "the watch of the target never sampled"
+        );
+        assert!(
+            overdue.max.max(settled.max_overdue) <= Duration::from_secs(5),
+            "a login outlived its grant by more than 5 s: {overdue:?}\n{}",
+            cluster.logs(30)
+        );
         let problems = cluster.check_revoked_once().await;
         assert!(problems.is_empty(), "revocations: {problems:#?}");
         if let Err(why) = cluster.audit_verify() {
@@ -270,9 +295,6 @@ fn a_claimant_paused_past_its_lease_changes_nothing_when_it_resumes() {
     });
 }
 
-/// The lease that checkpoint signing runs under (H1's `leases` table).
-const CHECKPOINT_LEASE: &str = "audit.checkpoint";
-
 /// The holder of a live lease, by name.
 async fn lease_holder(cluster: &Cluster, name: &str) -> Option<String> {
     let mut store = cluster.store_connection().await;
@@ -297,8 +319,7 @@ async fn last_checkpoint(cluster: &Cluster) -> i64 {
     .unwrap()
 }
 
-// Enabled (`#[test]`) once H1's leases and node names are in main.
-#[expect(dead_code, reason = "enabled once H1's leases are in main")]
+#[test]
 fn killing_the_checkpoint_lease_holder_lets_another_sign() {
     runtime().block_on(async {
         let mut cluster = Cluster::start(spec(3)).await;
@@ -338,5 +359,83 @@ fn killing_the_checkpoint_lease_holder_lets_another_sign() {
         if let Err(why) = cluster.audit_verify() {
             panic!("audit verify: {why}\n{}", cluster.logs(30));
         }
+    });
+}
+
+#[test]
+fn a_synchronous_replica_promoted_after_kill_9_of_the_primary_loses_no_acknowledged_grant() {
+    runtime().block_on(async {
+        let seed = Rng::seed();
+        eprintln!("chaos seed {seed} (MAYFLY_CHAOS_SEED={seed} repeats it)");
+        // The store's database exists before the base backup, so the replica has it too.
+        let primary = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+        primary.psql("CREATE DATABASE mayfly");
+        let replica = tokio::task::block_in_place(|| PgCluster::replica_of(&primary, true));
+        let urls = vec![primary.store_url("mayfly"), replica.store_url("mayfly")];
+        let cluster = Cluster::start_on(spec(3), Some((primary, urls))).await;
+        let load = cluster.spawn_load(LoadSpec {
+            rate: 50,
+            duration: Duration::from_secs(30),
+            ttl: 5..=20,
+            max_in_flight: 32,
+            seed,
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::task::block_in_place(|| {
+            cluster.store.kill9();
+            replica.promote();
+        });
+        let promoted = Instant::now();
+        let mut attempt = 0usize;
+        let first = poll(
+            "a grant through a broker on the promoted store",
+            Duration::from_secs(120),
+            async || {
+                attempt += 1;
+                cluster
+                    .grant(attempt % 3, 600, "after the promotion")
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        eprintln!(
+            "store failover: broker {} granted {:.2} s after the replica's promotion",
+            first.node,
+            promoted.elapsed().as_secs_f64()
+        );
+        let report = load.await.unwrap();
+        eprintln!(
+            "failover load: {} attempted, {} acknowledged, {} requests refused by every broker, \
+             {} activations without an answer",
+            report.attempted,
+            report.acknowledged.len(),
+            report.refused_requests,
+            report.failed_activations
+        );
+        let mut acknowledged = report.acknowledged;
+        acknowledged.push(first);
+        let problems = cluster.check_acknowledged(&acknowledged).await;
+        assert!(
+            problems.is_empty(),
+            "acknowledged grants lost in the failover: {problems:#?}"
+        );
+        let settled = match cluster.wait_settled(Duration::from_secs(150)).await {
+            Ok(settled) => settled,
+            Err(why) => panic!("{why}\n{}", cluster.logs(30)),
+        };
+        eprintln!(
+            "settled: {} grants revoked, no `mf_` login on the target {:.1} s after the last \
+             expiry",
+            settled.n_grants,
+            settled.after_last_expiry.as_secs_f64()
+        );
+        let problems = cluster.check_revoked_once().await;
+        assert!(problems.is_empty(), "revocations: {problems:#?}");
+        if let Err(why) = cluster.audit_verify() {
+            panic!("audit verify: {why}\n{}", cluster.logs(30));
+        }
+        drop(cluster);
+        drop(replica);
     });
 }

@@ -121,6 +121,7 @@ impl Broker {
                 change: Some(Change::RecordIntent {
                     grant: grant.clone(),
                     secret: (secret_path, blob),
+                    issuer: self.cluster().claimant(),
                 }),
                 event,
             })

@@ -117,7 +117,11 @@ pub(super) async fn apply(
         Change::DenyRequest { request_id } => requests::deny(c, request_id).await,
         Change::WithdrawRequest { request_id } => requests::withdraw(c, request_id).await,
         Change::ExpireRequests { before } => requests::expire_requests(c, *before).await,
-        Change::RecordIntent { grant, secret } => grants::record_intent(c, grant, secret).await,
+        Change::RecordIntent {
+            grant,
+            secret,
+            issuer,
+        } => grants::record_intent(c, grant, secret, issuer.as_ref()).await,
         Change::IssueCertificate { request, grant } => {
             grants::issue_certificate(c, request, grant).await
         }

@@ -303,6 +303,7 @@ pub async fn run(store: &dyn Store) {
     let intent = Change::RecordIntent {
         grant: g1.clone(),
         secret: ("grants/g1/secret".into(), vec![9; 40]),
+        issuer: None,
     };
     assert!(applied(&apply(store, intent.clone()).await));
     assert!(
@@ -552,6 +553,7 @@ pub async fn concurrent_claims(first: Arc<dyn Store>, second: Arc<dyn Store>) {
         let intent = Change::RecordIntent {
             grant: grant(&id, &format!("rq{i}"), 10_000),
             secret: (format!("grants/{id}/secret"), vec![1]),
+            issuer: None,
         };
         assert!(applied(&apply(first.as_ref(), intent).await));
     }

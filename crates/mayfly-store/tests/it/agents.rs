@@ -75,6 +75,7 @@ pub async fn run(store: &dyn Store) {
             Change::RecordIntent {
                 grant,
                 secret: ("grants/ag1/secret".into(), vec![1, 2, 3]),
+                issuer: None,
             }
         )
         .await

@@ -81,6 +81,7 @@ pub async fn run(store: &dyn Store) {
         let intent = Change::RecordIntent {
             grant: grant(&id, &rq, 1_500),
             secret: (format!("grants/{id}/secret"), vec![1]),
+            issuer: None,
         };
         assert!(matches!(
             apply(store, intent, "test").await,
@@ -263,6 +264,79 @@ pub async fn run(store: &dyn Store) {
             .iter()
             .all(|l| l.holder != "b" || l.until <= 5_200)
     );
+
+    // An intent recorded by its issuer C is C's claim until its issue deadline (67 000), due at
+    // once: not past due, nobody else's to claim while C lives; once C's lease ends (7 500) D
+    // takes it over at once, a minute before the deadline.
+    let c = Claimant {
+        name: "c".into(),
+        generation: store
+            .register_node(&node("c"), at(7_000), at(7_500))
+            .await
+            .unwrap()
+            .unwrap(),
+    };
+    let d = Claimant {
+        name: "d".into(),
+        generation: store
+            .register_node(&node("d"), at(7_000), at(9_000))
+            .await
+            .unwrap()
+            .unwrap(),
+    };
+    apply(
+        store,
+        Change::CreateRequest {
+            request: request("cr", RequestState::Allowed, 0),
+        },
+        "test",
+    )
+    .await;
+    let past_due = store.past_due_grants(at(7_000)).await.unwrap();
+    let mut issuing = grant("c1", "cr", 67_000);
+    issuing.created_at = at(7_000);
+    let intent = Change::RecordIntent {
+        grant: issuing,
+        secret: ("grants/c1/secret".into(), vec![1]),
+        issuer: Some(c.clone()),
+    };
+    assert!(matches!(
+        apply(store, intent, "grant.intent").await,
+        WriteOutcome::Applied { .. }
+    ));
+    assert_eq!(
+        store.past_due_grants(at(7_100)).await.unwrap(),
+        past_due,
+        "an intent being issued counts as past due"
+    );
+    // D claims what B (gone) held, but not C's intent.
+    let claimed = store
+        .claim_due_as(&d, at(7_100), at(67_100), 100)
+        .await
+        .unwrap();
+    assert!(!claimed.grants.is_empty());
+    assert!(
+        claimed.grants.iter().all(|g| g.id != "c1"),
+        "the intent of a live issuer was claimed"
+    );
+    let rows = store.cluster(at(7_100)).await.unwrap();
+    assert!(
+        rows.claims.contains(&("c".to_owned(), 1)),
+        "{:?}",
+        rows.claims
+    );
+    let taken = store
+        .claim_due_as(&d, at(7_500), at(67_500), 100)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = taken.grants.iter().map(|g| g.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["c1"],
+        "the intent of a dead issuer waits for its deadline"
+    );
+    assert_eq!(taken.grants[0].epoch, 1);
+    assert_eq!(taken.n_taken_over, 1);
 }
 
 #[tokio::test]
