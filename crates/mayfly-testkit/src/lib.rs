@@ -58,6 +58,7 @@ pub struct Options {
     pub audit_file: bool,
     pub bootstrap: bool,
     pub checkpoint_every_events: u64,
+    pub checkpoint_interval: std::time::Duration,
     /// Audit forwarding sinks (`[[audit_sink]]`, checked by `Config::load`).
     pub audit_sinks: Vec<Arc<mayfly_server::audit::sink_spec::SinkSpec>>,
     /// The notifications outbox's channels and settings (none by default).
@@ -75,6 +76,7 @@ impl Default for Options {
             audit_file: true,
             bootstrap: true,
             checkpoint_every_events: 1000,
+            checkpoint_interval: std::time::Duration::from_secs(10),
             audit_sinks: Vec::new(),
             notifications: mayfly_server::notify::config::NotifyConfig::default(),
             localhost: false,
@@ -133,6 +135,7 @@ impl TestBroker {
         config.clock = Arc::new(clock.clone());
         config.group_commit = options.group_commit;
         config.checkpoint_every_events = options.checkpoint_every_events;
+        config.checkpoint_interval = options.checkpoint_interval;
         config.audit_sinks = options.audit_sinks.clone();
         config.notifications = options.notifications.clone();
         if options.audit_file {

@@ -118,8 +118,13 @@ async fn last_covered(broker: &Broker) -> Result<i64, StoreError> {
         .unwrap_or(0))
 }
 
+/// How often the holder of the lease looks at the store's head for events the other nodes
+/// committed.
+const HEAD_LOOK: Duration = Duration::from_secs(1);
+
 /// Loops: a checkpoint every `checkpoint_interval`, or sooner once `checkpoint_every_events`
-/// events were committed by this node.
+/// events were committed since the last one — by this node (counted as they commit) or by any
+/// node (the store's head, looked at every second while this node holds the lease).
 pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = broker.inner.config.checkpoint_interval;
     let every = broker.inner.config.checkpoint_every_events.max(1);
@@ -128,8 +133,26 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
     let mut last_count = committed.load(Ordering::Relaxed);
     let mut deadline = tokio::time::Instant::now() + interval;
     let taken = broker.cluster().acquired(CHECKPOINT_LEASE);
+    // The head as of this node's last checkpoint (0: none yet, or another node's).
+    let mut signed_head: i64 = 0;
+    let mut look = tokio::time::interval(HEAD_LOOK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = look.tick() => {
+                if broker.cluster().fence(CHECKPOINT_LEASE, broker.now()).is_none() {
+                    continue;
+                }
+                let Ok((head, _)) = broker.store().audit_head().await else {
+                    continue;
+                };
+                if signed_head == 0 {
+                    signed_head = head;
+                }
+                if u64::try_from(head - signed_head).unwrap_or(0) < every {
+                    continue;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {}
             // This node just took the lease: sign what the previous holder left.
             _ = async {
@@ -148,9 +171,13 @@ pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool
         }
         last_count = committed.load(Ordering::Relaxed);
         deadline = tokio::time::Instant::now() + interval;
-        if let Err(error) = run_once(&broker).await {
-            tracing::warn!(error = %error, "audit checkpoint failed; retrying soon");
-            deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        match run_once(&broker).await {
+            Ok(CheckpointOutcome::Worked(seq)) => signed_head = seq,
+            Ok(CheckpointOutcome::Idle | CheckpointOutcome::LeaseLost) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "audit checkpoint failed; retrying soon");
+                deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
         }
     }
 }

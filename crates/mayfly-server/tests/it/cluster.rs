@@ -1,7 +1,7 @@
 //! Several brokers on one PostgreSQL store (issue 23, docs/cluster.md): a dead node's claimed due
 //! grants are taken over by the others once its node lease ends (long before the claims' own
 //! timeout), and its late writes change nothing; a checkpoint signed under a lost lease is not a
-//! checkpoint; the due hints (`LISTEN`/`NOTIFY`) wake the engine, and the poll alone still
+//! checkpoint, and the lease holder signs after N events whichever node committed them; the due hints (`LISTEN`/`NOTIFY`) wake the engine, and the poll alone still
 //! revokes; `GET /v1/sys/cluster` for admins only.
 
 use std::time::Duration;
@@ -289,6 +289,60 @@ async fn a_checkpoint_signed_under_a_lost_lease_changes_nothing() {
     assert_eq!(report["ok"], true, "{report}");
     first.stop().await;
     second.stop().await;
+    db.drop_db().await;
+}
+
+/// The holder of the checkpoint lease signs once `checkpoint_every_events` events were
+/// committed, also when another node committed them (here: straight into the store), long before
+/// the interval.
+#[tokio::test]
+async fn the_lease_holder_signs_after_n_events_committed_by_any_node() {
+    let db = ThrowawayDb::create().await;
+    let node = TestBroker::start(mayfly_testkit::Options {
+        store_url: Some(db.url.clone()),
+        checkpoint_every_events: 10,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..mayfly_testkit::Options::default()
+    })
+    .await;
+    eventually("the node holds the checkpoint lease", || async {
+        node.broker
+            .cluster()
+            .fence(CHECKPOINT_LEASE, node.broker.now())
+            .is_some()
+    })
+    .await;
+    let store = node.broker.store();
+    // Whatever the node signs at start (taking the lease) is done before the others commit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = store.last_checkpoint().await.unwrap().map_or(0, |e| e.seq);
+    let others: Vec<Write> = (0..25)
+        .map(|_| Write {
+            change: None,
+            event: AuditDraft::new(node.broker.now(), "test.other_node", Outcome::Ok),
+        })
+        .collect();
+    store.commit(others).await.unwrap();
+    let (head, _) = store.audit_head().await.unwrap();
+    eventually("a checkpoint over the other node's events", || async {
+        store
+            .last_checkpoint()
+            .await
+            .unwrap()
+            .is_some_and(|e| e.seq > head && e.seq > before)
+    })
+    .await;
+    let report = node
+        .expect(
+            200,
+            "POST",
+            "/v1/sys/audit/verify",
+            Some(&node.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
+    node.stop().await;
     db.drop_db().await;
 }
 
