@@ -91,24 +91,7 @@ fn kill_9_a_random_broker_every_10_s_under_load_loses_nothing() {
             cluster.logs(30)
         );
 
-        let problems = cluster.check_acknowledged(&report.acknowledged).await;
-        assert!(
-            problems.is_empty(),
-            "acknowledged grants lost: {problems:#?}"
-        );
-
-        // A hang stopper (a claim's own timeout is 60 s).
-        let settled = match cluster.wait_settled(Duration::from_secs(150)).await {
-            Ok(settled) => settled,
-            Err(why) => panic!("{why}\n{}", cluster.logs(30)),
-        };
-        eprintln!(
-            "settled: {} grants, all revoked and no `mf_` login on the target {:.1} s after the \
-             last expiry; a login outlived its grant by {:.1} s at most (sampled)",
-            settled.n_grants,
-            settled.after_last_expiry.as_secs_f64(),
-            settled.max_overdue.as_secs_f64()
-        );
+        let settled = settled_and_checked(&cluster, &report.acknowledged).await;
         assert!(settled.n_grants >= report.acknowledged.len());
         // After TTL + 5 s no broker-made login remains: a dead broker's claims and intents are
         // taken over at the end of its node lease (1.5 s), not at a claim's timeout (60 s).
@@ -130,12 +113,43 @@ fn kill_9_a_random_broker_every_10_s_under_load_loses_nothing() {
             "a login outlived its grant by more than 5 s: {overdue:?}\n{}",
             cluster.logs(30)
         );
-        let problems = cluster.check_revoked_once().await;
-        assert!(problems.is_empty(), "revocations: {problems:#?}");
-        if let Err(why) = cluster.audit_verify() {
-            panic!("audit verify: {why}\n{}", cluster.logs(30));
-        }
+        assert_revoked_once_and_verified(&cluster).await;
     });
+}
+
+/// Every acknowledged grant has its row and its event; then, once everything is revoked and no
+/// broker-made login is left on the target (a hang stopper: a claim's own timeout is 60 s), what
+/// was seen.
+async fn settled_and_checked(
+    cluster: &Cluster,
+    acknowledged: &[mayfly_testkit::cluster::Granted],
+) -> mayfly_testkit::cluster::Settled {
+    let problems = cluster.check_acknowledged(acknowledged).await;
+    assert!(
+        problems.is_empty(),
+        "acknowledged grants lost: {problems:#?}"
+    );
+    let settled = match cluster.wait_settled(Duration::from_secs(150)).await {
+        Ok(settled) => settled,
+        Err(why) => panic!("{why}\n{}", cluster.logs(30)),
+    };
+    eprintln!(
+        "settled: {} grants, all revoked and no `mf_` login on the target {:.1} s after the \
+         last expiry; a login outlived its grant by {:.1} s at most (sampled)",
+        settled.n_grants,
+        settled.after_last_expiry.as_secs_f64(),
+        settled.max_overdue.as_secs_f64()
+    );
+    settled
+}
+
+/// Each grant revoked once; `mayfly audit verify` passes.
+async fn assert_revoked_once_and_verified(cluster: &Cluster) {
+    let problems = cluster.check_revoked_once().await;
+    assert!(problems.is_empty(), "revocations: {problems:#?}");
+    if let Err(why) = cluster.audit_verify() {
+        panic!("audit verify: {why}\n{}", cluster.logs(30));
+    }
 }
 
 /// What the store says of some grants: id, state, epoch, `revoked_at`, and their applied
@@ -287,11 +301,7 @@ fn a_claimant_paused_past_its_lease_changes_nothing_when_it_resumes() {
             refused_revocations(&cluster, &ids).await.max(refused)
         );
         assert!(cluster.logins_on_target().await.is_empty());
-        let problems = cluster.check_revoked_once().await;
-        assert!(problems.is_empty(), "revocations: {problems:#?}");
-        if let Err(why) = cluster.audit_verify() {
-            panic!("audit verify: {why}\n{}", cluster.logs(30));
-        }
+        assert_revoked_once_and_verified(&cluster).await;
     });
 }
 
@@ -415,26 +425,8 @@ fn a_synchronous_replica_promoted_after_kill_9_of_the_primary_loses_no_acknowled
         );
         let mut acknowledged = report.acknowledged;
         acknowledged.push(first);
-        let problems = cluster.check_acknowledged(&acknowledged).await;
-        assert!(
-            problems.is_empty(),
-            "acknowledged grants lost in the failover: {problems:#?}"
-        );
-        let settled = match cluster.wait_settled(Duration::from_secs(150)).await {
-            Ok(settled) => settled,
-            Err(why) => panic!("{why}\n{}", cluster.logs(30)),
-        };
-        eprintln!(
-            "settled: {} grants revoked, no `mf_` login on the target {:.1} s after the last \
-             expiry",
-            settled.n_grants,
-            settled.after_last_expiry.as_secs_f64()
-        );
-        let problems = cluster.check_revoked_once().await;
-        assert!(problems.is_empty(), "revocations: {problems:#?}");
-        if let Err(why) = cluster.audit_verify() {
-            panic!("audit verify: {why}\n{}", cluster.logs(30));
-        }
+        settled_and_checked(&cluster, &acknowledged).await;
+        assert_revoked_once_and_verified(&cluster).await;
         drop(cluster);
         drop(replica);
     });

@@ -198,15 +198,19 @@ fn the_secret_is_in_no_answer_log_or_file_of_the_broker() {
     let secret = secret.wait_with_output().unwrap();
     assert!(secret.status.success(), "{secret:?}");
     let upstream = echo_upstream();
-    let add = run(&mut client(mayfly().args([
-        "proxy",
-        "add",
-        "echo",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--inject",
-        "header:Authorization=Bearer {{secret:shop/dev/ECHO_KEY}}",
-    ])));
+    // The route `echo` to the live upstream, the secret injected as a bearer token.
+    let add_echo = || {
+        run(&mut client(mayfly().args([
+            "proxy",
+            "add",
+            "echo",
+            "--upstream",
+            &format!("http://{upstream}/api"),
+            "--inject",
+            "header:Authorization=Bearer {{secret:shop/dev/ECHO_KEY}}",
+        ])))
+    };
+    let add = add_echo();
     assert!(add.status.success(), "{add:?}");
     assert!(!holds_secret(&add.stdout) && !holds_secret(&add.stderr));
 
@@ -250,15 +254,7 @@ fn the_secret_is_in_no_answer_log_or_file_of_the_broker() {
 
     // An agent calls the route, pointed back at the live upstream, through `/mcp`; then the
     // kill switch stops it.
-    let back = run(&mut client(mayfly().args([
-        "proxy",
-        "add",
-        "echo",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--inject",
-        "header:Authorization=Bearer {{secret:shop/dev/ECHO_KEY}}",
-    ])));
+    let back = add_echo();
     assert!(back.status.success(), "{back:?}");
     let agent_token = run(&mut client(mayfly().args(["agent", "token", "claude"])));
     assert!(agent_token.status.success(), "{agent_token:?}");
