@@ -10,7 +10,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use mayfly_crypto::barrier::RootKey;
 use zeroize::Zeroizing;
 
-use super::auto::AutoUnsealError;
+use super::unseal_error::AutoUnsealError;
 
 /// The first byte of a wrap made here.
 const VERSION: u8 = 1;

@@ -10,6 +10,7 @@ pub mod auto;
 mod file;
 mod pkcs11;
 pub mod spec;
+mod unseal_error;
 
 use std::sync::Arc;
 

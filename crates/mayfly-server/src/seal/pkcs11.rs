@@ -23,7 +23,8 @@ use cryptoki::types::AuthPin;
 use mayfly_crypto::barrier::RootKey;
 use zeroize::Zeroizing;
 
-use super::auto::{AutoUnsealError, Pkcs11Settings, TokenChoice};
+use super::spec::{Pkcs11Settings, TokenChoice};
+use super::unseal_error::AutoUnsealError;
 
 /// The first byte of a wrap made here.
 const VERSION: u8 = 1;
