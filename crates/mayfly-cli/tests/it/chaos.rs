@@ -403,7 +403,7 @@ fn a_synchronous_replica_promoted_after_kill_9_of_the_primary_loses_no_acknowled
             async || {
                 attempt += 1;
                 cluster
-                    .grant(attempt % 3, 600, "after the promotion")
+                    .grant(attempt % 3, 10, "after the promotion")
                     .await
                     .ok()
             },
