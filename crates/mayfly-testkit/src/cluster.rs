@@ -502,7 +502,21 @@ impl Cluster {
     /// Starts a load on every broker (round robin, the next broker when one refuses the request);
     /// runs until `spec.duration` is over and every call has an answer.
     pub fn spawn_load(&self, spec: LoadSpec) -> tokio::task::JoinHandle<LoadReport> {
-        let addrs: Vec<String> = self.nodes.iter().map(|n| n.addr.clone()).collect();
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.spawn_load_on(&all, spec)
+    }
+
+    /// [`Cluster::spawn_load`] on some brokers only (`Granted::node` is then an index into
+    /// `indices`).
+    pub fn spawn_load_on(
+        &self,
+        indices: &[usize],
+        spec: LoadSpec,
+    ) -> tokio::task::JoinHandle<LoadReport> {
+        let addrs: Vec<String> = indices
+            .iter()
+            .map(|&i| self.nodes[i].addr.clone())
+            .collect();
         let token = self.admin_token.clone();
         let http = self.http.clone();
         tokio::spawn(run_load(http, addrs, token, spec))

@@ -13,6 +13,9 @@
 //! 4. The store is a primary and its synchronous streaming replica (`store = [primary, replica]`);
 //!    under load, the primary is killed (`kill -9`) and the replica promoted: no acknowledged
 //!    grant is lost, the brokers serve again, every grant is revoked once, the chain verifies.
+//! 5. A broker frozen (SIGSTOP) inside a store transaction that holds the audit chain's head: the
+//!    store ends its session (`idle_in_transaction_session_timeout`), so the other broker's
+//!    commits go on; resumed, the frozen one serves again and nothing is half done.
 //!
 //! `MAYFLY_CHAOS_SEED=N` repeats a run's choices (which broker dies, the TTLs).
 
@@ -429,5 +432,95 @@ fn a_synchronous_replica_promoted_after_kill_9_of_the_primary_loses_no_acknowled
         assert_revoked_once_and_verified(&cluster).await;
         drop(cluster);
         drop(replica);
+    });
+}
+
+/// The store session, idle inside a transaction, that holds the audit chain's head (locked
+/// `FOR UPDATE` by every commit), if any.
+async fn head_holder_idle(cluster: &Cluster) -> Option<i32> {
+    let mut store = cluster.store_connection().await;
+    sqlx::query_scalar(
+        "SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
+         WHERE a.state = 'idle in transaction' AND l.granted \
+         AND l.relation = 'audit_head'::regclass AND l.mode = 'RowShareLock' LIMIT 1",
+    )
+    .fetch_optional(&mut store)
+    .await
+    .unwrap()
+}
+
+#[test]
+fn a_broker_frozen_holding_the_audit_head_does_not_stall_the_others() {
+    runtime().block_on(async {
+        let seed = Rng::seed();
+        let mut cluster = Cluster::start(spec(2)).await;
+        // Only the first broker commits (grants all along), so a freeze lands in its
+        // transactions.
+        let load = cluster.spawn_load_on(
+            &[0],
+            LoadSpec {
+                rate: 50,
+                duration: Duration::from_secs(20),
+                ttl: 5..=10,
+                max_in_flight: 16,
+                seed,
+            },
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Freeze it until it is caught holding the head inside a transaction.
+        let mut rng = Rng::new(seed);
+        let mut holder = None;
+        for _ in 0..200 {
+            cluster.pause(0);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Twice, a moment apart: the same session, so not another broker's passing commit.
+            if let Some(pid) = head_holder_idle(&cluster).await {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if head_holder_idle(&cluster).await == Some(pid) {
+                    holder = Some(pid);
+                    break;
+                }
+            }
+            cluster.resume(0);
+            tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+        }
+        let Some(pid) = holder else {
+            panic!("the broker was never caught inside a transaction holding the head");
+        };
+        let frozen = Instant::now();
+        // The other broker grants (two audited commits) all the same, once the store has ended
+        // the frozen session.
+        let granted = poll(
+            "a grant through the other broker while the first is frozen",
+            Duration::from_secs(90),
+            async || cluster.grant(1, 10, "while the other is frozen").await.ok(),
+        )
+        .await;
+        eprintln!(
+            "frozen holding the audit head (store pid {pid}); the other broker granted {:.1} s \
+             later",
+            frozen.elapsed().as_secs_f64()
+        );
+        // The store ended the frozen session (another of the frozen broker's, queued behind it,
+        // may hold the head now, for as long).
+        let mut store = cluster.store_connection().await;
+        let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut store)
+            .await
+            .unwrap();
+        assert_eq!(alive, 0, "the frozen session is still there");
+        cluster.resume(0);
+        let again = poll(
+            "the resumed broker to grant again",
+            Duration::from_secs(90),
+            async || cluster.grant(0, 10, "after the freeze").await.ok(),
+        )
+        .await;
+        let report = load.await.unwrap();
+        let mut acknowledged = report.acknowledged;
+        acknowledged.extend([granted, again]);
+        settled_and_checked(&cluster, &acknowledged).await;
+        assert_revoked_once_and_verified(&cluster).await;
     });
 }
