@@ -60,7 +60,7 @@ pub struct ConfigFile {
     pub step_up_window_seconds: Option<u64>,
     pub call_approval_window_seconds: Option<u64>,
     pub call_approvers: Option<String>,
-    /// This broker's name among the nodes sharing a store (`cluster.rs`, docs/cluster.md).
+    /// This broker's name among the nodes sharing a store (`cluster/`, docs/cluster.md).
     pub node_name: Option<String>,
     /// How long the other nodes trust this one is alive after its last heartbeat.
     pub node_lease_ms: Option<u64>,
@@ -252,7 +252,7 @@ pub struct Config {
     /// own or one they act in).
     pub call_approvers: String,
     /// This broker's name among the nodes sharing the store, unique per running broker: its
-    /// claims on due grants and the single-doer leases it holds carry it (`cluster.rs`).
+    /// claims on due grants and the single-doer leases it holds carry it (`cluster/`).
     /// Default: the host name and the port it listens on, or a random suffix.
     pub node_name: String,
     /// How long after its last heartbeat the others trust this node is alive; once it has ended

@@ -89,10 +89,10 @@ pub struct Inner {
     pub sinks: crate::audit::forward::Sinks,
     /// The audit chain's verification as the console's overview last left it (`audit/search.rs`).
     pub audit_verified: crate::audit::kept::KeptVerification,
-    /// This node among the brokers sharing the store: heartbeat, leases, due hints (`cluster.rs`).
-    pub cluster: crate::cluster::Cluster,
+    /// This node among the brokers sharing the store: heartbeat, leases, due hints (`cluster/`).
+    pub cluster: crate::cluster::node::Cluster,
     /// Auto-unseal's state and the past-due grants' count (`seal/auto.rs`).
-    pub seal_watch: crate::seal::auto::SealWatch,
+    pub seal_watch: crate::seal::watch::SealWatch,
 }
 
 impl std::fmt::Debug for Broker {
@@ -133,8 +133,8 @@ impl Broker {
                 proxy: crate::proxy::ProxyState::new()?,
                 sinks: crate::audit::forward::Sinks::new(&config.audit_sinks),
                 audit_verified: crate::audit::kept::KeptVerification::default(),
-                cluster: crate::cluster::Cluster::default(),
-                seal_watch: crate::seal::auto::SealWatch::default(),
+                cluster: crate::cluster::node::Cluster::default(),
+                seal_watch: crate::seal::watch::SealWatch::default(),
                 config,
             }),
         })

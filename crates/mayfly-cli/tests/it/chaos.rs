@@ -481,8 +481,10 @@ fn a_broker_frozen_holding_the_audit_head_does_not_stall_the_others() {
                     break;
                 }
             }
+            // Running long enough between tries to heartbeat (its lease must not lapse before
+            // the freeze that counts).
             cluster.resume(0);
-            tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+            tokio::time::sleep(Duration::from_millis(600 + rng.below(200))).await;
         }
         let Some(pid) = holder else {
             panic!("the broker was never caught inside a transaction holding the head");

@@ -1,7 +1,7 @@
 //! The expiry engine: revocation at expiry without loading every lease into memory. The store is
 //! indexed by `next_attempt_at`; each round claims the grants that are due (a claim names this
 //! node and its generation and carries an epoch, so several nodes share the work, a dead node's
-//! claims are taken over as soon as its node lease ends (`cluster.rs`), and a paused node's late
+//! claims are taken over as soon as its node lease ends (`cluster/`), and a paused node's late
 //! writes change nothing), revokes them concurrently with a per-target limit, then proves each
 //! revocation on the target. Failures are retried with exponential backoff and jitter, counted and
 //! audited, and stay in the queue until they succeed.

@@ -210,7 +210,12 @@ impl Broker {
             })
             .await?
         {
-            // The expiry engine took the intent over (issue took too long): it revokes it.
+            // Another node took the intent over (this one was too slow, or paused past its node
+            // lease) and revoked it, maybe before the login above was made: remove it now, so it
+            // does not wait for that node's proof to find it. Best effort: the proof still looks.
+            if let Err(error) = target.revoke(&login, Some(&spec)).await {
+                tracing::warn!(grant_id = %grant_id, error = %error, "cannot remove the login of a grant taken over while issuing; the expiry engine's proof will find it");
+            }
             return Err(BrokerError::Conflict(format!(
                 "the grant was taken over while issuing: {reason}"
             )));

@@ -129,7 +129,7 @@ impl Broker {
     }
 
     /// Step 1, then the rest. `due_by`: a scheduled rotation, begun only if still due. `fence`:
-    /// begun only while this node holds the scheduler's lease (`cluster.rs`).
+    /// begun only while this node holds the scheduler's lease (`cluster/`).
     async fn begin_rotation(
         &self,
         meta: &Origin,
@@ -664,7 +664,7 @@ fn under(fence: Option<&LeaseFence>, change: Change) -> Change {
 /// The rotation task: at start, a store this broker alone writes has no other node that could
 /// hold a rotation, so every intent left is a crash's and is finished at once; then every
 /// [`LOOK_EVERY`], the due rotations, on the node that holds the `admin-rotation` lease
-/// (`cluster.rs`) only.
+/// (`cluster/`) only.
 pub async fn run(broker: Broker, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut recovered = false;
     loop {

@@ -1,6 +1,6 @@
 //! The orphan sweep: logins of this broker's namespace on a target that no live grant knows are
 //! revoked and the finding audited (run at start, then every `SWEEP_INTERVAL`). One node sweeps
-//! at a time, the holder of the `sweep` lease (`cluster.rs`); each finding is committed fenced by
+//! at a time, the holder of the `sweep` lease (`cluster/`); each finding is committed fenced by
 //! it, so a node that lost the lease while it swept records `lease.lost` instead (the revocation
 //! itself, idempotent, may have been done twice).
 

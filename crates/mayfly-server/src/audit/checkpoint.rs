@@ -1,7 +1,7 @@
 //! Checkpoints: at least every N events or T seconds the broker signs the chain head with the
 //! Ed25519 key it holds through the barrier, and the signed checkpoint joins the chain.
 //!
-//! One node signs at a time: the holder of the `checkpoint` lease (`cluster.rs`). Its checkpoint
+//! One node signs at a time: the holder of the `checkpoint` lease (`cluster/`). Its checkpoint
 //! is committed fenced by the lease, so one signed by a node that lost the lease meanwhile (a
 //! pause) is refused and recorded as `lease.lost`, never as a checkpoint: the chain of
 //! checkpoints stays contiguous whichever node signs. A node that takes the lease signs at once

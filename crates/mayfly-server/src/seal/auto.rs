@@ -9,7 +9,6 @@
 //! serving: the error is logged and shown in `/v1/sys/health`, and [`run`] tries again with a
 //! back-off, except after a refused PIN (a token locks itself after a few).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use mayfly_api::AutoUnsealStatus;
@@ -21,6 +20,7 @@ pub use super::spec::{
     AutoUnseal, AutoUnsealFile, FileKeyFile, Pkcs11File, Pkcs11Settings, TokenChoice,
 };
 pub use super::unseal_error::AutoUnsealError;
+pub use super::watch::SealWatch;
 use super::{file, pkcs11};
 use crate::state::Broker;
 
@@ -51,34 +51,6 @@ const PAST_DUE_EVERY: Duration = Duration::from_secs(5);
 /// A count of past-due grants younger than this is answered again as it is (a health check
 /// hammered does not become a count per call).
 const PAST_DUE_KEPT: Duration = Duration::from_secs(1);
-
-/// What this node knows of its auto-unseal and of the past-due grants; in [`Broker`]'s state.
-#[derive(Debug, Default)]
-pub struct SealWatch {
-    auto: Mutex<AutoState>,
-    /// Set after a failure that must not be retried (a refused PIN).
-    given_up: std::sync::atomic::AtomicBool,
-    past_due: Mutex<Option<(tokio::time::Instant, u64)>>,
-}
-
-#[derive(Debug, Default)]
-struct AutoState {
-    key_id: Option<String>,
-    error: Option<String>,
-}
-
-impl SealWatch {
-    fn set(&self, change: impl FnOnce(&mut AutoState)) {
-        if let Ok(mut state) = self.auto.lock() {
-            change(&mut state);
-        }
-    }
-
-    /// Forgets the last auto-unseal error (the node is unsealed now, by whatever means).
-    pub(super) fn unsealed(&self) {
-        self.set(|state| state.error = None);
-    }
-}
 
 /// The key-encryption key of this node, opened for one wrap or unwrap.
 pub(super) enum Kek {

@@ -11,6 +11,7 @@ mod file;
 mod pkcs11;
 pub mod spec;
 mod unseal_error;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 
