@@ -544,7 +544,17 @@ async fn the_overview_shows_the_chain_status_and_the_last_checkpoint() {
     let admin = admin(&broker).await;
     let b = &broker.broker;
     append_events(&broker, 50, b.now()).await;
-    // A signed checkpoint over what is there.
+    // A signed checkpoint over what is there, once this node holds the checkpoint lease (its
+    // first heartbeats after the unseal take it).
+    for _ in 0..500 {
+        if b.cluster()
+            .fence(mayfly_server::cluster::CHECKPOINT_LEASE, b.now())
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     b.audit_verify(&admin).await.unwrap();
     let overview = b.audit_overview(&admin).await.unwrap();
     assert!(overview.chain.valid, "{overview:?}");
