@@ -84,7 +84,7 @@ pub struct Inner {
     /// Unauthenticated refusals counted since the last aggregate events.
     pub refusals: crate::audit::refusals::Refusals,
     /// The secure proxy's HTTP client and rate limits.
-    pub proxy: crate::proxy::ProxyState,
+    pub proxy: crate::proxy::state::ProxyState,
     /// The audit forwarding sinks' states; a failing `block` sink closes [`Broker::commit`].
     pub sinks: crate::audit::forward::Sinks,
     /// The audit chain's verification as the console's overview last left it (`audit/search.rs`).
@@ -130,7 +130,7 @@ impl Broker {
                     config.login_source_refill,
                 ),
                 refusals: crate::audit::refusals::Refusals::default(),
-                proxy: crate::proxy::ProxyState::new()?,
+                proxy: crate::proxy::state::ProxyState::new()?,
                 sinks: crate::audit::forward::Sinks::new(&config.audit_sinks),
                 audit_verified: crate::audit::kept::KeptVerification::default(),
                 cluster: crate::cluster::node::Cluster::default(),

@@ -13,6 +13,7 @@
 pub mod call;
 pub mod limits;
 pub mod scrub;
+pub(crate) mod state;
 pub mod target;
 
 use std::str::FromStr;
@@ -31,6 +32,7 @@ use crate::auth::Caller;
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::state::Broker;
+pub use state::ProxyState;
 
 pub use call::{ProxyAnswer, ProxyBody, ProxyCall, ProxyCaller, ProxyStreamError};
 
@@ -50,31 +52,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_INJECTIONS: usize = 8;
 const MAX_ORIGINS: usize = 32;
-
-/// What the proxy keeps in memory: its HTTP client (verified TLS, no redirects followed) and the
-/// rate limits' buckets.
-#[derive(Debug)]
-pub struct ProxyState {
-    pub http: reqwest::Client,
-    pub limits: limits::ProxyLimits,
-    /// The MCP tools' budgets (`crate::mcp`): the same buckets, keyed per tool and per target.
-    pub tool_limits: limits::ProxyLimits,
-}
-
-impl ProxyState {
-    pub fn new() -> Result<ProxyState, BrokerError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| BrokerError::Internal(format!("proxy http client: {e}")))?;
-        Ok(ProxyState {
-            http,
-            limits: limits::ProxyLimits::default(),
-            tool_limits: limits::ProxyLimits::default(),
-        })
-    }
-}
 
 /// A route's configuration as stored (JSON in the store).
 #[derive(Clone, Debug, Serialize, Deserialize)]
