@@ -16,7 +16,7 @@ use crate::error::{StoreError, unavailable};
 use crate::records::{Applied, GrantFilter, GrantRecord, GrantUpdate, Principals, RequestRecord};
 use crate::requests::insert_requests;
 use crate::rows::{
-    AnyQuery, GRANT_ARITY, GRANT_COLUMNS, GrantRow, bind_values, grant_values, records,
+    AnyQuery, Column, GRANT_ARITY, GRANT_COLUMNS, GrantRow, bind_values, grant_values, records,
 };
 use crate::secrets::put_secrets;
 
@@ -37,22 +37,40 @@ pub(crate) async fn record_intent(
             "the request is not allowed (pending, denied, expired or already activated)".into(),
         ));
     }
-    insert_grants(c, &[grant]).await?;
-    if let Some(issuer) = issuer {
-        // Claimed by its issuer until the deadline, due from its creation (epoch 0: no claim
-        // round took it yet).
-        sqlx::query(
-            "UPDATE grants SET claimed_by = $1, claimed_generation = $2, \
-             claimed_until = next_attempt_at, next_attempt_at = created_at WHERE id = $3",
-        )
-        .bind(issuer.name.clone())
-        .bind(issuer.generation)
-        .bind(grant.id.clone())
-        .execute(&mut *c)
-        .await?;
+    match (issuer, grant.next_attempt_at) {
+        (Some(issuer), Some(deadline)) => insert_claimed_intent(c, grant, issuer, deadline).await?,
+        _ => insert_grants(c, &[grant]).await?,
     }
     put_secrets(c, std::slice::from_ref(secret), grant.created_at).await?;
     Ok(Applied::Done)
+}
+
+/// An intent as its issuer's claim, in one row: due from its creation, claimed by `issuer` until
+/// the issue `deadline` (epoch 0: no claim round took it yet).
+async fn insert_claimed_intent(
+    c: &mut AnyConnection,
+    grant: &GrantRecord,
+    issuer: &crate::Claimant,
+    deadline: Timestamp,
+) -> Result<(), sqlx::Error> {
+    let due_now = GrantRecord {
+        next_attempt_at: Some(grant.created_at),
+        ..grant.clone()
+    };
+    let mut values = grant_values(&due_now).to_vec();
+    values.extend([
+        Column::Text(&issuer.name),
+        Column::Int(issuer.generation),
+        Column::Int(deadline.unix_ms()),
+    ]);
+    let sql = format!(
+        "INSERT INTO grants ({GRANT_COLUMNS}, claimed_by, claimed_generation, claimed_until) VALUES {}",
+        values_on(c, 1, values.len())
+    );
+    bind_values(sqlx::query(sqlx::AssertSqlSafe(sql)), &values)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
 }
 
 /// [`crate::Change::IssueCertificate`]: a request decided and a certificate grant issued at once
